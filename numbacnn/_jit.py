@@ -1,0 +1,62 @@
+"""The one place that configures Numba decorators, for CPU and CUDA kernels.
+
+Every kernel module imports its decorator from here, so the flags below are the whole story:
+caching is on (``NUMBACNN_CACHE=0`` turns it off), fastmath is off unless a kernel opts in,
+and nothing here touches the thread count. ``numba.cuda`` is imported only when the first
+CUDA kernel is defined, so CPU-only use never loads a GPU stack.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numba
+from numba import prange
+
+__all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cuda_kernel", "cuda_device", "prange", "CACHE"]
+
+CACHE: bool = os.environ.get("NUMBACNN_CACHE", "1") not in ("0", "false", "no")
+
+
+def _decorate(factory: Callable[..., Any], fn: Callable | None, **flags: Any) -> Any:
+    return factory(**flags) if fn is None else factory(**flags)(fn)
+
+
+def cpu_kernel(fn: Callable | None = None, *, fastmath: bool = False) -> Any:
+    """A parallel CPU kernel: ``njit(parallel=True)``; its outermost loop is a ``prange``."""
+    return _decorate(numba.njit, fn, parallel=True, cache=CACHE, fastmath=fastmath, nogil=True)
+
+
+def cpu_serial(fn: Callable | None = None, *, fastmath: bool = False) -> Any:
+    """A serial CPU kernel, for loops too small to be worth a thread pool."""
+    return _decorate(numba.njit, fn, parallel=False, cache=CACHE, fastmath=fastmath, nogil=True)
+
+
+def cpu_inline(fn: Callable | None = None, *, fastmath: bool = False) -> Any:
+    """A helper called from other CPU kernels (inlined by LLVM, never called from Python)."""
+    return _decorate(numba.njit, fn, cache=CACHE, fastmath=fastmath, inline="always")
+
+
+def _cuda():
+    from numba import cuda  # lazy: only CUDA kernel modules reach this
+
+    return cuda
+
+
+def _cuda_cache() -> bool:
+    # The simulator runs kernels as Python; there is nothing to cache.
+    return CACHE and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") != "1"
+
+
+def cuda_kernel(fn: Callable | None = None, *, fastmath: bool = False) -> Any:
+    """A CUDA kernel: one output element per thread, launched by the function below it."""
+    flags: dict[str, Any] = {"cache": _cuda_cache()}
+    if fastmath:
+        flags["fastmath"] = True
+    return _decorate(_cuda().jit, fn, **flags)
+
+
+def cuda_device(fn: Callable | None = None) -> Any:
+    """A CUDA device function, callable from CUDA kernels only."""
+    return _decorate(_cuda().jit, fn, device=True, cache=_cuda_cache())

@@ -1,0 +1,176 @@
+"""Runs a graph on one device: forward in topological order, backward in reverse with fan-out.
+
+The executor is the only code that moves data between host and device: the input batch in,
+the outputs (and the input gradient) out. Activations are dropped as soon as their last
+reader has run; what backward needs, each layer keeps through ``ctx.save``. Where a value
+feeds several nodes its gradients are summed into a buffer the executor owns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .graph import Graph, GraphError
+from .layer import Ctx, Layer, Shape
+
+__all__ = ["Executor"]
+
+
+class Executor:
+    """Owns the per-node contexts of one model on one device."""
+
+    def __init__(self, graph: Graph, shapes: dict[str, Shape], order: list[str], dtype: np.dtype,
+                 seed: int) -> None:
+        self.graph = graph
+        self.shapes = shapes
+        self.order = order  # the nodes the outputs depend on, topologically sorted, no inputs
+        self.dtype = np.dtype(dtype)
+        self.outputs = list(graph.outputs)
+        self.readers: dict[str, int] = {}
+        for name in order:
+            for ref in graph.nodes[name].inputs:
+                self.readers[ref] = self.readers.get(ref, 0) + 1
+        seeds = np.random.SeedSequence(seed).spawn(len(order))
+        self._seeds = dict(zip(order, seeds))
+        self.ctxs: dict[str, Ctx] = {}
+        self.backend: Any = None
+        self.device = ""
+        self._acc: dict[str, Any] = {}  # fan-out gradient sums, reused from step to step
+        self._ran = False
+        self._batch = 0
+        # Which values a gradient can flow into: from a parameter upstream, or from an input.
+        self._param_upstream: dict[str, bool] = {n: False for n in graph.inputs}
+        self._input_upstream: dict[str, bool] = {n: True for n in graph.inputs}
+
+    def bind(self, device: str, backend: Any, params: dict[str, dict[str, Any]],
+             grads: dict[str, dict[str, Any]], buffers: dict[str, dict[str, Any]]) -> None:
+        """(Re)attach the model's arrays, all already on ``device``; resets contexts."""
+        self.device, self.backend = device, backend
+        self.ctxs = {}
+        for name in self.order:
+            ctx = Ctx(name, device, self.dtype, backend, np.random.default_rng(self._seeds[name]))
+            ctx.params, ctx.grads, ctx.buffers = params[name], grads[name], buffers[name]
+            self.ctxs[name] = ctx
+            ins = self.graph.nodes[name].inputs
+            self._param_upstream[name] = bool(params[name]) or any(self._param_upstream[i] for i in ins)
+            self._input_upstream[name] = any(self._input_upstream[i] for i in ins)
+        self._acc = {}
+        self._ran = False
+
+    def reset_rng(self) -> None:
+        """Give every node its initial RNG again (repeatable dropout masks, for checks)."""
+        for name, ctx in self.ctxs.items():
+            ctx.rng = np.random.default_rng(self._seeds[name])
+
+    def _layer(self, name: str) -> Layer:
+        obj = self.graph.nodes[name].obj
+        assert obj is not None
+        return obj
+
+    def _check_batch(self, xs: Sequence[Any]) -> int:
+        if len(xs) != len(self.graph.inputs):
+            raise GraphError(f"model takes {len(self.graph.inputs)} input(s), found {len(xs)}")
+        batch = None
+        for name, x in zip(self.graph.inputs, xs):
+            want = self.shapes[name]
+            if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+                raise TypeError(f"input '{name}': expected an array, found {type(x).__name__}")
+            if x.dtype != self.dtype:
+                raise TypeError(
+                    f"input '{name}': expected {self.dtype.name} data, found {x.dtype}; convert the "
+                    f"data (x.astype(np.{self.dtype.name})) or the model (model.astype('{x.dtype}'))"
+                )
+            if tuple(x.shape[1:]) != want or len(x.shape) != len(want) + 1:
+                raise GraphError(
+                    f"input '{name}': expected shape (N, {', '.join(map(str, want))}), found {tuple(x.shape)}"
+                )
+            if batch is not None and x.shape[0] != batch:
+                raise GraphError(f"input '{name}': batch {x.shape[0]} differs from {batch}")
+            batch = x.shape[0]
+        if not batch:
+            raise GraphError("the input batch is empty")
+        return int(batch)
+
+    def forward(self, xs: Sequence[Any], training: bool) -> list[Any]:
+        batch = self._check_batch(xs)
+        values: dict[str, Any] = {n: self.backend.to_device(x) for n, x in zip(self.graph.inputs, xs)}
+        left = dict(self.readers)
+        keep = set(self.outputs)
+        for name in self.order:
+            node = self.graph.nodes[name]
+            ctx = self.ctxs[name]
+            ctx.begin(training)
+            y = self._layer(name).forward(ctx, *(values[i] for i in node.inputs))
+            want = (batch, *self.shapes[name])
+            if tuple(y.shape) != want or y.dtype != self.dtype:
+                raise GraphError(
+                    f"{node.layer} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
+                    f"expected {self.dtype.name} {want} (a bug in the layer)"
+                )
+            values[name] = y
+            for ref in node.inputs:
+                left[ref] -= 1
+                if left[ref] == 0 and ref not in keep:
+                    del values[ref]
+        self._ran = True
+        self._batch = batch
+        return [values[o] for o in self.outputs]
+
+    def backward(self, gys: Sequence[Any], input_grad: bool = True) -> list[Any]:
+        if not self._ran:
+            raise RuntimeError("backward() needs a forward() first")
+        grads: dict[str, Any] = {}
+        owned: set[str] = set()
+        for name, gy in zip(self.outputs, gys):
+            self._accumulate(grads, owned, name, self.backend.to_device(gy))
+        for name in reversed(self.order):
+            gy = grads.pop(name, None)
+            if gy is None:
+                continue  # nothing downstream of this node reaches an output
+            node = self.graph.nodes[name]
+            ctx = self.ctxs[name]
+            ctx.needs_input_grad = tuple(
+                self._param_upstream[i] or (input_grad and self._input_upstream[i]) for i in node.inputs
+            )
+            gxs = self._layer(name).backward(ctx, gy)
+            if not isinstance(gxs, tuple):
+                gxs = (gxs,)
+            if len(gxs) != len(node.inputs):
+                raise GraphError(
+                    f"{node.layer} node '{name}': backward returned {len(gxs)} gradient(s) for "
+                    f"{len(node.inputs)} input(s) (a bug in the layer)"
+                )
+            for ref, gx, need in zip(node.inputs, gxs, ctx.needs_input_grad):
+                if need and gx is not None:
+                    self._accumulate(grads, owned, ref, gx)
+        if not input_grad:
+            return [None for _ in self.graph.inputs]
+        out = []
+        for name in self.graph.inputs:
+            g = grads.get(name)
+            out.append(self.backend.to_host(g) if g is not None else
+                       np.zeros((self._batch, *self.shapes[name]), self.dtype))
+        return out
+
+    def _accumulate(self, grads: dict[str, Any], owned: set[str], name: str, g: Any) -> None:
+        if name not in grads:
+            grads[name] = g  # borrowed from the layer that returned it
+            return
+        if name not in owned:
+            # A borrowed gradient may alias another value's (add returns gy twice): sum into
+            # a buffer of our own, kept for the next step.
+            acc = self._acc.get(name)
+            if acc is None or acc.shape != g.shape:
+                acc = self._acc[name] = self.backend.empty(g.shape, g.dtype)
+            self.backend.assign(acc, grads[name])
+            grads[name] = acc
+            owned.add(name)
+        self.backend.add_inplace(grads[name], g)
+
+    def release(self) -> None:
+        for ctx in self.ctxs.values():
+            ctx.release()
+        self._acc = {}
+        self._ran = False

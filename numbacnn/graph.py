@@ -1,0 +1,211 @@
+"""The model DAG: nodes, builder methods for every registered layer, spec round trip.
+
+``Graph`` only records structure (which layer, which hyper-parameters, which inputs); shapes
+are inferred and parameters created by ``Model``. Nodes are kept in creation order, which is a
+topological order because a node can only name inputs that already exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from . import registry
+from .layer import Layer, Shape
+
+__all__ = ["Graph", "Node", "GraphError"]
+
+SPEC_FORMAT = "numbacnn.graph/1"
+
+
+class GraphError(ValueError):
+    """The graph is malformed: a bad node name, wrong inputs, a shape that does not fit."""
+
+
+@dataclass(eq=False)
+class Node:
+    """One node of a graph; builder methods return it, and take it as an input."""
+
+    name: str
+    layer: str  # registry name, or "input"
+    config: dict[str, Any]
+    inputs: tuple[str, ...] = ()
+    obj: Layer | None = field(default=None, repr=False)
+    graph: "Graph | None" = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return f"<{self.layer} node '{self.name}'>"
+
+
+def make_layer(layer: str, name: str, config: dict[str, Any]) -> Layer:
+    """Instantiate a registered layer for a node, with errors that name the node."""
+    cls = registry.get_layer(layer)
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as e:
+        raise GraphError(f"{layer} node '{name}': {e}") from None
+
+
+class Graph:
+    """A directed acyclic graph of layers: ``g.conv2d(x, ...)`` adds a node and returns it."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self._prefix: list[str] = []
+        self._counts: dict[str, int] = {}
+
+    # building ------------------------------------------------------------------------------
+    def _new_name(self, layer: str, name: str | None) -> str:
+        if name is None:
+            count = self._counts.get(layer, 0)
+            while True:
+                count += 1
+                name = f"{layer}_{count}"
+                if ".".join([*self._prefix, name]) not in self.nodes:
+                    break
+            self._counts[layer] = count
+        if not isinstance(name, str) or not name or any(c in name for c in " /:"):
+            raise GraphError(f"node name {name!r} is not valid: use letters, digits, '_' or '.'")
+        full = ".".join([*self._prefix, name])
+        if full in self.nodes:
+            raise GraphError(f"node name '{full}' is used twice; every node needs its own name")
+        return full
+
+    def _ref(self, x: Any, layer: str, name: str) -> str:
+        if isinstance(x, Node):
+            if x.graph is not self:
+                raise GraphError(f"{layer} node '{name}': input '{x.name}' belongs to another graph")
+            return x.name
+        if isinstance(x, str) and x in self.nodes:
+            return x
+        raise GraphError(
+            f"{layer} node '{name}': expected a node of this graph as input, found {x!r}"
+        )
+
+    def input(self, shape: Shape, name: str = "input") -> Node:
+        """Add a graph input of per-sample shape ``shape`` (e.g. (C, H, W)); batch is free."""
+        full = self._new_name("input", name)
+        try:
+            shape = tuple(int(s) for s in shape)
+        except TypeError:
+            raise GraphError(f"input '{full}': shape must be a tuple of ints, found {shape!r}") from None
+        if not shape or any(s <= 0 for s in shape):
+            raise GraphError(f"input '{full}': shape must be positive sizes, found {shape}")
+        node = Node(full, "input", {"shape": list(shape)}, graph=self)
+        self.nodes[full] = node
+        self.inputs.append(full)
+        return node
+
+    def layer(self, layer: str, *inputs: Any, name: str | None = None, **config: Any) -> Node:
+        """Add a node of registered layer ``layer`` reading ``inputs``: ``g.layer("relu", h)``."""
+        full = self._new_name(layer, name)
+        refs = tuple(self._ref(x, layer, full) for x in inputs)
+        return self._add(make_layer(layer, full, config), refs, full)
+
+    def add_layer(self, obj: Layer, *inputs: Any, name: str | None = None) -> Node:
+        """Add a node for a layer instance (one not in the registry, e.g. while testing it)."""
+        layer = type(obj).name
+        full = self._new_name(layer, name)
+        return self._add(obj, tuple(self._ref(x, layer, full) for x in inputs), full)
+
+    def _add(self, obj: Layer, refs: tuple[str, ...], full: str) -> Node:
+        layer = type(obj).name
+        want = type(obj).n_inputs
+        if (want is None and len(refs) < 2) or (want is not None and len(refs) != want):
+            expected = "two or more inputs" if want is None else f"{want} input(s)"
+            raise GraphError(f"{layer} node '{full}': expected {expected}, found {len(refs)}")
+        node = Node(full, layer, obj.config, refs, obj=obj, graph=self)
+        self.nodes[full] = node
+        return node
+
+    def output(self, *nodes: Any) -> None:
+        """Mark the graph's output(s)."""
+        if not nodes:
+            raise GraphError("output() needs at least one node")
+        self.outputs = [self._ref(n, "output", "output") for n in nodes]
+
+    @contextlib.contextmanager
+    def scope(self, prefix: str) -> Iterator[None]:
+        """Prefix the names of nodes added inside (``"inc3a.conv1"``): how blocks name theirs."""
+        self._prefix.append(prefix)
+        try:
+            yield
+        finally:
+            self._prefix.pop()
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        try:
+            registry.get_layer(attr)
+        except registry.UnknownLayerError as e:
+            raise AttributeError(str(e)) from None
+
+        def build(*inputs: Any, name: str | None = None, **config: Any) -> Node:
+            return self.layer(attr, *inputs, name=name, **config)
+
+        build.__name__ = attr
+        return build
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(registry.layer_names()))
+
+    # spec ------------------------------------------------------------------------------------
+    def to_spec(self) -> dict[str, Any]:
+        """A JSON-able description of the graph, recording which distribution gave each layer."""
+        nodes = []
+        for node in self.nodes.values():
+            entry: dict[str, Any] = {"name": node.name, "layer": node.layer, "config": node.config,
+                                     "inputs": list(node.inputs)}
+            if node.layer != "input":
+                info = registry.layer_info(node.layer)
+                entry["provider"] = {"distribution": info["distribution"], "version": info["version"]}
+            nodes.append(entry)
+        return {"format": SPEC_FORMAT, "nodes": nodes, "inputs": list(self.inputs),
+                "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "Graph":
+        """Rebuild a graph from ``to_spec()``; a layer whose plugin is missing is named."""
+        if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+            found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
+            raise GraphError(f"not a numbacnn graph spec: expected format {SPEC_FORMAT!r}, found {found!r}")
+        g = cls()
+        for entry in spec["nodes"]:
+            name, layer = entry["name"], entry["layer"]
+            if layer == "input":
+                node = Node(name, "input", dict(entry["config"]), graph=g)
+                g.nodes[name] = node
+                continue
+            _check_provider(layer, entry.get("provider"))
+            for ref in entry["inputs"]:
+                if ref not in g.nodes:
+                    raise GraphError(f"{layer} node '{name}': input '{ref}' is not defined before it")
+            obj = make_layer(layer, name, entry["config"])
+            g.nodes[name] = Node(name, layer, obj.config, tuple(entry["inputs"]), obj=obj, graph=g)
+        g.inputs = list(spec["inputs"])
+        g.outputs = list(spec["outputs"])
+        return g
+
+
+def _check_provider(layer: str, provider: dict[str, str] | None) -> None:
+    try:
+        info = registry.layer_info(layer)
+    except registry.UnknownLayerError:
+        if provider and provider.get("distribution") not in (None, "numbacnn", "__main__"):
+            raise registry.PluginError(
+                f"layer '{layer}' is provided by {provider['distribution']} {provider['version']}, "
+                f"which is not installed"
+            ) from None
+        raise
+    if provider and provider.get("distribution") == info["distribution"]:
+        if provider.get("version") != info["version"]:
+            warnings.warn(
+                f"layer '{layer}' was saved with {provider['distribution']} {provider['version']}; "
+                f"installed is {info['version']}",
+                stacklevel=3,
+            )

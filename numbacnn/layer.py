@@ -1,0 +1,156 @@
+"""The layer contract: the ``Layer`` base class a layer author subclasses, and ``Ctx``.
+
+A layer states its hyper-parameters (constructor arguments, JSON-able), its per-sample output
+shape, its parameters, and which kernels its forward and backward call on each device. The
+executor owns every buffer the layer touches and hands them over through ``Ctx``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+__all__ = ["Layer", "Ctx", "ShapeError", "Shape"]
+
+Shape = tuple[int, ...]
+
+
+class ShapeError(ValueError):
+    """A layer was given inputs of a shape it cannot take (raised from ``output_shape``)."""
+
+
+class Layer:
+    """Base class of every layer, built-in or plugin.
+
+    Subclasses define ``name``, ``output_shape``, ``forward_cpu`` and ``backward_cpu`` (and
+    ``forward_cuda`` / ``backward_cuda`` to run on a GPU); ``init_params``, ``init_buffers``
+    and ``flops`` are optional. Constructor arguments are recorded as the layer's ``config``.
+    """
+
+    name: ClassVar[str] = ""
+    #: How many inputs the layer takes; ``None`` means "two or more" (concat, add).
+    n_inputs: ClassVar[int | None] = 1
+    #: May overwrite its single input in inference (the executor decides when it is safe).
+    inplace_ok: ClassVar[bool] = False
+
+    _config: dict[str, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Layer":
+        self = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"layer '{cls.name}': {e}") from None
+        bound.apply_defaults()
+        config = dict(bound.arguments)
+        config.pop(next(iter(config)))  # self
+        for key, value in list(config.items()):
+            if isinstance(value, list):
+                config[key] = tuple(value)
+        self._config = config
+        return self
+
+    def __init__(self) -> None:
+        pass
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, with defaults filled in (JSON-able)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._config.items()}
+
+    def init_params(self, input_shapes: Sequence[Shape], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Trainable parameters, float32, from per-sample input shapes. None by default."""
+        return {}
+
+    def init_buffers(self, input_shapes: Sequence[Shape]) -> dict[str, np.ndarray]:
+        """Non-trainable state (e.g. running statistics). None by default."""
+        return {}
+
+    def flops(self, input_shapes: Sequence[Shape], output_shape: Shape) -> int:
+        """Floating-point operations of one sample's forward (a multiply-add counts 2)."""
+        return 0
+
+    def forward(self, ctx: "Ctx", *xs: Any) -> Any:
+        return getattr(self, "forward_" + ctx.device)(ctx, *xs)
+
+    def backward(self, ctx: "Ctx", gy: Any) -> Any:
+        return getattr(self, "backward_" + ctx.device)(ctx, gy)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        return f"{type(self).__name__}({args})"
+
+
+class Ctx:
+    """What one node's forward and backward see: its parameters, gradients, saved values.
+
+    ``params``/``grads``/``buffers`` hold arrays on the node's device; gradients are added to
+    (``+=``), never assigned. ``needs_input_grad`` says which input gradients backward must
+    return (``None`` in the other places). Allocation helpers give device arrays of the
+    model's dtype; in steady state they hand back the buffers of the previous step, so a
+    training step allocates nothing new.
+    """
+
+    __slots__ = (
+        "name", "device", "dtype", "params", "grads", "buffers", "training", "rng",
+        "saved", "needs_input_grad", "backend", "_pool", "_cursor",
+    )
+
+    def __init__(self, name: str, device: str, dtype: np.dtype, backend: Any, rng: np.random.Generator):
+        self.name = name
+        self.device = device
+        self.dtype = np.dtype(dtype)
+        self.backend = backend
+        self.rng = rng
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.buffers: dict[str, Any] = {}
+        self.training = False
+        self.saved: tuple = ()
+        self.needs_input_grad: tuple[bool, ...] = ()
+        self._pool: list[Any] = []
+        self._cursor = 0
+
+    def save(self, *arrays: Any) -> None:
+        """Keep arrays for backward (``ctx.saved``)."""
+        self.saved = arrays
+
+    def begin(self, training: bool) -> None:
+        """Called by the executor before forward: rewinds the buffer pool."""
+        self.training = training
+        self._cursor = 0
+
+    def empty(self, shape: Sequence[int], dtype: Any = None) -> Any:
+        """An uninitialised array on the node's device (the model's dtype by default)."""
+        shape = tuple(int(s) for s in shape)
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        i = self._cursor
+        self._cursor += 1
+        if i < len(self._pool):
+            buf = self._pool[i]
+            if buf.shape == shape and buf.dtype == dtype:
+                return buf
+            buf = self._pool[i] = self.backend.empty(shape, dtype)
+            return buf
+        buf = self.backend.empty(shape, dtype)
+        self._pool.append(buf)
+        return buf
+
+    def zeros(self, shape: Sequence[int], dtype: Any = None) -> Any:
+        buf = self.empty(shape, dtype)
+        self.backend.fill_zero(buf)
+        return buf
+
+    def empty_like(self, x: Any) -> Any:
+        return self.empty(x.shape, x.dtype)
+
+    def zeros_like(self, x: Any) -> Any:
+        return self.zeros(x.shape, x.dtype)
+
+    def release(self) -> None:
+        """Drop saved values and pooled buffers (the model is moving or being freed)."""
+        self.saved = ()
+        self._pool = []
+        self._cursor = 0

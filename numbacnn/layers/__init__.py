@@ -1,0 +1,21 @@
+"""The built-in layer table: registry name -> "module:Class". Nothing is imported from here."""
+
+BUILTIN: dict[str, str] = {
+    name: f"numbacnn.layers.{name}:{cls}"
+    for name, cls in {
+        "add": "Add",
+        "avg_pool2d": "AvgPool2d",
+        "batch_norm2d": "BatchNorm2d",
+        "concat": "Concat",
+        "conv2d": "Conv2d",
+        "dropout": "Dropout",
+        "flatten": "Flatten",
+        "global_avg_pool2d": "GlobalAvgPool2d",
+        "leaky_relu": "LeakyReLU",
+        "linear": "Linear",
+        "max_pool2d": "MaxPool2d",
+        "relu": "ReLU",
+        "sigmoid": "Sigmoid",
+        "tanh": "Tanh",
+    }.items()
+}

@@ -1,0 +1,276 @@
+"""Model: a graph with shapes inferred, parameters initialised, and an executor to run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from . import registry
+from .device import DeviceError, check_device, get_backend
+from .executor import Executor
+from .graph import Graph, GraphError
+from .layer import Shape, ShapeError
+
+__all__ = ["Model"]
+
+MODEL_FORMAT = "numbacnn.model/1"
+DTYPES = ("float32", "float64")
+
+
+def _dtype(dtype: Any) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt.name not in DTYPES:
+        raise TypeError(f"model dtype must be one of {', '.join(DTYPES)}, found {dt.name}")
+    return dt
+
+
+class Model:
+    """A runnable graph: ``Model(g, seed=0)`` infers shapes and initialises parameters.
+
+    ``params``, ``grads`` and ``buffers`` map ``"node.param"`` to the live arrays (on the
+    model's device). ``forward`` takes and returns NumPy arrays; ``backward`` fills ``grads``.
+    """
+
+    def __init__(self, graph: Graph, seed: int = 0, dtype: Any = "float32", device: str = "cpu") -> None:
+        if not isinstance(graph, Graph):
+            raise TypeError(f"Model() expects a numbacnn.Graph, found {type(graph).__name__}")
+        if not graph.inputs:
+            raise GraphError("the graph has no input: start it with g.input((C, H, W))")
+        if not graph.outputs:
+            graph.outputs = [next(reversed(graph.nodes))]
+        self.graph = graph
+        self.seed = int(seed)
+        self.dtype = _dtype(dtype)
+        self.shapes: dict[str, Shape] = {}
+        self.order = self._needed_nodes()
+        self._infer_shapes()
+        rng = np.random.default_rng(self.seed)
+        self.params: dict[str, Any] = {}
+        self.buffers: dict[str, Any] = {}
+        for name in self.order:
+            node = graph.nodes[name]
+            ins = [self.shapes[i] for i in node.inputs]
+            for key, value in node.obj.init_params(ins, rng).items():
+                self.params[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=self.dtype)
+            for key, value in node.obj.init_buffers(ins).items():
+                self.buffers[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=self.dtype)
+        self.grads: dict[str, Any] = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.device = "cpu"
+        self._executor = Executor(graph, self.shapes, self.order, self.dtype, self.seed)
+        self._bind()
+        if device != "cpu":
+            self.to(device)
+
+    # structure -------------------------------------------------------------------------------
+    def _needed_nodes(self) -> list[str]:
+        needed: set[str] = set()
+        stack = list(self.graph.outputs)
+        while stack:
+            name = stack.pop()
+            if name not in needed:
+                needed.add(name)
+                stack.extend(self.graph.nodes[name].inputs)
+        for name in self.graph.inputs:
+            if name not in needed:
+                raise GraphError(f"input '{name}' does not reach any output")
+        return [n for n in self.graph.nodes if n in needed and self.graph.nodes[n].layer != "input"]
+
+    def _infer_shapes(self) -> None:
+        for name in self.graph.inputs:
+            self.shapes[name] = tuple(self.graph.nodes[name].config["shape"])
+        for name in self.order:
+            node = self.graph.nodes[name]
+            ins = [self.shapes[i] for i in node.inputs]
+            try:
+                out = node.obj.output_shape(*ins)
+            except ShapeError as e:
+                raise ShapeError(f"{node.layer} node '{name}': {e}") from None
+            if not isinstance(out, tuple) or not out or not all(isinstance(s, (int, np.integer)) for s in out):
+                raise GraphError(f"{node.layer} node '{name}': output_shape() returned {out!r}, expected a tuple of ints")
+            if any(s <= 0 for s in out):
+                raise ShapeError(
+                    f"{node.layer} node '{name}': output shape {tuple(out)} from input shape(s) "
+                    f"{', '.join(map(str, ins))} is empty; the input is too small for this layer"
+                )
+            self.shapes[name] = tuple(int(s) for s in out)
+
+    def _bind(self) -> None:
+        per = {n: {} for n in self.order}
+        grads = {n: {} for n in self.order}
+        bufs = {n: {} for n in self.order}
+        for key, value in self.params.items():
+            node, _, p = key.rpartition(".")
+            per[node][p] = value
+            grads[node][p] = self.grads[key]
+        for key, value in self.buffers.items():
+            node, _, p = key.rpartition(".")
+            bufs[node][p] = value
+        self._executor.bind(self.device, get_backend(self.device), per, grads, bufs)
+
+    @property
+    def input_shapes(self) -> list[Shape]:
+        return [self.shapes[n] for n in self.graph.inputs]
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.shapes[self.graph.outputs[0]]
+
+    # running ---------------------------------------------------------------------------------
+    def forward(self, *xs: Any, training: bool = False) -> Any:
+        """Run the model on a batch (N, ...) per input; returns NumPy array(s)."""
+        ys = self._executor.forward(xs, training)
+        out = [self._executor.backend.to_host(y) for y in ys]
+        return out[0] if len(out) == 1 else tuple(out)
+
+    __call__ = forward
+
+    def backward(self, *gys: Any, input_grad: bool = True) -> Any:
+        """Back-propagate output gradient(s); adds into ``grads``, returns the input gradient."""
+        if len(gys) != len(self.graph.outputs):
+            raise GraphError(f"backward() takes {len(self.graph.outputs)} output gradient(s), found {len(gys)}")
+        for name, gy in zip(self.graph.outputs, gys):
+            want = (self._executor._batch, *self.shapes[name])
+            if tuple(gy.shape) != want or gy.dtype != self.dtype:
+                raise GraphError(
+                    f"backward(): gradient for output '{name}' must be {self.dtype.name} {want}, "
+                    f"found {gy.dtype} {tuple(gy.shape)}"
+                )
+        gxs = self._executor.backward(gys, input_grad)
+        return gxs[0] if len(gxs) == 1 else tuple(gxs)
+
+    def zero_grad(self) -> None:
+        backend = get_backend(self.device)
+        for g in self.grads.values():
+            backend.fill_zero(g)
+
+    # devices and dtypes ----------------------------------------------------------------------
+    def to(self, device: str) -> "Model":
+        """Move parameters, gradients, buffers and all later activations to ``device``."""
+        device = check_device(device)
+        for name in self.order:
+            node = self.graph.nodes[name]
+            devices = registry.layer_devices(type(node.obj))
+            if device not in devices:
+                info = registry.layer_info(node.layer)
+                raise DeviceError(
+                    f"{node.layer} node '{name}': layer '{node.layer}' from {info['distribution']} "
+                    f"{info['version']} has no {device} kernels (it implements: {', '.join(devices)}); "
+                    f"it cannot be placed on {device}"
+                )
+        if device == self.device:
+            return self
+        old, new = get_backend(self.device), get_backend(device)
+        for table in (self.params, self.grads, self.buffers):
+            for key, value in table.items():
+                table[key] = new.to_device(old.to_host(value)) if device != "cpu" else old.to_host(value)
+        self._executor.release()
+        self.device = device
+        self._bind()
+        return self
+
+    def astype(self, dtype: Any) -> "Model":
+        """A copy of this model in another dtype (float64 for gradient checks)."""
+        other = Model(self.graph, seed=self.seed, dtype=dtype)
+        for table, dst in ((self.params, other.params), (self.buffers, other.buffers)):
+            for key, value in table.items():
+                dst[key][...] = get_backend(self.device).to_host(value).astype(other.dtype)
+        return other.to(self.device)
+
+    # description -----------------------------------------------------------------------------
+    def param_count(self) -> int:
+        return int(sum(int(np.prod(v.shape)) for v in self.params.values()))
+
+    def flops(self) -> int:
+        """Forward FLOPs of one sample."""
+        total = 0
+        for name in self.order:
+            node = self.graph.nodes[name]
+            total += int(node.obj.flops([self.shapes[i] for i in node.inputs], self.shapes[name]))
+        return total
+
+    def summary(self) -> str:
+        """A table: node, layer, output shape, parameters, FLOPs (per sample)."""
+        rows = [("node", "layer", "output shape", "params", "FLOPs")]
+        for name in self.graph.inputs:
+            rows.append((name, "input", str(self.shapes[name]), "0", "0"))
+        for name in self.order:
+            node = self.graph.nodes[name]
+            n = sum(int(np.prod(v.shape)) for k, v in self.params.items() if k.rpartition(".")[0] == name)
+            f = node.obj.flops([self.shapes[i] for i in node.inputs], self.shapes[name])
+            rows.append((name, node.layer, str(self.shapes[name]), f"{n:,}", f"{int(f):,}"))
+        rows.append(("total", "", "", f"{self.param_count():,}", f"{self.flops():,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        line = "  ".join("-" * w for w in widths)
+        fmt = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        return "\n".join([fmt(rows[0]), line, *map(fmt, rows[1:-1]), line, fmt(rows[-1])])
+
+    def __repr__(self) -> str:
+        return (f"<numbacnn.Model: {len(self.order)} nodes, {self.param_count():,} parameters, "
+                f"{self.dtype.name}, {self.device}>")
+
+    # persistence -----------------------------------------------------------------------------
+    def to_spec(self) -> dict[str, Any]:
+        """A JSON-able dict: the graph (with layer providers), dtype and seed; no weights."""
+        return {"format": MODEL_FORMAT, "graph": self.graph.to_spec(), "dtype": self.dtype.name,
+                "seed": self.seed}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "Model":
+        if not isinstance(spec, dict) or spec.get("format") != MODEL_FORMAT:
+            found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
+            raise GraphError(f"not a numbacnn model spec: expected format {MODEL_FORMAT!r}, found {found!r}")
+        return cls(Graph.from_spec(spec["graph"]), seed=spec.get("seed", 0), dtype=spec.get("dtype", "float32"))
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Host copies of parameters and buffers, keyed ``params/<key>`` and ``buffers/<key>``."""
+        host = get_backend(self.device).to_host
+        out = {f"params/{k}": host(v) for k, v in self.params.items()}
+        out.update({f"buffers/{k}": host(v) for k, v in self.buffers.items()})
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray], source: str = "state") -> None:
+        """Copy arrays from ``state()`` into the live parameters and buffers (shapes checked)."""
+        backend = get_backend(self.device)
+        for prefix, table in (("params/", self.params), ("buffers/", self.buffers)):
+            for key, live in table.items():
+                if prefix + key not in state:
+                    raise ValueError(f"{source}: '{key}' is missing")
+                value = np.asarray(state[prefix + key])
+                if value.shape != tuple(live.shape):
+                    raise ValueError(f"{source}: '{key}' has shape {value.shape}, the model expects {tuple(live.shape)}")
+                backend.assign(live, backend.to_device(value.astype(self.dtype)))
+
+    def save(self, path: str | os.PathLike, extra: dict[str, np.ndarray] | None = None) -> None:
+        """Write weights, buffers and the spec (with layer providers) to an ``.npz`` file."""
+        arrays = self.state()
+        arrays["spec"] = np.frombuffer(json.dumps(self.to_spec()).encode(), dtype=np.uint8)
+        for k, v in (extra or {}).items():
+            arrays[f"extra/{k}"] = v
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Model":
+        """Read a model written by ``save`` (refusing files that are not complete checkpoints)."""
+        state = read_checkpoint(path)
+        model = cls.from_spec(json.loads(state.pop("spec").tobytes().decode()))
+        model.load_state(state, source=str(path))
+        return model
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of a checkpoint file, with errors that name the file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            state = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a numbacnn checkpoint (unreadable .npz: {e})") from None
+    if "spec" not in state:
+        raise ValueError(f"{path}: not a numbacnn checkpoint (no model spec inside)")
+    return state

@@ -1,0 +1,218 @@
+"""Layer registry: name -> "module:Class" from the built-in table and the entry points.
+
+Nothing is imported until a layer is used. Built-ins come from ``numbacnn.layers.BUILTIN``;
+third-party layers from the entry-point group ``numbacnn.layers`` (entry name = layer name,
+value = "package.module:ClassName"); notebook layers from ``@register_layer``. Every class,
+whatever its origin, goes through the same contract check when it is first loaded.
+``NUMBACNN_DISABLE_PLUGINS=1`` turns entry-point discovery off.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from .layer import Layer
+
+__all__ = [
+    "UnknownLayerError", "PluginError", "LayerCollisionError", "LayerContractError",
+    "layer_names", "get_layer", "layer_info", "register_layer", "layer_devices", "refresh",
+]
+
+ENTRY_POINT_GROUP = "numbacnn.layers"
+DISABLE_ENV = "NUMBACNN_DISABLE_PLUGINS"
+
+
+class UnknownLayerError(LookupError):
+    """No layer of that name is registered."""
+
+    def __str__(self) -> str:  # LookupError would quote the message like a dict key
+        return str(self.args[0]) if self.args else ""
+
+
+class PluginError(ImportError):
+    """A plugin layer could not be loaded (its import failed, or it breaks the contract)."""
+
+
+class LayerCollisionError(PluginError):
+    """Two providers claim one layer name."""
+
+
+class LayerContractError(TypeError):
+    """A layer class misses part of the layer contract."""
+
+
+@dataclass
+class _Entry:
+    name: str
+    target: str  # "module:Class"
+    distribution: str
+    version: str
+    builtin: bool = False
+    cls: type[Layer] | None = None
+    error: str | None = None
+    rivals: list[str] = field(default_factory=list)  # other providers of the same name
+
+
+_entries: dict[str, _Entry] | None = None
+
+
+def _numbacnn_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _discover() -> dict[str, _Entry]:
+    global _entries
+    if _entries is not None:
+        return _entries
+    from .layers import BUILTIN
+
+    version = _numbacnn_version()
+    entries = {n: _Entry(n, t, "numbacnn", version, builtin=True) for n, t in BUILTIN.items()}
+    if os.environ.get(DISABLE_ENV, "0") not in ("1", "true", "yes"):
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = getattr(ep, "dist", None)
+            dname = dist.metadata["Name"] if dist is not None else "unknown"
+            dversion = dist.version if dist is not None else "unknown"
+            new = _Entry(ep.name, ep.value, dname, dversion)
+            old = entries.get(ep.name)
+            if old is None:
+                entries[ep.name] = new
+            elif (old.distribution, old.target) != (dname, ep.value):
+                old.rivals.append(f"{dname} {dversion} ({ep.value})")
+    _entries = entries
+    return entries
+
+
+def refresh() -> None:
+    """Forget what was discovered (after installing a plugin in a running process)."""
+    global _entries
+    registered = {n: e for n, e in (_entries or {}).items() if e.distribution == "__main__"}
+    _entries = None
+    _discover().update(registered)
+
+
+def check_contract(cls: Any, name: str | None = None) -> list[str]:
+    """What ``cls`` lacks of the layer contract (an empty list when complete)."""
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        return [f"{cls!r} is not a subclass of numbacnn.Layer"]
+    problems = []
+    if not isinstance(cls.name, str) or not cls.name.isidentifier():
+        problems.append(f"class attribute 'name' must be an identifier, found {cls.name!r}")
+    elif name is not None and cls.name != name:
+        problems.append(f"class attribute name={cls.name!r} differs from its registry name {name!r}")
+    for method in ("output_shape", "forward_cpu", "backward_cpu"):
+        if not callable(getattr(cls, method, None)):
+            problems.append(f"method {method}() is missing")
+    has_fwd, has_bwd = (callable(getattr(cls, m, None)) for m in ("forward_cuda", "backward_cuda"))
+    if has_fwd != has_bwd:
+        problems.append("forward_cuda() and backward_cuda() must come together")
+    return problems
+
+
+def layer_devices(cls: type[Layer]) -> list[str]:
+    """The devices whose forward and backward ``cls`` implements."""
+    return [d for d in ("cpu", "cuda") if callable(getattr(cls, "forward_" + d, None))]
+
+
+def _load(entry: _Entry) -> type[Layer]:
+    if entry.rivals:
+        providers = [f"{entry.distribution} {entry.version} ({entry.target})", *entry.rivals]
+        raise LayerCollisionError(
+            f"layer '{entry.name}' is provided by more than one distribution: "
+            f"{'; '.join(providers)}. Uninstall all but one of them."
+        )
+    if entry.cls is not None:
+        return entry.cls
+    if entry.error is not None:
+        raise PluginError(entry.error)
+    module_name, _, attr = entry.target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except Exception as e:
+        entry.error = (
+            f"layer '{entry.name}' from {entry.distribution} {entry.version} failed to load "
+            f"({entry.target}): {type(e).__name__}: {e}"
+        )
+        raise PluginError(entry.error) from e
+    problems = check_contract(cls, entry.name)
+    if problems:
+        entry.error = (
+            f"layer '{entry.name}' from {entry.distribution} {entry.version} breaks the layer "
+            f"contract: {'; '.join(problems)}"
+        )
+        raise PluginError(entry.error)
+    entry.cls = cls
+    return cls
+
+
+def layer_names() -> list[str]:
+    """Sorted names of every registered layer (built-in, plugin, in-process)."""
+    return sorted(_discover())
+
+
+def _unknown(name: str) -> UnknownLayerError:
+    entries = _discover()
+    close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.6)
+    builtin = ", ".join(sorted(n for n, e in entries.items() if e.builtin))
+    plugins = sorted({f"{e.distribution} {e.version}" for e in entries.values() if not e.builtin})
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return UnknownLayerError(
+        f"No layer '{name}'.{hint} Built-in: {builtin}; plugins found: "
+        f"{', '.join(plugins) if plugins else 'none'}. Is its package installed?"
+    )
+
+
+def get_layer(name: str) -> type[Layer]:
+    """The Layer class registered under ``name``."""
+    entry = _discover().get(name)
+    if entry is None:
+        raise _unknown(name)
+    return _load(entry)
+
+
+def layer_info(name: str) -> dict[str, Any]:
+    """Name, class path, providing distribution and version, devices (or the load error)."""
+    entry = _discover().get(name)
+    if entry is None:
+        raise _unknown(name)
+    info: dict[str, Any] = {
+        "name": name, "class": entry.target, "distribution": entry.distribution,
+        "version": entry.version, "builtin": entry.builtin, "devices": [], "error": None,
+    }
+    try:
+        info["devices"] = layer_devices(_load(entry))
+    except PluginError as e:
+        info["error"] = str(e)
+    return info
+
+
+def register_layer(cls: type[Layer]) -> type[Layer]:
+    """Register a Layer subclass in this process (a decorator). Re-running the same
+    definition (a notebook cell) replaces it; any other clash is an error naming both."""
+    problems = check_contract(cls)
+    if problems:
+        raise LayerContractError(f"cannot register {cls.__qualname__}: {'; '.join(problems)}")
+    entries = _discover()
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    old = entries.get(cls.name)
+    if old is not None and old.target != target:
+        raise LayerCollisionError(
+            f"cannot register {target} as layer '{cls.name}': the name is already provided by "
+            f"{old.distribution} {old.version} ({old.target}). Choose another name."
+        )
+    entries[cls.name] = _Entry(cls.name, target, "__main__", "0", cls=cls)
+    return cls
+
+
+def unregister_layer(name: str) -> None:
+    """Remove an in-process registration (tests, notebooks)."""
+    entry = _discover().get(name)
+    if entry is not None and entry.distribution == "__main__":
+        del _discover()[name]
