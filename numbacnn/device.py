@@ -27,7 +27,13 @@ def is_simulator() -> bool:
 
 
 def cuda_available() -> bool:
-    """A CUDA GPU, or the simulator, can run numbacnn's CUDA kernels."""
+    """A CUDA GPU, or the simulator, can run numbacnn's CUDA kernels.
+
+    Without the simulator and without an NVIDIA driver in sight this answers False without
+    importing ``numba.cuda``, so CPU-only runs never load a GPU stack.
+    """
+    if not is_simulator() and not (os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia")):
+        return False
     try:
         from numba import cuda
     except Exception:  # numba-cuda missing or broken: no CUDA, said plainly by check_device
