@@ -1,0 +1,99 @@
+"""The ``numbacnn`` command: ``layers`` and the training commands.
+
+Every user error (bad arguments, missing files, unknown names) ends in one line on stderr and
+a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Sequence
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line instead of usage + message
+        raise CliError(f"{self.prog}: {message}")
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from . import registry
+
+    if args.check:
+        return _check_layer_cmd(args.check)
+    rows = [("layer", "provider", "version", "devices", "status")]
+    for name in registry.layer_names():
+        info = registry.layer_info(name)
+        provider = "numbacnn (built-in)" if info["builtin"] else info["distribution"]
+        status = "ok" if info["error"] is None else f"broken: {info['error']}"
+        rows.append((name, provider, info["version"], ",".join(info["devices"]) or "-", status))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+    return 0
+
+
+def _check_layer_cmd(name: str) -> int:
+    """Run the conformance kit on an installed layer with its declared example inputs."""
+    from . import registry
+    from .testing import check_installed_layer
+
+    try:
+        cls = registry.get_layer(name)
+    except (registry.UnknownLayerError, registry.PluginError) as e:
+        raise CliError(str(e)) from None
+    report = check_installed_layer(cls)
+    for line in report:
+        print(line)
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def _add_layers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", metavar="NAME", help="run the conformance kit on an installed layer")
+
+
+COMMANDS["layers"] = ("list registered layers: name, provider, version, devices", _add_layers, _cmd_layers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="numbacnn", description="numbacnn: CNNs on Numba kernels.")
+    parser.add_argument("--version", action="version", version=f"numbacnn {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    for name, (help_text, add_args, _) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``numbacnn`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return COMMANDS[args.command][2](args)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, TypeError, LookupError, ImportError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+if __name__ == "__main__":
+    sys.exit(main())
