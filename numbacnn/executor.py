@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._arena import Arena
 from .graph import Graph, GraphError
 from .layer import Ctx, Layer, Shape
 
@@ -38,6 +39,8 @@ class Executor:
         self.backend: Any = None
         self.device = ""
         self._acc: dict[str, Any] = {}  # fan-out gradient sums, reused from step to step
+        self.arena: Arena | None = None  # inference buffers, shared between nodes
+        self.trace: list[tuple[str, int, int]] = []  # inference: (node, output bytes, live bytes)
         self._ran = False
         self._batch = 0
         # Which values a gradient can flow into: from a parameter upstream, or from an input.
@@ -58,6 +61,8 @@ class Executor:
             self._input_upstream[name] = any(self._input_upstream[i] for i in ins)
         self._acc = {}
         self._ran = False
+        self.arena = None
+        self.arena = None
 
     def reset_rng(self) -> None:
         """Give every node its initial RNG again (repeatable dropout masks, for checks)."""
@@ -93,16 +98,29 @@ class Executor:
             raise GraphError("the input batch is empty")
         return int(batch)
 
-    def forward(self, xs: Sequence[Any], training: bool) -> list[Any]:
+    def forward(self, xs: Sequence[Any], training: bool, grad: bool) -> list[Any]:
+        """Run every node; ``grad`` keeps what backward needs (else buffers are shared)."""
         batch = self._check_batch(xs)
         values: dict[str, Any] = {n: self.backend.to_device(x) for n, x in zip(self.graph.inputs, xs)}
+        arena = None
+        if not grad:
+            if self.arena is None:
+                self.arena = Arena(self.backend)
+            arena = self.arena
+            arena.reset()
         left = dict(self.readers)
-        keep = set(self.outputs)
+        keep = set(self.outputs) | set(self.graph.inputs)
+        self.trace = []
         for name in self.order:
             node = self.graph.nodes[name]
             ctx = self.ctxs[name]
-            ctx.begin(training)
-            y = self._layer(name).forward(ctx, *(values[i] for i in node.inputs))
+            layer = self._layer(name)
+            ins = [values[i] for i in node.inputs]
+            inplace = (arena is not None and layer.inplace_ok and len(ins) == 1
+                       and left[node.inputs[0]] == 1 and node.inputs[0] not in keep
+                       and arena.owns(ins[0]))
+            ctx.begin(training, arena, inplace)
+            y = layer.forward(ctx, *ins)
             want = (batch, *self.shapes[name])
             if tuple(y.shape) != want or y.dtype != self.dtype:
                 raise GraphError(
@@ -110,17 +128,37 @@ class Executor:
                     f"expected {self.dtype.name} {want} (a bug in the layer)"
                 )
             values[name] = y
+            if arena is not None:
+                self._settle(arena, ctx, y, ins)
+                self.trace.append((name, y.size * y.dtype.itemsize, arena.live_bytes))
             for ref in node.inputs:
                 left[ref] -= 1
                 if left[ref] == 0 and ref not in keep:
+                    if arena is not None:
+                        arena.release(values[ref])
                     del values[ref]
-        self._ran = True
+        self._ran = grad
         self._batch = batch
         return [values[o] for o in self.outputs]
 
+    @staticmethod
+    def _settle(arena: Arena, ctx: Ctx, y: Any, ins: list[Any]) -> None:
+        """After a node ran in the arena: free its scratch; an output that the layer did not
+        allocate is an alias of its input(s) and holds their buffers."""
+        taken = ctx._taken
+        ctx._taken = []
+        ctx.saved = ()
+        for buf in taken:
+            if buf is not y:
+                arena.release(buf)
+        if not any(buf is y for buf in taken):
+            owned = [x for x in ins if arena.owns(x)]
+            for x in owned:
+                arena.retain(y, x)
+
     def backward(self, gys: Sequence[Any], input_grad: bool = True) -> list[Any]:
         if not self._ran:
-            raise RuntimeError("backward() needs a forward() first")
+            raise RuntimeError("backward() needs a forward(..., training=True) (or grad=True) first")
         grads: dict[str, Any] = {}
         owned: set[str] = set()
         for name, gy in zip(self.outputs, gys):
@@ -174,3 +212,4 @@ class Executor:
             ctx.release()
         self._acc = {}
         self._ran = False
+        self.arena = None

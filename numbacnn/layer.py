@@ -32,7 +32,8 @@ class Layer:
     name: ClassVar[str] = ""
     #: How many inputs the layer takes; ``None`` means "two or more" (concat, add).
     n_inputs: ClassVar[int | None] = 1
-    #: May overwrite its single input in inference (the executor decides when it is safe).
+    #: May write its output into its single input when ``ctx.inplace`` is set (the executor
+    #: sets it in inference when this node is the input's last reader).
     inplace_ok: ClassVar[bool] = False
 
     _config: dict[str, Any]
@@ -95,7 +96,7 @@ class Ctx:
 
     __slots__ = (
         "name", "device", "dtype", "params", "grads", "buffers", "training", "rng",
-        "saved", "needs_input_grad", "backend", "_pool", "_cursor",
+        "saved", "needs_input_grad", "backend", "inplace", "_pool", "_cursor", "_arena", "_taken",
     )
 
     def __init__(self, name: str, device: str, dtype: np.dtype, backend: Any, rng: np.random.Generator):
@@ -110,22 +111,33 @@ class Ctx:
         self.training = False
         self.saved: tuple = ()
         self.needs_input_grad: tuple[bool, ...] = ()
+        self.inplace = False
         self._pool: list[Any] = []
         self._cursor = 0
+        self._arena: Any = None
+        self._taken: list[Any] = []
 
     def save(self, *arrays: Any) -> None:
         """Keep arrays for backward (``ctx.saved``)."""
         self.saved = arrays
 
-    def begin(self, training: bool) -> None:
-        """Called by the executor before forward: rewinds the buffer pool."""
+    def begin(self, training: bool, arena: Any = None, inplace: bool = False) -> None:
+        """Called by the executor before forward: rewinds the buffer pool, or (inference
+        without gradients) points allocation at the shared arena. ``inplace``: the layer may
+        write its output into its input (an ``inplace_ok`` layer, last reader of the input)."""
         self.training = training
         self._cursor = 0
+        self._arena = arena
+        self.inplace = inplace
 
     def empty(self, shape: Sequence[int], dtype: Any = None) -> Any:
         """An uninitialised array on the node's device (the model's dtype by default)."""
         shape = tuple(int(s) for s in shape)
         dtype = self.dtype if dtype is None else np.dtype(dtype)
+        if self._arena is not None:
+            buf = self._arena.take(shape, dtype)
+            self._taken.append(buf)
+            return buf
         i = self._cursor
         self._cursor += 1
         if i < len(self._pool):

@@ -120,9 +120,14 @@ class Model:
         return self.shapes[self.graph.outputs[0]]
 
     # running ---------------------------------------------------------------------------------
-    def forward(self, *xs: Any, training: bool = False) -> Any:
-        """Run the model on a batch (N, ...) per input; returns NumPy array(s)."""
-        ys = self._executor.forward(xs, training)
+    def forward(self, *xs: Any, training: bool = False, grad: bool | None = None) -> Any:
+        """Run the model on a batch (N, ...) per input; returns NumPy array(s).
+
+        ``training`` selects the layers' mode (dropout, batch statistics); ``grad`` (default:
+        ``training``) keeps what ``backward`` needs. Without it, activation buffers are shared
+        between nodes as soon as their last reader has run (see ``memory_plan``).
+        """
+        ys = self._executor.forward(xs, training, training if grad is None else grad)
         out = [self._executor.backend.to_host(y) for y in ys]
         return out[0] if len(out) == 1 else tuple(out)
 
@@ -207,6 +212,23 @@ class Model:
         line = "  ".join("-" * w for w in widths)
         fmt = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
         return "\n".join([fmt(rows[0]), line, *map(fmt, rows[1:-1]), line, fmt(rows[-1])])
+
+    def memory_plan(self, batch_size: int = 1) -> dict[str, Any]:
+        """Activation memory of inference at ``batch_size``, measured on a pass over zeros.
+
+        Returns ``rows`` (node, output bytes, activation bytes alive while it ran: its inputs
+        and output), ``keep_all_bytes`` (every activation kept, as a naive executor would),
+        ``peak_activation_bytes`` (the most alive at once) and ``arena_bytes`` (all the arena
+        allocated, layer scratch included).
+        """
+        xs = [np.zeros((batch_size, *s), self.dtype) for s in self.input_shapes]
+        ex = self._executor
+        ex.forward(xs, False, False)
+        rows = [{"node": n, "bytes": b, "live_bytes": live} for n, b, live in ex.trace]
+        return {"batch_size": batch_size, "rows": rows,
+                "keep_all_bytes": sum(r["bytes"] for r in rows),
+                "peak_activation_bytes": max(r["live_bytes"] for r in rows),
+                "arena_bytes": ex.arena.allocated_bytes if ex.arena else 0}
 
     def __repr__(self) -> str:
         return (f"<numbacnn.Model: {len(self.order)} nodes, {self.param_count():,} parameters, "

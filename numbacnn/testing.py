@@ -67,7 +67,7 @@ def numeric_grad(f: Callable[[], float], x: np.ndarray, index: tuple[int, ...], 
 def _run(model: Model, xs: Sequence[np.ndarray], gy: np.ndarray | None, training: bool) -> tuple:
     model._executor.reset_rng()
     model.zero_grad()
-    y = model.forward(*xs, training=training)
+    y = model.forward(*xs, training=training, grad=gy is not None)
     if gy is None:
         return y, None, None
     gxs = model.backward(gy)

@@ -1,0 +1,81 @@
+"""The inference arena: activation buffers shared between nodes once their readers are done.
+
+In inference nothing is kept for backward, so a buffer can serve a later node as soon as the
+last reader of the value in it has run. Buffers are flat per dtype; a request takes the
+smallest free one that fits (best fit) and gets a reshaped view of it. A value that aliases
+another (a flatten view, dropout's identity in eval, an in-place ReLU) holds the same buffer,
+which is freed only when every holder has let go. Buffers stay in the arena between calls,
+so repeated inference at one batch size allocates nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Arena"]
+
+
+class Arena:
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self._free: dict[np.dtype, list[Any]] = {}
+        self._bases: list[Any] = []
+        self._holders: dict[int, list[Any]] = {}  # id(view) -> [view, base, holds]
+        self._refs: dict[int, int] = {}  # id(base) -> holders of any view of it
+        self.allocated_bytes = 0
+        self.live_bytes = 0  # bytes of buffers some value still holds
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        size = int(np.prod(shape, dtype=np.int64))
+        free = self._free.setdefault(dtype, [])
+        fits = [b for b in free if b.size >= size]
+        if fits:
+            base = min(fits, key=lambda b: b.size)
+            free.remove(base)
+        else:
+            base = self.backend.empty((max(size, 1),), dtype)
+            self._bases.append(base)
+            self.allocated_bytes += base.size * dtype.itemsize
+        self.live_bytes += base.size * base.dtype.itemsize
+        view = base[:size].reshape(shape)
+        self._holders[id(view)] = [view, base, 1]
+        self._refs[id(base)] = 1
+        return view
+
+    def owns(self, a: Any) -> bool:
+        return id(a) in self._holders
+
+    def retain(self, a: Any, like: Any) -> None:
+        """``a`` (possibly ``like`` itself) now also holds the buffer behind ``like``."""
+        base = self._holders[id(like)][1]
+        entry = self._holders.get(id(a))
+        if entry is None:
+            self._holders[id(a)] = [a, base, 1]
+        else:
+            entry[2] += 1
+        self._refs[id(base)] += 1
+
+    def release(self, a: Any) -> None:
+        entry = self._holders.get(id(a))
+        if entry is None:
+            return  # not ours: a graph input, a parameter
+        entry[2] -= 1
+        if entry[2] == 0:
+            del self._holders[id(a)]
+        base = entry[1]
+        self._refs[id(base)] -= 1
+        if self._refs[id(base)] == 0:
+            del self._refs[id(base)]
+            self._free[base.dtype].append(base)
+            self.live_bytes -= base.size * base.dtype.itemsize
+
+    def reset(self) -> None:
+        """Every buffer is free again (the start of an inference pass)."""
+        self._holders.clear()
+        self._refs.clear()
+        self._free = {}
+        self.live_bytes = 0
+        for base in self._bases:
+            self._free.setdefault(base.dtype, []).append(base)

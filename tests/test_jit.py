@@ -1,0 +1,46 @@
+"""The kernel configuration rules: one decorator module, caching on, no import side effects."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DECORATOR = re.compile(r"@(numba\.)?(njit|jit)\b|cuda\.jit\b|numba\.njit\(|\bnjit\(")
+
+
+def test_no_numba_decorator_outside_the_jit_module():
+    offenders = []
+    for path in [*ROOT.joinpath("numbacnn").rglob("*.py"), *ROOT.joinpath("plugins").rglob("*.py")]:
+        if path.name == "_jit.py" or "scaffold" in path.name:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if DECORATOR.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_caching_is_on_by_default_and_fastmath_off():
+    from numbacnn import _jit
+    from numbacnn.layers import relu_cpu
+
+    assert _jit.CACHE
+    assert type(relu_cpu.relu_forward._cache).__name__ != "NullCache"
+    assert relu_cpu.relu_forward.targetoptions.get("fastmath", False) is False
+    assert relu_cpu.relu_forward.targetoptions.get("parallel") is True
+
+
+def test_import_changes_no_thread_settings_and_loads_no_gpu_stack():
+    code = (
+        "import numba, sys\n"
+        "before = numba.get_num_threads()\n"
+        "import numpy as np, numbacnn as nc\n"
+        "g = nc.Graph(); g.output(g.relu(g.input((2, 3, 3))))\n"
+        "nc.Model(g).forward(np.ones((1, 2, 3, 3), np.float32))\n"
+        "assert numba.get_num_threads() == before, (numba.get_num_threads(), before)\n"
+        "assert 'numba.cuda' not in sys.modules, 'numba.cuda was imported'\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
