@@ -30,10 +30,9 @@ class Arena:
     def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
         size = int(np.prod(shape, dtype=np.int64))
         free = self._free.setdefault(dtype, [])
-        fits = [b for b in free if b.size >= size]
+        fits = [i for i, b in enumerate(free) if b.size >= size]
         if fits:
-            base = min(fits, key=lambda b: b.size)
-            free.remove(base)
+            base = free.pop(min(fits, key=lambda i: free[i].size))
         else:
             base = self.backend.empty((max(size, 1),), dtype)
             self._bases.append(base)

@@ -135,6 +135,8 @@ class Model:
 
     def backward(self, *gys: Any, input_grad: bool = True) -> Any:
         """Back-propagate output gradient(s); adds into ``grads``, returns the input gradient."""
+        if not self._executor._ran:
+            raise RuntimeError("backward() needs a forward(..., training=True) (or grad=True) first")
         if len(gys) != len(self.graph.outputs):
             raise GraphError(f"backward() takes {len(self.graph.outputs)} output gradient(s), found {len(gys)}")
         for name, gy in zip(self.graph.outputs, gys):
