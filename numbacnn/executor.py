@@ -180,8 +180,13 @@ class Executor:
                     f"{node.layer} node '{name}': backward returned {len(gxs)} gradient(s) for "
                     f"{len(node.inputs)} input(s) (a bug in the layer)"
                 )
-            for ref, gx, need in zip(node.inputs, gxs, ctx.needs_input_grad):
-                if need and gx is not None:
+            for k, (ref, gx, need) in enumerate(zip(node.inputs, gxs, ctx.needs_input_grad)):
+                if need:
+                    if gx is None:
+                        raise GraphError(
+                            f"{node.layer} node '{name}': backward returned None for input {k} "
+                            f"('{ref}'), whose gradient was asked for (a bug in the layer)"
+                        )
                     self._accumulate(grads, owned, ref, gx)
         if not input_grad:
             return [None for _ in self.graph.inputs]

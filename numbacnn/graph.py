@@ -197,9 +197,14 @@ def _check_provider(layer: str, provider: dict[str, str] | None) -> None:
         info = registry.layer_info(layer)
     except registry.UnknownLayerError:
         if provider and provider.get("distribution") not in (None, "numbacnn", "__main__"):
+            dist, version = provider["distribution"], provider["version"]
+            if registry.plugins_disabled():
+                raise registry.PluginError(
+                    f"layer '{layer}' is provided by {dist} {version}, but plugin discovery is off "
+                    f"({registry.DISABLE_ENV} is set)"
+                ) from None
             raise registry.PluginError(
-                f"layer '{layer}' is provided by {provider['distribution']} {provider['version']}, "
-                f"which is not installed"
+                f"layer '{layer}' is provided by {dist} {version}, which is not installed"
             ) from None
         raise
     if provider and provider.get("distribution") == info["distribution"]:

@@ -27,6 +27,10 @@ class Layer:
     Subclasses define ``name``, ``output_shape``, ``forward_cpu`` and ``backward_cpu`` (and
     ``forward_cuda`` / ``backward_cuda`` to run on a GPU); ``init_params``, ``init_buffers``
     and ``flops`` are optional. Constructor arguments are recorded as the layer's ``config``.
+
+    A layer may declare ``examples()``, a classmethod returning a list of dicts (``config``,
+    ``input_shapes``, and any ``check_layer`` keyword such as ``reference`` or
+    ``bad_shapes``): the cases ``numbacnn layers --check NAME`` runs the conformance kit on.
     """
 
     name: ClassVar[str] = ""

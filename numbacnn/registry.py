@@ -67,6 +67,11 @@ def _numbacnn_version() -> str:
     return __version__
 
 
+def plugins_disabled() -> bool:
+    """``NUMBACNN_DISABLE_PLUGINS`` turns entry-point discovery off."""
+    return os.environ.get(DISABLE_ENV, "0").lower() in ("1", "true", "yes")
+
+
 def _discover() -> dict[str, _Entry]:
     global _entries
     if _entries is not None:
@@ -75,7 +80,7 @@ def _discover() -> dict[str, _Entry]:
 
     version = _numbacnn_version()
     entries = {n: _Entry(n, t, "numbacnn", version, builtin=True) for n, t in BUILTIN.items()}
-    if os.environ.get(DISABLE_ENV, "0") not in ("1", "true", "yes"):
+    if not plugins_disabled():
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             dname = dist.metadata["Name"] if dist is not None else "unknown"
