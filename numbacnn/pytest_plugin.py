@@ -1,4 +1,14 @@
-"""pytest plugin (entry point ``pytest11``): the ``check_layer`` fixture for layer authors."""
+"""pytest plugin (entry point ``pytest11``): the conformance kit for layer authors.
+
+Loaded by pytest wherever numbacnn is installed, so a plugin's own tests need no conftest:
+
+- fixture ``check_layer``: ``numbacnn.testing.check_layer``;
+- fixture ``numbacnn_cuda``: the device name ``"cuda"``; a test that asks for it is marked
+  ``cuda`` (select with ``-m cuda``, leave out with ``-m "not cuda"``) and skipped unless a
+  GPU or the simulator (``NUMBA_ENABLE_CUDASIM=1``) is available.
+
+It touches no test that does not ask for its fixtures.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +16,34 @@ from typing import Any, Callable
 
 import pytest
 
+CUDA_FIXTURE = "numbacnn_cuda"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: runs CUDA kernels (on a GPU, or under NUMBA_ENABLE_CUDASIM=1)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Before -m deselects: a test using the CUDA fixture counts as a cuda test.
+    for item in items:
+        if CUDA_FIXTURE in getattr(item, "fixturenames", ()) and item.get_closest_marker("cuda") is None:
+            item.add_marker(pytest.mark.cuda)
+
 
 @pytest.fixture
 def check_layer() -> Callable[..., Any]:
-    """``numbacnn.testing.check_layer``, importable without a conftest."""
-    from .testing import check_layer as check
+    """``numbacnn.testing.check_layer``."""
+    from numbacnn.testing import check_layer as check
 
     return check
+
+
+@pytest.fixture
+def numbacnn_cuda() -> str:
+    """``"cuda"`` where numbacnn's CUDA kernels can run (GPU or simulator); skips otherwise."""
+    from numbacnn.device import cuda_available
+
+    if not cuda_available():
+        pytest.skip("no CUDA GPU and NUMBA_ENABLE_CUDASIM is not set")
+    return "cuda"

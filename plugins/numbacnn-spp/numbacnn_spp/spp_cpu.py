@@ -1,0 +1,46 @@
+"""spp CPU kernels. x (N, C, H, W); y and idx (N, F), F = C * sum(l * l); levels a tuple of ints.
+
+Feature f of level l (after the earlier levels' offset) is channel c, bin (i, j) with
+f = offset + c * l * l + i * l + j; idx holds the argmax as h * W + w within its plane.
+"""
+
+from numbacnn._jit import cpu_kernel, prange
+
+
+@cpu_kernel
+def spp_forward(x, levels, y, idx):
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        offset = 0
+        for level in levels:
+            for i in range(level):
+                h0, h1 = (i * H) // level, ((i + 1) * H + level - 1) // level
+                for j in range(level):
+                    w0, w1 = (j * W) // level, ((j + 1) * W + level - 1) // level
+                    best, where = x[n, c, h0, w0], h0 * W + w0
+                    for h in range(h0, h1):
+                        for w in range(w0, w1):
+                            v = x[n, c, h, w]
+                            if v > best or (v != v and best == best):  # NaN wins, as in PyTorch
+                                best, where = v, h * W + w
+                    f = offset + (c * level + i) * level + j
+                    y[n, f] = best
+                    idx[n, f] = where
+            offset += C * level * level
+
+
+@cpu_kernel
+def spp_backward_input(gy, idx, levels, gx):
+    # One thread per (n, c) plane of gx (zeroed by the caller): overlapping bins add into
+    # the same element, but only within the plane that thread owns.
+    N, C, H, W = gx.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        offset = 0
+        for level in levels:
+            for b in range(level * level):
+                f = offset + c * level * level + b
+                k = idx[n, f]
+                gx[n, c, k // W, k % W] += gy[n, f]
+            offset += C * level * level

@@ -1,0 +1,87 @@
+"""swish: y = x * sigmoid(beta * x), elementwise, with a learnable beta (Ramachandran et al. 2017).
+
+dy/dx = s * (1 + beta * x * (1 - s)) and dy/dbeta = x * x * s * (1 - s), where
+s = sigmoid(beta * x). beta = 1 is SiLU; a large beta tends to ReLU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from numbacnn import Layer
+
+if TYPE_CHECKING:
+    from numbacnn.layer import Ctx
+
+Shape = tuple[int, ...]
+
+
+class Swish(Layer):
+    """Swish, y = x * sigmoid(beta * x), beta learnable of shape (1,). Any shape -> same shape."""
+
+    name = "swish"
+
+    def __init__(self, beta: float = 1.0) -> None:
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+            raise TypeError(f"beta must be a number, found {beta!r}")
+        if not math.isfinite(beta):
+            raise ValueError(f"beta must be finite, found {beta!r}")
+        self.beta = float(beta)
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        """What ``numbacnn layers --check swish`` runs the conformance kit on."""
+        return [{"config": {"beta": 1.0}, "input_shapes": [(2, 3, 4, 5)]},
+                {"config": {"beta": -0.5}, "input_shapes": [(3, 7)]}]
+
+    def output_shape(self, x_shape: Shape) -> Shape:
+        return x_shape
+
+    def init_params(self, input_shapes: list[Shape], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"beta": np.full((1,), self.beta, np.float32)}
+
+    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
+        return 4 * math.prod(output_shape)  # multiply, exp, add, divide
+
+    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
+        from .swish_cpu import swish_forward
+
+        y = ctx.empty_like(x)
+        swish_forward(x.reshape(-1), ctx.params["beta"], y.reshape(-1))
+        ctx.save(x)
+        return y
+
+    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
+        from .swish_cpu import swish_backward_input, swish_backward_weight
+
+        (x,) = ctx.saved
+        beta = ctx.params["beta"]
+        swish_backward_weight(x.reshape(-1), beta, gy.reshape(-1), ctx.grads["beta"])
+        if not ctx.needs_input_grad[0]:
+            return None
+        gx = ctx.empty_like(x)
+        swish_backward_input(x.reshape(-1), beta, gy.reshape(-1), gx.reshape(-1))
+        return gx
+
+    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
+        from .swish_cuda import swish_forward
+
+        y = ctx.empty_like(x)
+        swish_forward(x.reshape(x.size), ctx.params["beta"], y.reshape(y.size))
+        ctx.save(x)
+        return y
+
+    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
+        from .swish_cuda import swish_backward_input, swish_backward_weight
+
+        (x,) = ctx.saved
+        beta = ctx.params["beta"]
+        swish_backward_weight(x.reshape(x.size), beta, gy.reshape(gy.size), ctx.grads["beta"])
+        if not ctx.needs_input_grad[0]:
+            return None
+        gx = ctx.empty_like(x)
+        swish_backward_input(x.reshape(x.size), beta, gy.reshape(gy.size), gx.reshape(gx.size))
+        return gx
