@@ -68,8 +68,10 @@ class CpuBackend:
     def __init__(self) -> None:
         self.h2d = 0
         self.d2h = 0
+        self.allocations = 0
 
     def empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        self.allocations += 1
         return np.empty(shape, dtype)
 
     def fill_zero(self, a: np.ndarray) -> None:
@@ -108,8 +110,10 @@ class CudaBackend:
         self._kernels = _device_cuda
         self.h2d = 0
         self.d2h = 0
+        self.allocations = 0
 
     def empty(self, shape: Sequence[int], dtype: Any) -> Any:
+        self.allocations += 1
         return self._cuda.device_array(tuple(shape), dtype=dtype)
 
     def fill_zero(self, a: Any) -> None:

@@ -120,15 +120,18 @@ class Model:
         return self.shapes[self.graph.outputs[0]]
 
     # running ---------------------------------------------------------------------------------
-    def forward(self, *xs: Any, training: bool = False, grad: bool | None = None) -> Any:
+    def forward(self, *xs: Any, training: bool = False, grad: bool | None = None,
+                host: bool = True) -> Any:
         """Run the model on a batch (N, ...) per input; returns NumPy array(s).
 
         ``training`` selects the layers' mode (dropout, batch statistics); ``grad`` (default:
         ``training``) keeps what ``backward`` needs. Without it, activation buffers are shared
         between nodes as soon as their last reader has run (see ``memory_plan``).
+        ``host=False`` returns the output(s) where they are, on the model's device, valid until
+        the next forward (the trainer computes the loss there; nothing crosses to the host).
         """
         ys = self._executor.forward(xs, training, training if grad is None else grad)
-        out = [self._executor.backend.to_host(y) for y in ys]
+        out = [self._executor.backend.to_host(y) for y in ys] if host else ys
         return out[0] if len(out) == 1 else tuple(out)
 
     __call__ = forward

@@ -1,0 +1,63 @@
+"""The executor's memory plan: shared inference buffers, in-place ReLU, allocation-free steps."""
+
+import numpy as np
+import pytest
+
+import numbacnn as nc
+from numbacnn.device import get_backend
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return nc.zoo.resnet_bottleneck(29, seed=0)
+
+
+def test_resnet_inference_peak_is_at_most_half_of_keeping_everything(resnet):
+    plan = resnet.memory_plan(batch_size=2)
+    assert plan["keep_all_bytes"] == sum(r["bytes"] for r in plan["rows"])
+    assert len(plan["rows"]) == len(resnet.order)
+    assert plan["peak_activation_bytes"] <= 0.5 * plan["keep_all_bytes"], plan["peak_activation_bytes"]
+    # Everything the arena holds, layer scratch included, also stays under half.
+    assert plan["arena_bytes"] <= 0.5 * plan["keep_all_bytes"], plan["arena_bytes"]
+
+
+def test_shared_buffers_give_the_same_answer(resnet):
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    shared = resnet.forward(x)  # inference: arena, in-place ReLU
+    kept = resnet.forward(x, training=False, grad=True)  # every buffer its own
+    np.testing.assert_array_equal(shared, kept)
+    assert any(ctx.inplace for ctx in resnet._executor.ctxs.values()) is False  # grad pass: none
+    resnet.forward(x)
+    assert any(ctx.inplace for ctx in resnet._executor.ctxs.values())
+
+
+def test_repeated_inference_allocates_nothing(resnet):
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    resnet.forward(x)
+    backend = get_backend("cpu")
+    before = backend.allocations
+    resnet.forward(x)
+    assert backend.allocations == before
+
+
+def test_steady_state_training_step_allocates_no_buffers():
+    model = nc.zoo.network3("conv2_relu", seed=0)
+    opt = nc.optim.SGD(model, lr=0.01, momentum=0.9)
+    shape = model.input_shapes[0]
+    rng = np.random.default_rng(0)
+    x = rng.random((8, *shape), dtype=np.float32)
+    y = rng.integers(0, 10, 8)
+    backend = get_backend("cpu")
+
+    def step():
+        opt.zero_grad()
+        logits = model.forward(x, training=True, host=False)
+        _, gy = nc.losses.cross_entropy(logits, y)
+        model.backward(gy, input_grad=False)
+        opt.step()
+
+    step()
+    step()
+    before = backend.allocations
+    step()
+    assert backend.allocations == before
