@@ -1,0 +1,158 @@
+"""conv2d: 2-D convolution (cross-correlation), as torch.nn.Conv2d."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..layer import Ctx, Layer, Shape, ShapeError
+from ._conv_geometry import out_size, padding4, pair
+
+
+class Conv2d(Layer):
+    """Cross-correlation of each group of input channels with that group's filters, plus a bias.
+
+    (C, H, W) -> (K, P, Q) with K = out_channels; weight (K, C/groups, R, S), bias (K,).
+    """
+
+    name = "conv2d"
+
+    def __init__(self, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 dilation: Any = 1, groups: int = 1, bias: bool = True) -> None:
+        for what, v in (("out_channels", out_channels), ("groups", groups)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"{what} must be an int, found {v!r}")
+            if v < 1:
+                raise ValueError(f"{what} must be >= 1, found {v}")
+        if out_channels % groups:
+            raise ValueError(f"out_channels={out_channels} is not divisible by groups={groups}")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be True or False, found {bias!r}")
+        self.out_channels, self.groups, self.bias = out_channels, groups, bias
+        self.kernel = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
+        self.pads = padding4(padding, self.kernel, self.stride, self.dilation)  # top, bottom, left, right
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        """Small cases for ``numbacnn layers --check conv2d``."""
+        return [
+            {"config": {"out_channels": 4, "kernel_size": 3, "padding": (1, 0, 0, 1)}, "input_shapes": [(2, 3, 5, 5)],
+             "bad_shapes": [([(2, 3, 1, 5)], "smaller than the kernel")]},
+            {"config": {"out_channels": 4, "kernel_size": (3, 2), "stride": 2, "groups": 2},
+             "input_shapes": [(2, 2, 7, 6)], "bad_shapes": [([(2, 3, 7, 6)], "groups=2 does not divide")]},
+            {"config": {"out_channels": 3, "kernel_size": 1, "bias": False}, "input_shapes": [(2, 4, 3, 3)]},
+        ]
+
+    def output_shape(self, x_shape: Shape) -> Shape:
+        if len(x_shape) != 3:
+            raise ShapeError(f"expected a (C, H, W) input, found shape {tuple(x_shape)}")
+        C, H, W = x_shape
+        if C % self.groups:
+            raise ShapeError(f"input has {C} channels, which groups={self.groups} does not divide "
+                             f"(expected a multiple of {self.groups}, found {C})")
+        (R, S), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        pt, pb, pl, pr = self.pads
+        P = out_size(H, R, sh, (pt, pb), dh)
+        Q = out_size(W, S, sw, (pl, pr), dw)
+        if P < 1 or Q < 1:
+            raise ShapeError(
+                f"input {H}x{W} padded to {H + pt + pb}x{W + pl + pr} is smaller than the kernel's "
+                f"extent {dh * (R - 1) + 1}x{dw * (S - 1) + 1} (kernel {R}x{S}, dilation {dh}x{dw}): "
+                f"expected a padded input of at least that size, found {H + pt + pb}x{W + pl + pr}")
+        return self.out_channels, P, Q
+
+    def init_params(self, input_shapes: list[Shape], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        # PyTorch's default: kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        K, (R, S) = self.out_channels, self.kernel
+        Cg = input_shapes[0][0] // self.groups
+        bound = 1.0 / math.sqrt(Cg * R * S)
+        params = {"weight": rng.uniform(-bound, bound, (K, Cg, R, S)).astype(np.float32)}
+        if self.bias:
+            params["bias"] = rng.uniform(-bound, bound, (K,)).astype(np.float32)
+        return params
+
+    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
+        K, P, Q = output_shape
+        R, S = self.kernel
+        Cg = input_shapes[0][0] // self.groups
+        return 2 * K * P * Q * Cg * R * S + (K * P * Q if self.bias else 0)
+
+    def _geometry(self) -> tuple[int, ...]:
+        return (self.groups, *self.kernel, *self.stride, *self.dilation, self.pads[0], self.pads[2])
+
+    def _direct(self) -> bool:
+        # A 1x1, stride-1, unpadded convolution is a plain product with x: no im2col.
+        return self.kernel == (1, 1) and self.stride == (1, 1) and self.pads == (0, 0, 0, 0)
+
+    # CPU: im2col + BLAS --------------------------------------------------------------------
+    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
+        from .conv2d_cpu import conv2d_forward
+
+        N, C = x.shape[:2]
+        K, P, Q = self.output_shape(x.shape[1:])
+        G, (R, S) = self.groups, self.kernel
+        y = ctx.empty((N, K, P, Q))
+        col = yt = None
+        if not self._direct():
+            col = ctx.empty((G, C // G * R * S, N, P, Q))  # the column matrix, whole batch
+            yt = ctx.empty((K, N, P * Q))  # the product, before it is put in NCHW order
+        conv2d_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, col, yt, self._geometry())
+        ctx.save(x, col)
+        return y
+
+    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
+        from .conv2d_cpu import conv2d_backward_input, conv2d_backward_weight
+
+        x, col = ctx.saved
+        N, K = gy.shape[:2]
+        w, G = ctx.params["weight"], self.groups
+        gws = ctx.empty((G, K // G, w.size // K))
+        gyt = part = None
+        if col is None:
+            part = ctx.empty((N, G, K // G, w.shape[1]))
+        else:
+            gyt = ctx.empty((K, N, gy.shape[2] * gy.shape[3]))
+        conv2d_backward_weight(gy, x, col, ctx.grads["weight"], self._bias(ctx, ctx.grads), gyt, gws, part,
+                               self._geometry())
+        if not ctx.needs_input_grad[0]:
+            return None
+        gx = ctx.empty_like(x)
+        conv2d_backward_input(w, gy, gyt, col, gx, self._geometry())
+        return gx
+
+    # CUDA: implicit GEMM -------------------------------------------------------------------
+    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
+        from .conv2d_cuda import conv2d_forward
+
+        N = x.shape[0]
+        K, P, Q = self.output_shape(x.shape[1:])
+        y = ctx.empty((N, K, P, Q))
+        conv2d_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, self._geometry())
+        ctx.save(x)
+        return y
+
+    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
+        from .conv2d_cuda import (
+            conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, weight_splits,
+        )
+
+        (x,) = ctx.saved
+        gw = ctx.grads["weight"]
+        K = gw.shape[0]
+        part = ctx.empty((weight_splits(gy.shape, gw.shape, self.groups), K, gw.size // K))
+        conv2d_backward_weight(x, gy, gw, part, self._geometry())
+        if self.bias:
+            conv2d_backward_bias(gy, ctx.grads["bias"])
+        if not ctx.needs_input_grad[0]:
+            return None
+        gx = ctx.empty_like(x)
+        conv2d_backward_input(ctx.params["weight"], gy, gx, self._geometry())
+        return gx
+
+    def _bias(self, ctx: Ctx, arrays: dict[str, Any]) -> Any:
+        # Kernels take an empty array for "no bias", so one compiled version serves both.
+        return arrays["bias"] if self.bias else ctx.empty((0,))

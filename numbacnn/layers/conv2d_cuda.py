@@ -1,0 +1,215 @@
+"""conv2d CUDA kernels: implicit GEMM with shared-memory tiles, each launcher under its kernel.
+
+Each convolution is a matrix product whose column matrix (im2col) is never stored: a block
+computes a TILE x TILE tile of the output, one element per thread, and walks the reduction
+TILE at a time, each thread loading one element of each operand tile into shared memory (the
+column-matrix element is gathered from x or gy on the fly, with zero padding). Groups map to
+blocks: a block's output rows never straddle two groups. The weight gradient has few outputs
+and a long reduction (over the batch and the pixels), so its reduction is also cut into slices
+whose partial products a second kernel adds up: no atomics, and the same sum every run.
+"""
+
+from numba import cuda
+
+from .._jit import cuda_kernel
+from ..device import is_simulator
+
+# The simulator runs every thread as a Python thread: smaller blocks keep its tests quick and
+# make tiny test shapes span several tiles, so the tile edges get exercised too.
+TILE = 8 if is_simulator() else 16
+BIAS_THREADS = 32 if is_simulator() else 256
+
+
+def _blocks(n: int, size: int = TILE) -> int:
+    return (n + size - 1) // size
+
+
+@cuda_kernel
+def conv2d_forward_kernel(x, w, b, y, R, S, sh, sw, dh, dw, pt, pl):
+    # Product per group: y[k, (n, p, q)] = w[k, (c, r, s)] @ col[(c, r, s), (n, p, q)].
+    ws = cuda.shared.array((TILE, TILE), dtype=x.dtype)
+    cs = cuda.shared.array((TILE, TILE), dtype=x.dtype)
+    N, C, H, W = x.shape
+    K, J = w.shape
+    P, Q = y.shape[2], y.shape[3]
+    Cg = J // (R * S)
+    Kg = K // (C // Cg)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    row_tiles = (Kg + TILE - 1) // TILE
+    g = cuda.blockIdx.y // row_tiles
+    k = g * Kg + (cuda.blockIdx.y % row_tiles) * TILE + ty
+    i = cuda.blockIdx.x * TILE + tx
+    n, p, q = i // (P * Q), i // Q % P, i % Q
+    zero = x.dtype.type(0)
+    acc = zero
+    for j0 in range(0, J, TILE):
+        j = j0 + tx
+        ws[ty, tx] = w[k, j] if k < (g + 1) * Kg and j < J else zero
+        j = j0 + ty
+        v = zero
+        if j < J and n < N:
+            h = p * sh + j // S % R * dh - pt
+            v_ = q * sw + j % S * dw - pl
+            if h >= 0 and h < H and v_ >= 0 and v_ < W:
+                v = x[n, g * Cg + j // (R * S), h, v_]
+        cs[ty, tx] = v
+        cuda.syncthreads()
+        for t in range(TILE):
+            acc += ws[ty, t] * cs[t, tx]
+        cuda.syncthreads()
+    if k < (g + 1) * Kg and n < N:
+        y[n, k, p, q] = acc + b[k] if b.size else acc
+
+
+def conv2d_forward(x, w, b, y, geo) -> None:
+    """y = conv2d(x, w) + b (b empty: no bias); ``geo`` as in conv2d_cpu."""
+    G = geo[0]
+    N, K, P, Q = y.shape
+    grid = (_blocks(N * P * Q), _blocks(K // G) * G)
+    conv2d_forward_kernel[grid, (TILE, TILE)](x, w.reshape(K, w.size // K), b, y, *geo[1:])
+
+
+@cuda_kernel
+def conv2d_backward_input_kernel(w, gy, gx, sh, sw, dh, dw, pt, pl):
+    # Product per group: gx[c, (n, h, w)] = w^T[c, (k, r, s)] @ gy-gathered[(k, r, s), (n, h, w)].
+    ws = cuda.shared.array((TILE, TILE), dtype=gy.dtype)
+    gs = cuda.shared.array((TILE, TILE), dtype=gy.dtype)
+    K, Cg, R, S = w.shape
+    N, C, H, W = gx.shape
+    P, Q = gy.shape[2], gy.shape[3]
+    Kg = K // (C // Cg)
+    J = Kg * R * S
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    row_tiles = (Cg + TILE - 1) // TILE
+    g = cuda.blockIdx.y // row_tiles
+    cg = (cuda.blockIdx.y % row_tiles) * TILE + ty
+    i = cuda.blockIdx.x * TILE + tx
+    n, h, v_ = i // (H * W), i // W % H, i % W
+    zero = gy.dtype.type(0)
+    acc = zero
+    for j0 in range(0, J, TILE):
+        j = j0 + tx
+        ws[ty, tx] = w[g * Kg + j // (R * S), cg, j // S % R, j % S] if cg < Cg and j < J else zero
+        j = j0 + ty
+        v = zero
+        if j < J and n < N:
+            # The output (p, q) whose tap (r, s) reads x[h, w], if any.
+            hp = h + pt - j // S % R * dh
+            wq = v_ + pl - j % S * dw
+            if hp >= 0 and wq >= 0 and hp % sh == 0 and wq % sw == 0 and hp // sh < P and wq // sw < Q:
+                v = gy[n, g * Kg + j // (R * S), hp // sh, wq // sw]
+        gs[ty, tx] = v
+        cuda.syncthreads()
+        for t in range(TILE):
+            acc += ws[ty, t] * gs[t, tx]
+        cuda.syncthreads()
+    if cg < Cg and n < N:
+        gx[n, g * Cg + cg, h, v_] = acc
+
+
+def conv2d_backward_input(w, gy, gx, geo) -> None:
+    """gx = the transposed convolution of gy with w."""
+    G = geo[0]
+    N, C, H, W = gx.shape
+    grid = (_blocks(N * H * W), _blocks(C // G) * G)
+    conv2d_backward_input_kernel[grid, (TILE, TILE)](w, gy, gx, *geo[3:])
+
+
+def weight_splits(gy_shape: tuple, gw_shape: tuple, groups: int) -> int:
+    """How many slices the weight gradient's long reduction (over n, p, q) is cut into.
+
+    A layer with few weights has few output tiles; slicing the reduction gives the GPU enough
+    blocks (about 256) to fill it. Each slice keeps at least two tiles of work.
+    """
+    N, K, P, Q = gy_shape
+    tiles = _blocks(gw_shape[0] // groups) * groups * _blocks(gw_shape[1] * gw_shape[2] * gw_shape[3])
+    return max(1, min(_blocks(256, tiles), _blocks(N * P * Q, 2 * TILE)))
+
+
+@cuda_kernel
+def conv2d_backward_weight_kernel(x, gy, part, R, S, sh, sw, dh, dw, pt, pl):
+    # Per group and slice z of (n, p, q): part[z, k, (c, r, s)] = gy[k, z-slice] @ col^T[z-slice, (c, r, s)].
+    gs = cuda.shared.array((TILE, TILE), dtype=x.dtype)
+    cs = cuda.shared.array((TILE, TILE), dtype=x.dtype)
+    N, C, H, W = x.shape
+    Z, K, J = part.shape
+    P, Q = gy.shape[2], gy.shape[3]
+    Cg = J // (R * S)
+    Kg = K // (C // Cg)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    row_tiles = (Kg + TILE - 1) // TILE
+    g = cuda.blockIdx.y // row_tiles
+    k = g * Kg + (cuda.blockIdx.y % row_tiles) * TILE + ty
+    j = cuda.blockIdx.x * TILE + tx
+    c, r, s = g * Cg + j // (R * S), j // S % R, j % S
+    chunk = (N * P * Q + Z - 1) // Z
+    begin = cuda.blockIdx.z * chunk
+    end = min(begin + chunk, N * P * Q)
+    zero = x.dtype.type(0)
+    acc = zero
+    for i0 in range(begin, end, TILE):
+        i = i0 + tx
+        gs[ty, tx] = gy[i // (P * Q), k, i // Q % P, i % Q] if k < (g + 1) * Kg and i < end else zero
+        i = i0 + ty
+        v = zero
+        if i < end and j < J:
+            h = i // Q % P * sh + r * dh - pt
+            v_ = i % Q * sw + s * dw - pl
+            if h >= 0 and h < H and v_ >= 0 and v_ < W:
+                v = x[i // (P * Q), c, h, v_]
+        cs[ty, tx] = v
+        cuda.syncthreads()
+        for t in range(TILE):
+            acc += gs[ty, t] * cs[t, tx]
+        cuda.syncthreads()
+    if k < (g + 1) * Kg and j < J:
+        part[cuda.blockIdx.z, k, j] = acc
+
+
+@cuda_kernel
+def conv2d_backward_weight_sum_kernel(part, gw):
+    # Adds the slices in a fixed order: the result does not depend on scheduling.
+    i = cuda.grid(1)
+    Z, K, J = part.shape
+    if i < K * J:
+        acc = part[0, i // J, i % J]
+        for z in range(1, Z):
+            acc += part[z, i // J, i % J]
+        gw[i // J, i % J] += acc
+
+
+def conv2d_backward_weight(x, gy, gw, part, geo) -> None:
+    """gw += the weight gradient; ``part`` (weight_splits(...), K, C/G*R*S) is scratch."""
+    G = geo[0]
+    K = gw.shape[0]
+    J = gw.size // K
+    grid = (_blocks(J), _blocks(K // G) * G, part.shape[0])
+    conv2d_backward_weight_kernel[grid, (TILE, TILE)](x, gy, part, *geo[1:])
+    conv2d_backward_weight_sum_kernel[_blocks(K * J, 256), 256](part, gw.reshape(K, J))
+
+
+@cuda_kernel
+def conv2d_backward_bias_kernel(gy, gb):
+    # One block per output channel: strided partial sums, then a tree in shared memory.
+    part = cuda.shared.array(BIAS_THREADS, dtype=gy.dtype)
+    N, K, L = gy.shape
+    k, t = cuda.blockIdx.x, cuda.threadIdx.x
+    acc = gy.dtype.type(0)
+    for i in range(t, N * L, BIAS_THREADS):
+        acc += gy[i // L, k, i % L]
+    part[t] = acc
+    cuda.syncthreads()
+    step = BIAS_THREADS // 2
+    while step > 0:
+        if t < step:
+            part[t] += part[t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        gb[k] += part[0]
+
+
+def conv2d_backward_bias(gy, gb) -> None:
+    """gb += the sum of gy over the batch and the output pixels."""
+    N, K, P, Q = gy.shape
+    conv2d_backward_bias_kernel[K, BIAS_THREADS](gy.reshape(N, K, P * Q), gb)

@@ -1,0 +1,206 @@
+import numpy as np
+import pytest
+
+import numbacnn as nc
+from numbacnn.testing import check_layer
+
+Conv2d = nc.get_layer("conv2d")
+
+
+def _pads(padding, kernel, dilation):
+    """(top, bottom, left, right), worked out here independently of the layer."""
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding == "same":
+        th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+    if isinstance(padding, int):
+        return padding, padding, padding, padding
+    if len(padding) == 2:
+        return padding[0], padding[0], padding[1], padding[1]
+    return tuple(padding)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def conv_ref(cfg):
+    """Naive NumPy conv2d: explicit loops over output channel and pixel, einsum over the window."""
+    (R, S), (sh, sw), (dh, dw) = _pair(cfg["kernel_size"]), _pair(cfg.get("stride", 1)), _pair(cfg.get("dilation", 1))
+    pt, pb, pl, pr = _pads(cfg.get("padding", 0), (R, S), (dh, dw))
+    groups = cfg.get("groups", 1)
+
+    def ref(x, weight, bias=None):
+        N, C, H, W = x.shape
+        K, Cg = weight.shape[:2]
+        xp = np.zeros((N, C, H + pt + pb, W + pl + pr))
+        xp[:, :, pt:pt + H, pl:pl + W] = x
+        P = (H + pt + pb - dh * (R - 1) - 1) // sh + 1
+        Q = (W + pl + pr - dw * (S - 1) - 1) // sw + 1
+        y = np.zeros((N, K, P, Q))
+        for k in range(K):
+            c0 = k // (K // groups) * Cg
+            for p in range(P):
+                for q in range(Q):
+                    win = xp[:, c0:c0 + Cg, p * sh:p * sh + dh * (R - 1) + 1:dh, q * sw:q * sw + dw * (S - 1) + 1:dw]
+                    y[:, k, p, q] = np.einsum("ncrs,crs->n", win, weight[k])
+            if bias is not None:
+                y[:, k] += bias[k]
+        return y
+
+    return ref
+
+
+# (constructor arguments, input shape): strides, paddings, dilation, groups, bias, odd sizes.
+CONFIGS = [
+    (dict(out_channels=4, kernel_size=3), (2, 3, 7, 6)),
+    (dict(out_channels=5, kernel_size=3, stride=2, padding=1), (2, 3, 7, 6)),
+    (dict(out_channels=3, kernel_size=3, padding="same", dilation=2), (2, 2, 7, 8)),
+    (dict(out_channels=3, kernel_size=4, padding="same"), (1, 2, 6, 7)),
+    (dict(out_channels=4, kernel_size=(2, 3), padding="valid"), (1, 3, 5, 6)),
+    (dict(out_channels=4, kernel_size=3, padding=(1, 0, 2, 1)), (2, 3, 6, 5)),
+    (dict(out_channels=6, kernel_size=3, padding=1, groups=2), (2, 4, 5, 5)),
+    (dict(out_channels=6, kernel_size=3, stride=2, groups=3), (2, 3, 7, 7)),
+    (dict(out_channels=3, kernel_size=(3, 1), stride=(1, 2), bias=False), (2, 3, 6, 7)),
+    (dict(out_channels=3, kernel_size=5, stride=3, padding=2), (1, 5, 9, 11)),
+    (dict(out_channels=2, kernel_size=3, stride=(2, 1), padding=(2, 1), dilation=(2, 1)), (2, 2, 9, 6)),
+    (dict(out_channels=4, kernel_size=1), (2, 6, 4, 5)),
+    (dict(out_channels=4, kernel_size=1, groups=2, bias=False), (2, 6, 3, 3)),
+    (dict(out_channels=3, kernel_size=1, stride=2), (2, 3, 5, 5)),
+]
+IDS = [",".join(f"{k}={v}" for k, v in cfg.items()) + f"@{shape}" for cfg, shape in CONFIGS]
+
+
+@pytest.mark.parametrize("cfg,shape", CONFIGS, ids=IDS)
+def test_conv2d_cpu(cfg, shape):
+    check_layer(Conv2d(**cfg), [shape], conv_ref(cfg), cuda=False)
+
+
+def test_conv2d_bad_shapes():
+    check_layer(Conv2d(out_channels=4, kernel_size=3, groups=2), [(2, 4, 5, 5)], cuda=False, threads=False,
+                bad_shapes=[([(2, 3, 5, 5)], "input has 3 channels, which groups=2 does not divide"),
+                            ([(2, 4, 2, 5)], "smaller than the kernel's extent 3x3"),
+                            ([(2, 4, 5, 1)], "found 5x1"),
+                            ([(2, 20)], "expected a (C, H, W) input, found shape (20,)")])
+
+
+def test_conv2d_dilated_kernel_too_big():
+    g = nc.Graph()
+    g.conv2d(g.input((1, 4, 4)), out_channels=1, kernel_size=3, dilation=2, name="c")
+    with pytest.raises(nc.ShapeError, match=r"conv2d node 'c': input 4x4 padded to 4x4 is smaller than the "
+                                            r"kernel's extent 5x5 \(kernel 3x3, dilation 2x2\)"):
+        nc.Model(g)
+
+
+@pytest.mark.parametrize("kwargs,error,text", [
+    (dict(out_channels=0, kernel_size=3), ValueError, "out_channels must be >= 1"),
+    (dict(out_channels=2.0, kernel_size=3), TypeError, "out_channels must be an int"),
+    (dict(out_channels=2, kernel_size=0), ValueError, "kernel_size must be >= 1"),
+    (dict(out_channels=2, kernel_size=(3,)), TypeError, "kernel_size must be an int or a pair"),
+    (dict(out_channels=2, kernel_size=3, stride=(1, 0)), ValueError, "stride must be >= 1"),
+    (dict(out_channels=2, kernel_size=3, dilation=0), ValueError, "dilation must be >= 1"),
+    (dict(out_channels=2, kernel_size=3, padding=-1), ValueError, "padding must be >= 0"),
+    (dict(out_channels=2, kernel_size=3, padding=(1, 2, 3)), TypeError, "padding must be an int or a pair"),
+    (dict(out_channels=2, kernel_size=3, padding=(0, 0, -1, 0)), ValueError, "padding must be >= 0"),
+    (dict(out_channels=2, kernel_size=3, padding="full"), ValueError, "padding must be 'same', 'valid'"),
+    (dict(out_channels=2, kernel_size=3, stride=2, padding="same"), ValueError, "padding='same' needs stride 1"),
+    (dict(out_channels=3, kernel_size=3, groups=2), ValueError, "out_channels=3 is not divisible by groups=2"),
+    (dict(out_channels=2, kernel_size=3, groups=0), ValueError, "groups must be >= 1"),
+    (dict(out_channels=2, kernel_size=3, bias=1), TypeError, "bias must be True or False"),
+])
+def test_conv2d_constructor_errors(kwargs, error, text):
+    with pytest.raises(error, match=text.replace("(", r"\(").replace(")", r"\)")):
+        Conv2d(**kwargs)
+
+
+def test_conv2d_params_init_and_flops():
+    g = nc.Graph()
+    g.conv2d(g.input((6, 10, 9)), out_channels=8, kernel_size=(3, 2), padding=1, groups=2, name="c")
+    m = nc.Model(g, seed=3)
+    w, b = m.params["c.weight"], m.params["c.bias"]
+    assert w.shape == (8, 3, 3, 2) and b.shape == (8,) and w.dtype == b.dtype == np.float32
+    bound = 1 / np.sqrt(3 * 3 * 2)  # PyTorch: kaiming_uniform(a=sqrt(5)) -> U(-1/sqrt(fan_in), ...)
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.8 * bound
+    assert np.abs(b).max() <= bound
+    assert m.output_shape == (8, 10, 10)
+    assert m.flops() == 2 * 8 * 10 * 10 * 3 * 3 * 2 + 8 * 10 * 10
+    g2 = nc.Graph()
+    g2.conv2d(g2.input((6, 10, 9)), out_channels=8, kernel_size=3, bias=False, name="c")
+    assert set(nc.Model(g2).params) == {"c.weight"}
+
+
+def test_conv2d_first_layer_skips_input_gradient():
+    g = nc.Graph()
+    g.conv2d(g.input((2, 6, 6)), out_channels=3, kernel_size=3, name="c")
+    m = nc.Model(g, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6))
+    y = m.forward(x, training=True)
+    assert m.backward(np.ones_like(y), input_grad=False) is None
+    assert np.allclose(m.grads["c.bias"], 2 * 4 * 4)
+
+
+# PyTorch as an oracle -----------------------------------------------------------------------
+
+def _torch_conv(torch, cfg, x, weight, bias):
+    F = torch.nn.functional
+    padding = cfg.get("padding", 0)
+    if isinstance(padding, tuple) and len(padding) == 4:
+        top, bottom, left, right = padding
+        x = F.pad(x, (left, right, top, bottom))
+        padding = 0
+    return F.conv2d(x, weight, bias, stride=cfg.get("stride", 1), padding=padding,
+                    dilation=cfg.get("dilation", 1), groups=cfg.get("groups", 1))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("cfg,shape", CONFIGS, ids=IDS)
+def test_conv2d_output_shape_matches_torch(cfg, shape):
+    torch = pytest.importorskip("torch")
+    layer = Conv2d(**cfg)
+    K, (R, S) = cfg["out_channels"], _pair(cfg["kernel_size"])
+    w = torch.zeros(K, shape[1] // cfg.get("groups", 1), R, S, dtype=torch.float64)
+    y = _torch_conv(torch, cfg, torch.zeros(shape, dtype=torch.float64), w, None)
+    assert (shape[0], *layer.output_shape(shape[1:])) == tuple(y.shape)
+
+
+@pytest.mark.parametrize("i", [1, 3, 5, 7, 10])
+def test_conv2d_values_and_gradients_match_torch(i):
+    torch = pytest.importorskip("torch")
+    cfg, shape = CONFIGS[i]
+    g = nc.Graph()
+    g.conv2d(g.input(shape[1:]), name="c", **cfg)
+    m = nc.Model(g, seed=1, dtype="float64")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape)
+    y = m.forward(x, training=True)
+    gy = rng.standard_normal(y.shape)
+    gx = m.backward(gy)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(m.params["c.weight"], requires_grad=True)
+    bt = torch.tensor(m.params["c.bias"], requires_grad=True) if "c.bias" in m.params else None
+    yt = _torch_conv(torch, cfg, xt, wt, bt)
+    yt.backward(torch.tensor(gy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m.grads["c.weight"], wt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    if bt is not None:
+        np.testing.assert_allclose(m.grads["c.bias"], bt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# CUDA (simulator or GPU): tiny shapes, the same kinds of config; the 1x1 case has a batch of
+# 2 and enough pixels for the weight gradient's reduction to be cut into two slices.
+
+CUDA_CONFIGS = [
+    (dict(out_channels=3, kernel_size=3, stride=2, padding=1), (1, 2, 5, 4)),
+    (dict(out_channels=4, kernel_size=(3, 2), padding=(1, 0, 2, 1), dilation=(2, 1), groups=2, bias=False),
+     (1, 2, 5, 4)),
+    (dict(out_channels=4, kernel_size=3, padding="same", groups=2), (1, 2, 3, 4)),
+    (dict(out_channels=3, kernel_size=1), (2, 2, 3, 3)),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cfg,shape", CUDA_CONFIGS, ids=[f"{c}@{s}" for c, s in CUDA_CONFIGS])
+def test_conv2d_cuda(cfg, shape):
+    check_layer(Conv2d(**cfg), [shape], conv_ref(cfg), cuda=True, threads=False)
