@@ -1,0 +1,33 @@
+"""concat CUDA kernels: x is one input flat (N*M,), y the output as rows (N, L), M <= L."""
+
+from numba import cuda
+
+from .._jit import cuda_kernel
+
+THREADS = 256
+
+
+@cuda_kernel
+def concat_forward_kernel(x, offset, y):
+    i = cuda.grid(1)
+    if i < x.size:
+        M = x.size // y.shape[0]
+        n = i // M
+        y[n, offset + i - n * M] = x[i]
+
+
+def concat_forward(x, offset, y):
+    concat_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, offset, y)
+
+
+@cuda_kernel
+def concat_backward_input_kernel(gy, offset, gx):
+    i = cuda.grid(1)
+    if i < gx.size:
+        M = gx.size // gy.shape[0]
+        n = i // M
+        gx[i] = gy[n, offset + i - n * M]
+
+
+def concat_backward_input(gy, offset, gx):
+    concat_backward_input_kernel[(gx.size + THREADS - 1) // THREADS, THREADS](gy, offset, gx)

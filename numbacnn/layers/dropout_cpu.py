@@ -1,0 +1,33 @@
+"""dropout CPU kernels (flat arrays); dropout_cuda.py computes the very same mask."""
+
+import numpy as np
+
+from .._jit import cpu_inline, cpu_kernel, prange
+
+
+@cpu_inline
+def dropout_mix32(h):
+    # Wellons' lowbias32, a bijection of 32-bit words. Kept in uint64 with the top half
+    # cleared, so no product overflows (the CUDA simulator runs this as NumPy scalars, which
+    # warn on overflow) and both devices get the same bits.
+    m = np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x7FEB352D)) & m
+    h ^= h >> np.uint64(15)
+    h = (h * np.uint64(0x846CA68B)) & m
+    h ^= h >> np.uint64(16)
+    return h
+
+
+@cpu_kernel
+def dropout_forward(x, s0, s1, threshold, scale, y):
+    zero = x.dtype.type(0)
+    m = np.uint64(0xFFFFFFFF)
+    for i in prange(x.size):
+        # Two rounds over (index + s0) then s1; indices repeat their mask only every 2**32.
+        h = dropout_mix32(dropout_mix32((np.uint64(i) + s0) & m) ^ s1)
+        y[i] = x[i] * scale if h < threshold else zero
+
+
+# y = x * mask * scale is linear in x: its backward is the same map applied to gy.
+dropout_backward_input = dropout_forward

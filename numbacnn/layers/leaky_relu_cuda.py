@@ -1,0 +1,30 @@
+"""leaky_relu CUDA kernels (flat arrays), each launcher right under its kernel."""
+
+from numba import cuda
+
+from .._jit import cuda_kernel
+
+THREADS = 256
+
+
+@cuda_kernel
+def leaky_relu_forward_kernel(x, slope, y):
+    i = cuda.grid(1)
+    if i < x.size:
+        y[i] = x[i] if x[i] > 0 else x[i] * slope
+
+
+def leaky_relu_forward(x, slope, y):
+    leaky_relu_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, slope, y)
+
+
+@cuda_kernel
+def leaky_relu_backward_kernel(s, gy, slope, gx):
+    # s is the output (slope >= 0) or the input: either is > 0 exactly where x > 0.
+    i = cuda.grid(1)
+    if i < s.size:
+        gx[i] = gy[i] if s[i] > 0 else gy[i] * slope
+
+
+def leaky_relu_backward(s, gy, slope, gx):
+    leaky_relu_backward_kernel[(s.size + THREADS - 1) // THREADS, THREADS](s, gy, slope, gx)

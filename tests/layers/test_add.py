@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+import numbacnn as nc
+from numbacnn.testing import check_layer
+
+
+def add_ref(*xs):
+    y = np.zeros_like(xs[0])
+    for x in xs:
+        for i in np.ndindex(x.shape):
+            y[i] += x[i]
+    return y
+
+
+@pytest.mark.parametrize("shapes", [[(1, 1, 1, 1)] * 2, [(2, 3, 5, 7)] * 2, [(3, 11)] * 3, [(2, 2, 3, 3)] * 4])
+def test_add_cpu(shapes):
+    check_layer(nc.get_layer("add")(), shapes, add_ref, bad_shapes=[
+        ([(2, 64, 8, 8), (2, 32, 8, 8)], "add expects inputs of one shape, found (64, 8, 8) and (32, 8, 8)"),
+        ([(2, 4, 8, 8), (2, 4, 8, 8), (2, 4, 8, 7)], "found (4, 8, 8) and (4, 8, 7)"),
+        ([(2, 12), (2, 3, 2, 2)], "found (12,) and (3, 2, 2)"),
+    ])
+
+
+def test_add_needs_two_inputs():
+    g = nc.Graph()
+    x = g.input((3, 4, 4))
+    with pytest.raises(nc.GraphError, match="two or more inputs, found 1"):
+        g.add(x)
+
+
+def test_add_of_a_value_with_itself_doubles_the_gradient():
+    g = nc.Graph()
+    x = g.input((2, 3, 3))
+    g.output(g.add(x, x))
+    model = nc.Model(g, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((2, 2, 3, 3))
+    gy = np.random.default_rng(1).standard_normal((2, 2, 3, 3))
+    gy0 = gy.copy()
+    np.testing.assert_array_equal(model.forward(x, training=True), 2 * x)
+    np.testing.assert_array_equal(model.backward(gy), 2 * gy0)
+    np.testing.assert_array_equal(gy, gy0)  # the caller's gradient is summed into a copy
+
+
+def test_add_skips_gradients_nobody_needs():
+    # Without the input gradient, only the branch with a parameter upstream gets one.
+    g = nc.Graph()
+    x = g.input((5,))
+    g.output(g.add(g.linear(x, out_features=5, name="fc"), x))
+    model = nc.Model(g, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((3, 5))
+    gy = np.random.default_rng(1).standard_normal((3, 5))
+    model.forward(x, training=True)
+    assert model.backward(gy, input_grad=False) is None
+    np.testing.assert_allclose(model.grads["fc.weight"], gy.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(model.grads["fc.bias"], gy.sum(0), rtol=1e-12)
+
+
+@pytest.mark.cuda
+def test_add_cuda():
+    check_layer(nc.get_layer("add")(), [(2, 2, 3, 3)] * 3, add_ref, cuda=True, threads=False)

@@ -1,0 +1,112 @@
+import math
+
+import numpy as np
+import pytest
+
+import numbacnn as nc
+from numbacnn.testing import check_layer
+
+
+def linear_ref(x, weight, bias=None):
+    N, J = x.shape
+    K = weight.shape[0]
+    y = np.zeros((N, K))
+    for n in range(N):
+        for k in range(K):
+            for j in range(J):
+                y[n, k] += x[n, j] * weight[k, j]
+            if bias is not None:
+                y[n, k] += bias[k]
+    return y
+
+
+BAD = [
+    ([(2, 3, 4, 4)], "linear expects a flat input (features,), found (3, 4, 4); put flatten before it"),
+    ([(2, 3, 4)], "found (3, 4)"),
+]
+
+
+# Sizes cross the CUDA tile (16) and are odd so that every edge case of the tiling is used.
+@pytest.mark.parametrize("shape, out_features, bias", [
+    ((1, 1), 1, True), ((1, 7), 3, False), ((5, 33), 17, True), ((4, 10), 1, False),
+])
+def test_linear_cpu(shape, out_features, bias):
+    check_layer(nc.get_layer("linear")(out_features, bias=bias), [shape], linear_ref, bad_shapes=BAD)
+
+
+def test_linear_parameters_follow_torch():
+    g = nc.Graph()
+    g.output(g.linear(g.input((400,)), out_features=300, name="fc"))
+    model = nc.Model(g, seed=3)
+    w, b = model.params["fc.weight"], model.params["fc.bias"]
+    assert w.shape == (300, 400) and b.shape == (300,) and w.dtype == np.float32
+    bound = 1 / math.sqrt(400)
+    for p in (w, b):
+        assert np.abs(p).max() <= bound
+        assert np.abs(p).max() > 0.95 * bound  # uniform over the whole range
+    assert abs(float(w.mean())) < 0.01 * bound and abs(float(w.std()) - bound / math.sqrt(3)) < 0.02 * bound
+    assert model.flops() == 2 * 400 * 300 + 300
+    g = nc.Graph()
+    g.output(g.linear(g.input((400,)), out_features=300, bias=False, name="fc"))
+    model = nc.Model(g)
+    assert list(model.params) == ["fc.weight"] and model.flops() == 2 * 400 * 300
+
+
+@pytest.mark.parametrize("kwargs, error, text", [
+    ({"out_features": 0}, ValueError, "out_features"),
+    ({"out_features": -2}, ValueError, "out_features"),
+    ({"out_features": 2.0}, TypeError, "out_features"),
+    ({"out_features": True}, TypeError, "out_features"),
+    ({"out_features": 3, "bias": "yes"}, TypeError, "bias"),
+])
+def test_linear_rejects_bad_hyper_parameters(kwargs, error, text):
+    with pytest.raises(error, match=text):
+        nc.get_layer("linear")(**kwargs)
+
+
+def test_linear_without_input_gradient_still_fills_its_parameter_gradients():
+    g = nc.Graph()
+    g.output(g.linear(g.input((6,)), out_features=4, name="fc"))
+    model = nc.Model(g, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((3, 6))
+    gy = np.random.default_rng(1).standard_normal((3, 4))
+    model.forward(x, training=True)
+    assert model.backward(gy, input_grad=False) is None
+    np.testing.assert_allclose(model.grads["fc.weight"], gy.T @ x, rtol=1e-12)
+    model.forward(x, training=True)
+    model.backward(gy)  # gradients accumulate until zero_grad, as in PyTorch
+    np.testing.assert_allclose(model.grads["fc.weight"], 2 * gy.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(model.grads["fc.bias"], 2 * gy.sum(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_torch(bias):
+    torch = pytest.importorskip("torch")
+    g = nc.Graph()
+    g.output(g.linear(g.input((20,)), out_features=7, bias=bias, name="fc"))
+    model = nc.Model(g, seed=1)
+    x = np.random.default_rng(0).standard_normal((5, 20)).astype(np.float32)
+    gy = np.random.default_rng(1).standard_normal((5, 7)).astype(np.float32)
+    y = model.forward(x, training=True)
+    gx = model.backward(gy)
+    lin = torch.nn.Linear(20, 7, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(model.params["fc.weight"]))
+        if bias:
+            lin.bias.copy_(torch.from_numpy(model.params["fc.bias"]))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = lin(xt)
+    yt.backward(torch.from_numpy(gy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.grads["fc.weight"], lin.weight.grad.numpy(), rtol=1e-5, atol=1e-6)
+    if bias:
+        np.testing.assert_allclose(model.grads["fc.bias"], lin.bias.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# The simulator runs every thread of a 16 x 16 block in Python: one shape crosses the tile
+# edges in every dimension, the other stays small.
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape, out_features, bias", [((3, 20), 17, True), ((2, 5), 3, False)])
+def test_linear_cuda(shape, out_features, bias):
+    check_layer(nc.get_layer("linear")(out_features, bias=bias), [shape], linear_ref, cuda=True, threads=False)
