@@ -121,9 +121,9 @@ class Ctx:
         self._arena: Any = None
         self._taken: list[Any] = []
 
-    def save(self, *arrays: Any) -> None:
-        """Keep arrays for backward (``ctx.saved``)."""
-        self.saved = arrays
+    def save(self, *values: Any) -> None:
+        """Keep values for backward (``ctx.saved``): arrays, shapes, seeds."""
+        self.saved = values
 
     def begin(self, training: bool, arena: Any = None, inplace: bool = False) -> None:
         """Called by the executor before forward: rewinds the buffer pool, or (inference
