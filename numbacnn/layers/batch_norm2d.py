@@ -1,0 +1,137 @@
+"""batch_norm2d: per-channel normalisation, as torch.nn.BatchNorm2d computes it.
+
+y = (x - mean) / sqrt(var + eps) * weight + bias, per channel over (N, H, W). Training uses
+the batch's mean and biased variance and moves the running statistics towards the batch's
+(the unbiased variance, as PyTorch does): running = (1 - momentum) * running + momentum * batch.
+Evaluation uses the running statistics; without ``track_running_stats`` both use the batch's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..layer import Ctx, Layer, Shape, ShapeError
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number, found {value!r}")
+    return float(value)
+
+
+class BatchNorm2d(Layer):
+    """Batch normalisation over (N, H, W) per channel. (C, H, W) -> (C, H, W);
+    weight, bias (C,); buffers running_mean, running_var (C,)."""
+
+    name = "batch_norm2d"
+
+    def __init__(self, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True) -> None:
+        self.eps = _number(eps, "eps")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be positive, found {eps!r}")
+        if momentum is None:
+            raise TypeError("momentum=None (a cumulative average) is not supported; give a number in [0, 1]")
+        self.momentum = _number(momentum, "momentum")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], found {momentum!r}")
+        for what, flag in (("affine", affine), ("track_running_stats", track_running_stats)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{what} must be True or False, found {flag!r}")
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        """Small cases for ``numbacnn layers --check batch_norm2d``."""
+        return [
+            {"config": {}, "input_shapes": [(3, 4, 3, 3)], "training": True,
+             "bad_shapes": [([(2, 3, 4)], "expected an input of shape (C, H, W)")]},
+            {"config": {}, "input_shapes": [(2, 3, 4, 4)]},
+            {"config": {"affine": False, "momentum": 0.3}, "input_shapes": [(2, 3, 2, 2)], "training": True},
+        ]
+
+    def output_shape(self, x_shape: Shape) -> Shape:
+        if len(x_shape) != 3:
+            raise ShapeError(f"expected an input of shape (C, H, W), found {tuple(x_shape)}")
+        return x_shape
+
+    def init_params(self, input_shapes: Sequence[Shape], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        if not self.affine:
+            return {}
+        C = input_shapes[0][0]
+        return {"weight": np.ones(C, np.float32), "bias": np.zeros(C, np.float32)}
+
+    def init_buffers(self, input_shapes: Sequence[Shape]) -> dict[str, np.ndarray]:
+        if not self.track_running_stats:
+            return {}
+        C = input_shapes[0][0]
+        return {"running_mean": np.zeros(C, np.float32), "running_var": np.ones(C, np.float32)}
+
+    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
+        C, H, W = output_shape
+        return 4 * C * H * W
+
+    def _forward(self, ctx: Ctx, x: Any, kernels: Any) -> Any:
+        N, C, H, W = x.shape
+        M = N * H * W
+        x3 = x.reshape(N, C, H * W)
+        y = ctx.empty_like(x)
+        batch_stats = ctx.training or not self.track_running_stats
+        if batch_stats:
+            if M == 1:
+                raise ValueError(f"batch_norm2d node '{ctx.name}': expected more than 1 value per channel "
+                                 f"for batch statistics, found input {tuple(x.shape)}; use a larger batch")
+            mean, var = ctx.empty((C,)), ctx.empty((C,))
+            kernels.batch_norm2d_stats(x3, mean, var)
+            if ctx.training and self.track_running_stats:
+                kernels.batch_norm2d_update_running(mean, var, self.momentum, M / (M - 1),
+                                                    ctx.buffers["running_mean"], ctx.buffers["running_var"])
+        else:
+            mean, var = ctx.buffers["running_mean"], ctx.buffers["running_var"]
+        # Kernels take no None: without affine parameters the statistics fill the unread slots.
+        w, b = (ctx.params["weight"], ctx.params["bias"]) if self.affine else (mean, var)
+        kernels.batch_norm2d_forward(x3, mean, var, w, b, self.eps, self.affine, y.reshape(N, C, H * W))
+        ctx.save(x3, mean, var, batch_stats)
+        return y
+
+    def _backward(self, ctx: Ctx, gy: Any, kernels: Any) -> Any:
+        x3, mean, var, batch_stats = ctx.saved
+        N, C, L = x3.shape
+        want_gx = ctx.needs_input_grad[0]
+        gy3 = gy.reshape(N, C, L)
+        # sums[0] = sum(gy), sums[1] = sum(gy * x_hat) per channel: the weight gradients, and
+        # what the input gradient subtracts when the statistics came from the batch.
+        sums = ctx.empty((2, C))
+        if self.affine or (want_gx and batch_stats):
+            gw, gb = (ctx.grads["weight"], ctx.grads["bias"]) if self.affine else (sums[1], sums[0])
+            kernels.batch_norm2d_backward_weight(x3, gy3, mean, var, self.eps, self.affine, sums, gw, gb)
+        if not want_gx:
+            return None
+        gx = ctx.empty(gy.shape)
+        w = ctx.params["weight"] if self.affine else mean
+        kernels.batch_norm2d_backward_input(x3, gy3, mean, var, w, self.eps, sums, batch_stats, self.affine,
+                                            gx.reshape(N, C, L))
+        return gx
+
+    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
+        from . import batch_norm2d_cpu
+
+        return self._forward(ctx, x, batch_norm2d_cpu)
+
+    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
+        from . import batch_norm2d_cpu
+
+        return self._backward(ctx, gy, batch_norm2d_cpu)
+
+    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
+        from . import batch_norm2d_cuda
+
+        return self._forward(ctx, x, batch_norm2d_cuda)
+
+    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
+        from . import batch_norm2d_cuda
+
+        return self._backward(ctx, gy, batch_norm2d_cuda)

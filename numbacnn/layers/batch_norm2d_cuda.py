@@ -1,0 +1,150 @@
+"""batch_norm2d CUDA kernels: x, y, gy, gx as (N, C, H*W); statistics and parameters (C,).
+
+The per-channel reductions run one block per channel: each thread sums a strided share of
+the channel in float64, then a shared-memory tree adds the shares; thread 0 writes the
+channel's results, so no two blocks touch one element. Elementwise kernels run one element
+per thread. ``affine`` False means ``w``/``b``/``gw``/``gb`` are unread stand-ins.
+"""
+
+import math
+
+from numba import cuda, float64
+
+from .._jit import cuda_device, cuda_kernel
+from ..device import is_simulator
+
+THREADS = 256
+# Threads of one per-channel reduction block: a power of two (the tree halves it). The
+# simulator runs every thread as a Python thread, so it gets fewer.
+REDUCE = 32 if is_simulator() else 256
+
+
+@cuda_device
+def batch_norm2d_block_sum(part, t):
+    """Sum ``part[:REDUCE]`` across the block; every thread gets the total."""
+    cuda.syncthreads()
+    step = REDUCE // 2
+    while step > 0:
+        if t < step:
+            part[t] += part[t + step]
+        cuda.syncthreads()
+        step //= 2
+    total = part[0]
+    cuda.syncthreads()  # part may be reused right after
+    return total
+
+
+@cuda_kernel
+def batch_norm2d_stats_kernel(x, mean, var):
+    c = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    N, C, L = x.shape
+    if c >= C:
+        return
+    M = N * L
+    part = cuda.shared.array(REDUCE, float64)
+    acc = 0.0
+    for j in range(t, M, REDUCE):
+        acc += x[j // L, c, j % L]
+    part[t] = acc
+    m = batch_norm2d_block_sum(part, t) / M
+    acc = 0.0
+    for j in range(t, M, REDUCE):
+        d = x[j // L, c, j % L] - m
+        acc += d * d
+    part[t] = acc
+    v = batch_norm2d_block_sum(part, t) / M
+    if t == 0:
+        mean[c] = m
+        var[c] = v
+
+
+def batch_norm2d_stats(x, mean, var):
+    batch_norm2d_stats_kernel[x.shape[1], REDUCE](x, mean, var)
+
+
+@cuda_kernel
+def batch_norm2d_update_running_kernel(mean, var, momentum, unbias, running_mean, running_var):
+    c = cuda.grid(1)
+    if c < mean.size:
+        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean[c]
+        running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbias * var[c]
+
+
+def batch_norm2d_update_running(mean, var, momentum, unbias, running_mean, running_var):
+    batch_norm2d_update_running_kernel[(mean.size + THREADS - 1) // THREADS, THREADS](
+        mean, var, momentum, unbias, running_mean, running_var)
+
+
+@cuda_kernel
+def batch_norm2d_forward_kernel(x, mean, var, w, b, eps, affine, y):
+    i = cuda.grid(1)
+    if i >= x.size:
+        return
+    C, L = x.shape[1], x.shape[2]
+    l = i % L
+    c = (i // L) % C
+    n = i // (L * C)
+    k = 1.0 / math.sqrt(var[c] + eps)
+    scale = x.dtype.type(k * w[c] if affine else k)
+    shift = b[c] if affine else x.dtype.type(0)
+    y[n, c, l] = (x[n, c, l] - mean[c]) * scale + shift
+
+
+def batch_norm2d_forward(x, mean, var, w, b, eps, affine, y):
+    batch_norm2d_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, mean, var, w, b, eps, affine, y)
+
+
+@cuda_kernel
+def batch_norm2d_backward_weight_kernel(x, gy, mean, var, eps, affine, sums, gw, gb):
+    c = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    N, C, L = x.shape
+    if c >= C:
+        return
+    M = N * L
+    part = cuda.shared.array(REDUCE, float64)
+    m = mean[c]
+    sg = 0.0
+    sgx = 0.0
+    for j in range(t, M, REDUCE):
+        g = gy[j // L, c, j % L]
+        sg += g
+        sgx += g * (x[j // L, c, j % L] - m)
+    part[t] = sg
+    sg = batch_norm2d_block_sum(part, t)
+    part[t] = sgx
+    sgx = batch_norm2d_block_sum(part, t) / math.sqrt(var[c] + eps)
+    if t == 0:
+        sums[0, c] = sg
+        sums[1, c] = sgx
+        if affine:
+            gw[c] += sgx
+            gb[c] += sg
+
+
+def batch_norm2d_backward_weight(x, gy, mean, var, eps, affine, sums, gw, gb):
+    batch_norm2d_backward_weight_kernel[x.shape[1], REDUCE](x, gy, mean, var, eps, affine, sums, gw, gb)
+
+
+@cuda_kernel
+def batch_norm2d_backward_input_kernel(x, gy, mean, var, w, eps, sums, batch_stats, affine, gx):
+    i = cuda.grid(1)
+    if i >= x.size:
+        return
+    N, C, L = x.shape
+    l = i % L
+    c = (i // L) % C
+    n = i // (L * C)
+    M = N * L
+    inv = 1.0 / math.sqrt(var[c] + eps)
+    k = inv * w[c] if affine else inv
+    scale = x.dtype.type(k)
+    shift = x.dtype.type(-k * sums[0, c] / M) if batch_stats else x.dtype.type(0)
+    slope = x.dtype.type(-k * inv * sums[1, c] / M) if batch_stats else x.dtype.type(0)
+    gx[n, c, l] = scale * gy[n, c, l] + slope * (x[n, c, l] - mean[c]) + shift
+
+
+def batch_norm2d_backward_input(x, gy, mean, var, w, eps, sums, batch_stats, affine, gx):
+    batch_norm2d_backward_input_kernel[(x.size + THREADS - 1) // THREADS, THREADS](
+        x, gy, mean, var, w, eps, sums, batch_stats, affine, gx)

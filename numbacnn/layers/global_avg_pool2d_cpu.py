@@ -1,0 +1,24 @@
+"""global_avg_pool2d CPU kernels: x and gx as (N*C, H*W) planes, y and gy as (N*C,)."""
+
+from .._jit import cpu_kernel, prange
+
+
+@cpu_kernel
+def global_avg_pool2d_forward(x, y):
+    planes, L = x.shape
+    size = x.dtype.type(L)
+    for i in prange(planes):
+        acc = x.dtype.type(0)
+        for l in range(L):
+            acc += x[i, l]
+        y[i] = acc / size
+
+
+@cpu_kernel
+def global_avg_pool2d_backward_input(gy, gx):
+    planes, L = gx.shape
+    size = gx.dtype.type(L)
+    for i in prange(planes):
+        g = gy[i] / size
+        for l in range(L):
+            gx[i, l] = g
