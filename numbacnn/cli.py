@@ -51,7 +51,7 @@ def _check_layer_cmd(name: str) -> int:
     report = check_installed_layer(cls)
     for line in report:
         print(line)
-    return 0
+    return 0 if report.passed else 1
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
@@ -62,6 +62,20 @@ def _add_layers(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS["layers"] = ("list registered layers: name, provider, version, devices", _add_layers, _cmd_layers)
+
+from . import _cli_train  # noqa: E402  (argparse only; the handlers import the rest lazily)
+
+COMMANDS["train"] = ("train a zoo model on a dataset (default: lenet5 on the bundled digits)",
+                     _cli_train.add_train, _cli_train.cmd_train)
+COMMANDS["evaluate"] = ("held-out accuracy and loss of a checkpoint", _cli_train.add_evaluate,
+                        _cli_train.cmd_evaluate)
+COMMANDS["summary"] = ("a zoo model's layers, output shapes, parameters and FLOPs", _cli_train.add_summary,
+                       _cli_train.cmd_summary)
+
+from . import _scaffold  # noqa: E402  (templates only; nothing heavy)
+
+COMMANDS["new-plugin"] = ("write a ready-to-install layer plugin package (layer, kernels, tests)",
+                          _scaffold.add_arguments, _scaffold.cmd_new_plugin)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,4 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run numbacnn.cli itself, not this __main__ copy: the commands raise numbacnn.cli.CliError.
+    from numbacnn.cli import main as _main
+
+    sys.exit(_main())

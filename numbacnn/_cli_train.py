@@ -1,0 +1,164 @@
+"""The training commands of ``numbacnn``: ``train``, ``evaluate``, ``summary``.
+
+``cli.py`` registers them in its ``COMMANDS`` table; heavy imports happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "step", "cosine")
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 1,28,28, found {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive sizes C,H,W, found {text!r}")
+    return shape
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    from .zoo import MODELS
+
+    p.add_argument("--model", default="lenet5", choices=sorted(MODELS), help="zoo model (default lenet5)")
+    p.add_argument("--variant", help="network3 variant: fc, conv1, conv2, conv2_relu (default), conv2_relu_dropout")
+
+
+def _data_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    from .data import DATASETS
+
+    p.add_argument("--data", default=default, choices=sorted(DATASETS),
+                   help="; ".join(f"{k}: {v}" for k, v in DATASETS.items()))
+    p.add_argument("--data-dir", help="folder of the dataset files (MNIST default: the download cache)")
+    p.add_argument("--download", action="store_true", help="download MNIST into the cache if missing")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+
+
+def add_train(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    _data_args(p, "digits")
+    p.add_argument("--epochs", type=int, default=15, help="default 15")
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    p.add_argument("--lr", type=float, help="learning rate (default 0.05 for sgd, 0.001 for adam/adamw)")
+    p.add_argument("--momentum", type=float, default=0.9, help="sgd momentum (default 0.9)")
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--schedule", default="cosine", choices=SCHEDULES,
+                   help="cosine (default): down to 0 at the last epoch; step: x0.1 every third of the epochs")
+    p.add_argument("--warmup", type=int, default=0, help="epochs of linear learning-rate warm-up")
+    p.add_argument("--augment", help="shift[:K] (random shifts up to K pixels) or crop-flip[:PADDING]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", help="written after every epoch (default MODEL-DATA.npz here)")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress output, only the final result")
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .data import load_dataset
+
+    return load_dataset(args.data, args.data_dir, args.download)
+
+
+def _zoo_model(args: argparse.Namespace, **kwargs: Any) -> Any:
+    from .cli import CliError
+    from .zoo import build
+
+    if args.variant is not None:
+        if args.model != "network3":
+            raise CliError(f"--variant applies to network3 only, not {args.model}")
+        kwargs["variant"] = args.variant
+    return build(args.model, **kwargs)
+
+
+def _optimizer(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
+    from . import optim
+
+    lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    if args.optimizer == "sgd":
+        opt = optim.SGD(model, lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay)
+    else:
+        cls = optim.Adam if args.optimizer == "adam" else optim.AdamW
+        opt = cls(model, lr, weight_decay=args.weight_decay)
+    if args.schedule == "step":
+        return opt, optim.StepLR(opt, step_size=max(1, args.epochs // 3), gamma=0.1, warmup=args.warmup)
+    if args.schedule == "cosine":
+        return opt, optim.CosineAnnealingLR(opt, T_max=max(1, args.epochs - args.warmup), warmup=args.warmup)
+    return opt, (optim.ConstantLR(opt, warmup=args.warmup) if args.warmup else None)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .augment import parse
+    from .cli import CliError
+    from .train import Trainer
+
+    if args.epochs < 1 or args.batch_size < 1:
+        raise CliError("--epochs and --batch-size must be at least 1")
+    augment = parse(args.augment) if args.augment else None
+    t0 = time.perf_counter()
+    (x, y), (xv, yv) = _load(args)
+    model = _zoo_model(args, input_shape=x.shape[1:], num_classes=int(max(y.max(), yv.max())) + 1,
+                       seed=args.seed).to(args.device)
+    opt, schedule = _optimizer(args, model)
+    trainer = Trainer(model, opt, schedule=schedule, seed=args.seed)
+    trainer.info = {"data": args.data, "model": args.model, "variant": args.variant}
+    checkpoint = args.checkpoint or f"{args.model}-{args.data}.npz"
+    verbose = 0 if args.quiet else (1 if sys.stderr.isatty() else 2)
+    if not args.quiet:
+        print(f"training {args.model} ({model.param_count():,} parameters) on {args.data}: "
+              f"{len(x):,} images, {len(xv):,} held out, {args.epochs} epochs", flush=True)
+    history = trainer.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, validation_data=(xv, yv),
+                          augment=augment, verbose=verbose, checkpoint=checkpoint, resume=args.resume)
+    accuracy, loss = history["val_accuracy"][-1], history["val_loss"][-1]
+    print(f"held-out accuracy {accuracy:.2%} (loss {loss:.4f}) on {len(xv):,} images "
+          f"after {trainer.epoch} epochs, {time.perf_counter() - t0:.1f} s; checkpoint: {checkpoint}")
+    return 0
+
+
+def add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint written by 'numbacnn train' (or Model.save)")
+    _data_args(p, None)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ._checkpoint import read_trainer_meta
+    from .cli import CliError
+    from .model import Model
+    from .train import Trainer
+
+    model = Model.load(args.checkpoint).to(args.device)
+    if args.data is None:
+        try:
+            args.data = read_trainer_meta(args.checkpoint)[0]["info"]["data"]
+        except (ValueError, KeyError, TypeError):
+            raise CliError(f"{args.checkpoint} does not say which data it was trained on; give --data") from None
+    _, (xv, yv) = _load(args)
+    if tuple(xv.shape[1:]) != tuple(model.input_shapes[0]):
+        raise CliError(f"{args.data} images are {xv.shape[1:]}, the model in {args.checkpoint} "
+                       f"takes {tuple(model.input_shapes[0])}")
+    result = Trainer(model).evaluate(xv, yv, batch_size=max(args.batch_size, 256))
+    print(f"{args.checkpoint} on {args.data} ({len(xv):,} held-out images): "
+          f"accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f}")
+    return 0
+
+
+def add_summary(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    p.add_argument("--input-shape", type=_shape, help="C,H,W (default: the model's own, e.g. 1,28,28)")
+    p.add_argument("--num-classes", type=int, default=10)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    kwargs: dict[str, Any] = {"num_classes": args.num_classes}
+    if args.input_shape is not None:
+        kwargs["input_shape"] = args.input_shape
+    print(_zoo_model(args, **kwargs).summary())
+    return 0

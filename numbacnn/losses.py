@@ -1,0 +1,127 @@
+"""Losses: ``loss, gy = nc.losses.cross_entropy(logits, labels)``; ``nc.losses.mse(pred, target)``.
+
+Each returns the batch-mean loss as a Python float and the gradient with respect to the
+prediction, an array of the prediction's dtype on the prediction's device: a NumPy array runs
+the CPU kernels, a ``numba.cuda`` device array the CUDA kernels. The reductions follow
+PyTorch's defaults (``CrossEntropyLoss()`` and ``MSELoss()``, ``reduction="mean"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["cross_entropy", "cross_entropy_counted", "mse", "get", "LOSSES"]
+
+
+def _on_device(a: Any) -> bool:
+    return not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host")
+
+
+def _check_pred(name: str, pred: Any) -> None:
+    if not (isinstance(pred, np.ndarray) or _on_device(pred)):
+        raise TypeError(f"{name}: expected a NumPy or CUDA device array, found {type(pred).__name__}")
+    if np.dtype(pred.dtype).name not in ("float32", "float64"):
+        raise TypeError(f"{name}: expected float32 or float64 predictions, found {pred.dtype}")
+    if len(pred.shape) < 1 or pred.shape[0] == 0:
+        raise ValueError(f"{name}: expected a non-empty batch, found shape {tuple(pred.shape)}")
+
+
+def _labels(labels: Any, n: int, k: int) -> np.ndarray:
+    host = labels.copy_to_host() if _on_device(labels) else np.asarray(labels)
+    if host.ndim != 1 or host.shape[0] != n:
+        raise ValueError(f"cross_entropy: expected {n} labels (shape ({n},)), found shape {host.shape}")
+    if not np.issubdtype(host.dtype, np.integer):
+        raise TypeError(f"cross_entropy: labels must be integers (class indices), found {host.dtype}")
+    if n and (host.min() < 0 or host.max() >= k):
+        bad = host[(host < 0) | (host >= k)][0]
+        raise ValueError(f"cross_entropy: label {int(bad)} is out of range for {k} classes (expected 0..{k - 1})")
+    return np.ascontiguousarray(host, dtype=np.int64)
+
+
+def cross_entropy(logits: Any, labels: Any) -> tuple[float, Any]:
+    """Softmax + negative log-likelihood of integer ``labels``, averaged over the batch.
+
+    ``logits`` is (N, K); returns ``(loss, gy)`` with ``gy = (softmax(logits) - onehot) / N``.
+    Numerically stable for large logits (the row maximum is subtracted first).
+    """
+    loss, gy, _ = cross_entropy_counted(logits, labels, count=False)
+    return loss, gy
+
+
+def cross_entropy_counted(logits: Any, labels: Any, count: bool = True) -> tuple[float, Any, int]:
+    """``cross_entropy`` plus how many rows predict their label (the first largest logit is
+    the label's): accuracy without bringing the logits to the host (``count=False``: 0)."""
+    _check_pred("cross_entropy", logits)
+    if len(logits.shape) != 2:
+        raise ValueError(f"cross_entropy: expected logits of shape (N, classes), found {tuple(logits.shape)}; "
+                         f"put a flatten and a linear layer at the end of the model")
+    n, k = logits.shape
+    y = _labels(labels, n, k)
+    if _on_device(logits):
+        from numba import cuda
+
+        from .losses_cuda import cross_entropy_backward, cross_entropy_rows
+
+        yd = cuda.to_device(y)
+        rows = cuda.device_array((2, n), logits.dtype)
+        lse = cuda.device_array(n, logits.dtype)
+        gx = cuda.device_array(logits.shape, logits.dtype)
+        cross_entropy_rows(logits, yd, rows, lse)
+        cross_entropy_backward(logits, yd, lse, gx)
+        host = rows.copy_to_host() if count else rows[0].copy_to_host()[None]
+    else:
+        from .losses_cpu import cross_entropy_forward_backward
+
+        x = np.ascontiguousarray(logits)
+        host = np.empty((2, n), x.dtype)
+        gx = np.empty_like(x)
+        cross_entropy_forward_backward(x, y, host, gx)
+    hits = int(host[1].sum()) if count else 0
+    return float(host[0].sum(dtype=np.float64) / n), gx, hits
+
+
+def mse(pred: Any, target: Any) -> tuple[float, Any]:
+    """Mean squared error over every element (PyTorch's ``MSELoss()``); ``gy = 2 (pred - target) / pred.size``."""
+    _check_pred("mse", pred)
+    if not _on_device(target):
+        target = np.asarray(target)
+    if tuple(target.shape) != tuple(pred.shape):
+        raise ValueError(f"mse: target shape {tuple(target.shape)} differs from prediction shape {tuple(pred.shape)}")
+    n = pred.shape[0]
+    flat = (n, int(np.prod(pred.shape[1:], dtype=np.int64)))
+    if _on_device(pred):
+        from numba import cuda
+
+        from .losses_cuda import mse_backward, mse_rows
+
+        x = pred.reshape(flat)
+        t = target if _on_device(target) else cuda.to_device(np.ascontiguousarray(target, pred.dtype))
+        t = t.reshape(flat)
+        rows = cuda.device_array(n, pred.dtype)
+        gx = cuda.device_array(flat, pred.dtype)
+        mse_rows(x, t, rows)
+        mse_backward(x, t, gx)
+        return float(rows.copy_to_host().sum(dtype=np.float64) / pred.size), gx.reshape(pred.shape)
+    from .losses_cpu import mse_forward_backward
+
+    x = np.ascontiguousarray(pred).reshape(flat)
+    t = np.ascontiguousarray(target, dtype=pred.dtype).reshape(flat)
+    rows = np.empty(n, x.dtype)
+    gx = np.empty_like(x)
+    mse_forward_backward(x, t, rows, gx)
+    return float(rows.sum(dtype=np.float64) / pred.size), gx.reshape(pred.shape)
+
+
+LOSSES: dict[str, Callable[[Any, Any], tuple[float, Any]]] = {"cross_entropy": cross_entropy, "mse": mse}
+
+
+def get(loss: str | Callable[[Any, Any], tuple[float, Any]]) -> Callable[[Any, Any], tuple[float, Any]]:
+    """A loss function by name (``"cross_entropy"``, ``"mse"``), or ``loss`` itself if callable."""
+    if callable(loss):
+        return loss
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)} or a function "
+                         f"(pred, target) -> (loss, gradient)")
+    return LOSSES[loss]

@@ -1,0 +1,261 @@
+"""``Trainer``: mini-batch training with a progress bar, validation, checkpoints and resume.
+
+Reproducible by construction: epoch ``e`` shuffles and augments with a generator seeded by
+``(seed, e)``, and a checkpoint holds everything else that changes while training (weights,
+buffers, optimizer and schedule state, the model's dropout generators, the history), so a run
+resumed from the checkpoint of epoch ``e`` ends with the same weights, bit for bit, as one
+that never stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import losses
+from ._checkpoint import load_trainer_state, save_trainer_state
+from .model import Model
+
+__all__ = ["Trainer", "History", "Callback"]
+
+
+class History:
+    """Per-epoch metrics, as Keras keeps them: ``history.history["val_accuracy"][-1]``."""
+
+    def __init__(self, history: dict[str, list[float]] | None = None, epoch: list[int] | None = None) -> None:
+        self.history: dict[str, list[float]] = {k: list(v) for k, v in (history or {}).items()}
+        self.epoch: list[int] = list(epoch or [])
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(float(v))
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def __repr__(self) -> str:
+        last = ", ".join(f"{k}={v[-1]:.4f}" for k, v in self.history.items())
+        return f"<History: {len(self.epoch)} epochs; last: {last}>"
+
+
+class Callback:
+    """Hooks called by ``fit``; set ``trainer.stop_training = True`` to stop after this epoch."""
+
+    def on_epoch_begin(self, epoch: int, trainer: "Trainer") -> None:
+        pass
+
+    def on_batch_end(self, batch: int, logs: dict[str, float], trainer: "Trainer") -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], trainer: "Trainer") -> None:
+        pass
+
+
+class _FnCallback(Callback):
+    def __init__(self, fn: Callable[[int, dict[str, float]], Any]) -> None:
+        self.fn = fn
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], trainer: "Trainer") -> None:
+        self.fn(epoch, logs)
+
+
+def _batches(n: int, batch_size: int) -> range:
+    return range(0, n, batch_size)
+
+
+class Trainer:
+    """Trains ``model`` with ``optimizer`` on a loss (``"cross_entropy"``, ``"mse"`` or a function).
+
+    ``schedule`` (an ``optim.LRSchedule``) is stepped at the end of every epoch; ``seed`` fixes
+    the shuffling and augmentation of every epoch.
+    """
+
+    def __init__(self, model: Model, optimizer: Any = None, loss: Any = "cross_entropy",
+                 schedule: Any = None, seed: int = 0) -> None:
+        if not isinstance(model, Model):
+            raise TypeError(f"Trainer() expects a numbacnn.Model, found {type(model).__name__}")
+        if len(model.graph.inputs) != 1 or len(model.graph.outputs) != 1:
+            raise ValueError("Trainer handles models with one input and one output")
+        if optimizer is not None and getattr(optimizer, "model", None) is not model:
+            raise ValueError("the optimizer was made for another model: build it with this model")
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self.loss_fn = losses.get(loss)
+        self.schedule = schedule
+        self.seed = int(seed)
+        self.epoch = 0
+        self.history = History()
+        self.stop_training = False
+        self.info: dict[str, Any] = {}  # JSON-able notes kept in checkpoints (the CLI's dataset)
+        self._resumed = False
+
+    # checks ----------------------------------------------------------------------------------
+    def _check_data(self, x: Any, y: Any, what: str) -> None:
+        if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+            raise TypeError(f"{what}: x and y must be NumPy arrays, found {type(x).__name__} and {type(y).__name__}")
+        want = self.model.input_shapes[0]
+        if x.shape[1:] != want:
+            raise ValueError(f"{what}: x must be (N, {', '.join(map(str, want))}), found {x.shape}")
+        if x.dtype != self.model.dtype:
+            raise TypeError(f"{what}: x is {x.dtype} but the model is {self.model.dtype.name}; convert the data "
+                            f"(x.astype(np.{self.model.dtype.name}))")
+        if len(x) != len(y):
+            raise ValueError(f"{what}: x has {len(x)} samples but y has {len(y)}")
+        if len(x) == 0:
+            raise ValueError(f"{what}: no samples")
+
+    def _classifying(self, y: np.ndarray) -> bool:
+        return y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(self.model.output_shape) == 1
+
+    # one step --------------------------------------------------------------------------------
+    def _loss(self, out: Any, yb: np.ndarray) -> tuple[float, Any, int]:
+        """Loss, its gradient, and the correct count (0 unless classifying), on out's device."""
+        if self.loss_fn is losses.cross_entropy:
+            return losses.cross_entropy_counted(out, yb)
+        loss, gy = self.loss_fn(out, yb)
+        if not self._classifying(yb):
+            return loss, gy, 0
+        host = out if isinstance(out, np.ndarray) else out.copy_to_host()
+        return loss, gy, int((host.argmax(axis=1) == yb).sum())
+
+    def train_step(self, xb: np.ndarray, yb: np.ndarray) -> tuple[float, int]:
+        """Forward, loss, backward (no input gradient), update; returns (loss, correct count).
+
+        The logits stay on the model's device: the loss kernels run there too.
+        """
+        self.optimizer.zero_grad()
+        out = self.model.forward(xb, training=True, host=False)
+        loss, gy, correct = self._loss(out, yb)
+        self.model.backward(gy, input_grad=False)
+        self.optimizer.step()
+        return loss, correct
+
+    # fit ---------------------------------------------------------------------------------------
+    def fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
+            validation_data: tuple[np.ndarray, np.ndarray] | None = None, shuffle: bool = True,
+            augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+            callbacks: Sequence[Any] = (), verbose: int = 1, checkpoint: str | os.PathLike | None = None,
+            resume: bool = False) -> History:
+        """Train until ``epochs`` epochs are done; returns the ``History`` (train and val metrics).
+
+        ``verbose``: 0 silent, 1 a tqdm bar per epoch when stderr is a terminal (images/s, loss,
+        accuracy), 2 one line per epoch on stdout. ``checkpoint`` is written after every epoch;
+        with ``resume=True`` an existing checkpoint is loaded first and training continues from
+        its epoch (a resumed fit counts ``epochs`` from the start of the run).
+        """
+        if self.optimizer is None:
+            raise ValueError("fit() needs an optimizer: Trainer(model, nc.optim.SGD(model, lr=...))")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be an int >= 0, found {epochs!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, found {batch_size!r}")
+        self._check_data(x, y, "fit")
+        if validation_data is not None:
+            self._check_data(*validation_data, "validation_data")
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=PATH (the file to resume from and write to)")
+        if resume and os.path.exists(checkpoint):
+            self.load_checkpoint(checkpoint)
+        if not self._resumed:
+            self.epoch, self.history = 0, History()
+        self._resumed = False
+        cbs = [c if isinstance(c, Callback) else _FnCallback(c) for c in callbacks]
+        self.stop_training = False
+        while self.epoch < epochs and not self.stop_training:
+            epoch = self.epoch
+            for c in cbs:
+                c.on_epoch_begin(epoch, self)
+            logs = self._train_epoch(x, y, epoch, epochs, batch_size, shuffle, augment, cbs, verbose,
+                                     validation_data)
+            if self.schedule is not None:
+                self.schedule.step()
+            self.epoch = epoch + 1
+            self.history.append(epoch, logs)
+            if checkpoint is not None:
+                self.save_checkpoint(checkpoint)
+            for c in cbs:
+                c.on_epoch_end(epoch, logs, self)
+        return self.history
+
+    def _train_epoch(self, x, y, epoch, epochs, batch_size, shuffle, augment, cbs, verbose,
+                     validation_data) -> dict[str, float]:
+        from tqdm import tqdm
+
+        rng = np.random.default_rng([self.seed, epoch])
+        n = len(x)
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        classify = self._classifying(y)
+        bar = tqdm(total=n, unit="img", desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
+                   disable=None if verbose == 1 else True, dynamic_ncols=True, leave=True)
+        t0 = time.perf_counter()
+        loss_sum, correct = 0.0, 0
+        with bar:
+            for b, start in enumerate(_batches(n, batch_size)):
+                idx = order[start:start + batch_size]
+                xb = x[idx]
+                if augment is not None:
+                    xb = np.ascontiguousarray(augment(xb, rng), dtype=x.dtype)
+                loss, ok = self.train_step(xb, y[idx])
+                loss_sum += loss * len(idx)
+                correct += ok
+                seen = start + len(idx)
+                logs = {"loss": loss_sum / seen, **({"accuracy": correct / seen} if classify else {})}
+                for c in cbs:
+                    c.on_batch_end(b, logs, self)
+                bar.update(len(idx))
+                bar.set_postfix(_short(logs), refresh=False)
+            if validation_data is not None:
+                val = self.evaluate(*validation_data, batch_size=max(batch_size, 256))
+                logs.update({f"val_{k}": v for k, v in val.items()})
+                bar.set_postfix(_short(logs))
+        if verbose == 2:
+            seconds = time.perf_counter() - t0
+            metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+            print(f"epoch {epoch + 1}/{epochs}  {metrics}  ({n / seconds:,.0f} img/s, {seconds:.1f} s)", flush=True)
+        return logs
+
+    # inference -------------------------------------------------------------------------------
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The model's outputs (logits) for every sample, in evaluation mode."""
+        want = self.model.input_shapes[0]
+        if not isinstance(x, np.ndarray) or x.shape[1:] != want:
+            raise ValueError(f"predict: x must be an array (N, {', '.join(map(str, want))}), "
+                             f"found {getattr(x, 'shape', type(x).__name__)}")
+        outs = [self.model.forward(x[s:s + batch_size], training=False) for s in _batches(len(x), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, *self.model.output_shape), self.model.dtype)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
+        """``{"loss": ..., "accuracy": ...}`` over all of ``x`` (accuracy for integer labels)."""
+        self._check_data(x, y, "evaluate")
+        classify = self._classifying(y)
+        loss_sum, correct = 0.0, 0
+        for s in _batches(len(x), batch_size):
+            out = self.model.forward(x[s:s + batch_size], training=False, host=False)
+            loss, _, ok = self._loss(out, y[s:s + batch_size])
+            loss_sum += loss * out.shape[0]
+            correct += ok
+        result = {"loss": loss_sum / len(x)}
+        if classify:
+            result["accuracy"] = correct / len(x)
+        return result
+
+    # checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write the model with everything needed to resume (atomically: never half a file)."""
+        save_trainer_state(self, path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore a ``save_checkpoint`` file; the next ``fit`` continues from its epoch."""
+        load_trainer_state(self, path)
+        self._resumed = True
+
+
+def _short(logs: dict[str, float]) -> dict[str, str]:
+    names = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
+    return {names.get(k, k): f"{v:.4f}" for k, v in logs.items()}

@@ -1,0 +1,102 @@
+import math
+
+import numpy as np
+import pytest
+
+import numbacnn as nc
+
+
+def test_cross_entropy_worked_example():
+    # row 0: softmax([0, 0]) = [0.5, 0.5], label 0 -> loss ln 2, grad [-0.5, 0.5]
+    # row 1: softmax([0, ln 3]) = [0.25, 0.75], label 1 -> loss -ln 0.75, grad [0.25, -0.25]
+    x = np.array([[0.0, 0.0], [0.0, math.log(3.0)]], np.float32)
+    loss, gy = nc.losses.cross_entropy(x, np.array([0, 1]))
+    assert loss == pytest.approx((math.log(2.0) - math.log(0.75)) / 2, rel=1e-6)
+    np.testing.assert_allclose(gy, [[-0.25, 0.25], [0.125, -0.125]], rtol=1e-6)
+    assert gy.dtype == np.float32 and isinstance(loss, float)
+
+
+def test_cross_entropy_counted_counts_argmax_hits():
+    # rows: a tie (argmax takes the first, 0), a clear 1, a clear 2 labelled 0
+    x = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 1.0, 3.0]], np.float32)
+    y = np.array([0, 1, 0])
+    loss, gy, hits = nc.losses.cross_entropy_counted(x, y)
+    assert hits == 2 == int((x.argmax(1) == y).sum())
+    want_loss, want_gy = nc.losses.cross_entropy(x, y)
+    assert loss == want_loss
+    np.testing.assert_array_equal(gy, want_gy)
+
+
+def test_cross_entropy_matches_torch_and_is_stable():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((37, 10)) * 4).astype(np.float32)
+    x[0] += 1000.0  # a naive exp would overflow
+    x[1, 3] = -1000.0
+    y = rng.integers(0, 10, 37)
+    loss, gy = nc.losses.cross_entropy(x, y)
+    xt = torch.tensor(x, requires_grad=True)
+    lt = torch.nn.functional.cross_entropy(xt, torch.tensor(y))
+    lt.backward()
+    assert np.isfinite(loss) and np.isfinite(gy).all()
+    assert loss == pytest.approx(lt.item(), rel=1e-5)
+    np.testing.assert_allclose(gy, xt.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_mse_worked_example_and_torch():
+    # mean over all 4 elements of [1, 4, 0, 9] = 3.5; grad 2 (x - t) / 4
+    x = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    t = np.array([[0.0, 0.0], [3.0, 1.0]], np.float32)
+    loss, gy = nc.losses.mse(x, t)
+    assert loss == pytest.approx(3.5)
+    np.testing.assert_allclose(gy, [[0.5, 1.0], [0.0, 1.5]])
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
+    t = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
+    loss, gy = nc.losses.mse(x, t)
+    xt = torch.tensor(x, requires_grad=True)
+    lt = torch.nn.functional.mse_loss(xt, torch.tensor(t))
+    lt.backward()
+    assert loss == pytest.approx(lt.item(), rel=1e-6)
+    assert gy.shape == x.shape
+    np.testing.assert_allclose(gy, xt.grad.numpy(), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("x,y,err,match", [
+    (np.zeros((2, 3), np.float32), np.array([0, 3]), ValueError, "label 3 is out of range for 3 classes"),
+    (np.zeros((2, 3), np.float32), np.array([0, -1]), ValueError, "label -1 is out of range"),
+    (np.zeros((2, 3), np.float32), np.array([0]), ValueError, r"expected 2 labels"),
+    (np.zeros((2, 3), np.float32), np.array([0.0, 1.0]), TypeError, "labels must be integers"),
+    (np.zeros((2, 3, 1, 1), np.float32), np.array([0, 1]), ValueError, "expected logits of shape"),
+    (np.zeros((2, 3), np.int32), np.array([0, 1]), TypeError, "float32 or float64"),
+    ([[0.0, 1.0]], np.array([0]), TypeError, "NumPy or CUDA device array"),
+])
+def test_cross_entropy_refuses_bad_input(x, y, err, match):
+    with pytest.raises(err, match=match):
+        nc.losses.cross_entropy(x, y)
+
+
+def test_mse_shape_mismatch_and_lookup():
+    with pytest.raises(ValueError, match=r"target shape \(2, 2\) differs"):
+        nc.losses.mse(np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32))
+    assert nc.losses.get("mse") is nc.losses.mse
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        nc.losses.get("hinge")
+
+
+@pytest.mark.cuda
+def test_losses_cuda_match_cpu():
+    from numba import cuda
+
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((5, 4)) * 3).astype(np.float32)
+    y = rng.integers(0, 4, 5)
+    t = rng.standard_normal((5, 4)).astype(np.float32)
+    assert nc.losses.cross_entropy_counted(cuda.to_device(x), y)[2] == nc.losses.cross_entropy_counted(x, y)[2]
+    for fn, target in ((nc.losses.cross_entropy, y), (nc.losses.mse, t)):
+        loss, gy = fn(x, target)
+        dloss, dgy = fn(cuda.to_device(x), target)
+        assert not isinstance(dgy, np.ndarray) and dgy.dtype == np.float32
+        assert dloss == pytest.approx(loss, rel=1e-6)
+        np.testing.assert_allclose(dgy.copy_to_host(), gy, rtol=1e-6, atol=1e-8)
