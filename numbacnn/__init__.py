@@ -30,10 +30,10 @@ __all__ = [
     "Graph", "Model", "Layer", "Trainer",
     "layer_names", "get_layer", "layer_info", "register_layer",
     "UnknownLayerError", "PluginError", "ShapeError", "GraphError", "DeviceError",
-    "blocks", "zoo", "losses", "optim", "data", "testing",
+    "blocks", "zoo", "losses", "optim", "data", "augment", "testing",
 ]
 
-_SUBMODULES = {"blocks", "zoo", "losses", "optim", "data", "testing"}
+_SUBMODULES = {"blocks", "zoo", "losses", "optim", "data", "augment", "testing"}
 
 
 def __getattr__(name: str) -> Any:

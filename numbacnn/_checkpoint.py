@@ -26,18 +26,13 @@ def _from_json_array(a: np.ndarray) -> Any:
     return json.loads(np.asarray(a, np.uint8).tobytes().decode())
 
 
-def _node_rngs(model: Any) -> dict[str, np.random.Generator]:
-    # The executor gives each node its own generator; dropout draws its masks from it.
-    return {name: ctx.rng for name, ctx in model._executor.ctxs.items()}
-
-
 def save_trainer_state(trainer: Any, path: str | os.PathLike) -> None:
     meta = {
         "format": FORMAT, "epoch": trainer.epoch, "seed": trainer.seed, "loss": trainer.loss_name,
         "history": trainer.history.history, "history_epochs": trainer.history.epoch,
         "optimizer": None if trainer.optimizer is None else
         {"class": type(trainer.optimizer).__name__, "config": trainer.optimizer.config},
-        "rng": {k: g.bit_generator.state for k, g in _node_rngs(trainer.model).items()},
+        "rng": trainer.model.rng_state(),
         "info": trainer.info,
     }
     extra = {"trainer": _json_array(meta)}
@@ -87,16 +82,14 @@ def load_trainer_state(trainer: Any, path: str | os.PathLike) -> None:
     if (trainer.schedule is not None) != bool(sched_state):
         raise ValueError(f"{path}: the checkpoint was written {'with' if sched_state else 'without'} "
                          f"a learning-rate schedule; give the trainer the same")
-    rngs = _node_rngs(model)
-    if set(meta["rng"]) != set(rngs):
+    if set(meta["rng"]) != set(model.rng_state()):
         raise ValueError(f"{path}: the checkpoint's nodes differ from the model's")
     model.load_state(state, source=str(path))
     if trainer.optimizer is not None:
         trainer.optimizer.load_state_dict(optim_state)
     if trainer.schedule is not None:
         trainer.schedule.load_state_dict(sched_state)
-    for name, g in rngs.items():
-        g.bit_generator.state = meta["rng"][name]
+    model.set_rng_state(meta["rng"])
     trainer.epoch = int(meta["epoch"])
     trainer.history = History(meta["history"], meta["history_epochs"])
     trainer.info = dict(meta.get("info") or {})

@@ -51,9 +51,12 @@ class Executor:
              grads: dict[str, dict[str, Any]], buffers: dict[str, dict[str, Any]]) -> None:
         """(Re)attach the model's arrays, all already on ``device``; resets contexts."""
         self.device, self.backend = device, backend
+        old = self.ctxs
         self.ctxs = {}
         for name in self.order:
-            ctx = Ctx(name, device, self.dtype, backend, np.random.default_rng(self._seeds[name]))
+            # A move between devices keeps each node's random stream where it was.
+            rng = old[name].rng if name in old else np.random.default_rng(self._seeds[name])
+            ctx = Ctx(name, device, self.dtype, backend, rng)
             ctx.params, ctx.grads, ctx.buffers = params[name], grads[name], buffers[name]
             self.ctxs[name] = ctx
             ins = self.graph.nodes[name].inputs

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import registry
+from ._threads import single_thread_blas
 from .device import DeviceError, check_device, get_backend
 from .executor import Executor
 from .graph import Graph, GraphError
@@ -130,7 +131,8 @@ class Model:
         ``host=False`` returns the output(s) where they are, on the model's device, valid until
         the next forward (the trainer computes the loss there; nothing crosses to the host).
         """
-        ys = self._executor.forward(xs, training, training if grad is None else grad)
+        with single_thread_blas:
+            ys = self._executor.forward(xs, training, training if grad is None else grad)
         out = [self._executor.backend.to_host(y) for y in ys] if host else ys
         return out[0] if len(out) == 1 else tuple(out)
 
@@ -149,13 +151,26 @@ class Model:
                     f"backward(): gradient for output '{name}' must be {self.dtype.name} {want}, "
                     f"found {gy.dtype} {tuple(gy.shape)}"
                 )
-        gxs = self._executor.backward(gys, input_grad)
+        with single_thread_blas:
+            gxs = self._executor.backward(gys, input_grad)
         return gxs[0] if len(gxs) == 1 else tuple(gxs)
 
     def zero_grad(self) -> None:
         backend = get_backend(self.device)
         for g in self.grads.values():
             backend.fill_zero(g)
+
+    def rng_state(self) -> dict[str, Any]:
+        """Each node's random-generator state (dropout masks), for checkpoints."""
+        return {name: ctx.rng.bit_generator.state for name, ctx in self._executor.ctxs.items()}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``rng_state()`` gave."""
+        ctxs = self._executor.ctxs
+        if set(state) != set(ctxs):
+            raise ValueError(f"rng state is for nodes {sorted(state)}, the model has {sorted(ctxs)}")
+        for name, ctx in ctxs.items():
+            ctx.rng.bit_generator.state = state[name]
 
     # devices and dtypes ----------------------------------------------------------------------
     def to(self, device: str) -> "Model":
