@@ -1,56 +1,13 @@
-"""sigmoid: y = 1 / (1 + exp(-x)), elementwise, without overflow for large |x|."""
+"""sigmoid: y = 1 / (1 + exp(-x)), elementwise, without overflow for large |x|; kernels in
+sigmoid_cpu.py / sigmoid_cuda.py."""
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
-from ..layer import Ctx, Layer, Shape
+from ._activation import OutputGradActivation
 
 
-class Sigmoid(Layer):
+class Sigmoid(OutputGradActivation):
     """Logistic sigmoid, y = 1 / (1 + exp(-x)). Any shape -> same shape."""
 
     name = "sigmoid"
-    inplace_ok = True
-
-    def __init__(self) -> None:
-        pass
-
-    def output_shape(self, x_shape: Shape) -> Shape:
-        return x_shape
-
-    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
-        return 3 * math.prod(output_shape)
-
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from .sigmoid_cpu import sigmoid_forward
-
-        y = x if ctx.inplace else ctx.empty_like(x)
-        sigmoid_forward(x.reshape(-1), y.reshape(-1))
-        ctx.save(y)
-        return y
-
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .sigmoid_cpu import sigmoid_backward
-
-        (y,) = ctx.saved
-        gx = ctx.empty_like(gy)
-        sigmoid_backward(y.reshape(-1), gy.reshape(-1), gx.reshape(-1))
-        return gx
-
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        from .sigmoid_cuda import sigmoid_forward
-
-        y = x if ctx.inplace else ctx.empty_like(x)
-        sigmoid_forward(x.reshape(x.size), y.reshape(y.size))
-        ctx.save(y)
-        return y
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from .sigmoid_cuda import sigmoid_backward
-
-        (y,) = ctx.saved
-        gx = ctx.empty_like(gy)
-        sigmoid_backward(y.reshape(y.size), gy.reshape(gy.size), gx.reshape(gx.size))
-        return gx
+    flops_per_element = 3
