@@ -88,40 +88,34 @@ class Conv2d(Layer):
         # A 1x1, stride-1, unpadded convolution is a plain product with x: no im2col.
         return self.kernel == (1, 1) and self.stride == (1, 1) and self.pads == (0, 0, 0, 0)
 
-    # CPU: im2col + BLAS --------------------------------------------------------------------
+    # CPU: per-sample im2col + BLAS, one chunk of the batch per thread ---------------------
     def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
+        from .._threads import batch_chunks
         from .conv2d_cpu import conv2d_forward
 
         N, C = x.shape[:2]
         K, P, Q = self.output_shape(x.shape[1:])
-        G, (R, S) = self.groups, self.kernel
+        R, S = self.kernel
+        T = batch_chunks(N)
         y = ctx.empty((N, K, P, Q))
-        col = yt = None
-        if not self._direct():
-            col = ctx.empty((G, C // G * R * S, N, P, Q))  # the column matrix, whole batch
-            yt = ctx.empty((K, N, P * Q))  # the product, before it is put in NCHW order
-        conv2d_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, col, yt, self._geometry())
-        ctx.save(x, col)
+        col = None if self._direct() else ctx.empty((T, C * R * S, P * Q))  # a column matrix per chunk
+        conv2d_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, col, self._geometry(), T)
+        ctx.save(x)
         return y
 
     def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .conv2d_cpu import conv2d_backward_input, conv2d_backward_weight
+        from .._threads import batch_chunks
+        from .conv2d_cpu import conv2d_backward
 
-        x, col = ctx.saved
-        N, K = gy.shape[:2]
-        w, G = ctx.params["weight"], self.groups
-        gws = ctx.empty((G, K // G, w.size // K))
-        gyt = part = None
-        if col is None:
-            part = ctx.empty((N, G, K // G, w.shape[1]))
-        else:
-            gyt = ctx.empty((K, N, gy.shape[2] * gy.shape[3]))
-        conv2d_backward_weight(gy, x, col, ctx.grads["weight"], self._bias(ctx, ctx.grads), gyt, gws, part,
-                               self._geometry())
-        if not ctx.needs_input_grad[0]:
-            return None
-        gx = ctx.empty_like(x)
-        conv2d_backward_input(w, gy, gyt, col, gx, self._geometry())
+        (x,) = ctx.saved
+        N, C = x.shape[:2]
+        w, (R, S), T = ctx.params["weight"], self.kernel, batch_chunks(N)
+        shape = (T, w.shape[0], w.size // w.shape[0])
+        part, tmp = ctx.empty(shape), ctx.empty(shape)  # per-chunk partial weight gradients
+        col = None if self._direct() else ctx.empty((T, C * R * S, gy.shape[2] * gy.shape[3]))
+        gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
+        conv2d_backward(x, w, gy, ctx.grads["weight"], self._bias(ctx, ctx.grads), gx, col, part, tmp,
+                        self._geometry())
         return gx
 
     # CUDA: implicit GEMM -------------------------------------------------------------------

@@ -46,38 +46,25 @@ class Linear(Layer):
         (in_features,) = input_shapes[0]
         return 2 * in_features * self.out_features + (self.out_features if self.bias else 0)
 
-    # Parameter gradients accumulate, so every product is written as an accumulation: the
-    # forward starts y from the bias (or zeros) and adds x @ W^T onto it.
+    # CPU: BLAS products on chunks of the batch, one per thread.
     def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from .linear_cpu import linear_fill_bias, linear_products
+        from .._threads import batch_chunks
+        from .linear_cpu import linear_forward
 
-        shape = (x.shape[0], self.out_features)
-        if self.bias:
-            y = ctx.empty(shape)
-            linear_fill_bias(y, ctx.params["bias"])
-        else:
-            y = ctx.zeros(shape)
-        linear_products(x, ctx.params["weight"], y)
+        y = ctx.empty((x.shape[0], self.out_features))
+        linear_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, batch_chunks(x.shape[0]))
         ctx.save(x)
         return y
 
     def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .linear_cpu import linear_backward_bias, linear_products, linear_transpose
+        from .._threads import batch_chunks
+        from .linear_cpu import linear_backward
 
         (x,) = ctx.saved
         w = ctx.params["weight"]
-        gyt, xt = ctx.empty(gy.shape[::-1]), ctx.empty(x.shape[::-1])
-        linear_transpose(gy, gyt)
-        linear_transpose(x, xt)
-        linear_products(gyt, xt, ctx.grads["weight"])  # gw += gy^T x
-        if self.bias:
-            linear_backward_bias(gyt, ctx.grads["bias"])
-        if not ctx.needs_input_grad[0]:
-            return None
-        wt = ctx.empty(w.shape[::-1])
-        linear_transpose(w, wt)
-        gx = ctx.zeros(x.shape)
-        linear_products(gy, wt, gx)  # gx = gy W
+        part = ctx.empty((batch_chunks(x.shape[0]), *w.shape))  # per-chunk partial weight gradients
+        gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
+        linear_backward(x, w, gy, ctx.grads["weight"], self._bias(ctx, ctx.grads), part, gx)
         return gx
 
     def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
@@ -99,3 +86,7 @@ class Linear(Layer):
         gx = ctx.empty_like(x)
         linear_backward_input(gy, w, gx)
         return gx
+
+    def _bias(self, ctx: Ctx, arrays: dict[str, Any]) -> Any:
+        # Kernels take an empty array for "no bias", so one compiled version serves both.
+        return arrays["bias"] if self.bias else ctx.empty((0,))
