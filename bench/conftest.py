@@ -1,0 +1,83 @@
+"""Benchmark session setup: both engines pinned to the same thread count, smoke mode, GPU skips.
+
+Threads: ``NUMBACNN_BENCH_THREADS`` (default 2) is applied when the session starts, never at
+``import numbacnn``: Numba's parallel kernels (``numba.set_num_threads``), PyTorch's intra-op
+pool (``torch.set_num_threads``) and NumPy's BLAS (through threadpoolctl when it is installed;
+otherwise BLAS keeps its default, which on a 2-core machine is the same).
+
+Smoke mode is ``--benchmark-disable`` (CI): every benchmark runs its code path once, and the
+``smoke`` fixture tells workloads to cut their batch (see ``_peers.SMOKE_BATCH``) so the whole
+suite stays well under a minute plus compile time.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench helpers (_peers)
+
+from _peers import THREADS  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a real GPU (run with -m gpu)")
+
+
+def real_gpu() -> bool:
+    from numbacnn.device import cuda_available, is_simulator
+
+    return not is_simulator() and cuda_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_items and not real_gpu():
+        skip = pytest.mark.skip(reason="no CUDA GPU (the simulator is not timed)")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pinned_threads() -> Iterator[int]:
+    import numba
+
+    numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.set_num_threads(THREADS)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield THREADS
+        return
+    with threadpool_limits(limits=THREADS, user_api="blas"):
+        yield THREADS
+
+
+@pytest.fixture(scope="session")
+def smoke(request: pytest.FixtureRequest) -> bool:
+    """True under ``--benchmark-disable``: run every path once, on cut-down batches."""
+    return bool(request.config.getoption("benchmark_disable", False))
+
+
+@pytest.fixture
+def record(benchmark: Any) -> Any:
+    """``record(kind, device, workload, peer, batch, flops=0)``: group the peers of one
+    workload and note what the report needs to read ratios off them.
+
+    ``flops``: floating-point operations of one timed call (0: not a FLOP-bound workload).
+    """
+
+    def label(kind: str, device: str, workload: str, peer: str, batch: int, flops: int = 0) -> None:
+        benchmark.group = f"{kind} {device} {workload}"
+        benchmark.extra_info.update(kind=kind, device=device, workload=workload, peer=peer,
+                                    batch=batch, flops=int(flops), threads=THREADS)
+
+    return label

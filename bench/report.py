@@ -1,0 +1,280 @@
+"""Run the benchmark suite and print the ratio table; optionally plot it.
+
+    python bench/report.py --plot bench/results/ratios.png            # run, print, plot
+    python bench/report.py --from-json bench/results/run.json         # print a saved run
+    python bench/report.py --plot out.png -- -k conv2d                 # pass args to pytest
+
+Ratios are read inside one run (never across runs): "x torch" is PyTorch's median time over
+numbacnn's (above 1: numbacnn is faster; for a training step it is the images/s ratio), "x
+NumPy" the same against the naive NumPy im2col + matmul, "GFLOP/s" numbacnn's achieved rate
+and "% peak" that rate over NumPy's float32 2048x2048 matmul in the same run. The "target"
+column checks the issue's goals. The plot needs matplotlib (``pip install numbacnn[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (kind, workload suffix or "", minimum x torch); the issue's "done when".
+TORCH_TARGETS = [
+    ("network3 train step", "N64", 1.2),
+    ("network3 train step", "N10", 1.5),
+    ("network3 inference", "N256", 1.2),
+    ("conv2d forward+backward", "", 0.8),
+    ("block forward+backward", "", 0.8),
+]
+NUMPY_TARGET = ("conv2d forward", 5.0)
+PEAK_TARGET = ("conv2d forward", 3, 0.60)  # the three largest shapes' forward: 60% of matmul
+COLD_TARGET = ("numbacnn warm cache", 2.0)  # seconds to the end of the first step
+
+
+def _cpu_busy_s() -> float | None:
+    """Seconds of CPU the whole machine has spent busy (Linux /proc/stat), None elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_suite(json_path: Path, threads: int, pytest_args: list[str]) -> tuple[int, float | None]:
+    """Run pytest; returns its exit status and the share of the machine's CPU that other
+    processes used meanwhile (None where it cannot be read)."""
+    env = dict(os.environ, NUMBACNN_BENCH_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "pytest", "bench", f"--benchmark-json={json_path}", "-p", "no:cacheprovider",
+           *pytest_args]
+    print("$", " ".join(cmd), flush=True)
+    busy, ours, start = _cpu_busy_s(), _children_cpu_s(), time.monotonic()
+    rc = subprocess.call(cmd, cwd=REPO, env=env)
+    after = _cpu_busy_s()
+    if busy is None or after is None:
+        return rc, None
+    # On a machine as small as 2 cores, any other load stalls every 2-thread parallel region.
+    others = max(0.0, (after - busy) - (_children_cpu_s() - ours))
+    return rc, others / ((time.monotonic() - start) * (os.cpu_count() or 1))
+
+
+def load(json_path: Path) -> tuple[dict[str, Any], dict[tuple[str, str, str], dict[str, Any]]]:
+    """The run's header and {(kind, device, workload): {peer: benchmark}}."""
+    data = json.loads(json_path.read_text())
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "peer" not in info:
+            continue
+        groups.setdefault((info["kind"], info["device"], info["workload"]), {})[info["peer"]] = b
+    return data, groups
+
+
+STAT = "median"  # the statistic read off each benchmark (--stat)
+
+
+def _median(b: dict[str, Any] | None) -> float | None:
+    return None if b is None else b["stats"][STAT]
+
+
+def _ratio(peer: float | None, ours: float | None) -> float | None:
+    return None if peer is None or ours is None or ours <= 0 else peer / ours
+
+
+def ceiling(groups: dict) -> tuple[float | None, float | None]:
+    """GFLOP/s of NumPy's and PyTorch's matmul (cpu)."""
+    peers = next((v for (k, d, _), v in groups.items() if k == "matmul" and d == "cpu"), {})
+    rates = []
+    for name in ("numpy", "torch"):
+        b = peers.get(name)
+        rates.append(b["extra_info"]["flops"] / _median(b) / 1e9 if b else None)
+    return rates[0], rates[1]
+
+
+def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if v is None else format(v, spec) + suffix
+
+
+def rows(groups: dict, peak: float | None) -> list[dict[str, Any]]:
+    out = []
+    for (kind, device, workload), peers in groups.items():
+        if kind in ("matmul", "cold start"):
+            continue
+        ours = peers.get("numbacnn")
+        t_ours = _median(ours)
+        gflops = ours["extra_info"]["flops"] / t_ours / 1e9 if ours and t_ours and ours["extra_info"]["flops"] else None
+        out.append(dict(kind=kind, device=device, workload=workload, ours=t_ours,
+                        torch=_median(peers.get("torch")), numpy=_median(peers.get("numpy")),
+                        x_torch=_ratio(_median(peers.get("torch")), t_ours),
+                        x_numpy=_ratio(_median(peers.get("numpy")), t_ours), gflops=gflops,
+                        peak=gflops / peak if gflops and peak and device == "cpu" else None,
+                        flops=ours["extra_info"]["flops"] if ours else 0, target=[]))
+    for r in out:
+        for kind, suffix, want in TORCH_TARGETS:
+            if r["kind"] == kind and r["workload"].endswith(suffix) and r["device"] == "cpu":
+                r["target"].append(_check(r["x_torch"], want, f">={want}x torch"))
+        if r["kind"] == NUMPY_TARGET[0] and r["device"] == "cpu":
+            r["target"].append(_check(r["x_numpy"], NUMPY_TARGET[1], f">={NUMPY_TARGET[1]:g}x NumPy"))
+    kind, n, frac = PEAK_TARGET
+    largest = sorted((r for r in out if r["kind"] == kind and r["device"] == "cpu"), key=lambda r: -r["flops"])[:n]
+    for r in largest:
+        r["target"].append(_check(r["peak"], frac, f">={frac:.0%} peak"))
+    return out
+
+
+def _check(value: float | None, want: float, what: str) -> str:
+    return f"{what}: " + ("?" if value is None else "ok" if value >= want else "MISS")
+
+
+def cold_rows(groups: dict) -> list[tuple[str, float, float]]:
+    peers = next((v for (k, _, _), v in groups.items() if k == "cold start"), {})
+    return [(name, b["extra_info"].get("to_first_step_s", b["stats"]["median"]), b["stats"]["median"])
+            for name, b in peers.items()]
+
+
+def _versions() -> str:
+    parts = []
+    for dist in ("numbacnn", "numba", "numpy", "torch"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(parts)
+
+
+def render(data: dict[str, Any], groups: dict) -> str:
+    machine = data.get("machine_info", {})
+    cpu = machine.get("cpu", {})
+    threads = next((b["extra_info"].get("threads") for b in data["benchmarks"] if "threads" in b.get("extra_info", {})), "?")
+    np_peak, torch_peak = ceiling(groups)
+    lines = [
+        f"Run: {data.get('datetime', '?')[:19]} UTC on {cpu.get('brand_raw', '?')} "
+        f"({cpu.get('count', '?')} cores), {threads} threads per engine; {data.get('versions') or _versions()}",
+        f"Machine ceiling: NumPy float32 2048x2048 matmul {_fmt(np_peak, '.1f')} GFLOP/s "
+        f"(PyTorch {_fmt(torch_peak, '.1f')} GFLOP/s); times are the {STAT} of each benchmark's rounds",
+        _contention(data.get("other_cpu_share")),
+        "",
+        "| workload | device | numbacnn ms | PyTorch ms | naive NumPy ms | x torch | x NumPy | GFLOP/s | % peak | target |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in rows(groups, np_peak):
+        ms = lambda t: _fmt(None if t is None else t * 1e3, ".2f")
+        lines.append(
+            f"| {r['kind']} {r['workload']} | {r['device']} | {ms(r['ours'])} | {ms(r['torch'])} | {ms(r['numpy'])} "
+            f"| {_fmt(r['x_torch'], '.2f')} | {_fmt(r['x_numpy'], '.2f')} | {_fmt(r['gflops'], '.1f')} "
+            f"| {_fmt(None if r['peak'] is None else 100 * r['peak'], '.0f', '%')} | {'; '.join(r['target'])} |")
+    cold = cold_rows(groups)
+    if cold:
+        lines += ["", "| cold start: network3, fresh process to end of first training step (N64) | seconds "
+                      "| whole process s | target |", "|---|--:|--:|---|"]
+        for name, first, whole in cold:
+            target = ""
+            if name == COLD_TARGET[0]:
+                target = f"<={COLD_TARGET[1]:g} s: " + ("ok" if first <= COLD_TARGET[1] else "MISS")
+            lines.append(f"| {name} | {first:.2f} | {whole:.2f} | {target} |")
+    return "\n".join(lines)
+
+
+def _contention(share: float | None) -> str:
+    if share is None:
+        return "Other processes' CPU use during the run: not measured"
+    verdict = "a quiet run" if share < 0.05 else "NOT trustworthy, run again on an idle machine"
+    return f"Other processes used {share:.0%} of the machine's CPU during the run: {verdict}"
+
+
+def plot(groups: dict, path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("the plot needs matplotlib: pip install 'numbacnn[bench]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    np_peak, _ = ceiling(groups)
+    table = [r for r in rows(groups, np_peak) if r["x_torch"] is not None]
+    convs = [r for r in rows(groups, np_peak) if r["kind"] == "conv2d forward" and r["gflops"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, max(5.0, 0.32 * len(table) + 1.5)),
+                                   gridspec_kw={"width_ratios": [3, 2]})
+    labels = [f"{r['kind']} {r['workload']} [{r['device']}]" for r in table]
+    values = [r["x_torch"] for r in table]
+    colors = ["tab:green" if v >= 1 else "tab:red" for v in values]
+    ax1.barh(range(len(table)), values, color=colors)
+    ax1.set_yticks(range(len(table)), labels, fontsize=7)
+    ax1.invert_yaxis()
+    ax1.set_xscale("log")
+    ticks = [t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10) if min(values) / 2 <= t <= max(values) * 2]
+    ax1.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    ax1.minorticks_off()
+    ax1.axvline(1.0, color="black", lw=1)
+    for i, r in enumerate(table):
+        for kind, suffix, want in TORCH_TARGETS:
+            if r["kind"] == kind and r["workload"].endswith(suffix) and r["device"] == "cpu":
+                ax1.plot([want, want], [i - 0.4, i + 0.4], color="black", ls=":", lw=1.5)
+    ax1.set_xlabel("speed vs PyTorch (PyTorch time / numbacnn time; > 1 is faster; dotted: target)")
+    ax2.barh(range(len(convs)), [r["gflops"] for r in convs], color="tab:blue", label="numbacnn")
+    ax2.scatter([r["flops"] / r["torch"] / 1e9 if r["torch"] else 0 for r in convs], range(len(convs)),
+                color="tab:orange", zorder=3, label="PyTorch")
+    ax2.scatter([r["flops"] / r["numpy"] / 1e9 if r["numpy"] else 0 for r in convs], range(len(convs)),
+                color="gray", marker="x", zorder=3, label="naive NumPy")
+    if np_peak:
+        ax2.axvline(np_peak, color="black", ls="--", lw=1, label="NumPy matmul (ceiling)")
+        ax2.axvline(0.6 * np_peak, color="black", ls=":", lw=1, label="60% of ceiling")
+    ax2.set_yticks(range(len(convs)), [r["workload"] for r in convs], fontsize=7)
+    ax2.invert_yaxis()
+    ax2.set_xlabel("conv2d forward GFLOP/s (cpu)")
+    ax2.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plot", type=Path, help="write the plot (PNG, SVG, PDF by suffix) here")
+    parser.add_argument("--json", type=Path, help="keep the pytest-benchmark JSON here")
+    parser.add_argument("--from-json", type=Path, help="report on a saved run instead of running the suite")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("NUMBACNN_BENCH_THREADS", "2")),
+                        help="threads per engine (default 2)")
+    parser.add_argument("--stat", choices=("median", "min", "mean"), default="median",
+                        help="the statistic compared (default median; min resists load from other jobs)")
+    parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
+    args = parser.parse_args(argv)
+    global STAT
+    STAT = args.stat
+    rc = 0
+    if args.from_json:
+        json_path = args.from_json
+    else:
+        json_path = args.json or Path(tempfile.mkdtemp(prefix="numbacnn-bench-")) / "run.json"
+        rc, share = run_suite(json_path, args.threads, args.pytest_args)
+        if json_path.exists():
+            data = json.loads(json_path.read_text())
+            data.update(other_cpu_share=share, versions=_versions())
+            json_path.write_text(json.dumps(data, indent=1))
+        if not json_path.exists():
+            print("pytest wrote no benchmark JSON", file=sys.stderr)
+            return rc or 1
+    data, groups = load(json_path)
+    print(render(data, groups))
+    if args.plot:
+        plot(groups, args.plot)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
