@@ -2,7 +2,8 @@
 
 ``lenet5`` (LeCun et al. 1998, with ReLU and max pooling), ``network3`` (the MNIST nets of
 Nielsen's *Neural Networks and Deep Learning*, chapter 6), ``vgg_small`` (stacked 3x3
-convolutions for 32x32 RGB input). ``MODELS`` maps the names the CLI accepts to builders.
+convolutions for 32x32 RGB input), googlenet_mini, resnet_bottleneck and resnet_basic (CIFAR-shaped,
+built from nc.blocks). ``MODELS`` maps the names the CLI accepts to builders.
 """
 
 from __future__ import annotations
@@ -196,3 +197,5 @@ def resnet_basic(depth: int = 20, num_classes: int = 10, input_shape: Shape3 = (
 
 
 __all__ += ["googlenet_mini", "resnet_bottleneck", "resnet_basic"]
+MODELS.update({"googlenet_mini": googlenet_mini, "resnet_bottleneck": resnet_bottleneck,
+               "resnet_basic": resnet_basic})
