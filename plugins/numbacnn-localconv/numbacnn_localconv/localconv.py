@@ -107,49 +107,39 @@ class LocalConv(Layer):
         # Without a bias the kernels add zeros: K*P*Q adds, noise next to the multiply-adds.
         return ctx.params["bias"] if self.bias else ctx.zeros(y.shape[1:])
 
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from .localconv_cpu import localconv_forward
+    def _kernels(self, device: str) -> Any:
+        if device == "cuda":
+            from . import localconv_cuda
 
+            return localconv_cuda
+        from . import localconv_cpu
+
+        return localconv_cpu
+
+    def _forward(self, ctx: Ctx, x: Any) -> Any:
+        kernels = self._kernels(ctx.device)
         w = ctx.params["weight"]
         y = ctx.empty((x.shape[0], self.out_channels, w.shape[0], w.shape[1]))
-        localconv_forward(x, w, self._bias(ctx, y), y, *self._geometry())
+        kernels.localconv_forward(x, w, self._bias(ctx, y), y, *self._geometry())
         ctx.save(x)
         return y
 
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .localconv_cpu import localconv_backward_input, localconv_backward_weight
-
+    def _backward(self, ctx: Ctx, gy: Any) -> Any:
+        kernels = self._kernels(ctx.device)
         (x,) = ctx.saved
         w = ctx.params["weight"]
         gb = ctx.grads["bias"] if self.bias else ctx.zeros(gy.shape[1:])
-        localconv_backward_weight(x, gy, ctx.grads["weight"], gb, *self._geometry())
+        kernels.localconv_backward_weight(x, gy, ctx.grads["weight"], gb, *self._geometry())
         if not ctx.needs_input_grad[0]:
             return None
-        gx = ctx.zeros(x.shape)
-        localconv_backward_input(gy, w, gx, *self._geometry())
+        # The CPU kernel scatter-adds into gx (one thread per plane); the CUDA kernel gathers
+        # one element per thread and writes it, so only the CPU needs zeros.
+        gx = ctx.zeros(x.shape) if ctx.device == "cpu" else ctx.empty(x.shape)
+        kernels.localconv_backward_input(gy, w, gx, *self._geometry())
         return gx
 
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        from .localconv_cuda import localconv_forward
-
-        w = ctx.params["weight"]
-        y = ctx.empty((x.shape[0], self.out_channels, w.shape[0], w.shape[1]))
-        localconv_forward(x, w, self._bias(ctx, y), y, *self._geometry())
-        ctx.save(x)
-        return y
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from .localconv_cuda import localconv_backward_input, localconv_backward_weight
-
-        (x,) = ctx.saved
-        w = ctx.params["weight"]
-        gb = ctx.grads["bias"] if self.bias else ctx.zeros(gy.shape[1:])
-        localconv_backward_weight(x, gy, ctx.grads["weight"], gb, *self._geometry())
-        if not ctx.needs_input_grad[0]:
-            return None
-        gx = ctx.empty(x.shape)
-        localconv_backward_input(gy, w, gx, *self._geometry())
-        return gx
+    forward_cpu = forward_cuda = _forward
+    backward_cpu = backward_cuda = _backward
 
 
 def _pair(items: tuple[int, ...]) -> Pair:
