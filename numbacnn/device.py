@@ -83,9 +83,6 @@ class CpuBackend:
     def to_host(self, a: np.ndarray) -> np.ndarray:
         return np.array(a, copy=True)
 
-    def copy(self, a: np.ndarray) -> np.ndarray:
-        return a.copy()
-
     def assign(self, dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst, src)
 
@@ -130,11 +127,6 @@ class CudaBackend:
             return a.copy()
         self.d2h += 1
         return a.copy_to_host()
-
-    def copy(self, a: Any) -> Any:
-        out = self.empty(a.shape, a.dtype)
-        out.copy_to_device(a)
-        return out
 
     def assign(self, dst: Any, src: Any) -> None:
         dst.copy_to_device(src)

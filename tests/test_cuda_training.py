@@ -107,3 +107,19 @@ def test_placing_a_layer_without_cuda_kernels_fails_naming_it():
         from numbacnn.registry import unregister_layer
 
         unregister_layer("cpu_only_for_test")
+
+
+def test_fan_out_gradients_sum_on_the_device():
+    """One value read by three nodes: the executor's device-side sum matches the CPU's."""
+    g = nc.Graph()
+    t = g.relu(g.input((2, 3, 3)), name="t")
+    s = g.add(g.sigmoid(t), t, g.tanh(t), name="sum")
+    g.output(g.flatten(g.concat(s, t, name="cat")))
+    x = np.random.default_rng(2).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    gy = np.random.default_rng(3).standard_normal((2, 36)).astype(np.float32)
+    grads = []
+    for device in ("cpu", "cuda"):
+        model = nc.Model(g, seed=0).to(device)
+        model.forward(x, training=True)
+        grads.append(model.backward(gy))
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-6)
