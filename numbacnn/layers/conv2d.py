@@ -10,6 +10,9 @@ import numpy as np
 from ..layer import Ctx, Layer, Shape, ShapeError
 from ._conv_geometry import out_size, padding4, pair
 
+# Shortest contiguous run (S*C values) for which the CPU's pixel-major path is taken.
+PIXEL_MAJOR_MIN_RUN = 16
+
 
 class Conv2d(Layer):
     """Cross-correlation of each group of input channels with that group's filters, plus a bias.
@@ -89,33 +92,59 @@ class Conv2d(Layer):
         return self.kernel == (1, 1) and self.stride == (1, 1) and self.pads == (0, 0, 0, 0)
 
     # CPU: per-sample im2col + BLAS, one chunk of the batch per thread ---------------------
+    def _pixel_major(self, C: int) -> bool:
+        # The pixel-major path (conv2d_cpu) copies runs of S*C values (C when dilated); below
+        # PIXEL_MAJOR_MIN_RUN they are too short to beat the channel-major im2col.
+        run = C * (self.kernel[1] if self.dilation[1] == 1 else 1)
+        return self.groups == 1 and not self._direct() and run >= PIXEL_MAJOR_MIN_RUN
+
+    def _hwc_scratch(self, ctx: Ctx, x_shape: Shape, T: int) -> tuple[Any, Any, int]:
+        # Weights as (K, R, S, C), and a zero-padded HWC image per chunk of the batch.
+        C, H, W = x_shape[1:]
+        (R, S), (pt, pb, pl, pr) = self.kernel, self.pads
+        wp = ctx.empty((self.out_channels, R, S, C))
+        return wp, ctx.empty((T, H + pt + pb, W + pl + pr, C)), C * R * S
+
     def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
         from .._threads import batch_chunks
-        from .conv2d_cpu import conv2d_forward
+        from .conv2d_cpu import conv2d_forward, conv2d_forward_hwc, pixel_block
 
         N, C = x.shape[:2]
         K, P, Q = self.output_shape(x.shape[1:])
         R, S = self.kernel
         T = batch_chunks(N)
         y = ctx.empty((N, K, P, Q))
-        col = None if self._direct() else ctx.empty((T, C * R * S, P * Q))  # a column matrix per chunk
-        conv2d_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, col, self._geometry(), T)
+        b = self._bias(ctx, ctx.params)
+        if self._pixel_major(C):
+            wp, xp, J = self._hwc_scratch(ctx, x.shape, T)
+            B = pixel_block(P * Q, J)
+            conv2d_forward_hwc(x, ctx.params["weight"], b, y, wp, xp, ctx.empty((T, B, J)), ctx.empty((T, B, K)),
+                               self._geometry())
+        else:
+            col = None if self._direct() else ctx.empty((T, C * R * S, P * Q))  # a column matrix per chunk
+            conv2d_forward(x, ctx.params["weight"], b, y, col, self._geometry(), T)
         ctx.save(x)
         return y
 
     def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
         from .._threads import batch_chunks
-        from .conv2d_cpu import conv2d_backward
+        from .conv2d_cpu import conv2d_backward, conv2d_backward_hwc, pixel_block
 
         (x,) = ctx.saved
         N, C = x.shape[:2]
         w, (R, S), T = ctx.params["weight"], self.kernel, batch_chunks(N)
-        shape = (T, w.shape[0], w.size // w.shape[0])
-        part, tmp = ctx.empty(shape), ctx.empty(shape)  # per-chunk partial weight gradients
-        col = None if self._direct() else ctx.empty((T, C * R * S, gy.shape[2] * gy.shape[3]))
+        K, L = w.shape[0], gy.shape[2] * gy.shape[3]
+        part = ctx.empty((T, K, w.size // K))  # per-chunk partial weight gradients
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
-        conv2d_backward(x, w, gy, ctx.grads["weight"], self._bias(ctx, ctx.grads), gx, col, part, tmp,
-                        self._geometry())
+        gw, gb = ctx.grads["weight"], self._bias(ctx, ctx.grads)
+        if self._pixel_major(C):
+            wp, xp, J = self._hwc_scratch(ctx, x.shape, T)
+            gxp = None if gx is None else ctx.empty(xp.shape)
+            colt = ctx.empty((T, pixel_block(L, J), J))
+            conv2d_backward_hwc(x, w, gy, gw, gb, gx, wp, xp, gxp, colt, part, self._geometry())
+        else:
+            col = None if self._direct() else ctx.empty((T, C * R * S, L))
+            conv2d_backward(x, w, gy, gw, gb, gx, col, part, self._geometry())
         return gx
 
     # CUDA: implicit GEMM -------------------------------------------------------------------

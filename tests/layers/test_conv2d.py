@@ -77,6 +77,37 @@ def test_conv2d_cpu(cfg, shape):
     check_layer(Conv2d(**cfg), [shape], conv_ref(cfg), cuda=False)
 
 
+# The CPU layer has two im2col paths (conv2d_cpu): channel-major for few input channels and
+# grouped or 1x1 convolutions, pixel-major otherwise. The configs above are small, so most
+# take the first; here every ungrouped, non-1x1 one is forced down the second.
+PIXEL_MAJOR = [(cfg, shape) for cfg, shape in CONFIGS if cfg.get("groups", 1) == 1 and cfg["kernel_size"] != 1]
+
+
+@pytest.mark.parametrize("cfg,shape", PIXEL_MAJOR, ids=[IDS[CONFIGS.index(c)] for c in PIXEL_MAJOR])
+def test_conv2d_cpu_pixel_major(cfg, shape, monkeypatch):
+    from numbacnn.layers import conv2d
+
+    layer = Conv2d(**cfg)
+    monkeypatch.setattr(conv2d, "PIXEL_MAJOR_MIN_RUN", 1)
+    assert layer._pixel_major(shape[1])
+    check_layer(layer, [shape], conv_ref(cfg), cuda=False)
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 6, 7), (3, 24, 5, 5)])
+def test_conv2d_cpu_takes_the_pixel_major_path_on_wide_inputs(shape):
+    # Enough channels for the default threshold, with uneven blocks: 3 pixels per block.
+    from numbacnn.layers import conv2d_cpu
+
+    cfg = dict(out_channels=5, kernel_size=3, padding=(1, 2, 0, 1))
+    layer = Conv2d(**cfg)
+    assert layer._pixel_major(shape[1])
+    J = shape[1] * 9
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conv2d_cpu, "_BLOCK_ELEMENTS", 3 * J)
+        assert conv2d_cpu.pixel_block(40, J) == 3
+        check_layer(layer, [shape], conv_ref(cfg), cuda=False)
+
+
 def test_conv2d_bad_shapes():
     check_layer(Conv2d(out_channels=4, kernel_size=3, groups=2), [(2, 4, 5, 5)], cuda=False, threads=False,
                 bad_shapes=[([(2, 3, 5, 5)], "input has 3 channels, which groups=2 does not divide"),
@@ -164,10 +195,17 @@ def test_conv2d_output_shape_matches_torch(cfg, shape):
     assert (shape[0], *layer.output_shape(shape[1:])) == tuple(y.shape)
 
 
+@pytest.mark.parametrize("pixel_major", [False, True])
 @pytest.mark.parametrize("i", [1, 3, 5, 7, 10])
-def test_conv2d_values_and_gradients_match_torch(i):
+def test_conv2d_values_and_gradients_match_torch(i, pixel_major, monkeypatch):
     torch = pytest.importorskip("torch")
     cfg, shape = CONFIGS[i]
+    if pixel_major:
+        if cfg.get("groups", 1) != 1:
+            pytest.skip("grouped convolutions take the channel-major path")
+        from numbacnn.layers import conv2d
+
+        monkeypatch.setattr(conv2d, "PIXEL_MAJOR_MIN_RUN", 1)
     g = nc.Graph()
     g.conv2d(g.input(shape[1:]), name="c", **cfg)
     m = nc.Model(g, seed=1, dtype="float64")
