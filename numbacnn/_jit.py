@@ -2,7 +2,8 @@
 
 Every kernel module imports its decorator from here, so the flags below are the whole story:
 caching is on (``NUMBACNN_CACHE=0`` turns it off), fastmath is off unless a kernel opts in,
-and nothing here touches the thread count. ``numba.cuda`` is imported only when the first
+and nothing here touches the thread count. A kernel that opts in names LLVM's flags, e.g.
+``REASSOC`` (reassociation only: a float64 sum may be vectorised, NaN and Inf still behave). ``numba.cuda`` is imported only when the first
 CUDA kernel is defined, so CPU-only use never loads a GPU stack.
 """
 
@@ -14,28 +15,36 @@ from typing import Any, Callable
 import numba
 from numba import prange
 
-__all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cuda_kernel", "cuda_device", "prange", "CACHE"]
+__all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cuda_kernel", "cuda_device", "prange", "CACHE", "REASSOC"]
 
 CACHE: bool = os.environ.get("NUMBACNN_CACHE", "1") not in ("0", "false", "no")
+
+# fastmath for reductions: lets LLVM reorder a sum into vector lanes; no nnan/ninf assumptions.
+REASSOC = frozenset({"reassoc"})
+FastMath = bool | frozenset
 
 
 def _decorate(factory: Callable[..., Any], fn: Callable | None, **flags: Any) -> Any:
     return factory(**flags) if fn is None else factory(**flags)(fn)
 
 
-def cpu_kernel(fn: Callable | None = None, *, fastmath: bool = False) -> Any:
+def _flags(fastmath: FastMath) -> bool | set:
+    return set(fastmath) if isinstance(fastmath, frozenset) else fastmath
+
+
+def cpu_kernel(fn: Callable | None = None, *, fastmath: FastMath = False) -> Any:
     """A parallel CPU kernel: ``njit(parallel=True)``; its outermost loop is a ``prange``."""
-    return _decorate(numba.njit, fn, parallel=True, cache=CACHE, fastmath=fastmath, nogil=True)
+    return _decorate(numba.njit, fn, parallel=True, cache=CACHE, fastmath=_flags(fastmath), nogil=True)
 
 
-def cpu_serial(fn: Callable | None = None, *, fastmath: bool = False) -> Any:
+def cpu_serial(fn: Callable | None = None, *, fastmath: FastMath = False) -> Any:
     """A serial CPU kernel, for loops too small to be worth a thread pool."""
-    return _decorate(numba.njit, fn, parallel=False, cache=CACHE, fastmath=fastmath, nogil=True)
+    return _decorate(numba.njit, fn, parallel=False, cache=CACHE, fastmath=_flags(fastmath), nogil=True)
 
 
-def cpu_inline(fn: Callable | None = None, *, fastmath: bool = False) -> Any:
+def cpu_inline(fn: Callable | None = None, *, fastmath: FastMath = False) -> Any:
     """A helper called from other CPU kernels (inlined by LLVM, never called from Python)."""
-    return _decorate(numba.njit, fn, cache=CACHE, fastmath=fastmath, inline="always")
+    return _decorate(numba.njit, fn, cache=CACHE, fastmath=_flags(fastmath), inline="always")
 
 
 def _cuda():

@@ -1,6 +1,7 @@
 """batch_norm2d CPU kernels: x, y, gy, gx as (N, C, H*W); statistics and parameters (C,).
 
-Per-channel sums accumulate in float64 (a channel can hold N*H*W = millions of values), and
+Per-channel sums accumulate in float64 (a channel can hold N*H*W = millions of values), in
+vector lanes (the reductions opt into reassociation only: NaN and Inf propagate as ever), and
 per-channel coefficients are cast back to the data's dtype before the elementwise loops, so
 float32 data stays float32. ``affine`` False means ``w``/``b``/``gw``/``gb`` are unread
 stand-ins.
@@ -8,10 +9,10 @@ stand-ins.
 
 import math
 
-from .._jit import cpu_kernel, cpu_serial, prange
+from .._jit import REASSOC, cpu_kernel, cpu_serial, prange
 
 
-@cpu_kernel
+@cpu_kernel(fastmath=REASSOC)
 def batch_norm2d_stats(x, mean, var):
     N, C, L = x.shape
     M = N * L
@@ -52,7 +53,7 @@ def batch_norm2d_forward(x, mean, var, w, b, eps, affine, y):
             y[n, c, l] = (x[n, c, l] - m) * scale + shift
 
 
-@cpu_kernel
+@cpu_kernel(fastmath=REASSOC)
 def batch_norm2d_backward_weight(x, gy, mean, var, eps, affine, sums, gw, gb):
     N, C, L = x.shape
     # Each iteration owns its channel: sums[:, c], gw[c] and gb[c] have one writer.

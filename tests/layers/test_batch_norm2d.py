@@ -230,3 +230,17 @@ def test_batch_norm2d_cuda_running_stats_match_cpu():
     assert c.keys() == g.keys()
     for key in c:
         np.testing.assert_allclose(g[key], c[key], rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_batch_norm2d_statistics_propagate_nan_and_inf():
+    # The CPU reductions opt into reassociation (vectorised float64 sums) but not nnan/ninf:
+    # a NaN or Inf in one channel still reaches that channel's output and no other.
+    g = nc.Graph()
+    g.output(g.batch_norm2d(g.input((3, 4, 4)), name="bn"))
+    m = nc.Model(g)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    x[1, 0, 2, 3] = np.nan
+    x[0, 2, 1, 1] = np.inf
+    y = m.forward(x, training=True)
+    assert np.isnan(y[:, 0]).all() and np.isnan(y[:, 2]).any()
+    assert np.isfinite(y[:, 1]).all()
