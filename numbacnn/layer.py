@@ -136,22 +136,24 @@ class Ctx:
 
     def empty(self, shape: Sequence[int], dtype: Any = None) -> Any:
         """An uninitialised array on the node's device (the model's dtype by default)."""
-        shape = tuple(int(s) for s in shape)
         dtype = self.dtype if dtype is None else np.dtype(dtype)
+        i = self._cursor
+        if self._arena is None and i < len(self._pool):  # the steady state: kept short
+            buf = self._pool[i]
+            self._cursor = i + 1
+            if buf.shape == tuple(shape) and buf.dtype == dtype:
+                return buf
+        shape = tuple(int(s) for s in shape)
         if self._arena is not None:
             buf = self._arena.take(shape, dtype)
             self._taken.append(buf)
             return buf
-        i = self._cursor
-        self._cursor += 1
-        if i < len(self._pool):
-            buf = self._pool[i]
-            if buf.shape == shape and buf.dtype == dtype:
-                return buf
-            buf = self._pool[i] = self.backend.empty(shape, dtype)
-            return buf
         buf = self.backend.empty(shape, dtype)
-        self._pool.append(buf)
+        if i < len(self._pool):
+            self._pool[i] = buf
+        else:
+            self._cursor = i + 1
+            self._pool.append(buf)
         return buf
 
     def zeros(self, shape: Sequence[int], dtype: Any = None) -> Any:

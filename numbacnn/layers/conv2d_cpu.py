@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._blas import gemm
-from .._jit import cpu_inline, cpu_kernel, prange
+from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
 from .._threads import single_thread_blas
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int]
@@ -256,7 +256,7 @@ def conv2d_backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_g
                             gx[n, c, h, w] = gxp[t, h + pt, w + pl, c]
 
 
-@cpu_kernel
+@cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
 def conv2d_reduce(part, gw2, gy3, gb, RS):
     """gw2 += the chunks' partials summed; gb += gy3 summed over samples and pixels (if any).
     RS = R*S > 0: the partials' columns are in the pixel-major order (r, s, c), not (c, r, s)."""
