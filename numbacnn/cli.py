@@ -1,4 +1,4 @@
-"""The ``numbacnn`` command: ``layers`` and the training commands.
+"""The ``numbacnn`` command: ``layers``, the training commands and ``warmup``.
 
 Every user error (bad arguments, missing files, unknown names) ends in one line on stderr and
 a non-zero exit, never a traceback.
@@ -71,6 +71,48 @@ COMMANDS["evaluate"] = ("held-out accuracy and loss of a checkpoint", _cli_train
                         _cli_train.cmd_evaluate)
 COMMANDS["summary"] = ("a zoo model's layers, output shapes, parameters and FLOPs", _cli_train.add_summary,
                        _cli_train.cmd_summary)
+
+
+def _add_warmup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float64"),
+                   help="the dtypes to compile for (default float32)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
+    p.add_argument("--quiet", action="store_true", help="only the final line")
+
+
+def _cmd_warmup(args: argparse.Namespace) -> int:
+    """Fill Numba's disk cache: every layer, loss, optimizer and zoo model, run once on tiny data."""
+    from tqdm import tqdm
+
+    from .warmup import WarmupItem, warmup
+
+    bar: Any = None
+
+    def progress(item: WarmupItem, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # the first item is done: caching and the device were fine
+            if not args.quiet:
+                print(f"warm-up for {', '.join(args.dtype)} on {args.device}: every layer, loss, optimizer "
+                      f"and zoo model runs once on tiny data", flush=True)
+            bar = tqdm(total=total, unit="item", desc="warm-up", file=sys.stderr,
+                       disable=True if args.quiet else None, dynamic_ncols=True, leave=False)
+        if not args.quiet:
+            bar.write(f"  {item.line()}", file=sys.stdout)
+        bar.set_postfix_str(item.name, refresh=False)
+        bar.update(1)
+
+    try:
+        report = warmup(dtypes=args.dtype, devices=[args.device], progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(report.summary())
+    print(f"Numba cache: {', '.join(report.cache_dirs) or 'none'}")
+    return 0
+
+
+COMMANDS["warmup"] = ("compile every kernel ahead of time into Numba's disk cache (fast later starts)",
+                      _add_warmup, _cmd_warmup)
 
 from . import _scaffold  # noqa: E402  (templates only; nothing heavy)
 

@@ -41,13 +41,15 @@ class Conv2d(Layer):
 
     @classmethod
     def examples(cls) -> list[dict[str, Any]]:
-        """Small cases for ``numbacnn layers --check conv2d``."""
+        """Small cases for ``numbacnn layers --check conv2d`` (and ``numbacnn warmup``)."""
         return [
             {"config": {"out_channels": 4, "kernel_size": 3, "padding": (1, 0, 0, 1)}, "input_shapes": [(2, 3, 5, 5)],
              "bad_shapes": [([(2, 3, 1, 5)], "smaller than the kernel")]},
             {"config": {"out_channels": 4, "kernel_size": (3, 2), "stride": 2, "groups": 2},
              "input_shapes": [(2, 2, 7, 6)], "bad_shapes": [([(2, 3, 7, 6)], "groups=2 does not divide")]},
             {"config": {"out_channels": 3, "kernel_size": 1, "bias": False}, "input_shapes": [(2, 4, 3, 3)]},
+            # enough input channels for the CPU's pixel-major path (PIXEL_MAJOR_MIN_RUN)
+            {"config": {"out_channels": 4, "kernel_size": 3, "padding": 1}, "input_shapes": [(2, 6, 5, 5)]},
         ]
 
     def output_shape(self, x_shape: Shape) -> Shape:

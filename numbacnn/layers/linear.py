@@ -28,6 +28,13 @@ class Linear(Layer):
         self.out_features = out_features
         self.bias = bias
 
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        """Small cases for ``numbacnn layers --check linear`` (and ``numbacnn warmup``)."""
+        return [{"config": {"out_features": 3}, "input_shapes": [(2, 4)],
+                 "bad_shapes": [([(2, 3, 4, 4)], "put flatten before it")]},
+                {"config": {"out_features": 2, "bias": False}, "input_shapes": [(3, 5)]}]
+
     def output_shape(self, x_shape: Shape) -> Shape:
         if len(x_shape) != 1:
             raise ShapeError(f"linear expects a flat input (features,), found {x_shape}; put flatten before it")
