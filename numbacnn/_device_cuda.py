@@ -23,17 +23,3 @@ def fill(a: Any, value: float) -> None:
     flat = a.reshape(a.size)
     if flat.size:
         fill_kernel[(flat.size + THREADS - 1) // THREADS, THREADS](flat, flat.dtype.type(value))
-
-
-@cuda_kernel
-def add_inplace_kernel(a, b):
-    i = cuda.grid(1)
-    if i < a.size:
-        a[i] += b[i]
-
-
-def add_inplace(a: Any, b: Any) -> None:
-    """``a += b`` for two contiguous device arrays of one shape (fan-out gradient sums)."""
-    fa, fb = a.reshape(a.size), b.reshape(b.size)
-    if fa.size:
-        add_inplace_kernel[(fa.size + THREADS - 1) // THREADS, THREADS](fa, fb)

@@ -86,8 +86,11 @@ class CpuBackend:
     def assign(self, dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst, src)
 
-    def add_inplace(self, a: np.ndarray, b: np.ndarray) -> None:
-        np.add(a, b, out=a)
+    def add(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """``out = a + b`` (``out`` may be ``a``), contiguous arrays of one shape, on both cores."""
+        from .layers.add_cpu import add_forward
+
+        add_forward(a.reshape(a.size), b.reshape(b.size), out.reshape(out.size))
 
     def synchronize(self) -> None:
         pass
@@ -131,8 +134,12 @@ class CudaBackend:
     def assign(self, dst: Any, src: Any) -> None:
         dst.copy_to_device(src)
 
-    def add_inplace(self, a: Any, b: Any) -> None:
-        self._kernels.add_inplace(a, b)
+    def add(self, out: Any, a: Any, b: Any) -> None:
+        """``out = a + b`` (``out`` may be ``a``), contiguous device arrays of one shape."""
+        from .layers.add_cuda import add_forward
+
+        if out.size:
+            add_forward(a.reshape(a.size), b.reshape(b.size), out.reshape(out.size))
 
     def synchronize(self) -> None:
         self._cuda.synchronize()

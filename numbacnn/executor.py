@@ -204,16 +204,17 @@ class Executor:
         if name not in grads:
             grads[name] = g  # borrowed from the layer that returned it
             return
-        if name not in owned:
-            # A borrowed gradient may alias another value's (add returns gy twice): sum into
-            # a buffer of our own, kept for the next step.
-            acc = self._acc.get(name)
-            if acc is None or acc.shape != g.shape:
-                acc = self._acc[name] = self.backend.empty(g.shape, g.dtype)
-            self.backend.assign(acc, grads[name])
-            grads[name] = acc
-            owned.add(name)
-        self.backend.add_inplace(grads[name], g)
+        if name in owned:
+            self.backend.add(grads[name], grads[name], g)
+            return
+        # A borrowed gradient may alias another value's (add returns gy twice): the sum goes
+        # into a buffer of our own, kept for the next step, in one pass over both.
+        acc = self._acc.get(name)
+        if acc is None or acc.shape != g.shape:
+            acc = self._acc[name] = self.backend.empty(g.shape, g.dtype)
+        self.backend.add(acc, grads[name], g)
+        grads[name] = acc
+        owned.add(name)
 
     def release(self) -> None:
         for ctx in self.ctxs.values():
