@@ -78,17 +78,17 @@ def test_conv2d_cpu(cfg, shape):
 
 
 # The CPU layer has two im2col paths (conv2d_cpu): channel-major for few input channels and
-# grouped or 1x1 convolutions, pixel-major otherwise. The configs above are small, so most
+# grouped, strided or 1x1 convolutions, pixel-major otherwise. The configs above are small, so most
 # take the first; here every ungrouped, non-1x1 one is forced down the second.
 PIXEL_MAJOR = [(cfg, shape) for cfg, shape in CONFIGS if cfg.get("groups", 1) == 1 and cfg["kernel_size"] != 1]
 
 
 @pytest.mark.parametrize("cfg,shape", PIXEL_MAJOR, ids=[IDS[CONFIGS.index(c)] for c in PIXEL_MAJOR])
 def test_conv2d_cpu_pixel_major(cfg, shape, monkeypatch):
-    from numbacnn.layers import conv2d
-
     layer = Conv2d(**cfg)
-    monkeypatch.setattr(conv2d, "PIXEL_MAJOR_MIN_RUN", 1)
+    # The kernels handle strides and dilations too, though the layer sends only stride-1
+    # convolutions with enough channels their way.
+    monkeypatch.setattr(Conv2d, "_pixel_major", lambda self, C: self.groups == 1 and not self._direct())
     assert layer._pixel_major(shape[1])
     check_layer(layer, [shape], conv_ref(cfg), cuda=False)
 
@@ -203,9 +203,7 @@ def test_conv2d_values_and_gradients_match_torch(i, pixel_major, monkeypatch):
     if pixel_major:
         if cfg.get("groups", 1) != 1:
             pytest.skip("grouped convolutions take the channel-major path")
-        from numbacnn.layers import conv2d
-
-        monkeypatch.setattr(conv2d, "PIXEL_MAJOR_MIN_RUN", 1)
+        monkeypatch.setattr(Conv2d, "_pixel_major", lambda self, C: self.groups == 1 and not self._direct())
     g = nc.Graph()
     g.conv2d(g.input(shape[1:]), name="c", **cfg)
     m = nc.Model(g, seed=1, dtype="float64")
