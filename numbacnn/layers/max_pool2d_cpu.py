@@ -3,13 +3,31 @@
 ``geometry`` is (R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w).
 """
 
+from typing import Any
+
 import numpy as np
 
-from .._jit import cpu_kernel, prange
+from .._jit import cpu_inline, cpu_kernel, prange
+from .conv2d_cpu import _valid
+
+
+# Unsigned indices below: a signed one gets a negative-index check per element, which keeps
+# LLVM from vectorising (39 ms against 5.9 ms for a 3x3 pool of (8, 192, 28, 28), one thread).
+@cpu_inline
+def _row_max(xf, yf, jf, base, o, q0, q1):
+    """yf[o + q], jf[o + q] = the running maximum and its flat index, updated with
+    xf[base + q] for q0 <= q < q1 (all inside xf)."""
+    for q in range(q0, q1):
+        i, k = np.uint64(base + q), np.uint64(o + q)
+        v, best = xf[i], yf[k]
+        take = (v > best) | (v != v)
+        yf[k] = v if take else best
+        jf[k] = np.int32(i) if take else jf[k]
 
 
 @cpu_kernel
-def max_pool2d_forward(x, geometry, y, index):
+def max_pool2d_forward_windows(x, geometry, y, index):
+    """Window at a time (with an unrolled 2x2 unpadded case)."""
     R, S, sh, sw, ph, pw, dh, dw = geometry
     N, C, H, W = x.shape
     P, Q = y.shape[2], y.shape[3]
@@ -49,6 +67,40 @@ def max_pool2d_forward(x, geometry, y, index):
                             at = h * W + w
                 y[n, c, p, q] = best
                 index[n, c, p, q] = at
+
+
+@cpu_kernel
+def max_pool2d_forward_rows(x, geometry, y, index):
+    """Stride-1 width (Inception's 3x3 pool): each output row is its own running maximum,
+    one vectorised pass per tap (r, s) over the outputs whose tap is inside x; the taps are
+    visited in the window loop's order, so ties and NaNs resolve alike (3.7x faster than
+    window at a time on (8, 192, 28, 28); at stride 2 the passes are slower)."""
+    R, S, sh, sw, ph, pw, dh, dw = geometry
+    N, C, H, W = x.shape
+    P, Q = y.shape[2], y.shape[3]
+    lowest = x.dtype.type(-np.inf)
+    cols = np.empty((S, 2), np.int64)  # cols[s]: the outputs whose column-s tap is inside x
+    for s in range(S):
+        cols[s, 0], cols[s, 1] = _valid(Q, W, 1, s * dw - pw)
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        xf, yf, jf = x[n, c].reshape(H * W), y[n, c].reshape(P * Q), index[n, c].reshape(P * Q)
+        for i in range(P * Q):
+            yf[i] = lowest
+            jf[i] = -1
+        for p in range(P):
+            for r in range(R):
+                h = p * sh - ph + r * dh
+                if h >= 0 and h < H:
+                    for s in range(S):
+                        _row_max(xf, yf, jf, h * W + s * dw - pw, p * Q, cols[s, 0], cols[s, 1])
+
+
+def max_pool2d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
+    """y = the windows' maxima, index = their flat positions in each (H, W) plane (-1: a
+    window of padding alone)."""
+    stride_w = geometry[3]
+    (max_pool2d_forward_rows if stride_w == 1 else max_pool2d_forward_windows)(x, geometry, y, index)
 
 
 @cpu_kernel
