@@ -177,6 +177,14 @@ def render(data: dict[str, Any], groups: dict) -> str:
             f"| {r['kind']} {r['workload']} | {r['device']} | {ms(r['ours'])} | {ms(r['torch'])} | {ms(r['numpy'])} "
             f"| {_fmt(r['x_torch'], '.2f')} | {_fmt(r['x_numpy'], '.2f')} | {_fmt(r['gflops'], '.1f')} "
             f"| {_fmt(None if r['peak'] is None else 100 * r['peak'], '.0f', '%')} | {'; '.join(r['target'])} |")
+    fwd = [r for r in rows(groups, np_peak) if r["kind"] == NUMPY_TARGET[0] and r["torch"] and r["numpy"]]
+    if fwd:
+        # The peer a user would pick, held to the same bar: how far the naive forward target is
+        # reachable at all on this machine.
+        vs = [r["numpy"] / r["torch"] for r in fwd]
+        met = sum(v >= NUMPY_TARGET[1] for v in vs)
+        lines += ["", f"PyTorch against the naive NumPy forward in this run: {min(vs):.2f}x to {max(vs):.2f}x "
+                      f"(>= {NUMPY_TARGET[1]:g}x on {met} of {len(vs)} shapes)."]
     cold = cold_rows(groups)
     if cold:
         lines += ["", "| cold start: network3, fresh process to end of first training step (N64) | seconds "
