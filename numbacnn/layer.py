@@ -134,6 +134,12 @@ class Ctx:
         self._arena = arena
         self.inplace = inplace
 
+    @property
+    def backward_expected(self) -> bool:
+        """False in inference without gradients (buffers come from the shared arena): a layer
+        need not keep anything for a backward that will not run."""
+        return self._arena is None
+
     def empty(self, shape: Sequence[int], dtype: Any = None) -> Any:
         """An uninitialised array on the node's device (the model's dtype by default)."""
         dtype = self.dtype if dtype is None else np.dtype(dtype)

@@ -104,12 +104,12 @@ class Conv2d(Layer):
         return (self.groups == 1 and not self._direct() and self.stride == (1, 1)
                 and run >= PIXEL_MAJOR_MIN_RUN)
 
-    def _hwc_scratch(self, ctx: Ctx, x_shape: Shape, T: int) -> tuple[Any, Any, int]:
-        # Weights as (K, R, S, C), and a zero-padded HWC image per chunk of the batch.
+    def _hwc_scratch(self, ctx: Ctx, x_shape: Shape, images: int) -> tuple[Any, Any, int]:
+        # Weights as (K, R, S, C), and ``images`` zero-padded HWC images.
         C, H, W = x_shape[1:]
         (R, S), (pt, pb, pl, pr) = self.kernel, self.pads
         wp = ctx.empty((self.out_channels, R, S, C))
-        return wp, ctx.empty((T, H + pt + pb, W + pl + pr, C)), C * R * S
+        return wp, ctx.empty((images, H + pt + pb, W + pl + pr, C)), C * R * S
 
     def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
         from .._threads import batch_chunks
@@ -122,30 +122,34 @@ class Conv2d(Layer):
         y = ctx.empty((N, K, P, Q))
         b = self._bias(ctx, ctx.params)
         if self._pixel_major(C):
-            wp, xp, J = self._hwc_scratch(ctx, x.shape, T)
+            # With a backward to come, every sample's HWC image is kept for it (as big as x);
+            # otherwise one per chunk of the batch is scratch.
+            wp, xp, J = self._hwc_scratch(ctx, x.shape, N if ctx.backward_expected else T)
             B = pixel_block(P * Q, J)
             conv2d_forward_hwc(x, ctx.params["weight"], b, y, wp, xp, ctx.empty((T, B, J)), ctx.empty((T, B, K)),
                                self._geometry())
+            ctx.save(x, wp, xp)
         else:
             col = None if self._direct() else ctx.empty((T, C * R * S, P * Q))  # a column matrix per chunk
             conv2d_forward(x, ctx.params["weight"], b, y, col, self._geometry(), T)
-        ctx.save(x)
+            ctx.save(x)
         return y
 
     def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
         from .._threads import batch_chunks
         from .conv2d_cpu import conv2d_backward, conv2d_backward_hwc, pixel_block
 
-        (x,) = ctx.saved
+        x = ctx.saved[0]
         N, C = x.shape[:2]
         w, (R, S), T = ctx.params["weight"], self.kernel, batch_chunks(N)
         K, L = w.shape[0], gy.shape[2] * gy.shape[3]
         part = ctx.empty((T, K, w.size // K))  # per-chunk partial weight gradients
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
         gw, gb = ctx.grads["weight"], self._bias(ctx, ctx.grads)
-        if self._pixel_major(C):
-            wp, xp, J = self._hwc_scratch(ctx, x.shape, T)
-            gxp = None if gx is None else ctx.empty(xp.shape)
+        if len(ctx.saved) == 3:  # the pixel-major forward ran
+            _, wp, xp = ctx.saved
+            J = wp.size // K
+            gxp = None if gx is None else ctx.empty((T, *xp.shape[1:]))
             colt = ctx.empty((T, pixel_block(L, J), J))
             conv2d_backward_hwc(x, w, gy, gw, gb, gx, wp, xp, gxp, colt, part, self._geometry())
         else:

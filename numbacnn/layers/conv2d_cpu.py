@@ -200,7 +200,8 @@ def _rows(xp, cf, Q, geo, la, lb, scatter):
 @cpu_kernel
 def conv2d_forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
     """y[n] = conv2d(x[n]) + b through pixel-major column blocks; wp is (K, R*S*C), scratch
-    per chunk t: xp[t] (padded HWC image), colt[t] (block rows, R*S*C), yt[t] (block rows, K)."""
+    per chunk t: colt[t] (block rows, R*S*C), yt[t] (block rows, K); xp (padded HWC images)
+    has one per chunk, or one per sample (N of them: kept for the backward)."""
     pt, pl = geo[7], geo[8]
     N, K = y.shape[0], y.shape[1]
     T, B, J = colt.shape
@@ -209,11 +210,12 @@ def conv2d_forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
         scalars = np.empty(2, x.dtype)
         cf, ytf = colt[t].reshape(B * J), yt[t].reshape(B * K)
         for n in range(t * N // T, (t + 1) * N // T):
-            _to_hwc(x[n], xp[t], pt, pl)
+            xpn = xp[n] if xp.shape[0] == N else xp[t]
+            _to_hwc(x[n], xpn, pt, pl)
             yn = y[n].reshape(K, L)
             for la in range(0, L, B):
                 lb = min(L, la + B)
-                _rows(xp[t], cf, Q, geo, la, lb, False)
+                _rows(xpn, cf, Q, geo, la, lb, False)
                 gemm(False, True, lb - la, K, J, cf, J, wp.reshape(K * J), J, 0, ytf, K, scalars)
                 for k in range(K):
                     bk = b[k] if b.size else yn.dtype.type(0)
@@ -224,7 +226,8 @@ def conv2d_forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
 @cpu_kernel
 def conv2d_backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_gx):
     """part[t] = chunk t's weight gradient, columns (r, s, c); gx[n] (when ``want_gx``) =
-    the input gradient, gathered in the padded HWC scratch gxp[t] and transposed back."""
+    the input gradient, gathered in the padded HWC scratch gxp[t] and transposed back. xp:
+    the forward's padded HWC images of x, one per sample."""
     pt, pl = geo[7], geo[8]
     N, K = gy.shape[0], gy.shape[1]
     T, B, J = colt.shape
@@ -235,13 +238,13 @@ def conv2d_backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_g
         cf, pf = colt[t].reshape(B * J), part[t].reshape(K * J)
         n0 = t * N // T
         for n in range(n0, (t + 1) * N // T):
-            _to_hwc(x[n], xp[t], pt, pl)
+            xpn = xp[n]
             if want_gx:
                 gxp[t].reshape(gxp[t].size)[:] = 0
             gyf = gy[n].reshape(K * L)
             for la in range(0, L, B):
                 lb = min(L, la + B)
-                _rows(xp[t], cf, Q, geo, la, lb, False)
+                _rows(xpn, cf, Q, geo, la, lb, False)
                 # part[t] (+)= gy[n][:, la:lb] @ colt block; the block's column-matrix gradient
                 # = gy[n][:, la:lb]^T @ wp, added back into the image
                 gemm(False, False, K, J, lb - la, gyf[la:], L, cf, J, 0 if n == n0 and la == 0 else 1, pf, J,
@@ -323,9 +326,10 @@ def pixel_block(L: int, J: int) -> int:
 
 def conv2d_forward_hwc(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, wp: np.ndarray,
                        xp: np.ndarray, colt: np.ndarray, yt: np.ndarray, geo: Geometry) -> None:
-    """y = conv2d(x, w) + b on the pixel-major path (groups 1). Scratch: ``wp`` (K, R, S, C),
-    and per chunk of the batch ``xp`` (T, padded H, padded W, C), ``colt`` (T, B, C*R*S) and
-    ``yt`` (T, B, K), B = pixel_block(...)."""
+    """y = conv2d(x, w) + b on the pixel-major path (groups 1). ``wp`` (K, R, S, C) receives
+    the weights in column order (the backward takes them from there). Scratch: ``xp``
+    (T or N, padded H, padded W, C; N: kept for the backward), and per chunk of the batch
+    ``colt`` (T, B, C*R*S) and ``yt`` (T, B, K), B = pixel_block(...)."""
     np.copyto(wp, w.transpose(0, 2, 3, 1))
     with single_thread_blas:
         conv2d_forward_pixels(x, wp.reshape(wp.shape[0], -1), b, xp, colt, yt, y, y.shape[2], y.shape[3], geo)
@@ -335,10 +339,10 @@ def conv2d_backward_hwc(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.nda
                         gx: np.ndarray | None, wp: np.ndarray, xp: np.ndarray, gxp: np.ndarray | None,
                         colt: np.ndarray, part: np.ndarray, geo: Geometry) -> None:
     """The pixel-major backward: gw += the weight gradient, gb += the bias gradient, gx = the
-    input gradient (None: not wanted; then ``gxp`` may be None too). Scratch as in the forward,
-    plus ``gxp`` (like ``xp``) and ``part`` (T, K, C*R*S)."""
+    input gradient (None: not wanted; then ``gxp`` may be None too). ``wp`` and ``xp`` (one
+    image per sample) as the forward left them; scratch ``gxp`` (T, padded H, padded W, C) and
+    ``part`` (T, K, C*R*S)."""
     N, K, P, Q = gy.shape
-    np.copyto(wp, w.transpose(0, 2, 3, 1))
     with single_thread_blas:
         conv2d_backward_pixels(x, wp.reshape(K, -1), gy, xp, xp if gxp is None else gxp, colt, part,
                                x if gx is None else gx, P, Q, geo, gx is not None)
