@@ -15,7 +15,8 @@ from typing import Any, Callable
 import numba
 from numba import prange
 
-__all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cuda_kernel", "cuda_device", "prange", "CACHE", "REASSOC"]
+__all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cpu_cfunc", "cuda_kernel", "cuda_device", "prange", "CACHE",
+           "REASSOC"]
 
 CACHE: bool = os.environ.get("NUMBACNN_CACHE", "1") not in ("0", "false", "no")
 
@@ -45,6 +46,12 @@ def cpu_serial(fn: Callable | None = None, *, fastmath: FastMath = False) -> Any
 def cpu_inline(fn: Callable | None = None, *, fastmath: FastMath = False) -> Any:
     """A helper called from other CPU kernels (inlined by LLVM, never called from Python)."""
     return _decorate(numba.njit, fn, cache=CACHE, fastmath=_flags(fastmath), inline="always")
+
+
+def cpu_cfunc(signature: Any) -> Any:
+    """A C-callable CPU function of a fixed signature (its address can stand in for a C
+    library's function)."""
+    return numba.cfunc(signature, cache=CACHE, nopython=True)
 
 
 def _cuda():

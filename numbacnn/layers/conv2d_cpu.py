@@ -1,7 +1,8 @@
 """conv2d CPU: per-sample im2col and BLAS products inside parallel Numba kernels.
 
 Each sample's column matrix ``col[n]``, rows (c, r, s) and columns (p, q), is built by the
-thread that owns sample n and multiplied right there with ``np.dot`` (single-threaded BLAS):
+thread that owns sample n and multiplied right there with ``gemm`` (numbacnn._blas: one
+BLAS thread, strided blocks, transposes, accumulation):
 y[n] = w @ col[n] lands in NCHW order with no transposes. Both cores stay busy through one
 parallel loop over the batch, and the column matrix is still hot in cache when BLAS reads it.
 A 1x1, stride-1, unpadded convolution skips im2col: x[n] already is its column matrix.
@@ -11,8 +12,9 @@ into its own partial, and ``conv2d_reduce`` sums the partials afterwards, so no 
 ever write the same element. The input gradient is per sample again: col[n] = w^T @ gy[n],
 then col2im scatters it into gx[n] (the direct path writes gx[n] itself).
 
-Every wrapper runs under ``single_thread_blas``: BLAS threads of their own would fight
-Numba's pool for the cores. ``geo`` is (groups, R, S, stride_h, stride_w, dilation_h,
+Few input channels, groups, strides and 1x1 take that channel-major path; the others take
+the pixel-major one further down. Every wrapper runs under ``single_thread_blas``: BLAS
+threads of their own would fight Numba's pool for the cores. ``geo`` is (groups, R, S, stride_h, stride_w, dilation_h,
 dilation_w, pad_top, pad_left).
 """
 
@@ -103,13 +105,15 @@ def conv2d_forward_batch(x, x4, w3, b, col, y4, T, P, Q, geo, direct):
     """y4[n, g] = w3[g] @ xcol[n, g] (+ b), xcol[n] being x[n]'s column matrix, which chunk t
     of T builds in col[t] (x4[n] itself when ``direct``)."""
     N, G, Kg, L = y4.shape
+    J = w3.shape[2]
     for t in prange(T):
         for n in range(t * N // T, (t + 1) * N // T):
             if not direct:
                 _im2col(x[n], col[t].reshape(col[t].size), P, Q, geo)
             src = x4[n] if direct else col[t]
-            for g in range(G):
-                np.dot(w3[g], src[g], y4[n, g])
+            for g in range(G):  # y4[n, g] = w3[g] @ src[g]
+                gemm(False, False, Kg, L, J, w3[g].reshape(Kg * J), J, src[g].reshape(J * L), L, 0,
+                     y4[n, g].reshape(Kg * L), L)
             if b.size:
                 for g in range(G):
                     for k in range(Kg):
@@ -126,7 +130,6 @@ def conv2d_backward_chunks(x, x4, w3, gy4, col, part, gx, gx4, P, Q, geo, direct
     N, G, Kg, L = gy4.shape
     T, _, _, J = part.shape
     for t in prange(T):
-        scalars = np.empty(2, x.dtype)
         n0, n1 = t * N // T, (t + 1) * N // T
         for n in range(n0, n1):
             if not direct:
@@ -134,11 +137,12 @@ def conv2d_backward_chunks(x, x4, w3, gy4, col, part, gx, gx4, P, Q, geo, direct
             src = x4[n] if direct else col[t]
             for g in range(G):  # part[t, g] (+)= gy4[n, g] @ src[g]^T
                 gemm(False, True, Kg, J, L, gy4[n, g].reshape(Kg * L), L, src[g].reshape(J * L), L,
-                     0 if n == n0 else 1, part[t, g].reshape(Kg * J), J, scalars)
+                     0 if n == n0 else 1, part[t, g].reshape(Kg * J), J)
             if want_gx:
                 dst = gx4[n] if direct else col[t]
-                for g in range(G):
-                    np.dot(w3[g].T, gy4[n, g], dst[g])
+                for g in range(G):  # dst[g] = w3[g]^T @ gy4[n, g]
+                    gemm(True, False, J, L, Kg, w3[g].reshape(Kg * J), J, gy4[n, g].reshape(Kg * L), L, 0,
+                         dst[g].reshape(J * L), L)
                 if not direct:
                     _col2im(col[t].reshape(col[t].size), gx[n], P, Q, geo)
 
@@ -207,7 +211,6 @@ def conv2d_forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
     T, B, J = colt.shape
     L = P * Q
     for t in prange(T):
-        scalars = np.empty(2, x.dtype)
         cf, ytf = colt[t].reshape(B * J), yt[t].reshape(B * K)
         for n in range(t * N // T, (t + 1) * N // T):
             xpn = xp[n] if xp.shape[0] == N else xp[t]
@@ -216,7 +219,7 @@ def conv2d_forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
             for la in range(0, L, B):
                 lb = min(L, la + B)
                 _rows(xpn, cf, Q, geo, la, lb, False)
-                gemm(False, True, lb - la, K, J, cf, J, wp.reshape(K * J), J, 0, ytf, K, scalars)
+                gemm(False, True, lb - la, K, J, cf, J, wp.reshape(K * J), J, 0, ytf, K)
                 for k in range(K):
                     bk = b[k] if b.size else yn.dtype.type(0)
                     for l in range(la, lb):
@@ -234,7 +237,6 @@ def conv2d_backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_g
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     L = P * Q
     for t in prange(T):
-        scalars = np.empty(2, x.dtype)
         cf, pf = colt[t].reshape(B * J), part[t].reshape(K * J)
         n0 = t * N // T
         for n in range(n0, (t + 1) * N // T):
@@ -247,10 +249,9 @@ def conv2d_backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_g
                 _rows(xpn, cf, Q, geo, la, lb, False)
                 # part[t] (+)= gy[n][:, la:lb] @ colt block; the block's column-matrix gradient
                 # = gy[n][:, la:lb]^T @ wp, added back into the image
-                gemm(False, False, K, J, lb - la, gyf[la:], L, cf, J, 0 if n == n0 and la == 0 else 1, pf, J,
-                     scalars)
+                gemm(False, False, K, J, lb - la, gyf[la:], L, cf, J, 0 if n == n0 and la == 0 else 1, pf, J)
                 if want_gx:
-                    gemm(True, False, lb - la, J, K, gyf[la:], L, wp.reshape(K * J), J, 0, cf, J, scalars)
+                    gemm(True, False, lb - la, J, K, gyf[la:], L, wp.reshape(K * J), J, 0, cf, J)
                     _rows(gxp[t], cf, Q, geo, la, lb, True)
             if want_gx:
                 for c in range(C):

@@ -1,0 +1,55 @@
+"""numbacnn._blas.gemm against NumPy: transposes, row strides, beta, both dtypes, both BLAS."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from numbacnn._blas import gemm
+from numbacnn._jit import cpu_serial
+
+
+@cpu_serial
+def _call(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc)
+
+
+def check_gemm(dtype) -> None:
+    rng = np.random.default_rng(0)
+    m, n, k = 5, 7, 3
+    for ta in (False, True):
+        for tb in (False, True):
+            for beta in (0, 1):
+                # Matrices stored with wider rows than they use (the convolution's column
+                # blocks of gy[n]), read through their row strides.
+                A = rng.standard_normal((k, m + 2) if ta else (m, k + 2)).astype(dtype)
+                B = rng.standard_normal((n, k + 1) if tb else (k, n + 1)).astype(dtype)
+                C = rng.standard_normal((m, n + 3)).astype(dtype)
+                opa = A[:, :m].T if ta else A[:, :k]
+                opb = B[:, :k].T if tb else B[:, :n]
+                want = opa.astype(np.float64) @ opb + (beta * C[:, :n] if beta else 0)
+                if not beta:
+                    C[:, :n] = np.nan  # beta 0 ignores what C held
+                before = C[:, n:].copy()
+                _call(ta, tb, m, n, k, A.ravel(), A.shape[1], B.ravel(), B.shape[1], beta, C.ravel(), C.shape[1])
+                tol = 1e-5 if dtype == np.float32 else 1e-12
+                np.testing.assert_allclose(C[:, :n], want, rtol=tol, atol=tol)
+                np.testing.assert_array_equal(C[:, n:], before)  # outside the block: untouched
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_matches_numpy(dtype):
+    check_gemm(dtype)
+
+
+def test_gemm_through_the_scipy_fallback():
+    # NUMBACNN_BLAS=scipy registers the C-callable fallbacks over SciPy's BLAS instead of
+    # NumPy's OpenBLAS: same results (a fresh process: the choice is made at import).
+    code = ("import numpy as np, numbacnn._blas as b, sys; sys.path.insert(0, %r); import test_blas as t; "
+            "assert 'SciPy' in b.BLAS, b.BLAS; t.check_gemm(np.float32); t.check_gemm(np.float64); print('ok')"
+            % os.path.dirname(__file__))
+    env = {**os.environ, "NUMBACNN_BLAS": "scipy"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
