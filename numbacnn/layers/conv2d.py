@@ -151,7 +151,7 @@ class Conv2d(Layer):
             J = wp.size // K
             gxp = None if gx is None else ctx.empty((T, *xp.shape[1:]))
             colt = ctx.empty((T, pixel_block(L, J), J))
-            conv2d_backward_hwc(x, w, gy, gw, gb, gx, wp, xp, gxp, colt, part, self._geometry())
+            conv2d_backward_hwc(x, gy, gw, gb, gx, wp, xp, gxp, colt, part, self._geometry())
         else:
             col = None if self._direct() else ctx.empty((T, C * R * S, L))
             conv2d_backward(x, w, gy, gw, gb, gx, col, part, self._geometry())

@@ -336,9 +336,9 @@ def conv2d_forward_hwc(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarra
         conv2d_forward_pixels(x, wp.reshape(wp.shape[0], -1), b, xp, colt, yt, y, y.shape[2], y.shape[3], geo)
 
 
-def conv2d_backward_hwc(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
-                        gx: np.ndarray | None, wp: np.ndarray, xp: np.ndarray, gxp: np.ndarray | None,
-                        colt: np.ndarray, part: np.ndarray, geo: Geometry) -> None:
+def conv2d_backward_hwc(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray, gx: np.ndarray | None,
+                        wp: np.ndarray, xp: np.ndarray, gxp: np.ndarray | None, colt: np.ndarray,
+                        part: np.ndarray, geo: Geometry) -> None:
     """The pixel-major backward: gw += the weight gradient, gb += the bias gradient, gx = the
     input gradient (None: not wanted; then ``gxp`` may be None too). ``wp`` and ``xp`` (one
     image per sample) as the forward left them; scratch ``gxp`` (T, padded H, padded W, C) and
