@@ -12,6 +12,9 @@ from ._conv_geometry import out_size, padding4, pair
 
 # Shortest contiguous run (S*C values) for which the CPU's pixel-major path is taken.
 PIXEL_MAJOR_MIN_RUN = 16
+# Fewest input and output channels for which a 3x3 stride-1 convolution takes the CPU's
+# Winograd path (conv2d_winograd_cpu): with fewer, its tile transforms outweigh the products.
+WINOGRAD_MIN_CHANNELS = 16
 
 
 class Conv2d(Layer):
@@ -49,7 +52,9 @@ class Conv2d(Layer):
              "input_shapes": [(2, 2, 7, 6)], "bad_shapes": [([(2, 3, 7, 6)], "groups=2 does not divide")]},
             {"config": {"out_channels": 3, "kernel_size": 1, "bias": False}, "input_shapes": [(2, 4, 3, 3)]},
             # enough input channels for the CPU's pixel-major path (PIXEL_MAJOR_MIN_RUN)
-            {"config": {"out_channels": 4, "kernel_size": 3, "padding": 1}, "input_shapes": [(2, 6, 5, 5)]},
+            {"config": {"out_channels": 4, "kernel_size": 3, "padding": (1, 0, 2, 2)}, "input_shapes": [(2, 6, 5, 5)]},
+            # and for its Winograd path (WINOGRAD_MIN_CHANNELS)
+            {"config": {"out_channels": 16, "kernel_size": 3, "padding": 1}, "input_shapes": [(2, 16, 5, 5)]},
         ]
 
     def output_shape(self, x_shape: Shape) -> Shape:
@@ -104,6 +109,21 @@ class Conv2d(Layer):
         return (self.groups == 1 and not self._direct() and self.stride == (1, 1)
                 and run >= PIXEL_MAJOR_MIN_RUN)
 
+    def _winograd(self, C: int) -> bool:
+        # 3x3 stride 1 (conv2d_winograd_cpu); also ungrouped and undilated.
+        return (self.groups == 1 and self.kernel == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1)
+                and min(C, self.out_channels) >= WINOGRAD_MIN_CHANNELS)
+
+    def _winograd_scratch(self, ctx: Ctx, T: int, C: int, P: int, Q: int) -> tuple[Any, Any, Any, int]:
+        # Per chunk of the batch: transformed input and output tiles of a block of tile rows,
+        # and its output pixels.
+        from .conv2d_winograd_cpu import plane_size, tile_rows
+
+        K, tw = self.out_channels, (Q + 1) // 2
+        tr = tile_rows(tw, C, K)
+        return (ctx.empty((T, 16, plane_size(tr * tw, C))), ctx.empty((T, 16, plane_size(tr * tw, K))),
+                ctx.empty((T, 2 * tr * Q, K)), tr)
+
     def _hwc_scratch(self, ctx: Ctx, x_shape: Shape, images: int) -> tuple[Any, Any, int]:
         # Weights as (K, R, S, C), and ``images`` zero-padded HWC images.
         C, H, W = x_shape[1:]
@@ -121,7 +141,16 @@ class Conv2d(Layer):
         T = batch_chunks(N)
         y = ctx.empty((N, K, P, Q))
         b = self._bias(ctx, ctx.params)
-        if self._pixel_major(C):
+        if self._winograd(C):
+            from .conv2d_winograd_cpu import conv2d_forward_wino, padded_shape
+
+            # As below: every sample's padded HWC image is kept when a backward is to come.
+            U = ctx.empty((16, C, K))
+            xp = ctx.empty((N if ctx.backward_expected else T, *padded_shape(x.shape, P, Q)))
+            V, M, pix, tr = self._winograd_scratch(ctx, T, C, P, Q)
+            conv2d_forward_wino(x, ctx.params["weight"], b, y, U, xp, V, M, pix, (self.pads[0], self.pads[2]), tr)
+            ctx.save(x, U, xp)
+        elif self._pixel_major(C):
             # With a backward to come, every sample's HWC image is kept for it (as big as x);
             # otherwise one per chunk of the batch is scratch.
             wp, xp, J = self._hwc_scratch(ctx, x.shape, N if ctx.backward_expected else T)
@@ -142,11 +171,21 @@ class Conv2d(Layer):
         x = ctx.saved[0]
         N, C = x.shape[:2]
         w, (R, S), T = ctx.params["weight"], self.kernel, batch_chunks(N)
-        K, L = w.shape[0], gy.shape[2] * gy.shape[3]
-        part = ctx.empty((T, K, w.size // K))  # per-chunk partial weight gradients
+        K, P, Q = gy.shape[1:]
+        L = P * Q
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
         gw, gb = ctx.grads["weight"], self._bias(ctx, ctx.grads)
-        if len(ctx.saved) == 3:  # the pixel-major forward ran
+        if self._winograd(C):
+            from .conv2d_winograd_cpu import conv2d_backward_wino
+
+            _, U, xp = ctx.saved
+            part = ctx.empty((T, 16, C, K))  # per-chunk partial weight gradients, transformed
+            gxp = None if gx is None else ctx.empty((T, *xp.shape[1:]))
+            V, M, pix, tr = self._winograd_scratch(ctx, T, C, P, Q)
+            conv2d_backward_wino(x, gy, gw, gb, gx, U, xp, gxp, V, M, pix, part, (self.pads[0], self.pads[2]), tr)
+            return gx
+        part = ctx.empty((T, K, w.size // K))  # per-chunk partial weight gradients
+        if self._pixel_major(C):  # the pixel-major forward ran
             _, wp, xp = ctx.saved
             J = wp.size // K
             gxp = None if gx is None else ctx.empty((T, *xp.shape[1:]))

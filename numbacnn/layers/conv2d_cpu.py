@@ -260,12 +260,21 @@ def conv2d_backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_g
                             gx[n, c, h, w] = gxp[t, h + pt, w + pl, c]
 
 
+@cpu_inline
+def _bias_sum(gy3, k):
+    """The sum of gy3[:, k, :] (a bias gradient; a caller's REASSOC lets it run in lanes)."""
+    acc = gy3.dtype.type(0)
+    for n in range(gy3.shape[0]):
+        for i in range(gy3.shape[2]):
+            acc += gy3[n, k, i]
+    return acc
+
+
 @cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
 def conv2d_reduce(part, gw2, gy3, gb, RS):
     """gw2 += the chunks' partials summed; gb += gy3 summed over samples and pixels (if any).
     RS = R*S > 0: the partials' columns are in the pixel-major order (r, s, c), not (c, r, s)."""
     T, K, J = part.shape
-    N, _, L = gy3.shape
     for k in prange(K):
         for j in range(J):
             jp = j if RS == 0 else (j % RS) * (J // RS) + j // RS
@@ -274,11 +283,7 @@ def conv2d_reduce(part, gw2, gy3, gb, RS):
                 s += part[t, k, jp]
             gw2[k, j] += s
         if gb.size:
-            acc = gy3.dtype.type(0)
-            for n in range(N):
-                for i in range(L):
-                    acc += gy3[n, k, i]
-            gb[k] += acc
+            gb[k] += _bias_sum(gy3, k)
 
 
 def _per_group(a: np.ndarray, G: int, L: int) -> np.ndarray:

@@ -108,6 +108,67 @@ def test_conv2d_cpu_takes_the_pixel_major_path_on_wide_inputs(shape):
         check_layer(layer, [shape], conv_ref(cfg), cuda=False)
 
 
+# 3x3 stride-1 convolutions with enough channels take the Winograd path (conv2d_winograd_cpu).
+# Forced here on small ones: odd and even output sizes (tiles hanging over the edge), a 1x1
+# output, uneven and oversized paddings, no bias.
+WINOGRAD = [(cfg, shape) for cfg, shape in CONFIGS if cfg["kernel_size"] == 3 and "stride" not in cfg
+            and "dilation" not in cfg and "groups" not in cfg] + [
+    (dict(out_channels=3, kernel_size=3, padding="same", bias=False), (2, 2, 5, 4)),
+    (dict(out_channels=2, kernel_size=3, padding=(3, 0, 2, 2)), (1, 3, 4, 3)),
+    (dict(out_channels=3, kernel_size=3), (3, 2, 3, 3)),
+]
+
+
+def _force_winograd(monkeypatch):
+    monkeypatch.setattr(Conv2d, "_winograd", lambda self, C: self.groups == 1 and self.kernel == (3, 3)
+                        and self.stride == (1, 1) and self.dilation == (1, 1))
+
+
+@pytest.mark.parametrize("cfg,shape", WINOGRAD, ids=[f"{c}@{s}" for c, s in WINOGRAD])
+def test_conv2d_cpu_winograd(cfg, shape, monkeypatch):
+    _force_winograd(monkeypatch)
+    layer = Conv2d(**cfg)
+    assert layer._winograd(shape[1])
+    check_layer(layer, [shape], conv_ref(cfg), cuda=False)
+
+
+def test_conv2d_cpu_winograd_by_default_in_uneven_tile_blocks():
+    # Enough channels for the default threshold; one tile row per block, 4 rows of tiles (the
+    # last one half outside a 7-row output): every block boundary and edge in one run.
+    from numbacnn.layers import conv2d_winograd_cpu
+
+    cfg, shape = dict(out_channels=16, kernel_size=3, padding=(1, 0, 1, 1)), (2, 16, 8, 5)
+    layer = Conv2d(**cfg)
+    assert layer._winograd(16) and not Conv2d(out_channels=15, kernel_size=3)._winograd(16)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conv2d_winograd_cpu, "_BLOCK_ELEMENTS", 16 * 3 * 32)
+        assert conv2d_winograd_cpu.tile_rows(3, 16, 16) == 1
+        check_layer(layer, [shape], conv_ref(cfg), cuda=False, fd_points=6)
+
+
+def test_conv2d_cpu_winograd_float32_error_is_rounding():
+    # F(2x2, 3x3) adds and halves, so in float32 it is as close to the exact result as the
+    # direct sum: compared against the float64 naive loops at wide, realistic sizes.
+    cfg, shape = dict(out_channels=32, kernel_size=3, padding=1), (2, 48, 9, 10)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape)
+    g = nc.Graph()
+    g.conv2d(g.input(shape[1:]), name="c", **cfg)
+    m = nc.Model(g, seed=3, dtype="float32")
+    assert Conv2d(**cfg)._winograd(shape[1])
+    y = m.forward(x.astype(np.float32), training=True)
+    w, b = (m.params[k].astype(np.float64) for k in ("c.weight", "c.bias"))
+    ref = conv_ref(cfg)(x, w, b)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+    gy = rng.standard_normal(y.shape)
+    gx = m.backward(gy.astype(np.float32))
+    assert gx.dtype == np.float32 and m.grads["c.weight"].dtype == np.float32
+    # the input gradient is the convolution of gy with the flipped, transposed weights
+    gref = conv_ref(dict(out_channels=48, kernel_size=3, padding=1))(gy, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    np.testing.assert_allclose(gx, gref, rtol=0, atol=2e-5 * np.abs(gref).max())
+
+
 def test_conv2d_bad_shapes():
     check_layer(Conv2d(out_channels=4, kernel_size=3, groups=2), [(2, 4, 5, 5)], cuda=False, threads=False,
                 bad_shapes=[([(2, 3, 5, 5)], "input has 3 channels, which groups=2 does not divide"),
@@ -195,15 +256,19 @@ def test_conv2d_output_shape_matches_torch(cfg, shape):
     assert (shape[0], *layer.output_shape(shape[1:])) == tuple(y.shape)
 
 
-@pytest.mark.parametrize("pixel_major", [False, True])
-@pytest.mark.parametrize("i", [1, 3, 5, 7, 10])
-def test_conv2d_values_and_gradients_match_torch(i, pixel_major, monkeypatch):
+@pytest.mark.parametrize("path", ["channel-major", "pixel-major", "winograd"])
+@pytest.mark.parametrize("i", [0, 1, 3, 5, 7, 10])
+def test_conv2d_values_and_gradients_match_torch(i, path, monkeypatch):
     torch = pytest.importorskip("torch")
     cfg, shape = CONFIGS[i]
-    if pixel_major:
+    if path == "pixel-major":
         if cfg.get("groups", 1) != 1:
             pytest.skip("grouped convolutions take the channel-major path")
         monkeypatch.setattr(Conv2d, "_pixel_major", lambda self, C: self.groups == 1 and not self._direct())
+    if path == "winograd":
+        if (cfg, shape) not in WINOGRAD:
+            pytest.skip("only 3x3 stride-1 convolutions take the Winograd path")
+        _force_winograd(monkeypatch)
     g = nc.Graph()
     g.conv2d(g.input(shape[1:]), name="c", **cfg)
     m = nc.Model(g, seed=1, dtype="float64")
