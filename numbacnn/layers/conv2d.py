@@ -114,16 +114,6 @@ class Conv2d(Layer):
         return (self.groups == 1 and self.kernel == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1)
                 and min(C, self.out_channels) >= WINOGRAD_MIN_CHANNELS)
 
-    def _winograd_scratch(self, ctx: Ctx, T: int, C: int, P: int, Q: int) -> tuple[Any, Any, Any, int]:
-        # Per chunk of the batch: transformed input and output tiles of a block of tile rows,
-        # and its output pixels.
-        from .conv2d_winograd_cpu import plane_size, tile_rows
-
-        K, tw = self.out_channels, (Q + 1) // 2
-        tr = tile_rows(tw, C, K)
-        return (ctx.empty((T, 16, plane_size(tr * tw, C))), ctx.empty((T, 16, plane_size(tr * tw, K))),
-                ctx.empty((T, 2 * tr * Q, K)), tr)
-
     def _hwc_scratch(self, ctx: Ctx, x_shape: Shape, images: int) -> tuple[Any, Any, int]:
         # Weights as (K, R, S, C), and ``images`` zero-padded HWC images.
         C, H, W = x_shape[1:]
@@ -142,12 +132,11 @@ class Conv2d(Layer):
         y = ctx.empty((N, K, P, Q))
         b = self._bias(ctx, ctx.params)
         if self._winograd(C):
-            from .conv2d_winograd_cpu import conv2d_forward_wino, padded_shape
+            from .conv2d_winograd_cpu import conv2d_forward_wino, scratch
 
             # As below: every sample's padded HWC image is kept when a backward is to come.
-            U = ctx.empty((16, C, K))
-            xp = ctx.empty((N if ctx.backward_expected else T, *padded_shape(x.shape, P, Q)))
-            V, M, pix, tr = self._winograd_scratch(ctx, T, C, P, Q)
+            sh, tr = scratch(N if ctx.backward_expected else T, T, C, K, P, Q)
+            U, xp, V, M, pix = (ctx.empty(sh[k]) for k in ("U", "xp", "V", "M", "pix"))
             conv2d_forward_wino(x, ctx.params["weight"], b, y, U, xp, V, M, pix, (self.pads[0], self.pads[2]), tr)
             ctx.save(x, U, xp)
         elif self._pixel_major(C):
@@ -176,12 +165,12 @@ class Conv2d(Layer):
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
         gw, gb = ctx.grads["weight"], self._bias(ctx, ctx.grads)
         if self._winograd(C):
-            from .conv2d_winograd_cpu import conv2d_backward_wino
+            from .conv2d_winograd_cpu import conv2d_backward_wino, scratch
 
             _, U, xp = ctx.saved
-            part = ctx.empty((T, 16, C, K))  # per-chunk partial weight gradients, transformed
+            sh, tr = scratch(N, T, C, K, P, Q)
+            V, M, pix, part = (ctx.empty(sh[k]) for k in ("V", "M", "pix", "part"))
             gxp = None if gx is None else ctx.empty((T, *xp.shape[1:]))
-            V, M, pix, tr = self._winograd_scratch(ctx, T, C, P, Q)
             conv2d_backward_wino(x, gy, gw, gb, gx, U, xp, gxp, V, M, pix, part, (self.pads[0], self.pads[2]), tr)
             return gx
         part = ctx.empty((T, K, w.size // K))  # per-chunk partial weight gradients

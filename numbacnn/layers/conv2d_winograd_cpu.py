@@ -1,24 +1,28 @@
-"""conv2d CPU, 3x3 stride 1: Winograd's minimal filtering F(2x2, 3x3) with BLAS products.
+"""conv2d CPU, 3x3 stride 1: Winograd's minimal filtering F(4x4, 3x3) with BLAS products.
 
-Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). A 2x2 block of
-outputs of one 3x3 filter is ``A^T [(G g G^T) * (B^T d B)] A`` for the 4x4 input tile d that
-covers it: 16 multiplications instead of 36. Summed over input channels, the products become
-16 independent matrix products, one per point e of the 4x4 transform:
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). A 4x4 block of
+outputs of one 3x3 filter is ``A^T [(G g G^T) * (B^T d B)] A`` for the 6x6 input tile d that
+covers it: 36 multiplications instead of 144. Summed over input channels, the products become
+36 independent matrix products, one per point e of the 6x6 transform:
 
     M[e] (tiles, K) = V[e] (tiles, C) @ U[e] (C, K),   V = B^T d B,  U = G g G^T,
 
-2.25 times fewer multiply-adds than the direct convolution, in BLAS. The backward is the chain
-rule through the same formula: with Z[e] = (A dy A^T)[e] for each 2x2 tile of the output
+four times fewer multiply-adds than the direct convolution, in BLAS. The backward is the chain
+rule through the same formula: with Z[e] = (A dy A^T)[e] for each 4x4 tile of the output
 gradient, the weight gradient is ``G^T (sum over tiles of V[e]^T @ Z[e]) G`` and the input
 gradient of a tile ``B (Z[e] @ U[e]^T) B^T``, added back where neighbouring tiles overlap.
 
 The layout follows the pixel-major path (conv2d_cpu): each sample becomes a zero-padded HWC
 image (padded up to whole tiles), and its tiles are processed a block of tile rows at a time,
-sized to keep V and M in L2. The transforms run over contiguous channels (vectorised); the
-products run with one BLAS thread inside a parallel loop over chunks of the batch. The weight
-gradient accumulates per chunk (no two threads write the same partial) and is summed and
-transformed back by ``winograd_reduce``. The arithmetic differs from the direct sum by
-rounding only (F(2x2, 3x3)'s transforms hold 0, +-1 and 1/2).
+sized to keep V and M in L2. The transforms run over contiguous channels; the products run
+with one BLAS thread inside a parallel loop over chunks of the batch. The weight gradient
+accumulates per chunk (no two threads write the same partial) and is summed and transformed
+back by ``winograd_reduce``.
+
+Rounding: the transforms' constants (the points 0, +-1, +-2) make float32 results about ten
+times further from the exact ones than the direct sum's (measured 3e-6 against 3e-7 of the
+largest output, 64 channels); float64 stays at 1e-15. F(2x2, 3x3) would round like the
+direct sum, but its four-times-larger transformed tiles made it 1.5x slower here.
 """
 
 from __future__ import annotations
@@ -30,228 +34,260 @@ from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
 from .._threads import single_thread_blas
 from .conv2d_cpu import _bias_sum, _to_hwc
 
-# Tile block: the transformed input and output of a block (16 * tiles * (C + K) values) stay
+# Tile block: the transformed input and output of a block (36 * tiles * (C + K) values) stay
 # under this many float32 elements (1 MiB), next to BLAS's packing buffers in a 2 MiB L2.
 _BLOCK_ELEMENTS = 256 * 1024
 _U64 = np.uint64
 
 
-# The four 1-D transforms of F(2, 3) and their transposes (used by the backward).
+# The 1-D transforms of F(4, 3) and the transposes the backward needs. ``c`` holds the
+# constants in the arrays' dtype: (2, 4, 5, 8) for B and A, (1/4, 1/6, 1/12, 1/24) for G.
 @cpu_inline
-def _bt(d):  # B^T d
-    d0, d1, d2, d3 = d
-    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
-
-
-@cpu_inline
-def _b(v):  # B v (the input gradient of B^T d)
-    v0, v1, v2, v3 = v
-    return v0, v1 - v2 + v3, v2 + v1 - v0, -v3
+def _bt(d, c):  # B^T d
+    d0, d1, d2, d3, d4, d5 = d
+    two, four, five, _ = c
+    t1, t2 = d4 - four * d2, d3 - four * d1
+    t3, t4 = d4 - d2, two * (d3 - d1)
+    return four * d0 - five * d2 + d4, t1 + t2, t1 - t2, t3 + t4, t3 - t4, four * d1 - five * d3 + d5
 
 
 @cpu_inline
-def _at(m):  # A^T m
-    m0, m1, m2, m3 = m
-    return m0 + m1 + m2, m1 - m2 - m3
+def _b(v, c):  # B v
+    v0, v1, v2, v3, v4, v5 = v
+    two, four, five, _ = c
+    return (four * v0, four * (v2 - v1 + v5) + two * (v4 - v3), -five * v0 - four * (v1 + v2) - v3 - v4,
+            v1 - v2 + two * (v3 - v4) - five * v5, v0 + v1 + v2 + v3 + v4, v5)
 
 
 @cpu_inline
-def _a(y0, y1):  # A y (the gradient of A^T m)
-    return y0, y0 + y1, y0 - y1, -y1
+def _at(m, c):  # A^T m
+    m0, m1, m2, m3, m4, m5 = m
+    two, four, _, eight = c
+    s12, d12, s34, d34 = m1 + m2, m1 - m2, m3 + m4, m3 - m4
+    return m0 + s12 + s34, d12 + two * d34, s12 + four * s34, d12 + eight * d34 + m5
 
 
 @cpu_inline
-def _g(g0, g1, g2, half):  # G g
-    return g0, half * (g0 + g1 + g2), half * (g0 - g1 + g2), g2
+def _a(y, c):  # A y
+    y0, y1, y2, y3 = y
+    two, four, _, eight = c
+    s02, d13 = y0 + four * y2, two * y1 + eight * y3
+    return y0, y0 + y1 + y2 + y3, y0 - y1 + y2 - y3, s02 + d13, s02 - d13, y3
 
 
 @cpu_inline
-def _gt(u0, u1, u2, u3, half):  # G^T u (the gradient of G g)
-    return u0 + half * (u1 + u2), half * (u1 - u2), half * (u1 + u2) + u3
+def _g(g, c):  # G g
+    g0, g1, g2 = g
+    q, s, t, f = c  # 1/4, 1/6, 1/12, 1/24
+    e = f * g0 + s * g2
+    return q * g0, -s * (g0 + g1 + g2), -s * (g0 - g1 + g2), e + t * g1, e - t * g1, g2
 
 
 @cpu_inline
-def _load16(f, o, step):
-    """The 16 values f[o + e*step], e = 0..15 (one tile point each), as a tuple."""
-    return (f[o], f[o + step], f[o + 2 * step], f[o + 3 * step], f[o + 4 * step], f[o + 5 * step],
-            f[o + 6 * step], f[o + 7 * step], f[o + 8 * step], f[o + 9 * step], f[o + 10 * step],
-            f[o + 11 * step], f[o + 12 * step], f[o + 13 * step], f[o + 14 * step], f[o + 15 * step])
+def _gt(u, c):  # G^T u
+    u0, u1, u2, u3, u4, u5 = u
+    q, s, t, f = c
+    return (q * u0 - s * (u1 + u2) + f * (u3 + u4), s * (u2 - u1) + t * (u3 - u4),
+            s * (u3 + u4 - u1 - u2) + u5)
+
+
+@cpu_inline
+def _ld6(f, o, step):
+    return f[o], f[o + step], f[o + 2 * step], f[o + 3 * step], f[o + 4 * step], f[o + 5 * step]
+
+
+@cpu_inline
+def _st6(f, o, step, v):
+    for i in range(6):
+        f[o + _U64(i) * step] = v[i]
+
+
+@cpu_inline
+def _add6(f, o, step, v):
+    for i in range(6):
+        f[o + _U64(i) * step] += v[i]
+
+
+@cpu_inline
+def _ld4(f, o, step, n, zero):
+    """f[o + i*step] for i < n, zero past it (a tile hanging over the output's edge)."""
+    return (f[o] if n > 0 else zero, f[o + step] if n > 1 else zero, f[o + 2 * step] if n > 2 else zero,
+            f[o + 3 * step] if n > 3 else zero)
+
+
+@cpu_inline
+def _st4(f, o, step, v, n):
+    for i in range(n):
+        f[o + _U64(i) * step] = v[i]
 
 
 def tile_rows(tw: int, C: int, K: int) -> int:
     """Tile rows per block (tw tiles each) for C input and K output channels."""
-    return max(1, _BLOCK_ELEMENTS // (16 * tw * (C + K)))
+    return max(1, _BLOCK_ELEMENTS // (36 * tw * (C + K)))
 
 
 def plane_size(tiles: int, channels: int) -> int:
-    """Elements per transform point (plane) of V or M: the transforms touch all 16 planes at
+    """Elements per transform point (plane) of V or M: the transforms touch all 36 planes at
     once, so planes a multiple of 4 KiB apart would share L1 sets (measured: the input
     transform ran 5x slower). Whole 64-byte lines, an odd number of them."""
     lines = -(-tiles * channels // 16)
     return 16 * (lines + 1 - lines % 2)
 
 
+def _consts(dtype: np.dtype) -> tuple[tuple, tuple]:
+    f = np.dtype(dtype).type
+    return (f(2), f(4), f(5), f(8)), (f(1) / f(4), f(1) / f(6), f(1) / f(12), f(1) / f(24))
+
+
+# The tile loops name every point with a constant index: a tuple indexed by a loop variable
+# is spilled to the stack, which costs more than the arithmetic.
 @cpu_inline
-def _load4(f, o, step):
-    return f[o], f[o + step], f[o + 2 * step], f[o + 3 * step]
-
-
-@cpu_inline
-def _store4(f, o, step, v):
-    f[o] = v[0]
-    f[o + step] = v[1]
-    f[o + 2 * step] = v[2]
-    f[o + 3 * step] = v[3]
-
-
-@cpu_inline
-def _add4(f, o, step, v):
-    f[o] += v[0]
-    f[o + step] += v[1]
-    f[o + 2 * step] += v[2]
-    f[o + 3 * step] += v[3]
-
-
-# The tile loops below name every point with a constant index: a tuple indexed by a loop
-# variable is spilled to the stack, and then LLVM does not vectorise over the channels.
-@cpu_inline
-def _input_tiles(xp, V, i0, i1):
-    """V[a*4 + b, t, c] = (B^T d B)[a, b] for the tiles t = (i - i0)*tw + j of tile rows
-    [i0, i1), d = xp[2i:2i+4, 2j:2j+4, c]."""
+def _input_tiles(xp, V, i0, i1, c):
+    """V[6a + b, t, ch] = (B^T d B)[a, b] for the tiles t = (i - i0)*tw + j of tile rows
+    [i0, i1), d = xp[4i:4i+6, 4j:4j+6, ch]."""
     Hp, Wp, C = xp.shape
-    tw = (Wp - 2) // 2
+    tw = (Wp - 2) // 4
     xf = xp.reshape(xp.size)
     vf = V.reshape(V.size)
     row, col, plane = _U64(Wp * C), _U64(C), _U64(V.shape[1])
     for i in range(i0, i1):
         for j in range(tw):
-            o = _U64((2 * i * Wp + 2 * j) * C)
+            o = _U64((4 * i * Wp + 4 * j) * C)
             ov = _U64(((i - i0) * tw + j) * C)
-            for c in range(C):
-                x0, v0 = o + _U64(c), ov + _U64(c)
-                c0 = _bt(_load4(xf, x0, row))
-                c1 = _bt(_load4(xf, x0 + col, row))
-                c2 = _bt(_load4(xf, x0 + 2 * col, row))
-                c3 = _bt(_load4(xf, x0 + 3 * col, row))
-                _store4(vf, v0, plane, _bt((c0[0], c1[0], c2[0], c3[0])))
-                _store4(vf, v0 + 4 * plane, plane, _bt((c0[1], c1[1], c2[1], c3[1])))
-                _store4(vf, v0 + 8 * plane, plane, _bt((c0[2], c1[2], c2[2], c3[2])))
-                _store4(vf, v0 + 12 * plane, plane, _bt((c0[3], c1[3], c2[3], c3[3])))
+            for ch in range(C):
+                x0, v0 = o + _U64(ch), ov + _U64(ch)
+                c0 = _bt(_ld6(xf, x0, row), c)
+                c1 = _bt(_ld6(xf, x0 + col, row), c)
+                c2 = _bt(_ld6(xf, x0 + 2 * col, row), c)
+                c3 = _bt(_ld6(xf, x0 + 3 * col, row), c)
+                c4 = _bt(_ld6(xf, x0 + 4 * col, row), c)
+                c5 = _bt(_ld6(xf, x0 + 5 * col, row), c)
+                _st6(vf, v0, plane, _bt((c0[0], c1[0], c2[0], c3[0], c4[0], c5[0]), c))
+                _st6(vf, v0 + 6 * plane, plane, _bt((c0[1], c1[1], c2[1], c3[1], c4[1], c5[1]), c))
+                _st6(vf, v0 + 12 * plane, plane, _bt((c0[2], c1[2], c2[2], c3[2], c4[2], c5[2]), c))
+                _st6(vf, v0 + 18 * plane, plane, _bt((c0[3], c1[3], c2[3], c3[3], c4[3], c5[3]), c))
+                _st6(vf, v0 + 24 * plane, plane, _bt((c0[4], c1[4], c2[4], c3[4], c4[4], c5[4]), c))
+                _st6(vf, v0 + 30 * plane, plane, _bt((c0[5], c1[5], c2[5], c3[5], c4[5], c5[5]), c))
 
 
 @cpu_inline
-def _input_tiles_grad(V, gxp, i0, i1):
-    """The transpose of _input_tiles: gxp[2i:2i+4, 2j:2j+4, c] += B V[:, t, c] B^T."""
+def _input_tiles_grad(V, gxp, i0, i1, c):
+    """The transpose of _input_tiles: gxp[4i:4i+6, 4j:4j+6, ch] += B V[:, t, ch] B^T."""
     Hp, Wp, C = gxp.shape
-    tw = (Wp - 2) // 2
+    tw = (Wp - 2) // 4
     xf = gxp.reshape(gxp.size)
     vf = V.reshape(V.size)
     row, col, plane = _U64(Wp * C), _U64(C), _U64(V.shape[1])
     for i in range(i0, i1):
         for j in range(tw):
-            o = _U64((2 * i * Wp + 2 * j) * C)
+            o = _U64((4 * i * Wp + 4 * j) * C)
             ov = _U64(((i - i0) * tw + j) * C)
-            for c in range(C):
-                x0, v0 = o + _U64(c), ov + _U64(c)
-                r0 = _b(_load4(vf, v0, 4 * plane))
-                r1 = _b(_load4(vf, v0 + plane, 4 * plane))
-                r2 = _b(_load4(vf, v0 + 2 * plane, 4 * plane))
-                r3 = _b(_load4(vf, v0 + 3 * plane, 4 * plane))
-                _add4(xf, x0, col, _b((r0[0], r1[0], r2[0], r3[0])))
-                _add4(xf, x0 + row, col, _b((r0[1], r1[1], r2[1], r3[1])))
-                _add4(xf, x0 + 2 * row, col, _b((r0[2], r1[2], r2[2], r3[2])))
-                _add4(xf, x0 + 3 * row, col, _b((r0[3], r1[3], r2[3], r3[3])))
+            for ch in range(C):
+                x0, v0 = o + _U64(ch), ov + _U64(ch)
+                r0 = _b(_ld6(vf, v0, 6 * plane), c)
+                r1 = _b(_ld6(vf, v0 + plane, 6 * plane), c)
+                r2 = _b(_ld6(vf, v0 + 2 * plane, 6 * plane), c)
+                r3 = _b(_ld6(vf, v0 + 3 * plane, 6 * plane), c)
+                r4 = _b(_ld6(vf, v0 + 4 * plane, 6 * plane), c)
+                r5 = _b(_ld6(vf, v0 + 5 * plane, 6 * plane), c)
+                _add6(xf, x0, col, _b((r0[0], r1[0], r2[0], r3[0], r4[0], r5[0]), c))
+                _add6(xf, x0 + row, col, _b((r0[1], r1[1], r2[1], r3[1], r4[1], r5[1]), c))
+                _add6(xf, x0 + 2 * row, col, _b((r0[2], r1[2], r2[2], r3[2], r4[2], r5[2]), c))
+                _add6(xf, x0 + 3 * row, col, _b((r0[3], r1[3], r2[3], r3[3], r4[3], r5[3]), c))
+                _add6(xf, x0 + 4 * row, col, _b((r0[4], r1[4], r2[4], r3[4], r4[4], r5[4]), c))
+                _add6(xf, x0 + 5 * row, col, _b((r0[5], r1[5], r2[5], r3[5], r4[5], r5[5]), c))
 
 
 @cpu_inline
-def _output_tiles(M, pix, i0, i1, P, Q):
+def _output_tiles(M, pix, i0, i1, P, Q, c):
     """pix = A^T M A per tile of tile rows [i0, i1): pix holds their output pixels, row
-    (p - 2*i0)*Q + q, a column per channel (tiles hanging over the edge are cut)."""
+    (p - 4*i0)*Q + q, a column per channel (tiles hanging over the edge are cut)."""
     K = pix.shape[1]
-    tw = (Q + 1) // 2
+    tw = (Q + 3) // 4
     mf = M.reshape(M.size)
     pf = pix.reshape(pix.size)
-    plane, pk = _U64(M.shape[1]), _U64(K)
+    plane, pk, pq = _U64(M.shape[1]), _U64(K), _U64(Q * K)
     for i in range(i0, i1):
-        two_rows = 2 * i + 1 < P
+        rows = min(4, P - 4 * i)
         for j in range(tw):
-            two_cols = 2 * j + 1 < Q
+            cols = min(4, Q - 4 * j)
             om = _U64(((i - i0) * tw + j) * K)
-            op = _U64((2 * (i - i0) * Q + 2 * j) * K)
-            oq = op + _U64(Q * K)
+            op = _U64((4 * (i - i0) * Q + 4 * j) * K)
             for k in range(K):
-                m0, p0, q0 = om + _U64(k), op + _U64(k), oq + _U64(k)
-                r0 = _at(_load4(mf, m0, 4 * plane))
-                r1 = _at(_load4(mf, m0 + plane, 4 * plane))
-                r2 = _at(_load4(mf, m0 + 2 * plane, 4 * plane))
-                r3 = _at(_load4(mf, m0 + 3 * plane, 4 * plane))
-                y0 = _at((r0[0], r1[0], r2[0], r3[0]))
-                y1 = _at((r0[1], r1[1], r2[1], r3[1]))
-                pf[p0] = y0[0]
-                if two_cols:
-                    pf[p0 + pk] = y0[1]
-                if two_rows:
-                    pf[q0] = y1[0]
-                    if two_cols:
-                        pf[q0 + pk] = y1[1]
+                m0, p0 = om + _U64(k), op + _U64(k)
+                r0 = _at(_ld6(mf, m0, 6 * plane), c)
+                r1 = _at(_ld6(mf, m0 + plane, 6 * plane), c)
+                r2 = _at(_ld6(mf, m0 + 2 * plane, 6 * plane), c)
+                r3 = _at(_ld6(mf, m0 + 3 * plane, 6 * plane), c)
+                r4 = _at(_ld6(mf, m0 + 4 * plane, 6 * plane), c)
+                r5 = _at(_ld6(mf, m0 + 5 * plane, 6 * plane), c)
+                _st4(pf, p0, pk, _at((r0[0], r1[0], r2[0], r3[0], r4[0], r5[0]), c), cols)
+                if rows > 1:
+                    _st4(pf, p0 + pq, pk, _at((r0[1], r1[1], r2[1], r3[1], r4[1], r5[1]), c), cols)
+                if rows > 2:
+                    _st4(pf, p0 + 2 * pq, pk, _at((r0[2], r1[2], r2[2], r3[2], r4[2], r5[2]), c), cols)
+                if rows > 3:
+                    _st4(pf, p0 + 3 * pq, pk, _at((r0[3], r1[3], r2[3], r3[3], r4[3], r5[3]), c), cols)
 
 
 @cpu_inline
-def _output_tiles_grad(pix, M, i0, i1, P, Q):
-    """The transpose of _output_tiles: M[:, t, k] = A dy A^T for each 2x2 tile dy of pix
+def _output_tiles_grad(pix, M, i0, i1, P, Q, c):
+    """The transpose of _output_tiles: M[:, t, k] = A dy A^T for each 4x4 tile dy of pix
     (pixels outside the output read as zero)."""
     K = pix.shape[1]
-    tw = (Q + 1) // 2
+    tw = (Q + 3) // 4
     mf = M.reshape(M.size)
     pf = pix.reshape(pix.size)
-    plane, pk = _U64(M.shape[1]), _U64(K)
+    plane, pk, pq = _U64(M.shape[1]), _U64(K), _U64(Q * K)
     zero = M.dtype.type(0)
     for i in range(i0, i1):
-        two_rows = 2 * i + 1 < P
+        rows = min(4, P - 4 * i)
         for j in range(tw):
-            two_cols = 2 * j + 1 < Q
+            cols = min(4, Q - 4 * j)
             om = _U64(((i - i0) * tw + j) * K)
-            op = _U64((2 * (i - i0) * Q + 2 * j) * K)
-            oq = op + _U64(Q * K)
+            op = _U64((4 * (i - i0) * Q + 4 * j) * K)
             for k in range(K):
-                m0, p0, q0 = om + _U64(k), op + _U64(k), oq + _U64(k)
-                y00 = pf[p0]
-                y01 = pf[p0 + pk] if two_cols else zero
-                y10 = pf[q0] if two_rows else zero
-                y11 = pf[q0 + pk] if two_rows and two_cols else zero
-                z0 = _a(y00, y10)  # A dy, column 0
-                z1 = _a(y01, y11)
-                _store4(mf, m0, plane, _a(z0[0], z1[0]))
-                _store4(mf, m0 + 4 * plane, plane, _a(z0[1], z1[1]))
-                _store4(mf, m0 + 8 * plane, plane, _a(z0[2], z1[2]))
-                _store4(mf, m0 + 12 * plane, plane, _a(z0[3], z1[3]))
+                m0, p0 = om + _U64(k), op + _U64(k)
+                y0 = _ld4(pf, p0, pk, cols, zero)
+                y1 = _ld4(pf, p0 + pq, pk, cols if rows > 1 else 0, zero)
+                y2 = _ld4(pf, p0 + 2 * pq, pk, cols if rows > 2 else 0, zero)
+                y3 = _ld4(pf, p0 + 3 * pq, pk, cols if rows > 3 else 0, zero)
+                z0 = _a((y0[0], y1[0], y2[0], y3[0]), c)  # A dy, column 0
+                z1 = _a((y0[1], y1[1], y2[1], y3[1]), c)
+                z2 = _a((y0[2], y1[2], y2[2], y3[2]), c)
+                z3 = _a((y0[3], y1[3], y2[3], y3[3]), c)
+                _st6(mf, m0, plane, _a((z0[0], z1[0], z2[0], z3[0]), c))
+                _st6(mf, m0 + 6 * plane, plane, _a((z0[1], z1[1], z2[1], z3[1]), c))
+                _st6(mf, m0 + 12 * plane, plane, _a((z0[2], z1[2], z2[2], z3[2]), c))
+                _st6(mf, m0 + 18 * plane, plane, _a((z0[3], z1[3], z2[3], z3[3]), c))
+                _st6(mf, m0 + 24 * plane, plane, _a((z0[4], z1[4], z2[4], z3[4]), c))
+                _st6(mf, m0 + 30 * plane, plane, _a((z0[5], z1[5], z2[5], z3[5]), c))
 
 
 @cpu_kernel
-def winograd_weights(w, U):
-    """U[a*4 + b, c, k] = (G w[k, c] G^T)[a, b]."""
+def winograd_weights(w, U, cg):
+    """U[6a + b, ch, k] = (G w[k, ch] G^T)[a, b]."""
     K, C = w.shape[0], w.shape[1]
-    half = w.dtype.type(0.5)
     for k in prange(K):
-        for c in range(C):
-            g = w[k, c]
-            c0 = _g(g[0, 0], g[1, 0], g[2, 0], half)
-            c1 = _g(g[0, 1], g[1, 1], g[2, 1], half)
-            c2 = _g(g[0, 2], g[1, 2], g[2, 2], half)
-            for a in range(4):
-                u = _g(c0[a], c1[a], c2[a], half)
-                for s in range(4):
-                    U[4 * a + s, c, k] = u[s]
+        for ch in range(C):
+            g = w[k, ch]
+            c0 = _g((g[0, 0], g[1, 0], g[2, 0]), cg)
+            c1 = _g((g[0, 1], g[1, 1], g[2, 1]), cg)
+            c2 = _g((g[0, 2], g[1, 2], g[2, 2]), cg)
+            for a in range(6):
+                u = _g((c0[a], c1[a], c2[a]), cg)
+                for s in range(6):
+                    U[6 * a + s, ch, k] = u[s]
 
 
 @cpu_kernel
-def conv2d_forward_winograd(x, U, b, xp, V, M, pix, y, pt, pl, tr):
-    """y[n] = conv2d(x[n]) + b, 3x3 stride 1. Scratch per chunk t of the batch: V[t] (16,
-    plane_size(tr*tw, C)), M[t] (16, plane_size(tr*tw, K)), pix[t] (2*tr*Q, K); xp: padded HWC images, one per chunk
-    or one per sample (N: kept for the backward)."""
+def conv2d_forward_winograd(x, U, b, xp, V, M, pix, y, pt, pl, tr, c):
+    """y[n] = conv2d(x[n]) + b, 3x3 stride 1. Scratch per chunk t of the batch: V[t] (36,
+    plane_size(tr*tw, C)), M[t] (36, plane_size(tr*tw, K)), pix[t] (4*tr*Q, K); xp: padded
+    HWC images, one per chunk or one per sample (N: kept for the backward)."""
     N, K, P, Q = y.shape
     T, C = V.shape[0], x.shape[1]
-    th, tw = (P + 1) // 2, (Q + 1) // 2
+    th, tw = (P + 3) // 4, (Q + 3) // 4
     L = P * Q
     for t in prange(T):
         for n in range(t * N // T, (t + 1) * N // T):
@@ -261,11 +297,11 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, y, pt, pl, tr):
             for i0 in range(0, th, tr):
                 i1 = min(th, i0 + tr)
                 nt = (i1 - i0) * tw
-                _input_tiles(xpn, V[t], i0, i1)
-                for e in range(16):
+                _input_tiles(xpn, V[t], i0, i1, c)
+                for e in range(36):
                     gemm(False, False, nt, K, C, V[t, e], C, U[e].reshape(C * K), K, 0, M[t, e], K)
-                _output_tiles(M[t], pix[t], i0, i1, P, Q)
-                la, lb = 2 * i0 * Q, min(P, 2 * i1) * Q
+                _output_tiles(M[t], pix[t], i0, i1, P, Q, c)
+                la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
                 for k in range(K):
                     bk = b[k] if b.size else yn.dtype.type(0)
                     for l in range(la, lb):
@@ -273,13 +309,13 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, y, pt, pl, tr):
 
 
 @cpu_kernel
-def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, part, gx, pt, pl, tr, want_gx):
-    """part[t] (16, C, K) = chunk t's weight gradient in the transformed domain; gx[n] (when
+def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, part, gx, pt, pl, tr, want_gx, c):
+    """part[t] (36, C, K) = chunk t's weight gradient in the transformed domain; gx[n] (when
     ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp: the
     forward's padded HWC images, one per sample."""
     N, K, P, Q = gy.shape
     T, C, H, W = V.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    th, tw = (P + 1) // 2, (Q + 1) // 2
+    th, tw = (P + 3) // 4, (Q + 3) // 4
     L = P * Q
     for t in prange(T):
         n0 = t * N // T
@@ -290,69 +326,81 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, part, gx, pt, pl, tr,
             for i0 in range(0, th, tr):
                 i1 = min(th, i0 + tr)
                 nt = (i1 - i0) * tw
-                la, lb = 2 * i0 * Q, min(P, 2 * i1) * Q
+                la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
                 for l in range(la, lb):
                     for k in range(K):
                         pix[t, l - la, k] = gyn[k, l]
-                _input_tiles(xp[n], V[t], i0, i1)
-                _output_tiles_grad(pix[t], M[t], i0, i1, P, Q)
+                _input_tiles(xp[n], V[t], i0, i1, c)
+                _output_tiles_grad(pix[t], M[t], i0, i1, P, Q, c)
                 beta = 0 if n == n0 and i0 == 0 else 1
-                for e in range(16):
+                for e in range(36):
                     ve, me = V[t, e], M[t, e]
                     # part[t, e] (+)= V[e]^T @ Z[e]; then V[e] = Z[e] @ U[e]^T, the tiles' gradient
                     gemm(True, False, C, K, nt, ve, C, me, K, beta, part[t, e].reshape(C * K), K)
                     if want_gx:
                         gemm(False, True, nt, C, K, me, K, U[e].reshape(C * K), K, 0, ve, C)
                 if want_gx:
-                    _input_tiles_grad(V[t], gxp[t], i0, i1)
+                    _input_tiles_grad(V[t], gxp[t], i0, i1, c)
             if want_gx:
-                for c in range(C):
+                for ch in range(C):
                     for h in range(H):
                         for w in range(W):
-                            gx[n, c, h, w] = gxp[t, h + pt, w + pl, c]
+                            gx[n, ch, h, w] = gxp[t, h + pt, w + pl, ch]
 
 
 @cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
-def winograd_reduce(part, gw, gy3, gb):
-    """gw[k, c] += G^T (sum of the chunks' part[:, :, c, k]) G; gb += gy3 summed (if any)."""
+def winograd_reduce(part, gw, gy3, gb, cg):
+    """gw[k, ch] += G^T (sum of the chunks' part[:, :, ch, k]) G; gb += gy3 summed (if any)."""
     T, _, C, K = part.shape
-    half = gw.dtype.type(0.5)
     pf = part.reshape(part.size)
     plane = _U64(C * K)
     for k in prange(K):
-        for c in range(C):
-            o = _U64(c * K + k)
+        for ch in range(C):
+            o = _U64(ch * K + k)
             for t in range(1, T):  # the chunks' sums into part[0], which this k owns
-                for e in range(16):
-                    pf[o + _U64(e) * plane] += pf[o + _U64(t * 16 + e) * plane]
-            u = _load16(pf, o, plane)
-            r0 = _gt(u[0], u[4], u[8], u[12], half)
-            r1 = _gt(u[1], u[5], u[9], u[13], half)
-            r2 = _gt(u[2], u[6], u[10], u[14], half)
-            r3 = _gt(u[3], u[7], u[11], u[15], half)
+                for e in range(36):
+                    pf[o + _U64(e) * plane] += pf[o + _U64(t * 36 + e) * plane]
+            u0 = _ld6(pf, o, plane)  # u0[b] = u[0, b]
+            u1 = _ld6(pf, o + 6 * plane, plane)
+            u2 = _ld6(pf, o + 12 * plane, plane)
+            u3 = _ld6(pf, o + 18 * plane, plane)
+            u4 = _ld6(pf, o + 24 * plane, plane)
+            u5 = _ld6(pf, o + 30 * plane, plane)
+            r0 = _gt((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0]), cg)  # r0[a] = (G^T u)[a, 0]
+            r1 = _gt((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1]), cg)
+            r2 = _gt((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2]), cg)
+            r3 = _gt((u0[3], u1[3], u2[3], u3[3], u4[3], u5[3]), cg)
+            r4 = _gt((u0[4], u1[4], u2[4], u3[4], u4[4], u5[4]), cg)
+            r5 = _gt((u0[5], u1[5], u2[5], u3[5], u4[5], u5[5]), cg)
             for a in range(3):
-                g = _gt(r0[a], r1[a], r2[a], r3[a], half)
+                g = _gt((r0[a], r1[a], r2[a], r3[a], r4[a], r5[a]), cg)
                 for s in range(3):
-                    gw[k, c, a, s] += g[s]
+                    gw[k, ch, a, s] += g[s]
         if gb.size:
             gb[k] += _bias_sum(gy3, k)
 
 
-def padded_shape(x_shape: tuple[int, ...], P: int, Q: int) -> tuple[int, int, int]:
-    """The padded HWC image of one sample: whole 4x4 tiles at stride 2 over a P x Q output."""
-    return 2 * ((P + 1) // 2) + 2, 2 * ((Q + 1) // 2) + 2, x_shape[1]
+def scratch(N: int, T: int, C: int, K: int, P: int, Q: int) -> tuple[dict[str, tuple[int, ...]], int]:
+    """Shapes of the scratch arrays for a batch of N cut into T chunks (a P x Q output), and
+    the tile rows per block: ``xp`` holds N padded HWC images (the forward keeps them for the
+    backward; pass T there when no backward follows), ``part`` the weight gradient partials."""
+    th, tw = (P + 3) // 4, (Q + 3) // 4
+    tr = tile_rows(tw, C, K)
+    tr = -(-th // -(-th // tr))  # as many tile rows as before, spread evenly over the blocks
+    return {"U": (36, C, K), "xp": (N, 4 * th + 2, 4 * tw + 2, C), "V": (T, 36, plane_size(tr * tw, C)),
+            "M": (T, 36, plane_size(tr * tw, K)), "pix": (T, 4 * tr * Q, K), "part": (T, 36, C, K)}, tr
 
 
 def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, U: np.ndarray,
                         xp: np.ndarray, V: np.ndarray, M: np.ndarray, pix: np.ndarray, pads: tuple[int, int],
                         tr: int) -> None:
-    """y = conv2d(x, w) + b (3x3, stride 1, groups 1). ``U`` (16, C, K) receives the
-    transformed weights (the backward takes them from there). Scratch: ``xp`` (T or N,
-    padded_shape), per chunk ``V`` (T, 16, plane_size(tr*tw, C)), ``M`` (T, 16, plane_size(tr*tw, K)), ``pix``
-    (T, 2*tr*Q, K)."""
+    """y = conv2d(x, w) + b (3x3, stride 1, groups 1; pads: top and left). ``U`` receives the
+    transformed weights (the backward takes them from there); ``xp`` (N or T images), ``V``,
+    ``M`` and ``pix`` are scratch as ``scratch`` shapes them."""
+    c, cg = _consts(x.dtype)
     with single_thread_blas:
-        winograd_weights(w, U)
-        conv2d_forward_winograd(x, U, b, xp, V, M, pix, y, pads[0], pads[1], tr)
+        winograd_weights(w, U, cg)
+        conv2d_forward_winograd(x, U, b, xp, V, M, pix, y, pads[0], pads[1], tr, c)
 
 
 def conv2d_backward_wino(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray, gx: np.ndarray | None,
@@ -360,9 +408,10 @@ def conv2d_backward_wino(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.n
                          pix: np.ndarray, part: np.ndarray, pads: tuple[int, int], tr: int) -> None:
     """gw += the weight gradient, gb += the bias gradient, gx = the input gradient (None: not
     wanted; then ``gxp`` may be None). ``U`` and ``xp`` (one image per sample) as the forward
-    left them; scratch as there, plus ``gxp`` (T, padded_shape) and ``part`` (T, 16, C, K)."""
+    left them; scratch as there, plus ``gxp`` (T padded images) and ``part``."""
     N, K = gy.shape[:2]
+    c, cg = _consts(x.dtype)
     with single_thread_blas:
         conv2d_backward_winograd(x, U, gy, xp, xp if gxp is None else gxp, V, M, pix, part,
-                                 x if gx is None else gx, pads[0], pads[1], tr, gx is not None)
-        winograd_reduce(part, gw, gy.reshape(N, K, -1), gb)
+                                 x if gx is None else gx, pads[0], pads[1], tr, gx is not None, c)
+        winograd_reduce(part, gw, gy.reshape(N, K, -1), gb, cg)
