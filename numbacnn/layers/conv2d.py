@@ -136,8 +136,8 @@ class Conv2d(Layer):
 
             # As below: every sample's padded HWC image is kept when a backward is to come.
             sh, tr = scratch(N if ctx.backward_expected else T, T, C, K, P, Q)
-            U, xp, V, M, pix = (ctx.empty(sh[k]) for k in ("U", "xp", "V", "M", "pix"))
-            conv2d_forward_wino(x, ctx.params["weight"], b, y, U, xp, V, M, pix, (self.pads[0], self.pads[2]), tr)
+            U, xp, V, M, pix, R = (ctx.empty(sh[k]) for k in ("U", "xp", "V", "M", "pix", "R"))
+            conv2d_forward_wino(x, ctx.params["weight"], b, y, U, xp, V, M, pix, R, (self.pads[0], self.pads[2]), tr)
             ctx.save(x, U, xp)
         elif self._pixel_major(C):
             # With a backward to come, every sample's HWC image is kept for it (as big as x);
@@ -169,9 +169,9 @@ class Conv2d(Layer):
 
             _, U, xp = ctx.saved
             sh, tr = scratch(N, T, C, K, P, Q)
-            V, M, pix, part = (ctx.empty(sh[k]) for k in ("V", "M", "pix", "part"))
+            V, M, pix, R, part = (ctx.empty(sh[k]) for k in ("V", "M", "pix", "R", "part"))
             gxp = None if gx is None else ctx.empty((T, *xp.shape[1:]))
-            conv2d_backward_wino(x, gy, gw, gb, gx, U, xp, gxp, V, M, pix, part, (self.pads[0], self.pads[2]), tr)
+            conv2d_backward_wino(x, gy, gw, gb, gx, U, xp, gxp, V, M, pix, R, part, (self.pads[0], self.pads[2]), tr)
             return gx
         part = ctx.empty((T, K, w.size // K))  # per-chunk partial weight gradients
         if self._pixel_major(C):  # the pixel-major forward ran

