@@ -12,9 +12,11 @@ from ._conv_geometry import out_size, padding4, pair
 
 # Shortest contiguous run (S*C values) for which the CPU's pixel-major path is taken.
 PIXEL_MAJOR_MIN_RUN = 16
-# Fewest input and output channels for which a 3x3 stride-1 convolution takes the CPU's
-# Winograd path (conv2d_winograd_cpu): with fewer, its tile transforms outweigh the products.
+# Fewest input and output channels for which a stride-1 convolution takes the CPU's Winograd
+# path (conv2d_winograd_cpu): with fewer, its tile transforms outweigh the products.
 WINOGRAD_MIN_CHANNELS = 16
+# Fewest output pixels for which a kernel larger than 3x3 takes the Winograd path.
+WINOGRAD_MIN_PIXELS = 256
 
 
 class Conv2d(Layer):
@@ -109,10 +111,16 @@ class Conv2d(Layer):
         return (self.groups == 1 and not self._direct() and self.stride == (1, 1)
                 and run >= PIXEL_MAJOR_MIN_RUN)
 
-    def _winograd(self, C: int) -> bool:
-        # 3x3 stride 1 (conv2d_winograd_cpu); also ungrouped and undilated.
-        return (self.groups == 1 and self.kernel == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1)
-                and min(C, self.out_channels) >= WINOGRAD_MIN_CHANNELS)
+    def _winograd(self, x_shape: Shape) -> bool:
+        # Stride 1, ungrouped, undilated, 2x2 to 6x6 kernels (cut into 3x3 sub-kernels past
+        # 3x3) and enough channels; a larger kernel's four sub-kernels only on outputs of 256
+        # pixels or more: below that the 4 x 36 small products per sample cost more than the
+        # im2col product they replace.
+        C, H, W = x_shape[-3:]
+        (R, S), (pt, pb, pl, pr) = self.kernel, self.pads
+        return (self.groups == 1 and self.stride == (1, 1) and self.dilation == (1, 1) and 2 <= R <= 6
+                and 2 <= S <= 6 and min(C, self.out_channels) >= WINOGRAD_MIN_CHANNELS
+                and (max(R, S) <= 3 or (H + pt + pb - R + 1) * (W + pl + pr - S + 1) >= WINOGRAD_MIN_PIXELS))
 
     def _hwc_scratch(self, ctx: Ctx, x_shape: Shape, images: int) -> tuple[Any, Any, int]:
         # Weights as (K, R, S, C), and ``images`` zero-padded HWC images.
@@ -131,11 +139,11 @@ class Conv2d(Layer):
         T = batch_chunks(N)
         y = ctx.empty((N, K, P, Q))
         b = self._bias(ctx, ctx.params)
-        if self._winograd(C):
+        if self._winograd(x.shape):
             from .conv2d_winograd_cpu import conv2d_forward_wino, scratch
 
             # As below: every sample's padded HWC image is kept when a backward is to come.
-            sh, tr = scratch(N if ctx.backward_expected else T, T, C, K, P, Q)
+            sh, tr = scratch(N if ctx.backward_expected else T, T, C, K, P, Q, self.kernel)
             U, xp, V, M, pix, R = (ctx.empty(sh[k]) for k in ("U", "xp", "V", "M", "pix", "R"))
             conv2d_forward_wino(x, ctx.params["weight"], b, y, U, xp, V, M, pix, R, (self.pads[0], self.pads[2]), tr)
             ctx.save(x, U, xp)
@@ -164,11 +172,11 @@ class Conv2d(Layer):
         L = P * Q
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
         gw, gb = ctx.grads["weight"], self._bias(ctx, ctx.grads)
-        if self._winograd(C):
+        if self._winograd(x.shape):
             from .conv2d_winograd_cpu import conv2d_backward_wino, scratch
 
             _, U, xp = ctx.saved
-            sh, tr = scratch(N, T, C, K, P, Q)
+            sh, tr = scratch(N, T, C, K, P, Q, self.kernel)
             V, M, pix, R, part = (ctx.empty(sh[k]) for k in ("V", "M", "pix", "R", "part"))
             gxp = None if gx is None else ctx.empty((T, *xp.shape[1:]))
             conv2d_backward_wino(x, gy, gw, gb, gx, U, xp, gxp, V, M, pix, R, part, (self.pads[0], self.pads[2]), tr)

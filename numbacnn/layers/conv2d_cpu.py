@@ -13,8 +13,9 @@ ever write the same element. The input gradient is per sample again: col[n] = w^
 then col2im scatters it into gx[n] (the direct path writes gx[n] itself).
 
 Few input channels, groups, strides and 1x1 take that channel-major path; the others take
-the pixel-major one further down, except 3x3 stride-1 convolutions with at least 16 input and
-output channels: those go to Winograd's F(4x4, 3x3) (conv2d_winograd_cpu). Every wrapper runs under ``single_thread_blas``: BLAS
+the pixel-major one further down, except stride-1 convolutions with at least 16 input and
+output channels and 3x3 kernels (or up to 6x6 on larger outputs): those go to Winograd's
+F(4x4, 3x3) (conv2d_winograd_cpu; Conv2d._winograd decides). Every wrapper runs under ``single_thread_blas``: BLAS
 threads of their own would fight Numba's pool for the cores. ``geo`` is (groups, R, S, stride_h, stride_w, dilation_h,
 dilation_w, pad_top, pad_left).
 """

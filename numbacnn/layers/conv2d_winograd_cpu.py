@@ -1,4 +1,4 @@
-"""conv2d CPU, 3x3 stride 1: Winograd's minimal filtering F(4x4, 3x3) with BLAS products.
+"""conv2d CPU, stride 1: Winograd's minimal filtering F(4x4, 3x3) with BLAS products.
 
 Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). A 4x4 block of
 outputs of one 3x3 filter is ``A^T [(G g G^T) * (B^T d B)] A`` for the 6x6 input tile d that
@@ -11,6 +11,12 @@ four times fewer multiply-adds than the direct convolution, in BLAS. The backwar
 rule through the same formula: with Z[e] = (A dy A^T)[e] for each 4x4 tile of the output
 gradient, the weight gradient is ``G^T (sum over tiles of V[e]^T @ Z[e]) G`` and the input
 gradient of a tile ``B (Z[e] @ U[e]^T) B^T``, added back where neighbouring tiles overlap.
+
+A larger kernel (up to 6x6) is cut into 3x3 sub-kernels, zero past its edge: a 5x5 one is
+four, each seeing the tiles shifted by 0 or 3 pixels. Their transformed tiles sit side by side
+in V's rows (nsub*C columns) and their transformed weights stacked in U, so the same 36
+products sum over every sub-kernel at once: 9 multiplications per output and channel pair
+instead of 25.
 
 The layout follows the pixel-major path (conv2d_cpu): each sample becomes a zero-padded HWC
 image (padded up to whole tiles), and its tiles are processed a block of tile rows at a time,
@@ -242,17 +248,19 @@ def _a_lanes(R, c):  # R[_OUT + (6e + f)*L + l] = (A y A^T)[e, f], y from R[(4a 
 
 
 @cpu_inline
-def _input_tiles(xp, V, R, i0, i1, c):
-    """V[6a + b, t, ch] = (B^T d B)[a, b] for the tiles t = (i - i0)*tw + j of tile rows
-    [i0, i1), d = xp[4i:4i+6, 4j:4j+6, ch]."""
+def _input_tiles(xp, V, R, i0, i1, tw, sub, ns, nsub, c):
+    """V[6a + b, t, sub*C + ch] = (B^T d B)[a, b] for the tiles t = (i - i0)*tw + j of tile
+    rows [i0, i1), d = xp[4i+du:4i+du+6, 4j+dv:4j+dv+6, ch]: the tiles that sub-kernel ``sub``
+    (of nsub, ``ns`` per row) sees, at (du, dv) = 3 * (sub // ns, sub % ns). A row of V holds
+    every sub-kernel's C columns, so one product per point covers them all."""
     Hp, Wp, C = xp.shape
-    tw = (Wp - 2) // 4
+    du, dv = 3 * (sub // ns), 3 * (sub % ns)
     xf, vf = xp.reshape(xp.size), V.reshape(V.size)
     row, col, plane = _U64(Wp * C), _U64(C), _U64(V.shape[1])
     for i in range(i0, i1):
         for j in range(tw):
-            o = _U64((4 * i * Wp + 4 * j) * C)
-            ov = _U64(((i - i0) * tw + j) * C)
+            o = _U64(((4 * i + du) * Wp + 4 * j + dv) * C)
+            ov = _U64((((i - i0) * tw + j) * nsub + sub) * C)
             for c0 in range(0, C, _LANES):
                 n = min(_LANES, C - c0)
                 for a in range(6):
@@ -264,16 +272,17 @@ def _input_tiles(xp, V, R, i0, i1, c):
 
 
 @cpu_inline
-def _input_tiles_grad(V, gxp, R, i0, i1, c):
-    """The transpose of _input_tiles: gxp[4i:4i+6, 4j:4j+6, ch] += B V[:, t, ch] B^T."""
+def _input_tiles_grad(V, gxp, R, i0, i1, tw, sub, ns, nsub, c):
+    """The transpose of _input_tiles: gxp[4i+du:4i+du+6, 4j+dv:4j+dv+6, ch] += B V[:, t,
+    sub*C + ch] B^T."""
     Hp, Wp, C = gxp.shape
-    tw = (Wp - 2) // 4
+    du, dv = 3 * (sub // ns), 3 * (sub % ns)
     xf, vf = gxp.reshape(gxp.size), V.reshape(V.size)
     row, col, plane = _U64(Wp * C), _U64(C), _U64(V.shape[1])
     for i in range(i0, i1):
         for j in range(tw):
-            o = _U64((4 * i * Wp + 4 * j) * C)
-            ov = _U64(((i - i0) * tw + j) * C)
+            o = _U64(((4 * i + du) * Wp + 4 * j + dv) * C)
+            ov = _U64((((i - i0) * tw + j) * nsub + sub) * C)
             for c0 in range(0, C, _LANES):
                 n = min(_LANES, C - c0)
                 for e in range(36):
@@ -338,32 +347,47 @@ def _output_tiles_grad(pix, M, R, i0, i1, P, Q, c):
                     _copy(mf, _U64(e) * plane + om + _U64(k0), R, _U64(_OUT + e * _LANES), n, False)
 
 
+@cpu_inline
+def _tap(wk, r, s, zero):
+    return wk[r, s] if r < wk.shape[0] and s < wk.shape[1] else zero
+
+
 @cpu_kernel
 def winograd_weights(w, U, cg):
-    """U[0, 6a + b] = the (C, K) matrix of (G w[k, ch] G^T)[a, b]; U[1, 6a + b] its transpose
-    (K, C), for the input gradient's products (BLAS ran them 1.5-2.5x slower transposing on
+    """U[0, 6a + b] = the (nsub*C, K) matrix, row sub*C + ch, of (G g G^T)[a, b] for the 3x3
+    piece g of w[k, ch] that sub-kernel ``sub`` covers (zero past w's edge); U[1, 6a + b] its
+    transpose, for the input gradient's products (BLAS ran them 1.5-2.5x slower transposing on
     the fly)."""
-    K, C = w.shape[0], w.shape[1]
+    K, C, KH, KW = w.shape
+    ns = (KW + 2) // 3
+    nsub = ((KH + 2) // 3) * ns
+    J = nsub * C
+    zero = w.dtype.type(0)
     for k in prange(K):
         for ch in range(C):
-            g = w[k, ch]
-            c0 = _g((g[0, 0], g[1, 0], g[2, 0]), cg)
-            c1 = _g((g[0, 1], g[1, 1], g[2, 1]), cg)
-            c2 = _g((g[0, 2], g[1, 2], g[2, 2]), cg)
-            for a in range(6):
-                u = _g((c0[a], c1[a], c2[a]), cg)
-                for s in range(6):
-                    U[0, 6 * a + s, ch * K + k] = u[s]
-                    U[1, 6 * a + s, k * C + ch] = u[s]
+            for sub in range(nsub):
+                r0, s0 = 3 * (sub // ns), 3 * (sub % ns)
+                wk = w[k, ch]
+                c0 = _g((_tap(wk, r0, s0, zero), _tap(wk, r0 + 1, s0, zero), _tap(wk, r0 + 2, s0, zero)), cg)
+                c1 = _g((_tap(wk, r0, s0 + 1, zero), _tap(wk, r0 + 1, s0 + 1, zero), _tap(wk, r0 + 2, s0 + 1, zero)), cg)
+                c2 = _g((_tap(wk, r0, s0 + 2, zero), _tap(wk, r0 + 1, s0 + 2, zero), _tap(wk, r0 + 2, s0 + 2, zero)), cg)
+                for a in range(6):
+                    u = _g((c0[a], c1[a], c2[a]), cg)
+                    for s in range(6):
+                        U[0, 6 * a + s, (sub * C + ch) * K + k] = u[s]
+                        U[1, 6 * a + s, k * J + sub * C + ch] = u[s]
 
 
 @cpu_kernel
-def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c):
-    """y[n] = conv2d(x[n]) + b, 3x3 stride 1. Scratch per chunk t of the batch: V[t] (36,
-    plane_size(tr*tw, C)), M[t] (36, plane_size(tr*tw, K)), pix[t] (4*tr*Q, K); xp: padded
-    HWC images, one per chunk or one per sample (N: kept for the backward)."""
+def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c):
+    """y[n] = conv2d(x[n]) + b, stride 1, as the sum of the 3x3 sub-kernels' convolutions of
+    shifted tiles (``ns`` of them per row). Scratch per chunk t of the batch: V[t], M[t], pix[t]
+    and R[t] (``scratch``); xp: padded HWC images, one per chunk or one per sample (N: kept for
+    the backward)."""
     N, K, P, Q = y.shape
-    T, C = V.shape[0], x.shape[1]
+    T = V.shape[0]
+    J = U.shape[2] // K
+    nsub = J // x.shape[1]
     th, tw = (P + 3) // 4, (Q + 3) // 4
     L = P * Q
     for t in prange(T):
@@ -374,9 +398,10 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c):
             for i0 in range(0, th, tr):
                 i1 = min(th, i0 + tr)
                 nt = (i1 - i0) * tw
-                _input_tiles(xpn, V[t], R[t], i0, i1, c)
+                for sub in range(nsub):
+                    _input_tiles(xpn, V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
                 for e in range(36):
-                    gemm(False, False, nt, K, C, V[t, e], C, U[0, e], K, 0, M[t, e], K)
+                    gemm(False, False, nt, K, J, V[t, e], J, U[0, e], K, 0, M[t, e], K)
                 _output_tiles(M[t], pix[t], R[t], i0, i1, P, Q, c)
                 la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
                 for k in range(K):
@@ -386,12 +411,14 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c):
 
 
 @cpu_kernel
-def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, tr, want_gx, c):
-    """part[t] (36, C, K) = chunk t's weight gradient in the transformed domain; gx[n] (when
+def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, tr, ns, want_gx, c):
+    """part[t] (36, nsub*C, K) = chunk t's weight gradient in the transformed domain; gx[n] (when
     ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp: the
     forward's padded HWC images, one per sample."""
     N, K, P, Q = gy.shape
-    T, C = V.shape[0], x.shape[1]
+    T = V.shape[0]
+    J = U.shape[2] // K
+    nsub = J // x.shape[1]
     th, tw = (P + 3) // 4, (Q + 3) // 4
     L = P * Q
     for t in prange(T):
@@ -407,74 +434,86 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                 for l in range(la, lb):
                     for k in range(K):
                         pix[t, l - la, k] = gyn[k, l]
-                _input_tiles(xp[n], V[t], R[t], i0, i1, c)
                 _output_tiles_grad(pix[t], M[t], R[t], i0, i1, P, Q, c)
                 beta = 0 if n == n0 and i0 == 0 else 1
+                for sub in range(nsub):
+                    _input_tiles(xp[n], V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
                 for e in range(36):
                     ve, me = V[t, e], M[t, e]
                     # part[t, e] (+)= V[e]^T @ Z[e]; then V[e] = Z[e] @ U[e]^T, the tiles' gradient
-                    gemm(True, False, C, K, nt, ve, C, me, K, beta, part[t, e].reshape(C * K), K)
+                    gemm(True, False, J, K, nt, ve, J, me, K, beta, part[t, e].reshape(J * K), K)
                     if want_gx:
-                        gemm(False, False, nt, C, K, me, K, U[1, e], C, 0, ve, C)
+                        gemm(False, False, nt, J, K, me, K, U[1, e], J, 0, ve, J)
                 if want_gx:
-                    _input_tiles_grad(V[t], gxp[t], R[t], i0, i1, c)
+                    for sub in range(nsub):
+                        _input_tiles_grad(V[t], gxp[t], R[t], i0, i1, tw, sub, ns, nsub, c)
             if want_gx:
                 _from_hwc(gxp[t], gx[n], pt, pl)
 
 
 @cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
 def winograd_reduce(part, gw, gy3, gb, cg):
-    """gw[k, ch] += G^T (sum of the chunks' part[:, :, ch, k]) G; gb += gy3 summed (if any)."""
-    T, _, C, K = part.shape
+    """gw[k, ch] += G^T (sum of the chunks' part[:, :, sub*C + ch, k]) G for each sub-kernel, in
+    the 3x3 piece of the kernel it covers; gb += gy3 summed (if any)."""
+    T, _, J, K = part.shape
+    C, KH, KW = gw.shape[1], gw.shape[2], gw.shape[3]
+    ns = (KW + 2) // 3
     pf = part.reshape(part.size)
-    plane = _U64(C * K)
+    plane = _U64(J * K)
     for k in prange(K):
         for ch in range(C):
-            o = _U64(ch * K + k)
-            for t in range(1, T):  # the chunks' sums into part[0], which this k owns
-                for e in range(36):
-                    pf[o + _U64(e) * plane] += pf[o + _U64(t * 36 + e) * plane]
-            u0 = _ld6(pf, o, plane)  # u0[b] = u[0, b]
-            u1 = _ld6(pf, o + 6 * plane, plane)
-            u2 = _ld6(pf, o + 12 * plane, plane)
-            u3 = _ld6(pf, o + 18 * plane, plane)
-            u4 = _ld6(pf, o + 24 * plane, plane)
-            u5 = _ld6(pf, o + 30 * plane, plane)
-            r0 = _gt((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0]), cg)  # r0[a] = (G^T u)[a, 0]
-            r1 = _gt((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1]), cg)
-            r2 = _gt((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2]), cg)
-            r3 = _gt((u0[3], u1[3], u2[3], u3[3], u4[3], u5[3]), cg)
-            r4 = _gt((u0[4], u1[4], u2[4], u3[4], u4[4], u5[4]), cg)
-            r5 = _gt((u0[5], u1[5], u2[5], u3[5], u4[5], u5[5]), cg)
-            for a in range(3):
-                g = _gt((r0[a], r1[a], r2[a], r3[a], r4[a], r5[a]), cg)
-                for s in range(3):
-                    gw[k, ch, a, s] += g[s]
+            for sub in range(J // C):
+                o = _U64((sub * C + ch) * K + k)
+                for t in range(1, T):  # the chunks' sums into part[0], which this k owns
+                    for e in range(36):
+                        pf[o + _U64(e) * plane] += pf[o + _U64(t * 36 + e) * plane]
+                u0 = _ld6(pf, o, plane)  # u0[b] = u[0, b]
+                u1 = _ld6(pf, o + 6 * plane, plane)
+                u2 = _ld6(pf, o + 12 * plane, plane)
+                u3 = _ld6(pf, o + 18 * plane, plane)
+                u4 = _ld6(pf, o + 24 * plane, plane)
+                u5 = _ld6(pf, o + 30 * plane, plane)
+                r0 = _gt((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0]), cg)  # r0[a] = (G^T u)[a, 0]
+                r1 = _gt((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1]), cg)
+                r2 = _gt((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2]), cg)
+                r3 = _gt((u0[3], u1[3], u2[3], u3[3], u4[3], u5[3]), cg)
+                r4 = _gt((u0[4], u1[4], u2[4], u3[4], u4[4], u5[4]), cg)
+                r5 = _gt((u0[5], u1[5], u2[5], u3[5], u4[5], u5[5]), cg)
+                a0, s0 = 3 * (sub // ns), 3 * (sub % ns)
+                for a in range(min(3, KH - a0)):
+                    g = _gt((r0[a], r1[a], r2[a], r3[a], r4[a], r5[a]), cg)
+                    for s in range(min(3, KW - s0)):
+                        gw[k, ch, a0 + a, s0 + s] += g[s]
         if gb.size:
             gb[k] += _bias_sum(gy3, k)
 
 
-def scratch(N: int, T: int, C: int, K: int, P: int, Q: int) -> tuple[dict[str, tuple[int, ...]], int]:
+def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, int]
+            ) -> tuple[dict[str, tuple[int, ...]], int]:
     """Shapes of the scratch arrays for a batch of N cut into T chunks (a P x Q output), and
     the tile rows per block: ``xp`` holds N padded HWC images (the forward keeps them for the
-    backward; pass T there when no backward follows), ``part`` the weight gradient partials."""
+    backward; pass T there when no backward follows), ``part`` the weight gradient partials.
+    A kernel larger than 3x3 is cut into 3x3 sub-kernels (``U`` holds each one's transform)."""
     th, tw = (P + 3) // 4, (Q + 3) // 4
-    tr = tile_rows(tw, C, K)
+    nr, ns = (kernel[0] + 2) // 3, (kernel[1] + 2) // 3
+    J = nr * ns * C  # columns of the transformed input: every sub-kernel's channels
+    tr = tile_rows(tw, J, K)
     tr = -(-th // -(-th // tr))  # as many tile rows as before, spread evenly over the blocks
-    return {"U": (2, 36, C * K), "xp": (N, 4 * th + 2, 4 * tw + 2, C), "V": (T, 36, plane_size(tr * tw, C)),
-            "M": (T, 36, plane_size(tr * tw, K)), "pix": (T, 4 * tr * Q, K), "R": (T, LANES_SCRATCH), "part": (T, 36, C, K)}, tr
+    return {"U": (2, 36, J * K), "xp": (N, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
+            "V": (T, 36, plane_size(tr * tw, J)), "M": (T, 36, plane_size(tr * tw, K)), "pix": (T, 4 * tr * Q, K),
+            "R": (T, LANES_SCRATCH), "part": (T, 36, J, K)}, tr
 
 
 def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, U: np.ndarray,
                         xp: np.ndarray, V: np.ndarray, M: np.ndarray, pix: np.ndarray, R: np.ndarray,
                         pads: tuple[int, int], tr: int) -> None:
-    """y = conv2d(x, w) + b (3x3, stride 1, groups 1; pads: top and left). ``U`` receives the
+    """y = conv2d(x, w) + b (stride 1, groups 1; pads: top and left). ``U`` receives the
     transformed weights (the backward takes them from there); ``xp`` (N or T images), ``V``,
     ``M``, ``pix`` and ``R`` are scratch as ``scratch`` shapes them."""
     c, cg = _consts(x.dtype)
     with single_thread_blas:
         winograd_weights(w, U, cg)
-        conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, c)
+        conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, (w.shape[3] + 2) // 3, c)
 
 
 def conv2d_backward_wino(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray, gx: np.ndarray | None,
@@ -487,5 +526,5 @@ def conv2d_backward_wino(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.n
     c, cg = _consts(x.dtype)
     with single_thread_blas:
         conv2d_backward_winograd(x, U, gy, xp, xp if gxp is None else gxp, V, M, pix, R, part,
-                                 x if gx is None else gx, pads[0], pads[1], tr, gx is not None, c)
+                                 x if gx is None else gx, pads[0], pads[1], tr, (gw.shape[3] + 2) // 3, gx is not None, c)
         winograd_reduce(part, gw, gy.reshape(N, K, -1), gb, cg)

@@ -108,27 +108,31 @@ def test_conv2d_cpu_takes_the_pixel_major_path_on_wide_inputs(shape):
         check_layer(layer, [shape], conv_ref(cfg), cuda=False)
 
 
-# 3x3 stride-1 convolutions with enough channels take the Winograd path (conv2d_winograd_cpu).
-# Forced here on small ones: odd and even output sizes (tiles hanging over the edge), a 1x1
-# output, uneven and oversized paddings, no bias.
-WINOGRAD = [(cfg, shape) for cfg, shape in CONFIGS if cfg["kernel_size"] == 3 and "stride" not in cfg
-            and "dilation" not in cfg and "groups" not in cfg] + [
+# Stride-1 convolutions with enough channels take the Winograd path (conv2d_winograd_cpu),
+# kernels past 3x3 as 3x3 sub-kernels. Forced here on small ones: odd and even output sizes
+# (tiles hanging over the edge), a 1x1 output, uneven and oversized paddings, no bias, 2x3 to
+# 6x6 kernels.
+WINOGRAD = [(cfg, shape) for cfg, shape in CONFIGS if "stride" not in cfg and "dilation" not in cfg
+            and "groups" not in cfg and cfg["kernel_size"] != 1] + [
     (dict(out_channels=3, kernel_size=3, padding="same", bias=False), (2, 2, 5, 4)),
     (dict(out_channels=2, kernel_size=3, padding=(3, 0, 2, 2)), (1, 3, 4, 3)),
     (dict(out_channels=3, kernel_size=3), (3, 2, 3, 3)),
+    (dict(out_channels=3, kernel_size=5, padding=2), (2, 2, 9, 7)),
+    (dict(out_channels=2, kernel_size=(6, 5), padding=(1, 2, 0, 3)), (1, 3, 8, 7)),
+    (dict(out_channels=2, kernel_size=(5, 2)), (2, 2, 6, 5)),
 ]
 
 
 def _force_winograd(monkeypatch):
-    monkeypatch.setattr(Conv2d, "_winograd", lambda self, C: self.groups == 1 and self.kernel == (3, 3)
-                        and self.stride == (1, 1) and self.dilation == (1, 1))
+    monkeypatch.setattr(Conv2d, "_winograd", lambda self, shape: self.groups == 1 and self.stride == (1, 1)
+                        and self.dilation == (1, 1) and 2 <= min(self.kernel) and max(self.kernel) <= 6)
 
 
 @pytest.mark.parametrize("cfg,shape", WINOGRAD, ids=[f"{c}@{s}" for c, s in WINOGRAD])
 def test_conv2d_cpu_winograd(cfg, shape, monkeypatch):
     _force_winograd(monkeypatch)
     layer = Conv2d(**cfg)
-    assert layer._winograd(shape[1])
+    assert layer._winograd(shape[1:])
     check_layer(layer, [shape], conv_ref(cfg), cuda=False)
 
 
@@ -140,24 +144,29 @@ def test_conv2d_cpu_winograd_by_default_in_uneven_tile_blocks(rows):
 
     cfg, shape = dict(out_channels=16, kernel_size=3, padding=(1, 0, 1, 1)), (2, 16, 11, 6)
     layer = Conv2d(**cfg)
-    assert layer._winograd(16) and not Conv2d(out_channels=15, kernel_size=3)._winograd(16)
+    assert layer._winograd(shape[1:]) and not Conv2d(out_channels=15, kernel_size=3)._winograd(shape[1:])
+    # past 3x3 only from 256 output pixels on
+    assert Conv2d(out_channels=16, kernel_size=5, padding=2)._winograd((16, 16, 16))
+    assert not Conv2d(out_channels=16, kernel_size=5, padding=2)._winograd((16, 15, 16))
+    assert not Conv2d(out_channels=16, kernel_size=7, padding=3)._winograd((16, 32, 32))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conv2d_winograd_cpu, "_BLOCK_ELEMENTS", rows * 36 * 2 * 32)
-        assert conv2d_winograd_cpu.scratch(2, 2, 16, 16, 10, 6)[1] == rows
+        assert conv2d_winograd_cpu.scratch(2, 2, 16, 16, 10, 6, (3, 3))[1] == rows
         check_layer(layer, [shape], conv_ref(cfg), cuda=False, fd_points=6)
 
 
-def test_conv2d_cpu_winograd_float32_error():
+@pytest.mark.parametrize("cfg,shape", [(dict(out_channels=32, kernel_size=3, padding=1), (2, 48, 9, 10)),
+                                       (dict(out_channels=24, kernel_size=5, padding=2), (2, 16, 16, 17))])
+def test_conv2d_cpu_winograd_float32_error(cfg, shape):
     # F(4x4, 3x3) rounds about ten times more than the direct sum in float32 (its transforms
     # scale by up to 8 and 1/24): still within 2e-5 of the largest value at realistic sizes,
     # against the float64 naive loops.
-    cfg, shape = dict(out_channels=32, kernel_size=3, padding=1), (2, 48, 9, 10)
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape)
     g = nc.Graph()
     g.conv2d(g.input(shape[1:]), name="c", **cfg)
     m = nc.Model(g, seed=3, dtype="float32")
-    assert Conv2d(**cfg)._winograd(shape[1])
+    assert Conv2d(**cfg)._winograd(shape[1:])
     y = m.forward(x.astype(np.float32), training=True)
     w, b = (m.params[k].astype(np.float64) for k in ("c.weight", "c.bias"))
     ref = conv_ref(cfg)(x, w, b)
@@ -167,7 +176,8 @@ def test_conv2d_cpu_winograd_float32_error():
     gx = m.backward(gy.astype(np.float32))
     assert gx.dtype == np.float32 and m.grads["c.weight"].dtype == np.float32
     # the input gradient is the convolution of gy with the flipped, transposed weights
-    gref = conv_ref(dict(out_channels=48, kernel_size=3, padding=1))(gy, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    R = cfg["kernel_size"]
+    gref = conv_ref(dict(kernel_size=R, padding=R - 1 - cfg["padding"]))(gy, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     np.testing.assert_allclose(gx, gref, rtol=0, atol=2e-5 * np.abs(gref).max())
 
 
