@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._blas import gemm
-from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
+from .._jit import REASSOC, cpu_inline, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
 from .conv2d_cpu import _bias_sum, _from_hwc, _to_hwc
 
@@ -247,7 +247,7 @@ def _a_lanes(R, c):  # R[_OUT + (6e + f)*L + l] = (A y A^T)[e, f], y from R[(4a 
         _st6(R, m0 + 5 * six, col, _a((z0[5], z1[5], z2[5], z3[5]), c))
 
 
-@cpu_inline
+@cpu_serial
 def _input_tiles(xp, V, R, i0, i1, tw, sub, ns, nsub, c):
     """V[6a + b, t, sub*C + ch] = (B^T d B)[a, b] for the tiles t = (i - i0)*tw + j of tile
     rows [i0, i1), d = xp[4i+du:4i+du+6, 4j+dv:4j+dv+6, ch]: the tiles that sub-kernel ``sub``
@@ -271,7 +271,7 @@ def _input_tiles(xp, V, R, i0, i1, tw, sub, ns, nsub, c):
                     _copy(vf, _U64(e) * plane + ov + _U64(c0), R, _U64(_OUT + e * _LANES), n, False)
 
 
-@cpu_inline
+@cpu_serial
 def _input_tiles_grad(V, gxp, R, i0, i1, tw, sub, ns, nsub, c):
     """The transpose of _input_tiles: gxp[4i+du:4i+du+6, 4j+dv:4j+dv+6, ch] += B V[:, t,
     sub*C + ch] B^T."""
@@ -294,7 +294,7 @@ def _input_tiles_grad(V, gxp, R, i0, i1, tw, sub, ns, nsub, c):
                               True)
 
 
-@cpu_inline
+@cpu_serial
 def _output_tiles(M, pix, R, i0, i1, P, Q, c):
     """pix = A^T M A per tile of tile rows [i0, i1): pix holds their output pixels, row
     (p - 4*i0)*Q + q, a column per channel (tiles hanging over the edge are cut)."""
@@ -319,7 +319,7 @@ def _output_tiles(M, pix, R, i0, i1, P, Q, c):
                               False)
 
 
-@cpu_inline
+@cpu_serial
 def _output_tiles_grad(pix, M, R, i0, i1, P, Q, c):
     """The transpose of _output_tiles: M[:, t, k] = A dy A^T for each 4x4 tile dy of pix
     (pixels outside the output read as zero)."""
