@@ -268,6 +268,7 @@ def test_conv2d_output_shape_matches_torch(cfg, shape):
     assert (shape[0], *layer.output_shape(shape[1:])) == tuple(y.shape)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 @pytest.mark.parametrize("path", ["channel-major", "pixel-major", "winograd"])
 @pytest.mark.parametrize("i", [0, 1, 3, 5, 7, 10])
 def test_conv2d_values_and_gradients_match_torch(i, path, monkeypatch):
