@@ -167,43 +167,25 @@ LANES_SCRATCH = 72 * _LANES  # elements of R
 
 
 @cpu_inline
-def _bt_lanes(R, c):  # R[_OUT + (6a + b)*L + l] = (B^T d B)[a, b], d from R[(6r + s)*L + l]
+def _square_lanes(R, c, f):
+    """R[_OUT + (6a + b)*L + l] = (F x F^T)[a, b] with x from R[(6r + s)*L + l], F the 6x6 1-D
+    transform ``f`` (_bt: B^T d B; _b: B v B^T)."""
     row, col = _U64(6 * _LANES), _U64(_LANES)
     for l in range(_LANES):
         x0 = _U64(l)
         v0 = _U64(_OUT + l)
-        c0 = _bt(_ld6(R, x0, row), c)  # column 0 of B^T d
-        c1 = _bt(_ld6(R, x0 + col, row), c)
-        c2 = _bt(_ld6(R, x0 + 2 * col, row), c)
-        c3 = _bt(_ld6(R, x0 + 3 * col, row), c)
-        c4 = _bt(_ld6(R, x0 + 4 * col, row), c)
-        c5 = _bt(_ld6(R, x0 + 5 * col, row), c)
-        _st6(R, v0, col, _bt((c0[0], c1[0], c2[0], c3[0], c4[0], c5[0]), c))
-        _st6(R, v0 + row, col, _bt((c0[1], c1[1], c2[1], c3[1], c4[1], c5[1]), c))
-        _st6(R, v0 + 2 * row, col, _bt((c0[2], c1[2], c2[2], c3[2], c4[2], c5[2]), c))
-        _st6(R, v0 + 3 * row, col, _bt((c0[3], c1[3], c2[3], c3[3], c4[3], c5[3]), c))
-        _st6(R, v0 + 4 * row, col, _bt((c0[4], c1[4], c2[4], c3[4], c4[4], c5[4]), c))
-        _st6(R, v0 + 5 * row, col, _bt((c0[5], c1[5], c2[5], c3[5], c4[5], c5[5]), c))
-
-
-@cpu_inline
-def _b_lanes(R, c):  # R[_OUT + (6r + s)*L + l] = (B v B^T)[r, s], v from R[(6a + b)*L + l]
-    row, col = _U64(6 * _LANES), _U64(_LANES)
-    for l in range(_LANES):
-        x0 = _U64(l)
-        v0 = _U64(_OUT + l)
-        r0 = _b(_ld6(R, x0, row), c)  # column 0 of B v
-        r1 = _b(_ld6(R, x0 + col, row), c)
-        r2 = _b(_ld6(R, x0 + 2 * col, row), c)
-        r3 = _b(_ld6(R, x0 + 3 * col, row), c)
-        r4 = _b(_ld6(R, x0 + 4 * col, row), c)
-        r5 = _b(_ld6(R, x0 + 5 * col, row), c)
-        _st6(R, v0, col, _b((r0[0], r1[0], r2[0], r3[0], r4[0], r5[0]), c))
-        _st6(R, v0 + row, col, _b((r0[1], r1[1], r2[1], r3[1], r4[1], r5[1]), c))
-        _st6(R, v0 + 2 * row, col, _b((r0[2], r1[2], r2[2], r3[2], r4[2], r5[2]), c))
-        _st6(R, v0 + 3 * row, col, _b((r0[3], r1[3], r2[3], r3[3], r4[3], r5[3]), c))
-        _st6(R, v0 + 4 * row, col, _b((r0[4], r1[4], r2[4], r3[4], r4[4], r5[4]), c))
-        _st6(R, v0 + 5 * row, col, _b((r0[5], r1[5], r2[5], r3[5], r4[5], r5[5]), c))
+        c0 = f(_ld6(R, x0, row), c)  # column 0 of F x
+        c1 = f(_ld6(R, x0 + col, row), c)
+        c2 = f(_ld6(R, x0 + 2 * col, row), c)
+        c3 = f(_ld6(R, x0 + 3 * col, row), c)
+        c4 = f(_ld6(R, x0 + 4 * col, row), c)
+        c5 = f(_ld6(R, x0 + 5 * col, row), c)
+        _st6(R, v0, col, f((c0[0], c1[0], c2[0], c3[0], c4[0], c5[0]), c))
+        _st6(R, v0 + row, col, f((c0[1], c1[1], c2[1], c3[1], c4[1], c5[1]), c))
+        _st6(R, v0 + 2 * row, col, f((c0[2], c1[2], c2[2], c3[2], c4[2], c5[2]), c))
+        _st6(R, v0 + 3 * row, col, f((c0[3], c1[3], c2[3], c3[3], c4[3], c5[3]), c))
+        _st6(R, v0 + 4 * row, col, f((c0[4], c1[4], c2[4], c3[4], c4[4], c5[4]), c))
+        _st6(R, v0 + 5 * row, col, f((c0[5], c1[5], c2[5], c3[5], c4[5], c5[5]), c))
 
 
 @cpu_inline
@@ -266,7 +248,7 @@ def _input_tiles(xp, V, R, i0, i1, tw, sub, ns, nsub, c):
                 for a in range(6):
                     for b in range(6):
                         _copy(R, _U64((6 * a + b) * _LANES), xf, o + _U64(a) * row + _U64(b) * col + _U64(c0), n, False)
-                _bt_lanes(R, c)
+                _square_lanes(R, c, _bt)
                 for e in range(36):
                     _copy(vf, _U64(e) * plane + ov + _U64(c0), R, _U64(_OUT + e * _LANES), n, False)
 
@@ -287,7 +269,7 @@ def _input_tiles_grad(V, gxp, R, i0, i1, tw, sub, ns, nsub, c):
                 n = min(_LANES, C - c0)
                 for e in range(36):
                     _copy(R, _U64(e * _LANES), vf, _U64(e) * plane + ov + _U64(c0), n, False)
-                _b_lanes(R, c)
+                _square_lanes(R, c, _b)
                 for a in range(6):
                     for b in range(6):
                         _copy(xf, o + _U64(a) * row + _U64(b) * col + _U64(c0), R, _U64(_OUT + (6 * a + b) * _LANES), n,
