@@ -1,6 +1,10 @@
-"""Training checkpoints: a ``Model.save`` file whose ``extra`` arrays hold the trainer's state.
+"""The checkpoint file: one ``.npz`` format for ``Model.save`` and the Trainer's checkpoints.
 
-Besides weights and buffers it keeps the optimizer and schedule state, the epoch, the history
+Every write goes through ``write_npz``: a temporary file in the target's folder, flushed to
+disk, then renamed over the target, so an interrupted or failed save (a full disk, Ctrl-C, a
+crash) leaves the previous file as it was. ``read_checkpoint`` refuses anything that is not
+such a file before reading it, and never unpickles. A training checkpoint is a ``Model.save``
+file whose ``extra`` arrays also hold the optimizer and schedule state, the epoch, the history
 and the state of every node's random generator (dropout masks), which is what makes a resumed
 run bit-identical to one that never stopped.
 """
@@ -9,23 +13,127 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import zipfile
+from typing import Any, Callable
 
 import numpy as np
 
-from .model import read_checkpoint
-
 FORMAT = "numbacnn.trainer/1"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip member, or an empty archive
+_NPY_MAGIC = b"\x93NUMPY"
 
 
-def _json_array(obj: Any) -> np.ndarray:
+# writing ---------------------------------------------------------------------------------------
+def _temp_path(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then replace ``path`` with it.
+
+    The target is replaced only once the new file is complete and on disk; on any error,
+    KeyboardInterrupt included, the temporary file is removed and the target is untouched.
+    """
+    path = os.fspath(path)
+    tmp = _temp_path(path)
+    # O_EXCL: never follow or reuse someone else's file; 0o666 lets the umask decide the mode,
+    # as a plain open() would.
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise type(e)(e.errno, f"{path}: cannot write here ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_folder(os.path.dirname(path) or ".")
+
+
+def _fsync_folder(folder: str) -> None:
+    # The rename itself is durable only once the folder is synced (POSIX; Windows cannot open one).
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an uncompressed ``.npz`` at exactly ``path``, atomically."""
+    write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse a checkpoint path that could not be written, before any training starts."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a folder; give a file name for the checkpoint")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{path}: cannot write the checkpoint there: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path}: cannot write the checkpoint there: the folder {folder} is not writable")
+
+
+def nonfinite(arrays: dict[str, Any]) -> list[str]:
+    """The keys of the floating-point arrays that hold a NaN or an infinity."""
+    return [k for k, v in arrays.items()
+            if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
+
+
+# reading ---------------------------------------------------------------------------------------
+def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of a checkpoint file, with errors that name the file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a folder, not a checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_NPY_MAGIC):
+        raise ValueError(f"{path}: a single NumPy array (.npy), not a numbacnn checkpoint "
+                         f"(an .npz written by Model.save or 'numbacnn train')")
+    if not head.startswith(_ZIP_MAGIC):
+        raise ValueError(f"{path}: not a numbacnn checkpoint (an .npz written by Model.save or "
+                         f"'numbacnn train'); this file is not even a zip archive")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            state = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        if "pickle" in str(e):  # never suggest allow_pickle: a checkpoint holds no objects
+            raise ValueError(f"{path}: not a numbacnn checkpoint (it holds Python objects, which "
+                             f"numbacnn never unpickles)") from None
+        raise ValueError(f"{path}: not a numbacnn checkpoint (unreadable .npz: {e})") from None
+    if "spec" not in state:
+        raise ValueError(f"{path}: not a numbacnn checkpoint (no model spec inside)")
+    return state
+
+
+def json_array(obj: Any) -> np.ndarray:
     return np.frombuffer(json.dumps(obj).encode(), np.uint8)
 
 
-def _from_json_array(a: np.ndarray) -> Any:
-    return json.loads(np.asarray(a, np.uint8).tobytes().decode())
+def from_json_array(a: np.ndarray, path: str | os.PathLike, what: str) -> Any:
+    """Decode a JSON document stored as bytes, naming the file and the entry when it is corrupt."""
+    try:
+        return json.loads(np.asarray(a, np.uint8).tobytes().decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: corrupt checkpoint: its {what} is not valid JSON ({e})") from None
 
 
+# training state --------------------------------------------------------------------------------
 def save_trainer_state(trainer: Any, path: str | os.PathLike) -> None:
     meta = {
         "format": FORMAT, "epoch": trainer.epoch, "seed": trainer.seed, "loss": trainer.loss_name,
@@ -35,18 +143,12 @@ def save_trainer_state(trainer: Any, path: str | os.PathLike) -> None:
         "rng": trainer.model.rng_state(),
         "info": trainer.info,
     }
-    extra = {"trainer": _json_array(meta)}
+    extra = {"trainer": json_array(meta)}
     if trainer.optimizer is not None:
         extra.update({f"optim/{k}": v for k, v in trainer.optimizer.state_dict().items()})
     if trainer.schedule is not None:
         extra.update({f"schedule/{k}": v for k, v in trainer.schedule.state_dict().items()})
-    tmp = f"{os.fspath(path)}.tmp"
-    try:
-        trainer.model.save(tmp, extra=extra)
-        os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    trainer.model.save(path, extra=extra)  # atomic: a failed save keeps the previous checkpoint
 
 
 def read_trainer_meta(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -54,9 +156,10 @@ def read_trainer_meta(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str
     state = read_checkpoint(path)
     if "extra/trainer" not in state:
         raise ValueError(f"{path}: a model file without training state (saved by Model.save, not by a Trainer)")
-    meta = _from_json_array(state["extra/trainer"])
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown training checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
+    meta = from_json_array(state["extra/trainer"], path, "training state")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{path}: unknown training checkpoint format {found!r}, expected {FORMAT!r}")
     return meta, state
 
 
@@ -69,8 +172,9 @@ def load_trainer_state(trainer: Any, path: str | os.PathLike) -> None:
 
     meta, state = read_trainer_meta(path)
     model = trainer.model
-    spec = _from_json_array(state["spec"])
-    if spec.get("graph") != model.to_spec()["graph"] or spec.get("dtype") != model.dtype.name:
+    spec = from_json_array(state["spec"], path, "model spec")
+    if (not isinstance(spec, dict) or spec.get("graph") != model.to_spec()["graph"]
+            or spec.get("dtype") != model.dtype.name):
         raise ValueError(f"{path}: the checkpoint is for another model (its graph or dtype differs from this one)")
     optim_state = _section(state, "extra/optim/")
     if trainer.optimizer is not None:

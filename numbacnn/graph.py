@@ -170,10 +170,12 @@ class Graph:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Graph":
-        """Rebuild a graph from ``to_spec()``; a layer whose plugin is missing is named."""
+        """Rebuild a graph from ``to_spec()``; a layer whose plugin is missing is named, and so
+        is whatever part of a malformed spec is wrong."""
         if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
             found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
             raise GraphError(f"not a numbacnn graph spec: expected format {SPEC_FORMAT!r}, found {found!r}")
+        _check_spec(spec)
         g = cls()
         for entry in spec["nodes"]:
             name, layer = entry["name"], entry["layer"]
@@ -190,6 +192,44 @@ class Graph:
         g.inputs = list(spec["inputs"])
         g.outputs = list(spec["outputs"])
         return g
+
+
+_NODE_KEYS = {"name": str, "layer": str, "config": dict, "inputs": list}
+
+
+def _check_spec(spec: dict[str, Any]) -> None:
+    """The structure of a graph spec, checked before any node is built (bad JSON, hand edits)."""
+    for key in ("nodes", "inputs", "outputs"):
+        if not isinstance(spec.get(key), list):
+            found = "nothing" if key not in spec else type(spec[key]).__name__
+            raise GraphError(f"graph spec: '{key}' must be a list, found {found}")
+    names: set[str] = set()
+    for i, entry in enumerate(spec["nodes"]):
+        if not isinstance(entry, dict):
+            raise GraphError(f"graph spec: node {i} must be a dict with keys {', '.join(_NODE_KEYS)}, "
+                             f"found {type(entry).__name__} {entry!r:.40}")
+        who = f"graph spec: node {i} ({entry.get('name')!r})"
+        for key, kind in _NODE_KEYS.items():
+            if not isinstance(entry.get(key), kind):
+                found = "nothing" if key not in entry else type(entry[key]).__name__
+                raise GraphError(f"{who}: '{key}' must be a {kind.__name__}, found {found}")
+        if not all(isinstance(r, str) for r in entry["inputs"]):
+            raise GraphError(f"{who}: 'inputs' must list node names, found {entry['inputs']!r}")
+        if entry["name"] in names:
+            raise GraphError(f"{who}: the name is used twice; every node needs its own name")
+        names.add(entry["name"])
+        if entry["layer"] == "input":
+            shape = entry["config"].get("shape")
+            if (not isinstance(shape, list) or not shape
+                    or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+                raise GraphError(f"{who}: an input's config needs 'shape', a list of positive sizes, found {shape!r}")
+    for key in ("inputs", "outputs"):
+        for ref in spec[key]:
+            if not isinstance(ref, str) or ref not in names:
+                raise GraphError(f"graph spec: '{key}' names {ref!r}, which is not a node of the spec")
+    for ref in spec["inputs"]:
+        if next(e for e in spec["nodes"] if e["name"] == ref)["layer"] != "input":
+            raise GraphError(f"graph spec: 'inputs' names {ref!r}, which is not an input node")
 
 
 def _check_provider(layer: str, provider: dict[str, str] | None) -> None:

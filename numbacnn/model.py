@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from typing import Any
 
 import numpy as np
 
 from . import registry
+from ._checkpoint import from_json_array, nonfinite, read_checkpoint, write_npz
 from ._threads import single_thread_blas
 from .device import DeviceError, check_device, get_backend
 from .executor import Executor
@@ -262,10 +262,18 @@ class Model:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Model":
+        """Rebuild a model (fresh weights) from ``to_spec()``; a malformed spec is named."""
         if not isinstance(spec, dict) or spec.get("format") != MODEL_FORMAT:
             found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
             raise GraphError(f"not a numbacnn model spec: expected format {MODEL_FORMAT!r}, found {found!r}")
-        return cls(Graph.from_spec(spec["graph"]), seed=spec.get("seed", 0), dtype=spec.get("dtype", "float32"))
+        if "graph" not in spec:
+            raise GraphError("model spec: no 'graph' entry (expected the dict Graph.to_spec() gives)")
+        dtype, seed = spec.get("dtype", "float32"), spec.get("seed", 0)
+        if dtype not in DTYPES:
+            raise GraphError(f"model spec: 'dtype' must be one of {', '.join(DTYPES)}, found {dtype!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise GraphError(f"model spec: 'seed' must be an int, found {seed!r}")
+        return cls(Graph.from_spec(spec["graph"]), seed=seed, dtype=dtype)
 
     def state(self) -> dict[str, np.ndarray]:
         """Host copies of parameters and buffers, keyed ``params/<key>`` and ``buffers/<key>``."""
@@ -286,33 +294,37 @@ class Model:
                     raise ValueError(f"{source}: '{key}' has shape {value.shape}, the model expects {tuple(live.shape)}")
                 backend.assign(live, backend.to_device(value.astype(self.dtype)))
 
-    def save(self, path: str | os.PathLike, extra: dict[str, np.ndarray] | None = None) -> None:
-        """Write weights, buffers and the spec (with layer providers) to an ``.npz`` file."""
+    def save(self, path: str | os.PathLike, extra: dict[str, np.ndarray] | None = None,
+             allow_nonfinite: bool = False) -> None:
+        """Write weights, buffers and the spec (with layer providers) to an ``.npz`` file.
+
+        Atomic: the file is written beside ``path`` and renamed over it once complete, so a
+        failed or interrupted save leaves an existing file as it was. Parameters or buffers
+        holding NaN or inf are refused (a ``ValueError`` naming them, nothing written) unless
+        ``allow_nonfinite=True``, which keeps a diverged model for debugging.
+        """
         arrays = self.state()
+        bad = [] if allow_nonfinite else nonfinite(arrays)
+        if bad:
+            names = ", ".join(k.replace("params/", "").replace("buffers/", "buffer ") for k in bad[:6])
+            more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
+            raise ValueError(f"{path}: not saved: {names}{more} {'hold' if len(bad) > 1 else 'holds'} NaN or "
+                             f"inf (the model has diverged); nothing was written, an existing file is unchanged. "
+                             f"Model.save(..., allow_nonfinite=True) writes it anyway, for debugging")
         arrays["spec"] = np.frombuffer(json.dumps(self.to_spec()).encode(), dtype=np.uint8)
         for k, v in (extra or {}).items():
             arrays[f"extra/{k}"] = v
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        write_npz(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Model":
         """Read a model written by ``save`` (refusing files that are not complete checkpoints)."""
         state = read_checkpoint(path)
-        model = cls.from_spec(json.loads(state.pop("spec").tobytes().decode()))
+        spec = from_json_array(state.pop("spec"), path, "model spec")
+        try:
+            model = cls.from_spec(spec)
+        except (GraphError, ShapeError, registry.UnknownLayerError, registry.PluginError) as e:
+            raise type(e)(f"{path}: {e}") from None
         model.load_state(state, source=str(path))
         return model
 
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of a checkpoint file, with errors that name the file."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            state = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a numbacnn checkpoint (unreadable .npz: {e})") from None
-    if "spec" not in state:
-        raise ValueError(f"{path}: not a numbacnn checkpoint (no model spec inside)")
-    return state
