@@ -5,10 +5,16 @@ Reproducible by construction: epoch ``e`` shuffles and augments with a generator
 buffers, optimizer and schedule state, the model's dropout generators, the history), so a run
 resumed from the checkpoint of epoch ``e`` ends with the same weights, bit for bit, as one
 that never stopped.
+
+Divergence stops training (Keras's ``TerminateOnNaN``, on by default): a batch whose loss is NaN
+or infinite raises ``TrainingDivergedError`` before that batch updates the weights, and so do
+weights or validation metrics found non-finite at the end of an epoch, before its checkpoint
+is written; the checkpoint keeps the last finished epoch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -17,10 +23,38 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import losses
-from ._checkpoint import load_trainer_state, save_trainer_state
+from ._checkpoint import check_writable, load_trainer_state, nonfinite, save_trainer_state
 from .model import Model
 
-__all__ = ["Trainer", "History", "Callback"]
+__all__ = ["Trainer", "History", "Callback", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Training stopped because the loss, the weights or a validation metric became NaN or inf.
+
+    ``epoch`` and ``batch`` count from 1, as the progress bar does (``batch`` is None when the
+    epoch's batches were fine and its end-of-epoch check failed); ``loss`` is the value seen;
+    ``summary`` is the message without the advice, for front ends that give their own.
+    A ``FloatingPointError``, as NumPy raises under ``np.errstate(all="raise")``: one
+    ``except FloatingPointError`` catches both, and a generic ``except RuntimeError`` or
+    ``ValueError`` around user code does not mistake it for a bug or bad input.
+    """
+
+    def __init__(self, message: str, epoch: int = 0, batch: int | None = None, loss: float = math.nan,
+                 summary: str = "") -> None:
+        super().__init__(message)
+        self.epoch, self.batch, self.loss, self.summary = epoch, batch, loss, summary or message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self), self.epoch, self.batch, self.loss, self.summary)
+
+
+class _Diverged(Exception):
+    """Raised inside an epoch; ``fit`` turns it into a ``TrainingDivergedError``."""
+
+    def __init__(self, what: str, batch: int | None, loss: float) -> None:
+        super().__init__(what)
+        self.what, self.batch, self.loss = what, batch, loss
 
 
 class History:
@@ -93,6 +127,9 @@ class Trainer:
         self.history = History()
         self.stop_training = False
         self.info: dict[str, Any] = {}  # JSON-able notes kept in checkpoints (the CLI's dataset)
+        # How many epochs the checkpoint file holds, as the last fit wrote or resumed it (None:
+        # none yet): what an interrupted run can be resumed from.
+        self.checkpoint_epoch: int | None = None
         self._resumed = False
 
     # checks ----------------------------------------------------------------------------------
@@ -109,6 +146,9 @@ class Trainer:
             raise ValueError(f"{what}: x has {len(x)} samples but y has {len(y)}")
         if len(x) == 0:
             raise ValueError(f"{what}: no samples")
+        if self.loss_fn is losses.mse and np.issubdtype(y.dtype, np.floating) and y.dtype != self.model.dtype:
+            raise TypeError(f"{what}: y is {y.dtype} but the model is {self.model.dtype.name}; mse never mixes "
+                            f"float dtypes: convert the targets (y.astype(np.{self.model.dtype.name}))")
 
     def _classifying(self, y: np.ndarray) -> bool:
         return y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(self.model.output_shape) == 1
@@ -124,14 +164,17 @@ class Trainer:
         host = out if isinstance(out, np.ndarray) else out.copy_to_host()
         return loss, gy, int((host.argmax(axis=1) == yb).sum())
 
-    def train_step(self, xb: np.ndarray, yb: np.ndarray) -> tuple[float, int]:
+    def train_step(self, xb: np.ndarray, yb: np.ndarray, finite_only: bool = False) -> tuple[float, int]:
         """Forward, loss, backward (no input gradient), update; returns (loss, correct count).
 
-        The logits stay on the model's device: the loss kernels run there too.
+        The logits stay on the model's device: the loss kernels run there too. With
+        ``finite_only`` a NaN or infinite loss returns at once, the weights not updated.
         """
         self.optimizer.zero_grad()
         out = self.model.forward(xb, training=True, host=False)
         loss, gy, correct = self._loss(out, yb)
+        if finite_only and not math.isfinite(loss):
+            return loss, correct
         self.model.backward(gy, input_grad=False)
         self.optimizer.step()
         return loss, correct
@@ -141,13 +184,17 @@ class Trainer:
             validation_data: tuple[np.ndarray, np.ndarray] | None = None, shuffle: bool = True,
             augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
             callbacks: Sequence[Any] = (), verbose: int = 1, checkpoint: str | os.PathLike | None = None,
-            resume: bool = False) -> History:
+            resume: bool = False, terminate_on_nan: bool = True) -> History:
         """Train until ``epochs`` epochs are done; returns the ``History`` (train and val metrics).
 
         ``verbose``: 0 silent, 1 a tqdm bar per epoch when stderr is a terminal (images/s, loss,
-        accuracy), 2 one line per epoch on stdout. ``checkpoint`` is written after every epoch;
-        with ``resume=True`` an existing checkpoint is loaded first and training continues from
-        its epoch (a resumed fit counts ``epochs`` from the start of the run).
+        accuracy), 2 one line per epoch on stdout. ``checkpoint`` is written (atomically) after
+        every epoch; its folder is checked before training starts. With ``resume=True`` an
+        existing checkpoint is loaded first and training continues from its epoch (a resumed
+        fit counts ``epochs`` from the start of the run). ``terminate_on_nan`` (default True)
+        raises ``TrainingDivergedError`` on the first NaN or infinite loss, naming the epoch and
+        batch, before that batch changes the weights; False trains on regardless (a checkpoint
+        of non-finite weights is still refused by ``Model.save``).
         """
         if self.optimizer is None:
             raise ValueError("fit() needs an optimizer: Trainer(model, nc.optim.SGD(model, lr=...))")
@@ -160,8 +207,12 @@ class Trainer:
             self._check_data(*validation_data, "validation_data")
         if resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=PATH (the file to resume from and write to)")
+        if checkpoint is not None:
+            check_writable(checkpoint)
+        self.checkpoint_epoch = None
         if resume and os.path.exists(checkpoint):
             self.load_checkpoint(checkpoint)
+            self.checkpoint_epoch = self.epoch
         if not self._resumed:
             self.epoch, self.history = 0, History()
         self._resumed = False
@@ -171,20 +222,24 @@ class Trainer:
             epoch = self.epoch
             for c in cbs:
                 c.on_epoch_begin(epoch, self)
-            logs = self._train_epoch(x, y, epoch, epochs, batch_size, shuffle, augment, cbs, verbose,
-                                     validation_data)
+            try:
+                logs = self._train_epoch(x, y, epoch, epochs, batch_size, shuffle, augment, cbs, verbose,
+                                         validation_data, terminate_on_nan)
+            except _Diverged as d:
+                raise self._diverged(d, epoch, epochs, -(-len(x) // batch_size), checkpoint) from None
             if self.schedule is not None:
                 self.schedule.step()
             self.epoch = epoch + 1
             self.history.append(epoch, logs)
             if checkpoint is not None:
                 self.save_checkpoint(checkpoint)
+                self.checkpoint_epoch = self.epoch
             for c in cbs:
                 c.on_epoch_end(epoch, logs, self)
         return self.history
 
     def _train_epoch(self, x, y, epoch, epochs, batch_size, shuffle, augment, cbs, verbose,
-                     validation_data) -> dict[str, float]:
+                     validation_data, terminate_on_nan) -> dict[str, float]:
         from tqdm import tqdm
 
         rng = np.random.default_rng([self.seed, epoch])
@@ -201,7 +256,9 @@ class Trainer:
                 xb = x[idx]
                 if augment is not None:
                     xb = np.ascontiguousarray(augment(xb, rng), dtype=x.dtype)
-                loss, ok = self.train_step(xb, y[idx])
+                loss, ok = self.train_step(xb, y[idx], finite_only=terminate_on_nan)
+                if terminate_on_nan and not math.isfinite(loss):
+                    raise _Diverged(f"the loss is {loss}", b + 1, loss)
                 loss_sum += loss * len(idx)
                 correct += ok
                 seen = start + len(idx)
@@ -214,11 +271,39 @@ class Trainer:
                 val = self.evaluate(*validation_data, batch_size=max(batch_size, 256))
                 logs.update({f"val_{k}": v for k, v in val.items()})
                 bar.set_postfix(_short(logs))
+        if terminate_on_nan:
+            self._check_finite(logs)
         if verbose == 2:
             seconds = time.perf_counter() - t0
             metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
             print(f"epoch {epoch + 1}/{epochs}  {metrics}  ({n / seconds:,.0f} img/s, {seconds:.1f} s)", flush=True)
         return logs
+
+    def _check_finite(self, logs: dict[str, float]) -> None:
+        """After an epoch's last update: weights and validation metrics finite, or _Diverged."""
+        bad = nonfinite(self.model.state())
+        if bad:
+            names = ", ".join(k.split("/", 1)[1] for k in bad[:4]) + (" ..." if len(bad) > 4 else "")
+            raise _Diverged(f"after its last batch the weights hold NaN or inf ({names})", None, logs["loss"])
+        for k, v in logs.items():
+            if not math.isfinite(v):
+                raise _Diverged(f"the {k.replace('_', ' ')} is {v}", None, v)
+
+    def _diverged(self, d: _Diverged, epoch: int, epochs: int, batches: int,
+                  checkpoint: str | os.PathLike | None) -> TrainingDivergedError:
+        where = f"epoch {epoch + 1}/{epochs}" + (f", batch {d.batch}/{batches}" if d.batch else "")
+        if checkpoint is None:
+            kept = ""
+        elif self.checkpoint_epoch is None:
+            state = "is unchanged" if os.path.exists(checkpoint) else "does not exist"
+            kept = f"; no checkpoint was written ({os.fspath(checkpoint)} {state})"
+        else:
+            kept = f"; the checkpoint {os.fspath(checkpoint)} still holds epoch {self.checkpoint_epoch}, the last finished"
+        summary = f"training diverged at {where}: {d.what}{kept}."
+        lr = getattr(self.optimizer, "lr", None)
+        now = f" (it is {lr:g})" if isinstance(lr, (int, float)) else ""
+        advice = f" Try a lower learning rate{now}, or fit(..., terminate_on_nan=False) to train on regardless."
+        return TrainingDivergedError(summary + advice, epoch + 1, d.batch, d.loss, summary)
 
     # inference -------------------------------------------------------------------------------
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -6,7 +6,7 @@ from numbacnn.augment import RandomShift
 from numbacnn.data import load_digits, train_test_split
 from numbacnn.ensemble import Ensemble
 from numbacnn.optim import SGD, Adam, StepLR
-from numbacnn.train import Callback
+from numbacnn.train import Callback, TrainingDivergedError
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +180,88 @@ def test_cuda_training_matches_cpu(digits):
     assert runs[0][0]["loss"] == pytest.approx(runs[1][0]["loss"], rel=1e-5)
     for k, v in runs[0][1].items():
         np.testing.assert_allclose(runs[1][1][k], v, rtol=1e-4, atol=1e-6)
+
+
+# divergence: stop, name the epoch and batch, never replace a good checkpoint --------------------
+def nan_at(call):
+    """Cross-entropy whose ``call``-th evaluation (1-based) reports a NaN loss."""
+    calls = []
+
+    def loss(logits, labels):
+        calls.append(1)
+        value, gy = nc.losses.cross_entropy(logits, labels)
+        return (float("nan") if len(calls) == call else value), gy
+
+    loss.calls = calls
+    return loss
+
+
+def test_nan_loss_stops_training_naming_epoch_and_batch(digits, tmp_path):
+    (x, y), _ = digits
+    x, y = x[:200], y[:200]
+    ck = tmp_path / "run.npz"
+    model = mlp()
+    t = nc.Trainer(model, SGD(model, lr=0.05), loss=nan_at(7 + 3))  # epoch 2 (of 7 batches), batch 3
+    t.fit(x, y, epochs=1, batch_size=32, verbose=0, checkpoint=ck)
+    good = ck.read_bytes()
+    snapshots = []
+
+    class Snapshot(Callback):
+        def on_batch_end(self, batch, logs, trainer):
+            snapshots.append({k: v.copy() for k, v in trainer.model.params.items()})
+
+    with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 2/3, batch 3/7: the loss is nan; the "
+                                                    r"checkpoint .*run.npz still holds epoch 1.*lower learning rate "
+                                                    r"\(it is 0.05\).*terminate_on_nan=False") as e:
+        t.fit(x, y, epochs=3, batch_size=32, verbose=0, checkpoint=ck, resume=True, callbacks=[Snapshot()])
+    assert (e.value.epoch, e.value.batch) == (2, 3) and np.isnan(e.value.loss)
+    assert isinstance(e.value, FloatingPointError)
+    assert ck.read_bytes() == good and t.epoch == 1 and len(t.loss_fn.calls) == 10
+    # The batch with the NaN loss did not update the weights: they are those after batch 2.
+    assert len(snapshots) == 2
+    for k, v in t.model.params.items():
+        np.testing.assert_array_equal(v, snapshots[-1][k])
+
+
+def test_nonfinite_weights_at_epoch_end_stop_before_the_checkpoint(digits, tmp_path):
+    (x, y), _ = digits
+    ck = tmp_path / "run.npz"
+
+    class Corrupt(Callback):  # weights that go bad in the last update, with a finite loss
+        def on_batch_end(self, batch, logs, trainer):
+            if batch == 1:
+                trainer.model.params["fc2.bias"][3] = np.inf
+
+    t = trainer()
+    with pytest.raises(TrainingDivergedError, match=r"at epoch 1/2: after its last batch the weights hold NaN "
+                                                    r"or inf \(fc2.bias\); no checkpoint was written "
+                                                    r"\(.*run.npz does not exist\)"):
+        t.fit(x[:64], y[:64], epochs=2, batch_size=32, verbose=0, checkpoint=ck, callbacks=[Corrupt()])
+    assert not ck.exists() and t.epoch == 0
+
+
+def test_terminate_on_nan_false_trains_on(digits):
+    (x, y), _ = digits
+    model = mlp()
+    t = nc.Trainer(model, SGD(model, lr=0.05), loss=nan_at(1))
+    h = t.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0, terminate_on_nan=False)
+    assert np.isnan(h["loss"][0]) and len(t.loss_fn.calls) == 2
+
+
+def test_unwritable_checkpoint_is_refused_before_training(digits, tmp_path, monkeypatch):
+    (x, y), _ = digits
+    t = trainer()
+    steps = []
+    monkeypatch.setattr(t, "train_step", lambda *a, **k: steps.append(1))
+    with pytest.raises(FileNotFoundError, match=r"nowhere.run.npz: cannot write the checkpoint there: the folder "
+                                                r".*nowhere does not exist"):
+        t.fit(x[:64], y[:64], epochs=1, verbose=0, checkpoint=tmp_path / "nowhere" / "run.npz")
+    assert steps == []
+
+
+def test_mse_float64_targets_refused_before_training(digits):
+    (x, y), _ = digits
+    model = mlp(dropout=0.0)
+    t = nc.Trainer(model, SGD(model, lr=0.1), loss="mse")
+    with pytest.raises(TypeError, match="fit: y is float64 but the model is float32; mse never mixes"):
+        t.fit(x[:64], np.eye(10)[y[:64]], epochs=1, verbose=0)
