@@ -82,13 +82,42 @@ def cross_entropy_counted(logits: Any, labels: Any, count: bool = True) -> tuple
     return float(host[0].sum(dtype=np.float64) / n), gx, hits
 
 
-def mse(pred: Any, target: Any) -> tuple[float, Any]:
-    """Mean squared error over every element (PyTorch's ``MSELoss()``); ``gy = 2 (pred - target) / pred.size``."""
-    _check_pred("mse", pred)
+def _mse_target(pred: Any, target: Any) -> Any:
+    """The target as an array of the prediction's dtype, on the prediction's device.
+
+    A floating target of another dtype is refused: float32 and float64 are never silently
+    mixed (PyTorch would compute in the wider one; numbacnn would have to round one of them).
+    Integer and boolean targets are converted, as PyTorch promotes them.
+    """
     if not _on_device(target):
         target = np.asarray(target)
     if tuple(target.shape) != tuple(pred.shape):
         raise ValueError(f"mse: target shape {tuple(target.shape)} differs from prediction shape {tuple(pred.shape)}")
+    have, want = np.dtype(target.dtype), np.dtype(pred.dtype)
+    if np.issubdtype(have, np.floating) and have != want:
+        raise TypeError(f"mse: the target is {have.name} but the prediction is {want.name}; float dtypes are "
+                        f"never mixed: convert the target (target.astype(np.{want.name}))")
+    if not (np.issubdtype(have, np.floating) or np.issubdtype(have, np.integer) or have == np.bool_):
+        raise TypeError(f"mse: expected a numeric target, found {have}")
+    if not _on_device(pred):
+        host = target.copy_to_host() if _on_device(target) else target
+        return np.ascontiguousarray(host, dtype=want)
+    if _on_device(target) and have == want:
+        return target
+    from numba import cuda
+
+    host = target.copy_to_host() if _on_device(target) else target
+    return cuda.to_device(np.ascontiguousarray(host, dtype=want))
+
+
+def mse(pred: Any, target: Any) -> tuple[float, Any]:
+    """Mean squared error over every element (PyTorch's ``MSELoss()``); ``gy = 2 (pred - target) / pred.size``.
+
+    ``target`` has the prediction's shape and float dtype (another float dtype is a
+    ``TypeError``; integer or boolean targets are converted to the prediction's dtype).
+    """
+    _check_pred("mse", pred)
+    t = _mse_target(pred, target)
     n = pred.shape[0]
     flat = (n, int(np.prod(pred.shape[1:], dtype=np.int64)))
     if _on_device(pred):
@@ -97,7 +126,6 @@ def mse(pred: Any, target: Any) -> tuple[float, Any]:
         from .losses_cuda import mse_backward, mse_rows
 
         x = pred.reshape(flat)
-        t = target if _on_device(target) else cuda.to_device(np.ascontiguousarray(target, pred.dtype))
         t = t.reshape(flat)
         rows = cuda.device_array(n, pred.dtype)
         gx = cuda.device_array(flat, pred.dtype)
@@ -107,7 +135,7 @@ def mse(pred: Any, target: Any) -> tuple[float, Any]:
     from .losses_cpu import mse_forward_backward
 
     x = np.ascontiguousarray(pred).reshape(flat)
-    t = np.ascontiguousarray(target, dtype=pred.dtype).reshape(flat)
+    t = t.reshape(flat)
     rows = np.empty(n, x.dtype)
     gx = np.empty_like(x)
     mse_forward_backward(x, t, rows, gx)

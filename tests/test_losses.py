@@ -77,6 +77,29 @@ def test_cross_entropy_refuses_bad_input(x, y, err, match):
         nc.losses.cross_entropy(x, y)
 
 
+def test_mse_refuses_a_target_of_another_float_dtype():
+    # PyTorch 2.13 would promote to float64; numbacnn never mixes float32 and float64.
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match=r"mse: the target is float64 but the prediction is float32; .*"
+                                        r"target.astype\(np.float32\)"):
+        nc.losses.mse(x, np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="the target is float32 but the prediction is float64"):
+        nc.losses.mse(x.astype(np.float64), np.zeros((2, 3), np.float32))
+    with pytest.raises(TypeError, match="expected a numeric target, found <U1"):
+        nc.losses.mse(x, np.full((2, 3), "a"))
+
+
+def test_mse_converts_integer_targets_as_torch_promotes_them():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) / 2
+    t = np.array([[0, 1, 2], [1, 1, 3]])
+    loss, gy = nc.losses.mse(x, t)
+    want_loss, want_gy = nc.losses.mse(x, t.astype(np.float32))
+    assert loss == want_loss and gy.dtype == np.float32
+    np.testing.assert_array_equal(gy, want_gy)
+    torch = pytest.importorskip("torch")
+    assert loss == pytest.approx(torch.nn.functional.mse_loss(torch.tensor(x), torch.tensor(t)).item(), rel=1e-6)
+
+
 def test_mse_shape_mismatch_and_lookup():
     with pytest.raises(ValueError, match=r"target shape \(2, 2\) differs"):
         nc.losses.mse(np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32))
