@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 import time
 from typing import Any
@@ -57,26 +59,79 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=0, help="epochs of linear learning-rate warm-up")
     p.add_argument("--augment", help="shift[:K] (random shifts up to K pixels) or crop-flip[:PADDING]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", help="written after every epoch (default MODEL-DATA.npz here)")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.add_argument("--checkpoint", help="written after every epoch (default MODEL-DATA.npz here); an existing "
+                                        "file is replaced only with --overwrite or --resume")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists, writing to it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --checkpoint by this run's")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the final result")
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from .data import load_dataset
+def _check_data_flags(args: argparse.Namespace) -> None:
+    """Refuse --data-dir / --download where they would be ignored, in the flags' own words."""
+    from .cli import CliError
 
-    return load_dataset(args.data, args.data_dir, args.download)
+    if args.data_dir is not None and args.data == "digits":
+        raise CliError("--data-dir does not apply to --data digits (scikit-learn's bundled digits read no "
+                       "files); leave it out, or choose --data mnist, mnist-t10k or cifar10")
+    if args.download and not args.data.startswith("mnist"):
+        raise CliError(f"--download applies to --data mnist and mnist-t10k only, not {args.data}")
+    if args.data == "cifar10" and args.data_dir is None:
+        raise CliError("--data cifar10 needs --data-dir FOLDER holding the CIFAR-10 binary batches "
+                       "(data_batch_1.bin ... test_batch.bin); it is not downloaded")
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .data import MissingDataError, cache_dir, load_dataset
+
+    _check_data_flags(args)
+    try:
+        return load_dataset(args.data, args.data_dir, args.download)
+    except MissingDataError as e:
+        where = "" if args.data_dir is not None else f" into {cache_dir() / 'mnist'}"
+        raise FileNotFoundError(
+            f"{e.file}: no such file (the folder holds: {', '.join(e.present) or 'no IDX files'}); add "
+            f"--download to fetch MNIST{where}, or --data-dir FOLDER holding the MNIST files") from None
 
 
 def _zoo_model(args: argparse.Namespace, **kwargs: Any) -> Any:
     from .cli import CliError
+    from .layer import ShapeError
     from .zoo import build
 
     if args.variant is not None:
         if args.model != "network3":
             raise CliError(f"--variant applies to network3 only, not {args.model}")
         kwargs["variant"] = args.variant
-    return build(args.model, **kwargs)
+    try:
+        return build(args.model, **kwargs)
+    except ShapeError as e:
+        if getattr(args, "data", None) is None or "input_shape" not in kwargs:
+            raise
+        shape = tuple(kwargs["input_shape"])
+        raise ShapeError(f"{args.model} does not fit {args.data} images {shape}: {e}; choose a --data "
+                         f"with larger images (mnist: 1x28x28, cifar10: 3x32x32)") from None
+
+
+def _check_checkpoint(path: str, args: argparse.Namespace) -> None:
+    """Before any data is read or kernel compiled: never replace a file unasked, and fail now
+    (not after the first epoch) when the checkpoint could not be written."""
+    from ._checkpoint import check_writable
+    from .cli import CliError
+
+    if os.path.isfile(path) and not (args.resume or args.overwrite):
+        raise CliError(f"{path} exists: add --overwrite to replace it, or --resume to continue training it")
+    check_writable(path)
+
+
+def _resume_command(args: argparse.Namespace, checkpoint: str) -> str:
+    """The command line that continues this run from its checkpoint: the same flags (seed,
+    schedule, epochs), with --resume."""
+    argv = [a for a in (getattr(args, "argv", None) or ["train"]) if a != "--overwrite"]
+    if not args.resume:
+        argv.append("--resume")
+    if args.checkpoint is None:
+        argv += ["--checkpoint", checkpoint]
+    return shlex.join(["numbacnn", *argv])
 
 
 def _optimizer(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
@@ -98,10 +153,12 @@ def _optimizer(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .augment import parse
     from .cli import CliError
-    from .train import Trainer
+    from .train import Trainer, TrainingDivergedError
 
     if args.epochs < 1 or args.batch_size < 1:
         raise CliError("--epochs and --batch-size must be at least 1")
+    checkpoint = args.checkpoint or f"{args.model}-{args.data}.npz"
+    _check_checkpoint(checkpoint, args)
     augment = parse(args.augment) if args.augment else None
     t0 = time.perf_counter()
     (x, y), (xv, yv) = _load(args)
@@ -110,13 +167,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     opt, schedule = _optimizer(args, model)
     trainer = Trainer(model, opt, schedule=schedule, seed=args.seed)
     trainer.info = {"data": args.data, "model": args.model, "variant": args.variant}
-    checkpoint = args.checkpoint or f"{args.model}-{args.data}.npz"
     verbose = 0 if args.quiet else (1 if sys.stderr.isatty() else 2)
     if not args.quiet:
         print(f"training {args.model} ({model.param_count():,} parameters) on {args.data}: "
               f"{len(x):,} images, {len(xv):,} held out, {args.epochs} epochs", flush=True)
-    history = trainer.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, validation_data=(xv, yv),
-                          augment=augment, verbose=verbose, checkpoint=checkpoint, resume=args.resume)
+    try:
+        history = trainer.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, validation_data=(xv, yv),
+                              augment=augment, verbose=verbose, checkpoint=checkpoint, resume=args.resume)
+    except TrainingDivergedError as e:
+        again = " in a new run (--resume keeps the checkpoint's rate)" if args.resume else ""
+        print(f"error: {e.summary} Try a lower --lr{again}; the rate was {opt.lr:g} there.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if trainer.checkpoint_epoch is None:
+            state = "is unchanged" if os.path.exists(checkpoint) else "was not written"
+            print(f"error: interrupted before the first epoch finished; {checkpoint} {state}", file=sys.stderr)
+        else:
+            print(f"error: interrupted; {checkpoint} holds epoch {trainer.checkpoint_epoch} of {args.epochs}, "
+                  f"the last finished; continue with: {_resume_command(args, checkpoint)}", file=sys.stderr)
+        return 130
     accuracy, loss = history["val_accuracy"][-1], history["val_loss"][-1]
     print(f"held-out accuracy {accuracy:.2%} (loss {loss:.4f}) on {len(xv):,} images "
           f"after {trainer.epoch} epochs, {time.perf_counter() - t0:.1f} s; checkpoint: {checkpoint}")
@@ -151,14 +220,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_summary(p: argparse.ArgumentParser) -> None:
+    from .data import DATASET_SHAPES
+
     _model_args(p)
-    p.add_argument("--input-shape", type=_shape, help="C,H,W (default: the model's own, e.g. 1,28,28)")
+    p.add_argument("--data", choices=sorted(DATASET_SHAPES),
+                   help="the model as 'numbacnn train --data DATA' builds it (default digits, as train's)")
+    p.add_argument("--input-shape", type=_shape, help="C,H,W instead of a dataset's, e.g. 1,28,28")
     p.add_argument("--num-classes", type=int, default=10)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    kwargs: dict[str, Any] = {"num_classes": args.num_classes}
-    if args.input_shape is not None:
-        kwargs["input_shape"] = args.input_shape
-    print(_zoo_model(args, **kwargs).summary())
+    from .cli import CliError
+    from .data import DATASET_SHAPES
+
+    if args.input_shape is not None and args.data is not None:
+        raise CliError("give --data or --input-shape, not both")
+    if args.input_shape is None:
+        args.data = args.data or "digits"
+        shape, source = DATASET_SHAPES[args.data], f"{args.data} images, as 'numbacnn train --data {args.data}'"
+    else:
+        shape, source = args.input_shape, "--input-shape"
+    model = _zoo_model(args, input_shape=shape, num_classes=args.num_classes)
+    print(f"{args.model}: input {shape[0]}x{shape[1]}x{shape[2]} ({source}), {args.num_classes} classes")
+    print(model.summary())
     return 0

@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = argv  # for messages that give back a command line (train's resume hint)
         if args.command is None:
             parser.print_help()
             return 0
@@ -147,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, TypeError, LookupError, ImportError, RuntimeError) as e:
+    except (OSError, ValueError, TypeError, LookupError, ImportError, RuntimeError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DatasetError", "load_digits", "load_mnist", "load_cifar10", "train_test_split",
-           "load_dataset", "DATASETS", "cache_dir", "MNIST_MD5"]
+__all__ = ["DatasetError", "MissingDataError", "load_digits", "load_mnist", "load_cifar10", "train_test_split",
+           "load_dataset", "DATASETS", "DATASET_SHAPES", "cache_dir", "MNIST_MD5"]
 
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 #: md5 of the official gzip files (as distributed by LeCun et al. and mirrored by torchvision).
@@ -38,6 +38,18 @@ CIFAR_PER_BATCH = 10_000
 
 class DatasetError(ValueError):
     """A dataset file is truncated, corrupt or inconsistent (the message names the file)."""
+
+
+class MissingDataError(FileNotFoundError):
+    """A dataset file is not there: ``file`` is what was looked for, ``present`` the files that
+    the folder holds (front ends such as the CLI phrase their own advice from these)."""
+
+    def __init__(self, message: str, file: Path, present: list[str]) -> None:
+        super().__init__(message)
+        self.file, self.present = file, present
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.args[0], self.file, self.present)
 
 
 def cache_dir() -> Path:
@@ -118,9 +130,9 @@ def _mnist_file(folder: Path, name: str, download: bool, url: str) -> Path:
         _download(url.rstrip("/") + "/" + gz.name, gz)
         return gz
     present = sorted(p.name for p in folder.glob("*idx*")) if folder.is_dir() else []
-    raise FileNotFoundError(
+    raise MissingDataError(
         f"{gz}: no such file (the folder holds: {', '.join(present) or 'no IDX files'}); "
-        f"pass download=True, or path= a folder holding the MNIST files")
+        f"pass download=True, or path= a folder holding the MNIST files", gz, present)
 
 
 def load_mnist(path: str | os.PathLike | None = None, download: bool = False, split: str = "test",
@@ -218,11 +230,22 @@ DATASETS = {
     "mnist-t10k": "the MNIST test set only: first 8,000 to train, last 2,000 held out",
     "cifar10": "CIFAR-10 binary batches: train (50,000) / test (10,000); needs --data-dir",
 }
+#: Each named dataset's per-sample image shape (C, H, W); all have 10 classes.
+DATASET_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "mnist-t10k": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
 def load_dataset(name: str, path: str | os.PathLike | None = None, download: bool = False) -> tuple[Any, Any]:
-    """A named dataset of ``DATASETS`` as ``((x_train, y_train), (x_test, y_test))``."""
+    """A named dataset of ``DATASETS`` as ``((x_train, y_train), (x_test, y_test))``.
+
+    ``path`` and ``download`` apply to the datasets read from files; giving them where they
+    mean nothing (the bundled digits; a download of CIFAR-10) is an error, not ignored.
+    """
+    if name in DATASETS and download and not name.startswith("mnist"):
+        raise ValueError(f"{name}: download=True applies to MNIST only; {name} is never downloaded")
     if name == "digits":
+        if path is not None:
+            raise ValueError(f"digits: scikit-learn's bundled digits read no files; path={os.fspath(path)!r} "
+                             f"would be ignored (leave it out)")
         return train_test_split(*load_digits(), test_size=0.2, seed=0)
     if name == "mnist":
         return load_mnist(path, download, "train"), load_mnist(path, download, "test")

@@ -210,6 +210,22 @@ def test_load_dataset_names():
         data.load_dataset("cifar10")
 
 
+def test_load_dataset_refuses_arguments_it_would_ignore(tmp_path):
+    with pytest.raises(ValueError, match="digits: scikit-learn's bundled digits read no files; path="):
+        data.load_dataset("digits", tmp_path)
+    with pytest.raises(ValueError, match="digits: download=True applies to MNIST only"):
+        data.load_dataset("digits", download=True)
+    with pytest.raises(ValueError, match="cifar10: download=True applies to MNIST only"):
+        data.load_dataset("cifar10", tmp_path, download=True)
+
+
+def test_missing_mnist_file_is_a_missing_data_error(tmp_path):
+    with pytest.raises(data.MissingDataError) as e:
+        data.load_mnist(tmp_path)
+    assert isinstance(e.value, FileNotFoundError)
+    assert e.value.file == tmp_path / "t10k-images-idx3-ubyte.gz" and e.value.present == []
+
+
 def test_random_shift():
     rng = np.random.default_rng(0)
     x = rng.random((20, 2, 6, 7)).astype(np.float32)
