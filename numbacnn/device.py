@@ -7,12 +7,16 @@ training step). ``numba.cuda`` is imported only when CUDA is asked for.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["DEVICES", "DeviceError", "cuda_available", "is_simulator", "get_backend", "check_device"]
+__all__ = ["DEVICES", "DeviceError", "cuda_available", "cuda_unavailable_reason", "is_simulator", "get_backend",
+           "check_device"]
 
 DEVICES = ("cpu", "cuda")
 
@@ -26,22 +30,50 @@ def is_simulator() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 
-def cuda_available() -> bool:
-    """A CUDA GPU, or the simulator, can run numbacnn's CUDA kernels.
+_warned: set[str] = set()
 
-    Without the simulator and without an NVIDIA driver in sight this answers False without
-    importing ``numba.cuda``, so CPU-only runs never load a GPU stack.
+
+def cuda_unavailable_reason() -> str | None:
+    """Why numbacnn's CUDA kernels cannot run here, in one phrase; None when they can.
+
+    No NVIDIA driver and no simulator answers at once, without importing ``numba.cuda``, so
+    CPU-only runs never load a GPU stack. An installed numba-cuda that fails to import or to
+    initialise the driver is not "no GPU": its error is part of the reason, and a warning
+    says so once per process.
     """
     if not is_simulator() and not (os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia")):
-        return False
+        return "no NVIDIA driver was found (/dev/nvidiactl, /proc/driver/nvidia) and the CUDA simulator is off"
+    if importlib.util.find_spec("numba_cuda") is None and importlib.util.find_spec("numba.cuda") is None:
+        return "numba-cuda is not installed (pip install numbacnn[cuda])"
     try:
-        from numba import cuda
-    except Exception:  # numba-cuda missing or broken: no CUDA, said plainly by check_device
-        return False
+        cuda = importlib.import_module("numba.cuda")
+        if cuda.is_available():
+            return None
+        return f"numba.cuda found no usable GPU ({_driver_error() or 'no device, or no libNVVM'})"
+    except Exception as e:
+        return _broken(f"numba-cuda is installed but failed to load ({type(e).__name__}: {e})")
+
+
+def _driver_error() -> str | None:
+    # numba.cuda.is_available() keeps the driver's initialisation error instead of raising it.
     try:
-        return bool(cuda.is_available())
+        from numba.cuda.cudadrv.driver import driver
+
+        return driver.initialization_error
     except Exception:
-        return False
+        return None
+
+
+def _broken(reason: str) -> str:
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"CUDA is unavailable: {reason}", RuntimeWarning, stacklevel=3)
+    return reason
+
+
+def cuda_available() -> bool:
+    """A CUDA GPU, or the simulator, can run numbacnn's CUDA kernels (see ``cuda_unavailable_reason``)."""
+    return cuda_unavailable_reason() is None
 
 
 def check_device(device: str) -> str:
@@ -51,12 +83,14 @@ def check_device(device: str) -> str:
         name = "cuda"
     if name not in DEVICES:
         raise DeviceError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
-    if name == "cuda" and not cuda_available():
-        raise DeviceError(
-            "device 'cuda' is not available: no CUDA GPU was found and the CUDA simulator is off "
-            "(install numbacnn[cuda] on a machine with an NVIDIA GPU, or set NUMBA_ENABLE_CUDASIM=1 "
-            "before importing numbacnn to run the kernels in the simulator)"
-        )
+    if name == "cuda":
+        reason = cuda_unavailable_reason()
+        if reason is not None:
+            raise DeviceError(
+                f"device 'cuda' is not available: {reason} (install numbacnn[cuda] on a machine with an "
+                f"NVIDIA GPU, or set NUMBA_ENABLE_CUDASIM=1 before importing numbacnn to run the kernels "
+                f"in the simulator)"
+            )
     return name
 
 

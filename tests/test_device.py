@@ -1,9 +1,12 @@
 """Device errors on a machine without CUDA: clear, before anything moves."""
 
+import sys
+
 import numpy as np
 import pytest
 
 import numbacnn as nc
+from numbacnn import device
 from numbacnn.device import check_device, cuda_available
 
 
@@ -27,3 +30,22 @@ def test_unknown_device_names_the_choices():
         check_device("tpu")
     with pytest.raises(nc.DeviceError, match="unknown device"):
         small_model().to("tpu")
+
+
+def test_broken_numba_cuda_is_reported_not_read_as_no_gpu(monkeypatch):
+    # The simulator flag gets past the driver check; numba.cuda then fails to import, as a
+    # numba-cuda built for another NumPy does. That is not "no GPU": say what failed.
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    monkeypatch.setitem(sys.modules, "numba.cuda", None)
+    monkeypatch.setattr(device, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="CUDA is unavailable: numba-cuda is installed but failed to load "
+                                            r"\(ModuleNotFoundError: .*numba.cuda"):
+        assert not cuda_available()
+    with pytest.raises(nc.DeviceError, match="'cuda' is not available: numba-cuda is installed but failed to load"):
+        check_device("cuda")
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has CUDA (or the simulator is on)")
+def test_no_gpu_says_so_without_a_warning(recwarn):
+    assert "no NVIDIA driver was found" in device.cuda_unavailable_reason()
+    assert not recwarn.list
