@@ -10,9 +10,12 @@ pointer would be baked into the machine code, which Numba then refuses to cache)
 
 The symbols point at NumPy's own OpenBLAS (the 64-bit-integer build its wheels bundle):
 at the shapes convolutions make (32-128 output channels) it ran their gradient products
-5-25% faster than SciPy's copy, which Numba's ``np.dot`` uses, and the forward ones as fast. Where NumPy has no such library (an MKL or system BLAS
-build), or with ``NUMBACNN_BLAS=scipy``, they point at C-callable fallbacks that call SciPy's
-BLAS as ``np.dot`` does. ``BLAS`` says which one this process uses.
+5-25% faster than SciPy's copy, which Numba's ``np.dot`` uses, and the forward ones as fast.
+Where NumPy has no such library (an MKL or system BLAS build), or with ``NUMBACNN_BLAS=scipy``,
+they point at C-callable fallbacks that call SciPy's BLAS as ``np.dot`` does (no allocation
+per call: alpha and beta, which Fortran BLAS takes by address, live on the stack). ``BLAS``
+names the library this process uses and ``BLAS_FALLBACK_REASON`` why it is not NumPy's (None
+when it is); a bundled library that is present but unusable also warns once, at import.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import warnings
 
 import llvmlite.binding as ll
 import numpy as np
 from numba import types
+from numba.core import cgutils
 
-from ._jit import cpu_cfunc, cpu_inline
+from ._jit import cpu_cfunc, cpu_inline, cpu_intrinsic
 
-__all__ = ["gemm", "BLAS"]
+__all__ = ["gemm", "BLAS", "BLAS_FALLBACK_REASON"]
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enums
 _I, _V = types.int64, types.voidptr
@@ -58,14 +63,20 @@ def gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
                a.ctypes, lda, b.ctypes, ldb, np.float64(bt), c.ctypes, ldc)
 
 
-def _numpy_cblas() -> tuple[int, int, str] | None:
-    """The addresses of NumPy's bundled OpenBLAS ILP64 cblas_sgemm and cblas_dgemm, and the
-    library's path; None when NumPy was built against another BLAS."""
-    libs = sorted(glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas64*")))
+def _numpy_cblas() -> tuple[int, int, str] | str:
+    """The addresses of NumPy's bundled OpenBLAS ILP64 cblas_sgemm and cblas_dgemm and the
+    library's path, or why they cannot be had (warned once when the library is there but
+    unusable: that is a broken install, not an MKL or system-BLAS build of NumPy)."""
+    folder = os.path.normpath(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs"))
+    libs = sorted(glob.glob(os.path.join(folder, "*openblas64*")))
+    if not libs:
+        return f"NumPy bundles no 64-bit-integer OpenBLAS (nothing like {folder}/*openblas64*)"
+    problems = []
     for path in libs:
         try:
             lib = ctypes.CDLL(path)
-        except OSError:
+        except OSError as e:
+            problems.append(f"{path}: {e}")
             continue
         for prefix in ("scipy_", ""):
             try:
@@ -73,37 +84,57 @@ def _numpy_cblas() -> tuple[int, int, str] | None:
             except AttributeError:
                 continue
             return ctypes.cast(s, ctypes.c_void_p).value, ctypes.cast(d, ctypes.c_void_p).value, path
-    return None
+        problems.append(f"{path}: no cblas_sgemm64_/cblas_dgemm64_ symbols")
+    reason = f"NumPy's bundled OpenBLAS could not be used ({'; '.join(problems)})"
+    warnings.warn(f"numbacnn: {reason}; matrix products go through SciPy's BLAS instead, which ran "
+                  f"convolution gradients 5-25% slower", RuntimeWarning, stacklevel=2)
+    return reason
 
 
-def _fallback(kind: int, signature: types.Type, real: type) -> int:
-    """The address of a C-callable row-major gemm over SciPy's Fortran BLAS (Numba's own
-    numba_xxgemm); ``kind`` is ord("s") or ord("d")."""
+@cpu_intrinsic
+def _on_stack(typingctx, value):
+    """The address of a copy of ``value`` in the calling function's stack frame (allocated once,
+    in its entry block): what an allocation per call would otherwise provide."""
+
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once(builder, context.get_value_type(value))
+        builder.store(args[0], slot)
+        return builder.bitcast(slot, cgutils.voidptr_t)
+
+    return types.voidptr(value), codegen
+
+
+def _fallback(kind: int, signature: types.Type) -> object:
+    """A C-callable row-major gemm over SciPy's Fortran BLAS (Numba's own numba_xxgemm);
+    ``kind`` is ord("s") or ord("d"). Returns the ``cfunc`` (its ``address`` is the symbol's)."""
     xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
         types.char, types.char, types.char, types.intp, types.intp, types.intp,
         _V, _V, types.intp, _V, types.intp, _V, _V, types.intp))
 
     def row_major_gemm(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        ab = np.empty(2, real)
-        ab[0], ab[1] = alpha, beta
         # Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-        xxgemm(kind, 116 if tb == _TRANS else 110, 116 if ta == _TRANS else 110, n, m, k, ab.ctypes, b, ldb,
-               a, lda, ab[1:].ctypes, c, ldc)
+        xxgemm(kind, 116 if tb == _TRANS else 110, 116 if ta == _TRANS else 110, n, m, k, _on_stack(alpha), b, ldb,
+               a, lda, _on_stack(beta), c, ldc)
 
-    return cpu_cfunc(signature)(row_major_gemm).address
+    return cpu_cfunc(signature)(row_major_gemm)
 
 
-def _register() -> str:
+def _register() -> tuple[str, str | None]:
     # NUMBACNN_BLAS=scipy skips NumPy's library (a way out should it ever misbehave).
-    found = None if os.environ.get("NUMBACNN_BLAS", "").lower() == "scipy" else _numpy_cblas()
-    if found is None:
-        s, d = _fallback(ord("s"), _SGEMM, np.float32), _fallback(ord("d"), _DGEMM, np.float64)
-        where = "SciPy's BLAS (through Numba's numba_xxgemm)"
+    if os.environ.get("NUMBACNN_BLAS", "").lower() == "scipy":
+        found: tuple[int, int, str] | str = "NUMBACNN_BLAS=scipy is set"
     else:
-        s, d, where = found
+        found = _numpy_cblas()
+    if isinstance(found, str):
+        s, d = _fallback(ord("s"), _SGEMM).address, _fallback(ord("d"), _DGEMM).address
+        where, reason = "SciPy's BLAS (through Numba's numba_xxgemm)", found
+    else:
+        (s, d, where), reason = found, None
     ll.add_symbol("numbacnn_cblas_sgemm", s)
     ll.add_symbol("numbacnn_cblas_dgemm", d)
-    return where
+    return where, reason
 
 
-BLAS: str = _register()  # where the kernels' matrix products go
+BLAS: str  # where the kernels' matrix products go: NumPy's OpenBLAS (its path) or SciPy's BLAS
+BLAS_FALLBACK_REASON: str | None  # why not NumPy's OpenBLAS; None when it is used
+BLAS, BLAS_FALLBACK_REASON = _register()

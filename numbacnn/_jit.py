@@ -15,8 +15,8 @@ from typing import Any, Callable
 import numba
 from numba import prange
 
-__all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cpu_cfunc", "cuda_kernel", "cuda_device", "prange", "CACHE",
-           "REASSOC"]
+__all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cpu_cfunc", "cpu_intrinsic", "cuda_kernel", "cuda_device",
+           "prange", "CACHE", "REASSOC"]
 
 CACHE: bool = os.environ.get("NUMBACNN_CACHE", "1") not in ("0", "false", "no")
 
@@ -52,6 +52,14 @@ def cpu_cfunc(signature: Any) -> Any:
     """A C-callable CPU function of a fixed signature (its address can stand in for a C
     library's function)."""
     return numba.cfunc(signature, cache=CACHE, nopython=True)
+
+
+def cpu_intrinsic(fn: Callable) -> Any:
+    """A function written as LLVM IR, for what Python-level Numba code cannot say (stack
+    memory). It has no flags to configure: it is inlined into whatever kernel calls it."""
+    from numba.extending import intrinsic
+
+    return intrinsic(fn)
 
 
 def _cuda():

@@ -48,8 +48,35 @@ def test_gemm_through_the_scipy_fallback():
     # NUMBACNN_BLAS=scipy registers the C-callable fallbacks over SciPy's BLAS instead of
     # NumPy's OpenBLAS: same results (a fresh process: the choice is made at import).
     code = ("import numpy as np, numbacnn._blas as b, sys; sys.path.insert(0, %r); import test_blas as t; "
-            "assert 'SciPy' in b.BLAS, b.BLAS; t.check_gemm(np.float32); t.check_gemm(np.float64); print('ok')"
+            "assert 'SciPy' in b.BLAS, b.BLAS; assert b.BLAS_FALLBACK_REASON == 'NUMBACNN_BLAS=scipy is set'; "
+            "t.check_gemm(np.float32); t.check_gemm(np.float64); print('ok')"
             % os.path.dirname(__file__))
     env = {**os.environ, "NUMBACNN_BLAS": "scipy"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_scipy_fallback_allocates_nothing_per_call():
+    # Fortran BLAS takes alpha and beta by address: they live in the cfunc's stack frame, not
+    # in an array allocated (and freed) on every product.
+    from numbacnn import _blas
+
+    for kind, signature in ((ord("s"), _blas._SGEMM), (ord("d"), _blas._DGEMM)):
+        ir = _blas._fallback(kind, signature).inspect_llvm()
+        assert "numba_xxgemm" in ir
+        assert "NRT_MemInfo_alloc" not in ir and "NRT_Allocate" not in ir
+
+
+def test_blas_choice_is_inspectable(tmp_path, monkeypatch, recwarn):
+    from numbacnn import _blas
+
+    if "openblas64" in _blas.BLAS:  # NumPy's wheel: its library is used, nothing to explain
+        assert _blas.BLAS_FALLBACK_REASON is None
+    monkeypatch.setattr(_blas.glob, "glob", lambda pattern: [])
+    assert _blas._numpy_cblas().startswith("NumPy bundles no 64-bit-integer OpenBLAS")
+    assert not recwarn.list  # an MKL or system-BLAS NumPy is a build choice, not a fault
+    broken = tmp_path / "libscipy_openblas64_-broken.so"
+    broken.write_bytes(b"not a shared library")
+    monkeypatch.setattr(_blas.glob, "glob", lambda pattern: [str(broken)])
+    with pytest.warns(RuntimeWarning, match="NumPy's bundled OpenBLAS could not be used .*broken.so.*SciPy's BLAS"):
+        assert "could not be used" in _blas._numpy_cblas()
