@@ -215,7 +215,7 @@ def test_loading_a_model_whose_plugin_is_missing_names_the_distribution(sites, t
         assert nc.layer_info("tt_gone")["version"] == "0.1.0"
     with pytest.raises(nc.PluginError) as e:
         nc.Model.load(path)
-    assert str(e.value) == "layer 'tt_gone' is provided by numbacnn-tt-gone 0.1.0, which is not installed"
+    assert str(e.value) == f"{path}: layer 'tt_gone' is provided by numbacnn-tt-gone 0.1.0, which is not installed"
 
     with installed(sites["gone2"]):
         with pytest.warns(UserWarning, match="layer 'tt_gone' was saved with numbacnn-tt-gone 0.1.0; "
