@@ -7,6 +7,7 @@ executor owns every buffer the layer touches and hands them over through ``Ctx``
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any, ClassVar, Sequence
 
@@ -59,6 +60,13 @@ class Layer:
 
     def __init__(self) -> None:
         pass
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Layer":
+        # __new__ would re-bind constructor arguments; a copy takes the finished state instead.
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     @property
     def config(self) -> dict[str, Any]:

@@ -39,21 +39,17 @@ class Model:
     def __init__(self, graph: Graph, seed: int = 0, dtype: Any = "float32", device: str = "cpu") -> None:
         if not isinstance(graph, Graph):
             raise TypeError(f"Model() expects a numbacnn.Graph, found {type(graph).__name__}")
-        if not graph.inputs:
-            raise GraphError("the graph has no input: start it with g.input((C, H, W))")
-        if not graph.outputs:
-            graph.outputs = [next(reversed(graph.nodes))]
-        self.graph = graph
+        self.graph = graph.frozen()  # the model's own copy: later edits of ``graph`` cannot reach it
         self.seed = int(seed)
         self.dtype = _dtype(dtype)
         self.shapes: dict[str, Shape] = {}
-        self.order = self._needed_nodes()
+        self.order = [n for n, node in self.graph.nodes.items() if node.layer != "input"]
         self._infer_shapes()
         rng = np.random.default_rng(self.seed)
         self.params: dict[str, Any] = {}
         self.buffers: dict[str, Any] = {}
         for name in self.order:
-            node = graph.nodes[name]
+            node = self.graph.nodes[name]
             ins = [self.shapes[i] for i in node.inputs]
             for key, value in node.obj.init_params(ins, rng).items():
                 self.params[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=self.dtype)
@@ -61,25 +57,12 @@ class Model:
                 self.buffers[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=self.dtype)
         self.grads: dict[str, Any] = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.device = "cpu"
-        self._executor = Executor(graph, self.shapes, self.order, self.dtype, self.seed)
+        self._executor = Executor(self.graph, self.shapes, self.order, self.dtype, self.seed)
         self._bind()
         if device != "cpu":
             self.to(device)
 
     # structure -------------------------------------------------------------------------------
-    def _needed_nodes(self) -> list[str]:
-        needed: set[str] = set()
-        stack = list(self.graph.outputs)
-        while stack:
-            name = stack.pop()
-            if name not in needed:
-                needed.add(name)
-                stack.extend(self.graph.nodes[name].inputs)
-        for name in self.graph.inputs:
-            if name not in needed:
-                raise GraphError(f"input '{name}' does not reach any output")
-        return [n for n in self.graph.nodes if n in needed and self.graph.nodes[n].layer != "input"]
-
     def _infer_shapes(self) -> None:
         for name in self.graph.inputs:
             self.shapes[name] = tuple(self.graph.nodes[name].config["shape"])
