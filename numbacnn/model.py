@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import registry
-from ._threads import single_thread_blas
+from ._threads import kernel_launches, single_thread_blas
 from .device import DeviceError, check_device, get_backend
 from .executor import Executor
 from .graph import Graph, GraphError
@@ -112,29 +112,23 @@ class Model:
         ``training``) keeps what ``backward`` needs. Without it, activation buffers are shared
         between nodes as soon as their last reader has run (see ``memory_plan``).
         ``host=False`` returns the output(s) where they are, on the model's device, valid until
-        the next forward (the trainer computes the loss there; nothing crosses to the host).
+        the calling thread's next forward (the trainer computes the loss there; nothing
+        crosses to the host).
+
+        Inference (``training=False``) may run from any number of threads at once. A training
+        step (forward with gradients, then ``backward``) belongs to the thread that ran its
+        forward: another thread's training call before that backward raises ``RuntimeError``.
         """
-        with single_thread_blas:
+        with single_thread_blas, kernel_launches():
             ys = self._executor.forward(xs, training, training if grad is None else grad)
-        out = [self._executor.backend.to_host(y) for y in ys] if host else ys
+            out = [self._executor.backend.to_host(y) for y in ys] if host else ys
         return out[0] if len(out) == 1 else tuple(out)
 
     __call__ = forward
 
     def backward(self, *gys: Any, input_grad: bool = True) -> Any:
         """Back-propagate output gradient(s); adds into ``grads``, returns the input gradient."""
-        if not self._executor._ran:
-            raise RuntimeError("backward() needs a forward(..., training=True) (or grad=True) first")
-        if len(gys) != len(self.graph.outputs):
-            raise GraphError(f"backward() takes {len(self.graph.outputs)} output gradient(s), found {len(gys)}")
-        for name, gy in zip(self.graph.outputs, gys):
-            want = (self._executor._batch, *self.shapes[name])
-            if tuple(gy.shape) != want or gy.dtype != self.dtype:
-                raise GraphError(
-                    f"backward(): gradient for output '{name}' must be {self.dtype.name} {want}, "
-                    f"found {gy.dtype} {tuple(gy.shape)}"
-                )
-        with single_thread_blas:
+        with single_thread_blas, kernel_launches():
             gxs = self._executor.backward(gys, input_grad)
         return gxs[0] if len(gxs) == 1 else tuple(gxs)
 
@@ -225,13 +219,15 @@ class Model:
         allocated, layer scratch included).
         """
         xs = [np.zeros((batch_size, *s), self.dtype) for s in self.input_shapes]
-        ex = self._executor
-        ex.forward(xs, False, False)
-        rows = [{"node": n, "bytes": b, "live_bytes": live} for n, b, live in ex.trace]
+        with single_thread_blas, kernel_launches():
+            # A pass of its own: a fresh arena measures this batch size alone, and a training
+            # step waiting for its backward keeps what it saved.
+            state = self._executor.measure(xs)
+        rows = [{"node": n, "bytes": b, "live_bytes": live} for n, b, live in state.trace]
         return {"batch_size": batch_size, "rows": rows,
                 "keep_all_bytes": sum(r["bytes"] for r in rows),
-                "peak_activation_bytes": max(r["live_bytes"] for r in rows),
-                "arena_bytes": ex.arena.allocated_bytes if ex.arena else 0}
+                "peak_activation_bytes": max((r["live_bytes"] for r in rows), default=0),
+                "arena_bytes": state.arena.allocated_bytes}
 
     def __repr__(self) -> str:
         return (f"<numbacnn.Model: {len(self.order)} nodes, {self.param_count():,} parameters, "

@@ -27,8 +27,8 @@ def test_shared_buffers_give_the_same_answer(resnet):
     kept = resnet.forward(x, training=False, grad=True)  # every buffer its own
     np.testing.assert_array_equal(shared, kept)
     assert any(ctx.inplace for ctx in resnet._executor.ctxs.values()) is False  # grad pass: none
-    resnet.forward(x)
-    assert any(ctx.inplace for ctx in resnet._executor.ctxs.values())
+    resnet.forward(x)  # inference runs on the calling thread's own contexts
+    assert any(ctx.inplace for ctx in resnet._executor.thread_pass().ctxs.values())
 
 
 def test_repeated_inference_allocates_nothing(resnet):
@@ -61,3 +61,20 @@ def test_steady_state_training_step_allocates_no_buffers():
     before = backend.allocations
     step()
     assert backend.allocations == before
+
+
+def test_memory_plan_between_forward_and_backward_leaves_the_step_alone():
+    model = nc.zoo.network3("conv2_relu", seed=0)
+    x = np.random.default_rng(0).random((3, *model.input_shapes[0]), dtype=np.float32)
+    gy = np.random.default_rng(1).standard_normal((3, 10)).astype(np.float32)
+    model.forward(x, training=True)
+    gx = model.backward(gy)
+    want = {k: v.copy() for k, v in model.grads.items()}
+    model.zero_grad()
+    model.forward(x, training=True)
+    plan = model.memory_plan(batch_size=5)
+    np.testing.assert_array_equal(model.backward(gy), gx)
+    for k, g in want.items():
+        np.testing.assert_array_equal(model.grads[k], g)
+    assert plan["arena_bytes"] == model.memory_plan(batch_size=5)["arena_bytes"]  # a fresh arena each time
+
