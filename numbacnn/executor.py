@@ -15,13 +15,13 @@ two steps' saved values.
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from typing import Any, Hashable, Sequence
 
 import numpy as np
 
 from ._arena import Arena
 from .graph import Graph, GraphError
-from .layer import Ctx, Layer, Shape
+from .layer import Ctx, Layer, Shape, keep_recent
 
 __all__ = ["Executor"]
 
@@ -55,7 +55,8 @@ class Executor:
         self.ctxs: dict[str, Ctx] = {}  # the training contexts; inference has its own per thread
         self.backend: Any = None
         self.device = ""
-        self._acc: dict[str, Any] = {}  # fan-out gradient sums, reused from step to step
+        self._accs: dict[Hashable, dict[str, Any]] = {}  # fan-out gradient sums per batch shape
+        self._acc: dict[str, Any] = {}
         self._local = threading.local()
         self._lock = threading.Lock()  # held by a training forward or backward
         self._owner: threading.Thread | None = None  # the thread whose forward backward would use
@@ -166,13 +167,15 @@ class Executor:
                 state = self.thread_pass()
                 return self._run(xs, batch, state.ctxs, True, state)
             self._claim("forward")
+            key = tuple(x.shape for x in xs)
             self._owner, self._pending = None, False  # nothing to differentiate if this fails
-            ys = self._run(xs, batch, self.ctxs, training, None)
+            ys = self._run(xs, batch, self.ctxs, training, None, key)
             self._owner, self._pending, self._batch = threading.current_thread(), True, batch
+            self._acc = keep_recent(self._accs, key, dict)
             return ys
 
     def _run(self, xs: Sequence[Any], batch: int, ctxs: dict[str, Ctx], training: bool,
-             state: Pass | None) -> list[Any]:
+             state: Pass | None, key: Hashable = None) -> list[Any]:
         """One forward over ``ctxs``: in ``state``'s arena (inference), else in their pools."""
         values: dict[str, Any] = {n: self.backend.to_device(x) for n, x in zip(self.graph.inputs, xs)}
         arena = None
@@ -190,7 +193,7 @@ class Executor:
             inplace = (arena is not None and layer.inplace_ok and len(ins) == 1
                        and left[node.inputs[0]] == 1 and node.inputs[0] not in keep
                        and arena.owns(ins[0]))
-            ctx.begin(training, arena, inplace)
+            ctx.begin(training, arena, inplace, key)
             y = layer.forward(ctx, *ins)
             want = (batch, *self.shapes[name])
             if tuple(y.shape) != want or y.dtype != self.dtype:
@@ -301,6 +304,6 @@ class Executor:
         """Drop every buffer and saved value (the model is moving or being freed)."""
         for ctx in self.ctxs.values():
             ctx.release()
-        self._acc = {}
+        self._accs, self._acc = {}, {}
         self._local = threading.local()
         self._owner, self._pending = None, False
