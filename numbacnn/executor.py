@@ -124,10 +124,10 @@ class Executor:
             if not hasattr(x, "shape") or not hasattr(x, "dtype"):
                 raise TypeError(f"input '{name}': expected an array, found {type(x).__name__}")
             if x.dtype != self.dtype:
-                raise TypeError(
-                    f"input '{name}': expected {self.dtype.name} data, found {x.dtype}; convert the "
-                    f"data (x.astype(np.{self.dtype.name})) or the model (model.astype('{x.dtype}'))"
-                )
+                fix = f"convert the data (x.astype(np.{self.dtype.name}))"
+                if x.dtype in (np.float32, np.float64):  # the dtypes a model can take
+                    fix += f" or the model (model.astype('{x.dtype}'))"
+                raise TypeError(f"input '{name}': expected {self.dtype.name} data, found {x.dtype}; {fix}")
             if tuple(x.shape[1:]) != want or len(x.shape) != len(want) + 1:
                 raise GraphError(
                     f"input '{name}': expected shape (N, {', '.join(map(str, want))}), found {tuple(x.shape)}"

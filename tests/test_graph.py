@@ -283,3 +283,12 @@ def test_without_output_the_single_sink_is_the_output_and_several_are_an_error()
     with pytest.raises(nc.GraphError, match=r"no output: add layers .* g.output\(h\)"):
         nc.Model(g)
 
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool", "float16"])
+def test_non_float_input_suggests_converting_the_data_only(dtype):
+    model = nc.Model(small_graph())
+    with pytest.raises(TypeError, match=rf"expected float32 data, found {dtype}; convert the data "
+                                        rf"\(x.astype\(np.float32\)\)$"):
+        model.forward(np.zeros((2, 2, 4, 4), dtype))
+    with pytest.raises(TypeError, match=r"or the model \(model.astype\('float64'\)\)"):
+        model.forward(np.zeros((2, 2, 4, 4)))
