@@ -1,4 +1,6 @@
-"""One BLAS thread while numbacnn computes, scoped: ``with single_thread_blas: ...``.
+"""One BLAS thread while numbacnn computes, scoped: ``with single_thread_blas: ...``; and
+``with kernel_launches(): ...``, which keeps Python threads from launching parallel kernels at
+once where Numba's thread pool cannot take it.
 
 numbacnn parallelises with Numba's thread pool and calls BLAS from inside its parallel loops
 (``np.dot`` per sample), so BLAS must not start threads of its own there: two pools on the
@@ -10,10 +12,11 @@ outermost one talks to the BLAS libraries (a few microseconds).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
-__all__ = ["batch_chunks", "single_thread_blas"]
+__all__ = ["batch_chunks", "kernel_launches", "single_thread_blas"]
 
 
 class _SingleThreadBlas:
@@ -51,6 +54,31 @@ class _SingleThreadBlas:
 
 
 single_thread_blas = _SingleThreadBlas()
+
+
+_launch_lock = threading.RLock()
+_no_lock = contextlib.nullcontext()
+_pool_threadsafe: bool | None = None
+
+
+def kernel_launches() -> Any:
+    """A process-wide lock around numbacnn's kernels where Numba's threading layer is
+    ``workqueue``, nothing where it is ``omp`` or ``tbb``.
+
+    workqueue takes parallel launches from one Python thread at a time and aborts the process
+    on a second (``Concurrent access has been detected``); omp and tbb take them from any
+    number. The layer is chosen at the first parallel launch, so until then every call is
+    serialised.
+    """
+    global _pool_threadsafe
+    if _pool_threadsafe is None:
+        import numba
+
+        try:
+            _pool_threadsafe = numba.threading_layer() != "workqueue"
+        except ValueError:  # no parallel kernel has run yet
+            return _launch_lock
+    return _no_lock if _pool_threadsafe else _launch_lock
 
 
 def batch_chunks(n: int) -> int:

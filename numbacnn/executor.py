@@ -4,19 +4,36 @@ The executor is the only code that moves data between host and device: the input
 the outputs (and the input gradient) out. Activations are dropped as soon as their last
 reader has run; what backward needs, each layer keeps through ``ctx.save``. Where a value
 feeds several nodes its gradients are summed into a buffer the executor owns.
+
+Threads: inference (``grad=False``) runs on per-thread contexts and arenas, so any number of
+threads may call it at once. A training step (a forward with ``grad=True`` and its backward)
+runs on the one set of training contexts and belongs to the thread that ran its forward;
+another thread's training call before that backward is refused rather than let it mix the
+two steps' saved values.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import threading
+from typing import Any, Hashable, Sequence
 
 import numpy as np
 
 from ._arena import Arena
 from .graph import Graph, GraphError
-from .layer import Ctx, Layer, Shape
+from .layer import Ctx, Layer, Shape, keep_recent
 
 __all__ = ["Executor"]
+
+
+class Pass:
+    """What one inference caller owns: its node contexts, its arena, and the last pass's
+    ``trace`` of (node, output bytes, live bytes)."""
+
+    def __init__(self, ctxs: dict[str, Ctx], backend: Any) -> None:
+        self.ctxs = ctxs
+        self.arena = Arena(backend)
+        self.trace: list[tuple[str, int, int]] = []
 
 
 class Executor:
@@ -35,13 +52,15 @@ class Executor:
                 self.readers[ref] = self.readers.get(ref, 0) + 1
         seeds = np.random.SeedSequence(seed).spawn(len(order))
         self._seeds = dict(zip(order, seeds))
-        self.ctxs: dict[str, Ctx] = {}
+        self.ctxs: dict[str, Ctx] = {}  # the training contexts; inference has its own per thread
         self.backend: Any = None
         self.device = ""
-        self._acc: dict[str, Any] = {}  # fan-out gradient sums, reused from step to step
-        self.arena: Arena | None = None  # inference buffers, shared between nodes
-        self.trace: list[tuple[str, int, int]] = []  # inference: (node, output bytes, live bytes)
-        self._ran = False
+        self._accs: dict[Hashable, dict[str, Any]] = {}  # fan-out gradient sums per batch shape
+        self._acc: dict[str, Any] = {}
+        self._local = threading.local()
+        self._lock = threading.Lock()  # held by a training forward or backward
+        self._owner: threading.Thread | None = None  # the thread whose forward backward would use
+        self._pending = False  # that forward's backward has not run yet
         self._batch = 0
         # Which values a gradient can flow into: from a parameter upstream, or from an input.
         self._param_upstream: dict[str, bool] = {n: False for n in graph.inputs}
@@ -62,15 +81,34 @@ class Executor:
             ins = self.graph.nodes[name].inputs
             self._param_upstream[name] = bool(params[name]) or any(self._param_upstream[i] for i in ins)
             self._input_upstream[name] = any(self._input_upstream[i] for i in ins)
-        self._acc = {}
-        self._ran = False
-        self.arena = None
-        self.arena = None
+        self.release()
+
+    def new_pass(self) -> Pass:
+        """Inference state of its own: contexts sharing the model's arrays and random streams."""
+        ctxs = {}
+        for name, t in self.ctxs.items():
+            ctx = ctxs[name] = Ctx(name, self.device, self.dtype, self.backend, t.rng)
+            ctx.params, ctx.grads, ctx.buffers = t.params, t.grads, t.buffers
+        return Pass(ctxs, self.backend)
+
+    def thread_pass(self) -> Pass:
+        """The calling thread's inference state (made on its first inference)."""
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = self.new_pass()
+        return state
+
+    def measure(self, xs: Sequence[Any]) -> Pass:
+        """Inference on state of its own (``Model.memory_plan``); returns that state."""
+        state = self.new_pass()
+        self._run(xs, self._check_batch(xs), state.ctxs, False, state)
+        return state
 
     def reset_rng(self) -> None:
         """Give every node its initial RNG again (repeatable dropout masks, for checks)."""
         for name, ctx in self.ctxs.items():
-            ctx.rng = np.random.default_rng(self._seeds[name])
+            # In place: every thread's inference contexts share these generators.
+            ctx.rng.bit_generator.state = np.random.default_rng(self._seeds[name]).bit_generator.state
 
     def _layer(self, name: str) -> Layer:
         obj = self.graph.nodes[name].obj
@@ -86,10 +124,10 @@ class Executor:
             if not hasattr(x, "shape") or not hasattr(x, "dtype"):
                 raise TypeError(f"input '{name}': expected an array, found {type(x).__name__}")
             if x.dtype != self.dtype:
-                raise TypeError(
-                    f"input '{name}': expected {self.dtype.name} data, found {x.dtype}; convert the "
-                    f"data (x.astype(np.{self.dtype.name})) or the model (model.astype('{x.dtype}'))"
-                )
+                fix = f"convert the data (x.astype(np.{self.dtype.name}))"
+                if x.dtype in (np.float32, np.float64):  # the dtypes a model can take
+                    fix += f" or the model (model.astype('{x.dtype}'))"
+                raise TypeError(f"input '{name}': expected {self.dtype.name} data, found {x.dtype}; {fix}")
             if tuple(x.shape[1:]) != want or len(x.shape) != len(want) + 1:
                 raise GraphError(
                     f"input '{name}': expected shape (N, {', '.join(map(str, want))}), found {tuple(x.shape)}"
@@ -101,28 +139,61 @@ class Executor:
             raise GraphError("the input batch is empty")
         return int(batch)
 
+    def _claim(self, call: str) -> None:
+        """Refuse a training call that would mix with another thread's unfinished step."""
+        me, owner = threading.current_thread(), self._owner
+        if owner is None or owner is me:
+            return
+        if call == "forward" and (not self._pending or not owner.is_alive()):
+            return  # that step is over (or its thread is gone and can never finish it)
+        step = ("has a training forward whose backward() has not run yet" if call == "forward"
+                else "ran the forward this backward() would differentiate")
+        raise RuntimeError(
+            f"{call}() for training in thread '{me.name}', but thread '{owner.name}' {step}: two "
+            f"threads are training this model at once, which would mix their saved activations and "
+            f"gradients. Run each step's forward and backward in one thread, one step at a time "
+            f"(one model per thread, or a lock around each whole step); inference "
+            f"(forward with training=False) is safe from any number of threads"
+        )
+
     def forward(self, xs: Sequence[Any], training: bool, grad: bool) -> list[Any]:
         """Run every node; ``grad`` keeps what backward needs (else buffers are shared)."""
         batch = self._check_batch(xs)
+        if not grad and not training:
+            state = self.thread_pass()
+            return self._run(xs, batch, state.ctxs, False, state)
+        with self._lock:  # training updates shared state (batch-norm statistics) even without grad
+            if not grad:
+                state = self.thread_pass()
+                return self._run(xs, batch, state.ctxs, True, state)
+            self._claim("forward")
+            key = tuple(x.shape for x in xs)
+            self._owner, self._pending = None, False  # nothing to differentiate if this fails
+            ys = self._run(xs, batch, self.ctxs, training, None, key)
+            self._owner, self._pending, self._batch = threading.current_thread(), True, batch
+            self._acc = keep_recent(self._accs, key, dict)
+            return ys
+
+    def _run(self, xs: Sequence[Any], batch: int, ctxs: dict[str, Ctx], training: bool,
+             state: Pass | None, key: Hashable = None) -> list[Any]:
+        """One forward over ``ctxs``: in ``state``'s arena (inference), else in their pools."""
         values: dict[str, Any] = {n: self.backend.to_device(x) for n, x in zip(self.graph.inputs, xs)}
         arena = None
-        if not grad:
-            if self.arena is None:
-                self.arena = Arena(self.backend)
-            arena = self.arena
+        if state is not None:
+            arena = state.arena
             arena.reset()
+            state.trace = []
         left = dict(self.readers)
         keep = set(self.outputs) | set(self.graph.inputs)
-        self.trace = []
         for name in self.order:
             node = self.graph.nodes[name]
-            ctx = self.ctxs[name]
+            ctx = ctxs[name]
             layer = self._layer(name)
             ins = [values[i] for i in node.inputs]
             inplace = (arena is not None and layer.inplace_ok and len(ins) == 1
                        and left[node.inputs[0]] == 1 and node.inputs[0] not in keep
                        and arena.owns(ins[0]))
-            ctx.begin(training, arena, inplace)
+            ctx.begin(training, arena, inplace, key)
             y = layer.forward(ctx, *ins)
             want = (batch, *self.shapes[name])
             if tuple(y.shape) != want or y.dtype != self.dtype:
@@ -131,17 +202,15 @@ class Executor:
                     f"expected {self.dtype.name} {want} (a bug in the layer)"
                 )
             values[name] = y
-            if arena is not None:
+            if state is not None:
                 self._settle(arena, ctx, y, ins)
-                self.trace.append((name, y.size * y.dtype.itemsize, arena.live_bytes))
+                state.trace.append((name, y.size * y.dtype.itemsize, arena.live_bytes))
             for ref in node.inputs:
                 left[ref] -= 1
                 if left[ref] == 0 and ref not in keep:
                     if arena is not None:
                         arena.release(values[ref])
                     del values[ref]
-        self._ran = grad
-        self._batch = batch
         return [values[o] for o in self.outputs]
 
     @staticmethod
@@ -160,8 +229,23 @@ class Executor:
                 arena.retain(y, x)
 
     def backward(self, gys: Sequence[Any], input_grad: bool = True) -> list[Any]:
-        if not self._ran:
-            raise RuntimeError("backward() needs a forward(..., training=True) (or grad=True) first")
+        with self._lock:
+            if self._owner is None:
+                raise RuntimeError("backward() needs a forward(..., training=True) (or grad=True) first")
+            self._claim("backward")
+            if len(gys) != len(self.outputs):
+                raise GraphError(f"backward() takes {len(self.outputs)} output gradient(s), found {len(gys)}")
+            for name, gy in zip(self.outputs, gys):
+                want = (self._batch, *self.shapes[name])
+                if tuple(gy.shape) != want or gy.dtype != self.dtype:
+                    raise GraphError(
+                        f"backward(): gradient for output '{name}' must be {self.dtype.name} {want}, "
+                        f"found {gy.dtype} {tuple(gy.shape)}"
+                    )
+            self._pending = False
+            return self._backward(gys, input_grad)
+
+    def _backward(self, gys: Sequence[Any], input_grad: bool) -> list[Any]:
         grads: dict[str, Any] = {}
         owned: set[str] = set()
         for name, gy in zip(self.outputs, gys):
@@ -217,8 +301,9 @@ class Executor:
         owned.add(name)
 
     def release(self) -> None:
+        """Drop every buffer and saved value (the model is moving or being freed)."""
         for ctx in self.ctxs.values():
             ctx.release()
-        self._acc = {}
-        self._ran = False
-        self.arena = None
+        self._accs, self._acc = {}, {}
+        self._local = threading.local()
+        self._owner, self._pending = None, False

@@ -8,8 +8,10 @@ topological order because a node can only name inputs that already exist.
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Iterator
 
 from . import registry
@@ -24,7 +26,7 @@ class GraphError(ValueError):
     """The graph is malformed: a bad node name, wrong inputs, a shape that does not fit."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class Node:
     """One node of a graph; builder methods return it, and take it as an input."""
 
@@ -123,9 +125,15 @@ class Graph:
         return node
 
     def output(self, *nodes: Any) -> None:
-        """Mark the graph's output(s)."""
+        """Mark the graph's output(s), once: ``g.output(h)``, or ``g.output(a, b)`` for several."""
         if not nodes:
             raise GraphError("output() needs at least one node")
+        if self.outputs:
+            # A second call replacing the first (or adding to it) would each surprise someone.
+            raise GraphError(
+                f"outputs already set to {', '.join(repr(o) for o in self.outputs)}; "
+                f"call output(a, b) once for several outputs"
+            )
         self.outputs = [self._ref(n, "output", "output") for n in nodes]
 
     @contextlib.contextmanager
@@ -154,12 +162,33 @@ class Graph:
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | set(registry.layer_names()))
 
+    # the model's copy -----------------------------------------------------------------------
+    def frozen(self) -> "Graph":
+        """A read-only copy of what the outputs need: the inputs and the nodes they depend on,
+        each with its own copy of the layer. ``Model`` keeps one, so editing this graph later
+        cannot reach a model built from it. Without ``output()``, the one node that nothing
+        reads is the output (as in a Sequential model); several such nodes are an error."""
+        if not self.inputs:
+            raise GraphError("the graph has no input: start it with g.input((C, H, W))")
+        outputs = self.outputs or [_sink(self)]
+        needed: set[str] = set()
+        stack = list(outputs)
+        while stack:
+            name = stack.pop()
+            if name not in needed:
+                needed.add(name)
+                stack.extend(self.nodes[name].inputs)
+        for name in self.inputs:
+            if name not in needed:
+                raise GraphError(f"input '{name}' does not reach any output")
+        return FrozenGraph(self, needed, outputs)
+
     # spec ------------------------------------------------------------------------------------
     def to_spec(self) -> dict[str, Any]:
         """A JSON-able description of the graph, recording which distribution gave each layer."""
         nodes = []
         for node in self.nodes.values():
-            entry: dict[str, Any] = {"name": node.name, "layer": node.layer, "config": node.config,
+            entry: dict[str, Any] = {"name": node.name, "layer": node.layer, "config": _thaw(node.config),
                                      "inputs": list(node.inputs)}
             if node.layer != "input":
                 info = registry.layer_info(node.layer)
@@ -230,6 +259,69 @@ def _check_spec(spec: dict[str, Any]) -> None:
     for ref in spec["inputs"]:
         if next(e for e in spec["nodes"] if e["name"] == ref)["layer"] != "input":
             raise GraphError(f"graph spec: 'inputs' names {ref!r}, which is not an input node")
+
+
+def _sink(g: Graph) -> str:
+    read = {ref for node in g.nodes.values() for ref in node.inputs}
+    sinks = [n for n, node in g.nodes.items() if n not in read and node.layer != "input"]
+    if len(sinks) == 1:
+        return sinks[0]
+    if not sinks:
+        raise GraphError("the graph has no output: add layers after the input and mark the result "
+                         "with g.output(h)")
+    raise GraphError(f"the graph has no output and {len(sinks)} nodes that no other node reads "
+                     f"({', '.join(repr(n) for n in sinks)}): mark the output with g.output(h), or "
+                     f"g.output(a, b) for several")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    if isinstance(value, (dict, MappingProxyType)):
+        return {k: _thaw(v) for k, v in value.items()}
+    return value
+
+
+class FrozenGraph(Graph):
+    """A model's own graph: read-only nodes, inputs and outputs; builder methods refuse."""
+
+    def __init__(self, source: Graph, needed: set[str], outputs: list[str]) -> None:
+        super().__init__()
+        nodes = {}
+        for name, node in source.nodes.items():
+            if name in needed:
+                obj = None if node.obj is None else copy.deepcopy(node.obj)
+                nodes[name] = Node(name, node.layer, _freeze(node.config), node.inputs, obj=obj, graph=self)
+        self.nodes = MappingProxyType(nodes)  # type: ignore[assignment]
+        self.inputs = tuple(source.inputs)  # type: ignore[assignment]
+        self.outputs = tuple(outputs)  # type: ignore[assignment]
+        self._sealed = True
+
+    def frozen(self) -> "Graph":
+        return self
+
+    def _refused(self, what: str) -> GraphError:
+        return GraphError(f"cannot {what}: this is a model's graph, a frozen copy taken by nc.Model(g); "
+                          f"edit the graph you built and make a new nc.Model from it")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if getattr(self, "_sealed", False):
+            raise self._refused(f"set graph.{key}")
+        super().__setattr__(key, value)
+
+    def _new_name(self, layer: str, name: str | None) -> str:
+        raise self._refused(f"add a '{layer}' node")
+
+    def output(self, *nodes: Any) -> None:
+        raise self._refused("change the outputs")
 
 
 def _check_provider(layer: str, provider: dict[str, str] | None) -> None:

@@ -7,14 +7,32 @@ executor owns every buffer the layer touches and hands them over through ``Ctx``
 
 from __future__ import annotations
 
+import copy
 import inspect
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Hashable, Sequence
 
 import numpy as np
 
 __all__ = ["Layer", "Ctx", "ShapeError", "Shape"]
 
 Shape = tuple[int, ...]
+
+#: How many batch shapes a context keeps buffers for: the training batch, a short last batch,
+#: and room for a few more, without growing with every size ever seen.
+POOL_SHAPES = 4
+_NO_KEY = object()
+
+
+def keep_recent(table: dict[Any, Any], key: Hashable, make: Any) -> Any:
+    """``table[key]`` (made by ``make()`` if absent), kept as the most recently used entry;
+    beyond ``POOL_SHAPES`` entries the least recently used one is dropped."""
+    entry = table.pop(key, None)
+    if entry is None:
+        entry = make()
+        if len(table) >= POOL_SHAPES:
+            del table[next(iter(table))]
+    table[key] = entry
+    return entry
 
 
 class ShapeError(ValueError):
@@ -60,6 +78,13 @@ class Layer:
     def __init__(self) -> None:
         pass
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Layer":
+        # __new__ would re-bind constructor arguments; a copy takes the finished state instead.
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
     @property
     def config(self) -> dict[str, Any]:
         """The constructor arguments, with defaults filled in (JSON-able)."""
@@ -94,13 +119,13 @@ class Ctx:
     ``params``/``grads``/``buffers`` hold arrays on the node's device; gradients are added to
     (``+=``), never assigned. ``needs_input_grad`` says which input gradients backward must
     return (``None`` in the other places). Allocation helpers give device arrays of the
-    model's dtype; in steady state they hand back the buffers of the previous step, so a
-    training step allocates nothing new.
+    model's dtype; in steady state they hand back the buffers of the previous step at the same
+    batch shape (kept for ``POOL_SHAPES`` shapes), so a training step allocates nothing new.
     """
 
     __slots__ = (
-        "name", "device", "dtype", "params", "grads", "buffers", "training", "rng",
-        "saved", "needs_input_grad", "backend", "inplace", "_pool", "_cursor", "_arena", "_taken",
+        "name", "device", "dtype", "params", "grads", "buffers", "training", "rng", "saved",
+        "needs_input_grad", "backend", "inplace", "_pool", "_pools", "_key", "_cursor", "_arena", "_taken",
     )
 
     def __init__(self, name: str, device: str, dtype: np.dtype, backend: Any, rng: np.random.Generator):
@@ -117,6 +142,8 @@ class Ctx:
         self.needs_input_grad: tuple[bool, ...] = ()
         self.inplace = False
         self._pool: list[Any] = []
+        self._pools: dict[Any, list[Any]] = {}
+        self._key: Any = _NO_KEY
         self._cursor = 0
         self._arena: Any = None
         self._taken: list[Any] = []
@@ -125,11 +152,15 @@ class Ctx:
         """Keep values for backward (``ctx.saved``): arrays, shapes, seeds."""
         self.saved = values
 
-    def begin(self, training: bool, arena: Any = None, inplace: bool = False) -> None:
-        """Called by the executor before forward: rewinds the buffer pool, or (inference
-        without gradients) points allocation at the shared arena. ``inplace``: the layer may
-        write its output into its input (an ``inplace_ok`` layer, last reader of the input)."""
+    def begin(self, training: bool, arena: Any = None, inplace: bool = False, key: Hashable = None) -> None:
+        """Called by the executor before forward: rewinds the buffer pool of batch shape
+        ``key``, or (inference without gradients) points allocation at the shared arena.
+        ``inplace``: the layer may write its output into its input (an ``inplace_ok`` layer,
+        last reader of the input)."""
         self.training = training
+        if key != self._key:
+            self._pool = keep_recent(self._pools, key, list)
+            self._key = key
         self._cursor = 0
         self._arena = arena
         self.inplace = inplace
@@ -177,4 +208,6 @@ class Ctx:
         """Drop saved values and pooled buffers (the model is moving or being freed)."""
         self.saved = ()
         self._pool = []
+        self._pools = {}
+        self._key = _NO_KEY
         self._cursor = 0

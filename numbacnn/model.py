@@ -10,7 +10,7 @@ import numpy as np
 
 from . import registry
 from ._checkpoint import from_json_array, nonfinite, read_checkpoint, write_npz
-from ._threads import single_thread_blas
+from ._threads import kernel_launches, single_thread_blas
 from .device import DeviceError, check_device, get_backend
 from .executor import Executor
 from .graph import Graph, GraphError
@@ -39,21 +39,17 @@ class Model:
     def __init__(self, graph: Graph, seed: int = 0, dtype: Any = "float32", device: str = "cpu") -> None:
         if not isinstance(graph, Graph):
             raise TypeError(f"Model() expects a numbacnn.Graph, found {type(graph).__name__}")
-        if not graph.inputs:
-            raise GraphError("the graph has no input: start it with g.input((C, H, W))")
-        if not graph.outputs:
-            graph.outputs = [next(reversed(graph.nodes))]
-        self.graph = graph
+        self.graph = graph.frozen()  # the model's own copy: later edits of ``graph`` cannot reach it
         self.seed = int(seed)
         self.dtype = _dtype(dtype)
         self.shapes: dict[str, Shape] = {}
-        self.order = self._needed_nodes()
+        self.order = [n for n, node in self.graph.nodes.items() if node.layer != "input"]
         self._infer_shapes()
         rng = np.random.default_rng(self.seed)
         self.params: dict[str, Any] = {}
         self.buffers: dict[str, Any] = {}
         for name in self.order:
-            node = graph.nodes[name]
+            node = self.graph.nodes[name]
             ins = [self.shapes[i] for i in node.inputs]
             for key, value in node.obj.init_params(ins, rng).items():
                 self.params[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=self.dtype)
@@ -61,25 +57,12 @@ class Model:
                 self.buffers[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=self.dtype)
         self.grads: dict[str, Any] = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.device = "cpu"
-        self._executor = Executor(graph, self.shapes, self.order, self.dtype, self.seed)
+        self._executor = Executor(self.graph, self.shapes, self.order, self.dtype, self.seed)
         self._bind()
         if device != "cpu":
             self.to(device)
 
     # structure -------------------------------------------------------------------------------
-    def _needed_nodes(self) -> list[str]:
-        needed: set[str] = set()
-        stack = list(self.graph.outputs)
-        while stack:
-            name = stack.pop()
-            if name not in needed:
-                needed.add(name)
-                stack.extend(self.graph.nodes[name].inputs)
-        for name in self.graph.inputs:
-            if name not in needed:
-                raise GraphError(f"input '{name}' does not reach any output")
-        return [n for n in self.graph.nodes if n in needed and self.graph.nodes[n].layer != "input"]
-
     def _infer_shapes(self) -> None:
         for name in self.graph.inputs:
             self.shapes[name] = tuple(self.graph.nodes[name].config["shape"])
@@ -129,29 +112,23 @@ class Model:
         ``training``) keeps what ``backward`` needs. Without it, activation buffers are shared
         between nodes as soon as their last reader has run (see ``memory_plan``).
         ``host=False`` returns the output(s) where they are, on the model's device, valid until
-        the next forward (the trainer computes the loss there; nothing crosses to the host).
+        the calling thread's next forward (the trainer computes the loss there; nothing
+        crosses to the host).
+
+        Inference (``training=False``) may run from any number of threads at once. A training
+        step (forward with gradients, then ``backward``) belongs to the thread that ran its
+        forward: another thread's training call before that backward raises ``RuntimeError``.
         """
-        with single_thread_blas:
+        with single_thread_blas, kernel_launches():
             ys = self._executor.forward(xs, training, training if grad is None else grad)
-        out = [self._executor.backend.to_host(y) for y in ys] if host else ys
+            out = [self._executor.backend.to_host(y) for y in ys] if host else ys
         return out[0] if len(out) == 1 else tuple(out)
 
     __call__ = forward
 
     def backward(self, *gys: Any, input_grad: bool = True) -> Any:
         """Back-propagate output gradient(s); adds into ``grads``, returns the input gradient."""
-        if not self._executor._ran:
-            raise RuntimeError("backward() needs a forward(..., training=True) (or grad=True) first")
-        if len(gys) != len(self.graph.outputs):
-            raise GraphError(f"backward() takes {len(self.graph.outputs)} output gradient(s), found {len(gys)}")
-        for name, gy in zip(self.graph.outputs, gys):
-            want = (self._executor._batch, *self.shapes[name])
-            if tuple(gy.shape) != want or gy.dtype != self.dtype:
-                raise GraphError(
-                    f"backward(): gradient for output '{name}' must be {self.dtype.name} {want}, "
-                    f"found {gy.dtype} {tuple(gy.shape)}"
-                )
-        with single_thread_blas:
+        with single_thread_blas, kernel_launches():
             gxs = self._executor.backward(gys, input_grad)
         return gxs[0] if len(gxs) == 1 else tuple(gxs)
 
@@ -242,13 +219,15 @@ class Model:
         allocated, layer scratch included).
         """
         xs = [np.zeros((batch_size, *s), self.dtype) for s in self.input_shapes]
-        ex = self._executor
-        ex.forward(xs, False, False)
-        rows = [{"node": n, "bytes": b, "live_bytes": live} for n, b, live in ex.trace]
+        with single_thread_blas, kernel_launches():
+            # A pass of its own: a fresh arena measures this batch size alone, and a training
+            # step waiting for its backward keeps what it saved.
+            state = self._executor.measure(xs)
+        rows = [{"node": n, "bytes": b, "live_bytes": live} for n, b, live in state.trace]
         return {"batch_size": batch_size, "rows": rows,
                 "keep_all_bytes": sum(r["bytes"] for r in rows),
-                "peak_activation_bytes": max(r["live_bytes"] for r in rows),
-                "arena_bytes": ex.arena.allocated_bytes if ex.arena else 0}
+                "peak_activation_bytes": max((r["live_bytes"] for r in rows), default=0),
+                "arena_bytes": state.arena.allocated_bytes}
 
     def __repr__(self) -> str:
         return (f"<numbacnn.Model: {len(self.order)} nodes, {self.param_count():,} parameters, "

@@ -201,3 +201,94 @@ def test_params_are_live_arrays():
     before = model.forward(x)
     model.params["fc2.bias"][...] += 1.0
     np.testing.assert_allclose(model.forward(x), before + 1.0, rtol=1e-5, atol=1e-5)
+
+
+# the model's own graph ---------------------------------------------------------------------
+def small_graph():
+    g = nc.Graph()
+    x = g.input((2, 4, 4))
+    h = g.conv2d(x, out_channels=3, kernel_size=(3, 3), padding=1, name="conv")
+    g.output(g.linear(g.flatten(g.relu(h)), out_features=4, name="fc"))
+    return g
+
+
+def test_editing_the_graph_after_model_does_not_reach_the_model(tmp_path):
+    g = small_graph()
+    model = nc.Model(g, seed=0)
+    x = np.random.default_rng(0).random((2, 2, 4, 4), dtype=np.float32)
+    y = model.forward(x, training=True)
+    g.relu(g.nodes["fc"], name="extra")
+    g.outputs = ["extra"]  # a direct edit: output() refuses to replace the outputs
+    model.backward(np.ones_like(y))  # the model's outputs are still its own
+    np.testing.assert_array_equal(model.forward(x), y)
+    assert "extra" not in model.graph.nodes and tuple(model.graph.outputs) == ("fc",)
+    model.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(nc.Model.load(tmp_path / "m.npz").forward(x), y)
+
+
+def test_the_model_copies_layer_objects():
+    layer = nc.get_layer("leaky_relu")(negative_slope=0.5)
+    g = nc.Graph()
+    g.output(g.add_layer(layer, g.input((3,)), name="act"))
+    model = nc.Model(g)
+    x = -np.ones((1, 3), np.float32)
+    layer.negative_slope = 0.25  # the user's object, not the model's
+    np.testing.assert_array_equal(model.forward(x), -0.5 * np.ones((1, 3), np.float32))
+    assert model.graph.nodes["act"].obj is not layer
+
+
+def test_model_graph_is_frozen():
+    model = nc.Model(small_graph())
+    graph, node = model.graph, model.graph.nodes["conv"]
+    for edit in (lambda: graph.relu(node), lambda: graph.input((3,), name="x2"),
+                 lambda: graph.output(node), lambda: setattr(graph, "outputs", ["conv"])):
+        with pytest.raises(nc.GraphError, match="frozen copy taken by nc.Model.*make a new nc.Model"):
+            edit()
+    with pytest.raises(TypeError):
+        graph.nodes["x"] = node
+    with pytest.raises(TypeError):
+        node.config["out_channels"] = 7
+    with pytest.raises(AttributeError):
+        node.inputs = ()
+    assert model.to_spec()["graph"]["nodes"][1]["config"]["kernel_size"] == [3, 3]  # JSON-shaped
+    assert json.loads(json.dumps(model.to_spec())) == model.to_spec()
+    again = model.astype("float64")  # reuses the frozen graph
+    assert again.graph is model.graph
+
+
+def test_output_is_set_once():
+    g = nc.Graph()
+    x = g.input((3,))
+    a = g.relu(x, name="a")
+    g.output(a)
+    with pytest.raises(nc.GraphError, match=r"outputs already set to 'a'; call output\(a, b\) once"):
+        g.output(g.tanh(x, name="b"))
+    assert g.outputs == ["a"]
+
+
+def test_without_output_the_single_sink_is_the_output_and_several_are_an_error():
+    g = nc.Graph()
+    x = g.input((3,))
+    h = g.tanh(g.relu(x, name="r"), name="t")
+    model = nc.Model(g)
+    assert tuple(model.graph.outputs) == ("t",) and g.outputs == []  # the user's graph untouched
+    g.relu(x, name="dangling")  # nothing reads it: now two candidates
+    with pytest.raises(nc.GraphError, match=r"no output and 2 nodes that no other node reads \('t', "
+                                            r"'dangling'\): mark the output with g.output\(h\)"):
+        nc.Model(g)
+    g.output(h)
+    assert "dangling" not in nc.Model(g).graph.nodes  # the copy holds what the outputs need
+    g = nc.Graph()
+    g.input((3,))
+    with pytest.raises(nc.GraphError, match=r"no output: add layers .* g.output\(h\)"):
+        nc.Model(g)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool", "float16"])
+def test_non_float_input_suggests_converting_the_data_only(dtype):
+    model = nc.Model(small_graph())
+    with pytest.raises(TypeError, match=rf"expected float32 data, found {dtype}; convert the data "
+                                        rf"\(x.astype\(np.float32\)\)$"):
+        model.forward(np.zeros((2, 2, 4, 4), dtype))
+    with pytest.raises(TypeError, match=r"or the model \(model.astype\('float64'\)\)"):
+        model.forward(np.zeros((2, 2, 4, 4)))

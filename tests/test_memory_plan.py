@@ -27,8 +27,8 @@ def test_shared_buffers_give_the_same_answer(resnet):
     kept = resnet.forward(x, training=False, grad=True)  # every buffer its own
     np.testing.assert_array_equal(shared, kept)
     assert any(ctx.inplace for ctx in resnet._executor.ctxs.values()) is False  # grad pass: none
-    resnet.forward(x)
-    assert any(ctx.inplace for ctx in resnet._executor.ctxs.values())
+    resnet.forward(x)  # inference runs on the calling thread's own contexts
+    assert any(ctx.inplace for ctx in resnet._executor.thread_pass().ctxs.values())
 
 
 def test_repeated_inference_allocates_nothing(resnet):
@@ -61,3 +61,63 @@ def test_steady_state_training_step_allocates_no_buffers():
     before = backend.allocations
     step()
     assert backend.allocations == before
+
+
+def test_memory_plan_between_forward_and_backward_leaves_the_step_alone():
+    model = nc.zoo.network3("conv2_relu", seed=0)
+    x = np.random.default_rng(0).random((3, *model.input_shapes[0]), dtype=np.float32)
+    gy = np.random.default_rng(1).standard_normal((3, 10)).astype(np.float32)
+    model.forward(x, training=True)
+    gx = model.backward(gy)
+    want = {k: v.copy() for k, v in model.grads.items()}
+    model.zero_grad()
+    model.forward(x, training=True)
+    plan = model.memory_plan(batch_size=5)
+    np.testing.assert_array_equal(model.backward(gy), gx)
+    for k, g in want.items():
+        np.testing.assert_array_equal(model.grads[k], g)
+    assert plan["arena_bytes"] == model.memory_plan(batch_size=5)["arena_bytes"]  # a fresh arena each time
+
+
+def residual_model():
+    g = nc.Graph()
+    x = g.input((4, 6, 6))
+    h = g.relu(g.batch_norm2d(g.conv2d(x, out_channels=4, kernel_size=3, padding=1, bias=False, name="a")))
+    h = g.add(g.conv2d(h, out_channels=4, kernel_size=3, padding=1, name="b"), x)  # x fans out
+    g.output(g.linear(g.flatten(h), out_features=3, name="fc"))
+    return nc.Model(g, seed=0)
+
+
+def test_alternating_batch_sizes_allocate_nothing_after_the_first_epoch():
+    model = residual_model()
+    rng = np.random.default_rng(0)
+    batches = [rng.random((n, 4, 6, 6), dtype=np.float32) for n in (64, 17)]  # a short last batch
+    backend = get_backend("cpu")
+
+    def epoch():
+        for x in batches:
+            model.forward(x, training=True)
+            model.backward(np.ones((len(x), 3), np.float32))
+
+    epoch()
+    before = backend.allocations
+    epoch()
+    epoch()
+    assert backend.allocations == before
+
+
+def test_buffers_are_kept_for_a_few_batch_shapes_only():
+    from numbacnn.layer import POOL_SHAPES
+
+    model = residual_model()
+    for n in range(1, 2 * POOL_SHAPES + 1):
+        x = np.zeros((n, 4, 6, 6), np.float32)
+        model.forward(x, training=True)
+        model.backward(np.ones((n, 3), np.float32))
+    ex = model._executor
+    assert max(len(ctx._pools) for ctx in ex.ctxs.values()) == POOL_SHAPES
+    assert len(ex._accs) == POOL_SHAPES
+    backend = get_backend("cpu")
+    before = backend.allocations
+    model.forward(np.zeros((1, 4, 6, 6), np.float32), training=True)  # long evicted: allocates again
+    assert backend.allocations > before
