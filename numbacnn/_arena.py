@@ -4,12 +4,16 @@ In inference nothing is kept for backward, so a buffer can serve a later node as
 last reader of the value in it has run. Buffers are flat per dtype; a request takes the
 smallest free one that fits (best fit) and gets a reshaped view of it. A value that aliases
 another (a flatten view, dropout's identity in eval, an in-place ReLU) holds the same buffer,
-which is freed only when every holder has let go. Buffers stay in the arena between calls,
-so repeated inference at one batch size allocates nothing.
+which is freed only when every holder has let go.
+
+The arena decides once per input signature: the executor records which views each node got
+and replays them on later calls with no bookkeeping here (see ``executor.Plan``). Buffers stay
+between calls; ``trim`` drops those no remembered signature uses any more.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -24,11 +28,12 @@ class Arena:
         self._bases: list[Any] = []
         self._holders: dict[int, list[Any]] = {}  # id(view) -> [view, base, holds]
         self._refs: dict[int, int] = {}  # id(base) -> holders of any view of it
+        self.used: set[int] = set()  # id(base) of every buffer taken since the last reset
         self.allocated_bytes = 0
         self.live_bytes = 0  # bytes of buffers some value still holds
 
     def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)
         free = self._free.setdefault(dtype, [])
         fits = [i for i, b in enumerate(free) if b.size >= size]
         if fits:
@@ -38,6 +43,7 @@ class Arena:
             self._bases.append(base)
             self.allocated_bytes += base.size * dtype.itemsize
         self.live_bytes += base.size * base.dtype.itemsize
+        self.used.add(id(base))
         view = base[:size].reshape(shape)
         self._holders[id(view)] = [view, base, 1]
         self._refs[id(base)] = 1
@@ -71,10 +77,20 @@ class Arena:
             self.live_bytes -= base.size * base.dtype.itemsize
 
     def reset(self) -> None:
-        """Every buffer is free again (the start of an inference pass)."""
+        """Every buffer is free again (the start of a pass that decides afresh)."""
         self._holders.clear()
         self._refs.clear()
         self._free = {}
+        self.used = set()
         self.live_bytes = 0
         for base in self._bases:
             self._free.setdefault(base.dtype, []).append(base)
+
+    def trim(self, keep: set[int]) -> None:
+        """Forget the buffers whose ids are not in ``keep`` (no remembered signature uses them),
+        so that many input sizes over time do not pile up memory."""
+        dropped = [b for b in self._bases if id(b) not in keep]
+        if dropped:
+            self._bases = [b for b in self._bases if id(b) in keep]
+            self.allocated_bytes -= sum(b.size * b.dtype.itemsize for b in dropped)
+            self.reset()

@@ -24,6 +24,7 @@ class _SingleThreadBlas:
         self._lock = threading.Lock()
         self._depth = 0
         self._libs: list[Any] | None = None
+        self._calls: list[tuple[Any, Any]] = []  # (get, set) of each library's thread count
         self._saved: list[int] = []
 
     def _blas_libs(self) -> list[Any]:
@@ -34,23 +35,37 @@ class _SingleThreadBlas:
             from threadpoolctl import ThreadpoolController
 
             self._libs = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+            self._calls = [_calls(lc) for lc in self._libs]
         return self._libs
 
     def __enter__(self) -> None:
         with self._lock:
             if self._depth == 0:
-                libs = self._blas_libs()
-                self._saved = [lc.get_num_threads() for lc in libs]
-                for lc in libs:
-                    lc.set_num_threads(1)
+                self._blas_libs()
+                self._saved = [get() for get, _ in self._calls]
+                for (_, put), n in zip(self._calls, self._saved):
+                    if n != 1:
+                        put(1)
             self._depth += 1
 
     def __exit__(self, *exc: Any) -> None:
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
-                for lc, n in zip(self._libs or (), self._saved):
-                    lc.set_num_threads(n)
+                for (_, put), n in zip(self._calls, self._saved):
+                    if n != 1:
+                        put(n)
+
+
+def _calls(lc: Any) -> tuple[Any, Any]:
+    """A library's thread-count getter and setter. OpenBLAS's own C functions where threadpoolctl
+    would call them anyway (a pthreads build): its wrappers cost several microseconds a call,
+    on every model call (our depth counter already keeps threads from fighting over them)."""
+    if type(lc).__name__ == "OpenBLASController" and getattr(lc, "threading_layer", "") != "openmp":
+        get, put = lc._get_symbol("openblas_get_num_threads"), lc._get_symbol("openblas_set_num_threads")
+        if get is not None and put is not None:
+            return get, put
+    return lc.get_num_threads, lc.set_num_threads
 
 
 single_thread_blas = _SingleThreadBlas()

@@ -1,15 +1,23 @@
 """Runs a graph on one device: forward in topological order, backward in reverse with fan-out.
 
 The executor is the only code that moves data between host and device: the input batch in,
-the outputs (and the input gradient) out. Activations are dropped as soon as their last
-reader has run; what backward needs, each layer keeps through ``ctx.save``. Where a value
-feeds several nodes its gradients are summed into a buffer the executor owns.
+the outputs (and the input gradient) out. Where a value feeds several nodes its gradients are
+summed into a buffer the executor owns.
 
-Threads: inference (``grad=False``) runs on per-thread contexts and arenas, so any number of
-threads may call it at once. A training step (a forward with ``grad=True`` and its backward)
-runs on the one set of training contexts and belongs to the thread that ran its forward;
-another thread's training call before that backward is refused rather than let it mix the
-two steps' saved values.
+Plans: everything that does not depend on the data is decided once per input signature (the
+inputs' shapes and dtypes, training or not, gradients or not) and kept in a ``Plan``: the
+concrete shapes (inputs may have free sizes), the buffers each node's context hands out, the
+layers' own plans (chunk counts follow Numba's thread count when the plan is made), in-place
+decisions. The first call of a signature makes those decisions (in inference, the arena
+shares buffers between nodes once their last reader has run); later calls replay them, with
+no bookkeeping but a loop over the nodes. Plans are kept for the ``POOL_SHAPES`` most
+recently used signatures.
+
+Threads: inference (``grad=False``) runs on per-thread contexts, arenas and plans, so any
+number of threads may call it at once. A training step (a forward with ``grad=True`` and its
+backward) runs on the one set of training contexts and belongs to the thread that ran its
+forward; another thread's training call before that backward is refused rather than let it
+mix the two steps' saved values.
 """
 
 from __future__ import annotations
@@ -19,52 +27,77 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
+from . import _shapes
 from ._arena import Arena
 from .graph import Graph, GraphError
-from .layer import Ctx, Layer, Shape, keep_recent
+from .layer import POOL_SHAPES, Ctx, Shape
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "Plan"]
+
+class Plan:
+    """What one input signature needs that does not depend on the data, per node (in the
+    executor's step order): the expected output shape, the buffers its context hands out,
+    the layer's own plans, whether it runs in place."""
+
+    def __init__(self, batch: int, shapes: dict[str, Shape], order: list[str]) -> None:
+        self.batch = batch
+        self.shapes = shapes  # concrete per-sample shapes of every node
+        self.wants = [(batch, *shapes[n]) for n in order]
+        self.pools: list[list[Any]] = [[] for _ in order]
+        self.plans: list[dict[Hashable, Any]] = [{} for _ in order]
+        self.inplace = [False] * len(order)
+        self.ready = False  # inference: the arena's decisions are recorded
+        self.bases: set[int] = set()  # inference: the arena buffers this plan uses
+        self.acc: dict[int, Any] = {}  # training: fan-out gradient sums, by value slot
 
 
 class Pass:
-    """What one inference caller owns: its node contexts, its arena, and the last pass's
-    ``trace`` of (node, output bytes, live bytes)."""
+    """What one inference caller owns: its node contexts, its arena, its plans, and the
+    recording pass's ``trace`` of (node, output bytes, live bytes)."""
 
     def __init__(self, ctxs: dict[str, Ctx], backend: Any) -> None:
         self.ctxs = ctxs
+        self.steps = list(ctxs.values())
         self.arena = Arena(backend)
+        self.plans: dict[Hashable, Plan] = {}
         self.trace: list[tuple[str, int, int]] = []
 
 
 class Executor:
     """Owns the per-node contexts of one model on one device."""
 
-    def __init__(self, graph: Graph, shapes: dict[str, Shape], order: list[str], dtype: np.dtype,
-                 seed: int) -> None:
+    def __init__(self, graph: Graph, shapes: dict[str, tuple[int | None, ...]], order: list[str],
+                 dtype: np.dtype, seed: int) -> None:
         self.graph = graph
-        self.shapes = shapes
+        self.shapes = shapes  # declared: None where a dim follows a free input size
         self.order = order  # the nodes the outputs depend on, topologically sorted, no inputs
         self.dtype = np.dtype(dtype)
         self.outputs = list(graph.outputs)
-        self.readers: dict[str, int] = {}
-        for name in order:
-            for ref in graph.nodes[name].inputs:
-                self.readers[ref] = self.readers.get(ref, 0) + 1
+        self._free = any(_shapes.is_free(shapes[n]) for n in graph.inputs)
+        # Values live in slots: the inputs first, then one per node in ``order``.
+        slot = {n: i for i, n in enumerate([*graph.inputs, *order])}
+        self._steps = [(graph.nodes[n].obj, tuple(slot[i] for i in graph.nodes[n].inputs), graph.nodes[n].layer, n)
+                       for n in order]
+        self._outs = [slot[o] for o in self.outputs]
+        self._first = len(graph.inputs)
+        self._readers = [0] * len(slot)
+        for _, ins, _, _ in self._steps:
+            for i in ins:
+                self._readers[i] += 1
+        self._keep = set(self._outs) | set(range(self._first))  # never given back to the arena
         seeds = np.random.SeedSequence(seed).spawn(len(order))
         self._seeds = dict(zip(order, seeds))
         self.ctxs: dict[str, Ctx] = {}  # the training contexts; inference has its own per thread
+        self._train: list[Ctx] = []
         self.backend: Any = None
         self.device = ""
-        self._accs: dict[Hashable, dict[str, Any]] = {}  # fan-out gradient sums per batch shape
-        self._acc: dict[str, Any] = {}
+        self._plans: dict[Hashable, Plan] = {}  # training plans, per signature
+        self._needs: dict[bool, list[tuple[bool, ...]]] = {}
         self._local = threading.local()
         self._lock = threading.Lock()  # held by a training forward or backward
         self._owner: threading.Thread | None = None  # the thread whose forward backward would use
         self._pending = False  # that forward's backward has not run yet
-        self._batch = 0
-        # Which values a gradient can flow into: from a parameter upstream, or from an input.
-        self._param_upstream: dict[str, bool] = {n: False for n in graph.inputs}
-        self._input_upstream: dict[str, bool] = {n: True for n in graph.inputs}
+        self._step: Plan | None = None  # the plan of that forward
 
     def bind(self, device: str, backend: Any, params: dict[str, dict[str, Any]],
              grads: dict[str, dict[str, Any]], buffers: dict[str, dict[str, Any]]) -> None:
@@ -72,15 +105,20 @@ class Executor:
         self.device, self.backend = device, backend
         old = self.ctxs
         self.ctxs = {}
-        for name in self.order:
+        # Which values a gradient can flow into: from a parameter upstream, or from an input.
+        param_up = [False] * self._first + [False] * len(self.order)
+        input_up = [True] * self._first + [False] * len(self.order)
+        for k, (_, ins, _, name) in enumerate(self._steps):
             # A move between devices keeps each node's random stream where it was.
             rng = old[name].rng if name in old else np.random.default_rng(self._seeds[name])
             ctx = Ctx(name, device, self.dtype, backend, rng)
             ctx.params, ctx.grads, ctx.buffers = params[name], grads[name], buffers[name]
             self.ctxs[name] = ctx
-            ins = self.graph.nodes[name].inputs
-            self._param_upstream[name] = bool(params[name]) or any(self._param_upstream[i] for i in ins)
-            self._input_upstream[name] = any(self._input_upstream[i] for i in ins)
+            param_up[self._first + k] = bool(params[name]) or any(param_up[i] for i in ins)
+            input_up[self._first + k] = any(input_up[i] for i in ins)
+        self._train = list(self.ctxs.values())
+        self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
+                       for want in (True, False)}
         self.release()
 
     def new_pass(self) -> Pass:
@@ -101,7 +139,7 @@ class Executor:
     def measure(self, xs: Sequence[Any]) -> Pass:
         """Inference on state of its own (``Model.memory_plan``); returns that state."""
         state = self.new_pass()
-        self._run(xs, self._check_batch(xs), state.ctxs, False, state)
+        self._run(self._plan(state.plans, xs, (False, False)), xs, state.steps, False, False, state)
         return state
 
     def reset_rng(self) -> None:
@@ -110,12 +148,23 @@ class Executor:
             # In place: every thread's inference contexts share these generators.
             ctx.rng.bit_generator.state = np.random.default_rng(self._seeds[name]).bit_generator.state
 
-    def _layer(self, name: str) -> Layer:
-        obj = self.graph.nodes[name].obj
-        assert obj is not None
-        return obj
+    # signatures ------------------------------------------------------------------------------
+    def _plan(self, plans: dict[Hashable, Plan], xs: Sequence[Any], mode: tuple[bool, bool]) -> Plan:
+        """The plan of this call's signature, made (inputs checked, shapes inferred) if new."""
+        try:
+            key: Hashable = (mode, *[(x.shape, x.dtype) for x in xs])
+        except AttributeError:
+            key = None  # not arrays: the check below says so
+        plan = plans.pop(key, None)
+        if plan is None:
+            batch, shapes = self._check_inputs(xs)
+            plan = Plan(batch, shapes, self.order)
+            if len(plans) >= POOL_SHAPES:
+                del plans[next(iter(plans))]  # the least recently used
+        plans[key] = plan
+        return plan
 
-    def _check_batch(self, xs: Sequence[Any]) -> int:
+    def _check_inputs(self, xs: Sequence[Any]) -> tuple[int, dict[str, Shape]]:
         if len(xs) != len(self.graph.inputs):
             raise GraphError(f"model takes {len(self.graph.inputs)} input(s), found {len(xs)}")
         batch = None
@@ -128,16 +177,18 @@ class Executor:
                 if x.dtype in (np.float32, np.float64):  # the dtypes a model can take
                     fix += f" or the model (model.astype('{x.dtype}'))"
                 raise TypeError(f"input '{name}': expected {self.dtype.name} data, found {x.dtype}; {fix}")
-            if tuple(x.shape[1:]) != want or len(x.shape) != len(want) + 1:
-                raise GraphError(
-                    f"input '{name}': expected shape (N, {', '.join(map(str, want))}), found {tuple(x.shape)}"
-                )
+            if not _shapes.fits(tuple(x.shape[1:]), want) or len(x.shape) != len(want) + 1 or 0 in x.shape[1:]:
+                free = " (? is any size)" if _shapes.is_free(want) else ""
+                raise GraphError(f"input '{name}': expected shape {_shapes.show(want, batch=True)}{free}, "
+                                 f"found {tuple(x.shape)}")
             if batch is not None and x.shape[0] != batch:
                 raise GraphError(f"input '{name}': batch {x.shape[0]} differs from {batch}")
             batch = x.shape[0]
         if not batch:
             raise GraphError("the input batch is empty")
-        return int(batch)
+        if not self._free:
+            return int(batch), self.shapes  # type: ignore[return-value]
+        return int(batch), _shapes.infer(self.graph, {n: x.shape[1:] for n, x in zip(self.graph.inputs, xs)})
 
     def _claim(self, call: str) -> None:
         """Refuse a training call that would mix with another thread's unfinished step."""
@@ -156,67 +207,65 @@ class Executor:
             f"(forward with training=False) is safe from any number of threads"
         )
 
+    # forward ---------------------------------------------------------------------------------
     def forward(self, xs: Sequence[Any], training: bool, grad: bool) -> list[Any]:
         """Run every node; ``grad`` keeps what backward needs (else buffers are shared)."""
-        batch = self._check_batch(xs)
         if not grad and not training:
             state = self.thread_pass()
-            return self._run(xs, batch, state.ctxs, False, state)
+            return self._run(self._plan(state.plans, xs, (False, False)), xs, state.steps, False, False, state)
         with self._lock:  # training updates shared state (batch-norm statistics) even without grad
             if not grad:
                 state = self.thread_pass()
-                return self._run(xs, batch, state.ctxs, True, state)
+                return self._run(self._plan(state.plans, xs, (True, False)), xs, state.steps, True, False, state)
             self._claim("forward")
-            key = tuple(x.shape for x in xs)
+            plan = self._plan(self._plans, xs, (training, True))
             self._owner, self._pending = None, False  # nothing to differentiate if this fails
-            ys = self._run(xs, batch, self.ctxs, training, None, key)
-            self._owner, self._pending, self._batch = threading.current_thread(), True, batch
-            self._acc = keep_recent(self._accs, key, dict)
+            ys = self._run(plan, xs, self._train, training, True, None)
+            self._owner, self._pending, self._step = threading.current_thread(), True, plan
             return ys
 
-    def _run(self, xs: Sequence[Any], batch: int, ctxs: dict[str, Ctx], training: bool,
-             state: Pass | None, key: Hashable = None) -> list[Any]:
-        """One forward over ``ctxs``: in ``state``'s arena (inference), else in their pools."""
-        values: dict[str, Any] = {n: self.backend.to_device(x) for n, x in zip(self.graph.inputs, xs)}
-        arena = None
-        if state is not None:
-            arena = state.arena
+    def _run(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
+             state: Pass | None) -> list[Any]:
+        """One forward: replays ``plan``, or (its first inference) decides in ``state``'s arena."""
+        record = state is not None and not plan.ready
+        values: list[Any] = [None] * len(self._readers)
+        for i, x in enumerate(xs):
+            values[i] = self.backend.to_device(x)
+        if record:
+            assert state is not None
+            arena, left = state.arena, list(self._readers)
             arena.reset()
             state.trace = []
-        left = dict(self.readers)
-        keep = set(self.outputs) | set(self.graph.inputs)
-        for name in self.order:
-            node = self.graph.nodes[name]
-            ctx = ctxs[name]
-            layer = self._layer(name)
-            ins = [values[i] for i in node.inputs]
-            inplace = (arena is not None and layer.inplace_ok and len(ins) == 1
-                       and left[node.inputs[0]] == 1 and node.inputs[0] not in keep
-                       and arena.owns(ins[0]))
-            ctx.begin(training, arena, inplace, key)
-            y = layer.forward(ctx, *ins)
-            want = (batch, *self.shapes[name])
-            if tuple(y.shape) != want or y.dtype != self.dtype:
-                raise GraphError(
-                    f"{node.layer} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
-                    f"expected {self.dtype.name} {want} (a bug in the layer)"
-                )
-            values[name] = y
-            if state is not None:
-                self._settle(arena, ctx, y, ins)
+        for k, (layer, ins, kind, name) in enumerate(self._steps):
+            ctx = ctxs[k]
+            args = [values[i] for i in ins]
+            if record:
+                plan.inplace[k] = (layer.inplace_ok and len(ins) == 1 and left[ins[0]] == 1
+                                   and ins[0] not in self._keep and arena.owns(args[0]))
+                ctx.begin(training, grad, plan.pools[k], plan.plans[k], plan.inplace[k], arena)
+            else:
+                ctx.begin(training, grad, plan.pools[k], plan.plans[k], plan.inplace[k])
+            y = layer.forward(ctx, *args)
+            if y.shape != plan.wants[k] or y.dtype != self.dtype:
+                raise GraphError(f"{kind} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
+                                 f"expected {self.dtype.name} {plan.wants[k]} (a bug in the layer)")
+            values[self._first + k] = y
+            if record:
+                self._settle(arena, ctx, y, args)
                 state.trace.append((name, y.size * y.dtype.itemsize, arena.live_bytes))
-            for ref in node.inputs:
-                left[ref] -= 1
-                if left[ref] == 0 and ref not in keep:
-                    if arena is not None:
-                        arena.release(values[ref])
-                    del values[ref]
-        return [values[o] for o in self.outputs]
+                for i in ins:
+                    left[i] -= 1
+                    if left[i] == 0 and i not in self._keep:
+                        arena.release(values[i])
+        if record:
+            plan.ready, plan.bases = True, arena.used
+            arena.trim(set().union(*(p.bases for p in state.plans.values())))
+        return [values[o] for o in self._outs]
 
     @staticmethod
     def _settle(arena: Arena, ctx: Ctx, y: Any, ins: list[Any]) -> None:
-        """After a node ran in the arena: free its scratch; an output that the layer did not
-        allocate is an alias of its input(s) and holds their buffers."""
+        """After a node first ran in the arena: free its scratch; an output that the layer did
+        not allocate is an alias of its input(s) and holds their buffers."""
         taken = ctx._taken
         ctx._taken = []
         ctx.saved = ()
@@ -224,86 +273,85 @@ class Executor:
             if buf is not y:
                 arena.release(buf)
         if not any(buf is y for buf in taken):
-            owned = [x for x in ins if arena.owns(x)]
-            for x in owned:
-                arena.retain(y, x)
+            for x in ins:
+                if arena.owns(x):
+                    arena.retain(y, x)
 
+    # backward --------------------------------------------------------------------------------
     def backward(self, gys: Sequence[Any], input_grad: bool = True) -> list[Any]:
         with self._lock:
-            if self._owner is None:
+            plan = self._step
+            if self._owner is None or plan is None:
                 raise RuntimeError("backward() needs a forward(..., training=True) (or grad=True) first")
             self._claim("backward")
             if len(gys) != len(self.outputs):
                 raise GraphError(f"backward() takes {len(self.outputs)} output gradient(s), found {len(gys)}")
             for name, gy in zip(self.outputs, gys):
-                want = (self._batch, *self.shapes[name])
+                want = (plan.batch, *plan.shapes[name])
                 if tuple(gy.shape) != want or gy.dtype != self.dtype:
                     raise GraphError(
                         f"backward(): gradient for output '{name}' must be {self.dtype.name} {want}, "
                         f"found {gy.dtype} {tuple(gy.shape)}"
                     )
             self._pending = False
-            return self._backward(gys, input_grad)
+            return self._backward(plan, gys, input_grad)
 
-    def _backward(self, gys: Sequence[Any], input_grad: bool) -> list[Any]:
-        grads: dict[str, Any] = {}
-        owned: set[str] = set()
-        for name, gy in zip(self.outputs, gys):
-            self._accumulate(grads, owned, name, self.backend.to_device(gy))
-        for name in reversed(self.order):
-            gy = grads.pop(name, None)
+    def _backward(self, plan: Plan, gys: Sequence[Any], input_grad: bool) -> list[Any]:
+        grads: list[Any] = [None] * len(self._readers)
+        owned = [False] * len(self._readers)
+        for o, gy in zip(self._outs, gys):
+            self._accumulate(plan, grads, owned, o, self.backend.to_device(gy))
+        needs = self._needs[input_grad]
+        for k in range(len(self._steps) - 1, -1, -1):
+            gy = grads[self._first + k]
             if gy is None:
                 continue  # nothing downstream of this node reaches an output
-            node = self.graph.nodes[name]
-            ctx = self.ctxs[name]
-            ctx.needs_input_grad = tuple(
-                self._param_upstream[i] or (input_grad and self._input_upstream[i]) for i in node.inputs
-            )
-            gxs = self._layer(name).backward(ctx, gy)
+            grads[self._first + k] = None
+            layer, ins, kind, name = self._steps[k]
+            ctx = self._train[k]
+            ctx.needs_input_grad = needs[k]
+            gxs = layer.backward(ctx, gy)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
-            if len(gxs) != len(node.inputs):
-                raise GraphError(
-                    f"{node.layer} node '{name}': backward returned {len(gxs)} gradient(s) for "
-                    f"{len(node.inputs)} input(s) (a bug in the layer)"
-                )
-            for k, (ref, gx, need) in enumerate(zip(node.inputs, gxs, ctx.needs_input_grad)):
+            if len(gxs) != len(ins):
+                raise GraphError(f"{kind} node '{name}': backward returned {len(gxs)} gradient(s) for "
+                                 f"{len(ins)} input(s) (a bug in the layer)")
+            for j, (i, gx, need) in enumerate(zip(ins, gxs, needs[k])):
                 if need:
                     if gx is None:
-                        raise GraphError(
-                            f"{node.layer} node '{name}': backward returned None for input {k} "
-                            f"('{ref}'), whose gradient was asked for (a bug in the layer)"
-                        )
-                    self._accumulate(grads, owned, ref, gx)
+                        raise GraphError(f"{kind} node '{name}': backward returned None for input {j} "
+                                         f"('{self.graph.nodes[name].inputs[j]}'), whose gradient was asked "
+                                         f"for (a bug in the layer)")
+                    self._accumulate(plan, grads, owned, i, gx)
         if not input_grad:
             return [None for _ in self.graph.inputs]
         out = []
-        for name in self.graph.inputs:
-            g = grads.get(name)
+        for i, name in enumerate(self.graph.inputs):
+            g = grads[i]
             out.append(self.backend.to_host(g) if g is not None else
-                       np.zeros((self._batch, *self.shapes[name]), self.dtype))
+                       np.zeros((plan.batch, *plan.shapes[name]), self.dtype))
         return out
 
-    def _accumulate(self, grads: dict[str, Any], owned: set[str], name: str, g: Any) -> None:
-        if name not in grads:
-            grads[name] = g  # borrowed from the layer that returned it
+    def _accumulate(self, plan: Plan, grads: list[Any], owned: list[bool], i: int, g: Any) -> None:
+        if grads[i] is None:
+            grads[i] = g  # borrowed from the layer that returned it
             return
-        if name in owned:
-            self.backend.add(grads[name], grads[name], g)
+        if owned[i]:
+            self.backend.add(grads[i], grads[i], g)
             return
         # A borrowed gradient may alias another value's (add returns gy twice): the sum goes
-        # into a buffer of our own, kept for the next step, in one pass over both.
-        acc = self._acc.get(name)
+        # into a buffer of our own, kept with the plan, in one pass over both.
+        acc = plan.acc.get(i)
         if acc is None or acc.shape != g.shape:
-            acc = self._acc[name] = self.backend.empty(g.shape, g.dtype)
-        self.backend.add(acc, grads[name], g)
-        grads[name] = acc
-        owned.add(name)
+            acc = plan.acc[i] = self.backend.empty(g.shape, g.dtype)
+        self.backend.add(acc, grads[i], g)
+        grads[i] = acc
+        owned[i] = True
 
     def release(self) -> None:
-        """Drop every buffer and saved value (the model is moving or being freed)."""
+        """Drop every buffer, plan and saved value (the model is moving or being freed)."""
         for ctx in self.ctxs.values():
             ctx.release()
-        self._accs, self._acc = {}, {}
+        self._plans = {}
         self._local = threading.local()
-        self._owner, self._pending = None, False
+        self._owner, self._pending, self._step = None, False, None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, ClassVar, Hashable, Sequence
+from typing import Any, Callable, ClassVar, Hashable, Sequence
 
 import numpy as np
 
@@ -17,22 +17,10 @@ __all__ = ["Layer", "Ctx", "ShapeError", "Shape"]
 
 Shape = tuple[int, ...]
 
-#: How many batch shapes a context keeps buffers for: the training batch, a short last batch,
-#: and room for a few more, without growing with every size ever seen.
+#: How many input signatures (batch and sizes, mode) the executor keeps buffers and plans for:
+#: the training batch, a short last batch, and room for a few more, without growing with every
+#: size ever seen.
 POOL_SHAPES = 4
-_NO_KEY = object()
-
-
-def keep_recent(table: dict[Any, Any], key: Hashable, make: Any) -> Any:
-    """``table[key]`` (made by ``make()`` if absent), kept as the most recently used entry;
-    beyond ``POOL_SHAPES`` entries the least recently used one is dropped."""
-    entry = table.pop(key, None)
-    if entry is None:
-        entry = make()
-        if len(table) >= POOL_SHAPES:
-            del table[next(iter(table))]
-    table[key] = entry
-    return entry
 
 
 class ShapeError(ValueError):
@@ -119,13 +107,21 @@ class Ctx:
     ``params``/``grads``/``buffers`` hold arrays on the node's device; gradients are added to
     (``+=``), never assigned. ``needs_input_grad`` says which input gradients backward must
     return (``None`` in the other places). Allocation helpers give device arrays of the
-    model's dtype; in steady state they hand back the buffers of the previous step at the same
-    batch shape (kept for ``POOL_SHAPES`` shapes), so a training step allocates nothing new.
+    model's dtype.
+
+    Replay: the executor keeps, per input signature (batch and sizes, dtype, training or not),
+    the buffers each node's ``empty`` calls got and hands the same ones back, in the same order,
+    the next time (in inference they are views the shared arena chose once). So a layer must
+    ask for the same buffers in the same order every time it runs on the same signature, as it
+    naturally does when its requests follow from shapes. Shape-dependent decisions (output
+    sizes, kernel paths, chunk counts, scratch shapes) go into ``ctx.plan(key, make)``: computed
+    once per signature, read back by forward and backward alike.
     """
 
     __slots__ = (
         "name", "device", "dtype", "params", "grads", "buffers", "training", "rng", "saved",
-        "needs_input_grad", "backend", "inplace", "_pool", "_pools", "_key", "_cursor", "_arena", "_taken",
+        "needs_input_grad", "backend", "inplace", "backward_expected", "_pool", "_cursor", "_arena", "_taken",
+        "_plans", "_own_pool", "_own_plans",
     )
 
     def __init__(self, name: str, device: str, dtype: np.dtype, backend: Any, rng: np.random.Generator):
@@ -141,9 +137,13 @@ class Ctx:
         self.saved: tuple = ()
         self.needs_input_grad: tuple[bool, ...] = ()
         self.inplace = False
-        self._pool: list[Any] = []
-        self._pools: dict[Any, list[Any]] = {}
-        self._key: Any = _NO_KEY
+        #: False in inference without gradients: a layer need not keep anything for a
+        #: backward that will not run.
+        self.backward_expected = True
+        self._own_pool: list[Any] = []  # used when the executor gives no signature's pool
+        self._own_plans: dict[Hashable, Any] = {}
+        self._pool = self._own_pool
+        self._plans = self._own_plans
         self._cursor = 0
         self._arena: Any = None
         self._taken: list[Any] = []
@@ -152,45 +152,58 @@ class Ctx:
         """Keep values for backward (``ctx.saved``): arrays, shapes, seeds."""
         self.saved = values
 
-    def begin(self, training: bool, arena: Any = None, inplace: bool = False, key: Hashable = None) -> None:
-        """Called by the executor before forward: rewinds the buffer pool of batch shape
-        ``key``, or (inference without gradients) points allocation at the shared arena.
-        ``inplace``: the layer may write its output into its input (an ``inplace_ok`` layer,
-        last reader of the input)."""
+    def begin(self, training: bool, grad: bool = True, pool: list[Any] | None = None,
+              plans: dict[Hashable, Any] | None = None, inplace: bool = False, arena: Any = None) -> None:
+        """Called by the executor before forward. ``pool`` and ``plans`` are the buffers and
+        layer plans of the current signature (the context's own when not given); ``arena``,
+        only on a signature's first inference, is where new buffers come from; ``inplace``:
+        the layer may write its output into its input (an ``inplace_ok`` layer, last reader
+        of the input)."""
         self.training = training
-        if key != self._key:
-            self._pool = keep_recent(self._pools, key, list)
-            self._key = key
+        self.backward_expected = grad
+        self._pool = self._own_pool if pool is None else pool
+        self._plans = self._own_plans if plans is None else plans
         self._cursor = 0
         self._arena = arena
         self.inplace = inplace
 
-    @property
-    def backward_expected(self) -> bool:
-        """False in inference without gradients (buffers come from the shared arena): a layer
-        need not keep anything for a backward that will not run."""
-        return self._arena is None
+    def plan(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The layer's decisions for ``key`` (e.g. the input's shape): ``make()`` the first time
+        in this signature, the same object afterwards, in forward and backward alike."""
+        found = self._plans.get(key)
+        if found is None:
+            if len(self._plans) >= 4 * POOL_SHAPES:  # a context used outside the executor
+                self._plans.clear()
+            found = self._plans[key] = make()
+        return found
 
     def empty(self, shape: Sequence[int], dtype: Any = None) -> Any:
         """An uninitialised array on the node's device (the model's dtype by default)."""
-        dtype = self.dtype if dtype is None else np.dtype(dtype)
         i = self._cursor
-        if self._arena is None and i < len(self._pool):  # the steady state: kept short
-            buf = self._pool[i]
-            self._cursor = i + 1
-            if buf.shape == tuple(shape) and buf.dtype == dtype:
+        pool = self._pool
+        if i < len(pool):  # the steady state: the buffer this request got last time
+            buf = pool[i]
+            if buf.shape == shape and buf.dtype == (self.dtype if dtype is None else dtype):
+                self._cursor = i + 1
                 return buf
+        return self._new(shape, dtype)
+
+    def _new(self, shape: Sequence[int], dtype: Any) -> Any:
         shape = tuple(int(s) for s in shape)
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        i, pool = self._cursor, self._pool
+        self._cursor = i + 1
+        if i < len(pool) and pool[i].shape == shape and pool[i].dtype == dtype:
+            return pool[i]  # the same buffer, asked for with a list or numpy ints
         if self._arena is not None:
             buf = self._arena.take(shape, dtype)
             self._taken.append(buf)
-            return buf
-        buf = self.backend.empty(shape, dtype)
-        if i < len(self._pool):
-            self._pool[i] = buf
         else:
-            self._cursor = i + 1
-            self._pool.append(buf)
+            buf = self.backend.empty(shape, dtype)
+        if i < len(pool):
+            pool[i] = buf
+        else:
+            pool.append(buf)
         return buf
 
     def zeros(self, shape: Sequence[int], dtype: Any = None) -> Any:
@@ -205,9 +218,10 @@ class Ctx:
         return self.zeros(x.shape, x.dtype)
 
     def release(self) -> None:
-        """Drop saved values and pooled buffers (the model is moving or being freed)."""
+        """Drop saved values, buffers and plans (the model is moving or being freed)."""
         self.saved = ()
-        self._pool = []
-        self._pools = {}
-        self._key = _NO_KEY
+        self._own_pool = self._pool = []
+        self._own_plans = self._plans = {}
         self._cursor = 0
+        self._arena = None
+        self._taken = []

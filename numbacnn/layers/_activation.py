@@ -15,6 +15,9 @@ from typing import Any, ClassVar
 from ..layer import Ctx, Layer, Shape
 
 
+_KERNELS: dict[tuple[type, str, str], Any] = {}
+
+
 def _flat(a: Any) -> Any:
     return a.reshape(a.size)
 
@@ -36,8 +39,14 @@ class OutputGradActivation(Layer):
         return self.flops_per_element * math.prod(output_shape)
 
     def _kernel(self, device: str, which: str) -> Any:
-        module = importlib.import_module(f"{__package__}.{self.name}_{device}")
-        return getattr(module, f"{self.name}_{which}")
+        # Looked up once per class, device and direction: an import per call costs more than
+        # a small kernel runs.
+        key = (type(self), device, which)
+        kernel = _KERNELS.get(key)
+        if kernel is None:
+            module = importlib.import_module(f"{__package__}.{self.name}_{device}")
+            kernel = _KERNELS[key] = getattr(module, f"{self.name}_{which}")
+        return kernel
 
     def _forward(self, ctx: Ctx, x: Any) -> Any:
         y = x if ctx.inplace else ctx.empty_like(x)

@@ -58,11 +58,15 @@ class AvgPool2d(Layer):
         return (*self.kernel, *self.stride, *self.padding, int(self.count_include_pad),
                 self.divisor_override or 0)
 
+    def _plan(self, x_shape: Shape) -> tuple[Shape, tuple[int, ...]]:
+        # The output shape and the kernels' geometry: asked once per input signature (ctx.plan).
+        return (x_shape[0], *self.output_shape(tuple(x_shape[1:]))), self._geometry()
+
     def _forward(self, ctx: Ctx, x: Any, kernels: Any) -> Any:
-        N = x.shape[0]
-        y = ctx.empty((N, *self.output_shape(tuple(x.shape[1:]))))
-        kernels.avg_pool2d_forward(x, self._geometry(), y)
-        ctx.save(tuple(x.shape))
+        out, geo = ctx.plan(x.shape, lambda: self._plan(x.shape))
+        y = ctx.empty(out)
+        kernels.avg_pool2d_forward(x, geo, y)
+        ctx.save(x.shape)
         return y
 
     def _backward(self, ctx: Ctx, gy: Any, kernels: Any) -> Any:
@@ -70,7 +74,7 @@ class AvgPool2d(Layer):
             return None
         (x_shape,) = ctx.saved
         gx = ctx.empty(x_shape)
-        kernels.avg_pool2d_backward_input(gy, self._geometry(), gx)
+        kernels.avg_pool2d_backward_input(gy, ctx.plan(x_shape, lambda: self._plan(x_shape))[1], gx)
         return gx
 
     def forward_cpu(self, ctx: Ctx, x: Any) -> Any:

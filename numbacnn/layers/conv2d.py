@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,24 @@ class Conv2d(Layer):
                 and 2 <= S <= 6 and min(C, self.out_channels) >= WINOGRAD_MIN_CHANNELS
                 and (max(R, S) <= 3 or (H + pt + pb - R + 1) * (W + pl + pr - S + 1) >= WINOGRAD_MIN_PIXELS))
 
+    def _cpu_plan(self, x_shape: Shape, keep: bool) -> SimpleNamespace:
+        """The CPU path's decisions for an (N, C, H, W) input, made once per input signature
+        (``ctx.plan``): output shape, chunks, path, geometry. ``keep``: a backward is to come,
+        so every sample's padded HWC image is kept for it (else one per chunk is scratch)."""
+        from .._threads import batch_chunks
+
+        N, C = x_shape[:2]
+        T = batch_chunks(N)
+        plan = SimpleNamespace(out=self.output_shape(x_shape[1:]), T=T, geo=self._geometry(),
+                               winograd=self._winograd(x_shape), pixel_major=self._pixel_major(C))
+        if plan.winograd:
+            from .conv2d_winograd_cpu import scratch
+
+            K, P, Q = plan.out
+            plan.forward_scratch = scratch(N if keep else T, T, C, K, P, Q, self.kernel)
+            plan.backward_scratch = scratch(N, T, C, K, P, Q, self.kernel)
+        return plan
+
     def _hwc_scratch(self, ctx: Ctx, x_shape: Shape, images: int) -> tuple[Any, Any, int]:
         # Weights as (K, R, S, C), and ``images`` zero-padded HWC images.
         C, H, W = x_shape[1:]
@@ -130,67 +149,66 @@ class Conv2d(Layer):
         return wp, ctx.empty((images, H + pt + pb, W + pl + pr, C)), C * R * S
 
     def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from .._threads import batch_chunks
         from .conv2d_cpu import conv2d_forward, conv2d_forward_hwc, pixel_block
 
         N, C = x.shape[:2]
-        K, P, Q = self.output_shape(x.shape[1:])
+        plan = ctx.plan((x.shape, ctx.backward_expected), lambda: self._cpu_plan(x.shape, ctx.backward_expected))
+        K, P, Q = plan.out
         R, S = self.kernel
-        T = batch_chunks(N)
+        T = plan.T
         y = ctx.empty((N, K, P, Q))
         b = self._bias(ctx, ctx.params)
-        if self._winograd(x.shape):
-            from .conv2d_winograd_cpu import conv2d_forward_wino, scratch
+        if plan.winograd:
+            from .conv2d_winograd_cpu import conv2d_forward_wino
 
-            # As below: every sample's padded HWC image is kept when a backward is to come.
-            sh, tr = scratch(N if ctx.backward_expected else T, T, C, K, P, Q, self.kernel)
+            sh, tr = plan.forward_scratch
             U, xp, V, M, pix, R = (ctx.empty(sh[k]) for k in ("U", "xp", "V", "M", "pix", "R"))
             conv2d_forward_wino(x, ctx.params["weight"], b, y, U, xp, V, M, pix, R, (self.pads[0], self.pads[2]), tr)
             ctx.save(x, U, xp)
-        elif self._pixel_major(C):
+        elif plan.pixel_major:
             # With a backward to come, every sample's HWC image is kept for it (as big as x);
             # otherwise one per chunk of the batch is scratch.
             wp, xp, J = self._hwc_scratch(ctx, x.shape, N if ctx.backward_expected else T)
             B = pixel_block(P * Q, J)
             conv2d_forward_hwc(x, ctx.params["weight"], b, y, wp, xp, ctx.empty((T, B, J)), ctx.empty((T, B, K)),
-                               self._geometry())
+                               plan.geo)
             ctx.save(x, wp, xp)
         else:
             col = None if self._direct() else ctx.empty((T, C * R * S, P * Q))  # a column matrix per chunk
-            conv2d_forward(x, ctx.params["weight"], b, y, col, self._geometry(), T)
+            conv2d_forward(x, ctx.params["weight"], b, y, col, plan.geo, T)
             ctx.save(x)
         return y
 
     def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .._threads import batch_chunks
         from .conv2d_cpu import conv2d_backward, conv2d_backward_hwc, pixel_block
 
         x = ctx.saved[0]
         N, C = x.shape[:2]
-        w, (R, S), T = ctx.params["weight"], self.kernel, batch_chunks(N)
+        plan = ctx.plan((x.shape, True), lambda: self._cpu_plan(x.shape, True))
+        w, (R, S), T = ctx.params["weight"], self.kernel, plan.T
         K, P, Q = gy.shape[1:]
         L = P * Q
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
         gw, gb = ctx.grads["weight"], self._bias(ctx, ctx.grads)
-        if self._winograd(x.shape):
-            from .conv2d_winograd_cpu import conv2d_backward_wino, scratch
+        if plan.winograd:
+            from .conv2d_winograd_cpu import conv2d_backward_wino
 
             _, U, xp = ctx.saved
-            sh, tr = scratch(N, T, C, K, P, Q, self.kernel)
+            sh, tr = plan.backward_scratch
             V, M, pix, R, part = (ctx.empty(sh[k]) for k in ("V", "M", "pix", "R", "part"))
             gxp = None if gx is None else ctx.empty((T, *xp.shape[1:]))
             conv2d_backward_wino(x, gy, gw, gb, gx, U, xp, gxp, V, M, pix, R, part, (self.pads[0], self.pads[2]), tr)
             return gx
         part = ctx.empty((T, K, w.size // K))  # per-chunk partial weight gradients
-        if self._pixel_major(C):  # the pixel-major forward ran
+        if plan.pixel_major:  # the pixel-major forward ran
             _, wp, xp = ctx.saved
             J = wp.size // K
             gxp = None if gx is None else ctx.empty((T, *xp.shape[1:]))
             colt = ctx.empty((T, pixel_block(L, J), J))
-            conv2d_backward_hwc(x, gy, gw, gb, gx, wp, xp, gxp, colt, part, self._geometry())
+            conv2d_backward_hwc(x, gy, gw, gb, gx, wp, xp, gxp, colt, part, plan.geo)
         else:
             col = None if self._direct() else ctx.empty((T, C * R * S, L))
-            conv2d_backward(x, w, gy, gw, gb, gx, col, part, self._geometry())
+            conv2d_backward(x, w, gy, gw, gb, gx, col, part, plan.geo)
         return gx
 
     # CUDA: implicit GEMM -------------------------------------------------------------------

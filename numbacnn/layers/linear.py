@@ -55,21 +55,19 @@ class Linear(Layer):
 
     # CPU: BLAS products on chunks of the batch, one per thread.
     def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from .._threads import batch_chunks
         from .linear_cpu import linear_forward
 
         y = ctx.empty((x.shape[0], self.out_features))
-        linear_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, batch_chunks(x.shape[0]))
+        linear_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, ctx.plan(x.shape[0], _chunks(x)))
         ctx.save(x)
         return y
 
     def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .._threads import batch_chunks
         from .linear_cpu import linear_backward
 
         (x,) = ctx.saved
         w = ctx.params["weight"]
-        part = ctx.empty((batch_chunks(x.shape[0]), *w.shape))  # per-chunk partial weight gradients
+        part = ctx.empty((ctx.plan(x.shape[0], _chunks(x)), *w.shape))  # per-chunk partial weight gradients
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
         linear_backward(x, w, gy, ctx.grads["weight"], self._bias(ctx, ctx.grads), part, gx)
         return gx
@@ -97,3 +95,10 @@ class Linear(Layer):
     def _bias(self, ctx: Ctx, arrays: dict[str, Any]) -> Any:
         # Kernels take an empty array for "no bias", so one compiled version serves both.
         return arrays["bias"] if self.bias else ctx.empty((0,))
+
+
+def _chunks(x: Any) -> Any:
+    # Into how many chunks the CPU kernels cut the batch (a plan: asked once per signature).
+    from .._threads import batch_chunks
+
+    return lambda: batch_chunks(x.shape[0])

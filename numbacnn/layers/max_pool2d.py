@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..layer import Ctx, Layer, Shape, ShapeError
 
 Pair = tuple[int, int]
+_INDEX = np.dtype(np.int32)
 
 
 def pair(value: Any, what: str, minimum: int) -> Pair:
@@ -105,22 +108,25 @@ class MaxPool2d(Layer):
     def _geometry(self) -> tuple[int, ...]:
         return (*self.kernel, *self.stride, *self.padding, *self.dilation)
 
+    def _plan(self, x_shape: Shape) -> tuple[Shape, tuple[int, ...]]:
+        # The output shape and the kernels' geometry: asked once per input signature (ctx.plan).
+        return (x_shape[0], *self.output_shape(tuple(x_shape[1:]))), self._geometry()
+
     def _forward(self, ctx: Ctx, x: Any, kernels: Any) -> Any:
-        N = x.shape[0]
-        C, P, Q = self.output_shape(tuple(x.shape[1:]))
-        y = ctx.empty((N, C, P, Q))
+        out, geo = ctx.plan(x.shape, lambda: self._plan(x.shape))
+        y = ctx.empty(out)
         # Each output keeps the flat in-plane index of its maximum, for backward's routing.
-        index = ctx.empty((N, C, P, Q), "int32")
-        kernels.max_pool2d_forward(x, self._geometry(), y, index)
-        ctx.save(index, tuple(x.shape))
+        index = ctx.empty(out, _INDEX)
+        kernels.max_pool2d_forward(x, geo, y, index)
+        ctx.save(index, x.shape)
         return y
 
     def _backward(self, ctx: Ctx, gy: Any, kernels: Any) -> Any:
         if not ctx.needs_input_grad[0]:
             return None
-        index, (N, C, H, W) = ctx.saved
-        gx = ctx.empty((N, C, H, W))
-        kernels.max_pool2d_backward_input(gy, index, self._geometry(), gx)
+        index, x_shape = ctx.saved
+        gx = ctx.empty(x_shape)
+        kernels.max_pool2d_backward_input(gy, index, ctx.plan(x_shape, lambda: self._plan(x_shape))[1], gx)
         return gx
 
     def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
