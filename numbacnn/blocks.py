@@ -9,47 +9,30 @@ the block and the node. Without ``name=``, a block is named ``"<block>_<k>"`` wi
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
+from ._shapes import show
 from .graph import Graph, GraphError, Node
-from .layer import Shape, ShapeError
+from .layer import ShapeError
 
 __all__ = ["inception", "bottleneck", "basic_block", "node_shape"]
 
-# Per-graph cache of the per-sample shapes inferred so far: nodes never change once added.
-_shape_cache: "weakref.WeakKeyDictionary[Graph, dict[str, Shape]]" = weakref.WeakKeyDictionary()
 
-
-def node_shape(g: Graph, x: Node) -> Shape:
-    """The per-sample output shape of node ``x`` (shape inference of the nodes it depends on).
+def node_shape(g: Graph, x: Node) -> tuple[int | None, ...]:
+    """The per-sample output shape of node ``x`` (None where it follows a free input size).
 
     A block needs the channel count of its input to decide between an identity and a
-    projection shortcut. Errors are worded as ``Model`` words them: ``"<layer> node '<name>': ..."``.
+    projection shortcut. The inference is the graph's own (``Graph.shapes``), errors included.
     """
-    shapes = _shape_cache.setdefault(g, {})
-    if x.name in shapes:
-        return shapes[x.name]
-    needed: set[str] = set()
-    stack = [x.name]
-    while stack:
-        name = stack.pop()
-        if name not in needed and name not in shapes:
-            needed.add(name)
-            stack.extend(g.nodes[name].inputs)
-    for name, node in g.nodes.items():  # creation order is a topological order
-        if name not in needed:
-            continue
-        if node.layer == "input":
-            shapes[name] = tuple(int(s) for s in node.config["shape"])
-            continue
-        ins = [shapes[i] for i in node.inputs]
-        try:
-            out = node.obj.output_shape(*ins)
-        except ShapeError as e:
-            raise ShapeError(f"{node.layer} node '{name}': {e}") from None
-        shapes[name] = tuple(int(s) for s in out)
-    return shapes[x.name]
+    return g.shapes(upto=[x.name])[x.name]
+
+
+def _in_channels(g: Graph, x: Node, block: str) -> int:
+    shape = node_shape(g, x)
+    if len(shape) != 3 or shape[0] is None:
+        raise ShapeError(f"{block}: expected an input of shape (C, H, W) with a fixed C, found node "
+                         f"'{x.name}' of shape {show(shape)}")
+    return shape[0]
 
 
 def _block_name(g: Graph, kind: str, name: str | None) -> str:
@@ -126,7 +109,7 @@ def bottleneck(g: Graph, x: Node, mid_channels: int, out_channels: int, stride: 
     """
     _channels(mid_channels=mid_channels, out_channels=out_channels, stride=stride)
     x = _node(g, x, "bottleneck")
-    in_channels = node_shape(g, x)[0]
+    in_channels = _in_channels(g, x, "bottleneck")
     with g.scope(_block_name(g, "bottleneck", name)):
         h = g.relu(_conv_bn(g, x, mid_channels, 1, 1, "conv1", "bn1"), name="relu1")
         h = g.relu(_conv_bn(g, h, mid_channels, 3, stride, "conv2", "bn2"), name="relu2")
@@ -143,7 +126,7 @@ def basic_block(g: Graph, x: Node, out_channels: int, stride: int = 1,
     """
     _channels(out_channels=out_channels, stride=stride)
     x = _node(g, x, "basic_block")
-    in_channels = node_shape(g, x)[0]
+    in_channels = _in_channels(g, x, "basic_block")
     with g.scope(_block_name(g, "basic_block", name)):
         h = g.relu(_conv_bn(g, x, out_channels, 3, stride, "conv1", "bn1"), name="relu1")
         h = _conv_bn(g, h, out_channels, 3, 1, "conv2", "bn2")

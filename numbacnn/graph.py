@@ -12,10 +12,10 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
-from . import registry
-from .layer import Layer, Shape
+from . import _shapes, registry
+from .layer import Layer
 
 __all__ = ["Graph", "Node", "GraphError"]
 
@@ -88,15 +88,17 @@ class Graph:
             f"{layer} node '{name}': expected a node of this graph as input, found {x!r}"
         )
 
-    def input(self, shape: Shape, name: str = "input") -> Node:
-        """Add a graph input of per-sample shape ``shape`` (e.g. (C, H, W)); batch is free."""
+    def input(self, shape: Sequence[int | None], name: str = "input") -> Node:
+        """Add a graph input of per-sample shape ``shape`` (e.g. (C, H, W)); batch is free, and
+        so is any dim given as None: ``g.input((3, None, None))`` takes any height and width."""
         full = self._new_name("input", name)
         try:
-            shape = tuple(int(s) for s in shape)
+            shape = tuple(None if s is None else int(s) for s in shape)
         except TypeError:
-            raise GraphError(f"input '{full}': shape must be a tuple of ints, found {shape!r}") from None
-        if not shape or any(s <= 0 for s in shape):
-            raise GraphError(f"input '{full}': shape must be positive sizes, found {shape}")
+            raise GraphError(f"input '{full}': shape must be a tuple of ints (or None for a free size), "
+                             f"found {shape!r}") from None
+        if not shape or any(s is not None and s <= 0 for s in shape):
+            raise GraphError(f"input '{full}': shape must be positive sizes (or None for a free size), found {shape}")
         node = Node(full, "input", {"shape": list(shape)}, graph=self)
         self.nodes[full] = node
         self.inputs.append(full)
@@ -161,6 +163,12 @@ class Graph:
 
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | set(registry.layer_names()))
+
+    # shapes ----------------------------------------------------------------------------------
+    def shapes(self, upto: Iterable[str] | None = None) -> dict[str, tuple[int | None, ...]]:
+        """Per-sample output shape of every node (or of the nodes ``upto`` and what they depend
+        on); a dim that follows a free input size (None) is None. Shape errors name the node."""
+        return _shapes.declared(self, upto).shapes
 
     # the model's copy -----------------------------------------------------------------------
     def frozen(self) -> "Graph":
@@ -250,8 +258,9 @@ def _check_spec(spec: dict[str, Any]) -> None:
         if entry["layer"] == "input":
             shape = entry["config"].get("shape")
             if (not isinstance(shape, list) or not shape
-                    or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-                raise GraphError(f"{who}: an input's config needs 'shape', a list of positive sizes, found {shape!r}")
+                    or not all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0) for d in shape)):
+                raise GraphError(f"{who}: an input's config needs 'shape', a list of positive sizes "
+                                 f"(null for a free size), found {shape!r}")
     for key in ("inputs", "outputs"):
         for ref in spec[key]:
             if not isinstance(ref, str) or ref not in names:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from ._checkpoint import from_json_array, nonfinite, read_checkpoint, write_npz
 from ._threads import kernel_launches, single_thread_blas
 from .device import DeviceError, check_device, get_backend
 from .executor import Executor
+from . import _shapes
 from .graph import Graph, GraphError
 from .layer import Shape, ShapeError
 
@@ -42,18 +43,24 @@ class Model:
         self.graph = graph.frozen()  # the model's own copy: later edits of ``graph`` cannot reach it
         self.seed = int(seed)
         self.dtype = _dtype(dtype)
-        self.shapes: dict[str, Shape] = {}
+        found = _shapes.declared(self.graph)
+        # Per-sample shapes, None where a dim follows a free input size (summary shows "?").
+        self.shapes: dict[str, tuple[int | None, ...]] = found.shapes
         self.order = [n for n, node in self.graph.nodes.items() if node.layer != "input"]
-        self._infer_shapes()
+        # Parameters never depend on a free size, so one probe's shapes create them all.
+        some = found.probes[0] if found.probes else found.shapes
         rng = np.random.default_rng(self.seed)
         self.params: dict[str, Any] = {}
         self.buffers: dict[str, Any] = {}
         for name in self.order:
             node = self.graph.nodes[name]
-            ins = [self.shapes[i] for i in node.inputs]
-            for key, value in node.obj.init_params(ins, rng).items():
+            ins = [some[i] for i in node.inputs]
+            params, buffers = node.obj.init_params(ins, rng), node.obj.init_buffers(ins)
+            if found.probes and any(found.probes[1][i] != some[i] for i in node.inputs):
+                _check_fixed_params(name, node, found, params, buffers)
+            for key, value in params.items():
                 self.params[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=self.dtype)
-            for key, value in node.obj.init_buffers(ins).items():
+            for key, value in buffers.items():
                 self.buffers[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=self.dtype)
         self.grads: dict[str, Any] = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.device = "cpu"
@@ -63,24 +70,31 @@ class Model:
             self.to(device)
 
     # structure -------------------------------------------------------------------------------
-    def _infer_shapes(self) -> None:
-        for name in self.graph.inputs:
-            self.shapes[name] = tuple(self.graph.nodes[name].config["shape"])
-        for name in self.order:
-            node = self.graph.nodes[name]
-            ins = [self.shapes[i] for i in node.inputs]
-            try:
-                out = node.obj.output_shape(*ins)
-            except ShapeError as e:
-                raise ShapeError(f"{node.layer} node '{name}': {e}") from None
-            if not isinstance(out, tuple) or not out or not all(isinstance(s, (int, np.integer)) for s in out):
-                raise GraphError(f"{node.layer} node '{name}': output_shape() returned {out!r}, expected a tuple of ints")
-            if any(s <= 0 for s in out):
-                raise ShapeError(
-                    f"{node.layer} node '{name}': output shape {tuple(out)} from input shape(s) "
-                    f"{', '.join(map(str, ins))} is empty; the input is too small for this layer"
-                )
-            self.shapes[name] = tuple(int(s) for s in out)
+    def shapes_at(self, *input_shapes: Sequence[int]) -> dict[str, Shape]:
+        """Concrete per-sample shapes of every node for inputs of these per-sample shapes, one
+        per graph input (``model.shapes_at((3, 64, 48))``); what a model with free sizes
+        (``g.input((3, None, None))``) computes at that size. Bad shapes name the node."""
+        names = self.graph.inputs
+        if len(input_shapes) != len(names):
+            raise ValueError(f"shapes_at: the model takes {len(names)} input(s), found {len(input_shapes)} shape(s)")
+        for name, shape in zip(names, input_shapes):
+            if not _shapes.fits(tuple(shape), self.shapes[name]) or min(shape, default=0) < 1:
+                raise ShapeError(f"input '{name}': expected a per-sample shape {_shapes.show(self.shapes[name])} "
+                                 f"(? is any size), found {tuple(shape)}")
+        return _shapes.infer(self.graph, dict(zip(names, input_shapes)))
+
+    def _sized(self, at: Any, what: str) -> dict[str, Shape]:
+        """Concrete shapes for ``at`` (a per-sample input shape, or a list of them), or the
+        declared ones when no input has a free size."""
+        if at is None:
+            if any(_shapes.is_free(self.shapes[n]) for n in self.graph.inputs):
+                example = _shapes.show(tuple(32 if d is None else d for d in self.shapes[self.graph.inputs[0]]))
+                raise ValueError(f"{what} depends on the input size and this model takes free sizes "
+                                 f"{', '.join(_shapes.show(s) for s in self.input_shapes)}: give one, "
+                                 f"e.g. {what}(at={example})")
+            return self.shapes  # type: ignore[return-value]
+        shapes = [at] if at and not isinstance(at[0], (tuple, list)) else list(at)
+        return self.shapes_at(*shapes)
 
     def _bind(self) -> None:
         per = {n: {} for n in self.order}
@@ -96,11 +110,13 @@ class Model:
         self._executor.bind(self.device, get_backend(self.device), per, grads, bufs)
 
     @property
-    def input_shapes(self) -> list[Shape]:
+    def input_shapes(self) -> list[tuple[int | None, ...]]:
+        """Per-sample input shapes as declared (None: a free size)."""
         return [self.shapes[n] for n in self.graph.inputs]
 
     @property
-    def output_shape(self) -> Shape:
+    def output_shape(self) -> tuple[int | None, ...]:
+        """Per-sample shape of the (first) output; None where it follows a free input size."""
         return self.shapes[self.graph.outputs[0]]
 
     # running ---------------------------------------------------------------------------------
@@ -186,39 +202,58 @@ class Model:
     def param_count(self) -> int:
         return int(sum(int(np.prod(v.shape)) for v in self.params.values()))
 
-    def flops(self) -> int:
-        """Forward FLOPs of one sample."""
-        total = 0
-        for name in self.order:
-            node = self.graph.nodes[name]
-            total += int(node.obj.flops([self.shapes[i] for i in node.inputs], self.shapes[name]))
-        return total
+    def _node_flops(self, shapes: dict[str, Shape]) -> dict[str, int]:
+        return {name: int(self.graph.nodes[name].obj.flops([shapes[i] for i in self.graph.nodes[name].inputs],
+                                                           shapes[name])) for name in self.order}
 
-    def summary(self) -> str:
-        """A table: node, layer, output shape, parameters, FLOPs (per sample)."""
-        rows = [("node", "layer", "output shape", "params", "FLOPs")]
+    def flops(self, at: Any = None) -> int:
+        """Forward FLOPs of one sample; with free input sizes, at ``at`` (e.g. ``(3, 32, 32)``)."""
+        return sum(self._node_flops(self._sized(at, "flops")).values())
+
+    def summary(self, at: Any = None) -> str:
+        """A table: node, layer, output shape, parameters, FLOPs (per sample).
+
+        A dim that follows a free input size shows as ``?``; FLOPs that depend on it read
+        "per size", or are given at ``at`` (a per-sample input shape, e.g. ``(3, 32, 32)``)."""
+        free = any(_shapes.is_free(s) for s in self.input_shapes)
+        if at is not None or not free:
+            counts = self._node_flops(self._sized(at, "summary"))
+            flops = {n: f"{f:,}" for n, f in counts.items()}
+            total = f"{sum(counts.values()):,}"
+        else:
+            a, b = (self._node_flops(p) for p in _shapes.declared(self.graph).probes)
+            flops = {n: f"{a[n]:,}" if a[n] == b[n] else "per size" for n in self.order}
+            total = "per size"
+        head = "FLOPs" if at is None else f"FLOPs at {_shapes.show(at)}" if not isinstance(at[0], (tuple, list)) \
+            else "FLOPs at " + ", ".join(map(_shapes.show, at))
+        rows = [("node", "layer", "output shape", "params", head)]
         for name in self.graph.inputs:
-            rows.append((name, "input", str(self.shapes[name]), "0", "0"))
+            rows.append((name, "input", _shapes.show(self.shapes[name]), "0", "0"))
         for name in self.order:
             node = self.graph.nodes[name]
             n = sum(int(np.prod(v.shape)) for k, v in self.params.items() if k.rpartition(".")[0] == name)
-            f = node.obj.flops([self.shapes[i] for i in node.inputs], self.shapes[name])
-            rows.append((name, node.layer, str(self.shapes[name]), f"{n:,}", f"{int(f):,}"))
-        rows.append(("total", "", "", f"{self.param_count():,}", f"{self.flops():,}"))
+            rows.append((name, node.layer, _shapes.show(self.shapes[name]), f"{n:,}", flops[name]))
+        rows.append(("total", "", "", f"{self.param_count():,}", total))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         line = "  ".join("-" * w for w in widths)
         fmt = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        return "\n".join([fmt(rows[0]), line, *map(fmt, rows[1:-1]), line, fmt(rows[-1])])
+        text = [fmt(rows[0]), line, *map(fmt, rows[1:-1]), line, fmt(rows[-1])]
+        if free:
+            text.append("? follows the input's free size" + ("" if at is not None else
+                        "; FLOPs at one size: summary(at=(C, H, W))"))
+        return "\n".join(text)
 
-    def memory_plan(self, batch_size: int = 1) -> dict[str, Any]:
-        """Activation memory of inference at ``batch_size``, measured on a pass over zeros.
+    def memory_plan(self, batch_size: int = 1, at: Any = None) -> dict[str, Any]:
+        """Activation memory of inference at ``batch_size``, measured on a pass over zeros
+        (with free input sizes, inputs of per-sample shape ``at``).
 
         Returns ``rows`` (node, output bytes, activation bytes alive while it ran: its inputs
         and output), ``keep_all_bytes`` (every activation kept, as a naive executor would),
         ``peak_activation_bytes`` (the most alive at once) and ``arena_bytes`` (all the arena
         allocated, layer scratch included).
         """
-        xs = [np.zeros((batch_size, *s), self.dtype) for s in self.input_shapes]
+        shapes = self._sized(at, "memory_plan")
+        xs = [np.zeros((batch_size, *shapes[n]), self.dtype) for n in self.graph.inputs]
         with single_thread_blas, kernel_launches():
             # A pass of its own: a fresh arena measures this batch size alone, and a training
             # step waiting for its backward keeps what it saved.
@@ -307,3 +342,25 @@ class Model:
         model.load_state(state, source=str(path))
         return model
 
+
+
+def _check_fixed_params(name: str, node: Any, found: _shapes.FreeShapes, params: dict[str, Any],
+                        buffers: dict[str, Any]) -> None:
+    """Refuse a node whose parameters (or buffers) would change with a free input size."""
+    other = [found.probes[1][i] for i in node.inputs]
+    got = {k: np.shape(v) for k, v in {**params, **buffers}.items()}
+    alt = {k: np.shape(v) for k, v in {**node.obj.init_params(other, np.random.default_rng(0)),
+                                       **node.obj.init_buffers(other)}.items()}
+    if got == alt:
+        return
+    key = next((k for k in got if got[k] != alt.get(k)), next(iter(alt)))
+    ins = [found.shapes[i] for i in node.inputs]
+    a, b = found.sizes
+    fix = ("give the input a fixed channel count: only spatial sizes may be free" if any(len(s) > 1 and s[0] is None
+           for s in ins) else "put global_avg_pool2d, adaptive pooling or spp before flatten, so that a fixed "
+           "number of features reaches it")
+    raise ShapeError(
+        f"{node.layer} node '{name}': its parameters would depend on the free input size (its input "
+        f"{', '.join(map(_shapes.show, ins))} varies with it: '{key}' would be {got.get(key)} with free sizes "
+        f"{a} and {alt.get(key)} with {b}); {fix}"
+    )

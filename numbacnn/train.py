@@ -24,6 +24,7 @@ import numpy as np
 
 from . import losses
 from ._checkpoint import check_writable, load_trainer_state, nonfinite, save_trainer_state
+from ._shapes import fits, is_free, show
 from .model import Model
 
 __all__ = ["Trainer", "History", "Callback", "TrainingDivergedError"]
@@ -137,8 +138,8 @@ class Trainer:
         if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
             raise TypeError(f"{what}: x and y must be NumPy arrays, found {type(x).__name__} and {type(y).__name__}")
         want = self.model.input_shapes[0]
-        if x.shape[1:] != want:
-            raise ValueError(f"{what}: x must be (N, {', '.join(map(str, want))}), found {x.shape}")
+        if not fits(x.shape[1:], want) or 0 in x.shape[1:]:
+            raise ValueError(f"{what}: x must be {show(want, batch=True)}{_any(want)}, found {x.shape}")
         if x.dtype != self.model.dtype:
             raise TypeError(f"{what}: x is {x.dtype} but the model is {self.model.dtype.name}; convert the data "
                             f"(x.astype(np.{self.model.dtype.name}))")
@@ -309,11 +310,14 @@ class Trainer:
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """The model's outputs (logits) for every sample, in evaluation mode."""
         want = self.model.input_shapes[0]
-        if not isinstance(x, np.ndarray) or x.shape[1:] != want:
-            raise ValueError(f"predict: x must be an array (N, {', '.join(map(str, want))}), "
+        if not isinstance(x, np.ndarray) or not fits(x.shape[1:], want) or 0 in x.shape[1:]:
+            raise ValueError(f"predict: x must be an array {show(want, batch=True)}{_any(want)}, "
                              f"found {getattr(x, 'shape', type(x).__name__)}")
         outs = [self.model.forward(x[s:s + batch_size], training=False) for s in _batches(len(x), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, *self.model.output_shape), self.model.dtype)
+        if outs:
+            return np.concatenate(outs)
+        out = self.model.shapes_at(x.shape[1:])[self.model.graph.outputs[0]]
+        return np.zeros((0, *out), self.model.dtype)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ...}`` over all of ``x`` (accuracy for integer labels)."""
@@ -339,6 +343,10 @@ class Trainer:
         """Restore a ``save_checkpoint`` file; the next ``fit`` continues from its epoch."""
         load_trainer_state(self, path)
         self._resumed = True
+
+
+def _any(shape: tuple[int | None, ...]) -> str:
+    return " (? is any size)" if is_free(shape) else ""
 
 
 def _short(logs: dict[str, float]) -> dict[str, str]:
