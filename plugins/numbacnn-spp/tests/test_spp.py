@@ -52,6 +52,22 @@ def test_spp_any_input_size_gives_one_length():
         assert model.forward(np.ones((2, 5, H, W), np.float32)).shape == (2, 105)
 
 
+def test_one_spp_model_takes_any_input_size():
+    # What spatial pyramid pooling is for: one model, one classifier, images of any size.
+    g = nc.Graph()
+    h = g.relu(g.conv2d(g.input((3, None, None)), out_channels=4, kernel_size=3, padding=1, name="conv"))
+    g.output(g.linear(g.spp(h, levels=[1, 2, 4], name="spp"), out_features=5, name="fc"))
+    model = nc.Model(g, seed=0)
+    assert model.shapes["spp"] == (4 * 21,) and model.params["fc.weight"].shape == (5, 84)
+    rng = np.random.default_rng(0)
+    for H, W in [(13, 11), (20, 20), (13, 11)]:
+        x = rng.standard_normal((2, 3, H, W)).astype(np.float32)
+        assert model.forward(x).shape == (2, 5)
+        y = model.forward(x, training=True)
+        gx = model.backward(np.ones_like(y))
+        assert y.shape == (2, 5) and gx.shape == x.shape and np.isfinite(gx).all()
+
+
 def test_spp_matches_torch_adaptive_max_pool():
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
