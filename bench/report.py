@@ -32,11 +32,14 @@ REPO = Path(__file__).resolve().parents[1]
 # (kind, workload suffix or "", minimum x torch); the issue's "done when".
 TORCH_TARGETS = [
     ("network3 train step", "N64", 1.2),
-    ("network3 train step", "N10", 1.5),
+    ("network3 train step", "N10", 2.0),
     ("network3 inference", "N256", 1.2),
+    ("network3 inference", "N1", 2.0),
     ("conv2d forward+backward", "", 0.8),
     ("block forward+backward", "", 0.8),
 ]
+# (kind, workload suffix, most seconds numbacnn may take): per-call costs.
+TIME_TARGETS = [("network3 inference", "N1", 0.15e-3)]
 NUMPY_TARGET = ("conv2d forward", 5.0)
 PEAK_TARGET = ("conv2d forward", 3, 0.60)  # the three largest shapes' forward: 60% of matmul
 COLD_TARGET = ("numbacnn warm cache", 2.0)  # seconds to the end of the first step
@@ -129,6 +132,10 @@ def rows(groups: dict, peak: float | None) -> list[dict[str, Any]]:
         for kind, suffix, want in TORCH_TARGETS:
             if r["kind"] == kind and r["workload"].endswith(suffix) and r["device"] == "cpu":
                 r["target"].append(_check(r["x_torch"], want, f">={want}x torch"))
+        for kind, suffix, most in TIME_TARGETS:
+            if r["kind"] == kind and r["workload"].endswith(suffix) and r["device"] == "cpu":
+                ok = "?" if r["ours"] is None else "ok" if r["ours"] <= most else "MISS"
+                r["target"].append(f"<={most * 1e3:g} ms: {ok}")
         if r["kind"] == NUMPY_TARGET[0] and r["device"] == "cpu":
             r["target"].append(_check(r["x_numpy"], NUMPY_TARGET[1], f">={NUMPY_TARGET[1]:g}x NumPy"))
     kind, n, frac = PEAK_TARGET
