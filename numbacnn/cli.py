@@ -32,6 +32,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         info = registry.layer_info(name)
         provider = "numbacnn (built-in)" if info["builtin"] else info["distribution"]
         status = "ok" if info["error"] is None else f"broken: {info['error']}"
+        status += "".join(f"; refused: {why}" for why in info["refused"])
         rows.append((name, provider, info["version"], ",".join(info["devices"]) or "-", status))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
