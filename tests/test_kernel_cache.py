@@ -6,6 +6,7 @@ temporary folder, fill the cache from fresh processes, edit a helper in another 
 numbacnn, for a numbacnn kernel and for a plugin's kernel), and expect the new behaviour.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -118,3 +119,45 @@ def test_no_numba_cache_files_are_tracked_in_git():
     tracked = done.stdout.split()
     assert not tracked, ("Numba cache files are tracked (a fresh checkout could load a stale kernel); "
                          f"git rm --cached them: {', '.join(tracked)}")
+
+
+CUDA_STAMP = textwrap.dedent('''
+    import json
+    from ttcuda.kern import tt_cuda_kernel
+
+    cache = tt_cuda_kernel._cache  # no GPU needed to see how the kernel would be cached
+    print(json.dumps([type(cache._impl.locator).__name__, cache.cache_path,
+                      cache._impl.locator.get_source_stamp()[1]]))
+''')
+
+
+def test_cuda_kernels_are_stamped_with_the_files_they_import_from_too(tmp_path):
+    if importlib.util.find_spec("numba.cuda") is None:
+        pytest.skip("numba-cuda is not installed")
+    src = tmp_path / "src"
+    (src / "ttcuda").mkdir(parents=True)
+    (src / "ttcuda" / "__init__.py").write_text("")
+    (src / "ttcuda" / "helper.py").write_text("SCALE = 2.0\n")
+    (src / "ttcuda" / "kern.py").write_text(textwrap.dedent('''
+        from numbacnn._jit import cuda_kernel
+        from .helper import SCALE
+
+
+        @cuda_kernel
+        def tt_cuda_kernel(x):
+            x[0] = SCALE
+    '''))
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "NUMBACNN_CACHE")}
+    env.update(PYTHONPATH=os.pathsep.join([str(src), str(ROOT)]), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+
+    def stamp():
+        done = subprocess.run([sys.executable, "-c", CUDA_STAMP], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.splitlines()[-1])
+
+    locator, path, before = stamp()
+    assert locator == "NumbacnnSourcesLocator" and Path(path).is_relative_to(tmp_path / "cache")
+    assert stamp()[2] == before
+    (src / "ttcuda" / "helper.py").write_text("SCALE = 3.0\n")
+    assert stamp()[2] != before
