@@ -31,7 +31,6 @@ __all__ = ["compile_progress", "compile_for_fit", "HEADER"]
 HEADER = ("compiling Numba kernels for first use (cached afterwards; `numbacnn warmup` compiles them all "
           "ahead of time)")
 TICK = 0.5  # seconds between redraws of the status line while a kernel compiles
-IDLE = 1.0  # seconds without a compile after which the status line goes away
 
 _announced = False  # the header is printed once per process
 
@@ -117,18 +116,17 @@ class _Progress(event.Listener):
 
     def _end(self, name: str) -> None:
         self.last_end = time.perf_counter()
-        if not self.tty:
+        if self.tty:
+            # Gone between compiles: whatever the program prints next gets a clean line.
+            self._close_bar()
+        else:
             self._write(f"  compiled {name} ({self.last_end - self.kernel_start:.1f} s)")
 
     def _tick(self) -> None:
         while not self.done.wait(TICK):
             with self.lock:
-                if self.bar is None:
-                    continue
-                if self.depth:
+                if self.bar is not None and self.depth:
                     self._draw()
-                elif time.perf_counter() - self.last_end > IDLE:
-                    self._close_bar()
 
     def _close_bar(self) -> None:
         if self.bar is not None:

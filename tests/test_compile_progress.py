@@ -171,7 +171,15 @@ def test_a_log_gets_a_line_per_kernel_the_header_once_and_a_summary_per_block(fr
     assert out.getvalue().splitlines() == lines
 
 
-def _trained(verbose, tmp_path, resume_after=None):
+class _Labelled(nc.optim.SGD):
+    """An optimizer its ``config`` cannot rebuild (a required argument it leaves out)."""
+
+    def __init__(self, model, lr, label):
+        super().__init__(model, lr, momentum=0.9)
+        self.label = label
+
+
+def _trained(verbose, tmp_path, resume_after=None, optimizer=lambda m: nc.optim.Adam(m, lr=0.01)):
     g = nc.Graph()
     x = g.input((1, 6, 6))
     h = g.batch_norm2d(g.conv2d(x, out_channels=3, kernel_size=3, bias=False), name="bn")
@@ -183,7 +191,7 @@ def _trained(verbose, tmp_path, resume_after=None):
 
     def trainer():
         model = nc.Model(g, seed=3)
-        return nc.Trainer(model, nc.optim.Adam(model, lr=0.01), seed=5)
+        return nc.Trainer(model, optimizer(model), seed=5)
 
     t = trainer()
     path = tmp_path / f"ck-{verbose}-{resume_after}.npz"
@@ -207,3 +215,7 @@ def test_compiling_before_the_first_epoch_leaves_training_bit_identical(tmp_path
         for key, value in quiet.items():
             assert np.array_equal(shown[key], value), key
     assert "epoch 3/3" in capsys.readouterr().out
+
+    labelled = lambda m: _Labelled(m, 0.05, "mine")  # noqa: E731
+    quiet, shown = (_state(_trained(v, tmp_path, optimizer=labelled)) for v in (0, 2))
+    assert all(np.array_equal(shown[key], value) for key, value in quiet.items())
