@@ -7,6 +7,7 @@ a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any, Callable, Sequence
 
@@ -32,6 +33,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         info = registry.layer_info(name)
         provider = "numbacnn (built-in)" if info["builtin"] else info["distribution"]
         status = "ok" if info["error"] is None else f"broken: {info['error']}"
+        status += "".join(f"; refused: {why}" for why in info["refused"])
         rows.append((name, provider, info["version"], ",".join(info["devices"]) or "-", status))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
@@ -120,6 +122,15 @@ COMMANDS["new-plugin"] = ("write a ready-to-install layer plugin package (layer,
                           _scaffold.add_arguments, _scaffold.cmd_new_plugin)
 
 
+def _compiling_shown(args: argparse.Namespace) -> Any:
+    """First-use kernel compilation made visible in the commands that run kernels."""
+    if args.command not in ("train", "evaluate") and not (args.command == "layers" and args.check):
+        return contextlib.nullcontext()
+    from ._compile_progress import compile_progress
+
+    return compile_progress(enabled=not getattr(args, "quiet", False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -141,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return COMMANDS[args.command][2](args)
+        with _compiling_shown(args):
+            return COMMANDS[args.command][2](args)
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

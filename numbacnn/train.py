@@ -218,6 +218,10 @@ class Trainer:
         self._resumed = False
         cbs = [c if isinstance(c, Callback) else _FnCallback(c) for c in callbacks]
         self.stop_training = False
+        if self.epoch < epochs:  # compile first (on a twin model), so the epoch bar times training
+            from ._compile_progress import compile_for_fit
+
+            compile_for_fit(self, x, y, batch_size, validation_data, verbose)
         while self.epoch < epochs and not self.stop_training:
             epoch = self.epoch
             for c in cbs:
