@@ -32,12 +32,14 @@ class FenceError(AssertionError):
 
 class FencedRun(NamedTuple):
     """What ``run_fenced`` returns: the output, the input gradients (None where not asked
-    for), the parameter gradients and the parameters the run used (by short name)."""
+    for), the parameter gradients, the parameters the run used and the buffers after it (by
+    short name)."""
 
     y: np.ndarray
     gxs: tuple
     grads: dict[str, np.ndarray]
     params: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]
 
 
 class _Fence:
@@ -113,7 +115,7 @@ def run_fenced(layer: Layer, inputs: Sequence[np.ndarray], gy: np.ndarray | None
     initial = params if params is not None else layer.init_params(per_sample, rng)
     ctx.params = {k: fence.place(np.shape(v), dtype, f"parameter '{k}'", v) for k, v in initial.items()}
     ctx.grads = {k: fence.place(np.shape(v), dtype, f"gradient of '{k}'", 0) for k, v in initial.items()}
-    ctx.buffers = {k: fence.place(np.shape(v), np.asarray(v).dtype, f"buffer '{k}'", v)
+    ctx.buffers = {k: fence.place(np.shape(v), dtype, f"buffer '{k}'", v)
                    for k, v in layer.init_buffers(per_sample).items()}
     xs = [fence.place(s, dtype, f"input {i}", x) for i, (s, x) in enumerate(zip(shapes, inputs))]
     read_only = xs + list(ctx.params.values())
@@ -139,4 +141,4 @@ def run_fenced(layer: Layer, inputs: Sequence[np.ndarray], gy: np.ndarray | None
             raise FenceError(f"{where}: a kernel wrote into an array it was given to read (an input, the output "
                              f"gradient or a parameter)")
     return FencedRun(np.array(y), tuple(None if g is None else np.array(g) for g in gxs), grads,
-                     {k: v.copy() for k, v in ctx.params.items()})
+                     {k: v.copy() for k, v in ctx.params.items()}, {k: v.copy() for k, v in ctx.buffers.items()})
