@@ -60,6 +60,21 @@ def conv_ref(x, w, b, gy, cfg):
     return y, gxp[:, :, pt:pt + H, pl:pl + W], gw, gy.sum(axis=(0, 2, 3))
 
 
+def test_valid_ranges_stay_inside_the_row():
+    # Regression: with a tap left of the input for every output (padding 2, one output,
+    # kernel 3), _valid gave lo = 2 > n_out = 1, and _im2col zero-filled q in range(lo): one
+    # element past the row (masked only because the next row was written afterwards).
+    rng = np.random.default_rng(0)
+    cases = [(1, 1, 1, -2), (3, 2, 2, -9), (2, 5, 1, 7)] + [
+        (int(rng.integers(1, 6)), int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(-9, 9)))
+        for _ in range(200)]
+    for n_out, size, stride, offset in cases:
+        lo, hi = conv2d_cpu._valid(n_out, size, stride, offset)
+        assert 0 <= lo <= hi <= n_out, (n_out, size, stride, offset, lo, hi)
+        inside = [i for i in range(n_out) if 0 <= i * stride + offset < size]
+        assert list(range(lo, hi)) == inside, (n_out, size, stride, offset, lo, hi)
+
+
 def _geometries(count, seed):
     rng = np.random.default_rng(seed)
     out = []
