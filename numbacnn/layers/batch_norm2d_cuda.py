@@ -140,8 +140,11 @@ def batch_norm2d_backward_input_kernel(x, gy, mean, var, w, eps, sums, batch_sta
     inv = 1.0 / math.sqrt(var[c] + eps)
     k = inv * w[c] if affine else inv
     scale = x.dtype.type(k)
-    shift = x.dtype.type(-k * sums[0, c] / M) if batch_stats else x.dtype.type(0)
-    slope = x.dtype.type(-k * inv * sums[1, c] / M) if batch_stats else x.dtype.type(0)
+    if not batch_stats:  # x unread: see batch_norm2d_cpu.py
+        gx[n, c, l] = scale * gy[n, c, l]
+        return
+    shift = x.dtype.type(-k * sums[0, c] / M)
+    slope = x.dtype.type(-k * inv * sums[1, c] / M)
     gx[n, c, l] = scale * gy[n, c, l] + slope * (x[n, c, l] - mean[c]) + shift
 
 
