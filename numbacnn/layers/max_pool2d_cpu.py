@@ -20,7 +20,7 @@ def _row_max(xf, yf, jf, base, o, q0, q1):
     for q in range(q0, q1):
         i, k = np.uint64(base + q), np.uint64(o + q)
         v, best = xf[i], yf[k]
-        take = (v > best) | (v != v)
+        take = (v > best) | (v != v) | (jf[k] < 0)
         yf[k] = v if take else best
         jf[k] = np.int32(i) if take else jf[k]
 
@@ -42,8 +42,9 @@ def _window_max(x, n, c, p, q, geometry):
             if w < 0 or w >= W:
                 continue
             v = x[n, c, h, w]
-            # Strict '>' keeps the first maximum on ties; NaN wins, as in PyTorch.
-            if v > best or v != v:
+            # As in PyTorch: strict '>' keeps the first maximum on ties, the last NaN wins,
+            # and a window of -inf alone picks its first element.
+            if at < 0 or v > best or v != v:
                 best = v
                 at = h * W + w
     return best, at
@@ -71,7 +72,7 @@ def max_pool2d_forward_windows(x, geometry, y, index):
                 best, at = lowest, -1
                 for v, i in ((x[n, c, h, w], h * W + w), (x[n, c, h, w + 1], h * W + w + 1),
                              (x[n, c, h + 1, w], (h + 1) * W + w), (x[n, c, h + 1, w + 1], (h + 1) * W + w + 1)):
-                    if v > best or v != v:
+                    if at < 0 or v > best or v != v:
                         best, at = v, i
                 y[n, c, p, q] = best
                 index[n, c, p, q] = at

@@ -37,7 +37,7 @@ def max_pool2d_forward_kernel(x, geometry, y, index):
             if w < 0 or w >= W:
                 continue
             v = x[n, c, h, w]
-            if v > best or v != v:
+            if at < 0 or v > best or v != v:  # as max_pool2d_cpu: -inf windows, NaN
                 best = v
                 at = h * W + w
     y[n, c, p, q] = best
