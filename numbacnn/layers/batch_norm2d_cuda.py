@@ -3,7 +3,9 @@
 The per-channel reductions run one block per channel: each thread sums a strided share of
 the channel in float64, then a shared-memory tree adds the shares; thread 0 writes the
 channel's results, so no two blocks touch one element. Elementwise kernels run one element
-per thread. ``affine`` False means ``w``/``b``/``gw``/``gb`` are unread stand-ins.
+per thread and compute in the data's dtype (eps comes typed like it), since every thread
+repeats its channel's coefficients: float64 there would run at a fraction of the float32
+rate. ``affine`` False means ``w``/``b``/``gw``/``gb`` are unread stand-ins.
 """
 
 import math
@@ -85,8 +87,8 @@ def batch_norm2d_forward_kernel(x, mean, var, w, b, eps, affine, y):
     l = i % L
     c = (i // L) % C
     n = i // (L * C)
-    k = 1.0 / math.sqrt(var[c] + eps)
-    scale = x.dtype.type(k * w[c] if affine else k)
+    k = x.dtype.type(1) / math.sqrt(var[c] + eps)
+    scale = k * w[c] if affine else k
     shift = b[c] if affine else x.dtype.type(0)
     y[n, c, l] = (x[n, c, l] - mean[c]) * scale + shift
 
@@ -136,16 +138,15 @@ def batch_norm2d_backward_input_kernel(x, gy, mean, var, w, eps, sums, batch_sta
     l = i % L
     c = (i // L) % C
     n = i // (L * C)
-    M = N * L
-    inv = 1.0 / math.sqrt(var[c] + eps)
+    M = x.dtype.type(N * L)
+    inv = x.dtype.type(1) / math.sqrt(var[c] + eps)
     k = inv * w[c] if affine else inv
-    scale = x.dtype.type(k)
     if not batch_stats:  # x unread: see batch_norm2d_cpu.py
-        gx[n, c, l] = scale * gy[n, c, l]
+        gx[n, c, l] = k * gy[n, c, l]
         return
-    shift = x.dtype.type(-k * sums[0, c] / M)
-    slope = x.dtype.type(-k * inv * sums[1, c] / M)
-    gx[n, c, l] = scale * gy[n, c, l] + slope * (x[n, c, l] - mean[c]) + shift
+    shift = -k * sums[0, c] / M
+    slope = -k * inv * sums[1, c] / M
+    gx[n, c, l] = k * gy[n, c, l] + slope * (x[n, c, l] - mean[c]) + shift
 
 
 def batch_norm2d_backward_input(x, gy, mean, var, w, eps, sums, batch_stats, affine, gx):

@@ -26,7 +26,7 @@ def max_pool2d_forward_kernel(x, geometry, y, index):
     p = (i // Q) % P
     c = (i // (Q * P)) % C
     n = i // (Q * P * C)
-    best = x.dtype.type(-math.inf)
+    best = -x.dtype.type(math.inf)  # the float32 constant negated, not a float64 -inf cast
     at = -1
     for r in range(R):
         h = p * sh - ph + r * dh
