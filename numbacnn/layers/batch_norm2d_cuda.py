@@ -17,8 +17,10 @@ from ..device import is_simulator
 
 THREADS = 256
 # Threads of one per-channel reduction block: a power of two (the tree halves it). The
-# simulator runs every thread as a Python thread, so it gets fewer.
-REDUCE = 32 if is_simulator() else 256
+# simulator runs every thread as a Python thread, so it gets fewer; a simulator test may set
+# REDUCE to the GPU's (read when the kernels run there; a GPU compiles it in as a constant).
+GPU_REDUCE = 256
+REDUCE = 32 if is_simulator() else GPU_REDUCE
 
 
 @cuda_device
