@@ -149,8 +149,8 @@ class Conv2d(Layer):
                                    ctx.empty(sh["nonfinite"], "int64"), (self.pads[0], self.pads[2]), tr):
                 ctx.save(x, "winograd", U, xp)
                 return y
-            # NaN or Inf in y: the transforms spread them over whole tiles; recompute below, so
-            # they land where PyTorch's do (conv2d_winograd_cpu).
+            # NaN or Inf in x or w: the transforms spread them over whole tiles; recompute
+            # below, so they land where PyTorch's do (conv2d_winograd_cpu).
         if self._pixel_major(C):
             # With a backward to come, every sample's HWC image is kept for it (as big as x);
             # otherwise one per chunk of the batch is scratch.
