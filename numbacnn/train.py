@@ -341,7 +341,8 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore a ``save_checkpoint`` file; the next ``fit`` continues from its epoch."""
-        load_trainer_state(self, path)
+        run = load_trainer_state(self, path)
+        self.epoch, self.history, self.info = run.epoch, History(run.history, run.history_epochs), run.info
         self._resumed = True
 
 
