@@ -29,7 +29,8 @@ def _blas_thread_controls(lc: Any) -> tuple[Callable[[], int], Callable[[int], A
     process-wide count, which is what the kernels need anyway (they call BLAS from Numba's
     own worker threads, never from the Python thread that set it), so its own setter is
     called here; the lock in ``_SingleThreadBlas`` keeps numbacnn's threads from fighting
-    over it. Other libraries (and an OpenMP OpenBLAS) go through threadpoolctl.
+    over it. Other libraries (and an OpenMP OpenBLAS) go through threadpoolctl. The C calls
+    also skip threadpoolctl's wrappers, several microseconds on every model call.
     """
     if getattr(lc, "internal_api", None) == "openblas" and getattr(lc, "threading_layer", None) == "pthreads":
         for prefix in ("", "scipy_"):
@@ -64,8 +65,9 @@ class _SingleThreadBlas:
             if self._depth == 0:
                 libs = self._blas_libs()
                 self._saved = [get() for get, _ in libs]
-                for _, set_ in libs:
-                    set_(1)
+                for (_, set_), n in zip(libs, self._saved):
+                    if n != 1:
+                        set_(1)
             self._depth += 1
 
     def __exit__(self, *exc: Any) -> None:
@@ -73,7 +75,8 @@ class _SingleThreadBlas:
             self._depth -= 1
             if self._depth == 0:
                 for (_, set_), n in zip(self._libs or (), self._saved):
-                    set_(n)
+                    if n != 1:
+                        set_(n)
 
 
 single_thread_blas = _SingleThreadBlas()
