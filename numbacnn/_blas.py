@@ -29,6 +29,7 @@ import llvmlite.binding as ll
 import numpy as np
 from numba import types
 from numba.core import cgutils
+from numba.core import config as numba_config
 
 from ._jit import cpu_cfunc, cpu_inline, cpu_intrinsic
 
@@ -44,6 +45,19 @@ def _signature(real: types.Type) -> types.Type:
 
 
 _SGEMM, _DGEMM = _signature(types.float32), _signature(types.float64)
+
+# BLAS sees raw pointers, which NUMBA_BOUNDSCHECK=1 cannot follow: in that mode gemm checks
+# each operand's extent itself (a compile-time constant, so other builds carry no check; a
+# cache compiled either way must not serve the other, hence CI's own NUMBA_CACHE_DIR).
+_CHECK_EXTENTS = bool(numba_config.BOUNDSCHECK)
+
+
+@cpu_inline
+def _fits(size, rows, cols, ld):
+    """A row-major (rows, cols) block with row stride ld lies within ``size`` elements."""
+    return rows == 0 or cols == 0 or (ld >= cols and (rows - 1) * ld + cols <= size)
+
+
 _sgemm = types.ExternalFunction("numbacnn_cblas_sgemm", _SGEMM)
 _dgemm = types.ExternalFunction("numbacnn_cblas_dgemm", _DGEMM)
 
@@ -53,6 +67,11 @@ def gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     """Row-major ``c[:m, :n] = op(a) @ op(b) + beta * c`` on flat arrays that start at the
     matrices' first elements; op(a) is (m, k), transposed when ``ta``; ``lda`` etc. are row
     strides. float32 and float64 only; beta 0 ignores what c held (NaN included)."""
+    if _CHECK_EXTENTS and m > 0 and n > 0:
+        a_fits = k == 0 or (_fits(a.size, k, m, lda) if ta else _fits(a.size, m, k, lda))
+        b_fits = k == 0 or (_fits(b.size, n, k, ldb) if tb else _fits(b.size, k, n, ldb))
+        if not (a_fits and b_fits and _fits(c.size, m, n, ldc)):
+            raise IndexError("gemm: an operand's rows run past its array (or overlap: stride below its width)")
     one = c.dtype.type(1)
     bt = c.dtype.type(beta)
     if c.itemsize == 4:

@@ -3,8 +3,11 @@
 Every kernel module imports its decorator from here, so the flags below are the whole story:
 caching is on (``NUMBACNN_CACHE=0`` turns it off), fastmath is off unless a kernel opts in,
 and nothing here touches the thread count. A kernel that opts in names LLVM's flags, e.g.
-``REASSOC`` (reassociation only: a float64 sum may be vectorised, NaN and Inf still behave). ``numba.cuda`` is imported only when the first
-CUDA kernel is defined, so CPU-only use never loads a GPU stack.
+``REASSOC`` (reassociation only: a float64 sum may be vectorised, NaN and Inf still behave).
+``numba.cuda`` is imported only when the first CUDA kernel is defined, so CPU-only use never
+loads a GPU stack. Every function decorated here is marked for ``_kernel_cache``, whose cache
+stamp covers the files the kernel imports from as well as its own (a helper edited in another
+file invalidates the kernels that inline it).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from typing import Any, Callable
 
 import numba
 from numba import prange
+from numba.core import caching
+
+from ._kernel_cache import install, mark_kernel
 
 __all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cpu_cfunc", "cpu_intrinsic", "cuda_kernel", "cuda_device",
            "prange", "CACHE", "REASSOC"]
@@ -25,8 +31,15 @@ REASSOC = frozenset({"reassoc"})
 FastMath = bool | frozenset
 
 
+install(caching.CacheImpl)
+
+
 def _decorate(factory: Callable[..., Any], fn: Callable | None, **flags: Any) -> Any:
-    return factory(**flags) if fn is None else factory(**flags)(fn)
+    # Marked before Numba sees the function: its cache locator is chosen at decoration.
+    def decorate(f: Callable) -> Any:
+        return factory(**flags)(mark_kernel(f))
+
+    return decorate if fn is None else decorate(fn)
 
 
 def _flags(fastmath: FastMath) -> bool | set:
@@ -51,7 +64,7 @@ def cpu_inline(fn: Callable | None = None, *, fastmath: FastMath = False) -> Any
 def cpu_cfunc(signature: Any) -> Any:
     """A C-callable CPU function of a fixed signature (its address can stand in for a C
     library's function)."""
-    return numba.cfunc(signature, cache=CACHE, nopython=True)
+    return _decorate(numba.cfunc, None, sig=signature, cache=CACHE, nopython=True)
 
 
 def cpu_intrinsic(fn: Callable) -> Any:
@@ -65,6 +78,10 @@ def cpu_intrinsic(fn: Callable) -> Any:
 def _cuda():
     from numba import cuda  # lazy: only CUDA kernel modules reach this
 
+    if _cuda_cache():
+        from numba.cuda.core import caching as cuda_caching
+
+        install(cuda_caching.CacheImpl)
     return cuda
 
 

@@ -75,9 +75,8 @@ def infer(g: "Graph", inputs: Mapping[str, Shape], upto: Iterable[str] | None = 
         except ShapeError as e:
             raise ShapeError(f"{node.layer} node '{name}': {e}{note}") from None
         if not isinstance(out, tuple) or not out or not all(isinstance(s, numbers.Integral) for s in out):
-            from .graph import GraphError
-
-            raise GraphError(f"{node.layer} node '{name}': output_shape() returned {out!r}, expected a tuple of ints")
+            raise TypeError(f"{node.layer} node '{name}': output_shape() returned {out!r}, expected a tuple of ints "
+                            f"(a bug in the layer)")
         if any(s <= 0 for s in out):
             raise ShapeError(
                 f"{node.layer} node '{name}': output shape {tuple(out)} from input shape(s) "

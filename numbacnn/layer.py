@@ -152,15 +152,16 @@ class Ctx:
         """Keep values for backward (``ctx.saved``): arrays, shapes, seeds."""
         self.saved = values
 
-    def begin(self, training: bool, grad: bool = True, pool: list[Any] | None = None,
+    def begin(self, training: bool, grad: bool | None = None, pool: list[Any] | None = None,
               plans: dict[Hashable, Any] | None = None, inplace: bool = False, arena: Any = None) -> None:
-        """Called by the executor before forward. ``pool`` and ``plans`` are the buffers and
-        layer plans of the current signature (the context's own when not given); ``arena``,
-        only on a signature's first inference, is where new buffers come from; ``inplace``:
-        the layer may write its output into its input (an ``inplace_ok`` layer, last reader
-        of the input)."""
+        """Called by the executor before forward. ``grad``: a backward is to come (by default,
+        unless an arena is given); ``pool`` and ``plans`` are the buffers and layer plans of
+        the current signature (the context's own when not given); ``arena``, on a signature's
+        first inference, is where new buffers come from (anything with ``take(shape, dtype)``);
+        ``inplace``: the layer may write its output into its input (an ``inplace_ok`` layer,
+        last reader of the input)."""
         self.training = training
-        self.backward_expected = grad
+        self.backward_expected = arena is None if grad is None else grad
         self._pool = self._own_pool if pool is None else pool
         self._plans = self._own_plans if plans is None else plans
         self._cursor = 0

@@ -4,7 +4,9 @@ Nothing is imported until a layer is used. Built-ins come from ``numbacnn.layers
 third-party layers from the entry-point group ``numbacnn.layers`` (entry name = layer name,
 value = "package.module:ClassName"); notebook layers from ``@register_layer``. Every class,
 whatever its origin, goes through the same contract check when it is first loaded.
-``NUMBACNN_DISABLE_PLUGINS=1`` turns entry-point discovery off.
+Built-in names are reserved: a plugin entry point that claims one is refused (a
+``PluginWarning`` naming its distribution when discovered, and in ``layer_info``) and the
+built-in keeps working. ``NUMBACNN_DISABLE_PLUGINS=1`` turns entry-point discovery off.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 from .layer import Layer
 
 __all__ = [
-    "UnknownLayerError", "PluginError", "LayerCollisionError", "LayerContractError",
+    "UnknownLayerError", "PluginError", "LayerCollisionError", "LayerContractError", "PluginWarning",
     "layer_names", "get_layer", "layer_info", "register_layer", "layer_devices", "refresh",
 ]
 
@@ -46,6 +49,10 @@ class LayerContractError(TypeError):
     """A layer class misses part of the layer contract."""
 
 
+class PluginWarning(UserWarning):
+    """A plugin entry point was refused (it claims a built-in layer name)."""
+
+
 @dataclass
 class _Entry:
     name: str
@@ -56,13 +63,14 @@ class _Entry:
     cls: type[Layer] | None = None
     error: str | None = None
     rivals: list[str] = field(default_factory=list)  # other providers of the same name
+    refused: list[str] = field(default_factory=list)  # plugin entries claiming this built-in name
 
 
 _entries: dict[str, _Entry] | None = None
 
 
 def _numbacnn_version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 
@@ -89,10 +97,22 @@ def _discover() -> dict[str, _Entry]:
             old = entries.get(ep.name)
             if old is None:
                 entries[ep.name] = new
-            elif (old.distribution, old.target) != (dname, ep.value):
+            elif (old.distribution, old.target) == (dname, ep.value):
+                continue  # the same distribution seen twice on the path
+            elif old.builtin:
+                old.refused.append(_refusal(ep.name, f"{dname} {dversion}", ep.value))
+                warnings.warn(old.refused[-1], PluginWarning, stacklevel=2)
+            else:
                 old.rivals.append(f"{dname} {dversion} ({ep.value})")
     _entries = entries
     return entries
+
+
+def _refusal(name: str, provider: str, target: str) -> str:
+    return (f"plugin {provider} registers layer '{name}' ({target}), a built-in name: built-in names "
+            f"are reserved, so that entry is refused and the built-in '{name}' is used. Rename the "
+            f"layer (its entry point in the '{ENTRY_POINT_GROUP}' group and its class's name), or "
+            f"uninstall {provider.split()[0]}.")
 
 
 def refresh() -> None:
@@ -183,13 +203,15 @@ def get_layer(name: str) -> type[Layer]:
 
 
 def layer_info(name: str) -> dict[str, Any]:
-    """Name, class path, providing distribution and version, devices (or the load error)."""
+    """Name, class path, providing distribution and version, devices (or the load error), and
+    ``refused``: the plugin entries refused for claiming this built-in name."""
     entry = _discover().get(name)
     if entry is None:
         raise _unknown(name)
     info: dict[str, Any] = {
         "name": name, "class": entry.target, "distribution": entry.distribution,
         "version": entry.version, "builtin": entry.builtin, "devices": [], "error": None,
+        "refused": list(entry.refused),
     }
     try:
         info["devices"] = layer_devices(_load(entry))

@@ -12,6 +12,10 @@ errors the caller lists. Before every checked run the layer's pooled buffers are
 with NaN, so reading memory it never wrote shows up. A failure raises ``LayerCheckError``
 naming the check, the layer and its input shapes, where, and by how much.
 
+``run_fenced`` runs a layer once with every array it touches inside a NaN-marked margin, for
+tests that sweep geometries against their own references: a kernel reading past an array
+brings NaN into the results, one writing past it raises ``FenceError``.
+
 ``check_installed_layer`` runs the kit on a registered layer with the examples its class
 declares (``examples()``); ``numbacnn layers --check NAME`` prints its report.
 """
@@ -28,11 +32,13 @@ from ._layer_checks import (
     Checker, LayerCheckError, build_model, check_bad_shape, check_calls, check_fd, check_inference,
     check_threads, compare, close, numeric_grad, results, run,
 )
+from ._fenced import FenceError, FencedRun, run_fenced
 from .device import cuda_available
 from .layer import Layer
 from .registry import check_contract, layer_devices
 
-__all__ = ["check_layer", "check_installed_layer", "LayerCheckError", "ConformanceReport", "numeric_grad"]
+__all__ = ["check_layer", "check_installed_layer", "LayerCheckError", "ConformanceReport", "numeric_grad",
+           "run_fenced", "FencedRun", "FenceError"]
 
 
 def check_layer(

@@ -3,6 +3,8 @@ import gzip
 import http.server
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -36,6 +38,19 @@ def test_load_digits():
     assert x.shape == (1797, 1, 8, 8) and x.dtype == np.float32
     assert y.shape == (1797,) and y.dtype == np.int64
     assert x.min() == 0.0 and x.max() == 1.0 and set(np.unique(y)) == set(range(10))
+
+
+def test_load_digits_reads_scikit_learns_file_without_importing_it_and_matches_its_loader():
+    code = ("import sys, numbacnn.data as d\n"
+            "assert d._digits_table() is not None\n"
+            "d.load_digits()\n"
+            "print(sorted(m for m in sys.modules if m == 'sklearn' or m.startswith('sklearn.')))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+    sk = pytest.importorskip("sklearn.datasets").load_digits()
+    x, y = data.load_digits()
+    np.testing.assert_array_equal(x, (sk.images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8))
+    np.testing.assert_array_equal(y, sk.target)
 
 
 def test_train_test_split():

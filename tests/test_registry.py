@@ -100,6 +100,7 @@ def sites(tmp_path_factory) -> dict[str, Path]:
         ],
         "gone": [write_dist(root, "numbacnn-tt-gone", "0.1.0", "tt_gone")],
         "gone2": [write_dist(root, "numbacnn-tt-gone", "0.2.0", "tt_gone")],
+        "reserved": [write_dist(root, "numbacnn-tt-relu", "0.1.0", "relu")],
     }
     targets = {key: root / f"site-{key}" for key in plan}
     with ThreadPoolExecutor(len(plan)) as pool:
@@ -202,6 +203,28 @@ def test_a_class_breaking_the_contract_is_rejected_when_registered(sites):
                                                           "method backward_cpu\\(\\) is missing"):
         nc.register_layer(NoForward)
     assert "tt_no_forward" not in nc.layer_names()
+
+
+def test_a_plugin_claiming_a_builtin_name_is_refused_and_the_builtin_keeps_working(sites, capsys):
+    with pytest.warns(registry.PluginWarning) as warned, installed(sites["reserved"]):
+        cls = nc.get_layer("relu")
+        info = nc.layer_info("relu")
+        g = nc.Graph()
+        g.output(g.relu(g.input((3,))))
+        y = nc.Model(g).forward(np.array([[-1.0, 0.5, 2.0]], np.float32))
+        assert main(["layers"]) == 0
+        imported = [m for m in sys.modules if m.startswith("numbacnn_tt_relu")]
+    why = ("plugin numbacnn-tt-relu 0.1.0 registers layer 'relu' (numbacnn_tt_relu.layer:Relu), a built-in "
+           "name: built-in names are reserved, so that entry is refused and the built-in 'relu' is used. Rename "
+           "the layer (its entry point in the 'numbacnn.layers' group and its class's name), or uninstall "
+           "numbacnn-tt-relu.")
+    assert [str(w.message) for w in warned] == [why]
+    assert cls.__module__ == "numbacnn.layers.relu" and imported == []
+    assert (info["distribution"], info["builtin"], info["error"], info["refused"]) == ("numbacnn", True, None, [why])
+    np.testing.assert_array_equal(y, [[0.0, 0.5, 2.0]])
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("relu "))
+    assert line.split()[1:3] == ["numbacnn", "(built-in)"] and f" ok; refused: {why}" in line
+    assert nc.layer_info("relu")["refused"] == []  # uninstalled: nothing refused any more
 
 
 def test_loading_a_model_whose_plugin_is_missing_names_the_distribution(sites, tmp_path):

@@ -93,7 +93,9 @@ class BatchNorm2d(Layer):
             mean, var = ctx.buffers["running_mean"], ctx.buffers["running_var"]
         # Kernels take no None: without affine parameters the statistics fill the unread slots.
         w, b = (ctx.params["weight"], ctx.params["bias"]) if self.affine else (mean, var)
-        kernels.batch_norm2d_forward(x3, mean, var, w, b, self.eps, self.affine, y.reshape(N, C, H * W))
+        # eps typed like the data: a Python float would make the CUDA kernels compute in float64.
+        eps = x.dtype.type(self.eps)
+        kernels.batch_norm2d_forward(x3, mean, var, w, b, eps, self.affine, y.reshape(N, C, H * W))
         ctx.save(x3, mean, var, batch_stats)
         return y
 
@@ -102,17 +104,18 @@ class BatchNorm2d(Layer):
         N, C, L = x3.shape
         want_gx = ctx.needs_input_grad[0]
         gy3 = gy.reshape(N, C, L)
+        eps = x3.dtype.type(self.eps)
         # sums[0] = sum(gy), sums[1] = sum(gy * x_hat) per channel: the weight gradients, and
         # what the input gradient subtracts when the statistics came from the batch.
         sums = ctx.empty((2, C))
         if self.affine or (want_gx and batch_stats):
             gw, gb = (ctx.grads["weight"], ctx.grads["bias"]) if self.affine else (sums[1], sums[0])
-            kernels.batch_norm2d_backward_weight(x3, gy3, mean, var, self.eps, self.affine, sums, gw, gb)
+            kernels.batch_norm2d_backward_weight(x3, gy3, mean, var, eps, self.affine, sums, gw, gb)
         if not want_gx:
             return None
         gx = ctx.empty(gy.shape)
         w = ctx.params["weight"] if self.affine else mean
-        kernels.batch_norm2d_backward_input(x3, gy3, mean, var, w, self.eps, sums, batch_stats, self.affine,
+        kernels.batch_norm2d_backward_input(x3, gy3, mean, var, w, eps, sums, batch_stats, self.affine,
                                             gx.reshape(N, C, L))
         return gx
 

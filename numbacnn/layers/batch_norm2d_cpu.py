@@ -78,16 +78,21 @@ def batch_norm2d_backward_weight(x, gy, mean, var, eps, affine, sums, gw, gb):
 def batch_norm2d_backward_input(x, gy, mean, var, w, eps, sums, batch_stats, affine, gx):
     N, C, L = x.shape
     M = N * L
-    zero = x.dtype.type(0)
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         inv = 1.0 / math.sqrt(var[c] + eps)
         k = inv * w[c] if affine else inv
         scale = x.dtype.type(k)
+        if not batch_stats:
+            # Fixed statistics: gx = k * gy alone. x is not read, so an Inf in x does not
+            # turn its gradient into NaN through a zero slope (0 * Inf), as in PyTorch.
+            for l in range(L):
+                gx[n, c, l] = scale * gy[n, c, l]
+            continue
         # With batch statistics the mean and variance depend on x too:
         # gx = k * (gy - mean(gy) - x_hat * mean(gy * x_hat)).
-        shift = x.dtype.type(-k * sums[0, c] / M) if batch_stats else zero
-        slope = x.dtype.type(-k * inv * sums[1, c] / M) if batch_stats else zero
+        shift = x.dtype.type(-k * sums[0, c] / M)
+        slope = x.dtype.type(-k * inv * sums[1, c] / M)
         m = mean[c]
         for l in range(L):
             gx[n, c, l] = scale * gy[n, c, l] + slope * (x[n, c, l] - m) + shift

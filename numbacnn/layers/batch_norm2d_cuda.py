@@ -3,7 +3,9 @@
 The per-channel reductions run one block per channel: each thread sums a strided share of
 the channel in float64, then a shared-memory tree adds the shares; thread 0 writes the
 channel's results, so no two blocks touch one element. Elementwise kernels run one element
-per thread. ``affine`` False means ``w``/``b``/``gw``/``gb`` are unread stand-ins.
+per thread and compute in the data's dtype (eps comes typed like it), since every thread
+repeats its channel's coefficients: float64 there would run at a fraction of the float32
+rate. ``affine`` False means ``w``/``b``/``gw``/``gb`` are unread stand-ins.
 """
 
 import math
@@ -15,8 +17,10 @@ from ..device import is_simulator
 
 THREADS = 256
 # Threads of one per-channel reduction block: a power of two (the tree halves it). The
-# simulator runs every thread as a Python thread, so it gets fewer.
-REDUCE = 32 if is_simulator() else 256
+# simulator runs every thread as a Python thread, so it gets fewer; a simulator test may set
+# REDUCE to the GPU's (read when the kernels run there; a GPU compiles it in as a constant).
+GPU_REDUCE = 256
+REDUCE = 32 if is_simulator() else GPU_REDUCE
 
 
 @cuda_device
@@ -85,8 +89,8 @@ def batch_norm2d_forward_kernel(x, mean, var, w, b, eps, affine, y):
     l = i % L
     c = (i // L) % C
     n = i // (L * C)
-    k = 1.0 / math.sqrt(var[c] + eps)
-    scale = x.dtype.type(k * w[c] if affine else k)
+    k = x.dtype.type(1) / math.sqrt(var[c] + eps)
+    scale = k * w[c] if affine else k
     shift = b[c] if affine else x.dtype.type(0)
     y[n, c, l] = (x[n, c, l] - mean[c]) * scale + shift
 
@@ -136,13 +140,15 @@ def batch_norm2d_backward_input_kernel(x, gy, mean, var, w, eps, sums, batch_sta
     l = i % L
     c = (i // L) % C
     n = i // (L * C)
-    M = N * L
-    inv = 1.0 / math.sqrt(var[c] + eps)
+    M = x.dtype.type(N * L)
+    inv = x.dtype.type(1) / math.sqrt(var[c] + eps)
     k = inv * w[c] if affine else inv
-    scale = x.dtype.type(k)
-    shift = x.dtype.type(-k * sums[0, c] / M) if batch_stats else x.dtype.type(0)
-    slope = x.dtype.type(-k * inv * sums[1, c] / M) if batch_stats else x.dtype.type(0)
-    gx[n, c, l] = scale * gy[n, c, l] + slope * (x[n, c, l] - mean[c]) + shift
+    if not batch_stats:  # x unread: see batch_norm2d_cpu.py
+        gx[n, c, l] = k * gy[n, c, l]
+        return
+    shift = -k * sums[0, c] / M
+    slope = -k * inv * sums[1, c] / M
+    gx[n, c, l] = k * gy[n, c, l] + slope * (x[n, c, l] - mean[c]) + shift
 
 
 def batch_norm2d_backward_input(x, gy, mean, var, w, eps, sums, batch_stats, affine, gx):

@@ -162,27 +162,31 @@ class Conv2d(Layer):
             from .conv2d_winograd_cpu import conv2d_forward_wino
 
             sh, tr = plan.forward_scratch
-            U, xp, V, M, pix, R = (ctx.empty(sh[k]) for k in ("U", "xp", "V", "M", "pix", "R"))
-            conv2d_forward_wino(x, ctx.params["weight"], b, y, U, xp, V, M, pix, R, (self.pads[0], self.pads[2]), tr)
-            ctx.save(x, U, xp)
-        elif plan.pixel_major:
+            U, xp, V, M, pix, lanes = (ctx.empty(sh[k]) for k in ("U", "xp", "V", "M", "pix", "R"))
+            if conv2d_forward_wino(x, ctx.params["weight"], b, y, U, xp, V, M, pix, lanes,
+                                   ctx.empty(sh["nonfinite"], "int64"), (self.pads[0], self.pads[2]), tr):
+                ctx.save(x, "winograd", U, xp)
+                return y
+            # NaN or Inf in x or w: the transforms spread them over whole tiles; recompute
+            # below, so they land where PyTorch's do (conv2d_winograd_cpu).
+        if plan.pixel_major:
             # With a backward to come, every sample's HWC image is kept for it (as big as x);
             # otherwise one per chunk of the batch is scratch.
             wp, xp, J = self._hwc_scratch(ctx, x.shape, N if ctx.backward_expected else T)
             B = pixel_block(P * Q, J)
             conv2d_forward_hwc(x, ctx.params["weight"], b, y, wp, xp, ctx.empty((T, B, J)), ctx.empty((T, B, K)),
                                plan.geo)
-            ctx.save(x, wp, xp)
+            ctx.save(x, "pixel-major", wp, xp)
         else:
             col = None if self._direct() else ctx.empty((T, C * R * S, P * Q))  # a column matrix per chunk
             conv2d_forward(x, ctx.params["weight"], b, y, col, plan.geo, T)
-            ctx.save(x)
+            ctx.save(x, "channel-major")
         return y
 
     def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
         from .conv2d_cpu import conv2d_backward, conv2d_backward_hwc, pixel_block
 
-        x = ctx.saved[0]
+        x, path, *kept = ctx.saved
         N, C = x.shape[:2]
         plan = ctx.plan((x.shape, True), lambda: self._cpu_plan(x.shape, True))
         w, (R, S), T = ctx.params["weight"], self.kernel, plan.T
@@ -190,18 +194,20 @@ class Conv2d(Layer):
         L = P * Q
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
         gw, gb = ctx.grads["weight"], self._bias(ctx, ctx.grads)
-        if plan.winograd:
+        if path == "winograd":
             from .conv2d_winograd_cpu import conv2d_backward_wino
 
-            _, U, xp = ctx.saved
+            U, xp = kept
             sh, tr = plan.backward_scratch
-            V, M, pix, R, part = (ctx.empty(sh[k]) for k in ("V", "M", "pix", "R", "part"))
+            V, M, pix, lanes, part = (ctx.empty(sh[k]) for k in ("V", "M", "pix", "R", "part"))
             gxp = None if gx is None else ctx.empty((T, *xp.shape[1:]))
-            conv2d_backward_wino(x, gy, gw, gb, gx, U, xp, gxp, V, M, pix, R, part, (self.pads[0], self.pads[2]), tr)
-            return gx
+            if conv2d_backward_wino(x, gy, gw, gb, gx, U, xp, gxp, V, M, pix, lanes, part,
+                                    ctx.empty(sh["nonfinite"], "int64"), (self.pads[0], self.pads[2]), tr):
+                return gx
+            path = "channel-major"  # NaN or Inf in gy (as in the forward); this path needs only x
         part = ctx.empty((T, K, w.size // K))  # per-chunk partial weight gradients
-        if plan.pixel_major:  # the pixel-major forward ran
-            _, wp, xp = ctx.saved
+        if path == "pixel-major":
+            wp, xp = kept
             J = wp.size // K
             gxp = None if gx is None else ctx.empty((T, *xp.shape[1:]))
             colt = ctx.empty((T, pixel_block(L, J), J))

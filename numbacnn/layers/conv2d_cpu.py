@@ -33,8 +33,11 @@ Geometry = tuple[int, int, int, int, int, int, int, int, int]
 
 @cpu_inline
 def _valid(n_out, size, stride, offset):
-    # The outputs i in [lo, hi) whose tap i * stride + offset lands inside [0, size).
-    lo = 0 if offset >= 0 else (stride - 1 - offset) // stride
+    # The outputs i in [lo, hi) whose tap i * stride + offset lands inside [0, size), with
+    # lo <= hi <= n_out: callers zero-fill [0, lo) and [hi, n_out) of an n_out-long row, so a
+    # tap left of the input for every output (padding wider than n_out strides) must not
+    # give lo > n_out.
+    lo = 0 if offset >= 0 else min((stride - 1 - offset) // stride, n_out)
     hi = (size - 1 - offset) // stride + 1 if size - 1 - offset >= 0 else 0
     hi = min(hi, n_out)
     return lo, max(lo, hi)

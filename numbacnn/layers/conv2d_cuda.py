@@ -14,13 +14,17 @@ from numba import cuda
 from .._jit import cuda_kernel
 from ..device import is_simulator
 
-# The simulator runs every thread as a Python thread: smaller blocks keep its tests quick and
-# make tiny test shapes span several tiles, so the tile edges get exercised too.
-TILE = 8 if is_simulator() else 16
-BIAS_THREADS = 32 if is_simulator() else 256
+# A GPU's tile and bias-sum block. The simulator runs every thread as a Python thread: smaller
+# blocks keep its tests quick and make tiny test shapes span several tiles, so the tile edges
+# get exercised too. A simulator test may set TILE and BIAS_THREADS to the GPU's (the kernels
+# read them when they run there, as the launchers do; a GPU compiles them in as constants).
+GPU_TILE, GPU_BIAS_THREADS = 16, 256
+TILE = 8 if is_simulator() else GPU_TILE
+BIAS_THREADS = 32 if is_simulator() else GPU_BIAS_THREADS
 
 
-def _blocks(n: int, size: int = TILE) -> int:
+def _blocks(n: int, size: int | None = None) -> int:
+    size = TILE if size is None else size  # TILE read now, not when this was defined
     return (n + size - 1) // size
 
 

@@ -27,6 +27,16 @@ with one BLAS thread inside a parallel loop over chunks of the batch. The weight
 accumulates per chunk (no two threads write the same partial) and is summed and transformed
 back by ``winograd_reduce``.
 
+NaN and Inf: the transforms mix a whole 6x6 tile, so one NaN or Inf pixel of x (or of the
+output gradient) would turn every output (or input gradient) of the tiles around it into NaN,
+where the direct convolution, and PyTorch, keep all but its window's neighbours finite (Inf -
+Inf inside the transforms). The kernels count the non-finite values they write (forward) or
+read (gy, backward) as they go, at the cost of a compare in loops that move the data anyway,
+and the wrappers report NaN or Inf in the operands: the layer then recomputes on an im2col
+path, whose NaN and Inf land exactly where PyTorch's do. The forward scans x and w only when
+y is not finite, and a non-finite y from finite operands (an overflow, or a bug reading
+unwritten memory) is left as it is, for the tests to see.
+
 Rounding: the transforms' constants (the points 0, +-1, +-2) make float32 results about ten
 times further from the exact ones than the direct sum's (measured 3e-6 against 3e-7 of the
 largest output, 64 channels); float64 stays at 1e-15. F(2x2, 3x3) would round like the
@@ -100,11 +110,11 @@ def winograd_weights(w, U, cg):
 
 
 @cpu_kernel
-def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c):
+def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, nonfinite):
     """y[n] = conv2d(x[n]) + b, stride 1, as the sum of the 3x3 sub-kernels' convolutions of
     shifted tiles (``ns`` of them per row). Scratch per chunk t of the batch: V[t], M[t], pix[t]
     and R[t] (``scratch``); xp: padded HWC images, one per chunk or one per sample (N: kept for
-    the backward)."""
+    the backward). nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
     N, K, P, Q = y.shape
     T = V.shape[0]
     J = U.shape[2] // K
@@ -112,6 +122,7 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c):
     th, tw = (P + 3) // 4, (Q + 3) // 4
     L = P * Q
     for t in prange(T):
+        bad = 0
         for n in range(t * N // T, (t + 1) * N // T):
             xpn = xp[n] if xp.shape[0] == N else xp[t]
             _to_hwc(x[n], xpn, pt, pl)
@@ -128,14 +139,18 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c):
                 for k in range(K):
                     bk = b[k] if b.size else yn.dtype.type(0)
                     for l in range(la, lb):
-                        yn[k, l] = pix[t, l - la, k] + bk
+                        v = pix[t, l - la, k] + bk
+                        yn[k, l] = v
+                        bad += np.int64(v - v != 0)  # NaN or +-Inf: v - v is 0 for the rest
+        nonfinite[t] = bad
 
 
 @cpu_kernel
-def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, tr, ns, want_gx, c):
+def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, tr, ns, want_gx, c, nonfinite):
     """part[t] (36, nsub*C, K) = chunk t's weight gradient in the transformed domain; gx[n] (when
     ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp: the
-    forward's padded HWC images, one per sample."""
+    forward's padded HWC images, one per sample. nonfinite[t] = how many of chunk t's values
+    of gy are NaN or +-Inf."""
     N, K, P, Q = gy.shape
     T = V.shape[0]
     J = U.shape[2] // K
@@ -143,6 +158,7 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
     th, tw = (P + 3) // 4, (Q + 3) // 4
     L = P * Q
     for t in prange(T):
+        bad = 0
         n0 = t * N // T
         for n in range(n0, (t + 1) * N // T):
             if want_gx:
@@ -154,7 +170,9 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                 la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
                 for l in range(la, lb):
                     for k in range(K):
-                        pix[t, l - la, k] = gyn[k, l]
+                        g = gyn[k, l]
+                        pix[t, l - la, k] = g
+                        bad += np.int64(g - g != 0)
                 _output_tiles_grad(pix[t], M[t], R[t], i0, i1, P, Q, c)
                 beta = 0 if n == n0 and i0 == 0 else 1
                 for sub in range(nsub):
@@ -170,6 +188,7 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                         _input_tiles_grad(V[t], gxp[t], R[t], i0, i1, tw, sub, ns, nsub, c)
             if want_gx:
                 _from_hwc(gxp[t], gx[n], pt, pl)
+        nonfinite[t] = bad
 
 
 @cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
@@ -209,6 +228,16 @@ def winograd_reduce(part, gw, gy3, gb, cg):
             gb[k] += _bias_sum(gy3, k)
 
 
+@cpu_kernel
+def winograd_nonfinite(a):
+    """How many elements of the flat array ``a`` are NaN or +-Inf."""
+    bad = 0
+    for i in prange(a.size):
+        v = a[i]
+        bad += np.int64(v - v != 0)
+    return bad
+
+
 def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, int]
             ) -> tuple[dict[str, tuple[int, ...]], int]:
     """Shapes of the scratch arrays for a batch of N cut into T chunks (a P x Q output), and
@@ -222,30 +251,42 @@ def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, i
     tr = -(-th // -(-th // tr))  # as many tile rows as before, spread evenly over the blocks
     return {"U": (2, 36, J * K), "xp": (N, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
             "V": (T, 36, plane_size(tr * tw, J)), "M": (T, 36, plane_size(tr * tw, K)), "pix": (T, 4 * tr * Q, K),
-            "R": (T, LANES_SCRATCH), "part": (T, 36, J, K)}, tr
+            "R": (T, LANES_SCRATCH), "part": (T, 36, J, K), "nonfinite": (T,)}, tr
 
 
 def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, U: np.ndarray,
                         xp: np.ndarray, V: np.ndarray, M: np.ndarray, pix: np.ndarray, R: np.ndarray,
-                        pads: tuple[int, int], tr: int) -> None:
+                        nonfinite: np.ndarray, pads: tuple[int, int], tr: int) -> bool:
     """y = conv2d(x, w) + b (stride 1, groups 1; pads: top and left). ``U`` receives the
     transformed weights (the backward takes them from there); ``xp`` (N or T images), ``V``,
-    ``M``, ``pix`` and ``R`` are scratch as ``scratch`` shapes them."""
+    ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them. False when
+    x or w holds NaN or Inf: then y is not PyTorch's, and an im2col path must recompute it."""
     c, cg = _consts(x.dtype)
     with single_thread_blas:
         winograd_weights(w, U, cg)
-        conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, (w.shape[3] + 2) // 3, c)
+        conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, (w.shape[3] + 2) // 3, c,
+                                nonfinite)
+    if not nonfinite.any():
+        return True
+    return winograd_nonfinite(x.reshape(-1)) == 0 and winograd_nonfinite(w.reshape(-1)) == 0
 
 
 def conv2d_backward_wino(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray, gx: np.ndarray | None,
                          U: np.ndarray, xp: np.ndarray, gxp: np.ndarray | None, V: np.ndarray, M: np.ndarray,
-                         pix: np.ndarray, R: np.ndarray, part: np.ndarray, pads: tuple[int, int], tr: int) -> None:
+                         pix: np.ndarray, R: np.ndarray, part: np.ndarray, nonfinite: np.ndarray,
+                         pads: tuple[int, int], tr: int) -> bool:
     """gw += the weight gradient, gb += the bias gradient, gx = the input gradient (None: not
     wanted; then ``gxp`` may be None). ``U`` and ``xp`` (one image per sample) as the forward
-    left them; scratch as there, plus ``gxp`` (T padded images) and ``part``."""
+    left them; scratch as there, plus ``gxp`` (T padded images) and ``part``. False when gy
+    holds NaN or Inf: then gw and gb are left alone, gx is not PyTorch's, and an im2col path
+    must compute all three."""
     N, K = gy.shape[:2]
     c, cg = _consts(x.dtype)
     with single_thread_blas:
         conv2d_backward_winograd(x, U, gy, xp, xp if gxp is None else gxp, V, M, pix, R, part,
-                                 x if gx is None else gx, pads[0], pads[1], tr, (gw.shape[3] + 2) // 3, gx is not None, c)
+                                 x if gx is None else gx, pads[0], pads[1], tr, (gw.shape[3] + 2) // 3, gx is not None,
+                                 c, nonfinite)
+        if nonfinite.any():
+            return False
         winograd_reduce(part, gw, gy.reshape(N, K, -1), gb, cg)
+    return True

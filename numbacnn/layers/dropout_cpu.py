@@ -26,7 +26,8 @@ def dropout_forward(x, s0, s1, threshold, scale, y):
     for i in prange(x.size):
         # Two rounds over (index + s0) then s1; indices repeat their mask only every 2**32.
         h = dropout_mix32(dropout_mix32((np.uint64(i) + s0) & m) ^ s1)
-        y[i] = x[i] * scale if h < threshold else zero
+        # x * 0, not 0: a dropped NaN or Inf stays NaN, as torch's x * mask * scale leaves it.
+        y[i] = x[i] * (scale if h < threshold else zero)
 
 
 # y = x * mask * scale is linear in x: its backward is the same map applied to gy.

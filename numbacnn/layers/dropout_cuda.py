@@ -26,7 +26,8 @@ def dropout_forward_kernel(x, s0, s1, threshold, scale, y):
     if i < x.size:
         m = np.uint64(0xFFFFFFFF)
         h = dropout_mix32(dropout_mix32((np.uint64(i) + s0) & m) ^ s1)
-        y[i] = x[i] * scale if h < threshold else 0
+        # x * 0, not 0: a dropped NaN or Inf stays NaN (see dropout_cpu.py).
+        y[i] = x[i] * (scale if h < threshold else x.dtype.type(0))
 
 
 def dropout_forward(x, s0, s1, threshold, scale, y):

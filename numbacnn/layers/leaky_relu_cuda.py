@@ -11,7 +11,7 @@ THREADS = 256
 def leaky_relu_forward_kernel(x, slope, y):
     i = cuda.grid(1)
     if i < x.size:
-        y[i] = x[i] if x[i] > 0 else x[i] * slope
+        y[i] = x[i] if x[i] > x.dtype.type(0) else x[i] * slope  # a typed 0: no float64 compare
 
 
 def leaky_relu_forward(x, slope, y):
@@ -23,7 +23,7 @@ def leaky_relu_backward_kernel(s, gy, slope, gx):
     # s is the output (slope >= 0) or the input: either is > 0 exactly where x > 0.
     i = cuda.grid(1)
     if i < s.size:
-        gx[i] = gy[i] if s[i] > 0 else gy[i] * slope
+        gx[i] = gy[i] if s[i] > s.dtype.type(0) else gy[i] * slope
 
 
 def leaky_relu_backward(s, gy, slope, gx):

@@ -20,53 +20,64 @@ def _row_max(xf, yf, jf, base, o, q0, q1):
     for q in range(q0, q1):
         i, k = np.uint64(base + q), np.uint64(o + q)
         v, best = xf[i], yf[k]
-        take = (v > best) | (v != v)
+        take = (v > best) | (v != v) | (jf[k] < 0)
         yf[k] = v if take else best
         jf[k] = np.int32(i) if take else jf[k]
 
 
+@cpu_inline
+def _window_max(x, n, c, p, q, geometry):
+    """The maximum of output (p, q)'s window in plane (n, c), and its flat index (-1: a
+    window of padding alone). Taps outside x are skipped."""
+    R, S, sh, sw, ph, pw, dh, dw = geometry
+    H, W = x.shape[2], x.shape[3]
+    best = x.dtype.type(-np.inf)
+    at = -1
+    for r in range(R):
+        h = p * sh - ph + r * dh
+        if h < 0 or h >= H:
+            continue
+        for s in range(S):
+            w = q * sw - pw + s * dw
+            if w < 0 or w >= W:
+                continue
+            v = x[n, c, h, w]
+            # As in PyTorch: strict '>' keeps the first maximum on ties, the last NaN wins,
+            # and a window of -inf alone picks its first element.
+            if at < 0 or v > best or v != v:
+                best = v
+                at = h * W + w
+    return best, at
+
+
 @cpu_kernel
 def max_pool2d_forward_windows(x, geometry, y, index):
-    """Window at a time (with an unrolled 2x2 unpadded case)."""
+    """Window at a time, with an unrolled case for 2x2 unpadded windows wholly inside x."""
     R, S, sh, sw, ph, pw, dh, dw = geometry
     N, C, H, W = x.shape
     P, Q = y.shape[2], y.shape[3]
     lowest = x.dtype.type(-np.inf)
+    # Outputs p < P2, q < Q2 have their 2x2 window inside x. Ceil mode can add a last row or
+    # column of windows hanging past an odd input: those take the checked loop.
+    P2, Q2 = 0, 0
+    if ph == 0 and pw == 0 and R == 2 and S == 2 and dh == 1 and dw == 1:
+        P2, Q2 = _valid(P, H, sh, 1)[1], _valid(Q, W, sw, 1)[1]
     for nc in prange(N * C):
         n, c = nc // C, nc % C
-        if ph == 0 and pw == 0 and R == 2 and S == 2 and dh == 1 and dw == 1:
-            # The common 2x2 unpadded window, always inside x: same visiting order and
-            # comparisons as below, without the bounds checks and inner loops.
-            for p in range(P):
-                for q in range(Q):
-                    h, w = p * sh, q * sw
-                    best, at = lowest, -1
-                    for v, i in ((x[n, c, h, w], h * W + w), (x[n, c, h, w + 1], h * W + w + 1),
-                                 (x[n, c, h + 1, w], (h + 1) * W + w), (x[n, c, h + 1, w + 1], (h + 1) * W + w + 1)):
-                        if v > best or v != v:
-                            best, at = v, i
-                    y[n, c, p, q] = best
-                    index[n, c, p, q] = at
-            continue
         for p in range(P):
-            for q in range(Q):
-                best = lowest
-                at = -1
-                for r in range(R):
-                    h = p * sh - ph + r * dh
-                    if h < 0 or h >= H:
-                        continue
-                    for s in range(S):
-                        w = q * sw - pw + s * dw
-                        if w < 0 or w >= W:
-                            continue
-                        v = x[n, c, h, w]
-                        # Strict '>' keeps the first maximum on ties; NaN wins, as in PyTorch.
-                        if v > best or v != v:
-                            best = v
-                            at = h * W + w
+            q0 = Q2 if p < P2 else 0
+            for q in range(q0):
+                # Same visiting order and comparisons as _window_max, without its checks.
+                h, w = p * sh, q * sw
+                best, at = lowest, -1
+                for v, i in ((x[n, c, h, w], h * W + w), (x[n, c, h, w + 1], h * W + w + 1),
+                             (x[n, c, h + 1, w], (h + 1) * W + w), (x[n, c, h + 1, w + 1], (h + 1) * W + w + 1)):
+                    if at < 0 or v > best or v != v:
+                        best, at = v, i
                 y[n, c, p, q] = best
                 index[n, c, p, q] = at
+            for q in range(q0, Q):
+                y[n, c, p, q], index[n, c, p, q] = _window_max(x, n, c, p, q, geometry)
 
 
 @cpu_kernel

@@ -26,7 +26,7 @@ def max_pool2d_forward_kernel(x, geometry, y, index):
     p = (i // Q) % P
     c = (i // (Q * P)) % C
     n = i // (Q * P * C)
-    best = x.dtype.type(-math.inf)
+    best = -x.dtype.type(math.inf)  # the float32 constant negated, not a float64 -inf cast
     at = -1
     for r in range(R):
         h = p * sh - ph + r * dh
@@ -37,7 +37,7 @@ def max_pool2d_forward_kernel(x, geometry, y, index):
             if w < 0 or w >= W:
                 continue
             v = x[n, c, h, w]
-            if v > best or v != v:
+            if at < 0 or v > best or v != v:  # as max_pool2d_cpu: -inf windows, NaN
                 best = v
                 at = h * W + w
     y[n, c, p, q] = best

@@ -1,4 +1,5 @@
-"""relu CUDA kernels (flat arrays), each launcher right under its kernel."""
+"""relu CUDA kernels (flat arrays), each launcher right under its kernel; NaN as in
+relu_cpu.py, and typed zeros so float32 stays float32."""
 
 from numba import cuda
 
@@ -11,7 +12,9 @@ THREADS = 256
 def relu_forward_kernel(x, y):
     i = cuda.grid(1)
     if i < x.size:
-        y[i] = x[i] if x[i] > 0 else 0
+        zero = x.dtype.type(0)
+        v = x[i]
+        y[i] = zero if v <= zero else v
 
 
 def relu_forward(x, y):
@@ -22,7 +25,8 @@ def relu_forward(x, y):
 def relu_backward_kernel(y, gy, gx):
     i = cuda.grid(1)
     if i < y.size:
-        gx[i] = gy[i] if y[i] > 0 else 0
+        zero = y.dtype.type(0)
+        gx[i] = zero if y[i] <= zero else gy[i]
 
 
 def relu_backward(y, gy, gx):

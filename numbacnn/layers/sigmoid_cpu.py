@@ -7,10 +7,10 @@ from .._jit import cpu_kernel, prange
 
 @cpu_kernel
 def sigmoid_forward(x, y):
-    one = x.dtype.type(1)
+    one, zero = x.dtype.type(1), x.dtype.type(0)
     for i in prange(x.size):
         # exp of a non-positive number only: never overflows, and 1 - y keeps its precision.
-        if x[i] >= 0:
+        if x[i] >= zero:
             y[i] = one / (one + math.exp(-x[i]))
         else:
             e = math.exp(x[i])

@@ -15,7 +15,7 @@ def sigmoid_forward_kernel(x, y):
     if i < x.size:
         one = x.dtype.type(1)
         # exp of a non-positive number only: never overflows, and 1 - y keeps its precision.
-        if x[i] >= 0:
+        if x[i] >= x.dtype.type(0):
             y[i] = one / (one + math.exp(-x[i]))
         else:
             e = math.exp(x[i])

@@ -202,6 +202,20 @@ def test_batch_norm2d_cuda_training():
 
 
 @pytest.mark.cuda
+def test_batch_norm2d_cuda_with_the_gpu_block(monkeypatch):
+    # A GPU sums each channel with 256 threads; the simulator defaults to fewer, so here it
+    # runs the GPU's, on channels of 288 values (two strided passes for some threads).
+    from numbacnn.device import is_simulator
+    from numbacnn.layers import batch_norm2d_cuda
+
+    if is_simulator():
+        monkeypatch.setattr(batch_norm2d_cuda, "REDUCE", batch_norm2d_cuda.GPU_REDUCE)
+    assert batch_norm2d_cuda.REDUCE == 256
+    check_layer(BatchNorm2d(), [(2, 1, 12, 12)], train_ref, training=True, params=_params(1),
+                cuda=True, threads=False)
+
+
+@pytest.mark.cuda
 def test_batch_norm2d_cuda_eval():
     check_layer(StatsBatchNorm2d(), [(2, 3, 2, 3)], eval_ref, params=_params(3), cuda=True, threads=False)
 

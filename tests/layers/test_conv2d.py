@@ -318,3 +318,19 @@ CUDA_CONFIGS = [
 @pytest.mark.parametrize("cfg,shape", CUDA_CONFIGS, ids=[f"{c}@{s}" for c, s in CUDA_CONFIGS])
 def test_conv2d_cuda(cfg, shape):
     check_layer(Conv2d(**cfg), [shape], conv_ref(cfg), cuda=True, threads=False)
+
+
+@pytest.mark.cuda
+def test_conv2d_cuda_with_the_gpu_tile(monkeypatch):
+    # A GPU runs 16x16 tiles and 256-thread bias sums; the simulator defaults to smaller ones,
+    # so here it runs the GPU's, on a shape whose every product spans two tiles (20 output
+    # pixels; reductions of 18, 27 and 20 terms).
+    from numbacnn.device import is_simulator
+    from numbacnn.layers import conv2d_cuda
+
+    if is_simulator():
+        monkeypatch.setattr(conv2d_cuda, "TILE", conv2d_cuda.GPU_TILE)
+        monkeypatch.setattr(conv2d_cuda, "BIAS_THREADS", conv2d_cuda.GPU_BIAS_THREADS)
+    assert (conv2d_cuda.TILE, conv2d_cuda.BIAS_THREADS) == (16, 256)
+    cfg, shape = dict(out_channels=3, kernel_size=3, padding=1), (1, 2, 5, 4)
+    check_layer(Conv2d(**cfg), [shape], conv_ref(cfg), cuda=True, threads=False)

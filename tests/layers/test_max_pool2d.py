@@ -196,20 +196,20 @@ def test_max_pool2d_unpadded_2x2_fast_path_matches_the_general_path(stride):
     rng = np.random.default_rng(stride)
     x = rng.integers(0, 3, (2, 3, 7, 8)).astype(np.float32)  # many ties
     x[0, 0, 2, 2] = x[1, 2, 4, 5] = x[1, 2, 4, 4] = np.nan
-    x[0, 1, :2, :2] = -np.inf  # a window of -inf alone: no gradient, as in the general path
+    x[0, 1, :2, :2] = -np.inf  # a window of -inf alone: its first element, as in PyTorch
     gy = rng.standard_normal((2, 3, *((np.array([7, 8]) - 2) // stride + 1))).astype(np.float32)
     fast = _model(MaxPool2d(2, stride=stride), x.shape)
     y, gx = fast.forward(x, training=True), fast.backward(gy)
-    # Reference: the naive definition, first maximum wins, a NaN wins (the last one seen).
+    # Reference: the naive definition, first maximum wins, a NaN wins (the last one seen), a
+    # window of -inf alone takes its first element (PyTorch's max_pool2d).
     ry, rgx = np.empty_like(y), np.zeros_like(x)
     for n, c, p, q in np.ndindex(*y.shape):
         best, at = -np.inf, None
         for r, s in ((0, 0), (0, 1), (1, 0), (1, 1)):
             v = x[n, c, p * stride + r, q * stride + s]
-            if v > best or v != v:
+            if at is None or v > best or v != v:
                 best, at = v, (p * stride + r, q * stride + s)
         ry[n, c, p, q] = best
-        if at is not None:
-            rgx[n, c, at[0], at[1]] += gy[n, c, p, q]
+        rgx[n, c, at[0], at[1]] += gy[n, c, p, q]
     np.testing.assert_array_equal(y, ry)
     np.testing.assert_array_equal(gx, rgx)

@@ -45,9 +45,12 @@ def localconv_backward_input(gy, w, gx, sh, sw, pt, pl):
 
 @cpu_kernel
 def localconv_backward_weight(x, gy, gw, gb, sh, sw, pt, pl):
-    # One thread per output position (p, q): it alone owns gw[p, q] and gb[:, p, q].
+    # One thread per output position (p, q): it alone owns gw[p, q] and gb[:, p, q]. A tap
+    # on the padding reads a zero, and g * 0 keeps a NaN or Inf of gy, as the formula with
+    # a zero-padded x (PyTorch's unfold, its native convolution) does.
     N, C, H, W = x.shape
     P, Q, K, _, R, S = gw.shape
+    zero = x.dtype.type(0)
     for pq in prange(P * Q):
         p, q = pq // Q, pq % Q
         for n in range(N):
@@ -57,8 +60,7 @@ def localconv_backward_weight(x, gy, gw, gb, sh, sw, pt, pl):
                 for c in range(C):
                     for r in range(R):
                         h = p * sh + r - pt
-                        if 0 <= h < H:
-                            for s in range(S):
-                                v = q * sw + s - pl
-                                if 0 <= v < W:
-                                    gw[p, q, k, c, r, s] += g * x[n, c, h, v]
+                        for s in range(S):
+                            v = q * sw + s - pl
+                            xv = x[n, c, h, v] if 0 <= h < H and 0 <= v < W else zero
+                            gw[p, q, k, c, r, s] += g * xv

@@ -83,11 +83,13 @@ def localconv_backward_weight_kernel(x, gy, gw, sh, sw, pt, pl):
         p = i // (S * R * C * K * Q)
         h = p * sh + r - pt
         v = q * sw + s - pl
-        if 0 <= h < H and 0 <= v < W:
-            acc = gw.dtype.type(0)
-            for n in range(N):
-                acc += gy[n, k, p, q] * x[n, c, h, v]
-            gw[p, q, k, c, r, s] += acc
+        inside = 0 <= h < H and 0 <= v < W
+        zero = gw.dtype.type(0)
+        acc = zero
+        for n in range(N):
+            # A padding tap reads a zero: g * 0 keeps a NaN or Inf of gy (see localconv_cpu).
+            acc += gy[n, k, p, q] * (x[n, c, h, v] if inside else zero)
+        gw[p, q, k, c, r, s] += acc
 
 
 @cuda_kernel

@@ -5,7 +5,8 @@ max-pooled; the levels' (C, l, l) results are flattened and concatenated, level 
 so any input size gives C * sum(l * l) features. Bin i of a level spans rows
 floor(i * H / l) .. ceil((i + 1) * H / l) (exclusive), as torch.nn.AdaptiveMaxPool2d splits
 them: bins may overlap, and a plane smaller than the grid repeats rows. The gradient goes to
-the first maximum of each bin, which forward records.
+the first maximum of each bin (its last NaN if it holds any, as in PyTorch), which forward
+records.
 """
 
 from __future__ import annotations

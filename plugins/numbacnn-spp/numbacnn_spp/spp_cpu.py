@@ -22,7 +22,9 @@ def spp_forward(x, levels, y, idx):
                     for h in range(h0, h1):
                         for w in range(w0, w1):
                             v = x[n, c, h, w]
-                            if v > best or (v != v and best == best):  # NaN wins, as in PyTorch
+                            # As torch's adaptive_max_pool2d: the last NaN wins (its gradient
+                            # goes there); -inf alone keeps the bin's first element.
+                            if v > best or v != v:
                                 best, where = v, h * W + w
                     f = offset + (c * level + i) * level + j
                     y[n, f] = best

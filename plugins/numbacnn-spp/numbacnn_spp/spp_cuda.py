@@ -33,7 +33,7 @@ def spp_forward_kernel(x, levels, y, idx):
                 for h in range(h0, h1):
                     for w in range(w0, w1):
                         v = x[n, c, h, w]
-                        if v > best or (v != v and best == best):
+                        if v > best or v != v:  # the last NaN wins, as in spp_cpu
                             best, where = v, h * W + w
                 y[n, f] = best
                 idx[n, f] = where

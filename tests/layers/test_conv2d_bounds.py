@@ -1,0 +1,165 @@
+"""conv2d's CPU paths on seeded random geometries, every array fenced (run_fenced): a read past
+an array (input, weights, scratch) brings NaN into the results, a write past one fails the run.
+
+Each geometry runs down the path the layer picks, then forced down the pixel-major and the
+Winograd paths where they apply (as test_conv2d.py forces them), sometimes with blocks of a
+few pixels or tile rows so the block edges are crossed. Forward, input, weight and bias
+gradients are checked against per-tap NumPy loops (float64), and inference (one padded image
+per chunk of the batch instead of per sample) against the training forward.
+"""
+
+import numpy as np
+import pytest
+
+import numbacnn as nc
+from numbacnn.layers import conv2d_cpu, conv2d_winograd_cpu
+from numbacnn.testing import run_fenced
+
+Conv2d = nc.get_layer("conv2d")
+
+
+def _pads(padding, R, S, dh, dw):
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding == "same":
+        th, tw = dh * (R - 1), dw * (S - 1)
+        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+    if isinstance(padding, int):
+        return (padding,) * 4
+    if len(padding) == 2:
+        return padding[0], padding[0], padding[1], padding[1]
+    return tuple(padding)
+
+
+def conv_ref(x, w, b, gy, cfg):
+    """y, gx, gw, gb of conv2d by loops over groups and kernel taps, each tap a product of
+    strided slices of the zero-padded input (float64)."""
+    R, S = cfg["kernel_size"]
+    (sh, sw), (dh, dw), G = cfg["stride"], cfg["dilation"], cfg["groups"]
+    pt, pb, pl, pr = _pads(cfg["padding"], R, S, dh, dw)
+    N, C, H, W = x.shape
+    K, Cg = w.shape[:2]
+    Kg = K // G
+    xp = np.zeros((N, C, H + pt + pb, W + pl + pr))
+    xp[:, :, pt:pt + H, pl:pl + W] = x
+    P, Q = gy.shape[2:]
+    y = np.zeros((N, K, P, Q))
+    gxp, gw = np.zeros_like(xp), np.zeros_like(w)
+    for g in range(G):
+        ks, cs = slice(g * Kg, (g + 1) * Kg), slice(g * Cg, (g + 1) * Cg)
+        for r in range(R):
+            for s in range(S):
+                rows = slice(r * dh, r * dh + sh * (P - 1) + 1, sh)
+                cols = slice(s * dw, s * dw + sw * (Q - 1) + 1, sw)
+                tap = xp[:, cs, rows, cols]
+                y[:, ks] += np.einsum("ncpq,kc->nkpq", tap, w[ks, :, r, s])
+                gxp[:, cs, rows, cols] += np.einsum("nkpq,kc->ncpq", gy[:, ks], w[ks, :, r, s])
+                gw[ks, :, r, s] += np.einsum("nkpq,ncpq->kc", gy[:, ks], tap)
+    if b is not None:
+        y += b[None, :, None, None]
+    return y, gxp[:, :, pt:pt + H, pl:pl + W], gw, gy.sum(axis=(0, 2, 3))
+
+
+def test_valid_ranges_stay_inside_the_row():
+    # Regression: with a tap left of the input for every output (padding 2, one output,
+    # kernel 3), _valid gave lo = 2 > n_out = 1, and _im2col zero-filled q in range(lo): one
+    # element past the row (masked only because the next row was written afterwards).
+    rng = np.random.default_rng(0)
+    cases = [(1, 1, 1, -2), (3, 2, 2, -9), (2, 5, 1, 7)] + [
+        (int(rng.integers(1, 6)), int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(-9, 9)))
+        for _ in range(200)]
+    for n_out, size, stride, offset in cases:
+        lo, hi = conv2d_cpu._valid(n_out, size, stride, offset)
+        assert 0 <= lo <= hi <= n_out, (n_out, size, stride, offset, lo, hi)
+        inside = [i for i in range(n_out) if 0 <= i * stride + offset < size]
+        assert list(range(lo, hi)) == inside, (n_out, size, stride, offset, lo, hi)
+
+
+def _geometries(count, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        R, S = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        stride = (1, 1) if rng.random() < 0.5 else (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        dilation = (1, 1) if rng.random() < 0.6 else (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        family = rng.choice(["any", "winograd", "direct"], p=[0.6, 0.3, 0.1])
+        if family == "winograd":  # a geometry the Winograd path takes: up to 6x6, stride 1
+            R, S, stride, dilation = int(rng.integers(2, 7)), int(rng.integers(2, 7)), (1, 1), (1, 1)
+        if family == "direct":  # 1x1, stride 1, unpadded: no column matrix at all
+            R, S, stride = 1, 1, (1, 1)
+        kind = 0 if family == "direct" else rng.integers(0, 5)
+        padding = ["valid", "same" if stride == (1, 1) else 1, int(rng.integers(0, 3)),
+                   (int(rng.integers(0, 3)), int(rng.integers(0, 3))),
+                   tuple(int(v) for v in rng.integers(0, 4, 4))][kind]
+        G = 1 if family == "winograd" else int(rng.choice([1, 1, 1, 2, 3]))
+        C = G * int(rng.integers(1, 4)) if rng.random() < 0.85 else 17  # 17: a 16-channel lane and one more
+        K = G * int(rng.integers(1, 4)) if C != 17 else 18
+        cfg = dict(out_channels=K, kernel_size=(R, S), stride=stride, padding=padding, dilation=dilation, groups=G,
+                   bias=bool(rng.random() < 0.7))
+        shape = (int(rng.integers(1, 4)), C, int(rng.integers(1, 10)), int(rng.integers(1, 10)))
+        try:
+            Conv2d(**cfg).output_shape(shape[1:])
+        except (nc.ShapeError, ValueError):
+            continue
+        out.append((cfg, shape))
+    return out
+
+
+GEOMETRIES = _geometries(40, seed=12)
+
+
+def _paths(layer, shape):
+    """The paths this geometry can take besides the layer's pick (forced as test_conv2d does)."""
+    paths = ["default"]
+    if layer.groups == 1 and not layer._direct():
+        paths.append("pixel-major")
+    if (layer.groups == 1 and layer.stride == (1, 1) and layer.dilation == (1, 1)
+            and 2 <= min(layer.kernel) and max(layer.kernel) <= 6):
+        paths.append("winograd")
+    return paths
+
+
+def test_conv2d_random_geometries_cover_every_path_and_the_edges():
+    paths = [p for cfg, shape in GEOMETRIES for p in _paths(Conv2d(**cfg), shape)]
+    assert paths.count("pixel-major") >= 15 and paths.count("winograd") >= 10
+    assert any(Conv2d(**c)._direct() for c, _ in GEOMETRIES)
+    assert any(c["groups"] > 1 for c, _ in GEOMETRIES) and any(s[1] == 17 for _, s in GEOMETRIES)
+    assert any(len(c["padding"]) == 4 for c, _ in GEOMETRIES if isinstance(c["padding"], tuple))
+    assert any(c["padding"] == "same" for c, _ in GEOMETRIES)
+    assert any(Conv2d(**c).output_shape(s[1:])[1:] == (1, 1) for c, s in GEOMETRIES)
+    assert any(s[0] == 1 for _, s in GEOMETRIES) and any(s[0] == 3 for _, s in GEOMETRIES)
+
+
+def _check(layer, shape, rng):
+    x = rng.standard_normal(shape)
+    K, P, Q = layer.output_shape(shape[1:])
+    gy = rng.standard_normal((shape[0], K, P, Q))
+    run = run_fenced(layer, [x], gy, seed=int(rng.integers(1 << 30)))
+    w, b = run.params["weight"], run.params.get("bias")
+    y, gx, gw, gb = conv_ref(x, w, b, gy, layer.config | {"kernel_size": layer.kernel, "stride": layer.stride,
+                                                          "dilation": layer.dilation})
+    for what, got, want in (("forward", run.y, y), ("input gradient", run.gxs[0], gx),
+                            ("weight gradient", run.grads["weight"], gw)) + (
+            (("bias gradient", run.grads["bias"], gb),) if layer.bias else ()):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=f"{what} of {layer!r} on {shape}")
+    inference = run_fenced(layer, [x], None, run.params, training=False)
+    np.testing.assert_allclose(inference.y, run.y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("i", range(len(GEOMETRIES)), ids=[f"{c}@{s}" for c, s in GEOMETRIES])
+def test_conv2d_random_geometries_fenced(i, monkeypatch):
+    cfg, shape = GEOMETRIES[i]
+    rng = np.random.default_rng(i)
+    layer = Conv2d(**cfg)
+    for path in _paths(layer, shape):
+        with monkeypatch.context() as mp:
+            if path == "pixel-major":
+                mp.setattr(Conv2d, "_pixel_major", lambda self, C: True)
+                mp.setattr(Conv2d, "_winograd", lambda self, x_shape: False)
+                if rng.random() < 0.5:  # blocks of a few output pixels: block edges mid-row
+                    mp.setattr(conv2d_cpu, "_BLOCK_ELEMENTS", int(rng.integers(1, 4)) * shape[1] * np.prod(cfg["kernel_size"]))
+            elif path == "winograd":
+                mp.setattr(Conv2d, "_winograd", lambda self, x_shape: True)
+                if rng.random() < 0.5:  # blocks of one tile row
+                    mp.setattr(conv2d_winograd_cpu, "_BLOCK_ELEMENTS", 1)
+            _check(layer, shape, rng)
