@@ -227,37 +227,33 @@ class Executor:
     def _run(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
              state: Pass | None) -> list[Any]:
         """One forward: replays ``plan``, or (its first inference) decides in ``state``'s arena."""
-        record = state is not None and not plan.ready
-        values: list[Any] = [None] * len(self._readers)
-        for i, x in enumerate(xs):
-            values[i] = self.backend.to_device(x)
-        if record:
-            assert state is not None
+        to_device, dtype = self.backend.to_device, self.dtype
+        values = [to_device(x) for x in xs]  # then one per node, in step order
+        arena = None
+        if state is not None and not plan.ready:  # the first inference: decide, and record
             arena, left = state.arena, list(self._readers)
             arena.reset()
             state.trace = []
-        for k, (layer, ins, kind, name) in enumerate(self._steps):
-            ctx = ctxs[k]
+        steps = zip(self._steps, ctxs, plan.pools, plan.plans, plan.wants)
+        for k, ((layer, ins, kind, name), ctx, pool, plans, want) in enumerate(steps):
             args = [values[i] for i in ins]
-            if record:
+            if arena is not None:
                 plan.inplace[k] = (layer.inplace_ok and len(ins) == 1 and left[ins[0]] == 1
                                    and ins[0] not in self._keep and arena.owns(args[0]))
-                ctx.begin(training, grad, plan.pools[k], plan.plans[k], plan.inplace[k], arena)
-            else:
-                ctx.begin(training, grad, plan.pools[k], plan.plans[k], plan.inplace[k])
+            ctx.begin(training, grad, pool, plans, plan.inplace[k], arena)
             y = layer.forward(ctx, *args)
-            if y.shape != plan.wants[k] or y.dtype != self.dtype:
+            if y.shape != want or y.dtype != dtype:
                 raise GraphError(f"{kind} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
-                                 f"expected {self.dtype.name} {plan.wants[k]} (a bug in the layer)")
-            values[self._first + k] = y
-            if record:
+                                 f"expected {dtype.name} {want} (a bug in the layer)")
+            values.append(y)
+            if arena is not None:
                 self._settle(arena, ctx, y, args)
                 state.trace.append((name, y.size * y.dtype.itemsize, arena.live_bytes))
                 for i in ins:
                     left[i] -= 1
                     if left[i] == 0 and i not in self._keep:
                         arena.release(values[i])
-        if record:
+        if arena is not None:
             plan.ready, plan.bases = True, arena.used
             arena.trim(set().union(*(p.bases for p in state.plans.values())))
         return [values[o] for o in self._outs]

@@ -201,3 +201,17 @@ def test_blocks_take_free_sizes_through_the_graphs_shape_inference():
     g2 = nc.Graph()
     with pytest.raises(nc.ShapeError, match=r"bottleneck: expected an input of shape \(C, H, W\) with a fixed C"):
         nc.blocks.bottleneck(g2, g2.input((None, None, None)), mid_channels=4, out_channels=16)
+
+
+@pytest.mark.cuda
+def test_free_sizes_on_cuda_match_the_cpu():
+    cpu = nc.Model(classifier_graph(), seed=0)
+    gpu = nc.Model(classifier_graph(), seed=0).to("cuda")
+    rng = np.random.default_rng(0)
+    for H, W in [(4, 5), (6, 3), (4, 5)]:
+        x = rng.standard_normal((2, 2, H, W)).astype(np.float32)
+        np.testing.assert_allclose(gpu.forward(x), cpu.forward(x), rtol=1e-5, atol=1e-6)
+        gy = rng.standard_normal((2, 3)).astype(np.float32)
+        cpu.forward(x, training=True)
+        gpu.forward(x, training=True)
+        np.testing.assert_allclose(gpu.backward(gy), cpu.backward(gy), rtol=1e-5, atol=1e-6)
