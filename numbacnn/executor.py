@@ -34,6 +34,7 @@ from .layer import POOL_SHAPES, Ctx, Shape
 
 __all__ = ["Executor", "Plan"]
 
+
 class Plan:
     """What one input signature needs that does not depend on the data, per node (in the
     executor's step order): the expected output shape, the buffers its context hands out,
@@ -57,7 +58,7 @@ class Pass:
 
     def __init__(self, ctxs: dict[str, Ctx], backend: Any) -> None:
         self.ctxs = ctxs
-        self.steps = list(ctxs.values())
+        self.in_order = list(ctxs.values())  # as the executor's steps
         self.arena = Arena(backend)
         self.plans: dict[Hashable, Plan] = {}
         self.trace: list[tuple[str, int, int]] = []
@@ -139,7 +140,7 @@ class Executor:
     def measure(self, xs: Sequence[Any]) -> Pass:
         """Inference on state of its own (``Model.memory_plan``); returns that state."""
         state = self.new_pass()
-        self._run(self._plan(state.plans, xs, (False, False)), xs, state.steps, False, False, state)
+        self._run(self._plan(state.plans, xs, (False, False)), xs, state.in_order, False, False, state)
         return state
 
     def reset_rng(self) -> None:
@@ -212,11 +213,11 @@ class Executor:
         """Run every node; ``grad`` keeps what backward needs (else buffers are shared)."""
         if not grad and not training:
             state = self.thread_pass()
-            return self._run(self._plan(state.plans, xs, (False, False)), xs, state.steps, False, False, state)
+            return self._run(self._plan(state.plans, xs, (False, False)), xs, state.in_order, False, False, state)
         with self._lock:  # training updates shared state (batch-norm statistics) even without grad
             if not grad:
                 state = self.thread_pass()
-                return self._run(self._plan(state.plans, xs, (True, False)), xs, state.steps, True, False, state)
+                return self._run(self._plan(state.plans, xs, (True, False)), xs, state.in_order, True, False, state)
             self._claim("forward")
             plan = self._plan(self._plans, xs, (training, True))
             self._owner, self._pending = None, False  # nothing to differentiate if this fails
