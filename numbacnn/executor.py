@@ -235,6 +235,8 @@ class Executor:
             arena, left = state.arena, list(self._readers)
             arena.reset()
             state.trace = []
+            for pool in plan.pools:
+                pool.clear()  # what a failed first pass took: the arena no longer knows it
         steps = zip(self._steps, ctxs, plan.pools, plan.plans, plan.wants)
         for k, ((layer, ins, kind, name), ctx, pool, plans, want) in enumerate(steps):
             args = [values[i] for i in ins]

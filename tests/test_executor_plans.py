@@ -163,3 +163,32 @@ def test_a_layer_returning_a_wrong_shape_is_caught_on_replay_too():
     with pytest.raises(nc.GraphError, match=r"shrinks_test node 'l0': forward returned float32 \(2, 2, 4\), "
                                             r"expected float32 \(2, 3, 4\) \(a bug in the layer\)"):
         model.forward(np.ones((2, 3, 4), np.float32))
+
+
+def test_a_first_inference_that_failed_leaves_no_stale_buffers_behind():
+    # The failed pass handed out arena buffers; the next one decides afresh, or a later node
+    # could be given the buffer still holding 'a' (which the join reads last).
+    class FailsOnce(Extra):
+        name = "fails_once_test"
+        failed = False
+
+        def forward_cpu(self, ctx, x):
+            y = ctx.empty_like(x)
+            if not FailsOnce.failed:
+                FailsOnce.failed = True
+                raise RuntimeError("once")
+            y[...] = x
+            return y
+
+    g = nc.Graph()
+    x = g.input((3, 4))
+    a = g.add_layer(Twice(), x, name="a")
+    b = g.add_layer(FailsOnce(), a, name="b")
+    c = g.add_layer(Twice(), b, name="c")
+    g.output(g.add(a, c, name="sum"))
+    model = nc.Model(g)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="once"):
+        model.forward(x)
+    np.testing.assert_allclose(model.forward(x), 6 * x, rtol=1e-6)
+    np.testing.assert_allclose(model.forward(x), 6 * x, rtol=1e-6)
