@@ -166,6 +166,8 @@ class Ctx:
         self._plans = self._own_plans if plans is None else plans
         self._cursor = 0
         self._arena = arena
+        if arena is not None:
+            self._taken = []  # nothing left from a pass that failed before the executor settled it
         self.inplace = inplace
 
     def plan(self, key: Hashable, make: Callable[[], Any]) -> Any:
