@@ -74,9 +74,18 @@ class BatchNorm2d(Layer):
         C, H, W = output_shape
         return 4 * C * H * W
 
+    def _plan(self, x_shape: Shape, dtype: Any) -> tuple[Any, float]:
+        # Asked once per input signature (ctx.plan): eps typed like the data (a Python float
+        # would make the CUDA kernels compute in float64), and the running variance's
+        # unbiasing factor M / (M - 1) over the M values per channel.
+        N, C, H, W = x_shape
+        M = N * H * W
+        return dtype.type(self.eps), M / max(M - 1, 1)
+
     def _forward(self, ctx: Ctx, x: Any, kernels: Any) -> Any:
         N, C, H, W = x.shape
         M = N * H * W
+        eps, unbias = ctx.plan(x.shape, lambda: self._plan(x.shape, x.dtype))
         x3 = x.reshape(N, C, H * W)
         y = ctx.empty_like(x)
         batch_stats = ctx.training or not self.track_running_stats
@@ -87,14 +96,12 @@ class BatchNorm2d(Layer):
             mean, var = ctx.empty((C,)), ctx.empty((C,))
             kernels.batch_norm2d_stats(x3, mean, var)
             if ctx.training and self.track_running_stats:
-                kernels.batch_norm2d_update_running(mean, var, self.momentum, M / (M - 1),
+                kernels.batch_norm2d_update_running(mean, var, self.momentum, unbias,
                                                     ctx.buffers["running_mean"], ctx.buffers["running_var"])
         else:
             mean, var = ctx.buffers["running_mean"], ctx.buffers["running_var"]
         # Kernels take no None: without affine parameters the statistics fill the unread slots.
         w, b = (ctx.params["weight"], ctx.params["bias"]) if self.affine else (mean, var)
-        # eps typed like the data: a Python float would make the CUDA kernels compute in float64.
-        eps = x.dtype.type(self.eps)
         kernels.batch_norm2d_forward(x3, mean, var, w, b, eps, self.affine, y.reshape(N, C, H * W))
         ctx.save(x3, mean, var, batch_stats)
         return y
@@ -104,7 +111,7 @@ class BatchNorm2d(Layer):
         N, C, L = x3.shape
         want_gx = ctx.needs_input_grad[0]
         gy3 = gy.reshape(N, C, L)
-        eps = x3.dtype.type(self.eps)
+        eps = ctx.plan(gy.shape, lambda: self._plan(gy.shape, gy.dtype))[0]
         # sums[0] = sum(gy), sums[1] = sum(gy * x_hat) per channel: the weight gradients, and
         # what the input gradient subtracts when the statistics came from the batch.
         sums = ctx.empty((2, C))
