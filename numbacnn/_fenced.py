@@ -87,6 +87,9 @@ class _Backend:
     def take(self, shape: Sequence[int], dtype: Any) -> np.ndarray:  # as the inference arena's
         return self.empty(shape, dtype)
 
+    def fill(self, a: np.ndarray, value: float) -> None:
+        a.fill(value)
+
     def fill_zero(self, a: np.ndarray) -> None:
         a.fill(0)
 
