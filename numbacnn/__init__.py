@@ -13,8 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .device import DeviceError
 from .graph import Graph, GraphError
 from .layer import Ctx, Layer, ShapeError

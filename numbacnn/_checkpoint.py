@@ -1,5 +1,11 @@
 """The checkpoint file: one ``.npz`` format for ``Model.save`` and the Trainer's checkpoints.
 
+This module owns the format, both ways: ``save_model`` / ``load_model`` (what ``Model.save``
+and ``Model.load`` call) and ``save_trainer_state`` / ``load_trainer_state`` (the Trainer's).
+The file holds ``params/<key>`` and ``buffers/<key>`` (``Model.state()``), ``spec`` (the model
+spec as JSON bytes) and ``extra/<key>`` arrays; a training checkpoint's extras are
+``extra/trainer`` (JSON metadata), ``extra/optim/...`` and ``extra/schedule/...``.
+
 Every write goes through ``write_npz``: a temporary file in the target's folder, flushed to
 disk, then renamed over the target, so an interrupted or failed save (a full disk, Ctrl-C, a
 crash) leaves the previous file as it was. ``read_checkpoint`` refuses anything that is not
@@ -14,9 +20,14 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from . import registry
+from .graph import GraphError
+from .layer import ShapeError
 
 FORMAT = "numbacnn.trainer/1"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip member, or an empty archive
@@ -133,6 +144,37 @@ def from_json_array(a: np.ndarray, path: str | os.PathLike, what: str) -> Any:
         raise ValueError(f"{path}: corrupt checkpoint: its {what} is not valid JSON ({e})") from None
 
 
+# models ----------------------------------------------------------------------------------------
+def save_model(model: Any, path: str | os.PathLike, extra: dict[str, np.ndarray] | None = None,
+               allow_nonfinite: bool = False) -> None:
+    """``Model.save``: weights, buffers, the spec and ``extra`` arrays, written atomically;
+    non-finite weights are refused unless ``allow_nonfinite``."""
+    arrays = model.state()
+    bad = [] if allow_nonfinite else nonfinite(arrays)
+    if bad:
+        names = ", ".join(k.replace("params/", "").replace("buffers/", "buffer ") for k in bad[:6])
+        more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
+        raise ValueError(f"{path}: not saved: {names}{more} {'hold' if len(bad) > 1 else 'holds'} NaN or "
+                         f"inf (the model has diverged); nothing was written, an existing file is unchanged. "
+                         f"Model.save(..., allow_nonfinite=True) writes it anyway, for debugging")
+    arrays["spec"] = json_array(model.to_spec())
+    for k, v in (extra or {}).items():
+        arrays[f"extra/{k}"] = v
+    write_npz(path, arrays)
+
+
+def load_model(cls: Any, path: str | os.PathLike) -> Any:
+    """``Model.load``: a ``cls`` rebuilt from the file's spec, with its weights and buffers."""
+    state = read_checkpoint(path)
+    spec = from_json_array(state.pop("spec"), path, "model spec")
+    try:
+        model = cls.from_spec(spec)
+    except (GraphError, ShapeError, registry.UnknownLayerError, registry.PluginError) as e:
+        raise type(e)(f"{path}: {e}") from None
+    model.load_state(state, source=str(path))
+    return model
+
+
 # training state --------------------------------------------------------------------------------
 def save_trainer_state(trainer: Any, path: str | os.PathLike) -> None:
     meta = {
@@ -167,9 +209,21 @@ def _section(state: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_trainer_state(trainer: Any, path: str | os.PathLike) -> None:
-    from .train import History
+@dataclass
+class TrainerRun:
+    """What a training checkpoint restores besides the model, optimizer and schedule state:
+    the Trainer's own bookkeeping, which it sets from these fields."""
 
+    epoch: int
+    history: dict[str, list[float]]
+    history_epochs: list[int]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_trainer_state(trainer: Any, path: str | os.PathLike) -> TrainerRun:
+    """Check a training checkpoint against ``trainer`` (model graph and dtype, optimizer class,
+    schedule, nodes), restore the model, optimizer, schedule and generator state into it, and
+    return the run's epoch, history and info; nothing is changed when a check fails."""
     meta, state = read_trainer_meta(path)
     model = trainer.model
     spec = from_json_array(state["spec"], path, "model spec")
@@ -194,6 +248,4 @@ def load_trainer_state(trainer: Any, path: str | os.PathLike) -> None:
     if trainer.schedule is not None:
         trainer.schedule.load_state_dict(sched_state)
     model.set_rng_state(meta["rng"])
-    trainer.epoch = int(meta["epoch"])
-    trainer.history = History(meta["history"], meta["history_epochs"])
-    trainer.info = dict(meta.get("info") or {})
+    return TrainerRun(int(meta["epoch"]), meta["history"], meta["history_epochs"], dict(meta.get("info") or {}))

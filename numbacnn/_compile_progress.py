@@ -7,10 +7,8 @@ one line saying so and pointing to ``numbacnn warmup``; then, on a terminal, a s
 naming the kernel being compiled, the count and the time so far, or elsewhere (a log) one
 line per kernel; when the block ends, a summary line. When every kernel comes from the cache
 nothing is printed. It listens to Numba's ``numba:compile`` events, which fire on cache misses
-only.
-
-``compile_for_fit`` compiles a training run's kernels before its first epoch on a twin of the
-model, so the epoch bar's clock starts after compilation and its rate and ETA are sane.
+only. ``Trainer.fit`` runs its first step on a twin of the model inside one, so the epoch
+bar's clock starts after compilation and its rate and ETA are sane.
 """
 
 from __future__ import annotations
@@ -21,12 +19,11 @@ import threading
 import time
 from typing import Any, Iterator, TextIO
 
-import numpy as np
 from numba.core import event
 
 from ._kernel_cache import MARK
 
-__all__ = ["compile_progress", "compile_for_fit", "HEADER"]
+__all__ = ["compile_progress", "HEADER"]
 
 HEADER = ("compiling Numba kernels for first use (cached afterwards; `numbacnn warmup` compiles them all "
           "ahead of time)")
@@ -182,37 +179,3 @@ def compile_progress(enabled: bool = True, stream: TextIO | None = None) -> Iter
                 progress.stop()
             else:
                 progress.summary()
-
-
-def compile_for_fit(trainer: Any, x: np.ndarray, y: np.ndarray, batch_size: int,
-                    validation_data: tuple[np.ndarray, np.ndarray] | None, verbose: int) -> None:
-    """Compile what ``trainer.fit`` will run, before its first epoch bar starts: one training
-    step and one evaluation on a few samples, on a twin of the model (same graph, dtype and
-    device, its own parameters, buffers, optimizer and generators), so nothing of the
-    trainer's changes and a run stays bit-reproducible. Only with progress output: its point
-    is a compile phase the user sees, then an epoch bar whose rate and ETA mean something.
-    """
-    if not verbose:
-        return
-    from .model import Model
-    from .train import Trainer
-
-    model, opt = trainer.model, trainer.optimizer
-    twin = Model(model.graph, seed=model.seed, dtype=model.dtype).to(model.device)
-    try:
-        twin_opt = type(opt)(twin, **opt.config)
-    except (TypeError, ValueError, AttributeError):
-        twin_opt = None  # an optimizer its config cannot rebuild: its kernels compile in step one
-    twin_trainer = Trainer(twin, twin_opt, loss=trainer.loss_fn, seed=trainer.seed)
-    k = min(len(x), batch_size, 4)
-    rows = np.arange(k)  # indexed as the epochs index: a fresh C-contiguous batch
-    with compile_progress():
-        if twin_opt is not None:
-            twin_trainer.train_step(x[rows], y[rows])
-        else:
-            twin.backward(twin_trainer._loss(twin.forward(x[rows], training=True, host=False), y[rows])[1],
-                          input_grad=False)
-        if validation_data is not None:
-            xv, yv = validation_data
-            rows = np.arange(min(len(xv), k))
-            twin_trainer.evaluate(xv[rows], yv[rows], batch_size=max(batch_size, 256))

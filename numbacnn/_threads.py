@@ -5,8 +5,8 @@ once where Numba's thread pool cannot take it.
 numbacnn parallelises with Numba's thread pool and calls BLAS from inside its parallel loops
 (``np.dot`` per sample), so BLAS must not start threads of its own there: two pools on the
 same cores spin against each other (a network3 training step took 3x longer on 2 cores).
-The limit holds only inside numbacnn's calls and is restored on the way out; importing
-numbacnn changes no thread settings. Nested uses cost a counter increment: only the
+The limit holds only inside numbacnn's calls, made from whichever Python thread, and is
+restored on the way out; importing numbacnn changes no thread settings. Nested uses cost a counter increment: only the
 outermost one talks to the BLAS libraries (a few microseconds).
 """
 
@@ -14,43 +14,69 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["batch_chunks", "kernel_launches", "single_thread_blas"]
+
+
+def _blas_thread_controls(lc: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
+    """(get, set) of one BLAS library's thread count, process-wide from any Python thread.
+
+    threadpoolctl (3.8 on) lets only the first Python thread that sets an OpenBLAS limit
+    change it and silently ignores every other thread's calls, so after one model call in the
+    main thread a worker thread's limit did nothing and its kernels ran with BLAS threads
+    nested in Numba's (network3 inference 1.5-6x slower). A pthreads OpenBLAS keeps one
+    process-wide count, which is what the kernels need anyway (they call BLAS from Numba's
+    own worker threads, never from the Python thread that set it), so its own setter is
+    called here; the lock in ``_SingleThreadBlas`` keeps numbacnn's threads from fighting
+    over it. Other libraries (and an OpenMP OpenBLAS) go through threadpoolctl. The C calls
+    also skip threadpoolctl's wrappers, several microseconds on every model call.
+    """
+    if getattr(lc, "internal_api", None) == "openblas" and getattr(lc, "threading_layer", None) == "pthreads":
+        for prefix in ("", "scipy_"):
+            for suffix in ("", "64_", "_64"):
+                get = getattr(getattr(lc, "dynlib", None), f"{prefix}openblas_get_num_threads{suffix}", None)
+                set_ = getattr(getattr(lc, "dynlib", None), f"{prefix}openblas_set_num_threads{suffix}", None)
+                if get is not None and set_ is not None:
+                    return get, set_
+    return lc.get_num_threads, lc.set_num_threads
 
 
 class _SingleThreadBlas:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._depth = 0
-        self._libs: list[Any] | None = None
+        self._libs: list[tuple[Callable[[], int], Callable[[int], Any]]] | None = None
         self._saved: list[int] = []
 
-    def _blas_libs(self) -> list[Any]:
+    def _blas_libs(self) -> list[tuple[Callable[[], int], Callable[[int], Any]]]:
         if self._libs is None:
             # Numba's np.dot calls SciPy's BLAS, a different library from NumPy's: load it now
             # so the controller (built once: it scans the loaded libraries) limits both.
             import scipy.linalg.cython_blas  # noqa: F401
             from threadpoolctl import ThreadpoolController
 
-            self._libs = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+            self._libs = [_blas_thread_controls(lc) for lc in ThreadpoolController().lib_controllers
+                          if lc.user_api == "blas"]
         return self._libs
 
     def __enter__(self) -> None:
         with self._lock:
             if self._depth == 0:
                 libs = self._blas_libs()
-                self._saved = [lc.get_num_threads() for lc in libs]
-                for lc in libs:
-                    lc.set_num_threads(1)
+                self._saved = [get() for get, _ in libs]
+                for (_, set_), n in zip(libs, self._saved):
+                    if n != 1:
+                        set_(1)
             self._depth += 1
 
     def __exit__(self, *exc: Any) -> None:
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
-                for lc, n in zip(self._libs or (), self._saved):
-                    lc.set_num_threads(n)
+                for (_, set_), n in zip(self._libs or (), self._saved):
+                    if n != 1:
+                        set_(n)
 
 
 single_thread_blas = _SingleThreadBlas()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 
 from . import registry
-from ._checkpoint import from_json_array, nonfinite, read_checkpoint, write_npz
+from ._checkpoint import load_model, save_model
 from ._threads import kernel_launches, single_thread_blas
 from .device import DeviceError, check_device, get_backend
 from .executor import Executor
@@ -282,28 +281,10 @@ class Model:
         holding NaN or inf are refused (a ``ValueError`` naming them, nothing written) unless
         ``allow_nonfinite=True``, which keeps a diverged model for debugging.
         """
-        arrays = self.state()
-        bad = [] if allow_nonfinite else nonfinite(arrays)
-        if bad:
-            names = ", ".join(k.replace("params/", "").replace("buffers/", "buffer ") for k in bad[:6])
-            more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
-            raise ValueError(f"{path}: not saved: {names}{more} {'hold' if len(bad) > 1 else 'holds'} NaN or "
-                             f"inf (the model has diverged); nothing was written, an existing file is unchanged. "
-                             f"Model.save(..., allow_nonfinite=True) writes it anyway, for debugging")
-        arrays["spec"] = np.frombuffer(json.dumps(self.to_spec()).encode(), dtype=np.uint8)
-        for k, v in (extra or {}).items():
-            arrays[f"extra/{k}"] = v
-        write_npz(path, arrays)
+        save_model(self, path, extra, allow_nonfinite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Model":
         """Read a model written by ``save`` (refusing files that are not complete checkpoints)."""
-        state = read_checkpoint(path)
-        spec = from_json_array(state.pop("spec"), path, "model spec")
-        try:
-            model = cls.from_spec(spec)
-        except (GraphError, ShapeError, registry.UnknownLayerError, registry.PluginError) as e:
-            raise type(e)(f"{path}: {e}") from None
-        model.load_state(state, source=str(path))
-        return model
+        return load_model(cls, path)
 

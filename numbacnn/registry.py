@@ -71,7 +71,7 @@ _entries: dict[str, _Entry] | None = None
 
 
 def _numbacnn_version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

@@ -218,10 +218,8 @@ class Trainer:
         self._resumed = False
         cbs = [c if isinstance(c, Callback) else _FnCallback(c) for c in callbacks]
         self.stop_training = False
-        if self.epoch < epochs:  # compile first (on a twin model), so the epoch bar times training
-            from ._compile_progress import compile_for_fit
-
-            compile_for_fit(self, x, y, batch_size, validation_data, verbose)
+        if self.epoch < epochs and verbose:  # compile first (on a twin), so the epoch bar times training
+            self._compile_first(x, y, batch_size, validation_data)
         while self.epoch < epochs and not self.stop_training:
             epoch = self.epoch
             for c in cbs:
@@ -241,6 +239,33 @@ class Trainer:
             for c in cbs:
                 c.on_epoch_end(epoch, logs, self)
         return self.history
+
+    def _compile_first(self, x: np.ndarray, y: np.ndarray, batch_size: int,
+                       validation_data: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Compile what ``fit`` will run, with the compile progress shown, before its first epoch
+        bar starts: one training step and one evaluation on a few samples, on a twin of the model
+        (same graph, dtype and device, its own parameters, buffers, optimizer and generators),
+        so nothing of this trainer's changes and a run stays bit-reproducible."""
+        from ._compile_progress import compile_progress
+
+        model, opt = self.model, self.optimizer
+        twin = Model(model.graph, seed=model.seed, dtype=model.dtype).to(model.device)
+        try:
+            twin_opt = type(opt)(twin, **opt.config)
+        except (TypeError, ValueError, AttributeError):
+            twin_opt = None  # an optimizer its config cannot rebuild: its kernels compile in step one
+        twin_trainer = Trainer(twin, twin_opt, loss=self.loss_fn, seed=self.seed)
+        rows = np.arange(min(len(x), batch_size, 4))  # indexed as the epochs index: a fresh C-contiguous batch
+        with compile_progress():
+            if twin_opt is not None:
+                twin_trainer.train_step(x[rows], y[rows])
+            else:
+                out = twin.forward(x[rows], training=True, host=False)
+                twin.backward(twin_trainer._loss(out, y[rows])[1], input_grad=False)
+            if validation_data is not None:
+                xv, yv = validation_data
+                rows = rows[:len(xv)]
+                twin_trainer.evaluate(xv[rows], yv[rows], batch_size=max(batch_size, 256))
 
     def _train_epoch(self, x, y, epoch, epochs, batch_size, shuffle, augment, cbs, verbose,
                      validation_data, terminate_on_nan) -> dict[str, float]:
@@ -341,7 +366,8 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore a ``save_checkpoint`` file; the next ``fit`` continues from its epoch."""
-        load_trainer_state(self, path)
+        run = load_trainer_state(self, path)
+        self.epoch, self.history, self.info = run.epoch, History(run.history, run.history_epochs), run.info
         self._resumed = True
 
 

@@ -50,9 +50,8 @@ def test_concurrent_inference_matches_single_thread(model):
 
     for outcome in gather(6, calls):
         for k, y in outcome:
-            # OpenBLAS may split a product differently outside the main thread: float32
-            # rounding, nowhere near the wrong activations an overwritten buffer gives.
-            np.testing.assert_allclose(y, want[k], rtol=1e-5, atol=1e-6)
+            # Bit for bit: every thread's call runs the same kernels with one BLAS thread.
+            np.testing.assert_array_equal(y, want[k])
 
 
 def test_inference_while_a_training_step_waits_for_its_backward(model):

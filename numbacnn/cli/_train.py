@@ -1,6 +1,7 @@
 """The training commands of ``numbacnn``: ``train``, ``evaluate``, ``summary``.
 
-``cli.py`` registers them in its ``COMMANDS`` table; heavy imports happen inside the handlers.
+``numbacnn.cli`` registers them in its ``COMMANDS`` table; heavy imports happen inside the
+handlers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import shlex
 import sys
 import time
 from typing import Any
+
+from ._errors import CliError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine")
@@ -28,14 +31,14 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    from .zoo import MODELS
+    from ..zoo import MODELS
 
     p.add_argument("--model", default="lenet5", choices=sorted(MODELS), help="zoo model (default lenet5)")
     p.add_argument("--variant", help="network3 variant: fc, conv1, conv2, conv2_relu (default), conv2_relu_dropout")
 
 
 def _data_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    from .data import DATASETS
+    from ..data import DATASETS
 
     p.add_argument("--data", default=default, choices=sorted(DATASETS),
                    help="; ".join(f"{k}: {v}" for k, v in DATASETS.items()))
@@ -68,7 +71,6 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 def _check_data_flags(args: argparse.Namespace) -> None:
     """Refuse --data-dir / --download where they would be ignored, in the flags' own words."""
-    from .cli import CliError
 
     if args.data_dir is not None and args.data == "digits":
         raise CliError("--data-dir does not apply to --data digits (scikit-learn's bundled digits read no "
@@ -81,7 +83,7 @@ def _check_data_flags(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from .data import MissingDataError, cache_dir, load_dataset
+    from ..data import MissingDataError, cache_dir, load_dataset
 
     _check_data_flags(args)
     try:
@@ -94,9 +96,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _zoo_model(args: argparse.Namespace, **kwargs: Any) -> Any:
-    from .cli import CliError
-    from .layer import ShapeError
-    from .zoo import build
+    from ..layer import ShapeError
+    from ..zoo import build
 
     if args.variant is not None:
         if args.model != "network3":
@@ -115,8 +116,7 @@ def _zoo_model(args: argparse.Namespace, **kwargs: Any) -> Any:
 def _check_checkpoint(path: str, args: argparse.Namespace) -> None:
     """Before any data is read or kernel compiled: never replace a file unasked, and fail now
     (not after the first epoch) when the checkpoint could not be written."""
-    from ._checkpoint import check_writable
-    from .cli import CliError
+    from .._checkpoint import check_writable
 
     if os.path.isfile(path) and not (args.resume or args.overwrite):
         raise CliError(f"{path} exists: add --overwrite to replace it, or --resume to continue training it")
@@ -135,7 +135,7 @@ def _resume_command(args: argparse.Namespace, checkpoint: str) -> str:
 
 
 def _optimizer(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
-    from . import optim
+    from .. import optim
 
     lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
     if args.optimizer == "sgd":
@@ -151,9 +151,8 @@ def _optimizer(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .augment import parse
-    from .cli import CliError
-    from .train import Trainer, TrainingDivergedError
+    from ..augment import parse
+    from ..train import Trainer, TrainingDivergedError
 
     if args.epochs < 1 or args.batch_size < 1:
         raise CliError("--epochs and --batch-size must be at least 1")
@@ -198,10 +197,9 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ._checkpoint import read_trainer_meta
-    from .cli import CliError
-    from .model import Model
-    from .train import Trainer
+    from .._checkpoint import read_trainer_meta
+    from ..model import Model
+    from ..train import Trainer
 
     model = Model.load(args.checkpoint).to(args.device)
     if args.data is None:
@@ -220,7 +218,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_summary(p: argparse.ArgumentParser) -> None:
-    from .data import DATASET_SHAPES
+    from ..data import DATASET_SHAPES
 
     _model_args(p)
     p.add_argument("--data", choices=sorted(DATASET_SHAPES),
@@ -230,8 +228,7 @@ def add_summary(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .cli import CliError
-    from .data import DATASET_SHAPES
+    from ..data import DATASET_SHAPES
 
     if args.input_shape is not None and args.data is not None:
         raise CliError("give --data or --input-shape, not both")

@@ -1,0 +1,7 @@
+"""``python -m numbacnn``: the ``numbacnn`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m numbacnn.cli``: the ``numbacnn`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

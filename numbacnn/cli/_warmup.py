@@ -1,0 +1,45 @@
+"""``numbacnn warmup``: fill Numba's disk cache ahead of time."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_warmup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float64"),
+                   help="the dtypes to compile for (default float32)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
+    p.add_argument("--quiet", action="store_true", help="only the final line")
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    """Fill Numba's disk cache: every layer, loss, optimizer and zoo model, run once on tiny data."""
+    from tqdm import tqdm
+
+    from ..warmup import WarmupItem, warmup
+
+    bar: Any = None
+
+    def progress(item: WarmupItem, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # the first item is done: caching and the device were fine
+            if not args.quiet:
+                print(f"warm-up for {', '.join(args.dtype)} on {args.device}: every layer, loss, optimizer "
+                      f"and zoo model runs once on tiny data", flush=True)
+            bar = tqdm(total=total, unit="item", desc="warm-up", file=sys.stderr,
+                       disable=True if args.quiet else None, dynamic_ncols=True, leave=False)
+        if not args.quiet:
+            bar.write(f"  {item.line()}", file=sys.stdout)
+        bar.set_postfix_str(item.name, refresh=False)
+        bar.update(1)
+
+    try:
+        report = warmup(dtypes=args.dtype, devices=[args.device], progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(report.summary())
+    print(f"Numba cache: {', '.join(report.cache_dirs) or 'none'}")
+    return 0
