@@ -11,6 +11,7 @@ import json
 import os
 import time
 
+import numba
 import numpy as np
 
 import numbacnn as nc
@@ -58,12 +59,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--shuffle", type=int, default=1)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
     r = dist.rank()
     (x, y), (xv, yv) = data()
     # Every rank builds its model from a seed of its own: training must start from rank 0's.
     build = conv_bn if args.mode == "bn" else mlp
-    t = trainer(build(seed=100 + r), seed=7 + r)
+    t = trainer(build(seed=100 + r).to(args.device), seed=7 + r)
     callbacks = []
     if args.mode == "fail":
         from numbacnn.train import Callback
@@ -83,7 +85,7 @@ def main() -> None:
     result = t.evaluate(xv, yv, batch_size=32)  # 4 batches over 2 ranks: every rank its own slice
     state = {k: v for k, v in t.model.state().items()}
     notes = {"history": history.history, "epochs": history.epoch, "evaluate": result, "epoch": t.epoch,
-             "lr": t.optimizer.lr, "size": dist.size(), "seed": t.seed}
+             "lr": t.optimizer.lr, "size": dist.size(), "seed": t.seed, "threads": numba.get_num_threads()}
     np.savez(os.path.join(args.out, f"rank{r}.npz"), notes=np.frombuffer(json.dumps(notes).encode(), np.uint8),
              **state)
 

@@ -31,14 +31,14 @@ JOB = str(Path(__file__).parent / "_mpi_job.py")
 ONE_THREAD = {k: "1" for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
-def launch(n: int, *argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, **ONE_THREAD}
+def launch(n: int, *argv: str, timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **ONE_THREAD} if env is None else env
     return subprocess.run([MPIEXEC, "-n", str(n), *argv], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def run_job(n: int, out: Path, *args: str) -> list[dict]:
+def run_job(n: int, out: Path, *args: str, env: dict[str, str] | None = None) -> list[dict]:
     """Launch ``_mpi_job.py`` on n ranks; each rank's weights and notes."""
-    done = launch(n, sys.executable, "-m", "mpi4py", JOB, *args[:1], str(out), *args[1:])
+    done = launch(n, sys.executable, "-m", "mpi4py", JOB, *args[:1], str(out), *args[1:], env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     ranks = []
     for r in range(n):
@@ -136,10 +136,14 @@ def test_resume_a_two_rank_checkpoint_on_other_rank_counts(fit2, tmp_path, ranks
 
 
 def test_batch_norm_statistics_and_dropout_stay_identical_over_ranks(tmp_path):
-    (r0, r1) = run_job(2, tmp_path, "bn", "--epochs", "1", "--batch-size", "16")
+    """Also: without NUMBA_NUM_THREADS, the ranks of one machine share its cores."""
+    env = {k: v for k, v in {**os.environ, **ONE_THREAD}.items() if k != "NUMBA_NUM_THREADS"}
+    (r0, r1) = run_job(2, tmp_path, "bn", "--epochs", "1", "--batch-size", "16", env=env)
     assert any(k.startswith("buffers/") for k in r0["state"])
     for k in r0["state"]:
         np.testing.assert_array_equal(r0["state"][k], r1["state"][k], err_msg=k)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert r0["notes"]["threads"] == r1["notes"]["threads"] == max(1, cores // 2)
 
 
 def test_a_rank_that_raises_mid_epoch_ends_the_job(tmp_path):
@@ -179,3 +183,13 @@ def test_a_rank_with_other_settings_is_refused_by_name(tmp_path):
     done = launch(2, sys.executable, "-m", "mpi4py", JOB, "mismatch", str(tmp_path), timeout=120)
     assert done.returncode != 0
     assert "rank 1: batch_size is 8 here but 16 on rank 0" in done.stderr
+
+
+@pytest.mark.gpu
+def test_two_ranks_on_the_gpu_train_as_one_process(tmp_path):
+    """Device-resident models: gradients go through the host for MPI, the result is the same."""
+    (r0, r1) = run_job(2, tmp_path, "fit", "--shuffle", "0", "--epochs", "2", "--batch-size", "16",
+                       "--device", "cuda")
+    for k in r0["state"]:
+        np.testing.assert_array_equal(r0["state"][k], r1["state"][k], err_msg=k)
+    close(r0["state"], reference(epochs=2, batch_size=32, shuffle=False).model.state(), rtol=1e-4)

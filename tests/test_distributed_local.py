@@ -14,6 +14,7 @@ import numbacnn.distributed as dist  # noqa: E402
 from numbacnn.augment import RandomShift  # noqa: E402
 from numbacnn.data import load_digits, train_test_split  # noqa: E402
 from numbacnn.optim import SGD, StepLR  # noqa: E402
+from numbacnn.train import Callback, TrainingDivergedError  # noqa: E402
 
 pytestmark = pytest.mark.mpi
 
@@ -44,6 +45,30 @@ def test_one_rank_trains_bit_for_bit_as_the_plain_trainer(tmp_path):
         np.testing.assert_array_equal(one.model.state()[k], v, err_msg=k)
     assert h1 == h0 and e1 == e0
     assert nc.Model.load(tmp_path / "True.npz").param_count() == one.model.param_count()
+
+
+class KeepWeights(Callback):
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    def on_batch_end(self, batch, logs, trainer) -> None:
+        self.seen.append(trainer.model.state())
+
+
+def test_a_nan_loss_stops_a_distributed_fit_before_the_weights_change():
+    """The loss is checked after the gradient average (every rank sees the global loss, so all
+    stop together), and the diverged batch's step is skipped."""
+    (x, y), _ = train_test_split(*load_digits(), test_size=0.2, seed=0)
+    x = x[:64].copy()
+    x[40] = np.nan  # in the second batch of 32
+    model = net()
+    t = nc.Trainer(model, SGD(model, lr=0.05), distributed=True)
+    keep = KeepWeights()
+    with pytest.raises(TrainingDivergedError, match="batch 2/2"):
+        t.fit(x, y[:64], epochs=1, batch_size=32, shuffle=False, verbose=0, callbacks=[keep])
+    assert len(keep.seen) == 1
+    for k, v in keep.seen[0].items():
+        np.testing.assert_array_equal(model.state()[k], v, err_msg=k)
 
 
 class PeerOfOnes:
