@@ -63,8 +63,9 @@ def _mpi() -> Any:
 def init() -> Any:
     """Start MPI (if mpi4py has not already) and return numbacnn's communicator.
 
-    Idempotent. numbacnn talks on a duplicate of ``COMM_WORLD``, so its collectives never mix
-    with a program's own. With more than one rank an uncaught exception aborts the whole job
+    Collective the first time (every rank must call it; ``Trainer(..., distributed=True)``
+    does), idempotent afterwards. numbacnn talks on a duplicate of ``COMM_WORLD``, so its
+    collectives never mix with a program's own. With more than one rank an uncaught exception aborts the whole job
     (as ``python -m mpi4py`` does), so a plain ``mpiexec python train.py`` cannot hang either.
     """
     global _comm
