@@ -24,6 +24,7 @@ import numpy as np
 
 from . import losses
 from ._checkpoint import check_writable, load_trainer_state, nonfinite, save_trainer_state
+from .distributed._trainer import DataParallel
 from .model import Model
 
 __all__ = ["Trainer", "History", "Callback", "TrainingDivergedError"]
@@ -106,9 +107,8 @@ class Trainer:
     """Trains ``model`` with ``optimizer`` on a loss (``"cross_entropy"``, ``"mse"`` or a function).
 
     ``schedule`` (an ``optim.LRSchedule``) is stepped at the end of every epoch; ``seed`` fixes
-    the shuffling and augmentation of every epoch. ``distributed=True`` trains data-parallel
-    over MPI, one process per rank (``numbacnn.distributed``): ``fit`` and ``evaluate`` are then
-    collective, to be called on every rank alike.
+    the shuffling and augmentation of every epoch. ``distributed=True``: data-parallel over MPI
+    (``numbacnn.distributed``); ``fit`` and ``evaluate`` are then called on every rank alike.
     """
 
     def __init__(self, model: Model, optimizer: Any = None, loss: Any = "cross_entropy",
@@ -133,11 +133,7 @@ class Trainer:
         # none yet): what an interrupted run can be resumed from.
         self.checkpoint_epoch: int | None = None
         self._resumed = False
-        self._dp: Any = None  # distributed: the link to the other ranks (numbacnn.distributed)
-        if distributed:
-            from .distributed._trainer import DataParallel
-
-            self._dp = DataParallel(model)
+        self._dp = DataParallel(model) if distributed else None  # the link to the other ranks
 
     # checks ----------------------------------------------------------------------------------
     def _check_data(self, x: Any, y: Any, what: str) -> None:
@@ -180,13 +176,13 @@ class Trainer:
         self.optimizer.zero_grad()
         out = self.model.forward(xb, training=True, host=False)
         loss, gy, correct = self._loss(out, yb)
-        if finite_only and not math.isfinite(loss) and self._dp is None:
+        if self._dp is None and finite_only and not math.isfinite(loss):
             return loss, correct
         self.model.backward(gy, input_grad=False)
-        if self._dp is not None:  # every rank's batch: the mean gradient, the global loss and count
+        if self._dp is not None:  # the mean gradient; the loss and count of every rank's batch
             loss, correct = self._dp.average_gradients(loss, correct)
-            if finite_only and not math.isfinite(loss):
-                return loss, correct
+        if finite_only and not math.isfinite(loss):  # distributed: checked on the global loss, so
+            return loss, correct                     # every rank skips the step and stops alike
         self.optimizer.step()
         return loss, correct
 
@@ -229,8 +225,7 @@ class Trainer:
             self.epoch, self.history = 0, History()
         self._resumed = False
         if self._dp is not None:  # every rank continues from rank 0's (possibly resumed) state
-            self._dp.start_fit(self, x, y, epochs, batch_size, shuffle, validation_data)
-            verbose = verbose if root else 0
+            verbose = self._dp.start_fit(self, x, y, epochs, batch_size, shuffle, validation_data, verbose)
         cbs = [c if isinstance(c, Callback) else _FnCallback(c) for c in callbacks]
         self.stop_training = False
         if self.epoch < epochs and verbose:  # compile first (on a twin), so the epoch bar times training
@@ -292,11 +287,9 @@ class Trainer:
 
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
-        world = 1
         if self._dp is not None:  # this rank's share; the figures below count every rank's samples
             order, rng = self._dp.epoch_share(order, rng)
-            world = self._dp.size
-        n = len(order)
+        n, world = len(order), 1 if self._dp is None else self._dp.size
         classify = self._classifying(y)
         bar = tqdm(total=n * world, unit="img", desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
                    disable=None if verbose == 1 else True, dynamic_ncols=True, leave=True)
@@ -371,10 +364,8 @@ class Trainer:
         return np.concatenate(outs) if outs else np.zeros((0, *self.model.output_shape), self.model.dtype)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
-        """``{"loss": ..., "accuracy": ...}`` over all of ``x`` (accuracy for integer labels).
-
-        Distributed, each rank evaluates a slice and every rank gets the figures of all of ``x``.
-        """
+        """``{"loss": ..., "accuracy": ...}`` over all of ``x`` (accuracy for integer labels; each rank
+        evaluates a slice when distributed, and every rank gets the figures of all of ``x``)."""
         self._check_data(x, y, "evaluate")
         classify = self._classifying(y)
         loss_sum, correct = 0.0, 0
@@ -385,8 +376,7 @@ class Trainer:
             loss, _, ok = self._loss(out, y[rows])
             loss_sum += loss * out.shape[0]
             correct += ok
-        if self._dp is not None:
-            loss_sum, correct = self._dp.total(loss_sum, correct)
+        loss_sum, correct = (loss_sum, correct) if self._dp is None else self._dp.total(loss_sum, correct)
         result = {"loss": loss_sum / len(x)}
         if classify:
             result["accuracy"] = correct / len(x)

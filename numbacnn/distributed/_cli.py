@@ -21,7 +21,7 @@ _USER_ERRORS = (OSError, ValueError, TypeError, LookupError, ImportError, Runtim
 def run(command: Callable[[Any], int], args: Any) -> int:
     """``command(args)`` as one rank of a job; rank 0 alone writes to stdout."""
     from ..cli._errors import CliError
-    from . import abort, init
+    from ._comm import abort, init
 
     comm = init()
     if comm.size == 1:

@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from ._comm import init, rank
+
 __all__ = ["broadcast_arrays", "broadcast_model", "broadcast_optimizer", "broadcast_trainer"]
 
 
 def broadcast_arrays(arrays: dict[str, np.ndarray] | None, notes: Any = None,
                      root: int = 0) -> tuple[dict[str, np.ndarray], Any]:
     """Rank ``root``'s ``arrays`` (and small picklable ``notes``) on every rank."""
-    from . import init
-
     comm = init()
     if comm.rank == root:
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
@@ -41,8 +41,6 @@ def broadcast_arrays(arrays: dict[str, np.ndarray] | None, notes: Any = None,
 
 
 def _check_graph(model: Any, notes: dict[str, Any], what: str) -> None:
-    from . import rank
-
     mine = {"graph": model.to_spec()["graph"], "dtype": model.dtype.name}
     if mine != notes["model"]:
         differs = "dtype" if mine["graph"] == notes["model"]["graph"] else "graph"
@@ -52,8 +50,6 @@ def _check_graph(model: Any, notes: dict[str, Any], what: str) -> None:
 
 def broadcast_model(model: Any, root: int = 0) -> None:
     """Copy rank ``root``'s parameters and buffers into ``model`` on every other rank."""
-    from . import init
-
     mine = init().rank == root
     notes = {"model": {"graph": model.to_spec()["graph"], "dtype": model.dtype.name}} if mine else None
     state, notes = broadcast_arrays(model.state() if mine else None, notes, root)
@@ -64,8 +60,6 @@ def broadcast_model(model: Any, root: int = 0) -> None:
 
 def broadcast_optimizer(optimizer: Any, root: int = 0) -> None:
     """Copy rank ``root``'s optimizer state (momentum, moments, step count, rate) to every rank."""
-    from . import init
-
     mine = init().rank == root
     state, _ = broadcast_arrays(optimizer.state_dict() if mine else None, None, root)
     if not mine:
@@ -77,8 +71,6 @@ def broadcast_trainer(trainer: Any, checks: dict[str, Any]) -> None:
     state, epoch, history, seed, notes and the dropout generators (rank r > 0 takes rank 0's
     streams jumped r times, so no two ranks draw the same masks). ``checks`` (data shapes,
     batch size, ...) must be equal on every rank."""
-    from . import rank
-
     model, opt, schedule = trainer.model, trainer.optimizer, trainer.schedule
     root = rank() == 0
     arrays = notes = None
@@ -103,8 +95,6 @@ def broadcast_trainer(trainer: Any, checks: dict[str, Any]) -> None:
         if value != theirs:
             raise ValueError(f"rank {rank()}: {key} is {value!r} here but {theirs!r} on rank 0; every rank must "
                              f"run the same fit on the same data")
-    from ..train import History
-
     model.load_state(arrays, source="rank 0's model")
     if opt is not None:
         opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
@@ -112,7 +102,7 @@ def broadcast_trainer(trainer: Any, checks: dict[str, Any]) -> None:
         schedule.load_state_dict({k[9:]: v for k, v in arrays.items() if k.startswith("schedule/")})
     model.set_rng_state({name: _jumped(state, rank()) for name, state in notes["rng"].items()})
     trainer.epoch, trainer.checkpoint_epoch = notes["epoch"], notes["checkpoint_epoch"]
-    trainer.history = History(*notes["history"])
+    trainer.history = type(trainer.history)(*notes["history"])  # train.History, not imported: no cycle
     trainer.seed, trainer.info = notes["seed"], dict(notes["info"])
 
 

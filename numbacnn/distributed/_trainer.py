@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import allreduce, init
+from ._comm import allreduce, init
 from ._sync import broadcast_trainer
 from .buckets import GradientAverager
 from .sampler import shard
@@ -41,14 +41,15 @@ class DataParallel:
         self._step = np.zeros(2, np.float64)
 
     def start_fit(self, trainer: Any, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, shuffle: bool,
-                  validation_data: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """Rank 0's trainer on every rank (after rank 0 has resumed, if it did); the data and
-        settings compared first."""
+                  validation_data: tuple[np.ndarray, np.ndarray] | None, verbose: int) -> int:
+        """Rank 0's trainer on every rank (after rank 0 has resumed, if it did), the data and
+        settings compared first; returns the verbosity of this rank (0 but on rank 0)."""
         checks = {"x shape": x.shape, "x dtype": x.dtype.str, "y shape": y.shape, "data": _fingerprint(x, y),
                   "epochs": epochs, "batch_size": batch_size, "shuffle": shuffle,
                   "validation data": None if validation_data is None else
                   (validation_data[0].shape, _fingerprint(*validation_data))}
         broadcast_trainer(trainer, checks)
+        return verbose if self.is_root else 0
 
     def samples(self, n: int) -> int:
         """How many samples each rank trains on per epoch, out of ``n``."""

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GradientAverager"]
+__all__ = ["GradientAverager", "BUCKET_BYTES"]
+
+#: Bytes per gradient bucket: parameters are packed into flat buffers of at most this size
+#: (a larger parameter gets a bucket of its own), each averaged by one ``Allreduce``; PyTorch
+#: DDP's default ``bucket_cap_mb`` is 25 too. Read when a ``GradientAverager`` is built, so
+#: setting ``numbacnn.distributed.buckets.BUCKET_BYTES`` before ``Trainer(...)`` sizes its buckets.
+BUCKET_BYTES = 25 * 2**20
 
 
 class GradientAverager:
@@ -31,7 +37,7 @@ class GradientAverager:
     """
 
     def __init__(self, model: Any, bucket_bytes: int | None = None) -> None:
-        from . import BUCKET_BYTES, init
+        from ._comm import init
 
         cap = BUCKET_BYTES if bucket_bytes is None else int(bucket_bytes)
         if cap < 1:

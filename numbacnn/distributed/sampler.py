@@ -16,6 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ._comm import rank as _rank, size as _size
+
 __all__ = ["DistributedSampler", "shard"]
 
 
@@ -43,8 +45,6 @@ class DistributedSampler:
 
     def __init__(self, n: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
                  num_replicas: int | None = None, rank: int | None = None) -> None:
-        from . import rank as _rank, size as _size
-
         self.num_replicas = _size() if num_replicas is None else int(num_replicas)
         self.rank = _rank() if rank is None else int(rank)
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
