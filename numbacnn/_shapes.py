@@ -22,7 +22,7 @@ from .layer import Shape, ShapeError
 if TYPE_CHECKING:
     from .graph import Graph
 
-__all__ = ["infer", "declared", "FreeShapes", "PROBES", "show", "fits", "is_free"]
+__all__ = ["infer", "declared", "FreeShapes", "PROBES", "show", "fits", "expected", "is_free"]
 
 #: Pairs of sizes a free dim is set to while inferring which output dims follow it.
 PROBES = ((96, 160), (256, 384), (1024, 1536))
@@ -41,7 +41,12 @@ def is_free(shape: Sequence[int | None]) -> bool:
 
 def fits(shape: Sequence[int], want: Sequence[int | None]) -> bool:
     """Whether a concrete per-sample ``shape`` is one that ``want`` (None: any size) allows."""
-    return len(shape) == len(want) and all(w is None or s == w for s, w in zip(shape, want))
+    return len(shape) == len(want) and all(s >= 1 if w is None else s == w for s, w in zip(shape, want))
+
+
+def expected(want: Sequence[int | None]) -> str:
+    """What an error says a batch for ``want`` must be: ``(N, 3, ?, ?) (? is any size)``."""
+    return show(want, batch=True) + (" (? is any size)" if is_free(want) else "")
 
 
 def _needed(g: "Graph", upto: Iterable[str] | None) -> set[str] | None:

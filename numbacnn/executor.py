@@ -112,7 +112,7 @@ class Executor:
         for k, (_, ins, _, name) in enumerate(self._steps):
             # A move between devices keeps each node's random stream where it was.
             rng = old[name].rng if name in old else np.random.default_rng(self._seeds[name])
-            ctx = Ctx(name, device, self.dtype, backend, rng)
+            ctx = Ctx(name, device, self.dtype, backend, rng, layer=self.graph.nodes[name].obj)
             ctx.params, ctx.grads, ctx.buffers = params[name], grads[name], buffers[name]
             self.ctxs[name] = ctx
             param_up[self._first + k] = bool(params[name]) or any(param_up[i] for i in ins)
@@ -126,7 +126,7 @@ class Executor:
         """Inference state of its own: contexts sharing the model's arrays and random streams."""
         ctxs = {}
         for name, t in self.ctxs.items():
-            ctx = ctxs[name] = Ctx(name, self.device, self.dtype, self.backend, t.rng)
+            ctx = ctxs[name] = Ctx(name, self.device, self.dtype, self.backend, t.rng, layer=self.graph.nodes[name].obj)
             ctx.params, ctx.grads, ctx.buffers = t.params, t.grads, t.buffers
         return Pass(ctxs, self.backend)
 
@@ -178,10 +178,8 @@ class Executor:
                 if x.dtype in (np.float32, np.float64):  # the dtypes a model can take
                     fix += f" or the model (model.astype('{x.dtype}'))"
                 raise TypeError(f"input '{name}': expected {self.dtype.name} data, found {x.dtype}; {fix}")
-            if not _shapes.fits(tuple(x.shape[1:]), want) or len(x.shape) != len(want) + 1 or 0 in x.shape[1:]:
-                free = " (? is any size)" if _shapes.is_free(want) else ""
-                raise GraphError(f"input '{name}': expected shape {_shapes.show(want, batch=True)}{free}, "
-                                 f"found {tuple(x.shape)}")
+            if not _shapes.fits(tuple(x.shape[1:]), want):
+                raise GraphError(f"input '{name}': expected shape {_shapes.expected(want)}, found {tuple(x.shape)}")
             if batch is not None and x.shape[0] != batch:
                 raise GraphError(f"input '{name}': batch {x.shape[0]} differs from {batch}")
             batch = x.shape[0]

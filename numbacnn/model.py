@@ -77,7 +77,7 @@ class Model:
         if len(input_shapes) != len(names):
             raise ValueError(f"shapes_at: the model takes {len(names)} input(s), found {len(input_shapes)} shape(s)")
         for name, shape in zip(names, input_shapes):
-            if not _shapes.fits(tuple(shape), self.shapes[name]) or min(shape, default=0) < 1:
+            if not _shapes.fits(tuple(shape), self.shapes[name]):
                 raise ShapeError(f"input '{name}': expected a per-sample shape {_shapes.show(self.shapes[name])} "
                                  f"(? is any size), found {tuple(shape)}")
         return _shapes.infer(self.graph, dict(zip(names, input_shapes)))
