@@ -3,7 +3,7 @@
 The public face is small: build a ``Graph``, wrap it in a ``Model``, train it with a
 ``Trainer``; layers are found through the registry (``layer_names``, ``get_layer``,
 ``layer_info``, ``register_layer``). Submodules ``blocks``, ``zoo``, ``losses``, ``optim``,
-``data`` and ``testing`` load on first use, so ``import numbacnn`` stays quick.
+``data``, ``testing`` and ``onnx`` load on first use, so ``import numbacnn`` stays quick.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ __all__ = [
     "Graph", "Model", "Layer", "Trainer",
     "layer_names", "get_layer", "layer_info", "register_layer",
     "UnknownLayerError", "PluginError", "ShapeError", "GraphError", "DeviceError",
-    "blocks", "zoo", "losses", "optim", "data", "augment", "testing",
+    "blocks", "zoo", "losses", "optim", "data", "augment", "testing", "onnx",
 ]
 
-_SUBMODULES = {"blocks", "zoo", "losses", "optim", "data", "augment", "testing"}
+_SUBMODULES = {"blocks", "zoo", "losses", "optim", "data", "augment", "testing", "onnx"}
 
 
 def __getattr__(name: str) -> Any:

@@ -57,6 +57,11 @@ class Layer:
     #: May write its output into its single input when ``ctx.inplace`` is set (the executor
     #: sets it in inference when this node is the input's last reader).
     inplace_ok: ClassVar[bool] = False
+    #: ONNX operators, as (domain, op_type) pairs, that ``numbacnn.onnx.load`` turns into this
+    #: layer by calling the classmethod ``onnx_import(cls, ctx)``; ``numbacnn.onnx.export``
+    #: calls the method ``onnx_export(self, ctx)``. Built-in layers have theirs in the tables
+    #: of ``numbacnn.onnx``; a plugin layer defines both (see the swish plugin).
+    onnx_ops: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     _config: dict[str, Any]
 
