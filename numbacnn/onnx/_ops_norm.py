@@ -38,7 +38,7 @@ def _batch_stats_function(ctx: Any) -> Any:
         h.make_node("Mul", ["d", "d"], ["d2"]),
         h.make_node("ReduceMean", ["d2", *reduce[1]], ["var"], keepdims=1, **reduce[0]),
         h.make_node("Constant", [], ["eps"]),
-        h.make_node("CastLike", ["eps", "X"], ["eps_t"]),
+        h.make_node("Cast", ["eps"], ["eps_t"], to=ctx.elem_type),  # CastLike is opset 15+
         h.make_node("Add", ["var", "eps_t"], ["ve"]),
         h.make_node("Sqrt", ["ve"], ["std"]),
         h.make_node("Div", ["d", "std"], ["n3"]),

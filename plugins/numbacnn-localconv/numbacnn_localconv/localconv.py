@@ -167,7 +167,7 @@ class LocalConv(Layer):
             h.make_node("EyeLike", ["zeros"], ["eye"]),
             h.make_node("Concat", ["n", "crs"], ["eshape"], axis=0),
             h.make_node("Reshape", ["eye", "eshape"], ["e1"]),
-            h.make_node("CastLike", ["e1", "X"], ["E"]),
+            h.make_node("Cast", ["e1"], ["E"], to=ctx.elem_type),
             conv,
             h.make_node("Slice", ["sw", "c0", "c3"], ["pqk"]),
             h.make_node("Concat", ["pqk", "n"], ["wshape"], axis=0),

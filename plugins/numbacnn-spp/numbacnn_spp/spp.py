@@ -124,7 +124,7 @@ class SPP(Layer):
 
         shape = node("Shape", ["X"])
         height, width = (node("Slice", [shape, ints([a]), ints([a + 1])]) for a in (2, 3))
-        neg = node("CastLike", [node("Constant", [], value_float=float("-inf")), "X"])
+        neg = node("Cast", [node("Constant", [], value_float=float("-inf"))], to=ctx.elem_type)
         outs = []
         for level in self.levels:
             rows = node("Where", [node("Unsqueeze", [bins(level, height), ints([2])]),
