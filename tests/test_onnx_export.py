@@ -2,8 +2,8 @@
 onnx.checker, agree with onnxruntime and onnx.reference.ReferenceEvaluator to 1e-4 at batch 1
 and 3, and come back through nc.onnx.load with the same outputs and node names.
 
-Layers arriving later (conv_transpose2d, upsample, ...) have their cases here too: each
-skips until ``nc.get_layer`` knows its name.
+Layers arriving later (conv_transpose2d, upsample, ...) have their cases in
+test_onnx_arriving.py.
 """
 
 from __future__ import annotations
@@ -204,3 +204,23 @@ def test_importing_numbacnn_imports_no_onnx():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_free_sizes_export_as_dim_params(tmp_path):
+    g = nc.Graph()
+    try:
+        x = g.input((3, None, None))
+    except nc.GraphError:
+        pytest.skip("free input sizes (g.input((3, None, None))) are not in this numbacnn yet")
+    h = g.relu(g.conv2d(x, out_channels=4, kernel_size=3, padding=1))
+    g.output(g.linear(g.global_avg_pool2d(h), out_features=3))
+    model = randomised(nc.Model(g))
+    nc.onnx.export(model, tmp_path / "m.onnx")
+    dims = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", 3, "input_dim2", "input_dim3"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for size in ((8, 8), (11, 13)):
+        x = np.random.default_rng(0).standard_normal((2, 3, *size)).astype(np.float32)
+        assert_close(model.forward(x), session.run(None, {"input": x})[0])
+    fixed = nc.onnx.load(tmp_path / "m.onnx", input_shape=(3, 11, 13))
+    assert_close(fixed.forward(x), model.forward(x), rel=1e-6)
