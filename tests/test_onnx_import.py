@@ -228,3 +228,27 @@ def test_free_input_sizes_need_an_input_shape(tmp_path):
     with pytest.raises(nc.onnx.OnnxError, match=r"input 'x' has free sizes \(N, 3, H, W\).*input_shape=\(C, H, W\)"):
         nc.onnx.load(path)
     assert nc.onnx.load(path, input_shape=(3, 5, 6)).input_shapes == [(3, 5, 6)]
+
+
+def test_another_exporters_functions_are_expanded(tmp_path):
+    """A model-local function numbacnn has no importer for loads as its body."""
+    body = [helper.make_node("Relu", ["X"], ["r"]), helper.make_node("Tanh", ["r"], ["Y"])]
+    fn = helper.make_function("custom.ops", "Twice", ["X"], ["Y"], body, [helper.make_opsetid("", 17)])
+    graph = helper.make_graph([helper.make_node("Twice", ["x"], ["y"], domain="custom.ops", name="t")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, functions=[fn], opset_imports=[helper.make_opsetid("", 17),
+                                                                   helper.make_opsetid("custom.ops", 1)])
+    onnx.save(model, str(tmp_path / "f.onnx"))
+    assert layers(agrees(tmp_path / "f.onnx", (3,))) == ["relu", "tanh"]
+
+
+def test_a_numbacnn_plugin_operator_without_its_plugin_says_so(tmp_path):
+    node = helper.make_node("Mystery", ["x"], ["y"], domain="ai.numbacnn", name="m")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.numbacnn", 1)])
+    onnx.save(model, str(tmp_path / "p.onnx"))
+    with pytest.raises(nc.onnx.UnsupportedOperatorError,
+                       match="operator ai.numbacnn.Mystery .*install the plugin that declares"):
+        nc.onnx.load(tmp_path / "p.onnx")

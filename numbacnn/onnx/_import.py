@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..graph import Graph, GraphError
-from ._base import MIN_IMPORT_OPSET, OnnxError, UnsupportedOperatorError
+from ._base import DOMAIN, MIN_IMPORT_OPSET, OnnxError, UnsupportedOperatorError
 from ._fold import SENTINELS, Const, fold_node, foldable, shape_of
 from ._import_ctx import ImportCtx, Value, LoadState, sanitise
 from ._table import op_label
@@ -43,10 +43,11 @@ def _read(path: str) -> Any:
 
 
 def _inline_unknown_functions(proto: Any, imp: LoadState) -> Any:
-    """Model-local functions with no importer (a runtime's own composites) are expanded into
-    their bodies; numbacnn's and plugins' functions stay whole, to become their layers."""
+    """Model-local functions with no importer (another exporter's composites) are expanded
+    into their bodies. numbacnn's own (domain ai.numbacnn) stay whole: they become layers, and
+    one whose plugin is missing is better named than met as its pieces."""
     known = set(imp.builtin) | set(imp.plugins())
-    unknown = [(f.domain, f.name) for f in proto.functions if (f.domain, f.name) not in known]
+    unknown = [(f.domain, f.name) for f in proto.functions if (f.domain, f.name) not in known and f.domain != DOMAIN]
     if not unknown:
         return proto
     import onnx.inliner
@@ -123,7 +124,13 @@ def _visit(imp: LoadState, node: Any) -> None:
     if domain == "" and all(isinstance(c, Const) for c in given) and node.op_type not in ("Dropout",):
         why = foldable(node, ins)
         if why is None:
-            for out, c in zip(node.output, fold_node(node, ins, imp.opsets[""])):
+            try:
+                folded = fold_node(node, ins, imp.opsets[""])
+            except Exception as e:  # the reference implementation's own error, whatever it is
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise OnnxError(f"{imp.path}: ONNX node '{name}' ({node.op_type}): its inputs are constant, but "
+                                f"evaluating it failed: {type(e).__name__}: {first}") from None
+            for out, c in zip(node.output, folded):
                 imp.values[out] = c
             return
         if entry is None:
@@ -139,9 +146,11 @@ def _visit(imp: LoadState, node: Any) -> None:
     elif plugin is not None:
         plugin[1](ctx)
     else:
+        plugin_hint = (f" It is a numbacnn plugin layer's operator: install the plugin that declares "
+                       f"{op_label(key)} (numbacnn layers lists the installed ones)." if domain == DOMAIN else "")
         raise UnsupportedOperatorError(
             f"{imp.path}: ONNX node '{name}': operator {op_label(key)} (opset {imp.opsets.get(domain, '?')}) is "
-            f"not supported. Supported: {imp.supported()}")
+            f"not supported.{plugin_hint} Supported: {imp.supported()}")
     for out in node.output:
         if out and out not in imp.values and imp.readers.get(out, 0):
             raise ctx.fail(f"its output '{out}' is read by other nodes, but numbacnn gives only its first output")
