@@ -252,3 +252,11 @@ def test_a_numbacnn_plugin_operator_without_its_plugin_says_so(tmp_path):
     with pytest.raises(nc.onnx.UnsupportedOperatorError,
                        match="operator ai.numbacnn.Mystery .*install the plugin that declares"):
         nc.onnx.load(tmp_path / "p.onnx")
+
+
+def test_the_shape_of_a_padded_value_counts_its_padding(tmp_path):
+    """Shape(Pad(x)) is the padded size, also while the Pad waits to be folded into a Conv."""
+    nodes = [helper.make_node("Pad", ["x", "p"], ["xp"]), helper.make_node("Conv", ["xp", "w"], ["c"]),
+             helper.make_node("Shape", ["xp"], ["s"]), helper.make_node("Reshape", ["c", "s"], ["y"])]
+    inits = [const("p", [0, 0, 1, 2, 0, 0, 1, 0], np.int64), const("w", RNG.standard_normal((2, 2, 1, 1)))]
+    assert layers(agrees(save(tmp_path, nodes, (2, 3, 3), inits), (2, 3, 3))) == ["conv2d"]

@@ -109,13 +109,15 @@ def _visit(imp: LoadState, node: Any) -> None:
     if domain == "" and node.op_type in ("Shape", "Size") and isinstance(ins[0], Value):
         # The one thing folded from the data: its sizes (the batch's as a sentinel, see _fold).
         v = ins[0]
+        shape = v.onnx_shape if v.pads is None else (  # a Pad waiting to be folded still pads
+            v.onnx_shape[0], *(s + b + e for s, b, e in zip(v.onnx_shape[1:], v.pads[0], v.pads[1])))
         if node.op_type == "Size":
-            n = int(np.prod(v.onnx_shape))
+            n = int(np.prod(shape))
             imp.values[node.output[0]] = Const(np.array(SENTINELS[0] * n), np.array(SENTINELS[1] * n), name)
         else:
             start = next((a.i for a in node.attribute if a.name == "start"), 0)
             end = next((a.i for a in node.attribute if a.name == "end"), None)
-            imp.values[node.output[0]] = shape_of(v.onnx_shape, start, end)
+            imp.values[node.output[0]] = shape_of(shape, start, end)
         return
     key = (domain, node.op_type)
     entry = imp.builtin.get(key)
