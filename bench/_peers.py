@@ -78,7 +78,7 @@ class LayerRun:
                  device: str = "cpu") -> None:
         backend = get_backend(device)
         self.layer, self.backend = layer, backend
-        self.ctx = Ctx("bench", device, np.dtype(np.float32), backend, np.random.default_rng(0))
+        self.ctx = Ctx("bench", device, np.dtype(np.float32), backend, np.random.default_rng(0), layer=layer)
         self.ctx.params = {k: backend.to_device(v) for k, v in params.items()}
         self.ctx.grads = {k: backend.to_device(np.zeros_like(v)) for k, v in params.items()}
         self.ctx.needs_input_grad = (True,)

@@ -2,8 +2,10 @@
 
 The public face is small: build a ``Graph``, wrap it in a ``Model``, train it with a
 ``Trainer``; layers are found through the registry (``layer_names``, ``get_layer``,
-``layer_info``, ``register_layer``). Submodules ``blocks``, ``zoo``, ``losses``, ``optim``,
-``data``, ``testing`` and ``onnx`` load on first use, so ``import numbacnn`` stays quick.
+``layer_info``, ``register_layer``); a layer is a ``Layer`` subclass whose forward and
+backward see a ``Ctx``. Submodules ``blocks``, ``zoo``, ``losses``, ``optim``, ``data``,
+``testing``, ``kernels`` (the kernel decorators, for layer authors) and ``onnx`` (model
+interchange) load on first use, so ``import numbacnn`` stays quick.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from ._version import __version__
 from .device import DeviceError
 from .graph import Graph, GraphError
-from .layer import Layer, ShapeError
+from .layer import Ctx, Layer, ShapeError
 from .model import Model
 from .registry import (
     PluginError,
@@ -26,13 +28,13 @@ from .registry import (
 )
 
 __all__ = [
-    "Graph", "Model", "Layer", "Trainer",
+    "Graph", "Model", "Layer", "Ctx", "Trainer",
     "layer_names", "get_layer", "layer_info", "register_layer",
     "UnknownLayerError", "PluginError", "ShapeError", "GraphError", "DeviceError",
-    "blocks", "zoo", "losses", "optim", "data", "augment", "testing", "onnx",
+    "blocks", "zoo", "losses", "optim", "data", "augment", "testing", "kernels", "onnx",
 ]
 
-_SUBMODULES = {"blocks", "zoo", "losses", "optim", "data", "augment", "testing", "onnx"}
+_SUBMODULES = {"blocks", "zoo", "losses", "optim", "data", "augment", "testing", "kernels", "onnx"}
 
 
 def __getattr__(name: str) -> Any:

@@ -87,6 +87,9 @@ class _Backend:
     def take(self, shape: Sequence[int], dtype: Any) -> np.ndarray:  # as the inference arena's
         return self.empty(shape, dtype)
 
+    def fill(self, a: np.ndarray, value: float) -> None:
+        a.fill(value)
+
     def fill_zero(self, a: np.ndarray) -> None:
         a.fill(0)
 
@@ -110,7 +113,7 @@ def run_fenced(layer: Layer, inputs: Sequence[np.ndarray], gy: np.ndarray | None
     fence = _Fence()
     backend = _Backend(fence)
     rng = np.random.default_rng(seed)
-    ctx = Ctx("layer", "cpu", dtype, backend, rng)
+    ctx = Ctx("layer", "cpu", dtype, backend, rng, layer=layer)
     per_sample = [s[1:] for s in shapes]
     initial = params if params is not None else layer.init_params(per_sample, rng)
     ctx.params = {k: fence.place(np.shape(v), dtype, f"parameter '{k}'", v) for k, v in initial.items()}

@@ -49,19 +49,18 @@ class Copy(Layer):
 
     name = "_check_copy"
     inplace_ok = False
+    kernels = None  # the backend copies, on either device
 
     def output_shape(self, x_shape: Shape) -> Shape:
         return x_shape
 
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         y = ctx.empty_like(x)
         ctx.backend.assign(y, x)
         return y
 
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         return gy
-
-    forward_cuda, backward_cuda = forward_cpu, backward_cpu
 
 
 def build_model(layer: Layer, shapes: Sequence[Shape], dtype: str, seed: int, copy_first: bool = False) -> Model:
@@ -104,14 +103,8 @@ def poison(model: Model) -> None:
     """Fill the pooled float buffers of every node with NaN (catches reads of unwritten memory)."""
     for ctx in model._executor.ctxs.values():
         for buf in ctx._pool:
-            if buf.dtype.kind != "f":
-                continue
-            if isinstance(buf, np.ndarray):
-                buf.fill(np.nan)
-            else:
-                from ._device_cuda import fill
-
-                fill(buf, np.nan)
+            if buf.dtype.kind == "f":
+                ctx.backend.fill(buf, np.nan)
 
 
 def run(model: Model, xs: Sequence[np.ndarray], gy: np.ndarray | None, training: bool) -> tuple:

@@ -55,14 +55,11 @@ _LAYER = '''\
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from numbacnn import Layer
-
-if TYPE_CHECKING:
-    from numbacnn.layer import Ctx
+from numbacnn import Ctx, Layer
 
 Shape = tuple[int, ...]
 
@@ -88,48 +85,32 @@ class $cls(Layer):
     def init_params(self, input_shapes: list[Shape], rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {}
 
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from .${name}_cpu import ${name}_forward
-
+    # Written once for every device: ctx.kernels is ${name}_cpu or ${name}_cuda, by the node's
+    # device. Allocate only through ctx; flatten with a.reshape(a.size), a view on either device.
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         y = ctx.empty_like(x)
-        ${name}_forward(x.reshape(-1), y.reshape(-1))
+        ctx.kernels.${name}_forward(x.reshape(x.size), y.reshape(y.size))
         ctx.save(x)
         return y
 
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .${name}_cpu import ${name}_backward_input
-
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         (x,) = ctx.saved
         gx = ctx.empty_like(x)
-        ${name}_backward_input(x.reshape(-1), gy.reshape(-1), gx.reshape(-1))
-        return gx
-
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        from .${name}_cuda import ${name}_forward
-
-        y = ctx.empty_like(x)
-        ${name}_forward(x.reshape(x.size), y.reshape(y.size))
-        ctx.save(x)
-        return y
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from .${name}_cuda import ${name}_backward_input
-
-        (x,) = ctx.saved
-        gx = ctx.empty_like(x)
-        ${name}_backward_input(x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size))
+        ctx.kernels.${name}_backward_input(x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size))
         return gx
 '''
 
 _CPU = '''\
-"""$name CPU kernels (flat arrays).
+"""$name CPU kernels (flat arrays); ${name}_cuda.py exports the same names and signatures.
 
-Write each as a ``@cpu_kernel`` (njit(parallel=True), from numbacnn._jit) whose outermost loop
-is ``for i in prange(x.size)``, writing into the output array it is given. Keep float32
+Write each as a ``@cpu_kernel`` (njit(parallel=True), from numbacnn.kernels) whose outermost
+loop is ``for i in prange(x.size)``, writing into the output array it is given. Keep float32
 float32: write constants as ``x.dtype.type(1)``, never as Python floats.
 """
 
-from numbacnn._jit import cpu_kernel, prange  # noqa: F401  (the kernels you write use them)
+from numbacnn.kernels import cpu_kernel, prange  # noqa: F401  (the kernels you write use them)
+
+__all__ = ["${name}_forward", "${name}_backward_input"]
 
 
 def ${name}_forward(x, y):
@@ -143,16 +124,17 @@ def ${name}_backward_input(x, gy, gx):
 '''
 
 _CUDA = '''\
-"""$name CUDA kernels (flat arrays): one output element per thread, each launcher right under its kernel.
+"""$name CUDA kernels (flat arrays): one output element per thread, each launcher right under
+its kernel; the names and signatures are ${name}_cpu.py's.
 
-Write each kernel as a ``@cuda_kernel`` (from numbacnn._jit): ``i = cuda.grid(1)``, then
-``if i < x.size:`` and the element's formula; its launcher is
-``kernel[(x.size + THREADS - 1) // THREADS, THREADS](...)``.
+Write each kernel as a private ``@cuda_kernel`` (from numbacnn.kernels), e.g.
+``_${name}_forward_kernel``: ``i = cuda.grid(1)``, then ``if i < x.size:`` and the element's
+formula; the public launcher under it runs ``kernel[(x.size + THREADS - 1) // THREADS, THREADS](...)``.
 """
 
-from numba import cuda  # noqa: F401  (the kernels you write use them)
+from numbacnn.kernels import cuda, cuda_kernel  # noqa: F401  (the kernels you write use them)
 
-from numbacnn._jit import cuda_kernel  # noqa: F401
+__all__ = ["${name}_forward", "${name}_backward_input"]
 
 THREADS = 256
 
@@ -198,10 +180,13 @@ without importing this package.
 
 ## Write it
 
-1. `$pkg/$name.py`: the layer's hyper-parameters, `output_shape`, `init_params` and which
-   kernels it calls; `examples()` lists the cases `numbacnn layers --check $name` runs.
-2. `$pkg/${name}_cpu.py`: the CPU kernels (njit(parallel=True) loops, from `numbacnn._jit`).
-3. `$pkg/${name}_cuda.py`: the CUDA kernels, one output element per thread.
+1. `$pkg/$name.py`: the layer's hyper-parameters, `output_shape`, `init_params`, and its
+   `forward` and `backward`, written once for every device against `ctx.kernels`;
+   `examples()` lists the cases `numbacnn layers --check $name` runs.
+2. `$pkg/${name}_cpu.py`: the CPU kernels (njit(parallel=True) loops, decorators from
+   `numbacnn.kernels`).
+3. `$pkg/${name}_cuda.py`: the CUDA kernels, one output element per thread, with the same
+   names and signatures as the CPU ones (both modules list them in `__all__`).
 4. `tests/test_${name}.py`: the NumPy reference the kernels are checked against.
 
 ## Test it

@@ -1,8 +1,14 @@
-"""Devices: "cpu" and "cuda"; availability, allocation, host<->device transfer, synchronize.
+"""Devices: "cpu" and "cuda"; availability, allocation, host<->device transfer, synchronize,
+and the one way code reaches a device's kernels.
 
 Only the executor moves data between host and device, through ``Backend.to_device`` and
 ``Backend.to_host``, which count what they move (a test forbids activation transfers in a
 training step). ``numba.cuda`` is imported only when CUDA is asked for.
+
+Kernels come in twin modules, ``<stem>_cpu`` and ``<stem>_cuda``, with one interface (the same
+``__all__``, the same signatures); ``kernel_module(stem, device)`` gives the one for a device
+and ``array_device(a)`` says which device an array lives on, so no caller branches on array
+types or imports a device's module by hand.
 """
 
 from __future__ import annotations
@@ -11,12 +17,13 @@ import importlib
 import importlib.util
 import os
 import warnings
+from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
 
 __all__ = ["DEVICES", "DeviceError", "cuda_available", "cuda_unavailable_reason", "is_simulator", "get_backend",
-           "check_device"]
+           "check_device", "kernel_module", "array_device"]
 
 DEVICES = ("cpu", "cuda")
 
@@ -94,22 +101,63 @@ def check_device(device: str) -> str:
     return name
 
 
-class CpuBackend:
-    """Host memory: NumPy arrays."""
+def array_device(a: Any) -> str:
+    """The device array ``a`` lives on: "cuda" for a ``numba.cuda`` device array, else "cpu"."""
+    return "cuda" if not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host") else "cpu"
 
-    name = "cpu"
+
+_MODULES: dict[tuple[str, str], ModuleType] = {}
+
+
+def kernel_module(stem: str, device: str) -> ModuleType:
+    """``<stem>_<device>``: the kernel module of ``stem`` (e.g. ``"numbacnn.losses"``) for
+    ``device``, imported on first use."""
+    module = _MODULES.get((stem, device))
+    if module is None:
+        module = _MODULES[stem, device] = importlib.import_module(f"{stem}_{device}")
+    return module
+
+
+class _Backend:
+    """What both devices share: fills and sums through the twin kernel modules."""
+
+    name = ""
 
     def __init__(self) -> None:
         self.h2d = 0
         self.d2h = 0
         self.allocations = 0
+        self._fill = kernel_module("numbacnn._device", self.name).fill
 
-    def empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+    def empty(self, shape: Sequence[int], dtype: Any) -> Any:
+        """An uninitialised buffer for the executor (counted in ``allocations``)."""
         self.allocations += 1
-        return np.empty(shape, dtype)
+        return self.new(shape, dtype)
 
-    def fill_zero(self, a: np.ndarray) -> None:
-        a.fill(0)
+    def new(self, shape: Sequence[int], dtype: Any) -> Any:
+        """An uninitialised array its caller keeps (a loss's gradient): not counted."""
+        raise NotImplementedError
+
+    def fill(self, a: Any, value: float) -> None:
+        """Set every element of ``a`` to ``value`` (a device array must be contiguous)."""
+        self._fill(a, value)
+
+    def fill_zero(self, a: Any) -> None:
+        self.fill(a, 0)
+
+    def add(self, out: Any, a: Any, b: Any) -> None:
+        """``out = a + b`` (``out`` may be ``a``), contiguous arrays of one shape."""
+        kernel_module("numbacnn.layers.add", self.name).add_forward(a.reshape(a.size), b.reshape(b.size),
+                                                                    out.reshape(out.size))
+
+
+class CpuBackend(_Backend):
+    """Host memory: NumPy arrays."""
+
+    name = "cpu"
+
+    def new(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        return np.empty(shape, dtype)
 
     def to_device(self, a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a)
@@ -120,17 +168,11 @@ class CpuBackend:
     def assign(self, dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst, src)
 
-    def add(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-        """``out = a + b`` (``out`` may be ``a``), contiguous arrays of one shape, on both cores."""
-        from .layers.add_cpu import add_forward
-
-        add_forward(a.reshape(a.size), b.reshape(b.size), out.reshape(out.size))
-
     def synchronize(self) -> None:
         pass
 
 
-class CudaBackend:
+class CudaBackend(_Backend):
     """GPU memory through ``numba.cuda`` device arrays; counts host<->device copies."""
 
     name = "cuda"
@@ -138,23 +180,14 @@ class CudaBackend:
     def __init__(self) -> None:
         from numba import cuda
 
-        from . import _device_cuda
-
         self._cuda = cuda
-        self._kernels = _device_cuda
-        self.h2d = 0
-        self.d2h = 0
-        self.allocations = 0
+        super().__init__()
 
-    def empty(self, shape: Sequence[int], dtype: Any) -> Any:
-        self.allocations += 1
+    def new(self, shape: Sequence[int], dtype: Any) -> Any:
         return self._cuda.device_array(tuple(shape), dtype=dtype)
 
-    def fill_zero(self, a: Any) -> None:
-        self._kernels.fill(a, 0.0)
-
     def to_device(self, a: Any) -> Any:
-        if not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host"):
+        if array_device(a) == "cuda":
             return a
         self.h2d += 1
         return self._cuda.to_device(np.ascontiguousarray(a))
@@ -167,13 +200,6 @@ class CudaBackend:
 
     def assign(self, dst: Any, src: Any) -> None:
         dst.copy_to_device(src)
-
-    def add(self, out: Any, a: Any, b: Any) -> None:
-        """``out = a + b`` (``out`` may be ``a``), contiguous device arrays of one shape."""
-        from .layers.add_cuda import add_forward
-
-        if out.size:
-            add_forward(a.reshape(a.size), b.reshape(b.size), out.reshape(out.size))
 
     def synchronize(self) -> None:
         self._cuda.synchronize()

@@ -75,7 +75,7 @@ class Executor:
         for name in self.order:
             # A move between devices keeps each node's random stream where it was.
             rng = old[name].rng if name in old else np.random.default_rng(self._seeds[name])
-            ctx = Ctx(name, device, self.dtype, backend, rng)
+            ctx = Ctx(name, device, self.dtype, backend, rng, layer=self._layer(name))
             ctx.params, ctx.grads, ctx.buffers = params[name], grads[name], buffers[name]
             self.ctxs[name] = ctx
             ins = self.graph.nodes[name].inputs
@@ -87,7 +87,8 @@ class Executor:
         """Inference state of its own: contexts sharing the model's arrays and random streams."""
         ctxs = {}
         for name, t in self.ctxs.items():
-            ctx = ctxs[name] = Ctx(name, self.device, self.dtype, self.backend, t.rng)
+            ctx = ctxs[name] = Ctx(name, self.device, self.dtype, self.backend, t.rng,
+                                   layer=self._layer(name))
             ctx.params, ctx.grads, ctx.buffers = t.params, t.grads, t.buffers
         return Pass(ctxs, self.backend)
 

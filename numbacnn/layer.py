@@ -1,19 +1,22 @@
 """The layer contract: the ``Layer`` base class a layer author subclasses, and ``Ctx``.
 
 A layer states its hyper-parameters (constructor arguments, JSON-able), its per-sample output
-shape, its parameters, and which kernels its forward and backward call on each device. The
-executor owns every buffer the layer touches and hands them over through ``Ctx``.
+shape, its parameters, and which kernels its forward and backward call. The executor owns
+every buffer the layer touches and hands them over through ``Ctx``; ``ctx.kernels`` is the
+layer's kernel module for the node's device (``<stem>_cpu`` or ``<stem>_cuda``).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import inspect
+from types import ModuleType
 from typing import Any, ClassVar, Hashable, Sequence
 
 import numpy as np
 
-__all__ = ["Layer", "Ctx", "ShapeError", "Shape"]
+__all__ = ["Layer", "Ctx", "ShapeError", "Shape", "kernel_stem", "has_kernels", "layer_kernels"]
 
 Shape = tuple[int, ...]
 
@@ -42,9 +45,15 @@ class ShapeError(ValueError):
 class Layer:
     """Base class of every layer, built-in or plugin.
 
-    Subclasses define ``name``, ``output_shape``, ``forward_cpu`` and ``backward_cpu`` (and
-    ``forward_cuda`` / ``backward_cuda`` to run on a GPU); ``init_params``, ``init_buffers``
-    and ``flops`` are optional. Constructor arguments are recorded as the layer's ``config``.
+    Subclasses define ``name``, ``output_shape``, and ``forward(ctx, *xs)`` and
+    ``backward(ctx, gy)`` written once for every device: they call kernels through
+    ``ctx.kernels``, the module ``<stem>_cpu`` or ``<stem>_cuda`` beside the layer's own module
+    (``kernels`` below names another stem). A device that truly needs other code gets its own
+    method instead: the base ``forward``/``backward`` call ``forward_<device>`` /
+    ``backward_<device>``, so a class written that way (``forward_cpu``, ``backward_cpu``,
+    ``forward_cuda``, ``backward_cuda``) works as it always did. ``init_params``,
+    ``init_buffers`` and ``flops`` are optional. Constructor arguments are recorded as the
+    layer's ``config``.
 
     A layer may declare ``examples()``, a classmethod returning a list of dicts (``config``,
     ``input_shapes``, and any ``check_layer`` keyword such as ``reference`` or
@@ -57,6 +66,12 @@ class Layer:
     #: May write its output into its single input when ``ctx.inplace`` is set (the executor
     #: sets it in inference when this node is the input's last reader).
     inplace_ok: ClassVar[bool] = False
+    #: The kernel stem ``ctx.kernels`` loads ``<stem>_cpu`` / ``<stem>_cuda`` of: "" (the
+    #: default) is the layer's own module (the nearest class up the MRO whose module has
+    #: kernels, so a subclass elsewhere keeps its parent's); a module path names another
+    #: stem, shared with other layers (``kernels = "numbacnn.layers.max_pool2d"``); None says
+    #: the layer calls no kernels and runs on every device.
+    kernels: ClassVar[str | None] = ""
     #: ONNX operators, as (domain, op_type) pairs, that ``numbacnn.onnx.load`` turns into this
     #: layer by calling the classmethod ``onnx_import(cls, ctx)``; ``numbacnn.onnx.export``
     #: calls the method ``onnx_export(self, ctx)``. Built-in layers have theirs in the tables
@@ -108,14 +123,60 @@ class Layer:
         return 0
 
     def forward(self, ctx: "Ctx", *xs: Any) -> Any:
+        """The output from the inputs (arrays on ``ctx.device``). Unless overridden: the
+        device's own method, ``forward_cpu`` or ``forward_cuda``."""
         return getattr(self, "forward_" + ctx.device)(ctx, *xs)
 
     def backward(self, ctx: "Ctx", gy: Any) -> Any:
+        """The input gradient(s) from the output gradient; parameter gradients are added into
+        ``ctx.grads``. Unless overridden: ``backward_cpu`` or ``backward_cuda``."""
         return getattr(self, "backward_" + ctx.device)(ctx, gy)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
         return f"{type(self).__name__}({args})"
+
+
+def _exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent that is no package (__main__, a test file)
+        return False
+
+
+_STEMS: dict[type, str | None] = {}
+
+
+def kernel_stem(cls: type[Layer]) -> str | None:
+    """The stem of ``cls``'s kernel modules (see ``Layer.kernels``); None: it calls none.
+    Looks for modules without importing them (no GPU stack is loaded)."""
+    if cls in _STEMS:
+        return _STEMS[cls]
+    stem = cls.kernels
+    if stem == "":
+        owners = [k.__module__ for k in cls.__mro__ if issubclass(k, Layer) and k is not Layer]
+        stem = next((m for m in owners if _exists(m + "_cpu") or _exists(m + "_cuda")), cls.__module__)
+    _STEMS[cls] = stem
+    return stem
+
+
+def has_kernels(cls: type[Layer], device: str) -> bool:
+    """Whether ``cls`` has a kernel module for ``device`` (always, for ``kernels = None``)."""
+    stem = kernel_stem(cls)
+    return stem is None or _exists(f"{stem}_{device}")
+
+
+def layer_kernels(cls: type[Layer], device: str) -> ModuleType:
+    """The kernel module ``<stem>_<device>`` of ``cls``, imported on first use."""
+    from .device import DeviceError, kernel_module
+
+    stem = kernel_stem(cls)
+    if stem is None:
+        raise RuntimeError(f"layer '{cls.name}' ({cls.__qualname__}) declares kernels = None, yet asked "
+                           f"for ctx.kernels; name its kernel stem instead (kernels = 'package.stem')")
+    if not _exists(f"{stem}_{device}"):
+        raise DeviceError(f"layer '{cls.name}' has no {device} kernels: module {stem}_{device} was not found")
+    return kernel_module(stem, device)
 
 
 class Ctx:
@@ -126,14 +187,19 @@ class Ctx:
     return (``None`` in the other places). Allocation helpers give device arrays of the
     model's dtype; in steady state they hand back the buffers of the previous step at the same
     batch shape (kept for ``POOL_SHAPES`` shapes), so a training step allocates nothing new.
+    ``kernels`` is the layer's kernel module for this device (``layer=`` names the layer).
     """
 
     __slots__ = (
         "name", "device", "dtype", "params", "grads", "buffers", "training", "rng", "saved",
         "needs_input_grad", "backend", "inplace", "_pool", "_pools", "_key", "_cursor", "_arena", "_taken",
+        "_layer", "_kernels",
     )
 
-    def __init__(self, name: str, device: str, dtype: np.dtype, backend: Any, rng: np.random.Generator):
+    def __init__(self, name: str, device: str, dtype: np.dtype, backend: Any, rng: np.random.Generator,
+                 layer: Layer | None = None):
+        self._layer = type(layer) if layer is not None else None
+        self._kernels: ModuleType | None = None
         self.name = name
         self.device = device
         self.dtype = np.dtype(dtype)
@@ -152,6 +218,16 @@ class Ctx:
         self._cursor = 0
         self._arena: Any = None
         self._taken: list[Any] = []
+
+    @property
+    def kernels(self) -> ModuleType:
+        """The layer's kernel module on this node's device, e.g. ``numbacnn.layers.relu_cuda``."""
+        if self._kernels is None:
+            if self._layer is None:
+                raise RuntimeError(f"node '{self.name}': this Ctx was made without its layer, so it has no "
+                                   f"kernels; make it with Ctx(..., layer=the_layer)")
+            self._kernels = layer_kernels(self._layer, self.device)
+        return self._kernels
 
     def save(self, *values: Any) -> None:
         """Keep values for backward (``ctx.saved``): arrays, shapes, seeds."""

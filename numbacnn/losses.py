@@ -2,25 +2,35 @@
 
 Each returns the batch-mean loss as a Python float and the gradient with respect to the
 prediction, an array of the prediction's dtype on the prediction's device: a NumPy array runs
-the CPU kernels, a ``numba.cuda`` device array the CUDA kernels. The reductions follow
-PyTorch's defaults (``CrossEntropyLoss()`` and ``MSELoss()``, ``reduction="mean"``).
+the CPU kernels (``losses_cpu``), a ``numba.cuda`` device array the CUDA kernels
+(``losses_cuda``, the same interface). The reductions follow PyTorch's defaults
+(``CrossEntropyLoss()`` and ``MSELoss()``, ``reduction="mean"``).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
 
+from .device import array_device, get_backend, kernel_module
+
 __all__ = ["cross_entropy", "cross_entropy_counted", "mse", "get", "LOSSES"]
 
 
-def _on_device(a: Any) -> bool:
-    return not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host")
+def _device(pred: Any) -> tuple[Any, ModuleType]:
+    """The backend and the loss kernels of the prediction's device."""
+    device = array_device(pred)
+    return get_backend(device), kernel_module("numbacnn.losses", device)
+
+
+def _host(a: Any) -> np.ndarray:
+    return get_backend("cuda").to_host(a) if array_device(a) == "cuda" else np.asarray(a)
 
 
 def _check_pred(name: str, pred: Any) -> None:
-    if not (isinstance(pred, np.ndarray) or _on_device(pred)):
+    if not (isinstance(pred, np.ndarray) or array_device(pred) == "cuda"):
         raise TypeError(f"{name}: expected a NumPy or CUDA device array, found {type(pred).__name__}")
     if np.dtype(pred.dtype).name not in ("float32", "float64"):
         raise TypeError(f"{name}: expected float32 or float64 predictions, found {pred.dtype}")
@@ -29,7 +39,7 @@ def _check_pred(name: str, pred: Any) -> None:
 
 
 def _labels(labels: Any, n: int, k: int) -> np.ndarray:
-    host = labels.copy_to_host() if _on_device(labels) else np.asarray(labels)
+    host = _host(labels)
     if host.ndim != 1 or host.shape[0] != n:
         raise ValueError(f"cross_entropy: expected {n} labels (shape ({n},)), found shape {host.shape}")
     if not np.issubdtype(host.dtype, np.integer):
@@ -59,37 +69,23 @@ def cross_entropy_counted(logits: Any, labels: Any, count: bool = True) -> tuple
                          f"put a flatten and a linear layer at the end of the model")
     n, k = logits.shape
     y = _labels(labels, n, k)
-    if _on_device(logits):
-        from numba import cuda
-
-        from .losses_cuda import cross_entropy_backward, cross_entropy_rows
-
-        yd = cuda.to_device(y)
-        rows = cuda.device_array((2, n), logits.dtype)
-        lse = cuda.device_array(n, logits.dtype)
-        gx = cuda.device_array(logits.shape, logits.dtype)
-        cross_entropy_rows(logits, yd, rows, lse)
-        cross_entropy_backward(logits, yd, lse, gx)
-        host = rows.copy_to_host() if count else rows[0].copy_to_host()[None]
-    else:
-        from .losses_cpu import cross_entropy_forward_backward
-
-        x = np.ascontiguousarray(logits)
-        host = np.empty((2, n), x.dtype)
-        gx = np.empty_like(x)
-        cross_entropy_forward_backward(x, y, host, gx)
+    backend, kernels = _device(logits)
+    x = backend.to_device(logits)  # the logits themselves when already contiguous there
+    rows, lse, gx = backend.new((2, n), x.dtype), backend.new((n,), x.dtype), backend.new(x.shape, x.dtype)
+    kernels.cross_entropy_forward_backward(x, backend.to_device(y), rows, lse, gx)
+    host = backend.to_host(rows) if count else backend.to_host(rows[0])[None]
     hits = int(host[1].sum()) if count else 0
     return float(host[0].sum(dtype=np.float64) / n), gx, hits
 
 
-def _mse_target(pred: Any, target: Any) -> Any:
+def _mse_target(pred: Any, target: Any, backend: Any) -> Any:
     """The target as an array of the prediction's dtype, on the prediction's device.
 
     A floating target of another dtype is refused: float32 and float64 are never silently
     mixed (PyTorch would compute in the wider one; numbacnn would have to round one of them).
     Integer and boolean targets are converted, as PyTorch promotes them.
     """
-    if not _on_device(target):
+    if array_device(target) == "cpu":
         target = np.asarray(target)
     if tuple(target.shape) != tuple(pred.shape):
         raise ValueError(f"mse: target shape {tuple(target.shape)} differs from prediction shape {tuple(pred.shape)}")
@@ -99,15 +95,9 @@ def _mse_target(pred: Any, target: Any) -> Any:
                         f"never mixed: convert the target (target.astype(np.{want.name}))")
     if not (np.issubdtype(have, np.floating) or np.issubdtype(have, np.integer) or have == np.bool_):
         raise TypeError(f"mse: expected a numeric target, found {have}")
-    if not _on_device(pred):
-        host = target.copy_to_host() if _on_device(target) else target
-        return np.ascontiguousarray(host, dtype=want)
-    if _on_device(target) and have == want:
-        return target
-    from numba import cuda
-
-    host = target.copy_to_host() if _on_device(target) else target
-    return cuda.to_device(np.ascontiguousarray(host, dtype=want))
+    if array_device(target) == array_device(pred) and have == want:
+        return backend.to_device(target)
+    return backend.to_device(np.ascontiguousarray(_host(target), dtype=want))
 
 
 def mse(pred: Any, target: Any) -> tuple[float, Any]:
@@ -117,29 +107,14 @@ def mse(pred: Any, target: Any) -> tuple[float, Any]:
     ``TypeError``; integer or boolean targets are converted to the prediction's dtype).
     """
     _check_pred("mse", pred)
-    t = _mse_target(pred, target)
+    backend, kernels = _device(pred)
+    t = _mse_target(pred, target, backend)
     n = pred.shape[0]
     flat = (n, int(np.prod(pred.shape[1:], dtype=np.int64)))
-    if _on_device(pred):
-        from numba import cuda
-
-        from .losses_cuda import mse_backward, mse_rows
-
-        x = pred.reshape(flat)
-        t = t.reshape(flat)
-        rows = cuda.device_array(n, pred.dtype)
-        gx = cuda.device_array(flat, pred.dtype)
-        mse_rows(x, t, rows)
-        mse_backward(x, t, gx)
-        return float(rows.copy_to_host().sum(dtype=np.float64) / pred.size), gx.reshape(pred.shape)
-    from .losses_cpu import mse_forward_backward
-
-    x = np.ascontiguousarray(pred).reshape(flat)
-    t = t.reshape(flat)
-    rows = np.empty(n, x.dtype)
-    gx = np.empty_like(x)
-    mse_forward_backward(x, t, rows, gx)
-    return float(rows.sum(dtype=np.float64) / pred.size), gx.reshape(pred.shape)
+    x = backend.to_device(pred).reshape(flat)
+    rows, gx = backend.new((n,), x.dtype), backend.new(flat, x.dtype)
+    kernels.mse_forward_backward(x, t.reshape(flat), rows, gx)
+    return float(backend.to_host(rows).sum(dtype=np.float64) / pred.size), gx.reshape(pred.shape)
 
 
 LOSSES: dict[str, Callable[[Any, Any], tuple[float, Any]]] = {"cross_entropy": cross_entropy, "mse": mse}

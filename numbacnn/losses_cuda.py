@@ -1,10 +1,13 @@
-"""Loss CUDA kernels: per-row loss terms, then one gradient element per thread."""
+"""Loss CUDA kernels: per-row loss terms, then one gradient element per thread; the interface
+is losses_cpu.py's."""
 
 import math
 
 from numba import cuda
 
 from ._jit import cuda_kernel
+
+__all__ = ["cross_entropy_forward_backward", "mse_forward_backward"]
 
 THREADS = 256
 
@@ -14,7 +17,7 @@ def _blocks(n):
 
 
 @cuda_kernel
-def cross_entropy_rows_kernel(x, labels, rows, lse):
+def _cross_entropy_rows_kernel(x, labels, rows, lse):
     n = cuda.grid(1)
     if n < x.shape[0]:
         m = x[n, 0]
@@ -31,14 +34,8 @@ def cross_entropy_rows_kernel(x, labels, rows, lse):
         rows[1, n] = 1 if top == labels[n] else 0
 
 
-def cross_entropy_rows(x, labels, rows, lse):
-    """Row log-sum-exp into ``lse``; per-row NLL into ``rows[0]``, 1 into ``rows[1]`` where the
-    label's logit is the first largest."""
-    cross_entropy_rows_kernel[_blocks(x.shape[0]), THREADS](x, labels, rows, lse)
-
-
 @cuda_kernel
-def cross_entropy_backward_kernel(x, labels, lse, inv_n, gx):
+def _cross_entropy_backward_kernel(x, labels, lse, inv_n, gx):
     i = cuda.grid(1)
     if i < x.size:
         K = x.shape[1]
@@ -49,14 +46,15 @@ def cross_entropy_backward_kernel(x, labels, lse, inv_n, gx):
         gx[n, k] = g
 
 
-def cross_entropy_backward(x, labels, lse, gx):
-    """(softmax - onehot) / N, from the row log-sum-exp."""
+def cross_entropy_forward_backward(x, labels, rows, lse, gx):
+    # Two launches: the rows' log-sum-exp first, which every gradient element of a row reads.
+    _cross_entropy_rows_kernel[_blocks(x.shape[0]), THREADS](x, labels, rows, lse)
     inv_n = x.dtype.type(1.0 / x.shape[0])  # typed like x, so float32 math stays float32
-    cross_entropy_backward_kernel[_blocks(x.size), THREADS](x, labels, lse, inv_n, gx)
+    _cross_entropy_backward_kernel[_blocks(x.size), THREADS](x, labels, lse, inv_n, gx)
 
 
 @cuda_kernel
-def mse_rows_kernel(x, t, loss):
+def _mse_rows_kernel(x, t, rows):
     n = cuda.grid(1)
     if n < x.shape[0]:
         e = x[n, 0] - t[n, 0]
@@ -64,16 +62,11 @@ def mse_rows_kernel(x, t, loss):
         for d in range(1, x.shape[1]):
             e = x[n, d] - t[n, d]
             s += e * e
-        loss[n] = s
-
-
-def mse_rows(x, t, loss):
-    """Per-row sum of squared errors into ``loss``."""
-    mse_rows_kernel[_blocks(x.shape[0]), THREADS](x, t, loss)
+        rows[n] = s
 
 
 @cuda_kernel
-def mse_backward_kernel(x, t, scale, gx):
+def _mse_backward_kernel(x, t, scale, gx):
     i = cuda.grid(1)
     if i < x.size:
         D = x.shape[1]
@@ -81,7 +74,7 @@ def mse_backward_kernel(x, t, scale, gx):
         gx[n, d] = (x[n, d] - t[n, d]) * scale
 
 
-def mse_backward(x, t, gx):
-    """2 (x - t) / x.size, elementwise."""
+def mse_forward_backward(x, t, rows, gx):
+    _mse_rows_kernel[_blocks(x.shape[0]), THREADS](x, t, rows)
     scale = x.dtype.type(2.0 / x.size)
-    mse_backward_kernel[_blocks(x.size), THREADS](x, t, scale, gx)
+    _mse_backward_kernel[_blocks(x.size), THREADS](x, t, scale, gx)

@@ -17,19 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .device import get_backend
+from .device import get_backend, kernel_module
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "ConstantLR", "StepLR", "CosineAnnealingLR"]
-
-
-def _kernels(device: str) -> Any:
-    if device == "cuda":
-        from . import optim_cuda
-
-        return optim_cuda
-    from . import optim_cpu
-
-    return optim_cpu
 
 
 def _flat(a: Any) -> Any:
@@ -62,7 +52,7 @@ class Optimizer:
         """Update every parameter from its gradient, in place."""
         self._follow_model()
         self.steps += 1
-        kernels = _kernels(self.model.device)
+        kernels = kernel_module("numbacnn.optim", self.model.device)
         for key, p in self.model.params.items():
             self._update(kernels, key, p, self.model.grads[key])
 

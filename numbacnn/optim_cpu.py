@@ -4,11 +4,18 @@ Serial on purpose: an update is a few memory-bound operations per element and a 
 handful of parameter arrays, so waking a thread pool for each costs more than the update
 (measured: 20 ms per parallel launch on a busy 2-core machine, against 1.3 us serial).
 Scalars arrive typed like the parameters (the wrapper casts them), so float32 stays float32.
+
+The interface, the same in optim_cuda.py (flat p, g and state arrays, updated in place):
+``sgd_update(p, g, buf, lr, momentum, weight_decay, nesterov, first)`` (an empty ``buf``
+without momentum) and ``adam_update(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps,
+weight_decay, decay)``.
 """
 
 import math
 
 from ._jit import cpu_serial
+
+__all__ = ["sgd_update", "adam_update"]
 
 
 @cpu_serial

@@ -1,4 +1,5 @@
-"""Optimizer CUDA kernels over flat parameter arrays: one parameter element per thread."""
+"""Optimizer CUDA kernels over flat parameter arrays: one parameter element per thread; the
+interface is optim_cpu.py's."""
 
 import math
 
@@ -6,11 +7,13 @@ from numba import cuda
 
 from ._jit import cuda_kernel
 
+__all__ = ["sgd_update", "adam_update"]
+
 THREADS = 256
 
 
 @cuda_kernel
-def sgd_update_kernel(p, g, buf, lr, momentum, weight_decay, nesterov, first):
+def _sgd_update_kernel(p, g, buf, lr, momentum, weight_decay, nesterov, first):
     i = cuda.grid(1)
     if i < p.size:
         d = g[i] + weight_decay * p[i]
@@ -22,12 +25,12 @@ def sgd_update_kernel(p, g, buf, lr, momentum, weight_decay, nesterov, first):
 
 
 def sgd_update(p, g, buf, lr, momentum, weight_decay, nesterov, first):
-    sgd_update_kernel[(p.size + THREADS - 1) // THREADS, THREADS](
+    _sgd_update_kernel[(p.size + THREADS - 1) // THREADS, THREADS](
         p, g, buf, lr, momentum, weight_decay, nesterov, first)
 
 
 @cuda_kernel
-def adam_update_kernel(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay, one):
+def _adam_update_kernel(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay, one):
     i = cuda.grid(1)
     if i < p.size:
         d = g[i] + weight_decay * p[i]
@@ -37,5 +40,5 @@ def adam_update_kernel(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weigh
 
 
 def adam_update(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay):
-    adam_update_kernel[(p.size + THREADS - 1) // THREADS, THREADS](
+    _adam_update_kernel[(p.size + THREADS - 1) // THREADS, THREADS](
         p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay, p.dtype.type(1))

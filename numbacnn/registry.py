@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from .layer import Layer
+from .device import DEVICES
+from .layer import Layer, has_kernels, kernel_stem
 
 __all__ = [
     "UnknownLayerError", "PluginError", "LayerCollisionError", "LayerContractError", "PluginWarning",
@@ -123,8 +124,17 @@ def refresh() -> None:
     _discover().update(registered)
 
 
+def _overrides(cls: type[Layer], method: str) -> bool:
+    return getattr(cls, method, None) is not getattr(Layer, method)
+
+
 def check_contract(cls: Any, name: str | None = None) -> list[str]:
-    """What ``cls`` lacks of the layer contract (an empty list when complete)."""
+    """What ``cls`` lacks of the layer contract (an empty list when complete).
+
+    Each direction is either written once (``forward``/``backward`` overridden, with kernels
+    in ``<stem>_cpu``, ``ctx.kernels``) or per device (``forward_cpu``/``backward_cpu``, and
+    ``forward_cuda``/``backward_cuda`` for a GPU); the CPU is never optional.
+    """
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
         return [f"{cls!r} is not a subclass of numbacnn.Layer"]
     problems = []
@@ -132,18 +142,42 @@ def check_contract(cls: Any, name: str | None = None) -> list[str]:
         problems.append(f"class attribute 'name' must be an identifier, found {cls.name!r}")
     elif name is not None and cls.name != name:
         problems.append(f"class attribute name={cls.name!r} differs from its registry name {name!r}")
-    for method in ("output_shape", "forward_cpu", "backward_cpu"):
-        if not callable(getattr(cls, method, None)):
-            problems.append(f"method {method}() is missing")
-    has_fwd, has_bwd = (callable(getattr(cls, m, None)) for m in ("forward_cuda", "backward_cuda"))
-    if has_fwd != has_bwd:
-        problems.append("forward_cuda() and backward_cuda() must come together")
+    if not callable(getattr(cls, "output_shape", None)):
+        problems.append("method output_shape() is missing")
+    neutral = [m for m in ("forward", "backward") if _overrides(cls, m)]
+    for method in ("forward", "backward"):
+        if method not in neutral and not callable(getattr(cls, method + "_cpu", None)):
+            problems.append(f"method {method}() is missing (or {method}_cpu(), written per device)"
+                            if neutral or not _per_device(cls) else f"method {method}_cpu() is missing")
+    if not neutral:
+        has_fwd, has_bwd = (callable(getattr(cls, m, None)) for m in ("forward_cuda", "backward_cuda"))
+        if has_fwd != has_bwd:
+            problems.append("forward_cuda() and backward_cuda() must come together")
+    if neutral:
+        stem = cls.kernels
+        if stem is not None and not isinstance(stem, str):
+            problems.append(f"class attribute 'kernels' must be a module path, '' or None, found {stem!r}")
+        elif not has_kernels(cls, "cpu"):
+            problems.append(
+                f"no CPU kernels: module {kernel_stem(cls)}_cpu was not found (write it beside the layer, "
+                f"name another stem with kernels = 'package.stem', or set kernels = None for a layer "
+                f"that calls no kernels)")
     return problems
 
 
+def _per_device(cls: type[Layer]) -> bool:
+    return any(callable(getattr(cls, f"{m}_{d}", None)) for m in ("forward", "backward") for d in DEVICES)
+
+
 def layer_devices(cls: type[Layer]) -> list[str]:
-    """The devices whose forward and backward ``cls`` implements."""
-    return [d for d in ("cpu", "cuda") if callable(getattr(cls, "forward_" + d, None))]
+    """The devices ``cls`` runs on: those where both directions have what they call (a device
+    method, or the kernel module of a method written once). Imports no kernels."""
+    def ready(method: str, device: str) -> bool:
+        if _overrides(cls, method):
+            return has_kernels(cls, device)
+        return callable(getattr(cls, f"{method}_{device}", None))
+
+    return [d for d in DEVICES if ready("forward", d) and ready("backward", d)]
 
 
 def _load(entry: _Entry) -> type[Layer]:

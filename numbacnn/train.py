@@ -24,6 +24,7 @@ import numpy as np
 
 from . import losses
 from ._checkpoint import check_writable, load_trainer_state, nonfinite, save_trainer_state
+from .distributed._trainer import DataParallel
 from .model import Model
 
 __all__ = ["Trainer", "History", "Callback", "TrainingDivergedError"]
@@ -106,11 +107,12 @@ class Trainer:
     """Trains ``model`` with ``optimizer`` on a loss (``"cross_entropy"``, ``"mse"`` or a function).
 
     ``schedule`` (an ``optim.LRSchedule``) is stepped at the end of every epoch; ``seed`` fixes
-    the shuffling and augmentation of every epoch.
+    the shuffling and augmentation of every epoch. ``distributed=True``: data-parallel over MPI
+    (``numbacnn.distributed``); ``fit`` and ``evaluate`` are then called on every rank alike.
     """
 
     def __init__(self, model: Model, optimizer: Any = None, loss: Any = "cross_entropy",
-                 schedule: Any = None, seed: int = 0) -> None:
+                 schedule: Any = None, seed: int = 0, distributed: bool = False) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"Trainer() expects a numbacnn.Model, found {type(model).__name__}")
         if len(model.graph.inputs) != 1 or len(model.graph.outputs) != 1:
@@ -131,6 +133,7 @@ class Trainer:
         # none yet): what an interrupted run can be resumed from.
         self.checkpoint_epoch: int | None = None
         self._resumed = False
+        self._dp = DataParallel(model) if distributed else None  # the link to the other ranks
 
     # checks ----------------------------------------------------------------------------------
     def _check_data(self, x: Any, y: Any, what: str) -> None:
@@ -173,9 +176,13 @@ class Trainer:
         self.optimizer.zero_grad()
         out = self.model.forward(xb, training=True, host=False)
         loss, gy, correct = self._loss(out, yb)
-        if finite_only and not math.isfinite(loss):
+        if self._dp is None and finite_only and not math.isfinite(loss):
             return loss, correct
         self.model.backward(gy, input_grad=False)
+        if self._dp is not None:  # the mean gradient; the loss and count of every rank's batch
+            loss, correct = self._dp.average_gradients(loss, correct)
+        if finite_only and not math.isfinite(loss):  # distributed: checked on the global loss, so
+            return loss, correct                     # every rank skips the step and stops alike
         self.optimizer.step()
         return loss, correct
 
@@ -207,15 +214,18 @@ class Trainer:
             self._check_data(*validation_data, "validation_data")
         if resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=PATH (the file to resume from and write to)")
-        if checkpoint is not None:
+        root = self._dp is None or self._dp.is_root  # distributed: rank 0 alone reads and writes files
+        if checkpoint is not None and root:
             check_writable(checkpoint)
         self.checkpoint_epoch = None
-        if resume and os.path.exists(checkpoint):
+        if resume and root and os.path.exists(checkpoint):
             self.load_checkpoint(checkpoint)
             self.checkpoint_epoch = self.epoch
         if not self._resumed:
             self.epoch, self.history = 0, History()
         self._resumed = False
+        if self._dp is not None:  # every rank continues from rank 0's (possibly resumed) state
+            verbose = self._dp.start_fit(self, x, y, epochs, batch_size, shuffle, validation_data, verbose)
         cbs = [c if isinstance(c, Callback) else _FnCallback(c) for c in callbacks]
         self.stop_training = False
         if self.epoch < epochs and verbose:  # compile first (on a twin), so the epoch bar times training
@@ -228,16 +238,20 @@ class Trainer:
                 logs = self._train_epoch(x, y, epoch, epochs, batch_size, shuffle, augment, cbs, verbose,
                                          validation_data, terminate_on_nan)
             except _Diverged as d:
-                raise self._diverged(d, epoch, epochs, -(-len(x) // batch_size), checkpoint) from None
+                n = len(x) if self._dp is None else self._dp.samples(len(x))
+                raise self._diverged(d, epoch, epochs, -(-n // batch_size), checkpoint) from None
             if self.schedule is not None:
                 self.schedule.step()
             self.epoch = epoch + 1
             self.history.append(epoch, logs)
             if checkpoint is not None:
-                self.save_checkpoint(checkpoint)
+                if root:
+                    self.save_checkpoint(checkpoint)
                 self.checkpoint_epoch = self.epoch
             for c in cbs:
                 c.on_epoch_end(epoch, logs, self)
+            if self._dp is not None:
+                self.stop_training = self._dp.any(self.stop_training)
         return self.history
 
     def _compile_first(self, x: np.ndarray, y: np.ndarray, batch_size: int,
@@ -272,10 +286,12 @@ class Trainer:
         from tqdm import tqdm
 
         rng = np.random.default_rng([self.seed, epoch])
-        n = len(x)
-        order = rng.permutation(n) if shuffle else np.arange(n)
+        order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
+        if self._dp is not None:  # this rank's share; the figures below count every rank's samples
+            order, rng = self._dp.epoch_share(order, rng)
+        n, world = len(order), 1 if self._dp is None else self._dp.size
         classify = self._classifying(y)
-        bar = tqdm(total=n, unit="img", desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
+        bar = tqdm(total=n * world, unit="img", desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
                    disable=None if verbose == 1 else True, dynamic_ncols=True, leave=True)
         t0 = time.perf_counter()
         loss_sum, correct = 0.0, 0
@@ -288,14 +304,16 @@ class Trainer:
                 loss, ok = self.train_step(xb, y[idx], finite_only=terminate_on_nan)
                 if terminate_on_nan and not math.isfinite(loss):
                     raise _Diverged(f"the loss is {loss}", b + 1, loss)
-                loss_sum += loss * len(idx)
+                loss_sum += loss * len(idx) * world
                 correct += ok
-                seen = start + len(idx)
+                seen = (start + len(idx)) * world
                 logs = {"loss": loss_sum / seen, **({"accuracy": correct / seen} if classify else {})}
                 for c in cbs:
                     c.on_batch_end(b, logs, self)
-                bar.update(len(idx))
+                bar.update(len(idx) * world)
                 bar.set_postfix(_short(logs), refresh=False)
+            if self._dp is not None:
+                self._dp.average_buffers(self.model)
             if validation_data is not None:
                 val = self.evaluate(*validation_data, batch_size=max(batch_size, 256))
                 logs.update({f"val_{k}": v for k, v in val.items()})
@@ -305,7 +323,8 @@ class Trainer:
         if verbose == 2:
             seconds = time.perf_counter() - t0
             metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
-            print(f"epoch {epoch + 1}/{epochs}  {metrics}  ({n / seconds:,.0f} img/s, {seconds:.1f} s)", flush=True)
+            print(f"epoch {epoch + 1}/{epochs}  {metrics}  ({n * world / seconds:,.0f} img/s, {seconds:.1f} s)",
+                  flush=True)
         return logs
 
     def _check_finite(self, logs: dict[str, float]) -> None:
@@ -345,15 +364,19 @@ class Trainer:
         return np.concatenate(outs) if outs else np.zeros((0, *self.model.output_shape), self.model.dtype)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
-        """``{"loss": ..., "accuracy": ...}`` over all of ``x`` (accuracy for integer labels)."""
+        """``{"loss": ..., "accuracy": ...}`` over all of ``x`` (accuracy for integer labels; each rank
+        evaluates a slice when distributed, and every rank gets the figures of all of ``x``)."""
         self._check_data(x, y, "evaluate")
         classify = self._classifying(y)
         loss_sum, correct = 0.0, 0
-        for s in _batches(len(x), batch_size):
-            out = self.model.forward(x[s:s + batch_size], training=False, host=False)
-            loss, _, ok = self._loss(out, y[s:s + batch_size])
+        lo, hi = (0, len(x)) if self._dp is None else self._dp.eval_range(len(x))
+        for s in _batches(hi - lo, batch_size):
+            rows = slice(lo + s, min(hi, lo + s + batch_size))
+            out = self.model.forward(x[rows], training=False, host=False)
+            loss, _, ok = self._loss(out, y[rows])
             loss_sum += loss * out.shape[0]
             correct += ok
+        loss_sum, correct = (loss_sum, correct) if self._dp is None else self._dp.total(loss_sum, correct)
         result = {"loss": loss_sum / len(x)}
         if classify:
             result["accuracy"] = correct / len(x)

@@ -34,9 +34,9 @@ import pytest
 # float64 on purpose, with the reason: per-channel sums of up to N*H*W values accumulate in
 # float64 as the CPU kernels do, and the running statistics move by per-channel scalars.
 ALLOWED: dict[str, str] = {
-    "numbacnn.layers.batch_norm2d_cuda.batch_norm2d_stats_kernel": "float64 sums, as on the CPU",
-    "numbacnn.layers.batch_norm2d_cuda.batch_norm2d_backward_weight_kernel": "float64 sums, as on the CPU",
-    "numbacnn.layers.batch_norm2d_cuda.batch_norm2d_update_running_kernel": "one thread per channel, as on the CPU",
+    "numbacnn.layers.batch_norm2d_cuda._batch_norm2d_stats_kernel": "float64 sums, as on the CPU",
+    "numbacnn.layers.batch_norm2d_cuda._batch_norm2d_backward_weight_kernel": "float64 sums, as on the CPU",
+    "numbacnn.layers.batch_norm2d_cuda._batch_norm2d_update_running_kernel": "one thread per channel, as on the CPU",
 }
 
 

@@ -145,7 +145,9 @@ def test_user_code_never_imports_a_plugin(site):
 
 
 CPU_KERNELS = '''
-from numbacnn._jit import cpu_kernel, prange
+from numbacnn.kernels import cpu_kernel, prange
+
+__all__ = ["tt_triple_forward", "tt_triple_backward_input"]
 
 
 @cpu_kernel

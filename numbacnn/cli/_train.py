@@ -67,6 +67,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists, writing to it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --checkpoint by this run's")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the final result")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI, one rank per process: mpiexec -n 4 numbacnn train --distributed "
+                        "(--batch-size is per rank; pip install numbacnn[distributed])")
 
 
 def _check_data_flags(args: argparse.Namespace) -> None:
@@ -151,6 +154,14 @@ def _optimizer(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.distributed:  # every rank runs the command; an error on one ends them all
+        from ..distributed._cli import run
+
+        return run(_train, args)
+    return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from ..augment import parse
     from ..train import Trainer, TrainingDivergedError
 
@@ -164,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = _zoo_model(args, input_shape=x.shape[1:], num_classes=int(max(y.max(), yv.max())) + 1,
                        seed=args.seed).to(args.device)
     opt, schedule = _optimizer(args, model)
-    trainer = Trainer(model, opt, schedule=schedule, seed=args.seed)
+    trainer = Trainer(model, opt, schedule=schedule, seed=args.seed, distributed=args.distributed)
     trainer.info = {"data": args.data, "model": args.model, "variant": args.variant}
     verbose = 0 if args.quiet else (1 if sys.stderr.isatty() else 2)
     if not args.quiet:

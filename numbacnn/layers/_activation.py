@@ -1,22 +1,16 @@
 """The shape shared by activations whose gradient is read off their output (relu, sigmoid,
 tanh): forward y = f(x), backward gx = gy * f'(y); in inference they may write y over x.
 
-A subclass names itself and its cost; its kernels live in ``<name>_cpu.py`` /
-``<name>_cuda.py`` as ``<name>_forward(x, y)`` and ``<name>_backward(y, gy, gx)`` on flat
-arrays, imported on first use.
+A subclass names itself and its cost; its kernels, in ``<name>_cpu.py`` / ``<name>_cuda.py``,
+are ``<name>_forward(x, y)`` and ``<name>_backward(y, gy, gx)`` on flat arrays.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any, ClassVar
 
 from ..layer import Ctx, Layer, Shape
-
-
-def _flat(a: Any) -> Any:
-    return a.reshape(a.size)
 
 
 class OutputGradActivation(Layer):
@@ -35,21 +29,14 @@ class OutputGradActivation(Layer):
     def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
         return self.flops_per_element * math.prod(output_shape)
 
-    def _kernel(self, device: str, which: str) -> Any:
-        module = importlib.import_module(f"{__package__}.{self.name}_{device}")
-        return getattr(module, f"{self.name}_{which}")
-
-    def _forward(self, ctx: Ctx, x: Any) -> Any:
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         y = x if ctx.inplace else ctx.empty_like(x)
-        self._kernel(ctx.device, "forward")(_flat(x), _flat(y))
+        getattr(ctx.kernels, self.name + "_forward")(x.reshape(x.size), y.reshape(y.size))
         ctx.save(y)
         return y
 
-    def _backward(self, ctx: Ctx, gy: Any) -> Any:
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         (y,) = ctx.saved
         gx = ctx.empty_like(gy)
-        self._kernel(ctx.device, "backward")(_flat(y), _flat(gy), _flat(gx))
+        getattr(ctx.kernels, self.name + "_backward")(y.reshape(y.size), gy.reshape(gy.size), gx.reshape(gx.size))
         return gx
-
-    forward_cpu = forward_cuda = _forward
-    backward_cpu = backward_cuda = _backward

@@ -27,24 +27,8 @@ class Add(Layer):
     def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
         return (len(input_shapes) - 1) * math.prod(output_shape)
 
-    def forward_cpu(self, ctx: Ctx, *xs: Any) -> Any:
-        from .add_cpu import add_forward
-
-        y = ctx.empty_like(xs[0])
-        flat = y.reshape(-1)
-        add_forward(xs[0].reshape(-1), xs[1].reshape(-1), flat)
-        for x in xs[2:]:
-            add_forward(flat, x.reshape(-1), flat)
-        return y
-
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        # d(sum)/dx_i is the identity: every input gets gy itself (the executor copies before
-        # it sums into a gradient it does not own).
-        return tuple(gy if need else None for need in ctx.needs_input_grad)
-
-    def forward_cuda(self, ctx: Ctx, *xs: Any) -> Any:
-        from .add_cuda import add_forward
-
+    def forward(self, ctx: Ctx, *xs: Any) -> Any:
+        add_forward = ctx.kernels.add_forward
         y = ctx.empty_like(xs[0])
         flat = y.reshape(y.size)
         add_forward(xs[0].reshape(y.size), xs[1].reshape(y.size), flat)
@@ -52,5 +36,7 @@ class Add(Layer):
             add_forward(flat, x.reshape(y.size), flat)
         return y
 
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
+        # d(sum)/dx_i is the identity: every input gets gy itself (the executor copies before
+        # it sums into a gradient it does not own).
         return tuple(gy if need else None for need in ctx.needs_input_grad)

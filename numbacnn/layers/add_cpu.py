@@ -2,6 +2,8 @@
 
 from .._jit import cpu_kernel, prange
 
+__all__ = ["add_forward"]
+
 
 @cpu_kernel
 def add_forward(a, b, y):

@@ -4,11 +4,13 @@ from numba import cuda
 
 from .._jit import cuda_kernel
 
+__all__ = ["add_forward"]
+
 THREADS = 256
 
 
 @cuda_kernel
-def add_forward_kernel(a, b, y):
+def _add_forward_kernel(a, b, y):
     # y may be a itself (summing a third input into the running total): elementwise, so safe.
     i = cuda.grid(1)
     if i < y.size:
@@ -16,4 +18,5 @@ def add_forward_kernel(a, b, y):
 
 
 def add_forward(a, b, y):
-    add_forward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](a, b, y)
+    if y.size:  # a grid of no blocks is a launch error; the executor sums empty gradients too
+        _add_forward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](a, b, y)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..layer import Ctx, Layer, Shape
-from .max_pool2d import Pair, check_flag, check_padding, pair, pool_output_shape
+from ._conv_geometry import Pair, flag, pair, pool_output_shape, pool_padding
 
 
 class AvgPool2d(Layer):
@@ -21,18 +21,17 @@ class AvgPool2d(Layer):
     def __init__(self, kernel_size: int | Pair, stride: int | Pair | None = None, padding: int | Pair = 0,
                  ceil_mode: bool = False, count_include_pad: bool = True,
                  divisor_override: int | None = None) -> None:
-        self.kernel = pair(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel if stride is None else pair(stride, "stride", 1)
-        self.padding = pair(padding, "padding", 0)
-        self.ceil_mode = check_flag(ceil_mode, "ceil_mode")
-        self.count_include_pad = check_flag(count_include_pad, "count_include_pad")
+        self.kernel = pair(kernel_size, "kernel_size")
+        self.stride = self.kernel if stride is None else pair(stride, "stride")
+        self.padding = pool_padding(pair(padding, "padding", minimum=0), self.kernel)
+        self.ceil_mode = flag(ceil_mode, "ceil_mode")
+        self.count_include_pad = flag(count_include_pad, "count_include_pad")
         if divisor_override is not None:
             if not isinstance(divisor_override, int) or isinstance(divisor_override, bool):
                 raise TypeError(f"divisor_override must be None or an int, found {divisor_override!r}")
             if divisor_override <= 0:
                 raise ValueError(f"divisor_override must be positive, found {divisor_override}")
         self.divisor_override = divisor_override
-        check_padding(self.padding, self.kernel)
 
     @classmethod
     def examples(cls) -> list[dict[str, Any]]:
@@ -58,37 +57,17 @@ class AvgPool2d(Layer):
         return (*self.kernel, *self.stride, *self.padding, int(self.count_include_pad),
                 self.divisor_override or 0)
 
-    def _forward(self, ctx: Ctx, x: Any, kernels: Any) -> Any:
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         N = x.shape[0]
         y = ctx.empty((N, *self.output_shape(tuple(x.shape[1:]))))
-        kernels.avg_pool2d_forward(x, self._geometry(), y)
+        ctx.kernels.avg_pool2d_forward(x, self._geometry(), y)
         ctx.save(tuple(x.shape))
         return y
 
-    def _backward(self, ctx: Ctx, gy: Any, kernels: Any) -> Any:
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         if not ctx.needs_input_grad[0]:
             return None
         (x_shape,) = ctx.saved
         gx = ctx.empty(x_shape)
-        kernels.avg_pool2d_backward_input(gy, self._geometry(), gx)
+        ctx.kernels.avg_pool2d_backward_input(gy, self._geometry(), gx)
         return gx
-
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from . import avg_pool2d_cpu
-
-        return self._forward(ctx, x, avg_pool2d_cpu)
-
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from . import avg_pool2d_cpu
-
-        return self._backward(ctx, gy, avg_pool2d_cpu)
-
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        from . import avg_pool2d_cuda
-
-        return self._forward(ctx, x, avg_pool2d_cuda)
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from . import avg_pool2d_cuda
-
-        return self._backward(ctx, gy, avg_pool2d_cuda)

@@ -1,14 +1,18 @@
 """avg_pool2d CPU kernels: (N, C, H, W) arrays, parallel over the N*C planes.
 
 ``geometry`` is (R, S, stride_h, stride_w, pad_h, pad_w, count_include_pad, divisor_override),
-the override 0 when there is none.
+the override 0 when there is none. The interface, the same in avg_pool2d_cuda.py:
+``avg_pool2d_forward(x, geometry, y)`` and ``avg_pool2d_backward_input(gy, geometry, gx)``,
+each writing all of its output.
 """
 
 from .._jit import cpu_inline, cpu_kernel, prange
 
+__all__ = ["avg_pool2d_forward", "avg_pool2d_backward_input"]
+
 
 @cpu_inline
-def avg_pool2d_window(p, size, k, stride, pad):
+def _window(p, size, k, stride, pad):
     """Window p's input rows [lo, hi) and its length clipped to the padded input only."""
     start = p * stride - pad
     end = min(start + k, size + pad)
@@ -16,7 +20,7 @@ def avg_pool2d_window(p, size, k, stride, pad):
 
 
 @cpu_inline
-def avg_pool2d_divisor(h0, h1, padded_h, w0, w1, padded_w, include_pad, override):
+def _divisor(h0, h1, padded_h, w0, w1, padded_w, include_pad, override):
     if override > 0:
         return override
     if include_pad:
@@ -32,14 +36,14 @@ def avg_pool2d_forward(x, geometry, y):
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         for p in range(P):
-            h0, h1, hp = avg_pool2d_window(p, H, R, sh, ph)
+            h0, h1, hp = _window(p, H, R, sh, ph)
             for q in range(Q):
-                w0, w1, wp = avg_pool2d_window(q, W, S, sw, pw)
+                w0, w1, wp = _window(q, W, S, sw, pw)
                 acc = x.dtype.type(0)
                 for h in range(h0, h1):
                     for w in range(w0, w1):
                         acc += x[n, c, h, w]
-                div = avg_pool2d_divisor(h0, h1, hp, w0, w1, wp, include_pad, override)
+                div = _divisor(h0, h1, hp, w0, w1, wp, include_pad, override)
                 y[n, c, p, q] = acc / x.dtype.type(div)
 
 
@@ -57,10 +61,10 @@ def avg_pool2d_backward_input(gy, geometry, gx):
             for w in range(W):
                 gx[n, c, h, w] = zero
         for p in range(P):
-            h0, h1, hp = avg_pool2d_window(p, H, R, sh, ph)
+            h0, h1, hp = _window(p, H, R, sh, ph)
             for q in range(Q):
-                w0, w1, wp = avg_pool2d_window(q, W, S, sw, pw)
-                div = avg_pool2d_divisor(h0, h1, hp, w0, w1, wp, include_pad, override)
+                w0, w1, wp = _window(q, W, S, sw, pw)
+                div = _divisor(h0, h1, hp, w0, w1, wp, include_pad, override)
                 g = gy[n, c, p, q] / gx.dtype.type(div)
                 for h in range(h0, h1):
                     for w in range(w0, w1):

@@ -1,19 +1,22 @@
 """avg_pool2d CUDA kernels: (N, C, H, W) arrays, one output element per thread.
 
 ``geometry`` is (R, S, stride_h, stride_w, pad_h, pad_w, count_include_pad, divisor_override),
-the override 0 when there is none. Backward needs no atomics: each input element's thread
-gathers from the windows that contain it, in the CPU kernel's scatter order.
+the override 0 when there is none; the interface is avg_pool2d_cpu.py's. Backward needs no
+atomics: each input element's thread gathers from the windows that contain it, in the CPU
+kernel's scatter order.
 """
 
 from numba import cuda
 
 from .._jit import cuda_device, cuda_kernel
 
+__all__ = ["avg_pool2d_forward", "avg_pool2d_backward_input"]
+
 THREADS = 256
 
 
 @cuda_device
-def avg_pool2d_window(p, size, k, stride, pad):
+def _window(p, size, k, stride, pad):
     """Window p's input rows [lo, hi) and its length clipped to the padded input only."""
     start = p * stride - pad
     end = min(start + k, size + pad)
@@ -21,7 +24,7 @@ def avg_pool2d_window(p, size, k, stride, pad):
 
 
 @cuda_device
-def avg_pool2d_divisor(h0, h1, padded_h, w0, w1, padded_w, include_pad, override):
+def _divisor(h0, h1, padded_h, w0, w1, padded_w, include_pad, override):
     if override > 0:
         return override
     if include_pad:
@@ -30,7 +33,7 @@ def avg_pool2d_divisor(h0, h1, padded_h, w0, w1, padded_w, include_pad, override
 
 
 @cuda_kernel
-def avg_pool2d_forward_kernel(x, geometry, y):
+def _avg_pool2d_forward_kernel(x, geometry, y):
     i = cuda.grid(1)
     if i >= y.size:
         return
@@ -41,22 +44,22 @@ def avg_pool2d_forward_kernel(x, geometry, y):
     p = (i // Q) % P
     c = (i // (Q * P)) % C
     n = i // (Q * P * C)
-    h0, h1, hp = avg_pool2d_window(p, H, R, sh, ph)
-    w0, w1, wp = avg_pool2d_window(q, W, S, sw, pw)
+    h0, h1, hp = _window(p, H, R, sh, ph)
+    w0, w1, wp = _window(q, W, S, sw, pw)
     acc = x.dtype.type(0)
     for h in range(h0, h1):
         for w in range(w0, w1):
             acc += x[n, c, h, w]
-    div = avg_pool2d_divisor(h0, h1, hp, w0, w1, wp, include_pad, override)
+    div = _divisor(h0, h1, hp, w0, w1, wp, include_pad, override)
     y[n, c, p, q] = acc / x.dtype.type(div)
 
 
 def avg_pool2d_forward(x, geometry, y):
-    avg_pool2d_forward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](x, geometry, y)
+    _avg_pool2d_forward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](x, geometry, y)
 
 
 @cuda_kernel
-def avg_pool2d_backward_input_kernel(gy, geometry, gx):
+def _avg_pool2d_backward_input_kernel(gy, geometry, gx):
     i = cuda.grid(1)
     if i >= gx.size:
         return
@@ -74,13 +77,13 @@ def avg_pool2d_backward_input_kernel(gy, geometry, gx):
     q_hi = min(Q - 1, (w + pw) // sw)
     acc = gx.dtype.type(0)
     for p in range(p_lo, p_hi + 1):
-        h0, h1, hp = avg_pool2d_window(p, H, R, sh, ph)
+        h0, h1, hp = _window(p, H, R, sh, ph)
         for q in range(q_lo, q_hi + 1):
-            w0, w1, wp = avg_pool2d_window(q, W, S, sw, pw)
-            div = avg_pool2d_divisor(h0, h1, hp, w0, w1, wp, include_pad, override)
+            w0, w1, wp = _window(q, W, S, sw, pw)
+            div = _divisor(h0, h1, hp, w0, w1, wp, include_pad, override)
             acc += gy[n, c, p, q] / gx.dtype.type(div)
     gx[n, c, h, w] = acc
 
 
 def avg_pool2d_backward_input(gy, geometry, gx):
-    avg_pool2d_backward_input_kernel[(gx.size + THREADS - 1) // THREADS, THREADS](gy, geometry, gx)
+    _avg_pool2d_backward_input_kernel[(gx.size + THREADS - 1) // THREADS, THREADS](gy, geometry, gx)

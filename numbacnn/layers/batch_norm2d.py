@@ -74,7 +74,8 @@ class BatchNorm2d(Layer):
         C, H, W = output_shape
         return 4 * C * H * W
 
-    def _forward(self, ctx: Ctx, x: Any, kernels: Any) -> Any:
+    def forward(self, ctx: Ctx, x: Any) -> Any:
+        kernels = ctx.kernels
         N, C, H, W = x.shape
         M = N * H * W
         x3 = x.reshape(N, C, H * W)
@@ -91,15 +92,15 @@ class BatchNorm2d(Layer):
                                                     ctx.buffers["running_mean"], ctx.buffers["running_var"])
         else:
             mean, var = ctx.buffers["running_mean"], ctx.buffers["running_var"]
-        # Kernels take no None: without affine parameters the statistics fill the unread slots.
-        w, b = (ctx.params["weight"], ctx.params["bias"]) if self.affine else (mean, var)
+        w, b = self._affine(ctx, ctx.params)
         # eps typed like the data: a Python float would make the CUDA kernels compute in float64.
         eps = x.dtype.type(self.eps)
-        kernels.batch_norm2d_forward(x3, mean, var, w, b, eps, self.affine, y.reshape(N, C, H * W))
+        kernels.batch_norm2d_forward(x3, mean, var, w, b, eps, y.reshape(N, C, H * W))
         ctx.save(x3, mean, var, batch_stats)
         return y
 
-    def _backward(self, ctx: Ctx, gy: Any, kernels: Any) -> Any:
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
+        kernels = ctx.kernels
         x3, mean, var, batch_stats = ctx.saved
         N, C, L = x3.shape
         want_gx = ctx.needs_input_grad[0]
@@ -108,33 +109,19 @@ class BatchNorm2d(Layer):
         # sums[0] = sum(gy), sums[1] = sum(gy * x_hat) per channel: the weight gradients, and
         # what the input gradient subtracts when the statistics came from the batch.
         sums = ctx.empty((2, C))
+        gw, gb = self._affine(ctx, ctx.grads)
         if self.affine or (want_gx and batch_stats):
-            gw, gb = (ctx.grads["weight"], ctx.grads["bias"]) if self.affine else (sums[1], sums[0])
-            kernels.batch_norm2d_backward_weight(x3, gy3, mean, var, eps, self.affine, sums, gw, gb)
+            kernels.batch_norm2d_backward_weight(x3, gy3, mean, var, eps, sums, gw, gb)
         if not want_gx:
             return None
         gx = ctx.empty(gy.shape)
-        w = ctx.params["weight"] if self.affine else mean
-        kernels.batch_norm2d_backward_input(x3, gy3, mean, var, w, eps, sums, batch_stats, self.affine,
-                                            gx.reshape(N, C, L))
+        w = ctx.params["weight"] if self.affine else gw
+        kernels.batch_norm2d_backward_input(x3, gy3, mean, var, w, eps, sums, batch_stats, gx.reshape(N, C, L))
         return gx
 
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from . import batch_norm2d_cpu
-
-        return self._forward(ctx, x, batch_norm2d_cpu)
-
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from . import batch_norm2d_cpu
-
-        return self._backward(ctx, gy, batch_norm2d_cpu)
-
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        from . import batch_norm2d_cuda
-
-        return self._forward(ctx, x, batch_norm2d_cuda)
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from . import batch_norm2d_cuda
-
-        return self._backward(ctx, gy, batch_norm2d_cuda)
+    def _affine(self, ctx: Ctx, arrays: dict[str, Any]) -> tuple[Any, Any]:
+        # Kernels take empty arrays for "no affine parameters": one compiled version serves both.
+        if self.affine:
+            return arrays["weight"], arrays["bias"]
+        none = ctx.empty((0,))
+        return none, none

@@ -3,13 +3,23 @@
 Per-channel sums accumulate in float64 (a channel can hold N*H*W = millions of values), in
 vector lanes (the reductions opt into reassociation only: NaN and Inf propagate as ever), and
 per-channel coefficients are cast back to the data's dtype before the elementwise loops, so
-float32 data stays float32. ``affine`` False means ``w``/``b``/``gw``/``gb`` are unread
-stand-ins.
+float32 data stays float32.
+
+The interface, the same in batch_norm2d_cuda.py: ``batch_norm2d_stats(x, mean, var)``,
+``batch_norm2d_update_running(mean, var, momentum, unbias, running_mean, running_var)``,
+``batch_norm2d_forward(x, mean, var, w, b, eps, y)``,
+``batch_norm2d_backward_weight(x, gy, mean, var, eps, sums, gw, gb)`` (sums (2, C): sum(gy)
+and sum(gy * x_hat) per channel, written; gw, gb added into) and
+``batch_norm2d_backward_input(x, gy, mean, var, w, eps, sums, batch_stats, gx)``. Without
+affine parameters ``w``, ``b``, ``gw`` and ``gb`` are empty arrays.
 """
 
 import math
 
 from .._jit import REASSOC, cpu_kernel, cpu_serial, prange
+
+__all__ = ["batch_norm2d_stats", "batch_norm2d_update_running", "batch_norm2d_forward",
+           "batch_norm2d_backward_weight", "batch_norm2d_backward_input"]
 
 
 @cpu_kernel(fastmath=REASSOC)
@@ -40,9 +50,10 @@ def batch_norm2d_update_running(mean, var, momentum, unbias, running_mean, runni
 
 
 @cpu_kernel
-def batch_norm2d_forward(x, mean, var, w, b, eps, affine, y):
+def batch_norm2d_forward(x, mean, var, w, b, eps, y):
     N, C, L = x.shape
     zero = x.dtype.type(0)
+    affine = w.size > 0
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         k = 1.0 / math.sqrt(var[c] + eps)
@@ -54,8 +65,9 @@ def batch_norm2d_forward(x, mean, var, w, b, eps, affine, y):
 
 
 @cpu_kernel(fastmath=REASSOC)
-def batch_norm2d_backward_weight(x, gy, mean, var, eps, affine, sums, gw, gb):
+def batch_norm2d_backward_weight(x, gy, mean, var, eps, sums, gw, gb):
     N, C, L = x.shape
+    affine = gw.size > 0
     # Each iteration owns its channel: sums[:, c], gw[c] and gb[c] have one writer.
     for c in prange(C):
         m = mean[c]
@@ -75,9 +87,10 @@ def batch_norm2d_backward_weight(x, gy, mean, var, eps, affine, sums, gw, gb):
 
 
 @cpu_kernel
-def batch_norm2d_backward_input(x, gy, mean, var, w, eps, sums, batch_stats, affine, gx):
+def batch_norm2d_backward_input(x, gy, mean, var, w, eps, sums, batch_stats, gx):
     N, C, L = x.shape
     M = N * L
+    affine = w.size > 0
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         inv = 1.0 / math.sqrt(var[c] + eps)

@@ -5,7 +5,8 @@ the channel in float64, then a shared-memory tree adds the shares; thread 0 writ
 channel's results, so no two blocks touch one element. Elementwise kernels run one element
 per thread and compute in the data's dtype (eps comes typed like it), since every thread
 repeats its channel's coefficients: float64 there would run at a fraction of the float32
-rate. ``affine`` False means ``w``/``b``/``gw``/``gb`` are unread stand-ins.
+rate. The interface (empty ``w``, ``b``, ``gw``, ``gb`` without affine parameters) is
+batch_norm2d_cpu.py's.
 """
 
 import math
@@ -14,6 +15,9 @@ from numba import cuda, float64
 
 from .._jit import cuda_device, cuda_kernel
 from ..device import is_simulator
+
+__all__ = ["batch_norm2d_stats", "batch_norm2d_update_running", "batch_norm2d_forward",
+           "batch_norm2d_backward_weight", "batch_norm2d_backward_input"]
 
 THREADS = 256
 # Threads of one per-channel reduction block: a power of two (the tree halves it). The
@@ -24,7 +28,7 @@ REDUCE = 32 if is_simulator() else GPU_REDUCE
 
 
 @cuda_device
-def batch_norm2d_block_sum(part, t):
+def _block_sum(part, t):
     """Sum ``part[:REDUCE]`` across the block; every thread gets the total."""
     cuda.syncthreads()
     step = REDUCE // 2
@@ -39,7 +43,7 @@ def batch_norm2d_block_sum(part, t):
 
 
 @cuda_kernel
-def batch_norm2d_stats_kernel(x, mean, var):
+def _batch_norm2d_stats_kernel(x, mean, var):
     c = cuda.blockIdx.x
     t = cuda.threadIdx.x
     N, C, L = x.shape
@@ -51,24 +55,24 @@ def batch_norm2d_stats_kernel(x, mean, var):
     for j in range(t, M, REDUCE):
         acc += x[j // L, c, j % L]
     part[t] = acc
-    m = batch_norm2d_block_sum(part, t) / M
+    m = _block_sum(part, t) / M
     acc = 0.0
     for j in range(t, M, REDUCE):
         d = x[j // L, c, j % L] - m
         acc += d * d
     part[t] = acc
-    v = batch_norm2d_block_sum(part, t) / M
+    v = _block_sum(part, t) / M
     if t == 0:
         mean[c] = m
         var[c] = v
 
 
 def batch_norm2d_stats(x, mean, var):
-    batch_norm2d_stats_kernel[x.shape[1], REDUCE](x, mean, var)
+    _batch_norm2d_stats_kernel[x.shape[1], REDUCE](x, mean, var)
 
 
 @cuda_kernel
-def batch_norm2d_update_running_kernel(mean, var, momentum, unbias, running_mean, running_var):
+def _batch_norm2d_update_running_kernel(mean, var, momentum, unbias, running_mean, running_var):
     c = cuda.grid(1)
     if c < mean.size:
         running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean[c]
@@ -76,12 +80,12 @@ def batch_norm2d_update_running_kernel(mean, var, momentum, unbias, running_mean
 
 
 def batch_norm2d_update_running(mean, var, momentum, unbias, running_mean, running_var):
-    batch_norm2d_update_running_kernel[(mean.size + THREADS - 1) // THREADS, THREADS](
+    _batch_norm2d_update_running_kernel[(mean.size + THREADS - 1) // THREADS, THREADS](
         mean, var, momentum, unbias, running_mean, running_var)
 
 
 @cuda_kernel
-def batch_norm2d_forward_kernel(x, mean, var, w, b, eps, affine, y):
+def _batch_norm2d_forward_kernel(x, mean, var, w, b, eps, y):
     i = cuda.grid(1)
     if i >= x.size:
         return
@@ -90,17 +94,18 @@ def batch_norm2d_forward_kernel(x, mean, var, w, b, eps, affine, y):
     c = (i // L) % C
     n = i // (L * C)
     k = x.dtype.type(1) / math.sqrt(var[c] + eps)
+    affine = w.size > 0
     scale = k * w[c] if affine else k
     shift = b[c] if affine else x.dtype.type(0)
     y[n, c, l] = (x[n, c, l] - mean[c]) * scale + shift
 
 
-def batch_norm2d_forward(x, mean, var, w, b, eps, affine, y):
-    batch_norm2d_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, mean, var, w, b, eps, affine, y)
+def batch_norm2d_forward(x, mean, var, w, b, eps, y):
+    _batch_norm2d_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, mean, var, w, b, eps, y)
 
 
 @cuda_kernel
-def batch_norm2d_backward_weight_kernel(x, gy, mean, var, eps, affine, sums, gw, gb):
+def _batch_norm2d_backward_weight_kernel(x, gy, mean, var, eps, sums, gw, gb):
     c = cuda.blockIdx.x
     t = cuda.threadIdx.x
     N, C, L = x.shape
@@ -116,23 +121,23 @@ def batch_norm2d_backward_weight_kernel(x, gy, mean, var, eps, affine, sums, gw,
         sg += g
         sgx += g * (x[j // L, c, j % L] - m)
     part[t] = sg
-    sg = batch_norm2d_block_sum(part, t)
+    sg = _block_sum(part, t)
     part[t] = sgx
-    sgx = batch_norm2d_block_sum(part, t) / math.sqrt(var[c] + eps)
+    sgx = _block_sum(part, t) / math.sqrt(var[c] + eps)
     if t == 0:
         sums[0, c] = sg
         sums[1, c] = sgx
-        if affine:
+        if gw.size > 0:
             gw[c] += sgx
             gb[c] += sg
 
 
-def batch_norm2d_backward_weight(x, gy, mean, var, eps, affine, sums, gw, gb):
-    batch_norm2d_backward_weight_kernel[x.shape[1], REDUCE](x, gy, mean, var, eps, affine, sums, gw, gb)
+def batch_norm2d_backward_weight(x, gy, mean, var, eps, sums, gw, gb):
+    _batch_norm2d_backward_weight_kernel[x.shape[1], REDUCE](x, gy, mean, var, eps, sums, gw, gb)
 
 
 @cuda_kernel
-def batch_norm2d_backward_input_kernel(x, gy, mean, var, w, eps, sums, batch_stats, affine, gx):
+def _batch_norm2d_backward_input_kernel(x, gy, mean, var, w, eps, sums, batch_stats, gx):
     i = cuda.grid(1)
     if i >= x.size:
         return
@@ -142,7 +147,7 @@ def batch_norm2d_backward_input_kernel(x, gy, mean, var, w, eps, sums, batch_sta
     n = i // (L * C)
     M = x.dtype.type(N * L)
     inv = x.dtype.type(1) / math.sqrt(var[c] + eps)
-    k = inv * w[c] if affine else inv
+    k = inv * w[c] if w.size > 0 else inv
     if not batch_stats:  # x unread: see batch_norm2d_cpu.py
         gx[n, c, l] = k * gy[n, c, l]
         return
@@ -151,6 +156,6 @@ def batch_norm2d_backward_input_kernel(x, gy, mean, var, w, eps, sums, batch_sta
     gx[n, c, l] = k * gy[n, c, l] + slope * (x[n, c, l] - mean[c]) + shift
 
 
-def batch_norm2d_backward_input(x, gy, mean, var, w, eps, sums, batch_stats, affine, gx):
-    batch_norm2d_backward_input_kernel[(x.size + THREADS - 1) // THREADS, THREADS](
-        x, gy, mean, var, w, eps, sums, batch_stats, affine, gx)
+def batch_norm2d_backward_input(x, gy, mean, var, w, eps, sums, batch_stats, gx):
+    _batch_norm2d_backward_input_kernel[(x.size + THREADS - 1) // THREADS, THREADS](
+        x, gy, mean, var, w, eps, sums, batch_stats, gx)

@@ -33,51 +33,18 @@ class Concat(Layer):
     # Backward needs only the input shapes, so the inputs themselves are not kept alive.
     # Each input is copied as a flat (N*M,) block into rows of y viewed as (N, L): every array
     # a kernel sees is contiguous, so one specialisation serves all inputs and shapes.
-    def forward_cpu(self, ctx: Ctx, *xs: Any) -> Any:
-        from .concat_cpu import concat_forward
-
-        N = xs[0].shape[0]
-        y = ctx.empty((N, *self.output_shape(*(x.shape[1:] for x in xs))))
-        rows = y.reshape(N, -1)
-        offset = 0
-        for x in xs:
-            concat_forward(x.reshape(-1), offset, rows)
-            offset += x.size // N
-        ctx.save(*(x.shape for x in xs))
-        return y
-
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .concat_cpu import concat_backward_input
-
-        N = gy.shape[0]
-        rows = gy.reshape(N, -1)
-        gxs = []
-        offset = 0
-        for shape, need in zip(ctx.saved, ctx.needs_input_grad):
-            gx = None
-            if need:
-                gx = ctx.empty(shape)
-                concat_backward_input(rows, offset, gx.reshape(-1))
-            gxs.append(gx)
-            offset += math.prod(shape[1:])
-        return tuple(gxs)
-
-    def forward_cuda(self, ctx: Ctx, *xs: Any) -> Any:
-        from .concat_cuda import concat_forward
-
+    def forward(self, ctx: Ctx, *xs: Any) -> Any:
         N = xs[0].shape[0]
         y = ctx.empty((N, *self.output_shape(*(x.shape[1:] for x in xs))))
         rows = y.reshape(N, y.size // N)
         offset = 0
         for x in xs:
-            concat_forward(x.reshape(x.size), offset, rows)
+            ctx.kernels.concat_forward(x.reshape(x.size), offset, rows)
             offset += x.size // N
         ctx.save(*(x.shape for x in xs))
         return y
 
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from .concat_cuda import concat_backward_input
-
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         N = gy.shape[0]
         rows = gy.reshape(N, gy.size // N)
         gxs = []
@@ -86,7 +53,7 @@ class Concat(Layer):
             gx = None
             if need:
                 gx = ctx.empty(shape)
-                concat_backward_input(rows, offset, gx.reshape(gx.size))
+                ctx.kernels.concat_backward_input(rows, offset, gx.reshape(gx.size))
             gxs.append(gx)
             offset += math.prod(shape[1:])
         return tuple(gxs)

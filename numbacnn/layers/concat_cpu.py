@@ -2,6 +2,8 @@
 
 from .._jit import cpu_kernel, prange
 
+__all__ = ["concat_forward", "concat_backward_input"]
+
 
 @cpu_kernel
 def concat_forward(x, offset, y):

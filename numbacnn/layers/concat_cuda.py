@@ -4,11 +4,13 @@ from numba import cuda
 
 from .._jit import cuda_kernel
 
+__all__ = ["concat_forward", "concat_backward_input"]
+
 THREADS = 256
 
 
 @cuda_kernel
-def concat_forward_kernel(x, offset, y):
+def _concat_forward_kernel(x, offset, y):
     i = cuda.grid(1)
     if i < x.size:
         M = x.size // y.shape[0]
@@ -17,11 +19,11 @@ def concat_forward_kernel(x, offset, y):
 
 
 def concat_forward(x, offset, y):
-    concat_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, offset, y)
+    _concat_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, offset, y)
 
 
 @cuda_kernel
-def concat_backward_input_kernel(gy, offset, gx):
+def _concat_backward_input_kernel(gy, offset, gx):
     i = cuda.grid(1)
     if i < gx.size:
         M = gx.size // gy.shape[0]
@@ -30,4 +32,4 @@ def concat_backward_input_kernel(gy, offset, gx):
 
 
 def concat_backward_input(gy, offset, gx):
-    concat_backward_input_kernel[(gx.size + THREADS - 1) // THREADS, THREADS](gy, offset, gx)
+    _concat_backward_input_kernel[(gx.size + THREADS - 1) // THREADS, THREADS](gy, offset, gx)

@@ -42,44 +42,19 @@ class Dropout(Layer):
         threshold = np.uint64(round((1.0 - self.p) * 2**32))
         return s0, s1, threshold, dtype.type(1.0 / (1.0 - self.p))
 
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         if not ctx.training:
             ctx.save()
             return x
-        from .dropout_cpu import dropout_forward
-
         args = self._mask_args(ctx, x.dtype)
         y = ctx.empty_like(x)
-        dropout_forward(x.reshape(-1), *args, y.reshape(-1))
+        ctx.kernels.dropout_forward(x.reshape(x.size), *args, y.reshape(y.size))
         ctx.save(*args)
         return y
 
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         if not ctx.saved:  # the forward ran in evaluation: the identity
             return gy
-        from .dropout_cpu import dropout_backward_input
-
         gx = ctx.empty_like(gy)
-        dropout_backward_input(gy.reshape(-1), *ctx.saved, gx.reshape(-1))
-        return gx
-
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        if not ctx.training:
-            ctx.save()
-            return x
-        from .dropout_cuda import dropout_forward
-
-        args = self._mask_args(ctx, x.dtype)
-        y = ctx.empty_like(x)
-        dropout_forward(x.reshape(x.size), *args, y.reshape(y.size))
-        ctx.save(*args)
-        return y
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        if not ctx.saved:  # the forward ran in evaluation: the identity
-            return gy
-        from .dropout_cuda import dropout_backward_input
-
-        gx = ctx.empty_like(gy)
-        dropout_backward_input(gy.reshape(gy.size), *ctx.saved, gx.reshape(gx.size))
+        ctx.kernels.dropout_backward_input(gy.reshape(gy.size), *ctx.saved, gx.reshape(gx.size))
         return gx

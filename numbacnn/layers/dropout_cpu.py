@@ -1,12 +1,19 @@
-"""dropout CPU kernels (flat arrays); dropout_cuda.py computes the very same mask."""
+"""dropout CPU kernels (flat arrays); dropout_cuda.py computes the very same mask.
+
+The interface, the same in dropout_cuda.py: ``dropout_forward(x, s0, s1, threshold, scale, y)``
+writes y = x * mask * scale for the mask of seeds (s0, s1) (uint64) and the keep threshold
+(uint64, of 2**32); ``dropout_backward_input(gy, s0, s1, threshold, scale, gx)`` is the same map.
+"""
 
 import numpy as np
 
 from .._jit import cpu_inline, cpu_kernel, prange
 
+__all__ = ["dropout_forward", "dropout_backward_input"]
+
 
 @cpu_inline
-def dropout_mix32(h):
+def _mix32(h):
     # Wellons' lowbias32, a bijection of 32-bit words. Kept in uint64 with the top half
     # cleared, so no product overflows (the CUDA simulator runs this as NumPy scalars, which
     # warn on overflow) and both devices get the same bits.
@@ -25,7 +32,7 @@ def dropout_forward(x, s0, s1, threshold, scale, y):
     m = np.uint64(0xFFFFFFFF)
     for i in prange(x.size):
         # Two rounds over (index + s0) then s1; indices repeat their mask only every 2**32.
-        h = dropout_mix32(dropout_mix32((np.uint64(i) + s0) & m) ^ s1)
+        h = _mix32(_mix32((np.uint64(i) + s0) & m) ^ s1)
         # x * 0, not 0: a dropped NaN or Inf stays NaN, as torch's x * mask * scale leaves it.
         y[i] = x[i] * (scale if h < threshold else zero)
 

@@ -12,6 +12,7 @@ class Flatten(Layer):
     """Flatten every dimension after the batch. (d1, ..., dk) -> (d1*...*dk,)."""
 
     name = "flatten"
+    kernels = None  # a view: no kernels, every device
 
     def __init__(self, start_dim: int = 1) -> None:
         if isinstance(start_dim, bool) or not isinstance(start_dim, int):
@@ -26,18 +27,10 @@ class Flatten(Layer):
         return (math.prod(x_shape),)
 
     # Both directions are reshapes of contiguous arrays: views on either device.
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         ctx.save(x.shape)
         return x.reshape(x.shape[0], x.size // x.shape[0])
 
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         (shape,) = ctx.saved
         return gy.reshape(shape)
-
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        ctx.save(x.shape)
-        return x.reshape(x.shape[0], x.size // x.shape[0])
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        (shape,) = ctx.saved
-        return gy.reshape(*shape)

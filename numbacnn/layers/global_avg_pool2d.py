@@ -25,38 +25,18 @@ class GlobalAvgPool2d(Layer):
         C, H, W = input_shapes[0]
         return C * H * W
 
-    def _forward(self, ctx: Ctx, x: Any, kernels: Any) -> Any:
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         N, C, H, W = x.shape
         y = ctx.empty((N, C))
-        kernels.global_avg_pool2d_forward(x.reshape(N * C, H * W), y.reshape(N * C))
+        ctx.kernels.global_avg_pool2d_forward(x.reshape(N * C, H * W), y.reshape(N * C))
         ctx.save(tuple(x.shape))
         return y
 
-    def _backward(self, ctx: Ctx, gy: Any, kernels: Any) -> Any:
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         if not ctx.needs_input_grad[0]:
             return None
         (x_shape,) = ctx.saved
         N, C, H, W = x_shape
         gx = ctx.empty(x_shape)
-        kernels.global_avg_pool2d_backward_input(gy.reshape(N * C), gx.reshape(N * C, H * W))
+        ctx.kernels.global_avg_pool2d_backward_input(gy.reshape(N * C), gx.reshape(N * C, H * W))
         return gx
-
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from . import global_avg_pool2d_cpu
-
-        return self._forward(ctx, x, global_avg_pool2d_cpu)
-
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from . import global_avg_pool2d_cpu
-
-        return self._backward(ctx, gy, global_avg_pool2d_cpu)
-
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        from . import global_avg_pool2d_cuda
-
-        return self._forward(ctx, x, global_avg_pool2d_cuda)
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from . import global_avg_pool2d_cuda
-
-        return self._backward(ctx, gy, global_avg_pool2d_cuda)

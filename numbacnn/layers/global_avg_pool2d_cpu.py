@@ -1,6 +1,12 @@
-"""global_avg_pool2d CPU kernels: x and gx as (N*C, H*W) planes, y and gy as (N*C,)."""
+"""global_avg_pool2d CPU kernels: x and gx as (N*C, H*W) planes, y and gy as (N*C,).
+
+The interface, the same in global_avg_pool2d_cuda.py: ``global_avg_pool2d_forward(x, y)`` and
+``global_avg_pool2d_backward_input(gy, gx)``, each writing all of its output.
+"""
 
 from .._jit import cpu_kernel, prange
+
+__all__ = ["global_avg_pool2d_forward", "global_avg_pool2d_backward_input"]
 
 
 @cpu_kernel

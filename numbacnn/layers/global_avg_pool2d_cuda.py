@@ -1,15 +1,17 @@
 """global_avg_pool2d CUDA kernels: x and gx as (N*C, H*W) planes, y and gy as (N*C,);
-one output element per thread."""
+one output element per thread; the interface is global_avg_pool2d_cpu.py's."""
 
 from numba import cuda
 
 from .._jit import cuda_kernel
 
+__all__ = ["global_avg_pool2d_forward", "global_avg_pool2d_backward_input"]
+
 THREADS = 256
 
 
 @cuda_kernel
-def global_avg_pool2d_forward_kernel(x, y):
+def _global_avg_pool2d_forward_kernel(x, y):
     i = cuda.grid(1)
     if i >= y.size:
         return
@@ -21,11 +23,11 @@ def global_avg_pool2d_forward_kernel(x, y):
 
 
 def global_avg_pool2d_forward(x, y):
-    global_avg_pool2d_forward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](x, y)
+    _global_avg_pool2d_forward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](x, y)
 
 
 @cuda_kernel
-def global_avg_pool2d_backward_input_kernel(gy, gx):
+def _global_avg_pool2d_backward_input_kernel(gy, gx):
     i = cuda.grid(1)
     if i >= gx.size:
         return
@@ -35,4 +37,4 @@ def global_avg_pool2d_backward_input_kernel(gy, gx):
 
 
 def global_avg_pool2d_backward_input(gy, gx):
-    global_avg_pool2d_backward_input_kernel[(gx.size + THREADS - 1) // THREADS, THREADS](gy, gx)
+    _global_avg_pool2d_backward_input_kernel[(gx.size + THREADS - 1) // THREADS, THREADS](gy, gx)

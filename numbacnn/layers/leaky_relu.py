@@ -32,35 +32,15 @@ class LeakyReLU(Layer):
         # negative slope makes y > 0 on both sides, and only x tells them apart.
         return y if self.negative_slope >= 0 else x
 
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from .leaky_relu_cpu import leaky_relu_forward
-
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         y = x if ctx.inplace else ctx.empty_like(x)
-        leaky_relu_forward(x.reshape(-1), x.dtype.type(self.negative_slope), y.reshape(-1))
+        ctx.kernels.leaky_relu_forward(x.reshape(x.size), x.dtype.type(self.negative_slope), y.reshape(y.size))
         ctx.save(self._sign_source(x, y))
         return y
 
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .leaky_relu_cpu import leaky_relu_backward
-
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         (s,) = ctx.saved
         gx = ctx.empty_like(gy)
-        leaky_relu_backward(s.reshape(-1), gy.reshape(-1), gy.dtype.type(self.negative_slope), gx.reshape(-1))
-        return gx
-
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        from .leaky_relu_cuda import leaky_relu_forward
-
-        y = x if ctx.inplace else ctx.empty_like(x)
-        leaky_relu_forward(x.reshape(x.size), x.dtype.type(self.negative_slope), y.reshape(y.size))
-        ctx.save(self._sign_source(x, y))
-        return y
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from .leaky_relu_cuda import leaky_relu_backward
-
-        (s,) = ctx.saved
-        gx = ctx.empty_like(gy)
-        leaky_relu_backward(s.reshape(s.size), gy.reshape(gy.size), gy.dtype.type(self.negative_slope),
-                            gx.reshape(gx.size))
+        ctx.kernels.leaky_relu_backward(s.reshape(s.size), gy.reshape(gy.size), gy.dtype.type(self.negative_slope),
+                                        gx.reshape(gx.size))
         return gx

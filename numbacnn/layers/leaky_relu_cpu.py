@@ -2,6 +2,8 @@
 
 from .._jit import cpu_kernel, prange
 
+__all__ = ["leaky_relu_forward", "leaky_relu_backward"]
+
 
 @cpu_kernel
 def leaky_relu_forward(x, slope, y):

@@ -1,70 +1,12 @@
-"""max_pool2d: the largest value of each (dilated) window, as torch.nn.MaxPool2d computes it.
-
-The window geometry (``pair``, ``pooled_size``, ``pool_window_check``) is shared with
-avg_pool2d, which has the same output-size rule and the same padding limit.
-"""
+"""max_pool2d: the largest value of each (dilated) window, as torch.nn.MaxPool2d computes it;
+its window geometry is _conv_geometry's, shared with conv2d and avg_pool2d."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..layer import Ctx, Layer, Shape, ShapeError
-
-Pair = tuple[int, int]
-
-
-def pair(value: Any, what: str, minimum: int) -> Pair:
-    """``value`` as an (h, w) pair of ints >= ``minimum``: an int or a sequence of two."""
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        raise TypeError(f"{what} must be an int or a pair of ints, found {value!r}")
-    if any(v < minimum for v in items):
-        raise ValueError(f"{what} must be at least {minimum}, found {value!r}")
-    return items
-
-
-def check_padding(padding: Pair, kernel: Pair) -> None:
-    """PyTorch's limit: padding at most half the kernel, so every window holds input."""
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"padding must be at most half of kernel_size: expected padding <= "
-                         f"{kernel[0] // 2}x{kernel[1] // 2}, found {padding[0]}x{padding[1]} "
-                         f"for kernel_size {kernel[0]}x{kernel[1]}")
-
-
-def check_flag(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{what} must be True or False, found {value!r}")
-    return value
-
-
-def pooled_size(size: int, window: int, stride: int, pad: int, ceil_mode: bool) -> int:
-    """PyTorch's pooling output size; in ceil mode the last window must start before the
-    right padding (inside the input or the left padding)."""
-    span = size + 2 * pad - window
-    out = (span + stride - 1) // stride + 1 if ceil_mode else span // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
-def pool_output_shape(x_shape: Shape, window: Pair, stride: Pair, padding: Pair, ceil_mode: bool) -> Shape:
-    """(C, H, W) -> (C, P, Q) for an effective (dilated) ``window``, or a ShapeError.
-
-    As in PyTorch, ceil mode accepts an input smaller than the window when the rounding up
-    still gives one window that starts inside it.
-    """
-    if len(x_shape) != 3:
-        raise ShapeError(f"expected an input of shape (C, H, W), found {tuple(x_shape)}")
-    C, H, W = x_shape
-    P = pooled_size(H, window[0], stride[0], padding[0], ceil_mode)
-    Q = pooled_size(W, window[1], stride[1], padding[1], ceil_mode)
-    if P < 1 or Q < 1:
-        need = [next(n for n in range(1, window[i] + 1)
-                     if pooled_size(n, window[i], stride[i], padding[i], ceil_mode) >= 1) for i in (0, 1)]
-        padded = f" (padded to {H + 2 * padding[0]}x{W + 2 * padding[1]})" if any(padding) else ""
-        raise ShapeError(f"input {H}x{W}{padded} is smaller than the {window[0]}x{window[1]} window: "
-                         f"expected at least {need[0]}x{need[1]}, found {H}x{W}")
-    return (C, P, Q)
+from ..layer import Ctx, Layer, Shape
+from ._conv_geometry import Pair, flag, pair, pool_output_shape, pool_padding
 
 
 class MaxPool2d(Layer):
@@ -74,12 +16,11 @@ class MaxPool2d(Layer):
 
     def __init__(self, kernel_size: int | Pair, stride: int | Pair | None = None, padding: int | Pair = 0,
                  dilation: int | Pair = 1, ceil_mode: bool = False) -> None:
-        self.kernel = pair(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel if stride is None else pair(stride, "stride", 1)
-        self.padding = pair(padding, "padding", 0)
-        self.dilation = pair(dilation, "dilation", 1)
-        self.ceil_mode = check_flag(ceil_mode, "ceil_mode")
-        check_padding(self.padding, self.kernel)
+        self.kernel = pair(kernel_size, "kernel_size")
+        self.stride = self.kernel if stride is None else pair(stride, "stride")
+        self.padding = pool_padding(pair(padding, "padding", minimum=0), self.kernel)
+        self.dilation = pair(dilation, "dilation")
+        self.ceil_mode = flag(ceil_mode, "ceil_mode")
 
     @classmethod
     def examples(cls) -> list[dict[str, Any]]:
@@ -105,40 +46,20 @@ class MaxPool2d(Layer):
     def _geometry(self) -> tuple[int, ...]:
         return (*self.kernel, *self.stride, *self.padding, *self.dilation)
 
-    def _forward(self, ctx: Ctx, x: Any, kernels: Any) -> Any:
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         N = x.shape[0]
         C, P, Q = self.output_shape(tuple(x.shape[1:]))
         y = ctx.empty((N, C, P, Q))
         # Each output keeps the flat in-plane index of its maximum, for backward's routing.
         index = ctx.empty((N, C, P, Q), "int32")
-        kernels.max_pool2d_forward(x, self._geometry(), y, index)
+        ctx.kernels.max_pool2d_forward(x, self._geometry(), y, index)
         ctx.save(index, tuple(x.shape))
         return y
 
-    def _backward(self, ctx: Ctx, gy: Any, kernels: Any) -> Any:
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         if not ctx.needs_input_grad[0]:
             return None
         index, (N, C, H, W) = ctx.saved
         gx = ctx.empty((N, C, H, W))
-        kernels.max_pool2d_backward_input(gy, index, self._geometry(), gx)
+        ctx.kernels.max_pool2d_backward_input(gy, index, self._geometry(), gx)
         return gx
-
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from . import max_pool2d_cpu
-
-        return self._forward(ctx, x, max_pool2d_cpu)
-
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from . import max_pool2d_cpu
-
-        return self._backward(ctx, gy, max_pool2d_cpu)
-
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        from . import max_pool2d_cuda
-
-        return self._forward(ctx, x, max_pool2d_cuda)
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from . import max_pool2d_cuda
-
-        return self._backward(ctx, gy, max_pool2d_cuda)

@@ -1,6 +1,9 @@
 """max_pool2d CPU kernels: (N, C, H, W) arrays, parallel over the N*C planes.
 
-``geometry`` is (R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w).
+``geometry`` is (R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w). The
+interface, the same in max_pool2d_cuda.py: ``max_pool2d_forward(x, geometry, y, index)`` writes
+y and index (int32 flat in-plane positions of the maxima, -1 for a window of padding alone);
+``max_pool2d_backward_input(gy, index, geometry, gx)`` writes all of gx.
 """
 
 from typing import Any
@@ -9,6 +12,8 @@ import numpy as np
 
 from .._jit import cpu_inline, cpu_kernel, prange
 from .conv2d_cpu import _valid
+
+__all__ = ["max_pool2d_forward", "max_pool2d_backward_input"]
 
 
 # Unsigned indices below: a signed one gets a negative-index check per element, which keeps
@@ -51,7 +56,7 @@ def _window_max(x, n, c, p, q, geometry):
 
 
 @cpu_kernel
-def max_pool2d_forward_windows(x, geometry, y, index):
+def _forward_windows(x, geometry, y, index):
     """Window at a time, with an unrolled case for 2x2 unpadded windows wholly inside x."""
     R, S, sh, sw, ph, pw, dh, dw = geometry
     N, C, H, W = x.shape
@@ -81,7 +86,7 @@ def max_pool2d_forward_windows(x, geometry, y, index):
 
 
 @cpu_kernel
-def max_pool2d_forward_rows(x, geometry, y, index):
+def _forward_rows(x, geometry, y, index):
     """Stride-1 width (Inception's 3x3 pool): each output row is its own running maximum,
     one vectorised pass per tap (r, s) over the outputs whose tap is inside x; the taps are
     visited in the window loop's order, so ties and NaNs resolve alike (3.7x faster than
@@ -90,9 +95,6 @@ def max_pool2d_forward_rows(x, geometry, y, index):
     N, C, H, W = x.shape
     P, Q = y.shape[2], y.shape[3]
     lowest = x.dtype.type(-np.inf)
-    cols = np.empty((S, 2), np.int64)  # cols[s]: the outputs whose column-s tap is inside x
-    for s in range(S):
-        cols[s, 0], cols[s, 1] = _valid(Q, W, 1, s * dw - pw)
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         xf, yf, jf = x[n, c].reshape(H * W), y[n, c].reshape(P * Q), index[n, c].reshape(P * Q)
@@ -104,14 +106,14 @@ def max_pool2d_forward_rows(x, geometry, y, index):
                 h = p * sh - ph + r * dh
                 if h >= 0 and h < H:
                     for s in range(S):
-                        _row_max(xf, yf, jf, h * W + s * dw - pw, p * Q, cols[s, 0], cols[s, 1])
+                        # q0 <= q < q1: the outputs whose column-s tap is inside x
+                        q0, q1 = _valid(Q, W, 1, s * dw - pw)
+                        _row_max(xf, yf, jf, h * W + s * dw - pw, p * Q, q0, q1)
 
 
 def max_pool2d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
-    """y = the windows' maxima, index = their flat positions in each (H, W) plane (-1: a
-    window of padding alone)."""
     stride_w = geometry[3]
-    (max_pool2d_forward_rows if stride_w == 1 else max_pool2d_forward_windows)(x, geometry, y, index)
+    (_forward_rows if stride_w == 1 else _forward_windows)(x, geometry, y, index)
 
 
 @cpu_kernel

@@ -1,8 +1,9 @@
 """max_pool2d CUDA kernels: (N, C, H, W) arrays, one output element per thread.
 
-``geometry`` is (R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w). Backward
-needs no atomics: each input element's thread gathers from the outputs whose windows contain
-it, in the order the CPU kernel scatters, so both devices sum in the same order.
+``geometry`` is (R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w); the
+interface is max_pool2d_cpu.py's. Backward needs no atomics: each input element's thread
+gathers from the outputs whose windows contain it, in the order the CPU kernel scatters, so
+both devices sum in the same order.
 """
 
 import math
@@ -11,11 +12,13 @@ from numba import cuda
 
 from .._jit import cuda_kernel
 
+__all__ = ["max_pool2d_forward", "max_pool2d_backward_input"]
+
 THREADS = 256
 
 
 @cuda_kernel
-def max_pool2d_forward_kernel(x, geometry, y, index):
+def _max_pool2d_forward_kernel(x, geometry, y, index):
     i = cuda.grid(1)
     if i >= y.size:
         return
@@ -45,11 +48,11 @@ def max_pool2d_forward_kernel(x, geometry, y, index):
 
 
 def max_pool2d_forward(x, geometry, y, index):
-    max_pool2d_forward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](x, geometry, y, index)
+    _max_pool2d_forward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](x, geometry, y, index)
 
 
 @cuda_kernel
-def max_pool2d_backward_input_kernel(gy, index, geometry, gx):
+def _max_pool2d_backward_input_kernel(gy, index, geometry, gx):
     i = cuda.grid(1)
     if i >= gx.size:
         return
@@ -78,4 +81,4 @@ def max_pool2d_backward_input_kernel(gy, index, geometry, gx):
 
 
 def max_pool2d_backward_input(gy, index, geometry, gx):
-    max_pool2d_backward_input_kernel[(gx.size + THREADS - 1) // THREADS, THREADS](gy, index, geometry, gx)
+    _max_pool2d_backward_input_kernel[(gx.size + THREADS - 1) // THREADS, THREADS](gy, index, geometry, gx)

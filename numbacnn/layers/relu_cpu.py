@@ -7,6 +7,8 @@ torch's ``threshold_backward`` does. Both stay single selects that LLVM vectoris
 
 from .._jit import cpu_kernel, prange
 
+__all__ = ["relu_forward", "relu_backward"]
+
 
 @cpu_kernel
 def relu_forward(x, y):

@@ -5,11 +5,13 @@ from numba import cuda
 
 from .._jit import cuda_kernel
 
+__all__ = ["relu_forward", "relu_backward"]
+
 THREADS = 256
 
 
 @cuda_kernel
-def relu_forward_kernel(x, y):
+def _relu_forward_kernel(x, y):
     i = cuda.grid(1)
     if i < x.size:
         zero = x.dtype.type(0)
@@ -18,11 +20,11 @@ def relu_forward_kernel(x, y):
 
 
 def relu_forward(x, y):
-    relu_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, y)
+    _relu_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, y)
 
 
 @cuda_kernel
-def relu_backward_kernel(y, gy, gx):
+def _relu_backward_kernel(y, gy, gx):
     i = cuda.grid(1)
     if i < y.size:
         zero = y.dtype.type(0)
@@ -30,4 +32,4 @@ def relu_backward_kernel(y, gy, gx):
 
 
 def relu_backward(y, gy, gx):
-    relu_backward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](y, gy, gx)
+    _relu_backward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](y, gy, gx)

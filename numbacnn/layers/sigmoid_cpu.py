@@ -4,6 +4,8 @@ import math
 
 from .._jit import cpu_kernel, prange
 
+__all__ = ["sigmoid_forward", "sigmoid_backward"]
+
 
 @cpu_kernel
 def sigmoid_forward(x, y):

@@ -6,11 +6,13 @@ from numba import cuda
 
 from .._jit import cuda_kernel
 
+__all__ = ["sigmoid_forward", "sigmoid_backward"]
+
 THREADS = 256
 
 
 @cuda_kernel
-def sigmoid_forward_kernel(x, y):
+def _sigmoid_forward_kernel(x, y):
     i = cuda.grid(1)
     if i < x.size:
         one = x.dtype.type(1)
@@ -23,15 +25,15 @@ def sigmoid_forward_kernel(x, y):
 
 
 def sigmoid_forward(x, y):
-    sigmoid_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, y)
+    _sigmoid_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, y)
 
 
 @cuda_kernel
-def sigmoid_backward_kernel(y, gy, gx):
+def _sigmoid_backward_kernel(y, gy, gx):
     i = cuda.grid(1)
     if i < y.size:
         gx[i] = gy[i] * y[i] * (y.dtype.type(1) - y[i])
 
 
 def sigmoid_backward(y, gy, gx):
-    sigmoid_backward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](y, gy, gx)
+    _sigmoid_backward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](y, gy, gx)

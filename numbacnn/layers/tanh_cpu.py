@@ -4,6 +4,8 @@ import math
 
 from .._jit import cpu_kernel, prange
 
+__all__ = ["tanh_forward", "tanh_backward"]
+
 
 @cpu_kernel
 def tanh_forward(x, y):

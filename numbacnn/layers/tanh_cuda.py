@@ -6,26 +6,28 @@ from numba import cuda
 
 from .._jit import cuda_kernel
 
+__all__ = ["tanh_forward", "tanh_backward"]
+
 THREADS = 256
 
 
 @cuda_kernel
-def tanh_forward_kernel(x, y):
+def _tanh_forward_kernel(x, y):
     i = cuda.grid(1)
     if i < x.size:
         y[i] = math.tanh(x[i])
 
 
 def tanh_forward(x, y):
-    tanh_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, y)
+    _tanh_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, y)
 
 
 @cuda_kernel
-def tanh_backward_kernel(y, gy, gx):
+def _tanh_backward_kernel(y, gy, gx):
     i = cuda.grid(1)
     if i < y.size:
         gx[i] = gy[i] * (y.dtype.type(1) - y[i] * y[i])
 
 
 def tanh_backward(y, gy, gx):
-    tanh_backward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](y, gy, gx)
+    _tanh_backward_kernel[(y.size + THREADS - 1) // THREADS, THREADS](y, gy, gx)

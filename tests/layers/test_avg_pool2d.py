@@ -121,10 +121,10 @@ def test_avg_pool2d_shape_errors():
 
 
 @pytest.mark.parametrize("kw, exc, text", [
-    (dict(kernel_size=0), ValueError, "kernel_size must be at least 1"),
+    (dict(kernel_size=0), ValueError, "kernel_size must be >= 1"),
     (dict(kernel_size=(2, 2, 2)), TypeError, "kernel_size must be an int or a pair"),
-    (dict(kernel_size=2, stride=(1, 0)), ValueError, "stride must be at least 1"),
-    (dict(kernel_size=2, padding=-1), ValueError, "padding must be at least 0"),
+    (dict(kernel_size=2, stride=(1, 0)), ValueError, "stride must be >= 1"),
+    (dict(kernel_size=2, padding=-1), ValueError, "padding must be >= 0"),
     (dict(kernel_size=2, padding=2), ValueError, "padding must be at most half of kernel_size"),
     (dict(kernel_size=2, ceil_mode="yes"), TypeError, "ceil_mode must be True or False"),
     (dict(kernel_size=2, count_include_pad=None), TypeError, "count_include_pad must be True or False"),

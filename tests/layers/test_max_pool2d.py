@@ -151,15 +151,15 @@ def test_max_pool2d_shape_errors():
 
 
 @pytest.mark.parametrize("kw, exc, text", [
-    (dict(kernel_size=0), ValueError, "kernel_size must be at least 1"),
+    (dict(kernel_size=0), ValueError, "kernel_size must be >= 1"),
     (dict(kernel_size=(2,)), TypeError, "kernel_size must be an int or a pair"),
     (dict(kernel_size=2.0), TypeError, "kernel_size must be an int or a pair"),
     (dict(kernel_size=True), TypeError, "kernel_size must be an int or a pair"),
-    (dict(kernel_size=2, stride=0), ValueError, "stride must be at least 1"),
-    (dict(kernel_size=2, padding=-1), ValueError, "padding must be at least 0"),
+    (dict(kernel_size=2, stride=0), ValueError, "stride must be >= 1"),
+    (dict(kernel_size=2, padding=-1), ValueError, "padding must be >= 0"),
     (dict(kernel_size=3, padding=2), ValueError, "padding must be at most half of kernel_size"),
     (dict(kernel_size=(4, 2), padding=(2, 2)), ValueError, "expected padding <= 2x1, found 2x2"),
-    (dict(kernel_size=2, dilation=0), ValueError, "dilation must be at least 1"),
+    (dict(kernel_size=2, dilation=0), ValueError, "dilation must be >= 1"),
     (dict(kernel_size=2, ceil_mode=1), TypeError, "ceil_mode must be True or False"),
 ])
 def test_max_pool2d_bad_hyper_parameters(kw, exc, text):

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from numbacnn import Layer, ShapeError
+from numbacnn import Ctx, Layer, ShapeError
 
 if TYPE_CHECKING:
-    from numbacnn.layer import Ctx
     from numbacnn.onnx import ExportCtx, ImportCtx
 
 Shape = tuple[int, ...]
@@ -105,43 +104,27 @@ class LocalConv(Layer):
     def _geometry(self) -> tuple[int, int, int, int]:
         return (self.stride[0], self.stride[1], self.pads[0], self.pads[2])
 
-    def _bias(self, ctx: Ctx, y: Any) -> Any:
-        # Without a bias the kernels add zeros: K*P*Q adds, noise next to the multiply-adds.
-        return ctx.params["bias"] if self.bias else ctx.zeros(y.shape[1:])
+    def _bias(self, ctx: Ctx, arrays: dict[str, Any]) -> Any:
+        # Kernels take an empty array for "no bias", so one compiled version serves both.
+        return arrays["bias"] if self.bias else ctx.empty((0, 0, 0))
 
-    def _kernels(self, device: str) -> Any:
-        if device == "cuda":
-            from . import localconv_cuda
-
-            return localconv_cuda
-        from . import localconv_cpu
-
-        return localconv_cpu
-
-    def _forward(self, ctx: Ctx, x: Any) -> Any:
-        kernels = self._kernels(ctx.device)
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         w = ctx.params["weight"]
         y = ctx.empty((x.shape[0], self.out_channels, w.shape[0], w.shape[1]))
-        kernels.localconv_forward(x, w, self._bias(ctx, y), y, *self._geometry())
+        ctx.kernels.localconv_forward(x, w, self._bias(ctx, ctx.params), y, *self._geometry())
         ctx.save(x)
         return y
 
-    def _backward(self, ctx: Ctx, gy: Any) -> Any:
-        kernels = self._kernels(ctx.device)
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         (x,) = ctx.saved
         w = ctx.params["weight"]
-        gb = ctx.grads["bias"] if self.bias else ctx.zeros(gy.shape[1:])
-        kernels.localconv_backward_weight(x, gy, ctx.grads["weight"], gb, *self._geometry())
+        ctx.kernels.localconv_backward_weight(x, gy, ctx.grads["weight"], self._bias(ctx, ctx.grads),
+                                              *self._geometry())
         if not ctx.needs_input_grad[0]:
             return None
-        # The CPU kernel scatter-adds into gx (one thread per plane); the CUDA kernel gathers
-        # one element per thread and writes it, so only the CPU needs zeros.
-        gx = ctx.zeros(x.shape) if ctx.device == "cpu" else ctx.empty(x.shape)
-        kernels.localconv_backward_input(gy, w, gx, *self._geometry())
+        gx = ctx.empty(x.shape)
+        ctx.kernels.localconv_backward_input(gy, w, gx, *self._geometry())
         return gx
-
-    forward_cpu = forward_cuda = _forward
-    backward_cpu = backward_cuda = _backward
 
     # ONNX: the function ai.numbacnn.LocalConv(X, W, B; strides, pads, bias) of standard
     # operators: a Conv with a one-hot kernel gathers every window's C*R*S taps into channels

@@ -1,17 +1,26 @@
-"""localconv CPU kernels. x (N, C, H, W), weight (P, Q, K, C, R, S), bias (K, P, Q), y (N, K, P, Q)."""
+"""localconv CPU kernels. x (N, C, H, W), weight (P, Q, K, C, R, S), bias (K, P, Q), y (N, K, P, Q).
 
-from numbacnn._jit import cpu_kernel, prange
+The interface, the same in localconv_cuda.py, each with the geometry (sh, sw, pt, pl) last:
+``localconv_forward(x, w, b, y, ...)``, ``localconv_backward_input(gy, w, gx, ...)`` (gx
+written) and ``localconv_backward_weight(x, gy, gw, gb, ...)`` (added into gw and gb). Without
+a bias, ``b`` and ``gb`` are empty (0, 0, 0) arrays.
+"""
+
+from numbacnn.kernels import cpu_kernel, prange
+
+__all__ = ["localconv_forward", "localconv_backward_input", "localconv_backward_weight"]
 
 
 @cpu_kernel
 def localconv_forward(x, w, b, y, sh, sw, pt, pl):
     N, C, H, W = x.shape
     P, Q, K, _, R, S = w.shape
+    zero = x.dtype.type(0)
     for nk in prange(N * K):
         n, k = nk // K, nk % K
         for p in range(P):
             for q in range(Q):
-                acc = b[k, p, q]
+                acc = b[k, p, q] if b.size else zero
                 for c in range(C):
                     for r in range(R):
                         h = p * sh + r - pt
@@ -25,11 +34,16 @@ def localconv_forward(x, w, b, y, sh, sw, pt, pl):
 
 @cpu_kernel
 def localconv_backward_input(gy, w, gx, sh, sw, pt, pl):
-    # One thread per (n, c) plane of gx (zeroed by the caller): scatter-adds never collide.
+    # One thread per (n, c) plane of gx: it zeroes the plane, then its scatter-adds never
+    # collide with another thread's.
     N, C, H, W = gx.shape
     P, Q, K, _, R, S = w.shape
+    zero = gx.dtype.type(0)
     for nc in prange(N * C):
         n, c = nc // C, nc % C
+        for h in range(H):
+            for v in range(W):
+                gx[n, c, h, v] = zero
         for p in range(P):
             for q in range(Q):
                 for k in range(K):
@@ -56,7 +70,8 @@ def localconv_backward_weight(x, gy, gw, gb, sh, sw, pt, pl):
         for n in range(N):
             for k in range(K):
                 g = gy[n, k, p, q]
-                gb[k, p, q] += g
+                if gb.size:
+                    gb[k, p, q] += g
                 for c in range(C):
                     for r in range(R):
                         h = p * sh + r - pt

@@ -1,11 +1,12 @@
 """localconv CUDA kernels, one output element per thread, each launcher right under its kernel.
 
-x (N, C, H, W), weight (P, Q, K, C, R, S), bias (K, P, Q), y (N, K, P, Q).
+x (N, C, H, W), weight (P, Q, K, C, R, S), bias (K, P, Q), y (N, K, P, Q); the interface is
+localconv_cpu.py's.
 """
 
-from numba import cuda
+from numbacnn.kernels import cuda, cuda_kernel
 
-from numbacnn._jit import cuda_kernel
+__all__ = ["localconv_forward", "localconv_backward_input", "localconv_backward_weight"]
 
 THREADS = 128
 
@@ -15,7 +16,7 @@ def _blocks(n):
 
 
 @cuda_kernel
-def localconv_forward_kernel(x, w, b, y, sh, sw, pt, pl):
+def _localconv_forward_kernel(x, w, b, y, sh, sw, pt, pl):
     i = cuda.grid(1)
     if i < y.size:
         N, C, H, W = x.shape
@@ -24,7 +25,7 @@ def localconv_forward_kernel(x, w, b, y, sh, sw, pt, pl):
         p = (i // Q) % P
         k = (i // (Q * P)) % K
         n = i // (Q * P * K)
-        acc = b[k, p, q]
+        acc = b[k, p, q] if b.size else y.dtype.type(0)
         for c in range(C):
             for r in range(R):
                 h = p * sh + r - pt
@@ -37,11 +38,11 @@ def localconv_forward_kernel(x, w, b, y, sh, sw, pt, pl):
 
 
 def localconv_forward(x, w, b, y, sh, sw, pt, pl):
-    localconv_forward_kernel[_blocks(y.size), THREADS](x, w, b, y, sh, sw, pt, pl)
+    _localconv_forward_kernel[_blocks(y.size), THREADS](x, w, b, y, sh, sw, pt, pl)
 
 
 @cuda_kernel
-def localconv_backward_input_kernel(gy, w, gx, sh, sw, pt, pl):
+def _localconv_backward_input_kernel(gy, w, gx, sh, sw, pt, pl):
     # A gather: each input element sums over the (p, q, r, s) whose window covers it.
     i = cuda.grid(1)
     if i < gx.size:
@@ -66,11 +67,11 @@ def localconv_backward_input_kernel(gy, w, gx, sh, sw, pt, pl):
 
 
 def localconv_backward_input(gy, w, gx, sh, sw, pt, pl):
-    localconv_backward_input_kernel[_blocks(gx.size), THREADS](gy, w, gx, sh, sw, pt, pl)
+    _localconv_backward_input_kernel[_blocks(gx.size), THREADS](gy, w, gx, sh, sw, pt, pl)
 
 
 @cuda_kernel
-def localconv_backward_weight_kernel(x, gy, gw, sh, sw, pt, pl):
+def _localconv_backward_weight_kernel(x, gy, gw, sh, sw, pt, pl):
     i = cuda.grid(1)
     if i < gw.size:
         N, C, H, W = x.shape
@@ -93,7 +94,7 @@ def localconv_backward_weight_kernel(x, gy, gw, sh, sw, pt, pl):
 
 
 @cuda_kernel
-def localconv_backward_bias_kernel(gy, gb):
+def _localconv_backward_bias_kernel(gy, gb):
     i = cuda.grid(1)
     if i < gb.size:
         N, K, P, Q = gy.shape
@@ -107,5 +108,6 @@ def localconv_backward_bias_kernel(gy, gb):
 
 
 def localconv_backward_weight(x, gy, gw, gb, sh, sw, pt, pl):
-    localconv_backward_weight_kernel[_blocks(gw.size), THREADS](x, gy, gw, sh, sw, pt, pl)
-    localconv_backward_bias_kernel[_blocks(gb.size), THREADS](gy, gb)
+    _localconv_backward_weight_kernel[_blocks(gw.size), THREADS](x, gy, gw, sh, sw, pt, pl)
+    if gb.size:  # an empty gb: no bias
+        _localconv_backward_bias_kernel[_blocks(gb.size), THREADS](gy, gb)

@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from numbacnn import Layer, ShapeError
+from numbacnn import Ctx, Layer, ShapeError
 
 if TYPE_CHECKING:
-    from numbacnn.layer import Ctx
     from numbacnn.onnx import ExportCtx, ImportCtx
 
 Shape = tuple[int, ...]
@@ -57,42 +56,19 @@ class SPP(Layer):
         C, H, W = input_shapes[0]
         return C * H * W * len(self.levels)  # one comparison per element and level (bins overlap little)
 
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from .spp_cpu import spp_forward
-
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         y = ctx.empty((x.shape[0], self.output_shape(x.shape[1:])[0]))
         idx = ctx.empty(y.shape, np.int32)
-        spp_forward(x, self.levels, y, idx)
+        ctx.kernels.spp_forward(x, self.levels, y, idx)
         ctx.save(x, idx)
         return y
 
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .spp_cpu import spp_backward_input
-
-        x, idx = ctx.saved
-        if not ctx.needs_input_grad[0]:
-            return None
-        gx = ctx.zeros(x.shape)
-        spp_backward_input(gy, idx, self.levels, gx)
-        return gx
-
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        from .spp_cuda import spp_forward
-
-        y = ctx.empty((x.shape[0], self.output_shape(x.shape[1:])[0]))
-        idx = ctx.empty(y.shape, np.int32)
-        spp_forward(x, self.levels, y, idx)
-        ctx.save(x, idx)
-        return y
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from .spp_cuda import spp_backward_input
-
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         x, idx = ctx.saved
         if not ctx.needs_input_grad[0]:
             return None
         gx = ctx.empty(x.shape)
-        spp_backward_input(gy, idx, self.levels, gx)
+        ctx.kernels.spp_backward_input(gy, idx, self.levels, gx)
         return gx
 
     # ONNX: the function ai.numbacnn.SPP(X; levels) of standard operators, one body per levels

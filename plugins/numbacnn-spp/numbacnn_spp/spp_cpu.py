@@ -1,10 +1,14 @@
 """spp CPU kernels. x (N, C, H, W); y and idx (N, F), F = C * sum(l * l); levels a tuple of ints.
 
 Feature f of level l (after the earlier levels' offset) is channel c, bin (i, j) with
-f = offset + c * l * l + i * l + j; idx holds the argmax as h * W + w within its plane.
+f = offset + c * l * l + i * l + j; idx holds the argmax as h * W + w within its plane. The
+interface, the same in spp_cuda.py: ``spp_forward(x, levels, y, idx)`` and
+``spp_backward_input(gy, idx, levels, gx)``, each writing all of its outputs.
 """
 
-from numbacnn._jit import cpu_kernel, prange
+from numbacnn.kernels import cpu_kernel, prange
+
+__all__ = ["spp_forward", "spp_backward_input"]
 
 
 @cpu_kernel
@@ -34,11 +38,15 @@ def spp_forward(x, levels, y, idx):
 
 @cpu_kernel
 def spp_backward_input(gy, idx, levels, gx):
-    # One thread per (n, c) plane of gx (zeroed by the caller): overlapping bins add into
+    # One thread per (n, c) plane of gx, which it zeroes first: overlapping bins add into
     # the same element, but only within the plane that thread owns.
     N, C, H, W = gx.shape
+    zero = gx.dtype.type(0)
     for nc in prange(N * C):
         n, c = nc // C, nc % C
+        for h in range(H):
+            for w in range(W):
+                gx[n, c, h, w] = zero
         offset = 0
         for level in levels:
             for b in range(level * level):

@@ -1,11 +1,11 @@
 """spp CUDA kernels, one output element per thread, each launcher right under its kernel.
 
-Layout as in spp_cpu: y and idx (N, F), feature f = offset + c * l * l + i * l + j.
+Layout and interface as in spp_cpu: y and idx (N, F), feature f = offset + c * l * l + i * l + j.
 """
 
-from numba import cuda
+from numbacnn.kernels import cuda, cuda_kernel
 
-from numbacnn._jit import cuda_kernel
+__all__ = ["spp_forward", "spp_backward_input"]
 
 THREADS = 128
 
@@ -15,7 +15,7 @@ def _blocks(n):
 
 
 @cuda_kernel
-def spp_forward_kernel(x, levels, y, idx):
+def _spp_forward_kernel(x, levels, y, idx):
     t = cuda.grid(1)
     if t < y.size:
         N, C, H, W = x.shape
@@ -41,11 +41,11 @@ def spp_forward_kernel(x, levels, y, idx):
 
 
 def spp_forward(x, levels, y, idx):
-    spp_forward_kernel[_blocks(y.size), THREADS](x, levels, y, idx)
+    _spp_forward_kernel[_blocks(y.size), THREADS](x, levels, y, idx)
 
 
 @cuda_kernel
-def spp_backward_input_kernel(gy, idx, levels, gx):
+def _spp_backward_input_kernel(gy, idx, levels, gx):
     # A gather: each input element sums the output gradients of the bins that cover it and
     # chose it as their maximum (bins of one level may overlap).
     t = cuda.grid(1)
@@ -70,4 +70,4 @@ def spp_backward_input_kernel(gy, idx, levels, gx):
 
 
 def spp_backward_input(gy, idx, levels, gx):
-    spp_backward_input_kernel[_blocks(gx.size), THREADS](gy, idx, levels, gx)
+    _spp_backward_input_kernel[_blocks(gx.size), THREADS](gy, idx, levels, gx)

@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from numbacnn import Layer
+from numbacnn import Ctx, Layer
 
 if TYPE_CHECKING:
-    from numbacnn.layer import Ctx
     from numbacnn.onnx import ExportCtx, ImportCtx
 
 Shape = tuple[int, ...]
@@ -48,44 +47,21 @@ class Swish(Layer):
     def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
         return 4 * math.prod(output_shape)  # multiply, exp, add, divide
 
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from .swish_cpu import swish_forward
-
+    # Written once for both devices: ctx.kernels is swish_cpu or swish_cuda, by the node's device.
+    def forward(self, ctx: Ctx, x: Any) -> Any:
         y = ctx.empty_like(x)
-        swish_forward(x.reshape(-1), ctx.params["beta"], y.reshape(-1))
+        ctx.kernels.swish_forward(x.reshape(x.size), ctx.params["beta"], y.reshape(y.size))
         ctx.save(x)
         return y
 
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .swish_cpu import swish_backward_input, swish_backward_weight
-
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         (x,) = ctx.saved
         beta = ctx.params["beta"]
-        swish_backward_weight(x.reshape(-1), beta, gy.reshape(-1), ctx.grads["beta"])
+        ctx.kernels.swish_backward_weight(x.reshape(x.size), beta, gy.reshape(gy.size), ctx.grads["beta"])
         if not ctx.needs_input_grad[0]:
             return None
         gx = ctx.empty_like(x)
-        swish_backward_input(x.reshape(-1), beta, gy.reshape(-1), gx.reshape(-1))
-        return gx
-
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        from .swish_cuda import swish_forward
-
-        y = ctx.empty_like(x)
-        swish_forward(x.reshape(x.size), ctx.params["beta"], y.reshape(y.size))
-        ctx.save(x)
-        return y
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from .swish_cuda import swish_backward_input, swish_backward_weight
-
-        (x,) = ctx.saved
-        beta = ctx.params["beta"]
-        swish_backward_weight(x.reshape(x.size), beta, gy.reshape(gy.size), ctx.grads["beta"])
-        if not ctx.needs_input_grad[0]:
-            return None
-        gx = ctx.empty_like(x)
-        swish_backward_input(x.reshape(x.size), beta, gy.reshape(gy.size), gx.reshape(gx.size))
+        ctx.kernels.swish_backward_input(x.reshape(x.size), beta, gy.reshape(gy.size), gx.reshape(gx.size))
         return gx
 
     # ONNX: the function ai.numbacnn.Swish(X, beta) = X * Sigmoid(beta * X), so any runtime

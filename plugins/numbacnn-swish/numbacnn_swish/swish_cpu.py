@@ -1,8 +1,15 @@
-"""swish CPU kernels (flat arrays; beta is the (1,) parameter array)."""
+"""swish CPU kernels (flat arrays; beta is the (1,) parameter array).
+
+The interface, the same in swish_cuda.py: ``swish_forward(x, beta, y)``,
+``swish_backward_input(x, beta, gy, gx)`` (gx written) and
+``swish_backward_weight(x, beta, gy, gbeta)`` (the beta gradient added into gbeta).
+"""
 
 import numpy as np
 
-from numbacnn._jit import cpu_kernel, prange
+from numbacnn.kernels import cpu_kernel, prange
+
+__all__ = ["swish_forward", "swish_backward_input", "swish_backward_weight"]
 
 
 @cpu_kernel

@@ -1,10 +1,11 @@
-"""swish CUDA kernels (flat arrays), each launcher right under its kernel."""
+"""swish CUDA kernels (flat arrays), each launcher right under its kernel; the interface is
+swish_cpu.py's."""
 
 import math
 
-from numba import cuda
+from numbacnn.kernels import cuda, cuda_kernel
 
-from numbacnn._jit import cuda_kernel
+__all__ = ["swish_forward", "swish_backward_input", "swish_backward_weight"]
 
 THREADS = 256
 MAX_BLOCKS = 64  # of the beta-gradient reduction: enough threads to fill a GPU, few atomics
@@ -15,7 +16,7 @@ def _blocks(n):
 
 
 @cuda_kernel
-def swish_forward_kernel(x, beta, y):
+def _swish_forward_kernel(x, beta, y):
     i = cuda.grid(1)
     if i < x.size:
         one = x.dtype.type(1)
@@ -23,11 +24,11 @@ def swish_forward_kernel(x, beta, y):
 
 
 def swish_forward(x, beta, y):
-    swish_forward_kernel[_blocks(x.size), THREADS](x, beta, y)
+    _swish_forward_kernel[_blocks(x.size), THREADS](x, beta, y)
 
 
 @cuda_kernel
-def swish_backward_input_kernel(x, beta, gy, gx):
+def _swish_backward_input_kernel(x, beta, gy, gx):
     i = cuda.grid(1)
     if i < x.size:
         one = x.dtype.type(1)
@@ -37,11 +38,11 @@ def swish_backward_input_kernel(x, beta, gy, gx):
 
 
 def swish_backward_input(x, beta, gy, gx):
-    swish_backward_input_kernel[_blocks(x.size), THREADS](x, beta, gy, gx)
+    _swish_backward_input_kernel[_blocks(x.size), THREADS](x, beta, gy, gx)
 
 
 @cuda_kernel
-def swish_backward_weight_kernel(x, beta, gy, gbeta):
+def _swish_backward_weight_kernel(x, beta, gy, gbeta):
     # Each thread sums a strided slice, then adds its partial sum atomically: one atomic per
     # thread instead of one per element.
     t = cuda.grid(1)
@@ -57,4 +58,4 @@ def swish_backward_weight_kernel(x, beta, gy, gbeta):
 
 
 def swish_backward_weight(x, beta, gy, gbeta):
-    swish_backward_weight_kernel[min(_blocks(x.size), MAX_BLOCKS), THREADS](x, beta, gy, gbeta)
+    _swish_backward_weight_kernel[min(_blocks(x.size), MAX_BLOCKS), THREADS](x, beta, gy, gbeta)
