@@ -260,3 +260,26 @@ def test_the_shape_of_a_padded_value_counts_its_padding(tmp_path):
              helper.make_node("Shape", ["xp"], ["s"]), helper.make_node("Reshape", ["c", "s"], ["y"])]
     inits = [const("p", [0, 0, 1, 2, 0, 0, 1, 0], np.int64), const("w", RNG.standard_normal((2, 2, 1, 1)))]
     assert layers(agrees(save(tmp_path, nodes, (2, 3, 3), inits), (2, 3, 3))) == ["conv2d"]
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_auto_pad_is_resolved_against_the_input_size(auto_pad, tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], auto_pad=auto_pad, strides=[2, 2]),
+             helper.make_node("MaxPool", ["c"], ["y"], auto_pad=auto_pad, kernel_shape=[3, 3])]  # pads 1, 1
+    model = agrees(save(tmp_path, nodes, (2, 9, 10), [const("w", RNG.standard_normal((3, 2, 4, 4)))]), (2, 9, 10))
+    assert layers(model) == ["conv2d", "max_pool2d"]
+    node = helper.make_node("MaxPool", ["x"], ["y"], auto_pad="SAME_UPPER", kernel_shape=[2, 2], name="even")
+    if auto_pad != "VALID":  # an even window pads one side only, which numbacnn's pools do not
+        with pytest.raises(nc.onnx.UnsupportedOperatorError, match="'even'.*asymmetric pads"):
+            nc.onnx.load(save(tmp_path, [node], (2, 7, 8)))
+
+
+@pytest.mark.parametrize("op, layer", [("ReduceMean", "global_avg_pool2d"), ("ReduceMax", "global_max_pool2d")])
+def test_a_spatial_reduction_is_a_global_pooling(op, layer, tmp_path):
+    if layer not in nc.layer_names():
+        pytest.skip(f"numbacnn has no {layer} layer yet")
+    node = helper.make_node(op, ["x"], ["y"], axes=[-2, -1], keepdims=0)
+    assert layers(agrees(save(tmp_path, [node], (3, 4, 5), opset=17), (3, 4, 5))) == [layer]
+    node = helper.make_node(op, ["x"], ["y"], axes=[1], keepdims=0, name="r")
+    with pytest.raises(nc.onnx.UnsupportedOperatorError, match="'r'.*only the spatial axes"):
+        nc.onnx.load(save(tmp_path, [node], (3, 4, 5), opset=17))
