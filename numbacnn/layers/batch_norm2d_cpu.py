@@ -7,6 +7,9 @@ float32 data stays float32.
 
 The interface, the same in batch_norm2d_cuda.py: ``batch_norm2d_stats(x, mean, var)``,
 ``batch_norm2d_update_running(mean, var, momentum, unbias, running_mean, running_var)``,
+``batch_norm2d_update_cumulative(mean, var, unbias, count, running_mean, running_var)`` (the
+cumulative average of momentum=None: count (1,) is the batches so far, incremented; unbias
+typed like the statistics),
 ``batch_norm2d_forward(x, mean, var, w, b, eps, y)``,
 ``batch_norm2d_backward_weight(x, gy, mean, var, eps, sums, gw, gb)`` (sums (2, C): sum(gy)
 and sum(gy * x_hat) per channel, written; gw, gb added into) and
@@ -18,8 +21,8 @@ import math
 
 from .._jit import REASSOC, cpu_kernel, cpu_serial, prange
 
-__all__ = ["batch_norm2d_stats", "batch_norm2d_update_running", "batch_norm2d_forward",
-           "batch_norm2d_backward_weight", "batch_norm2d_backward_input"]
+__all__ = ["batch_norm2d_stats", "batch_norm2d_update_running", "batch_norm2d_update_cumulative",
+           "batch_norm2d_forward", "batch_norm2d_backward_weight", "batch_norm2d_backward_input"]
 
 
 @cpu_kernel(fastmath=REASSOC)
@@ -47,6 +50,16 @@ def batch_norm2d_update_running(mean, var, momentum, unbias, running_mean, runni
     for c in range(mean.size):
         running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean[c]
         running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbias * var[c]
+
+
+@cpu_serial
+def batch_norm2d_update_cumulative(mean, var, unbias, count, running_mean, running_var):
+    one = running_mean.dtype.type(1)
+    factor = one / (count[0] + one)
+    for c in range(mean.size):
+        running_mean[c] = (one - factor) * running_mean[c] + factor * mean[c]
+        running_var[c] = (one - factor) * running_var[c] + factor * unbias * var[c]
+    count[0] += one
 
 
 @cpu_kernel
