@@ -19,5 +19,6 @@ BUILTIN: dict[str, str] = {
         "relu": "ReLU",
         "sigmoid": "Sigmoid",
         "tanh": "Tanh",
+        "upsample": "Upsample",
     }.items()
 }
