@@ -94,7 +94,7 @@ class BatchNorm2d(Layer):
                 raise ValueError(f"{self.name} node '{ctx.name}': expected more than 1 value per channel "
                                  f"for batch statistics, found input {tuple(x.shape)}; use a larger batch")
             mean, var = ctx.empty((C,)), ctx.empty((C,))
-            kernels.batch_norm2d_stats(x3, mean, var)
+            kernels.batch_norm2d_stats(x3, mean, var, y.reshape(N, C, L))  # y: scratch until written
             if ctx.training and self.track_running_stats:
                 running = ctx.buffers["running_mean"], ctx.buffers["running_var"]
                 if self.momentum is None:
