@@ -12,7 +12,8 @@ pixels PyTorch's CPU kernels read, for every size and scale:
   blending rows i0 and i0 + 1 (i0 alone at the last row); an axis kept the same size is copied.
 
 Backward adds each output gradient into the pixels it was read from, with the same weights.
-The kernels take the mode as a code and the (height, width) scales computed here.
+The kernels take the mode as a code; each call tabulates both axes once (source indices and
+weights per output index), from the scales computed here, and backward reuses the tables.
 """
 
 from __future__ import annotations
@@ -117,19 +118,27 @@ class Upsample(Layer):
                 found.append(T(F(1.0 / factor) if factor is not None else F(n) / F(o)))
         return found[0], found[1]
 
+    def _axis(self, ctx: Ctx, size: int, out: int, scale: Any) -> tuple[Any, Any, Any]:
+        """One axis' tables, filled on the node's device (see upsample_cpu.py): each output
+        index's two source indices and weights, and where each input index's readers start."""
+        index, weight, starts = ctx.empty((2, out), np.int64), ctx.empty((2, out)), ctx.empty((size + 1,), np.int64)
+        ctx.kernels.upsample_axis(size, scale, self.code, index, weight, starts)
+        return index, weight, starts
+
     def forward(self, ctx: Ctx, x: Any) -> Any:
         N, C, H, W = x.shape
         P, Q = self._out_size(H, W)
+        sh, sw = self._scales((H, W), (P, Q), x.dtype)
+        rows, cols = self._axis(ctx, H, P, sh), self._axis(ctx, W, Q, sw)
         y = ctx.empty((N, C, P, Q))
-        scales = self._scales((H, W), (P, Q), x.dtype)
-        ctx.kernels.upsample_forward(x, self.code, scales, y)
-        ctx.save(tuple(x.shape), scales)
+        ctx.kernels.upsample_forward(x, self.code, *rows[:2], *cols[:2], y)
+        ctx.save(tuple(x.shape), rows, cols)
         return y
 
     def backward(self, ctx: Ctx, gy: Any) -> Any:
         if not ctx.needs_input_grad[0]:
             return None
-        x_shape, scales = ctx.saved
+        x_shape, rows, cols = ctx.saved
         gx = ctx.empty(x_shape)
-        ctx.kernels.upsample_backward_input(gy, self.code, scales, gx)
+        ctx.kernels.upsample_backward_input(gy, self.code, *rows, *cols, gx)
         return gx

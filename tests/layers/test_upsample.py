@@ -259,6 +259,48 @@ def test_upsample_builder_config_and_flops():
     assert again.output_shape == (3, 7, 7)
 
 
+AXES = [(size, out, mode) for size in (1, 2, 5, 7) for out in (1, 3, 4, 10, 14) for mode in (0, 1, 2)]
+
+
+def _axis_tables(kernels, size, out, mode, to_device=lambda a: a, to_host=lambda a: a):
+    layer = Upsample(size=(out, out), mode="nearest" if mode == 0 else "bilinear",
+                     align_corners=None if mode == 0 else mode == 2)
+    scale = layer._scales((size, size), (out, out), np.float64)[0]
+    index, weight, starts = np.full((2, out), -7), np.full((2, out), np.nan), np.full(size + 1, -7)
+    tables = [to_device(a) for a in (index, weight, starts)]
+    kernels.upsample_axis(size, scale, mode, *tables)
+    return [to_host(a) for a in tables]
+
+
+@pytest.mark.parametrize("size, out, mode", AXES)
+def test_upsample_axis_tables(size, out, mode):
+    # The tables the kernels read: index and weight are the reference matrix's nonzeros, and
+    # starts[j] the first output whose i0 is >= j (what the CUDA backward's ranges rest on).
+    from numbacnn.layers import upsample_cpu
+
+    index, weight, starts = _axis_tables(upsample_cpu, size, out, mode)
+    A = axis_matrix(size, out, None, ["nearest", "bilinear", "bilinear"][mode], mode == 2, "float64")
+    got = np.zeros_like(A)
+    for o in range(out):
+        assert index[0, o] <= index[1, o] <= min(index[0, o] + 1, size - 1)
+        np.add.at(got[o], index[:, o], weight[:, o] if mode else [1, 0])
+    np.testing.assert_allclose(got, A, atol=1e-15)
+    assert list(starts) == [next((o for o in range(out) if index[0, o] >= j), out) for j in range(size + 1)]
+
+
+@pytest.mark.cuda
+def test_upsample_axis_tables_cuda():
+    from numba import cuda
+
+    from numbacnn.layers import upsample_cpu, upsample_cuda
+
+    for size, out, mode in AXES[::4]:
+        want = _axis_tables(upsample_cpu, size, out, mode)
+        got = _axis_tables(upsample_cuda, size, out, mode, cuda.to_device, lambda a: a.copy_to_host())
+        for w, g in zip(want, got):
+            np.testing.assert_array_equal(g, w, err_msg=f"size {size}, out {out}, mode {mode}")
+
+
 CUDA_CONFIGS = [
     (dict(scale_factor=2), (1, 2, 3, 2)),
     (dict(scale_factor=(1.7, 0.6)), (2, 1, 4, 5)),
