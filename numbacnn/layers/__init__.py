@@ -5,7 +5,9 @@ BUILTIN: dict[str, str] = {
     for name, cls in {
         "add": "Add",
         "avg_pool2d": "AvgPool2d",
+        "batch_norm1d": "BatchNorm1d",
         "batch_norm2d": "BatchNorm2d",
+        "batch_norm3d": "BatchNorm3d",
         "concat": "Concat",
         "conv2d": "Conv2d",
         "dropout": "Dropout",
@@ -17,5 +19,6 @@ BUILTIN: dict[str, str] = {
         "relu": "ReLU",
         "sigmoid": "Sigmoid",
         "tanh": "Tanh",
+        "upsample": "Upsample",
     }.items()
 }
