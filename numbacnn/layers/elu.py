@@ -3,7 +3,8 @@
 The forward uses expm1 (exact near 0, as PyTorch does). The gradient is gy where x > 0 and
 gy * alpha * exp(x) elsewhere, read off the input as PyTorch's out-of-place elu does (only
 its in-place elu_ reads the output, and it refuses a negative alpha for that reason); NaN in
-x lets gy through, as there.
+x lets gy through, as in PyTorch's scalar and CUDA kernels (its float64 SIMD CPU kernel gives
+NaN there).
 """
 
 from __future__ import annotations

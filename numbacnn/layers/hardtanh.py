@@ -1,8 +1,9 @@
 """hardtanh: y = clamp(x, min_val, max_val), elementwise, as torch.nn.Hardtanh computes it.
 
 The gradient is gy strictly inside (min_val, max_val) and 0 at and beyond both edges (PyTorch's
-hardtanh_backward: x <= min_val or x >= max_val gives 0); NaN passes through both ways. It is
-read off the output: y equals an edge exactly where x is at or beyond it.
+hardtanh_backward: x <= min_val or x >= max_val gives 0); NaN passes through both ways, as in
+PyTorch's scalar and CUDA kernels (its SIMD CPU kernel zeroes the gradient at a NaN input). It
+is read off the output: y equals an edge exactly where x is at or beyond it.
 """
 
 from __future__ import annotations
