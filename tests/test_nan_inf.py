@@ -53,6 +53,16 @@ def _spp(xs, p, training):
     return torch.cat([F.adaptive_max_pool2d(xs[0], level).flatten(1) for level in (1, 2, 3)], dim=1)
 
 
+def _per_element(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` on one element at a time: PyTorch's scalar CPU path, whose NaN and Inf rules its
+    CUDA kernels share. Its SIMD CPU path breaks them in places (hardtanh's and relu6's
+    gradient at a NaN input is 0, float64 elu's is NaN, float32 gelu(+inf) is NaN), and which
+    elements take that path depends on the tensor's length; numbacnn follows the scalar rules."""
+    def apply(xs, p, training):
+        return torch.stack([fn(v.reshape(1)) for v in xs[0].reshape(-1)]).reshape(xs[0].shape)
+    return apply
+
+
 CASES: dict[str, Case] = {
     "add": Case("add", {}, [(2, 3, 4), (2, 3, 4)], lambda xs, p, t: xs[0] + xs[1]),
     "avg_pool2d": Case("avg_pool2d", dict(kernel_size=3, stride=2, padding=1), [(2, 2, 6, 5)],
@@ -95,6 +105,19 @@ CASES: dict[str, Case] = {
     "max_pool2d-3x3-s2": Case("max_pool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), [(2, 2, 6, 7)],
                               lambda xs, p, t: F.max_pool2d(xs[0], 3, 2, 1, ceil_mode=True)),
     "relu": Case("relu", {}, [(2, 3, 4)], lambda xs, p, t: F.relu(xs[0])),
+    "relu6": Case("relu6", {}, [(2, 3, 4)], _per_element(F.relu6)),
+    "hardtanh": Case("hardtanh", dict(min_val=-0.5, max_val=2.0), [(2, 3, 4)],
+                     _per_element(lambda x: F.hardtanh(x, -0.5, 2.0))),
+    "elu": Case("elu", {}, [(2, 3, 4)], _per_element(F.elu)),
+    "elu-negative-alpha": Case("elu", dict(alpha=-0.5), [(2, 3, 4)], _per_element(lambda x: F.elu(x, -0.5))),
+    "gelu": Case("gelu", {}, [(2, 3, 4)], _per_element(F.gelu)),
+    "gelu-tanh": Case("gelu", dict(approximate="tanh"), [(2, 3, 4)],
+                      _per_element(lambda x: F.gelu(x, approximate="tanh"))),
+    "softmax": Case("softmax", dict(dim=-1), [(2, 3, 4)], lambda xs, p, t: F.softmax(xs[0], -1)),
+    "softmax-channels": Case("softmax", dict(dim=1), [(2, 3, 4, 5)], lambda xs, p, t: F.softmax(xs[0], 1)),
+    "log_softmax": Case("log_softmax", dict(dim=-1), [(2, 3, 4)], lambda xs, p, t: F.log_softmax(xs[0], -1)),
+    "log_softmax-channels": Case("log_softmax", dict(dim=1), [(2, 3, 4, 5)],
+                                 lambda xs, p, t: F.log_softmax(xs[0], 1)),
     "sigmoid": Case("sigmoid", {}, [(2, 3, 4)], lambda xs, p, t: torch.sigmoid(xs[0])),
     "tanh": Case("tanh", {}, [(2, 3, 4)], lambda xs, p, t: torch.tanh(xs[0])),
     "upsample-nearest": Case("upsample", dict(scale_factor=2), [(2, 2, 3, 4)],
