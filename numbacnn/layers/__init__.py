@@ -4,7 +4,9 @@ BUILTIN: dict[str, str] = {
     name: f"numbacnn.layers.{name}:{cls}"
     for name, cls in {
         "add": "Add",
+        "avg_pool1d": "AvgPool1d",
         "avg_pool2d": "AvgPool2d",
+        "avg_pool3d": "AvgPool3d",
         "batch_norm2d": "BatchNorm2d",
         "concat": "Concat",
         "conv2d": "Conv2d",
@@ -13,7 +15,9 @@ BUILTIN: dict[str, str] = {
         "global_avg_pool2d": "GlobalAvgPool2d",
         "leaky_relu": "LeakyReLU",
         "linear": "Linear",
+        "max_pool1d": "MaxPool1d",
         "max_pool2d": "MaxPool2d",
+        "max_pool3d": "MaxPool3d",
         "relu": "ReLU",
         "sigmoid": "Sigmoid",
         "tanh": "Tanh",
