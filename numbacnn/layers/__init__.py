@@ -15,6 +15,7 @@ BUILTIN: dict[str, str] = {
         "global_avg_pool2d": "GlobalAvgPool2d",
         "leaky_relu": "LeakyReLU",
         "linear": "Linear",
+        "lp_pool2d": "LPPool2d",
         "max_pool1d": "MaxPool1d",
         "max_pool2d": "MaxPool2d",
         "max_pool3d": "MaxPool3d",
