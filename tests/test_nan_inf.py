@@ -54,6 +54,10 @@ def _spp(xs, p, training):
 
 
 CASES: dict[str, Case] = {
+    "adaptive_avg_pool2d": Case("adaptive_avg_pool2d", dict(output_size=(3, 2)), [(2, 2, 7, 5)],
+                                lambda xs, p, t: F.adaptive_avg_pool2d(xs[0], (3, 2))),
+    "adaptive_max_pool2d": Case("adaptive_max_pool2d", dict(output_size=(3, 4)), [(2, 2, 7, 5)],
+                                lambda xs, p, t: F.adaptive_max_pool2d(xs[0], (3, 4))),
     "add": Case("add", {}, [(2, 3, 4), (2, 3, 4)], lambda xs, p, t: xs[0] + xs[1]),
     "avg_pool2d": Case("avg_pool2d", dict(kernel_size=3, stride=2, padding=1), [(2, 2, 6, 5)],
                        lambda xs, p, t: F.avg_pool2d(xs[0], 3, 2, 1)),
@@ -78,6 +82,8 @@ CASES: dict[str, Case] = {
     "dropout-eval": Case("dropout", dict(p=0.5), [(4, 3, 4)], lambda xs, p, t: F.dropout(xs[0], 0.5, False),
                          training=False),
     "flatten": Case("flatten", {}, [(2, 3, 2, 2)], lambda xs, p, t: xs[0].flatten(1)),
+    "global_max_pool2d": Case("global_max_pool2d", {}, [(2, 3, 3, 4)],
+                              lambda xs, p, t: F.adaptive_max_pool2d(xs[0], 1).flatten(1)),
     "global_avg_pool2d": Case("global_avg_pool2d", {}, [(2, 3, 3, 4)], lambda xs, p, t: xs[0].mean((2, 3))),
     "leaky_relu": Case("leaky_relu", dict(negative_slope=0.1), [(2, 3, 4)],
                        lambda xs, p, t: F.leaky_relu(xs[0], 0.1)),

@@ -3,6 +3,8 @@
 BUILTIN: dict[str, str] = {
     name: f"numbacnn.layers.{name}:{cls}"
     for name, cls in {
+        "adaptive_avg_pool2d": "AdaptiveAvgPool2d",
+        "adaptive_max_pool2d": "AdaptiveMaxPool2d",
         "add": "Add",
         "avg_pool1d": "AvgPool1d",
         "avg_pool2d": "AvgPool2d",
@@ -13,6 +15,7 @@ BUILTIN: dict[str, str] = {
         "dropout": "Dropout",
         "flatten": "Flatten",
         "global_avg_pool2d": "GlobalAvgPool2d",
+        "global_max_pool2d": "GlobalMaxPool2d",
         "leaky_relu": "LeakyReLU",
         "linear": "Linear",
         "lp_pool2d": "LPPool2d",
