@@ -19,16 +19,18 @@ __all__ = ["lp_pool2d_forward", "lp_pool2d_backward_input"]
 
 
 @cpu_inline
-def _pow(v, e):
+def _pow(v, e, one):
     # PyTorch's: small integer powers multiplied out (exact where pow may be an ulp off), and
-    # a square root for 0.5 (NaN for -inf, -0 for -0, where pow gives inf and 0).
-    if e == 2:
+    # a square root for 0.5 (NaN for -inf, -0 for -0, where pow gives inf and 0). The
+    # constants are built from ``one``, of v's type: a bare 2 would compare in float64.
+    two = one + one
+    if e == two:
         return v * v
-    if e == 1:
+    if e == one:
         return v
-    if e == 3:
+    if e == two + one:
         return v * v * v
-    if e == 0.5:
+    if e == one / two:
         return np.sqrt(v)
     return v ** e
 
@@ -36,7 +38,8 @@ def _pow(v, e):
 @cpu_inline
 def _sign(v, one):
     """torch.sign: -1, 0 or 1 (of v's type, as ``one``), and 0 for NaN."""
-    return one if v > 0 else (-one if v < 0 else one - one)
+    zero = one - one
+    return one if v > zero else (-one if v < zero else zero)
 
 
 @cpu_inline
@@ -60,7 +63,7 @@ def _forward_power(x, geometry, powers, y, c):
     p, _, inv, _ = powers
     N, C, H, W = x.shape
     P, Q = y.shape[2], y.shape[3]
-    zero, size = x.dtype.type(0), x.dtype.type(R * S)
+    zero, one, size = x.dtype.type(0), x.dtype.type(1), x.dtype.type(R * S)
     for nc in prange(N * C):
         n, ch = nc // C, nc % C
         for i in range(P):
@@ -70,12 +73,12 @@ def _forward_power(x, geometry, powers, y, c):
                 acc = zero
                 for h in range(h0, h1):
                     for w in range(w0, w1):
-                        acc += _pow(x[n, ch, h, w], p)
+                        acc += _pow(x[n, ch, h, w], p, one)
                 # avg_pool2d's mean (a ceil-mode window past the input divides by what is
                 # left of it), then sign(a) * relu(|a|): a itself, with -0 made +0.
                 cc = (acc / x.dtype.type((h1 - h0) * (w1 - w0)) + zero) * size
                 c[n, ch, i, j] = cc
-                y[n, ch, i, j] = _pow(cc, inv)
+                y[n, ch, i, j] = _pow(cc, inv, one)
 
 
 @cpu_kernel
@@ -120,7 +123,7 @@ def _backward_power(x, c, gy, geometry, powers, gx):
                 cc = c[n, ch, i, j]
                 # Back through c^(1/p), the scale R * S, then sign(a) * relu(|a|): relu
                 # passes nothing where a = 0 (c = 0), and sign(NaN) = 0 in the product.
-                g = gy[n, ch, i, j] * (inv * _pow(cc, invm1)) * size
+                g = gy[n, ch, i, j] * (inv * _pow(cc, invm1, one)) * size
                 s = _sign(cc, one)
                 g = g * s * s if cc != zero else zero
                 g = g / x.dtype.type((h1 - h0) * (w1 - w0))
@@ -130,7 +133,7 @@ def _backward_power(x, c, gy, geometry, powers, gx):
         # Then through x^p, after the sum over windows, as PyTorch's chain does.
         for h in range(H):
             for w in range(W):
-                gx[n, ch, h, w] = gx[n, ch, h, w] * (p * _pow(x[n, ch, h, w], pm1))
+                gx[n, ch, h, w] = gx[n, ch, h, w] * (p * _pow(x[n, ch, h, w], pm1, one))
 
 
 @cpu_kernel

@@ -22,25 +22,28 @@ def _blocks(n):
 
 
 @cuda_device
-def _pow(v, e):
+def _pow(v, e, one):
     # PyTorch's: small integer powers multiplied out (exact where pow may be an ulp off), and
-    # a square root for 0.5 (NaN for -inf, -0 for -0, where pow gives inf and 0; the guard
-    # keeps math.sqrt from raising in the simulator).
-    if e == 2:
+    # a square root for 0.5 (NaN for -inf, -0 for -0, where pow gives inf and 0); the guard
+    # keeps math.sqrt from raising in the simulator. The
+    # constants are built from ``one``, of v's type: a bare 2 would compare in float64.
+    zero, two = one - one, one + one
+    if e == two:
         return v * v
-    if e == 1:
+    if e == one:
         return v
-    if e == 3:
+    if e == two + one:
         return v * v * v
-    if e == 0.5:
-        return math.sqrt(v) if v >= 0 else (v - v) / (v - v)
+    if e == one / two:
+        return math.sqrt(v) if v >= zero else (v - v) / (v - v)
     return v ** e
 
 
 @cuda_device
 def _sign(v, one):
     """torch.sign: -1, 0 or 1 (of v's type, as ``one``), and 0 for NaN."""
-    return one if v > 0 else (-one if v < 0 else one - one)
+    zero = one - one
+    return one if v > zero else (-one if v < zero else zero)
 
 
 @cuda_device
@@ -77,40 +80,27 @@ def _lp_pool2d_forward_kernel(x, geometry, powers, y, c):
     i = (t // Q) % P
     ch = (t // (Q * P)) % C
     n = t // (Q * P * C)
+    zero, one = x.dtype.type(0), x.dtype.type(1)
+    # One kernel for both of PyTorch's formulas (p is the same for every thread: no divergence).
+    if math.isinf(p):
+        sign = one if p > zero else -one
+        best, _ = _window_max(x, n, ch, i, j, geometry, sign)
+        y[n, ch, i, j] = sign * best
+        c[n, ch, i, j] = sign * best
+        return
     h0, h1 = i * sh, min(i * sh + R, H)
     w0, w1 = j * sw, min(j * sw + S, W)
-    zero = x.dtype.type(0)
     acc = zero
     for h in range(h0, h1):
         for w in range(w0, w1):
-            acc += _pow(x[n, ch, h, w], p)
+            acc += _pow(x[n, ch, h, w], p, one)
     cc = (acc / x.dtype.type((h1 - h0) * (w1 - w0)) + zero) * x.dtype.type(R * S)
     c[n, ch, i, j] = cc
-    y[n, ch, i, j] = _pow(cc, inv)
-
-
-@cuda_kernel
-def _lp_pool2d_forward_max_kernel(x, geometry, sign, y, c):
-    t = cuda.grid(1)
-    if t >= y.size:
-        return
-    C = x.shape[1]
-    P, Q = y.shape[2], y.shape[3]
-    j = t % Q
-    i = (t // Q) % P
-    ch = (t // (Q * P)) % C
-    n = t // (Q * P * C)
-    best, _ = _window_max(x, n, ch, i, j, geometry, sign)
-    y[n, ch, i, j] = sign * best
-    c[n, ch, i, j] = sign * best
+    y[n, ch, i, j] = _pow(cc, inv, one)
 
 
 def lp_pool2d_forward(x, geometry, powers, y, c):
-    if math.isinf(powers[0]):
-        sign = powers[0].dtype.type(1 if powers[0] > 0 else -1)  # in the arrays' dtype
-        _lp_pool2d_forward_max_kernel[_blocks(y.size), THREADS](x, geometry, sign, y, c)
-    else:
-        _lp_pool2d_forward_kernel[_blocks(y.size), THREADS](x, geometry, powers, y, c)
+    _lp_pool2d_forward_kernel[_blocks(y.size), THREADS](x, geometry, powers, y, c)
 
 
 @cuda_kernel
@@ -130,44 +120,26 @@ def _lp_pool2d_backward_input_kernel(x, c, gy, geometry, powers, gx):
     i_lo, i_hi = _windows_over(h, P, R, sh)
     j_lo, j_hi = _windows_over(w, Q, S, sw)
     acc = zero
+    if math.isinf(p):
+        sign = one if p > zero else -one
+        for i in range(i_lo, i_hi + 1):
+            for j in range(j_lo, j_hi + 1):
+                _, at = _window_max(x, n, ch, i, j, geometry, sign)
+                if at == h * W + w:
+                    acc += gy[n, ch, i, j]
+        gx[n, ch, h, w] = acc * _sign(x[n, ch, h, w], one)
+        return
     for i in range(i_lo, i_hi + 1):
         h0, h1 = i * sh, min(i * sh + R, H)
         for j in range(j_lo, j_hi + 1):
             w0, w1 = j * sw, min(j * sw + S, W)
             cc = c[n, ch, i, j]
-            g = gy[n, ch, i, j] * (inv * _pow(cc, invm1)) * size
+            g = gy[n, ch, i, j] * (inv * _pow(cc, invm1, one)) * size
             s = _sign(cc, one)
             g = g * s * s if cc != zero else zero
             acc += g / x.dtype.type((h1 - h0) * (w1 - w0))
-    gx[n, ch, h, w] = acc * (p * _pow(x[n, ch, h, w], pm1))
-
-
-@cuda_kernel
-def _lp_pool2d_backward_max_kernel(x, gy, geometry, sign, gx):
-    t = cuda.grid(1)
-    if t >= gx.size:
-        return
-    R, S, sh, sw = geometry
-    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
-    P, Q = gy.shape[2], gy.shape[3]
-    w = t % W
-    h = (t // W) % H
-    ch = (t // (W * H)) % C
-    n = t // (W * H * C)
-    i_lo, i_hi = _windows_over(h, P, R, sh)
-    j_lo, j_hi = _windows_over(w, Q, S, sw)
-    acc = gx.dtype.type(0)
-    for i in range(i_lo, i_hi + 1):
-        for j in range(j_lo, j_hi + 1):
-            _, at = _window_max(x, n, ch, i, j, geometry, sign)
-            if at == h * W + w:
-                acc += gy[n, ch, i, j]
-    gx[n, ch, h, w] = acc * _sign(x[n, ch, h, w], gx.dtype.type(1))
+    gx[n, ch, h, w] = acc * (p * _pow(x[n, ch, h, w], pm1, one))
 
 
 def lp_pool2d_backward_input(x, c, gy, geometry, powers, gx):
-    if math.isinf(powers[0]):
-        sign = powers[0].dtype.type(1 if powers[0] > 0 else -1)
-        _lp_pool2d_backward_max_kernel[_blocks(gx.size), THREADS](x, gy, geometry, sign, gx)
-    else:
-        _lp_pool2d_backward_input_kernel[_blocks(gx.size), THREADS](x, c, gy, geometry, powers, gx)
+    _lp_pool2d_backward_input_kernel[_blocks(gx.size), THREADS](x, c, gy, geometry, powers, gx)
