@@ -21,6 +21,18 @@ def adaptive_max_pool2d_forward(x, y, index):
     P, Q = y.shape[2], y.shape[3]
     for nc in prange(N * C):
         n, c = nc // C, nc % C
+        if P == 1 and Q == 1:
+            # One bin, the plane (global_max_pool2d): a flat pass, unsigned offsets (2x faster
+            # than the loops below on (64, 512, 7, 7); slower than them on small bins).
+            xf = x[n, c].reshape(H * W)
+            best, at = x.dtype.type(-np.inf), 0
+            for k in range(H * W):
+                v = xf[np.uint64(k)]
+                if v > best or v != v:
+                    best, at = v, k
+            y[n, c, 0, 0] = best
+            index[n, c, 0, 0] = at
+            continue
         for i in range(P):
             h0, h1 = _bin(i, H, P)
             for j in range(Q):
