@@ -5,13 +5,17 @@ Loaded by pytest wherever numbacnn is installed, so a plugin's own tests need no
 - fixture ``check_layer``: ``numbacnn.testing.check_layer``;
 - fixture ``numbacnn_cuda``: the device name ``"cuda"``; a test that asks for it is marked
   ``cuda`` (select with ``-m cuda``, leave out with ``-m "not cuda"``) and skipped unless a
-  GPU or the simulator (``NUMBA_ENABLE_CUDASIM=1``) is available.
+  GPU or the simulator (``NUMBA_ENABLE_CUDASIM=1``) is available;
+- fixture ``benchmark_layer``: ``numbacnn.testing.benchmark_layer`` with the test's
+  pytest-benchmark ``benchmark`` fixture filled in; a test that asks for it is skipped, saying
+  why, where pytest-benchmark is not installed (or is disabled with ``-p no:benchmark``).
 
 It touches no test that does not ask for its fixtures.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import pytest
@@ -47,3 +51,15 @@ def numbacnn_cuda() -> str:
     if not cuda_available():
         pytest.skip("no CUDA GPU and NUMBA_ENABLE_CUDASIM is not set")
     return "cuda"
+
+
+@pytest.fixture
+def benchmark_layer(request: pytest.FixtureRequest) -> Callable[..., dict[str, Any]]:
+    """``numbacnn.testing.benchmark_layer`` bound to this test's ``benchmark`` fixture:
+    ``benchmark_layer(layer, input_shapes, mode=..., peer=..., reference=...)``."""
+    if not request.config.pluginmanager.hasplugin("benchmark"):
+        pytest.skip("benchmark_layer needs pytest-benchmark: pip install pytest-benchmark "
+                    "(or drop -p no:benchmark)")
+    from numbacnn.testing import benchmark_layer as run
+
+    return functools.partial(run, request.getfixturevalue("benchmark"))
