@@ -157,7 +157,7 @@ def cold_rows(groups: dict) -> list[tuple[str, float, float]]:
 
 def _versions() -> str:
     parts = []
-    for dist in ("numbacnn", "numba", "numpy", "torch"):
+    for dist in ("numbacnn", "numba", "numpy", "torch", "onnxruntime"):
         try:
             parts.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -195,6 +195,7 @@ def render(data: dict[str, Any], groups: dict) -> str:
         met = sum(v >= NUMPY_TARGET[1] for v in vs)
         lines += ["", f"PyTorch against the naive NumPy forward in this run: {min(vs):.2f}x to {max(vs):.2f}x "
                       f"(>= {NUMPY_TARGET[1]:g}x on {met} of {len(vs)} shapes)."]
+    lines += onnx_lines(groups)
     cold = cold_rows(groups)
     if cold:
         lines += ["", "| cold start: network3, fresh process to end of first training step (N64) | seconds "
@@ -205,6 +206,21 @@ def render(data: dict[str, Any], groups: dict) -> str:
                 target = f"<={COLD_TARGET[1]:g} s: " + ("ok" if first <= COLD_TARGET[1] else "MISS")
             lines.append(f"| {name} | {first:.2f} | {whole:.2f} | {target} |")
     return "\n".join(lines)
+
+
+def onnx_lines(groups: dict) -> list[str]:
+    """Workloads with an onnxruntime peer (an imported ONNX model): its column beside PyTorch's."""
+    found = [(key, peers) for key, peers in groups.items() if "onnxruntime" in peers]
+    if not found:
+        return []
+    ms = lambda t: _fmt(None if t is None else t * 1e3, ".2f")
+    lines = ["", "| workload (imported ONNX model) | device | numbacnn ms | PyTorch ms | onnxruntime ms | x torch "
+                 "| x onnxruntime |", "|---|---|--:|--:|--:|--:|--:|"]
+    for (kind, device, workload), peers in found:
+        ours, torch, rt = (_median(peers.get(p)) for p in ("numbacnn", "torch", "onnxruntime"))
+        lines.append(f"| {kind} {workload} | {device} | {ms(ours)} | {ms(torch)} | {ms(rt)} "
+                     f"| {_fmt(_ratio(torch, ours), '.2f')} | {_fmt(_ratio(rt, ours), '.2f')} |")
+    return lines
 
 
 def _contention(share: float | None) -> str:

@@ -4,8 +4,8 @@ The public face is small: build a ``Graph``, wrap it in a ``Model``, train it wi
 ``Trainer``; layers are found through the registry (``layer_names``, ``get_layer``,
 ``layer_info``, ``register_layer``); a layer is a ``Layer`` subclass whose forward and
 backward see a ``Ctx``. Submodules ``blocks``, ``zoo``, ``losses``, ``optim``, ``data``,
-``testing`` and ``kernels`` (the kernel decorators, for layer authors) load on first use, so
-``import numbacnn`` stays quick.
+``testing``, ``kernels`` (the kernel decorators, for layer authors) and ``onnx`` (model
+interchange) load on first use, so ``import numbacnn`` stays quick.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ __all__ = [
     "Graph", "Model", "Layer", "Ctx", "Trainer",
     "layer_names", "get_layer", "layer_info", "register_layer",
     "UnknownLayerError", "PluginError", "ShapeError", "GraphError", "DeviceError",
-    "blocks", "zoo", "losses", "optim", "data", "augment", "testing", "kernels",
+    "blocks", "zoo", "losses", "optim", "data", "augment", "testing", "kernels", "onnx",
 ]
 
-_SUBMODULES = {"blocks", "zoo", "losses", "optim", "data", "augment", "testing", "kernels"}
+_SUBMODULES = {"blocks", "zoo", "losses", "optim", "data", "augment", "testing", "kernels", "onnx"}
 
 
 def __getattr__(name: str) -> Any:

@@ -60,6 +60,11 @@ class Layer:
     #: stem, shared with other layers (``kernels = "numbacnn.layers.max_pool2d"``); None says
     #: the layer calls no kernels and runs on every device.
     kernels: ClassVar[str | None] = ""
+    #: ONNX operators, as (domain, op_type) pairs, that ``numbacnn.onnx.load`` turns into this
+    #: layer by calling the classmethod ``onnx_import(cls, ctx)``; ``numbacnn.onnx.export``
+    #: calls the method ``onnx_export(self, ctx)``. Built-in layers have theirs in the tables
+    #: of ``numbacnn.onnx``; a plugin layer defines both (see the swish plugin).
+    onnx_ops: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     _config: dict[str, Any]
 

@@ -53,15 +53,34 @@ def _spp(xs, p, training):
     return torch.cat([F.adaptive_max_pool2d(xs[0], level).flatten(1) for level in (1, 2, 3)], dim=1)
 
 
+def _per_element(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` on one element at a time: PyTorch's scalar CPU path, whose NaN and Inf rules its
+    CUDA kernels share. Its SIMD CPU path breaks them in places (hardtanh's and relu6's
+    gradient at a NaN input is 0, float64 elu's is NaN, float32 gelu(+inf) is NaN), and which
+    elements take that path depends on the tensor's length; numbacnn follows the scalar rules."""
+    def apply(xs, p, training):
+        return torch.stack([fn(v.reshape(1)) for v in xs[0].reshape(-1)]).reshape(xs[0].shape)
+    return apply
+
+
 CASES: dict[str, Case] = {
+    "adaptive_avg_pool2d": Case("adaptive_avg_pool2d", dict(output_size=(3, 2)), [(2, 2, 7, 5)],
+                                lambda xs, p, t: F.adaptive_avg_pool2d(xs[0], (3, 2))),
+    "adaptive_max_pool2d": Case("adaptive_max_pool2d", dict(output_size=(3, 4)), [(2, 2, 7, 5)],
+                                lambda xs, p, t: F.adaptive_max_pool2d(xs[0], (3, 4))),
     "add": Case("add", {}, [(2, 3, 4), (2, 3, 4)], lambda xs, p, t: xs[0] + xs[1]),
     "avg_pool2d": Case("avg_pool2d", dict(kernel_size=3, stride=2, padding=1), [(2, 2, 6, 5)],
                        lambda xs, p, t: F.avg_pool2d(xs[0], 3, 2, 1)),
     "avg_pool2d-exclude-pad": Case("avg_pool2d", dict(kernel_size=2, stride=1, padding=1, count_include_pad=False),
                                    [(2, 2, 4, 5)],
                                    lambda xs, p, t: F.avg_pool2d(xs[0], 2, 1, 1, count_include_pad=False)),
+    "batch_norm1d-train": Case("batch_norm1d", {}, [(4, 3)], _batch_norm),
+    "batch_norm1d-sequence-train": Case("batch_norm1d", {}, [(3, 2, 4)], _batch_norm),
+    "batch_norm1d-sequence-eval": Case("batch_norm1d", {}, [(3, 2, 4)], _batch_norm, training=False),
     "batch_norm2d-train": Case("batch_norm2d", {}, [(3, 2, 3, 3)], _batch_norm),
     "batch_norm2d-eval": Case("batch_norm2d", {}, [(3, 2, 3, 3)], _batch_norm, training=False),
+    "batch_norm3d-train": Case("batch_norm3d", {}, [(2, 2, 2, 3, 2)], _batch_norm),
+    "batch_norm3d-eval": Case("batch_norm3d", {}, [(2, 2, 2, 3, 2)], _batch_norm, training=False),
     "concat": Case("concat", {}, [(2, 2, 3, 3), (2, 1, 3, 3)], lambda xs, p, t: torch.cat(xs, 1)),
     "conv2d-channel-major": Case("conv2d", dict(out_channels=3, kernel_size=3, stride=2, padding=1), [(2, 2, 7, 6)],
                                  _conv(dict(stride=2, padding=1))),
@@ -78,28 +97,71 @@ CASES: dict[str, Case] = {
     "dropout-eval": Case("dropout", dict(p=0.5), [(4, 3, 4)], lambda xs, p, t: F.dropout(xs[0], 0.5, False),
                          training=False),
     "flatten": Case("flatten", {}, [(2, 3, 2, 2)], lambda xs, p, t: xs[0].flatten(1)),
+    "global_max_pool2d": Case("global_max_pool2d", {}, [(2, 3, 3, 4)],
+                              lambda xs, p, t: F.adaptive_max_pool2d(xs[0], 1).flatten(1)),
     "global_avg_pool2d": Case("global_avg_pool2d", {}, [(2, 3, 3, 4)], lambda xs, p, t: xs[0].mean((2, 3))),
     "leaky_relu": Case("leaky_relu", dict(negative_slope=0.1), [(2, 3, 4)],
                        lambda xs, p, t: F.leaky_relu(xs[0], 0.1)),
     "leaky_relu-negative-slope": Case("leaky_relu", dict(negative_slope=-0.5), [(2, 3, 4)],
                                       lambda xs, p, t: F.leaky_relu(xs[0], -0.5)),
     "linear": Case("linear", dict(out_features=3), [(3, 5)], lambda xs, p, t: F.linear(xs[0], p["weight"], p["bias"])),
+    "avg_pool1d": Case("avg_pool1d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), [(2, 3, 8)],
+                       lambda xs, p, t: F.avg_pool1d(xs[0], 3, 2, 1, ceil_mode=True)),
+    "avg_pool3d": Case("avg_pool3d", dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+                       [(2, 2, 5, 4, 5)], lambda xs, p, t: F.avg_pool3d(xs[0], 3, 2, 1, count_include_pad=False)),
+    "lp_pool2d": Case("lp_pool2d", dict(norm_type=2, kernel_size=3, stride=2, ceil_mode=True), [(2, 2, 6, 7)],
+                      lambda xs, p, t: F.lp_pool2d(xs[0], 2, 3, 2, ceil_mode=True)),
+    "lp_pool2d-p1": Case("lp_pool2d", dict(norm_type=1, kernel_size=2, stride=1), [(2, 2, 4, 5)],
+                         lambda xs, p, t: F.lp_pool2d(xs[0], 1, 2, 1)),
+    "lp_pool2d-inf": Case("lp_pool2d", dict(norm_type=float("inf"), kernel_size=2, stride=1), [(2, 2, 4, 5)],
+                          lambda xs, p, t: F.lp_pool2d(xs[0], float("inf"), 2, 1)),
+    "max_pool1d": Case("max_pool1d", dict(kernel_size=3, stride=2, padding=1), [(2, 3, 9)],
+                       lambda xs, p, t: F.max_pool1d(xs[0], 3, 2, 1)),
+    "max_pool3d": Case("max_pool3d", dict(kernel_size=2, stride=1), [(2, 2, 3, 4, 4)],
+                       lambda xs, p, t: F.max_pool3d(xs[0], 2, 1)),
+    "max_pool3d-2x2x2-ceil": Case("max_pool3d", dict(kernel_size=2, ceil_mode=True), [(2, 2, 3, 5, 4)],
+                                  lambda xs, p, t: F.max_pool3d(xs[0], 2, ceil_mode=True)),
     "max_pool2d": Case("max_pool2d", dict(kernel_size=2), [(2, 2, 6, 6)], lambda xs, p, t: F.max_pool2d(xs[0], 2)),
     "max_pool2d-3x3-s1": Case("max_pool2d", dict(kernel_size=3, stride=1, padding=1), [(2, 2, 5, 6)],
                               lambda xs, p, t: F.max_pool2d(xs[0], 3, 1, 1)),
     "max_pool2d-3x3-s2": Case("max_pool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), [(2, 2, 6, 7)],
                               lambda xs, p, t: F.max_pool2d(xs[0], 3, 2, 1, ceil_mode=True)),
     "relu": Case("relu", {}, [(2, 3, 4)], lambda xs, p, t: F.relu(xs[0])),
+    "relu6": Case("relu6", {}, [(2, 3, 4)], _per_element(F.relu6)),
+    "hardtanh": Case("hardtanh", dict(min_val=-0.5, max_val=2.0), [(2, 3, 4)],
+                     _per_element(lambda x: F.hardtanh(x, -0.5, 2.0))),
+    "elu": Case("elu", {}, [(2, 3, 4)], _per_element(F.elu)),
+    "elu-negative-alpha": Case("elu", dict(alpha=-0.5), [(2, 3, 4)], _per_element(lambda x: F.elu(x, -0.5))),
+    "gelu": Case("gelu", {}, [(2, 3, 4)], _per_element(F.gelu)),
+    "gelu-tanh": Case("gelu", dict(approximate="tanh"), [(2, 3, 4)],
+                      _per_element(lambda x: F.gelu(x, approximate="tanh"))),
+    "softmax": Case("softmax", dict(dim=-1), [(2, 3, 4)], lambda xs, p, t: F.softmax(xs[0], -1)),
+    "softmax-channels": Case("softmax", dict(dim=1), [(2, 3, 4, 5)], lambda xs, p, t: F.softmax(xs[0], 1)),
+    "log_softmax": Case("log_softmax", dict(dim=-1), [(2, 3, 4)], lambda xs, p, t: F.log_softmax(xs[0], -1)),
+    "log_softmax-channels": Case("log_softmax", dict(dim=1), [(2, 3, 4, 5)],
+                                 lambda xs, p, t: F.log_softmax(xs[0], 1)),
     "sigmoid": Case("sigmoid", {}, [(2, 3, 4)], lambda xs, p, t: torch.sigmoid(xs[0])),
     "tanh": Case("tanh", {}, [(2, 3, 4)], lambda xs, p, t: torch.tanh(xs[0])),
+    "upsample-nearest": Case("upsample", dict(scale_factor=2), [(2, 2, 3, 4)],
+                             lambda xs, p, t: F.interpolate(xs[0], scale_factor=2)),
+    "upsample-nearest-1.5": Case("upsample", dict(scale_factor=1.5), [(2, 2, 3, 4)],
+                                 lambda xs, p, t: F.interpolate(xs[0], scale_factor=1.5)),
+    "upsample-bilinear": Case("upsample", dict(scale_factor=2, mode="bilinear"), [(2, 2, 3, 4)],
+                              lambda xs, p, t: F.interpolate(xs[0], scale_factor=2, mode="bilinear")),
+    "upsample-bilinear-align-corners": Case(
+        "upsample", dict(size=(5, 7), mode="bilinear", align_corners=True), [(2, 2, 3, 4)],
+        lambda xs, p, t: F.interpolate(xs[0], size=(5, 7), mode="bilinear", align_corners=True)),
+    # rows kept: PyTorch still blends each row with itself at weight 0, so 0 * Inf is NaN there
+    "upsample-bilinear-rows-kept": Case("upsample", dict(size=(3, 7), mode="bilinear"), [(2, 2, 3, 4)],
+                                        lambda xs, p, t: F.interpolate(xs[0], size=(3, 7), mode="bilinear")),
     "swish": Case("swish", {}, [(2, 3, 4)], lambda xs, p, t: xs[0] * torch.sigmoid(p["beta"] * xs[0])),
     "localconv": Case("localconv", dict(out_channels=2, kernel_size=3, padding=1), [(2, 2, 4, 5)], _localconv),
     "spp": Case("spp", dict(levels=[1, 2, 3]), [(2, 2, 5, 4)], _spp),
 }
 
 # Where the special values go: a few spread positions of the first input (its first element,
-# one a third of the way in, its last), or of the output gradient; "planes" (images only)
-# fills whole planes with -inf and puts several NaNs in one window, for the max poolings.
+# one a third of the way in, its last), or of the output gradient; "planes" (images and volumes
+# only) fills whole planes with -inf and puts several NaNs in one window, for the max poolings.
 POISONS = ["nan", "+inf", "-inf", "mixed", "gy-nan", "gy-inf", "planes"]
 
 
@@ -202,8 +264,8 @@ def compare_with_torch(name: str, kind: str, dtype: str, device: str, monkeypatc
 @pytest.mark.parametrize("kind", POISONS)
 @pytest.mark.parametrize("name", list(CASES))
 def test_nan_inf_as_torch_cpu(name, kind, dtype, monkeypatch):
-    if kind == "planes" and len(CASES[name].shapes[0]) != 4:
-        pytest.skip("planes of -inf: images only")
+    if kind == "planes" and len(CASES[name].shapes[0]) < 4:
+        pytest.skip("planes of -inf: images and volumes only")
     problems = compare_with_torch(name, kind, dtype, "cpu", monkeypatch)
     assert not problems, "\n".join(problems)
 
@@ -220,8 +282,8 @@ CUDA_CASES = [name for name in CASES if name not in ("conv2d-pixel-major", "conv
                                         ("planes", "float32")])
 @pytest.mark.parametrize("name", CUDA_CASES)
 def test_nan_inf_as_torch_cuda(name, kind, dtype, monkeypatch):
-    if kind == "planes" and len(CASES[name].shapes[0]) != 4:
-        pytest.skip("planes of -inf: images only")
+    if kind == "planes" and len(CASES[name].shapes[0]) < 4:
+        pytest.skip("planes of -inf: images and volumes only")
     problems = compare_with_torch(name, kind, dtype, "cuda", monkeypatch)
     assert not problems, "\n".join(problems)
 

@@ -1,7 +1,8 @@
-"""The ``numbacnn`` command: ``layers``, the training commands, ``warmup`` and ``new-plugin``.
+"""The ``numbacnn`` command: ``layers``, the training commands, ``warmup``, ``new-plugin``, and
+``export`` / ``import`` (ONNX).
 
 This package holds the parser, the command table and the error handling; each command group
-has a module of its own (``_layers``, ``_train``, ``_warmup``; ``new-plugin`` is wired in
+has a module of its own (``_layers``, ``_train``, ``_warmup``, ``_onnx``; ``new-plugin`` is wired in
 ``numbacnn._scaffold`` beside its templates), and ``CliError`` lives in the leaf ``_errors``,
 so no command module imports this one. Every user error (bad arguments, missing files,
 unknown names) ends in one line on stderr and a non-zero exit, never a traceback. The same
@@ -16,7 +17,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from .. import _scaffold  # templates and argparse only; nothing heavy
-from . import _layers, _train, _warmup  # argparse only; the handlers import the rest lazily
+from . import _layers, _onnx, _train, _warmup  # argparse only; the handlers import the rest lazily
 from ._errors import CliError
 
 __all__ = ["main", "build_parser", "CliError"]
@@ -34,6 +35,9 @@ COMMANDS: dict[str, Command] = {
                _warmup.add_warmup, _warmup.cmd_warmup),
     "new-plugin": ("write a ready-to-install layer plugin package (layer, kernels, tests)",
                    _scaffold.add_arguments, _scaffold.cmd_new_plugin),
+    "export": ("write a saved model (or checkpoint) as an ONNX file", _onnx.add_export, _onnx.cmd_export),
+    "import": ("read an ONNX model, save it as a numbacnn model and print its summary", _onnx.add_import,
+               _onnx.cmd_import),
 }
 
 

@@ -1,11 +1,13 @@
 """Window geometry of the convolution and pooling layers: their hyper-parameters and output
 sizes, one implementation each.
 
-PyTorch's conventions: sizes are an int or an (h, w) pair; a convolution's padding is also
+PyTorch's conventions: sizes are an int or an (h, w) pair (a 1-tuple or a (d, h, w) triple
+for the 1-D and 3-D layers); a convolution's padding is also
 "valid", "same" (stride 1 only; the odd pixel of an even total goes to the bottom/right) or an
 explicit (top, bottom, left, right); a pooling's is symmetric, at most half its window.
 out = floor((in + pads - dilation * (kernel - 1) - 1) / stride) + 1, or with ``ceil_mode``
 rounded up, as long as the last window starts inside the input or its leading padding.
+Adaptive poolings take an output size instead (None keeps the input's size along that axis).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 from ..layer import Shape, ShapeError
 
-__all__ = ["pair", "padding4", "out_size", "flag", "pool_padding", "pool_output_shape"]
+__all__ = ["pair", "ntuple", "padding4", "out_size", "flag", "pool_padding", "pool_output_shape",
+           "adaptive_size", "adaptive_output_shape"]
 
 Pads = tuple[int, int, int, int]
 Pair = tuple[int, int]
@@ -24,14 +27,25 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def pair(value: Any, name: str, minimum: int = 1) -> tuple[int, int]:
-    """``value`` as an (h, w) pair of ints >= ``minimum``; TypeError/ValueError otherwise."""
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(items) != 2 or not all(_is_int(v) for v in items):
-        raise TypeError(f"{name} must be an int or a pair of ints, found {value!r}")
+_TUPLES = {1: "a 1-tuple", 2: "a pair", 3: "a triple"}
+#: What an input of each spatial rank looks like, per sample.
+SHAPES = {1: "(C, L)", 2: "(C, H, W)", 3: "(C, D, H, W)"}
+
+
+def ntuple(value: Any, name: str, n: int, minimum: int = 1) -> tuple[int, ...]:
+    """``value`` as ``n`` ints >= ``minimum`` (an int stands for all of them);
+    TypeError/ValueError otherwise."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+    if len(items) != n or not all(_is_int(v) for v in items):
+        raise TypeError(f"{name} must be an int or {_TUPLES[n]} of ints, found {value!r}")
     if any(v < minimum for v in items):
         raise ValueError(f"{name} must be >= {minimum}, found {value!r}")
-    return items[0], items[1]
+    return items
+
+
+def pair(value: Any, name: str, minimum: int = 1) -> tuple[int, int]:
+    """``value`` as an (h, w) pair of ints >= ``minimum``; TypeError/ValueError otherwise."""
+    return ntuple(value, name, 2, minimum)  # type: ignore[return-value]
 
 
 def padding4(padding: Any, kernel: tuple[int, int], stride: tuple[int, int],
@@ -74,32 +88,63 @@ def flag(value: Any, name: str) -> bool:
     return value
 
 
-def pool_padding(padding: Pair, kernel: Pair) -> Pair:
+def _x(sizes: tuple[int, ...]) -> str:
+    return "x".join(map(str, sizes))
+
+
+def pool_padding(padding: tuple[int, ...], kernel: tuple[int, ...]) -> tuple[int, ...]:
     """``padding`` if every window still holds input (PyTorch's limit: at most half the kernel)."""
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"padding must be at most half of kernel_size: expected padding <= "
-                         f"{kernel[0] // 2}x{kernel[1] // 2}, found {padding[0]}x{padding[1]} "
-                         f"for kernel_size {kernel[0]}x{kernel[1]}")
+    half = tuple(k // 2 for k in kernel)
+    if any(p > h for p, h in zip(padding, half)):
+        raise ValueError(f"padding must be at most half of kernel_size: expected padding <= {_x(half)}, "
+                         f"found {_x(padding)} for kernel_size {_x(kernel)}")
     return padding
 
 
-def pool_output_shape(x_shape: Shape, window: Pair, stride: Pair, padding: Pair, ceil_mode: bool) -> Shape:
-    """(C, H, W) -> (C, P, Q) for an effective (dilated) ``window``, or a ShapeError.
+def pool_output_shape(x_shape: Shape, window: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],
+                      ceil_mode: bool) -> Shape:
+    """(C, *sizes) -> (C, *pooled sizes) for an effective (dilated) ``window`` of one size per
+    spatial axis (1 to 3 of them), or a ShapeError.
 
     As in PyTorch, ceil mode accepts an input smaller than the window when the rounding up
     still gives one window that starts inside it.
     """
-    if len(x_shape) != 3:
-        raise ShapeError(f"expected an input of shape (C, H, W), found {tuple(x_shape)}")
-    C, H, W = x_shape
+    n = len(window)
+    if len(x_shape) != n + 1:
+        raise ShapeError(f"expected an input of shape {SHAPES[n]}, found {tuple(x_shape)}")
+    sizes = tuple(x_shape[1:])
 
-    def size(n: int, i: int) -> int:
-        return out_size(n, window[i], stride[i], (padding[i], padding[i]), 1, ceil_mode)
+    def size(m: int, i: int) -> int:
+        return out_size(m, window[i], stride[i], (padding[i], padding[i]), 1, ceil_mode)
 
-    P, Q = size(H, 0), size(W, 1)
-    if P < 1 or Q < 1:
-        need = [next(n for n in range(1, window[i] + 1) if size(n, i) >= 1) for i in (0, 1)]
-        padded = f" (padded to {H + 2 * padding[0]}x{W + 2 * padding[1]})" if any(padding) else ""
-        raise ShapeError(f"input {H}x{W}{padded} is smaller than the {window[0]}x{window[1]} window: "
-                         f"expected at least {need[0]}x{need[1]}, found {H}x{W}")
-    return (C, P, Q)
+    out = tuple(size(m, i) for i, m in enumerate(sizes))
+    if min(out) < 1:
+        need = tuple(next(m for m in range(1, window[i] + 1) if size(m, i) >= 1) for i in range(n))
+        padded = f" (padded to {_x(tuple(m + 2 * p for m, p in zip(sizes, padding)))})" if any(padding) else ""
+        what = f"input of length {sizes[0]}{padded} is shorter than the window of {window[0]}" if n == 1 else \
+            f"input {_x(sizes)}{padded} is smaller than the {_x(window)} window"
+        raise ShapeError(f"{what}: expected at least {_x(need)}, found {_x(sizes)}")
+    return (x_shape[0], *out)
+
+
+def adaptive_size(output_size: Any, n: int = 2) -> tuple[int | None, ...]:
+    """An adaptive pooling's ``output_size``: an int, or ``n`` ints >= 1 or None (None keeps the
+    input's size along that axis, as in PyTorch)."""
+    items = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * n
+    if output_size is None or len(items) != n or not all(v is None or _is_int(v) for v in items):
+        raise TypeError(f"output_size must be an int or {_TUPLES[n]} of ints or None, found {output_size!r}")
+    if any(v is not None and v < 1 for v in items):
+        raise ValueError(f"output_size must be >= 1 (or None: the input's size), found {output_size!r}")
+    return items
+
+
+def adaptive_output_shape(x_shape: Shape, output_size: tuple[int | None, ...]) -> Shape:
+    """(C, *sizes) -> (C, *output_size), None taking the input's size, or a ShapeError.
+
+    Output i of an axis of ``size`` pools the input's bin floor(i * size / out) .. ceil((i + 1)
+    * size / out) (exclusive), as PyTorch splits it: bins may overlap, and an input smaller
+    than the output repeats elements."""
+    n = len(output_size)
+    if len(x_shape) != n + 1:
+        raise ShapeError(f"expected an input of shape {SHAPES[n]}, found {tuple(x_shape)}")
+    return (x_shape[0], *(m if o is None else o for m, o in zip(x_shape[1:], output_size)))

@@ -1,37 +1,18 @@
-"""avg_pool2d: the mean of each window, as torch.nn.AvgPool2d computes it.
-
-Divisor rules (PyTorch's): ``divisor_override`` when given; else with ``count_include_pad``
-the window clipped to the padded input (a ceil-mode window running past the right padding
-counts only up to it), else the window clipped to the input.
-"""
+"""avg_pool2d: the mean of each window, as torch.nn.AvgPool2d computes it (divisor rules in
+_pool.AvgPoolNd); written once for every rank, on avg_pool3d's kernels with a depth of 1."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..layer import Ctx, Layer, Shape
-from ._conv_geometry import Pair, flag, pair, pool_output_shape, pool_padding
+from ._pool import AvgPoolNd
 
 
-class AvgPool2d(Layer):
+class AvgPool2d(AvgPoolNd):
     """Average pooling over windows. (C, H, W) -> (C, P, Q)."""
 
     name = "avg_pool2d"
-
-    def __init__(self, kernel_size: int | Pair, stride: int | Pair | None = None, padding: int | Pair = 0,
-                 ceil_mode: bool = False, count_include_pad: bool = True,
-                 divisor_override: int | None = None) -> None:
-        self.kernel = pair(kernel_size, "kernel_size")
-        self.stride = self.kernel if stride is None else pair(stride, "stride")
-        self.padding = pool_padding(pair(padding, "padding", minimum=0), self.kernel)
-        self.ceil_mode = flag(ceil_mode, "ceil_mode")
-        self.count_include_pad = flag(count_include_pad, "count_include_pad")
-        if divisor_override is not None:
-            if not isinstance(divisor_override, int) or isinstance(divisor_override, bool):
-                raise TypeError(f"divisor_override must be None or an int, found {divisor_override!r}")
-            if divisor_override <= 0:
-                raise ValueError(f"divisor_override must be positive, found {divisor_override}")
-        self.divisor_override = divisor_override
+    dims = 2
 
     @classmethod
     def examples(cls) -> list[dict[str, Any]]:
@@ -44,34 +25,3 @@ class AvgPool2d(Layer):
             {"config": {"kernel_size": 3, "stride": 1, "padding": 1, "count_include_pad": False},
              "input_shapes": [(1, 2, 5, 4)]},
         ]
-
-    def output_shape(self, x_shape: Shape) -> Shape:
-        return pool_output_shape(x_shape, self.kernel, self.stride, self.padding, self.ceil_mode)
-
-    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
-        C, P, Q = output_shape
-        return C * P * Q * self.kernel[0] * self.kernel[1]
-
-    def _geometry(self) -> tuple[int, ...]:
-        # divisor 0 stands for "no override": kernels take no None.
-        return (*self.kernel, *self.stride, *self.padding, int(self.count_include_pad),
-                self.divisor_override or 0)
-
-    def _plan(self, x_shape: Shape) -> tuple[Shape, tuple[int, ...]]:
-        # The output shape and the kernels' geometry: asked once per input signature (ctx.plan).
-        return (x_shape[0], *self.output_shape(tuple(x_shape[1:]))), self._geometry()
-
-    def forward(self, ctx: Ctx, x: Any) -> Any:
-        out, geo = ctx.plan(x.shape, lambda: self._plan(x.shape))
-        y = ctx.empty(out)
-        ctx.kernels.avg_pool2d_forward(x, geo, y)
-        ctx.save(x.shape)
-        return y
-
-    def backward(self, ctx: Ctx, gy: Any) -> Any:
-        if not ctx.needs_input_grad[0]:
-            return None
-        (x_shape,) = ctx.saved
-        gx = ctx.empty(x_shape)
-        ctx.kernels.avg_pool2d_backward_input(gy, ctx.plan(x_shape, lambda: self._plan(x_shape))[1], gx)
-        return gx

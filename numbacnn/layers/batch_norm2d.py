@@ -2,12 +2,18 @@
 
 y = (x - mean) / sqrt(var + eps) * weight + bias, per channel over (N, H, W). Training uses
 the batch's mean and biased variance and moves the running statistics towards the batch's
-(the unbiased variance, as PyTorch does): running = (1 - momentum) * running + momentum * batch.
-Evaluation uses the running statistics; without ``track_running_stats`` both use the batch's.
+(the unbiased variance, as PyTorch does): running = (1 - momentum) * running + momentum * batch,
+or with ``momentum=None`` the cumulative average of every batch so far (momentum 1/t at the
+t-th, counted in the buffer ``num_batches_tracked``). Evaluation uses the running statistics;
+without ``track_running_stats`` both use the batch's.
+
+batch_norm1d and batch_norm3d are this layer on other ranks: the kernels see every input as
+(N, C, L), L the product of the dimensions after the channels.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,16 +33,14 @@ class BatchNorm2d(Layer):
 
     name = "batch_norm2d"
 
-    def __init__(self, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+    def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True) -> None:
         self.eps = _number(eps, "eps")
         if not self.eps > 0:
             raise ValueError(f"eps must be positive, found {eps!r}")
-        if momentum is None:
-            raise TypeError("momentum=None (a cumulative average) is not supported; give a number in [0, 1]")
-        self.momentum = _number(momentum, "momentum")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], found {momentum!r}")
+        self.momentum = None if momentum is None else _number(momentum, "momentum")
+        if self.momentum is not None and not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1] or None (a cumulative average), found {momentum!r}")
         for what, flag in (("affine", affine), ("track_running_stats", track_running_stats)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{what} must be True or False, found {flag!r}")
@@ -68,41 +72,49 @@ class BatchNorm2d(Layer):
         if not self.track_running_stats:
             return {}
         C = input_shapes[0][0]
-        return {"running_mean": np.zeros(C, np.float32), "running_var": np.ones(C, np.float32)}
+        buffers = {"running_mean": np.zeros(C, np.float32), "running_var": np.ones(C, np.float32)}
+        if self.momentum is None:
+            # A float of the model's dtype, like every buffer: exact up to 2**24 batches in float32.
+            buffers["num_batches_tracked"] = np.zeros(1, np.float32)
+        return buffers
 
     def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
-        C, H, W = output_shape
-        return 4 * C * H * W
+        return 4 * math.prod(output_shape)
 
     def _plan(self, x_shape: Shape, dtype: Any) -> tuple[Any, float]:
         # Asked once per input signature (ctx.plan): eps typed like the data (a Python float
         # would make the CUDA kernels compute in float64), and the running variance's
         # unbiasing factor M / (M - 1) over the M values per channel.
-        N, C, H, W = x_shape
-        M = N * H * W
+        M = x_shape[0] * math.prod(x_shape[2:])
         return dtype.type(self.eps), M / max(M - 1, 1)
 
     def forward(self, ctx: Ctx, x: Any) -> Any:
         kernels = ctx.kernels
-        N, C, H, W = x.shape
-        M = N * H * W
+        N, C = x.shape[0], x.shape[1]
+        L = math.prod(x.shape[2:])
+        M = N * L
         eps, unbias = ctx.plan(x.shape, lambda: self._plan(x.shape, x.dtype))
-        x3 = x.reshape(N, C, H * W)
+        x3 = x.reshape(N, C, L)
         y = ctx.empty_like(x)
         batch_stats = ctx.training or not self.track_running_stats
         if batch_stats:
             if M == 1:
-                raise ValueError(f"batch_norm2d node '{ctx.name}': expected more than 1 value per channel "
+                raise ValueError(f"{self.name} node '{ctx.name}': expected more than 1 value per channel "
                                  f"for batch statistics, found input {tuple(x.shape)}; use a larger batch")
             mean, var = ctx.empty((C,)), ctx.empty((C,))
-            kernels.batch_norm2d_stats(x3, mean, var)
+            kernels.batch_norm2d_stats(x3, mean, var, y.reshape(N, C, L))  # y: scratch until written
             if ctx.training and self.track_running_stats:
-                kernels.batch_norm2d_update_running(mean, var, self.momentum, unbias,
-                                                    ctx.buffers["running_mean"], ctx.buffers["running_var"])
+                running = ctx.buffers["running_mean"], ctx.buffers["running_var"]
+                if self.momentum is None:
+                    # The count stays on the node's device: reading it back would synchronise.
+                    kernels.batch_norm2d_update_cumulative(mean, var, x.dtype.type(unbias),
+                                                           ctx.buffers["num_batches_tracked"], *running)
+                else:
+                    kernels.batch_norm2d_update_running(mean, var, self.momentum, unbias, *running)
         else:
             mean, var = ctx.buffers["running_mean"], ctx.buffers["running_var"]
         w, b = self._affine(ctx, ctx.params)
-        kernels.batch_norm2d_forward(x3, mean, var, w, b, eps, y.reshape(N, C, H * W))
+        kernels.batch_norm2d_forward(x3, mean, var, w, b, eps, y.reshape(N, C, L))
         ctx.save(x3, mean, var, batch_stats)
         return y
 

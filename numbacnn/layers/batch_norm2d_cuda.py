@@ -16,8 +16,8 @@ from numba import cuda, float64
 from .._jit import cuda_device, cuda_kernel
 from ..device import is_simulator
 
-__all__ = ["batch_norm2d_stats", "batch_norm2d_update_running", "batch_norm2d_forward",
-           "batch_norm2d_backward_weight", "batch_norm2d_backward_input"]
+__all__ = ["batch_norm2d_stats", "batch_norm2d_update_running", "batch_norm2d_update_cumulative",
+           "batch_norm2d_forward", "batch_norm2d_backward_weight", "batch_norm2d_backward_input"]
 
 THREADS = 256
 # Threads of one per-channel reduction block: a power of two (the tree halves it). The
@@ -67,7 +67,8 @@ def _batch_norm2d_stats_kernel(x, mean, var):
         var[c] = v
 
 
-def batch_norm2d_stats(x, mean, var):
+def batch_norm2d_stats(x, mean, var, scratch):
+    # scratch serves the CPU kernels' (N, C) path; a GPU block needs no copy.
     _batch_norm2d_stats_kernel[x.shape[1], REDUCE](x, mean, var)
 
 
@@ -82,6 +83,24 @@ def _batch_norm2d_update_running_kernel(mean, var, momentum, unbias, running_mea
 def batch_norm2d_update_running(mean, var, momentum, unbias, running_mean, running_var):
     _batch_norm2d_update_running_kernel[(mean.size + THREADS - 1) // THREADS, THREADS](
         mean, var, momentum, unbias, running_mean, running_var)
+
+
+@cuda_kernel
+def _batch_norm2d_update_cumulative_kernel(mean, var, unbias, count, running_mean, running_var):
+    # One block: every thread reads the count before the barrier, one thread bumps it after.
+    t = cuda.threadIdx.x
+    one = running_mean.dtype.type(1)
+    factor = one / (count[0] + one)
+    for c in range(t, mean.size, THREADS):
+        running_mean[c] = (one - factor) * running_mean[c] + factor * mean[c]
+        running_var[c] = (one - factor) * running_var[c] + factor * unbias * var[c]
+    cuda.syncthreads()
+    if t == 0:
+        count[0] += one
+
+
+def batch_norm2d_update_cumulative(mean, var, unbias, count, running_mean, running_var):
+    _batch_norm2d_update_cumulative_kernel[1, THREADS](mean, var, unbias, count, running_mean, running_var)
 
 
 @cuda_kernel

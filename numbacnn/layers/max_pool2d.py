@@ -1,26 +1,18 @@
 """max_pool2d: the largest value of each (dilated) window, as torch.nn.MaxPool2d computes it;
-its window geometry is _conv_geometry's, shared with conv2d and avg_pool2d."""
+written once for every rank in _pool.py, on max_pool3d's kernels with a depth of 1."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..layer import Ctx, Layer, Shape
-from ._conv_geometry import Pair, flag, pair, pool_output_shape, pool_padding
+from ._pool import MaxPoolNd
 
 
-class MaxPool2d(Layer):
+class MaxPool2d(MaxPoolNd):
     """Max pooling over (dilated) windows. (C, H, W) -> (C, P, Q)."""
 
     name = "max_pool2d"
-
-    def __init__(self, kernel_size: int | Pair, stride: int | Pair | None = None, padding: int | Pair = 0,
-                 dilation: int | Pair = 1, ceil_mode: bool = False) -> None:
-        self.kernel = pair(kernel_size, "kernel_size")
-        self.stride = self.kernel if stride is None else pair(stride, "stride")
-        self.padding = pool_padding(pair(padding, "padding", minimum=0), self.kernel)
-        self.dilation = pair(dilation, "dilation")
-        self.ceil_mode = flag(ceil_mode, "ceil_mode")
+    dims = 2
 
     @classmethod
     def examples(cls) -> list[dict[str, Any]]:
@@ -32,37 +24,3 @@ class MaxPool2d(Layer):
             {"config": {"kernel_size": 3, "stride": 2, "dilation": (1, 2), "ceil_mode": True},
              "input_shapes": [(2, 2, 6, 7)]},
         ]
-
-    def _window(self) -> Pair:
-        return (self.dilation[0] * (self.kernel[0] - 1) + 1, self.dilation[1] * (self.kernel[1] - 1) + 1)
-
-    def output_shape(self, x_shape: Shape) -> Shape:
-        return pool_output_shape(x_shape, self._window(), self.stride, self.padding, self.ceil_mode)
-
-    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
-        C, P, Q = output_shape
-        return C * P * Q * self.kernel[0] * self.kernel[1]
-
-    def _geometry(self) -> tuple[int, ...]:
-        return (*self.kernel, *self.stride, *self.padding, *self.dilation)
-
-    def _plan(self, x_shape: Shape) -> tuple[Shape, tuple[int, ...]]:
-        # The output shape and the kernels' geometry: asked once per input signature (ctx.plan).
-        return (x_shape[0], *self.output_shape(tuple(x_shape[1:]))), self._geometry()
-
-    def forward(self, ctx: Ctx, x: Any) -> Any:
-        out, geo = ctx.plan(x.shape, lambda: self._plan(x.shape))
-        y = ctx.empty(out)
-        # Each output keeps the flat in-plane index of its maximum, for backward's routing.
-        index = ctx.empty(out, "int32")
-        ctx.kernels.max_pool2d_forward(x, geo, y, index)
-        ctx.save(index, x.shape)
-        return y
-
-    def backward(self, ctx: Ctx, gy: Any) -> Any:
-        if not ctx.needs_input_grad[0]:
-            return None
-        index, x_shape = ctx.saved
-        gx = ctx.empty(x_shape)
-        ctx.kernels.max_pool2d_backward_input(gy, index, ctx.plan(x_shape, lambda: self._plan(x_shape))[1], gx)
-        return gx

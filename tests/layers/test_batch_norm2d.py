@@ -98,6 +98,27 @@ def test_batch_norm2d_running_stats_update():
     np.testing.assert_allclose(model.buffers["bn.running_var"], var, rtol=1e-12)
 
 
+def test_batch_norm2d_momentum_none_is_the_cumulative_average():
+    # PyTorch's momentum=None: the t-th batch moves the running statistics by 1/t, so they are
+    # the plain mean of every batch's statistics so far (the variances unbiased).
+    rng = np.random.default_rng(6)
+    model = _model(BatchNorm2d(momentum=None), (4, 3, 3, 2), "float64")
+    assert model.buffers["bn.num_batches_tracked"].tolist() == [0.0]
+    means, variances = [], []
+    for step in range(4):
+        x = rng.standard_normal((4, 3, 3, 2)) * (step + 1) + step
+        model.forward(x, training=True)
+        m, v = batch_stats_ref(x)
+        means.append(m)
+        variances.append(v * 24 / 23)
+        np.testing.assert_allclose(model.buffers["bn.running_mean"], np.mean(means, axis=0), rtol=1e-12)
+        np.testing.assert_allclose(model.buffers["bn.running_var"], np.mean(variances, axis=0), rtol=1e-12)
+        assert model.buffers["bn.num_batches_tracked"].tolist() == [step + 1.0]
+    model.forward(x, training=False)  # evaluation neither moves nor counts
+    assert model.buffers["bn.num_batches_tracked"].tolist() == [4.0]
+    np.testing.assert_allclose(model.buffers["bn.running_mean"], np.mean(means, axis=0), rtol=1e-12)
+
+
 def _torch_step(torch, bn, x, gy):
     tx = torch.tensor(x, requires_grad=True)
     ty = bn(tx)
@@ -108,7 +129,7 @@ def _torch_step(torch, bn, x, gy):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(eps=1e-3, momentum=0.3), dict(affine=False),
-                                dict(track_running_stats=False)])
+                                dict(track_running_stats=False), dict(momentum=None)])
 def test_batch_norm2d_matches_torch(kw):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)
@@ -135,6 +156,8 @@ def test_batch_norm2d_matches_torch(kw):
         if tbn.track_running_stats:
             np.testing.assert_allclose(model.buffers["bn.running_mean"], tbn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(model.buffers["bn.running_var"], tbn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+            if tbn.momentum is None:
+                assert model.buffers["bn.num_batches_tracked"][0] == tbn.num_batches_tracked.item()
         else:
             assert model.buffers == {}
 
@@ -185,8 +208,8 @@ def test_batch_norm2d_parameters_buffers_and_flops():
 @pytest.mark.parametrize("kw, exc, text", [
     (dict(eps=0.0), ValueError, "eps must be positive"),
     (dict(eps="small"), TypeError, "eps must be a number"),
-    (dict(momentum=1.5), ValueError, r"momentum must be in \[0, 1\]"),
-    (dict(momentum=None), TypeError, "momentum=None"),
+    (dict(momentum=1.5), ValueError, r"momentum must be in \[0, 1\] or None"),
+    (dict(momentum="fast"), TypeError, "momentum must be a number"),
     (dict(affine=1), TypeError, "affine must be True or False"),
     (dict(track_running_stats="yes"), TypeError, "track_running_stats must be True or False"),
 ])
@@ -226,13 +249,14 @@ def test_batch_norm2d_cuda_without_affine():
 
 
 @pytest.mark.cuda
-def test_batch_norm2d_cuda_running_stats_match_cpu():
+@pytest.mark.parametrize("momentum", [0.2, None])
+def test_batch_norm2d_cuda_running_stats_match_cpu(momentum):
     # 2 x 15 x 15 = 450 values per channel: more than one block's threads, so the strided
     # per-thread sums and the shared-memory tree both run.
     rng = np.random.default_rng(13)
     shape = (2, 2, 15, 15)
-    cpu = _model(BatchNorm2d(momentum=0.2), shape)
-    gpu = _model(BatchNorm2d(momentum=0.2), shape, device="cuda")
+    cpu = _model(BatchNorm2d(momentum=momentum), shape)
+    gpu = _model(BatchNorm2d(momentum=momentum), shape, device="cuda")
     for _ in range(3):
         x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
         gy = rng.standard_normal(shape).astype(np.float32)

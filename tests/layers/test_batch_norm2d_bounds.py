@@ -28,7 +28,8 @@ def bn_ref(x, gy, w, b, mean, var, eps, batch_stats):
 
 def _cases(count, seed):
     rng = np.random.default_rng(seed)
-    out = [(dict(), (1, 2, 1, 3), True), (dict(affine=False), (2, 1, 1, 1), True), (dict(), (1, 1, 1, 1), False)]
+    out = [(dict(), (1, 2, 1, 3), True), (dict(affine=False), (2, 1, 1, 1), True), (dict(), (1, 1, 1, 1), False),
+           (dict(momentum=None), (2, 3, 2, 3), True), (dict(momentum=None, affine=False), (1, 2, 3, 1), False)]
     while len(out) < count:
         kw = dict(affine=bool(rng.random() < 0.7), track_running_stats=bool(rng.random() < 0.8),
                   momentum=float(rng.choice([0.1, 0.5])))
@@ -66,8 +67,10 @@ def test_batch_norm2d_random_sizes_fenced(kw, shape, training):
         np.testing.assert_allclose(run.grads["bias"], gb, rtol=1e-10, atol=1e-10)
     if training and layer.track_running_stats:
         M = shape[0] * shape[2] * shape[3]
-        m = layer.momentum
+        m = 1.0 if layer.momentum is None else layer.momentum  # None: the first batch counts in full
         np.testing.assert_allclose(run.buffers["running_mean"], m * mean, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(run.buffers["running_var"], 1 - m + m * var * M / (M - 1), rtol=1e-10, atol=1e-10)
+        if layer.momentum is None:
+            assert run.buffers["num_batches_tracked"].tolist() == [1.0]
     if not training or batch_stats:
         np.testing.assert_array_equal(run_fenced(layer, [x], None, params, training=training).y, run.y)

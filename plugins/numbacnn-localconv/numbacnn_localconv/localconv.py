@@ -12,11 +12,14 @@ parameters depend on the input size, which is fixed when the model is built.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from numbacnn import Ctx, Layer, ShapeError
+
+if TYPE_CHECKING:
+    from numbacnn.onnx import ExportCtx, ImportCtx
 
 Shape = tuple[int, ...]
 Pair = tuple[int, int]
@@ -36,6 +39,7 @@ class LocalConv(Layer):
     """Locally connected 2D layer. (C, H, W) -> (K, P, Q); weight (P, Q, K, C, R, S), bias (K, P, Q)."""
 
     name = "localconv"
+    onnx_ops = (("ai.numbacnn", "LocalConv"),)
 
     def __init__(self, out_channels: int, kernel_size: int | Pair, stride: int | Pair = 1,
                  padding: int | Pair | tuple[int, int, int, int] | str = 0, bias: bool = True) -> None:
@@ -121,6 +125,59 @@ class LocalConv(Layer):
         gx = ctx.empty(x.shape)
         ctx.kernels.localconv_backward_input(gy, w, gx, *self._geometry())
         return gx
+
+    # ONNX: the function ai.numbacnn.LocalConv(X, W, B; strides, pads, bias) of standard
+    # operators: a Conv with a one-hot kernel gathers every window's C*R*S taps into channels
+    # (an im2col), and an Einsum applies each position's own weights. pads are ONNX's
+    # [top, left, bottom, right]; bias=0 marks a layer without one (B is zeros then).
+    def onnx_export(self, ctx: ExportCtx) -> None:
+        h = ctx.helper
+
+        def ints(name: str, values: list[int]) -> Any:
+            return h.make_node("Constant", [], [name], value=h.make_tensor(name, 7, [len(values)], values))
+
+        conv = h.make_node("Conv", ["X", "E"], ["cols"])
+        for attr in ("strides", "pads"):
+            ref = h.make_attribute_ref(attr, 7)  # AttributeProto.INTS
+            conv.attribute.append(ref)
+        body = [
+            ints("c0", [0]), ints("c3", [3]), ints("c6", [6]),
+            h.make_node("Shape", ["W"], ["sw"]),
+            h.make_node("Slice", ["sw", "c3", "c6"], ["crs"]),
+            h.make_node("ReduceProd", ["crs"], ["n"], keepdims=1),
+            h.make_node("Concat", ["n", "n"], ["square"], axis=0),
+            h.make_node("ConstantOfShape", ["square"], ["zeros"]),
+            h.make_node("EyeLike", ["zeros"], ["eye"]),
+            h.make_node("Concat", ["n", "crs"], ["eshape"], axis=0),
+            h.make_node("Reshape", ["eye", "eshape"], ["e1"]),
+            h.make_node("Cast", ["e1"], ["E"], to=ctx.elem_type),
+            conv,
+            h.make_node("Slice", ["sw", "c0", "c3"], ["pqk"]),
+            h.make_node("Concat", ["pqk", "n"], ["wshape"], axis=0),
+            h.make_node("Reshape", ["W", "wshape"], ["wr"]),
+            h.make_node("Einsum", ["cols", "wr"], ["y"], equation="njpq,pqkj->nkpq"),
+            h.make_node("Add", ["y", "B"], ["Y"]),
+        ]
+        ctx.function(h.make_function("ai.numbacnn", "LocalConv", ["X", "W", "B"], ["Y"], body,
+                                     [h.make_opsetid("", ctx.opset)], attributes=["strides", "pads", "bias"]))
+        P, Q, K = ctx.output_shape[1], ctx.output_shape[2], self.out_channels
+        b = ctx.param("bias") if self.bias else ctx.constant(np.zeros((K, P, Q)), "no_bias")
+        top, bottom, left, right = self.pads
+        ctx.add("LocalConv", [ctx.inputs[0], ctx.param("weight"), b], domain="ai.numbacnn", last=True,
+                strides=list(self.stride), pads=[top, left, bottom, right], bias=int(self.bias))
+
+    @classmethod
+    def onnx_import(cls, ctx: ImportCtx) -> None:
+        ctx.expect_attrs(["bias", "pads", "strides"])
+        x = ctx.value(0)
+        w = ctx.const(1, what="W")
+        if w.ndim != 6:
+            raise ctx.fail(f"W has shape {w.shape}; localconv's weight is (P, Q, K, C, R, S)")
+        top, left, bottom, right = ctx.attr("pads", [0, 0, 0, 0])
+        bias = bool(ctx.attr("bias", 1))
+        params = {"weight": w, "bias": ctx.const(2, what="B")} if bias else {"weight": w}
+        ctx.layer("localconv", [x], params=params, out_channels=int(w.shape[2]), kernel_size=tuple(w.shape[4:]),
+                  stride=tuple(ctx.attr("strides", [1, 1])), padding=(top, bottom, left, right), bias=bias)
 
 
 def _pair(items: tuple[int, ...]) -> Pair:

@@ -11,11 +11,14 @@ records.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from numbacnn import Ctx, Layer, ShapeError
+
+if TYPE_CHECKING:
+    from numbacnn.onnx import ExportCtx, ImportCtx
 
 Shape = tuple[int, ...]
 
@@ -24,6 +27,7 @@ class SPP(Layer):
     """Spatial pyramid (max) pooling over l x l grids per level. (C, H, W) -> (C * sum(l * l),)."""
 
     name = "spp"
+    onnx_ops = (("ai.numbacnn", "SPP"),)
 
     def __init__(self, levels: Sequence[int] = (1, 2, 4)) -> None:
         if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
@@ -66,3 +70,50 @@ class SPP(Layer):
         gx = ctx.empty(x.shape)
         ctx.kernels.spp_backward_input(gy, idx, self.levels, gx)
         return gx
+
+    # ONNX: the function ai.numbacnn.SPP(X; levels) of standard operators, one body per levels
+    # (its overload "levels_1_2_4"), any input size. Per level l and axis, a (l, size) mask
+    # marks each bin's rows; Where puts -inf outside the bin and ReduceMax takes the bin's
+    # maximum, rows first, then columns.
+    def onnx_export(self, ctx: ExportCtx) -> None:
+        h, nodes = ctx.helper, []
+
+        def node(op: str, ins: list[str], **attrs: Any) -> str:
+            nodes.append(h.make_node(op, ins, [f"t{len(nodes)}"], **attrs))
+            return nodes[-1].output[0]
+
+        def ints(values: list[int], dims: list[int] | None = None) -> str:
+            return node("Constant", [], value=h.make_tensor("v", 7, [len(values)] if dims is None else dims, values))
+
+        def reduce_max(x: str, axis: int) -> str:
+            if ctx.opset >= 18:
+                return node("ReduceMax", [x, ints([axis])], keepdims=0)
+            return node("ReduceMax", [x], axes=[axis], keepdims=0)
+
+        def bins(level: int, size: str) -> str:  # (level, size): bin i holds floor(i*n/l) .. ceil((i+1)*n/l)
+            i, n = ints(list(range(level))), ints([level])
+            start = node("Div", [node("Mul", [i, size]), n])
+            end = node("Div", [node("Add", [node("Mul", [node("Add", [i, ints([1])]), size]), ints([level - 1])]), n])
+            pos = node("Unsqueeze", [node("Range", [ints([0], []), node("Squeeze", [size]), ints([1], [])]), ints([0])])
+            return node("And", [node("GreaterOrEqual", [pos, node("Unsqueeze", [start, ints([1])])]),
+                                node("Less", [pos, node("Unsqueeze", [end, ints([1])])])])
+
+        shape = node("Shape", ["X"])
+        height, width = (node("Slice", [shape, ints([a]), ints([a + 1])]) for a in (2, 3))
+        neg = node("Cast", [node("Constant", [], value_float=float("-inf"))], to=ctx.elem_type)
+        outs = []
+        for level in self.levels:
+            rows = node("Where", [node("Unsqueeze", [bins(level, height), ints([2])]),
+                                  node("Unsqueeze", ["X", ints([2])]), neg])             # (N, C, l, H, W)
+            cols = node("Where", [bins(level, width), node("Unsqueeze", [reduce_max(rows, 3), ints([3])]), neg])
+            outs.append(node("Flatten", [reduce_max(cols, 4)], axis=1))                  # (N, C * l * l)
+        nodes.append(h.make_node("Concat", outs, ["Y"], axis=1))
+        overload = "levels_" + "_".join(map(str, self.levels))
+        ctx.function(h.make_function("ai.numbacnn", "SPP", ["X"], ["Y"], nodes, [h.make_opsetid("", ctx.opset)],
+                                     attributes=["levels"], overload=overload))
+        ctx.add("SPP", ctx.inputs, domain="ai.numbacnn", overload=overload, last=True, levels=list(self.levels))
+
+    @classmethod
+    def onnx_import(cls, ctx: ImportCtx) -> None:
+        ctx.expect_attrs(["levels"])
+        ctx.layer("spp", [ctx.value(0)], levels=tuple(int(v) for v in ctx.attr("levels", (1, 2, 4))))

@@ -7,11 +7,14 @@ s = sigmoid(beta * x). beta = 1 is SiLU; a large beta tends to ReLU.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from numbacnn import Ctx, Layer
+
+if TYPE_CHECKING:
+    from numbacnn.onnx import ExportCtx, ImportCtx
 
 Shape = tuple[int, ...]
 
@@ -20,6 +23,7 @@ class Swish(Layer):
     """Swish, y = x * sigmoid(beta * x), beta learnable of shape (1,). Any shape -> same shape."""
 
     name = "swish"
+    onnx_ops = (("ai.numbacnn", "Swish"),)
 
     def __init__(self, beta: float = 1.0) -> None:
         if isinstance(beta, bool) or not isinstance(beta, (int, float)):
@@ -59,3 +63,22 @@ class Swish(Layer):
         gx = ctx.empty_like(x)
         ctx.kernels.swish_backward_input(x.reshape(x.size), beta, gy.reshape(gy.size), gx.reshape(gx.size))
         return gx
+
+    # ONNX: the function ai.numbacnn.Swish(X, beta) = X * Sigmoid(beta * X), so any runtime
+    # runs it from its standard operators, and numbacnn reads it back as this layer.
+    def onnx_export(self, ctx: ExportCtx) -> None:
+        h = ctx.helper
+        body = [h.make_node("Mul", ["beta", "X"], ["bx"]), h.make_node("Sigmoid", ["bx"], ["s"]),
+                h.make_node("Mul", ["X", "s"], ["Y"])]
+        ctx.function(h.make_function("ai.numbacnn", "Swish", ["X", "beta"], ["Y"], body,
+                                     [h.make_opsetid("", ctx.opset)]))
+        ctx.add("Swish", [ctx.inputs[0], ctx.param("beta")], domain="ai.numbacnn", last=True)
+
+    @classmethod
+    def onnx_import(cls, ctx: ImportCtx) -> None:
+        ctx.expect_attrs([])
+        x = ctx.value(0, exact=False)
+        beta = np.asarray(ctx.const(1, what="beta"), np.float64).reshape(-1)
+        if beta.size != 1:
+            raise ctx.fail(f"beta has {beta.size} values; swish's beta is one number")
+        ctx.layer("swish", [x], params={"beta": beta}, onnx_shape=x.onnx_shape, beta=float(beta[0]))

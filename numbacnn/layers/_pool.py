@@ -1,0 +1,141 @@
+"""The window poolings of every rank, written once: max_pool1d/2d/3d and avg_pool1d/2d/3d are a
+rank and PyTorch's hyper-parameters over one pair of kernel sets, max_pool3d's and
+avg_pool3d's, which take (N, C, D, H, W). A 2-D input runs as (N, C, 1, H, W), a 1-D one as
+(N, C, 1, 1, L), with a window of 1 (stride 1, no padding) along the added axes, so every rank
+shares the kernels and the geometry of _conv_geometry.
+
+A subclass names itself, its rank (``dims``) and its examples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..layer import Ctx, Layer, Shape
+from ._conv_geometry import flag, ntuple, pool_output_shape, pool_padding
+
+Size = int | tuple[int, ...]
+_INDEX = np.dtype(np.int32)
+
+
+def volume(a: Any, dims: int) -> Any:
+    """``a`` (N, C, *sizes) viewed as (N, C, D, H, W), ones in front of a shorter ``sizes``."""
+    return a.reshape((*a.shape[:2], *(1,) * (3 - dims), *a.shape[2:]))
+
+
+class WindowPool(Layer):
+    """What max and average pooling share: the window, stride and padding of ``dims`` axes."""
+
+    dims: ClassVar[int] = 2
+
+    def _window_args(self, kernel_size: Size, stride: Size | None, padding: Size, ceil_mode: bool) -> None:
+        n = self.dims
+        self.kernel = ntuple(kernel_size, "kernel_size", n)
+        self.stride = self.kernel if stride is None else ntuple(stride, "stride", n)
+        self.padding = pool_padding(ntuple(padding, "padding", n, minimum=0), self.kernel)
+        self.ceil_mode = flag(ceil_mode, "ceil_mode")
+
+    def _extent(self) -> tuple[int, ...]:
+        """The window's span along each axis (dilated, for max pooling)."""
+        return self.kernel
+
+    def output_shape(self, x_shape: Shape) -> Shape:
+        return pool_output_shape(x_shape, self._extent(), self.stride, self.padding, self.ceil_mode)
+
+    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
+        return math.prod(output_shape) * math.prod(self.kernel)
+
+    def _three(self, sizes: tuple[int, ...], fill: int) -> tuple[int, ...]:
+        return (fill,) * (3 - self.dims) + sizes
+
+    def _geometry(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _plan(self, ctx: Ctx, x_shape: Shape) -> tuple[Shape, tuple[int, ...]]:
+        # The output shape and the kernels' geometry, worked out once per input signature.
+        return ctx.plan(x_shape, lambda: ((x_shape[0], *self.output_shape(tuple(x_shape[1:]))),
+                                          self._geometry()))
+
+
+class MaxPoolNd(WindowPool):
+    """The largest value of each (dilated) window, as torch.nn.MaxPool1d/2d/3d compute it."""
+
+    kernels = "numbacnn.layers.max_pool3d"
+
+    def __init__(self, kernel_size: Size, stride: Size | None = None, padding: Size = 0, dilation: Size = 1,
+                 ceil_mode: bool = False) -> None:
+        self._window_args(kernel_size, stride, padding, ceil_mode)
+        self.dilation = ntuple(dilation, "dilation", self.dims)
+
+    def _extent(self) -> tuple[int, ...]:
+        return tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
+
+    def _geometry(self) -> tuple[int, ...]:
+        return (*self._three(self.kernel, 1), *self._three(self.stride, 1), *self._three(self.padding, 0),
+                *self._three(self.dilation, 1))
+
+    def forward(self, ctx: Ctx, x: Any) -> Any:
+        out, geo = self._plan(ctx, x.shape)
+        y = ctx.empty(out)
+        # Each output keeps the flat in-volume index of its maximum, for backward's routing.
+        index = ctx.empty(out, _INDEX)
+        ctx.kernels.max_pool3d_forward(volume(x, self.dims), geo, volume(y, self.dims),
+                                       volume(index, self.dims))
+        ctx.save(index, tuple(x.shape))
+        return y
+
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
+        if not ctx.needs_input_grad[0]:
+            return None
+        index, x_shape = ctx.saved
+        gx = ctx.empty(x_shape)
+        ctx.kernels.max_pool3d_backward_input(volume(gy, self.dims), volume(index, self.dims),
+                                              self._plan(ctx, x_shape)[1],
+                                              volume(gx, self.dims))
+        return gx
+
+
+class AvgPoolNd(WindowPool):
+    """The mean of each window, as torch.nn.AvgPool1d/2d/3d compute it.
+
+    Divisor rules (PyTorch's): ``divisor_override`` when given; else with ``count_include_pad``
+    the window clipped to the padded input (a ceil-mode window running past the far padding
+    counts only up to it), else the window clipped to the input.
+    """
+
+    kernels = "numbacnn.layers.avg_pool3d"
+
+    def __init__(self, kernel_size: Size, stride: Size | None = None, padding: Size = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:
+        self._window_args(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = flag(count_include_pad, "count_include_pad")
+        if divisor_override is not None:
+            if not isinstance(divisor_override, int) or isinstance(divisor_override, bool):
+                raise TypeError(f"divisor_override must be None or an int, found {divisor_override!r}")
+            if divisor_override <= 0:
+                raise ValueError(f"divisor_override must be positive, found {divisor_override}")
+        self.divisor_override = divisor_override
+
+    def _geometry(self) -> tuple[int, ...]:
+        # divisor 0 stands for "no override": kernels take no None.
+        return (*self._three(self.kernel, 1), *self._three(self.stride, 1), *self._three(self.padding, 0),
+                int(self.count_include_pad), self.divisor_override or 0)
+
+    def forward(self, ctx: Ctx, x: Any) -> Any:
+        out, geo = self._plan(ctx, x.shape)
+        y = ctx.empty(out)
+        ctx.kernels.avg_pool3d_forward(volume(x, self.dims), geo, volume(y, self.dims))
+        ctx.save(tuple(x.shape))
+        return y
+
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
+        if not ctx.needs_input_grad[0]:
+            return None
+        (x_shape,) = ctx.saved
+        gx = ctx.empty(x_shape)
+        ctx.kernels.avg_pool3d_backward_input(volume(gy, self.dims), self._plan(ctx, x_shape)[1],
+                                              volume(gx, self.dims))
+        return gx
