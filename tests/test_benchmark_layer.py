@@ -50,6 +50,7 @@ class TtScale(nc.Layer):
 
     def __init__(self, scale: float = 2.0) -> None:
         self.scale = scale
+        self.modes: list[tuple[bool, bool]] = []  # (training, backward expected) of each forward
 
     def output_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
         return x_shape
@@ -61,6 +62,7 @@ class TtScale(nc.Layer):
         return int(np.prod(output_shape))
 
     def forward_cpu(self, ctx: nc.Ctx, x: Any) -> Any:
+        self.modes.append((ctx.training, ctx.backward_expected))
         y = ctx.empty_like(x)
         _tt_scale_forward(x.reshape(x.size), ctx.params["a"], y.reshape(y.size))
         ctx.save(x)
@@ -161,6 +163,30 @@ def test_forward_times_the_forward_alone_and_forward_backward_both():
     y, gx = bench.results[-1]
     np.testing.assert_array_equal(y, 2 * x)
     assert gx.shape == x.shape and np.abs(gx).max() > 0  # 2 * gy, gy drawn at random
+
+
+@pytest.mark.parametrize("mode, training, seen", [
+    ("forward", None, (False, False)),
+    ("forward", True, (True, False)),
+    ("forward_backward", None, (True, True)),
+    ("forward_backward", False, (False, True)),
+])
+def test_training_mode_follows_the_mode_unless_given(mode, training, seen):
+    layer = TtScale()
+    time_layer(Recorder(), layer, [(2, 3)], mode=mode, training=training)
+    assert layer.modes == [seen] * (2 + 3)  # two runs before the timer, three timed
+
+
+def test_a_layer_of_several_inputs_has_a_gradient_checked_for_each():
+    row = time_layer(Recorder(), nc.get_layer("add")(), [(2, 5), (2, 5)], mode="forward_backward",
+                     reference=lambda a, b: a + b, reference_backward=lambda gy, a, b: (gy, gy))
+    assert row["checked"] == ["y", "gx0", "gx1"] and row["group"] == "add forward+backward cpu 2x5 2x5"
+    with pytest.raises(LayerCheckError, match=r"reference_backward returned 1 input gradient\(s\) for 2 input"):
+        time_layer(Recorder(), nc.get_layer("add")(), [(2, 5), (2, 5)], mode="forward_backward",
+                   reference=lambda a, b: a + b, reference_backward=lambda gy, a, b: gy)
+    with pytest.raises(LayerCheckError, match=r"\[reference agrees\] gx1:"):
+        time_layer(Recorder(), nc.get_layer("add")(), [(2, 5), (2, 5)], mode="forward_backward",
+                   reference=lambda a, b: a + b, reference_backward=lambda gy, a, b: (gy, -gy))
 
 
 def test_the_reference_peer_times_the_reference_on_the_same_inputs():
