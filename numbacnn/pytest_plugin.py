@@ -7,8 +7,9 @@ Loaded by pytest wherever numbacnn is installed, so a plugin's own tests need no
   ``cuda`` (select with ``-m cuda``, leave out with ``-m "not cuda"``) and skipped unless a
   GPU or the simulator (``NUMBA_ENABLE_CUDASIM=1``) is available;
 - fixture ``benchmark_layer``: ``numbacnn.testing.benchmark_layer`` with the test's
-  pytest-benchmark ``benchmark`` fixture filled in; a test that asks for it is skipped, saying
-  why, where pytest-benchmark is not installed (or is disabled with ``-p no:benchmark``).
+  pytest-benchmark ``benchmark`` fixture filled in; a test that asks for it is a benchmark to
+  pytest-benchmark's switches (``--benchmark-skip``, ``--benchmark-only``, ...), and is
+  skipped, saying why, where pytest-benchmark is not installed (or ``-p no:benchmark``).
 
 It touches no test that does not ask for its fixtures.
 """
@@ -21,6 +22,7 @@ from typing import Any, Callable
 import pytest
 
 CUDA_FIXTURE = "numbacnn_cuda"
+BENCHMARK_FIXTURE = "benchmark_layer"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,9 +32,17 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Before -m deselects: a test using the CUDA fixture counts as a cuda test.
+    timing = config.pluginmanager.hasplugin("benchmark")
     for item in items:
-        if CUDA_FIXTURE in getattr(item, "fixturenames", ()) and item.get_closest_marker("cuda") is None:
+        names = getattr(item, "fixturenames", ())
+        if CUDA_FIXTURE in names and item.get_closest_marker("cuda") is None:
             item.add_marker(pytest.mark.cuda)
+        if timing and BENCHMARK_FIXTURE in names and "benchmark" not in names:
+            # A test using benchmark_layer uses pytest-benchmark's fixture: said before
+            # pytest-benchmark sorts the tests, --benchmark-skip skips it before anything
+            # compiles and --benchmark-only keeps it; made with the test's other fixtures, the
+            # fixture learns when the test skips (a layer not written yet) and does not warn.
+            names.append("benchmark")
 
 
 @pytest.fixture
@@ -62,25 +72,4 @@ def benchmark_layer(request: pytest.FixtureRequest) -> Callable[..., dict[str, A
                     "(or drop -p no:benchmark)")
     from numbacnn.testing import benchmark_layer as run
 
-    return functools.partial(run, _LazyBenchmark(request))
-
-
-class _LazyBenchmark:
-    """pytest-benchmark's fixture, asked for when first used: a test that stops before the
-    timer (a layer whose kernels are not written yet skips) leaves it unmade, so
-    pytest-benchmark does not warn that it went unused."""
-
-    def __init__(self, request: pytest.FixtureRequest) -> None:
-        object.__setattr__(self, "_request", request)
-
-    def _fixture(self) -> Any:
-        return self._request.getfixturevalue("benchmark")
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._fixture()(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._fixture(), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._fixture(), name, value)
+    return functools.partial(run, request.getfixturevalue("benchmark"))

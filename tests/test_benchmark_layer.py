@@ -10,6 +10,7 @@ its own, so their compilations can be counted.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -254,16 +255,44 @@ def test_the_fixture_times_with_pytest_benchmark(benchmark_layer, peer):
     assert row["group"] == "tt_scale forward+backward cpu 2x8" and row["peer"] == peer
 
 
-def test_the_fixture_skips_saying_why_without_pytest_benchmark(tmp_path):
-    (tmp_path / "test_it.py").write_text(textwrap.dedent("""
-        def test_it(benchmark_layer):
-            raise AssertionError("ran")
-    """))
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:benchmark",
+PLUGIN_TESTS = """
+import numbacnn as nc
+import pytest
+
+
+def test_timed(benchmark_layer):
+    benchmark_layer(nc.get_layer("flatten")(), [(2, 3, 4)], rounds=1)
+    print("RAN test_timed")
+
+
+def test_not_written(benchmark_layer):
+    pytest.skip("not written yet")
+
+
+def test_other():
+    print("RAN test_other")
+"""
+
+
+@pytest.mark.parametrize("option, ran, skips", [
+    # without pytest-benchmark: a clear reason
+    ("-p no:benchmark", ["test_other"], {"benchmark_layer needs pytest-benchmark: pip install pytest-benchmark": 2}),
+    ("", ["test_timed", "test_other"], {"not written yet": 1}),
+    # pytest-benchmark's own switches see the tests that use benchmark_layer as benchmarks
+    ("--benchmark-skip", ["test_other"], {"Skipping benchmark (--benchmark-skip active)": 2}),
+    ("--benchmark-only", ["test_timed"], {"not written yet": 1, "Skipping non-benchmark (--benchmark-only active)": 1}),
+])
+def test_the_fixture_under_pytest_benchmarks_switches(tmp_path, option, ran, skips):
+    (tmp_path / "test_it.py").write_text(PLUGIN_TESTS)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-s", "-rs", "-p", "no:cacheprovider", *option.split(),
                            "test_it.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert "1 skipped" in done.stdout, done.stdout + done.stderr
-    assert "benchmark_layer needs pytest-benchmark" in done.stdout
+    out = done.stdout + done.stderr
+    assert [name for name in ("test_timed", "test_other") if f"RAN {name}" in out] == ran, out
+    for reason, count in skips.items():
+        assert sum(int(n) for n, why in re.findall(r"SKIPPED \[(\d+)\] \S+ ?(.*)", out) if reason in why) == count, out
+    assert f"{sum(skips.values())} skipped" in out and "failed" not in out and "error" not in out, out
+    assert "Warning" not in out, out  # a benchmark test that skips is not one that forgot to time
 
 
 def test_the_cuda_path_synchronises_inside_the_timed_call(numbacnn_cuda, monkeypatch):
