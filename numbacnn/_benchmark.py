@@ -206,8 +206,9 @@ def _check_reference(run: _LayerRun, label: str, got: dict[str, np.ndarray], ref
         want.update(zip(names, back))
         for key, g in grads.items():
             if f"grad {key}" not in got:
+                known = ", ".join(sorted(run.params_host)) or "none"
                 raise LayerCheckError(f"benchmark_layer({label}): reference_backward returned a gradient for "
-                                      f"{key!r}; the layer's parameters are {', '.join(sorted(run.params_host)) or 'none'}")
+                                      f"{key!r}; the layer's parameters are {known}")
             want[f"grad {key}"] = g
     for what, ref in want.items():
         _agree(label, what, got[what], ref, rtol)

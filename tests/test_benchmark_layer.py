@@ -178,6 +178,12 @@ def test_training_mode_follows_the_mode_unless_given(mode, training, seen):
     assert layer.modes == [seen] * (2 + 3)  # two runs before the timer, three timed
 
 
+def test_a_parameter_gradient_the_layer_lacks_is_refused():
+    with pytest.raises(LayerCheckError, match="returned a gradient for 'b'; the layer's parameters are a"):
+        time_layer(Recorder(), TtScale(), [(3, 4)], mode="forward_backward", reference=scale_ref,
+                   reference_backward=lambda gy, x, a: (a[0] * gy, {"b": np.zeros(1)}))
+
+
 def test_a_layer_of_several_inputs_has_a_gradient_checked_for_each():
     row = time_layer(Recorder(), nc.get_layer("add")(), [(2, 5), (2, 5)], mode="forward_backward",
                      reference=lambda a, b: a + b, reference_backward=lambda gy, a, b: (gy, gy))
