@@ -219,15 +219,19 @@ def test_old_opsets_are_refused(tmp_path):
         nc.onnx.load(path)
 
 
-def test_free_input_sizes_need_an_input_shape(tmp_path):
+def test_free_input_sizes_stay_free_unless_input_shape_fixes_them(tmp_path):
+    """(test_onnx_free.py has the rest: PyTorch exports, sizes, refusals, the CLI)"""
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])])
     path = tmp_path / "free.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    with pytest.raises(nc.onnx.OnnxError, match=r"input 'x' has free sizes \(N, 3, H, W\).*input_shape=\(C, H, W\)"):
-        nc.onnx.load(path)
+    assert nc.onnx.load(path).input_shapes == [(3, None, None)]
     assert nc.onnx.load(path, input_shape=(3, 5, 6)).input_shapes == [(3, 5, 6)]
+    assert nc.onnx.load(path, input_shape=(3, 5, None)).input_shapes == [(3, 5, None)]
+    with pytest.raises(nc.onnx.OnnxError, match=r"input_shape \(3, 5\) for input 'x' has 2 sizes; the file's input "
+                                                r"has 3 per-sample sizes \(N, 3, H, W\)"):
+        nc.onnx.load(path, input_shape=(3, 5))
 
 
 def test_another_exporters_functions_are_expanded(tmp_path):

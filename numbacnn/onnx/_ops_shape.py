@@ -149,7 +149,8 @@ def identity_in(ctx: Any) -> None:
 def _linear(ctx: Any, x: Any, weight: np.ndarray, bias: np.ndarray | None) -> None:
     if len(x.onnx_shape) != 1:
         raise ctx.fail(f"its data input is {len(x.onnx_shape) + 1}-D; numbacnn's linear takes (N, features)")
-    if weight.shape[1] != x.onnx_shape[0]:
+    # With free input sizes the width may follow them: nc.Model refuses that, naming the node
+    if weight.shape[1] != x.onnx_shape[0] and not ctx.probing:
         raise ctx.fail(f"the weight expects {weight.shape[1]} input features, the input has {x.onnx_shape[0]}")
     params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
     ctx.layer("linear", [x], params=params, out_features=int(weight.shape[0]), bias=bias is not None)
