@@ -173,3 +173,15 @@ def test_the_cli_imports_a_free_size_file_without_input_shape(tmp_path, capsys):
     model = nc.Model.load(tmp_path / "m.npz")
     assert model.input_shapes == [(3, None, None)]
     agrees_at(model, tmp_path / "m.onnx", name="input")
+
+
+def test_a_node_that_fails_at_the_probe_size_says_so(tmp_path):
+    """A Reshape to a constant width works at one size only: the error says the free sizes
+    were set to 96 to import, and how to fix them."""
+    node = helper.make_node("Reshape", ["x", "flat"], ["y"], name="flat")
+    path = save(tmp_path, [node], [numpy_helper.from_array(np.array([0, 2 * 4 * 5], np.int64), "flat")])
+    with pytest.raises(nc.onnx.OnnxError, match=r"ONNX node 'flat' .*reshape of \(2, 96, 96\) to \(40,\) .*\(imported "
+                                                r"with the input's free sizes set to 96; if this node needs fixed "
+                                                r"sizes, pass input_shape=\(C, H, W\)"):
+        nc.onnx.load(path)
+    assert nc.onnx.load(path, input_shape=(2, 4, 5)).output_shape == (40,)
