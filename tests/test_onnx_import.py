@@ -287,3 +287,15 @@ def test_a_spatial_reduction_is_a_global_pooling(op, layer, tmp_path):
     node = helper.make_node(op, ["x"], ["y"], axes=[1], keepdims=0, name="r")
     with pytest.raises(nc.onnx.UnsupportedOperatorError, match="'r'.*only the spatial axes"):
         nc.onnx.load(save(tmp_path, [node], (3, 4, 5), opset=17))
+
+
+def test_the_erf_gelu_is_fused_only_when_nothing_else_reads_its_steps(tmp_path):
+    nodes = [helper.make_node("Div", ["x", "r2"], ["d"]), helper.make_node("Erf", ["d"], ["e"], name="/act/Erf"),
+             helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["y"])]
+    inits = [const("r2", 2 ** 0.5), const("one", 1.0), const("half", 0.5)]
+    model = agrees(save(tmp_path, nodes, (2, 3), inits), (2, 3))
+    assert [(n, model.graph.nodes[n].layer) for n in model.order] == [("act.Gelu", "gelu")]
+    nodes.append(helper.make_node("Relu", ["e"], ["z"]))  # the Erf's output is read twice now
+    with pytest.raises(nc.onnx.UnsupportedOperatorError, match="node 'd': operator Div .* is not supported"):
+        nc.onnx.load(save(tmp_path, nodes, (2, 3), inits, outputs=("y", "z")))

@@ -267,3 +267,14 @@ def test_imported_models_are_ordinary_models(tmp_path):
     np.testing.assert_array_equal(nc.Model.load(tmp_path / "vgg.npz").forward(x), model.forward(x))
     nc.onnx.export(model, tmp_path / "again.onnx")
     np.testing.assert_array_equal(nc.onnx.load(tmp_path / "again.onnx").forward(x), model.forward(x))
+
+
+@pytest.mark.parametrize("opset", [17, 20])
+def test_gelu_loads_from_opsets_without_gelu(opset, tmp_path):
+    """Before opset 20 PyTorch writes nn.GELU() as Div, Erf, Add, Mul, Mul: one gelu again."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Conv2d(4, 2, 1), nn.GELU()).eval()
+    path = export_torch(net, 8, tmp_path / "gelu.onnx", opset=opset)
+    model = nc.onnx.load(path)
+    assert [model.graph.nodes[n].layer for n in model.order] == ["conv2d", "gelu", "conv2d", "gelu"]
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    assert_close(model.forward(x), ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0])

@@ -17,6 +17,7 @@ from ..graph import Graph, GraphError
 from ._base import DOMAIN, MIN_IMPORT_OPSET, OnnxError, UnsupportedOperatorError
 from .._shapes import PROBES, is_free
 from ..layer import ShapeError
+from ._fuse import fuse_patterns
 from ._fold import SENTINELS, Const, fold_node, foldable, shape_of
 from ._import_ctx import ImportCtx, Value, LoadState, sanitise
 from ._import_free import FIX_SIZES, same_at_every_size
@@ -238,7 +239,7 @@ def load_model(path: str | os.PathLike, input_shape: Any = None) -> Any:
         raise OnnxError(f"{path}: opset {opset}; numbacnn reads opset {MIN_IMPORT_OPSET} and newer (convert it "
                         f"first: onnx.version_converter.convert_version(model, {MIN_IMPORT_OPSET}))")
     dtype = _model_dtype(proto)
-    proto = _inline_unknown_functions(proto, LoadState(path, proto, dtype))
+    proto = fuse_patterns(_inline_unknown_functions(proto, LoadState(path, proto, dtype)))
     declared = _declared_inputs(path, proto, dtype, input_shape)
     if not any(is_free(shape) for _, shape in declared):
         return _build(*_run(path, proto, dtype, declared, None))
