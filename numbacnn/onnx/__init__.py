@@ -11,11 +11,12 @@ checks it with ``onnx.checker.check_model(full_check=True)`` before writing.
 
 Import reads opsets 13 and newer; an input's free spatial sizes stay free (``_import_free``);
 PyTorch's erf GELU before opset 20 is fused back into one Gelu (``_fuse``). Each ONNX node
-becomes a numbacnn layer named after it (``/layer1/0/conv1/Conv`` -> ``layer1.0.conv1.Conv``); constant-valued inputs (initializers,
-``Constant`` nodes and the shape arithmetic PyTorch emits: ``Shape``, ``Gather``, ``Concat``,
-...) are folded, a ``Pad`` is folded into the convolution or pooling it feeds, ``MatMul`` + ``Add``
-of a constant becomes one ``linear``, and ``Identity`` disappears. Operators numbacnn has no
-layer for fail at load, naming the operator, the ONNX node and what is supported.
+becomes a numbacnn layer named after it (``/layer1/0/conv1/Conv`` -> ``layer1.0.conv1.Conv``);
+constant-valued inputs (initializers, ``Constant`` nodes and the shape arithmetic PyTorch
+emits: ``Shape``, ``Gather``, ``Concat``, ...) are folded, a ``Pad`` is folded into the
+convolution or pooling it feeds, ``MatMul`` + ``Add`` of a constant becomes one ``linear``, and
+``Identity`` disappears. Operators numbacnn has no layer for fail at load, naming the operator,
+the ONNX node and what is supported.
 
 Layers take part through two tables of small entries, one per layer name (export) and one
 per ONNX ``(domain, op_type)`` (import), in the ``_ops_*`` modules. A plugin layer declares
