@@ -64,6 +64,22 @@ def _apply(torch: Any, layer: str, config: dict[str, Any], xs: list[Any]) -> Any
     return out
 
 
+# A ReLU may overwrite its input, as torchvision writes nn.ReLU(inplace=True), when it is that
+# value's only reader and the producer keeps no copy of its output for backward (these keep
+# their input, or nothing). PyTorch's eager peer then runs as fast as users write it.
+_INPLACE_AFTER = ("conv2d", "batch_norm2d", "linear", "add", "concat")
+
+
+def _inplace_relus(graph: Any, order: list[str]) -> set[str]:
+    readers: dict[str, int] = {}
+    for name in order:
+        for i in graph.nodes[name].inputs:
+            readers[i] = readers.get(i, 0) + 1
+    return {name for name in order if graph.nodes[name].layer == "relu"
+            and graph.nodes[graph.nodes[name].inputs[0]].layer in _INPLACE_AFTER
+            and readers[graph.nodes[name].inputs[0]] == 1 and graph.nodes[name].inputs[0] not in graph.outputs}
+
+
 def torch_twin(model: nc.Model) -> Any:
     """A ``torch.nn.Module`` computing what ``model`` computes, with its weights (float32, CPU)."""
     import torch
@@ -79,6 +95,7 @@ def torch_twin(model: nc.Model) -> Any:
                                   f"{len(graph.inputs)} and {len(graph.outputs)}")
     steps = [(name, graph.nodes[name].layer, dict(graph.nodes[name].config), graph.nodes[name].inputs)
              for name in model.order]
+    inplace = _inplace_relus(graph, model.order)
 
     class Twin(torch.nn.Module):
         def __init__(self) -> None:
@@ -91,7 +108,9 @@ def torch_twin(model: nc.Model) -> Any:
             values = {graph.inputs[0]: x}
             for name, layer, config, inputs in steps:
                 xs = [values[i] for i in inputs]
-                if layer in _PARAMETRISED:
+                if name in inplace:
+                    values[name] = torch.relu_(xs[0])
+                elif layer in _PARAMETRISED:
                     values[name] = self.layers[_key(name)](xs[0])
                 else:
                     values[name] = _apply(torch, layer, config, xs)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import numbacnn as nc
-from _peers import SMOKE_BATCH, check_same, load_params, torch_network3, torch_train_step, train_step
+from _peers import SMOKE_BATCH, check_same, torch_train_step, train_step
+from _twin import torch_twin
 
 WORKLOAD = "1x28x28"
 
@@ -42,9 +43,7 @@ def _torch(model: nc.Model, device: str) -> tuple[Any, Any]:
     torch = pytest.importorskip("torch")
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("this PyTorch build has no CUDA")
-    net = torch_network3()
-    load_params(net, model)
-    return torch, net.to(device)
+    return torch, torch_twin(model).to(device)
 
 
 def _train(peer: str, device: str, batch: int) -> tuple[Callable[[], Any], nc.Model]:
