@@ -133,6 +133,7 @@ def rows(groups: dict, peak: float | None) -> list[dict[str, Any]]:
                         torch=_median(peers.get("torch")), numpy=_median(peers.get("numpy")),
                         x_torch=_ratio(_median(peers.get("torch")), t_ours),
                         x_numpy=_ratio(_median(peers.get("numpy")), t_ours), gflops=gflops,
+                        x_ort=_ratio(_median(peers.get("onnxruntime")), t_ours),
                         peak=gflops / peak if gflops and peak and device == "cpu" else None,
                         flops=ours["extra_info"]["flops"] if ours else 0, target=[]))
     for r in out:
@@ -286,7 +287,13 @@ def plot(groups: dict, path: Path) -> None:
     ax1.set_yticks(range(len(table)), labels, fontsize=7)
     ax1.invert_yaxis()
     ax1.set_xscale("log")
-    ticks = [t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10) if min(values) / 2 <= t <= max(values) * 2]
+    ort = [(i, r["x_ort"]) for i, r in enumerate(table) if r.get("x_ort")]
+    if ort:
+        ax1.scatter([v for _, v in ort], [i for i, _ in ort], color="tab:purple", marker="D", s=14, zorder=3,
+                    label="vs onnxruntime (its time / numbacnn time)")
+        ax1.legend(fontsize=7, loc="lower right")
+        values = values + [v for _, v in ort]
+    ticks = [t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10) if min(values) / 2 <= t <= max(values) * 2]
     ax1.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     ax1.minorticks_off()
     ax1.axvline(1.0, color="black", lw=1)
