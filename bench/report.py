@@ -293,7 +293,8 @@ def plot(groups: dict, path: Path) -> None:
                     label="vs onnxruntime (its time / numbacnn time)")
         ax1.legend(fontsize=7, loc="lower right")
         values = values + [v for _, v in ort]
-    ticks = [t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10) if min(values) / 2 <= t <= max(values) * 2]
+    ticks = [t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+             if min(values) / 2 <= t <= max(values) * 2]
     ax1.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     ax1.minorticks_off()
     ax1.axvline(1.0, color="black", lw=1)
