@@ -271,3 +271,21 @@ def test_conv_transpose2d_onnx_output_padding_past_the_stride_round_trips(tmp_pa
     x = np.random.default_rng(0).standard_normal((2, 2, 3, 4)).astype(np.float32)
     assert back.output_shape == model.output_shape == (3, 6, 7)
     np.testing.assert_array_equal(back.forward(x), model.forward(x))
+
+
+def test_conv_transpose2d_onnx_free_sizes_round_trip(tmp_path):
+    # A decoder over any input size: exported with free height and width, loaded free again.
+    pytest.importorskip("onnx")
+    g = nc.Graph()
+    h = g.conv_transpose2d(g.input((3, None, None)), out_channels=4, kernel_size=4, stride=2, padding=1, name="t")
+    g.output(g.conv_transpose2d(h, out_channels=2, kernel_size=3, stride=3, output_padding=(2, 1), groups=2, name="u"))
+    model = nc.Model(g, seed=4)
+    nc.onnx.export(model, tmp_path / "m.onnx")
+    back = nc.onnx.load(tmp_path / "m.onnx")
+    assert back.input_shapes == [(3, None, None)] and back.output_shape == (2, None, None)
+    rng = np.random.default_rng(0)
+    for H, W in ((2, 3), (5, 4)):
+        x = rng.standard_normal((2, 3, H, W)).astype(np.float32)
+        y = model.forward(x)
+        assert y.shape == (2, 2, 6 * H + 2, 6 * W + 1)
+        np.testing.assert_array_equal(back.forward(x), y)
