@@ -14,6 +14,7 @@ BUILTIN: dict[str, str] = {
         "batch_norm3d": "BatchNorm3d",
         "concat": "Concat",
         "conv2d": "Conv2d",
+        "conv_transpose2d": "ConvTranspose2d",
         "dropout": "Dropout",
         "elu": "ELU",
         "flatten": "Flatten",
