@@ -22,7 +22,7 @@ from numba.core import caching
 from ._kernel_cache import install, mark_kernel
 
 __all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cpu_cfunc", "cpu_intrinsic", "cuda_kernel", "cuda_device",
-           "prange", "CACHE", "REASSOC"]
+           "jitable", "prange", "CACHE", "REASSOC"]
 
 CACHE: bool = os.environ.get("NUMBACNN_CACHE", "1") not in ("0", "false", "no")
 
@@ -101,3 +101,16 @@ def cuda_kernel(fn: Callable | None = None, *, fastmath: bool = False) -> Any:
 def cuda_device(fn: Callable | None = None) -> Any:
     """A CUDA device function, callable from CUDA kernels only."""
     return _decorate(_cuda().jit, fn, device=True, cache=_cuda_cache())
+
+
+def jitable(fn: Callable) -> Any:
+    """A plain helper that both targets compile: callable from CPU kernels and from CUDA
+    kernels and device functions alike (``numba.extending.register_jitable``), so a rule that
+    a CPU kernel and its CUDA twin share is written once. A CUDA kernel cannot call an ``njit``
+    dispatcher (``cpu_inline``), and a ``cuda_device`` function is not callable on the CPU.
+    It has no flags and no cache of its own: it is compiled into each kernel that calls it,
+    under that kernel's flags (and the kernel's cache stamp covers the helper's file). Under
+    the CUDA simulator it runs as the plain Python function it is."""
+    from numba.extending import register_jitable
+
+    return register_jitable(fn)

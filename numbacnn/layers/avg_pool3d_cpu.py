@@ -10,25 +10,12 @@ avg_pool3d_cuda.py: ``avg_pool3d_forward(x, geometry, y)`` and
 import numpy as np
 
 from .._jit import cpu_inline, cpu_kernel, prange
+from ._pool3d_rules import divisor, window
 
 __all__ = ["avg_pool3d_forward", "avg_pool3d_backward_input"]
 
-
-@cpu_inline
-def _window(p, size, k, stride, pad):
-    """Window p's input rows [lo, hi) and its length clipped to the padded input only."""
-    start = p * stride - pad
-    end = min(start + k, size + pad)
-    return max(start, 0), min(end, size), end - start
-
-
-@cpu_inline
-def _divisor(d0, d1, padded_d, h0, h1, padded_h, w0, w1, padded_w, include_pad, override):
-    if override > 0:
-        return override
-    if include_pad:
-        return padded_d * padded_h * padded_w
-    return (d1 - d0) * (h1 - h0) * (w1 - w0)
+# The shared rules, inlined at Numba's IR level as every helper of a hot CPU loop here is.
+_window, _divisor = cpu_inline(window), cpu_inline(divisor)
 
 
 # The volumes are read and written through flat views with unsigned offsets: a signed 5-D

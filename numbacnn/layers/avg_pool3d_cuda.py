@@ -10,27 +10,11 @@ it, in the CPU kernel's scatter order.
 from numba import cuda
 
 from .._jit import cuda_device, cuda_kernel
+from ._pool3d_rules import divisor as _divisor, window as _window
 
 __all__ = ["avg_pool3d_forward", "avg_pool3d_backward_input"]
 
 THREADS = 256
-
-
-@cuda_device
-def _window(p, size, k, stride, pad):
-    """Window p's input rows [lo, hi) and its length clipped to the padded input only."""
-    start = p * stride - pad
-    end = min(start + k, size + pad)
-    return max(start, 0), min(end, size), end - start
-
-
-@cuda_device
-def _divisor(d0, d1, padded_d, h0, h1, padded_h, w0, w1, padded_w, include_pad, override):
-    if override > 0:
-        return override
-    if include_pad:
-        return padded_d * padded_h * padded_w
-    return (d1 - d0) * (h1 - h0) * (w1 - w0)
 
 
 @cuda_device

@@ -7,11 +7,10 @@ input element's thread gathers from the outputs whose windows contain it, in the
 kernel scatters, so both devices sum in the same order.
 """
 
-import math
-
 from numba import cuda
 
 from .._jit import cuda_kernel
+from ._pool3d_rules import window_max
 
 __all__ = ["max_pool3d_forward", "max_pool3d_backward_input"]
 
@@ -23,32 +22,14 @@ def _max_pool3d_forward_kernel(x, geometry, y, index):
     i = cuda.grid(1)
     if i >= y.size:
         return
-    T, R, S, sd, sh, sw, pd, ph, pw, dd, dh, dw = geometry
-    C, D, H, W = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    C = x.shape[1]
     Do, P, Q = y.shape[2], y.shape[3], y.shape[4]
     q = i % Q
     p = (i // Q) % P
     od = (i // (Q * P)) % Do
     c = (i // (Q * P * Do)) % C
     n = i // (Q * P * Do * C)
-    best = -x.dtype.type(math.inf)  # the float32 constant negated, not a float64 -inf cast
-    at = -1
-    for t in range(T):
-        d = od * sd - pd + t * dd
-        if d < 0 or d >= D:
-            continue
-        for r in range(R):
-            h = p * sh - ph + r * dh
-            if h < 0 or h >= H:
-                continue
-            for s in range(S):
-                w = q * sw - pw + s * dw
-                if w < 0 or w >= W:
-                    continue
-                v = x[n, c, d, h, w]
-                if at < 0 or v > best or v != v:  # as max_pool3d_cpu: -inf windows, NaN
-                    best = v
-                    at = (d * H + h) * W + w
+    best, at = window_max(x, n, c, od, p, q, geometry)
     y[n, c, od, p, q] = best
     index[n, c, od, p, q] = at
 
