@@ -11,35 +11,10 @@ output index whose i0 is >= j (out if none). The interface, the same in upsample
 each writing all of its outputs.
 """
 
-import math
-
-from numba import float32
-
-from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
+from .._jit import cpu_kernel, cpu_serial, prange
+from ._upsample_rules import source as _source
 
 __all__ = ["upsample_axis", "upsample_forward", "upsample_backward_input"]
-
-
-@cpu_inline
-def _source(a, o, size, out, scale, mode):
-    """Output index o's source indices i0 <= i1 <= i0 + 1 along one axis and their weights,
-    typed like ``a`` (PyTorch's rule; see upsample.py). i0 never decreases as o grows."""
-    T = a.dtype.type
-    one, zero = T(1), T(0)
-    if out == size:  # copied: no neighbour is read, so an Inf there cannot leak in as 0 * Inf
-        return o, o, one, zero
-    if mode == 0:
-        if out == 2 * size:
-            return o >> 1, o >> 1, one, zero
-        i = min(int(math.floor(float32(o) * float32(scale))), size - 1)
-        return i, i, one, zero
-    if mode == 2:
-        src = scale * T(o)
-    else:
-        src = max(scale * (T(o) + T(0.5)) - T(0.5), zero)
-    i0 = min(int(math.floor(src)), size - 1)
-    lam = min(max(src - T(i0), zero), one)
-    return i0, min(i0 + 1, size - 1), one - lam, lam
 
 
 @cpu_serial

@@ -8,37 +8,14 @@ starts[h + 1], since i0 never decreases; ``upsample_axis`` finds each start by a
 over the rule itself, so no rounding of an inverse can miss one.
 """
 
-import math
+from numba import cuda
 
-from numba import cuda, float32
-
-from .._jit import cuda_device, cuda_kernel
+from .._jit import cuda_kernel
+from ._upsample_rules import source as _source
 
 __all__ = ["upsample_axis", "upsample_forward", "upsample_backward_input"]
 
 THREADS = 256
-
-
-@cuda_device
-def _source(a, o, size, out, scale, mode):
-    """Output index o's source indices i0 <= i1 <= i0 + 1 along one axis and their weights,
-    typed like ``a`` (PyTorch's rule; see upsample.py). i0 never decreases as o grows."""
-    T = a.dtype.type
-    one, zero = T(1), T(0)
-    if out == size:  # copied: no neighbour is read, so an Inf there cannot leak in as 0 * Inf
-        return o, o, one, zero
-    if mode == 0:
-        if out == 2 * size:
-            return o >> 1, o >> 1, one, zero
-        i = min(int(math.floor(float32(o) * float32(scale))), size - 1)
-        return i, i, one, zero
-    if mode == 2:
-        src = scale * T(o)
-    else:
-        src = max(scale * (T(o) + T(0.5)) - T(0.5), zero)
-    i0 = min(int(math.floor(src)), size - 1)
-    lam = min(max(src - T(i0), zero), one)
-    return i0, min(i0 + 1, size - 1), one - lam, lam
 
 
 @cuda_kernel
