@@ -1,20 +1,18 @@
 """adaptive_avg_pool2d CPU kernels: x and gx (N, C, H, W), y and gy (N, C, P, Q), parallel over
-the N*C planes; the bins follow from the shapes. ``_bin`` is the bin rule of both adaptive
-poolings (adaptive_max_pool2d_cpu imports it).
+the N*C planes; the bins follow from the shapes, by _adaptive_rules.py's rule (shared with
+adaptive_max_pool2d and the CUDA kernels).
 
 The interface, the same in adaptive_avg_pool2d_cuda.py: ``adaptive_avg_pool2d_forward(x, y)``
 and ``adaptive_avg_pool2d_backward_input(gy, gx)``, each writing all of its output.
 """
 
 from .._jit import cpu_inline, cpu_kernel, prange
+from ._adaptive_rules import bin_span
 
 __all__ = ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward_input"]
 
-
-@cpu_inline
-def _bin(i, size, out):
-    """Output i's inputs [lo, hi) along an axis: floor(i * size / out) .. ceil((i + 1) * size / out)."""
-    return (i * size) // out, ((i + 1) * size + out - 1) // out
+# Inlined at Numba's IR level, as the other helpers of hot CPU loops are.
+_bin = cpu_inline(bin_span)
 
 
 @cpu_kernel

@@ -1,13 +1,14 @@
 """adaptive_avg_pool2d CUDA kernels: x and gx (N, C, H, W), y and gy (N, C, P, Q), one output
-element per thread; ``_bin`` and its inverse ``_bins_over`` are the bin rule of both adaptive
-poolings (adaptive_max_pool2d_cuda imports them). The interface is adaptive_avg_pool2d_cpu.py's.
+element per thread; the bins are _adaptive_rules.py's (bin_span and its inverse bins_over,
+shared with adaptive_max_pool2d and the CPU kernels). The interface is adaptive_avg_pool2d_cpu.py's.
 Backward needs no atomics: each input element's thread gathers from the bins that hold it, in
 the CPU kernel's scatter order.
 """
 
 from numba import cuda
 
-from .._jit import cuda_device, cuda_kernel
+from .._jit import cuda_kernel
+from ._adaptive_rules import bin_span as _bin, bins_over as _bins_over
 
 __all__ = ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward_input"]
 
@@ -16,18 +17,6 @@ THREADS = 256
 
 def _blocks(n):
     return (n + THREADS - 1) // THREADS
-
-
-@cuda_device
-def _bin(i, size, out):
-    """Output i's inputs [lo, hi) along an axis: floor(i * size / out) .. ceil((i + 1) * size / out)."""
-    return (i * size) // out, ((i + 1) * size + out - 1) // out
-
-
-@cuda_device
-def _bins_over(h, size, out):
-    """The outputs [lo, hi] whose bins hold input h (the inverse of _bin)."""
-    return (h * out) // size, ((h + 1) * out - 1) // size
 
 
 @cuda_kernel

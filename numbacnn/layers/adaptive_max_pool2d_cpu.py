@@ -1,5 +1,5 @@
 """adaptive_max_pool2d CPU kernels: x and gx (N, C, H, W), y, gy and index (N, C, P, Q), parallel
-over the N*C planes; the bins are adaptive_avg_pool2d's (its ``_bin``). They serve
+over the N*C planes; the bins are _adaptive_rules.py's. They serve
 global_max_pool2d too, on (N, C, 1, 1) views of its outputs.
 
 The interface, the same in adaptive_max_pool2d_cuda.py:
@@ -9,10 +9,12 @@ of the maxima); ``adaptive_max_pool2d_backward_input(gy, index, gx)`` writes all
 
 import numpy as np
 
-from .._jit import cpu_kernel, prange
-from .adaptive_avg_pool2d_cpu import _bin
+from .._jit import cpu_inline, cpu_kernel, prange
+from ._adaptive_rules import bin_span
 
 __all__ = ["adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward_input"]
+
+_bin = cpu_inline(bin_span)  # inlined at Numba's IR level, as in adaptive_avg_pool2d_cpu
 
 
 @cpu_kernel

@@ -1,8 +1,7 @@
 """adaptive_max_pool2d CUDA kernels: x and gx (N, C, H, W), y, gy and index (N, C, P, Q), one
-output element per thread; the bins are adaptive_avg_pool2d's (its ``_bin`` and
-``_bins_over``), and the interface adaptive_max_pool2d_cpu.py's. Backward needs no atomics:
-each input element's thread gathers from the bins that hold it and chose it, in the CPU
-kernel's scatter order.
+output element per thread; the bins are _adaptive_rules.py's, and the interface
+adaptive_max_pool2d_cpu.py's. Backward needs no atomics: each input element's thread gathers
+from the bins that hold it and chose it, in the CPU kernel's scatter order.
 """
 
 import math
@@ -10,7 +9,7 @@ import math
 from numba import cuda
 
 from .._jit import cuda_kernel
-from .adaptive_avg_pool2d_cuda import _bin, _bins_over
+from ._adaptive_rules import bin_span as _bin, bins_over as _bins_over
 
 __all__ = ["adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward_input"]
 
