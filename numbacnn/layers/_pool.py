@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..layer import Ctx, Layer, Shape
-from ._conv_geometry import flag, ntuple, pool_output_shape, pool_padding
+from ._conv_geometry import adaptive_output_shape, adaptive_size, flag, ntuple, pool_output_shape, pool_padding
 
 Size = int | tuple[int, ...]
 _INDEX = np.dtype(np.int32)
@@ -139,3 +139,20 @@ class AvgPoolNd(WindowPool):
         ctx.kernels.avg_pool3d_backward_input(volume(gy, self.dims), self._plan(ctx, x_shape)[1],
                                               volume(gx, self.dims))
         return gx
+
+
+class AdaptivePool2d(Layer):
+    """What adaptive max and average pooling share: the output size (an axis given as None
+    keeps the input's) and the bins it implies; a subclass names itself and its kernels."""
+
+    def __init__(self, output_size: int | tuple[int | None, int | None]) -> None:
+        self.output_size = adaptive_size(output_size)
+
+    def output_shape(self, x_shape: Shape) -> Shape:
+        return adaptive_output_shape(x_shape, self.output_size)
+
+    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
+        C, H, W = input_shapes[0]
+        _, P, Q = output_shape
+        # Each output reads its bin, about ceil(H / P) x ceil(W / Q) inputs.
+        return C * P * Q * (-(-H // P)) * (-(-W // Q))

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..layer import Ctx, Layer, Shape
-from ._conv_geometry import adaptive_output_shape, adaptive_size
+from ..layer import Ctx
+from ._pool import AdaptivePool2d
 
 
-class AdaptiveAvgPool2d(Layer):
+class AdaptiveAvgPool2d(AdaptivePool2d):
     """Average pooling to a fixed output size. (C, H, W) -> (C, P, Q)."""
 
     name = "adaptive_avg_pool2d"
-
-    def __init__(self, output_size: int | tuple[int | None, int | None]) -> None:
-        self.output_size = adaptive_size(output_size)
 
     @classmethod
     def examples(cls) -> list[dict[str, Any]]:
@@ -31,15 +28,6 @@ class AdaptiveAvgPool2d(Layer):
              "bad_shapes": [([(2, 3, 5)], "expected an input of shape (C, H, W)")]},
             {"config": {"output_size": (4, None)}, "input_shapes": [(1, 2, 3, 2)]},
         ]
-
-    def output_shape(self, x_shape: Shape) -> Shape:
-        return adaptive_output_shape(x_shape, self.output_size)
-
-    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
-        C, H, W = input_shapes[0]
-        _, P, Q = output_shape
-        # Each output sums its bin, about ceil(H / P) x ceil(W / Q) inputs.
-        return C * P * Q * (-(-H // P)) * (-(-W // Q))
 
     def forward(self, ctx: Ctx, x: Any) -> Any:
         y = ctx.empty((x.shape[0], *self.output_shape(tuple(x.shape[1:]))))

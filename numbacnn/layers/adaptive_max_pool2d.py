@@ -14,19 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from ..layer import Ctx, Layer, Shape
-from ._conv_geometry import adaptive_output_shape, adaptive_size
+from ..layer import Ctx
+from ._pool import AdaptivePool2d
 
 _INDEX = np.dtype(np.int32)
 
 
-class AdaptiveMaxPool2d(Layer):
+class AdaptiveMaxPool2d(AdaptivePool2d):
     """Max pooling to a fixed output size. (C, H, W) -> (C, P, Q)."""
 
     name = "adaptive_max_pool2d"
-
-    def __init__(self, output_size: int | tuple[int | None, int | None]) -> None:
-        self.output_size = adaptive_size(output_size)
 
     @classmethod
     def examples(cls) -> list[dict[str, Any]]:
@@ -36,14 +33,6 @@ class AdaptiveMaxPool2d(Layer):
              "bad_shapes": [([(2, 3, 5)], "expected an input of shape (C, H, W)")]},
             {"config": {"output_size": (None, 4)}, "input_shapes": [(1, 2, 3, 3)]},
         ]
-
-    def output_shape(self, x_shape: Shape) -> Shape:
-        return adaptive_output_shape(x_shape, self.output_size)
-
-    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
-        C, H, W = input_shapes[0]
-        _, P, Q = output_shape
-        return C * P * Q * (-(-H // P)) * (-(-W // Q))
 
     def forward(self, ctx: Ctx, x: Any) -> Any:
         out = (x.shape[0], *self.output_shape(tuple(x.shape[1:])))
