@@ -14,8 +14,12 @@ from typing import Any
 import numpy as np
 
 from .._jit import cpu_inline, cpu_kernel, prange
+from ._lp_pool_rules import sign, window_max
 
 __all__ = ["lp_pool2d_forward", "lp_pool2d_backward_input"]
+
+# The shared rules, inlined at Numba's IR level as the helpers of hot CPU loops here are.
+_sign, _window_max = cpu_inline(sign), cpu_inline(window_max)
 
 
 @cpu_inline
@@ -33,28 +37,6 @@ def _pow(v, e, one):
     if e == one / two:
         return np.sqrt(v)
     return v ** e
-
-
-@cpu_inline
-def _sign(v, one):
-    """torch.sign: -1, 0 or 1 (of v's type, as ``one``), and 0 for NaN."""
-    zero = one - one
-    return one if v > zero else (-one if v < zero else zero)
-
-
-@cpu_inline
-def _window_max(x, n, ch, i, j, geometry, sign):
-    """(max over the window of sign * |x|, its flat index): max_pool2d's rule (first maximum,
-    last NaN; taps past a ceil-mode edge skipped)."""
-    R, S, sh, sw = geometry
-    H, W = x.shape[2], x.shape[3]
-    best, at = x.dtype.type(-np.inf), -1
-    for h in range(i * sh, min(i * sh + R, H)):
-        for w in range(j * sw, min(j * sw + S, W)):
-            v = sign * abs(x[n, ch, h, w])
-            if at < 0 or v > best or v != v:
-                best, at = v, h * W + w
-    return best, at
 
 
 @cpu_kernel

@@ -11,6 +11,7 @@ import math
 from numba import cuda
 
 from .._jit import cuda_device, cuda_kernel
+from ._lp_pool_rules import sign as _sign, window_max as _window_max
 
 __all__ = ["lp_pool2d_forward", "lp_pool2d_backward_input"]
 
@@ -37,28 +38,6 @@ def _pow(v, e, one):
     if e == one / two:
         return math.sqrt(v) if v >= zero else (v - v) / (v - v)
     return v ** e
-
-
-@cuda_device
-def _sign(v, one):
-    """torch.sign: -1, 0 or 1 (of v's type, as ``one``), and 0 for NaN."""
-    zero = one - one
-    return one if v > zero else (-one if v < zero else zero)
-
-
-@cuda_device
-def _window_max(x, n, ch, i, j, geometry, sign):
-    """(max over the window of sign * |x|, its flat index): max_pool2d's rule (first maximum,
-    last NaN; taps past a ceil-mode edge skipped)."""
-    R, S, sh, sw = geometry
-    H, W = x.shape[2], x.shape[3]
-    best, at = -x.dtype.type(math.inf), -1
-    for h in range(i * sh, min(i * sh + R, H)):
-        for w in range(j * sw, min(j * sw + S, W)):
-            v = sign * abs(x[n, ch, h, w])
-            if at < 0 or v > best or v != v:
-                best, at = v, h * W + w
-    return best, at
 
 
 @cuda_device
