@@ -17,7 +17,7 @@ from typing import Any
 from ..layer import Shape, ShapeError
 
 __all__ = ["pair", "ntuple", "padding4", "out_size", "flag", "pool_padding", "pool_output_shape",
-           "adaptive_size", "adaptive_output_shape"]
+           "adaptive_size", "adaptive_output_shape", "conv_channels", "grouped_input"]
 
 Pads = tuple[int, int, int, int]
 Pair = tuple[int, int]
@@ -86,6 +86,31 @@ def flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, found {value!r}")
     return value
+
+
+def conv_channels(out_channels: Any, groups: Any, bias: Any) -> tuple[int, int, bool]:
+    """A convolution's (out_channels, groups, bias), checked: positive ints, out_channels a
+    multiple of groups, bias a bool; TypeError or ValueError naming the argument otherwise."""
+    for what, v in (("out_channels", out_channels), ("groups", groups)):
+        if not _is_int(v):
+            raise TypeError(f"{what} must be an int, found {v!r}")
+        if v < 1:
+            raise ValueError(f"{what} must be >= 1, found {v}")
+    if out_channels % groups:
+        raise ValueError(f"out_channels={out_channels} is not divisible by groups={groups}")
+    return out_channels, groups, flag(bias, "bias")
+
+
+def grouped_input(x_shape: Shape, groups: int, dims: int = 2) -> Shape:
+    """A convolution's per-sample input shape, checked: ``dims`` spatial axes and a channel
+    count that ``groups`` divides; ShapeError saying what was expected otherwise."""
+    if len(x_shape) != dims + 1:
+        raise ShapeError(f"expected a {SHAPES[dims]} input, found shape {tuple(x_shape)}")
+    C = x_shape[0]
+    if C % groups:
+        raise ShapeError(f"input has {C} channels, which groups={groups} does not divide "
+                         f"(expected a multiple of {groups}, found {C})")
+    return tuple(x_shape)
 
 
 def _x(sizes: tuple[int, ...]) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..layer import Ctx, Layer, Shape, ShapeError
-from ._conv_geometry import Pair, pair
+from ._conv_geometry import Pair, conv_channels, grouped_input, pair
 
 
 class ConvTranspose2d(Layer):
@@ -32,16 +32,7 @@ class ConvTranspose2d(Layer):
     def __init__(self, out_channels: int, kernel_size: int | Pair, stride: int | Pair = 1, padding: int | Pair = 0,
                  output_padding: int | Pair = 0, groups: int = 1, bias: bool = True,
                  dilation: int | Pair = 1) -> None:
-        for what, v in (("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{what} must be an int, found {v!r}")
-            if v < 1:
-                raise ValueError(f"{what} must be >= 1, found {v}")
-        if out_channels % groups:
-            raise ValueError(f"out_channels={out_channels} is not divisible by groups={groups}")
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be True or False, found {bias!r}")
-        self.out_channels, self.groups, self.bias = out_channels, groups, bias
+        self.out_channels, self.groups, self.bias = conv_channels(out_channels, groups, bias)
         self.kernel = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
         self.dilation = pair(dilation, "dilation")
@@ -67,12 +58,7 @@ class ConvTranspose2d(Layer):
         ]
 
     def output_shape(self, x_shape: Shape) -> Shape:
-        if len(x_shape) != 3:
-            raise ShapeError(f"expected a (C, H, W) input, found shape {tuple(x_shape)}")
-        C, H, W = x_shape
-        if C % self.groups:
-            raise ShapeError(f"input has {C} channels, which groups={self.groups} does not divide "
-                             f"(expected a multiple of {self.groups}, found {C})")
+        C, H, W = grouped_input(x_shape, self.groups)
         P, Q = (self._out(n, i) for i, n in enumerate((H, W)))
         if P < 1 or Q < 1:
             raise ShapeError(
