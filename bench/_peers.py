@@ -98,6 +98,19 @@ class LayerRun:
         return y, gx
 
 
+def layer_call(run: LayerRun, mode: str) -> Callable[[], Any]:
+    """The timed call of a parameterised layer (weight and bias): "forward" returns y, "step"
+    returns (y, gx, gw, gb)."""
+    if mode == "forward":
+        return run.forward
+
+    def step() -> tuple:
+        y, gx = run.step()
+        return y, gx, run.ctx.grads["weight"], run.ctx.grads["bias"]
+
+    return step
+
+
 def numbacnn_conv(shape: tuple[int, ...], data: tuple[np.ndarray, ...], device: str = "cpu") -> LayerRun:
     x, w, b, gy = data
     _, _, _, _, K, k, s, p = shape
@@ -224,6 +237,42 @@ def torch_block_step(net: Any, x: np.ndarray, gy: np.ndarray) -> Callable[[], An
         y = net(xt)
         y.backward(gyt)
         return y, xt.grad
+
+    return step
+
+
+def torch_conv_call(module: str, shape: tuple[int, ...], data: tuple[np.ndarray, ...], device: str,
+                    mode: str) -> Callable[[], Any]:
+    """PyTorch's peer of a conv workload: ``torch.nn.<module>(C, K, k, s, p)`` holding data's
+    weight and bias; "forward" returns y (inference mode), "step" (y, gx, gw, gb). On CUDA,
+    both synchronise before returning."""
+    import torch
+
+    x, w, b, gy = data
+    _, C, _, _, K, k, s, p = shape
+    conv = getattr(torch.nn, module)(C, K, k, s, p).to(device)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(w))
+        conv.bias.copy_(torch.from_numpy(b))
+    xt, gyt = torch.from_numpy(x).to(device), torch.from_numpy(gy).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if mode == "forward":
+        def forward() -> Any:
+            with torch.inference_mode():
+                y = conv(xt)
+            sync()
+            return y
+
+        return forward
+    xt.requires_grad_()
+
+    def step() -> tuple:
+        conv.zero_grad()
+        xt.grad = None
+        y = conv(xt)
+        y.backward(gyt)
+        sync()
+        return y, xt.grad, conv.weight.grad, conv.bias.grad
 
     return step
 

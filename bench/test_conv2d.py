@@ -14,8 +14,8 @@ from typing import Any, Callable
 import pytest
 
 import numbacnn as nc
-from _peers import (CONV_SHAPES, SMOKE_BATCH, check_same, conv_data, conv_flops, conv_id, numbacnn_conv,
-                    numpy_conv_forward, numpy_conv_step)
+from _peers import (CONV_SHAPES, SMOKE_BATCH, check_same, conv_data, conv_flops, conv_id, layer_call,
+                    numbacnn_conv, numpy_conv_forward, numpy_conv_step, torch_conv_call)
 
 CPU_PEERS = ["numbacnn", "torch", "numpy"]
 GPU_PEERS = ["numbacnn", "torch"]
@@ -23,16 +23,6 @@ GPU_PEERS = ["numbacnn", "torch"]
 
 def _run_shape(shape: tuple[int, ...], smoke: bool) -> tuple[int, ...]:
     return (min(shape[0], SMOKE_BATCH), *shape[1:]) if smoke else shape
-
-
-def _torch_conv(torch: Any, shape: tuple[int, ...], data: tuple, device: str) -> tuple[Any, ...]:
-    x, w, b, gy = data
-    _, C, _, _, K, k, s, p = shape
-    conv = torch.nn.Conv2d(C, K, k, s, p).to(device)
-    with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(w))
-        conv.bias.copy_(torch.from_numpy(b))
-    return conv, torch.from_numpy(x).to(device), torch.from_numpy(gy).to(device)
 
 
 def _peer(peer: str, mode: str, shape: tuple[int, ...], data: tuple, device: str) -> Callable[[], Any]:
@@ -46,39 +36,11 @@ def _peer(peer: str, mode: str, shape: tuple[int, ...], data: tuple, device: str
     if peer == "numbacnn":
         if device not in nc.layer_info("conv2d")["devices"]:
             pytest.skip(f"conv2d has no {device} kernels in this build")
-        run = numbacnn_conv(shape, data, device)
-        if mode == "forward":
-            return run.forward
-
-        def step() -> tuple:
-            y, gx = run.step()
-            return y, gx, run.ctx.grads["weight"], run.ctx.grads["bias"]
-
-        return step
+        return layer_call(numbacnn_conv(shape, data, device), mode)
     torch = pytest.importorskip("torch")
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("this PyTorch build has no CUDA")
-    conv, xt, gyt = _torch_conv(torch, shape, data, device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if mode == "forward":
-        def forward() -> Any:
-            with torch.inference_mode():
-                y = conv(xt)
-            sync()
-            return y
-
-        return forward
-    xt.requires_grad_()
-
-    def torch_step() -> tuple:
-        conv.zero_grad()
-        xt.grad = None
-        y = conv(xt)
-        y.backward(gyt)
-        sync()
-        return y, xt.grad, conv.weight.grad, conv.bias.grad
-
-    return torch_step
+    return torch_conv_call("Conv2d", shape, data, device, mode)
 
 
 def _bench(benchmark: Any, record: Any, smoke: bool, mode: str, device: str, shape: tuple[int, ...],

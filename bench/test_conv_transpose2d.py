@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import numbacnn as nc
-from _peers import SMOKE_BATCH, LayerRun, check_same
+from _peers import SMOKE_BATCH, LayerRun, check_same, layer_call, torch_conv_call
 
 # (N, C, H, W, K, kernel, stride, padding)
 SHAPES = [(16, 64, 16, 16, 32, 4, 2, 1)]
@@ -70,43 +70,11 @@ def _peer(peer: str, mode: str, shape: tuple[int, ...], data: tuple, device: str
         if device not in nc.layer_info("conv_transpose2d")["devices"]:
             pytest.skip(f"conv_transpose2d has no {device} kernels in this build")
         layer = nc.get_layer("conv_transpose2d")(out_channels=K, kernel_size=k, stride=s, padding=p)
-        run = LayerRun(layer, x, {"weight": w, "bias": b}, gy, device)
-        if mode == "forward":
-            return run.forward
-
-        def step() -> tuple:
-            y, gx = run.step()
-            return y, gx, run.ctx.grads["weight"], run.ctx.grads["bias"]
-
-        return step
+        return layer_call(LayerRun(layer, x, {"weight": w, "bias": b}, gy, device), mode)
     torch = pytest.importorskip("torch")
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("this PyTorch build has no CUDA")
-    conv = torch.nn.ConvTranspose2d(C, K, k, s, p).to(device)
-    with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(w))
-        conv.bias.copy_(torch.from_numpy(b))
-    xt, gyt = torch.from_numpy(x).to(device), torch.from_numpy(gy).to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if mode == "forward":
-        def forward() -> Any:
-            with torch.inference_mode():
-                y = conv(xt)
-            sync()
-            return y
-
-        return forward
-    xt.requires_grad_()
-
-    def torch_step() -> tuple:
-        conv.zero_grad()
-        xt.grad = None
-        y = conv(xt)
-        y.backward(gyt)
-        sync()
-        return y, xt.grad, conv.weight.grad, conv.bias.grad
-
-    return torch_step
+    return torch_conv_call("ConvTranspose2d", shape, data, device, mode)
 
 
 def _bench(benchmark: Any, record: Any, smoke: bool, mode: str, device: str, shape: tuple[int, ...],
