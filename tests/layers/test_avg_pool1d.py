@@ -9,6 +9,8 @@ import pytest
 import numbacnn as nc
 from numbacnn.testing import check_layer, run_fenced
 
+from _pool_cases import case_ids, check_matches_torch
+
 AvgPool1d = nc.get_layer("avg_pool1d")
 
 
@@ -46,7 +48,7 @@ CONFIGS = [
      (2, 5)),
     (dict(kernel_size=5, stride=5, ceil_mode=True), (2, 1, 3), (1, 1)),  # shorter than the window
 ]
-IDS = [f"{'-'.join(f'{k}{v}' for k, v in kw.items())}-{'x'.join(map(str, shape))}" for kw, shape, _ in CONFIGS]
+IDS = case_ids(CONFIGS)
 
 
 @pytest.mark.parametrize("kw, shape, out", CONFIGS[::2], ids=IDS[::2])
@@ -56,30 +58,11 @@ def test_avg_pool1d_cpu(kw, shape, out):
     check_layer(layer, [shape], partial(avg_pool1d_ref, **kw), cuda=False)
 
 
-def _model(layer, shape, dtype="float32"):
-    g = nc.Graph()
-    g.output(g.add_layer(layer, g.input(shape[1:]), name="pool"))
-    return nc.Model(g, dtype=dtype)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kw, shape, out", CONFIGS, ids=IDS)
 def test_avg_pool1d_matches_torch(kw, shape, out, dtype):
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(shape).astype(dtype)
-    model = _model(AvgPool1d(**kw), shape, dtype)
-    y = model.forward(x, training=True)
-    gy = rng.standard_normal(y.shape).astype(dtype)
-    gx = model.backward(gy)
-    tx = torch.tensor(x, requires_grad=True)
-    ty = torch.nn.functional.avg_pool1d(tx, **kw)
-    ty.backward(torch.tensor(gy))
     tol = 1e-6 if dtype == "float32" else 1e-12
-    assert y.dtype == gx.dtype == np.dtype(dtype)
-    assert y.shape == tuple(ty.shape) == (shape[0], *out)
-    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=tol, atol=tol)
-    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=tol, atol=tol)
+    check_matches_torch(AvgPool1d(**kw), "avg_pool1d", kw, shape, out, dtype, tol=tol, exact_y=False)
 
 
 def test_avg_pool1d_has_no_divisor_override_as_in_torch():

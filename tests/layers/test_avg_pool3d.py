@@ -11,6 +11,8 @@ import pytest
 import numbacnn as nc
 from numbacnn.testing import check_layer, run_fenced
 
+from _pool_cases import case_ids, check_matches_torch, pool_model
+
 AvgPool3d = nc.get_layer("avg_pool3d")
 
 
@@ -64,7 +66,7 @@ CONFIGS = [
     (dict(kernel_size=(2, 3, 2), stride=(1, 2, 3), padding=(1, 1, 0), divisor_override=5), (2, 1, 3, 7, 5),
      (1, 4, 4, 2)),
 ]
-IDS = [f"{'-'.join(f'{k}{v}' for k, v in kw.items())}-{'x'.join(map(str, shape))}" for kw, shape, _ in CONFIGS]
+IDS = case_ids(CONFIGS)
 
 
 @pytest.mark.parametrize("kw, shape, out", CONFIGS[:5:2], ids=IDS[:5:2])
@@ -74,38 +76,19 @@ def test_avg_pool3d_cpu(kw, shape, out):
     check_layer(layer, [shape], partial(avg_pool3d_ref, **kw), cuda=False)
 
 
-def _model(layer, shape, dtype="float32"):
-    g = nc.Graph()
-    g.output(g.add_layer(layer, g.input(shape[1:]), name="pool"))
-    return nc.Model(g, dtype=dtype)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kw, shape, out", CONFIGS, ids=IDS)
 def test_avg_pool3d_matches_torch(kw, shape, out, dtype):
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(shape).astype(dtype)
-    model = _model(AvgPool3d(**kw), shape, dtype)
-    y = model.forward(x, training=True)
-    gy = rng.standard_normal(y.shape).astype(dtype)
-    gx = model.backward(gy)
-    tx = torch.tensor(x, requires_grad=True)
-    ty = torch.nn.functional.avg_pool3d(tx, **kw)
-    ty.backward(torch.tensor(gy))
     tol = 1e-6 if dtype == "float32" else 1e-12
-    assert y.dtype == gx.dtype == np.dtype(dtype)
-    assert y.shape == tuple(ty.shape) == (shape[0], *out)
-    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=tol, atol=tol)
-    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=tol, atol=tol)
+    check_matches_torch(AvgPool3d(**kw), "avg_pool3d", kw, shape, out, dtype, tol=tol, exact_y=False)
 
 
 def test_avg_pool3d_divisors_at_the_edges():
     # Ones in, so each output is (input positions in its window) / divisor, per axis a product.
     x = np.ones((1, 1, 6, 6, 6))
     kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
-    with_pad = _model(AvgPool3d(**kw), x.shape, "float64").forward(x)
-    without = _model(AvgPool3d(**kw, count_include_pad=False), x.shape, "float64").forward(x)
+    with_pad = pool_model(AvgPool3d(**kw), x.shape, "float64").forward(x)
+    without = pool_model(AvgPool3d(**kw, count_include_pad=False), x.shape, "float64").forward(x)
     # Windows along each axis: [-1,2) [1,4) [3,6) [5,8) -> input 2 3 3 1, padded-clipped 3 3 3 2.
     rows, padded = np.array([2, 3, 3, 1]), np.array([3, 3, 3, 2])
     inside = np.einsum("i,j,k->ijk", rows, rows, rows)
@@ -120,7 +103,7 @@ def test_avg_pool3d_shape_errors():
                 ])
     with pytest.raises(nc.ShapeError, match=r"avg_pool3d node 'pool': input 4x1x4 is smaller than the 2x2x2 "
                                             r"window: expected at least 2x2x2, found 4x1x4"):
-        _model(AvgPool3d(2), (1, 1, 4, 1, 4))
+        pool_model(AvgPool3d(2), (1, 1, 4, 1, 4))
 
 
 @pytest.mark.parametrize("kw, exc, text", [

@@ -9,6 +9,8 @@ import pytest
 import numbacnn as nc
 from numbacnn.testing import check_layer, run_fenced
 
+from _pool_cases import case_ids, check_matches_torch, pool_model
+
 MaxPool1d = nc.get_layer("max_pool1d")
 
 
@@ -45,7 +47,7 @@ CONFIGS = [
     (dict(kernel_size=4, stride=3, padding=2, ceil_mode=True), (1, 3, 13), (3, 5)),  # ceil: 6th dropped
     (dict(kernel_size=5, stride=5, ceil_mode=True), (2, 1, 3), (1, 1)),  # shorter than the window
 ]
-IDS = [f"{'-'.join(f'{k}{v}' for k, v in kw.items())}-{'x'.join(map(str, shape))}" for kw, shape, _ in CONFIGS]
+IDS = case_ids(CONFIGS)
 
 
 @pytest.mark.parametrize("kw, shape, out", CONFIGS[:3], ids=IDS[:3])
@@ -55,29 +57,10 @@ def test_max_pool1d_cpu(kw, shape, out):
     check_layer(layer, [shape], partial(max_pool1d_ref, **kw), cuda=False)
 
 
-def _model(layer, shape, dtype="float32"):
-    g = nc.Graph()
-    g.output(g.add_layer(layer, g.input(shape[1:]), name="pool"))
-    return nc.Model(g, dtype=dtype)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kw, shape, out", CONFIGS, ids=IDS)
 def test_max_pool1d_matches_torch(kw, shape, out, dtype):
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(shape).astype(dtype)
-    model = _model(MaxPool1d(**kw), shape, dtype)
-    y = model.forward(x, training=True)
-    gy = rng.standard_normal(y.shape).astype(dtype)
-    gx = model.backward(gy)
-    tx = torch.tensor(x, requires_grad=True)
-    ty = torch.nn.functional.max_pool1d(tx, **kw)
-    ty.backward(torch.tensor(gy))
-    assert y.dtype == gx.dtype == np.dtype(dtype)
-    assert y.shape == tuple(ty.shape) == (shape[0], *out)
-    np.testing.assert_array_equal(y, ty.detach().numpy())
-    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-6, atol=1e-6)
+    check_matches_torch(MaxPool1d(**kw), "max_pool1d", kw, shape, out, dtype, tol=1e-6, exact_y=True)
 
 
 def test_max_pool1d_shape_errors():
@@ -88,7 +71,7 @@ def test_max_pool1d_shape_errors():
     ])
     with pytest.raises(nc.ShapeError, match=r"max_pool1d node 'pool': input of length 2 \(padded to 4\) is shorter "
                                             r"than the window of 5: expected at least 3, found 2"):
-        _model(MaxPool1d(3, padding=1, dilation=2), (1, 1, 2))
+        pool_model(MaxPool1d(3, padding=1, dilation=2), (1, 1, 2))
 
 
 @pytest.mark.parametrize("kw, exc, text", [

@@ -13,6 +13,8 @@ import pytest
 import numbacnn as nc
 from numbacnn.testing import check_layer, run_fenced
 
+from _pool_cases import case_ids, check_matches_torch, pool_model
+
 MaxPool3d = nc.get_layer("max_pool3d")
 
 
@@ -60,7 +62,7 @@ CONFIGS = [
      (1, 5, 3, 2)),
     (dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (1, 1, 4, 6, 5), (1, 3, 4, 3)),
 ]
-IDS = [f"{'-'.join(f'{k}{v}' for k, v in kw.items())}-{'x'.join(map(str, shape))}" for kw, shape, _ in CONFIGS]
+IDS = case_ids(CONFIGS)
 
 
 @pytest.mark.parametrize("kw, shape, out", CONFIGS[:4], ids=IDS[:4])
@@ -70,29 +72,10 @@ def test_max_pool3d_cpu(kw, shape, out):
     check_layer(layer, [shape], partial(max_pool3d_ref, **kw), cuda=False)
 
 
-def _model(layer, shape, dtype="float32"):
-    g = nc.Graph()
-    g.output(g.add_layer(layer, g.input(shape[1:]), name="pool"))
-    return nc.Model(g, dtype=dtype)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kw, shape, out", CONFIGS, ids=IDS)
 def test_max_pool3d_matches_torch(kw, shape, out, dtype):
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(shape).astype(dtype)
-    model = _model(MaxPool3d(**kw), shape, dtype)
-    y = model.forward(x, training=True)
-    gy = rng.standard_normal(y.shape).astype(dtype)
-    gx = model.backward(gy)
-    tx = torch.tensor(x, requires_grad=True)
-    ty = torch.nn.functional.max_pool3d(tx, **kw)
-    ty.backward(torch.tensor(gy))
-    assert y.dtype == gx.dtype == np.dtype(dtype)
-    assert y.shape == tuple(ty.shape) == (shape[0], *out)
-    np.testing.assert_array_equal(y, ty.detach().numpy())
-    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-6, atol=1e-6)
+    check_matches_torch(MaxPool3d(**kw), "max_pool3d", kw, shape, out, dtype, tol=1e-6, exact_y=True)
 
 
 def test_max_pool3d_ties_and_nan_route_as_torch():
@@ -103,7 +86,7 @@ def test_max_pool3d_ties_and_nan_route_as_torch():
     x[0, 0, 1, 2, 2] = x[0, 0, 2, 2, 3] = np.nan
     x[0, 1] = -np.inf
     for kw in (dict(kernel_size=2, stride=1), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)):
-        model = _model(MaxPool3d(**kw), x.shape)
+        model = pool_model(MaxPool3d(**kw), x.shape)
         y = model.forward(x, training=True)
         gy = np.arange(y.size, dtype=np.float32).reshape(y.shape)
         gx = model.backward(gy)
@@ -122,9 +105,9 @@ def test_max_pool3d_shape_errors():
                 ])
     with pytest.raises(nc.ShapeError, match=r"max_pool3d node 'pool': input 1x4x4 is smaller than the 2x2x2 "
                                             r"window: expected at least 2x2x2, found 1x4x4"):
-        _model(MaxPool3d(2), (1, 1, 1, 4, 4))
+        pool_model(MaxPool3d(2), (1, 1, 1, 4, 4))
     with pytest.raises(nc.ShapeError, match=r"input 4x2x9 \(padded to 4x4x11\) is smaller than the 1x5x5 window"):
-        _model(MaxPool3d((1, 5, 5), padding=(0, 1, 1)), (1, 1, 4, 2, 9))
+        pool_model(MaxPool3d((1, 5, 5), padding=(0, 1, 1)), (1, 1, 4, 2, 9))
 
 
 @pytest.mark.parametrize("kw, exc, text", [
