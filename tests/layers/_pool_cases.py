@@ -1,5 +1,6 @@
-"""What the window-pooling tests of every rank share: case ids, a one-layer model, and the
-comparison with PyTorch's functional pooling (forward and input gradient, float32 and float64).
+"""What the pooling tests share: case ids, a one-layer model, the comparison with PyTorch's
+functional pooling (forward and input gradient, float32 and float64), random adaptive cases
+and the fenced comparison with a naive reference.
 
 Each rank's test file keeps its own configurations and naive NumPy reference; only the
 harness is here, so every rank is held to the same assertions.
@@ -7,9 +8,12 @@ harness is here, so every rank is held to the same assertions.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 import numbacnn as nc
+from numbacnn.testing import run_fenced
 
 
 def case_ids(configs: list[tuple[dict, tuple, tuple]]) -> list[str]:
@@ -48,3 +52,29 @@ def check_matches_torch(layer: nc.Layer, torch_fn: str, kw: dict, shape: tuple[i
     else:
         np.testing.assert_allclose(y, ty.detach().numpy(), rtol=tol, atol=tol)
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=tol, atol=tol)
+
+
+def adaptive_cases(count: int, seed: int) -> list[tuple[tuple[int, int], tuple[int, int, int, int]]]:
+    """``count`` random (output_size, input shape) cases for an adaptive pooling: outputs of
+    1 to 6 a side, planes of 1 to 11 (so smaller, equal and larger planes all occur)."""
+    rng = np.random.default_rng(seed)
+    return [((int(rng.integers(1, 7)), int(rng.integers(1, 7))),
+             (int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 12)), int(rng.integers(1, 12))))
+            for _ in range(count)]
+
+
+def check_fenced(layer: nc.Layer, shape: tuple[int, ...], ref: Callable[..., tuple[np.ndarray, np.ndarray]], seed: int,
+                 exact_y: bool) -> None:
+    """``layer`` run fenced (float64, guard bands around every buffer) on random data against
+    the naive ``ref(x, gy=gy) -> (y, gx)``: y equal (``exact_y``) or within 1e-12, the input
+    gradient within 1e-12."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    gy = rng.standard_normal((shape[0], *layer.output_shape(shape[1:])))
+    run = run_fenced(layer, [x], gy)
+    want_y, want_gx = ref(x, gy=gy)
+    if exact_y:
+        np.testing.assert_array_equal(run.y, want_y, err_msg=f"forward of {layer!r} on {shape}")
+    else:
+        np.testing.assert_allclose(run.y, want_y, rtol=1e-12, atol=1e-12, err_msg=f"forward of {layer!r} on {shape}")
+    np.testing.assert_allclose(run.gxs[0], want_gx, rtol=1e-12, atol=1e-12, err_msg=f"input gradient of {layer!r}")
