@@ -8,6 +8,8 @@ import pytest
 import numbacnn as nc
 from numbacnn.testing import check_layer, run_fenced
 
+from _bn_cases import bn_model, bn_params, check_bn_matches_torch
+
 BatchNorm1d = nc.get_layer("batch_norm1d")
 
 
@@ -45,18 +47,13 @@ def bn_grads_ref(x, gy, weight, eps=1e-5, batch_stats=True):
     return gx, gw, gb
 
 
-def _params(C, seed=3):
-    rng = np.random.default_rng(seed)
-    return {"weight": rng.uniform(0.5, 2.0, C), "bias": rng.standard_normal(C)}
-
-
 BAD = [([(2, 3, 4, 5)], "expected an input of shape (C,) or (C, L), found (3, 4, 5)"),
        ([(2, 3, 4, 5, 6)], "expected an input of shape (C,) or (C, L), found (3, 4, 5, 6)")]
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (2, 4), (3, 2, 5), (1, 3, 4), (4, 1, 1)])
 def test_batch_norm1d_training_cpu(shape):
-    check_layer(BatchNorm1d(), [shape], bn_ref, training=True, params=_params(shape[1]), cuda=False,
+    check_layer(BatchNorm1d(), [shape], bn_ref, training=True, params=bn_params(shape[1]), cuda=False,
                 bad_shapes=BAD)
 
 
@@ -70,12 +67,6 @@ def test_batch_norm1d_eval_cpu(shape):
             return {"running_mean": mean, "running_var": var}
 
     check_layer(Stats(affine=False), [shape], partial(bn_ref, mean=mean, var=var), cuda=False)
-
-
-def _model(layer, shape, dtype="float32", device="cpu"):
-    g = nc.Graph()
-    g.output(g.add_layer(layer, g.input(shape[1:]), name="bn"))
-    return nc.Model(g, dtype=dtype, device=device)
 
 
 # (options, input shape, dtype): vectors and sequences, batch 1 with a length, odd sizes
@@ -93,48 +84,16 @@ TORCH = [
 
 @pytest.mark.parametrize("kw, shape, dtype", TORCH)
 def test_batch_norm1d_matches_torch(kw, shape, dtype):
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(len(shape) * 10 + shape[0])
-    C = shape[1]
-    model = _model(BatchNorm1d(**kw), shape, dtype)
-    tbn = torch.nn.BatchNorm1d(C, dtype=getattr(torch, dtype), **kw)
-    if tbn.affine:
-        for key, value in _params(C).items():
-            model.params[f"bn.{key}"][...] = value
-            getattr(tbn, key).data[...] = torch.tensor(value)
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
-    for training in (True, True, True, False):
-        tbn.train(training)
-        x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
-        gy = rng.standard_normal(shape).astype(dtype)
-        model.zero_grad()
-        y = model.forward(x, training=training, grad=True)
-        gx = model.backward(gy)
-        assert y.dtype == gx.dtype == np.dtype(dtype)
-        tx = torch.tensor(x, requires_grad=True)
-        ty = tbn(tx)
-        ty.backward(torch.tensor(gy))
-        np.testing.assert_allclose(y, ty.detach().numpy(), **tol)
-        np.testing.assert_allclose(gx, tx.grad.numpy(), **tol)
-        if tbn.affine:
-            for key in ("weight", "bias"):
-                np.testing.assert_allclose(model.grads[f"bn.{key}"], getattr(tbn, key).grad.numpy(), **tol)
-            tbn.zero_grad()
-        if tbn.track_running_stats:
-            for key in ("running_mean", "running_var"):
-                np.testing.assert_allclose(model.buffers[f"bn.{key}"], getattr(tbn, key).numpy(), **tol)
-            if tbn.momentum is None:
-                assert model.buffers["bn.num_batches_tracked"][0] == tbn.num_batches_tracked.item()
-        else:
-            assert model.buffers == {}
+    check_bn_matches_torch("BatchNorm1d", BatchNorm1d(**kw), kw, shape, dtype, np.random.default_rng(len(shape) * 10 + shape[0]),
+                           trainings=(True, True, True, False), scale=3, shift=2)
 
 
 def test_batch_norm1d_needs_more_than_one_value_per_channel():
-    model = _model(BatchNorm1d(), (1, 3))
+    model = bn_model(BatchNorm1d(), (1, 3))
     with pytest.raises(ValueError, match=r"batch_norm1d node 'bn': expected more than 1 value per channel"):
         model.forward(np.ones((1, 3), np.float32), training=True)
     model.forward(np.ones((1, 3), np.float32), training=False)  # running statistics: fine
-    _model(BatchNorm1d(), (1, 3, 2)).forward(np.ones((1, 3, 2), np.float32), training=True)
+    bn_model(BatchNorm1d(), (1, 3, 2)).forward(np.ones((1, 3, 2), np.float32), training=True)
 
 
 def test_batch_norm1d_builder_buffers_and_flops():
@@ -165,7 +124,7 @@ def test_batch_norm1d_fenced(shape, training, kw):
     layer = BatchNorm1d(**kw)
     C = shape[1]
     x, gy = rng.standard_normal(shape), rng.standard_normal(shape)
-    params = _params(C) if layer.affine else {}
+    params = bn_params(C) if layer.affine else {}
     run = run_fenced(layer, [x], gy, params, training=training)
     stats = {} if training else dict(mean=np.zeros(C), var=np.ones(C))
     np.testing.assert_allclose(run.y, bn_ref(x, params.get("weight"), params.get("bias"), **stats),
@@ -180,5 +139,5 @@ def test_batch_norm1d_fenced(shape, training, kw):
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape, kw", [((4, 3), dict(momentum=None)), ((2, 3, 4), dict())])
 def test_batch_norm1d_cuda(shape, kw):
-    check_layer(BatchNorm1d(**kw), [shape], bn_ref, training=True, params=_params(shape[1]), cuda=True,
+    check_layer(BatchNorm1d(**kw), [shape], bn_ref, training=True, params=bn_params(shape[1]), cuda=True,
                 threads=False)

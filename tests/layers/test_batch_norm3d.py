@@ -8,6 +8,8 @@ import pytest
 import numbacnn as nc
 from numbacnn.testing import check_layer, run_fenced
 
+from _bn_cases import bn_model, bn_params, check_bn_matches_torch
+
 BatchNorm3d = nc.get_layer("batch_norm3d")
 
 
@@ -26,14 +28,9 @@ def bn_ref(x, weight=None, bias=None, eps=1e-5, mean=None, var=None):
     return y
 
 
-def _params(C, seed=3):
-    rng = np.random.default_rng(seed)
-    return {"weight": rng.uniform(0.5, 2.0, C), "bias": rng.standard_normal(C)}
-
-
 @pytest.mark.parametrize("shape", [(2, 3, 2, 3, 4), (1, 2, 3, 1, 5), (3, 1, 1, 1, 1)])
 def test_batch_norm3d_training_cpu(shape):
-    check_layer(BatchNorm3d(), [shape], bn_ref, training=True, params=_params(shape[1]), cuda=False,
+    check_layer(BatchNorm3d(), [shape], bn_ref, training=True, params=bn_params(shape[1]), cuda=False,
                 bad_shapes=[([(2, 3, 4, 5)], "expected an input of shape (C, D, H, W), found (3, 4, 5)"),
                             ([(2, 3)], "expected an input of shape (C, D, H, W), found (3,)")])
 
@@ -45,13 +42,7 @@ def test_batch_norm3d_eval_cpu():
         def init_buffers(self, input_shapes):
             return {"running_mean": mean, "running_var": var}
 
-    check_layer(Stats(), [(2, 2, 3, 2, 3)], partial(bn_ref, mean=mean, var=var), params=_params(2), cuda=False)
-
-
-def _model(layer, shape, dtype="float32", device="cpu"):
-    g = nc.Graph()
-    g.output(g.add_layer(layer, g.input(shape[1:]), name="bn"))
-    return nc.Model(g, dtype=dtype, device=device)
+    check_layer(Stats(), [(2, 2, 3, 2, 3)], partial(bn_ref, mean=mean, var=var), params=bn_params(2), cuda=False)
 
 
 # (options, input shape, dtype): odd sizes, batch 1, every option
@@ -67,44 +58,12 @@ TORCH = [
 
 @pytest.mark.parametrize("kw, shape, dtype", TORCH)
 def test_batch_norm3d_matches_torch(kw, shape, dtype):
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(sum(shape))
-    C = shape[1]
-    model = _model(BatchNorm3d(**kw), shape, dtype)
-    tbn = torch.nn.BatchNorm3d(C, dtype=getattr(torch, dtype), **kw)
-    if tbn.affine:
-        for key, value in _params(C).items():
-            model.params[f"bn.{key}"][...] = value
-            getattr(tbn, key).data[...] = torch.tensor(value)
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
-    for training in (True, True, False):
-        tbn.train(training)
-        x = (rng.standard_normal(shape) * 2 - 1).astype(dtype)
-        gy = rng.standard_normal(shape).astype(dtype)
-        model.zero_grad()
-        y = model.forward(x, training=training, grad=True)
-        gx = model.backward(gy)
-        assert y.dtype == gx.dtype == np.dtype(dtype)
-        tx = torch.tensor(x, requires_grad=True)
-        ty = tbn(tx)
-        ty.backward(torch.tensor(gy))
-        np.testing.assert_allclose(y, ty.detach().numpy(), **tol)
-        np.testing.assert_allclose(gx, tx.grad.numpy(), **tol)
-        if tbn.affine:
-            for key in ("weight", "bias"):
-                np.testing.assert_allclose(model.grads[f"bn.{key}"], getattr(tbn, key).grad.numpy(), **tol)
-            tbn.zero_grad()
-        if tbn.track_running_stats:
-            for key in ("running_mean", "running_var"):
-                np.testing.assert_allclose(model.buffers[f"bn.{key}"], getattr(tbn, key).numpy(), **tol)
-            if tbn.momentum is None:
-                assert model.buffers["bn.num_batches_tracked"][0] == tbn.num_batches_tracked.item()
-        else:
-            assert model.buffers == {}
+    check_bn_matches_torch("BatchNorm3d", BatchNorm3d(**kw), kw, shape, dtype, np.random.default_rng(sum(shape)),
+                           trainings=(True, True, False), scale=2, shift=-1)
 
 
 def test_batch_norm3d_needs_more_than_one_value_per_channel():
-    model = _model(BatchNorm3d(), (1, 2, 1, 1, 1))
+    model = bn_model(BatchNorm3d(), (1, 2, 1, 1, 1))
     with pytest.raises(ValueError, match=r"batch_norm3d node 'bn': expected more than 1 value per channel"):
         model.forward(np.ones((1, 2, 1, 1, 1), np.float32), training=True)
 
@@ -123,16 +82,16 @@ def test_batch_norm3d_fenced(shape, training):
     rng = np.random.default_rng(shape[0])
     C = shape[1]
     x, gy = rng.standard_normal(shape), rng.standard_normal(shape)
-    run = run_fenced(BatchNorm3d(), [x], gy, _params(C), training=training)
+    run = run_fenced(BatchNorm3d(), [x], gy, bn_params(C), training=training)
     stats = {} if training else dict(mean=np.zeros(C), var=np.ones(C))
-    np.testing.assert_allclose(run.y, bn_ref(x, **_params(C), **stats), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(run.y, bn_ref(x, **bn_params(C), **stats), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(run.grads["bias"], gy.sum(axis=(0, 2, 3, 4)), rtol=1e-10, atol=1e-10)
     if not training:  # fixed statistics (0, 1): gx = weight / sqrt(1 + eps) * gy
-        k = _params(C)["weight"] / np.sqrt(1 + 1e-5)
+        k = bn_params(C)["weight"] / np.sqrt(1 + 1e-5)
         np.testing.assert_allclose(run.gxs[0], k[None, :, None, None, None] * gy, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.cuda
 def test_batch_norm3d_cuda():
-    check_layer(BatchNorm3d(momentum=None), [(2, 2, 2, 3, 2)], bn_ref, training=True, params=_params(2), cuda=True,
+    check_layer(BatchNorm3d(momentum=None), [(2, 2, 2, 3, 2)], bn_ref, training=True, params=bn_params(2), cuda=True,
                 threads=False)
