@@ -4,7 +4,8 @@ avg_pool3d's, which take (N, C, D, H, W). A 2-D input runs as (N, C, 1, H, W), a
 (N, C, 1, 1, L), with a window of 1 (stride 1, no padding) along the added axes, so every rank
 shares the kernels and the geometry of _conv_geometry.
 
-A subclass names itself, its rank (``dims``) and its examples.
+A subclass names itself, its rank (``dims``) and its examples. AdaptivePool2d and
+GlobalPool2d hold what the adaptive and the global poolings (max and average) share.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..layer import Ctx, Layer, Shape
+from ..layer import Ctx, Layer, Shape, ShapeError
 from ._conv_geometry import adaptive_output_shape, adaptive_size, flag, ntuple, pool_output_shape, pool_padding
 
 Size = int | tuple[int, ...]
@@ -156,3 +157,20 @@ class AdaptivePool2d(Layer):
         _, P, Q = output_shape
         # Each output reads its bin, about ceil(H / P) x ceil(W / Q) inputs.
         return C * P * Q * (-(-H // P)) * (-(-W // Q))
+
+
+class GlobalPool2d(Layer):
+    """What global max and average pooling share: no hyper-parameters, (C, H, W) -> (C,), and
+    one read of every input; a subclass names itself and its kernels."""
+
+    def __init__(self) -> None:
+        pass
+
+    def output_shape(self, x_shape: Shape) -> Shape:
+        if len(x_shape) != 3:
+            raise ShapeError(f"expected an input of shape (C, H, W), found {tuple(x_shape)}")
+        return (x_shape[0],)
+
+    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
+        C, H, W = input_shapes[0]
+        return C * H * W

@@ -5,25 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..layer import Ctx, Layer, Shape, ShapeError
+from ..layer import Ctx
+from ._pool import GlobalPool2d
 
 
-class GlobalAvgPool2d(Layer):
+class GlobalAvgPool2d(GlobalPool2d):
     """Mean over each channel's H x W plane. (C, H, W) -> (C,)."""
 
     name = "global_avg_pool2d"
-
-    def __init__(self) -> None:
-        pass
-
-    def output_shape(self, x_shape: Shape) -> Shape:
-        if len(x_shape) != 3:
-            raise ShapeError(f"expected an input of shape (C, H, W), found {tuple(x_shape)}")
-        return (x_shape[0],)
-
-    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
-        C, H, W = input_shapes[0]
-        return C * H * W
 
     def forward(self, ctx: Ctx, x: Any) -> Any:
         N, C, H, W = x.shape

@@ -10,34 +10,23 @@ from typing import Any
 
 import numpy as np
 
-from ..layer import Ctx, Layer, Shape, ShapeError
+from ..layer import Ctx
+from ._pool import GlobalPool2d
 
 _INDEX = np.dtype(np.int32)
 
 
-class GlobalMaxPool2d(Layer):
+class GlobalMaxPool2d(GlobalPool2d):
     """Maximum over each channel's H x W plane. (C, H, W) -> (C,)."""
 
     name = "global_max_pool2d"
     kernels = "numbacnn.layers.adaptive_max_pool2d"
-
-    def __init__(self) -> None:
-        pass
 
     @classmethod
     def examples(cls) -> list[dict[str, Any]]:
         """Small cases for ``numbacnn layers --check global_max_pool2d``."""
         return [{"config": {}, "input_shapes": [(2, 3, 5, 4)],
                  "bad_shapes": [([(2, 3, 4)], "expected an input of shape (C, H, W), found (3, 4)")]}]
-
-    def output_shape(self, x_shape: Shape) -> Shape:
-        if len(x_shape) != 3:
-            raise ShapeError(f"expected an input of shape (C, H, W), found {tuple(x_shape)}")
-        return (x_shape[0],)
-
-    def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
-        C, H, W = input_shapes[0]
-        return C * H * W
 
     def forward(self, ctx: Ctx, x: Any) -> Any:
         N, C = x.shape[:2]
