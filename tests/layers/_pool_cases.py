@@ -8,7 +8,7 @@ harness is here, so every rank is held to the same assertions.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -78,3 +78,19 @@ def check_fenced(layer: nc.Layer, shape: tuple[int, ...], ref: Callable[..., tup
     else:
         np.testing.assert_allclose(run.y, want_y, rtol=1e-12, atol=1e-12, err_msg=f"forward of {layer!r} on {shape}")
     np.testing.assert_allclose(run.gxs[0], want_gx, rtol=1e-12, atol=1e-12, err_msg=f"input gradient of {layer!r}")
+
+
+def check_max_fenced(layer: nc.Layer, shape: tuple[int, ...], ref: Callable[..., tuple[np.ndarray, np.ndarray]],
+                     seed: int) -> tuple[Any, np.ndarray]:
+    """A max pooling run fenced on random data (float32 for every fourth seed, else float64)
+    against the naive float64 ``ref(x, gy=gy) -> (y, gx)``: y exactly (a max picks an
+    input), the input gradient within 1e-6. Returns the run and its x, for further checks."""
+    dtype = np.float32 if seed % 4 == 3 else np.float64
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    gy = rng.standard_normal((shape[0], *layer.output_shape(shape[1:]))).astype(dtype)
+    run = run_fenced(layer, [x], gy)
+    want_y, want_gx = ref(x.astype(np.float64), gy=gy.astype(np.float64))
+    np.testing.assert_array_equal(run.y, want_y.astype(dtype), err_msg=f"forward of {layer!r} on {shape}")
+    np.testing.assert_allclose(run.gxs[0], want_gx, rtol=1e-6, atol=1e-6, err_msg=f"input gradient of {layer!r}")
+    return run, x

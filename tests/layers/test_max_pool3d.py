@@ -13,7 +13,7 @@ import pytest
 import numbacnn as nc
 from numbacnn.testing import check_layer, run_fenced
 
-from _pool_cases import case_ids, check_matches_torch, pool_model
+from _pool_cases import case_ids, check_matches_torch, check_max_fenced, pool_model
 
 MaxPool3d = nc.get_layer("max_pool3d")
 
@@ -187,13 +187,6 @@ def test_max_pool3d_random_geometries_cover_the_kernels_and_the_edges():
 @pytest.mark.parametrize("i", range(len(GEOMETRIES)), ids=[f"{kw}@{s}" for kw, s in GEOMETRIES])
 def test_max_pool3d_random_geometries_fenced(i):
     kw, shape = GEOMETRIES[i]
-    dtype = np.float32 if i % 4 == 3 else np.float64
-    rng = np.random.default_rng(i)
     layer = MaxPool3d(**kw)
-    x = rng.standard_normal(shape).astype(dtype)
-    gy = rng.standard_normal((shape[0], *layer.output_shape(shape[1:]))).astype(dtype)
-    run = run_fenced(layer, [x], gy)
-    want_y, want_gx = max_pool3d_ref(x.astype(np.float64), gy=gy.astype(np.float64), **kw)
-    np.testing.assert_array_equal(run.y, want_y.astype(dtype), err_msg=f"forward of {layer!r} on {shape}")
-    np.testing.assert_allclose(run.gxs[0], want_gx, rtol=1e-6, atol=1e-6, err_msg=f"input gradient of {layer!r}")
+    run, x = check_max_fenced(layer, shape, partial(max_pool3d_ref, **kw), seed=i)
     np.testing.assert_array_equal(run_fenced(layer, [x], None, training=False).y, run.y)
