@@ -4,7 +4,8 @@ sizes, one implementation each.
 PyTorch's conventions: sizes are an int or an (h, w) pair (a 1-tuple or a (d, h, w) triple
 for the 1-D and 3-D layers); a convolution's padding is also
 "valid", "same" (stride 1 only; the odd pixel of an even total goes to the bottom/right) or an
-explicit (top, bottom, left, right); a pooling's is symmetric, at most half its window.
+explicit (begin, end) per axis ((top, bottom, left, right) in 2-D); a pooling's is symmetric, at
+most half its window.
 out = floor((in + pads - dilation * (kernel - 1) - 1) / stride) + 1, or with ``ceil_mode``
 rounded up, as long as the last window starts inside the input or its leading padding.
 Adaptive poolings take an output size instead (None keeps the input's size along that axis).

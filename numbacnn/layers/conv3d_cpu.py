@@ -20,10 +20,14 @@ import numpy as np
 from .._blas import gemm
 from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import single_thread_blas
+from .conv2d_cpu import _valid
 
 __all__ = ["conv3d_scratch", "conv3d_forward", "conv3d_backward"]
 
 
+# Both copies index flat views with unsigned offsets and copy each output row's valid run of
+# taps in one loop (conv2d_cpu's _valid finds it): per-element bounds checks and signed
+# indexing kept LLVM from vectorising them.
 @cpu_inline
 def _vol2col(xn, cf, Do, Po, Qo, geo):
     """cf[(((c*T + i)*R + j)*S + l)*L + (d*Po + p)*Qo + q] = xn[c, d*sd + i*dd - pd,
@@ -32,23 +36,35 @@ def _vol2col(xn, cf, Do, Po, Qo, geo):
     C, D, H, W = xn.shape
     L = Do * Po * Qo
     zero = xn.dtype.type(0)
+    xf = xn.reshape(xn.size)
     for c in range(C):
         for i in range(T):
+            d0, d1 = _valid(Do, D, sd, i * dd - pd)
             for j in range(R):
+                p0, p1 = _valid(Po, H, sh, j * dh - ph)
                 for l in range(S):
-                    row = (((c * T + i) * R + j) * S + l) * L
+                    off = l * dw - pw
+                    q0, q1 = _valid(Qo, W, sw, off)
+                    row = np.uint64((((c * T + i) * R + j) * S + l) * L)
                     for d in range(Do):
-                        z = d * sd + i * dd - pd
                         for p in range(Po):
-                            h = p * sh + j * dh - ph
-                            o = row + (d * Po + p) * Qo
-                            if z < 0 or z >= D or h < 0 or h >= H:
-                                for q in range(Qo):
-                                    cf[o + q] = zero
-                                continue
-                            for q in range(Qo):
-                                v = q * sw + l * dw - pw
-                                cf[o + q] = xn[c, z, h, v] if v >= 0 and v < W else zero
+                            o = row + np.uint64((d * Po + p) * Qo)
+                            inside = d >= d0 and d < d1 and p >= p0 and p < p1
+                            lo, hi = (q0, q1) if inside else (Qo, Qo)  # [lo, hi) copied, the rest 0
+                            for q in range(lo):
+                                cf[o + np.uint64(q)] = zero
+                            if hi > lo:
+                                src = np.uint64(((c * D + d * sd + i * dd - pd) * H + p * sh + j * dh - ph) * W
+                                                + lo * sw + off)
+                                dst = o + np.uint64(lo)
+                                if sw == 1:
+                                    for e in range(hi - lo):
+                                        cf[dst + np.uint64(e)] = xf[src + np.uint64(e)]
+                                else:
+                                    for e in range(hi - lo):
+                                        cf[dst + np.uint64(e)] = xf[src + np.uint64(e * sw)]
+                            for q in range(hi, Qo):
+                                cf[o + np.uint64(q)] = zero
 
 
 @cpu_inline
@@ -58,26 +74,30 @@ def _col2vol(cf, gxn, Do, Po, Qo, geo):
     C, D, H, W = gxn.shape
     L = Do * Po * Qo
     gf = gxn.reshape(gxn.size)
-    for i in range(gf.size):
-        gf[i] = gxn.dtype.type(0)
+    for e in range(gf.size):
+        gf[e] = gxn.dtype.type(0)
     for c in range(C):
         for i in range(T):
+            d0, d1 = _valid(Do, D, sd, i * dd - pd)
             for j in range(R):
+                p0, p1 = _valid(Po, H, sh, j * dh - ph)
                 for l in range(S):
-                    row = (((c * T + i) * R + j) * S + l) * L
-                    for d in range(Do):
-                        z = d * sd + i * dd - pd
-                        if z < 0 or z >= D:
-                            continue
-                        for p in range(Po):
-                            h = p * sh + j * dh - ph
-                            if h < 0 or h >= H:
-                                continue
-                            o = row + (d * Po + p) * Qo
-                            for q in range(Qo):
-                                v = q * sw + l * dw - pw
-                                if v >= 0 and v < W:
-                                    gxn[c, z, h, v] += cf[o + q]
+                    off = l * dw - pw
+                    q0, q1 = _valid(Qo, W, sw, off)
+                    if q1 == q0:
+                        continue
+                    row = np.uint64((((c * T + i) * R + j) * S + l) * L + q0)
+                    for d in range(d0, d1):
+                        for p in range(p0, p1):
+                            o = row + np.uint64((d * Po + p) * Qo)
+                            dst = np.uint64(((c * D + d * sd + i * dd - pd) * H + p * sh + j * dh - ph) * W
+                                            + q0 * sw + off)
+                            if sw == 1:
+                                for e in range(q1 - q0):
+                                    gf[dst + np.uint64(e)] += cf[o + np.uint64(e)]
+                            else:
+                                for e in range(q1 - q0):
+                                    gf[dst + np.uint64(e * sw)] += cf[o + np.uint64(e)]
 
 
 @cpu_kernel

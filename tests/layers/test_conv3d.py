@@ -245,3 +245,20 @@ CUDA_CONFIGS = [
 @pytest.mark.parametrize("cfg,shape", CUDA_CONFIGS, ids=[f"{c}@{s}" for c, s in CUDA_CONFIGS])
 def test_conv3d_cuda(cfg, shape):
     check_layer(Conv3d(**cfg), [shape], conv3d_ref(cfg), cuda=True, threads=False, fd_points=6)
+
+
+@pytest.mark.parametrize("padding", [(1, 0, 0, 2, 1, 1), (1, 0, 2), "same"])
+def test_conv3d_onnx_round_trip(padding, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    g = nc.Graph()
+    g.conv3d(g.input((2, 3, 4, 5)), out_channels=4, kernel_size=(2, 3, 2), padding=padding, groups=2, name="c")
+    m = nc.Model(g, seed=2)
+    nc.onnx.export(m, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((2, 2, 3, 4, 5)).astype(np.float32)
+    y = m.forward(x)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {g.inputs[0]: x})[0], y, rtol=1e-5, atol=1e-6)
+    back = nc.onnx.load(tmp_path / "m.onnx")
+    assert back.params["c.weight"].shape == (4, 1, 2, 3, 2)
+    np.testing.assert_allclose(back.forward(x), y, rtol=1e-6, atol=1e-7)
