@@ -3,7 +3,9 @@
 conv2d_cpu's channel-major scheme one axis up. Each of T chunks of the batch is one parallel
 task; for each of its samples it builds the column matrix col[t] (rows (c, t, r, s), columns
 the output positions (d, p, q)) and multiplies it with ``gemm`` (numbacnn._blas, one BLAS
-thread): y[n, g] = w[g] @ col[t, g] lands in NCDHW order with no transposes.
+thread): y[n, g] = w[g] @ col[t, g] lands in NCDHW order with no transposes. The matrix is
+built a block of output depths at a time (the products write their columns of y with a row
+stride), so its scratch stays a few MB however long the clip.
 
 The weight gradient sums gy[n, g] @ col[t, g]^T over the chunk's samples into the chunk's own
 partial; ``_reduce`` adds the partials in a fixed order afterwards, so no two threads write
@@ -22,6 +24,13 @@ from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import single_thread_blas
 from .conv2d_cpu import _valid
 
+# Column-matrix block per chunk of the batch: at most this many elements (1 MiB of float32)
+# unless one output depth plane needs more. Without a cap a clip's matrix is C*T*R*S times
+# its output, hundreds of MB; and a block that stays in cache between the copy and the
+# products was faster: (8, 16, 8, 32, 32) -> 32, 3x3x3, forward 87 ms with 16 MiB blocks,
+# 70 ms with 4 MiB blocks of two planes, 62 ms with one plane (1.7 MiB), 2 threads.
+_BLOCK_ELEMENTS = 1 << 18
+
 __all__ = ["conv3d_scratch", "conv3d_forward", "conv3d_backward"]
 
 
@@ -29,26 +38,27 @@ __all__ = ["conv3d_scratch", "conv3d_forward", "conv3d_backward"]
 # taps in one loop (conv2d_cpu's _valid finds it): per-element bounds checks and signed
 # indexing kept LLVM from vectorising them.
 @cpu_inline
-def _vol2col(xn, cf, Do, Po, Qo, geo):
-    """cf[(((c*T + i)*R + j)*S + l)*L + (d*Po + p)*Qo + q] = xn[c, d*sd + i*dd - pd,
+def _vol2col(xn, cf, da, db, Po, Qo, geo):
+    """The column matrix of output depths da..db-1, rows of L = (db - da)*Po*Qo:
+    cf[(((c*T + i)*R + j)*S + l)*L + ((d - da)*Po + p)*Qo + q] = xn[c, d*sd + i*dd - pd,
     p*sh + j*dh - ph, q*sw + l*dw - pw], or 0 outside xn."""
     _, T, R, S, sd, sh, sw, dd, dh, dw, pd, ph, pw = geo
     C, D, H, W = xn.shape
-    L = Do * Po * Qo
+    L = (db - da) * Po * Qo
     zero = xn.dtype.type(0)
     xf = xn.reshape(xn.size)
     for c in range(C):
         for i in range(T):
-            d0, d1 = _valid(Do, D, sd, i * dd - pd)
+            d0, d1 = _valid(db, D, sd, i * dd - pd)
             for j in range(R):
                 p0, p1 = _valid(Po, H, sh, j * dh - ph)
                 for l in range(S):
                     off = l * dw - pw
                     q0, q1 = _valid(Qo, W, sw, off)
                     row = np.uint64((((c * T + i) * R + j) * S + l) * L)
-                    for d in range(Do):
+                    for d in range(da, db):
                         for p in range(Po):
-                            o = row + np.uint64((d * Po + p) * Qo)
+                            o = row + np.uint64(((d - da) * Po + p) * Qo)
                             inside = d >= d0 and d < d1 and p >= p0 and p < p1
                             lo, hi = (q0, q1) if inside else (Qo, Qo)  # [lo, hi) copied, the rest 0
                             for q in range(lo):
@@ -68,17 +78,16 @@ def _vol2col(xn, cf, Do, Po, Qo, geo):
 
 
 @cpu_inline
-def _col2vol(cf, gxn, Do, Po, Qo, geo):
-    """gxn = the sum of the column-matrix entries that _vol2col copied from each element."""
+def _col2vol(cf, gxn, da, db, Po, Qo, geo):
+    """gxn += the entries of a column matrix of output depths da..db-1 (as _vol2col lays it
+    out), each where _vol2col would have copied it from."""
     _, T, R, S, sd, sh, sw, dd, dh, dw, pd, ph, pw = geo
     C, D, H, W = gxn.shape
-    L = Do * Po * Qo
+    L = (db - da) * Po * Qo
     gf = gxn.reshape(gxn.size)
-    for e in range(gf.size):
-        gf[e] = gxn.dtype.type(0)
     for c in range(C):
         for i in range(T):
-            d0, d1 = _valid(Do, D, sd, i * dd - pd)
+            d0, d1 = _valid(db, D, sd, i * dd - pd)
             for j in range(R):
                 p0, p1 = _valid(Po, H, sh, j * dh - ph)
                 for l in range(S):
@@ -87,9 +96,9 @@ def _col2vol(cf, gxn, Do, Po, Qo, geo):
                     if q1 == q0:
                         continue
                     row = np.uint64((((c * T + i) * R + j) * S + l) * L + q0)
-                    for d in range(d0, d1):
+                    for d in range(max(d0, da), d1):
                         for p in range(p0, p1):
-                            o = row + np.uint64((d * Po + p) * Qo)
+                            o = row + np.uint64(((d - da) * Po + p) * Qo)
                             dst = np.uint64(((c * D + d * sd + i * dd - pd) * H + p * sh + j * dh - ph) * W
                                             + q0 * sw + off)
                             if sw == 1:
@@ -103,14 +112,19 @@ def _col2vol(cf, gxn, Do, Po, Qo, geo):
 @cpu_kernel
 def _forward(x, w3, b, col, y4, Do, Po, Qo, geo):
     N, G, Kg, L = y4.shape
-    T, J = col.shape[0], w3.shape[2]
+    T, J, M = col.shape[0], w3.shape[2], Po * Qo
+    nd = col.shape[1] // (G * J * M)  # output depths per column-matrix block
     for t in prange(T):
-        cf = col[t].reshape(col[t].size)
+        cf = col[t]
         for n in range(t * N // T, (t + 1) * N // T):
-            _vol2col(x[n], cf, Do, Po, Qo, geo)
-            for g in range(G):  # y4[n, g] = w3[g] @ col[t, g]
-                gemm(False, False, Kg, L, J, w3[g].reshape(Kg * J), J, col[t, g].reshape(J * L), L, 0,
-                     y4[n, g].reshape(Kg * L), L)
+            yn = y4[n].reshape(G * Kg * L)
+            for da in range(0, Do, nd):
+                db = min(Do, da + nd)
+                lb = (db - da) * M
+                _vol2col(x[n], cf, da, db, Po, Qo, geo)
+                for g in range(G):  # y4[n, g, :, block] = w3[g] @ (the block's column matrix of group g)
+                    gemm(False, False, Kg, lb, J, w3[g].reshape(Kg * J), J, cf[g * J * lb:], lb, 0,
+                         yn[g * Kg * L + da * M:], L)
             if b.size:
                 for g in range(G):
                     for k in range(Kg):
@@ -122,20 +136,29 @@ def _forward(x, w3, b, col, y4, Do, Po, Qo, geo):
 @cpu_kernel
 def _backward(x, w3, gy4, col, part, gx, Do, Po, Qo, geo, want_gx):
     N, G, Kg, L = gy4.shape
-    T, J = col.shape[0], w3.shape[2]
+    T, J, M = col.shape[0], w3.shape[2], Po * Qo
+    nd = col.shape[1] // (G * J * M)
     for t in prange(T):
-        cf = col[t].reshape(col[t].size)
+        cf = col[t]
         n0 = t * N // T
         for n in range(n0, (t + 1) * N // T):
-            _vol2col(x[n], cf, Do, Po, Qo, geo)
-            for g in range(G):  # part[t, g] (+)= gy4[n, g] @ col[t, g]^T
-                gemm(False, True, Kg, J, L, gy4[n, g].reshape(Kg * L), L, col[t, g].reshape(J * L), L,
-                     0 if n == n0 else 1, part[t, g].reshape(Kg * J), J)
+            gyn = gy4[n].reshape(G * Kg * L)
             if want_gx:
-                for g in range(G):  # col[t, g] = w3[g]^T @ gy4[n, g]
-                    gemm(True, False, J, L, Kg, w3[g].reshape(Kg * J), J, gy4[n, g].reshape(Kg * L), L, 0,
-                         col[t, g].reshape(J * L), L)
-                _col2vol(cf, gx[n], Do, Po, Qo, geo)
+                gxf = gx[n].reshape(gx[n].size)
+                for e in range(gxf.size):
+                    gxf[e] = gx.dtype.type(0)
+            for da in range(0, Do, nd):
+                db = min(Do, da + nd)
+                lb = (db - da) * M
+                _vol2col(x[n], cf, da, db, Po, Qo, geo)
+                for g in range(G):  # part[t, g] (+)= gy4[n, g, :, block] @ (the block's columns)^T
+                    gemm(False, True, Kg, J, lb, gyn[g * Kg * L + da * M:], L, cf[g * J * lb:], lb,
+                         0 if n == n0 and da == 0 else 1, part[t, g].reshape(Kg * J), J)
+                if want_gx:
+                    for g in range(G):  # the block's columns = w3[g]^T @ gy4[n, g, :, block]
+                        gemm(True, False, J, lb, Kg, w3[g].reshape(Kg * J), J, gyn[g * Kg * L + da * M:], L, 0,
+                             cf[g * J * lb:], lb)
+                    _col2vol(cf, gx[n], da, db, Po, Qo, geo)
 
 
 @cpu_kernel
@@ -158,10 +181,13 @@ def _reduce(part, gw2, gy3, gb):
 
 
 def conv3d_scratch(x_shape: tuple, w_shape: tuple, y_shape: tuple, chunks: int) -> tuple[tuple, tuple]:
-    """Shapes of the scratch arrays the kernels take: a column matrix per chunk of the batch,
-    (chunks, C*T*R*S, D'*P*Q), and a weight-gradient partial per chunk, (chunks, K, C/G*T*R*S)."""
+    """Shapes of the scratch arrays the kernels take: per chunk of the batch, a column matrix
+    of C*T*R*S rows for as many output depths as _BLOCK_ELEMENTS allows (one at least), and a
+    weight-gradient partial (K, C/G*T*R*S)."""
     K, J = w_shape[0], int(np.prod(w_shape[1:]))
-    return (chunks, x_shape[1] * int(np.prod(w_shape[2:])), int(np.prod(y_shape[2:]))), (chunks, K, J)
+    rows, plane = x_shape[1] * int(np.prod(w_shape[2:])), y_shape[3] * y_shape[4]
+    depths = max(1, min(y_shape[2], _BLOCK_ELEMENTS // (rows * plane)))
+    return (chunks, rows * depths * plane), (chunks, K, J)
 
 
 def conv3d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray,
@@ -170,8 +196,7 @@ def conv3d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, c
     G = geo[0]
     N, K, Do, Po, Qo = y.shape
     with single_thread_blas:
-        _forward(x, w.reshape(G, K // G, -1), b, col.reshape(col.shape[0], G, -1, Do * Po * Qo),
-                 y.reshape(N, G, K // G, -1), Do, Po, Qo, geo)
+        _forward(x, w.reshape(G, K // G, -1), b, col, y.reshape(N, G, K // G, -1), Do, Po, Qo, geo)
 
 
 def conv3d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
@@ -182,7 +207,6 @@ def conv3d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray
     N, K, Do, Po, Qo = gy.shape
     T, _, J = part.shape
     with single_thread_blas:
-        _backward(x, w.reshape(G, K // G, J), gy.reshape(N, G, K // G, -1), col.reshape(T, G, J, -1),
-                  part.reshape(T, G, K // G, J),
+        _backward(x, w.reshape(G, K // G, J), gy.reshape(N, G, K // G, -1), col, part.reshape(T, G, K // G, J),
                   x if gx is None else gx, Do, Po, Qo, geo, gx is not None)
         _reduce(part, gw.reshape(K, J), gy.reshape(N, K, -1), gb)

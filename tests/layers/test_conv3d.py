@@ -262,3 +262,18 @@ def test_conv3d_onnx_round_trip(padding, tmp_path):
     back = nc.onnx.load(tmp_path / "m.onnx")
     assert back.params["c.weight"].shape == (4, 1, 2, 3, 2)
     np.testing.assert_allclose(back.forward(x), y, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("elements", [1, 2 * 48 * 6])
+def test_conv3d_cpu_in_blocks_of_output_depths(elements, monkeypatch):
+    # The CPU builds its column matrix a block of output depths at a time: one depth per
+    # block, and two (the last block short: 5 depths), on a grouped, strided, padded case.
+    from numbacnn.layers import conv3d_cpu
+
+    cfg, shape = dict(out_channels=4, kernel_size=(2, 3, 2), stride=(1, 2, 1), padding=(1, 1, 1), groups=2), \
+        (2, 4, 4, 3, 2)
+    monkeypatch.setattr(conv3d_cpu, "_BLOCK_ELEMENTS", elements)
+    rows, out = 4 * 12, Conv3d(**cfg).output_shape(shape[1:])
+    assert out == (4, 5, 2, 3)
+    assert conv3d_cpu.conv3d_scratch(shape, (4, 2, 2, 3, 2), (2, *out), 2)[0] == (2, rows * (elements // 288 or 1) * 6)
+    check_layer(Conv3d(**cfg), [shape], conv3d_ref(cfg), cuda=False, fd_points=8)
