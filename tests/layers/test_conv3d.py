@@ -141,7 +141,8 @@ def test_conv3d_params_init_flops_and_free_sizes():
 
 
 # Fenced random geometries: every array the CPU kernels touch sits inside a NaN-marked margin,
-# so a read past an array shows as NaN and a write past one raises.
+# so a read past an array shows as NaN and a write past one raises (every other one in
+# column-matrix blocks of one output depth).
 def _geometries(count, seed):
     rng = np.random.default_rng(seed)
     out = []
@@ -165,8 +166,12 @@ GEOMETRIES = _geometries(16, seed=13)
 
 
 @pytest.mark.parametrize("i", range(len(GEOMETRIES)), ids=[f"{kw}@{s}" for kw, s in GEOMETRIES])
-def test_conv3d_random_geometries_fenced(i):
+def test_conv3d_random_geometries_fenced(i, monkeypatch):
+    from numbacnn.layers import conv3d_cpu
+
     kw, shape = GEOMETRIES[i]
+    if i % 2:  # column-matrix blocks of one output depth plane: every block edge crossed
+        monkeypatch.setattr(conv3d_cpu, "_BLOCK_ELEMENTS", 1)
     dtype = np.float32 if i % 4 == 3 else np.float64
     rng = np.random.default_rng(i)
     layer = Conv3d(**kw)
