@@ -1,9 +1,9 @@
 """The workloads and their peers: numbacnn, PyTorch CPU (built from the same weights) and a
 naive NumPy im2col + matmul convolution.
 
-Every peer of a workload does the same work: the same shapes, the same weights (copied from
-the numbacnn model into the PyTorch module, whose submodules carry numbacnn's node names), the
-same gradients asked for. ``check_same`` compares their outputs once, outside the timer, so a
+Every peer of a workload does the same work: the same shapes, the same weights (a model's
+PyTorch peer is ``_twin.torch_twin(model)``, its graph walked into torch.nn with numbacnn's
+weights copied in), the same gradients asked for. ``check_same`` compares their outputs once, outside the timer, so a
 ratio is never read off two different computations. PyTorch is imported only by the functions
 that build its peers; callers skip when it is missing.
 """
@@ -194,37 +194,6 @@ def torch_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def load_params(module: Any, model: nc.Model, prefix: str = "") -> None:
-    """Copy numbacnn's parameters and buffers into a torch module whose names match."""
-    import torch
-
-    state = {}
-    for table in (model.params, model.buffers):
-        for key, value in table.items():
-            state[key[len(prefix):]] = torch.from_numpy(np.array(value))
-    module.load_state_dict(state, strict=False)
-
-
-def torch_network3() -> Any:
-    """network3's two-conv net (conv2_relu), named as nc.zoo.network3 names its nodes."""
-    import torch
-    from torch import nn
-
-    class Network3(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 40, 5)
-            self.fc1, self.fc2 = nn.Linear(640, 100), nn.Linear(100, 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            f = nn.functional
-            x = f.relu(f.max_pool2d(self.conv1(x), 2))
-            x = f.relu(f.max_pool2d(self.conv2(x), 2))
-            return self.fc2(f.relu(self.fc1(x.flatten(1))))
-
-    return Network3()
-
-
 def torch_train_step(net: Any, x: np.ndarray, labels: np.ndarray) -> Callable[[], float]:
     import torch
 
@@ -240,61 +209,6 @@ def torch_train_step(net: Any, x: np.ndarray, labels: np.ndarray) -> Callable[[]
         return loss.item()
 
     return step
-
-
-def torch_bottleneck(in_channels: int, mid: int, out: int, stride: int) -> Any:
-    """torchvision's Bottleneck (v1.5: stride on the 3x3), numbacnn's node names."""
-    from torch import nn
-
-    class Bottleneck(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(in_channels, mid, 1, bias=False), nn.BatchNorm2d(mid)
-            self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(mid)
-            self.conv3, self.bn3 = nn.Conv2d(mid, out, 1, bias=False), nn.BatchNorm2d(out)
-            self.proj = None
-            if stride != 1 or in_channels != out:
-                self.proj = nn.Conv2d(in_channels, out, 1, stride, bias=False)
-                self.proj_bn = nn.BatchNorm2d(out)
-            self.relu = nn.ReLU(inplace=True)
-
-        def forward(self, x: Any) -> Any:
-            h = self.relu(self.bn1(self.conv1(x)))
-            h = self.relu(self.bn2(self.conv2(h)))
-            h = self.bn3(self.conv3(h))
-            shortcut = x if self.proj is None else self.proj_bn(self.proj(x))
-            return self.relu(h + shortcut)
-
-    return Bottleneck()
-
-
-def torch_inception(in_channels: int) -> Any:
-    """GoogLeNet v1's Inception module (biased convolutions, ReLU each), numbacnn's names."""
-    import torch
-    from torch import nn
-
-    c = INCEPTION_3A
-
-    class Inception(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(in_channels, c["c1"], 1)
-            self.conv3_reduce = nn.Conv2d(in_channels, c["c3_reduce"], 1)
-            self.conv3 = nn.Conv2d(c["c3_reduce"], c["c3"], 3, padding=1)
-            self.conv5_reduce = nn.Conv2d(in_channels, c["c5_reduce"], 1)
-            self.conv5 = nn.Conv2d(c["c5_reduce"], c["c5"], 5, padding=2)
-            self.pool_proj = nn.Conv2d(in_channels, c["pool_proj"], 1)
-
-        def forward(self, x: Any) -> Any:
-            r = torch.relu
-            b1 = r(self.conv1(x))
-            b3 = r(self.conv3(r(self.conv3_reduce(x))))
-            b5 = r(self.conv5(r(self.conv5_reduce(x))))
-            bp = r(self.pool_proj(nn.functional.max_pool2d(x, 3, 1, 1)))
-            return torch.cat((b1, b3, b5, bp), 1)
-
-    return Inception()
 
 
 def torch_block_step(net: Any, x: np.ndarray, gy: np.ndarray) -> Callable[[], Any]:

@@ -4,8 +4,8 @@
 
 Each rank runs network3's training step (``nc.zoo.network3()``, conv2_relu, 1x28x28, batch 64
 per rank by default) on its own random batch: forward, cross-entropy, backward (the compute),
-then ``GradientAverager.average()`` (the gradient copied into its buckets, one ``Allreduce``
-per bucket, copied back: the communication), then the SGD step. Medians over ``--steps`` steps
+then ``GradientAverager.average()`` (one in-place ``Allreduce`` per bucket, a slice of the
+model's flat gradient on the CPU: the communication), then the SGD step. Medians over ``--steps`` steps
 after two warm-up steps (compilation), of the slowest rank; the average is timed again back to
 back, where no rank arrives late from its compute (on a busy machine a rank descheduled during
 the step makes the in-step figure mostly waiting). Then it measures this machine's allreduce latency (8

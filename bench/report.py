@@ -38,7 +38,16 @@ TORCH_TARGETS = [
     ("conv2d forward+backward", "", 0.8),
     ("conv1d forward+backward", "", 0.8),
     ("block forward+backward", "", 0.8),
+    ("conv_transpose2d forward", "", 0.8),
+    ("conv_transpose2d forward+backward", "", 0.8),
 ]
+# The whole-model rows (test_models.py; bench/_zoo.py's MODELS) and issue 17's targets for them.
+ZOO = ("lenet5", "network3", "vgg_small", "googlenet_mini", "resnet_bottleneck")
+TORCH_TARGETS += [(f"{m} train step", "N32", 1.2) for m in ZOO] + [(f"{m} inference", "N256", 1.3) for m in ZOO]
+# (kind, workload suffix, minimum x onnxruntime, label); at batch 1 "at most 2x its time".
+ORT_TARGETS = [(f"{m} inference", "N256", 1.0, ">=1.0x onnxruntime") for m in ZOO] + \
+              [(f"{m} inference", " N1", 0.5, "<=2x onnxruntime's time") for m in ZOO]
+MEMORY_TARGET = ("train", 1.0)  # a training step's own memory: at most PyTorch's
 # (kind, workload suffix, most seconds numbacnn may take): per-call costs.
 TIME_TARGETS = [("network3 inference", "N1", 0.15e-3)]
 NUMPY_TARGET = ("conv2d forward", 5.0)
@@ -118,7 +127,7 @@ def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
 def rows(groups: dict, peak: float | None) -> list[dict[str, Any]]:
     out = []
     for (kind, device, workload), peers in groups.items():
-        if kind in ("matmul", "cold start"):
+        if kind in ("matmul", "cold start", "memory"):
             continue
         ours = peers.get("numbacnn")
         t_ours = _median(ours)
@@ -127,6 +136,7 @@ def rows(groups: dict, peak: float | None) -> list[dict[str, Any]]:
                         torch=_median(peers.get("torch")), numpy=_median(peers.get("numpy")),
                         x_torch=_ratio(_median(peers.get("torch")), t_ours),
                         x_numpy=_ratio(_median(peers.get("numpy")), t_ours), gflops=gflops,
+                        x_ort=_ratio(_median(peers.get("onnxruntime")), t_ours),
                         peak=gflops / peak if gflops and peak and device == "cpu" else None,
                         flops=ours["extra_info"]["flops"] if ours else 0, target=[]))
     for r in out:
@@ -197,6 +207,7 @@ def render(data: dict[str, Any], groups: dict) -> str:
         lines += ["", f"PyTorch against the naive NumPy forward in this run: {min(vs):.2f}x to {max(vs):.2f}x "
                       f"(>= {NUMPY_TARGET[1]:g}x on {met} of {len(vs)} shapes)."]
     lines += onnx_lines(groups)
+    lines += memory_lines(groups)
     cold = cold_rows(groups)
     if cold:
         lines += ["", "| cold start: network3, fresh process to end of first training step (N64) | seconds "
@@ -215,12 +226,40 @@ def onnx_lines(groups: dict) -> list[str]:
     if not found:
         return []
     ms = lambda t: _fmt(None if t is None else t * 1e3, ".2f")
-    lines = ["", "| workload (imported ONNX model) | device | numbacnn ms | PyTorch ms | onnxruntime ms | x torch "
-                 "| x onnxruntime |", "|---|---|--:|--:|--:|--:|--:|"]
+    lines = ["", "| workload (onnxruntime runs the same ONNX file) | device | numbacnn ms | PyTorch ms "
+                 "| onnxruntime ms | x torch | x onnxruntime | target |", "|---|---|--:|--:|--:|--:|--:|---|"]
     for (kind, device, workload), peers in found:
         ours, torch, rt = (_median(peers.get(p)) for p in ("numbacnn", "torch", "onnxruntime"))
+        x_rt = _ratio(rt, ours)
+        target = [_check(x_rt, want, what) for k, suffix, want, what in ORT_TARGETS
+                  if kind == k and workload.endswith(suffix) and device == "cpu"]
         lines.append(f"| {kind} {workload} | {device} | {ms(ours)} | {ms(torch)} | {ms(rt)} "
-                     f"| {_fmt(_ratio(torch, ours), '.2f')} | {_fmt(_ratio(rt, ours), '.2f')} |")
+                     f"| {_fmt(_ratio(torch, ours), '.2f')} | {_fmt(x_rt, '.2f')} | {'; '.join(target)} |")
+    return lines
+
+
+def memory_lines(groups: dict) -> list[str]:
+    """The memory table: each (model, mode)'s step memory in numbacnn and PyTorch (test_models_memory)."""
+    found = [(workload, peers) for (kind, _, workload), peers in groups.items() if kind == "memory"]
+    if not found:
+        return []
+    lines = ["", "| peak resident memory (fresh process per row; MB the step itself needed, above the resident "
+                 "size after warm-up) | numbacnn MB | PyTorch MB | numbacnn / torch | numbacnn peak MB "
+                 "| PyTorch peak MB | target |", "|---|--:|--:|--:|--:|--:|---|"]
+    for workload, peers in sorted(found):
+        info = {p: peers[p]["extra_info"] for p in ("numbacnn", "torch") if p in peers}
+        ours, torch = (info[p]["delta_mb"] if p in info else None for p in ("numbacnn", "torch"))
+        ratio = None if ours is None or not torch else ours / torch
+        target = ""
+        if info and next(iter(info.values())).get("mode") == MEMORY_TARGET[0]:
+            ok = "?" if ratio is None else "ok" if ratio <= MEMORY_TARGET[1] else "MISS"
+            target = f"training step <= torch: {ok}"
+        peak = lambda p: _fmt(info[p]["peak_mb"] if p in info else None, ".0f")
+        lines.append(f"| {workload} | {_fmt(ours, '.1f')} | {_fmt(torch, '.1f')} | {_fmt(ratio, '.2f')} "
+                     f"| {peak('numbacnn')} | {peak('torch')} | {target} |")
+    method = {b["extra_info"].get("method") for peers in dict(found).values() for b in peers.values()}
+    lines.append(f"(peak read from {', '.join(sorted(m for m in method if m))}; the absolute peaks include each "
+                 "engine's libraries and the model, so the first two columns are the ones to compare)")
     return lines
 
 
@@ -251,7 +290,14 @@ def plot(groups: dict, path: Path) -> None:
     ax1.set_yticks(range(len(table)), labels, fontsize=7)
     ax1.invert_yaxis()
     ax1.set_xscale("log")
-    ticks = [t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10) if min(values) / 2 <= t <= max(values) * 2]
+    ort = [(i, r["x_ort"]) for i, r in enumerate(table) if r.get("x_ort")]
+    if ort:
+        ax1.scatter([v for _, v in ort], [i for i, _ in ort], color="tab:purple", marker="D", s=14, zorder=3,
+                    label="vs onnxruntime (its time / numbacnn time)")
+        ax1.legend(fontsize=7, loc="lower right")
+        values = values + [v for _, v in ort]
+    ticks = [t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+             if min(values) / 2 <= t <= max(values) * 2]
     ax1.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     ax1.minorticks_off()
     ax1.axvline(1.0, color="black", lw=1)

@@ -4,9 +4,9 @@
 - ResNet v1.5 bottleneck 256-128-512, stride 2, projection shortcut, 16x16, batch 32;
 - GoogLeNet Inception 3a on (8, 192, 28, 28).
 
-numbacnn builds them with ``nc.blocks`` and runs them through ``Model``; PyTorch runs the
-same modules with numbacnn's weights copied in. Batch norm uses batch statistics (training
-mode) in both. The warm-up call outside the timer compiles and checks that the outputs agree.
+numbacnn builds them with ``nc.blocks`` and runs them through ``Model``; PyTorch runs their
+twins (``_twin.torch_twin``: the same graph, numbacnn's weights copied in). Batch norm uses
+batch statistics (training mode) in both. The warm-up call outside the timer compiles and checks that the outputs agree.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from _peers import (SMOKE_BATCH, block_step, bottleneck_model, check_same, inception_model, load_params,
-                    torch_block_step, torch_bottleneck, torch_inception)
+from _peers import SMOKE_BATCH, block_step, bottleneck_model, check_same, inception_model, torch_block_step
+from _twin import torch_twin
 
 # name: (kind, batch, in channels, H=W, builder args)
 BLOCKS = {
@@ -37,9 +37,7 @@ def _case(name: str, peer: str, batch: int) -> tuple[Callable[[], Any], Any, int
     if peer == "numbacnn":
         return block_step(model, x, gy), model, flops
     pytest.importorskip("torch")
-    net = torch_bottleneck(cin, *args) if kind == "bottleneck" else torch_inception(cin)
-    load_params(net, model, prefix="b.")
-    return torch_block_step(net, x, gy), model, flops
+    return torch_block_step(torch_twin(model), x, gy), model, flops
 
 
 @pytest.mark.parametrize("peer", ["numbacnn", "torch"])

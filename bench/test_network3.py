@@ -1,7 +1,7 @@
 """network3's two-conv net (``nc.zoo.network3()``, conv2_relu): a full training step at batch
-10 and 64 (zero_grad, forward, cross-entropy, backward, SGD with momentum), and inference at
-batch 1 (a per-call cost: what the executor adds to the kernels) and 256, against the same
-net in PyTorch with the same weights.
+10 and 64 (zero_grad, forward, cross-entropy, backward, SGD with momentum) against the same
+net in PyTorch with the same weights; inference on CUDA at batch 256. Its CPU inference rows
+(batch 1, 32 and 256, onnxruntime included) are test_models.py's, with the other zoo models.
 
 numbacnn runs through its public API (``Model.forward`` takes and returns NumPy arrays), as
 a user would drive it. The first call, outside the timer, compiles and checks that both
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import numbacnn as nc
-from _peers import SMOKE_BATCH, check_same, load_params, torch_network3, torch_train_step, train_step
+from _peers import SMOKE_BATCH, check_same, torch_train_step, train_step
+from _twin import torch_twin
 
 WORKLOAD = "1x28x28"
 
@@ -42,9 +43,7 @@ def _torch(model: nc.Model, device: str) -> tuple[Any, Any]:
     torch = pytest.importorskip("torch")
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("this PyTorch build has no CUDA")
-    net = torch_network3()
-    load_params(net, model)
-    return torch, net.to(device)
+    return torch, torch_twin(model).to(device)
 
 
 def _train(peer: str, device: str, batch: int) -> tuple[Callable[[], Any], nc.Model]:
@@ -112,12 +111,6 @@ PEERS = ["numbacnn", "torch"]
 @pytest.mark.parametrize("batch", [10, 64], ids=lambda n: f"N{n}")
 def test_network3_train_step_cpu(benchmark: Any, record: Any, smoke: bool, batch: int, peer: str) -> None:
     _bench_train(benchmark, record, smoke, "cpu", batch, peer)
-
-
-@pytest.mark.parametrize("peer", PEERS)
-@pytest.mark.parametrize("batch", [1, 256], ids=lambda n: f"N{n}")
-def test_network3_inference_cpu(benchmark: Any, record: Any, smoke: bool, batch: int, peer: str) -> None:
-    _bench_infer(benchmark, record, smoke, "cpu", batch, peer)
 
 
 @pytest.mark.gpu

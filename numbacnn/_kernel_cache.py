@@ -1,7 +1,7 @@
 """Numba's disk cache, keyed on every source file a kernel can see rather than its own alone.
 
 Numba stamps a cached kernel with a hash of the file that defines it. A kernel that calls a
-helper from another file (``max_pool2d_cpu`` inlines ``conv2d_cpu._valid``, the Winograd
+helper from another file (``max_pool3d_cpu`` inlines ``_conv_columns.valid``, the Winograd
 kernels their tile transforms, a plugin numbacnn's ``gemm``) carries that helper's machine
 code, so after the helper's file changes (an upgrade, an edit) Numba would keep serving the
 old code. Kernels defined through ``numbacnn._jit``'s decorators are marked, and for them the

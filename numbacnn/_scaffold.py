@@ -1,9 +1,11 @@
 """``numbacnn new-plugin NAME``: write a ready-to-install layer plugin package.
 
 The package is laid out like a built-in layer (``NAME.py``, ``NAME_cpu.py``, ``NAME_cuda.py``)
-with its entry point in ``pyproject.toml`` and tests that run the conformance kit. The layer is
-elementwise (any shape -> same shape) to start from; its kernels and the tests' NumPy
-reference raise ``NotImplementedError`` until written, so the tests fail and say where.
+with its entry point in ``pyproject.toml``, tests that run the conformance kit, and a
+pytest-benchmark file timing the layer beside NumPy (``numbacnn.testing.benchmark_layer``). The
+layer is elementwise (any shape -> same shape) to start from; its kernels and the tests' NumPy
+functions raise ``NotImplementedError`` until written, so the conformance tests fail and say
+where, and the benchmarks, with nothing to time yet, skip and say so.
 """
 
 from __future__ import annotations
@@ -171,6 +173,50 @@ def test_${name}_cuda(numbacnn_cuda):
     check_layer($cls(), [(2, 3, 3, 3)], ${name}_ref, cuda=True, threads=False)
 '''
 
+_BENCHMARK = '''\
+"""$dist: $name timed with pytest-benchmark, beside NumPy in the same group.
+
+    python -m pytest tests/test_${name}_benchmark.py                        # the tables
+    python -m pytest tests/test_${name}_benchmark.py --benchmark-autosave   # keep this commit's run
+    python -m pytest tests/test_${name}_benchmark.py --benchmark-compare    # against the last one kept
+    python -m pytest tests/test_${name}_benchmark.py --benchmark-compare --benchmark-compare-fail=median:10%
+
+benchmark_layer (a fixture of numbacnn's pytest plugin) compiles the kernels and checks that the
+layer and its NumPy peer agree before timing either; each shape and mode is one group, so the
+table gives their ratio. device="cuda" times the CUDA kernels, synchronised inside the timer.
+Until the kernels and the NumPy functions below are written, these tests skip, saying so.
+"""
+
+import numpy as np  # noqa: F401  (the NumPy peer you write uses it)
+import pytest
+
+from $pkg.$name import $cls
+
+SHAPES = [(16, 64, 32, 32)]  # the input shapes to time, batch first: the ones your models use
+
+
+def ${name}_numpy(x):
+    """The forward as NumPy would compute it in x's dtype: the peer the kernels race.
+    (tests/test_${name}.py keeps the float64 reference the conformance kit checks against.)"""
+    raise NotImplementedError("write the NumPy forward of $name in tests/test_${name}_benchmark.py")
+
+
+def ${name}_numpy_backward(gy, x):
+    """The input gradient, as NumPy would compute it."""
+    raise NotImplementedError("write the NumPy backward of $name in tests/test_${name}_benchmark.py")
+
+
+@pytest.mark.parametrize("peer", ["numbacnn", "numpy"])
+@pytest.mark.parametrize("mode", ["forward", "forward_backward"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_${name}_speed(benchmark_layer, shape, mode, peer):
+    try:
+        benchmark_layer($cls(), [shape], mode=mode, peer=peer, reference=${name}_numpy,
+                        reference_backward=${name}_numpy_backward)
+    except NotImplementedError as e:
+        pytest.skip(f"not written yet: {e}")
+'''
+
 _README = '''\
 # $dist
 
@@ -195,6 +241,15 @@ without importing this package.
     python -m pytest -m "not cuda" tests                         # CPU
     NUMBA_ENABLE_CUDASIM=1 python -m pytest -m cuda tests        # CUDA, in the simulator
     numbacnn layers --check $name                                # the kit on the installed layer
+
+## Time it
+
+`tests/test_${name}_benchmark.py` times the layer's forward and forward+backward against NumPy
+(write its two NumPy functions, and put your shapes in `SHAPES`). `--benchmark-skip` leaves it
+out of a test run, `--benchmark-disable` runs it once, untimed. To track it over commits:
+
+    python -m pytest tests/test_${name}_benchmark.py --benchmark-autosave    # on each commit
+    python -m pytest tests/test_${name}_benchmark.py --benchmark-compare --benchmark-compare-fail=median:10%
 '''
 
 _FILES = {
@@ -205,6 +260,7 @@ _FILES = {
     "$pkg/${name}_cpu.py": _CPU,
     "$pkg/${name}_cuda.py": _CUDA,
     "tests/test_${name}.py": _TEST,
+    "tests/test_${name}_benchmark.py": _BENCHMARK,
 }
 
 
@@ -253,7 +309,7 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     print(f"wrote {root}/")
     for rel in written:
         print(f"  {rel}")
-    print(f"next: write the kernels and the test's reference, then\n"
+    print(f"next: write the kernels and the tests' NumPy functions, then\n"
           f"  pip install -e {root}\n"
           f"  python -m pytest {root / 'tests'}\n"
           f"  numbacnn layers --check {args.name}")

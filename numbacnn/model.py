@@ -12,6 +12,7 @@ from ._checkpoint import load_model, save_model
 from ._threads import kernel_launches, single_thread_blas
 from .device import DeviceError, check_device, get_backend
 from .executor import Executor
+from ._flat import FlatTable, Layout
 from . import _shapes
 from .graph import Graph, GraphError
 from .layer import Shape, ShapeError
@@ -49,7 +50,7 @@ class Model:
         # Parameters never depend on a free size, so one probe's shapes create them all.
         some = found.probes[0] if found.probes else found.shapes
         rng = np.random.default_rng(self.seed)
-        self.params: dict[str, Any] = {}
+        initial: dict[str, np.ndarray] = {}
         self.buffers: dict[str, Any] = {}
         for name in self.order:
             node = self.graph.nodes[name]
@@ -58,10 +59,16 @@ class Model:
             if found.probes and any(found.probes[1][i] != some[i] for i in node.inputs):
                 _check_fixed_params(name, node, found, params, buffers)
             for key, value in params.items():
-                self.params[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=self.dtype)
+                initial[f"{name}.{key}"] = np.asarray(value)
             for key, value in buffers.items():
                 self.buffers[f"{name}.{key}"] = np.ascontiguousarray(value, dtype=self.dtype)
-        self.grads: dict[str, Any] = {k: np.zeros_like(v) for k, v in self.params.items()}
+        # One flat array each for parameters and gradients, the keys' arrays views into it:
+        # the optimizer updates all parameters in one kernel call, zero_grad is one fill.
+        layout = Layout((k, np.shape(v)) for k, v in initial.items())
+        self.params: dict[str, Any] = FlatTable(layout, np.empty(layout.size, self.dtype), "model.params")
+        for key, value in initial.items():
+            self.params[key] = value
+        self.grads: dict[str, Any] = FlatTable(layout, np.zeros(layout.size, self.dtype), "model.grads")
         self.device = "cpu"
         self._executor = Executor(self.graph, self.shapes, self.order, self.dtype, self.seed)
         self._bind()
@@ -148,9 +155,7 @@ class Model:
         return gxs[0] if len(gxs) == 1 else tuple(gxs)
 
     def zero_grad(self) -> None:
-        backend = get_backend(self.device)
-        for g in self.grads.values():
-            backend.fill_zero(g)
+        get_backend(self.device).fill_zero(self.grads.flat)
 
     def rng_state(self) -> dict[str, Any]:
         """Each node's random-generator state (dropout masks), for checkpoints."""
@@ -181,9 +186,11 @@ class Model:
         if device == self.device:
             return self
         old, new = get_backend(self.device), get_backend(device)
-        for table in (self.params, self.grads, self.buffers):
-            for key, value in table.items():
-                table[key] = new.to_device(old.to_host(value)) if device != "cpu" else old.to_host(value)
+        move = lambda a: new.to_device(old.to_host(a)) if device != "cpu" else old.to_host(a)
+        for table in (self.params, self.grads):
+            table.rebind(move(table.flat))
+        for key, value in self.buffers.items():
+            self.buffers[key] = move(value)
         self._executor.release()
         self.device = device
         self._bind()

@@ -17,13 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ._flat import FlatTable
 from .device import get_backend, kernel_module
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "ConstantLR", "StepLR", "CosineAnnealingLR"]
-
-
-def _flat(a: Any) -> Any:
-    return a.reshape(a.size)
 
 
 class Optimizer:
@@ -36,7 +33,8 @@ class Optimizer:
         self.model = model
         self.lr = float(lr)
         self.steps = 0
-        self.state: dict[str, dict[str, Any]] = {}
+        self.state: dict[str, dict[str, Any]] = {}  # per parameter: views into the flat arrays
+        self._flat: dict[str, Any] = {}  # per state name: one flat array, the model's layout
         self._device = model.device
 
     @property
@@ -49,35 +47,45 @@ class Optimizer:
         self.model.zero_grad()
 
     def step(self) -> None:
-        """Update every parameter from its gradient, in place."""
+        """Update every parameter from its gradient, in place: one kernel call over the model's
+        flat parameter array (every ``model.params`` value is a view into it)."""
         self._follow_model()
         self.steps += 1
-        kernels = kernel_module("numbacnn.optim", self.model.device)
-        for key, p in self.model.params.items():
-            self._update(kernels, key, p, self.model.grads[key])
+        p, g = self.model.params, self.model.grads
+        if type(p) is not FlatTable or type(g) is not FlatTable:
+            raise TypeError(f"{type(self).__name__}.step: model.params and model.grads must be the model's own "
+                            f"tables (found {type(p).__name__} and {type(g).__name__}); write new values into "
+                            f"them (model.params[key] = array copies into the parameter) instead of replacing them")
+        if p.layout.size:
+            self._update(kernel_module("numbacnn.optim", self.model.device), p.flat, g.flat)
 
-    def _update(self, kernels: Any, key: str, p: Any, g: Any) -> None:
+    def _update(self, kernels: Any, p: Any, g: Any) -> None:
+        """Update the flat parameters ``p`` from the flat gradients ``g``."""
         raise NotImplementedError
 
-    def _buffer(self, key: str, name: str, like: Any) -> tuple[Any, bool]:
-        """The state array ``name`` of parameter ``key`` (zeros on first use) and whether it is new."""
-        slot = self.state.setdefault(key, {})
-        if name in slot:
-            return slot[name], False
+    def _buffer(self, name: str) -> tuple[Any, bool]:
+        """The flat state array ``name`` (zeros on first use) and whether it is new; every
+        parameter's ``state[key][name]`` is a view into it."""
+        if name in self._flat:
+            return self._flat[name], False
         backend = get_backend(self.model.device)
-        buf = backend.empty(like.shape, like.dtype)
+        buf = backend.new((self.model.params.layout.size,), self.model.dtype)
         backend.fill_zero(buf)
-        slot[name] = buf
+        self._adopt(name, buf)
         return buf, True
+
+    def _adopt(self, name: str, flat: Any) -> None:
+        self._flat[name] = flat
+        for key, view in self.model.params.layout.views(flat).items():
+            self.state.setdefault(key, {})[name] = view
 
     def _follow_model(self) -> None:
         if self.model.device == self._device:
             return
         old, new = get_backend(self._device), get_backend(self.model.device)
-        for slot in self.state.values():
-            for name, a in slot.items():
-                host = old.to_host(a)
-                slot[name] = new.to_device(host) if self.model.device != "cpu" else host
+        for name, flat in list(self._flat.items()):
+            host = old.to_host(flat)
+            self._adopt(name, new.to_device(host) if self.model.device != "cpu" else host)
         self._device = self.model.device
 
     def _scalars(self, p: Any, *values: float) -> list[Any]:
@@ -100,15 +108,28 @@ class Optimizer:
         if kind != type(self).__name__:
             raise ValueError(f"optimizer state is for {kind or 'an unknown optimizer'}, "
                              f"not {type(self).__name__}")
-        backend = get_backend(self.model.device)
-        self.state = {}
+        layout = self.model.params.layout
+        given: dict[str, dict[str, np.ndarray]] = {}
         for k, v in state.items():
             if not k.startswith("state/"):
                 continue
             key, _, name = k[len("state/"):].rpartition("/")
-            if key not in self.model.params or tuple(v.shape) != tuple(self.model.params[key].shape):
+            if key not in layout.spans or tuple(np.shape(v)) != layout.spans[key][2]:
                 raise ValueError(f"optimizer state '{key}/{name}' does not fit the model's parameters")
-            self.state.setdefault(key, {})[name] = backend.to_device(np.array(v, self.model.dtype))
+            given.setdefault(name, {})[key] = np.asarray(v)
+        flats = {}
+        for name, arrays in given.items():
+            missing = [key for key in layout.spans if key not in arrays]
+            if missing:
+                raise ValueError(f"optimizer state '{name}' has no entry for parameter(s) {', '.join(missing)}; "
+                                 f"expected one per parameter, as state_dict() writes")
+            host = np.empty(layout.size, self.model.dtype)
+            for key, (a, b, _) in layout.spans.items():
+                host[a:b] = arrays[key].reshape(b - a)
+            flats[name] = get_backend(self.model.device).to_device(host)
+        self.state, self._flat = {}, {}
+        for name, flat in flats.items():
+            self._adopt(name, flat)
         self.steps = int(state["steps"])
         self.lr = float(state["lr"])
         self._device = self.model.device
@@ -144,13 +165,13 @@ class SGD(Optimizer):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
-    def _update(self, kernels: Any, key: str, p: Any, g: Any) -> None:
+    def _update(self, kernels: Any, p: Any, g: Any) -> None:
         if self.momentum:
-            buf, first = self._buffer(key, "momentum_buffer", p)
+            buf, first = self._buffer("momentum_buffer")
         else:
             buf, first = p[:0], False
         lr, m, wd = self._scalars(p, self.lr, self.momentum, self.weight_decay)
-        kernels.sgd_update(_flat(p), _flat(g), _flat(buf), lr, m, wd, self.nesterov, first)
+        kernels.sgd_update(p, g, buf, lr, m, wd, self.nesterov, first)
 
 
 class Adam(Optimizer):
@@ -176,14 +197,14 @@ class Adam(Optimizer):
     def config(self) -> dict[str, Any]:
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
-    def _update(self, kernels: Any, key: str, p: Any, g: Any) -> None:
-        m, _ = self._buffer(key, "exp_avg", p)
-        v, _ = self._buffer(key, "exp_avg_sq", p)
+    def _update(self, kernels: Any, p: Any, g: Any) -> None:
+        m, _ = self._buffer("exp_avg")
+        v, _ = self._buffer("exp_avg_sq")
         b1, b2 = self.betas
         step_size = self.lr / (1.0 - b1 ** self.steps)
         bc2_sqrt = math.sqrt(1.0 - b2 ** self.steps)
         l2, decay = (0.0, 1.0 - self.lr * self.weight_decay) if self.decoupled else (self.weight_decay, 1.0)
-        kernels.adam_update(_flat(p), _flat(g), _flat(m), _flat(v),
+        kernels.adam_update(p, g, m, v,
                             *self._scalars(p, step_size, b1, b2, bc2_sqrt, self.eps, l2, decay))
 
 

@@ -1,8 +1,9 @@
-"""Optimizer CPU kernels over flat parameter arrays.
+"""Optimizer CPU kernels over flat parameter arrays (one call per step: the model's parameters,
+gradients and state each live in one flat array).
 
-Serial on purpose: an update is a few memory-bound operations per element and a model has a
-handful of parameter arrays, so waking a thread pool for each costs more than the update
-(measured: 20 ms per parallel launch on a busy 2-core machine, against 1.3 us serial).
+Serial on purpose: an update is a few memory-bound operations per element, so waking a thread
+pool costs more than the update for the models this engine trains (measured: 20 ms per
+parallel launch on a busy 2-core machine, against 1.3 us serial).
 Scalars arrive typed like the parameters (the wrapper casts them), so float32 stays float32.
 
 The interface, the same in optim_cuda.py (flat p, g and state arrays, updated in place):

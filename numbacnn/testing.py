@@ -18,6 +18,10 @@ brings NaN into the results, one writing past it raises ``FenceError``.
 
 ``check_installed_layer`` runs the kit on a registered layer with the examples its class
 declares (``examples()``); ``numbacnn layers --check NAME`` prints its report.
+
+``benchmark_layer`` times a layer's forward, or forward and backward, with pytest-benchmark
+(compiled before the timer starts), beside a reference implementation in the same group once
+the two agree; numbacnn's pytest plugin offers it as the ``benchmark_layer`` fixture.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ from ._layer_checks import (
     Checker, LayerCheckError, build_model, check_bad_shape, check_calls, check_fd, check_inference,
     check_threads, compare, close, numeric_grad, results, run,
 )
+from ._benchmark import benchmark_layer
 from ._fenced import FenceError, FencedRun, run_fenced
 from .device import cuda_available
 from .layer import Layer
 from .registry import check_contract, layer_devices
 
 __all__ = ["check_layer", "check_installed_layer", "LayerCheckError", "ConformanceReport", "numeric_grad",
-           "run_fenced", "FencedRun", "FenceError"]
+           "run_fenced", "FencedRun", "FenceError", "benchmark_layer"]
 
 
 def check_layer(

@@ -94,6 +94,9 @@ def test_buckets_give_every_gradient_back_in_its_place(bucket_bytes):
     assert len(averager.buffers) == {1: len(keys), 2000: 3, 10**9: 1}[bucket_bytes]
     largest = max(g.nbytes for g in model.grads.values())
     assert all(b.nbytes <= max(bucket_bytes, largest) for b in averager.buffers)
+    # On the CPU a bucket is a slice of the model's flat gradient: summed in place, no copy.
+    assert all(np.shares_memory(b, model.grads.flat) for b in averager.buffers)
+    assert sum(b.size for b in averager.buffers) == model.grads.flat.size
     averager.average()  # one rank: the mean is the gradient itself
     for k, v in before.items():
         np.testing.assert_array_equal(model.grads[k], v, err_msg=k)

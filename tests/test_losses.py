@@ -66,6 +66,10 @@ def test_mse_worked_example_and_torch():
 @pytest.mark.parametrize("x,y,err,match", [
     (np.zeros((2, 3), np.float32), np.array([0, 3]), ValueError, "label 3 is out of range for 3 classes"),
     (np.zeros((2, 3), np.float32), np.array([0, -1]), ValueError, "label -1 is out of range"),
+    (np.zeros((2, 3), np.float32), np.array([-5, 1], np.int32), ValueError, "label -5 is out of range"),
+    (np.zeros((2, 3), np.float32), np.array([1, 200], np.uint8), ValueError, "label 200 is out of range"),
+    (np.zeros((2, 3), np.float32), np.array([0, -2**63]), ValueError, f"label {-2**63} is out of range"),
+    (np.zeros((2, 3), np.float32), np.array([True, False]), TypeError, "labels must be integers"),
     (np.zeros((2, 3), np.float32), np.array([0]), ValueError, r"expected 2 labels"),
     (np.zeros((2, 3), np.float32), np.array([0.0, 1.0]), TypeError, "labels must be integers"),
     (np.zeros((2, 3, 1, 1), np.float32), np.array([0, 1]), ValueError, "expected logits of shape"),

@@ -219,15 +219,19 @@ def test_old_opsets_are_refused(tmp_path):
         nc.onnx.load(path)
 
 
-def test_free_input_sizes_need_an_input_shape(tmp_path):
+def test_free_input_sizes_stay_free_unless_input_shape_fixes_them(tmp_path):
+    """(test_onnx_free.py has the rest: PyTorch exports, sizes, refusals, the CLI)"""
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])])
     path = tmp_path / "free.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    with pytest.raises(nc.onnx.OnnxError, match=r"input 'x' has free sizes \(N, 3, H, W\).*input_shape=\(C, H, W\)"):
-        nc.onnx.load(path)
+    assert nc.onnx.load(path).input_shapes == [(3, None, None)]
     assert nc.onnx.load(path, input_shape=(3, 5, 6)).input_shapes == [(3, 5, 6)]
+    assert nc.onnx.load(path, input_shape=(3, 5, None)).input_shapes == [(3, 5, None)]
+    with pytest.raises(nc.onnx.OnnxError, match=r"input_shape \(3, 5\) for input 'x' has 2 sizes; the file's input "
+                                                r"has 3 per-sample sizes \(N, 3, H, W\)"):
+        nc.onnx.load(path, input_shape=(3, 5))
 
 
 def test_another_exporters_functions_are_expanded(tmp_path):
@@ -283,3 +287,15 @@ def test_a_spatial_reduction_is_a_global_pooling(op, layer, tmp_path):
     node = helper.make_node(op, ["x"], ["y"], axes=[1], keepdims=0, name="r")
     with pytest.raises(nc.onnx.UnsupportedOperatorError, match="'r'.*only the spatial axes"):
         nc.onnx.load(save(tmp_path, [node], (3, 4, 5), opset=17))
+
+
+def test_the_erf_gelu_is_fused_only_when_nothing_else_reads_its_steps(tmp_path):
+    nodes = [helper.make_node("Div", ["x", "r2"], ["d"]), helper.make_node("Erf", ["d"], ["e"], name="/act/Erf"),
+             helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["y"])]
+    inits = [const("r2", 2 ** 0.5), const("one", 1.0), const("half", 0.5)]
+    model = agrees(save(tmp_path, nodes, (2, 3), inits), (2, 3))
+    assert [(n, model.graph.nodes[n].layer) for n in model.order] == [("act.Gelu", "gelu")]
+    nodes.append(helper.make_node("Relu", ["e"], ["z"]))  # the Erf's output is read twice now
+    with pytest.raises(nc.onnx.UnsupportedOperatorError, match="node 'd': operator Div .* is not supported"):
+        nc.onnx.load(save(tmp_path, nodes, (2, 3), inits, outputs=("y", "z")))

@@ -1,9 +1,9 @@
 """ONNX files exported by PyTorch from classic CNN shapes written here in plain torch.nn (tiny
 widths, 8x8 to 32x32 images) load into numbacnn and agree with onnxruntime at batch 1 and 3.
 
-Nets whose layers this numbacnn lacks yet (relu6 for MobileNetV2, conv_transpose2d and
-upsample for the encoder-decoder) run on test_onnx_arriving.py's forward-only stand-ins
-until the real layers are registered. The ResNet-18-style net (basic and bottleneck blocks)
+A net whose layers this numbacnn lacks (conv_transpose2d for the encoder-decoder, until it
+lands) runs on test_onnx_arriving.py's forward-only stand-ins; the others, MobileNetV2's relu6
+and the newer activations included, run on the real layers. The ResNet-18-style net (basic and bottleneck blocks)
 has its own file, test_onnx_finetune.py.
 """
 
@@ -174,11 +174,26 @@ class EncoderDecoder(nn.Module):
         return s.out(s.up2(F.relu(s.up1(s.enc(x)))))
 
 
+class NewerLayers(nn.Module):
+    """The activations, resizing and 1-D batch norm numbacnn gained after the first built-ins."""
+
+    def __init__(s):
+        super().__init__()
+        s.conv, s.bn = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+        s.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        s.pool, s.fc, s.bn1 = nn.AdaptiveMaxPool2d((1, 1)), nn.Linear(6, 5), nn.BatchNorm1d(5)
+
+    def forward(s, x):
+        x = F.relu6(F.hardtanh(s.up(F.elu(s.bn(s.conv(x)), 0.5)), -0.5, 0.7))
+        return F.log_softmax(s.bn1(s.fc(torch.flatten(s.pool(x), 1))), 1)
+
+
 # net, image size, numbacnn layers it needs beyond the first built-ins
 NETS = {
     "alexnet": (AlexNetish, 32, ()), "vgg": (VGGish, 16, ()), "googlenet": (GoogLeNetish, 16, ()),
     "mobilenetv2": (MobileNetV2ish, 16, ("relu6",)), "squeezenet": (SqueezeNetish, 32, ()),
     "densenet": (DenseNetish, 8, ()), "encoder_decoder": (EncoderDecoder, 16, ("conv_transpose2d", "upsample")),
+    "newer_layers": (NewerLayers, 8, ("elu", "upsample", "hardtanh", "relu6", "batch_norm1d", "log_softmax")),
 }
 
 
@@ -186,7 +201,7 @@ def randomise(net, seed=0):
     """Non-trivial batch-norm statistics and affine parameters (a fresh net's are 0/1)."""
     torch.manual_seed(seed)
     for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
@@ -252,3 +267,14 @@ def test_imported_models_are_ordinary_models(tmp_path):
     np.testing.assert_array_equal(nc.Model.load(tmp_path / "vgg.npz").forward(x), model.forward(x))
     nc.onnx.export(model, tmp_path / "again.onnx")
     np.testing.assert_array_equal(nc.onnx.load(tmp_path / "again.onnx").forward(x), model.forward(x))
+
+
+@pytest.mark.parametrize("opset", [17, 20])
+def test_gelu_loads_from_opsets_without_gelu(opset, tmp_path):
+    """Before opset 20 PyTorch writes nn.GELU() as Div, Erf, Add, Mul, Mul: one gelu again."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Conv2d(4, 2, 1), nn.GELU()).eval()
+    path = export_torch(net, 8, tmp_path / "gelu.onnx", opset=opset)
+    model = nc.onnx.load(path)
+    assert [model.graph.nodes[n].layer for n in model.order] == ["conv2d", "gelu", "conv2d", "gelu"]
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    assert_close(model.forward(x), ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0])

@@ -7,7 +7,9 @@ and take it off again. Their own conformance tests live beside them (plugins/*/t
 
 import importlib
 import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -170,7 +172,7 @@ def test_new_plugin_writes_a_package_that_installs_and_tests(tmp_path, capsys):
     root = tmp_path / "numbacnn-tt-triple"
     assert f"wrote {root}/" in capsys.readouterr().out
     for rel in ("pyproject.toml", "README.md", "numbacnn_tt_triple/tt_triple.py", "numbacnn_tt_triple/tt_triple_cpu.py",
-                "numbacnn_tt_triple/tt_triple_cuda.py", "tests/test_tt_triple.py"):
+                "numbacnn_tt_triple/tt_triple_cuda.py", "tests/test_tt_triple.py", "tests/test_tt_triple_benchmark.py"):
         assert (root / rel).is_file(), rel
     assert main(["new-plugin", "tt_triple", "--dir", str(tmp_path)]) == 1
     assert "already exists" in capsys.readouterr().err
@@ -191,18 +193,39 @@ def test_new_plugin_writes_a_package_that_installs_and_tests(tmp_path, capsys):
         sys.path.remove(str(target))
         registry.refresh()
 
-    def run_tests() -> str:
-        env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=root,
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+
+    def run_tests(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *args], cwd=root,
                               capture_output=True, text=True, env=env, timeout=300).stdout
 
-    out = run_tests()
-    assert "2 failed, 1 skipped" in out and "is not written yet" in out, out
-    # Written: the kernels and the reference; the package's own tests then pass.
+    # Unwritten: the conformance tests fail, the benchmarks skip, each saying what to write.
+    out = run_tests("tests", "--benchmark-disable")
+    assert "2 failed, 5 skipped" in out and "is not written yet" in out, out
+    assert re.search(r"SKIPPED \[4\] tests/test_tt_triple_benchmark.py:\d+: not written yet: tt_triple_forward in "
+                     r"numbacnn_tt_triple/tt_triple_cpu.py is not written yet", out) and "Warning" not in out, out
+    # Written: the kernels, the reference and the NumPy peer; the package's own tests then pass.
     (root / "numbacnn_tt_triple" / "tt_triple_cpu.py").write_text(CPU_KERNELS)
     test_file = root / "tests" / "test_tt_triple.py"
     test_file.write_text(test_file.read_text().replace(
         '    raise NotImplementedError("write the NumPy reference of tt_triple in tests/test_tt_triple.py")',
         "    return 3 * x"))
-    out = run_tests()
-    assert "2 passed, 1 skipped" in out, out
+    bench_file = root / "tests" / "test_tt_triple_benchmark.py"
+    bench_file.write_text(bench_file.read_text().replace(
+        '    raise NotImplementedError("write the NumPy forward of tt_triple in tests/test_tt_triple_benchmark.py")',
+        "    return 3 * x").replace(
+        '    raise NotImplementedError("write the NumPy backward of tt_triple in tests/test_tt_triple_benchmark.py")',
+        "    return 3 * gy").replace("SHAPES = [(16, 64, 32, 32)]", "SHAPES = [(4, 8, 16, 16)]"))
+    out = run_tests("tests", "--benchmark-disable")
+    assert "6 passed, 1 skipped" in out, out
+    # Timed, a few rounds: one group per mode, numbacnn's row beside NumPy's.
+    out = run_tests("tests/test_tt_triple_benchmark.py", "--benchmark-json=run.json", "--benchmark-min-rounds=2",
+                    "--benchmark-max-time=0.000001", "--benchmark-warmup=off")
+    assert "4 passed" in out, out
+    rows = json.loads((root / "run.json").read_text())["benchmarks"]
+    groups = {}
+    for row in rows:
+        assert row["stats"]["rounds"] >= 2 and row["stats"]["median"] > 0
+        groups.setdefault(row["group"], set()).add(row["extra_info"]["peer"])
+    assert groups == {"tt_triple forward cpu 4x8x16x16": {"numbacnn", "numpy"},
+                      "tt_triple forward+backward cpu 4x8x16x16": {"numbacnn", "numpy"}}

@@ -84,6 +84,10 @@ def test_examples_left_unrun_are_rare_and_say_why():
 def test_readme_examples_run(section, blocks, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples write files (model.save, checkpoints)
     monkeypatch.setenv("NUMBACNN_DATA", str(tmp_path / "data"))  # nothing lands in the user's cache
+    # A section showing an optional peer (PyTorch, onnxruntime) needs it installed, as its reader would.
+    for module in ("torch", "onnx", "onnxruntime", "mpi4py"):
+        if any(re.search(rf"^\s*(import|from) {module}\b", b.code, re.M) for b in blocks):
+            pytest.importorskip(module)
     namespace: dict = {"__name__": "__readme__"}
     for block in blocks:
         # Padded so that a traceback names README.md's own line.

@@ -43,7 +43,7 @@ def add_import(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN.onnx", help="the ONNX model to read")
     p.add_argument("output", metavar="OUT.npz", help="where to save the numbacnn model (Model.save's format)")
     p.add_argument("--input-shape", type=_shape, metavar="C,H,W",
-                   help="per-sample input size, for a file that leaves it free")
+                   help="fix the per-sample input size (a file's free sizes otherwise stay free)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.npz if it exists")
 
 

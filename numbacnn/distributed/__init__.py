@@ -15,7 +15,7 @@ waiting) or ``mpiexec -n 4 numbacnn train --distributed``; across machines, ``mp
 The semantics are Horovod's and PyTorch DDP's: every rank starts from rank 0's parameters,
 buffers and optimizer state; each epoch splits the training set as PyTorch's
 ``DistributedSampler`` does (``sampler.py``); gradients are averaged over the ranks before
-every optimizer step (``buckets.py``: a few large flattened buffers, MPI's buffer interface,
+every optimizer step (``buckets.py``: slices of the model's flat gradient, MPI's buffer interface,
 no pickling), so N ranks at batch B train as one process at batch N*B on the same samples;
 batch-norm running statistics are averaged at the end of every epoch; ``evaluate`` and the
 history give whole-dataset figures on every rank; only rank 0 prints progress and writes

@@ -1,17 +1,16 @@
 """Gradient averaging over ranks: a few large flat buckets, one ``Allreduce`` each.
 
-Per-parameter collectives would pay MPI's latency once per tensor (a ResNet has hundreds);
-one bucket of everything would need the model's whole gradient twice in memory for huge
-models. So parameters are packed, in the model's order, into flat host buffers of at most
-``BUCKET_BYTES`` each, allocated once; every step copies the gradients in, sums each bucket
-over the ranks in place through MPI's buffer interface (no pickling), and writes
-``sum / size`` back into ``model.grads``.
+Per-parameter collectives would pay MPI's latency once per tensor (a ResNet has hundreds).
+The model's gradients already lie in one flat array (``model.grads.flat``, in the model's
+order), so a bucket is a slice of it, cut at parameter boundaries, of at most ``BUCKET_BYTES``:
+on the CPU each slice is summed over the ranks in place through MPI's buffer interface (no
+copy, no pickling) and divided by their number, right in ``model.grads``.
 
 The averaging runs after the whole backward pass, not overlapped with it: on the CPU the
 ranks' kernels already use every core, so there is nothing idle to overlap with, and the
 measured allreduce is a few percent of a step (``bench/distributed_allreduce.py``). A model on
 the GPU copies its gradients through these host buffers (device to host, allreduce, host to
-device): the MPI from the package index is not CUDA-aware.
+device, one copy per bucket): the MPI from the package index is not CUDA-aware.
 """
 
 from __future__ import annotations
@@ -47,15 +46,32 @@ class GradientAverager:
         itemsize = np.dtype(model.dtype).itemsize
         self.bucket_bytes = cap
         self.slots: list[list[tuple[str, int, int]]] = [[]]  # per bucket: (key, start, stop)
+        self.ranges: list[tuple[int, int]] = []  # per bucket: its slice of model.grads.flat
         used = 0
-        for key, g in model.grads.items():
-            n = int(np.prod(g.shape))
+        for key, (a, b, _) in model.grads.layout.spans.items():
+            n = b - a
             if used and (used + n) * itemsize > cap:
                 self.slots.append([])
                 used = 0
+            if not self.slots[-1]:
+                self.ranges.append((a, a))
             self.slots[-1].append((key, used, used + n))
+            self.ranges[-1] = (self.ranges[-1][0], b)
             used += n
-        self.buffers = [np.empty(b[-1][2] if b else 0, model.dtype) for b in self.slots]
+        if not self.ranges:
+            self.ranges.append((0, 0))
+        self._host: list[np.ndarray] | None = None
+        self.buffers = self._buffers()
+
+    def _buffers(self) -> list[np.ndarray]:
+        """Per bucket, the host array MPI sums: the gradients themselves on the CPU, host
+        buffers (allocated once) for a model on the GPU."""
+        if self.model.device == "cpu":
+            flat = self.model.grads.flat
+            return [flat[a:b] for a, b in self.ranges]
+        if self._host is None:
+            self._host = [np.empty(b - a, self.model.dtype) for a, b in self.ranges]
+        return self._host
 
     @property
     def nbytes(self) -> int:
@@ -66,26 +82,13 @@ class GradientAverager:
         """Sum every gradient over the ranks and divide by their number, in place."""
         from mpi4py import MPI
 
-        grads, device = self.model.grads, self.model.device
         scale = np.dtype(self.model.dtype).type(1.0 / self.comm.size)
-        for slots, buf in zip(self.slots, self.buffers):
-            for key, a, b in slots:
-                _to_host(grads[key], buf[a:b], device)
+        self.buffers = self._buffers()  # the model may have moved since the last step
+        flat, cuda = self.model.grads.flat, self.model.device != "cpu"
+        for (a, b), buf in zip(self.ranges, self.buffers):
+            if cuda:  # a numba.cuda device array: the one copy to the host MPI needs
+                flat[a:b].copy_to_host(buf)
             self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
             buf *= scale
-            for key, a, b in slots:
-                _from_host(buf[a:b], grads[key], device)
-
-
-def _to_host(g: Any, dst: np.ndarray, device: str) -> None:
-    if device == "cpu":
-        np.copyto(dst, g.reshape(g.size))
-    else:  # a numba.cuda device array: the one copy to the host MPI needs
-        g.reshape(g.size).copy_to_host(dst)
-
-
-def _from_host(src: np.ndarray, g: Any, device: str) -> None:
-    if device == "cpu":
-        np.copyto(g.reshape(g.size), src)
-    else:
-        g.reshape(g.size).copy_to_device(src)
+            if cuda:
+                flat[a:b].copy_to_device(buf)

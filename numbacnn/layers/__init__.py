@@ -16,6 +16,7 @@ BUILTIN: dict[str, str] = {
         "conv1d": "Conv1d",
         "conv2d": "Conv2d",
         "conv3d": "Conv3d",
+        "conv_transpose2d": "ConvTranspose2d",
         "dropout": "Dropout",
         "elu": "ELU",
         "flatten": "Flatten",

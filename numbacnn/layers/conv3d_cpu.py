@@ -22,7 +22,7 @@ import numpy as np
 from .._blas import gemm
 from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import single_thread_blas
-from .conv2d_cpu import _valid
+from ._conv_columns import valid as _valid
 
 # Column-matrix block per chunk of the batch: at most this many elements (1 MiB of float32)
 # unless one output depth plane needs more. Without a cap a clip's matrix is C*T*R*S times
@@ -35,7 +35,7 @@ __all__ = ["conv3d_scratch", "conv3d_forward", "conv3d_backward"]
 
 
 # Both copies index flat views with unsigned offsets and copy each output row's valid run of
-# taps in one loop (conv2d_cpu's _valid finds it): per-element bounds checks and signed
+# taps in one loop (_conv_columns.valid finds it): per-element bounds checks and signed
 # indexing kept LLVM from vectorising them.
 @cpu_inline
 def _vol2col(xn, cf, da, db, Po, Qo, geo):

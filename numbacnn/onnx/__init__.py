@@ -9,12 +9,14 @@ dynamic batch axis (``dim_param "N"``; an input's free sizes get dim_params too)
 names equal to the graph's node names, weights as initializers named ``node.param``, and
 checks it with ``onnx.checker.check_model(full_check=True)`` before writing.
 
-Import reads opsets 13 and newer. Each ONNX node becomes a numbacnn layer named after it
-(``/layer1/0/conv1/Conv`` -> ``layer1.0.conv1.Conv``); constant-valued inputs (initializers,
-``Constant`` nodes and the shape arithmetic PyTorch emits: ``Shape``, ``Gather``, ``Concat``,
-...) are folded, a ``Pad`` is folded into the convolution or pooling it feeds, ``MatMul`` + ``Add``
-of a constant becomes one ``linear``, and ``Identity`` disappears. Operators numbacnn has no
-layer for fail at load, naming the operator, the ONNX node and what is supported.
+Import reads opsets 13 and newer; an input's free spatial sizes stay free (``_import_free``);
+PyTorch's erf GELU before opset 20 is fused back into one Gelu (``_fuse``). Each ONNX node
+becomes a numbacnn layer named after it (``/layer1/0/conv1/Conv`` -> ``layer1.0.conv1.Conv``);
+constant-valued inputs (initializers, ``Constant`` nodes and the shape arithmetic PyTorch
+emits: ``Shape``, ``Gather``, ``Concat``, ...) are folded, a ``Pad`` is folded into the
+convolution or pooling it feeds, ``MatMul`` + ``Add`` of a constant becomes one ``linear``, and
+``Identity`` disappears. Operators numbacnn has no layer for fail at load, naming the operator,
+the ONNX node and what is supported.
 
 Layers take part through two tables of small entries, one per layer name (export) and one
 per ONNX ``(domain, op_type)`` (import), in the ``_ops_*`` modules. A plugin layer declares
@@ -61,8 +63,12 @@ def export(model: "Model", path: str | os.PathLike, opset: int = DEFAULT_OPSET) 
 def load(path: str | os.PathLike, input_shape: Any = None) -> "Model":
     """Read an ONNX model into a trainable ``nc.Model`` (float32 or float64, as its weights).
 
-    ``input_shape``: the per-sample shape (C, H, W) of an input whose sizes the file leaves
-    free (a dict ``{input name: shape}`` for several inputs); the batch axis is always free.
+    The batch axis is always free. Sizes after the channels that the file leaves free
+    (dim_params) stay free (``None`` in ``model.input_shapes``) unless ``input_shape``, the
+    per-sample shape (C, H, W) (None where a size stays free; a dict ``{input name: shape}``
+    for several inputs), fixes them. Where an importer would fix something from a free size
+    (a linear after flatten, a Resize to sizes computed from the input's), the load fails
+    naming the ONNX node and suggesting ``input_shape``.
     """
     _require_onnx()
     from ._import import load_model

@@ -15,8 +15,12 @@ import numpy as np
 
 from ..graph import Graph, GraphError
 from ._base import DOMAIN, MIN_IMPORT_OPSET, OnnxError, UnsupportedOperatorError
+from .._shapes import PROBES, is_free
+from ..layer import ShapeError
+from ._fuse import fuse_patterns
 from ._fold import SENTINELS, Const, fold_node, foldable, shape_of
 from ._import_ctx import ImportCtx, Value, LoadState, sanitise
+from ._import_free import FIX_SIZES, same_at_every_size
 from ._table import op_label
 
 __all__ = ["load_model"]
@@ -55,39 +59,44 @@ def _inline_unknown_functions(proto: Any, imp: LoadState) -> Any:
     return onnx.inliner.inline_selected_functions(proto, unknown)
 
 
-def _input_shape(imp: LoadState, vi: Any, override: Any) -> tuple[int, ...]:
+def _declared_shape(path: str, vi: Any, override: Any) -> tuple[int | None, ...]:
+    """An input's per-sample shape: ``override`` if given, else the file's; None where free
+    (a dim_param or an unknown size). Only the sizes after the channels may be free."""
     dims = vi.type.tensor_type.shape.dim
+    shown = ", ".join(d.dim_param or "?" if not d.HasField("dim_value") else str(d.dim_value) for d in dims)
     if override is not None:
-        shape = tuple(int(d) for d in override)
+        shape = tuple(None if d is None else int(d) for d in override)
         if len(shape) != len(dims) - 1:
-            raise OnnxError(f"{imp.path}: input_shape {shape} for input '{vi.name}' has {len(shape)} sizes; the "
-                            f"file's input has {len(dims) - 1} per-sample sizes")
-        return shape
-    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
-    if not dims or any(d is None for d in shape):
-        shown = ", ".join(d.dim_param or "?" if not d.HasField("dim_value") else str(d.dim_value) for d in dims)
-        raise OnnxError(f"{imp.path}: input '{vi.name}' has free sizes ({shown}); give them with "
-                        f"nc.onnx.load(path, input_shape=(C, H, W)) (a dict by input name for several inputs)")
+            raise OnnxError(f"{path}: input_shape {shape} for input '{vi.name}' has {len(shape)} sizes; the "
+                            f"file's input has {len(dims) - 1} per-sample sizes ({shown})")
+    else:
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
+    if not dims or not shape or shape[0] is None:
+        raise OnnxError(f"{path}: input '{vi.name}' has a free channel count ({shown}); numbacnn lets only the "
+                        f"sizes after the channels be free: give them with nc.onnx.load(path, input_shape=(C, H, W)) "
+                        f"(a dict by input name for several inputs)")
     return shape
 
 
-def _graph_inputs(imp: LoadState, input_shape: Any, initializers: set[str]) -> list[str]:
+def _declared_inputs(path: str, proto: Any, dtype: Any, input_shape: Any) -> list[tuple[str, tuple[int | None, ...]]]:
+    """(ONNX name, per-sample shape with None where free) of each data input."""
     import onnx
 
-    real = [vi for vi in imp.proto.graph.input if vi.name not in initializers]
-    names = []
-    for vi in real:
+    initializers = {t.name for t in proto.graph.initializer}
+    out = []
+    for vi in proto.graph.input:
+        if vi.name in initializers:
+            continue
         elem = vi.type.tensor_type.elem_type
-        if FLOAT_TYPES.get(elem) != imp.dtype.type:
-            raise OnnxError(f"{imp.path}: input '{vi.name}' is {onnx.helper.tensor_dtype_to_np_dtype(elem).name} "
-                            f"(the weights are {imp.dtype.name}); numbacnn models take float32 or float64 data "
-                            f"of their weights' type")
+        if FLOAT_TYPES.get(elem) != np.dtype(dtype).type:
+            raise OnnxError(f"{path}: input '{vi.name}' is {onnx.helper.tensor_dtype_to_np_dtype(elem).name} "
+                            f"(the weights are {np.dtype(dtype).name}); numbacnn models take float32 or float64 "
+                            f"data of their weights' type")
         override = input_shape.get(vi.name) if isinstance(input_shape, dict) else input_shape
-        shape = _input_shape(imp, vi, override)
-        name = imp.unique(sanitise(vi.name) or "input")
-        imp.values[vi.name] = Value(name, shape, shape)
-        names.append((name, shape))
-    return names
+        out.append((vi.name, _declared_shape(path, vi, override)))
+    if not out:
+        raise OnnxError(f"{path}: the graph has no data input (every input is an initializer)")
+    return out
 
 
 def _model_dtype(proto: Any) -> Any:
@@ -158,7 +167,7 @@ def _visit(imp: LoadState, node: Any) -> None:
             raise ctx.fail(f"its output '{out}' is read by other nodes, but numbacnn gives only its first output")
 
 
-def _build(imp: LoadState, inputs: list[tuple[str, tuple[int, ...]]]) -> Any:
+def _build(imp: LoadState, inputs: list[tuple[str, tuple[int | None, ...]]]) -> Any:
     from ..model import Model
 
     g = Graph()
@@ -179,7 +188,15 @@ def _build(imp: LoadState, inputs: list[tuple[str, tuple[int, ...]]]) -> Any:
                             f"computes")
         outs.append(v.node)
     g.output(*outs)
-    model = Model(g, seed=0, dtype=imp.dtype)
+    try:
+        model = Model(g, seed=0, dtype=imp.dtype)
+    except ShapeError as e:
+        if imp.probe is None:
+            raise
+        # main's refusal of a size-dependent parameter (linear after flatten), naming the node
+        rec = next((r for r in imp.records if f"node '{r.name}'" in str(e)), None)
+        where = f"ONNX node '{rec.onnx_node}': " if rec is not None else ""
+        raise OnnxError(f"{imp.path}: {where}{e}; or {FIX_SIZES}") from None
     for rec in imp.records:
         for table, given, kind in ((model.params, rec.params, "parameter"), (model.buffers, rec.buffers, "buffer")):
             want = {k.rpartition(".")[2] for k in table if k.rpartition(".")[0] == rec.name}
@@ -195,6 +212,25 @@ def _build(imp: LoadState, inputs: list[tuple[str, tuple[int, ...]]]) -> Any:
     return model
 
 
+def _run(path: str, proto: Any, dtype: Any, declared: list[tuple[str, tuple[int | None, ...]]],
+         size: int | None) -> tuple[LoadState, list[tuple[str, tuple[int | None, ...]]]]:
+    """One pass over the nodes with every free input size set to ``size`` (None: none free)."""
+    import onnx
+
+    imp = LoadState(path, proto, dtype, probe=size)
+    for t in proto.graph.initializer:
+        imp.values[t.name] = Const.of(onnx.numpy_helper.to_array(t), "initializer")
+    inputs = []
+    for onnx_name, shape in declared:
+        concrete = tuple(size if d is None else d for d in shape)
+        name = imp.unique(sanitise(onnx_name) or "input")
+        imp.values[onnx_name] = Value(name, concrete, concrete)
+        inputs.append((name, shape))
+    for node in proto.graph.node:
+        _visit(imp, node)
+    return imp, inputs
+
+
 def load_model(path: str | os.PathLike, input_shape: Any = None) -> Any:
     path = os.fspath(path)
     proto = _read(path)
@@ -202,17 +238,22 @@ def load_model(path: str | os.PathLike, input_shape: Any = None) -> Any:
     if opset is None or opset < MIN_IMPORT_OPSET:
         raise OnnxError(f"{path}: opset {opset}; numbacnn reads opset {MIN_IMPORT_OPSET} and newer (convert it "
                         f"first: onnx.version_converter.convert_version(model, {MIN_IMPORT_OPSET}))")
-    imp = LoadState(path, proto, _model_dtype(proto))
-    proto = imp.proto = _inline_unknown_functions(proto, imp)
-    import onnx
-
-    inits = set()
-    for t in proto.graph.initializer:
-        imp.values[t.name] = Const.of(onnx.numpy_helper.to_array(t), "initializer")
-        inits.add(t.name)
-    inputs = _graph_inputs(imp, input_shape, inits)
-    if not inputs:
-        raise OnnxError(f"{path}: the graph has no data input (every input is an initializer)")
-    for node in proto.graph.node:
-        _visit(imp, node)
-    return _build(imp, inputs)
+    dtype = _model_dtype(proto)
+    proto = fuse_patterns(_inline_unknown_functions(proto, LoadState(path, proto, dtype)))
+    declared = _declared_inputs(path, proto, dtype, input_shape)
+    if not any(is_free(shape) for _, shape in declared):
+        return _build(*_run(path, proto, dtype, declared, None))
+    # Free sizes: import at two probe sizes; layers whose configs agree serve every size (see
+    # _import_free), and nc.Model infers the free shapes as for any graph.
+    first: OnnxError | None = None
+    for sizes in PROBES:
+        try:
+            runs = [_run(path, proto, dtype, declared, size) for size in sizes]
+        except OnnxError as e:
+            first = first or e
+            continue
+        same_at_every_size(runs[0][0], runs[1][0])
+        return _build(*runs[0])
+    assert first is not None
+    raise type(first)(f"{first} (imported with the input's free sizes set to {PROBES[0][0]}; if this node needs "
+                      f"fixed sizes, {FIX_SIZES})") from None

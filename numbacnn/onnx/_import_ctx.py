@@ -60,8 +60,12 @@ def sanitise(name: str) -> str:
 class LoadState:
     """State of one load: values by ONNX name, the records, the names taken."""
 
-    def __init__(self, path: str, proto: Any, dtype: Any) -> None:
+    def __init__(self, path: str, proto: Any, dtype: Any, probe: int | None = None) -> None:
         self.path = path
+        # the size free input sizes are set to in this pass (None: the inputs' sizes are fixed),
+        # and what importers noted as depending on a size: (ONNX node, what) -> value
+        self.probe = probe
+        self.size_notes: dict[tuple[str, str], Any] = {}
         self.proto = proto
         self.dtype = np.dtype(dtype)
         self.opsets = {o.domain if o.domain != "ai.onnx" else "": o.version for o in proto.opset_import}
@@ -124,6 +128,7 @@ class ImportCtx:
         self.name = name
         self.dtype = imp.dtype
         self.static_batch = imp.static_batch
+        self.probing = imp.probe is not None
         self.attrs: dict[str, Any] = {}
         for a in node.attribute:
             v = onnx.helper.get_attribute_value(a)
@@ -148,6 +153,11 @@ class ImportCtx:
         if extra:
             raise self.fail(f"attribute {', '.join(repr(a) for a in extra)} is not supported (supported: "
                             f"{', '.join(sorted(supported)) or 'none'})")
+
+    def depends_on_size(self, what: str, sizes: Any) -> None:
+        """Note that ``what`` (e.g. an auto_pad's padding) follows the input sizes ``sizes`` it
+        was computed from: where they follow a free input size, the load refuses the node."""
+        self._imp.size_notes[(self.onnx_name, what)] = sizes
 
     def has(self, i: int) -> bool:
         return i < len(self.node.input) and self.node.input[i] != ""

@@ -1,4 +1,5 @@
-"""Elementwise activations and softmax both ways; Clip is relu6, hardtanh or relu by its bounds."""
+"""Elementwise activations and softmax both ways; Clip is relu, relu6 or hardtanh (infinite or
+omitted bounds included) by its bounds."""
 
 from __future__ import annotations
 
@@ -81,16 +82,16 @@ def clip_in(ctx: Any) -> None:
     ctx.expect_attrs([])
     lo = ctx.const(1, what="min")
     hi = ctx.const(2, what="max")
-    lo = None if lo is None else float(np.ravel(lo)[0])
-    hi = None if hi is None else float(np.ravel(hi)[0])
-    if lo == 0.0 and (hi is None or hi == np.inf):
+    lo = -np.inf if lo is None else float(np.ravel(lo)[0])  # an omitted bound does not clip
+    hi = np.inf if hi is None else float(np.ravel(hi)[0])
+    if lo == 0.0 and hi == np.inf:
         _elementwise(ctx, "relu")
     elif (lo, hi) == (0.0, 6.0):
         _elementwise(ctx, "relu6")
-    elif lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+    elif lo <= hi:
         _elementwise(ctx, "hardtanh", min_val=lo, max_val=hi)
     else:
-        raise ctx.fail(f"Clip to [{lo}, {hi}]; numbacnn has relu (min 0), relu6 (0, 6) and hardtanh (finite bounds)")
+        raise ctx.fail(f"Clip to [{lo}, {hi}]; numbacnn's hardtanh needs min <= max (ONNX then gives max everywhere)")
 
 
 @exports("softmax", "log_softmax")

@@ -85,13 +85,19 @@ def onnx_pads(ctx: Any, spatial: Sequence[int], kernel: Sequence[int], stride: S
         return [0] * (2 * n)
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
         raise ctx.fail(f"auto_pad={auto!r} is not supported (supported: NOTSET, VALID, SAME_UPPER, SAME_LOWER)")
-    begins, ends = [], []
+    def total(size: int, k: int, s: int, d: int) -> int:
+        return max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+
+    begins, ends, varying = [], [], []
     for size, k, s, d in zip(spatial, kernel, stride, dilation):
-        out = -(-size // s)
-        total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
-        small, big = total // 2, total - total // 2
+        t = total(size, k, s, d)
+        small, big = t // 2, t - t // 2
         begins.append(small if auto == "SAME_UPPER" else big)
         ends.append(big if auto == "SAME_UPPER" else small)
+        if any(total(size + r, k, s, d) != t for r in range(1, s)):  # strided: the padding follows size % s
+            varying.append(size)
+    if varying:
+        ctx.depends_on_size(f"auto_pad={auto} with strides {list(stride)}: its padding", tuple(varying))
     return begins + ends
 
 

@@ -67,8 +67,11 @@ def batch_norm_out(ctx: Any) -> None:
         ctx.function(_batch_stats_function(ctx))
         ctx.add("BatchNormBatchStats", [ctx.inputs[0], scale, bias], last=True, domain=DOMAIN, epsilon=eps)
         return
+    # momentum None (a cumulative average) has no ONNX form; inference never reads it, so it
+    # is left out (ONNX's default 0.9 comes back as momentum 0.1)
+    momentum = c.get("momentum", 0.1)
     ctx.add("BatchNormalization", [ctx.inputs[0], scale, bias, ctx.param("running_mean"), ctx.param("running_var")],
-            last=True, epsilon=eps, momentum=1.0 - float(c.get("momentum", 0.1)))
+            last=True, epsilon=eps, momentum=None if momentum is None else 1.0 - float(momentum))
 
 
 def _batch_norm(ctx: Any, x: Any, track: bool, **arrays: Any) -> None:

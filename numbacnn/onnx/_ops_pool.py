@@ -8,6 +8,7 @@ to True, so export always writes it and import reads ONNX's default.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -28,12 +29,38 @@ def _window(ctx: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], list[int]]
     return n, kernel, stride, [*pad, *pad]
 
 
+def _floor_and_ceil(size: int, k: int, s: int, pad: int, d: int = 1) -> tuple[int, int]:
+    """An axis's output size rounded down, and up without PyTorch's rule that drops a last
+    window starting in the padding (which onnx's shape inference lacks; onnxruntime has it)."""
+    span = size + 2 * pad - d * (k - 1) - 1
+    return span // s + 1, -(-span // s) + 1
+
+
+def _ceil_attr(ctx: Any, kernel: tuple[int, ...], stride: tuple[int, ...], pads: list[int],
+               dilation: tuple[int, ...]) -> int:
+    """ceil_mode as ONNX must read it: 0 where rounding up adds no window at this size (a
+    window PyTorch drops included), 1 where it adds one on every axis it changes."""
+    if not ctx.config.get("ceil_mode", False):
+        return 0
+    sizes, out = ctx.input_shapes[0][1:], ctx.output_shape[1:]
+    if any(v is None for v in sizes):
+        return 1  # onnxruntime and the spec drop windows starting in the padding, as PyTorch
+    rounded = [_floor_and_ceil(m, k, s, p, d) for m, k, s, p, d in zip(sizes, kernel, stride, pads, dilation)]
+    if all(o == f for o, (f, _) in zip(out, rounded)):
+        return 0
+    if all(o == c for o, (_, c) in zip(out, rounded)):
+        return 1
+    raise ctx.fail(f"ceil_mode from input size {tuple(sizes)}: PyTorch drops a last window starting in the padding "
+                   f"on some axes and keeps a partial one on others, which one ONNX ceil_mode cannot say")
+
+
 # export ------------------------------------------------------------------------------------
 @exports("max_pool1d", "max_pool2d", "max_pool3d")
 def max_pool_out(ctx: Any) -> None:
     n, kernel, stride, pads = _window(ctx)
+    dilation = ntuple(ctx.config.get("dilation", 1), n)
     ctx.add("MaxPool", ctx.inputs, last=True, kernel_shape=list(kernel), strides=list(stride), pads=pads,
-            dilations=list(ntuple(ctx.config.get("dilation", 1), n)), ceil_mode=int(ctx.config.get("ceil_mode", False)))
+            dilations=list(dilation), ceil_mode=_ceil_attr(ctx, kernel, stride, pads, dilation))
 
 
 @exports("avg_pool1d", "avg_pool2d", "avg_pool3d")
@@ -45,7 +72,7 @@ def avg_pool_out(ctx: Any) -> None:
         raise ctx.fail("divisor_override with ceil_mode has no ONNX form (AveragePool has no divisor)")
     include = True if divisor is not None else bool(ctx.config.get("count_include_pad", True))
     y = ctx.add("AveragePool", ctx.inputs, last=divisor is None, kernel_shape=list(kernel), strides=list(stride),
-                pads=pads, ceil_mode=int(ceil), count_include_pad=int(include))
+                pads=pads, ceil_mode=_ceil_attr(ctx, kernel, stride, pads, (1,) * n), count_include_pad=int(include))
     if divisor is not None:  # the window's sum over the divisor: the mean times size / divisor
         ctx.add("Mul", [y, ctx.constant(np.prod(kernel) / divisor, "divisor_scale")], last=True)
 
@@ -56,19 +83,32 @@ def global_pool_out(ctx: Any) -> None:
     ctx.add("Flatten", [ctx.add(op, ctx.inputs)], last=True, axis=1)
 
 
+def _lp_partial_windows(sizes: Any, kernel: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether rounding up adds a partial window at the edge: PyTorch scales its sum by the
+    window's size over its count, ONNX's LpPool does not, so numbacnn refuses it both ways."""
+    return any(m is None and s > 1 or m is not None and len(set(_floor_and_ceil(m, k, s, 0))) > 1
+               for m, k, s in zip(sizes, kernel, stride))
+
+
+def _lp_even(p: float) -> bool:
+    """ONNX's LpPool is (sum |x|^p)^(1/p), PyTorch's (sum x^p)^(1/p): equal for even p only."""
+    return math.isfinite(p) and p == int(p) and int(p) % 2 == 0 and p > 0
+
+
 @exports("lp_pool2d")
 def lp_pool_out(ctx: Any) -> None:
     c = ctx.config
     p = float(c.get("norm_type", 2))
-    if p != int(p):
-        raise ctx.fail(f"norm_type={p}: ONNX's LpPool takes an integer p")
+    if not _lp_even(p):
+        raise ctx.fail(f"norm_type={c.get('norm_type')}: ONNX's LpPool computes (sum |x|^p)^(1/p), PyTorch's "
+                       f"lp_pool2d (sum x^p)^(1/p); they agree for even positive integer p only")
     kernel = ntuple(c["kernel_size"], 2)
     stride = kernel if c.get("stride") is None else ntuple(c["stride"], 2)
-    ceil = int(c.get("ceil_mode", False))
-    if ceil and ctx.opset < 18:
-        raise ctx.fail("ceil_mode needs opset 18 or newer (LpPool's ceil_mode)")
-    ctx.add("LpPool", ctx.inputs, last=True, p=int(p), kernel_shape=list(kernel), strides=list(stride),
-            ceil_mode=ceil if ctx.opset >= 18 else None)
+    if c.get("ceil_mode", False) and _lp_partial_windows(ctx.input_shapes[0][1:], kernel, stride):
+        raise ctx.fail(f"ceil_mode adds a partial window at the edge of input size {ctx.input_shapes[0][1:]} (or "
+                       f"may, the size being free): PyTorch scales its sum by the window's size over its count, "
+                       f"ONNX's LpPool does not")
+    ctx.add("LpPool", ctx.inputs, last=True, p=int(p), kernel_shape=list(kernel), strides=list(stride))
 
 
 @exports("adaptive_avg_pool2d", "adaptive_max_pool2d")
@@ -198,5 +238,15 @@ def lp_pool_in(ctx: Any) -> None:
     n, kernel, stride, pad = _pool_geometry(ctx, x, 0.0)
     if n != 2 or any(pad) or any(d != 1 for d in ntuple(ctx.attr("dilations", 1), n)):
         raise ctx.fail("numbacnn's lp_pool2d is 2-D, without padding or dilation")
-    ctx.layer("lp_pool2d", [x], norm_type=float(ctx.attr("p", 2)), kernel_size=kernel, stride=stride,
-              ceil_mode=bool(ctx.attr("ceil_mode", 0)))
+    p = float(ctx.attr("p", 2))
+    if not _lp_even(p):
+        raise ctx.fail(f"p={ctx.attr('p', 2)}: ONNX's LpPool is (sum |x|^p)^(1/p), numbacnn's lp_pool2d PyTorch's "
+                       f"(sum x^p)^(1/p); they agree for even p only")
+    if ctx.attr("ceil_mode", 0):
+        if _lp_partial_windows(x.onnx_shape[1:], kernel, stride):
+            raise ctx.fail(f"ceil_mode adds a partial window at the edge of input size {x.onnx_shape[1:]}: ONNX's "
+                           f"LpPool sums it, PyTorch's (numbacnn's) lp_pool2d scales it by the window's size")
+        # no partial window at this size: ceil_mode changes nothing, unless the size is free
+        ctx.depends_on_size("ceil_mode: whether it adds a partial window",
+                            tuple(m for m, s in zip(x.onnx_shape[1:], stride) if s > 1))
+    ctx.layer("lp_pool2d", [x], norm_type=p, kernel_size=kernel, stride=stride)

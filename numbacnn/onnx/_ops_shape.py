@@ -47,8 +47,20 @@ def upsample_out(ctx: Any) -> None:
         attrs["coordinate_transformation_mode"] = "align_corners" if c.get("align_corners") else "half_pixel"
     else:
         attrs.update(coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-    if c.get("size") is not None:
-        size = c["size"] if isinstance(c["size"], (list, tuple)) else (c["size"], c["size"])
+    size = c.get("size")
+    if size is None and c.get("recompute_scale_factor"):
+        # PyTorch then resizes to floor(size * scale) as if that size were given (its source
+        # pixels follow the ratio of the sizes, not the scale): the same as the scale for an
+        # integer scale, else a Resize to the output's size
+        s = c["scale_factor"]
+        if any(float(v) != int(v) for v in (s if isinstance(s, (list, tuple)) else (s,))):
+            if ctx.shape_free():
+                raise ctx.fail("recompute_scale_factor=True with a non-integer scale_factor resizes to a size "
+                               "computed from the input's, which is free here; ONNX's Resize by scales reads "
+                               "source pixels at the scale itself")
+            size = ctx.output_shape[1:]
+    if size is not None:
+        size = size if isinstance(size, (list, tuple)) else (size, size)
         if ctx.opset >= 18:
             ctx.add("Resize", [ctx.inputs[0], "", "", ctx.constant(np.array(size), "sizes")], last=True,
                     axes=[2, 3], **attrs)
@@ -149,7 +161,8 @@ def identity_in(ctx: Any) -> None:
 def _linear(ctx: Any, x: Any, weight: np.ndarray, bias: np.ndarray | None) -> None:
     if len(x.onnx_shape) != 1:
         raise ctx.fail(f"its data input is {len(x.onnx_shape) + 1}-D; numbacnn's linear takes (N, features)")
-    if weight.shape[1] != x.onnx_shape[0]:
+    # With free input sizes the width may follow them: nc.Model refuses that, naming the node
+    if weight.shape[1] != x.onnx_shape[0] and not ctx.probing:
         raise ctx.fail(f"the weight expects {weight.shape[1]} input features, the input has {x.onnx_shape[0]}")
     params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
     ctx.layer("linear", [x], params=params, out_features=int(weight.shape[0]), bias=bias is not None)

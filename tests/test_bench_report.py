@@ -1,0 +1,70 @@
+"""bench/report.py's whole-model tables, read off a hand-written pytest-benchmark JSON: the
+x onnxruntime targets, the memory table's ratio and target, the zoo train-step target."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPORT = Path(__file__).resolve().parents[1] / "bench" / "report.py"
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("bench_report", REPORT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _bench(kind, workload, peer, median, **extra):
+    info = dict(kind=kind, device="cpu", workload=workload, peer=peer, batch=1, flops=0, threads=2, **extra)
+    return {"stats": {"median": median}, "extra_info": info}
+
+
+def _run(tmp_path, benchmarks):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"datetime": "2026-12-03T00:00:00", "benchmarks": benchmarks}))
+    report = _report()
+    data, groups = report.load(path)
+    return report.render(data, groups)
+
+
+def _line(text, start):
+    found = [line for line in text.splitlines() if line.startswith(start)]
+    assert len(found) == 1, (start, text)
+    return found[0]
+
+
+def test_zoo_rows_get_onnxruntime_and_torch_targets(tmp_path):
+    text = _run(tmp_path, [
+        _bench("vgg_small inference", "3x32x32 N256", "numbacnn", 0.010),
+        _bench("vgg_small inference", "3x32x32 N256", "torch", 0.012),
+        _bench("vgg_small inference", "3x32x32 N256", "onnxruntime", 0.011),
+        _bench("vgg_small inference", "3x32x32 N1", "numbacnn", 0.003),
+        _bench("vgg_small inference", "3x32x32 N1", "onnxruntime", 0.001),
+        _bench("vgg_small train step", "3x32x32 N32", "numbacnn", 0.010),
+        _bench("vgg_small train step", "3x32x32 N32", "torch", 0.013),
+    ])
+    # 0.012 / 0.010 = 1.2x torch misses 1.3x; 1.1x onnxruntime meets 1.0x.
+    assert _line(text, "| vgg_small inference 3x32x32 N256 | cpu | 10.00 | 12.00 | -").endswith(
+        ">=1.3x torch: MISS |")
+    assert _line(text, "| vgg_small inference 3x32x32 N256 | cpu | 10.00 | 12.00 | 11.00").endswith(
+        "| 1.20 | 1.10 | >=1.0x onnxruntime: ok |")
+    # 3 ms against onnxruntime's 1 ms is more than twice its time.
+    assert _line(text, "| vgg_small inference 3x32x32 N1 | cpu | 3.00 | - | 1.00").endswith(
+        "<=2x onnxruntime's time: MISS |")
+    assert _line(text, "| vgg_small train step 3x32x32 N32").endswith("| 1.30 | - | - | - | >=1.2x torch: ok |")
+
+
+def test_memory_table_compares_the_steps_own_memory(tmp_path):
+    mem = lambda mode, peer, delta, peak: _bench(  # noqa: E731
+        "memory", f"lenet5 {mode} 1x28x28 N32", peer, 1.0, model="lenet5", mode=mode, delta_mb=delta,
+        peak_mb=peak, baseline_mb=peak - delta, maxrss_mb=peak, method="VmHWM")
+    text = _run(tmp_path, [mem("train", "numbacnn", 30.0, 200.0), mem("train", "torch", 20.0, 400.0),
+                           mem("inference", "numbacnn", 10.0, 180.0), mem("inference", "torch", 40.0, 420.0)])
+    # The ratio is of the deltas (30 / 20), not of the absolute peaks, and only training has a target.
+    assert _line(text, "| lenet5 train 1x28x28 N32 |") == \
+        "| lenet5 train 1x28x28 N32 | 30.0 | 20.0 | 1.50 | 200 | 400 | training step <= torch: MISS |"
+    assert _line(text, "| lenet5 inference 1x28x28 N32 |") == \
+        "| lenet5 inference 1x28x28 N32 | 10.0 | 40.0 | 0.25 | 180 | 420 |  |"
+    assert "memory" not in _line(text, "| workload | device |")  # no timing row for the memory groups
+    assert not [line for line in text.splitlines() if line.startswith("| memory ")]
