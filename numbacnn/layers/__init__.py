@@ -13,6 +13,7 @@ BUILTIN: dict[str, str] = {
         "batch_norm2d": "BatchNorm2d",
         "batch_norm3d": "BatchNorm3d",
         "concat": "Concat",
+        "conv1d": "Conv1d",
         "conv2d": "Conv2d",
         "dropout": "Dropout",
         "elu": "ELU",
