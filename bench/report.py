@@ -38,6 +38,8 @@ TORCH_TARGETS = [
     ("conv2d forward+backward", "", 0.8),
     ("conv1d forward+backward", "", 0.8),
     ("block forward+backward", "", 0.8),
+    ("conv_transpose2d forward", "", 0.8),
+    ("conv_transpose2d forward+backward", "", 0.8),
 ]
 # (kind, workload suffix, most seconds numbacnn may take): per-call costs.
 TIME_TARGETS = [("network3 inference", "N1", 0.15e-3)]

@@ -36,6 +36,14 @@ def _conv(cfg: dict[str, Any], op: Callable[..., Any] = F.conv2d) -> Callable[..
     return fn
 
 
+def _conv_transpose(cfg: dict[str, Any]) -> Callable[..., Any]:
+    def fn(xs, p, training):
+        return F.conv_transpose2d(xs[0], p["weight"], p.get("bias"), stride=cfg.get("stride", 1),
+                                  padding=cfg.get("padding", 0), output_padding=cfg.get("output_padding", 0),
+                                  groups=cfg.get("groups", 1), dilation=cfg.get("dilation", 1))
+    return fn
+
+
 def _batch_norm(xs, p, training):
     return F.batch_norm(xs[0], p["running_mean"], p["running_var"], p["weight"], p["bias"], training, 0.1, 1e-5)
 
@@ -97,6 +105,12 @@ CASES: dict[str, Case] = {
                             _conv(dict(padding=1))),
     "conv2d-winograd-5x5": Case("conv2d", dict(out_channels=3, kernel_size=5, padding=2), [(1, 2, 9, 7)],
                                 _conv(dict(padding=2)), winograd=True),
+    "conv_transpose2d": Case("conv_transpose2d", dict(out_channels=3, kernel_size=4, stride=2, padding=1),
+                             [(2, 2, 3, 4)], _conv_transpose(dict(stride=2, padding=1))),
+    "conv_transpose2d-grouped": Case(
+        "conv_transpose2d", dict(out_channels=4, kernel_size=3, stride=3, padding=1, output_padding=2, groups=2,
+                                 dilation=(1, 2)), [(2, 4, 3, 3)],
+        _conv_transpose(dict(stride=3, padding=1, output_padding=2, groups=2, dilation=(1, 2)))),
     "dropout-train": Case("dropout", dict(p=0.5), [(4, 3, 4)], None),  # x * mask * scale, with our mask
     "dropout-eval": Case("dropout", dict(p=0.5), [(4, 3, 4)], lambda xs, p, t: F.dropout(xs[0], 0.5, False),
                          training=False),

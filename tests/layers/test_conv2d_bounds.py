@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import numbacnn as nc
-from numbacnn.layers import conv2d_cpu, conv2d_winograd_cpu
+from numbacnn.layers import _conv_columns, conv2d_cpu, conv2d_winograd_cpu
 from numbacnn.testing import run_fenced
 
 Conv2d = nc.get_layer("conv2d")
@@ -62,14 +62,14 @@ def conv_ref(x, w, b, gy, cfg):
 
 def test_valid_ranges_stay_inside_the_row():
     # Regression: with a tap left of the input for every output (padding 2, one output,
-    # kernel 3), _valid gave lo = 2 > n_out = 1, and _im2col zero-filled q in range(lo): one
+    # kernel 3), valid gave lo = 2 > n_out = 1, and im2col zero-filled q in range(lo): one
     # element past the row (masked only because the next row was written afterwards).
     rng = np.random.default_rng(0)
     cases = [(1, 1, 1, -2), (3, 2, 2, -9), (2, 5, 1, 7)] + [
         (int(rng.integers(1, 6)), int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(-9, 9)))
         for _ in range(200)]
     for n_out, size, stride, offset in cases:
-        lo, hi = conv2d_cpu._valid(n_out, size, stride, offset)
+        lo, hi = _conv_columns.valid(n_out, size, stride, offset)
         assert 0 <= lo <= hi <= n_out, (n_out, size, stride, offset, lo, hi)
         inside = [i for i in range(n_out) if 0 <= i * stride + offset < size]
         assert list(range(lo, hi)) == inside, (n_out, size, stride, offset, lo, hi)

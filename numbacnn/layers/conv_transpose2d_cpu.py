@@ -1,0 +1,130 @@
+"""conv_transpose2d CPU: conv2d's input gradient, run forward, through BLAS and col2im.
+
+Each thread owns a chunk of the batch. For its sample n and group g, one product gives the
+column matrix col[g] = w[g]^T @ x[n, g] (rows (k, r, s), columns the input pixels), and
+col2im (numbacnn.layers._conv_columns) adds it into y[n]: only the owning thread ever
+writes a sample's output, so no pixel has two writers. The backward runs the other two of
+conv2d's products with x and gy swapped: im2col(gy[n]) is the column matrix a conv2d over gy
+would read, the input gradient is w[g] @ col[g] (a plain convolution of gy), and the weight
+gradient x[n, g] @ col[g]^T, summed over each chunk's samples into its own partial and the
+partials summed afterwards. Every wrapper runs under ``single_thread_blas``: BLAS threads of
+their own would fight Numba's pool for the cores. ``geo`` is conv2d's: (groups, R, S,
+stride_h, stride_w, dilation_h, dilation_w, pad_h, pad_w).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._blas import gemm
+from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
+from .._threads import batch_chunks, single_thread_blas
+from ._conv_columns import col2im, im2col
+
+__all__ = ["conv_transpose2d_scratch", "conv_transpose2d_forward", "conv_transpose2d_backward"]
+
+Geometry = tuple[int, int, int, int, int, int, int, int, int]
+
+
+def conv_transpose2d_scratch(x_shape: tuple[int, ...], out_channels: int, geo: Geometry) -> dict[str, tuple]:
+    """Scratch shapes for an (N, C, H, W) input: "col", a column matrix (K*R*S, H*W) per chunk
+    of the batch, and "part", a weight-gradient partial (C, K/groups*R*S) per chunk."""
+    N, C, H, W = x_shape
+    G, R, S = geo[:3]
+    T = batch_chunks(N)
+    return {"col": (T, out_channels * R * S, H * W), "part": (T, C, out_channels // G * R * S)}
+
+
+@cpu_kernel
+def _forward_chunks(x4, w3, b, col4, y, H, W, geo):
+    # x4 (N, G, Cg, L), w3 (G, Cg, J), col4 (T, G, J, L): per group, col = w^T @ x.
+    N, G, Cg, L = x4.shape
+    J = w3.shape[2]
+    T = col4.shape[0]
+    K = y.shape[1]
+    M = y.shape[2] * y.shape[3]
+    for t in prange(T):
+        for n in range(t * N // T, (t + 1) * N // T):
+            for g in range(G):
+                gemm(True, False, J, L, Cg, w3[g].reshape(Cg * J), J, x4[n, g].reshape(Cg * L), L, 0,
+                     col4[t, g].reshape(J * L), L)
+            col2im(col4[t].reshape(col4[t].size), y[n], H, W, geo)
+            if b.size:
+                yn = y[n].reshape(K, M)
+                for k in range(K):
+                    bk = b[k]
+                    for i in range(M):
+                        yn[k, i] += bk
+
+
+@cpu_kernel
+def _backward_chunks(x4, w3, gy, col4, part4, gx4, H, W, geo, want_gx):
+    # part4 (T, G, Cg, J): chunk t's weight gradient; gx4 (N, G, Cg, L) when ``want_gx``.
+    N, G, Cg, L = x4.shape
+    J = w3.shape[2]
+    T = col4.shape[0]
+    for t in prange(T):
+        n0 = t * N // T
+        for n in range(n0, (t + 1) * N // T):
+            im2col(gy[n], col4[t].reshape(col4[t].size), H, W, geo)
+            for g in range(G):
+                gemm(False, True, Cg, J, L, x4[n, g].reshape(Cg * L), L, col4[t, g].reshape(J * L), L,
+                     0 if n == n0 else 1, part4[t, g].reshape(Cg * J), J)
+                if want_gx:
+                    gemm(False, False, Cg, L, J, w3[g].reshape(Cg * J), J, col4[t, g].reshape(J * L), L, 0,
+                         gx4[n, g].reshape(Cg * L), L)
+
+
+@cpu_inline
+def _sum_plane(gy3, k):
+    acc = gy3.dtype.type(0)
+    for n in range(gy3.shape[0]):
+        for i in range(gy3.shape[2]):
+            acc += gy3[n, k, i]
+    return acc
+
+
+@cpu_kernel(fastmath=REASSOC)  # the sums run in vector lanes; NaN and Inf still propagate
+def _reduce(part, gw2, gy3, gb):
+    """gw2 += the chunks' partials summed; gb += gy3 summed over samples and pixels (if any).
+    Index i owns weight row i and bias i: no element has two writers."""
+    T, C, J = part.shape
+    K = gy3.shape[1]
+    rows = max(C, K) if gb.size else C
+    for i in prange(rows):
+        if i < C:
+            for j in range(J):
+                s = part[0, i, j]
+                for t in range(1, T):
+                    s += part[t, i, j]
+                gw2[i, j] += s
+        if gb.size and i < K:
+            gb[i] += _sum_plane(gy3, i)
+
+
+def _groups(a: np.ndarray, G: int) -> np.ndarray:
+    # (rows, G, per-group rows, pixels) view of an (N, C, H, W) array or a column matrix.
+    return a.reshape(a.shape[0], G, a.shape[1] // G, -1)
+
+
+def conv_transpose2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray,
+                             geo: Geometry) -> None:
+    """y = conv_transpose2d(x, w) + b (b empty: no bias); ``col`` is scratch of the shape
+    conv_transpose2d_scratch gives."""
+    G = geo[0]
+    C, H, W = x.shape[1:]
+    with single_thread_blas:
+        _forward_chunks(_groups(x, G), w.reshape(G, C // G, -1), b, _groups(col, G), y, H, W, geo)
+
+
+def conv_transpose2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
+                              gx: np.ndarray | None, col: np.ndarray, part: np.ndarray, geo: Geometry) -> None:
+    """gw += the weight gradient, gb += the bias gradient (gb empty: no bias), gx = the input
+    gradient (None: not wanted). ``col`` and ``part`` are scratch (conv_transpose2d_scratch)."""
+    G = geo[0]
+    N, C, H, W = x.shape
+    want_gx = gx is not None
+    with single_thread_blas:
+        _backward_chunks(_groups(x, G), w.reshape(G, C // G, -1), gy, _groups(col, G), _groups(part, G),
+                         _groups(gx if want_gx else x, G), H, W, geo, want_gx)
+        _reduce(part, gw.reshape(C, -1), gy.reshape(N, gy.shape[1], -1), gb)
