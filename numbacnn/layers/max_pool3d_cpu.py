@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._jit import cpu_inline, cpu_kernel, prange
-from .conv2d_cpu import _valid
+from ._conv_columns import valid as _valid
 
 __all__ = ["max_pool3d_forward", "max_pool3d_backward_input"]
 
