@@ -15,6 +15,7 @@ BUILTIN: dict[str, str] = {
         "concat": "Concat",
         "conv1d": "Conv1d",
         "conv2d": "Conv2d",
+        "conv3d": "Conv3d",
         "conv_transpose2d": "ConvTranspose2d",
         "dropout": "Dropout",
         "elu": "ELU",
