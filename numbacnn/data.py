@@ -1,4 +1,6 @@
-"""Datasets: ``load_digits()``, ``load_mnist()``, ``load_cifar10()``; splits and named datasets.
+"""Datasets: ``load_digits()``, ``load_mnist()``, ``load_cifar10()``; splits and named datasets
+(among them tasks made from the MNIST test set for the zoo's 32x32, 1-D, 3-D and image-to-image
+models: ``numbacnn._mnist_tasks``).
 
 Every loader returns ``(x, y)``: float32 NCHW images scaled to [0, 1] and int64 labels. Files
 are checked whole before anything is returned: a truncated, corrupt (wrong checksum, bad

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import numbacnn.data
+from numbacnn import zoo
 from numbacnn._mnist_tasks import make_task
 from numbacnn.cli import main
 
@@ -39,6 +40,21 @@ def test_encoder_decoder_trains_on_mse_and_evaluates(small_denoise, tmp_path, mo
     again = capsys.readouterr().out
     assert re.search(r"on mnist-denoise-t10k \(16 held-out images\): mse (\d+\.\d+)", again)
     assert abs(float(re.search(r"mse (\d+\.\d+)", again).group(1)) - mse) < 1e-4
+
+
+@pytest.mark.parametrize("model,data,match", [
+    (lambda: zoo.lenet5(), "mnist-denoise-t10k",
+     r"mnist-denoise-t10k has target images \(1, 28, 28\), the model in m.npz outputs \(10,\); evaluate it"),
+    (lambda: zoo.encoder_decoder("resize", input_shape=(1, 8, 8)), "digits",
+     r"digits has class labels, the model in m.npz outputs \(1, 8, 8\)"),
+])
+def test_evaluate_refuses_a_checkpoint_of_the_other_kind(model, data, match, small_denoise, tmp_path, monkeypatch,
+                                                         capsys):
+    monkeypatch.chdir(tmp_path)
+    model().save("m.npz")
+    assert main(["evaluate", "m.npz", "--data", data]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and re.search(match, err), err
 
 
 @pytest.mark.parametrize("argv,match", [

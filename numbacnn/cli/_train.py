@@ -244,6 +244,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"{args.data} images are {xv.shape[1:]}, the model in {args.checkpoint} "
                        f"takes {tuple(model.input_shapes[0])}")
     classify = yv.dtype.kind in "iu"
+    out = tuple(model.output_shape)
+    if classify != (len(out) == 1) or not classify and out != tuple(yv.shape[1:]):
+        want = "class labels" if classify else f"target images {tuple(yv.shape[1:])}"
+        raise CliError(f"{args.data} has {want}, the model in {args.checkpoint} outputs {out}; evaluate it on "
+                       f"the dataset it was trained on")
     result = Trainer(model, loss="cross_entropy" if classify else "mse").evaluate(
         xv, yv, batch_size=max(args.batch_size, 256))
     figures = f"accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f}" if classify else \
