@@ -139,3 +139,17 @@ def test_listed_by_numbacnn_summary(name, capsys):
     head = f"{model}: input {shape} ({dataset} images, as 'numbacnn train --data {dataset}'), "
     assert text.splitlines()[0] == head + ("10 classes" if out == (10,) else "output 1x28x28")
     assert f"{params:,}" in text.splitlines()[-1]
+
+
+@needs("conv1d", "conv3d", "conv_transpose2d")
+def test_warmup_runs_the_new_models(monkeypatch):
+    """'numbacnn warmup' trains every zoo model a step: the image-to-image one on mse, each of its variants."""
+    from numbacnn import _jit, warmup
+
+    monkeypatch.setattr(_jit, "CACHE", True)
+    names = ["alexnet_small", "text_cnn", "c3d_small", "encoder_decoder"]
+    report = warmup.warmup(models=names, layers=[], losses=[], optimizers=[])
+    assert [item.name for item in report.items] == [f"model {n}" for n in names]
+    assert all(item.skipped is None and not item.notes for item in report.items)
+    assert warmup.MODEL_VARIANTS["encoder_decoder"] == tuple(zoo.ENCODER_DECODER_VARIANTS)
+    assert any("conv_transpose2d" in k for k in report.items[-1].kernels) or report.items[-1].cached
