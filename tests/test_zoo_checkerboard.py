@@ -55,8 +55,8 @@ def test_quick_run_prints_both_measures_and_draws_the_figure(mnist_dir, tmp_path
     assert script().main(["--quick", "--mnist-dir", str(mnist_dir), "--figure", str(figure)]) == 0
     out = capsys.readouterr().out
     rows = {m.group(1): m.groups()[1:] for m in re.finditer(
-        r"^(transposed|resize) +([\d,]+) +(\d+\.\d+) +(\d+\.\d+)", out, re.M)}
+        r"^(transposed|resize) +([\d,]+) +(\d+\.\d+) +(\d\.\d+e[-+]\d+)", out, re.M)}
     assert set(rows) == {"transposed", "resize"} and rows["transposed"][0] == rows["resize"][0] == "9,569"
     assert all(0 < float(r[1]) < 0.2 and 0 <= float(r[2]) <= 1 for r in rows.values()), out
-    assert "512 training pairs, 1 epochs" in out and re.search(r"\(targets\) +\d\.\d+", out)
+    assert "512 training pairs, 1 epochs" in out and re.search(r"\(targets\) +\d\.\d+e[-+]\d+", out)
     assert f"figure: {figure}" in out and figure.stat().st_size > 10_000
