@@ -152,4 +152,3 @@ def test_warmup_runs_the_new_models(monkeypatch):
     assert [item.name for item in report.items] == [f"model {n}" for n in names]
     assert all(item.skipped is None and not item.notes for item in report.items)
     assert warmup.MODEL_VARIANTS["encoder_decoder"] == tuple(zoo.ENCODER_DECODER_VARIANTS)
-    assert any("conv_transpose2d" in k for k in report.items[-1].kernels) or report.items[-1].cached
