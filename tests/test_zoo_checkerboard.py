@@ -59,4 +59,7 @@ def test_quick_run_prints_both_measures_and_draws_the_figure(mnist_dir, tmp_path
     assert set(rows) == {"transposed", "resize"} and rows["transposed"][0] == rows["resize"][0] == "9,569"
     assert all(0 < float(r[1]) < 0.2 and 0 <= float(r[2]) <= 1 for r in rows.values()), out
     assert "512 training pairs, 1 epochs" in out and re.search(r"\(targets\) +\d\.\d+e[-+]\d+", out)
-    assert f"figure: {figure}" in out and figure.stat().st_size > 10_000
+    if importlib.util.find_spec("matplotlib") is None:  # an extra of [bench], not of [test]
+        assert "figure: not written (matplotlib missing)" in out and not figure.exists()
+    else:
+        assert f"figure: {figure}" in out and figure.stat().st_size > 10_000
