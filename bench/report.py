@@ -36,6 +36,7 @@ TORCH_TARGETS = [
     ("network3 inference", "N256", 1.2),
     ("network3 inference", "N1", 2.0),
     ("conv2d forward+backward", "", 0.8),
+    ("conv1d forward+backward", "", 0.8),
     ("block forward+backward", "", 0.8),
     ("conv_transpose2d forward", "", 0.8),
     ("conv_transpose2d forward+backward", "", 0.8),

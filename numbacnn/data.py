@@ -1,4 +1,6 @@
-"""Datasets: ``load_digits()``, ``load_mnist()``, ``load_cifar10()``; splits and named datasets.
+"""Datasets: ``load_digits()``, ``load_mnist()``, ``load_cifar10()``; splits and named datasets
+(among them tasks made from the MNIST test set for the zoo's 32x32, 1-D, 3-D and image-to-image
+models: ``numbacnn._mnist_tasks``).
 
 Every loader returns ``(x, y)``: float32 NCHW images scaled to [0, 1] and int64 labels. Files
 are checked whole before anything is returned: a truncated, corrupt (wrong checksum, bad
@@ -250,9 +252,20 @@ DATASETS = {
     "mnist": "MNIST train (60,000) / test (10,000); needs the files or --download",
     "mnist-t10k": "the MNIST test set only: first 8,000 to train, last 2,000 held out",
     "cifar10": "CIFAR-10 binary batches: train (50,000) / test (10,000); needs --data-dir",
+    "mnist32-t10k": "mnist-t10k's images zero-padded to 32x32",
+    "mnist-rows-t10k": "mnist-t10k's images as sequences of 28 rows of 28 pixels, (28, 28) for conv1d",
+    "mnist-video-t10k": "mnist-t10k's digits moving over 8 frames of 22x22, (1, 8, 22, 22) for conv3d",
+    "mnist-denoise-t10k": "mnist-t10k's images with Gaussian noise (std 0.5) -> the clean images (mse)",
 }
-#: Each named dataset's per-sample image shape (C, H, W); all have 10 classes.
-DATASET_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "mnist-t10k": (1, 28, 28), "cifar10": (3, 32, 32)}
+#: Each named dataset's per-sample input shape; all but mnist-denoise-t10k (clean images as
+#: targets) have 10 classes.
+DATASET_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "mnist-t10k": (1, 28, 28), "cifar10": (3, 32, 32),
+                  "mnist32-t10k": (1, 32, 32), "mnist-rows-t10k": (28, 28), "mnist-video-t10k": (1, 8, 22, 22),
+                  "mnist-denoise-t10k": (1, 28, 28)}
+#: The MNIST-derived datasets: name -> task of ``numbacnn._mnist_tasks`` (targets are the digits,
+#: except denoise's, which are the clean images).
+_MNIST_TASKS = {"mnist32-t10k": "pad32", "mnist-rows-t10k": "rows", "mnist-video-t10k": "video",
+                "mnist-denoise-t10k": "denoise"}
 
 
 def load_dataset(name: str, path: str | os.PathLike | None = None, download: bool = False) -> tuple[Any, Any]:
@@ -272,6 +285,11 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, download: boo
         return load_mnist(path, download, "train"), load_mnist(path, download, "test")
     if name == "mnist-t10k":
         return train_test_split(*load_mnist(path, download, "test"), test_size=2000, shuffle=False)
+    if name in _MNIST_TASKS:
+        from ._mnist_tasks import make_task
+
+        pairs = make_task(_MNIST_TASKS[name], *load_mnist(path, download, "test"), seed=0)
+        return train_test_split(*pairs, test_size=2000, shuffle=False)
     if name == "cifar10":
         if path is None:
             raise ValueError("cifar10: give the folder of the binary batches (path=, or --data-dir)")

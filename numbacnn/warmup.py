@@ -30,10 +30,13 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 # CIFAR-10): a layer may pick its kernels by size, and these are the sizes that matter. Only
 # the batch is tiny.
 DIGITS, MNIST, CIFAR = (1, 8, 8), (1, 28, 28), (3, 32, 32)
-MODEL_INPUTS: dict[str, tuple[tuple[int, int, int], ...]] = {
+MODEL_INPUTS: dict[str, tuple[tuple[int, ...], ...]] = {
     "lenet5": (DIGITS, MNIST), "network3": (MNIST,), "vgg_small": (CIFAR,), "googlenet_mini": (CIFAR,),
-    "resnet_bottleneck": (CIFAR,), "resnet_basic": (CIFAR,),
+    "resnet_bottleneck": (CIFAR,), "resnet_basic": (CIFAR,), "alexnet_small": ((1, 32, 32),),
+    "text_cnn": ((28, 28),), "c3d_small": ((1, 8, 22, 22),), "encoder_decoder": (MNIST,),
 }
+#: Models whose variants run different layers: each variant is warmed.
+MODEL_VARIANTS = {"encoder_decoder": ("transposed", "resize")}
 
 
 class WarmupError(RuntimeError):
@@ -249,22 +252,30 @@ def _warm_optimizer(name: str, dtype: str, device: str, item: WarmupItem) -> Non
 def _warm_model(name: str, dtype: str, device: str, item: WarmupItem) -> None:
     from . import zoo
 
+    import inspect
+
+    # image-to-image models (no classes) train on mean squared error, as 'numbacnn train' does
+    classify = "num_classes" in inspect.signature(zoo.MODELS[name]).parameters
     for shape in MODEL_INPUTS.get(name, (None,)):
-        kwargs = {} if shape is None else {"input_shape": shape}
-        model = zoo.build(name, num_classes=3, seed=0, **kwargs)
-        _train_and_infer(model if model.dtype.name == dtype else model.astype(dtype), device)
+        for variant in MODEL_VARIANTS.get(name, (None,)):
+            kwargs = {} if shape is None else {"input_shape": shape}
+            kwargs.update({} if variant is None else {"variant": variant})
+            kwargs.update({"num_classes": 3} if classify else {})
+            model = zoo.build(name, seed=0, **kwargs)
+            _train_and_infer(model if model.dtype.name == dtype else model.astype(dtype), device, classify)
 
 
-def _train_and_infer(model: Any, device: str) -> None:
+def _train_and_infer(model: Any, device: str, classify: bool = True) -> None:
     """A training step and an evaluation as ``numbacnn train`` runs them; then inference to
     the host and a backward that wants the input gradient."""
     from . import optim
     from .train import Trainer
 
     model.to(device)
-    x = np.random.default_rng(0).standard_normal((2, *model.input_shapes[0])).astype(model.dtype)
-    y = np.array([0, 2])
-    trainer = Trainer(model, optim.SGD(model, 0.01, momentum=0.9))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, *model.input_shapes[0])).astype(model.dtype)
+    y = np.array([0, 2]) if classify else rng.standard_normal((2, *model.output_shape)).astype(model.dtype)
+    trainer = Trainer(model, optim.SGD(model, 0.01, momentum=0.9), loss="cross_entropy" if classify else "mse")
     trainer.fit(x, y, epochs=1, batch_size=2, validation_data=(x, y), verbose=0)
     trainer.predict(x)
     out = model.forward(x, training=True)

@@ -3,7 +3,10 @@
 ``lenet5`` (LeCun et al. 1998, with ReLU and max pooling), ``network3`` (the MNIST nets of
 Nielsen's *Neural Networks and Deep Learning*, chapter 6), ``vgg_small`` (stacked 3x3
 convolutions for 32x32 RGB input), googlenet_mini, resnet_bottleneck and resnet_basic (CIFAR-shaped,
-built from nc.blocks). ``MODELS`` maps the names the CLI accepts to builders.
+built from nc.blocks); alexnet_small (32x32), text_cnn (conv1d over (C, L) sequences), c3d_small
+(conv3d over (C, D, H, W) clips) and encoder_decoder (image to image, its decoder upsampling
+by transposed convolution or by resize-convolution). ``MODELS`` maps the names the CLI accepts
+to builders; every builder but encoder_decoder's takes ``num_classes``.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ __all__ = ["lenet5", "network3", "vgg_small", "NETWORK3_VARIANTS", "MODELS", "bu
 Shape3 = tuple[int, int, int]
 
 
-def _check_input(fn: str, input_shape: Any, num_classes: Any) -> Shape3:
+def _check_input(fn: str, input_shape: Any, num_classes: Any, layout: str = "(C, H, W)") -> Any:
+    """``input_shape`` as a tuple of ints, of as many sizes as ``layout`` names."""
+    ndim = layout.count(",") + 1
     try:
         shape = tuple(int(s) for s in input_shape)
     except (TypeError, ValueError):
-        raise ValueError(f"{fn}: input_shape must be (C, H, W), found {input_shape!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"{fn}: input_shape must be three positive sizes (C, H, W), found {input_shape!r}")
+        raise ValueError(f"{fn}: input_shape must be {layout}, found {input_shape!r}") from None
+    if len(shape) != ndim or min(shape) < 1:
+        count = ("one", "two", "three", "four")[ndim - 1]
+        raise ValueError(f"{fn}: input_shape must be {count} positive sizes {layout}, found {input_shape!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"{fn}: num_classes must be an int >= 2, found {num_classes!r}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def lenet5(num_classes: int = 10, input_shape: Shape3 = (1, 28, 28), seed: int = 0) -> Model:
@@ -199,3 +205,122 @@ def resnet_basic(depth: int = 20, num_classes: int = 10, input_shape: Shape3 = (
 __all__ += ["googlenet_mini", "resnet_bottleneck", "resnet_basic"]
 MODELS.update({"googlenet_mini": googlenet_mini, "resnet_bottleneck": resnet_bottleneck,
                "resnet_basic": resnet_basic})
+
+
+# The second phase's models: AlexNet at 32x32, a text CNN, a 3-D CNN, an encoder-decoder ------
+def alexnet_small(num_classes: int = 10, input_shape: Shape3 = (1, 32, 32), width: int = 16,
+                  seed: int = 0) -> Model:
+    """AlexNet's layout (Krizhevsky et al. 2012) scaled to 32x32: five ReLU convolutions (5x5,
+    5x5, 3x3, 3x3, 3x3; widths w, 2w, 3w, 3w, 2w, "same" padding), overlapping 3x3 stride-2 max
+    pools after the first, second and fifth (32 -> 15 -> 7 -> 3), then as torchvision's
+    classifier: dropout 0.5, linear 16w, ReLU, dropout 0.5, linear 16w, ReLU, linear. AlexNet's
+    local response normalisation is left out, as in most later re-implementations."""
+    shape = _check_input("alexnet_small", input_shape, num_classes)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"alexnet_small: width must be a positive int, found {width!r}")
+    if min(shape[1:]) < 15:
+        raise ValueError(f"alexnet_small: input must be at least 15x15 (three 3x3 stride-2 poolings), "
+                         f"found {shape}")
+    g = Graph()
+    y = g.input(shape)
+    convs = ((width, 5), (2 * width, 5), (3 * width, 3), (3 * width, 3), (2 * width, 3))
+    for i, (k, r) in enumerate(convs, start=1):
+        y = g.relu(g.conv2d(y, out_channels=k, kernel_size=r, padding=r // 2, name=f"conv{i}"))
+        if i in (1, 2, 5):  # AlexNet's overlapping pooling: windows of 3 every 2 pixels
+            y = g.max_pool2d(y, kernel_size=3, stride=2, name=f"pool{i}")
+    y = g.flatten(y)
+    for i in (1, 2):
+        y = g.dropout(y, p=0.5, name=f"drop{i}")
+        y = g.relu(g.linear(y, out_features=16 * width, name=f"fc{i}"))
+    g.output(g.linear(y, out_features=num_classes, name="fc3"))
+    return Model(g, seed=seed)
+
+
+def text_cnn(num_classes: int = 10, input_shape: tuple[int, int] = (28, 28), filters: int = 32,
+             widths: tuple[int, ...] = (3, 4, 5), seed: int = 0) -> Model:
+    """Kim (2014)'s CNN for sentence classification over (C, L) sequences of C features a step
+    (an embedded sentence; ``mnist-rows-t10k``'s image rows): one conv1d per kernel width
+    (``filters`` each, ReLU), each max-pooled over the whole sequence, concatenated, dropout
+    0.5 and a linear classifier. Kim's embedding layer is left to the data."""
+    c, length = _check_input("text_cnn", input_shape, num_classes, "(C, L)")
+    if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+        raise ValueError(f"text_cnn: filters must be a positive int, found {filters!r}")
+    if not widths or any(isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= length for r in widths):
+        raise ValueError(f"text_cnn: widths must be kernel widths from 1 to the length {length}, found {widths!r}")
+    g = Graph()
+    x = g.input((c, length))
+    branches = []
+    for r in widths:
+        h = g.relu(g.conv1d(x, out_channels=filters, kernel_size=r, name=f"conv{r}"))
+        # max over all of time: one value per filter, whatever the position of the feature
+        branches.append(g.max_pool1d(h, kernel_size=length - r + 1, name=f"pool{r}"))
+    y = g.concat(*branches, name="concat") if len(branches) > 1 else branches[0]
+    y = g.dropout(g.flatten(y), p=0.5, name="drop")
+    g.output(g.linear(y, out_features=num_classes, name="fc"))
+    return Model(g, seed=seed)
+
+
+def c3d_small(num_classes: int = 10, input_shape: tuple[int, int, int, int] = (1, 8, 22, 22), width: int = 8,
+              seed: int = 0) -> Model:
+    """A small C3D (Tran et al. 2015) for (C, D, H, W) clips: three 3x3x3 convolutions (widths w,
+    2w, 4w, padding 1), each with batch_norm3d and ReLU, max pools of 1x2x2 (space only, as C3D's
+    first, so early layers keep every frame), 2x2x2 and 2x2x2, then flatten and a linear classifier."""
+    shape = _check_input("c3d_small", input_shape, num_classes, "(C, D, H, W)")
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"c3d_small: width must be a positive int, found {width!r}")
+    if shape[1] < 4 or min(shape[2:]) < 8:
+        raise ValueError(f"c3d_small: clips must be at least 4 frames of 8x8 (pools of 1x2x2, 2x2x2, 2x2x2), "
+                         f"found {shape}")
+    g = Graph()
+    y = g.input(shape)
+    for i, (k, pool) in enumerate(((width, (1, 2, 2)), (2 * width, 2), (4 * width, 2)), start=1):
+        y = g.conv3d(y, out_channels=k, kernel_size=3, padding=1, bias=False, name=f"conv{i}")
+        y = g.relu(g.batch_norm3d(y, name=f"bn{i}"))
+        y = g.max_pool3d(y, kernel_size=pool, name=f"pool{i}")
+    g.output(g.linear(g.flatten(y), out_features=num_classes, name="fc"))
+    return Model(g, seed=seed)
+
+
+ENCODER_DECODER_VARIANTS = {
+    "transposed": "decoder upsamples by conv_transpose2d 3x3, stride 2, padding 1, output_padding 1",
+    "resize": "decoder upsamples by nearest upsample x2, then conv2d 3x3, padding 1 (resize-convolution)",
+}
+
+
+def encoder_decoder(variant: str = "transposed", input_shape: Shape3 = (1, 28, 28), width: int = 16,
+                    seed: int = 0) -> Model:
+    """An image-to-image net (denoising): two 3x3 stride-2 ReLU convolutions (widths w, 2w) down
+    to a quarter of the size, then two x2 upsampling steps back (2w -> w, ReLU; w -> C) by the
+    ``variant``'s method (``ENCODER_DECODER_VARIANTS``): transposed convolution, or resize-
+    convolution (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts"). Both variants
+    have the same parameter count. The output is linear (no squashing), so it shows what the
+    last upsampling step draws."""
+    if variant not in ENCODER_DECODER_VARIANTS:
+        raise ValueError(f"encoder_decoder: unknown variant {variant!r}; expected one of "
+                         f"{', '.join(ENCODER_DECODER_VARIANTS)}")
+    c, h, w = _check_input("encoder_decoder", input_shape, 2)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"encoder_decoder: width must be a positive int, found {width!r}")
+    if h % 4 or w % 4:
+        raise ValueError(f"encoder_decoder: height and width must be multiples of 4 (two x2 downsamplings "
+                         f"and back), found {input_shape!r}")
+    g = Graph()
+    y = g.input((c, h, w))
+    y = g.relu(g.conv2d(y, out_channels=width, kernel_size=3, stride=2, padding=1, name="enc1"))
+    y = g.relu(g.conv2d(y, out_channels=2 * width, kernel_size=3, stride=2, padding=1, name="enc2"))
+    for i, k in ((1, width), (2, c)):
+        if variant == "transposed":
+            y = g.conv_transpose2d(y, out_channels=k, kernel_size=3, stride=2, padding=1, output_padding=1,
+                                   name=f"dec{i}")
+        else:
+            y = g.upsample(y, scale_factor=2, mode="nearest", name=f"up{i}")
+            y = g.conv2d(y, out_channels=k, kernel_size=3, padding=1, name=f"dec{i}")
+        if i == 1:
+            y = g.relu(y)
+    g.output(y)
+    return Model(g, seed=seed)
+
+
+__all__ += ["alexnet_small", "text_cnn", "c3d_small", "encoder_decoder", "ENCODER_DECODER_VARIANTS"]
+MODELS.update({"alexnet_small": alexnet_small, "text_cnn": text_cnn, "c3d_small": c3d_small,
+               "encoder_decoder": encoder_decoder})

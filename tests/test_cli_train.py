@@ -57,12 +57,12 @@ def test_summary_shows_the_model_train_trains(capsys):
 
 @pytest.mark.parametrize("argv,rc,match", [
     (["train", "--model", "alexnet"], 2, "invalid choice: 'alexnet'"),
-    (["train", "--variant", "conv2"], 2, "--variant applies to network3 only"),
+    (["train", "--variant", "conv2"], 2, "--variant applies to network3 and encoder_decoder only, not lenet5"),
     (["train", "--epochs", "0"], 2, "--epochs and --batch-size must be at least 1"),
     (["summary", "--model", "vgg_small", "--input-shape", "3,4,4"], 1, "at least 8x8"),
     (["train", "--data", "cifar10"], 2, "--data cifar10 needs --data-dir FOLDER"),
     (["train", "--data-dir", "."], 2, "--data-dir does not apply to --data digits"),
-    (["train", "--download"], 2, "--download applies to --data mnist and mnist-t10k only, not digits"),
+    (["train", "--download"], 2, "--download applies to the MNIST datasets only .*, not digits"),
     (["train", "--data", "cifar10", "--data-dir", ".", "--download"], 2, "--download applies to"),
     (["train", "--checkpoint", "nowhere/x.npz"], 1, "nowhere/x.npz: cannot write the checkpoint there: the folder"),
     (["train", "--checkpoint", "."], 1, r"\.: is a folder"),
@@ -74,7 +74,8 @@ def test_summary_shows_the_model_train_trains(capsys):
     (["train", "--augment", "rotate"], 1, "unknown augmentation 'rotate'"),
     (["evaluate", "missing.npz"], 1, "missing.npz: no such checkpoint file"),
     (["evaluate", "junk.npz"], 1, "junk.npz: not a numbacnn checkpoint"),
-    (["summary", "--input-shape", "1,2"], 2, "expected three positive sizes"),
+    (["summary", "--input-shape", "1"], 2, r"expected two to four positive sizes \(C,L; C,H,W; C,D,H,W\)"),
+    (["summary", "--input-shape", "1,2"], 1, r"lenet5: input_shape must be three positive sizes \(C, H, W\)"),
     (["summary", "--model", "network3", "--variant", "conv9"], 1, "unknown variant 'conv9'"),
 ])
 def test_user_errors_are_one_line(argv, rc, match, tmp_path, monkeypatch, capsys):

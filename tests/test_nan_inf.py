@@ -29,9 +29,9 @@ class Case(NamedTuple):
     winograd: bool = False  # force conv2d's Winograd path on this small shape
 
 
-def _conv(cfg: dict[str, Any]) -> Callable[..., Any]:
+def _conv(cfg: dict[str, Any], op: Callable[..., Any] = F.conv2d) -> Callable[..., Any]:
     def fn(xs, p, training):
-        return F.conv2d(xs[0], p["weight"], p.get("bias"), stride=cfg.get("stride", 1),
+        return op(xs[0], p["weight"], p.get("bias"), stride=cfg.get("stride", 1),
                         padding=cfg.get("padding", 0), dilation=cfg.get("dilation", 1), groups=cfg.get("groups", 1))
     return fn
 
@@ -90,6 +90,14 @@ CASES: dict[str, Case] = {
     "batch_norm3d-train": Case("batch_norm3d", {}, [(2, 2, 2, 3, 2)], _batch_norm),
     "batch_norm3d-eval": Case("batch_norm3d", {}, [(2, 2, 2, 3, 2)], _batch_norm, training=False),
     "concat": Case("concat", {}, [(2, 2, 3, 3), (2, 1, 3, 3)], lambda xs, p, t: torch.cat(xs, 1)),
+    "conv1d-channel-major": Case("conv1d", dict(out_channels=4, kernel_size=3, stride=2, padding=1, groups=2),
+                                 [(2, 2, 9)], _conv(dict(stride=2, padding=1, groups=2), F.conv1d)),
+    "conv1d-pixel-major": Case("conv1d", dict(out_channels=3, kernel_size=3, padding=(2, 1)), [(2, 6, 7)],
+                               lambda xs, p, t: F.conv1d(F.pad(xs[0], (2, 1)), p["weight"], p.get("bias"))),
+    "conv3d": Case("conv3d", dict(out_channels=4, kernel_size=(2, 3, 2), stride=(1, 2, 1), padding=1, groups=2),
+                   [(2, 2, 3, 5, 4)], _conv(dict(stride=(1, 2, 1), padding=1, groups=2), F.conv3d)),
+    "conv3d-dilated-no-bias": Case("conv3d", dict(out_channels=2, kernel_size=2, dilation=(2, 1, 1), bias=False),
+                                   [(1, 3, 4, 3, 3)], _conv(dict(dilation=(2, 1, 1)), F.conv3d)),
     "conv2d-channel-major": Case("conv2d", dict(out_channels=3, kernel_size=3, stride=2, padding=1), [(2, 2, 7, 6)],
                                  _conv(dict(stride=2, padding=1))),
     "conv2d-grouped": Case("conv2d", dict(out_channels=4, kernel_size=3, padding=1, groups=2), [(2, 2, 5, 5)],
@@ -285,8 +293,10 @@ def test_nan_inf_as_torch_cpu(name, kind, dtype, monkeypatch):
 
 
 # The CUDA kernels on the same cases (the simulator without a GPU: tiny shapes, fewer kinds).
-# conv2d has one CUDA kernel set, whatever path the CPU would take: three configs suffice.
-CUDA_CASES = [name for name in CASES if name not in ("conv2d-pixel-major", "conv2d-winograd", "conv2d-winograd-5x5")]
+# conv2d (and conv1d on it) has one CUDA kernel set, whatever path the CPU would take: three
+# configs suffice.
+CUDA_CASES = [name for name in CASES if name not in ("conv1d-pixel-major", "conv2d-pixel-major", "conv2d-winograd",
+                                                     "conv2d-winograd-5x5")]
 
 
 @pytest.mark.cuda

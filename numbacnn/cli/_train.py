@@ -25,16 +25,27 @@ def _shape(text: str) -> tuple[int, ...]:
         shape = tuple(int(s) for s in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected C,H,W such as 1,28,28, found {text!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive sizes C,H,W, found {text!r}")
+    if not 2 <= len(shape) <= 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected two to four positive sizes (C,L; C,H,W; C,D,H,W), "
+                                         f"found {text!r}")
     return shape
+
+
+def _takes(model: str, arg: str) -> bool:
+    """Whether zoo builder ``model`` has the keyword ``arg`` (variant, num_classes)."""
+    import inspect
+
+    from ..zoo import MODELS
+
+    return arg in inspect.signature(MODELS[model]).parameters
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     from ..zoo import MODELS
 
     p.add_argument("--model", default="lenet5", choices=sorted(MODELS), help="zoo model (default lenet5)")
-    p.add_argument("--variant", help="network3 variant: fc, conv1, conv2, conv2_relu (default), conv2_relu_dropout")
+    p.add_argument("--variant", help="network3 variant: fc, conv1, conv2, conv2_relu (default), conv2_relu_dropout; "
+                                     "encoder_decoder variant: transposed (default), resize")
 
 
 def _data_args(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -79,7 +90,8 @@ def _check_data_flags(args: argparse.Namespace) -> None:
         raise CliError("--data-dir does not apply to --data digits (scikit-learn's bundled digits read no "
                        "files); leave it out, or choose --data mnist, mnist-t10k or cifar10")
     if args.download and not args.data.startswith("mnist"):
-        raise CliError(f"--download applies to --data mnist and mnist-t10k only, not {args.data}")
+        raise CliError(f"--download applies to the MNIST datasets only (mnist, mnist-t10k and the tasks made "
+                       f"from it, mnist*-t10k), not {args.data}")
     if args.data == "cifar10" and args.data_dir is None:
         raise CliError("--data cifar10 needs --data-dir FOLDER holding the CIFAR-10 binary batches "
                        "(data_batch_1.bin ... test_batch.bin); it is not downloaded")
@@ -103,8 +115,8 @@ def _zoo_model(args: argparse.Namespace, **kwargs: Any) -> Any:
     from ..zoo import build
 
     if args.variant is not None:
-        if args.model != "network3":
-            raise CliError(f"--variant applies to network3 only, not {args.model}")
+        if not _takes(args.model, "variant"):
+            raise CliError(f"--variant applies to network3 and encoder_decoder only, not {args.model}")
         kwargs["variant"] = args.variant
     try:
         return build(args.model, **kwargs)
@@ -172,10 +184,18 @@ def _train(args: argparse.Namespace) -> int:
     augment = parse(args.augment) if args.augment else None
     t0 = time.perf_counter()
     (x, y), (xv, yv) = _load(args)
-    model = _zoo_model(args, input_shape=x.shape[1:], num_classes=int(max(y.max(), yv.max())) + 1,
-                       seed=args.seed).to(args.device)
+    # Integer labels: a classifier on cross-entropy; float targets (the denoising pairs): an
+    # image-to-image model on mean squared error, which needs a model that takes no classes.
+    classify = y.dtype.kind in "iu"
+    if classify != _takes(args.model, "num_classes"):
+        raise CliError(f"--model {args.model} does not fit --data {args.data}: " + (
+            f"{args.model} maps images to images; train it on mnist-denoise-t10k" if classify else
+            f"{args.data} has image targets (mean squared error); train encoder_decoder on it"))
+    classes = {"num_classes": int(max(y.max(), yv.max())) + 1} if classify else {}
+    model = _zoo_model(args, input_shape=x.shape[1:], seed=args.seed, **classes).to(args.device)
     opt, schedule = _optimizer(args, model)
-    trainer = Trainer(model, opt, schedule=schedule, seed=args.seed, distributed=args.distributed)
+    trainer = Trainer(model, opt, loss="cross_entropy" if classify else "mse", schedule=schedule,
+                      seed=args.seed, distributed=args.distributed)
     trainer.info = {"data": args.data, "model": args.model, "variant": args.variant}
     verbose = 0 if args.quiet else (1 if sys.stderr.isatty() else 2)
     if not args.quiet:
@@ -196,8 +216,9 @@ def _train(args: argparse.Namespace) -> int:
             print(f"error: interrupted; {checkpoint} holds epoch {trainer.checkpoint_epoch} of {args.epochs}, "
                   f"the last finished; continue with: {_resume_command(args, checkpoint)}", file=sys.stderr)
         return 130
-    accuracy, loss = history["val_accuracy"][-1], history["val_loss"][-1]
-    print(f"held-out accuracy {accuracy:.2%} (loss {loss:.4f}) on {len(xv):,} images "
+    loss = history["val_loss"][-1]
+    result = f"accuracy {history['val_accuracy'][-1]:.2%} (loss {loss:.4f})" if classify else f"mse {loss:.5f}"
+    print(f"held-out {result} on {len(xv):,} images "
           f"after {trainer.epoch} epochs, {time.perf_counter() - t0:.1f} s; checkpoint: {checkpoint}")
     return 0
 
@@ -222,9 +243,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if tuple(xv.shape[1:]) != tuple(model.input_shapes[0]):
         raise CliError(f"{args.data} images are {xv.shape[1:]}, the model in {args.checkpoint} "
                        f"takes {tuple(model.input_shapes[0])}")
-    result = Trainer(model).evaluate(xv, yv, batch_size=max(args.batch_size, 256))
-    print(f"{args.checkpoint} on {args.data} ({len(xv):,} held-out images): "
-          f"accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f}")
+    classify = yv.dtype.kind in "iu"
+    out = tuple(model.output_shape)
+    if classify != (len(out) == 1) or not classify and out != tuple(yv.shape[1:]):
+        want = "class labels" if classify else f"target images {tuple(yv.shape[1:])}"
+        raise CliError(f"{args.data} has {want}, the model in {args.checkpoint} outputs {out}; evaluate it on "
+                       f"the dataset it was trained on")
+    result = Trainer(model, loss="cross_entropy" if classify else "mse").evaluate(
+        xv, yv, batch_size=max(args.batch_size, 256))
+    figures = f"accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f}" if classify else \
+        f"mse {result['loss']:.5f}"
+    print(f"{args.checkpoint} on {args.data} ({len(xv):,} held-out images): {figures}")
     return 0
 
 
@@ -234,7 +263,8 @@ def add_summary(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--data", choices=sorted(DATASET_SHAPES),
                    help="the model as 'numbacnn train --data DATA' builds it (default digits, as train's)")
-    p.add_argument("--input-shape", type=_shape, help="C,H,W instead of a dataset's, e.g. 1,28,28")
+    p.add_argument("--input-shape", type=_shape, help="C,H,W instead of a dataset's, e.g. 1,28,28 (C,L for "
+                                                      "text_cnn, C,D,H,W for c3d_small)")
     p.add_argument("--num-classes", type=int, default=10)
 
 
@@ -248,7 +278,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
         shape, source = DATASET_SHAPES[args.data], f"{args.data} images, as 'numbacnn train --data {args.data}'"
     else:
         shape, source = args.input_shape, "--input-shape"
-    model = _zoo_model(args, input_shape=shape, num_classes=args.num_classes)
-    print(f"{args.model}: input {shape[0]}x{shape[1]}x{shape[2]} ({source}), {args.num_classes} classes")
+    classes = {"num_classes": args.num_classes} if _takes(args.model, "num_classes") else {}
+    model = _zoo_model(args, input_shape=shape, **classes)
+    out = f"{args.num_classes} classes" if classes else f"output {'x'.join(map(str, model.output_shape))}"
+    print(f"{args.model}: input {'x'.join(map(str, shape))} ({source}), {out}")
     print(model.summary())
     return 0

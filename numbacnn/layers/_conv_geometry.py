@@ -4,7 +4,8 @@ sizes, one implementation each.
 PyTorch's conventions: sizes are an int or an (h, w) pair (a 1-tuple or a (d, h, w) triple
 for the 1-D and 3-D layers); a convolution's padding is also
 "valid", "same" (stride 1 only; the odd pixel of an even total goes to the bottom/right) or an
-explicit (top, bottom, left, right); a pooling's is symmetric, at most half its window.
+explicit (begin, end) per axis ((top, bottom, left, right) in 2-D); a pooling's is symmetric, at
+most half its window.
 out = floor((in + pads - dilation * (kernel - 1) - 1) / stride) + 1, or with ``ceil_mode``
 rounded up, as long as the last window starts inside the input or its leading padding.
 Adaptive poolings take an output size instead (None keeps the input's size along that axis).
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..layer import Shape, ShapeError
 
-__all__ = ["pair", "ntuple", "padding4", "out_size", "flag", "pool_padding", "pool_output_shape",
+__all__ = ["pair", "ntuple", "padding4", "padding_pairs", "out_size", "flag", "pool_padding", "pool_output_shape",
            "adaptive_size", "adaptive_output_shape", "conv_channels", "grouped_input"]
 
 Pads = tuple[int, int, int, int]
@@ -54,10 +55,7 @@ def padding4(padding: Any, kernel: tuple[int, int], stride: tuple[int, int],
     if padding == "valid":
         return 0, 0, 0, 0
     if padding == "same":
-        if stride != (1, 1):
-            raise ValueError(f"padding='same' needs stride 1 (as in PyTorch), found stride={stride}")
-        th, tw = (d * (k - 1) for d, k in zip(dilation, kernel))
-        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+        return _same(kernel, stride, dilation)  # type: ignore[return-value]
     if isinstance(padding, str):
         raise ValueError(f"padding must be 'same', 'valid', an int, a pair or (top, bottom, left, right), "
                          f"found {padding!r}")
@@ -69,6 +67,35 @@ def padding4(padding: Any, kernel: tuple[int, int], stride: tuple[int, int],
         return tuple(padding)  # type: ignore[return-value]
     ph, pw = pair(padding, "padding", minimum=0)
     return ph, ph, pw, pw
+
+
+def _same(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
+    # PyTorch's padding="same": the odd pixel of an even total goes to the end of the axis.
+    if any(s != 1 for s in stride):
+        raise ValueError(f"padding='same' needs stride 1 (as in PyTorch), found stride={stride}")
+    totals = (d * (k - 1) for d, k in zip(dilation, kernel))
+    return tuple(v for t in totals for v in (t // 2, t - t // 2))
+
+
+def padding_pairs(padding: Any, kernel: tuple[int, ...], stride: tuple[int, ...],
+                  dilation: tuple[int, ...]) -> tuple[int, ...]:
+    """An n-axis convolution's padding as (begin, end) per axis, flattened ((front, back, top,
+    bottom, left, right) in 3-D), from an int, n ints, those 2n, "valid" or "same"."""
+    n = len(kernel)
+    if padding == "valid":
+        return (0,) * (2 * n)
+    if padding == "same":
+        return _same(kernel, stride, dilation)
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be 'same', 'valid', an int, {_TUPLES[n]} or {2 * n} ints (begin, end per "
+                         f"axis), found {padding!r}")
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 * n:
+        if not all(_is_int(v) for v in padding):
+            raise TypeError(f"padding (begin, end per axis) must be ints, found {padding!r}")
+        if any(v < 0 for v in padding):
+            raise ValueError(f"padding must be >= 0, found {padding!r}")
+        return tuple(padding)
+    return tuple(v for p in ntuple(padding, "padding", n, minimum=0) for v in (p, p))
 
 
 def out_size(size: int, kernel: int, stride: int = 1, pads: tuple[int, int] = (0, 0), dilation: int = 1,

@@ -52,6 +52,10 @@ class Conv2d(Layer):
         ]
 
     def output_shape(self, x_shape: Shape) -> Shape:
+        return self._output_shape_2d(x_shape)
+
+    def _output_shape_2d(self, x_shape: Shape) -> Shape:
+        # What the kernels compute, (C, H, W) -> (K, P, Q): conv1d runs them on height-1 views.
         C, H, W = grouped_input(x_shape, self.groups)
         (R, S), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
         pt, pb, pl, pr = self.pads
@@ -117,7 +121,7 @@ class Conv2d(Layer):
 
         N, C = x_shape[:2]
         T = batch_chunks(N)
-        plan = SimpleNamespace(out=self.output_shape(x_shape[1:]), T=T, geo=self._geometry(),
+        plan = SimpleNamespace(out=self._output_shape_2d(x_shape[1:]), T=T, geo=self._geometry(),
                                winograd=self._winograd(x_shape), pixel_major=self._pixel_major(C))
         if plan.winograd:
             from .conv2d_winograd_cpu import scratch
@@ -149,7 +153,7 @@ class Conv2d(Layer):
 
             sh, tr = plan.forward_scratch
             U, xp, V, M, pix, lanes = (ctx.empty(sh[k]) for k in ("U", "xp", "V", "M", "pix", "R"))
-            if conv2d_forward_wino(x, ctx.params["weight"], b, y, U, xp, V, M, pix, lanes,
+            if conv2d_forward_wino(x, self._weight(ctx.params), b, y, U, xp, V, M, pix, lanes,
                                    ctx.empty(sh["nonfinite"], "int64"), (self.pads[0], self.pads[2]), tr):
                 ctx.save(x, "winograd", U, xp)
                 return y
@@ -160,12 +164,12 @@ class Conv2d(Layer):
             # otherwise one per chunk of the batch is scratch.
             wp, xp, J = self._hwc_scratch(ctx, x.shape, N if ctx.backward_expected else T)
             B = pixel_block(P * Q, J)
-            conv2d_forward_hwc(x, ctx.params["weight"], b, y, wp, xp, ctx.empty((T, B, J)), ctx.empty((T, B, K)),
+            conv2d_forward_hwc(x, self._weight(ctx.params), b, y, wp, xp, ctx.empty((T, B, J)), ctx.empty((T, B, K)),
                                plan.geo)
             ctx.save(x, "pixel-major", wp, xp)
         else:
             col = None if self._direct() else ctx.empty((T, C * R * S, P * Q))  # a column matrix per chunk
-            conv2d_forward(x, ctx.params["weight"], b, y, col, plan.geo, T)
+            conv2d_forward(x, self._weight(ctx.params), b, y, col, plan.geo, T)
             ctx.save(x, "channel-major")
         return y
 
@@ -175,11 +179,11 @@ class Conv2d(Layer):
         x, path, *kept = ctx.saved
         N, C = x.shape[:2]
         plan = ctx.plan((x.shape, True), lambda: self._cpu_plan(x.shape, True))
-        w, (R, S), T = ctx.params["weight"], self.kernel, plan.T
+        w, (R, S), T = self._weight(ctx.params), self.kernel, plan.T
         K, P, Q = gy.shape[1:]
         L = P * Q
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
-        gw, gb = ctx.grads["weight"], self._bias(ctx, ctx.grads)
+        gw, gb = self._weight(ctx.grads), self._bias(ctx, ctx.grads)
         if path == "winograd":
             from .conv2d_winograd_cpu import conv2d_backward_wino
 
@@ -208,9 +212,9 @@ class Conv2d(Layer):
         from .conv2d_cuda import conv2d_forward
 
         N = x.shape[0]
-        K, P, Q = self.output_shape(x.shape[1:])
+        K, P, Q = self._output_shape_2d(x.shape[1:])
         y = ctx.empty((N, K, P, Q))
-        conv2d_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, self._geometry())
+        conv2d_forward(x, self._weight(ctx.params), self._bias(ctx, ctx.params), y, self._geometry())
         ctx.save(x)
         return y
 
@@ -220,7 +224,7 @@ class Conv2d(Layer):
         )
 
         (x,) = ctx.saved
-        gw = ctx.grads["weight"]
+        gw = self._weight(ctx.grads)
         K = gw.shape[0]
         part = ctx.empty((weight_splits(gy.shape, gw.shape, self.groups), K, gw.size // K))
         conv2d_backward_weight(x, gy, gw, part, self._geometry())
@@ -229,8 +233,13 @@ class Conv2d(Layer):
         if not ctx.needs_input_grad[0]:
             return None
         gx = ctx.empty_like(x)
-        conv2d_backward_input(ctx.params["weight"], gy, gx, self._geometry())
+        conv2d_backward_input(self._weight(ctx.params), gy, gx, self._geometry())
         return gx
+
+    def _weight(self, arrays: dict[str, Any]) -> Any:
+        # The weight (or its gradient) as the kernels take it, (K, C/groups, R, S); conv1d
+        # stores (K, C/groups, S) and gives a view.
+        return arrays["weight"]
 
     def _bias(self, ctx: Ctx, arrays: dict[str, Any]) -> Any:
         # Kernels take an empty array for "no bias", so one compiled version serves both.

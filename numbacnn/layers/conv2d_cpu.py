@@ -27,9 +27,7 @@ import numpy as np
 from .._blas import gemm
 from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
 from .._threads import single_thread_blas
-# _valid stays importable from here for kernels written before the column code moved
-# (conv3d_cpu on a parallel branch); new code imports _conv_columns.valid.
-from ._conv_columns import col2im as _col2im, im2col as _im2col, valid as _valid  # noqa: F401
+from ._conv_columns import col2im as _col2im, im2col as _im2col
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int]
 

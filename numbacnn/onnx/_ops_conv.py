@@ -34,7 +34,7 @@ def layer_pads(padding: Any, kernel: Sequence[int], stride: Sequence[int], dilat
     if padding == "same":  # as padding4: the odd pixel of an even total goes to the end
         total = [d * (k - 1) for d, k in zip(dilation, kernel)]
         return [t // 2 for t in total] + [t - t // 2 for t in total]
-    if isinstance(padding, (list, tuple)) and len(padding) == 2 * n and n > 1:
+    if isinstance(padding, (list, tuple)) and len(padding) == 2 * n:  # (begin, end) per axis; conv1d's (left, right)
         return [int(p) for p in padding[0::2]] + [int(p) for p in padding[1::2]]
     p = ntuple(padding, n)
     return [*p, *p]
