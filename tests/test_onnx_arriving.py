@@ -206,3 +206,20 @@ def test_arriving_layers_export_and_import(case, layers_for, tmp_path):
     back = check_export(model, tmp_path / "m.onnx", reference=case != "conv_transpose2d")
     if not stand_ins and not case.startswith("adaptive"):  # adaptive pools come back as their fixed pools
         assert [back.graph.nodes[n].layer for n in back.order] == [g.nodes[n].layer for n in back.order]
+
+
+def test_every_builtin_layer_has_an_export_case(tmp_path):
+    """Each built-in is exported by a case here or in test_onnx_export's every-built-in graph, and
+    by now on its real layer: a built-in added without an ONNX case fails here."""
+    from numbacnn.layers import BUILTIN
+
+    first_release = {"add", "avg_pool2d", "batch_norm2d", "concat", "conv2d", "dropout", "flatten",
+                     "global_avg_pool2d", "leaky_relu", "linear", "max_pool2d", "relu", "sigmoid", "tanh"}
+    built = set()
+    for case in ARRIVING:
+        g = nc.Graph()
+        g.output(ARRIVING[case](g))
+        built |= {node.layer for node in g.nodes.values()} - {"input"}
+    missing = sorted(set(BUILTIN) - first_release - built)
+    assert not missing, f"built-in layers without an ONNX export case: {missing}"
+    assert not {name for case in ARRIVING for name in layers_of(case)} - set(BUILTIN)  # no stand-in runs
