@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..layer import Ctx, Shape, ShapeError
-from ._conv_geometry import ntuple, out_size, padding4
+from ._conv_geometry import grouped_input, ntuple, out_size, padding4
 from .conv2d import Conv2d
 
 
@@ -63,12 +63,7 @@ class Conv1d(Conv2d):
         ]
 
     def output_shape(self, x_shape: Shape) -> Shape:
-        if len(x_shape) != 2:
-            raise ShapeError(f"expected a (C, L) input, found shape {tuple(x_shape)}")
-        C, L = x_shape
-        if C % self.groups:
-            raise ShapeError(f"input has {C} channels, which groups={self.groups} does not divide "
-                             f"(expected a multiple of {self.groups}, found {C})")
+        C, L = grouped_input(x_shape, self.groups, dims=1)
         (_, k), (_, s), (_, d), (_, _, pl, pr) = self.kernel, self.stride, self.dilation, self.pads
         out = out_size(L, k, s, (pl, pr), d)
         if out < 1:

@@ -9,11 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..layer import Ctx, Layer, Shape, ShapeError
-from ._conv_geometry import ntuple, out_size, padding_pairs
-
-
-def _x(sizes: tuple[int, ...]) -> str:
-    return "x".join(map(str, sizes))
+from ._conv_geometry import _x, conv_channels, grouped_input, ntuple, out_size, padding_pairs
 
 
 class Conv3d(Layer):
@@ -26,16 +22,7 @@ class Conv3d(Layer):
 
     def __init__(self, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, groups: int = 1, bias: bool = True) -> None:
-        for what, v in (("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{what} must be an int, found {v!r}")
-            if v < 1:
-                raise ValueError(f"{what} must be >= 1, found {v}")
-        if out_channels % groups:
-            raise ValueError(f"out_channels={out_channels} is not divisible by groups={groups}")
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be True or False, found {bias!r}")
-        self.out_channels, self.groups, self.bias = out_channels, groups, bias
+        self.out_channels, self.groups, self.bias = conv_channels(out_channels, groups, bias)
         self.kernel = ntuple(kernel_size, "kernel_size", 3)
         self.stride = ntuple(stride, "stride", 3)
         self.dilation = ntuple(dilation, "dilation", 3)
@@ -55,12 +42,7 @@ class Conv3d(Layer):
         ]
 
     def output_shape(self, x_shape: Shape) -> Shape:
-        if len(x_shape) != 4:
-            raise ShapeError(f"expected a (C, D, H, W) input, found shape {tuple(x_shape)}")
-        C, *sizes = x_shape
-        if C % self.groups:
-            raise ShapeError(f"input has {C} channels, which groups={self.groups} does not divide "
-                             f"(expected a multiple of {self.groups}, found {C})")
+        C, *sizes = grouped_input(x_shape, self.groups, dims=3)
         pads = tuple(zip(self.pads[0::2], self.pads[1::2]))
         out = tuple(out_size(m, k, s, p, d) for m, k, s, p, d in zip(sizes, self.kernel, self.stride, pads,
                                                                       self.dilation))
