@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 _spec = importlib.util.spec_from_file_location("onnx_torch_nets", Path(__file__).with_name("test_onnx_torch.py"))
 _nets = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_nets)
-layers_for = _nets.layers_for  # the fixture: stand-ins for layers this numbacnn lacks
+layers_for = _nets.layers_for  # the fixture: checks the layers a net needs are registered
 RNG = np.random.default_rng(0)
 SIZES = ((16, 16), (23, 19))
 

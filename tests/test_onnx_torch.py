@@ -1,10 +1,9 @@
 """ONNX files exported by PyTorch from classic CNN shapes written here in plain torch.nn (tiny
 widths, 8x8 to 32x32 images) load into numbacnn and agree with onnxruntime at batch 1 and 3.
 
-A net whose layers this numbacnn lacks (conv_transpose2d for the encoder-decoder, until it
-lands) runs on test_onnx_arriving.py's forward-only stand-ins; the others, MobileNetV2's relu6
-and the newer activations included, run on the real layers. The ResNet-18-style net (basic and bottleneck blocks)
-has its own file, test_onnx_finetune.py.
+Every net runs on the real layers (MobileNetV2's relu6, the encoder-decoder's
+conv_transpose2d and upsample, the newer activations). The ResNet-18-style net (basic and
+bottleneck blocks) has its own file, test_onnx_finetune.py.
 """
 
 from __future__ import annotations
@@ -23,10 +22,10 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 nn, F = torch.nn, torch.nn.functional
 
-_spec = importlib.util.spec_from_file_location("onnx_stand_ins", Path(__file__).with_name("test_onnx_arriving.py"))
+_spec = importlib.util.spec_from_file_location("onnx_arriving", Path(__file__).with_name("test_onnx_arriving.py"))
 _arriving = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_arriving)
-layers_for = _arriving.layers_for  # the fixture: stand-ins for missing layers
+layers_for = _arriving.layers_for  # the fixture: checks the layers a net needs are registered
 
 
 class AlexNetish(nn.Module):
