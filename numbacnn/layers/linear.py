@@ -53,52 +53,27 @@ class Linear(Layer):
         (in_features,) = input_shapes[0]
         return 2 * in_features * self.out_features + (self.out_features if self.bias else 0)
 
-    # CPU: BLAS products on chunks of the batch, one per thread.
-    def forward_cpu(self, ctx: Ctx, x: Any) -> Any:
-        from .linear_cpu import linear_forward
-
+    # Written once for both devices: ctx.kernels is linear_cpu or linear_cuda.
+    def forward(self, ctx: Ctx, x: Any) -> Any:
+        w = ctx.params["weight"]
         y = ctx.empty((x.shape[0], self.out_features))
-        linear_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, ctx.plan(x.shape[0], _chunks(x)))
+        scratch = ctx.empty(self._scratch(ctx, x, w)[0])
+        ctx.kernels.linear_forward(x, w, self._bias(ctx, ctx.params), y, scratch)
         ctx.save(x)
         return y
 
-    def backward_cpu(self, ctx: Ctx, gy: Any) -> Any:
-        from .linear_cpu import linear_backward
-
+    def backward(self, ctx: Ctx, gy: Any) -> Any:
         (x,) = ctx.saved
         w = ctx.params["weight"]
-        part = ctx.empty((ctx.plan(x.shape[0], _chunks(x)), *w.shape))  # per-chunk partial weight gradients
+        part = ctx.empty(self._scratch(ctx, x, w)[1])
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
-        linear_backward(x, w, gy, ctx.grads["weight"], self._bias(ctx, ctx.grads), part, gx)
+        ctx.kernels.linear_backward(x, w, gy, ctx.grads["weight"], self._bias(ctx, ctx.grads), part, gx)
         return gx
 
-    def forward_cuda(self, ctx: Ctx, x: Any) -> Any:
-        from .linear_cuda import linear_forward
-
-        y = ctx.empty((x.shape[0], self.out_features))
-        linear_forward(x, ctx.params["weight"], ctx.params.get("bias"), y)
-        ctx.save(x)
-        return y
-
-    def backward_cuda(self, ctx: Ctx, gy: Any) -> Any:
-        from .linear_cuda import linear_backward_input, linear_backward_weight
-
-        (x,) = ctx.saved
-        w = ctx.params["weight"]
-        linear_backward_weight(x, gy, ctx.grads["weight"], ctx.grads.get("bias"))
-        if not ctx.needs_input_grad[0]:
-            return None
-        gx = ctx.empty_like(x)
-        linear_backward_input(gy, w, gx)
-        return gx
+    def _scratch(self, ctx: Ctx, x: Any, w: Any) -> Any:
+        # The kernels' scratch shapes for this batch size: a plan, asked once per signature.
+        return ctx.plan(x.shape[0], lambda: ctx.kernels.linear_scratch(x.shape[0], *w.shape))
 
     def _bias(self, ctx: Ctx, arrays: dict[str, Any]) -> Any:
         # Kernels take an empty array for "no bias", so one compiled version serves both.
         return arrays["bias"] if self.bias else ctx.empty((0,))
-
-
-def _chunks(x: Any) -> Any:
-    # Into how many chunks the CPU kernels cut the batch (a plan: asked once per signature).
-    from .._threads import batch_chunks
-
-    return lambda: batch_chunks(x.shape[0])

@@ -1,56 +1,84 @@
-"""linear CPU kernels: BLAS products (``np.dot``, single-threaded) on chunks of the batch,
-one chunk per thread of a parallel Numba loop.
+"""linear CPU kernels: BLAS products (``numbacnn._blas.gemm``, the route conv takes) on chunks
+of the batch, one chunk per thread of a parallel Numba loop.
 
-The forward and the input gradient are row-wise, so each chunk writes its own rows. The weight
-gradient sums over the batch: each chunk writes its own partial, ``linear_reduce`` adds them
-(and the bias gradient) into gw and gb afterwards. A product of the whole batch in one BLAS
-call would leave one core idle, and BLAS threads of its own would fight Numba's pool for the
-cores (a 784-100-100-10 MLP training step took 24 ms instead of 0.4 ms on 2 cores): every
-wrapper runs under ``single_thread_blas``.
+The forward and the input gradient are row-wise, so each chunk writes its own rows (the
+forward of a short chunk through a transposed product, see ``_TURNED_ROWS``). The weight
+gradient sums over the batch: chunk 0 adds its product straight into gw (gemm's beta 1), every
+other chunk t writes its own partial ``part[t - 1]``, and ``_linear_reduce`` adds those (and
+the bias gradient) into gw and gb afterwards; at batch 1 there is no partial and, without
+bias, no second pass. A product of the whole batch in one BLAS call would leave one core idle,
+and BLAS threads of its own would fight Numba's pool for the cores (a 784-100-100-10 MLP
+training step took 24 ms instead of 0.4 ms on 2 cores): every wrapper runs under
+``single_thread_blas``. Arrays are C-contiguous (the executor's buffers): the kernels view
+them flat, which Numba refuses to compile for any other layout.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .._blas import gemm
 from .._jit import cpu_kernel, prange
-from .._threads import single_thread_blas
+from .._threads import batch_chunks, single_thread_blas
+
+__all__ = ["linear_scratch", "linear_forward", "linear_backward"]
 
 
 @cpu_kernel
-def linear_rows(a, b, bias, c, T):
-    """c = a @ b (+ bias): chunk t of T computes its rows of c."""
-    N, K = c.shape
+def _linear_forward_chunks(x, w, b, y, yt):
+    """Chunk t of yt.shape[0] computes its rows of y = x @ w.T (+ b); through yt[t] = w @ x^T
+    (transposed, then copied) when yt has room for it."""
+    N, K = y.shape
+    J = x.shape[1]
+    T = yt.shape[0]
+    xf, wf, yf = x.reshape(x.size), w.reshape(w.size), y.reshape(y.size)
     for t in prange(T):
         n0, n1 = t * N // T, (t + 1) * N // T
-        np.dot(a[n0:n1], b, c[n0:n1])
-        if bias.size:
-            for n in range(n0, n1):
+        m = n1 - n0
+        if yt.shape[1]:
+            ytf = yt[t].reshape(yt.shape[1] * yt.shape[2])
+            gemm(False, True, K, m, J, wf, J, xf[n0 * J:], J, 0, ytf, m)
+            for n in range(m):
                 for k in range(K):
-                    c[n, k] += bias[k]
+                    y[n0 + n, k] = ytf[k * m + n] + b[k] if b.size else ytf[k * m + n]
+        else:
+            gemm(False, True, m, K, J, xf[n0 * J:], J, wf, J, 0, yf[n0 * K:], K)
+            if b.size:
+                for n in range(n0, n1):
+                    for k in range(K):
+                        y[n, k] += b[k]
 
 
 @cpu_kernel
-def linear_backward_weight(gy, x, part):
-    """part[t] = gy[chunk t]^T @ x[chunk t], chunk t of part.shape[0]."""
-    N = gy.shape[0]
-    T = part.shape[0]
+def _linear_backward_chunks(x, w, gy, gw, part, gx, want_gx):
+    """Chunk t of part.shape[0] + 1: its share of gy^T x (chunk 0 into gw, chunk t into
+    part[t - 1]) and, when ``want_gx``, its rows of gx = gy w."""
+    N, J = x.shape
+    K = gy.shape[1]
+    T = part.shape[0] + 1
+    xf, wf, gyf, gxf = x.reshape(x.size), w.reshape(w.size), gy.reshape(gy.size), gx.reshape(gx.size)
     for t in prange(T):
         n0, n1 = t * N // T, (t + 1) * N // T
-        np.dot(gy[n0:n1].T, x[n0:n1], part[t])
+        if t == 0:
+            gemm(True, False, K, J, n1 - n0, gyf, K, xf, J, 1, gw.reshape(gw.size), J)
+        else:
+            gemm(True, False, K, J, n1 - n0, gyf[n0 * K:], K, xf[n0 * J:], J, 0, part[t - 1].reshape(K * J), J)
+        if want_gx:
+            gemm(False, False, n1 - n0, J, K, gyf[n0 * K:], K, wf, J, 0, gxf[n0 * J:], J)
 
 
 @cpu_kernel
-def linear_reduce(part, gy, gw, gb):
+def _linear_reduce(part, gy, gw, gb):
     """gw += the partials summed; gb += gy summed over the batch (when gb is not empty)."""
     T, K, J = part.shape
     N = gy.shape[0]
     for k in prange(K):
-        for j in range(J):
-            s = part[0, k, j]
-            for t in range(1, T):
-                s += part[t, k, j]
-            gw[k, j] += s
+        if T:
+            for j in range(J):
+                s = part[0, k, j]
+                for t in range(1, T):
+                    s += part[t, k, j]
+                gw[k, j] += s
         if gb.size:
             acc = gy.dtype.type(0)
             for n in range(N):
@@ -58,18 +86,34 @@ def linear_reduce(part, gy, gw, gb):
             gb[k] += acc
 
 
-def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, chunks: int) -> None:
-    """y = x @ w.T + b (b empty: no bias), in ``chunks`` chunks of rows."""
+# NumPy's OpenBLAS multiplies a few rows by a transposed weight (x @ w.T, 10 x 288 by 288 x
+# 256) 1.5-2x slower than the same product turned around (w @ x^T); from about 128 rows on,
+# the direct form wins again. Chunks of up to this many rows take the turned-around form.
+_TURNED_ROWS = 64
+
+
+def linear_scratch(N: int, K: int, J: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The scratch shapes of ``linear_forward`` and ``linear_backward`` for a batch of N, K
+    outputs and J inputs. The batch is cut into T chunks, one per thread (at most N): the
+    forward's (T, K, rows per chunk) holds each chunk's y^T, or is (T, 0, 0) when chunks are
+    too long for that to pay; the backward's (T - 1, K, J) holds the partial weight gradients
+    of the chunks after the first."""
+    T = batch_chunks(N)
+    rows = (N + T - 1) // T
+    return (T, K, rows) if rows <= _TURNED_ROWS else (T, 0, 0), (T - 1, K, J)
+
+
+def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, scratch: np.ndarray) -> None:
+    """y = x @ w.T + b (b empty: no bias); ``scratch`` as ``linear_scratch`` shapes it."""
     with single_thread_blas:
-        linear_rows(x, w.T, b, y, chunks)
+        _linear_forward_chunks(x, w, b, y, scratch)
 
 
 def linear_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
                     part: np.ndarray, gx: np.ndarray | None) -> None:
-    """gw += gy^T x, gb += gy summed (b empty: no bias), gx = gy w (None: not wanted).
-    ``part`` (T, K, J) is scratch, one partial per chunk of the batch."""
+    """gw += gy^T x, gb += gy summed (b empty: no bias), gx = gy w (None: not wanted);
+    ``part`` is scratch as ``linear_scratch`` shapes it."""
     with single_thread_blas:
-        linear_backward_weight(gy, x, part)
-        linear_reduce(part, gy, gw, gb)
-        if gx is not None:
-            linear_rows(gy, w, gb[:0], gx, part.shape[0])
+        _linear_backward_chunks(x, w, gy, gw, part, x if gx is None else gx, gx is not None)
+        if part.shape[0] or gb.size:
+            _linear_reduce(part, gy, gw, gb)

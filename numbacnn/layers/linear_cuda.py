@@ -1,66 +1,65 @@
-"""linear CUDA kernels and their launchers: tiled products, one output element per thread.
+"""linear CUDA kernels and their launchers: tiled products (``_gemm_cuda.gemm_tile``), one
+output element per thread.
 
-Each block computes a TILE x TILE tile of the output, staging TILE-wide slices of both
-operands in shared memory so every global element is read once per tile instead of once per
-output. Row length PAD = TILE + 1 keeps column reads of a tile free of bank conflicts.
+The weight gradient has few outputs (a 100 -> 10 layer: seven tiles) and a reduction as long
+as the batch, so the batch is cut into slices (``linear_scratch``), each its own grid layer: slice
+0 adds straight into gw, the others write partials that a second kernel adds in a fixed order
+(no atomics, the same sum every run).
 """
 
 from numba import cuda
 
 from .._jit import cuda_kernel
+from ._gemm_cuda import PAD, TILE, gemm_tile
 
-TILE = 16
-PAD = TILE + 1
+__all__ = ["linear_scratch", "linear_forward", "linear_backward"]
+
 THREADS = 256
 
 
-def _grid(rows, cols):
-    return ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE), (TILE, TILE)
+def _blocks(n, size=TILE):
+    return (n + size - 1) // size
 
 
 @cuda_kernel
-def linear_forward_kernel(x, w, y):
-    # y[n, k] = sum_j x[n, j] * w[k, j]
+def _linear_forward_kernel(x, w, b, y):
+    # y[n, k] = sum_j x[n, j] w[k, j] (+ b[k]); w is fetched along j, its contiguous axis.
     xs = cuda.shared.array((TILE, PAD), dtype=x.dtype)
     ws = cuda.shared.array((TILE, PAD), dtype=x.dtype)
     N, J = x.shape
     K = w.shape[0]
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    n, k = cuda.blockIdx.y * TILE + ty, cuda.blockIdx.x * TILE + tx
-    kw = cuda.blockIdx.x * TILE + ty
+    n0, k0 = cuda.blockIdx.y * TILE, cuda.blockIdx.x * TILE
     zero = x.dtype.type(0)
     acc = zero
     for j0 in range(0, J, TILE):
         j = j0 + tx
-        xs[ty, tx] = x[n, j] if n < N and j < J else zero
-        ws[ty, tx] = w[kw, j] if kw < K and j < J else zero
-        cuda.syncthreads()
-        for u in range(TILE):
-            acc += xs[ty, u] * ws[tx, u]
-        cuda.syncthreads()
+        a = x[n0 + ty, j] if n0 + ty < N and j < J else zero
+        v = w[k0 + ty, j] if k0 + ty < K and j < J else zero
+        acc = gemm_tile(xs, ws, ty, tx, a, tx, ty, v, acc)
+    n, k = n0 + ty, k0 + tx
     if n < N and k < K:
-        y[n, k] = acc
+        y[n, k] = acc + b[k] if b.size else acc
+
+
+def linear_scratch(N, K, J):
+    """The scratch shapes of ``linear_forward`` (none) and ``linear_backward``: the weight
+    gradient's reduction is cut into Z slices of the batch, enough blocks (about 256) to fill a
+    GPU with each slice at least two tiles of rows; (Z - 1, K, J) holds the partials of the
+    slices after the first."""
+    Z = max(1, min(_blocks(256, _blocks(K) * _blocks(J)), _blocks(N, 2 * TILE)))
+    return (0, 0, 0), (Z - 1, K, J)
+
+
+def linear_forward(x, w, b, y, scratch):
+    """y = x @ w.T + b (b empty: no bias); ``scratch`` is empty here."""
+    N, K = y.shape
+    _linear_forward_kernel[(_blocks(K), _blocks(N)), (TILE, TILE)](x, w, b, y)
 
 
 @cuda_kernel
-def linear_add_bias_kernel(y, b):
-    i = cuda.grid(1)
-    if i < y.size:
-        K = y.shape[1]
-        y[i // K, i % K] += b[i % K]
-
-
-def linear_forward(x, w, b, y):
-    """y = x @ w.T (+ b)."""
-    blocks, threads = _grid(y.shape[0], y.shape[1])
-    linear_forward_kernel[blocks, threads](x, w, y)
-    if b is not None:
-        linear_add_bias_kernel[(y.size + THREADS - 1) // THREADS, THREADS](y, b)
-
-
-@cuda_kernel
-def linear_backward_input_kernel(gy, w, gx):
-    # gx[n, j] = sum_k gy[n, k] * w[k, j]
+def _linear_backward_input_kernel(gy, w, gx):
+    # gx[n, j] = sum_k gy[n, k] w[k, j]
     gys = cuda.shared.array((TILE, PAD), dtype=gy.dtype)
     ws = cuda.shared.array((TILE, PAD), dtype=gy.dtype)
     N, K = gy.shape
@@ -70,59 +69,67 @@ def linear_backward_input_kernel(gy, w, gx):
     zero = gy.dtype.type(0)
     acc = zero
     for k0 in range(0, K, TILE):
-        gys[ty, tx] = gy[n, k0 + tx] if n < N and k0 + tx < K else zero
-        ws[ty, tx] = w[k0 + ty, j] if k0 + ty < K and j < J else zero
-        cuda.syncthreads()
-        for u in range(TILE):
-            acc += gys[ty, u] * ws[u, tx]
-        cuda.syncthreads()
+        a = gy[n, k0 + tx] if n < N and k0 + tx < K else zero
+        v = w[k0 + ty, j] if k0 + ty < K and j < J else zero
+        acc = gemm_tile(gys, ws, ty, tx, a, ty, tx, v, acc)
     if n < N and j < J:
         gx[n, j] = acc
 
 
-def linear_backward_input(gy, w, gx):
-    """gx = gy @ w."""
-    blocks, threads = _grid(gx.shape[0], gx.shape[1])
-    linear_backward_input_kernel[blocks, threads](gy, w, gx)
-
-
 @cuda_kernel
-def linear_backward_weight_kernel(x, gy, gw):
-    # gw[k, j] += sum_n gy[n, k] * x[n, j]
+def _linear_backward_weight_kernel(x, gy, gw, part):
+    # Slice z of the batch: gw[k, j] (z = 0) or part[z - 1, k, j] = sum_n gy[n, k] x[n, j];
+    # gy is fetched along k, its contiguous axis.
     gys = cuda.shared.array((TILE, PAD), dtype=x.dtype)
     xs = cuda.shared.array((TILE, PAD), dtype=x.dtype)
     N, J = x.shape
     K = gy.shape[1]
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    k, j = cuda.blockIdx.y * TILE + ty, cuda.blockIdx.x * TILE + tx
-    kg = cuda.blockIdx.y * TILE + tx
+    k0, j = cuda.blockIdx.y * TILE, cuda.blockIdx.x * TILE + tx
+    z = cuda.blockIdx.z
+    Z = part.shape[0] + 1
+    begin, end = z * N // Z, (z + 1) * N // Z
     zero = x.dtype.type(0)
     acc = zero
-    for n0 in range(0, N, TILE):
+    for n0 in range(begin, end, TILE):
         n = n0 + ty
-        gys[ty, tx] = gy[n, kg] if n < N and kg < K else zero
-        xs[ty, tx] = x[n, j] if n < N and j < J else zero
-        cuda.syncthreads()
-        for u in range(TILE):
-            acc += gys[u, ty] * xs[u, tx]
-        cuda.syncthreads()
+        a = gy[n, k0 + tx] if n < end and k0 + tx < K else zero
+        v = x[n, j] if n < end and j < J else zero
+        acc = gemm_tile(gys, xs, tx, ty, a, ty, tx, v, acc)
+    k = k0 + ty
     if k < K and j < J:
-        gw[k, j] += acc
+        if z == 0:
+            gw[k, j] += acc
+        else:
+            part[z - 1, k, j] = acc
 
 
 @cuda_kernel
-def linear_backward_bias_kernel(gy, gb):
-    k = cuda.grid(1)
-    if k < gb.size:
+def _linear_backward_sum_kernel(part, gy, gw, gb):
+    # One thread per weight: the partials in a fixed order; threads of row 0 also sum gb.
+    i = cuda.grid(1)
+    T, K, J = part.shape
+    if T and i < K * J:
+        k, j = i // J, i % J
+        acc = gw.dtype.type(0)
+        for t in range(T):
+            acc += part[t, k, j]
+        gw[k, j] += acc
+    if i < gb.size:
         s = gy.dtype.type(0)
         for n in range(gy.shape[0]):
-            s += gy[n, k]
-        gb[k] += s
+            s += gy[n, i]
+        gb[i] += s
 
 
-def linear_backward_weight(x, gy, gw, gb):
-    """gw += gy.T @ x and gb += gy summed over the batch."""
-    blocks, threads = _grid(gw.shape[0], gw.shape[1])
-    linear_backward_weight_kernel[blocks, threads](x, gy, gw)
-    if gb is not None:
-        linear_backward_bias_kernel[(gb.size + THREADS - 1) // THREADS, THREADS](gy, gb)
+def linear_backward(x, w, gy, gw, gb, part, gx):
+    """gw += gy^T x, gb += gy summed (b empty: no bias), gx = gy w (None: not wanted);
+    ``part`` is scratch as ``linear_scratch`` shapes it."""
+    N, J = x.shape
+    K = gy.shape[1]
+    _linear_backward_weight_kernel[(_blocks(J), _blocks(K), part.shape[0] + 1), (TILE, TILE)](x, gy, gw, part)
+    if part.shape[0] or gb.size:
+        _linear_backward_sum_kernel[_blocks(max(K * J if part.shape[0] else 0, gb.size), THREADS), THREADS](
+            part, gy, gw, gb)
+    if gx is not None:
+        _linear_backward_input_kernel[(_blocks(J), _blocks(N)), (TILE, TILE)](gy, w, gx)

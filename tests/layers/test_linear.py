@@ -110,3 +110,34 @@ def test_linear_matches_torch(bias):
 @pytest.mark.parametrize("shape, out_features, bias", [((3, 20), 17, True), ((2, 5), 3, False)])
 def test_linear_cuda(shape, out_features, bias):
     check_layer(nc.get_layer("linear")(out_features, bias=bias), [shape], linear_ref, cuda=True, threads=False)
+
+
+@pytest.mark.parametrize("N", [1, 7, 600])
+def test_linear_cpu_matches_numpy_on_short_and_long_chunks(N):
+    # The CPU forward multiplies a chunk of up to 64 rows turned around (w @ x^T, then copied)
+    # and a longer one directly; 600 rows make chunks longer than 64 on up to 9 threads.
+    from numbacnn.layers import linear_cpu
+
+    (T, *turned), part = linear_cpu.linear_scratch(N, 3, 5)
+    rows = -(-N // T)
+    assert turned == ([3, rows] if rows <= 64 else [0, 0]) and part == (T - 1, 3, 5)
+    g = nc.Graph()
+    g.output(g.linear(g.input((5,)), out_features=3, name="fc"))
+    model = nc.Model(g, dtype="float64", seed=2)
+    w, b = model.params["fc.weight"], model.params["fc.bias"]
+    x = np.random.default_rng(0).standard_normal((N, 5))
+    gy = np.random.default_rng(1).standard_normal((N, 3))
+    np.testing.assert_allclose(model.forward(x, training=True), x @ w.T + b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.backward(gy), gy @ w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.grads["fc.weight"], gy.T @ x, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.grads["fc.bias"], gy.sum(0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_linear_cuda_cuts_the_weight_gradient_into_slices():
+    # 33 rows: the weight gradient's reduction runs in two slices (one into gw, one partial
+    # that a second kernel adds), each crossing the 16-row tile.
+    from numbacnn.layers import linear_cuda
+
+    assert linear_cuda.linear_scratch(33, 2, 3)[1] == (1, 2, 3)
+    check_layer(nc.get_layer("linear")(2), [(33, 3)], linear_ref, cuda=True, threads=False)
