@@ -12,11 +12,12 @@ Which element a thread fetches is the kernel's choice, made for coalescing: warp
 along tx, so a thread should fetch the element whose address follows its neighbour's. For A
 stored with the reduction contiguous (x in ``x @ w.T``) that is A[row0 + ty, k0 + tx], staged
 at (ty, tx); for A stored with its rows contiguous (gy in ``gy.T @ x``) it is
-A[row0 + tx, k0 + ty], staged at (tx, ty); likewise for B. Tiles are ``(TILE, PAD)`` shared
-arrays: with rows of PAD = TILE + 1 elements, a transposed store and the column reads of the
-product fall in different banks. The tile edge is read from the arrays' shape, so a kernel may
-use a smaller tile (the simulator's) and the loop still unrolls on a GPU, where it is a
-compile-time constant. Callers keep every thread of the block calling ``gemm_tile`` the same
+A[row0 + tx, k0 + ty], staged at (tx, ty); likewise for B. A kernel that stages transposed
+makes its tiles ``(TILE, PAD)`` shared arrays: with rows of PAD = TILE + 1 elements, the
+transposed store falls in different banks (a shared array's shape must be a literal or a
+global constant: ``TILE + 1`` written in the kernel does not compile). The tile edge is read
+from the arrays' shape, so a kernel may use a smaller tile (conv2d's in the simulator) and the
+loop still unrolls on a GPU, where it is a compile-time constant. Callers keep every thread of the block calling ``gemm_tile`` the same
 number of times (out-of-range threads fetch zeros): a barrier some threads skip hangs a GPU.
 """
 

@@ -2,8 +2,9 @@
 
 Each convolution is a matrix product whose column matrix (im2col) is never stored: a block
 computes a TILE x TILE tile of the output, one element per thread, and walks the reduction
-TILE at a time, each thread loading one element of each operand tile into shared memory (the
-column-matrix element is gathered from x or gy on the fly, with zero padding). Groups map to
+TILE at a time, each thread fetching one element of each operand tile (the column-matrix
+element is gathered from x or gy on the fly, with zero padding) for ``_gemm_cuda.gemm_tile``,
+the tiled product linear's kernels share. Groups map to
 blocks: a block's output rows never straddle two groups. The weight gradient has few outputs
 and a long reduction (over the batch and the pixels), so its reduction is also cut into slices
 whose partial products a second kernel adds up: no atomics, and the same sum every run.
@@ -13,12 +14,14 @@ from numba import cuda
 
 from .._jit import cuda_kernel
 from ..device import is_simulator
+from ._gemm_cuda import TILE as GPU_TILE
+from ._gemm_cuda import gemm_tile
 
 # A GPU's tile and bias-sum block. The simulator runs every thread as a Python thread: smaller
 # blocks keep its tests quick and make tiny test shapes span several tiles, so the tile edges
 # get exercised too. A simulator test may set TILE and BIAS_THREADS to the GPU's (the kernels
 # read them when they run there, as the launchers do; a GPU compiles them in as constants).
-GPU_TILE, GPU_BIAS_THREADS = 16, 256
+GPU_BIAS_THREADS = 256
 TILE = 8 if is_simulator() else GPU_TILE
 BIAS_THREADS = 32 if is_simulator() else GPU_BIAS_THREADS
 
@@ -48,7 +51,7 @@ def conv2d_forward_kernel(x, w, b, y, R, S, sh, sw, dh, dw, pt, pl):
     acc = zero
     for j0 in range(0, J, TILE):
         j = j0 + tx
-        ws[ty, tx] = w[k, j] if k < (g + 1) * Kg and j < J else zero
+        a = w[k, j] if k < (g + 1) * Kg and j < J else zero
         j = j0 + ty
         v = zero
         if j < J and n < N:
@@ -56,11 +59,7 @@ def conv2d_forward_kernel(x, w, b, y, R, S, sh, sw, dh, dw, pt, pl):
             v_ = q * sw + j % S * dw - pl
             if h >= 0 and h < H and v_ >= 0 and v_ < W:
                 v = x[n, g * Cg + j // (R * S), h, v_]
-        cs[ty, tx] = v
-        cuda.syncthreads()
-        for t in range(TILE):
-            acc += ws[ty, t] * cs[t, tx]
-        cuda.syncthreads()
+        acc = gemm_tile(ws, cs, ty, tx, a, ty, tx, v, acc)
     if k < (g + 1) * Kg and n < N:
         y[n, k, p, q] = acc + b[k] if b.size else acc
 
@@ -93,7 +92,7 @@ def conv2d_backward_input_kernel(w, gy, gx, sh, sw, dh, dw, pt, pl):
     acc = zero
     for j0 in range(0, J, TILE):
         j = j0 + tx
-        ws[ty, tx] = w[g * Kg + j // (R * S), cg, j // S % R, j % S] if cg < Cg and j < J else zero
+        a = w[g * Kg + j // (R * S), cg, j // S % R, j % S] if cg < Cg and j < J else zero
         j = j0 + ty
         v = zero
         if j < J and n < N:
@@ -102,11 +101,7 @@ def conv2d_backward_input_kernel(w, gy, gx, sh, sw, dh, dw, pt, pl):
             wq = v_ + pl - j % S * dw
             if hp >= 0 and wq >= 0 and hp % sh == 0 and wq % sw == 0 and hp // sh < P and wq // sw < Q:
                 v = gy[n, g * Kg + j // (R * S), hp // sh, wq // sw]
-        gs[ty, tx] = v
-        cuda.syncthreads()
-        for t in range(TILE):
-            acc += ws[ty, t] * gs[t, tx]
-        cuda.syncthreads()
+        acc = gemm_tile(ws, gs, ty, tx, a, ty, tx, v, acc)
     if cg < Cg and n < N:
         gx[n, g * Cg + cg, h, v_] = acc
 
@@ -153,7 +148,7 @@ def conv2d_backward_weight_kernel(x, gy, part, R, S, sh, sw, dh, dw, pt, pl):
     acc = zero
     for i0 in range(begin, end, TILE):
         i = i0 + tx
-        gs[ty, tx] = gy[i // (P * Q), k, i // Q % P, i % Q] if k < (g + 1) * Kg and i < end else zero
+        a = gy[i // (P * Q), k, i // Q % P, i % Q] if k < (g + 1) * Kg and i < end else zero
         i = i0 + ty
         v = zero
         if i < end and j < J:
@@ -161,11 +156,7 @@ def conv2d_backward_weight_kernel(x, gy, part, R, S, sh, sw, dh, dw, pt, pl):
             v_ = i % Q * sw + s * dw - pl
             if h >= 0 and h < H and v_ >= 0 and v_ < W:
                 v = x[i // (P * Q), c, h, v_]
-        cs[ty, tx] = v
-        cuda.syncthreads()
-        for t in range(TILE):
-            acc += gs[ty, t] * cs[t, tx]
-        cuda.syncthreads()
+        acc = gemm_tile(gs, cs, ty, tx, a, ty, tx, v, acc)
     if k < (g + 1) * Kg and j < J:
         part[cuda.blockIdx.z, k, j] = acc
 
