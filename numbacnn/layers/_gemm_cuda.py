@@ -17,8 +17,9 @@ makes its tiles ``(TILE, PAD)`` shared arrays: with rows of PAD = TILE + 1 eleme
 transposed store falls in different banks (a shared array's shape must be a literal or a
 global constant: ``TILE + 1`` written in the kernel does not compile). The tile edge is read
 from the arrays' shape, so a kernel may use a smaller tile (conv2d's in the simulator) and the
-loop still unrolls on a GPU, where it is a compile-time constant. Callers keep every thread of the block calling ``gemm_tile`` the same
-number of times (out-of-range threads fetch zeros): a barrier some threads skip hangs a GPU.
+loop still unrolls on a GPU, where it is a compile-time constant. Callers keep every thread
+of the block calling ``gemm_tile`` the same number of times (out-of-range threads fetch
+zeros): a barrier some threads skip hangs a GPU.
 """
 
 from __future__ import annotations
