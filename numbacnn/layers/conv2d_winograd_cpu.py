@@ -48,7 +48,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._blas import gemm
-from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
+from .._jit import REASSOC, cpu_inline, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
 from .conv2d_cpu import _bias_sum, _from_hwc, _to_hwc
 from .conv2d_winograd_tiles import (LANES_SCRATCH, _g, _gt, _input_tiles, _input_tiles_grad, _ld6, _output_tiles,
@@ -88,7 +88,7 @@ def winograd_weights(w, U, cg):
     """U[0, 6a + b] = the (nsub*C, K) matrix, row sub*C + ch, of (G g G^T)[a, b] for the 3x3
     piece g of w[k, ch] that sub-kernel ``sub`` covers (zero past w's edge); U[1, 6a + b] its
     transpose, for the input gradient's products (BLAS ran them 1.5-2.5x slower transposing on
-    the fly)."""
+    the fly), when U has room for it (an inference forward's U does not)."""
     K, C, KH, KW = w.shape
     ns = (KW + 2) // 3
     nsub = ((KH + 2) // 3) * ns
@@ -106,7 +106,8 @@ def winograd_weights(w, U, cg):
                     u = _g((c0[a], c1[a], c2[a]), cg)
                     for s in range(6):
                         U[0, 6 * a + s, (sub * C + ch) * K + k] = u[s]
-                        U[1, 6 * a + s, k * J + sub * C + ch] = u[s]
+                        if U.shape[0] > 1:
+                            U[1, 6 * a + s, k * J + sub * C + ch] = u[s]
 
 
 @cpu_kernel
@@ -238,6 +239,61 @@ def winograd_nonfinite(a):
     return bad
 
 
+@cpu_serial
+def _same_words(a, b):
+    """Whether the flat uint32 arrays a and b are equal, word for word. A block at a time, so
+    the compare runs in vector lanes and still stops early at a change."""
+    n = a.size
+    whole = n - n % 1024
+    for i0 in range(0, whole, 1024):
+        diff = np.uint32(0)
+        for i in range(1024):  # a constant count: LLVM vectorised it, a min() bound not (10x slower)
+            diff |= a[i0 + i] ^ b[i0 + i]
+        if diff:
+            return False
+    diff = np.uint32(0)
+    for i in range(whole, n):
+        diff |= a[i] ^ b[i]
+    return diff == 0
+
+
+class WeightCache:
+    """The transformed weights of an inference forward, kept between calls, with a copy of the
+    weight they came from: ``transformed(w)`` transforms again only when w differs from that copy
+    bit for bit, so an edit in place, a training step or a loaded checkpoint is seen on the next
+    call, and NaN in w is seen as NaN (the forward's fallback still runs). A plan owns one (one
+    per inference thread and input signature, never shared): the arena's buffers are handed to
+    other nodes between calls, so the cache cannot live there. Costs 36/(R*S) times w's size
+    per sub-kernel (4x for 3x3) plus w's own, per signature and thread."""
+
+    __slots__ = ("U", "source")
+
+    def __init__(self) -> None:
+        self.U: np.ndarray | None = None
+        self.source: np.ndarray | None = None
+
+    def transformed(self, w: np.ndarray) -> np.ndarray:
+        """U[0] of ``winograd_weights`` for w, as a (1, 36, nsub*C*K) array."""
+        src = self.source
+        if (src is None or src.shape != w.shape or src.dtype != w.dtype
+                or not _same_words(_words(src), _words(np.ascontiguousarray(w)))):
+            K, C, R, S = w.shape
+            nsub = ((R + 2) // 3) * ((S + 2) // 3)
+            if self.U is None or self.U.shape != (1, 36, nsub * C * K) or self.U.dtype != w.dtype:
+                self.U = np.empty((1, 36, nsub * C * K), w.dtype)
+            self.source = None  # no stale pair if the transform fails half-way
+            source = np.array(w, order="C")  # copied first: the transform reads exactly the copy
+            with single_thread_blas:
+                winograd_weights(source, self.U, _consts(w.dtype)[1])
+            self.source = source
+        return self.U
+
+
+def _words(a: np.ndarray) -> np.ndarray:
+    # A contiguous float32 or float64 array's bits as flat uint32 words.
+    return a.reshape(-1).view(np.uint32)
+
+
 def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, int]
             ) -> tuple[dict[str, tuple[int, ...]], int]:
     """Shapes of the scratch arrays for a batch of N cut into T chunks (a P x Q output), and
@@ -256,14 +312,20 @@ def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, i
 
 def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, U: np.ndarray,
                         xp: np.ndarray, V: np.ndarray, M: np.ndarray, pix: np.ndarray, R: np.ndarray,
-                        nonfinite: np.ndarray, pads: tuple[int, int], tr: int) -> bool:
+                        nonfinite: np.ndarray, pads: tuple[int, int], tr: int, cache: WeightCache | None = None
+                        ) -> bool:
     """y = conv2d(x, w) + b (stride 1, groups 1; pads: top and left). ``U`` receives the
     transformed weights (the backward takes them from there); ``xp`` (N or T images), ``V``,
-    ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them. False when
-    x or w holds NaN or Inf: then y is not PyTorch's, and an im2col path must recompute it."""
+    ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them. With a
+    ``cache`` (no backward to come), the weights come from it and U is not used (may be None).
+    False when x or w holds NaN or Inf: then y is not PyTorch's, and an im2col path must
+    recompute it."""
     c, cg = _consts(x.dtype)
+    if cache is not None:
+        U = cache.transformed(w)
     with single_thread_blas:
-        winograd_weights(w, U, cg)
+        if cache is None:
+            winograd_weights(w, U, cg)
         conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, (w.shape[3] + 2) // 3, c,
                                 nonfinite)
     if not nonfinite.any():
