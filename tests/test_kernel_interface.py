@@ -25,8 +25,7 @@ import pytest
 from numbacnn.layers import BUILTIN
 
 ROOT = Path(__file__).resolve().parents[1]
-CONVPLAN = pytest.mark.xfail(strict=True, reason="convplan gives conv2d and linear one kernel interface "
-                                                 "(remove this mark there)")
+GEMM = pytest.mark.xfail(strict=True, reason="gemm gives linear one kernel interface (remove this mark there)")
 
 
 def _stems() -> dict[str, str]:
@@ -44,7 +43,7 @@ def _stems() -> dict[str, str]:
     return found
 
 
-STEMS = [pytest.param(stem, marks=CONVPLAN if name in ("conv2d", "linear") else (), id=name)
+STEMS = [pytest.param(stem, marks=GEMM if name == "linear" else (), id=name)
          for stem, name in _stems().items()]
 STEMS += [pytest.param(f"numbacnn.{s}", id=s) for s in ("losses", "optim", "_device")]
 STEMS += [pytest.param(f"numbacnn_{p}.{p}", id=p) for p in ("swish", "localconv", "spp")
@@ -90,9 +89,9 @@ def test_cpu_and_cuda_twins_export_one_interface(stem):
         assert not _undeclared(module), f"{module.__name__}: public but not in __all__: {_undeclared(module)}"
 
 
-@pytest.mark.parametrize("name", sorted(set(BUILTIN) - {"conv1d", "conv2d", "linear"}))
+@pytest.mark.parametrize("name", sorted(set(BUILTIN) - {"linear"}))
 def test_builtin_layers_are_written_once_for_every_device(name):
-    # conv2d and linear: convplan decides where their devices truly differ (conv1d runs conv2d's).
+    # linear: gemm decides where its devices truly differ.
     from numbacnn.layer import Layer
     from numbacnn.registry import get_layer
 

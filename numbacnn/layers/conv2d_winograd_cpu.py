@@ -50,9 +50,9 @@ import numpy as np
 from .._blas import gemm
 from .._jit import REASSOC, cpu_inline, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
-from .conv2d_cpu import _bias_sum, _from_hwc, _to_hwc
-from .conv2d_winograd_tiles import (LANES_SCRATCH, _g, _gt, _input_tiles, _input_tiles_grad, _ld6, _output_tiles,
-                                    _output_tiles_grad)
+from .conv2d_hwc_cpu import bias_sum, from_hwc, to_hwc
+from .conv2d_winograd_tiles import (LANES_SCRATCH, g_transform, gt_transform, input_tiles, input_tiles_grad, ld6,
+                                    output_tiles, output_tiles_grad)
 
 # Tile block: the transformed input and output of a block (36 * tiles * (C + K) values) stay
 # under this many float32 elements (1 MiB), next to BLAS's packing buffers in a 2 MiB L2.
@@ -99,11 +99,13 @@ def winograd_weights(w, U, cg):
             for sub in range(nsub):
                 r0, s0 = 3 * (sub // ns), 3 * (sub % ns)
                 wk = w[k, ch]
-                c0 = _g((_tap(wk, r0, s0, zero), _tap(wk, r0 + 1, s0, zero), _tap(wk, r0 + 2, s0, zero)), cg)
-                c1 = _g((_tap(wk, r0, s0 + 1, zero), _tap(wk, r0 + 1, s0 + 1, zero), _tap(wk, r0 + 2, s0 + 1, zero)), cg)
-                c2 = _g((_tap(wk, r0, s0 + 2, zero), _tap(wk, r0 + 1, s0 + 2, zero), _tap(wk, r0 + 2, s0 + 2, zero)), cg)
+                c0 = g_transform((_tap(wk, r0, s0, zero), _tap(wk, r0 + 1, s0, zero), _tap(wk, r0 + 2, s0, zero)), cg)
+                c1 = g_transform((_tap(wk, r0, s0 + 1, zero), _tap(wk, r0 + 1, s0 + 1, zero),
+                                    _tap(wk, r0 + 2, s0 + 1, zero)), cg)
+                c2 = g_transform((_tap(wk, r0, s0 + 2, zero), _tap(wk, r0 + 1, s0 + 2, zero),
+                                    _tap(wk, r0 + 2, s0 + 2, zero)), cg)
                 for a in range(6):
-                    u = _g((c0[a], c1[a], c2[a]), cg)
+                    u = g_transform((c0[a], c1[a], c2[a]), cg)
                     for s in range(6):
                         U[0, 6 * a + s, (sub * C + ch) * K + k] = u[s]
                         if U.shape[0] > 1:
@@ -126,16 +128,16 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, non
         bad = 0
         for n in range(t * N // T, (t + 1) * N // T):
             xpn = xp[n] if xp.shape[0] == N else xp[t]
-            _to_hwc(x[n], xpn, pt, pl)
+            to_hwc(x[n], xpn, pt, pl)
             yn = y[n].reshape(K, L)
             for i0 in range(0, th, tr):
                 i1 = min(th, i0 + tr)
                 nt = (i1 - i0) * tw
                 for sub in range(nsub):
-                    _input_tiles(xpn, V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
+                    input_tiles(xpn, V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
                 for e in range(36):
                     gemm(False, False, nt, K, J, V[t, e], J, U[0, e], K, 0, M[t, e], K)
-                _output_tiles(M[t], pix[t], R[t], i0, i1, P, Q, c)
+                output_tiles(M[t], pix[t], R[t], i0, i1, P, Q, c)
                 la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
                 for k in range(K):
                     bk = b[k] if b.size else yn.dtype.type(0)
@@ -174,10 +176,10 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                         g = gyn[k, l]
                         pix[t, l - la, k] = g
                         bad += np.int64(g - g != 0)
-                _output_tiles_grad(pix[t], M[t], R[t], i0, i1, P, Q, c)
+                output_tiles_grad(pix[t], M[t], R[t], i0, i1, P, Q, c)
                 beta = 0 if n == n0 and i0 == 0 else 1
                 for sub in range(nsub):
-                    _input_tiles(xp[n], V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
+                    input_tiles(xp[n], V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
                 for e in range(36):
                     ve, me = V[t, e], M[t, e]
                     # part[t, e] (+)= V[e]^T @ Z[e]; then V[e] = Z[e] @ U[e]^T, the tiles' gradient
@@ -186,9 +188,9 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                         gemm(False, False, nt, J, K, me, K, U[1, e], J, 0, ve, J)
                 if want_gx:
                     for sub in range(nsub):
-                        _input_tiles_grad(V[t], gxp[t], R[t], i0, i1, tw, sub, ns, nsub, c)
+                        input_tiles_grad(V[t], gxp[t], R[t], i0, i1, tw, sub, ns, nsub, c)
             if want_gx:
-                _from_hwc(gxp[t], gx[n], pt, pl)
+                from_hwc(gxp[t], gx[n], pt, pl)
         nonfinite[t] = bad
 
 
@@ -208,25 +210,25 @@ def winograd_reduce(part, gw, gy3, gb, cg):
                 for t in range(1, T):  # the chunks' sums into part[0], which this k owns
                     for e in range(36):
                         pf[o + _U64(e) * plane] += pf[o + _U64(t * 36 + e) * plane]
-                u0 = _ld6(pf, o, plane)  # u0[b] = u[0, b]
-                u1 = _ld6(pf, o + 6 * plane, plane)
-                u2 = _ld6(pf, o + 12 * plane, plane)
-                u3 = _ld6(pf, o + 18 * plane, plane)
-                u4 = _ld6(pf, o + 24 * plane, plane)
-                u5 = _ld6(pf, o + 30 * plane, plane)
-                r0 = _gt((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0]), cg)  # r0[a] = (G^T u)[a, 0]
-                r1 = _gt((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1]), cg)
-                r2 = _gt((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2]), cg)
-                r3 = _gt((u0[3], u1[3], u2[3], u3[3], u4[3], u5[3]), cg)
-                r4 = _gt((u0[4], u1[4], u2[4], u3[4], u4[4], u5[4]), cg)
-                r5 = _gt((u0[5], u1[5], u2[5], u3[5], u4[5], u5[5]), cg)
+                u0 = ld6(pf, o, plane)  # u0[b] = u[0, b]
+                u1 = ld6(pf, o + 6 * plane, plane)
+                u2 = ld6(pf, o + 12 * plane, plane)
+                u3 = ld6(pf, o + 18 * plane, plane)
+                u4 = ld6(pf, o + 24 * plane, plane)
+                u5 = ld6(pf, o + 30 * plane, plane)
+                r0 = gt_transform((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0]), cg)  # r0[a] = (G^T u)[a, 0]
+                r1 = gt_transform((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1]), cg)
+                r2 = gt_transform((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2]), cg)
+                r3 = gt_transform((u0[3], u1[3], u2[3], u3[3], u4[3], u5[3]), cg)
+                r4 = gt_transform((u0[4], u1[4], u2[4], u3[4], u4[4], u5[4]), cg)
+                r5 = gt_transform((u0[5], u1[5], u2[5], u3[5], u4[5], u5[5]), cg)
                 a0, s0 = 3 * (sub // ns), 3 * (sub % ns)
                 for a in range(min(3, KH - a0)):
-                    g = _gt((r0[a], r1[a], r2[a], r3[a], r4[a], r5[a]), cg)
+                    g = gt_transform((r0[a], r1[a], r2[a], r3[a], r4[a], r5[a]), cg)
                     for s in range(min(3, KW - s0)):
                         gw[k, ch, a0 + a, s0 + s] += g[s]
         if gb.size:
-            gb[k] += _bias_sum(gy3, k)
+            gb[k] += bias_sum(gy3, k)
 
 
 @cpu_kernel
