@@ -25,7 +25,6 @@ import pytest
 from numbacnn.layers import BUILTIN
 
 ROOT = Path(__file__).resolve().parents[1]
-CONVPLAN = pytest.mark.xfail(strict=True, reason="convplan gives conv2d one kernel interface (remove this mark there)")
 
 
 def _stems() -> dict[str, str]:
@@ -43,7 +42,7 @@ def _stems() -> dict[str, str]:
     return found
 
 
-STEMS = [pytest.param(stem, marks=CONVPLAN if name == "conv2d" else (), id=name)
+STEMS = [pytest.param(stem, id=name)
          for stem, name in _stems().items()]
 STEMS += [pytest.param(f"numbacnn.{s}", id=s) for s in ("losses", "optim", "_device")]
 STEMS += [pytest.param(f"numbacnn_{p}.{p}", id=p) for p in ("swish", "localconv", "spp")
@@ -89,9 +88,8 @@ def test_cpu_and_cuda_twins_export_one_interface(stem):
         assert not _undeclared(module), f"{module.__name__}: public but not in __all__: {_undeclared(module)}"
 
 
-@pytest.mark.parametrize("name", sorted(set(BUILTIN) - {"conv1d", "conv2d"}))
+@pytest.mark.parametrize("name", sorted(BUILTIN))
 def test_builtin_layers_are_written_once_for_every_device(name):
-    # conv2d: convplan decides where its devices truly differ (conv1d runs conv2d's).
     from numbacnn.layer import Layer
     from numbacnn.registry import get_layer
 

@@ -8,16 +8,25 @@ parallel loop over the batch, and the column matrix is still hot in cache when B
 A 1x1, stride-1, unpadded convolution skips im2col: x[n] already is its column matrix.
 
 The weight gradient sums gy[n] @ col[n]^T over the batch: each of T chunks of samples adds
-into its own partial, and ``conv2d_reduce`` sums the partials afterwards, so no two threads
+into its own partial, and ``_reduce`` sums the partials afterwards, so no two threads
 ever write the same element. The input gradient is per sample again: col[n] = w^T @ gy[n],
 then col2im scatters it into gx[n] (the direct path writes gx[n] itself).
 
 Few input channels, groups, strides and 1x1 take that channel-major path; the others take
 the pixel-major one further down, except stride-1 convolutions with at least 16 input and
 output channels and 3x3 kernels (or up to 6x6 on larger outputs): those go to Winograd's
-F(4x4, 3x3) (conv2d_winograd_cpu; Conv2d._winograd decides). Every wrapper runs under ``single_thread_blas``: BLAS
-threads of their own would fight Numba's pool for the cores. ``geo`` is (groups, R, S, stride_h, stride_w, dilation_h,
-dilation_w, pad_top, pad_left).
+F(4x4, 3x3) (conv2d_winograd_cpu). ``conv2d_plan`` makes that choice (conv2d_plan.cpu_path,
+with its thresholds) once per input shape, with the scratch shapes; ``conv2d_forward`` and
+``conv2d_backward`` dispatch on the plan, and the forward tells the backward which path ran.
+Every wrapper runs under ``single_thread_blas``: BLAS threads of their own would fight Numba's
+pool for the cores. ``geo`` is (groups, R, S, stride_h, stride_w, dilation_h, dilation_w,
+pad_top, pad_left).
+
+Choosing the path by hand (tests, timings): ``with force_path("winograd"): ...`` (names:
+"auto", "im2col", "pixel", "winograd"), or the environment variable ``NUMBACNN_CONV2D_PATH``;
+both are read when a plan is made, i.e. on a model's first call at an input size. A path that
+cannot run a layer (Winograd at stride 2, pixel-major with groups) raises a ValueError naming
+the node. See numbacnn.layers.conv2d_plan.
 """
 
 from __future__ import annotations
@@ -28,12 +37,16 @@ from .._blas import gemm
 from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
 from .._threads import single_thread_blas
 from ._conv_columns import col2im as _col2im, im2col as _im2col
+from .conv2d_hwc_cpu import bias_sum, from_hwc, to_hwc
+from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path  # noqa: F401 (force_path: documented here)
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int]
 
+__all__ = ["conv2d_plan", "conv2d_forward", "conv2d_backward"]
+
 
 @cpu_kernel
-def conv2d_forward_batch(x, x4, w3, b, col, y4, T, P, Q, geo, direct):
+def _forward_batch(x, x4, w3, b, col, y4, T, P, Q, geo, direct):
     """y4[n, g] = w3[g] @ xcol[n, g] (+ b), xcol[n] being x[n]'s column matrix, which chunk t
     of T builds in col[t] (x4[n] itself when ``direct``)."""
     N, G, Kg, L = y4.shape
@@ -55,7 +68,7 @@ def conv2d_forward_batch(x, x4, w3, b, col, y4, T, P, Q, geo, direct):
 
 
 @cpu_kernel
-def conv2d_backward_chunks(x, x4, w3, gy4, col, part, gx, gx4, P, Q, geo, direct, want_gx):
+def _backward_chunks(x, x4, w3, gy4, col, part, gx, gx4, P, Q, geo, direct, want_gx):
     """part[t, g] = the sum over chunk t of the samples of gy4[n, g] @ xcol[n, g]^T, and (when
     ``want_gx``) gx[n] = col2im(w3^T @ gy4[n]); col[t] holds one sample's column matrix at a
     time, rebuilt from x here rather than kept from the forward (``direct``: x4 and gx4)."""
@@ -87,40 +100,7 @@ def conv2d_backward_chunks(x, x4, w3, gy4, col, part, gx, gx4, P, Q, geo, direct
 # matrix is built a block of output pixels at a time, sized to stay in L2 next to BLAS's own
 # packing buffers; the block's output (pixels, K) goes back to NCHW with the bias added.
 # Columns are ordered (r, s, c), so the weights come in as (K, R, S, C) and the weight
-# gradient's partials are permuted back by conv2d_reduce.
-
-@cpu_inline
-def _to_hwc(xn, xp, pt, pl):
-    """xp[pt + h, pl + w, c] = xn[c, h, w]; the rest of xp (the padding) = 0."""
-    C, H, W = xn.shape
-    Hp, Wp, _ = xp.shape
-    zero = xn.dtype.type(0)
-    xf = xp.reshape(xp.size)
-    for i in range(Hp):
-        for j in range(Wp):
-            if i < pt or i >= pt + H or j < pl or j >= pl + W:
-                o = np.uint64((i * Wp + j) * C)
-                for c in range(C):
-                    xf[o + np.uint64(c)] = zero
-    for h in range(H):
-        for w in range(W):
-            o = np.uint64(((h + pt) * Wp + w + pl) * C)
-            for c in range(C):
-                xf[o + np.uint64(c)] = xn[c, h, w]
-
-
-@cpu_inline
-def _from_hwc(xp, xn, pt, pl):
-    """xn[c, h, w] = xp[pt + h, pl + w, c]: the transpose of _to_hwc (padding dropped). Runs of
-    16 columns at a time, every channel, keep the HWC lines read in L1 (1.6x faster than
-    a channel at a time, measured)."""
-    C, H, W = xn.shape
-    for h in range(H):
-        for w0 in range(0, W, 16):
-            for c in range(C):
-                for w in range(w0, min(W, w0 + 16)):
-                    xn[c, h, w] = xp[h + pt, w + pl, c]
-
+# gradient's partials are permuted back by _reduce.
 
 @cpu_inline
 def _rows(xp, cf, Q, geo, la, lb, scatter):
@@ -147,7 +127,7 @@ def _rows(xp, cf, Q, geo, la, lb, scatter):
 
 
 @cpu_kernel
-def conv2d_forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
+def _forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
     """y[n] = conv2d(x[n]) + b through pixel-major column blocks; wp is (K, R*S*C), scratch
     per chunk t: colt[t] (block rows, R*S*C), yt[t] (block rows, K); xp (padded HWC images)
     has one per chunk, or one per sample (N of them: kept for the backward)."""
@@ -159,7 +139,7 @@ def conv2d_forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
         cf, ytf = colt[t].reshape(B * J), yt[t].reshape(B * K)
         for n in range(t * N // T, (t + 1) * N // T):
             xpn = xp[n] if xp.shape[0] == N else xp[t]
-            _to_hwc(x[n], xpn, pt, pl)
+            to_hwc(x[n], xpn, pt, pl)
             yn = y[n].reshape(K, L)
             for la in range(0, L, B):
                 lb = min(L, la + B)
@@ -172,7 +152,7 @@ def conv2d_forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
 
 
 @cpu_kernel
-def conv2d_backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_gx):
+def _backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_gx):
     """part[t] = chunk t's weight gradient, columns (r, s, c); gx[n] (when ``want_gx``) =
     the input gradient, gathered in the padded HWC scratch gxp[t] and transposed back. xp:
     the forward's padded HWC images of x, one per sample."""
@@ -198,21 +178,11 @@ def conv2d_backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_g
                     gemm(True, False, lb - la, J, K, gyf[la:], L, wp.reshape(K * J), J, 0, cf, J)
                     _rows(gxp[t], cf, Q, geo, la, lb, True)
             if want_gx:
-                _from_hwc(gxp[t], gx[n], pt, pl)
-
-
-@cpu_inline
-def _bias_sum(gy3, k):
-    """The sum of gy3[:, k, :] (a bias gradient; a caller's REASSOC lets it run in lanes)."""
-    acc = gy3.dtype.type(0)
-    for n in range(gy3.shape[0]):
-        for i in range(gy3.shape[2]):
-            acc += gy3[n, k, i]
-    return acc
+                from_hwc(gxp[t], gx[n], pt, pl)
 
 
 @cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
-def conv2d_reduce(part, gw2, gy3, gb, RS):
+def _reduce(part, gw2, gy3, gb, RS):
     """gw2 += the chunks' partials summed; gb += gy3 summed over samples and pixels (if any).
     RS = R*S > 0: the partials' columns are in the pixel-major order (r, s, c), not (c, r, s)."""
     T, K, J = part.shape
@@ -224,7 +194,7 @@ def conv2d_reduce(part, gw2, gy3, gb, RS):
                 s += part[t, k, jp]
             gw2[k, j] += s
         if gb.size:
-            gb[k] += _bias_sum(gy3, k)
+            gb[k] += bias_sum(gy3, k)
 
 
 def _per_group(a: np.ndarray, G: int, L: int) -> np.ndarray:
@@ -232,7 +202,7 @@ def _per_group(a: np.ndarray, G: int, L: int) -> np.ndarray:
     return a.reshape(a.shape[0], G, -1, L)
 
 
-def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray | None,
+def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray | None,
                    geo: Geometry, chunks: int) -> None:
     """y = conv2d(x, w) + b (b empty: no bias), in ``chunks`` chunks of the batch. ``col``
     (chunks, C*R*S, P*Q) is scratch, one column matrix per chunk; None on the direct (1x1) path."""
@@ -240,11 +210,11 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, c
     N, K, P, Q = y.shape
     x4 = _per_group(x, G, x.shape[2] * x.shape[3])
     with single_thread_blas:
-        conv2d_forward_batch(x, x4, w.reshape(G, K // G, -1), b, x4 if col is None else _per_group(col, G, P * Q),
+        _forward_batch(x, x4, w.reshape(G, K // G, -1), b, x4 if col is None else _per_group(col, G, P * Q),
                              _per_group(y, G, P * Q), chunks, P, Q, geo, col is None)
 
 
-def conv2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
+def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
                     gx: np.ndarray | None, col: np.ndarray | None, part: np.ndarray, geo: Geometry) -> None:
     """gw += the weight gradient, gb += the bias gradient (gb empty: no bias), gx = the input
     gradient (None: not wanted). Scratch: ``part`` (T, K, C/G*R*S), ``col`` (T, C*R*S, P*Q)
@@ -256,33 +226,33 @@ def conv2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray
     gxa = x if gx is None else gx  # never written when gx is not wanted
     gx4 = _per_group(gxa, G, x.shape[2] * x.shape[3])
     with single_thread_blas:
-        conv2d_backward_chunks(x, x4, w.reshape(G, K // G, J), _per_group(gy, G, P * Q),
+        _backward_chunks(x, x4, w.reshape(G, K // G, J), _per_group(gy, G, P * Q),
                                x4 if col is None else _per_group(col, G, P * Q), part.reshape(T, G, K // G, J),
                                gxa, gx4, P, Q, geo, col is None, gx is not None)
-        conv2d_reduce(part, gw.reshape(K, J), gy.reshape(N, K, P * Q), gb, 0)
+        _reduce(part, gw.reshape(K, J), gy.reshape(N, K, P * Q), gb, 0)
 
 
 # Column-matrix block of the pixel-major path: at most this many elements (384 KiB of float32).
 _BLOCK_ELEMENTS = 96 * 1024
 
 
-def pixel_block(L: int, J: int) -> int:
+def _pixel_block(L: int, J: int) -> int:
     """Output pixels per column-matrix block of the pixel-major path (J = C*R*S columns)."""
     return max(1, min(L, _BLOCK_ELEMENTS // J))
 
 
-def conv2d_forward_hwc(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, wp: np.ndarray,
+def _pixel_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, wp: np.ndarray,
                        xp: np.ndarray, colt: np.ndarray, yt: np.ndarray, geo: Geometry) -> None:
     """y = conv2d(x, w) + b on the pixel-major path (groups 1). ``wp`` (K, R, S, C) receives
     the weights in column order (the backward takes them from there). Scratch: ``xp``
     (T or N, padded H, padded W, C; N: kept for the backward), and per chunk of the batch
-    ``colt`` (T, B, C*R*S) and ``yt`` (T, B, K), B = pixel_block(...)."""
+    ``colt`` (T, B, C*R*S) and ``yt`` (T, B, K), B = _pixel_block(...)."""
     np.copyto(wp, w.transpose(0, 2, 3, 1))
     with single_thread_blas:
-        conv2d_forward_pixels(x, wp.reshape(wp.shape[0], -1), b, xp, colt, yt, y, y.shape[2], y.shape[3], geo)
+        _forward_pixels(x, wp.reshape(wp.shape[0], -1), b, xp, colt, yt, y, y.shape[2], y.shape[3], geo)
 
 
-def conv2d_backward_hwc(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray, gx: np.ndarray | None,
+def _pixel_backward(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray, gx: np.ndarray | None,
                         wp: np.ndarray, xp: np.ndarray, gxp: np.ndarray | None, colt: np.ndarray,
                         part: np.ndarray, geo: Geometry) -> None:
     """The pixel-major backward: gw += the weight gradient, gb += the bias gradient, gx = the
@@ -291,6 +261,110 @@ def conv2d_backward_hwc(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.nd
     ``part`` (T, K, C*R*S)."""
     N, K, P, Q = gy.shape
     with single_thread_blas:
-        conv2d_backward_pixels(x, wp.reshape(K, -1), gy, xp, xp if gxp is None else gxp, colt, part,
+        _backward_pixels(x, wp.reshape(K, -1), gy, xp, xp if gxp is None else gxp, colt, part,
                                x if gx is None else gx, P, Q, geo, gx is not None)
-        conv2d_reduce(part, gw.reshape(K, -1), gy.reshape(N, K, P * Q), gb, geo[1] * geo[2])
+        _reduce(part, gw.reshape(K, -1), gy.reshape(N, K, P * Q), gb, geo[1] * geo[2])
+
+
+def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry,
+                backward: bool) -> Conv2dPlan:
+    """The path (conv2d_plan.cpu_path) and scratch for an (N, C, H, W) input giving ``y_shape``;
+    ``backward``: a backward is to come (the forward keeps what it needs; else scratch is per
+    chunk and Winograd keeps its transformed weights). ``name`` names the node in errors."""
+    from .._threads import batch_chunks
+
+    N, C, H, W = x_shape
+    K, P, Q = y_shape[1:]
+    G, R, S = geo[:3]
+    T = batch_chunks(N)
+    path = cpu_path(name, x_shape, y_shape, geo)
+    if path == "winograd":
+        from .conv2d_winograd_cpu import WeightCache, scratch
+
+        fw, tr = scratch(N if backward else T, T, C, K, P, Q, (R, S))
+        bw = scratch(N, T, C, K, P, Q, (R, S))[0]
+        ints = {"nonfinite": "int64"}
+        forward = [(fw[k], ints.get(k)) for k in ("U", "xp", "V", "M", "pix", "R", "nonfinite")
+                   if backward or k != "U"]
+        back = [(bw[k], ints.get(k)) for k in ("V", "M", "pix", "R", "part", "nonfinite")]
+        back.append(((T, *bw["xp"][1:]), None))  # gxp: the input gradient's padded images
+        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), tr, None if backward else WeightCache())
+    if path == "pixel":
+        J = C * R * S
+        B = _pixel_block(P * Q, J)
+        image = (H + geo[7] + _trailing(H, P, R, geo[3], geo[5], geo[7]),
+                 W + geo[8] + _trailing(W, Q, S, geo[4], geo[6], geo[8]), C)
+        forward = [((K, R, S, C), None), ((N if backward else T, *image), None), ((T, B, J), None), ((T, B, K), None)]
+        back = [((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
+        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back))
+    col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
+    return Conv2dPlan(path, geo, y_shape, T, col, (((T, K, C // G * R * S), None), *col))
+
+
+def _trailing(size: int, out: int, k: int, stride: int, dilation: int, lead: int) -> int:
+    # The trailing padding the output size implies: rows the last window reads past the input.
+    return max(0, (out - 1) * stride + dilation * (k - 1) + 1 - size - lead)
+
+
+def _direct(geo: Geometry, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> bool:
+    return direct(geo, x_shape[2:], y_shape[2:])
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan,
+                   scratch: tuple) -> tuple:
+    """y = conv2d(x, w) + b (b empty: no bias) on ``plan``'s path, with the arrays its
+    ``forward_scratch`` describes. Returns what the backward needs besides x: the path that
+    ran (Winograd gives way to im2col when x or w holds NaN or Inf) and its kept arrays."""
+    geo = plan.geo
+    if plan.path == "winograd":
+        from .conv2d_winograd_cpu import conv2d_forward_wino
+
+        U = None if plan.weights is not None else scratch[0]
+        xp, V, M, pix, lanes, nonfinite = scratch[-6:]
+        if conv2d_forward_wino(x, w, b, y, U, xp, V, M, pix, lanes, nonfinite, (geo[7], geo[8]), plan.tiles,
+                               plan.weights):
+            return "winograd", U, xp
+        # NaN or Inf in x or w: the transforms spread them over whole tiles; recompute where
+        # PyTorch puts them (conv2d_winograd_cpu), with scratch of its own (a rare case).
+        col = None if _direct(geo, x.shape, y.shape) else np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)
+        _im2col_forward(x, w, b, y, col, geo, plan.chunks)
+        return ("im2col",)
+    if plan.path == "pixel":
+        wp, xp, colt, yt = scratch
+        _pixel_forward(x, w, b, y, wp, xp, colt, yt, geo)
+        return "pixel", wp, xp
+    _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks)
+    return ("im2col",)
+
+
+def _im2col_scratch(plan: Conv2dPlan, C: int) -> tuple[tuple[int, ...], ...]:
+    # The im2col path's backward scratch shapes (part, col), for C input channels.
+    T, (K, P, Q), (G, R, S) = plan.chunks, plan.out[1:], plan.geo[:3]
+    return (T, K, C // G * R * S), (T, C * R * S, P * Q)
+
+
+def conv2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
+                    gx: np.ndarray | None, plan: Conv2dPlan, kept: tuple, scratch: tuple) -> None:
+    """gw += the weight gradient, gb += the bias gradient (gb empty: no bias), gx = the input
+    gradient (None: not wanted); ``kept``: what conv2d_forward returned, ``scratch``: the arrays
+    ``plan.backward_scratch`` describes."""
+    geo = plan.geo
+    if kept[0] == "winograd":
+        from .conv2d_winograd_cpu import conv2d_backward_wino
+
+        V, M, pix, lanes, part, nonfinite, gxp = scratch
+        if conv2d_backward_wino(x, gy, gw, gb, gx, kept[1], kept[2], gxp, V, M, pix, lanes, part, nonfinite,
+                                (geo[7], geo[8]), plan.tiles):
+            return
+        # NaN or Inf in gy (as in the forward): im2col needs only x
+    elif kept[0] == "pixel":
+        gxp, colt, part = scratch
+        _pixel_backward(x, gy, gw, gb, gx, kept[1], kept[2], gxp, colt, part, geo)
+        return
+    if plan.path == "im2col":
+        part, *col = scratch
+        _im2col_backward(x, w, gy, gw, gb, gx, col[0] if col else None, part, geo)
+        return
+    part_shape, col_shape = _im2col_scratch(plan, x.shape[1])  # after a Winograd fallback: scratch of its own
+    col = None if _direct(geo, x.shape, gy.shape) else np.empty(col_shape, x.dtype)
+    _im2col_backward(x, w, gy, gw, gb, gx, col, np.empty(part_shape, x.dtype), geo)

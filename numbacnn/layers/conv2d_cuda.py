@@ -16,6 +16,9 @@ from .._jit import cuda_kernel
 from ..device import is_simulator
 from ._gemm_cuda import TILE as GPU_TILE
 from ._gemm_cuda import gemm_tile
+from .conv2d_plan import Conv2dPlan
+
+__all__ = ["conv2d_plan", "conv2d_forward", "conv2d_backward"]
 
 # A GPU's tile and bias-sum block. The simulator runs every thread as a Python thread: smaller
 # blocks keep its tests quick and make tiny test shapes span several tiles, so the tile edges
@@ -32,7 +35,7 @@ def _blocks(n: int, size: int | None = None) -> int:
 
 
 @cuda_kernel
-def conv2d_forward_kernel(x, w, b, y, R, S, sh, sw, dh, dw, pt, pl):
+def _conv2d_forward_kernel(x, w, b, y, R, S, sh, sw, dh, dw, pt, pl):
     # Product per group: y[k, (n, p, q)] = w[k, (c, r, s)] @ col[(c, r, s), (n, p, q)].
     ws = cuda.shared.array((TILE, TILE), dtype=x.dtype)
     cs = cuda.shared.array((TILE, TILE), dtype=x.dtype)
@@ -64,16 +67,16 @@ def conv2d_forward_kernel(x, w, b, y, R, S, sh, sw, dh, dw, pt, pl):
         y[n, k, p, q] = acc + b[k] if b.size else acc
 
 
-def conv2d_forward(x, w, b, y, geo) -> None:
+def _forward(x, w, b, y, geo) -> None:
     """y = conv2d(x, w) + b (b empty: no bias); ``geo`` as in conv2d_cpu."""
     G = geo[0]
     N, K, P, Q = y.shape
     grid = (_blocks(N * P * Q), _blocks(K // G) * G)
-    conv2d_forward_kernel[grid, (TILE, TILE)](x, w.reshape(K, w.size // K), b, y, *geo[1:])
+    _conv2d_forward_kernel[grid, (TILE, TILE)](x, w.reshape(K, w.size // K), b, y, *geo[1:])
 
 
 @cuda_kernel
-def conv2d_backward_input_kernel(w, gy, gx, sh, sw, dh, dw, pt, pl):
+def _conv2d_backward_input_kernel(w, gy, gx, sh, sw, dh, dw, pt, pl):
     # Product per group: gx[c, (n, h, w)] = w^T[c, (k, r, s)] @ gy-gathered[(k, r, s), (n, h, w)].
     ws = cuda.shared.array((TILE, TILE), dtype=gy.dtype)
     gs = cuda.shared.array((TILE, TILE), dtype=gy.dtype)
@@ -106,15 +109,15 @@ def conv2d_backward_input_kernel(w, gy, gx, sh, sw, dh, dw, pt, pl):
         gx[n, g * Cg + cg, h, v_] = acc
 
 
-def conv2d_backward_input(w, gy, gx, geo) -> None:
+def _backward_input(w, gy, gx, geo) -> None:
     """gx = the transposed convolution of gy with w."""
     G = geo[0]
     N, C, H, W = gx.shape
     grid = (_blocks(N * H * W), _blocks(C // G) * G)
-    conv2d_backward_input_kernel[grid, (TILE, TILE)](w, gy, gx, *geo[3:])
+    _conv2d_backward_input_kernel[grid, (TILE, TILE)](w, gy, gx, *geo[3:])
 
 
-def weight_splits(gy_shape: tuple, gw_shape: tuple, groups: int) -> int:
+def _weight_splits(gy_shape: tuple, gw_shape: tuple, groups: int) -> int:
     """How many slices the weight gradient's long reduction (over n, p, q) is cut into.
 
     A layer with few weights has few output tiles; slicing the reduction gives the GPU enough
@@ -126,7 +129,7 @@ def weight_splits(gy_shape: tuple, gw_shape: tuple, groups: int) -> int:
 
 
 @cuda_kernel
-def conv2d_backward_weight_kernel(x, gy, part, R, S, sh, sw, dh, dw, pt, pl):
+def _conv2d_backward_weight_kernel(x, gy, part, R, S, sh, sw, dh, dw, pt, pl):
     # Per group and slice z of (n, p, q): part[z, k, (c, r, s)] = gy[k, z-slice] @ col^T[z-slice, (c, r, s)].
     gs = cuda.shared.array((TILE, TILE), dtype=x.dtype)
     cs = cuda.shared.array((TILE, TILE), dtype=x.dtype)
@@ -162,7 +165,7 @@ def conv2d_backward_weight_kernel(x, gy, part, R, S, sh, sw, dh, dw, pt, pl):
 
 
 @cuda_kernel
-def conv2d_backward_weight_sum_kernel(part, gw):
+def _conv2d_backward_weight_sum_kernel(part, gw):
     # Adds the slices in a fixed order: the result does not depend on scheduling.
     i = cuda.grid(1)
     Z, K, J = part.shape
@@ -173,18 +176,18 @@ def conv2d_backward_weight_sum_kernel(part, gw):
         gw[i // J, i % J] += acc
 
 
-def conv2d_backward_weight(x, gy, gw, part, geo) -> None:
-    """gw += the weight gradient; ``part`` (weight_splits(...), K, C/G*R*S) is scratch."""
+def _backward_weight(x, gy, gw, part, geo) -> None:
+    """gw += the weight gradient; ``part`` (_weight_splits(...), K, C/G*R*S) is scratch."""
     G = geo[0]
     K = gw.shape[0]
     J = gw.size // K
     grid = (_blocks(J), _blocks(K // G) * G, part.shape[0])
-    conv2d_backward_weight_kernel[grid, (TILE, TILE)](x, gy, part, *geo[1:])
-    conv2d_backward_weight_sum_kernel[_blocks(K * J, 256), 256](part, gw.reshape(K, J))
+    _conv2d_backward_weight_kernel[grid, (TILE, TILE)](x, gy, part, *geo[1:])
+    _conv2d_backward_weight_sum_kernel[_blocks(K * J, 256), 256](part, gw.reshape(K, J))
 
 
 @cuda_kernel
-def conv2d_backward_bias_kernel(gy, gb):
+def _conv2d_backward_bias_kernel(gy, gb):
     # One block per output channel: strided partial sums, then a tree in shared memory.
     part = cuda.shared.array(BIAS_THREADS, dtype=gy.dtype)
     N, K, L = gy.shape
@@ -204,7 +207,35 @@ def conv2d_backward_bias_kernel(gy, gb):
         gb[k] += part[0]
 
 
-def conv2d_backward_bias(gy, gb) -> None:
+def _backward_bias(gy, gb) -> None:
     """gb += the sum of gy over the batch and the output pixels."""
     N, K, P, Q = gy.shape
-    conv2d_backward_bias_kernel[K, BIAS_THREADS](gy.reshape(N, K, P * Q), gb)
+    _conv2d_backward_bias_kernel[K, BIAS_THREADS](gy.reshape(N, K, P * Q), gb)
+
+
+# The one kernel interface (conv2d_cpu has the same): a plan per input shape, then forward and
+# backward on it. CUDA has one path, implicit GEMM; its only scratch is the weight gradient's
+# slices.
+def conv2d_plan(name, x_shape, y_shape, geo, backward) -> Conv2dPlan:
+    """The implicit-GEMM plan: ``backward_scratch`` holds the weight gradient's partials."""
+    G, R, S = geo[:3]
+    K, C = y_shape[1], x_shape[1]
+    J = C // G * R * S
+    part = (_weight_splits(y_shape, (K, C // G, R, S), G), K, J)
+    return Conv2dPlan("implicit-gemm", tuple(geo), tuple(y_shape), 1, (), ((part, None),))
+
+
+def conv2d_forward(x, w, b, y, plan, scratch) -> tuple:
+    """y = conv2d(x, w) + b (b empty: no bias); nothing kept but x (returns ``("implicit-gemm",)``)."""
+    _forward(x, w, b, y, plan.geo)
+    return (plan.path,)
+
+
+def conv2d_backward(x, w, gy, gw, gb, gx, plan, kept, scratch) -> None:
+    """gw += the weight gradient, gb += the bias gradient (gb empty: no bias), gx = the input
+    gradient (None: not wanted); ``scratch``: the weight gradient's partials."""
+    _backward_weight(x, gy, gw, scratch[0], plan.geo)
+    if gb.size:
+        _backward_bias(gy, gb)
+    if gx is not None:
+        _backward_input(w, gy, gx, plan.geo)

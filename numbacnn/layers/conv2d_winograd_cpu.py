@@ -48,11 +48,11 @@ from __future__ import annotations
 import numpy as np
 
 from .._blas import gemm
-from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
+from .._jit import REASSOC, cpu_inline, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
-from .conv2d_cpu import _bias_sum, _from_hwc, _to_hwc
-from .conv2d_winograd_tiles import (LANES_SCRATCH, _g, _gt, _input_tiles, _input_tiles_grad, _ld6, _output_tiles,
-                                    _output_tiles_grad)
+from .conv2d_hwc_cpu import bias_sum, from_hwc, to_hwc
+from .conv2d_winograd_tiles import (LANES_SCRATCH, g_transform, gt_transform, input_tiles, input_tiles_grad, ld6,
+                                    output_tiles, output_tiles_grad)
 
 # Tile block: the transformed input and output of a block (36 * tiles * (C + K) values) stay
 # under this many float32 elements (1 MiB), next to BLAS's packing buffers in a 2 MiB L2.
@@ -88,7 +88,7 @@ def winograd_weights(w, U, cg):
     """U[0, 6a + b] = the (nsub*C, K) matrix, row sub*C + ch, of (G g G^T)[a, b] for the 3x3
     piece g of w[k, ch] that sub-kernel ``sub`` covers (zero past w's edge); U[1, 6a + b] its
     transpose, for the input gradient's products (BLAS ran them 1.5-2.5x slower transposing on
-    the fly)."""
+    the fly), when U has room for it (an inference forward's U does not)."""
     K, C, KH, KW = w.shape
     ns = (KW + 2) // 3
     nsub = ((KH + 2) // 3) * ns
@@ -99,14 +99,17 @@ def winograd_weights(w, U, cg):
             for sub in range(nsub):
                 r0, s0 = 3 * (sub // ns), 3 * (sub % ns)
                 wk = w[k, ch]
-                c0 = _g((_tap(wk, r0, s0, zero), _tap(wk, r0 + 1, s0, zero), _tap(wk, r0 + 2, s0, zero)), cg)
-                c1 = _g((_tap(wk, r0, s0 + 1, zero), _tap(wk, r0 + 1, s0 + 1, zero), _tap(wk, r0 + 2, s0 + 1, zero)), cg)
-                c2 = _g((_tap(wk, r0, s0 + 2, zero), _tap(wk, r0 + 1, s0 + 2, zero), _tap(wk, r0 + 2, s0 + 2, zero)), cg)
+                c0 = g_transform((_tap(wk, r0, s0, zero), _tap(wk, r0 + 1, s0, zero), _tap(wk, r0 + 2, s0, zero)), cg)
+                c1 = g_transform((_tap(wk, r0, s0 + 1, zero), _tap(wk, r0 + 1, s0 + 1, zero),
+                                    _tap(wk, r0 + 2, s0 + 1, zero)), cg)
+                c2 = g_transform((_tap(wk, r0, s0 + 2, zero), _tap(wk, r0 + 1, s0 + 2, zero),
+                                    _tap(wk, r0 + 2, s0 + 2, zero)), cg)
                 for a in range(6):
-                    u = _g((c0[a], c1[a], c2[a]), cg)
+                    u = g_transform((c0[a], c1[a], c2[a]), cg)
                     for s in range(6):
                         U[0, 6 * a + s, (sub * C + ch) * K + k] = u[s]
-                        U[1, 6 * a + s, k * J + sub * C + ch] = u[s]
+                        if U.shape[0] > 1:
+                            U[1, 6 * a + s, k * J + sub * C + ch] = u[s]
 
 
 @cpu_kernel
@@ -125,16 +128,16 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, non
         bad = 0
         for n in range(t * N // T, (t + 1) * N // T):
             xpn = xp[n] if xp.shape[0] == N else xp[t]
-            _to_hwc(x[n], xpn, pt, pl)
+            to_hwc(x[n], xpn, pt, pl)
             yn = y[n].reshape(K, L)
             for i0 in range(0, th, tr):
                 i1 = min(th, i0 + tr)
                 nt = (i1 - i0) * tw
                 for sub in range(nsub):
-                    _input_tiles(xpn, V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
+                    input_tiles(xpn, V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
                 for e in range(36):
                     gemm(False, False, nt, K, J, V[t, e], J, U[0, e], K, 0, M[t, e], K)
-                _output_tiles(M[t], pix[t], R[t], i0, i1, P, Q, c)
+                output_tiles(M[t], pix[t], R[t], i0, i1, P, Q, c)
                 la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
                 for k in range(K):
                     bk = b[k] if b.size else yn.dtype.type(0)
@@ -173,10 +176,10 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                         g = gyn[k, l]
                         pix[t, l - la, k] = g
                         bad += np.int64(g - g != 0)
-                _output_tiles_grad(pix[t], M[t], R[t], i0, i1, P, Q, c)
+                output_tiles_grad(pix[t], M[t], R[t], i0, i1, P, Q, c)
                 beta = 0 if n == n0 and i0 == 0 else 1
                 for sub in range(nsub):
-                    _input_tiles(xp[n], V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
+                    input_tiles(xp[n], V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
                 for e in range(36):
                     ve, me = V[t, e], M[t, e]
                     # part[t, e] (+)= V[e]^T @ Z[e]; then V[e] = Z[e] @ U[e]^T, the tiles' gradient
@@ -185,9 +188,9 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                         gemm(False, False, nt, J, K, me, K, U[1, e], J, 0, ve, J)
                 if want_gx:
                     for sub in range(nsub):
-                        _input_tiles_grad(V[t], gxp[t], R[t], i0, i1, tw, sub, ns, nsub, c)
+                        input_tiles_grad(V[t], gxp[t], R[t], i0, i1, tw, sub, ns, nsub, c)
             if want_gx:
-                _from_hwc(gxp[t], gx[n], pt, pl)
+                from_hwc(gxp[t], gx[n], pt, pl)
         nonfinite[t] = bad
 
 
@@ -207,25 +210,25 @@ def winograd_reduce(part, gw, gy3, gb, cg):
                 for t in range(1, T):  # the chunks' sums into part[0], which this k owns
                     for e in range(36):
                         pf[o + _U64(e) * plane] += pf[o + _U64(t * 36 + e) * plane]
-                u0 = _ld6(pf, o, plane)  # u0[b] = u[0, b]
-                u1 = _ld6(pf, o + 6 * plane, plane)
-                u2 = _ld6(pf, o + 12 * plane, plane)
-                u3 = _ld6(pf, o + 18 * plane, plane)
-                u4 = _ld6(pf, o + 24 * plane, plane)
-                u5 = _ld6(pf, o + 30 * plane, plane)
-                r0 = _gt((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0]), cg)  # r0[a] = (G^T u)[a, 0]
-                r1 = _gt((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1]), cg)
-                r2 = _gt((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2]), cg)
-                r3 = _gt((u0[3], u1[3], u2[3], u3[3], u4[3], u5[3]), cg)
-                r4 = _gt((u0[4], u1[4], u2[4], u3[4], u4[4], u5[4]), cg)
-                r5 = _gt((u0[5], u1[5], u2[5], u3[5], u4[5], u5[5]), cg)
+                u0 = ld6(pf, o, plane)  # u0[b] = u[0, b]
+                u1 = ld6(pf, o + 6 * plane, plane)
+                u2 = ld6(pf, o + 12 * plane, plane)
+                u3 = ld6(pf, o + 18 * plane, plane)
+                u4 = ld6(pf, o + 24 * plane, plane)
+                u5 = ld6(pf, o + 30 * plane, plane)
+                r0 = gt_transform((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0]), cg)  # r0[a] = (G^T u)[a, 0]
+                r1 = gt_transform((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1]), cg)
+                r2 = gt_transform((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2]), cg)
+                r3 = gt_transform((u0[3], u1[3], u2[3], u3[3], u4[3], u5[3]), cg)
+                r4 = gt_transform((u0[4], u1[4], u2[4], u3[4], u4[4], u5[4]), cg)
+                r5 = gt_transform((u0[5], u1[5], u2[5], u3[5], u4[5], u5[5]), cg)
                 a0, s0 = 3 * (sub // ns), 3 * (sub % ns)
                 for a in range(min(3, KH - a0)):
-                    g = _gt((r0[a], r1[a], r2[a], r3[a], r4[a], r5[a]), cg)
+                    g = gt_transform((r0[a], r1[a], r2[a], r3[a], r4[a], r5[a]), cg)
                     for s in range(min(3, KW - s0)):
                         gw[k, ch, a0 + a, s0 + s] += g[s]
         if gb.size:
-            gb[k] += _bias_sum(gy3, k)
+            gb[k] += bias_sum(gy3, k)
 
 
 @cpu_kernel
@@ -236,6 +239,61 @@ def winograd_nonfinite(a):
         v = a[i]
         bad += np.int64(v - v != 0)
     return bad
+
+
+@cpu_serial
+def _same_words(a, b):
+    """Whether the flat uint32 arrays a and b are equal, word for word. A block at a time, so
+    the compare runs in vector lanes and still stops early at a change."""
+    n = a.size
+    whole = n - n % 1024
+    for i0 in range(0, whole, 1024):
+        diff = np.uint32(0)
+        for i in range(1024):  # a constant count: LLVM vectorised it, a min() bound not (10x slower)
+            diff |= a[i0 + i] ^ b[i0 + i]
+        if diff:
+            return False
+    diff = np.uint32(0)
+    for i in range(whole, n):
+        diff |= a[i] ^ b[i]
+    return diff == 0
+
+
+class WeightCache:
+    """The transformed weights of an inference forward, kept between calls, with a copy of the
+    weight they came from: ``transformed(w)`` transforms again only when w differs from that copy
+    bit for bit, so an edit in place, a training step or a loaded checkpoint is seen on the next
+    call, and NaN in w is seen as NaN (the forward's fallback still runs). A plan owns one (one
+    per inference thread and input signature, never shared): the arena's buffers are handed to
+    other nodes between calls, so the cache cannot live there. Costs 36/(R*S) times w's size
+    per sub-kernel (4x for 3x3) plus w's own, per signature and thread."""
+
+    __slots__ = ("U", "source")
+
+    def __init__(self) -> None:
+        self.U: np.ndarray | None = None
+        self.source: np.ndarray | None = None
+
+    def transformed(self, w: np.ndarray) -> np.ndarray:
+        """U[0] of ``winograd_weights`` for w, as a (1, 36, nsub*C*K) array."""
+        src = self.source
+        if (src is None or src.shape != w.shape or src.dtype != w.dtype
+                or not _same_words(_words(src), _words(np.ascontiguousarray(w)))):
+            K, C, R, S = w.shape
+            nsub = ((R + 2) // 3) * ((S + 2) // 3)
+            if self.U is None or self.U.shape != (1, 36, nsub * C * K) or self.U.dtype != w.dtype:
+                self.U = np.empty((1, 36, nsub * C * K), w.dtype)
+            self.source = None  # no stale pair if the transform fails half-way
+            source = np.array(w, order="C")  # copied first: the transform reads exactly the copy
+            with single_thread_blas:
+                winograd_weights(source, self.U, _consts(w.dtype)[1])
+            self.source = source
+        return self.U
+
+
+def _words(a: np.ndarray) -> np.ndarray:
+    # A contiguous float32 or float64 array's bits as flat uint32 words.
+    return a.reshape(-1).view(np.uint32)
 
 
 def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, int]
@@ -256,14 +314,20 @@ def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, i
 
 def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, U: np.ndarray,
                         xp: np.ndarray, V: np.ndarray, M: np.ndarray, pix: np.ndarray, R: np.ndarray,
-                        nonfinite: np.ndarray, pads: tuple[int, int], tr: int) -> bool:
+                        nonfinite: np.ndarray, pads: tuple[int, int], tr: int, cache: WeightCache | None = None
+                        ) -> bool:
     """y = conv2d(x, w) + b (stride 1, groups 1; pads: top and left). ``U`` receives the
     transformed weights (the backward takes them from there); ``xp`` (N or T images), ``V``,
-    ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them. False when
-    x or w holds NaN or Inf: then y is not PyTorch's, and an im2col path must recompute it."""
+    ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them. With a
+    ``cache`` (no backward to come), the weights come from it and U is not used (may be None).
+    False when x or w holds NaN or Inf: then y is not PyTorch's, and an im2col path must
+    recompute it."""
     c, cg = _consts(x.dtype)
+    if cache is not None:
+        U = cache.transformed(w)
     with single_thread_blas:
-        winograd_weights(w, U, cg)
+        if cache is None:
+            winograd_weights(w, U, cg)
         conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, (w.shape[3] + 2) // 3, c,
                                 nonfinite)
     if not nonfinite.any():

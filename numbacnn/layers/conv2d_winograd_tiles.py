@@ -51,7 +51,7 @@ def _a(y, c):  # A y
 
 
 @cpu_inline
-def _g(g, c):  # G g
+def g_transform(g, c):  # G g
     g0, g1, g2 = g
     q, s, t, f = c  # 1/4, 1/6, 1/12, 1/24
     e = f * g0 + s * g2
@@ -59,7 +59,7 @@ def _g(g, c):  # G g
 
 
 @cpu_inline
-def _gt(u, c):  # G^T u
+def gt_transform(u, c):  # G^T u
     u0, u1, u2, u3, u4, u5 = u
     q, s, t, f = c
     return (q * u0 - s * (u1 + u2) + f * (u3 + u4), s * (u2 - u1) + t * (u3 - u4),
@@ -67,7 +67,7 @@ def _gt(u, c):  # G^T u
 
 
 @cpu_inline
-def _ld6(f, o, step):
+def ld6(f, o, step):
     return f[o], f[o + step], f[o + 2 * step], f[o + 3 * step], f[o + 4 * step], f[o + 5 * step]
 
 
@@ -125,12 +125,12 @@ def _square_lanes(R, c, f):
     for l in range(_LANES):
         x0 = _U64(l)
         v0 = _U64(_OUT + l)
-        c0 = f(_ld6(R, x0, row), c)  # column 0 of F x
-        c1 = f(_ld6(R, x0 + col, row), c)
-        c2 = f(_ld6(R, x0 + 2 * col, row), c)
-        c3 = f(_ld6(R, x0 + 3 * col, row), c)
-        c4 = f(_ld6(R, x0 + 4 * col, row), c)
-        c5 = f(_ld6(R, x0 + 5 * col, row), c)
+        c0 = f(ld6(R, x0, row), c)  # column 0 of F x
+        c1 = f(ld6(R, x0 + col, row), c)
+        c2 = f(ld6(R, x0 + 2 * col, row), c)
+        c3 = f(ld6(R, x0 + 3 * col, row), c)
+        c4 = f(ld6(R, x0 + 4 * col, row), c)
+        c5 = f(ld6(R, x0 + 5 * col, row), c)
         _st6(R, v0, col, f((c0[0], c1[0], c2[0], c3[0], c4[0], c5[0]), c))
         _st6(R, v0 + row, col, f((c0[1], c1[1], c2[1], c3[1], c4[1], c5[1]), c))
         _st6(R, v0 + 2 * row, col, f((c0[2], c1[2], c2[2], c3[2], c4[2], c5[2]), c))
@@ -145,12 +145,12 @@ def _at_lanes(R, c):  # R[_OUT + (4a + s)*L + l] = (A^T m A)[a, s], m from R[(6e
     for l in range(_LANES):
         x0 = _U64(l)
         y0 = _U64(_OUT + l)
-        r0 = _at(_ld6(R, x0, row), c)  # column 0 of A^T m
-        r1 = _at(_ld6(R, x0 + col, row), c)
-        r2 = _at(_ld6(R, x0 + 2 * col, row), c)
-        r3 = _at(_ld6(R, x0 + 3 * col, row), c)
-        r4 = _at(_ld6(R, x0 + 4 * col, row), c)
-        r5 = _at(_ld6(R, x0 + 5 * col, row), c)
+        r0 = _at(ld6(R, x0, row), c)  # column 0 of A^T m
+        r1 = _at(ld6(R, x0 + col, row), c)
+        r2 = _at(ld6(R, x0 + 2 * col, row), c)
+        r3 = _at(ld6(R, x0 + 3 * col, row), c)
+        r4 = _at(ld6(R, x0 + 4 * col, row), c)
+        r5 = _at(ld6(R, x0 + 5 * col, row), c)
         _st4(R, y0, col, _at((r0[0], r1[0], r2[0], r3[0], r4[0], r5[0]), c))
         _st4(R, y0 + 4 * col, col, _at((r0[1], r1[1], r2[1], r3[1], r4[1], r5[1]), c))
         _st4(R, y0 + 8 * col, col, _at((r0[2], r1[2], r2[2], r3[2], r4[2], r5[2]), c))
@@ -181,7 +181,7 @@ def _a_lanes(R, c):  # R[_OUT + (6e + f)*L + l] = (A y A^T)[e, f], y from R[(4a 
 
 
 @cpu_serial
-def _input_tiles(xp, V, R, i0, i1, tw, sub, ns, nsub, c):
+def input_tiles(xp, V, R, i0, i1, tw, sub, ns, nsub, c):
     """V[6a + b, t, sub*C + ch] = (B^T d B)[a, b] for the tiles t = (i - i0)*tw + j of tile
     rows [i0, i1), d = xp[4i+du:4i+du+6, 4j+dv:4j+dv+6, ch]: the tiles that sub-kernel ``sub``
     (of nsub, ``ns`` per row) sees, at (du, dv) = 3 * (sub // ns, sub % ns). A row of V holds
@@ -205,8 +205,8 @@ def _input_tiles(xp, V, R, i0, i1, tw, sub, ns, nsub, c):
 
 
 @cpu_serial
-def _input_tiles_grad(V, gxp, R, i0, i1, tw, sub, ns, nsub, c):
-    """The transpose of _input_tiles: gxp[4i+du:4i+du+6, 4j+dv:4j+dv+6, ch] += B V[:, t,
+def input_tiles_grad(V, gxp, R, i0, i1, tw, sub, ns, nsub, c):
+    """The transpose of input_tiles: gxp[4i+du:4i+du+6, 4j+dv:4j+dv+6, ch] += B V[:, t,
     sub*C + ch] B^T."""
     Hp, Wp, C = gxp.shape
     du, dv = 3 * (sub // ns), 3 * (sub % ns)
@@ -228,7 +228,7 @@ def _input_tiles_grad(V, gxp, R, i0, i1, tw, sub, ns, nsub, c):
 
 
 @cpu_serial
-def _output_tiles(M, pix, R, i0, i1, P, Q, c):
+def output_tiles(M, pix, R, i0, i1, P, Q, c):
     """pix = A^T M A per tile of tile rows [i0, i1): pix holds their output pixels, row
     (p - 4*i0)*Q + q, a column per channel (tiles hanging over the edge are cut)."""
     K = pix.shape[1]
@@ -253,8 +253,8 @@ def _output_tiles(M, pix, R, i0, i1, P, Q, c):
 
 
 @cpu_serial
-def _output_tiles_grad(pix, M, R, i0, i1, P, Q, c):
-    """The transpose of _output_tiles: M[:, t, k] = A dy A^T for each 4x4 tile dy of pix
+def output_tiles_grad(pix, M, R, i0, i1, P, Q, c):
+    """The transpose of output_tiles: M[:, t, k] = A dy A^T for each 4x4 tile dy of pix
     (pixels outside the output read as zero)."""
     K = pix.shape[1]
     tw = (Q + 3) // 4

@@ -11,6 +11,15 @@ Conv1d = nc.get_layer("conv1d")
 Conv2d = nc.get_layer("conv2d")
 
 
+def cpu_path(layer, shape):
+    """The CPU path conv2d_plan picks for an (N, C, L) input (conv2d's on N, C, 1, L)."""
+    from numbacnn.layers import conv2d_cpu
+
+    shape = (shape[0], shape[1], 1, shape[2])
+    out = (shape[0], *layer._output_shape_2d(shape[1:]))
+    return conv2d_cpu.conv2d_plan("c", shape, out, layer._geometry(), True).path
+
+
 def _one(v):
     return v[0] if isinstance(v, (tuple, list)) else v
 
@@ -83,22 +92,24 @@ PIXEL_MAJOR = [(cfg, shape) for cfg, shape in CONFIGS if cfg.get("groups", 1) ==
 
 
 def _force_pixel_major(monkeypatch):
-    monkeypatch.setattr(Conv2d, "_pixel_major", lambda self, C: self.groups == 1 and not self._direct())
+    monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "pixel")
 
 
 @pytest.mark.parametrize("cfg,shape", PIXEL_MAJOR, ids=[IDS[CONFIGS.index(c)] for c in PIXEL_MAJOR])
 def test_conv1d_cpu_pixel_major(cfg, shape, monkeypatch):
     _force_pixel_major(monkeypatch)
     layer = Conv1d(**cfg)
-    assert layer._pixel_major(shape[1])
+    assert cpu_path(layer, shape) == "pixel"
     check_layer(layer, [shape], conv1d_ref(cfg), cuda=False, threads=False)
 
 
 def test_conv1d_takes_the_pixel_major_path_on_wide_inputs():
     cfg, shape = dict(out_channels=5, kernel_size=5, padding=2), (2, 4, 12)
     layer = Conv1d(**cfg)
-    assert layer._pixel_major(4) and not layer._pixel_major(3)  # runs of C * kernel >= 16 values
-    assert not layer._winograd((1, *shape[1:2], 1, shape[2]))  # a 1-high kernel has no Winograd path
+    # runs of C * kernel >= 16 values
+    assert cpu_path(layer, (2, 4, 12)) == "pixel" and cpu_path(layer, (2, 3, 12)) == "im2col"
+    # a 1-high kernel has no Winograd path, however many channels
+    assert cpu_path(Conv1d(out_channels=32, kernel_size=5, padding=2), (2, 32, 300)) == "pixel"
     check_layer(layer, [shape], conv1d_ref(cfg), cuda=False)
 
 

@@ -7,6 +7,14 @@ from numbacnn.testing import check_layer
 Conv2d = nc.get_layer("conv2d")
 
 
+def cpu_path(layer, shape):
+    """The CPU path conv2d_plan picks for an (N, C, H, W) input (conv1d: N, C, 1, L)."""
+    from numbacnn.layers import conv2d_cpu
+
+    out = (shape[0], *layer._output_shape_2d(tuple(shape[1:])))
+    return conv2d_cpu.conv2d_plan("c", tuple(shape), out, layer._geometry(), True).path
+
+
 def _pads(padding, kernel, dilation):
     """(top, bottom, left, right), worked out here independently of the layer."""
     if padding == "valid":
@@ -88,9 +96,43 @@ def test_conv2d_cpu_pixel_major(cfg, shape, monkeypatch):
     layer = Conv2d(**cfg)
     # The kernels handle strides and dilations too, though the layer sends only stride-1
     # convolutions with enough channels their way.
-    monkeypatch.setattr(Conv2d, "_pixel_major", lambda self, C: self.groups == 1 and not self._direct())
-    assert layer._pixel_major(shape[1])
+    monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "pixel")
+    assert cpu_path(layer, shape) == "pixel"
     check_layer(layer, [shape], conv_ref(cfg), cuda=False)
+
+
+def test_conv2d_force_path_chooses_and_refuses_what_cannot_run(monkeypatch):
+    from numbacnn.layers.conv2d_cpu import force_path
+
+    x = np.random.default_rng(0).standard_normal((2, 4, 6, 6))
+
+    def model(**cfg):
+        g = nc.Graph()
+        g.conv2d(g.input((4, 6, 6)), name="conv_a", **cfg)
+        return nc.Model(g, seed=0, dtype="float64")
+
+    layer = Conv2d(out_channels=4, kernel_size=3)
+    with force_path("winograd"):
+        assert cpu_path(layer, x.shape) == "winograd"
+        with force_path("im2col"):  # the innermost wins
+            assert cpu_path(layer, x.shape) == "im2col"
+        m = model(out_channels=4, kernel_size=3, stride=2)
+        with pytest.raises(ValueError, match=r"node 'conv_a': conv2d path 'winograd' was forced .*stride 2x2.*"
+                                             r"or use 'auto'"):
+            m.forward(x)
+    assert cpu_path(layer, x.shape) == "im2col"  # 4 channels: the default's pick
+    with force_path("pixel"), pytest.raises(ValueError, match=r"node 'conv_a': conv2d path 'pixel'.*groups 2"):
+        model(out_channels=4, kernel_size=3, groups=2).forward(x)
+    monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "pixel")
+    assert cpu_path(layer, x.shape) == "pixel"
+    with force_path("auto"):  # force_path before the environment
+        assert cpu_path(layer, x.shape) == "im2col"
+    monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "fast")
+    with pytest.raises(ValueError, match=r"NUMBACNN_CONV2D_PATH: unknown conv2d path 'fast': expected one of auto"):
+        cpu_path(layer, x.shape)
+    with pytest.raises(ValueError, match="force_path: unknown conv2d path 'wino'"):
+        with force_path("wino"):
+            pass
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 6, 7), (3, 24, 5, 5)])
@@ -100,11 +142,11 @@ def test_conv2d_cpu_takes_the_pixel_major_path_on_wide_inputs(shape):
 
     cfg = dict(out_channels=5, kernel_size=3, padding=(1, 2, 0, 1))
     layer = Conv2d(**cfg)
-    assert layer._pixel_major(shape[1])
+    assert cpu_path(layer, shape) == "pixel"
     J = shape[1] * 9
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conv2d_cpu, "_BLOCK_ELEMENTS", 3 * J)
-        assert conv2d_cpu.pixel_block(40, J) == 3
+        assert conv2d_cpu._pixel_block(40, J) == 3
         check_layer(layer, [shape], conv_ref(cfg), cuda=False)
 
 
@@ -124,15 +166,14 @@ WINOGRAD = [(cfg, shape) for cfg, shape in CONFIGS if "stride" not in cfg and "d
 
 
 def _force_winograd(monkeypatch):
-    monkeypatch.setattr(Conv2d, "_winograd", lambda self, shape: self.groups == 1 and self.stride == (1, 1)
-                        and self.dilation == (1, 1) and 2 <= min(self.kernel) and max(self.kernel) <= 6)
+    monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "winograd")
 
 
 @pytest.mark.parametrize("cfg,shape", WINOGRAD, ids=[f"{c}@{s}" for c, s in WINOGRAD])
 def test_conv2d_cpu_winograd(cfg, shape, monkeypatch):
     _force_winograd(monkeypatch)
     layer = Conv2d(**cfg)
-    assert layer._winograd(shape[1:])
+    assert cpu_path(layer, shape) == "winograd"
     check_layer(layer, [shape], conv_ref(cfg), cuda=False)
 
 
@@ -144,11 +185,12 @@ def test_conv2d_cpu_winograd_by_default_in_uneven_tile_blocks(rows):
 
     cfg, shape = dict(out_channels=16, kernel_size=3, padding=(1, 0, 1, 1)), (2, 16, 11, 6)
     layer = Conv2d(**cfg)
-    assert layer._winograd(shape[1:]) and not Conv2d(out_channels=15, kernel_size=3)._winograd(shape[1:])
+    assert cpu_path(layer, shape) == "winograd"
+    assert cpu_path(Conv2d(out_channels=15, kernel_size=3), shape) != "winograd"
     # past 3x3 only from 256 output pixels on
-    assert Conv2d(out_channels=16, kernel_size=5, padding=2)._winograd((16, 16, 16))
-    assert not Conv2d(out_channels=16, kernel_size=5, padding=2)._winograd((16, 15, 16))
-    assert not Conv2d(out_channels=16, kernel_size=7, padding=3)._winograd((16, 32, 32))
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (1, 16, 16, 16)) == "winograd"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (1, 16, 15, 16)) != "winograd"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=7, padding=3), (1, 16, 32, 32)) != "winograd"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conv2d_winograd_cpu, "_BLOCK_ELEMENTS", rows * 36 * 2 * 32)
         assert conv2d_winograd_cpu.scratch(2, 2, 16, 16, 10, 6, (3, 3))[1] == rows
@@ -166,7 +208,7 @@ def test_conv2d_cpu_winograd_float32_error(cfg, shape):
     g = nc.Graph()
     g.conv2d(g.input(shape[1:]), name="c", **cfg)
     m = nc.Model(g, seed=3, dtype="float32")
-    assert Conv2d(**cfg)._winograd(shape[1:])
+    assert cpu_path(Conv2d(**cfg), shape) == "winograd"
     y = m.forward(x.astype(np.float32), training=True)
     w, b = (m.params[k].astype(np.float64) for k in ("c.weight", "c.bias"))
     ref = conv_ref(cfg)(x, w, b)
@@ -277,7 +319,7 @@ def test_conv2d_values_and_gradients_match_torch(i, path, monkeypatch):
     if path == "pixel-major":
         if cfg.get("groups", 1) != 1:
             pytest.skip("grouped convolutions take the channel-major path")
-        monkeypatch.setattr(Conv2d, "_pixel_major", lambda self, C: self.groups == 1 and not self._direct())
+        monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "pixel")
     if path == "winograd":
         if (cfg, shape) not in WINOGRAD:
             pytest.skip("only 3x3 stride-1 convolutions take the Winograd path")

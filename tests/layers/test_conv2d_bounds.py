@@ -108,10 +108,15 @@ def _geometries(count, seed):
 GEOMETRIES = _geometries(40, seed=12)
 
 
+def _direct(layer):
+    # 1x1, stride 1, unpadded: x is its own column matrix, and the pixel-major path does not apply.
+    return layer.kernel == (1, 1) and layer.stride == (1, 1) and layer.pads == (0, 0, 0, 0)
+
+
 def _paths(layer, shape):
     """The paths this geometry can take besides the layer's pick (forced as test_conv2d does)."""
     paths = ["default"]
-    if layer.groups == 1 and not layer._direct():
+    if layer.groups == 1 and not _direct(layer):
         paths.append("pixel-major")
     if (layer.groups == 1 and layer.stride == (1, 1) and layer.dilation == (1, 1)
             and 2 <= min(layer.kernel) and max(layer.kernel) <= 6):
@@ -122,7 +127,7 @@ def _paths(layer, shape):
 def test_conv2d_random_geometries_cover_every_path_and_the_edges():
     paths = [p for cfg, shape in GEOMETRIES for p in _paths(Conv2d(**cfg), shape)]
     assert paths.count("pixel-major") >= 15 and paths.count("winograd") >= 10
-    assert any(Conv2d(**c)._direct() for c, _ in GEOMETRIES)
+    assert any(_direct(Conv2d(**c)) for c, _ in GEOMETRIES)
     assert any(c["groups"] > 1 for c, _ in GEOMETRIES) and any(s[1] == 17 for _, s in GEOMETRIES)
     assert any(len(c["padding"]) == 4 for c, _ in GEOMETRIES if isinstance(c["padding"], tuple))
     assert any(c["padding"] == "same" for c, _ in GEOMETRIES)
@@ -154,12 +159,11 @@ def test_conv2d_random_geometries_fenced(i, monkeypatch):
     for path in _paths(layer, shape):
         with monkeypatch.context() as mp:
             if path == "pixel-major":
-                mp.setattr(Conv2d, "_pixel_major", lambda self, C: True)
-                mp.setattr(Conv2d, "_winograd", lambda self, x_shape: False)
+                mp.setenv("NUMBACNN_CONV2D_PATH", "pixel")
                 if rng.random() < 0.5:  # blocks of a few output pixels: block edges mid-row
                     mp.setattr(conv2d_cpu, "_BLOCK_ELEMENTS", int(rng.integers(1, 4)) * shape[1] * np.prod(cfg["kernel_size"]))
             elif path == "winograd":
-                mp.setattr(Conv2d, "_winograd", lambda self, x_shape: True)
+                mp.setenv("NUMBACNN_CONV2D_PATH", "winograd")
                 if rng.random() < 0.5:  # blocks of one tile row
                     mp.setattr(conv2d_winograd_cpu, "_BLOCK_ELEMENTS", 1)
             _check(layer, shape, rng)

@@ -1,0 +1,126 @@
+"""conv2d's plan: which kernels run for one input shape, and the scratch they need.
+
+``conv2d_cpu.conv2d_plan`` and ``conv2d_cuda.conv2d_plan`` return a ``Conv2dPlan``; the layer
+makes it once per input signature (``ctx.plan``), hands it to forward and backward, and never
+looks inside. The CPU chooses among three paths (conv2d_cpu's docstring describes them):
+
+- ``"im2col"``: channel-major column matrices and BLAS (any geometry; 1x1 stride-1 unpadded
+  convolutions multiply x directly);
+- ``"pixel"``: pixel-major column matrices (groups 1, not the direct 1x1 case);
+- ``"winograd"``: F(4x4, 3x3) (groups 1, stride 1, no dilation, 2x2 to 6x6 kernels).
+
+Choosing a path by hand, e.g. to test or time one: set ``NUMBACNN_CONV2D_PATH`` to ``auto``
+(the default), ``im2col``, ``pixel`` or ``winograd`` before the first call, or wrap the calls
+in ``with force_path("winograd"):`` (``numbacnn.layers.conv2d_cpu.force_path``; process-wide,
+the environment variable is read when no ``force_path`` is active). Either is read when a
+plan is made, i.e. on the first call at an input size: a model already run at that size keeps
+its plan. A forced path that cannot run a convolution (Winograd at stride 2, pixel-major with
+groups) raises ``ValueError`` naming the node, the path and why; CUDA has one path and
+ignores the choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+# Shortest contiguous run (S*C values) for which the CPU's pixel-major path is taken.
+PIXEL_MAJOR_MIN_RUN = 16
+# Fewest input and output channels for which a stride-1 convolution takes the CPU's Winograd
+# path (conv2d_winograd_cpu): with fewer, its tile transforms outweigh the products.
+WINOGRAD_MIN_CHANNELS = 16
+# Fewest output pixels for which a kernel larger than 3x3 takes the Winograd path.
+WINOGRAD_MIN_PIXELS = 256
+
+PATHS = ("auto", "im2col", "pixel", "winograd")
+ENV = "NUMBACNN_CONV2D_PATH"
+_forced: list[str] = []  # force_path's stack; the innermost is in effect
+
+
+@dataclass(frozen=True)
+class Conv2dPlan:
+    """One input shape's decisions. ``path``: what the forward runs; ``chunks``: parallel
+    chunks of the batch; ``forward_scratch`` / ``backward_scratch``: (shape, dtype) of each
+    scratch array the layer allocates and passes in that order (dtype None: the model's);
+    ``tiles``: Winograd's tile rows per block; ``weights``: the inference forward's kept
+    Winograd weights (conv2d_winograd_cpu.WeightCache), None when a backward follows."""
+
+    path: str
+    geo: tuple[int, ...]
+    out: tuple[int, ...]
+    chunks: int = 1
+    forward_scratch: tuple[tuple[tuple[int, ...], Any], ...] = ()
+    backward_scratch: tuple[tuple[tuple[int, ...], Any], ...] = ()
+    tiles: int = 0
+    weights: Any = field(default=None, compare=False)
+
+
+@contextlib.contextmanager
+def force_path(path: str) -> Iterator[None]:
+    """Plans made inside the block take ``path`` ("auto", "im2col", "pixel", "winograd") for
+    every CPU conv2d and conv1d; an already planned input size keeps its plan."""
+    _check_name(path, "force_path")
+    _forced.append(path)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def _check_name(path: str, where: str) -> None:
+    if path not in PATHS:
+        raise ValueError(f"{where}: unknown conv2d path {path!r}: expected one of {', '.join(PATHS)}")
+
+
+def requested() -> str:
+    """The path asked for: force_path's, else the environment's, else "auto"."""
+    if _forced:
+        return _forced[-1]
+    path = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    _check_name(path, f"environment variable {ENV}")
+    return path
+
+
+def direct(geo: tuple[int, ...], in_hw: tuple[int, ...], out_hw: tuple[int, ...]) -> bool:
+    """A 1x1, stride-1, unpadded convolution: a plain product with x, no column matrix."""
+    _, R, S, sh, sw, _, _, pt, pl = geo
+    return (R, S, sh, sw, pt, pl) == (1, 1, 1, 1, 0, 0) and tuple(in_hw) == tuple(out_hw)
+
+
+def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple[int, ...]) -> str:
+    """The CPU path for an (N, C, H, W) input giving (N, K, P, Q) ``out``: the forced one if
+    any (checked), else the fastest measured."""
+    G, R, S, sh, sw, dh, dw, _, _ = geo
+    C, K, P, Q = x_shape[1], out[1], out[2], out[3]
+    winograd_fits = G == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and 2 <= R <= 6 and 2 <= S <= 6
+    pixel_fits = G == 1 and not direct(geo, x_shape[2:], out[2:])
+    want = requested()
+    if want != "auto":
+        why = ""
+        if want == "winograd" and not winograd_fits:
+            why = ("Winograd needs groups 1, stride 1, no dilation and a 2x2 to 6x6 kernel; found groups "
+                   f"{G}, stride {sh}x{sw}, dilation {dh}x{dw}, kernel {R}x{S}")
+        elif want == "pixel" and not pixel_fits:
+            why = f"pixel-major needs groups 1 and a column matrix; found groups {G}"
+            if direct(geo, x_shape[2:], out[2:]):
+                why += ", a 1x1 stride-1 unpadded kernel (x is its own column matrix)"
+        if why:
+            raise ValueError(f"node '{name}': conv2d path '{want}' was forced ({ENV} or force_path) but cannot run "
+                             f"this convolution: {why}. Force it only around layers it fits, or use 'auto'")
+        return want
+    # Winograd: enough channels, and past 3x3 (four sub-kernels) only on outputs of 256 pixels
+    # or more: below that the 4 x 36 small products per sample cost more than the im2col
+    # product they replace.
+    if (winograd_fits and min(C, K) >= WINOGRAD_MIN_CHANNELS
+            and (max(R, S) <= 3 or P * Q >= WINOGRAD_MIN_PIXELS)):
+        return "winograd"
+    # Pixel-major copies runs of S*C values (C when dilated); below PIXEL_MAJOR_MIN_RUN they
+    # are too short to beat the channel-major im2col. It copies the whole input to HWC first,
+    # which a strided convolution only partly reads: there the channel-major path was as fast
+    # or faster (1x1 stride 2, 256->512 at 16x16, batch 32: forward+backward 11.3 ms against
+    # 16.8 ms).
+    if pixel_fits and (sh, sw) == (1, 1) and C * (S if dw == 1 else 1) >= PIXEL_MAJOR_MIN_RUN:
+        return "pixel"
+    return "im2col"
