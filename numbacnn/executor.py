@@ -22,6 +22,7 @@ mix the two steps' saved values.
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any, Hashable, Sequence
 
@@ -29,8 +30,9 @@ import numpy as np
 
 from . import _shapes
 from ._arena import Arena
+from ._threads import PARALLEL_MIN, on_one_thread
 from .graph import Graph, GraphError
-from .layer import POOL_SHAPES, Ctx, Layer, Shape
+from .layer import POOL_SHAPES, Ctx, Shape, device_method
 
 __all__ = ["Executor", "Plan"]
 
@@ -51,6 +53,7 @@ class Plan:
         self.bases: set[int] = set()  # inference: the arena buffers this plan uses
         self.acc: dict[int, Any] = {}  # training: fan-out gradient sums, by value slot
         self.calls: list[tuple] | None = None  # the replay's call list (``Executor._calls``)
+        self.one_thread = False  # too small for Numba's pool to pay anywhere: run on one thread
 
 
 class Pass:
@@ -121,8 +124,8 @@ class Executor:
             param_up[self._first + k] = bool(params[name]) or any(param_up[i] for i in ins)
             input_up[self._first + k] = any(input_up[i] for i in ins)
         self._train = list(self.ctxs.values())
-        self._forwards = [_method(layer, "forward", device) for layer, _, _, _ in self._steps]
-        self._backwards = [_method(layer, "backward", device) for layer, _, _, _ in self._steps]
+        self._forwards = [device_method(layer, "forward", device) for layer, _, _, _ in self._steps]
+        self._backwards = [device_method(layer, "backward", device) for layer, _, _, _ in self._steps]
         self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
                        for want in (True, False)}
         self.release()
@@ -165,6 +168,10 @@ class Executor:
         if plan is None:
             batch, shapes = self._check_inputs(xs)
             plan = Plan(batch, shapes, self.order)
+            # Batch 1 cuts no kernel's batch into chunks, and under PARALLEL_MIN elements no
+            # elementwise or pooling loop runs in parallel: nothing is left for a second thread.
+            plan.one_thread = self.device == "cpu" and batch == 1 and all(
+                math.prod(shapes[n]) < PARALLEL_MIN for n in (*self.graph.inputs, *self.order))
             if len(plans) >= POOL_SHAPES:
                 del plans[next(iter(plans))]  # the least recently used
         plans[key] = plan
@@ -231,6 +238,10 @@ class Executor:
     def _run(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
              state: Pass | None) -> list[Any]:
         """One forward: replays ``plan``, or (its first inference) decides in ``state``'s arena."""
+        return on_one_thread(plan.one_thread, self._run_plan, plan, xs, ctxs, training, grad, state)
+
+    def _run_plan(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
+                  state: Pass | None) -> list[Any]:
         to_device, dtype = self.backend.to_device, self.dtype
         values = [to_device(x) for x in xs]  # then one per node, in step order
         if state is None or plan.ready:
@@ -251,8 +262,7 @@ class Executor:
             ctx.begin(training, grad, pool, plans, plan.inplace[k], arena)
             y = self._forwards[k](ctx, *args)
             if y.shape != want or y.dtype != dtype:
-                raise GraphError(f"{kind} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
-                                 f"expected {dtype.name} {want} (a bug in the layer)")
+                raise self._bad_output(k, y, want)
             values.append(y)
             if arena is not None:
                 self._settle(arena, ctx, y, args)
@@ -276,11 +286,14 @@ class Executor:
             ctx.begin(training, grad, pool, plans, inplace)
             y = forward(ctx, values[ins]) if type(ins) is int else forward(ctx, *[values[i] for i in ins])
             if y.shape != want or y.dtype != dtype:
-                _, _, kind, name = self._steps[k]
-                raise GraphError(f"{kind} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
-                                 f"expected {dtype.name} {want} (a bug in the layer)")
+                raise self._bad_output(k, y, want)
             values.append(y)
         return [values[o] for o in self._outs]
+
+    def _bad_output(self, k: int, y: Any, want: Shape) -> GraphError:
+        _, _, kind, name = self._steps[k]
+        return GraphError(f"{kind} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
+                          f"expected {self.dtype.name} {want} (a bug in the layer)")
 
     def _calls(self, plan: Plan, ctxs: list[Ctx]) -> list[tuple]:
         """Per node: its forward, input slot(s) (an int for one), context, the plan's buffers,
@@ -321,7 +334,7 @@ class Executor:
                         f"found {gy.dtype} {tuple(gy.shape)}"
                     )
             self._pending = False
-            return self._backward(plan, gys, input_grad)
+            return on_one_thread(plan.one_thread, self._backward, plan, gys, input_grad)
 
     def _backward(self, plan: Plan, gys: Sequence[Any], input_grad: bool) -> list[Any]:
         grads: list[Any] = [None] * len(self._readers)
@@ -383,12 +396,3 @@ class Executor:
         self._local = threading.local()
         self._owner, self._pending, self._step = None, False, None
 
-
-def _method(layer: Any, which: str, device: str) -> Any:
-    """``layer.forward`` (or ``backward``), or the device's own method it would call: the base
-    class's dispatch (``forward_<device>``) resolved once per bind instead of on every call."""
-    if getattr(type(layer), which) is getattr(Layer, which):
-        own = getattr(layer, f"{which}_{device}", None)
-        if own is not None:
-            return own
-    return getattr(layer, which)
