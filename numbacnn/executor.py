@@ -395,4 +395,3 @@ class Executor:
         self._plans = {}
         self._local = threading.local()
         self._owner, self._pending, self._step = None, False, None
-
