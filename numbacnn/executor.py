@@ -22,6 +22,7 @@ mix the two steps' saved values.
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any, Hashable, Sequence
 
@@ -29,8 +30,9 @@ import numpy as np
 
 from . import _shapes
 from ._arena import Arena
+from ._threads import PARALLEL_MIN, on_one_thread
 from .graph import Graph, GraphError
-from .layer import POOL_SHAPES, Ctx, Shape
+from .layer import POOL_SHAPES, Ctx, Shape, device_method
 
 __all__ = ["Executor", "Plan"]
 
@@ -50,6 +52,8 @@ class Plan:
         self.ready = False  # inference: the arena's decisions are recorded
         self.bases: set[int] = set()  # inference: the arena buffers this plan uses
         self.acc: dict[int, Any] = {}  # training: fan-out gradient sums, by value slot
+        self.calls: list[tuple] | None = None  # the replay's call list (``Executor._calls``)
+        self.one_thread = False  # too small for Numba's pool to pay anywhere: run on one thread
 
 
 class Pass:
@@ -93,6 +97,8 @@ class Executor:
         self.backend: Any = None
         self.device = ""
         self._plans: dict[Hashable, Plan] = {}  # training plans, per signature
+        self._forwards: list[Any] = []  # per step, the layer's forward for this device
+        self._backwards: list[Any] = []
         self._needs: dict[bool, list[tuple[bool, ...]]] = {}
         self._local = threading.local()
         self._lock = threading.Lock()  # held by a training forward or backward
@@ -118,6 +124,8 @@ class Executor:
             param_up[self._first + k] = bool(params[name]) or any(param_up[i] for i in ins)
             input_up[self._first + k] = any(input_up[i] for i in ins)
         self._train = list(self.ctxs.values())
+        self._forwards = [device_method(layer, "forward", device) for layer, _, _, _ in self._steps]
+        self._backwards = [device_method(layer, "backward", device) for layer, _, _, _ in self._steps]
         self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
                        for want in (True, False)}
         self.release()
@@ -160,6 +168,10 @@ class Executor:
         if plan is None:
             batch, shapes = self._check_inputs(xs)
             plan = Plan(batch, shapes, self.order)
+            # Batch 1 cuts no kernel's batch into chunks, and under PARALLEL_MIN elements no
+            # elementwise or pooling loop runs in parallel: nothing is left for a second thread.
+            plan.one_thread = self.device == "cpu" and batch == 1 and all(
+                math.prod(shapes[n]) < PARALLEL_MIN for n in (*self.graph.inputs, *self.order))
             if len(plans) >= POOL_SHAPES:
                 del plans[next(iter(plans))]  # the least recently used
         plans[key] = plan
@@ -226,8 +238,14 @@ class Executor:
     def _run(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
              state: Pass | None) -> list[Any]:
         """One forward: replays ``plan``, or (its first inference) decides in ``state``'s arena."""
+        return on_one_thread(plan.one_thread, self._run_plan, plan, xs, ctxs, training, grad, state)
+
+    def _run_plan(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
+                  state: Pass | None) -> list[Any]:
         to_device, dtype = self.backend.to_device, self.dtype
         values = [to_device(x) for x in xs]  # then one per node, in step order
+        if state is None or plan.ready:
+            return self._replay(plan, values, ctxs, training, grad)
         arena = None
         if state is not None and not plan.ready:  # the first inference: decide, and record
             arena, left = state.arena, list(self._readers)
@@ -242,10 +260,9 @@ class Executor:
                 plan.inplace[k] = (layer.inplace_ok and len(ins) == 1 and left[ins[0]] == 1
                                    and ins[0] not in self._keep and arena.owns(args[0]))
             ctx.begin(training, grad, pool, plans, plan.inplace[k], arena)
-            y = layer.forward(ctx, *args)
+            y = self._forwards[k](ctx, *args)
             if y.shape != want or y.dtype != dtype:
-                raise GraphError(f"{kind} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
-                                 f"expected {dtype.name} {want} (a bug in the layer)")
+                raise self._bad_output(k, y, want)
             values.append(y)
             if arena is not None:
                 self._settle(arena, ctx, y, args)
@@ -258,6 +275,32 @@ class Executor:
             plan.ready, plan.bases = True, arena.used
             arena.trim(set().union(*(p.bases for p in state.plans.values())))
         return [values[o] for o in self._outs]
+
+    def _replay(self, plan: Plan, values: list[Any], ctxs: list[Ctx], training: bool, grad: bool) -> list[Any]:
+        """A forward with every decision made: one call per node, no bookkeeping."""
+        calls = plan.calls
+        if calls is None:
+            calls = plan.calls = self._calls(plan, ctxs)
+        dtype = self.dtype
+        for forward, ins, ctx, pool, plans, inplace, want, k in calls:
+            ctx.begin(training, grad, pool, plans, inplace)
+            y = forward(ctx, values[ins]) if type(ins) is int else forward(ctx, *[values[i] for i in ins])
+            if y.shape != want or y.dtype != dtype:
+                raise self._bad_output(k, y, want)
+            values.append(y)
+        return [values[o] for o in self._outs]
+
+    def _bad_output(self, k: int, y: Any, want: Shape) -> GraphError:
+        _, _, kind, name = self._steps[k]
+        return GraphError(f"{kind} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
+                          f"expected {self.dtype.name} {want} (a bug in the layer)")
+
+    def _calls(self, plan: Plan, ctxs: list[Ctx]) -> list[tuple]:
+        """Per node: its forward, input slot(s) (an int for one), context, the plan's buffers,
+        layer plans, in-place flag and expected output shape, and its step index."""
+        return [(forward, ins[0] if len(ins) == 1 else ins, ctx, pool, plans, inplace, want, k)
+                for k, (forward, (_, ins, _, _), ctx, pool, plans, inplace, want)
+                in enumerate(zip(self._forwards, self._steps, ctxs, plan.pools, plan.plans, plan.inplace, plan.wants))]
 
     @staticmethod
     def _settle(arena: Arena, ctx: Ctx, y: Any, ins: list[Any]) -> None:
@@ -291,7 +334,7 @@ class Executor:
                         f"found {gy.dtype} {tuple(gy.shape)}"
                     )
             self._pending = False
-            return self._backward(plan, gys, input_grad)
+            return on_one_thread(plan.one_thread, self._backward, plan, gys, input_grad)
 
     def _backward(self, plan: Plan, gys: Sequence[Any], input_grad: bool) -> list[Any]:
         grads: list[Any] = [None] * len(self._readers)
@@ -304,10 +347,10 @@ class Executor:
             if gy is None:
                 continue  # nothing downstream of this node reaches an output
             grads[self._first + k] = None
-            layer, ins, kind, name = self._steps[k]
+            _, ins, kind, name = self._steps[k]
             ctx = self._train[k]
             ctx.needs_input_grad = needs[k]
-            gxs = layer.backward(ctx, gy)
+            gxs = self._backwards[k](ctx, gy)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
             if len(gxs) != len(ins):

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Hashable, Sequence
 
 import numpy as np
 
-__all__ = ["Layer", "Ctx", "ShapeError", "Shape", "kernel_stem", "has_kernels", "layer_kernels"]
+__all__ = ["Layer", "Ctx", "ShapeError", "Shape", "kernel_stem", "has_kernels", "layer_kernels", "device_method"]
 
 Shape = tuple[int, ...]
 
@@ -123,6 +123,17 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
         return f"{type(self).__name__}({args})"
+
+
+def device_method(layer: Layer, which: str, device: str) -> Callable[..., Any]:
+    """``layer.forward`` (``which="backward"``: ``layer.backward``), or, where the class keeps
+    the base class's, the ``forward_<device>`` method that one would call: the executor
+    resolves it once per device instead of on every call."""
+    if getattr(type(layer), which) is getattr(Layer, which):
+        own = getattr(layer, f"{which}_{device}", None)
+        if own is not None:
+            return own
+    return getattr(layer, which)
 
 
 def _exists(module: str) -> bool:

@@ -109,3 +109,77 @@ def test_overlapping_calls_from_two_threads_restore_the_setting():
         after = blas_threads()
     assert set(counts["main"]) == {1} and set(counts["worker"]) == {1}, counts
     assert set(after) == {2}, f"after both calls BLAS is left at {after} threads, expected the 2 set before"
+
+
+@pytest.fixture
+def numba_probe():
+    """input -> a layer that records Numba's thread count in its forward and backward ->
+    conv2d, and the count outside any call (two or more, else the test is skipped)."""
+    numba = pytest.importorskip("numba")
+    seen = []
+
+    class NumbaProbe(nc.Layer):
+        name = "numba_probe_for_test"
+        kernels = None
+        fail = False
+
+        def output_shape(self, x_shape):
+            return x_shape
+
+        def forward(self, ctx, x):
+            seen.append(("forward", numba.get_num_threads()))
+            if NumbaProbe.fail:
+                raise RuntimeError("probe failure")
+            return x
+
+        def backward(self, ctx, gy):
+            seen.append(("backward", numba.get_num_threads()))
+            return gy
+
+    outside = numba.get_num_threads()
+    if outside < 2:
+        pytest.skip("Numba runs one thread here: nothing to tell apart")
+    nc.register_layer(NumbaProbe)
+    try:
+        yield NumbaProbe, seen, numba, outside
+    finally:
+        unregister_layer("numba_probe_for_test")
+
+
+def _probe_model(size):
+    g = nc.Graph()
+    h = g.numba_probe_for_test(g.input((2, size, size)))
+    g.output(g.conv2d(h, out_channels=2, kernel_size=1, name="conv"))
+    return nc.Model(g, seed=0)
+
+
+@pytest.mark.parametrize("batch, size, one", [(1, 8, True), (2, 8, False), (1, 182, False)],
+                         ids=["batch1-small", "batch2", "batch1-large"])
+def test_a_call_too_small_for_the_pool_runs_numba_on_one_thread(numba_probe, batch, size, one):
+    # 2 x 182 x 182 = 66,248 values reach PARALLEL_MIN (65,536): those keep every thread.
+    probe, seen, numba, outside = numba_probe
+    from numbacnn._threads import PARALLEL_MIN
+
+    if batch == 1:
+        assert (2 * size * size < PARALLEL_MIN) == one
+    model = _probe_model(size)
+    x = np.random.default_rng(0).standard_normal((batch, 2, size, size)).astype(np.float32)
+    want = 1 if one else outside
+    for _ in range(2):  # the first call records the plan, the second replays it
+        y = model.forward(x, training=True)
+        model.backward(np.ones_like(y))
+        model.forward(x)
+    assert seen == [("forward", want), ("backward", want), ("forward", want)] * 2
+    assert numba.get_num_threads() == outside, "Numba's thread count was not restored after the call"
+
+
+def test_the_thread_count_is_restored_when_a_layer_fails(numba_probe):
+    probe, seen, numba, outside = numba_probe
+    model = _probe_model(8)
+    x = np.zeros((1, 2, 8, 8), np.float32)
+    model.forward(x)
+    probe.fail = True
+    with pytest.raises(RuntimeError, match="probe failure"):
+        model.forward(x)
+    assert seen == [("forward", 1), ("forward", 1)]
+    assert numba.get_num_threads() == outside

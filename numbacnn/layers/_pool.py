@@ -22,11 +22,6 @@ Size = int | tuple[int, ...]
 _INDEX = np.dtype(np.int32)
 
 
-def volume(a: Any, dims: int) -> Any:
-    """``a`` (N, C, *sizes) viewed as (N, C, D, H, W), ones in front of a shorter ``sizes``."""
-    return a.reshape((*a.shape[:2], *(1,) * (3 - dims), *a.shape[2:]))
-
-
 class WindowPool(Layer):
     """What max and average pooling share: the window, stride and padding of ``dims`` axes."""
 
@@ -55,10 +50,15 @@ class WindowPool(Layer):
     def _geometry(self) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def _plan(self, ctx: Ctx, x_shape: Shape) -> tuple[Shape, tuple[int, ...]]:
-        # The output shape and the kernels' geometry, worked out once per input signature.
-        return ctx.plan(x_shape, lambda: ((x_shape[0], *self.output_shape(tuple(x_shape[1:]))),
-                                          self._geometry()))
+    def _plan(self, ctx: Ctx, x_shape: Shape) -> tuple[Shape, tuple[int, ...], Shape, Shape]:
+        # Worked out once per input signature: the output shape, the kernels' geometry, and
+        # the (N, C, D, H, W) shapes the kernels see x and y (and the index) as.
+        return ctx.plan(x_shape, lambda: self._make_plan(x_shape))
+
+    def _make_plan(self, x_shape: Shape) -> tuple[Shape, tuple[int, ...], Shape, Shape]:
+        out = (x_shape[0], *self.output_shape(tuple(x_shape[1:])))
+        five = lambda shape: (*shape[:2], *(1,) * (3 - self.dims), *shape[2:])
+        return out, self._geometry(), five(x_shape), five(out)
 
 
 class MaxPoolNd(WindowPool):
@@ -79,23 +79,21 @@ class MaxPoolNd(WindowPool):
                 *self._three(self.dilation, 1))
 
     def forward(self, ctx: Ctx, x: Any) -> Any:
-        out, geo = self._plan(ctx, x.shape)
+        out, geo, x5, y5 = self._plan(ctx, x.shape)
         y = ctx.empty(out)
         # Each output keeps the flat in-volume index of its maximum, for backward's routing.
         index = ctx.empty(out, _INDEX)
-        ctx.kernels.max_pool3d_forward(volume(x, self.dims), geo, volume(y, self.dims),
-                                       volume(index, self.dims))
-        ctx.save(index, tuple(x.shape))
+        ctx.kernels.max_pool3d_forward(x.reshape(x5), geo, y.reshape(y5), index.reshape(y5))
+        ctx.save(index, x.shape)
         return y
 
     def backward(self, ctx: Ctx, gy: Any) -> Any:
         if not ctx.needs_input_grad[0]:
             return None
         index, x_shape = ctx.saved
+        _, geo, x5, y5 = self._plan(ctx, x_shape)
         gx = ctx.empty(x_shape)
-        ctx.kernels.max_pool3d_backward_input(volume(gy, self.dims), volume(index, self.dims),
-                                              self._plan(ctx, x_shape)[1],
-                                              volume(gx, self.dims))
+        ctx.kernels.max_pool3d_backward_input(gy.reshape(y5), index.reshape(y5), geo, gx.reshape(x5))
         return gx
 
 
@@ -126,19 +124,19 @@ class AvgPoolNd(WindowPool):
                 int(self.count_include_pad), self.divisor_override or 0)
 
     def forward(self, ctx: Ctx, x: Any) -> Any:
-        out, geo = self._plan(ctx, x.shape)
+        out, geo, x5, y5 = self._plan(ctx, x.shape)
         y = ctx.empty(out)
-        ctx.kernels.avg_pool3d_forward(volume(x, self.dims), geo, volume(y, self.dims))
-        ctx.save(tuple(x.shape))
+        ctx.kernels.avg_pool3d_forward(x.reshape(x5), geo, y.reshape(y5))
+        ctx.save(x.shape)
         return y
 
     def backward(self, ctx: Ctx, gy: Any) -> Any:
         if not ctx.needs_input_grad[0]:
             return None
         (x_shape,) = ctx.saved
+        _, geo, x5, y5 = self._plan(ctx, x_shape)
         gx = ctx.empty(x_shape)
-        ctx.kernels.avg_pool3d_backward_input(volume(gy, self.dims), self._plan(ctx, x_shape)[1],
-                                              volume(gx, self.dims))
+        ctx.kernels.avg_pool3d_backward_input(gy.reshape(y5), geo, gx.reshape(x5))
         return gx
 
 

@@ -1,5 +1,6 @@
-"""max_pool3d CPU kernels: (N, C, D, H, W) arrays, parallel over the N*C volumes. They serve
-max_pool1d and max_pool2d too, on (N, C, 1, 1, L) and (N, C, 1, H, W) views.
+"""max_pool3d CPU kernels: (N, C, D, H, W) arrays, parallel over the N*C volumes (serial
+under ``PARALLEL_MIN`` input elements, see ``_threads``). They serve max_pool1d and
+max_pool2d too, on (N, C, 1, 1, L) and (N, C, 1, H, W) views.
 
 ``geometry`` is (T, R, S, stride_d, stride_h, stride_w, pad_d, pad_h, pad_w, dilation_d,
 dilation_h, dilation_w). The interface, the same in max_pool3d_cuda.py:
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .._jit import cpu_inline, cpu_kernel, prange
+from .._threads import PARALLEL_MIN
 from ._conv_columns import valid as _valid
 from ._pool3d_rules import window_max
 
@@ -51,33 +53,73 @@ def _max2x2(x, n, c, d, h, w, best, at):
     return best, at
 
 
+@cpu_inline
+def _windows_volume(x, geometry, y, index, nc, D2, P2, Q2):
+    """Volume nc = n * C + c of _forward_windows."""
+    T, R, S, sd, sh, sw, pd, ph, pw, dd, dh, dw = geometry
+    C = x.shape[1]
+    Do, P, Q = y.shape[2], y.shape[3], y.shape[4]
+    lowest = x.dtype.type(-np.inf)
+    n, c = nc // C, nc % C
+    for od in range(Do):
+        for p in range(P):
+            q0 = Q2 if od < D2 and p < P2 else 0
+            # The first depth tap in its own loop: with a loop over the taps around it,
+            # the 2-D case (T = 1) ran 3-4x slower.
+            for q in range(q0):
+                y[n, c, od, p, q], index[n, c, od, p, q] = _max2x2(x, n, c, od * sd, p * sh, q * sw, lowest, -1)
+            for t in range(1, T):
+                for q in range(q0):
+                    y[n, c, od, p, q], index[n, c, od, p, q] = _max2x2(
+                        x, n, c, od * sd + t * dd, p * sh, q * sw, y[n, c, od, p, q], index[n, c, od, p, q])
+            for q in range(q0, Q):
+                y[n, c, od, p, q], index[n, c, od, p, q] = _window_max(x, n, c, od, p, q, geometry)
+
+
 @cpu_kernel
 def _forward_windows(x, geometry, y, index):
     """Window at a time, with an unrolled case for unpadded 2x2 windows wholly inside x."""
     T, R, S, sd, sh, sw, pd, ph, pw, dd, dh, dw = geometry
     N, C, D, H, W = x.shape
     Do, P, Q = y.shape[2], y.shape[3], y.shape[4]
-    lowest = x.dtype.type(-np.inf)
     # Outputs od < D2, p < P2, q < Q2 have their window inside x. Ceil mode can add a last
     # row or column of windows hanging past an odd input: those take the checked loop.
     D2, P2, Q2 = 0, 0, 0
     if pd == 0 and ph == 0 and pw == 0 and R == 2 and S == 2 and dh == 1 and dw == 1:
         D2, P2, Q2 = _valid(Do, D, sd, (T - 1) * dd)[1], _valid(P, H, sh, 1)[1], _valid(Q, W, sw, 1)[1]
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        for od in range(Do):
-            for p in range(P):
-                q0 = Q2 if od < D2 and p < P2 else 0
-                # The first depth tap in its own loop: with a loop over the taps around it,
-                # the 2-D case (T = 1) ran 3-4x slower.
-                for q in range(q0):
-                    y[n, c, od, p, q], index[n, c, od, p, q] = _max2x2(x, n, c, od * sd, p * sh, q * sw, lowest, -1)
-                for t in range(1, T):
-                    for q in range(q0):
-                        y[n, c, od, p, q], index[n, c, od, p, q] = _max2x2(
-                            x, n, c, od * sd + t * dd, p * sh, q * sw, y[n, c, od, p, q], index[n, c, od, p, q])
-                for q in range(q0, Q):
-                    y[n, c, od, p, q], index[n, c, od, p, q] = _window_max(x, n, c, od, p, q, geometry)
+    if x.size < PARALLEL_MIN:
+        for nc in range(N * C):
+            _windows_volume(x, geometry, y, index, nc, D2, P2, Q2)
+    else:
+        for nc in prange(N * C):
+            _windows_volume(x, geometry, y, index, nc, D2, P2, Q2)
+
+
+@cpu_inline
+def _rows_volume(x, geometry, y, index, nc):
+    """Volume nc = n * C + c of _forward_rows."""
+    T, R, S, sd, sh, sw, pd, ph, pw, dd, dh, dw = geometry
+    C, D, H, W = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    Do, P, Q = y.shape[2], y.shape[3], y.shape[4]
+    lowest = x.dtype.type(-np.inf)
+    n, c = nc // C, nc % C
+    xf, yf, jf = x[n, c].reshape(D * H * W), y[n, c].reshape(Do * P * Q), index[n, c].reshape(Do * P * Q)
+    for i in range(Do * P * Q):
+        yf[i] = lowest
+        jf[i] = -1
+    for od in range(Do):
+        for p in range(P):
+            for t in range(T):
+                d = od * sd - pd + t * dd
+                if d < 0 or d >= D:
+                    continue
+                for r in range(R):
+                    h = p * sh - ph + r * dh
+                    if h >= 0 and h < H:
+                        for s in range(S):
+                            # q0 <= q < q1: the outputs whose column-s tap is inside x
+                            q0, q1 = _valid(Q, W, 1, s * dw - pw)
+                            _row_max(xf, yf, jf, (d * H + h) * W + s * dw - pw, (od * P + p) * Q, q0, q1)
 
 
 @cpu_kernel
@@ -86,29 +128,13 @@ def _forward_rows(x, geometry, y, index):
     one vectorised pass per tap (t, r, s) over the outputs whose tap is inside x; the taps are
     visited in the window loop's order, so ties and NaNs resolve alike (3.7x faster than
     window at a time on (8, 192, 28, 28); at stride 2 the passes are slower)."""
-    T, R, S, sd, sh, sw, pd, ph, pw, dd, dh, dw = geometry
-    N, C, D, H, W = x.shape
-    Do, P, Q = y.shape[2], y.shape[3], y.shape[4]
-    lowest = x.dtype.type(-np.inf)
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        xf, yf, jf = x[n, c].reshape(D * H * W), y[n, c].reshape(Do * P * Q), index[n, c].reshape(Do * P * Q)
-        for i in range(Do * P * Q):
-            yf[i] = lowest
-            jf[i] = -1
-        for od in range(Do):
-            for p in range(P):
-                for t in range(T):
-                    d = od * sd - pd + t * dd
-                    if d < 0 or d >= D:
-                        continue
-                    for r in range(R):
-                        h = p * sh - ph + r * dh
-                        if h >= 0 and h < H:
-                            for s in range(S):
-                                # q0 <= q < q1: the outputs whose column-s tap is inside x
-                                q0, q1 = _valid(Q, W, 1, s * dw - pw)
-                                _row_max(xf, yf, jf, (d * H + h) * W + s * dw - pw, (od * P + p) * Q, q0, q1)
+    N, C = x.shape[0], x.shape[1]
+    if x.size < PARALLEL_MIN:
+        for nc in range(N * C):
+            _rows_volume(x, geometry, y, index, nc)
+    else:
+        for nc in prange(N * C):
+            _rows_volume(x, geometry, y, index, nc)
 
 
 def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
@@ -116,19 +142,29 @@ def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
     (_forward_rows if stride_w == 1 else _forward_windows)(x, geometry, y, index)
 
 
-@cpu_kernel
-def max_pool3d_backward_input(gy, index, geometry, gx):
-    N, C, D, H, W = gx.shape
+@cpu_inline
+def _backward_volume(gy, index, gx, nc):
+    C, D, H, W = gx.shape[1], gx.shape[2], gx.shape[3], gx.shape[4]
     Do, P, Q = gy.shape[2], gy.shape[3], gy.shape[4]
     zero = gx.dtype.type(0)
+    n, c = nc // C, nc % C
+    gf, gyf, jf = gx[n, c].reshape(D * H * W), gy[n, c].reshape(Do * P * Q), index[n, c].reshape(Do * P * Q)
+    for i in range(D * H * W):
+        gf[i] = zero
+    for o in range(Do * P * Q):
+        at = jf[o]
+        if at >= 0:
+            gf[at] += gyf[o]
+
+
+@cpu_kernel
+def max_pool3d_backward_input(gy, index, geometry, gx):
+    N, C = gx.shape[0], gx.shape[1]
     # Overlapping windows can route two outputs to one input: each iteration owns a whole
     # (n, c) volume, so the scatter below never races.
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        gf, gyf, jf = gx[n, c].reshape(D * H * W), gy[n, c].reshape(Do * P * Q), index[n, c].reshape(Do * P * Q)
-        for i in range(D * H * W):
-            gf[i] = zero
-        for o in range(Do * P * Q):
-            at = jf[o]
-            if at >= 0:
-                gf[at] += gyf[o]
+    if gx.size < PARALLEL_MIN:
+        for nc in range(N * C):
+            _backward_volume(gy, index, gx, nc)
+    else:
+        for nc in prange(N * C):
+            _backward_volume(gy, index, gx, nc)

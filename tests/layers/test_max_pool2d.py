@@ -92,6 +92,31 @@ def test_max_pool2d_matches_torch(kw, shape, out):
     np.testing.assert_allclose(gx, tgx, rtol=1e-6, atol=1e-6)
 
 
+# The kernels run serially below PARALLEL_MIN input elements and in parallel from there: both
+# sides of the threshold, on the window path (stride 2) and the row path (stride 1), with a
+# NaN in the larger one, against PyTorch.
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1)],
+                         ids=["windows", "rows"])
+@pytest.mark.parametrize("side", [-1, 0], ids=["serial", "parallel"])
+def test_max_pool2d_both_sides_of_parallel_min(kw, side):
+    torch = pytest.importorskip("torch")
+    from numbacnn._threads import PARALLEL_MIN
+
+    C = PARALLEL_MIN // (2 * 32 * 32) + side  # one channel short of PARALLEL_MIN elements, or there
+    shape = (2, C, 32, 32)
+    assert (np.prod(shape) < PARALLEL_MIN) == (side < 0)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[1, C - 1, 5, 7] = np.nan
+    model = _model(MaxPool2d(**kw), shape)
+    y = model.forward(x, training=True)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    gx = model.backward(gy)
+    ty, tgx = _torch_run(torch, kw, x, gy)
+    np.testing.assert_array_equal(y, ty)
+    np.testing.assert_allclose(gx, tgx, rtol=1e-6, atol=1e-6)
+
+
 def test_max_pool2d_ties_route_to_the_first_maximum():
     torch = pytest.importorskip("torch")
     # Constant input with overlapping windows: every window is a tie, and an input element
