@@ -11,13 +11,27 @@ def add_warmup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float64"),
                    help="the dtypes to compile for (default float32)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
+    p.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                   help="worker processes compiling at once (default: the CPUs here, at most 4; 1 runs "
+                        "everything in this process)")
     p.add_argument("--quiet", action="store_true", help="only the final line")
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
+    return n
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
     """Fill Numba's disk cache: every layer, loss, optimizer and zoo model, run once on tiny data."""
     from tqdm import tqdm
 
+    from .._warmup_jobs import default_jobs
     from ..warmup import WarmupItem, warmup
 
     bar: Any = None
@@ -36,7 +50,8 @@ def cmd_warmup(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        report = warmup(dtypes=args.dtype, devices=[args.device], progress=progress)
+        report = warmup(dtypes=args.dtype, devices=[args.device], progress=progress,
+                        jobs=default_jobs() if args.jobs is None else args.jobs)
     finally:
         if bar is not None:
             bar.close()
