@@ -168,6 +168,8 @@ def test_cli_prints_each_item_and_the_cache(monkeypatch, capsys, caching_on):
     assert "warm-up for float32, float64 on cpu" in out
     assert re.search(r"layer relu +float32 cpu +\d+ compiled", out) and re.search(r"layer relu +float64 cpu", out)
     assert "warm-up done in" in out and "Numba cache: " in out
+    assert main(["warmup", "--jobs", "2"]) == 0
+    assert "runs once on tiny data, 2 processes compiling at once" in capsys.readouterr().out
     assert main(["warmup", "--quiet"]) == 0
     quiet = capsys.readouterr().out.splitlines()
     assert len(quiet) == 2 and quiet[0].startswith("warm-up done in"), quiet

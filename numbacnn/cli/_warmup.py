@@ -35,13 +35,15 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     from ..warmup import WarmupItem, warmup
 
     bar: Any = None
+    jobs = default_jobs() if args.jobs is None else args.jobs
 
     def progress(item: WarmupItem, done: int, total: int) -> None:
         nonlocal bar
         if bar is None:  # the first item is done: caching and the device were fine
             if not args.quiet:
+                on = f", {jobs} processes compiling at once" if jobs > 1 else ""
                 print(f"warm-up for {', '.join(args.dtype)} on {args.device}: every layer, loss, optimizer "
-                      f"and zoo model runs once on tiny data", flush=True)
+                      f"and zoo model runs once on tiny data{on}", flush=True)
             bar = tqdm(total=total, unit="item", desc="warm-up", file=sys.stderr,
                        disable=True if args.quiet else None, dynamic_ncols=True, leave=False)
         if not args.quiet:
@@ -50,8 +52,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        report = warmup(dtypes=args.dtype, devices=[args.device], progress=progress,
-                        jobs=default_jobs() if args.jobs is None else args.jobs)
+        report = warmup(dtypes=args.dtype, devices=[args.device], progress=progress, jobs=jobs)
     finally:
         if bar is not None:
             bar.close()
