@@ -86,19 +86,21 @@ def run_parallel(plan: Sequence[tuple[Any, str, str]], jobs: int,
     finished item's outcome into the plan's item and calling ``report(item)``; returns the
     positions of the entries left for this process (layers registered here only) and the
     cache folders the workers filled."""
-    groups: dict[tuple[str, str], list[int]] = {}
-    sizes: dict[tuple[str, str], int] = {}
-    models, here, dirs = [], [], set()
+    groups: dict[tuple[str, ...], list[int]] = {}
+    sizes: dict[tuple[str, ...], int] = {}
+    models: list[list[int]] = []
+    here: list[int] = []
+    dirs: set[str] = set()
     for i, (item, kind, name) in enumerate(plan):
         if _in_process_only(kind, name):
             here.append(i)
         elif kind == "model":
             models.append([i])
         else:
-            key, module = _group_key(kind, name)
-            groups.setdefault((item.device, item.dtype) + key, []).append(i)  # type: ignore[arg-type]
-            k = (item.device, item.dtype) + key
-            sizes[k] = max(sizes.get(k, 0), _source_size(module))  # type: ignore[index]
+            group, module = _group_key(kind, name)
+            key = (item.device, item.dtype, *group)
+            groups.setdefault(key, []).append(i)
+            sizes[key] = max(sizes.get(key, 0), _source_size(module))
     first = sorted(groups, key=lambda k: -sizes[k])
     # spawn: a forked child would inherit Numba's thread pool and locks mid-state.
     context = multiprocessing.get_context("spawn")
