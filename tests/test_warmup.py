@@ -133,6 +133,13 @@ def test_warmup_on_two_processes_fills_the_cache_for_a_later_process(tmp_path):
     assert after_tanh and all(".tanh_cpu.tanh_forward(" in k for k in after_tanh), after_tanh
 
 
+def test_cli_jobs_auto_is_the_cpus_here_up_to_four():
+    from numbacnn._warmup_jobs import default_jobs
+    from numbacnn.cli._warmup import _jobs
+
+    assert _jobs("auto") == default_jobs() == min(len(os.sched_getaffinity(0)), 4) and _jobs("3") == 3
+
+
 def test_warmup_jobs_must_be_a_count(caching_on):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="jobs must be a whole number >= 1"):
@@ -180,7 +187,7 @@ def test_cli_prints_each_item_and_the_cache(monkeypatch, capsys, caching_on):
     (["warmup", "--device", "cuda"], {}, "no CUDA GPU here"),
     (["warmup", "--device", "cuda"], {"NUMBA_ENABLE_CUDASIM": "1"}, "the CUDA simulator"),
     (["warmup", "--dtype", "float16"], {}, "invalid choice: 'float16'"),
-    (["warmup", "--jobs", "0"], {}, "expected a whole number >= 1, found '0'"),
+    (["warmup", "--jobs", "0"], {}, "expected a whole number >= 1 or 'auto', found '0'"),
 ])
 def test_cli_refusals_are_one_line(args, extra, match, tmp_path):
     if "cuda" in args and not extra and cuda_available():
