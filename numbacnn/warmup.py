@@ -284,7 +284,7 @@ def _train_and_infer(model: Any, device: str, classify: bool = True) -> None:
 
 def _plan(dtypes: Sequence[str], devices: Sequence[str], layers: Sequence[str] | None,
           models: Sequence[str] | None, losses: Sequence[str] | None,
-          optimizers: Sequence[str] | None) -> list[tuple[WarmupItem, Callable[..., None], str]]:
+          optimizers: Sequence[str] | None) -> list[tuple[WarmupItem, str, str]]:
     from . import losses as losses_module
     from .registry import layer_info, layer_names
     from .zoo import MODELS
@@ -297,17 +297,34 @@ def _plan(dtypes: Sequence[str], devices: Sequence[str], layers: Sequence[str] |
         for name in given or ():
             if name not in known:
                 raise ValueError(f"warmup: unknown {what} {name!r}; expected one of {', '.join(known)}")
-    work = [("layer", _warm_layer, names),
-            ("loss", _warm_loss, list(losses_module.LOSSES) if losses is None else list(losses)),
-            ("optimizer", _warm_optimizer, list(OPTIMIZERS) if optimizers is None else list(optimizers)),
-            ("model", _warm_model, list(MODELS) if models is None else list(models))]
+    work = [("layer", names),
+            ("loss", list(losses_module.LOSSES) if losses is None else list(losses)),
+            ("optimizer", list(OPTIMIZERS) if optimizers is None else list(optimizers)),
+            ("model", list(MODELS) if models is None else list(models))]
     plan = []
     for device in devices:
         for dtype in dtypes:
-            for kind, fn, items in work:
+            for kind, items in work:
                 for name in items:
-                    plan.append((WarmupItem(f"{kind} {name}", dtype, device), fn, name))
+                    plan.append((WarmupItem(f"{kind} {name}", dtype, device), kind, name))
     return plan
+
+
+_WARM: dict[str, Callable[[str, str, str, WarmupItem], None]] = {
+    "layer": _warm_layer, "loss": _warm_loss, "optimizer": _warm_optimizer, "model": _warm_model}
+
+
+def _run_item(item: WarmupItem, kind: str, name: str) -> None:
+    """Run one item here, recording its time and what it compiled and loaded."""
+    known, hits = set(compiled_kernels()), _cache_hits()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # Tiny inputs launch tiny CUDA grids on purpose.
+        warnings.filterwarnings("ignore", message=".*GPU under-utilization")
+        _WARM[kind](name, item.dtype, item.device, item)
+    item.seconds = time.perf_counter() - t0
+    item.kernels = [k for k in compiled_kernels() if k not in known]
+    item.cached = _cache_hits() - hits
 
 
 def _check_can_keep(devices: Sequence[str]) -> None:
@@ -332,15 +349,18 @@ def _check_can_keep(devices: Sequence[str]) -> None:
 def warmup(dtypes: Sequence[str] = ("float32",), devices: Sequence[str] = ("cpu",),
            layers: Sequence[str] | None = None, models: Sequence[str] | None = None,
            losses: Sequence[str] | None = None, optimizers: Sequence[str] | None = None,
-           progress: Callable[[WarmupItem, int, int], Any] | None = None) -> WarmupReport:
+           progress: Callable[[WarmupItem, int, int], Any] | None = None, jobs: int = 1) -> WarmupReport:
     """Compile every kernel numbacnn can call, for each dtype and device, into the disk cache.
 
     ``layers``, ``models`` (zoo names), ``losses`` and ``optimizers`` (``"sgd"``, ``"adam"``,
     ``"adamw"``) restrict the work to the names given; ``None`` means all of them (every
     registered layer, plugins included) and an empty list none. ``progress(item, done,
     total)`` is called after each item. A broken plugin, or an example of a layer that
-    raises, is noted in its item and the warm-up goes on. Raises ``WarmupError`` when
-    caching is off (``NUMBACNN_CACHE=0``) or CUDA is asked for without a GPU.
+    raises, is noted in its item and the warm-up goes on. ``jobs`` > 1 compiles on that many
+    worker processes at once (Numba compiles one kernel at a time per process), reporting items
+    as they finish; layers registered in this process only run here, after them. Raises
+    ``WarmupError`` when caching is off (``NUMBACNN_CACHE=0``) or CUDA is asked for without a
+    GPU.
     """
     dtypes = [np.dtype(d).name for d in dtypes]
     for d in dtypes:
@@ -348,19 +368,28 @@ def warmup(dtypes: Sequence[str] = ("float32",), devices: Sequence[str] = ("cpu"
             raise ValueError(f"warmup: dtype must be one of {', '.join(DTYPES)}, found {d}")
     devices = [str(d).lower() for d in devices]
     _check_can_keep(devices)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"warmup: jobs must be a whole number >= 1, found {jobs!r}")
     plan = _plan(dtypes, devices, layers, models, losses, optimizers)
     start = time.perf_counter()
-    for done, (item, fn, name) in enumerate(plan, start=1):
-        known, hits = set(compiled_kernels()), _cache_hits()
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            # Tiny inputs launch tiny CUDA grids on purpose.
-            warnings.filterwarnings("ignore", message=".*GPU under-utilization")
-            fn(name, item.dtype, item.device, item)
-        item.seconds = time.perf_counter() - t0
-        item.kernels = [k for k in compiled_kernels() if k not in known]
-        item.cached = _cache_hits() - hits
+    done = 0
+
+    def report(item: WarmupItem) -> None:
+        nonlocal done
+        done += 1
         if progress is not None:
             progress(item, done, len(plan))
-    return WarmupReport([item for item, _, _ in plan], time.perf_counter() - start, cache_dirs())
+
+    here: Sequence[int] = range(len(plan))
+    dirs: list[str] = []
+    if jobs > 1 and len(plan) > 1:
+        from ._warmup_jobs import run_parallel
+
+        here, dirs = run_parallel(plan, jobs, report)
+    for i in here:
+        item, kind, name = plan[i]
+        _run_item(item, kind, name)
+        report(item)
+    return WarmupReport([item for item, _, _ in plan], time.perf_counter() - start,
+                        sorted(set(cache_dirs()) | set(dirs)))
 

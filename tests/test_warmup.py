@@ -113,6 +113,39 @@ def test_warmed_layers_compile_nothing_in_a_later_process(tmp_path):
     assert after_tanh and all(".tanh_cpu.tanh_forward(" in k for k in after_tanh), after_tanh
 
 
+PARALLEL_WARMUP = """
+import json
+from numbacnn.warmup import compiled_kernels, warmup
+r = warmup(layers=['max_pool2d', 'relu', 'flatten'], models=[], losses=['cross_entropy'], optimizers=[], jobs=2)
+assert not r.problems, str(r)
+print(json.dumps([[i.name for i in r.items], r.compiled, r.cache_dirs, compiled_kernels()]))
+"""
+
+
+def test_warmup_on_two_processes_fills_the_cache_for_a_later_process(tmp_path):
+    env = _env(tmp_path / "numba-cache")
+    names, compiled, dirs, here = json.loads(_python(PARALLEL_WARMUP, env).stdout.splitlines()[-1])
+    assert names == ["layer max_pool2d", "layer relu", "layer flatten", "loss cross_entropy"]  # plan order
+    assert compiled > 0 and dirs == [str(tmp_path / "numba-cache")]
+    assert here == []  # the workers compiled, not the parent
+    warmed, after_tanh = json.loads(_python(SMALL_WORKLOAD, env, "cpu").stdout.splitlines()[-1])
+    assert warmed == [], "compiled again after the warm-up:\n" + "\n".join(warmed)
+    assert after_tanh and all(".tanh_cpu.tanh_forward(" in k for k in after_tanh), after_tanh
+
+
+def test_cli_jobs_auto_is_the_cpus_here_up_to_four():
+    from numbacnn._warmup_jobs import default_jobs
+    from numbacnn.cli._warmup import _jobs
+
+    assert _jobs("auto") == default_jobs() == min(len(os.sched_getaffinity(0)), 4) and _jobs("3") == 3
+
+
+def test_warmup_jobs_must_be_a_count(caching_on):
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="jobs must be a whole number >= 1"):
+            warmup_module.warmup(layers=[], models=[], losses=[], optimizers=[], jobs=bad)
+
+
 def _real_gpu():
     if not cuda_available() or is_simulator():
         pytest.skip("needs a real CUDA GPU")
@@ -142,6 +175,8 @@ def test_cli_prints_each_item_and_the_cache(monkeypatch, capsys, caching_on):
     assert "warm-up for float32, float64 on cpu" in out
     assert re.search(r"layer relu +float32 cpu +\d+ compiled", out) and re.search(r"layer relu +float64 cpu", out)
     assert "warm-up done in" in out and "Numba cache: " in out
+    assert main(["warmup", "--jobs", "2"]) == 0
+    assert "runs once on tiny data, 2 processes compiling at once" in capsys.readouterr().out
     assert main(["warmup", "--quiet"]) == 0
     quiet = capsys.readouterr().out.splitlines()
     assert len(quiet) == 2 and quiet[0].startswith("warm-up done in"), quiet
@@ -152,6 +187,7 @@ def test_cli_prints_each_item_and_the_cache(monkeypatch, capsys, caching_on):
     (["warmup", "--device", "cuda"], {}, "no CUDA GPU here"),
     (["warmup", "--device", "cuda"], {"NUMBA_ENABLE_CUDASIM": "1"}, "the CUDA simulator"),
     (["warmup", "--dtype", "float16"], {}, "invalid choice: 'float16'"),
+    (["warmup", "--jobs", "0"], {}, "expected a whole number >= 1 or 'auto', found '0'"),
 ])
 def test_cli_refusals_are_one_line(args, extra, match, tmp_path):
     if "cuda" in args and not extra and cuda_available():
@@ -190,12 +226,16 @@ class _Broken(nc.Layer):
         return [{"config": {}, "input_shapes": [(2, 3)]}]
 
 
-def test_a_failing_layer_is_noted_and_the_rest_runs(caching_on):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failing_layer_is_noted_and_the_rest_runs(caching_on, jobs):
+    # With workers the layer registered in this process only still runs (here): a fresh
+    # worker process would not know it.
     from numbacnn.registry import unregister_layer
 
     nc.register_layer(_Broken)
     try:
-        report = warmup_module.warmup(layers=["_warmup_broken", "flatten"], models=[], losses=[], optimizers=[])
+        report = warmup_module.warmup(layers=["_warmup_broken", "flatten"], models=[], losses=[], optimizers=[],
+                                      jobs=jobs)
     finally:
         unregister_layer("_warmup_broken")
     broken, flatten = report.items
