@@ -61,18 +61,6 @@ def _group_key(kind: str, name: str) -> tuple[str, str]:
     return ("layer", stem), stem + "_cpu"
 
 
-def _worker(tasks: Sequence[Task]) -> tuple[list[Any], list[str]]:
-    """The tasks' items, run here, and the cache folders their kernels went to."""
-    from .warmup import WarmupItem, _run_item, cache_dirs
-
-    out = []
-    for kind, name, dtype, device in tasks:
-        item = WarmupItem(f"{kind} {name}", dtype, device)
-        _run_item(item, kind, name)
-        out.append(item)
-    return out, cache_dirs()
-
-
 def _in_process_only(kind: str, name: str) -> bool:
     from .registry import _discover
 
@@ -80,8 +68,8 @@ def _in_process_only(kind: str, name: str) -> bool:
     return entry is not None and entry.distribution == "__main__"
 
 
-def run_parallel(plan: Sequence[tuple[Any, str, str]], jobs: int,
-                 report: Callable[[Any], None]) -> tuple[list[int], list[str]]:
+def run_parallel(plan: Sequence[tuple[Any, str, str]], jobs: int, report: Callable[[Any], None],
+                 worker: Callable[[Sequence[Task]], tuple[list[Any], list[str]]]) -> tuple[list[int], list[str]]:
     """Run the plan's (item, kind, name) entries on ``jobs`` worker processes, copying each
     finished item's outcome into the plan's item and calling ``report(item)``; returns the
     positions of the entries left for this process (layers registered here only) and the
@@ -106,7 +94,7 @@ def run_parallel(plan: Sequence[tuple[Any, str, str]], jobs: int,
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         for batch in ([groups[k] for k in first], models):
-            pending = {pool.submit(_worker, [(plan[i][1], plan[i][2], plan[i][0].dtype, plan[i][0].device)
+            pending = {pool.submit(worker, [(plan[i][1], plan[i][2], plan[i][0].dtype, plan[i][0].device)
                                              for i in positions]): positions for positions in batch}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)

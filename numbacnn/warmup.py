@@ -1,14 +1,13 @@
 """Warm-up: compile every kernel ahead of time into Numba's on-disk cache.
 
-Numba compiles a kernel the first time it is called with a new combination of argument types
-(dtype, number of dimensions, memory layout) and, with caching on, keeps the machine code on
-disk for every later process. Sizes never matter, so ``warmup`` runs each code path once on
-tiny inputs: every registered layer (built-ins and plugins) forward and backward on the
-examples it declares, in training and in evaluation, with and without the input gradient,
-and in inference with shared buffers and in place; both losses; every optimizer's update;
-and one training step and one inference pass of each zoo model, the executor's own paths
-included. A process started afterwards loads its kernels from the cache instead of
-compiling them. ``compiled_kernels()`` lists what this process had to compile.
+Numba compiles a kernel the first time it is called with a new combination of argument types (dtype,
+number of dimensions, memory layout) and, with caching on, keeps the machine code on disk for every later
+process. Sizes never matter, so ``warmup`` runs each code path once on tiny inputs: every registered layer
+(built-ins and plugins) forward and backward on the examples it declares, in training and in evaluation,
+with and without the input gradient, and in inference with shared buffers and in place; both losses;
+every optimizer's update; and one training step and one inference pass of each zoo model, the executor's
+own paths included. A process started afterwards loads its kernels from the cache instead of compiling
+them. ``compiled_kernels()`` lists what this process had to compile.
 """
 
 from __future__ import annotations
@@ -359,8 +358,7 @@ def warmup(dtypes: Sequence[str] = ("float32",), devices: Sequence[str] = ("cpu"
     raises, is noted in its item and the warm-up goes on. ``jobs`` > 1 compiles on that many
     worker processes at once (Numba compiles one kernel at a time per process), reporting items
     as they finish; layers registered in this process only run here, after them. Raises
-    ``WarmupError`` when caching is off (``NUMBACNN_CACHE=0``) or CUDA is asked for without a
-    GPU.
+    ``WarmupError`` when caching is off (``NUMBACNN_CACHE=0``) or CUDA is asked for without a GPU.
     """
     dtypes = [np.dtype(d).name for d in dtypes]
     for d in dtypes:
@@ -385,7 +383,7 @@ def warmup(dtypes: Sequence[str] = ("float32",), devices: Sequence[str] = ("cpu"
     if jobs > 1 and len(plan) > 1:
         from ._warmup_jobs import run_parallel
 
-        here, dirs = run_parallel(plan, jobs, report)
+        here, dirs = run_parallel(plan, jobs, report, _worker)
     for i in here:
         item, kind, name = plan[i]
         _run_item(item, kind, name)
@@ -393,3 +391,10 @@ def warmup(dtypes: Sequence[str] = ("float32",), devices: Sequence[str] = ("cpu"
     return WarmupReport([item for item, _, _ in plan], time.perf_counter() - start,
                         sorted(set(cache_dirs()) | set(dirs)))
 
+
+def _worker(tasks: Sequence[tuple[str, str, str, str]]) -> tuple[list[WarmupItem], list[str]]:
+    """A worker process's share of a parallel warm-up (numbacnn._warmup_jobs runs it there)."""
+    items = [WarmupItem(f"{kind} {name}", dtype, device) for kind, name, dtype, device in tasks]
+    for item, (kind, name, _, _) in zip(items, tasks):
+        _run_item(item, kind, name)
+    return items, cache_dirs()
