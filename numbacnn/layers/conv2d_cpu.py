@@ -31,6 +31,8 @@ the node. See numbacnn.layers.conv2d_plan.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._blas import gemm
@@ -267,17 +269,17 @@ def _pixel_backward(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarra
 
 
 def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry,
-                backward: bool) -> Conv2dPlan:
-    """The path (conv2d_plan.cpu_path) and scratch for an (N, C, H, W) input giving ``y_shape``;
-    ``backward``: a backward is to come (the forward keeps what it needs; else scratch is per
-    chunk and Winograd keeps its transformed weights). ``name`` names the node in errors."""
+                backward: bool, dtype: Any) -> Conv2dPlan:
+    """The path (conv2d_plan.cpu_path) and scratch for an (N, C, H, W) ``dtype`` input giving
+    ``y_shape``; ``backward``: a backward is to come (the forward keeps what it needs; else
+    scratch is per chunk and Winograd keeps its transformed weights). ``name`` names the node in errors."""
     from .._threads import batch_chunks
 
     N, C, H, W = x_shape
     K, P, Q = y_shape[1:]
     G, R, S = geo[:3]
     T = batch_chunks(N)
-    path = cpu_path(name, x_shape, y_shape, geo)
+    path = cpu_path(name, x_shape, y_shape, geo, dtype)
     if path == "winograd":
         from .conv2d_winograd_cpu import WeightCache, scratch
 
