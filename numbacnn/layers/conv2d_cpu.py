@@ -15,12 +15,13 @@ then col2im scatters it into gx[n] (the direct path writes gx[n] itself).
 Few input channels, groups, strides and 1x1 take that channel-major path; the others take
 the pixel-major one further down, except stride-1 convolutions with at least 16 input and
 output channels and 3x3 kernels (or up to 6x6 on larger outputs): those go to Winograd's
-F(4x4, 3x3) (conv2d_winograd_cpu). ``conv2d_plan`` makes that choice (conv2d_plan.cpu_path,
-with its thresholds) once per input shape, with the scratch shapes; ``conv2d_forward`` and
-``conv2d_backward`` dispatch on the plan, and the forward tells the backward which path ran.
-Every wrapper runs under ``single_thread_blas``: BLAS threads of their own would fight Numba's
-pool for the cores. ``geo`` is (groups, R, S, stride_h, stride_w, dilation_h, dilation_w,
-pad_top, pad_left).
+F(4x4, 3x3) (conv2d_winograd_cpu); float64 takes the channel-major path throughout (for its
+accuracy, see conv2d_plan) unless a path is forced. ``conv2d_plan`` makes that choice
+(conv2d_plan.cpu_path, with its thresholds) once per input shape, with the scratch shapes;
+``conv2d_forward`` and ``conv2d_backward`` dispatch on the plan, and the forward tells the
+backward which path ran. Every wrapper runs under ``single_thread_blas``: BLAS threads of
+their own would fight Numba's pool for the cores. ``geo`` is (groups, R, S, stride_h,
+stride_w, dilation_h, dilation_w, pad_top, pad_left).
 
 Choosing the path by hand (tests, timings): ``with force_path("winograd"): ...`` (names:
 "auto", "im2col", "pixel", "winograd"), or the environment variable ``NUMBACNN_CONV2D_PATH``;

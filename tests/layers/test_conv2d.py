@@ -215,7 +215,8 @@ def test_conv2d_float64_takes_im2col_unless_forced(monkeypatch):
     # the layer plans with the model's dtype
     ran = []
     original = conv2d_winograd_cpu.conv2d_forward_wino
-    monkeypatch.setattr(conv2d_winograd_cpu, "conv2d_forward_wino", lambda *a: ran.append(a[0].dtype) or original(*a))
+    monkeypatch.setattr(conv2d_winograd_cpu, "conv2d_forward_wino",
+                        lambda *a: ran.append(a[0].dtype) or original(*a))
     g = nc.Graph()
     g.conv2d(g.input((16, 6, 7)), name="c", out_channels=16, kernel_size=3, padding=1)
     x = np.random.default_rng(0).standard_normal((2, 16, 6, 7))
