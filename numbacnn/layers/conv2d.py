@@ -85,7 +85,7 @@ class Conv2d(Layer):
         # signature and mode; forward and backward run on them without looking inside.
         return ctx.plan((tuple(x_shape), backward), lambda: ctx.kernels.conv2d_plan(
             ctx.name, tuple(x_shape), (x_shape[0], *self._output_shape_2d(tuple(x_shape[1:]))), self._geometry(),
-            backward))
+            backward, ctx.dtype))
 
     def forward(self, ctx: Ctx, x: Any) -> Any:
         plan = self._plan(ctx, x.shape, ctx.backward_expected)

@@ -15,12 +15,13 @@ then col2im scatters it into gx[n] (the direct path writes gx[n] itself).
 Few input channels, groups, strides and 1x1 take that channel-major path; the others take
 the pixel-major one further down, except stride-1 convolutions with at least 16 input and
 output channels and 3x3 kernels (or up to 6x6 on larger outputs): those go to Winograd's
-F(4x4, 3x3) (conv2d_winograd_cpu). ``conv2d_plan`` makes that choice (conv2d_plan.cpu_path,
-with its thresholds) once per input shape, with the scratch shapes; ``conv2d_forward`` and
-``conv2d_backward`` dispatch on the plan, and the forward tells the backward which path ran.
-Every wrapper runs under ``single_thread_blas``: BLAS threads of their own would fight Numba's
-pool for the cores. ``geo`` is (groups, R, S, stride_h, stride_w, dilation_h, dilation_w,
-pad_top, pad_left).
+F(4x4, 3x3) (conv2d_winograd_cpu); float64 takes the channel-major path throughout (for its
+accuracy, see conv2d_plan) unless a path is forced. ``conv2d_plan`` makes that choice
+(conv2d_plan.cpu_path, with its thresholds) once per input shape, with the scratch shapes;
+``conv2d_forward`` and ``conv2d_backward`` dispatch on the plan, and the forward tells the
+backward which path ran. Every wrapper runs under ``single_thread_blas``: BLAS threads of
+their own would fight Numba's pool for the cores. ``geo`` is (groups, R, S, stride_h,
+stride_w, dilation_h, dilation_w, pad_top, pad_left).
 
 Choosing the path by hand (tests, timings): ``with force_path("winograd"): ...`` (names:
 "auto", "im2col", "pixel", "winograd"), or the environment variable ``NUMBACNN_CONV2D_PATH``;
@@ -30,6 +31,8 @@ the node. See numbacnn.layers.conv2d_plan.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -267,17 +270,17 @@ def _pixel_backward(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarra
 
 
 def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry,
-                backward: bool) -> Conv2dPlan:
-    """The path (conv2d_plan.cpu_path) and scratch for an (N, C, H, W) input giving ``y_shape``;
-    ``backward``: a backward is to come (the forward keeps what it needs; else scratch is per
-    chunk and Winograd keeps its transformed weights). ``name`` names the node in errors."""
+                backward: bool, dtype: Any) -> Conv2dPlan:
+    """The path (conv2d_plan.cpu_path) and scratch for an (N, C, H, W) ``dtype`` input giving
+    ``y_shape``; ``backward``: a backward is to come (the forward keeps what it needs; else
+    scratch is per chunk and Winograd keeps its transformed weights). ``name`` names the node in errors."""
     from .._threads import batch_chunks
 
     N, C, H, W = x_shape
     K, P, Q = y_shape[1:]
     G, R, S = geo[:3]
     T = batch_chunks(N)
-    path = cpu_path(name, x_shape, y_shape, geo)
+    path = cpu_path(name, x_shape, y_shape, geo, dtype)
     if path == "winograd":
         from .conv2d_winograd_cpu import WeightCache, scratch
 

@@ -216,7 +216,7 @@ def _backward_bias(gy, gb) -> None:
 # The one kernel interface (conv2d_cpu has the same): a plan per input shape, then forward and
 # backward on it. CUDA has one path, implicit GEMM; its only scratch is the weight gradient's
 # slices.
-def conv2d_plan(name, x_shape, y_shape, geo, backward) -> Conv2dPlan:
+def conv2d_plan(name, x_shape, y_shape, geo, backward, dtype) -> Conv2dPlan:
     """The implicit-GEMM plan: ``backward_scratch`` holds the weight gradient's partials."""
     G, R, S = geo[:3]
     K, C = y_shape[1], x_shape[1]

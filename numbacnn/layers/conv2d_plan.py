@@ -9,6 +9,14 @@ looks inside. The CPU chooses among three paths (conv2d_cpu's docstring describe
 - ``"pixel"``: pixel-major column matrices (groups 1, not the direct 1x1 case);
 - ``"winograd"``: F(4x4, 3x3) (groups 1, stride 1, no dilation, 2x2 to 6x6 kernels).
 
+float64 takes im2col unless a path is forced: float64 is what a model runs in for accuracy and
+gradient checks, where Winograd's extra rounding (its tile transforms add error) is unwelcome
+and speed comes second; PyTorch's CPU float64 convolution likewise takes its direct
+slow_conv2d, not oneDNN. So the float64 Winograd and pixel-major kernels compile only when
+forced, which saves most of what ``numbacnn layers --check conv2d`` and a float64 warm-up
+compile. A forced path is honoured in float64 too: the tests hold those kernels to float64
+finite differences and naive loops, which float32 could not resolve.
+
 Choosing a path by hand, e.g. to test or time one: set ``NUMBACNN_CONV2D_PATH`` to ``auto``
 (the default), ``im2col``, ``pixel`` or ``winograd`` before the first call, or wrap the calls
 in ``with force_path("winograd"):`` (``numbacnn.layers.conv2d_cpu.force_path``; process-wide,
@@ -25,6 +33,8 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
+
+import numpy as np
 
 # Shortest contiguous run (S*C values) for which the CPU's pixel-major path is taken.
 PIXEL_MAJOR_MIN_RUN = 16
@@ -89,9 +99,9 @@ def direct(geo: tuple[int, ...], in_hw: tuple[int, ...], out_hw: tuple[int, ...]
     return (R, S, sh, sw, pt, pl) == (1, 1, 1, 1, 0, 0) and tuple(in_hw) == tuple(out_hw)
 
 
-def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple[int, ...]) -> str:
-    """The CPU path for an (N, C, H, W) input giving (N, K, P, Q) ``out``: the forced one if
-    any (checked), else the fastest measured."""
+def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple[int, ...], dtype: Any) -> str:
+    """The CPU path for an (N, C, H, W) ``dtype`` input giving (N, K, P, Q) ``out``: the forced
+    one if any (checked), else im2col in float64 (see above), else the fastest measured."""
     G, R, S, sh, sw, dh, dw, _, _ = geo
     C, K, P, Q = x_shape[1], out[1], out[2], out[3]
     winograd_fits = G == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and 2 <= R <= 6 and 2 <= S <= 6
@@ -110,6 +120,8 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
             raise ValueError(f"node '{name}': conv2d path '{want}' was forced ({ENV} or force_path) but cannot run "
                              f"this convolution: {why}. Force it only around layers it fits, or use 'auto'")
         return want
+    if np.dtype(dtype) == np.float64:
+        return "im2col"
     # Winograd: enough channels, and past 3x3 (four sub-kernels) only on outputs of 256 pixels
     # or more: below that the 4 x 36 small products per sample cost more than the im2col
     # product they replace.

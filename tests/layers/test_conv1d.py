@@ -11,13 +11,13 @@ Conv1d = nc.get_layer("conv1d")
 Conv2d = nc.get_layer("conv2d")
 
 
-def cpu_path(layer, shape):
+def cpu_path(layer, shape, dtype="float32"):
     """The CPU path conv2d_plan picks for an (N, C, L) input (conv2d's on N, C, 1, L)."""
     from numbacnn.layers import conv2d_cpu
 
     shape = (shape[0], shape[1], 1, shape[2])
     out = (shape[0], *layer._output_shape_2d(shape[1:]))
-    return conv2d_cpu.conv2d_plan("c", shape, out, layer._geometry(), True).path
+    return conv2d_cpu.conv2d_plan("c", shape, out, layer._geometry(), True, dtype).path
 
 
 def _one(v):

@@ -7,12 +7,12 @@ from numbacnn.testing import check_layer
 Conv2d = nc.get_layer("conv2d")
 
 
-def cpu_path(layer, shape):
+def cpu_path(layer, shape, dtype="float32"):
     """The CPU path conv2d_plan picks for an (N, C, H, W) input (conv1d: N, C, 1, L)."""
     from numbacnn.layers import conv2d_cpu
 
     out = (shape[0], *layer._output_shape_2d(tuple(shape[1:])))
-    return conv2d_cpu.conv2d_plan("c", tuple(shape), out, layer._geometry(), True).path
+    return conv2d_cpu.conv2d_plan("c", tuple(shape), out, layer._geometry(), True, dtype).path
 
 
 def _pads(padding, kernel, dilation):
@@ -145,6 +145,7 @@ def test_conv2d_cpu_takes_the_pixel_major_path_on_wide_inputs(shape):
     assert cpu_path(layer, shape) == "pixel"
     J = shape[1] * 9
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NUMBACNN_CONV2D_PATH", "pixel")  # float64 too (its default is im2col)
         mp.setattr(conv2d_cpu, "_BLOCK_ELEMENTS", 3 * J)
         assert conv2d_cpu._pixel_block(40, J) == 3
         check_layer(layer, [shape], conv_ref(cfg), cuda=False)
@@ -192,9 +193,37 @@ def test_conv2d_cpu_winograd_by_default_in_uneven_tile_blocks(rows):
     assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (1, 16, 15, 16)) != "winograd"
     assert cpu_path(Conv2d(out_channels=16, kernel_size=7, padding=3), (1, 16, 32, 32)) != "winograd"
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NUMBACNN_CONV2D_PATH", "winograd")  # float64 too (its default is im2col)
         mp.setattr(conv2d_winograd_cpu, "_BLOCK_ELEMENTS", rows * 36 * 2 * 32)
         assert conv2d_winograd_cpu.scratch(2, 2, 16, 16, 10, 6, (3, 3))[1] == rows
         check_layer(layer, [shape], conv_ref(cfg), cuda=False, fd_points=6)
+
+
+def test_conv2d_float64_takes_im2col_unless_forced(monkeypatch):
+    # float64 is for accuracy: the Winograd and pixel-major kernels never run (nor compile)
+    # in it unless forced; float32 keeps the fast paths.
+    from numbacnn.layers import conv2d_cpu, conv2d_winograd_cpu
+
+    wino, pixel = (Conv2d(out_channels=16, kernel_size=3, padding=1), (2, 16, 6, 7)), \
+        (Conv2d(out_channels=5, kernel_size=3), (2, 16, 6, 7))
+    for layer, shape in (wino, pixel):
+        assert cpu_path(layer, shape, "float64") == "im2col"
+    assert cpu_path(*wino) == "winograd" and cpu_path(*pixel) == "pixel"
+    for path, (layer, shape) in (("winograd", wino), ("pixel", pixel)):
+        with conv2d_cpu.force_path(path):
+            assert cpu_path(layer, shape, "float64") == path
+    # the layer plans with the model's dtype
+    ran = []
+    original = conv2d_winograd_cpu.conv2d_forward_wino
+    monkeypatch.setattr(conv2d_winograd_cpu, "conv2d_forward_wino",
+                        lambda *a: ran.append(a[0].dtype) or original(*a))
+    g = nc.Graph()
+    g.conv2d(g.input((16, 6, 7)), name="c", out_channels=16, kernel_size=3, padding=1)
+    x = np.random.default_rng(0).standard_normal((2, 16, 6, 7))
+    y64 = nc.Model(g, seed=0, dtype="float64").forward(x)
+    y32 = nc.Model(g, seed=0, dtype="float32").forward(x.astype(np.float32))
+    assert ran == [np.float32]
+    np.testing.assert_allclose(y32, y64, rtol=0, atol=1e-5 * np.abs(y64).max())
 
 
 @pytest.mark.parametrize("cfg,shape", [(dict(out_channels=32, kernel_size=3, padding=1), (2, 48, 9, 10)),

@@ -3,7 +3,8 @@
 Without a backward to come, the CPU's Winograd forward transforms the weights once and keeps
 them (with a copy of the weight) in its plan; any change to the weight, in place, by a training
 step or by ``load_state``, must show on the next call. PyTorch is the oracle; the layers have
-16 channels and 16x17 outputs, so the default thresholds choose Winograd on their own.
+16 channels and 16x17 outputs, so in float32 the default thresholds choose Winograd on their
+own; float64 (the oracle's precision) takes im2col unless forced, so every test here forces it.
 """
 
 import threading
@@ -35,6 +36,11 @@ def _torch(m, x):
 
 def _x(n, seed=0):
     return np.random.default_rng(seed).standard_normal((n, *SHAPE))
+
+
+@pytest.fixture(autouse=True)
+def _winograd(monkeypatch):
+    monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "winograd")
 
 
 @pytest.fixture
