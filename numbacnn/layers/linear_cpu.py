@@ -7,10 +7,10 @@ gradient sums over the batch: chunk 0 adds its product straight into gw (gemm's 
 other chunk t writes its own partial ``part[t - 1]``, and ``_linear_reduce`` adds those (and
 the bias gradient) into gw and gb afterwards; at batch 1 there is no partial and, without
 bias, no second pass. One chunk runs in the calling thread, and so does a reduce of fewer than
-``PARALLEL_MIN`` values: Numba's pool costs more to wake than that work. A product of the whole batch in one BLAS call would leave one core idle,
-and BLAS threads of its own would fight Numba's pool for the cores (a 784-100-100-10 MLP
-training step took 24 ms instead of 0.4 ms on 2 cores): every wrapper runs under
-``single_thread_blas``. Arrays are C-contiguous (the executor's buffers): the kernels view
+``PARALLEL_MIN`` values: Numba's pool costs more to wake than that work. A product of the
+whole batch in one BLAS call would leave one core idle, and BLAS threads of its own would
+fight Numba's pool for the cores (a 784-100-100-10 MLP training step took 24 ms instead of
+0.4 ms on 2 cores): every wrapper runs under ``single_thread_blas``. Arrays are C-contiguous (the executor's buffers): the kernels view
 them flat, which Numba refuses to compile for any other layout.
 """
 
