@@ -42,14 +42,23 @@ def _check_pred(name: str, pred: Any) -> None:
         raise ValueError(f"{name}: expected a non-empty batch, found shape {tuple(pred.shape)}")
 
 
+_FEW_LABELS = 64
+
+
 def _labels(labels: Any, n: int, k: int) -> np.ndarray:
     host = labels if type(labels) is np.ndarray else _host(labels)
     if host.ndim != 1 or host.shape[0] != n:
         raise ValueError(f"cross_entropy: expected {n} labels (shape ({n},)), found shape {host.shape}")
     if host.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: labels must be integers (class indices), found {host.dtype}")
-    # One pass for both bounds where it can: seen as unsigned, a negative label is huge.
-    fast = host.dtype == np.int64 and host.view(np.uint64).max() < k if n else True
+    if n <= _FEW_LABELS:
+        # A few labels: Python's min and max over a list (0.5 us at 10) beat a NumPy
+        # reduction's fixed cost (1.3 us).
+        values = host.tolist()
+        fast = not values or (min(values) >= 0 and max(values) < k)
+    else:
+        # One pass for both bounds where it can: seen as unsigned, a negative label is huge.
+        fast = host.dtype == np.int64 and host.view(np.uint64).max() < k
     if not fast and (host.min() < 0 or host.max() >= k):
         bad = host[(host < 0) | (host >= k)][0]
         raise ValueError(f"cross_entropy: label {int(bad)} is out of range for {k} classes (expected 0..{k - 1})")

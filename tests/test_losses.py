@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import numbacnn as nc
+from numbacnn import losses
 
 
 def test_cross_entropy_worked_example():
@@ -79,6 +80,26 @@ def test_mse_worked_example_and_torch():
 def test_cross_entropy_refuses_bad_input(x, y, err, match):
     with pytest.raises(err, match=match):
         nc.losses.cross_entropy(x, y)
+
+
+# Up to _FEW_LABELS labels are range-checked in Python, more through NumPy: both sides, each
+# with good labels (the loss against NumPy) and each kind of bad one, and a non-int64 dtype.
+@pytest.mark.parametrize("n", [losses._FEW_LABELS, losses._FEW_LABELS + 1])
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_cross_entropy_checks_labels_on_both_sides_of_few_labels(n, dtype):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((n, 5))
+    y = rng.integers(0, 5, n).astype(dtype)
+    y[-1] = 4
+    loss, _ = nc.losses.cross_entropy(x, y)
+    shifted = x - x.max(1, keepdims=True)
+    want = np.mean(np.log(np.exp(shifted).sum(1)) - shifted[np.arange(n), y.astype(np.int64)])
+    assert loss == pytest.approx(want, rel=1e-12)
+    for bad in ([5, 200] if dtype == np.uint8 else [5, -1]):
+        z = y.copy()
+        z[-1] = bad
+        with pytest.raises(ValueError, match=f"label {bad} is out of range for 5 classes"):
+            nc.losses.cross_entropy(x, z)
 
 
 def test_mse_refuses_a_target_of_another_float_dtype():

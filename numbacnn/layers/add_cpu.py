@@ -1,6 +1,8 @@
-"""add CPU kernel (flat arrays)."""
+"""add CPU kernel (flat arrays). Arrays under ``PARALLEL_MIN`` elements are done in the calling
+thread (see ``_threads``): the executor also sums branch gradients with it."""
 
 from .._jit import cpu_kernel, prange
+from .._threads import PARALLEL_MIN
 
 __all__ = ["add_forward"]
 
@@ -8,5 +10,9 @@ __all__ = ["add_forward"]
 @cpu_kernel
 def add_forward(a, b, y):
     # y may be a itself (summing a third input into the running total): elementwise, so safe.
-    for i in prange(y.size):
-        y[i] = a[i] + b[i]
+    if y.size < PARALLEL_MIN:
+        for i in range(y.size):
+            y[i] = a[i] + b[i]
+    else:
+        for i in prange(y.size):
+            y[i] = a[i] + b[i]

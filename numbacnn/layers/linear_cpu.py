@@ -6,10 +6,11 @@ forward of a short chunk through a transposed product, see ``_TURNED_ROWS``). Th
 gradient sums over the batch: chunk 0 adds its product straight into gw (gemm's beta 1), every
 other chunk t writes its own partial ``part[t - 1]``, and ``_linear_reduce`` adds those (and
 the bias gradient) into gw and gb afterwards; at batch 1 there is no partial and, without
-bias, no second pass. A product of the whole batch in one BLAS call would leave one core idle,
-and BLAS threads of its own would fight Numba's pool for the cores (a 784-100-100-10 MLP
-training step took 24 ms instead of 0.4 ms on 2 cores): every wrapper runs under
-``single_thread_blas``. Arrays are C-contiguous (the executor's buffers): the kernels view
+bias, no second pass. One chunk runs in the calling thread, and so does a reduce of fewer than
+``PARALLEL_MIN`` values: Numba's pool costs more to wake than that work. A product of the
+whole batch in one BLAS call would leave one core idle, and BLAS threads of its own would
+fight Numba's pool for the cores (a 784-100-100-10 MLP training step took 24 ms instead of
+0.4 ms on 2 cores): every wrapper runs under ``single_thread_blas``. Arrays are C-contiguous (the executor's buffers): the kernels view
 them flat, which Numba refuses to compile for any other layout.
 """
 
@@ -18,72 +19,102 @@ from __future__ import annotations
 import numpy as np
 
 from .._blas import gemm
-from .._jit import cpu_kernel, prange
-from .._threads import batch_chunks, single_thread_blas
+from .._jit import cpu_inline, cpu_kernel, prange
+from .._threads import PARALLEL_MIN, batch_chunks, single_thread_blas
 
 __all__ = ["linear_scratch", "linear_forward", "linear_backward"]
 
 
-@cpu_kernel
-def _linear_forward_chunks(x, w, b, y, yt):
-    """Chunk t of yt.shape[0] computes its rows of y = x @ w.T (+ b); through yt[t] = w @ x^T
+@cpu_inline
+def _forward_chunk(x, w, b, y, yt, t):
+    """Chunk t of yt.shape[0]: its rows of y = x @ w.T (+ b); through yt[t] = w @ x^T
     (transposed, then copied) when yt has room for it."""
     N, K = y.shape
     J = x.shape[1]
     T = yt.shape[0]
     xf, wf, yf = x.reshape(x.size), w.reshape(w.size), y.reshape(y.size)
-    for t in prange(T):
-        n0, n1 = t * N // T, (t + 1) * N // T
-        m = n1 - n0
-        if yt.shape[1]:
-            ytf = yt[t].reshape(yt.shape[1] * yt.shape[2])
-            gemm(False, True, K, m, J, wf, J, xf[n0 * J:], J, 0, ytf, m)
-            for n in range(m):
+    n0, n1 = t * N // T, (t + 1) * N // T
+    m = n1 - n0
+    if yt.shape[1]:
+        ytf = yt[t].reshape(yt.shape[1] * yt.shape[2])
+        gemm(False, True, K, m, J, wf, J, xf[n0 * J:], J, 0, ytf, m)
+        for n in range(m):
+            for k in range(K):
+                y[n0 + n, k] = ytf[k * m + n] + b[k] if b.size else ytf[k * m + n]
+    else:
+        gemm(False, True, m, K, J, xf[n0 * J:], J, wf, J, 0, yf[n0 * K:], K)
+        if b.size:
+            for n in range(n0, n1):
                 for k in range(K):
-                    y[n0 + n, k] = ytf[k * m + n] + b[k] if b.size else ytf[k * m + n]
-        else:
-            gemm(False, True, m, K, J, xf[n0 * J:], J, wf, J, 0, yf[n0 * K:], K)
-            if b.size:
-                for n in range(n0, n1):
-                    for k in range(K):
-                        y[n, k] += b[k]
+                    y[n, k] += b[k]
 
 
 @cpu_kernel
-def _linear_backward_chunks(x, w, gy, gw, part, gx, want_gx):
+def _linear_forward_chunks(x, w, b, y, yt):
+    # One chunk runs in the calling thread: even a one-thread parallel region costs 1.4 us
+    # against 0.3 us inline, and a batch-1 call has one chunk.
+    if yt.shape[0] == 1:
+        _forward_chunk(x, w, b, y, yt, 0)
+    else:
+        for t in prange(yt.shape[0]):
+            _forward_chunk(x, w, b, y, yt, t)
+
+
+@cpu_inline
+def _backward_chunk(x, w, gy, gw, part, gx, want_gx, t):
     """Chunk t of part.shape[0] + 1: its share of gy^T x (chunk 0 into gw, chunk t into
     part[t - 1]) and, when ``want_gx``, its rows of gx = gy w."""
     N, J = x.shape
     K = gy.shape[1]
     T = part.shape[0] + 1
     xf, wf, gyf, gxf = x.reshape(x.size), w.reshape(w.size), gy.reshape(gy.size), gx.reshape(gx.size)
-    for t in prange(T):
-        n0, n1 = t * N // T, (t + 1) * N // T
-        if t == 0:
-            gemm(True, False, K, J, n1 - n0, gyf, K, xf, J, 1, gw.reshape(gw.size), J)
-        else:
-            gemm(True, False, K, J, n1 - n0, gyf[n0 * K:], K, xf[n0 * J:], J, 0, part[t - 1].reshape(K * J), J)
-        if want_gx:
-            gemm(False, False, n1 - n0, J, K, gyf[n0 * K:], K, wf, J, 0, gxf[n0 * J:], J)
+    n0, n1 = t * N // T, (t + 1) * N // T
+    if t == 0:
+        gemm(True, False, K, J, n1 - n0, gyf, K, xf, J, 1, gw.reshape(gw.size), J)
+    else:
+        gemm(True, False, K, J, n1 - n0, gyf[n0 * K:], K, xf[n0 * J:], J, 0, part[t - 1].reshape(K * J), J)
+    if want_gx:
+        gemm(False, False, n1 - n0, J, K, gyf[n0 * K:], K, wf, J, 0, gxf[n0 * J:], J)
+
+
+@cpu_kernel
+def _linear_backward_chunks(x, w, gy, gw, part, gx, want_gx):
+    # One chunk (no partials) runs in the calling thread, as in the forward.
+    if part.shape[0] == 0:
+        _backward_chunk(x, w, gy, gw, part, gx, want_gx, 0)
+    else:
+        for t in prange(part.shape[0] + 1):
+            _backward_chunk(x, w, gy, gw, part, gx, want_gx, t)
+
+
+@cpu_inline
+def _reduce_row(part, gy, gw, gb, k):
+    """gw[k] += the partials' row k summed; gb[k] += gy[:, k] summed (when gb is not empty)."""
+    T, K, J = part.shape
+    if T:
+        for j in range(J):
+            s = part[0, k, j]
+            for t in range(1, T):
+                s += part[t, k, j]
+            gw[k, j] += s
+    if gb.size:
+        acc = gy.dtype.type(0)
+        for n in range(gy.shape[0]):
+            acc += gy[n, k]
+        gb[k] += acc
 
 
 @cpu_kernel
 def _linear_reduce(part, gy, gw, gb):
     """gw += the partials summed; gb += gy summed over the batch (when gb is not empty)."""
-    T, K, J = part.shape
-    N = gy.shape[0]
-    for k in prange(K):
-        if T:
-            for j in range(J):
-                s = part[0, k, j]
-                for t in range(1, T):
-                    s += part[t, k, j]
-                gw[k, j] += s
-        if gb.size:
-            acc = gy.dtype.type(0)
-            for n in range(N):
-                acc += gy[n, k]
-            gb[k] += acc
+    # Small sums (network3's fc layers: 10 or 100 rows, 64,000 values at most) run in the
+    # calling thread: waking the pool costs more than the adds.
+    if part.size + gy.size < PARALLEL_MIN:
+        for k in range(gw.shape[0]):
+            _reduce_row(part, gy, gw, gb, k)
+    else:
+        for k in prange(gw.shape[0]):
+            _reduce_row(part, gy, gw, gb, k)
 
 
 # NumPy's OpenBLAS multiplies a few rows by a transposed weight (x @ w.T, 10 x 288 by 288 x

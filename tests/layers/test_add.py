@@ -59,3 +59,25 @@ def test_add_skips_gradients_nobody_needs():
 @pytest.mark.cuda
 def test_add_cuda():
     check_layer(nc.get_layer("add")(), [(2, 2, 3, 3)] * 3, add_ref, cuda=True, threads=False)
+
+
+@pytest.mark.parametrize("size", [1, 1000, "min-1", "min", "min+7"])
+def test_add_kernel_both_sides_of_parallel_min(size):
+    # Serial below PARALLEL_MIN elements, parallel from there: exact sums either way, NaN and
+    # the infinities as NumPy has them, and the output may be the first input.
+    from numbacnn._threads import PARALLEL_MIN
+    from numbacnn.layers import add_cpu
+
+    n = size if isinstance(size, int) else PARALLEL_MIN + int(size[3:] or 0)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    if n >= 3:
+        a[[n // 2, n // 3, n - 1]] = [np.nan, np.inf, np.inf]
+        b[n - 1] = -np.inf
+    with np.errstate(invalid="ignore"):  # inf + -inf
+        want = a + b
+    y = np.full(n, 7.0, np.float32)
+    add_cpu.add_forward(a, b, y)
+    np.testing.assert_array_equal(y, want)
+    add_cpu.add_forward(a, b, a)
+    np.testing.assert_array_equal(a, want)

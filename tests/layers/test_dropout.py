@@ -92,3 +92,35 @@ def test_dropout_cuda(training):
     # In training, CPU/CUDA parity means the two kernels draw the same mask from one seed.
     check_layer(nc.get_layer("dropout")(p=0.4), [(2, 3, 4, 4)], None if training else (lambda x: x.copy()),
                 training=training, cuda=True, threads=False)
+
+
+def _mix32_ref(h):
+    # Wellons' lowbias32 on uint64 words with the top half cleared, as the kernels draw it.
+    m = np.uint64(0xFFFFFFFF)
+    h = h ^ (h >> np.uint64(16))
+    h = (h * np.uint64(0x7FEB352D)) & m
+    h = h ^ (h >> np.uint64(15))
+    h = (h * np.uint64(0x846CA68B)) & m
+    return h ^ (h >> np.uint64(16))
+
+
+@pytest.mark.parametrize("size", [1, 1000, "min-1", "min", "min+7"])
+def test_dropout_kernel_both_sides_of_parallel_min(size):
+    # Serial below PARALLEL_MIN elements, parallel from there: the same mask either way (a
+    # NumPy draw of the same hash), and a dropped NaN stays NaN (x * 0).
+    from numbacnn._threads import PARALLEL_MIN
+    from numbacnn.layers import dropout_cpu
+
+    n = size if isinstance(size, int) else PARALLEL_MIN + int(size[3:] or 0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(n).astype(np.float32)
+    x[n // 2] = np.nan
+    s0, s1, threshold, scale = np.uint64(12345), np.uint64(678), np.uint64(2**31), np.float32(2)
+    h = _mix32_ref(_mix32_ref((np.arange(n, dtype=np.uint64) + s0) & np.uint64(0xFFFFFFFF)) ^ s1)
+    want = x * np.where(h < threshold, scale, np.float32(0))
+    y = np.full(n, 7.0, np.float32)
+    dropout_cpu.dropout_forward(x, s0, s1, threshold, scale, y)
+    np.testing.assert_array_equal(y, want)
+    assert np.isnan(y[n // 2])
+    if n > 100:
+        assert 0.4 < (y == 0).mean() < 0.6

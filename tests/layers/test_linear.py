@@ -133,6 +133,44 @@ def test_linear_cpu_matches_numpy_on_short_and_long_chunks(N):
     np.testing.assert_allclose(model.grads["fc.bias"], gy.sum(0), rtol=1e-12, atol=1e-12)
 
 
+# The CPU kernels run one chunk (T = 1) in the calling thread and several under prange; the
+# reduce adds the partials and the bias gradient serially below PARALLEL_MIN values (partials
+# plus gy) and in parallel from there. Each case is on one side: (N, K, J, T, reduce values).
+def _reduce_cases():
+    from numbacnn._threads import PARALLEL_MIN
+
+    J2 = (PARALLEL_MIN - 4 * 16) // 16  # one partial (16, J2) and gy (4, 16): PARALLEL_MIN
+    K1 = PARALLEL_MIN // 4  # no partial, gy (4, K1): PARALLEL_MIN
+    return [(1, 10, 100, 1, "serial"), (10, 10, 100, 1, "serial"), (10, 100, 640, 2, "serial"),
+            (7, 3, 5, 3, "serial"), (4, 16, J2 - 1, 2, "serial"), (4, 16, J2, 2, "parallel"),
+            (4, K1 - 1, 3, 1, "serial"), (4, K1, 3, 1, "parallel")]
+
+
+@pytest.mark.parametrize("N, K, J, T, side", _reduce_cases())
+def test_linear_cpu_kernels_on_one_chunk_and_both_sides_of_parallel_min(N, K, J, T, side):
+    from numbacnn._threads import PARALLEL_MIN
+    from numbacnn.layers import linear_cpu
+
+    assert ((T - 1) * K * J + N * K < PARALLEL_MIN) == (side == "serial")
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((N, J)), rng.standard_normal((K, J)), rng.standard_normal(K)
+    x[N - 1, J - 1] = np.nan  # a NaN in the last chunk reaches its output row and one gw column
+    gy = rng.standard_normal((N, K))
+    y = np.full((N, K), 7.0)
+    linear_cpu.linear_forward(x, w, b, y, np.empty((T, K, -(-N // T))))
+    want_y = np.array([[sum(x[n, j] * w[k, j] for j in range(J)) + b[k] for k in range(K)]
+                       for n in range(N)]) if K * J * N < 10000 else x @ w.T + b
+    np.testing.assert_allclose(y, want_y, rtol=1e-12, atol=1e-12)
+    assert np.isnan(y[N - 1]).all() and not np.isnan(y[:N - 1]).any()
+    gw, gb = np.ones((K, J)), np.ones(K)  # backward accumulates into them
+    gx = np.full((N, J), 7.0)
+    linear_cpu.linear_backward(x, w, gy, gw, gb, np.empty((T - 1, K, J)), gx)
+    np.testing.assert_allclose(gx, gy @ w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, 1 + gy.T @ x, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gb, 1 + gy.sum(0), rtol=1e-12, atol=1e-12)
+    assert np.isnan(gw[:, J - 1]).all() and not np.isnan(gw[:, :J - 1]).any()
+
+
 @pytest.mark.cuda
 def test_linear_cuda_cuts_the_weight_gradient_into_slices():
     # 33 rows: the weight gradient's reduction runs in two slices (one into gw, one partial

@@ -61,3 +61,27 @@ def test_sigmoid_in_place_in_inference():
 def test_sigmoid_cuda():
     x = np.array([[-1e4, -30.0, -1.5, -0.1, 0.0, 0.3, 2.0, 30.0, 1e4]])
     check_layer(nc.get_layer("sigmoid")(), [x.shape], sigmoid_ref, inputs=[x], cuda=True, threads=False)
+
+
+@pytest.mark.parametrize("size", [1, 1000, "min-1", "min", "min+7"])
+def test_sigmoid_kernels_both_sides_of_parallel_min(size):
+    # Serial below PARALLEL_MIN elements, parallel from there: the same values either way,
+    # NaN carried through and the infinities saturating, against NumPy in float64.
+    from numbacnn._threads import PARALLEL_MIN
+    from numbacnn.layers import sigmoid_cpu
+
+    n = size if isinstance(size, int) else PARALLEL_MIN + int(size[3:] or 0)
+    rng = np.random.default_rng(0)
+    x = (4 * rng.standard_normal(n)).astype(np.float32)
+    if n >= 3:
+        x[[n // 2, n // 3, n - 1]] = [np.nan, np.inf, -np.inf]
+    y = np.full(n, 7.0, np.float32)
+    sigmoid_cpu.sigmoid_forward(x, y)
+    with np.errstate(over="ignore"):
+        want = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-7)
+    gy = rng.standard_normal(n).astype(np.float32)
+    gx = np.full(n, 7.0, np.float32)
+    sigmoid_cpu.sigmoid_backward(y, gy, gx)
+    y64 = y.astype(np.float64)
+    np.testing.assert_allclose(gx, gy * y64 * (1 - y64), rtol=1e-6, atol=1e-7)

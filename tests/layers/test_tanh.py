@@ -48,3 +48,25 @@ def test_tanh_in_place_in_inference():
 @pytest.mark.cuda
 def test_tanh_cuda():
     check_layer(nc.get_layer("tanh")(), [(2, 3, 3, 3)], tanh_ref, cuda=True, threads=False)
+
+
+@pytest.mark.parametrize("size", [1, 1000, "min-1", "min", "min+7"])
+def test_tanh_kernels_both_sides_of_parallel_min(size):
+    # Serial below PARALLEL_MIN elements, parallel from there: the same values either way,
+    # NaN carried through and the infinities saturating, against NumPy in float64.
+    from numbacnn._threads import PARALLEL_MIN
+    from numbacnn.layers import tanh_cpu
+
+    n = size if isinstance(size, int) else PARALLEL_MIN + int(size[3:] or 0)
+    rng = np.random.default_rng(0)
+    x = (2 * rng.standard_normal(n)).astype(np.float32)
+    if n >= 3:
+        x[[n // 2, n // 3, n - 1]] = [np.nan, np.inf, -np.inf]
+    y = np.full(n, 7.0, np.float32)
+    tanh_cpu.tanh_forward(x, y)
+    np.testing.assert_allclose(y, np.tanh(x.astype(np.float64)), rtol=1e-6, atol=1e-7)
+    gy = rng.standard_normal(n).astype(np.float32)
+    gx = np.full(n, 7.0, np.float32)
+    tanh_cpu.tanh_backward(y, gy, gx)
+    y64 = y.astype(np.float64)
+    np.testing.assert_allclose(gx, gy * (1 - y64 * y64), rtol=1e-6, atol=1e-7)
