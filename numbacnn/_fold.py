@@ -7,9 +7,9 @@ what batch_norm2d computes in evaluation from its running statistics, so it is s
 there: training (batch statistics), any pass with gradients and a batch norm without running
 statistics (``track_running_stats=False``: batch statistics in evaluation too) run unfolded.
 
-The folded weight and bias belong to one inference thread (``Folded``), never to the model or
-the arena. Before every folded call they are compared bit for bit with copies of the arrays
-they came from (conv weight and bias, batch-norm weight, bias and running statistics) and
+The folded weights and biases belong to one inference thread (``Folds``), never to the model
+or the arena. Before every folded call, in one kernel call for all pairs, they are compared bit
+for bit with copies of the arrays they came from (conv weight and bias, batch-norm weight, bias and running statistics) and
 recomputed only when one changed: an edit in place, a training step or a loaded checkpoint is
 seen on the next call, and the Winograd weight cache downstream sees the same bits and keeps
 its transform. CPU only: on CUDA the graph runs unfolded.
@@ -32,7 +32,7 @@ from .layer import Ctx
 from .layers.batch_norm2d import BatchNorm2d
 from .layers.conv2d import Conv2d
 
-__all__ = ["fold_pairs", "folded_conv", "folding_enabled", "Folded", "skip", "thread_folds"]
+__all__ = ["fold_pairs", "folded_conv", "folding_enabled", "Folds", "skip"]
 
 
 def folding_enabled() -> bool:
@@ -62,92 +62,109 @@ def folded_conv(conv: Conv2d) -> Conv2d:
     return layer
 
 
-def thread_folds(pairs: list[tuple[int, int]], steps: list[tuple], ctxs: list[Ctx]
-                 ) -> tuple[list[Ctx], list[Folded]]:
-    """One inference thread's contexts for folded calls (``ctxs``, each folded conv's replaced
-    by one that reads the folded arrays) and its ``Folded`` pairs, in ``pairs``' order."""
-    out, folds = list(ctxs), []
-    for j, k in pairs:
-        conv, bn = ctxs[j], ctxs[k]
-        fold = Folded(conv, bn, steps[k][0].eps)
-        ctx = out[j] = Ctx(conv.name, conv.device, conv.dtype, conv.backend, conv.rng, layer=steps[j][0])
-        ctx.params, ctx.grads, ctx.buffers = fold.params, conv.grads, conv.buffers
-        folds.append(fold)
-    return out, folds
-
-
 def skip(ctx: Ctx, x: Any) -> Any:
     """The folded batch norm's forward: its conv already applied it."""
     return x
 
 
-class Folded:
-    """One thread's folded weight and bias for one (conv, batch norm) pair, and the copies of
-    their sources. ``params`` is the dict the folded conv's context reads."""
+class Folds:
+    """One inference thread's folded weights and biases, for every (conv, batch norm) pair.
 
-    __slots__ = ("conv", "bn", "eps", "params", "source", "ones", "zeros")
+    ``ctxs`` are the thread's contexts for folded calls: each folded conv's is replaced by one
+    that reads this thread's folded arrays. ``refresh()`` runs before each folded call."""
 
-    def __init__(self, conv: Ctx, bn: Ctx, eps: float) -> None:
-        self.conv, self.bn, self.eps = conv, bn, eps
-        self.params: dict[str, np.ndarray] = {}  # filled in place: the folded conv's context holds it
-        self.source: np.ndarray | None = None  # w, b, gamma, beta, mean, var, flat, as last folded
-        self.ones = self.zeros = np.empty(0)
+    def __init__(self, pairs: list[tuple[int, int]], steps: list[tuple], ctxs: list[Ctx]) -> None:
+        self.ctxs = list(ctxs)
+        self._pairs = [(ctxs[j], ctxs[k], steps[k][0].eps) for j, k in pairs]
+        self._params: list[dict[str, Any]] = []
+        for (j, _), (conv, _, _) in zip(pairs, self._pairs):
+            ctx = self.ctxs[j] = Ctx(conv.name, conv.device, conv.dtype, conv.backend, conv.rng, layer=steps[j][0])
+            ctx.params, ctx.grads, ctx.buffers = {}, conv.grads, conv.buffers
+            self._params.append(ctx.params)  # filled on the first refresh, in place after
+        self._args: tuple | None = None
 
-    def refresh(self) -> None:
-        """Fold again if any source differs from the copy the folded arrays came from."""
-        w = self.conv.params["weight"]
-        b = self.conv.params.get("bias")
-        bp, bb = self.bn.params, self.bn.buffers
-        if self.source is None or self.source.dtype != w.dtype or self.params["weight"].shape != w.shape \
-                or not w.flags.c_contiguous:
-            K = w.shape[0]
-            self.params.update(weight=np.empty_like(w), bias=np.empty(K, w.dtype))
-            self.ones, self.zeros = np.ones(K, w.dtype), np.zeros(K, w.dtype)
-            self.source = np.empty(w.size + 5 * K, w.dtype)
-            fresh = True
-        else:
-            fresh = False
-        _fold(w, self.zeros if b is None else b, bp.get("weight", self.ones), bp.get("bias", self.zeros),
-              bb["running_mean"], bb["running_var"], self.eps, self.source,
-              fresh, self.params["weight"], self.params["bias"])
+    def _prepare(self) -> tuple:
+        # Flat views of the live sources (the model's parameters are views into one flat array
+        # and its buffers contiguous arrays, all updated in place, so the views stay live until
+        # the executor binds again and makes a new Folds), the folded arrays, the copy.
+        srcs, wfs, bfs, eps = [], [], [], []
+        for (conv, bn, e), params in zip(self._pairs, self._params):
+            w = conv.params["weight"]
+            K, dt = w.shape[0], w.dtype
+            ones, zeros = np.ones(K, dt), np.zeros(K, dt)
+            for a in (w, conv.params.get("bias", zeros), bn.params.get("weight", ones), bn.params.get("bias", zeros),
+                      bn.buffers["running_mean"], bn.buffers["running_var"]):
+                if not a.flags.c_contiguous:
+                    raise RuntimeError(f"conv2d node '{conv.name}' / batch_norm2d node '{bn.name}': expected "
+                                       f"contiguous parameters to fold, found a strided view; set "
+                                       f"NUMBACNN_FOLD_BN=0")
+                srcs.append(a.reshape(-1))
+            params.update(weight=np.empty_like(w), bias=np.empty(K, dt))
+            wfs.append(params["weight"].reshape(-1))
+            bfs.append(params["bias"])
+            eps.append(e)
+        source = np.empty(sum(a.size for a in srcs), srcs[0].dtype)
+        return tuple(srcs), np.array(eps), source, tuple(wfs), tuple(bfs)
+
+    def refresh(self) -> int:
+        """Fold again every pair one of whose sources differs from the copy its folded arrays
+        came from; returns how many."""
+        if not self._pairs:
+            return 0
+        fresh = self._args is None
+        if fresh:
+            self._args = self._prepare()
+        srcs, eps, source, wfs, bfs = self._args
+        return _fold(srcs, eps, source, fresh, wfs, bfs)
 
 
 @cpu_serial
-def _fold(w, b, g, beta, mean, var, eps, source, fresh, wf, bf):  # pragma: no cover - compiled
-    """Unless ``fresh``, compare (w, b, g, beta, mean, var) with ``source`` bit for bit; if any
-    differs, copy them there and write wf, bf. The scale is formed in float64, so float32
-    rounds once per element."""
-    K = w.shape[0]
-    wflat = w.reshape(-1)
-    n = wflat.size
-    if not fresh and _same_run(wflat, source, 0) and _same_run(b, source, n) and _same_run(g, source, n + K) \
-            and _same_run(beta, source, n + 2 * K) and _same_run(mean, source, n + 3 * K) \
-            and _same_run(var, source, n + 4 * K):
-        return False
-    source[:n] = wflat
-    source[n:n + K] = b
-    source[n + K:n + 2 * K] = g
-    source[n + 2 * K:n + 3 * K] = beta
-    source[n + 3 * K:n + 4 * K] = mean
-    source[n + 4 * K:] = var
-    m = n // K
-    wff = wf.reshape(-1)
+def _fold(srcs, eps, source, fresh, wfs, bfs):  # pragma: no cover - compiled
+    """Per pair f, sources srcs[6f:6f+6] = (w, b, gamma, beta, mean, var) flat: unless
+    ``fresh``, compare them with their copy in ``source`` bit for bit; where any differs, copy
+    them there and write wfs[f], bfs[f]. Returns the number of pairs folded."""
+    off = 0
+    folded = 0
+    for f in range(eps.size):
+        same = not fresh
+        end = off
+        for j in range(6):
+            a = srcs[6 * f + j]
+            if same and not _same_run(a, source, end):
+                same = False
+            end += a.size
+        if not same:
+            end = off
+            for j in range(6):
+                a = srcs[6 * f + j]
+                source[end:end + a.size] = a
+                end += a.size
+            _refold(srcs[6 * f], srcs[6 * f + 1], srcs[6 * f + 2], srcs[6 * f + 3], srcs[6 * f + 4],
+                    srcs[6 * f + 5], eps[f], wfs[f], bfs[f])
+            folded += 1
+        off = end
+    return folded
+
+
+@cpu_inline
+def _refold(w, b, g, beta, mean, var, eps, wf, bf):  # pragma: no cover - compiled
+    # The scale is formed in float64, so float32 rounds once per element.
+    K = b.size
+    m = w.size // K
     for k in range(K):
         s = np.float64(g[k]) / math.sqrt(np.float64(var[k]) + eps)
         for i in range(k * m, (k + 1) * m):
-            wff[i] = np.float64(wflat[i]) * s
+            wf[i] = np.float64(w[i]) * s
         bf[k] = (np.float64(b[k]) - np.float64(mean[k])) * s + np.float64(beta[k])
-    return True
 
 
 @cpu_inline
 def _same_run(a, source, off):  # pragma: no cover - compiled
-    # Bit for bit as far as it can matter: NaN matches NaN, -0.0 does not match 0.0.
-    for i in range(a.size):
-        x, y = a[i], source[off + i]
-        if x != x:
-            if y == y:
-                return False
-        elif x != y or math.copysign(1.0, x) != math.copysign(1.0, y):
-            return False
-    return True
+    # Bit for bit, as 32-bit words: an OR of XORs with no early exit, which LLVM vectorises (a
+    # float compare with NaN and signed-zero cases ran at a nanosecond per weight).
+    x = a.view(np.uint32)
+    y = source[off:off + a.size].view(np.uint32)
+    d = np.uint32(0)
+    for i in range(x.size):
+        d |= x[i] ^ y[i]
+    return d == 0

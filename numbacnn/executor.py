@@ -66,8 +66,7 @@ class Pass:
         self.arena = Arena(backend)
         self.plans: dict[Hashable, Plan] = {}
         self.trace: list[tuple[str, int, int]] = []
-        self.folded = self.in_order  # inference's contexts: folded convs read ``folds``' arrays
-        self.folds: list[_fold.Folded] = []
+        self.folds = _fold.Folds([], [], self.in_order)  # inference's batch norms folded into convs
 
 
 class Executor:
@@ -148,7 +147,7 @@ class Executor:
             ctx.params, ctx.grads, ctx.buffers = t.params, t.grads, t.buffers
         state = Pass(ctxs, self.backend)
         if self._folds:
-            state.folded, state.folds = _fold.thread_folds(self._folds, self._steps, state.in_order)
+            state.folds = _fold.Folds(self._folds, self._steps, state.in_order)
         return state
 
     def thread_pass(self) -> Pass:
@@ -250,9 +249,8 @@ class Executor:
     def _infer(self, state: Pass, xs: Sequence[Any]) -> list[Any]:
         """Inference without gradients: batch norms folded into their convs (``_fold``)."""
         plan = self._plan(state.plans, xs, (False, False))  # inputs checked before any fold
-        for fold in state.folds:
-            fold.refresh()
-        return self._run(plan, xs, state.folded, False, False, state)
+        state.folds.refresh()
+        return self._run(plan, xs, state.folds.ctxs, False, False, state)
 
     def _run(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
              state: Pass | None) -> list[Any]:
