@@ -182,3 +182,19 @@ def test_memory_plan_and_summary_run_folded(monkeypatch):
     assert [(r["node"], r["bytes"]) for r in mp["rows"]] == [(r["node"], r["bytes"]) for r in mp0["rows"]]
     assert mp["keep_all_bytes"] == mp0["keep_all_bytes"]
     assert mp["peak_activation_bytes"] <= mp0["peak_activation_bytes"]
+
+
+@pytest.mark.cuda
+def test_cuda_runs_unfolded(monkeypatch):
+    # Folding is CPU only: on CUDA the batch norm runs as its own node, and the answer is the
+    # CPU's (folded) within float32 rounding.
+    g = nc.Graph()
+    x = g.input((2, 3, 3))
+    g.output(g.batch_norm2d(g.conv2d(x, out_channels=2, kernel_size=1, name="c"), name="bn"))
+    model = _model(g, "float32", True, monkeypatch)
+    xb = np.random.default_rng(4).normal(size=(2, 2, 3, 3)).astype(np.float32)
+    y = model(xb)
+    assert model._executor._folds
+    model.to("cuda")
+    assert model._executor._folds == []
+    np.testing.assert_allclose(model(xb), y, rtol=1e-5, atol=1e-6)
