@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from ._jit import cpu_inline, cpu_serial
-from .layer import Ctx
+from .layer import Ctx, device_method
 from .layers.batch_norm2d import BatchNorm2d
 from .layers.conv2d import Conv2d
 
-__all__ = ["fold_pairs", "folded_conv", "folding_enabled", "Folds", "skip"]
+__all__ = ["fold_pairs", "folding_enabled", "forwards", "Folds", "skip"]
 
 
 def folding_enabled() -> bool:
@@ -55,11 +55,15 @@ def fold_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: in
     return pairs
 
 
-def folded_conv(conv: Conv2d) -> Conv2d:
-    """The conv layer as the folded call runs it: always with a bias (b' is never empty)."""
-    layer = copy.deepcopy(conv)  # Layer.__deepcopy__ copies the built state, no re-binding
-    layer.bias = True
-    return layer
+def forwards(plain: list[Any], steps: list[tuple], pairs: list[tuple[int, int]], device: str) -> list[Any]:
+    """Per step, the forward of folded inference: ``plain`` but for each pair's conv (run with
+    a bias always: b' is never empty) and batch norm (``skip``)."""
+    out = list(plain)
+    for j, k in pairs:
+        conv = copy.deepcopy(steps[j][0])  # Layer.__deepcopy__ copies the built state, no re-binding
+        conv.bias = True
+        out[j], out[k] = device_method(conv, "forward", device), skip
+    return out
 
 
 def skip(ctx: Ctx, x: Any) -> Any:

@@ -131,10 +131,7 @@ class Executor:
         self._backwards = [device_method(layer, "backward", device) for layer, _, _, _ in self._steps]
         self._folds = (_fold.fold_pairs(self._steps, self._readers, self._keep, self._first)
                        if device == "cpu" and _fold.folding_enabled() else [])
-        self._inference = list(self._forwards)
-        for j, k in self._folds:
-            self._inference[j] = device_method(_fold.folded_conv(self._steps[j][0]), "forward", device)
-            self._inference[k] = _fold.skip
+        self._inference = _fold.forwards(self._forwards, self._steps, self._folds, device)
         self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
                        for want in (True, False)}
         self.release()
