@@ -28,7 +28,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from . import _shapes
+from . import _fold, _shapes
 from ._arena import Arena
 from ._threads import PARALLEL_MIN, on_one_thread
 from .graph import Graph, GraphError
@@ -66,6 +66,7 @@ class Pass:
         self.arena = Arena(backend)
         self.plans: dict[Hashable, Plan] = {}
         self.trace: list[tuple[str, int, int]] = []
+        self.folds = _fold.Folds([], [], self.in_order)  # inference's batch norms folded into convs
 
 
 class Executor:
@@ -99,6 +100,8 @@ class Executor:
         self._plans: dict[Hashable, Plan] = {}  # training plans, per signature
         self._forwards: list[Any] = []  # per step, the layer's forward for this device
         self._backwards: list[Any] = []
+        self._inference: list[Any] = []  # per step, the forward of inference without gradients
+        self._folds: list[tuple[int, int]] = []  # (conv, batch norm) steps folded there (_fold)
         self._needs: dict[bool, list[tuple[bool, ...]]] = {}
         self._local = threading.local()
         self._lock = threading.Lock()  # held by a training forward or backward
@@ -126,6 +129,9 @@ class Executor:
         self._train = list(self.ctxs.values())
         self._forwards = [device_method(layer, "forward", device) for layer, _, _, _ in self._steps]
         self._backwards = [device_method(layer, "backward", device) for layer, _, _, _ in self._steps]
+        self._folds = (_fold.fold_pairs(self._steps, self._readers, self._keep, self._first)
+                       if device == "cpu" and _fold.folding_enabled() else [])
+        self._inference = _fold.forwards(self._forwards, self._steps, self._folds, device)
         self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
                        for want in (True, False)}
         self.release()
@@ -136,7 +142,10 @@ class Executor:
         for name, t in self.ctxs.items():
             ctx = ctxs[name] = Ctx(name, self.device, self.dtype, self.backend, t.rng, layer=self.graph.nodes[name].obj)
             ctx.params, ctx.grads, ctx.buffers = t.params, t.grads, t.buffers
-        return Pass(ctxs, self.backend)
+        state = Pass(ctxs, self.backend)
+        if self._folds:
+            state.folds = _fold.Folds(self._folds, self._steps, state.in_order)
+        return state
 
     def thread_pass(self) -> Pass:
         """The calling thread's inference state (made on its first inference)."""
@@ -148,7 +157,7 @@ class Executor:
     def measure(self, xs: Sequence[Any]) -> Pass:
         """Inference on state of its own (``Model.memory_plan``); returns that state."""
         state = self.new_pass()
-        self._run(self._plan(state.plans, xs, (False, False)), xs, state.in_order, False, False, state)
+        self._infer(state, xs)
         return state
 
     def reset_rng(self) -> None:
@@ -222,8 +231,7 @@ class Executor:
     def forward(self, xs: Sequence[Any], training: bool, grad: bool) -> list[Any]:
         """Run every node; ``grad`` keeps what backward needs (else buffers are shared)."""
         if not grad and not training:
-            state = self.thread_pass()
-            return self._run(self._plan(state.plans, xs, (False, False)), xs, state.in_order, False, False, state)
+            return self._infer(self.thread_pass(), xs)
         with self._lock:  # training updates shared state (batch-norm statistics) even without grad
             if not grad:
                 state = self.thread_pass()
@@ -234,6 +242,12 @@ class Executor:
             ys = self._run(plan, xs, self._train, training, True, None)
             self._owner, self._pending, self._step = threading.current_thread(), True, plan
             return ys
+
+    def _infer(self, state: Pass, xs: Sequence[Any]) -> list[Any]:
+        """Inference without gradients: batch norms folded into their convs (``_fold``)."""
+        plan = self._plan(state.plans, xs, (False, False))  # inputs checked before any fold
+        state.folds.refresh()
+        return self._run(plan, xs, state.folds.ctxs, False, False, state)
 
     def _run(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
              state: Pass | None) -> list[Any]:
@@ -246,6 +260,7 @@ class Executor:
         values = [to_device(x) for x in xs]  # then one per node, in step order
         if state is None or plan.ready:
             return self._replay(plan, values, ctxs, training, grad)
+        forwards = self._forwards if training or grad else self._inference
         arena = None
         if state is not None and not plan.ready:  # the first inference: decide, and record
             arena, left = state.arena, list(self._readers)
@@ -260,7 +275,7 @@ class Executor:
                 plan.inplace[k] = (layer.inplace_ok and len(ins) == 1 and left[ins[0]] == 1
                                    and ins[0] not in self._keep and arena.owns(args[0]))
             ctx.begin(training, grad, pool, plans, plan.inplace[k], arena)
-            y = self._forwards[k](ctx, *args)
+            y = forwards[k](ctx, *args)
             if y.shape != want or y.dtype != dtype:
                 raise self._bad_output(k, y, want)
             values.append(y)
@@ -280,7 +295,7 @@ class Executor:
         """A forward with every decision made: one call per node, no bookkeeping."""
         calls = plan.calls
         if calls is None:
-            calls = plan.calls = self._calls(plan, ctxs)
+            calls = plan.calls = self._calls(plan, ctxs, self._forwards if training or grad else self._inference)
         dtype = self.dtype
         for forward, ins, ctx, pool, plans, inplace, want, k in calls:
             ctx.begin(training, grad, pool, plans, inplace)
@@ -295,12 +310,12 @@ class Executor:
         return GraphError(f"{kind} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
                           f"expected {self.dtype.name} {want} (a bug in the layer)")
 
-    def _calls(self, plan: Plan, ctxs: list[Ctx]) -> list[tuple]:
+    def _calls(self, plan: Plan, ctxs: list[Ctx], forwards: list[Any]) -> list[tuple]:
         """Per node: its forward, input slot(s) (an int for one), context, the plan's buffers,
         layer plans, in-place flag and expected output shape, and its step index."""
         return [(forward, ins[0] if len(ins) == 1 else ins, ctx, pool, plans, inplace, want, k)
                 for k, (forward, (_, ins, _, _), ctx, pool, plans, inplace, want)
-                in enumerate(zip(self._forwards, self._steps, ctxs, plan.pools, plan.plans, plan.inplace, plan.wants))]
+                in enumerate(zip(forwards, self._steps, ctxs, plan.pools, plan.plans, plan.inplace, plan.wants))]
 
     @staticmethod
     def _settle(arena: Arena, ctx: Ctx, y: Any, ins: list[Any]) -> None:

@@ -64,8 +64,10 @@ def test_one_fully_convolutional_model_runs_every_size_as_torch_does():
             scale = max(1.0, float(p.grad.abs().max()))
             np.testing.assert_allclose(model.grads[key], p.grad.numpy(), rtol=1e-4, atol=1e-4 * scale,
                                        err_msg=f"{key} gradient at {H}x{W}")
-        # inference (shared buffers, in-place ReLU) agrees with the training-mode graph
-        np.testing.assert_allclose(model.forward(x), model.forward(x, training=False, grad=True), rtol=0, atol=0)
+        # inference (shared buffers, in-place ReLU, "bn" folded into "c1") agrees with the
+        # training-mode graph up to the fold's rounding
+        kept = model.forward(x, training=False, grad=True)
+        np.testing.assert_allclose(model.forward(x), kept, rtol=0, atol=1e-5 * np.abs(kept).max())
 
 
 def test_linear_after_flatten_fails_at_model_naming_the_node_and_the_fix():

@@ -1,0 +1,174 @@
+"""Inference-mode batch-norm folding: a batch_norm2d node that reads a conv2d node's output (and
+is that output's only reader) is folded into the convolution for inference without gradients.
+
+The conv runs with w' = w * s and b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps) per
+output channel, and the batch-norm node passes the conv's output on untouched. This is exactly
+what batch_norm2d computes in evaluation from its running statistics, so it is skipped only
+there: training (batch statistics), any pass with gradients and a batch norm without running
+statistics (``track_running_stats=False``: batch statistics in evaluation too) run unfolded.
+
+The folded weights and biases belong to one inference thread (``Folds``), never to the model
+or the arena. Before every folded call, in one kernel call for all pairs, they are compared bit
+for bit with copies of the arrays they came from (conv weight and bias, batch-norm weight, bias and running statistics) and
+recomputed only when one changed: an edit in place, a training step or a loaded checkpoint is
+seen on the next call, and the Winograd weight cache downstream sees the same bits and keeps
+its transform. CPU only: on CUDA the graph runs unfolded.
+
+``NUMBACNN_FOLD_BN=0`` in the environment turns folding off (read when a model is built or
+moved to a device).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ._jit import cpu_inline, cpu_serial
+from .layer import Ctx, device_method
+from .layers.batch_norm2d import BatchNorm2d
+from .layers.conv2d import Conv2d
+
+__all__ = ["fold_pairs", "folding_enabled", "forwards", "Folds", "skip"]
+
+
+def folding_enabled() -> bool:
+    """Whether ``NUMBACNN_FOLD_BN`` allows folding (anything but ``0`` does)."""
+    return os.environ.get("NUMBACNN_FOLD_BN", "1").strip() != "0"
+
+
+def fold_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: int) -> list[tuple[int, int]]:
+    """(conv step, batch-norm step) of every foldable pair in an executor's ``steps``: a
+    batch_norm2d with running statistics whose one input is a conv2d output that nothing else
+    reads and that is not a graph output."""
+    pairs = []
+    for k, (layer, ins, _, _) in enumerate(steps):
+        if type(layer) is not BatchNorm2d or not layer.track_running_stats or len(ins) != 1:
+            continue
+        j = ins[0] - first  # the producing step (negative: a graph input)
+        if j < 0 or type(steps[j][0]) is not Conv2d or readers[ins[0]] != 1 or ins[0] in keep:
+            continue
+        pairs.append((j, k))
+    return pairs
+
+
+def forwards(plain: list[Any], steps: list[tuple], pairs: list[tuple[int, int]], device: str) -> list[Any]:
+    """Per step, the forward of folded inference: ``plain`` but for each pair's conv (run with
+    a bias always: b' is never empty) and batch norm (``skip``)."""
+    out = list(plain)
+    for j, k in pairs:
+        conv = copy.deepcopy(steps[j][0])  # Layer.__deepcopy__ copies the built state, no re-binding
+        conv.bias = True
+        out[j], out[k] = device_method(conv, "forward", device), skip
+    return out
+
+
+def skip(ctx: Ctx, x: Any) -> Any:
+    """The folded batch norm's forward: its conv already applied it."""
+    return x
+
+
+class Folds:
+    """One inference thread's folded weights and biases, for every (conv, batch norm) pair.
+
+    ``ctxs`` are the thread's contexts for folded calls: each folded conv's is replaced by one
+    that reads this thread's folded arrays. ``refresh()`` runs before each folded call."""
+
+    def __init__(self, pairs: list[tuple[int, int]], steps: list[tuple], ctxs: list[Ctx]) -> None:
+        self.ctxs = list(ctxs)
+        self._pairs = [(ctxs[j], ctxs[k], steps[k][0].eps) for j, k in pairs]
+        self._params: list[dict[str, Any]] = []
+        for (j, _), (conv, _, _) in zip(pairs, self._pairs):
+            ctx = self.ctxs[j] = Ctx(conv.name, conv.device, conv.dtype, conv.backend, conv.rng, layer=steps[j][0])
+            ctx.params, ctx.grads, ctx.buffers = {}, conv.grads, conv.buffers
+            self._params.append(ctx.params)  # filled on the first refresh, in place after
+        self._args: tuple | None = None
+
+    def _prepare(self) -> tuple:
+        # Flat views of the live sources (the model's parameters are views into one flat array
+        # and its buffers contiguous arrays, all updated in place, so the views stay live until
+        # the executor binds again and makes a new Folds), the folded arrays, the copy.
+        srcs, wfs, bfs, eps = [], [], [], []
+        for (conv, bn, e), params in zip(self._pairs, self._params):
+            w = conv.params["weight"]
+            K, dt = w.shape[0], w.dtype
+            ones, zeros = np.ones(K, dt), np.zeros(K, dt)
+            for a in (w, conv.params.get("bias", zeros), bn.params.get("weight", ones), bn.params.get("bias", zeros),
+                      bn.buffers["running_mean"], bn.buffers["running_var"]):
+                if not a.flags.c_contiguous:
+                    raise RuntimeError(f"conv2d node '{conv.name}' / batch_norm2d node '{bn.name}': expected "
+                                       f"contiguous parameters to fold, found a strided view; set "
+                                       f"NUMBACNN_FOLD_BN=0")
+                srcs.append(a.reshape(-1))
+            params.update(weight=np.empty_like(w), bias=np.empty(K, dt))
+            wfs.append(params["weight"].reshape(-1))
+            bfs.append(params["bias"])
+            eps.append(e)
+        source = np.empty(sum(a.size for a in srcs), srcs[0].dtype)
+        return tuple(srcs), np.array(eps), source, tuple(wfs), tuple(bfs)
+
+    def refresh(self) -> int:
+        """Fold again every pair one of whose sources differs from the copy its folded arrays
+        came from; returns how many."""
+        if not self._pairs:
+            return 0
+        fresh = self._args is None
+        if fresh:
+            self._args = self._prepare()
+        srcs, eps, source, wfs, bfs = self._args
+        return _fold(srcs, eps, source, fresh, wfs, bfs)
+
+
+@cpu_serial
+def _fold(srcs, eps, source, fresh, wfs, bfs):  # pragma: no cover - compiled
+    """Per pair f, sources srcs[6f:6f+6] = (w, b, gamma, beta, mean, var) flat: unless
+    ``fresh``, compare them with their copy in ``source`` bit for bit; where any differs, copy
+    them there and write wfs[f], bfs[f]. Returns the number of pairs folded."""
+    off = 0
+    folded = 0
+    for f in range(eps.size):
+        same = not fresh
+        end = off
+        for j in range(6):
+            a = srcs[6 * f + j]
+            if same and not _same_run(a, source, end):
+                same = False
+            end += a.size
+        if not same:
+            end = off
+            for j in range(6):
+                a = srcs[6 * f + j]
+                source[end:end + a.size] = a
+                end += a.size
+            _refold(srcs[6 * f], srcs[6 * f + 1], srcs[6 * f + 2], srcs[6 * f + 3], srcs[6 * f + 4],
+                    srcs[6 * f + 5], eps[f], wfs[f], bfs[f])
+            folded += 1
+        off = end
+    return folded
+
+
+@cpu_inline
+def _refold(w, b, g, beta, mean, var, eps, wf, bf):  # pragma: no cover - compiled
+    # The scale is formed in float64, so float32 rounds once per element.
+    K = b.size
+    m = w.size // K
+    for k in range(K):
+        s = np.float64(g[k]) / math.sqrt(np.float64(var[k]) + eps)
+        for i in range(k * m, (k + 1) * m):
+            wf[i] = np.float64(w[i]) * s
+        bf[k] = (np.float64(b[k]) - np.float64(mean[k])) * s + np.float64(beta[k])
+
+
+@cpu_inline
+def _same_run(a, source, off):  # pragma: no cover - compiled
+    # Bit for bit, as 32-bit words: an OR of XORs with no early exit, which LLVM vectorises (a
+    # float compare with NaN and signed-zero cases ran at a nanosecond per weight).
+    x = a.view(np.uint32)
+    y = source[off:off + a.size].view(np.uint32)
+    d = np.uint32(0)
+    for i in range(x.size):
+        d |= x[i] ^ y[i]
+    return d == 0
