@@ -1,23 +1,19 @@
 """Runs a graph on one device: forward in topological order, backward in reverse with fan-out.
 
-The executor is the only code that moves data between host and device: the input batch in,
-the outputs (and the input gradient) out. Where a value feeds several nodes its gradients are
-summed into a buffer the executor owns.
+The executor is the only code that moves data between host and device: the input batch in, the outputs (and the
+input gradient) out. Where a value feeds several nodes its gradients are summed into a buffer the executor owns.
 
-Plans: everything that does not depend on the data is decided once per input signature (the
-inputs' shapes and dtypes, training or not, gradients or not) and kept in a ``Plan``: the
-concrete shapes (inputs may have free sizes), the buffers each node's context hands out, the
-layers' own plans (chunk counts follow Numba's thread count when the plan is made), in-place
-decisions. The first call of a signature makes those decisions (in inference, the arena
-shares buffers between nodes once their last reader has run); later calls replay them, with
-no bookkeeping but a loop over the nodes. Plans are kept for the ``POOL_SHAPES`` most
-recently used signatures.
+Plans: everything that does not depend on the data is decided once per input signature (the inputs' shapes and
+dtypes, training or not, gradients or not) and kept in a ``Plan``: the concrete shapes (inputs may have free sizes),
+the buffers each node's context hands out, the layers' own plans (chunk counts follow Numba's thread count when the
+plan is made), in-place decisions. The first call of a signature makes those decisions (in inference, the arena
+shares buffers between nodes once their last reader has run); later calls replay them, with no bookkeeping but a
+loop over the nodes. Plans are kept for the ``POOL_SHAPES`` most recently used signatures.
 
-Threads: inference (``grad=False``) runs on per-thread contexts, arenas and plans, so any
-number of threads may call it at once. A training step (a forward with ``grad=True`` and its
-backward) runs on the one set of training contexts and belongs to the thread that ran its
-forward; another thread's training call before that backward is refused rather than let it
-mix the two steps' saved values.
+Threads: inference (``grad=False``) runs on per-thread contexts, arenas and plans, so any number of threads may call
+it at once. A training step (a forward with ``grad=True`` and its backward) runs on the one set of training contexts
+and belongs to the thread that ran its forward; another thread's training call before that backward is refused
+rather than let it mix the two steps' saved values.
 """
 
 from __future__ import annotations
@@ -30,43 +26,12 @@ import numpy as np
 
 from . import _fold, _shapes
 from ._arena import Arena
+from ._passes import Pass, Plan
 from ._threads import PARALLEL_MIN, on_one_thread
 from .graph import Graph, GraphError
 from .layer import POOL_SHAPES, Ctx, Shape, device_method
 
 __all__ = ["Executor", "Plan"]
-
-
-class Plan:
-    """What one input signature needs that does not depend on the data, per node (in the
-    executor's step order): the expected output shape, the buffers its context hands out,
-    the layer's own plans, whether it runs in place."""
-
-    def __init__(self, batch: int, shapes: dict[str, Shape], order: list[str]) -> None:
-        self.batch = batch
-        self.shapes = shapes  # concrete per-sample shapes of every node
-        self.wants = [(batch, *shapes[n]) for n in order]
-        self.pools: list[list[Any]] = [[] for _ in order]
-        self.plans: list[dict[Hashable, Any]] = [{} for _ in order]
-        self.inplace = [False] * len(order)
-        self.ready = False  # inference: the arena's decisions are recorded
-        self.bases: set[int] = set()  # inference: the arena buffers this plan uses
-        self.acc: dict[int, Any] = {}  # training: fan-out gradient sums, by value slot
-        self.calls: list[tuple] | None = None  # the replay's call list (``Executor._calls``)
-        self.one_thread = False  # too small for Numba's pool to pay anywhere: run on one thread
-
-
-class Pass:
-    """What one inference caller owns: its node contexts, its arena, its plans, and the
-    recording pass's ``trace`` of (node, output bytes, live bytes)."""
-
-    def __init__(self, ctxs: dict[str, Ctx], backend: Any) -> None:
-        self.ctxs = ctxs
-        self.in_order = list(ctxs.values())  # as the executor's steps
-        self.arena = Arena(backend)
-        self.plans: dict[Hashable, Plan] = {}
-        self.trace: list[tuple[str, int, int]] = []
-        self.folds = _fold.Folds([], [], self.in_order)  # inference's batch norms folded into convs
 
 
 class Executor:

@@ -1,0 +1,43 @@
+"""What the executor keeps per input signature (``Plan``) and per inference caller (``Pass``)."""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+from . import _fold
+from ._arena import Arena
+from .layer import Ctx, Shape
+
+__all__ = ["Plan", "Pass"]
+
+
+class Plan:
+    """What one input signature needs that does not depend on the data, per node (in the
+    executor's step order): the expected output shape, the buffers its context hands out,
+    the layer's own plans, whether it runs in place."""
+
+    def __init__(self, batch: int, shapes: dict[str, Shape], order: list[str]) -> None:
+        self.batch = batch
+        self.shapes = shapes  # concrete per-sample shapes of every node
+        self.wants = [(batch, *shapes[n]) for n in order]
+        self.pools: list[list[Any]] = [[] for _ in order]
+        self.plans: list[dict[Hashable, Any]] = [{} for _ in order]
+        self.inplace = [False] * len(order)
+        self.ready = False  # inference: the arena's decisions are recorded
+        self.bases: set[int] = set()  # inference: the arena buffers this plan uses
+        self.acc: dict[int, Any] = {}  # training: fan-out gradient sums, by value slot
+        self.calls: list[tuple] | None = None  # the replay's call list (``Executor._calls``)
+        self.one_thread = False  # too small for Numba's pool to pay anywhere: run on one thread
+
+
+class Pass:
+    """What one inference caller owns: its node contexts, its arena, its plans, and the
+    recording pass's ``trace`` of (node, output bytes, live bytes)."""
+
+    def __init__(self, ctxs: dict[str, Ctx], backend: Any) -> None:
+        self.ctxs = ctxs
+        self.in_order = list(ctxs.values())  # as the executor's steps
+        self.arena = Arena(backend)
+        self.plans: dict[Hashable, Plan] = {}
+        self.trace: list[tuple[str, int, int]] = []
+        self.folds = _fold.Folds([], [], self.in_order)  # inference's batch norms folded into convs
