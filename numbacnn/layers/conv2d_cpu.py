@@ -291,7 +291,8 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
                    if backward or k != "U"]
         back = [(bw[k], ints.get(k)) for k in ("V", "M", "pix", "R", "part", "nonfinite")]
         back.append(((T, *bw["xp"][1:]), None))  # gxp: the input gradient's padded images
-        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), tr, None if backward else WeightCache())
+        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), tr, None if backward else WeightCache(),
+                          2 if backward else 0)  # U, xp
     if path == "pixel":
         J = C * R * S
         B = _pixel_block(P * Q, J)
@@ -299,7 +300,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
                  W + geo[8] + _trailing(W, Q, S, geo[4], geo[6], geo[8]), C)
         forward = [((K, R, S, C), None), ((N if backward else T, *image), None), ((T, B, J), None), ((T, B, K), None)]
         back = [((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
-        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back))
+        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=2 if backward else 0)  # wp, xp
     col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
     return Conv2dPlan(path, geo, y_shape, T, col, (((T, K, C // G * R * S), None), *col))
 
