@@ -29,7 +29,7 @@ from ._arena import Arena
 from ._passes import Pass, Plan
 from ._threads import PARALLEL_MIN, on_one_thread
 from .graph import Graph, GraphError
-from .layer import POOL_SHAPES, Ctx, Shape, device_method
+from .layer import POOL_SHAPES, Ctx, Shape, Workspace, device_method
 
 __all__ = ["Executor", "Plan"]
 
@@ -83,10 +83,11 @@ class Executor:
         # Which values a gradient can flow into: from a parameter upstream, or from an input.
         param_up = [False] * self._first + [False] * len(self.order)
         input_up = [True] * self._first + [False] * len(self.order)
+        workspace = Workspace(backend) if device == "cpu" else None  # training scratch (Ctx.scratch)
         for k, (_, ins, _, name) in enumerate(self._steps):
             # A move between devices keeps each node's random stream where it was.
             rng = old[name].rng if name in old else np.random.default_rng(self._seeds[name])
-            ctx = Ctx(name, device, self.dtype, backend, rng, layer=self.graph.nodes[name].obj)
+            ctx = Ctx(name, device, self.dtype, backend, rng, layer=self.graph.nodes[name].obj, workspace=workspace)
             ctx.params, ctx.grads, ctx.buffers = params[name], grads[name], buffers[name]
             self.ctxs[name] = ctx
             param_up[self._first + k] = bool(params[name]) or any(param_up[i] for i in ins)
@@ -329,7 +330,7 @@ class Executor:
             grads[self._first + k] = None
             _, ins, kind, name = self._steps[k]
             ctx = self._train[k]
-            ctx.needs_input_grad = needs[k]
+            ctx.begin_backward(needs[k])
             gxs = self._backwards[k](ctx, gy)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)

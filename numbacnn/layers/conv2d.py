@@ -90,7 +90,8 @@ class Conv2d(Layer):
     def forward(self, ctx: Ctx, x: Any) -> Any:
         plan = self._plan(ctx, x.shape, ctx.backward_expected)
         y = ctx.empty(plan.out)
-        scratch = tuple(ctx.empty(shape, dtype) for shape, dtype in plan.forward_scratch)
+        scratch = tuple(ctx.empty(shape, dtype) if i < plan.kept else ctx.scratch(shape, dtype)
+                        for i, (shape, dtype) in enumerate(plan.forward_scratch))
         kept = ctx.kernels.conv2d_forward(x, self._weight(ctx.params), self._bias(ctx, ctx.params), y, plan, scratch)
         ctx.save(x, kept)
         return y
@@ -99,7 +100,7 @@ class Conv2d(Layer):
         x, kept = ctx.saved
         plan = self._plan(ctx, x.shape, True)
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
-        scratch = tuple(ctx.empty(shape, dtype) for shape, dtype in plan.backward_scratch)
+        scratch = tuple(ctx.scratch(shape, dtype) for shape, dtype in plan.backward_scratch)
         ctx.kernels.conv2d_backward(x, self._weight(ctx.params), gy, self._weight(ctx.grads),
                                     self._bias(ctx, ctx.grads), gx, plan, kept, scratch)
         return gx

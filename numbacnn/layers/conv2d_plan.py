@@ -65,6 +65,10 @@ class Conv2dPlan:
     backward_scratch: tuple[tuple[tuple[int, ...], Any], ...] = ()
     tiles: int = 0
     weights: Any = field(default=None, compare=False)
+    #: How many leading ``forward_scratch`` arrays the backward reads (the forward keeps them:
+    #: ``empty``); the others, and every ``backward_scratch`` array, live for one call only
+    #: (``ctx.scratch``: in training, the model's shared workspace).
+    kept: int = 0
 
 
 @contextlib.contextmanager

@@ -88,7 +88,7 @@ class Conv3d(Layer):
     def forward(self, ctx: Ctx, x: Any) -> Any:
         plan = self._plan(ctx, x.shape)
         y = ctx.empty(plan.out)
-        ctx.kernels.conv3d_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, ctx.empty(plan.col),
+        ctx.kernels.conv3d_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y, ctx.scratch(plan.col),
                                    self._geometry())
         ctx.save(x)
         return y
@@ -98,7 +98,7 @@ class Conv3d(Layer):
         plan = self._plan(ctx, x.shape)
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
         ctx.kernels.conv3d_backward(x, ctx.params["weight"], gy, ctx.grads["weight"], self._bias(ctx, ctx.grads), gx,
-                                    ctx.empty(plan.col), ctx.empty(plan.part), self._geometry())
+                                    ctx.scratch(plan.col), ctx.scratch(plan.part), self._geometry())
         return gx
 
     def _bias(self, ctx: Ctx, arrays: dict[str, Any]) -> Any:

@@ -95,7 +95,7 @@ class ConvTranspose2d(Layer):
         plan = ctx.plan(x.shape, lambda: self._plan(ctx, x.shape))
         y = ctx.empty((x.shape[0], *plan.out))
         ctx.kernels.conv_transpose2d_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y,
-                                             ctx.empty(plan.scratch["col"]), plan.geo)
+                                             ctx.scratch(plan.scratch["col"]), plan.geo)
         ctx.save(x)
         return y
 
@@ -104,8 +104,8 @@ class ConvTranspose2d(Layer):
         plan = ctx.plan(x.shape, lambda: self._plan(ctx, x.shape))
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
         ctx.kernels.conv_transpose2d_backward(x, ctx.params["weight"], gy, ctx.grads["weight"],
-                                              self._bias(ctx, ctx.grads), gx, ctx.empty(plan.scratch["col"]),
-                                              ctx.empty(plan.scratch["part"]), plan.geo)
+                                              self._bias(ctx, ctx.grads), gx, ctx.scratch(plan.scratch["col"]),
+                                              ctx.scratch(plan.scratch["part"]), plan.geo)
         return gx
 
     def _bias(self, ctx: Ctx, arrays: dict[str, Any]) -> Any:
