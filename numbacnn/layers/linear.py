@@ -57,7 +57,7 @@ class Linear(Layer):
     def forward(self, ctx: Ctx, x: Any) -> Any:
         w = ctx.params["weight"]
         y = ctx.empty((x.shape[0], self.out_features))
-        scratch = ctx.empty(self._scratch(ctx, x, w)[0])
+        scratch = ctx.scratch(self._scratch(ctx, x, w)[0])
         ctx.kernels.linear_forward(x, w, self._bias(ctx, ctx.params), y, scratch)
         ctx.save(x)
         return y
@@ -65,7 +65,7 @@ class Linear(Layer):
     def backward(self, ctx: Ctx, gy: Any) -> Any:
         (x,) = ctx.saved
         w = ctx.params["weight"]
-        part = ctx.empty(self._scratch(ctx, x, w)[1])
+        part = ctx.scratch(self._scratch(ctx, x, w)[1])
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
         ctx.kernels.linear_backward(x, w, gy, ctx.grads["weight"], self._bias(ctx, ctx.grads), part, gx)
         return gx
