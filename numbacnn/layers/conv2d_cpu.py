@@ -132,7 +132,8 @@ def _rows(xp, cf, Q, geo, la, lb, scatter):
 @cpu_kernel
 def _forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
     """y[n] = conv2d(x[n]) + b through pixel-major column blocks; wp is (K, R*S*C), scratch
-    per chunk t: colt[t] (block rows, R*S*C), yt[t] (block rows, K), xp[t] (a padded HWC image)."""
+    per chunk t: colt[t] (block rows, R*S*C), yt[t] (block rows, K); xp (padded HWC images)
+    has one per chunk, or one per sample (N of them: kept for the backward)."""
     pt, pl = geo[7], geo[8]
     N, K = y.shape[0], y.shape[1]
     T, B, J = colt.shape
@@ -140,7 +141,7 @@ def _forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
     for t in prange(T):
         cf, ytf = colt[t].reshape(B * J), yt[t].reshape(B * K)
         for n in range(t * N // T, (t + 1) * N // T):
-            xpn = xp[t]
+            xpn = xp[n] if xp.shape[0] == N else xp[t]
             to_hwc(x[n], xpn, pt, pl)
             yn = y[n].reshape(K, L)
             for la in range(0, L, B):
@@ -156,9 +157,8 @@ def _forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
 @cpu_kernel
 def _backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_gx):
     """part[t] = chunk t's weight gradient, columns (r, s, c); gx[n] (when ``want_gx``) =
-    the input gradient, gathered in the padded HWC scratch gxp[t] and transposed back. xp[t]:
-    scratch for x[n]'s padded HWC image, rebuilt here (a copy, cheap next to the products)
-    rather than kept from the forward for every sample."""
+    the input gradient, gathered in the padded HWC scratch gxp[t] and transposed back. xp:
+    the forward's padded HWC images of x, one per sample."""
     pt, pl = geo[7], geo[8]
     N, K = gy.shape[0], gy.shape[1]
     T, B, J = colt.shape
@@ -167,8 +167,7 @@ def _backward_pixels(x, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_gx):
         cf, pf = colt[t].reshape(B * J), part[t].reshape(K * J)
         n0 = t * N // T
         for n in range(n0, (t + 1) * N // T):
-            xpn = xp[t]
-            to_hwc(x[n], xpn, pt, pl)
+            xpn = xp[n]
             if want_gx:
                 gxp[t].reshape(gxp[t].size)[:] = 0
             gyf = gy[n].reshape(K * L)
@@ -248,9 +247,9 @@ def _pixel_block(L: int, J: int) -> int:
 def _pixel_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, wp: np.ndarray,
                        xp: np.ndarray, colt: np.ndarray, yt: np.ndarray, geo: Geometry) -> None:
     """y = conv2d(x, w) + b on the pixel-major path (groups 1). ``wp`` (K, R, S, C) receives
-    the weights in column order (the backward takes them from there). Scratch per chunk of
-    the batch: ``xp`` (T, padded H, padded W, C), ``colt`` (T, B, C*R*S) and ``yt`` (T, B,
-    K), B = _pixel_block(...)."""
+    the weights in column order (the backward takes them from there). Scratch: ``xp``
+    (T or N, padded H, padded W, C; N: kept for the backward), and per chunk of the batch
+    ``colt`` (T, B, C*R*S) and ``yt`` (T, B, K), B = _pixel_block(...)."""
     np.copyto(wp, w.transpose(0, 2, 3, 1))
     with single_thread_blas:
         _forward_pixels(x, wp.reshape(wp.shape[0], -1), b, xp, colt, yt, y, y.shape[2], y.shape[3], geo)
@@ -260,8 +259,9 @@ def _pixel_backward(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarra
                         wp: np.ndarray, xp: np.ndarray, gxp: np.ndarray | None, colt: np.ndarray,
                         part: np.ndarray, geo: Geometry) -> None:
     """The pixel-major backward: gw += the weight gradient, gb += the bias gradient, gx = the
-    input gradient (None: not wanted; then ``gxp`` may be None too). ``wp`` as the forward
-    left it; scratch ``xp`` and ``gxp`` (T, padded H, padded W, C) and ``part`` (T, K, C*R*S)."""
+    input gradient (None: not wanted; then ``gxp`` may be None too). ``wp`` and ``xp`` (one
+    image per sample) as the forward left them; scratch ``gxp`` (T, padded H, padded W, C) and
+    ``part`` (T, K, C*R*S)."""
     N, K, P, Q = gy.shape
     with single_thread_blas:
         _backward_pixels(x, wp.reshape(K, -1), gy, xp, xp if gxp is None else gxp, colt, part,
@@ -284,22 +284,23 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
     if path == "winograd":
         from .conv2d_winograd_cpu import WeightCache, scratch
 
-        fw, tr = scratch(T, C, K, P, Q, (R, S))
+        fw, tr = scratch(N if backward else T, T, C, K, P, Q, (R, S))
+        bw = scratch(N, T, C, K, P, Q, (R, S))[0]
         ints = {"nonfinite": "int64"}
         forward = [(fw[k], ints.get(k)) for k in ("U", "xp", "V", "M", "pix", "R", "nonfinite")
                    if backward or k != "U"]
-        back = [(fw[k], ints.get(k)) for k in ("V", "M", "pix", "R", "part", "nonfinite", "xp")]
-        back.append((fw["xp"], None))  # gxp: the input gradient's padded images
+        back = [(bw[k], ints.get(k)) for k in ("V", "M", "pix", "R", "part", "nonfinite")]
+        back.append(((T, *bw["xp"][1:]), None))  # gxp: the input gradient's padded images
         return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), tr, None if backward else WeightCache(),
-                          1 if backward else 0)  # U
+                          2 if backward else 0)  # U, xp
     if path == "pixel":
         J = C * R * S
         B = _pixel_block(P * Q, J)
         image = (H + geo[7] + _trailing(H, P, R, geo[3], geo[5], geo[7]),
                  W + geo[8] + _trailing(W, Q, S, geo[4], geo[6], geo[8]), C)
-        forward = [((K, R, S, C), None), ((T, *image), None), ((T, B, J), None), ((T, B, K), None)]
-        back = [((T, *image), None), ((T, B, J), None), ((T, K, J), None), ((T, *image), None)]
-        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=1 if backward else 0)  # wp
+        forward = [((K, R, S, C), None), ((N if backward else T, *image), None), ((T, B, J), None), ((T, B, K), None)]
+        back = [((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
+        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=2 if backward else 0)  # wp, xp
     col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
     return Conv2dPlan(path, geo, y_shape, T, col, (((T, K, C // G * R * S), None), *col))
 
@@ -326,7 +327,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
         xp, V, M, pix, lanes, nonfinite = scratch[-6:]
         if conv2d_forward_wino(x, w, b, y, U, xp, V, M, pix, lanes, nonfinite, (geo[7], geo[8]), plan.tiles,
                                plan.weights):
-            return "winograd", U
+            return "winograd", U, xp
         # NaN or Inf in x or w: the transforms spread them over whole tiles; recompute where
         # PyTorch puts them (conv2d_winograd_cpu), with scratch of its own (a rare case).
         col = None if _direct(geo, x.shape, y.shape) else np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)
@@ -335,7 +336,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
     if plan.path == "pixel":
         wp, xp, colt, yt = scratch
         _pixel_forward(x, w, b, y, wp, xp, colt, yt, geo)
-        return "pixel", wp
+        return "pixel", wp, xp
     _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks)
     return ("im2col",)
 
@@ -355,14 +356,14 @@ def conv2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray
     if kept[0] == "winograd":
         from .conv2d_winograd_cpu import conv2d_backward_wino
 
-        V, M, pix, lanes, part, nonfinite, xp, gxp = scratch
-        if conv2d_backward_wino(x, gy, gw, gb, gx, kept[1], xp, gxp, V, M, pix, lanes, part, nonfinite,
+        V, M, pix, lanes, part, nonfinite, gxp = scratch
+        if conv2d_backward_wino(x, gy, gw, gb, gx, kept[1], kept[2], gxp, V, M, pix, lanes, part, nonfinite,
                                 (geo[7], geo[8]), plan.tiles):
             return
         # NaN or Inf in gy (as in the forward): im2col needs only x
     elif kept[0] == "pixel":
-        gxp, colt, part, xp = scratch
-        _pixel_backward(x, gy, gw, gb, gx, kept[1], xp, gxp, colt, part, geo)
+        gxp, colt, part = scratch
+        _pixel_backward(x, gy, gw, gb, gx, kept[1], kept[2], gxp, colt, part, geo)
         return
     if plan.path == "im2col":
         part, *col = scratch

@@ -116,7 +116,8 @@ def winograd_weights(w, U, cg):
 def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, nonfinite):
     """y[n] = conv2d(x[n]) + b, stride 1, as the sum of the 3x3 sub-kernels' convolutions of
     shifted tiles (``ns`` of them per row). Scratch per chunk t of the batch: V[t], M[t], pix[t]
-    and R[t] (``scratch``), and xp[t], a padded HWC image. nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
+    and R[t] (``scratch``); xp: padded HWC images, one per chunk or one per sample (N: kept for
+    the backward). nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
     N, K, P, Q = y.shape
     T = V.shape[0]
     J = U.shape[2] // K
@@ -126,7 +127,7 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, non
     for t in prange(T):
         bad = 0
         for n in range(t * N // T, (t + 1) * N // T):
-            xpn = xp[t]
+            xpn = xp[n] if xp.shape[0] == N else xp[t]
             to_hwc(x[n], xpn, pt, pl)
             yn = y[n].reshape(K, L)
             for i0 in range(0, th, tr):
@@ -150,9 +151,8 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, non
 @cpu_kernel
 def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, tr, ns, want_gx, c, nonfinite):
     """part[t] (36, nsub*C, K) = chunk t's weight gradient in the transformed domain; gx[n] (when
-    ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp[t]:
-    scratch for x[n]'s padded HWC image, rebuilt here rather than kept from the forward for
-    every sample. nonfinite[t] = how many of chunk t's values
+    ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp: the
+    forward's padded HWC images, one per sample. nonfinite[t] = how many of chunk t's values
     of gy are NaN or +-Inf."""
     N, K, P, Q = gy.shape
     T = V.shape[0]
@@ -164,7 +164,6 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
         bad = 0
         n0 = t * N // T
         for n in range(n0, (t + 1) * N // T):
-            to_hwc(x[n], xp[t], pt, pl)
             if want_gx:
                 gxp[t].reshape(gxp[t].size)[:] = 0
             gyn = gy[n].reshape(K, L)
@@ -180,7 +179,7 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                 output_tiles_grad(pix[t], M[t], R[t], i0, i1, P, Q, c)
                 beta = 0 if n == n0 and i0 == 0 else 1
                 for sub in range(nsub):
-                    input_tiles(xp[t], V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
+                    input_tiles(xp[n], V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
                 for e in range(36):
                     ve, me = V[t, e], M[t, e]
                     # part[t, e] (+)= V[e]^T @ Z[e]; then V[e] = Z[e] @ U[e]^T, the tiles' gradient
@@ -297,18 +296,18 @@ def _words(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint32)
 
 
-def scratch(T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, int]
+def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, int]
             ) -> tuple[dict[str, tuple[int, ...]], int]:
-    """Shapes of the scratch arrays for a batch cut into T chunks (a P x Q output), and the
-    tile rows per block: ``xp`` holds a padded HWC image per chunk (the backward rebuilds
-    its own from x), ``part`` the weight gradient partials.
+    """Shapes of the scratch arrays for a batch of N cut into T chunks (a P x Q output), and
+    the tile rows per block: ``xp`` holds N padded HWC images (the forward keeps them for the
+    backward; pass T there when no backward follows), ``part`` the weight gradient partials.
     A kernel larger than 3x3 is cut into 3x3 sub-kernels (``U`` holds each one's transform)."""
     th, tw = (P + 3) // 4, (Q + 3) // 4
     nr, ns = (kernel[0] + 2) // 3, (kernel[1] + 2) // 3
     J = nr * ns * C  # columns of the transformed input: every sub-kernel's channels
     tr = tile_rows(tw, J, K)
     tr = -(-th // -(-th // tr))  # as many tile rows as before, spread evenly over the blocks
-    return {"U": (2, 36, J * K), "xp": (T, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
+    return {"U": (2, 36, J * K), "xp": (N, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
             "V": (T, 36, plane_size(tr * tw, J)), "M": (T, 36, plane_size(tr * tw, K)), "pix": (T, 4 * tr * Q, K),
             "R": (T, LANES_SCRATCH), "part": (T, 36, J, K), "nonfinite": (T,)}, tr
 
@@ -341,8 +340,8 @@ def conv2d_backward_wino(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.n
                          pix: np.ndarray, R: np.ndarray, part: np.ndarray, nonfinite: np.ndarray,
                          pads: tuple[int, int], tr: int) -> bool:
     """gw += the weight gradient, gb += the bias gradient, gx = the input gradient (None: not
-    wanted; then ``gxp`` may be None). ``U`` as the forward left it; scratch as there (``xp``:
-    x's padded images, rebuilt per chunk), plus ``gxp`` (T padded images) and ``part``. False when gy
+    wanted; then ``gxp`` may be None). ``U`` and ``xp`` (one image per sample) as the forward
+    left them; scratch as there, plus ``gxp`` (T padded images) and ``part``. False when gy
     holds NaN or Inf: then gw and gb are left alone, gx is not PyTorch's, and an im2col path
     must compute all three."""
     N, K = gy.shape[:2]

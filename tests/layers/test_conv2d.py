@@ -195,7 +195,7 @@ def test_conv2d_cpu_winograd_by_default_in_uneven_tile_blocks(rows):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NUMBACNN_CONV2D_PATH", "winograd")  # float64 too (its default is im2col)
         mp.setattr(conv2d_winograd_cpu, "_BLOCK_ELEMENTS", rows * 36 * 2 * 32)
-        assert conv2d_winograd_cpu.scratch(2, 16, 16, 10, 6, (3, 3))[1] == rows
+        assert conv2d_winograd_cpu.scratch(2, 2, 16, 16, 10, 6, (3, 3))[1] == rows
         check_layer(layer, [shape], conv_ref(cfg), cuda=False, fd_points=6)
 
 
