@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from .._blas import gemm
-from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
+from .._jit import REASSOC, cpu_kernel, prange
 from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im, im2col
+from .conv2d_hwc_cpu import bias_sum
 
 __all__ = ["conv_transpose2d_scratch", "conv_transpose2d_forward", "conv_transpose2d_backward"]
 
@@ -75,15 +76,6 @@ def _backward_chunks(x4, w3, gy, col4, part4, gx4, H, W, geo, want_gx):
                          gx4[n, g].reshape(Cg * L), L)
 
 
-@cpu_inline
-def _sum_plane(gy3, k):
-    acc = gy3.dtype.type(0)
-    for n in range(gy3.shape[0]):
-        for i in range(gy3.shape[2]):
-            acc += gy3[n, k, i]
-    return acc
-
-
 @cpu_kernel(fastmath=REASSOC)  # the sums run in vector lanes; NaN and Inf still propagate
 def _reduce(part, gw2, gy3, gb):
     """gw2 += the chunks' partials summed; gb += gy3 summed over samples and pixels (if any).
@@ -99,7 +91,7 @@ def _reduce(part, gw2, gy3, gb):
                     s += part[t, i, j]
                 gw2[i, j] += s
         if gb.size and i < K:
-            gb[i] += _sum_plane(gy3, i)
+            gb[i] += bias_sum(gy3, i)
 
 
 def _groups(a: np.ndarray, G: int) -> np.ndarray:
