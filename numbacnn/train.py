@@ -259,10 +259,10 @@ class Trainer:
                        validation_data: tuple[np.ndarray, np.ndarray] | None) -> None:
         """Compile what ``fit`` will run, with the compile progress shown, before its first epoch
         bar starts: one training step and one evaluation on a few samples, on a twin of the model
-        (same graph, dtype and device, its own parameters, buffers, optimizer and generators),
-        so nothing of this trainer's changes and a run stays bit-reproducible."""
+        (same graph, dtype, device; its own parameters, buffers, optimizer, generators), so a run
+        stays bit-reproducible; on a cold cache a worker process helps (numbacnn._precompile)."""
         from ._compile_progress import compile_progress
-
+        from ._precompile import worker_on_first_compile
         model, opt = self.model, self.optimizer
         twin = Model(model.graph, seed=model.seed, dtype=model.dtype).to(model.device)
         try:
@@ -271,7 +271,7 @@ class Trainer:
             twin_opt = None  # an optimizer its config cannot rebuild: its kernels compile in step one
         twin_trainer = Trainer(twin, twin_opt, loss=self.loss_fn, seed=self.seed)
         rows = np.arange(min(len(x), batch_size, 4))  # indexed as the epochs index: a fresh C-contiguous batch
-        with compile_progress():
+        with compile_progress(), worker_on_first_compile(twin, twin_opt, self.loss_fn, x[rows], y[rows]):
             if twin_opt is not None:
                 twin_trainer.train_step(x[rows], y[rows])
             else:

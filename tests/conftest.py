@@ -13,6 +13,11 @@ import pytest
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
+# No background compile worker unless a test asks for one (tests/test_precompile.py): tests that
+# count what a cold process compiles must not depend on how idle the machine is. Subprocesses
+# inherit it.
+os.environ.setdefault("NUMBACNN_PRECOMPILE", "0")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from numbacnn.device import cuda_available
