@@ -238,3 +238,34 @@ def test_max_pool2d_unpadded_2x2_fast_path_matches_the_general_path(stride):
         rgx[n, c, at[0], at[1]] += gy[n, c, p, q]
     np.testing.assert_array_equal(y, ry)
     np.testing.assert_array_equal(gx, rgx)
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=3),
+                                dict(kernel_size=3, stride=2, padding=1, dilation=2),
+                                dict(kernel_size=(2, 3), stride=(2, 2), padding=(1, 0))])
+def test_max_pool2d_inside_windows_keep_the_general_rules(kw):
+    # The window kernel runs windows wholly inside x through one unchecked pass per tap; it
+    # must keep the checked loop's rules at every window, edge or inside: ties, NaNs, -inf.
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, (2, 3, 11, 12)).astype(np.float32)  # many ties
+    x[0, 0, 4, 4] = x[1, 2, 6, 6] = x[1, 2, 6, 7] = x[0, 1, 0, 0] = np.nan
+    x[0, 2, 3:8, 3:8] = -np.inf  # inside windows of -inf alone: their first element
+    layer = MaxPool2d(**kw)
+    (R, S), (sh, sw), (ph, pw), (dh, dw) = layer.kernel, layer.stride, layer.padding, layer.dilation
+    _, P, Q = layer.output_shape(x.shape[1:])
+    gy = rng.standard_normal((2, 3, P, Q)).astype(np.float32)
+    model = _model(layer, x.shape)
+    y, gx = model.forward(x, training=True), model.backward(gy)
+    ry, rgx = np.empty_like(y), np.zeros_like(x)
+    for n, c, p, q in np.ndindex(*y.shape):
+        best, at = -np.inf, None
+        for r, s in np.ndindex(R, S):
+            h, w = p * sh - ph + r * dh, q * sw - pw + s * dw
+            if 0 <= h < x.shape[2] and 0 <= w < x.shape[3]:
+                v = x[n, c, h, w]
+                if at is None or v > best or v != v:
+                    best, at = v, (h, w)
+        ry[n, c, p, q] = best
+        rgx[n, c, at[0], at[1]] += gy[n, c, p, q]
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(gx, rgx)
