@@ -7,7 +7,9 @@ The CPU suite runs with ``-m "not cuda"``; the CUDA suite runs in its own proces
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -36,3 +38,32 @@ def mnist_dir() -> Path:
     if not (path / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST test set not found in {path}")
     return path
+
+
+def _gather(n: int, fn: Callable[[int], Any]) -> list[Any]:
+    start = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            start.wait()
+            results[i] = fn(i)
+        except BaseException as e:  # reported by the test thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=body, args=(i,), name=f"worker{i}") for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.fixture
+def gather() -> Callable[[int, Callable[[int], Any]], list[Any]]:
+    """``gather(n, fn)``: run ``fn(i)`` in ``n`` threads started together and return the
+    results; the first failure is re-raised."""
+    return _gather

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,34 +12,12 @@ import pytest
 import numbacnn as nc
 
 
-def gather(n, fn):
-    """Run ``fn(i)`` in ``n`` threads started together; re-raise the first failure."""
-    start = threading.Barrier(n)
-    results, errors = [None] * n, []
-
-    def body(i):
-        try:
-            start.wait()
-            results[i] = fn(i)
-        except BaseException as e:  # reported by the test thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=body, args=(i,), name=f"worker{i}") for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
 @pytest.fixture(scope="module")
 def model():
     return nc.zoo.network3("conv2_relu", seed=0)
 
 
-def test_concurrent_inference_matches_single_thread(model):
+def test_concurrent_inference_matches_single_thread(model, gather):
     rng = np.random.default_rng(0)
     xs = [rng.random((b, 1, 28, 28), dtype=np.float32) for b in (1, 2, 5, 8, 3)]
     want = [model.forward(x) for x in xs]
@@ -54,7 +31,7 @@ def test_concurrent_inference_matches_single_thread(model):
             np.testing.assert_array_equal(y, want[k])
 
 
-def test_inference_while_a_training_step_waits_for_its_backward(model):
+def test_inference_while_a_training_step_waits_for_its_backward(model, gather):
     x = np.random.default_rng(1).random((4, 1, 28, 28), dtype=np.float32)
     gy = np.ones((4, 10), np.float32)
     model.zero_grad()
@@ -72,7 +49,7 @@ def test_inference_while_a_training_step_waits_for_its_backward(model):
         np.testing.assert_array_equal(model.grads[k], g)
 
 
-def test_training_from_two_threads_is_refused(model):
+def test_training_from_two_threads_is_refused(model, gather):
     x = np.random.default_rng(2).random((2, 1, 28, 28), dtype=np.float32)
     gy = np.ones((2, 10), np.float32)
     model.zero_grad()
@@ -100,7 +77,7 @@ def test_training_from_two_threads_is_refused(model):
         model.backward(gy)
 
 
-def test_a_finished_thread_does_not_hold_the_model(model):
+def test_a_finished_thread_does_not_hold_the_model(model, gather):
     x = np.random.default_rng(3).random((2, 1, 28, 28), dtype=np.float32)
     gather(1, lambda i: model.forward(x, training=True))  # its backward never comes
     model.forward(x, training=True)

@@ -7,7 +7,6 @@ step or by ``load_state``, must show on the next call. PyTorch is the oracle; th
 own; float64 (the oracle's precision) takes im2col unless forced, so every test here forces it.
 """
 
-import threading
 
 import numpy as np
 import pytest
@@ -103,28 +102,7 @@ def test_inf_put_into_a_cached_weight_falls_back_to_im2col():
     np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
 
 
-def _gather(n, fn):
-    # fn(i) in n threads started together (as tests/test_model_threads.py); the first failure re-raised.
-    start, results, errors = threading.Barrier(n), [None] * n, []
-
-    def body(i):
-        try:
-            start.wait()
-            results[i] = fn(i)
-        except BaseException as e:  # reported by the test thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
-def test_threads_each_keep_their_own_transform_and_see_edits():
+def test_threads_each_keep_their_own_transform_and_see_edits(gather):
     m = _model()
     xs = [_x(b, b) for b in (1, 2, 3)]
     for step in range(2):
@@ -133,7 +111,7 @@ def test_threads_each_keep_their_own_transform_and_see_edits():
         def calls(i):
             return [(k, m.forward(xs[k])) for k in np.random.default_rng(i).integers(0, len(xs), 6)]
 
-        for outcome in _gather(4, calls):
+        for outcome in gather(4, calls):
             for k, y in outcome:
                 np.testing.assert_allclose(y, want[k], rtol=1e-10, atol=1e-10)
         m.params["c2.weight"][:] = np.flip(m.params["c2.weight"], axis=0)
