@@ -5,17 +5,20 @@ from .._jit import cpu_kernel, prange
 __all__ = ["concat_forward", "concat_backward_input"]
 
 
+# One contiguous slice copy per sample: Numba lowers it to a vectorised copy. The former
+# per-element loop (a division and a signed index per element) ran 13x slower forward and 28x
+# backward on googlenet_mini's inc3b join (N=32, 112 channels of 16x16, one thread).
 @cpu_kernel
 def concat_forward(x, offset, y):
-    M = x.size // y.shape[0]
-    for i in prange(x.size):
-        n = i // M
-        y[n, offset + i - n * M] = x[i]
+    N = y.shape[0]
+    M = x.size // N
+    for n in prange(N):
+        y[n, offset:offset + M] = x[n * M:(n + 1) * M]
 
 
 @cpu_kernel
 def concat_backward_input(gy, offset, gx):
-    M = gx.size // gy.shape[0]
-    for i in prange(gx.size):
-        n = i // M
-        gx[i] = gy[n, offset + i - n * M]
+    N = gy.shape[0]
+    M = gx.size // N
+    for n in prange(N):
+        gx[n * M:(n + 1) * M] = gy[n, offset:offset + M]

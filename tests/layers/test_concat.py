@@ -75,3 +75,24 @@ def test_concat_matches_torch():
 def test_concat_cuda():
     check_layer(nc.get_layer("concat")(), [(2, 1, 3, 3), (2, 3, 3, 3), (2, 2, 3, 3)], concat_ref,
                 cuda=True, threads=False)
+
+
+def test_concat_float32_batch_matches_numpy_and_torch():
+    # A batch of many samples and inputs of unequal sizes: each sample's slice of every input
+    # lands at its own row offset (the CPU kernels copy one slice per sample).
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    chans = (5, 7, 1, 3)
+    xs = [rng.standard_normal((9, c, 6, 5), dtype=np.float32) for c in chans]
+    g = nc.Graph()
+    g.output(g.concat(*(g.input((c, 6, 5), name=f"x{i}") for i, c in enumerate(chans))))
+    model = nc.Model(g)
+    gy = rng.standard_normal((9, sum(chans), 6, 5), dtype=np.float32)
+    y = model.forward(*xs, training=True)
+    gxs = model.backward(gy)
+    np.testing.assert_array_equal(y, concat_ref(*xs).astype(np.float32))
+    np.testing.assert_array_equal(y, torch.cat([torch.from_numpy(x) for x in xs], dim=1).numpy())
+    bounds = np.cumsum((0, *chans))
+    for gx, c0, c1 in zip(gxs, bounds[:-1], bounds[1:]):
+        assert gx.dtype == np.float32
+        np.testing.assert_array_equal(gx, gy[:, c0:c1])
