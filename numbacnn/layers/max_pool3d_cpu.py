@@ -188,9 +188,56 @@ def _forward_rows(x, geometry, y, index):
             _rows_volume(x, geometry, y, index, nc)
 
 
+def _flat2x2(geometry: tuple, x_shape: tuple, y_shape: tuple) -> bool:
+    """2-D, 2x2 windows at stride 2, unpadded, undilated, none hanging past x (ceil mode)."""
+    T, R, S, _, sh, sw, pd, ph, pw, _, dh, dw = geometry
+    return ((T, R, S, sh, sw, pd, ph, pw, dh, dw) == (1, 2, 2, 2, 2, 0, 0, 0, 1, 1) and x_shape[2] == 1
+            and 2 * y_shape[3] <= x_shape[3] and 2 * y_shape[4] <= x_shape[4])
+
+
+@cpu_inline
+def _plane2x2(xf, yf, jf, nc, H, W, P, Q):
+    """Plane nc of _forward_2x2: _max2x2's taps and rule unrolled over flat arrays, with
+    unsigned offsets and selects instead of branches."""
+    ib, ob = np.uint64(nc * H * W), np.uint64(nc * P * Q)
+    for p in range(P):
+        row, o = ib + np.uint64(2 * p * W), ob + np.uint64(p * Q)
+        for q in range(Q):
+            i = row + np.uint64(2 * q)
+            a, b, c, d = xf[i], xf[i + np.uint64(1)], xf[i + np.uint64(W)], xf[i + np.uint64(W + 1)]
+            at = np.int32(2 * p * W + 2 * q)
+            # window_max's rule: strict '>' keeps the first maximum, the last NaN wins
+            t = (b > a) | (b != b)
+            best, k = (b, np.int32(1)) if t else (a, np.int32(0))
+            t = (c > best) | (c != c)
+            best, k = (c, np.int32(W)) if t else (best, k)
+            t = (d > best) | (d != d)
+            best, k = (d, np.int32(W + 1)) if t else (best, k)
+            yf[o + np.uint64(q)] = best
+            jf[o + np.uint64(q)] = at + k
+
+
+@cpu_kernel
+def _forward_2x2(x, y, index):
+    """2-D, 2x2 windows at stride 2, unpadded, undilated, every window inside x (network3's
+    pools): 3x faster than _forward_windows (batch 10, one thread: 79 -> 29 us on 20x24x24,
+    33 -> 12 us on 40x8x8)."""
+    N, C, _, H, W = x.shape
+    P, Q = y.shape[3], y.shape[4]
+    xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
+    if x.size < PARALLEL_MIN:
+        for nc in range(N * C):
+            _plane2x2(xf, yf, jf, nc, H, W, P, Q)
+    else:
+        for nc in prange(N * C):
+            _plane2x2(xf, yf, jf, nc, H, W, P, Q)
+
+
 def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
-    stride_w = geometry[5]
-    (_forward_rows if stride_w == 1 else _forward_windows)(x, geometry, y, index)
+    if _flat2x2(geometry, x.shape, y.shape):
+        _forward_2x2(x, y, index)
+    else:
+        (_forward_rows if geometry[5] == 1 else _forward_windows)(x, geometry, y, index)
 
 
 @cpu_inline

@@ -73,6 +73,14 @@ def test_max_pool2d_2x2_ceil_mode_windows_hanging_past_the_input(kw, shape):
     _check(kw, shape, np.random.default_rng(1))
 
 
+# The flat 2x2 stride-2 forward (max_pool3d_cpu._forward_2x2) indexes x by plane and row
+# itself: odd sizes in floor mode leave a last row or column unread, and its planes must not
+# run into one another.
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 2, 6, 3), (3, 1, 2, 2), (1, 4, 9, 4)])
+def test_max_pool2d_flat_2x2_kernel_fenced(shape):
+    _check(dict(kernel_size=2), shape, np.random.default_rng(shape[3]), np.float32)
+
+
 def _geometries(count, seed):
     """Random legal geometries: one in three the unrolled 2x2 unpadded window."""
     rng = np.random.default_rng(seed)
