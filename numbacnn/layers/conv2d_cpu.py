@@ -103,7 +103,10 @@ def _backward_chunks(x, x4, w3, gy4, col, part, gx, gx4, P, Q, geo, direct, want
 # matrix is built a block of output pixels at a time, sized to stay in L2 next to BLAS's own
 # packing buffers; the block's output (pixels, K) goes back to NCHW with the bias added.
 # Columns are ordered (r, s, c), so the weights come in as (K, R, S, C) and the weight
-# gradient's partials are permuted back by _reduce.
+# gradient's partials are permuted back by _reduce. The forward multiplies by the weights as
+# a (R*S*C, K) matrix (wt), the input gradient by them as (K, R*S*C) (wp): each product then
+# takes both operands untransposed or one transposed, which OpenBLAS ran 1.2x faster than
+# the same product through a transposed weight matrix (64x500 by 500x40: 38 against 31 us).
 
 @cpu_inline
 def _rows(xp, cf, Q, geo, la, lb, scatter):
@@ -130,8 +133,8 @@ def _rows(xp, cf, Q, geo, la, lb, scatter):
 
 
 @cpu_kernel
-def _forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
-    """y[n] = conv2d(x[n]) + b through pixel-major column blocks; wp is (K, R*S*C), scratch
+def _forward_pixels(x, wt, b, xp, colt, yt, y, P, Q, geo):
+    """y[n] = conv2d(x[n]) + b through pixel-major column blocks; wt is (R*S*C, K), scratch
     per chunk t: colt[t] (block rows, R*S*C), yt[t] (block rows, K); xp (padded HWC images)
     has one per chunk, or one per sample (N of them: kept for the backward)."""
     pt, pl = geo[7], geo[8]
@@ -147,7 +150,7 @@ def _forward_pixels(x, wp, b, xp, colt, yt, y, P, Q, geo):
             for la in range(0, L, B):
                 lb = min(L, la + B)
                 _rows(xpn, cf, Q, geo, la, lb, False)
-                gemm(False, True, lb - la, K, J, cf, J, wp.reshape(K * J), J, 0, ytf, K)
+                gemm(False, False, lb - la, K, J, cf, J, wt.reshape(J * K), K, 0, ytf, K)
                 for k in range(K):
                     bk = b[k] if b.size else yn.dtype.type(0)
                     for l in range(la, lb):
@@ -244,25 +247,27 @@ def _pixel_block(L: int, J: int) -> int:
     return max(1, min(L, _BLOCK_ELEMENTS // J))
 
 
-def _pixel_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, wp: np.ndarray,
-                       xp: np.ndarray, colt: np.ndarray, yt: np.ndarray, geo: Geometry) -> None:
-    """y = conv2d(x, w) + b on the pixel-major path (groups 1). ``wp`` (K, R, S, C) receives
-    the weights in column order (the backward takes them from there). Scratch: ``xp``
-    (T or N, padded H, padded W, C; N: kept for the backward), and per chunk of the batch
-    ``colt`` (T, B, C*R*S) and ``yt`` (T, B, K), B = _pixel_block(...)."""
-    np.copyto(wp, w.transpose(0, 2, 3, 1))
+def _pixel_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, xp: np.ndarray,
+                       wt: np.ndarray, colt: np.ndarray, yt: np.ndarray, geo: Geometry) -> None:
+    """y = conv2d(x, w) + b on the pixel-major path (groups 1). Scratch: ``xp`` (T or N,
+    padded H, padded W, C; N: kept for the backward), ``wt`` (R, S, C, K) for the weights in
+    column order, and per chunk of the batch ``colt`` (T, B, C*R*S) and ``yt`` (T, B, K),
+    B = _pixel_block(...)."""
+    np.copyto(wt, w.transpose(2, 3, 1, 0))
     with single_thread_blas:
-        _forward_pixels(x, wp.reshape(wp.shape[0], -1), b, xp, colt, yt, y, y.shape[2], y.shape[3], geo)
+        _forward_pixels(x, wt.reshape(-1, wt.shape[3]), b, xp, colt, yt, y, y.shape[2], y.shape[3], geo)
 
 
-def _pixel_backward(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray, gx: np.ndarray | None,
-                        wp: np.ndarray, xp: np.ndarray, gxp: np.ndarray | None, colt: np.ndarray,
-                        part: np.ndarray, geo: Geometry) -> None:
+def _pixel_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
+                        gx: np.ndarray | None, xp: np.ndarray, wp: np.ndarray, gxp: np.ndarray | None,
+                        colt: np.ndarray, part: np.ndarray, geo: Geometry) -> None:
     """The pixel-major backward: gw += the weight gradient, gb += the bias gradient, gx = the
-    input gradient (None: not wanted; then ``gxp`` may be None too). ``wp`` and ``xp`` (one
-    image per sample) as the forward left them; scratch ``gxp`` (T, padded H, padded W, C) and
-    ``part`` (T, K, C*R*S)."""
+    input gradient (None: not wanted; then ``gxp`` may be None too). ``xp`` (one image per
+    sample) as the forward left it; scratch ``wp`` (K, R, S, C) for the weights in column
+    order, ``gxp`` (T, padded H, padded W, C) and ``part`` (T, K, C*R*S)."""
     N, K, P, Q = gy.shape
+    if gx is not None:
+        np.copyto(wp, w.transpose(0, 2, 3, 1))
     with single_thread_blas:
         _backward_pixels(x, wp.reshape(K, -1), gy, xp, xp if gxp is None else gxp, colt, part,
                                x if gx is None else gx, P, Q, geo, gx is not None)
@@ -298,9 +303,9 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
         B = _pixel_block(P * Q, J)
         image = (H + geo[7] + _trailing(H, P, R, geo[3], geo[5], geo[7]),
                  W + geo[8] + _trailing(W, Q, S, geo[4], geo[6], geo[8]), C)
-        forward = [((K, R, S, C), None), ((N if backward else T, *image), None), ((T, B, J), None), ((T, B, K), None)]
-        back = [((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
-        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=2 if backward else 0)  # wp, xp
+        forward = [((N if backward else T, *image), None), ((R, S, C, K), None), ((T, B, J), None), ((T, B, K), None)]
+        back = [((K, R, S, C), None), ((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
+        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=1 if backward else 0)  # xp
     col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
     return Conv2dPlan(path, geo, y_shape, T, col, (((T, K, C // G * R * S), None), *col))
 
@@ -334,9 +339,9 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
         _im2col_forward(x, w, b, y, col, geo, plan.chunks)
         return ("im2col",)
     if plan.path == "pixel":
-        wp, xp, colt, yt = scratch
-        _pixel_forward(x, w, b, y, wp, xp, colt, yt, geo)
-        return "pixel", wp, xp
+        xp, wt, colt, yt = scratch
+        _pixel_forward(x, w, b, y, xp, wt, colt, yt, geo)
+        return "pixel", xp
     _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks)
     return ("im2col",)
 
@@ -362,8 +367,8 @@ def conv2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray
             return
         # NaN or Inf in gy (as in the forward): im2col needs only x
     elif kept[0] == "pixel":
-        gxp, colt, part = scratch
-        _pixel_backward(x, gy, gw, gb, gx, kept[1], kept[2], gxp, colt, part, geo)
+        wp, gxp, colt, part = scratch
+        _pixel_backward(x, w, gy, gw, gb, gx, kept[1], wp, gxp, colt, part, geo)
         return
     if plan.path == "im2col":
         part, *col = scratch
