@@ -5,9 +5,12 @@ blocking, the NaN/Inf fallback and the parallel structure; its public functions 
 kernels here). There, a 5x5 kernel was four 3x3 sub-kernels of F(4x4, 3x3): 4 x 36 = 144
 products per 4x4 output block and channel pair, 9 per output. F(4x4, 5x5) covers the block
 with one 8x8 tile: 64 products, 4 per output, and one input tile transform per block instead
-of four (the transforms are in conv2d_winograd5_tiles). On N8-16x28x28-K32 (5x5, padding 2),
-one thread, the 64 products of a sample took 0.26 ms against 0.52 ms for the 36 four times
-wider ones, and the input transform 0.2 ms against 0.4 ms.
+of four (the transforms are in conv2d_winograd5_tiles). On N8-16x28x28-K32 (padding 2), one
+thread, the batch's products took 0.26 ms against 0.52 ms, its input transforms 0.16-0.21 ms
+against 0.40 ms, and the layer's forward+backward 2.9-3.3 ms against 5.1-6.8 ms (fastest of
+interleaved runs on a shared machine). The output transforms write y (and read gy) in place:
+the pixel-major buffer they filled before, transposed into y afterwards, cost about as much
+as the transform itself.
 
 Rounding: the 8-point transforms (constants up to 21/4 and 32/45) put float32 results about
 5e-6 of the largest output from the exact ones (the four F(4, 3) sub-kernels: 3e-6; the direct
