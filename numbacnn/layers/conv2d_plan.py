@@ -44,11 +44,6 @@ PIXEL_MAJOR_MIN_RUN = 16
 WINOGRAD_MIN_CHANNELS = 16
 # Fewest output pixels for which a kernel larger than 3x3 takes the Winograd path.
 WINOGRAD_MIN_PIXELS = 256
-# The same for a 5x5 kernel (F(4x4, 5x5), one 8x8 tile per 4x4 block). One thread, batch 64,
-# 20 -> 40 channels (32 -> 64 at 7x7), forward+backward against the auto path before it:
-# 4x4 outputs 2.5 against 1.6 ms, 6x6 4.0 against 4.3 ms, 7x7 3.4 against 6.8 ms, 8x8 4.7
-# against 7.8 ms (forward 1.1 against 3.0 ms).
-WINOGRAD5_MIN_PIXELS = 36
 
 PATHS = ("auto", "im2col", "pixel", "winograd")
 ENV = "NUMBACNN_CONV2D_PATH"
@@ -132,11 +127,11 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
         return want
     if np.dtype(dtype) == np.float64:
         return "im2col"
-    # Winograd: enough channels, and past 3x3 only on outputs of WINOGRAD_MIN_PIXELS (four or
-    # more sub-kernels) or WINOGRAD5_MIN_PIXELS (5x5: F(4x4, 5x5)) pixels or more: below that
-    # its many small products per sample cost more than the im2col product they replace.
-    min_pixels = 0 if max(R, S) <= 3 else WINOGRAD5_MIN_PIXELS if (R, S) == (5, 5) else WINOGRAD_MIN_PIXELS
-    if winograd_fits and min(C, K) >= WINOGRAD_MIN_CHANNELS and P * Q >= min_pixels:
+    # Winograd: enough channels, and past 3x3 (four sub-kernels, or one F(4x4, 5x5) for 5x5)
+    # only on outputs of 256 pixels or more: below that its many small products per sample
+    # cost more than the im2col product they replace.
+    if (winograd_fits and min(C, K) >= WINOGRAD_MIN_CHANNELS
+            and (max(R, S) <= 3 or P * Q >= WINOGRAD_MIN_PIXELS)):
         return "winograd"
     # Pixel-major copies runs of S*C values (C when dilated); below PIXEL_MAJOR_MIN_RUN they
     # are too short to beat the channel-major im2col. It copies the whole input to HWC first,

@@ -188,11 +188,9 @@ def test_conv2d_cpu_winograd_by_default_in_uneven_tile_blocks(rows):
     layer = Conv2d(**cfg)
     assert cpu_path(layer, shape) == "winograd"
     assert cpu_path(Conv2d(out_channels=15, kernel_size=3), shape) != "winograd"
-    # past 3x3 only from 256 output pixels on, 5x5 (F(4x4, 5x5)) from 36
-    assert cpu_path(Conv2d(out_channels=16, kernel_size=4, padding=2), (1, 16, 15, 15)) == "winograd"
-    assert cpu_path(Conv2d(out_channels=16, kernel_size=4, padding=2), (1, 16, 15, 14)) != "winograd"
-    assert cpu_path(Conv2d(out_channels=16, kernel_size=5), (1, 16, 10, 10)) == "winograd"
-    assert cpu_path(Conv2d(out_channels=16, kernel_size=5), (1, 16, 10, 9)) != "winograd"
+    # past 3x3 only from 256 output pixels on
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (1, 16, 16, 16)) == "winograd"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (1, 16, 15, 16)) != "winograd"
     assert cpu_path(Conv2d(out_channels=16, kernel_size=7, padding=3), (1, 16, 32, 32)) != "winograd"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NUMBACNN_CONV2D_PATH", "winograd")  # float64 too (its default is im2col)
