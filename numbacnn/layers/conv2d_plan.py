@@ -138,6 +138,13 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     # which a strided convolution only partly reads: there the channel-major path was as fast
     # or faster (1x1 stride 2, 256->512 at 16x16, batch 32: forward+backward 11.3 ms against
     # 16.8 ms).
-    if pixel_fits and (sh, sw) == (1, 1) and C * (S if dw == 1 else 1) >= PIXEL_MAJOR_MIN_RUN:
+    # A one-row convolution (conv1d: H = 1, a 1-high kernel) stays channel-major: its column
+    # rows are whole rows of x and its product writes y as it is laid out, so the pixel-major
+    # path's HWC copy and transposes are all overhead (conv1d N32-128x256-K128-k5-p2,
+    # forward+backward, 2 threads, separate processes: 23.3-23.5 ms against 26.1-26.6 ms;
+    # one thread 46.5-48.6 against 50.2-54.7 ms).
+    one_row = x_shape[2] == 1 and R == 1
+    if (pixel_fits and not one_row and (sh, sw) == (1, 1)
+            and C * (S if dw == 1 else 1) >= PIXEL_MAJOR_MIN_RUN):
         return "pixel"
     return "im2col"
