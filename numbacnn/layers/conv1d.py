@@ -1,8 +1,8 @@
 """conv1d: 1-D convolution (cross-correlation) over sequences, as torch.nn.Conv1d.
 
 A 1-D convolution is a 2-D one with a height of 1: the layer is Conv2d on (N, C, 1, L) views
-with a (1, kernel) window, so it takes conv2d's kernels and its choice of CPU path
-(channel-major im2col, or pixel-major for wide inputs) as they are. Only the weight's stored
+with a (1, kernel) window, so it takes conv2d's kernels and its choice of CPU path as they
+are (channel-major im2col: conv2d_plan keeps one-row convolutions off the pixel-major path). Only the weight's stored
 shape differs, (K, C/groups, kernel) as PyTorch's, so checkpoints and ONNX files match it;
 forward and backward hand conv2d a (K, C/groups, 1, kernel) view of it and of its gradient.
 """
@@ -58,7 +58,7 @@ class Conv1d(Conv2d):
             {"config": {"out_channels": 4, "kernel_size": 2, "stride": 2, "dilation": 2, "groups": 2},
              "input_shapes": [(2, 2, 8)], "bad_shapes": [([(2, 3, 8)], "groups=2 does not divide")]},
             {"config": {"out_channels": 3, "kernel_size": 1, "bias": False}, "input_shapes": [(2, 4, 5)]},
-            # enough input channels for the CPU's pixel-major path
+            # enough input channels for conv2d's pixel-major path, which conv1d leaves (conv2d_plan)
             {"config": {"out_channels": 4, "kernel_size": 5, "padding": "same"}, "input_shapes": [(2, 6, 9)]},
         ]
 

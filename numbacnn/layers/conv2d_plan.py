@@ -7,7 +7,8 @@ looks inside. The CPU chooses among three paths (conv2d_cpu's docstring describe
 - ``"im2col"``: channel-major column matrices and BLAS (any geometry; 1x1 stride-1 unpadded
   convolutions multiply x directly);
 - ``"pixel"``: pixel-major column matrices (groups 1, not the direct 1x1 case);
-- ``"winograd"``: F(4x4, 3x3) (groups 1, stride 1, no dilation, 2x2 to 6x6 kernels).
+- ``"winograd"``: F(4x4, 3x3), or F(4x4, 5x5) for 5x5 kernels (groups 1, stride 1, no
+  dilation, 2x2 to 6x6 kernels).
 
 float64 takes im2col unless a path is forced: float64 is what a model runs in for accuracy and
 gradient checks, where Winograd's extra rounding (its tile transforms add error) is unwelcome
@@ -126,9 +127,9 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
         return want
     if np.dtype(dtype) == np.float64:
         return "im2col"
-    # Winograd: enough channels, and past 3x3 (four sub-kernels) only on outputs of 256 pixels
-    # or more: below that the 4 x 36 small products per sample cost more than the im2col
-    # product they replace.
+    # Winograd: enough channels, and past 3x3 (four sub-kernels, or one F(4x4, 5x5) for 5x5)
+    # only on outputs of 256 pixels or more: below that its many small products per sample
+    # cost more than the im2col product they replace.
     if (winograd_fits and min(C, K) >= WINOGRAD_MIN_CHANNELS
             and (max(R, S) <= 3 or P * Q >= WINOGRAD_MIN_PIXELS)):
         return "winograd"
@@ -137,6 +138,13 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     # which a strided convolution only partly reads: there the channel-major path was as fast
     # or faster (1x1 stride 2, 256->512 at 16x16, batch 32: forward+backward 11.3 ms against
     # 16.8 ms).
-    if pixel_fits and (sh, sw) == (1, 1) and C * (S if dw == 1 else 1) >= PIXEL_MAJOR_MIN_RUN:
+    # A one-row convolution (conv1d: H = 1, a 1-high kernel) stays channel-major: its column
+    # rows are whole rows of x and its product writes y as it is laid out, so the pixel-major
+    # path's HWC copy and transposes are all overhead (conv1d N32-128x256-K128-k5-p2,
+    # forward+backward, 2 threads, separate processes: 23.3-23.5 ms against 26.1-26.6 ms;
+    # one thread 46.5-48.6 against 50.2-54.7 ms).
+    one_row = x_shape[2] == 1 and R == 1
+    if (pixel_fits and not one_row and (sh, sw) == (1, 1)
+            and C * (S if dw == 1 else 1) >= PIXEL_MAJOR_MIN_RUN):
         return "pixel"
     return "im2col"

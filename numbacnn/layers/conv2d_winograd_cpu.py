@@ -12,8 +12,10 @@ rule through the same formula: with Z[e] = (A dy A^T)[e] for each 4x4 tile of th
 gradient, the weight gradient is ``G^T (sum over tiles of V[e]^T @ Z[e]) G`` and the input
 gradient of a tile ``B (Z[e] @ U[e]^T) B^T``, added back where neighbouring tiles overlap.
 
-A larger kernel (up to 6x6) is cut into 3x3 sub-kernels, zero past its edge: a 5x5 one is
-four, each seeing the tiles shifted by 0 or 3 pixels. Their transformed tiles sit side by side
+A 5x5 kernel takes F(4x4, 5x5) instead (conv2d_winograd5_cpu: 8x8 tiles, 4 products per
+output instead of the 9 of four sub-kernels); this module's public functions hand it there.
+Any other kernel larger than 3x3 (up to 6x6) is cut into 3x3 sub-kernels, zero past its edge:
+a 4x4 one is four, each seeing the tiles shifted by 0 or 3 pixels. Their transformed tiles sit side by side
 in V's rows (nsub*C columns) and their transformed weights stacked in U, so the same 36
 products sum over every sub-kernel at once: 9 multiplications per output and channel pair
 instead of 25.
@@ -51,8 +53,11 @@ from .._blas import gemm
 from .._jit import REASSOC, cpu_inline, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
 from .conv2d_hwc_cpu import bias_sum, from_hwc, to_hwc
+from .conv2d_winograd5_cpu import (conv2d_backward_winograd5, conv2d_forward_winograd5, scratch5, winograd_reduce5,
+                                   winograd_weights5)
+from .conv2d_winograd5_tiles import consts5
 from .conv2d_winograd_tiles import (LANES_SCRATCH, g_transform, gt_transform, input_tiles, input_tiles_grad, ld6,
-                                    output_tiles, output_tiles_grad)
+                                    output_tiles, output_tiles_grad, plane_size)
 
 # Tile block: the transformed input and output of a block (36 * tiles * (C + K) values) stay
 # under this many float32 elements (1 MiB), next to BLAS's packing buffers in a 2 MiB L2.
@@ -63,14 +68,6 @@ _U64 = np.uint64
 def tile_rows(tw: int, C: int, K: int) -> int:
     """Tile rows per block (tw tiles each) for C input and K output channels."""
     return max(1, _BLOCK_ELEMENTS // (36 * tw * (C + K)))
-
-
-def plane_size(tiles: int, channels: int) -> int:
-    """Elements per transform point (plane) of V or M: the transforms touch all 36 planes at
-    once, so planes a multiple of 4 KiB apart would share L1 sets (measured: the input
-    transform ran 5x slower). Whole 64-byte lines, an odd number of them."""
-    lines = -(-tiles * channels // 16)
-    return 16 * (lines + 1 - lines % 2)
 
 
 def _consts(dtype: np.dtype) -> tuple[tuple, tuple]:
@@ -266,7 +263,7 @@ class WeightCache:
     call, and NaN in w is seen as NaN (the forward's fallback still runs). A plan owns one (one
     per inference thread and input signature, never shared): the arena's buffers are handed to
     other nodes between calls, so the cache cannot live there. Costs 36/(R*S) times w's size
-    per sub-kernel (4x for 3x3) plus w's own, per signature and thread."""
+    per sub-kernel (4x for 3x3; 64/25 for 5x5) plus w's own, per signature and thread."""
 
     __slots__ = ("U", "source")
 
@@ -275,20 +272,39 @@ class WeightCache:
         self.source: np.ndarray | None = None
 
     def transformed(self, w: np.ndarray) -> np.ndarray:
-        """U[0] of ``winograd_weights`` for w, as a (1, 36, nsub*C*K) array."""
+        """U[0] of ``winograd_weights`` (5x5: ``winograd_weights5``) for w, as a (1, points,
+        columns) array."""
         src = self.source
         if (src is None or src.shape != w.shape or src.dtype != w.dtype
                 or not _same_words(_words(src), _words(np.ascontiguousarray(w)))):
-            K, C, R, S = w.shape
-            nsub = ((R + 2) // 3) * ((S + 2) // 3)
-            if self.U is None or self.U.shape != (1, 36, nsub * C * K) or self.U.dtype != w.dtype:
-                self.U = np.empty((1, 36, nsub * C * K), w.dtype)
+            shape = _weights_shape(w.shape)
+            if self.U is None or self.U.shape != (1, *shape) or self.U.dtype != w.dtype:
+                self.U = np.empty((1, *shape), w.dtype)
             self.source = None  # no stale pair if the transform fails half-way
             source = np.array(w, order="C")  # copied first: the transform reads exactly the copy
             with single_thread_blas:
-                winograd_weights(source, self.U, _consts(w.dtype)[1])
+                _weights(source, self.U)
             self.source = source
         return self.U
+
+
+def _five(shape: tuple[int, ...]) -> bool:
+    # A 5x5 kernel (w's or gw's shape): F(4x4, 5x5), conv2d_winograd5_cpu.
+    return tuple(shape[2:]) == (5, 5)
+
+
+def _weights_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    # (transform points, columns) of one U matrix set for a weight of this shape.
+    K, C, R, S = shape
+    return (64, C * K) if _five(shape) else (36, ((R + 2) // 3) * ((S + 2) // 3) * C * K)
+
+
+def _weights(w: np.ndarray, U: np.ndarray) -> None:
+    # U = the transformed weights of w (either transform), under single_thread_blas.
+    if _five(w.shape):
+        winograd_weights5(w, U, consts5(w.dtype))
+    else:
+        winograd_weights(w, U, _consts(w.dtype)[1])
 
 
 def _words(a: np.ndarray) -> np.ndarray:
@@ -301,7 +317,10 @@ def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, i
     """Shapes of the scratch arrays for a batch of N cut into T chunks (a P x Q output), and
     the tile rows per block: ``xp`` holds N padded HWC images (the forward keeps them for the
     backward; pass T there when no backward follows), ``part`` the weight gradient partials.
-    A kernel larger than 3x3 is cut into 3x3 sub-kernels (``U`` holds each one's transform)."""
+    A kernel larger than 3x3 is cut into 3x3 sub-kernels (``U`` holds each one's transform),
+    except 5x5 (conv2d_winograd5_cpu.scratch5: 64 transform points)."""
+    if tuple(kernel) == (5, 5):
+        return scratch5(N, T, C, K, P, Q, _BLOCK_ELEMENTS)
     th, tw = (P + 3) // 4, (Q + 3) // 4
     nr, ns = (kernel[0] + 2) // 3, (kernel[1] + 2) // 3
     J = nr * ns * C  # columns of the transformed input: every sub-kernel's channels
@@ -322,14 +341,17 @@ def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarr
     ``cache`` (no backward to come), the weights come from it and U is not used (may be None).
     False when x or w holds NaN or Inf: then y is not PyTorch's, and an im2col path must
     recompute it."""
-    c, cg = _consts(x.dtype)
+    c = _consts(x.dtype)[0]
     if cache is not None:
         U = cache.transformed(w)
     with single_thread_blas:
         if cache is None:
-            winograd_weights(w, U, cg)
-        conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, (w.shape[3] + 2) // 3, c,
-                                nonfinite)
+            _weights(w, U)
+        if _five(w.shape):
+            conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, consts5(x.dtype), nonfinite)
+        else:
+            conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, (w.shape[3] + 2) // 3, c,
+                                    nonfinite)
     if not nonfinite.any():
         return True
     return winograd_nonfinite(x.reshape(-1)) == 0 and winograd_nonfinite(w.reshape(-1)) == 0
@@ -346,11 +368,20 @@ def conv2d_backward_wino(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.n
     must compute all three."""
     N, K = gy.shape[:2]
     c, cg = _consts(x.dtype)
+    five = _five(gw.shape)
     with single_thread_blas:
-        conv2d_backward_winograd(x, U, gy, xp, xp if gxp is None else gxp, V, M, pix, R, part,
-                                 x if gx is None else gx, pads[0], pads[1], tr, (gw.shape[3] + 2) // 3, gx is not None,
-                                 c, nonfinite)
+        if five:
+            conv2d_backward_winograd5(x, U, gy, xp, xp if gxp is None else gxp, V, M, pix, R, part,
+                                      x if gx is None else gx, pads[0], pads[1], tr, gx is not None, consts5(x.dtype),
+                                      nonfinite)
+        else:
+            conv2d_backward_winograd(x, U, gy, xp, xp if gxp is None else gxp, V, M, pix, R, part,
+                                     x if gx is None else gx, pads[0], pads[1], tr, (gw.shape[3] + 2) // 3,
+                                     gx is not None, c, nonfinite)
         if nonfinite.any():
             return False
-        winograd_reduce(part, gw, gy.reshape(N, K, -1), gb, cg)
+        if five:
+            winograd_reduce5(part, gw, gy.reshape(N, K, -1), gb, consts5(x.dtype))
+        else:
+            winograd_reduce(part, gw, gy.reshape(N, K, -1), gb, cg)
     return True

@@ -103,13 +103,20 @@ def test_conv1d_cpu_pixel_major(cfg, shape, monkeypatch):
     check_layer(layer, [shape], conv1d_ref(cfg), cuda=False, threads=False)
 
 
-def test_conv1d_takes_the_pixel_major_path_on_wide_inputs():
+def test_conv1d_takes_the_channel_major_path_on_wide_inputs():
+    # A one-row convolution stays channel-major (conv2d_plan.cpu_path: it measured faster
+    # than the pixel-major path conv2d takes for runs of C * kernel >= 16 values); a 1-high
+    # kernel has no Winograd path, however many channels.
     cfg, shape = dict(out_channels=5, kernel_size=5, padding=2), (2, 4, 12)
     layer = Conv1d(**cfg)
-    # runs of C * kernel >= 16 values
-    assert cpu_path(layer, (2, 4, 12)) == "pixel" and cpu_path(layer, (2, 3, 12)) == "im2col"
-    # a 1-high kernel has no Winograd path, however many channels
-    assert cpu_path(Conv1d(out_channels=32, kernel_size=5, padding=2), (2, 32, 300)) == "pixel"
+    assert cpu_path(layer, (2, 4, 12)) == "im2col" and cpu_path(layer, (2, 3, 12)) == "im2col"
+    assert cpu_path(Conv1d(out_channels=32, kernel_size=5, padding=2), (2, 32, 300)) == "im2col"
+    # the same window over two rows is pixel-major, as conv2d's
+    from numbacnn.layers import conv2d_cpu
+
+    two_rows = nc.get_layer("conv2d")(out_channels=5, kernel_size=(1, 5), padding=(0, 2))
+    out = (2, *two_rows._output_shape_2d((4, 2, 12)))
+    assert conv2d_cpu.conv2d_plan("c", (2, 4, 2, 12), out, two_rows._geometry(), True, "float32").path == "pixel"
     check_layer(layer, [shape], conv1d_ref(cfg), cuda=False)
 
 

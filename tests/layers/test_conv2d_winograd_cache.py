@@ -44,15 +44,16 @@ def _winograd(monkeypatch):
 
 @pytest.fixture
 def transforms(monkeypatch):
-    # Counts the weight transforms that run (the Winograd path is taken: see the assert below).
+    # Counts the weight transforms that run (the Winograd path is taken: see the assert below);
+    # _weights runs either transform (winograd_weights, or winograd_weights5 for 5x5).
     calls = []
-    original = conv2d_winograd_cpu.winograd_weights
+    original = conv2d_winograd_cpu._weights
 
-    def counting(w, U, cg):
+    def counting(w, U):
         calls.append(w.shape)
-        return original(w, U, cg)
+        return original(w, U)
 
-    monkeypatch.setattr(conv2d_winograd_cpu, "winograd_weights", counting)
+    monkeypatch.setattr(conv2d_winograd_cpu, "_weights", counting)
     return calls
 
 

@@ -1,0 +1,159 @@
+"""conv2d CPU, stride 1, 5x5 kernels: Winograd's F(4x4, 5x5) with BLAS products.
+
+The 5x5 case of conv2d_winograd_cpu (whose docstring describes the scheme, the layout, the
+blocking, the NaN/Inf fallback and the parallel structure; its public functions hand 5x5
+kernels here). There, a 5x5 kernel was four 3x3 sub-kernels of F(4x4, 3x3): 4 x 36 = 144
+products per 4x4 output block and channel pair, 9 per output. F(4x4, 5x5) covers the block
+with one 8x8 tile: 64 products, 4 per output, and one input tile transform per block instead
+of four (the transforms are in conv2d_winograd5_tiles). On N8-16x28x28-K32 (padding 2), one
+thread, the batch's products took 0.26 ms against 0.52 ms, its input transforms 0.16-0.21 ms
+against 0.40 ms, and the layer's forward+backward 2.9-3.3 ms against 5.1-6.8 ms (fastest of
+interleaved runs on a shared machine). The output transforms write y (and read gy) in place:
+the pixel-major buffer they filled before, transposed into y afterwards, cost about as much
+as the transform itself.
+
+Rounding: the 8-point transforms (constants up to 21/4 and 32/45) put float32 results about
+5e-6 of the largest output from the exact ones (the four F(4, 3) sub-kernels: 3e-6; the direct
+sum: 2e-7), measured on 16 and 64 input channels; float64 stays near 1e-14.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._blas import gemm
+from .._jit import REASSOC, cpu_kernel, prange
+from .conv2d_hwc_cpu import bias_sum, from_hwc, to_hwc
+from .conv2d_winograd5_tiles import (LANES_SCRATCH5, g8, gt8, input_tiles5, input_tiles5_grad, ld8, output_tiles5,
+                                     output_tiles5_grad)
+from .conv2d_winograd_tiles import plane_size
+
+_U64 = np.uint64
+
+
+@cpu_kernel
+def winograd_weights5(w, U, c):
+    """U[0, 8a + b] = the (C, K) matrix of (G g G^T)[a, b], g = w[k, ch]; U[1, 8a + b] its
+    transpose (K, C), for the input gradient's products, when U has room for it."""
+    K, C = w.shape[:2]
+    for k in prange(K):
+        for ch in range(C):
+            g = w[k, ch]
+            c0 = g8((g[0, 0], g[1, 0], g[2, 0], g[3, 0], g[4, 0]), c)  # column 0 of G g
+            c1 = g8((g[0, 1], g[1, 1], g[2, 1], g[3, 1], g[4, 1]), c)
+            c2 = g8((g[0, 2], g[1, 2], g[2, 2], g[3, 2], g[4, 2]), c)
+            c3 = g8((g[0, 3], g[1, 3], g[2, 3], g[3, 3], g[4, 3]), c)
+            c4 = g8((g[0, 4], g[1, 4], g[2, 4], g[3, 4], g[4, 4]), c)
+            for a in range(8):
+                u = g8((c0[a], c1[a], c2[a], c3[a], c4[a]), c)
+                for s in range(8):
+                    U[0, 8 * a + s, ch * K + k] = u[s]
+                    if U.shape[0] > 1:
+                        U[1, 8 * a + s, k * C + ch] = u[s]
+
+
+@cpu_kernel
+def conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c, nonfinite):
+    """y[n] = conv2d(x[n]) + b, a 5x5 kernel at stride 1. Scratch per chunk t of the batch: V[t],
+    M[t] and R[t] (pix is not used); xp: padded HWC images, one per chunk or one per sample
+    (N: kept for the backward). nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
+    N, K, P, Q = y.shape
+    C = x.shape[1]
+    T = V.shape[0]
+    th, tw = (P + 3) // 4, (Q + 3) // 4
+    for t in prange(T):
+        bad = 0
+        for n in range(t * N // T, (t + 1) * N // T):
+            xpn = xp[n] if xp.shape[0] == N else xp[t]
+            to_hwc(x[n], xpn, pt, pl)
+            for i0 in range(0, th, tr):
+                i1 = min(th, i0 + tr)
+                nt = (i1 - i0) * tw
+                input_tiles5(xpn, V[t], R[t], i0, i1, tw, c)
+                for e in range(64):
+                    gemm(False, False, nt, K, C, V[t, e], C, U[0, e], K, 0, M[t, e], K)
+                bad += output_tiles5(M[t], y[n], b, R[t], i0, i1, c)
+        nonfinite[t] = bad
+
+
+@cpu_kernel
+def conv2d_backward_winograd5(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, tr, want_gx, c, nonfinite):
+    """part[t] (64, C, K) = chunk t's weight gradient in the transformed domain; gx[n] (when
+    ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp: the
+    forward's padded HWC images, one per sample. nonfinite[t] = how many of chunk t's values
+    of gy are NaN or +-Inf."""
+    N, K, P, Q = gy.shape
+    C = x.shape[1]
+    T = V.shape[0]
+    th, tw = (P + 3) // 4, (Q + 3) // 4
+    for t in prange(T):
+        bad = 0
+        n0 = t * N // T
+        for n in range(n0, (t + 1) * N // T):
+            if want_gx:
+                gxp[t].reshape(gxp[t].size)[:] = 0
+            for i0 in range(0, th, tr):
+                i1 = min(th, i0 + tr)
+                nt = (i1 - i0) * tw
+                bad += output_tiles5_grad(gy[n], M[t], R[t], i0, i1, c)
+                beta = 0 if n == n0 and i0 == 0 else 1
+                input_tiles5(xp[n], V[t], R[t], i0, i1, tw, c)
+                for e in range(64):
+                    ve, me = V[t, e], M[t, e]
+                    # part[t, e] (+)= V[e]^T @ Z[e]; then V[e] = Z[e] @ U[e]^T, the tiles' gradient
+                    gemm(True, False, C, K, nt, ve, C, me, K, beta, part[t, e].reshape(C * K), K)
+                    if want_gx:
+                        gemm(False, False, nt, C, K, me, K, U[1, e], C, 0, ve, C)
+                if want_gx:
+                    input_tiles5_grad(V[t], gxp[t], R[t], i0, i1, tw, c)
+            if want_gx:
+                from_hwc(gxp[t], gx[n], pt, pl)
+        nonfinite[t] = bad
+
+
+@cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
+def winograd_reduce5(part, gw, gy3, gb, c):
+    """gw[k, ch] += G^T (sum of the chunks' part[:, :, ch, k]) G; gb += gy3 summed (if any)."""
+    T, _, C, K = part.shape
+    pf = part.reshape(part.size)
+    plane = _U64(C * K)
+    for k in prange(K):
+        for ch in range(C):
+            o = _U64(ch * K + k)
+            for t in range(1, T):  # the chunks' sums into part[0], which this k owns
+                for e in range(64):
+                    pf[o + _U64(e) * plane] += pf[o + _U64(t * 64 + e) * plane]
+            u0 = ld8(pf, o, plane)  # u0[b] = u[0, b]
+            u1 = ld8(pf, o + 8 * plane, plane)
+            u2 = ld8(pf, o + 16 * plane, plane)
+            u3 = ld8(pf, o + 24 * plane, plane)
+            u4 = ld8(pf, o + 32 * plane, plane)
+            u5 = ld8(pf, o + 40 * plane, plane)
+            u6 = ld8(pf, o + 48 * plane, plane)
+            u7 = ld8(pf, o + 56 * plane, plane)
+            r0 = gt8((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0], u6[0], u7[0]), c)  # r0[a] = (G^T u)[a, 0]
+            r1 = gt8((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1], u6[1], u7[1]), c)
+            r2 = gt8((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2], u6[2], u7[2]), c)
+            r3 = gt8((u0[3], u1[3], u2[3], u3[3], u4[3], u5[3], u6[3], u7[3]), c)
+            r4 = gt8((u0[4], u1[4], u2[4], u3[4], u4[4], u5[4], u6[4], u7[4]), c)
+            r5 = gt8((u0[5], u1[5], u2[5], u3[5], u4[5], u5[5], u6[5], u7[5]), c)
+            r6 = gt8((u0[6], u1[6], u2[6], u3[6], u4[6], u5[6], u6[6], u7[6]), c)
+            r7 = gt8((u0[7], u1[7], u2[7], u3[7], u4[7], u5[7], u6[7], u7[7]), c)
+            for a in range(5):
+                g = gt8((r0[a], r1[a], r2[a], r3[a], r4[a], r5[a], r6[a], r7[a]), c)
+                for s in range(5):
+                    gw[k, ch, a, s] += g[s]
+        if gb.size:
+            gb[k] += bias_sum(gy3, k)
+
+
+def scratch5(N: int, T: int, C: int, K: int, P: int, Q: int, block: int) -> tuple[dict[str, tuple[int, ...]], int]:
+    """conv2d_winograd_cpu.scratch for a 5x5 kernel: the same arrays, 64 transform points; a
+    block's V and M (64 * tiles * (C + K) values) stay under ``block`` elements."""
+    th, tw = (P + 3) // 4, (Q + 3) // 4
+    tr = max(1, block // (64 * tw * (C + K)))
+    tr = -(-th // -(-th // tr))  # as many tile rows as before, spread evenly over the blocks
+    return {"U": (2, 64, C * K), "xp": (N, 4 * th + 4, 4 * tw + 4, C),
+            "V": (T, 64, plane_size(tr * tw, C)), "M": (T, 64, plane_size(tr * tw, K)),
+            "pix": (T, 1, 1),  # unused: the output transforms read and write y and gy in place
+            "R": (T, LANES_SCRATCH5), "part": (T, 64, C, K), "nonfinite": (T,)}, tr
