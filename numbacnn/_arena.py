@@ -26,8 +26,10 @@ __all__ = ["Arena"]
 
 
 class Arena:
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, slack: float = 0.0) -> None:
         self.backend = backend
+        #: A free buffer serves a request of at least 1/slack of its size (0: any size).
+        self.slack = slack
         self._free: dict[np.dtype, list[Any]] = {}
         self._bases: list[Any] = []
         self._ids: set[int] = set()  # id() of every buffer in _bases
@@ -40,7 +42,7 @@ class Arena:
     def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
         size = math.prod(shape)
         free = self._free.setdefault(dtype, [])
-        fits = [i for i, b in enumerate(free) if b.size >= size]
+        fits = [i for i, b in enumerate(free) if b.size >= size and (not self.slack or b.size <= self.slack * size)]
         if fits:
             base = free.pop(min(fits, key=lambda i: free[i].size))
         else:
