@@ -338,15 +338,8 @@ class Executor:
             raise RuntimeError("backward(): the forward it would differentiate was not recorded (a bug)")
 
     def _backward(self, plan: Plan, gys: Sequence[Any], input_grad: bool, record: StepArena | None) -> list[Any]:
-        try:
-            return self._backward_steps(plan, gys, input_grad, record)
-        except BaseException:
-            if record is not None:  # the next forward of this signature records afresh
-                self._plans = {key: p for key, p in self._plans.items() if p is not plan}
-            raise
-
-    def _backward_steps(self, plan: Plan, gys: Sequence[Any], input_grad: bool,
-                        record: StepArena | None) -> list[Any]:
+        """Reverse order; ``record``ing (a signature's first step) ends with the plan ready: if it
+        fails, the next forward of the signature records again."""
         grads: list[Any] = [None] * len(self._readers)
         owned = [False] * len(self._readers)
         for o, gy in zip(self._outs, gys):

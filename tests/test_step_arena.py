@@ -162,3 +162,44 @@ def test_a_second_backward_needs_a_new_forward():
         model.backward(gy)
     model.forward(x, training=True)
     model.backward(gy)
+
+
+class _Flaky(nc.Layer):
+    # An identity whose backward fails while ``fail`` is set.
+    name = "flaky_identity"
+    kernels = None
+    fail = False
+
+    def output_shape(self, x_shape):
+        return x_shape
+
+    def forward(self, ctx, x):
+        y = ctx.empty_like(x)
+        y[...] = x
+        return y
+
+    def backward(self, ctx, gy):
+        if _Flaky.fail:
+            raise ValueError("flaky backward")
+        gx = ctx.empty_like(gy)
+        gx[...] = gy
+        return gx
+
+
+def test_a_recording_backward_that_failed_is_recorded_afresh_by_the_next_step(monkeypatch):
+    g = nc.Graph()
+    x = g.input((2, 5, 5))
+    h = g.relu(g.conv2d(x, out_channels=3, kernel_size=3, padding=1, name="c1"))
+    h = g.add_layer(_Flaky(), h, name="flaky")
+    g.output(g.conv2d(h, out_channels=2, kernel_size=1, name="c2"))
+    model, alone = nc.Model(g, seed=0), _private(nc.Model(g, seed=0))
+    (x0, gy0), (x1, gy1) = _batches(model, 2, seed=6)
+    model.forward(x0, training=True)
+    monkeypatch.setattr(_Flaky, "fail", True)
+    with pytest.raises(ValueError, match="flaky backward"):
+        model.backward(gy0)
+    monkeypatch.setattr(_Flaky, "fail", False)
+    for step, (a, b) in enumerate(zip(_steps(model, [(x1, gy1), (x0, gy0)]), _steps(alone, [(x1, gy1), (x0, gy0)]))):
+        np.testing.assert_array_equal(a[1], b[1], err_msg=f"input gradient, step {step}")
+        for key in a[2]:
+            np.testing.assert_array_equal(a[2][key], b[2][key], err_msg=f"{key}, step {step}")
