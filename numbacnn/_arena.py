@@ -9,10 +9,6 @@ which is freed only when every holder has let go.
 The arena decides once per input signature: the executor records which views each node got
 and replays them on later calls with no bookkeeping here (see ``executor.Plan``). Buffers stay
 between calls; ``trim`` drops those no remembered signature uses any more.
-
-A training step shares one the same way (``_step_arena``), counting holders per buffer with
-``hold``/``drop`` (a value, a node's saved arrays, a gradient): there a holder is often a view
-the arena never handed out (a reshape a layer saved), found by ``base_of``.
 """
 
 from __future__ import annotations
@@ -26,13 +22,10 @@ __all__ = ["Arena"]
 
 
 class Arena:
-    def __init__(self, backend: Any, slack: float = 0.0) -> None:
+    def __init__(self, backend: Any) -> None:
         self.backend = backend
-        #: A free buffer serves a request of at least 1/slack of its size (0: any size).
-        self.slack = slack
         self._free: dict[np.dtype, list[Any]] = {}
         self._bases: list[Any] = []
-        self._ids: set[int] = set()  # id() of every buffer in _bases
         self._holders: dict[int, list[Any]] = {}  # id(view) -> [view, base, holds]
         self._refs: dict[int, int] = {}  # id(base) -> holders of any view of it
         self.used: set[int] = set()  # id(base) of every buffer taken since the last reset
@@ -42,13 +35,12 @@ class Arena:
     def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
         size = math.prod(shape)
         free = self._free.setdefault(dtype, [])
-        fits = [i for i, b in enumerate(free) if b.size >= size and (not self.slack or b.size <= self.slack * size)]
+        fits = [i for i, b in enumerate(free) if b.size >= size]
         if fits:
             base = free.pop(min(fits, key=lambda i: free[i].size))
         else:
             base = self.backend.empty((max(size, 1),), dtype)
             self._bases.append(base)
-            self._ids.add(id(base))
             self.allocated_bytes += base.size * dtype.itemsize
         self.live_bytes += base.size * base.dtype.itemsize
         self.used.add(id(base))
@@ -84,30 +76,6 @@ class Arena:
             self._free[base.dtype].append(base)
             self.live_bytes -= base.size * base.dtype.itemsize
 
-    def base_of(self, a: Any) -> Any:
-        """The buffer of this arena that ``a`` is a view of (however sliced or reshaped), or
-        None (a graph input, a parameter, a device array): a NumPy view's ``base`` chain ends
-        at the array that owns the memory."""
-        while a is not None:
-            if id(a) in self._ids:
-                return a
-            a = getattr(a, "base", None)
-        return None
-
-    def hold(self, base: Any) -> None:
-        """One more holder of ``base``, a buffer some value already holds."""
-        self._refs[id(base)] += 1
-
-    def drop(self, base: Any) -> None:
-        """One holder of ``base`` fewer; the last one frees it."""
-        n = self._refs[id(base)] - 1
-        if n:
-            self._refs[id(base)] = n
-            return
-        del self._refs[id(base)]
-        self._free[base.dtype].append(base)
-        self.live_bytes -= base.size * base.dtype.itemsize
-
     def reset(self) -> None:
         """Every buffer is free again (the start of a pass that decides afresh)."""
         self._holders.clear()
@@ -124,6 +92,5 @@ class Arena:
         dropped = [b for b in self._bases if id(b) not in keep]
         if dropped:
             self._bases = [b for b in self._bases if id(b) in keep]
-            self._ids = {id(b) for b in self._bases}
             self.allocated_bytes -= sum(b.size * b.dtype.itemsize for b in dropped)
             self.reset()

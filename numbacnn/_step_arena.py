@@ -1,6 +1,6 @@
 """The training step's arena: activations, saved values and gradients share memory by liveness.
 
-A training step holds a buffer only while something still needs it, as PyTorch's autograd
+A training step holds memory only while something still needs it, as PyTorch's autograd
 does: a node's output until its last reader's forward has run, unless a node saved it for its
 backward (``ctx.saved``: an input, its own output, a mask, an argmax), then until that node's
 backward has run; a gradient until the backward of the node it belongs to has run (every
@@ -8,7 +8,7 @@ consumer has added into it by then). The model's outputs are held for the whole 
 ``host=False`` output stays valid through the backward), the inputs' gradients to its end.
 
 The first step of an input signature records: every ``ctx.empty`` of its forward and backward
-takes a view of the arena, and the views stay in the nodes' buffer lists (``Plan.pools``), so
+takes a view of its heap (``_heap``), and the views stay in the nodes' buffer lists (``Plan.pools``), so
 later steps of that signature replay them with no bookkeeping, as inference replays its arena.
 Replaying is sound because every step runs the same calls in the same order: a forward only
 reads what this forward wrote, a backward only what its forward saved and its own gradients.
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ._arena import Arena
+from ._heap import Heap
 from .layer import Ctx
 
 __all__ = ["StepArena", "accumulate"]
@@ -31,11 +31,7 @@ class StepArena:
     """Records one input signature's training step in a shared arena (see the module)."""
 
     def __init__(self, backend: Any) -> None:
-        # A saved value is held from its forward to its node's backward, so a small one given a
-        # much larger free buffer would keep the difference unused all that time: at batch 32
-        # the arena allocates 247 -> 205 MB for resnet_bottleneck with this bound, 63 -> 60 MB
-        # for googlenet_mini.
-        self.arena = Arena(backend, slack=2.0)
+        self.arena = Heap(backend)
         self.plan: Any = None  # the plan whose forward was recorded, its backward not yet
         self._left: list[int] = []
         self._holds: list[list[Any]] = []  # per node: the buffers its saved values hold
@@ -138,7 +134,7 @@ def accumulate(backend: Any, plan: Any, grads: list[Any], owned: list[bool], i: 
         record.let_go(g)
 
 
-def _bases(arena: Arena, saved: Any) -> list[Any]:
+def _bases(arena: Heap, saved: Any) -> list[Any]:
     """The arena buffers the arrays in ``saved`` (nested tuples and lists too) view."""
     found = []
     for item in saved:
