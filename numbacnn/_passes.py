@@ -23,8 +23,8 @@ class Plan:
         self.pools: list[list[Any]] = [[] for _ in order]
         self.plans: list[dict[Hashable, Any]] = [{} for _ in order]
         self.inplace = [False] * len(order)
-        self.ready = False  # inference: the arena's decisions are recorded
-        self.bases: set[int] = set()  # inference: the arena buffers this plan uses
+        self.ready = False  # the arena's (training on the CPU: the step heap's) decisions are recorded
+        self.bases: set[int] = set()  # id() of the arena buffers (heap chunks) this plan uses
         self.acc: dict[int, Any] = {}  # training: fan-out gradient sums, by value slot
         self.calls: list[tuple] | None = None  # the replay's call list (``Executor._calls``)
         self.one_thread = False  # too small for Numba's pool to pay anywhere: run on one thread

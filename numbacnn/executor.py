@@ -7,8 +7,9 @@ Plans: everything that does not depend on the data is decided once per input sig
 dtypes, training or not, gradients or not) and kept in a ``Plan``: the concrete shapes (inputs may have free sizes),
 the buffers each node's context hands out, the layers' own plans (chunk counts follow Numba's thread count when the
 plan is made), in-place decisions. The first call of a signature makes those decisions (in inference, the arena
-shares buffers between nodes once their last reader has run); later calls replay them, with no bookkeeping but a
-loop over the nodes. Plans are kept for the ``POOL_SHAPES`` most recently used signatures.
+shares buffers between nodes once their last reader has run; on the CPU a training step's first forward and
+backward share theirs by liveness, ``_step_arena``); later calls replay them, with no bookkeeping but a loop over
+the nodes. Plans are kept for the ``POOL_SHAPES`` most recently used signatures.
 
 Threads: inference (``grad=False``) runs on per-thread contexts, arenas and plans, so any number of threads may call
 it at once. A training step (a forward with ``grad=True`` and its backward) runs on the one set of training contexts
@@ -27,6 +28,7 @@ import numpy as np
 from . import _fold, _shapes
 from ._arena import Arena
 from ._passes import Pass, Plan
+from ._step_arena import StepArena, accumulate
 from ._threads import PARALLEL_MIN, on_one_thread
 from .graph import Graph, GraphError
 from .layer import POOL_SHAPES, Ctx, Shape, Workspace, device_method
@@ -73,6 +75,7 @@ class Executor:
         self._owner: threading.Thread | None = None  # the thread whose forward backward would use
         self._pending = False  # that forward's backward has not run yet
         self._step: Plan | None = None  # the plan of that forward
+        self._record: StepArena | None = None  # where a training step's buffers come from (CPU)
 
     def bind(self, device: str, backend: Any, params: dict[str, dict[str, Any]],
              grads: dict[str, dict[str, Any]], buffers: dict[str, dict[str, Any]]) -> None:
@@ -93,6 +96,7 @@ class Executor:
             param_up[self._first + k] = bool(params[name]) or any(param_up[i] for i in ins)
             input_up[self._first + k] = any(input_up[i] for i in ins)
         self._train = list(self.ctxs.values())
+        self._record = StepArena(backend) if device == "cpu" else None
         self._forwards = [device_method(layer, "forward", device) for layer, _, _, _ in self._steps]
         self._backwards = [device_method(layer, "backward", device) for layer, _, _, _ in self._steps]
         self._folds = (_fold.fold_pairs(self._steps, self._readers, self._keep, self._first)
@@ -224,8 +228,11 @@ class Executor:
                   state: Pass | None) -> list[Any]:
         to_device, dtype = self.backend.to_device, self.dtype
         values = [to_device(x) for x in xs]  # then one per node, in step order
-        if state is None or plan.ready:
+        if plan.ready or (state is None and self._record is None):
             return self._replay(plan, values, ctxs, training, grad)
+        record = self._record if state is None else None  # a training step's first forward
+        if record is not None:
+            record.begin_forward(plan, self._readers)
         forwards = self._forwards if training or grad else self._inference
         arena = None
         if state is not None and not plan.ready:  # the first inference: decide, and record
@@ -240,11 +247,13 @@ class Executor:
             if arena is not None:
                 plan.inplace[k] = (layer.inplace_ok and len(ins) == 1 and left[ins[0]] == 1
                                    and ins[0] not in self._keep and arena.owns(args[0]))
-            ctx.begin(training, grad, pool, plans, plan.inplace[k], arena)
+            ctx.begin(training, grad, pool, plans, plan.inplace[k], arena or (record and record.arena))
             y = forwards[k](ctx, *args)
             if y.shape != want or y.dtype != dtype:
                 raise self._bad_output(k, y, want)
             values.append(y)
+            if record is not None:
+                record.after_forward(k, ctx, y, ins, values, self._keep)
             if arena is not None:
                 self._settle(arena, ctx, y, args)
                 state.trace.append((name, y.size * y.dtype.itemsize, arena.live_bytes))
@@ -255,6 +264,8 @@ class Executor:
         if arena is not None:
             plan.ready, plan.bases = True, arena.used
             arena.trim(set().union(*(p.bases for p in state.plans.values())))
+        if record is not None:
+            record.end_forward(plan)
         return [values[o] for o in self._outs]
 
     def _replay(self, plan: Plan, values: list[Any], ctxs: list[Ctx], training: bool, grad: bool) -> list[Any]:
@@ -302,9 +313,12 @@ class Executor:
     def backward(self, gys: Sequence[Any], input_grad: bool = True) -> list[Any]:
         with self._lock:
             plan = self._step
-            if self._owner is None or plan is None:
+            if self._owner is None:
                 raise RuntimeError("backward() needs a forward(..., training=True) (or grad=True) first")
             self._claim("backward")
+            if plan is None:
+                raise RuntimeError("backward() a second time: the step's saved values went into its first "
+                                   "backward's gradients; run forward(..., training=True) again first")
             if len(gys) != len(self.outputs):
                 raise GraphError(f"backward() takes {len(self.outputs)} output gradient(s), found {len(gys)}")
             for name, gy in zip(self.outputs, gys):
@@ -315,13 +329,21 @@ class Executor:
                         f"found {gy.dtype} {tuple(gy.shape)}"
                     )
             self._pending = False
-            return on_one_thread(plan.one_thread, self._backward, plan, gys, input_grad)
+            # The step's saved values die in its backward (their buffers go on to hold gradients):
+            # another backward needs another forward.
+            self._step = None
+            record = None if plan.ready else self._record
+            if record is None or record.plan is plan:
+                return on_one_thread(plan.one_thread, self._backward, plan, gys, input_grad, record)
+            raise RuntimeError("backward(): the forward it would differentiate was not recorded (a bug)")
 
-    def _backward(self, plan: Plan, gys: Sequence[Any], input_grad: bool) -> list[Any]:
+    def _backward(self, plan: Plan, gys: Sequence[Any], input_grad: bool, record: StepArena | None) -> list[Any]:
+        """Reverse order; ``record``ing (a signature's first step) ends with the plan ready: if it
+        fails, the next forward of the signature records again."""
         grads: list[Any] = [None] * len(self._readers)
         owned = [False] * len(self._readers)
         for o, gy in zip(self._outs, gys):
-            self._accumulate(plan, grads, owned, o, self.backend.to_device(gy))
+            accumulate(self.backend, plan, grads, owned, o, self.backend.to_device(gy), record)
         needs = self._needs[input_grad]
         for k in range(len(self._steps) - 1, -1, -1):
             gy = grads[self._first + k]
@@ -331,19 +353,25 @@ class Executor:
             _, ins, kind, name = self._steps[k]
             ctx = self._train[k]
             ctx.begin_backward(needs[k])
+            if record is not None:
+                record.before_backward(ctx)
             gxs = self._backwards[k](ctx, gy)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
             if len(gxs) != len(ins):
                 raise GraphError(f"{kind} node '{name}': backward returned {len(gxs)} gradient(s) for "
                                  f"{len(ins)} input(s) (a bug in the layer)")
+            if record is not None:
+                record.after_backward(k, ctx, gy, gxs, needs[k])
             for j, (i, gx, need) in enumerate(zip(ins, gxs, needs[k])):
                 if need:
                     if gx is None:
                         raise GraphError(f"{kind} node '{name}': backward returned None for input {j} "
                                          f"('{self.graph.nodes[name].inputs[j]}'), whose gradient was asked "
                                          f"for (a bug in the layer)")
-                    self._accumulate(plan, grads, owned, i, gx)
+                    accumulate(self.backend, plan, grads, owned, i, gx, record)
+        if record is not None:
+            record.end(plan, list(self._plans.values()))
         if not input_grad:
             return [None for _ in self.graph.inputs]
         out = []
@@ -352,22 +380,6 @@ class Executor:
             out.append(self.backend.to_host(g) if g is not None else
                        np.zeros((plan.batch, *plan.shapes[name]), self.dtype))
         return out
-
-    def _accumulate(self, plan: Plan, grads: list[Any], owned: list[bool], i: int, g: Any) -> None:
-        if grads[i] is None:
-            grads[i] = g  # borrowed from the layer that returned it
-            return
-        if owned[i]:
-            self.backend.add(grads[i], grads[i], g)
-            return
-        # A borrowed gradient may alias another value's (add returns gy twice): the sum goes
-        # into a buffer of our own, kept with the plan, in one pass over both.
-        acc = plan.acc.get(i)
-        if acc is None or acc.shape != g.shape:
-            acc = plan.acc[i] = self.backend.empty(g.shape, g.dtype)
-        self.backend.add(acc, grads[i], g)
-        grads[i] = acc
-        owned[i] = True
 
     def release(self) -> None:
         """Drop every buffer, plan and saved value (the model is moving or being freed)."""

@@ -196,7 +196,8 @@ class Ctx:
 
     Replay: the executor keeps, per input signature (batch and sizes, dtype, training or not),
     the buffers each node's ``empty`` calls got and hands the same ones back, in the same order,
-    the next time (in inference they are views the shared arena chose once). So a layer must
+    the next time (in inference, and in a CPU training step, they are views a shared arena
+    chose once). So a layer must
     ask for the same buffers in the same order every time it runs on the same signature, as it
     naturally does when its requests follow from shapes (a request past those of the first
     run, made only on some data, gets a buffer of its own). Shape-dependent decisions (output
@@ -250,7 +251,9 @@ class Ctx:
         return self._kernels
 
     def save(self, *values: Any) -> None:
-        """Keep values for backward (``ctx.saved``): arrays, shapes, seeds."""
+        """Keep values for backward (``ctx.saved``): arrays, shapes, seeds (also in tuples). Only
+        what is saved, returned, or read from an input outlives the call: a CPU training step
+        gives an ``empty`` buffer that is none of those to other nodes once the call returns."""
         self.saved = values
 
     def begin(self, training: bool, grad: bool | None = None, pool: list[Any] | None = None,

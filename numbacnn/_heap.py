@@ -1,0 +1,107 @@
+"""The training step's allocator: blocks carved from large buffers, split to fit and merged when freed.
+
+Values of a training step live long (a saved activation from its forward to its node's
+backward), so a request served whole by a larger free buffer would keep the difference unused
+all that time. Here a request takes the smallest free block that fits and splits off the
+rest, and a freed block merges with free neighbours, as a classic heap does. The API is the
+inference ``Arena``'s (``take``, ``base_of``, ``hold``, ``drop``, ``reset``, ``trim``); a
+"base" is a block, found from any view of it by its address (a layer may save a reshape or a
+slice of what it was given). Host arrays only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Heap"]
+
+
+class _Block:
+    __slots__ = ("chunk", "start", "size", "refs")
+
+    def __init__(self, chunk: Any, start: int, size: int) -> None:
+        self.chunk, self.start, self.size, self.refs = chunk, start, size, 0
+
+
+def _address(a: Any) -> int:
+    return a.__array_interface__["data"][0]
+
+
+class Heap:
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self._chunks: dict[int, Any] = {}  # id -> buffer
+        self._blocks: dict[int, list[_Block]] = {}  # id(chunk) -> its blocks, by start
+        self.used: set[int] = set()  # id() of every chunk taken from since the last reset
+        self.allocated_bytes = 0
+        self.live_bytes = 0
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        size = max(math.prod(shape), 1)
+        best = None
+        for cid, blocks in self._blocks.items():
+            if self._chunks[cid].dtype != dtype:
+                continue
+            for b in blocks:
+                if b.refs == 0 and b.size >= size and (best is None or b.size < best.size):
+                    best = b
+        if best is None:
+            chunk = self.backend.empty((size,), dtype)
+            self._chunks[id(chunk)] = chunk
+            best = _Block(chunk, 0, size)
+            self._blocks[id(chunk)] = [best]
+            self.allocated_bytes += chunk.nbytes
+        elif best.size > size:  # split off the rest, free
+            blocks = self._blocks[id(best.chunk)]
+            rest = _Block(best.chunk, best.start + size, best.size - size)
+            best.size = size
+            blocks.insert(blocks.index(best) + 1, rest)
+        best.refs = 1
+        self.used.add(id(best.chunk))
+        self.live_bytes += size * best.chunk.itemsize
+        return best.chunk[best.start:best.start + math.prod(shape)].reshape(shape)
+
+    def base_of(self, a: Any) -> _Block | None:
+        """The block that ``a``'s first element lies in, or None (not this heap's memory)."""
+        root = a
+        while root is not None and id(root) not in self._chunks:
+            root = getattr(root, "base", None)
+        if root is None or not isinstance(a, np.ndarray):
+            return None
+        offset = (_address(a) - _address(root)) // root.itemsize
+        blocks = self._blocks[id(root)]
+        i = bisect.bisect_right([b.start for b in blocks], offset) - 1
+        return blocks[max(i, 0)]
+
+    def hold(self, block: _Block) -> None:
+        block.refs += 1
+
+    def drop(self, block: _Block) -> None:
+        block.refs -= 1
+        if block.refs:
+            return
+        self.live_bytes -= block.size * block.chunk.itemsize
+        blocks = self._blocks[id(block.chunk)]
+        i = blocks.index(block)
+        if i + 1 < len(blocks) and blocks[i + 1].refs == 0:  # merge the next free block in
+            block.size += blocks.pop(i + 1).size
+        if i > 0 and blocks[i - 1].refs == 0:  # and into the previous one
+            blocks[i - 1].size += blocks.pop(i).size
+
+    def reset(self) -> None:
+        """Every chunk is one free block again (the start of a step that records afresh)."""
+        self._blocks = {cid: [_Block(c, 0, c.size)] for cid, c in self._chunks.items()}
+        self.used = set()
+        self.live_bytes = 0
+
+    def trim(self, keep: set[int]) -> None:
+        """Forget the chunks whose ids are not in ``keep`` (no remembered signature uses them)."""
+        dropped = [cid for cid in self._chunks if cid not in keep]
+        if dropped:
+            for cid in dropped:
+                self.allocated_bytes -= self._chunks.pop(cid).nbytes
+            self.reset()
