@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
+from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import PARALLEL_MIN
 from ._conv_columns import valid as _valid
 from ._pool3d_rules import window_max
@@ -54,55 +54,13 @@ def _max2x2(x, n, c, d, h, w, best, at):
 
 
 @cpu_inline
-def _taps_inside(xf, yf, jf, row, o, q0, q1, geometry, H, W):
-    """Outputs o + q, q0 <= q < q1, of one output row whose windows lie wholly inside the
-    volume (the first window's first tap at flat position row + q0 * stride_w): one pass per
-    tap over the row, in window_max's tap order and with its rule (first maximum, last NaN),
-    so no tap checks and the passes vectorise."""
-    T, R, S, sd, sh, sw, pd, ph, pw, dd, dh, dw = geometry
-    for q in range(q0, q1):
-        i, k = np.uint64(row + q * sw), np.uint64(o + q)
-        yf[k] = xf[i]
-        jf[k] = np.int32(i)
-    for t in range(T):
-        for r in range(R):
-            for s in range(S):
-                base = row + (t * dd * H + r * dh) * W + s * dw
-                for q in range(q0, q1):
-                    i, k = np.uint64(base + q * sw), np.uint64(o + q)
-                    v, best = xf[i], yf[k]
-                    take = (v > best) | (v != v)
-                    yf[k] = v if take else best
-                    jf[k] = np.int32(i) if take else jf[k]
-
-
-@cpu_inline
-def _inside(n_out, size, stride, pad, span):
-    """The outputs [lo, hi) whose whole window (first tap at i * stride - pad, last span
-    further) lies inside [0, size)."""
-    lo, hi = _valid(n_out, size, stride, -pad)
-    lo2, hi2 = _valid(n_out, size, stride, span - pad)
-    lo, hi = max(lo, lo2), min(hi, hi2)
-    return lo, max(lo, hi)
-
-
-@cpu_serial
 def _windows_volume(x, geometry, y, index, nc, D2, P2, Q2):
-    """Volume nc = n * C + c of _forward_windows. A function of its own, not inlined into
-    the kernel's serial and parallel loops: inlined twice, with its three window paths, it
-    tripled the kernel's compile time (8.6 -> 27 s of CPU on a busy machine; 11 s as a call)."""
+    """Volume nc = n * C + c of _forward_windows."""
     T, R, S, sd, sh, sw, pd, ph, pw, dd, dh, dw = geometry
-    C, D, H, W = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    C = x.shape[1]
     Do, P, Q = y.shape[2], y.shape[3], y.shape[4]
     lowest = x.dtype.type(-np.inf)
     n, c = nc // C, nc % C
-    xf = x[n, c].reshape(D * H * W)
-    yf, jf = y[n, c].reshape(Do * P * Q), index[n, c].reshape(Do * P * Q)
-    # Windows wholly inside x (od, p, q in these ranges) skip window_max's per-tap checks:
-    # a padded 3x3 stride-2 pool ran 3x slower than PyTorch's through window_max alone.
-    dlo, dhi = _inside(Do, D, sd, pd, (T - 1) * dd)
-    plo, phi = _inside(P, H, sh, ph, (R - 1) * dh)
-    qlo, qhi = _inside(Q, W, sw, pw, (S - 1) * dw)
     for od in range(Do):
         for p in range(P):
             q0 = Q2 if od < D2 and p < P2 else 0
@@ -114,22 +72,13 @@ def _windows_volume(x, geometry, y, index, nc, D2, P2, Q2):
                 for q in range(q0):
                     y[n, c, od, p, q], index[n, c, od, p, q] = _max2x2(
                         x, n, c, od * sd + t * dd, p * sh, q * sw, y[n, c, od, p, q], index[n, c, od, p, q])
-            a, b = q0, q0
-            if q0 == 0 and od >= dlo and od < dhi and p >= plo and p < phi:
-                a, b = qlo, qhi
-            if a < b:
-                _taps_inside(xf, yf, jf, ((od * sd - pd) * H + p * sh - ph) * W - pw, (od * P + p) * Q, a, b,
-                             geometry, H, W)
-            # One call site: each inlined window_max adds seconds of compilation.
             for q in range(q0, Q):
-                if q < a or q >= b:
-                    y[n, c, od, p, q], index[n, c, od, p, q] = _window_max(x, n, c, od, p, q, geometry)
+                y[n, c, od, p, q], index[n, c, od, p, q] = _window_max(x, n, c, od, p, q, geometry)
 
 
 @cpu_kernel
 def _forward_windows(x, geometry, y, index):
-    """Window at a time at the edges, with an unrolled case for unpadded 2x2 windows wholly
-    inside x and, for other windows wholly inside x, one unchecked pass per tap over each row."""
+    """Window at a time, with an unrolled case for unpadded 2x2 windows wholly inside x."""
     T, R, S, sd, sh, sw, pd, ph, pw, dd, dh, dw = geometry
     N, C, D, H, W = x.shape
     Do, P, Q = y.shape[2], y.shape[3], y.shape[4]
