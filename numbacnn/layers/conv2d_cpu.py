@@ -12,10 +12,10 @@ into its own partial, and ``_reduce`` sums the partials afterwards, so no two th
 ever write the same element. The input gradient is per sample again: col[n] = w^T @ gy[n],
 then col2im scatters it into gx[n] (the direct path writes gx[n] itself).
 
-Few input channels, groups, strides and 1x1 take that channel-major path; the others take
-the pixel-major one further down, except stride-1 convolutions with at least 16 input and
-output channels and 3x3 kernels (or up to 6x6 on larger outputs): those go to Winograd's
-F(4x4, 3x3) (conv2d_winograd_cpu); float64 takes the channel-major path throughout (for its
+Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-major path;
+the others the pixel-major one further down, except stride-1 convolutions with >= 16 input and
+output channels and 3x3 kernels (or up to 6x6 on larger outputs): those go to Winograd (F(4x4,
+3x3), F(4x4, 5x5) for 5x5: conv2d_winograd_cpu); float64 takes the channel-major path (for its
 accuracy, see conv2d_plan) unless a path is forced. ``conv2d_plan`` makes that choice
 (conv2d_plan.cpu_path, with its thresholds) once per input shape, with the scratch shapes;
 ``conv2d_forward`` and ``conv2d_backward`` dispatch on the plan, and the forward tells the
