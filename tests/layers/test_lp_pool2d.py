@@ -134,10 +134,11 @@ def test_lp_pool2d_zero_nan_and_inf_windows_as_torch(norm_type):
     gy = rng.standard_normal(y.shape).astype(np.float32)
     ty, tgx = _torch_run(torch, kw, x, gy)
     _close(y, ty, 2e-5)
-    _close(model.backward(gy), tgx, 2e-5)
+    gx = model.backward(gy)  # one backward per forward (a second one is refused)
+    _close(gx, tgx, 2e-5)
     if norm_type in (1, 2):
         assert y[0, 0, 0, 0] == 0 and np.isnan(y[0, 1, 0, 0])
-        assert (model.backward(gy)[0, 0, :2, :2] == 0).all()
+        assert (gx[0, 0, :2, :2] == 0).all()
 
 
 def test_lp_pool2d_l2_is_the_window_norm():
