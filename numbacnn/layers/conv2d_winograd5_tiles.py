@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import cpu_inline, cpu_serial
-from .conv2d_winograd_tiles import _copy
+from .conv2d_winograd_tiles import _copy, _st4
 
 _U64 = np.uint64
 
@@ -125,14 +125,6 @@ def _st8(f, o, step, v):  # constant indices throughout: a tuple indexed by a lo
     f[o + 5 * step] = v[5]
     f[o + 6 * step] = v[6]
     f[o + 7 * step] = v[7]
-
-
-@cpu_inline
-def _st4(f, o, step, v):
-    f[o] = v[0]
-    f[o + step] = v[1]
-    f[o + 2 * step] = v[2]
-    f[o + 3 * step] = v[3]
 
 
 _LANES = 16
