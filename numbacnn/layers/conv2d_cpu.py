@@ -8,12 +8,12 @@ parallel loop over the batch, and the column matrix is still hot in cache when B
 A 1x1, stride-1, unpadded convolution skips im2col: x[n] already is its column matrix.
 
 The weight gradient sums gy[n] @ col[n]^T over the batch: each of T chunks of samples adds
-into its own partial, and ``_reduce`` sums the partials afterwards, so no two threads
+into its own partial, and ``reduce_partials`` sums the partials afterwards, so no two threads
 ever write the same element. The input gradient is per sample again: col[n] = w^T @ gy[n],
 then col2im scatters it into gx[n] (the direct path writes gx[n] itself).
 
 Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-major path;
-the others the pixel-major one further down, except stride-1 convolutions with >= 16 input and
+the others the pixel-major one (conv2d_pixel_cpu), except stride-1 convolutions with >= 16 input and
 output channels and 3x3 kernels (or up to 6x6 on larger outputs): those go to Winograd (F(4x4,
 3x3), F(4x4, 5x5) for 5x5: conv2d_winograd_cpu); float64 takes the channel-major path (for its
 accuracy, see conv2d_plan) unless a path is forced. ``conv2d_plan`` makes that choice
@@ -34,13 +34,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 from .._blas import gemm
-from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
+from .._jit import cpu_kernel, prange
 from .._threads import single_thread_blas
 from ._conv_columns import col2im as _col2im, im2col as _im2col
-from .conv2d_hwc_cpu import bias_sum, from_hwc, to_hwc
+from .conv2d_hwc_cpu import reduce_partials
+from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_chunks, pixel_forward
 from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path  # noqa: F401 (force_path: documented here)
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int]
@@ -95,138 +97,6 @@ def _backward_chunks(x, x4, w3, gy4, col, part, gx, gx4, P, Q, geo, direct, want
                     _col2im(col[t].reshape(col[t].size), gx[n], P, Q, geo)
 
 
-# Pixel-major path ----------------------------------------------------------------------------
-# OpenBLAS multiplies a tall (pixels, C*R*S) matrix by (C*R*S, K) 15-50% faster than the
-# short-and-wide (K, C*R*S) @ (C*R*S, pixels) of the path above (K is 32-128 here). So each
-# sample is first copied to a zero-padded (H, W, C) image, whose pixel rows hold S*C
-# contiguous values per kernel row: a column-matrix row is R contiguous copies. The column
-# matrix is built a block of output pixels at a time, sized to stay in L2 next to BLAS's own
-# packing buffers; the block's output (pixels, K) goes back to NCHW with the bias added.
-# Columns are ordered (r, s, c), so the weights come in as (K, R, S, C) and the weight
-# gradient's partials are permuted back by _reduce. The forward multiplies by the weights as
-# a (R*S*C, K) matrix (wt), the input gradient by them as (K, R*S*C) (wp): each product then
-# takes both operands untransposed or one transposed, which OpenBLAS ran 1.2x faster than
-# the same product through a transposed weight matrix (64x500 by 500x40: 38 against 31 us).
-
-@cpu_inline
-def _rows(xp, cf, Q, geo, la, lb, scatter):
-    """Rows la..lb of the pixel-major column matrix: cf[l - la, (r*S + s)*C + c] is
-    xp[p*sh + r*dh, q*sw + s*dw, c] for l = p*Q + q. ``scatter``: the transpose, adding the
-    rows back into xp (the input gradient)."""
-    _, R, S, sh, sw, dh, dw, _, _ = geo
-    Hp, Wp, C = xp.shape
-    J = R * S * C
-    run = S * C if dw == 1 else C  # contiguous values per copy
-    xf = xp.reshape(xp.size)
-    for l in range(la, lb):
-        p, q = l // Q, l % Q
-        for r in range(R):
-            for s in range(0, S, S if dw == 1 else 1):
-                a = np.uint64(((p * sh + r * dh) * Wp + q * sw + s * dw) * C)
-                o = np.uint64((l - la) * J + (r * S + s) * C)
-                if scatter:
-                    for i in range(run):
-                        xf[a + np.uint64(i)] += cf[o + np.uint64(i)]
-                else:
-                    for i in range(run):
-                        cf[o + np.uint64(i)] = xf[a + np.uint64(i)]
-
-
-@cpu_inline
-def _weights_to(w, dst, rsck):
-    """dst = w (K, C, R, S) in column order: (R, S, C, K) when ``rsck``, else (K, R, S, C);
-    written in order, read by unsigned flat offsets (the signed, branching index ran 2x
-    slower; NumPy's copy of the transposed view took 14-16 us for 40x20x5x5 weights)."""
-    K, C, R, S = w.shape
-    df, wf = dst.reshape(dst.size), w.reshape(w.size)
-    i = np.uint64(0)
-    for a in range(R * S if rsck else K):
-        for b in range(C if rsck else R * S):
-            for e in range(K if rsck else C):
-                k, c, rs = (e, b, a) if rsck else (a, e, b)
-                df[i] = wf[np.uint64((k * C + c) * R * S + rs)]
-                i += np.uint64(1)
-
-
-@cpu_kernel
-def _forward_pixels(x, w, wt, b, xp, colt, yt, y, P, Q, geo):
-    """y[n] = conv2d(x[n], w) + b through pixel-major column blocks; scratch wt (R*S*C, K)
-    for the weights, and per chunk t: colt[t] (block rows, R*S*C), yt[t] (block rows, K); xp
-    (padded HWC images) has one per chunk, or one per sample (N of them: kept for the backward)."""
-    pt, pl = geo[7], geo[8]
-    N, K = y.shape[0], y.shape[1]
-    T, B, J = colt.shape
-    L = P * Q
-    _weights_to(w, wt, True)
-    for t in prange(T):
-        cf, ytf = colt[t].reshape(B * J), yt[t].reshape(B * K)
-        for n in range(t * N // T, (t + 1) * N // T):
-            xpn = xp[n] if xp.shape[0] == N else xp[t]
-            to_hwc(x[n], xpn, pt, pl)
-            yn = y[n].reshape(K, L)
-            for la in range(0, L, B):
-                lb = min(L, la + B)
-                _rows(xpn, cf, Q, geo, la, lb, False)
-                gemm(False, False, lb - la, K, J, cf, J, wt.reshape(J * K), K, 0, ytf, K)
-                for k in range(K):
-                    bk = b[k] if b.size else yn.dtype.type(0)
-                    for l in range(la, lb):
-                        yn[k, l] = yt[t, l - la, k] + bk
-
-
-@cpu_kernel
-def _backward_pixels(x, w, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_gx):
-    """part[t] = chunk t's weight gradient, columns (r, s, c); gx[n] (when ``want_gx``) =
-    the input gradient, gathered in the padded HWC scratch gxp[t] and transposed back, through
-    the scratch wp (K, R*S*C) for the weights. xp: the forward's padded HWC images of x, one
-    per sample."""
-    pt, pl = geo[7], geo[8]
-    N, K = gy.shape[0], gy.shape[1]
-    T, B, J = colt.shape
-    L = P * Q
-    if want_gx:
-        _weights_to(w, wp, False)
-    for t in prange(T):
-        cf, pf = colt[t].reshape(B * J), part[t].reshape(K * J)
-        n0 = t * N // T
-        for n in range(n0, (t + 1) * N // T):
-            xpn = xp[n]
-            if want_gx:
-                gxp[t].reshape(gxp[t].size)[:] = 0
-            gyf = gy[n].reshape(K * L)
-            for la in range(0, L, B):
-                lb = min(L, la + B)
-                _rows(xpn, cf, Q, geo, la, lb, False)
-                # part[t] (+)= gy[n][:, la:lb] @ colt block; the block's column-matrix gradient
-                # = gy[n][:, la:lb]^T @ wp, added back into the image
-                gemm(False, False, K, J, lb - la, gyf[la:], L, cf, J, 0 if n == n0 and la == 0 else 1, pf, J)
-                if want_gx:
-                    gemm(True, False, lb - la, J, K, gyf[la:], L, wp.reshape(K * J), J, 0, cf, J)
-                    _rows(gxp[t], cf, Q, geo, la, lb, True)
-            if want_gx:
-                from_hwc(gxp[t], gx[n], pt, pl)
-
-
-@cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
-def _reduce(part, gw2, gy3, gb, RS):
-    """gw2 += the chunks' partials summed; gb += gy3 summed over samples and pixels (if any).
-    RS = R*S > 0: the partials' columns are in the pixel-major order (r, s, c), not (c, r, s)."""
-    T, K, J = part.shape
-    C, RS = (J, 1) if RS == 0 else (J // RS, RS)
-    for k in prange(K):
-        # column j = c*RS + rs of gw2 is column rs*C + c of the partials (the same when RS
-        # was 0); nested loops, not j // RS and j % RS: the divisions made this 8x slower
-        for c in range(C):
-            for rs in range(RS):
-                jp = rs * C + c
-                s = part[0, k, jp]
-                for t in range(1, T):
-                    s += part[t, k, jp]
-                gw2[k, c * RS + rs] += s
-        if gb.size:
-            gb[k] += bias_sum(gy3, k)
-
-
 def _per_group(a: np.ndarray, G: int, L: int) -> np.ndarray:
     # (rows, G, per-group rows, L) view of column matrices, or of x itself on the direct path.
     return a.reshape(a.shape[0], G, -1, L)
@@ -259,40 +129,7 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
         _backward_chunks(x, x4, w.reshape(G, K // G, J), _per_group(gy, G, P * Q),
                                x4 if col is None else _per_group(col, G, P * Q), part.reshape(T, G, K // G, J),
                                gxa, gx4, P, Q, geo, col is None, gx is not None)
-        _reduce(part, gw.reshape(K, J), gy.reshape(N, K, P * Q), gb, 0)
-
-
-# Column-matrix block of the pixel-major path: at most this many elements (384 KiB of float32).
-_BLOCK_ELEMENTS = 96 * 1024
-
-
-def _pixel_block(L: int, J: int) -> int:
-    """Output pixels per column-matrix block of the pixel-major path (J = C*R*S columns)."""
-    return max(1, min(L, _BLOCK_ELEMENTS // J))
-
-
-def _pixel_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, xp: np.ndarray,
-                       wt: np.ndarray, colt: np.ndarray, yt: np.ndarray, geo: Geometry) -> None:
-    """y = conv2d(x, w) + b on the pixel-major path (groups 1). Scratch: ``xp`` (T or N,
-    padded H, padded W, C; N: kept for the backward), ``wt`` (R, S, C, K) for the weights in
-    column order, and per chunk of the batch ``colt`` (T, B, C*R*S) and ``yt`` (T, B, K),
-    B = _pixel_block(...)."""
-    with single_thread_blas:
-        _forward_pixels(x, w, wt, b, xp, colt, yt, y, y.shape[2], y.shape[3], geo)
-
-
-def _pixel_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
-                        gx: np.ndarray | None, xp: np.ndarray, wp: np.ndarray, gxp: np.ndarray | None,
-                        colt: np.ndarray, part: np.ndarray, geo: Geometry) -> None:
-    """The pixel-major backward: gw += the weight gradient, gb += the bias gradient, gx = the
-    input gradient (None: not wanted; then ``gxp`` may be None too). ``xp`` (one image per
-    sample) as the forward left it; scratch ``wp`` (K, R, S, C) for the weights in column
-    order, ``gxp`` (T, padded H, padded W, C) and ``part`` (T, K, C*R*S)."""
-    N, K, P, Q = gy.shape
-    with single_thread_blas:
-        _backward_pixels(x, w, wp.reshape(K, -1), gy, xp, xp if gxp is None else gxp, colt, part,
-                               x if gx is None else gx, P, Q, geo, gx is not None)
-        _reduce(part, gw.reshape(K, -1), gy.reshape(N, K, P * Q), gb, geo[1] * geo[2])
+        reduce_partials(part, gw.reshape(K, J), gy.reshape(N, K, P * Q), gb, 0)
 
 
 def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry,
@@ -321,10 +158,12 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
                           2 if backward else 0)  # U, xp
     if path == "pixel":
         J = C * R * S
-        B = _pixel_block(P * Q, J)
+        B = pixel_block(P * Q, J)
         image = (H + geo[7] + _trailing(H, P, R, geo[3], geo[5], geo[7]),
                  W + geo[8] + _trailing(W, Q, S, geo[4], geo[6], geo[8]), C)
-        forward = [((N if backward else T, *image), None), ((R, S, C, K), None), ((T, B, J), None), ((T, B, K), None)]
+        Tf = pixel_chunks(N, P * Q, numba.get_num_threads())  # batch 1: its pixels in ranges
+        forward = [((N if backward else min(N, Tf), *image), None), ((R, S, C, K), None), ((Tf, B, J), None),
+                   ((Tf, B, K), None)]
         back = [((K, R, S, C), None), ((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
         return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=1 if backward else 0)  # xp
     col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
@@ -361,7 +200,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
         return ("im2col",)
     if plan.path == "pixel":
         xp, wt, colt, yt = scratch
-        _pixel_forward(x, w, b, y, xp, wt, colt, yt, geo)
+        pixel_forward(x, w, b, y, xp, wt, colt, yt, geo)
         return "pixel", xp
     _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks)
     return ("im2col",)
@@ -389,7 +228,7 @@ def conv2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray
         # NaN or Inf in gy (as in the forward): im2col needs only x
     elif kept[0] == "pixel":
         wp, gxp, colt, part = scratch
-        _pixel_backward(x, w, gy, gw, gb, gx, kept[1], wp, gxp, colt, part, geo)
+        pixel_backward(x, w, gy, gw, gb, gx, kept[1], wp, gxp, colt, part, geo)
         return
     if plan.path == "im2col":
         part, *col = scratch
