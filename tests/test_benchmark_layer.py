@@ -292,7 +292,8 @@ def test_the_fixture_under_pytest_benchmarks_switches(tmp_path, option, ran, ski
     (tmp_path / "test_it.py").write_text(PLUGIN_TESTS)
     done = subprocess.run([sys.executable, "-m", "pytest", "-s", "-rs", "-p", "no:cacheprovider", *option.split(),
                            "test_it.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},  # no worker
+                               "PYTHONPATH": os.pathsep.join(sys.path)})
     out = done.stdout + done.stderr
     assert [name for name in ("test_timed", "test_other") if f"RAN {name}" in out] == ran, out
     for reason, count in skips.items():

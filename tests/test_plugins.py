@@ -193,7 +193,8 @@ def test_new_plugin_writes_a_package_that_installs_and_tests(tmp_path, capsys):
         sys.path.remove(str(target))
         registry.refresh()
 
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    # a child pytest is no xdist worker (pytest-benchmark reads PYTEST_XDIST_WORKER and disables itself)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM" and not k.startswith("PYTEST_XDIST")}
 
     def run_tests(*args: str) -> str:
         return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *args], cwd=root,

@@ -334,7 +334,7 @@ PLUGIN_TEST = textwrap.dedent('''
 
 def test_pytest_plugin_gives_fixtures_and_the_cuda_marker(tmp_path):
     (tmp_path / "test_kit.py").write_text(PLUGIN_TEST)
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM" and not k.startswith("PYTEST_XDIST")}
 
     def pytest_run(*args):
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), *args,
