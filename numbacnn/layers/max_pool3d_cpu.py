@@ -182,9 +182,93 @@ def _forward_2x2(x, y, index):
             _plane2x2(xf, yf, jf, nc, H, W, P, Q)
 
 
+def _three(geometry: tuple, x_shape: tuple) -> bool:
+    """2-D, 3x3 windows, undilated (GoogLeNet's and ResNet's pools), any stride and padding.
+    At stride 1 in width _forward_rows stays faster (one thread, batch 64, CPU time: 32x16x16
+    5.5 against 11.5 ms; 160x8x8 13 against 15 ms); at stride 2 _forward_3x3 is 1.7-1.9x faster
+    than _forward_windows (32x32x32 21.8 -> 11.5 ms, 112x16x16 19.2 -> 10.6 ms, 224x8x8 9.7 -> 5.6 ms)."""
+    T, R, S, _, _, _, _, _, _, _, dh, dw = geometry
+    return (T, R, S, dh, dw) == (1, 3, 3, 1, 1) and x_shape[2] == 1
+
+
+@cpu_inline
+def _later(best, at, v, i):
+    # window_max's rule for a run of taps (v, i) after (best, at): strict '>' keeps the first
+    # maximum, the last NaN wins
+    t = (v > best) | (v != v)
+    return (v if t else best), (i if t else at)
+
+
+@cpu_inline
+def _row3(xf, ib, i0, i1, i2):
+    best, at = _later(xf[ib + np.uint64(i0)], np.int32(i0), xf[ib + np.uint64(i1)], np.int32(i1))
+    return _later(best, at, xf[ib + np.uint64(i2)], np.int32(i2))
+
+
+@cpu_inline
+def _plane3x3(x, geometry, xf, yf, jf, nc, rows, cols):
+    """Plane nc of _forward_3x3. A tap past an edge of x reads the nearest row or column of
+    the window inside x instead (clamped): a repeated row is a whole block next to its
+    original, a repeated column sits next to its own, so the elements' first appearances and
+    their last appearances both keep the window's order, and the fold finds what window_max
+    finds by skipping those taps: the first of equal maxima, the last NaN. Nine taps,
+    branch-free, for every output whose window meets x (rows and cols: those ranges; the
+    others, none in the 3x3 undilated pools PyTorch accepts, through window_max)."""
+    sh, sw, ph, pw = geometry[4], geometry[5], geometry[7], geometry[8]
+    C, H, W = x.shape[1], x.shape[3], x.shape[4]
+    n, c = nc // C, nc % C
+    P, Q = rows[2], cols[2]
+    ib, ob = np.uint64(nc * H * W), np.uint64(nc * P * Q)
+    for p in range(P):
+        o = ob + np.uint64(p * Q)
+        h = p * sh - ph
+        if p < rows[0] or p >= rows[1]:
+            for q in range(Q):
+                yf[o + np.uint64(q)], jf[o + np.uint64(q)] = _window_max(x, n, c, 0, p, q, geometry)
+            continue
+        r0, r1, r2 = max(h, 0) * W, min(max(h + 1, 0), H - 1) * W, min(h + 2, H - 1) * W
+        for q in range(Q):
+            if q < cols[0] or q >= cols[1]:
+                yf[o + np.uint64(q)], jf[o + np.uint64(q)] = _window_max(x, n, c, 0, p, q, geometry)
+                continue
+            w = q * sw - pw
+            c0, c1, c2 = max(w, 0), min(max(w + 1, 0), W - 1), min(w + 2, W - 1)
+            # three rows, then the rows in order: the rule is associative over ordered runs
+            # (a later run wins if strictly larger or NaN), so the chains run side by side
+            b0, a0 = _row3(xf, ib, r0 + c0, r0 + c1, r0 + c2)
+            b1, a1 = _row3(xf, ib, r1 + c0, r1 + c1, r1 + c2)
+            b2, a2 = _row3(xf, ib, r2 + c0, r2 + c1, r2 + c2)
+            best, at = _later(b0, a0, b1, a1)
+            best, at = _later(best, at, b2, a2)
+            yf[o + np.uint64(q)] = best
+            jf[o + np.uint64(q)] = at
+
+
+@cpu_kernel
+def _forward_3x3(x, geometry, y, index):
+    """2-D, 3x3 undilated windows, any stride and padding (GoogLeNet's and ResNet's pools):
+    nine unrolled, branch-free taps per output, edges clamped (_plane3x3)."""
+    N, C, _, H, W = x.shape
+    P, Q = y.shape[3], y.shape[4]
+    sh, sw, ph, pw = geometry[4], geometry[5], geometry[7], geometry[8]
+    # the outputs whose window meets x: first tap at or before the last row, last tap at or after row 0
+    p0, p1 = _valid(P, H + 2, sh, 2 - ph)[0], _valid(P, H, sh, -ph)[1]
+    q0, q1 = _valid(Q, W + 2, sw, 2 - pw)[0], _valid(Q, W, sw, -pw)[1]
+    rows, cols = (p0, max(p0, p1), P), (q0, max(q0, q1), Q)
+    xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
+    if x.size < PARALLEL_MIN:
+        for nc in range(N * C):
+            _plane3x3(x, geometry, xf, yf, jf, nc, rows, cols)
+    else:
+        for nc in prange(N * C):
+            _plane3x3(x, geometry, xf, yf, jf, nc, rows, cols)
+
+
 def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
     if _flat2x2(geometry, x.shape, y.shape):
         _forward_2x2(x, y, index)
+    elif _three(geometry, x.shape) and geometry[5] != 1:
+        _forward_3x3(x, geometry, y, index)
     else:
         (_forward_rows if geometry[5] == 1 else _forward_windows)(x, geometry, y, index)
 

@@ -102,7 +102,23 @@ def _geometries(count, seed):
     return out
 
 
-GEOMETRIES = _geometries(48, seed=2024)
+def _geometries3(count, seed):
+    """Random 3x3 undilated windows at width stride 2 or 3 (max_pool3d_cpu._forward_3x3, edges clamped)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        kw = dict(kernel_size=3, stride=(int(rng.integers(1, 4)), int(rng.integers(2, 4))),
+                  padding=(int(rng.integers(0, 2)), int(rng.integers(0, 2))), ceil_mode=bool(rng.random() < 0.5))
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.integers(1, 10)), int(rng.integers(1, 10)))
+        try:
+            MaxPool2d(**kw).output_shape(shape[1:])
+        except nc.ShapeError:
+            continue
+        out.append((kw, shape))
+    return out
+
+
+GEOMETRIES = _geometries(48, seed=2024) + _geometries3(16, seed=33)
 
 
 def test_max_pool2d_random_geometries_cover_both_kernels_and_the_edges():
