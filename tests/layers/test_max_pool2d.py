@@ -242,6 +242,7 @@ def test_max_pool2d_unpadded_2x2_fast_path_matches_the_general_path(stride):
 
 @pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=3),
                                 dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+                                dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=3, stride=1, padding=(0, 1)),
                                 dict(kernel_size=3, stride=(1, 2), padding=(0, 1)),
                                 dict(kernel_size=3, stride=(3, 2), padding=1, ceil_mode=True),
                                 dict(kernel_size=3, stride=2, padding=1, dilation=2),

@@ -103,11 +103,12 @@ def _geometries(count, seed):
 
 
 def _geometries3(count, seed):
-    """Random 3x3 undilated windows at width stride 2 or 3 (max_pool3d_cpu._forward_3x3, edges clamped)."""
+    """Random 3x3 undilated windows (max_pool3d_cpu._forward_3x3 at width stride 2 or 3,
+    _forward_3x3s1 at stride 1: edges clamped)."""
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < count:
-        kw = dict(kernel_size=3, stride=(int(rng.integers(1, 4)), int(rng.integers(2, 4))),
+        kw = dict(kernel_size=3, stride=(1, 1) if rng.random() < 0.4 else (int(rng.integers(1, 4)), int(rng.integers(2, 4))),
                   padding=(int(rng.integers(0, 2)), int(rng.integers(0, 2))), ceil_mode=bool(rng.random() < 0.5))
         shape = (int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.integers(1, 10)), int(rng.integers(1, 10)))
         try:
@@ -118,7 +119,7 @@ def _geometries3(count, seed):
     return out
 
 
-GEOMETRIES = _geometries(48, seed=2024) + _geometries3(16, seed=33)
+GEOMETRIES = _geometries(48, seed=2024) + _geometries3(24, seed=33)
 
 
 def test_max_pool2d_random_geometries_cover_both_kernels_and_the_edges():
@@ -127,6 +128,8 @@ def test_max_pool2d_random_geometries_cover_both_kernels_and_the_edges():
     assert len(unrolled) >= 8
     assert any(kw["ceil_mode"] and (s[2] % 2 or s[3] % 2) for kw, s in unrolled)
     assert any(min(s[2:]) == 1 for _, s in GEOMETRIES) and any(s[0] == 1 for _, s in GEOMETRIES)
+    three = [kw["stride"] for kw, _ in GEOMETRIES if kw["kernel_size"] == 3]
+    assert three.count((1, 1)) >= 5 and sum(sw > 1 for _, sw in three) >= 10  # _forward_3x3s1, _forward_3x3
 
 
 @pytest.mark.parametrize("i", range(len(GEOMETRIES)), ids=[f"{kw}@{s}" for kw, s in GEOMETRIES])
