@@ -183,13 +183,13 @@ def _forward_2x2(x, y, index):
 
 
 def _three(geometry: tuple, x_shape: tuple) -> bool:
-    """2-D, 3x3 windows, undilated (GoogLeNet's and ResNet's pools). One thread, batch 64, CPU
-    time, busy machine: at stride 1, padding 1, _forward_3x3s1 is 3-6x faster than _forward_rows
-    (32x16x16 5.4 -> 1.1 ms, 160x8x8 9.3 -> 2.7 ms, 224x4x4 7.7 -> 1.3 ms); at width stride 2
-    _forward_3x3 1.7-1.9x faster than _forward_windows (32x32x32 21.8 -> 11.5 ms, 112x16x16
-    19.2 -> 10.6 ms, 224x8x8 9.7 -> 5.6 ms)."""
-    T, R, S, _, _, _, _, _, _, _, dh, dw = geometry
-    return (T, R, S, dh, dw) == (1, 3, 3, 1, 1) and x_shape[2] == 1
+    """2-D, 3x3 windows, undilated, padding 0 or 1 (GoogLeNet's, Inception's and ResNet's
+    pools). _forward_3x3 against the kernels they took before, one thread, batch 64, CPU time,
+    busy machine: stride 1, padding 1 (_forward_rows) 32x16x16 5.6 -> 1.7 ms, 160x8x8 12.5 -> 3.2 ms,
+    224x4x4 7.7 -> 1.3 ms; stride 2, padding 1 (_forward_windows) 32x32x32 25.6 -> 4.0 ms,
+    112x16x16 21.9 -> 4.8 ms, 224x8x8 10.9 -> 2.6 ms."""
+    T, R, S, _, _, _, _, ph, pw, _, dh, dw = geometry
+    return (T, R, S, dh, dw) == (1, 3, 3, 1, 1) and x_shape[2] == 1 and max(ph, pw) <= 1
 
 
 @cpu_inline
@@ -207,79 +207,27 @@ def _row3(xf, ib, i0, i1, i2):
 
 
 @cpu_inline
-def _plane3x3(x, geometry, xf, yf, jf, nc, rows, cols):
-    """Plane nc of _forward_3x3. A tap past an edge of x reads the nearest row or column of
-    the window inside x instead (clamped): a repeated row is a whole block next to its
-    original, a repeated column sits next to its own, so the elements' first appearances and
-    their last appearances both keep the window's order, and the fold finds what window_max
-    finds by skipping those taps: the first of equal maxima, the last NaN. Nine taps,
-    branch-free, for every output whose window meets x (rows and cols: those ranges; the
-    others, none in the 3x3 undilated pools PyTorch accepts, through window_max)."""
-    sh, sw, ph, pw = geometry[4], geometry[5], geometry[7], geometry[8]
-    C, H, W = x.shape[1], x.shape[3], x.shape[4]
-    n, c = nc // C, nc % C
-    P, Q = rows[2], cols[2]
-    ib, ob = np.uint64(nc * H * W), np.uint64(nc * P * Q)
-    for p in range(P):
-        o = ob + np.uint64(p * Q)
-        h = p * sh - ph
-        if p < rows[0] or p >= rows[1]:
-            for q in range(Q):
-                yf[o + np.uint64(q)], jf[o + np.uint64(q)] = _window_max(x, n, c, 0, p, q, geometry)
-            continue
-        r0, r1, r2 = max(h, 0) * W, min(max(h + 1, 0), H - 1) * W, min(h + 2, H - 1) * W
-        for q in range(Q):
-            if q < cols[0] or q >= cols[1]:
-                yf[o + np.uint64(q)], jf[o + np.uint64(q)] = _window_max(x, n, c, 0, p, q, geometry)
-                continue
-            w = q * sw - pw
-            c0, c1, c2 = max(w, 0), min(max(w + 1, 0), W - 1), min(w + 2, W - 1)
-            # three rows, then the rows in order: the rule is associative over ordered runs
-            # (a later run wins if strictly larger or NaN), so the chains run side by side
-            b0, a0 = _row3(xf, ib, r0 + c0, r0 + c1, r0 + c2)
-            b1, a1 = _row3(xf, ib, r1 + c0, r1 + c1, r1 + c2)
-            b2, a2 = _row3(xf, ib, r2 + c0, r2 + c1, r2 + c2)
-            best, at = _later(b0, a0, b1, a1)
-            best, at = _later(best, at, b2, a2)
-            yf[o + np.uint64(q)] = best
-            jf[o + np.uint64(q)] = at
-
-
-@cpu_kernel
-def _forward_3x3(x, geometry, y, index):
-    """2-D, 3x3 undilated windows, any stride and padding (GoogLeNet's and ResNet's pools):
-    nine unrolled, branch-free taps per output, edges clamped (_plane3x3)."""
-    N, C, _, H, W = x.shape
-    P, Q = y.shape[3], y.shape[4]
-    sh, sw, ph, pw = geometry[4], geometry[5], geometry[7], geometry[8]
-    # the outputs whose window meets x: first tap at or before the last row, last tap at or after row 0
-    p0, p1 = _valid(P, H + 2, sh, 2 - ph)[0], _valid(P, H, sh, -ph)[1]
-    q0, q1 = _valid(Q, W + 2, sw, 2 - pw)[0], _valid(Q, W, sw, -pw)[1]
-    rows, cols = (p0, max(p0, p1), P), (q0, max(q0, q1), Q)
-    xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
-    if x.size < PARALLEL_MIN:
-        for nc in range(N * C):
-            _plane3x3(x, geometry, xf, yf, jf, nc, rows, cols)
-    else:
-        for nc in prange(N * C):
-            _plane3x3(x, geometry, xf, yf, jf, nc, rows, cols)
-
-
-@cpu_inline
-def _plane3x3s1(xf, yf, jf, nc, H, W, P, Q, ph, pw, hv, hj):
-    """Plane nc of _forward_3x3s1: the three-tap fold of every row of x once, for each output
+def _plane3x3(xf, yf, jf, nc, H, W, P, Q, geometry, hv, hj):
+    """Plane nc of _forward_3x3: the three-tap fold of every row of x once for each output
     column (hv, hj: this thread's (H, Q) values and indices), then each output the fold of the
-    three rows its window spans, in order. Taps past an edge are clamped as in _plane3x3."""
+    three rows its window spans, in order: the rule is associative over ordered runs (a later
+    run wins when strictly larger or NaN), so this is window_max's fold, with four
+    compare-selects instead of eight. A tap past an edge of x reads the nearest row or column
+    of the window inside x instead (clamped): a repeated row is a whole block next to its
+    original and a repeated column sits next to its own, so the elements' first appearances
+    and their last appearances keep the window's order, and the fold still finds the first of
+    equal maxima and the last NaN."""
+    sh, sw, ph, pw = geometry[4], geometry[5], geometry[7], geometry[8]
     ib, ob = np.uint64(nc * H * W), np.uint64(nc * P * Q)
     for h in range(H):
         base = h * W
         for q in range(Q):
-            w = q - pw
+            w = q * sw - pw
             best, at = _row3(xf, ib, base + max(w, 0), base + min(max(w + 1, 0), W - 1), base + min(w + 2, W - 1))
             hv[h, q] = best
             hj[h, q] = at
     for p in range(P):
-        h = p - ph
+        h = p * sh - ph
         r0, r1, r2 = max(h, 0), min(max(h + 1, 0), H - 1), min(h + 2, H - 1)
         o = ob + np.uint64(p * Q)
         for q in range(Q):
@@ -290,29 +238,27 @@ def _plane3x3s1(xf, yf, jf, nc, H, W, P, Q, ph, pw, hv, hj):
 
 
 @cpu_kernel
-def _forward_3x3s1(x, geometry, y, index, chunks):
-    """2-D, 3x3 undilated windows at stride 1, padding 0 or 1 (Inception's pools): separable,
-    four compare-selects per output instead of eight, every row folded once (_plane3x3s1);
-    ``chunks`` parallel chunks of the planes, each with its own row scratch."""
+def _forward_3x3(x, geometry, y, index, chunks):
+    """2-D, 3x3 undilated windows, padding 0 or 1, any stride (GoogLeNet's, Inception's and
+    ResNet's pools): separable (_plane3x3), in ``chunks`` parallel chunks of the planes, each
+    with its own row scratch. Every window meets x (PyTorch's pools start each window inside
+    x or in the left padding, of at most 1), so clamping always finds a tap."""
     N, C, _, H, W = x.shape
     P, Q = y.shape[3], y.shape[4]
-    ph, pw = geometry[7], geometry[8]
     xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
     NC = N * C
     for t in prange(chunks):
         hv = np.empty((H, Q), x.dtype)
         hj = np.empty((H, Q), np.int32)
         for nc in range(t * NC // chunks, (t + 1) * NC // chunks):
-            _plane3x3s1(xf, yf, jf, nc, H, W, P, Q, ph, pw, hv, hj)
+            _plane3x3(xf, yf, jf, nc, H, W, P, Q, geometry, hv, hj)
 
 
 def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
     if _flat2x2(geometry, x.shape, y.shape):
         _forward_2x2(x, y, index)
-    elif _three(geometry, x.shape) and geometry[4] == geometry[5] == 1 and max(geometry[7], geometry[8]) <= 1:
-        _forward_3x3s1(x, geometry, y, index, 1 if x.size < PARALLEL_MIN else batch_chunks(x.shape[0] * x.shape[1]))
-    elif _three(geometry, x.shape) and geometry[5] != 1:
-        _forward_3x3(x, geometry, y, index)
+    elif _three(geometry, x.shape):
+        _forward_3x3(x, geometry, y, index, 1 if x.size < PARALLEL_MIN else batch_chunks(x.shape[0] * x.shape[1]))
     else:
         (_forward_rows if geometry[5] == 1 else _forward_windows)(x, geometry, y, index)
 

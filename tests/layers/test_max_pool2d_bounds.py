@@ -103,8 +103,7 @@ def _geometries(count, seed):
 
 
 def _geometries3(count, seed):
-    """Random 3x3 undilated windows (max_pool3d_cpu._forward_3x3 at width stride 2 or 3,
-    _forward_3x3s1 at stride 1: edges clamped)."""
+    """Random 3x3 undilated windows (max_pool3d_cpu._forward_3x3: separable, edges clamped)."""
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < count:
@@ -129,7 +128,7 @@ def test_max_pool2d_random_geometries_cover_both_kernels_and_the_edges():
     assert any(kw["ceil_mode"] and (s[2] % 2 or s[3] % 2) for kw, s in unrolled)
     assert any(min(s[2:]) == 1 for _, s in GEOMETRIES) and any(s[0] == 1 for _, s in GEOMETRIES)
     three = [kw["stride"] for kw, _ in GEOMETRIES if kw["kernel_size"] == 3]
-    assert three.count((1, 1)) >= 5 and sum(sw > 1 for _, sw in three) >= 10  # _forward_3x3s1, _forward_3x3
+    assert three.count((1, 1)) >= 5 and sum(sw > 1 for _, sw in three) >= 10  # strides 1 and 2-3
 
 
 @pytest.mark.parametrize("i", range(len(GEOMETRIES)), ids=[f"{kw}@{s}" for kw, s in GEOMETRIES])
