@@ -59,8 +59,8 @@ from .conv2d_hwc_cpu import from_hwc, to_hwc
 from .conv2d_winograd5_cpu import (conv2d_backward_winograd5, conv2d_forward_winograd5, scratch5, winograd_reduce5,
                                    winograd_weights5)
 from .conv2d_winograd5_tiles import consts5
-from .conv2d_winograd_tiles import (LANES_SCRATCH, input_tiles, input_tiles_grad, output_tiles, output_tiles_grad,
-                                    plane_size)
+from .conv2d_winograd_tiles import (LANES_SCRATCH, group_rows, input_tiles, input_tiles_grad, output_tiles,
+                                    output_tiles_grad, plane_size)
 from .conv2d_winograd_weights import winograd_reduce, winograd_weights
 
 # Tile block: the transformed input and output of a block (36 * tiles * (C + K) values) stay
@@ -268,21 +268,11 @@ def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, i
     (conv2d_winograd5_cpu.scratch5: 64 transform points)."""
     images = N if images is None else images
     if tuple(kernel) == (5, 5):
-        return scratch5(images, T, C, K, P, Q, _BLOCK_ELEMENTS)
+        return scratch5(N, T, C, K, P, Q, _BLOCK_ELEMENTS, images)
     th, tw = (P + 3) // 4, (Q + 3) // 4
     nr, ns = (kernel[0] + 2) // 3, (kernel[1] + 2) // 3
     J = nr * ns * C  # columns of the transformed input: every sub-kernel's channels
-    tr = tile_rows(tw, J, K)
-    if tr >= 2 * th:
-        # Room for whole samples: a block holds g of them, their tiles one after the other, so
-        # each of the 36 products runs over g samples' tiles (a small image alone gives BLAS
-        # products a few rows high). g as even as the largest chunk allows.
-        per_chunk = -(-N // T)
-        g = min(tr // th, per_chunk)
-        g = -(-per_chunk // -(-per_chunk // g))
-        tr = g * th
-    else:
-        tr = -(-th // -(-th // tr))  # as many tile rows as before, spread evenly over the blocks
+    tr = group_rows(tile_rows(tw, J, K), th, N, T)
     return {"U": (2, 36, J * K), "xp": (images, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
             "V": (T, 36, plane_size(tr * tw, J)), "M": (T, 36, plane_size(tr * tw, K)), "pix": (T, 4 * tr * Q, K),
             "R": (T, LANES_SCRATCH), "part": (T, 36, J, K), "nonfinite": (T,)}, tr

@@ -25,6 +25,19 @@ def plane_size(tiles: int, channels: int) -> int:
     return 16 * (lines + 1 - lines % 2)
 
 
+def group_rows(tr: int, th: int, N: int, T: int) -> int:
+    """Tile rows per block, given room for ``tr`` of them, a sample's ``th`` and a batch of N in
+    T chunks. Room for two samples or more: whole samples, their tiles one after the other, so
+    each product runs over them all (one small image alone gives BLAS products a few rows
+    high), as evenly as the largest chunk allows. Else as many rows as room for, spread
+    evenly over the sample's blocks."""
+    if tr >= 2 * th:
+        per_chunk = -(-N // T)
+        g = min(tr // th, per_chunk)
+        return -(-per_chunk // -(-per_chunk // g)) * th
+    return -(-th // -(-th // tr))
+
+
 # The 1-D transforms of F(4, 3) and the transposes the backward needs. ``c`` holds the
 # constants in the arrays' dtype: (2, 4, 5, 8) for B and A, (1/4, 1/6, 1/12, 1/24) for G.
 @cpu_inline

@@ -1,4 +1,4 @@
-"""conv2d's 3x3 Winograd path with several samples per block (conv2d_winograd_cpu.scratch).
+"""conv2d's Winograd paths (3x3 and its sub-kernels, 5x5) with several samples per block (conv2d_winograd_cpu.scratch).
 
 A small image has fewer 4x4 tiles than a block holds, so a block takes consecutive samples of
 a chunk, their tiles one after the other in V and M, and each of the 36 products runs over
@@ -45,14 +45,17 @@ def naive(x, w, b, gy, pad):
 def _block_for(samples, C, K, P, Q, kernel=(3, 3)):
     # _BLOCK_ELEMENTS for which a block holds ``samples`` whole samples (0: one tile row).
     th, tw = (P + 3) // 4, (Q + 3) // 4
+    if tuple(kernel) == (5, 5):  # F(4x4, 5x5): 64 points, no sub-kernels
+        return max(1, samples * th * 64 * tw * (C + K))
     J = ((kernel[0] + 2) // 3) * ((kernel[1] + 2) // 3) * C
     return max(1, samples * th * 36 * tw * (J + K))
 
 
 # (N, C, K, H, W, kernel, pad): outputs 1x1, 4x4, 5x7, 9x6 (three tile rows), a 4x4 kernel
-# (four sub-kernels side by side in V); channels off the 16-lane width.
+# (four sub-kernels side by side in V), 5x5 kernels (F(4x4, 5x5), conv2d_winograd5_cpu);
+# channels off the 16-lane width.
 GEOMETRIES = [(7, 5, 6, 3, 3, 3, 0), (7, 3, 17, 4, 4, 3, 1), (5, 6, 4, 5, 7, 3, 1), (7, 4, 5, 9, 6, 3, 1),
-              (6, 5, 3, 6, 6, 4, 1)]
+              (6, 5, 3, 6, 6, 4, 1), (7, 3, 4, 5, 7, 5, 2), (5, 4, 3, 1, 1, 5, 2), (7, 3, 17, 9, 6, 5, 2)]
 
 
 def _out(geo):
@@ -98,13 +101,13 @@ def test_a_block_holds_several_small_samples_and_large_ones_alone():
 
 
 def _random_geometry(rng):
-    k = int(rng.choice([2, 3, 3, 3, 4, 6]))
+    k = int(rng.choice([2, 3, 3, 3, 4, 5, 5, 6]))
     H, W = int(rng.integers(1, 10)) + k - 1, int(rng.integers(1, 10)) + k - 1
     pad = int(rng.integers(0, 2))
     return int(rng.integers(1, 10)), int(rng.integers(1, 20)), int(rng.integers(1, 20)), H, W, k, pad
 
 
-@pytest.mark.parametrize("i", range(12))
+@pytest.mark.parametrize("i", range(16))
 def test_grouped_blocks_fenced_on_random_geometries(i, monkeypatch):
     # A read past V, M, pix or an image brings NaN (compared below), a write past one fails
     # the run; inference (one padded image per chunk, reused sample after sample within a
