@@ -147,7 +147,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
     if path == "winograd":
         from .conv2d_winograd_cpu import WeightCache, scratch
 
-        fw, tr = scratch(N if backward else T, T, C, K, P, Q, (R, S))
+        fw, tr = scratch(N, T, C, K, P, Q, (R, S), images=N if backward else T)
         bw = scratch(N, T, C, K, P, Q, (R, S))[0]
         ints = {"nonfinite": "int64"}
         forward = [(fw[k], ints.get(k)) for k in ("U", "xp", "V", "M", "pix", "R", "nonfinite")

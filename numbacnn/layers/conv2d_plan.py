@@ -55,7 +55,8 @@ class Conv2dPlan:
     """One input shape's decisions. ``path``: what the forward runs; ``chunks``: parallel
     chunks of the batch; ``forward_scratch`` / ``backward_scratch``: (shape, dtype) of each
     scratch array the layer allocates and passes in that order (dtype None: the model's);
-    ``tiles``: Winograd's tile rows per block; ``weights``: the inference forward's kept
+    ``tiles``: Winograd's tile rows per block (a multiple of a sample's when a block
+    holds several small samples); ``weights``: the inference forward's kept
     Winograd weights (conv2d_winograd_cpu.WeightCache), None when a backward follows."""
 
     path: str

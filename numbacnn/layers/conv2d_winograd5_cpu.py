@@ -26,7 +26,7 @@ from .._jit import REASSOC, cpu_kernel, prange
 from .conv2d_hwc_cpu import bias_sum, from_hwc, to_hwc
 from .conv2d_winograd5_tiles import (LANES_SCRATCH5, g8, gt8, input_tiles5, input_tiles5_grad, ld8, output_tiles5,
                                      output_tiles5_grad)
-from .conv2d_winograd_tiles import plane_size
+from .conv2d_winograd_tiles import group_rows, plane_size
 
 _U64 = np.uint64
 
@@ -56,23 +56,29 @@ def winograd_weights5(w, U, c):
 def conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c, nonfinite):
     """y[n] = conv2d(x[n]) + b, a 5x5 kernel at stride 1. Scratch per chunk t of the batch: V[t],
     M[t] and R[t] (pix is not used); xp: padded HWC images, one per chunk or one per sample
-    (N: kept for the backward). nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
+    (N: kept for the backward). tr: tile rows per block; past a sample's th, a block holds
+    tr // th samples. nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
     N, K, P, Q = y.shape
     C = x.shape[1]
     T = V.shape[0]
     th, tw = (P + 3) // 4, (Q + 3) // 4
+    g = max(1, tr // th)
     for t in prange(T):
         bad = 0
-        for n in range(t * N // T, (t + 1) * N // T):
-            xpn = xp[n] if xp.shape[0] == N else xp[t]
-            to_hwc(x[n], xpn, pt, pl)
+        for nb in range(t * N // T, (t + 1) * N // T, g):
+            ne = min((t + 1) * N // T, nb + g)
             for i0 in range(0, th, tr):
                 i1 = min(th, i0 + tr)
-                nt = (i1 - i0) * tw
-                input_tiles5(xpn, V[t], R[t], i0, i1, tw, c)
+                nt = (ne - nb) * (i1 - i0) * tw
+                for n in range(nb, ne):
+                    xpn = xp[n] if xp.shape[0] == N else xp[t]
+                    if i0 == 0:
+                        to_hwc(x[n], xpn, pt, pl)
+                    input_tiles5(xpn, V[t], R[t], i0, i1, (n - nb) * th, tw, c)
                 for e in range(64):
                     gemm(False, False, nt, K, C, V[t, e], C, U[0, e], K, 0, M[t, e], K)
-                bad += output_tiles5(M[t], y[n], b, R[t], i0, i1, c)
+                for n in range(nb, ne):
+                    bad += output_tiles5(M[t], y[n], b, R[t], i0, i1, (n - nb) * th, c)
         nonfinite[t] = bad
 
 
@@ -80,24 +86,25 @@ def conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c, nonfin
 def conv2d_backward_winograd5(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, tr, want_gx, c, nonfinite):
     """part[t] (64, C, K) = chunk t's weight gradient in the transformed domain; gx[n] (when
     ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp: the
-    forward's padded HWC images, one per sample. nonfinite[t] = how many of chunk t's values
-    of gy are NaN or +-Inf."""
+    forward's padded HWC images, one per sample; tr as the forward's. nonfinite[t] = how many
+    of chunk t's values of gy are NaN or +-Inf."""
     N, K, P, Q = gy.shape
     C = x.shape[1]
     T = V.shape[0]
     th, tw = (P + 3) // 4, (Q + 3) // 4
+    g = max(1, tr // th)
     for t in prange(T):
         bad = 0
         n0 = t * N // T
-        for n in range(n0, (t + 1) * N // T):
-            if want_gx:
-                gxp[t].reshape(gxp[t].size)[:] = 0
+        for nb in range(n0, (t + 1) * N // T, g):
+            ne = min((t + 1) * N // T, nb + g)
             for i0 in range(0, th, tr):
                 i1 = min(th, i0 + tr)
-                nt = (i1 - i0) * tw
-                bad += output_tiles5_grad(gy[n], M[t], R[t], i0, i1, c)
-                beta = 0 if n == n0 and i0 == 0 else 1
-                input_tiles5(xp[n], V[t], R[t], i0, i1, tw, c)
+                nt = (ne - nb) * (i1 - i0) * tw
+                for n in range(nb, ne):
+                    bad += output_tiles5_grad(gy[n], M[t], R[t], i0, i1, (n - nb) * th, c)
+                    input_tiles5(xp[n], V[t], R[t], i0, i1, (n - nb) * th, tw, c)
+                beta = 0 if nb == n0 and i0 == 0 else 1
                 for e in range(64):
                     ve, me = V[t, e], M[t, e]
                     # part[t, e] (+)= V[e]^T @ Z[e]; then V[e] = Z[e] @ U[e]^T, the tiles' gradient
@@ -105,9 +112,12 @@ def conv2d_backward_winograd5(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl,
                     if want_gx:
                         gemm(False, False, nt, C, K, me, K, U[1, e], C, 0, ve, C)
                 if want_gx:
-                    input_tiles5_grad(V[t], gxp[t], R[t], i0, i1, tw, c)
-            if want_gx:
-                from_hwc(gxp[t], gx[n], pt, pl)
+                    for n in range(nb, ne):
+                        if i0 == 0:
+                            gxp[t].reshape(gxp[t].size)[:] = 0
+                        input_tiles5_grad(V[t], gxp[t], R[t], i0, i1, (n - nb) * th, tw, c)
+                        if i1 == th:
+                            from_hwc(gxp[t], gx[n], pt, pl)
         nonfinite[t] = bad
 
 
@@ -147,13 +157,15 @@ def winograd_reduce5(part, gw, gy3, gb, c):
             gb[k] += bias_sum(gy3, k)
 
 
-def scratch5(N: int, T: int, C: int, K: int, P: int, Q: int, block: int) -> tuple[dict[str, tuple[int, ...]], int]:
+def scratch5(N: int, T: int, C: int, K: int, P: int, Q: int, block: int, images: int
+             ) -> tuple[dict[str, tuple[int, ...]], int]:
     """conv2d_winograd_cpu.scratch for a 5x5 kernel: the same arrays, 64 transform points; a
-    block's V and M (64 * tiles * (C + K) values) stay under ``block`` elements."""
+    block's V and M (64 * tiles * (C + K) values) stay under ``block`` elements, and hold
+    several samples when one is smaller (as there)."""
     th, tw = (P + 3) // 4, (Q + 3) // 4
     tr = max(1, block // (64 * tw * (C + K)))
-    tr = -(-th // -(-th // tr))  # as many tile rows as before, spread evenly over the blocks
-    return {"U": (2, 64, C * K), "xp": (N, 4 * th + 4, 4 * tw + 4, C),
+    tr = group_rows(tr, th, N, T)
+    return {"U": (2, 64, C * K), "xp": (images, 4 * th + 4, 4 * tw + 4, C),
             "V": (T, 64, plane_size(tr * tw, C)), "M": (T, 64, plane_size(tr * tw, K)),
             "pix": (T, 1, 1),  # unused: the output transforms read and write y and gy in place
             "R": (T, LANES_SCRATCH5), "part": (T, 64, C, K), "nonfinite": (T,)}, tr

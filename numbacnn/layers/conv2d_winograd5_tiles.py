@@ -196,16 +196,16 @@ def _a_lanes(R, c):  # R[_OUT + (8e + f)*L + l] = (A y A^T)[e, f], y from R[(4a 
 
 
 @cpu_serial
-def input_tiles5(xp, V, R, i0, i1, tw, c):
-    """V[8a + b, t, ch] = (B^T d B)[a, b] for the tiles t = (i - i0)*tw + j of tile rows
-    [i0, i1), d = xp[4i:4i+8, 4j:4j+8, ch]."""
+def input_tiles5(xp, V, R, i0, i1, r0, tw, c):
+    """V[8a + b, t, ch] = (B^T d B)[a, b] for the tiles t = (r0 + i - i0)*tw + j of tile rows
+    [i0, i1), d = xp[4i:4i+8, 4j:4j+8, ch] (r0: where the sample's tiles start in the block)."""
     Hp, Wp, C = xp.shape
     xf, vf = xp.reshape(xp.size), V.reshape(V.size)
     row, col, plane = _U64(Wp * C), _U64(C), _U64(V.shape[1])
     for i in range(i0, i1):
         for j in range(tw):
             o = _U64((4 * i * Wp + 4 * j) * C)
-            ov = _U64(((i - i0) * tw + j) * C)
+            ov = _U64(((r0 + i - i0) * tw + j) * C)
             for c0 in range(0, C, _LANES):
                 n = min(_LANES, C - c0)
                 for a in range(8):
@@ -217,7 +217,7 @@ def input_tiles5(xp, V, R, i0, i1, tw, c):
 
 
 @cpu_serial
-def input_tiles5_grad(V, gxp, R, i0, i1, tw, c):
+def input_tiles5_grad(V, gxp, R, i0, i1, r0, tw, c):
     """The transpose of input_tiles5: gxp[4i:4i+8, 4j:4j+8, ch] += B V[:, t, ch] B^T."""
     Hp, Wp, C = gxp.shape
     xf, vf = gxp.reshape(gxp.size), V.reshape(V.size)
@@ -225,7 +225,7 @@ def input_tiles5_grad(V, gxp, R, i0, i1, tw, c):
     for i in range(i0, i1):
         for j in range(tw):
             o = _U64((4 * i * Wp + 4 * j) * C)
-            ov = _U64(((i - i0) * tw + j) * C)
+            ov = _U64(((r0 + i - i0) * tw + j) * C)
             for c0 in range(0, C, _LANES):
                 n = min(_LANES, C - c0)
                 for e in range(64):
@@ -238,7 +238,7 @@ def input_tiles5_grad(V, gxp, R, i0, i1, tw, c):
 
 
 @cpu_serial
-def output_tiles5(M, yn, b, R, i0, i1, c):
+def output_tiles5(M, yn, b, R, i0, i1, r0, c):
     """yn[k, 4i + a, 4j + s] = (A^T M[:, t, k] A)[a, s] + b[k] (b empty: no bias) for the tiles
     t of tile rows [i0, i1) (tiles hanging over the edge are cut); returns how many of the
     values written are NaN or +-Inf. Written straight into the (K, P, Q) output: a pixel-major
@@ -253,7 +253,7 @@ def output_tiles5(M, yn, b, R, i0, i1, c):
         rows = min(4, P - 4 * i)
         for j in range(tw):
             cols = min(4, Q - 4 * j)
-            om = _U64(((i - i0) * tw + j) * K)
+            om = _U64(((r0 + i - i0) * tw + j) * K)
             for k0 in range(0, K, _LANES):
                 n = min(_LANES, K - k0)
                 for e in range(64):
@@ -271,7 +271,7 @@ def output_tiles5(M, yn, b, R, i0, i1, c):
 
 
 @cpu_serial
-def output_tiles5_grad(gyn, M, R, i0, i1, c):
+def output_tiles5_grad(gyn, M, R, i0, i1, r0, c):
     """The transpose of output_tiles5: M[:, t, k] = A dy A^T for each 4x4 tile dy of the output
     gradient gyn (K, P, Q) (pixels outside it read as zero); returns how many of the values
     read are NaN or +-Inf."""
@@ -285,7 +285,7 @@ def output_tiles5_grad(gyn, M, R, i0, i1, c):
         rows = min(4, P - 4 * i)
         for j in range(tw):
             cols = min(4, Q - 4 * j)
-            om = _U64(((i - i0) * tw + j) * K)
+            om = _U64(((r0 + i - i0) * tw + j) * K)
             for k0 in range(0, K, _LANES):
                 n = min(_LANES, K - k0)
                 for l in range(n):

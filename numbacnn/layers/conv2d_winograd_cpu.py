@@ -20,11 +20,14 @@ in V's rows (nsub*C columns) and their transformed weights stacked in U, so the 
 products sum over every sub-kernel at once: 9 multiplications per output and channel pair
 instead of 25.
 
-The tile transforms live in conv2d_winograd_tiles; this module holds the weight transform,
-the parallel kernels, the reduction and the scratch shapes. The layout follows the
-pixel-major path (conv2d_cpu): each sample becomes a zero-padded HWC
+The tile transforms live in conv2d_winograd_tiles, the weight transform and the reduction in
+conv2d_winograd_weights; this module holds the parallel kernels and the scratch shapes. The
+layout follows the pixel-major path (conv2d_cpu): each sample becomes a zero-padded HWC
 image (padded up to whole tiles), and its tiles are processed a block of tile rows at a time,
-sized to keep V and M in L2. The transforms run over contiguous channels; the products run
+sized to keep V and M in L2. A small image has fewer tiles than a block holds: then a block
+holds several consecutive samples of the chunk, their tiles one after the other in V and M,
+so that each of the 36 products runs over all of them (at 8x8, one sample's 4 tiles made
+products of 4 rows, every one streaming the whole U[e] or partial). The transforms run over contiguous channels; the products run
 with one BLAS thread inside a parallel loop over chunks of the batch. The weight gradient
 accumulates per chunk (no two threads write the same partial) and is summed and transformed
 back by ``winograd_reduce``.
@@ -50,19 +53,19 @@ from __future__ import annotations
 import numpy as np
 
 from .._blas import gemm
-from .._jit import REASSOC, cpu_inline, cpu_kernel, cpu_serial, prange
+from .._jit import cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
-from .conv2d_hwc_cpu import bias_sum, from_hwc, to_hwc
+from .conv2d_hwc_cpu import from_hwc, to_hwc
 from .conv2d_winograd5_cpu import (conv2d_backward_winograd5, conv2d_forward_winograd5, scratch5, winograd_reduce5,
                                    winograd_weights5)
 from .conv2d_winograd5_tiles import consts5
-from .conv2d_winograd_tiles import (LANES_SCRATCH, g_transform, gt_transform, input_tiles, input_tiles_grad, ld6,
-                                    output_tiles, output_tiles_grad, plane_size)
+from .conv2d_winograd_tiles import (LANES_SCRATCH, group_rows, input_tiles, input_tiles_grad, output_tiles,
+                                    output_tiles_grad, plane_size)
+from .conv2d_winograd_weights import winograd_reduce, winograd_weights
 
 # Tile block: the transformed input and output of a block (36 * tiles * (C + K) values) stay
 # under this many float32 elements (1 MiB), next to BLAS's packing buffers in a 2 MiB L2.
 _BLOCK_ELEMENTS = 256 * 1024
-_U64 = np.uint64
 
 
 def tile_rows(tw: int, C: int, K: int) -> int:
@@ -75,73 +78,47 @@ def _consts(dtype: np.dtype) -> tuple[tuple, tuple]:
     return (f(2), f(4), f(5), f(8)), (f(1) / f(4), f(1) / f(6), f(1) / f(12), f(1) / f(24))
 
 
-@cpu_inline
-def _tap(wk, r, s, zero):
-    return wk[r, s] if r < wk.shape[0] and s < wk.shape[1] else zero
-
-
-@cpu_kernel
-def winograd_weights(w, U, cg):
-    """U[0, 6a + b] = the (nsub*C, K) matrix, row sub*C + ch, of (G g G^T)[a, b] for the 3x3
-    piece g of w[k, ch] that sub-kernel ``sub`` covers (zero past w's edge); U[1, 6a + b] its
-    transpose, for the input gradient's products (BLAS ran them 1.5-2.5x slower transposing on
-    the fly), when U has room for it (an inference forward's U does not)."""
-    K, C, KH, KW = w.shape
-    ns = (KW + 2) // 3
-    nsub = ((KH + 2) // 3) * ns
-    J = nsub * C
-    zero = w.dtype.type(0)
-    for k in prange(K):
-        for ch in range(C):
-            for sub in range(nsub):
-                r0, s0 = 3 * (sub // ns), 3 * (sub % ns)
-                wk = w[k, ch]
-                c0 = g_transform((_tap(wk, r0, s0, zero), _tap(wk, r0 + 1, s0, zero), _tap(wk, r0 + 2, s0, zero)), cg)
-                c1 = g_transform((_tap(wk, r0, s0 + 1, zero), _tap(wk, r0 + 1, s0 + 1, zero),
-                                    _tap(wk, r0 + 2, s0 + 1, zero)), cg)
-                c2 = g_transform((_tap(wk, r0, s0 + 2, zero), _tap(wk, r0 + 1, s0 + 2, zero),
-                                    _tap(wk, r0 + 2, s0 + 2, zero)), cg)
-                for a in range(6):
-                    u = g_transform((c0[a], c1[a], c2[a]), cg)
-                    for s in range(6):
-                        U[0, 6 * a + s, (sub * C + ch) * K + k] = u[s]
-                        if U.shape[0] > 1:
-                            U[1, 6 * a + s, k * J + sub * C + ch] = u[s]
-
-
 @cpu_kernel
 def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, nonfinite):
     """y[n] = conv2d(x[n]) + b, stride 1, as the sum of the 3x3 sub-kernels' convolutions of
     shifted tiles (``ns`` of them per row). Scratch per chunk t of the batch: V[t], M[t], pix[t]
     and R[t] (``scratch``); xp: padded HWC images, one per chunk or one per sample (N: kept for
-    the backward). nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
+    the backward). tr: tile rows per block; past a sample's th, a block holds tr // th samples
+    (``scratch``). nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
     N, K, P, Q = y.shape
     T = V.shape[0]
     J = U.shape[2] // K
     nsub = J // x.shape[1]
     th, tw = (P + 3) // 4, (Q + 3) // 4
     L = P * Q
+    g = max(1, tr // th)
     for t in prange(T):
         bad = 0
-        for n in range(t * N // T, (t + 1) * N // T):
-            xpn = xp[n] if xp.shape[0] == N else xp[t]
-            to_hwc(x[n], xpn, pt, pl)
-            yn = y[n].reshape(K, L)
+        for nb in range(t * N // T, (t + 1) * N // T, g):
+            ne = min((t + 1) * N // T, nb + g)
             for i0 in range(0, th, tr):
                 i1 = min(th, i0 + tr)
-                nt = (i1 - i0) * tw
-                for sub in range(nsub):
-                    input_tiles(xpn, V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
+                nt = (ne - nb) * (i1 - i0) * tw
+                for n in range(nb, ne):
+                    xpn = xp[n] if xp.shape[0] == N else xp[t]
+                    if i0 == 0:
+                        to_hwc(x[n], xpn, pt, pl)
+                    for sub in range(nsub):
+                        input_tiles(xpn, V[t], R[t], i0, i1, (n - nb) * th, tw, sub, ns, nsub, c)
                 for e in range(36):
                     gemm(False, False, nt, K, J, V[t, e], J, U[0, e], K, 0, M[t, e], K)
-                output_tiles(M[t], pix[t], R[t], i0, i1, P, Q, c)
                 la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
-                for k in range(K):
-                    bk = b[k] if b.size else yn.dtype.type(0)
-                    for l in range(la, lb):
-                        v = pix[t, l - la, k] + bk
-                        yn[k, l] = v
-                        bad += np.int64(v - v != 0)  # NaN or +-Inf: v - v is 0 for the rest
+                for n in range(nb, ne):
+                    r0 = (n - nb) * th
+                    output_tiles(M[t], pix[t], R[t], i0, i1, r0, P, Q, c)
+                    yn = y[n].reshape(K, L)
+                    o = 4 * r0 * Q - la
+                    for k in range(K):
+                        bk = b[k] if b.size else yn.dtype.type(0)
+                        for l in range(la, lb):
+                            v = pix[t, o + l, k] + bk
+                            yn[k, l] = v
+                            bad += np.int64(v - v != 0)  # NaN or +-Inf: v - v is 0 for the rest
         nonfinite[t] = bad
 
 
@@ -149,34 +126,37 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, non
 def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, tr, ns, want_gx, c, nonfinite):
     """part[t] (36, nsub*C, K) = chunk t's weight gradient in the transformed domain; gx[n] (when
     ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp: the
-    forward's padded HWC images, one per sample. nonfinite[t] = how many of chunk t's values
-    of gy are NaN or +-Inf."""
+    forward's padded HWC images, one per sample; tr as the forward's. nonfinite[t] = how many
+    of chunk t's values of gy are NaN or +-Inf."""
     N, K, P, Q = gy.shape
     T = V.shape[0]
     J = U.shape[2] // K
     nsub = J // x.shape[1]
     th, tw = (P + 3) // 4, (Q + 3) // 4
     L = P * Q
+    g = max(1, tr // th)
     for t in prange(T):
         bad = 0
         n0 = t * N // T
-        for n in range(n0, (t + 1) * N // T):
-            if want_gx:
-                gxp[t].reshape(gxp[t].size)[:] = 0
-            gyn = gy[n].reshape(K, L)
+        for nb in range(n0, (t + 1) * N // T, g):
+            ne = min((t + 1) * N // T, nb + g)
             for i0 in range(0, th, tr):
                 i1 = min(th, i0 + tr)
-                nt = (i1 - i0) * tw
+                nt = (ne - nb) * (i1 - i0) * tw
                 la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
-                for l in range(la, lb):
-                    for k in range(K):
-                        g = gyn[k, l]
-                        pix[t, l - la, k] = g
-                        bad += np.int64(g - g != 0)
-                output_tiles_grad(pix[t], M[t], R[t], i0, i1, P, Q, c)
-                beta = 0 if n == n0 and i0 == 0 else 1
-                for sub in range(nsub):
-                    input_tiles(xp[n], V[t], R[t], i0, i1, tw, sub, ns, nsub, c)
+                for n in range(nb, ne):
+                    r0 = (n - nb) * th
+                    gyn = gy[n].reshape(K, L)
+                    o = 4 * r0 * Q - la
+                    for l in range(la, lb):
+                        for k in range(K):
+                            v = gyn[k, l]
+                            pix[t, o + l, k] = v
+                            bad += np.int64(v - v != 0)
+                    output_tiles_grad(pix[t], M[t], R[t], i0, i1, r0, P, Q, c)
+                    for sub in range(nsub):
+                        input_tiles(xp[n], V[t], R[t], i0, i1, r0, tw, sub, ns, nsub, c)
+                beta = 0 if nb == n0 and i0 == 0 else 1
                 for e in range(36):
                     ve, me = V[t, e], M[t, e]
                     # part[t, e] (+)= V[e]^T @ Z[e]; then V[e] = Z[e] @ U[e]^T, the tiles' gradient
@@ -184,48 +164,14 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                     if want_gx:
                         gemm(False, False, nt, J, K, me, K, U[1, e], J, 0, ve, J)
                 if want_gx:
-                    for sub in range(nsub):
-                        input_tiles_grad(V[t], gxp[t], R[t], i0, i1, tw, sub, ns, nsub, c)
-            if want_gx:
-                from_hwc(gxp[t], gx[n], pt, pl)
+                    for n in range(nb, ne):
+                        if i0 == 0:
+                            gxp[t].reshape(gxp[t].size)[:] = 0
+                        for sub in range(nsub):
+                            input_tiles_grad(V[t], gxp[t], R[t], i0, i1, (n - nb) * th, tw, sub, ns, nsub, c)
+                        if i1 == th:
+                            from_hwc(gxp[t], gx[n], pt, pl)
         nonfinite[t] = bad
-
-
-@cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
-def winograd_reduce(part, gw, gy3, gb, cg):
-    """gw[k, ch] += G^T (sum of the chunks' part[:, :, sub*C + ch, k]) G for each sub-kernel, in
-    the 3x3 piece of the kernel it covers; gb += gy3 summed (if any)."""
-    T, _, J, K = part.shape
-    C, KH, KW = gw.shape[1], gw.shape[2], gw.shape[3]
-    ns = (KW + 2) // 3
-    pf = part.reshape(part.size)
-    plane = _U64(J * K)
-    for k in prange(K):
-        for ch in range(C):
-            for sub in range(J // C):
-                o = _U64((sub * C + ch) * K + k)
-                for t in range(1, T):  # the chunks' sums into part[0], which this k owns
-                    for e in range(36):
-                        pf[o + _U64(e) * plane] += pf[o + _U64(t * 36 + e) * plane]
-                u0 = ld6(pf, o, plane)  # u0[b] = u[0, b]
-                u1 = ld6(pf, o + 6 * plane, plane)
-                u2 = ld6(pf, o + 12 * plane, plane)
-                u3 = ld6(pf, o + 18 * plane, plane)
-                u4 = ld6(pf, o + 24 * plane, plane)
-                u5 = ld6(pf, o + 30 * plane, plane)
-                r0 = gt_transform((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0]), cg)  # r0[a] = (G^T u)[a, 0]
-                r1 = gt_transform((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1]), cg)
-                r2 = gt_transform((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2]), cg)
-                r3 = gt_transform((u0[3], u1[3], u2[3], u3[3], u4[3], u5[3]), cg)
-                r4 = gt_transform((u0[4], u1[4], u2[4], u3[4], u4[4], u5[4]), cg)
-                r5 = gt_transform((u0[5], u1[5], u2[5], u3[5], u4[5], u5[5]), cg)
-                a0, s0 = 3 * (sub // ns), 3 * (sub % ns)
-                for a in range(min(3, KH - a0)):
-                    g = gt_transform((r0[a], r1[a], r2[a], r3[a], r4[a], r5[a]), cg)
-                    for s in range(min(3, KW - s0)):
-                        gw[k, ch, a0 + a, s0 + s] += g[s]
-        if gb.size:
-            gb[k] += bias_sum(gy3, k)
 
 
 @cpu_kernel
@@ -312,21 +258,22 @@ def _words(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint32)
 
 
-def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, int]
+def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, int], images: int | None = None
             ) -> tuple[dict[str, tuple[int, ...]], int]:
     """Shapes of the scratch arrays for a batch of N cut into T chunks (a P x Q output), and
-    the tile rows per block: ``xp`` holds N padded HWC images (the forward keeps them for the
-    backward; pass T there when no backward follows), ``part`` the weight gradient partials.
-    A kernel larger than 3x3 is cut into 3x3 sub-kernels (``U`` holds each one's transform),
-    except 5x5 (conv2d_winograd5_cpu.scratch5: 64 transform points)."""
+    the tile rows per block (more than a sample's when a block holds several samples): ``xp``
+    holds ``images`` padded HWC images (default N: the forward keeps them for the backward;
+    pass T when no backward follows), ``part`` the weight gradient partials. A kernel larger
+    than 3x3 is cut into 3x3 sub-kernels (``U`` holds each one's transform), except 5x5
+    (conv2d_winograd5_cpu.scratch5: 64 transform points)."""
+    images = N if images is None else images
     if tuple(kernel) == (5, 5):
-        return scratch5(N, T, C, K, P, Q, _BLOCK_ELEMENTS)
+        return scratch5(N, T, C, K, P, Q, _BLOCK_ELEMENTS, images)
     th, tw = (P + 3) // 4, (Q + 3) // 4
     nr, ns = (kernel[0] + 2) // 3, (kernel[1] + 2) // 3
     J = nr * ns * C  # columns of the transformed input: every sub-kernel's channels
-    tr = tile_rows(tw, J, K)
-    tr = -(-th // -(-th // tr))  # as many tile rows as before, spread evenly over the blocks
-    return {"U": (2, 36, J * K), "xp": (N, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
+    tr = group_rows(tile_rows(tw, J, K), th, N, T)
+    return {"U": (2, 36, J * K), "xp": (images, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
             "V": (T, 36, plane_size(tr * tw, J)), "M": (T, 36, plane_size(tr * tw, K)), "pix": (T, 4 * tr * Q, K),
             "R": (T, LANES_SCRATCH), "part": (T, 36, J, K), "nonfinite": (T,)}, tr
 

@@ -2,7 +2,9 @@
 
 The 1-D transforms of F(4, 3) (B^T, A^T, G and the transposes the backward needs), and the
 four tile routines the kernels call per block of tile rows: input tiles to V, V's gradient
-back to the image, M to output pixels, the output gradient to M. Each works on 16 channels
+back to the image, M to output pixels, the output gradient to M. A block may hold several
+samples' tiles one after the other (small images, conv2d_winograd_cpu): ``r0`` is where a
+sample's tile rows start in the block, in V, M and pix alike. Each works on 16 channels
 at a time in a small per-thread buffer (see the note above _LANES).
 """
 
@@ -21,6 +23,19 @@ def plane_size(tiles: int, channels: int) -> int:
     transform ran 5x slower). Whole 64-byte lines, an odd number of them."""
     lines = -(-tiles * channels // 16)
     return 16 * (lines + 1 - lines % 2)
+
+
+def group_rows(tr: int, th: int, N: int, T: int) -> int:
+    """Tile rows per block, given room for ``tr`` of them, a sample's ``th`` and a batch of N in
+    T chunks. Room for two samples or more: whole samples, their tiles one after the other, so
+    each product runs over them all (one small image alone gives BLAS products a few rows
+    high), as evenly as the largest chunk allows. Else as many rows as room for, spread
+    evenly over the sample's blocks."""
+    if tr >= 2 * th:
+        per_chunk = -(-N // T)
+        g = min(tr // th, per_chunk)
+        return -(-per_chunk // -(-per_chunk // g)) * th
+    return -(-th // -(-th // tr))
 
 
 # The 1-D transforms of F(4, 3) and the transposes the backward needs. ``c`` holds the
@@ -189,8 +204,8 @@ def _a_lanes(R, c):  # R[_OUT + (6e + f)*L + l] = (A y A^T)[e, f], y from R[(4a 
 
 
 @cpu_serial
-def input_tiles(xp, V, R, i0, i1, tw, sub, ns, nsub, c):
-    """V[6a + b, t, sub*C + ch] = (B^T d B)[a, b] for the tiles t = (i - i0)*tw + j of tile
+def input_tiles(xp, V, R, i0, i1, r0, tw, sub, ns, nsub, c):
+    """V[6a + b, t, sub*C + ch] = (B^T d B)[a, b] for the tiles t = (r0 + i - i0)*tw + j of tile
     rows [i0, i1), d = xp[4i+du:4i+du+6, 4j+dv:4j+dv+6, ch]: the tiles that sub-kernel ``sub``
     (of nsub, ``ns`` per row) sees, at (du, dv) = 3 * (sub // ns, sub % ns). A row of V holds
     every sub-kernel's C columns, so one product per point covers them all."""
@@ -201,7 +216,7 @@ def input_tiles(xp, V, R, i0, i1, tw, sub, ns, nsub, c):
     for i in range(i0, i1):
         for j in range(tw):
             o = _U64(((4 * i + du) * Wp + 4 * j + dv) * C)
-            ov = _U64((((i - i0) * tw + j) * nsub + sub) * C)
+            ov = _U64((((r0 + i - i0) * tw + j) * nsub + sub) * C)
             for c0 in range(0, C, _LANES):
                 n = min(_LANES, C - c0)
                 for a in range(6):
@@ -213,7 +228,7 @@ def input_tiles(xp, V, R, i0, i1, tw, sub, ns, nsub, c):
 
 
 @cpu_serial
-def input_tiles_grad(V, gxp, R, i0, i1, tw, sub, ns, nsub, c):
+def input_tiles_grad(V, gxp, R, i0, i1, r0, tw, sub, ns, nsub, c):
     """The transpose of input_tiles: gxp[4i+du:4i+du+6, 4j+dv:4j+dv+6, ch] += B V[:, t,
     sub*C + ch] B^T."""
     Hp, Wp, C = gxp.shape
@@ -223,7 +238,7 @@ def input_tiles_grad(V, gxp, R, i0, i1, tw, sub, ns, nsub, c):
     for i in range(i0, i1):
         for j in range(tw):
             o = _U64(((4 * i + du) * Wp + 4 * j + dv) * C)
-            ov = _U64((((i - i0) * tw + j) * nsub + sub) * C)
+            ov = _U64((((r0 + i - i0) * tw + j) * nsub + sub) * C)
             for c0 in range(0, C, _LANES):
                 n = min(_LANES, C - c0)
                 for e in range(36):
@@ -236,9 +251,9 @@ def input_tiles_grad(V, gxp, R, i0, i1, tw, sub, ns, nsub, c):
 
 
 @cpu_serial
-def output_tiles(M, pix, R, i0, i1, P, Q, c):
+def output_tiles(M, pix, R, i0, i1, r0, P, Q, c):
     """pix = A^T M A per tile of tile rows [i0, i1): pix holds their output pixels, row
-    (p - 4*i0)*Q + q, a column per channel (tiles hanging over the edge are cut)."""
+    (p + 4*(r0 - i0))*Q + q, a column per channel (tiles hanging over the edge are cut)."""
     K = pix.shape[1]
     tw = (Q + 3) // 4
     mf, pf = M.reshape(M.size), pix.reshape(pix.size)
@@ -247,8 +262,8 @@ def output_tiles(M, pix, R, i0, i1, P, Q, c):
         rows = min(4, P - 4 * i)
         for j in range(tw):
             cols = min(4, Q - 4 * j)
-            om = _U64(((i - i0) * tw + j) * K)
-            op = _U64((4 * (i - i0) * Q + 4 * j) * K)
+            om = _U64(((r0 + i - i0) * tw + j) * K)
+            op = _U64((4 * (r0 + i - i0) * Q + 4 * j) * K)
             for k0 in range(0, K, _LANES):
                 n = min(_LANES, K - k0)
                 for e in range(36):
@@ -261,7 +276,7 @@ def output_tiles(M, pix, R, i0, i1, P, Q, c):
 
 
 @cpu_serial
-def output_tiles_grad(pix, M, R, i0, i1, P, Q, c):
+def output_tiles_grad(pix, M, R, i0, i1, r0, P, Q, c):
     """The transpose of output_tiles: M[:, t, k] = A dy A^T for each 4x4 tile dy of pix
     (pixels outside the output read as zero)."""
     K = pix.shape[1]
@@ -272,8 +287,8 @@ def output_tiles_grad(pix, M, R, i0, i1, P, Q, c):
         rows = min(4, P - 4 * i)
         for j in range(tw):
             cols = min(4, Q - 4 * j)
-            om = _U64(((i - i0) * tw + j) * K)
-            op = _U64((4 * (i - i0) * Q + 4 * j) * K)
+            om = _U64(((r0 + i - i0) * tw + j) * K)
+            op = _U64((4 * (r0 + i - i0) * Q + 4 * j) * K)
             for k0 in range(0, K, _LANES):
                 n = min(_LANES, K - k0)
                 for a in range(4):
