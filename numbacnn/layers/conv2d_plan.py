@@ -44,6 +44,11 @@ PIXEL_MAJOR_MIN_RUN = 16
 WINOGRAD_MIN_CHANNELS = 16
 # Fewest output pixels for which a kernel larger than 3x3 takes the Winograd path.
 WINOGRAD_MIN_PIXELS = 256
+# Fewest output pixels for which a 3x3 kernel takes it: at 4x4 (one tile per sample) the
+# transforms and products lost to the column paths (one thread, batch 32, forward+backward:
+# 128->256 58.0 ms against pixel-major 33.2, 64->128 9.99 against 8.59; with several samples per
+# Winograd block, 20.8 against 15.3 and 4.57 against 3.91).
+WINOGRAD3_MIN_PIXELS = 36
 
 PATHS = ("auto", "im2col", "pixel", "winograd")
 ENV = "NUMBACNN_CONV2D_PATH"
@@ -128,11 +133,11 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
         return want
     if np.dtype(dtype) == np.float64:
         return "im2col"
-    # Winograd: enough channels, and past 3x3 (four sub-kernels, or one F(4x4, 5x5) for 5x5)
-    # only on outputs of 256 pixels or more: below that its many small products per sample
+    # Winograd: enough channels and output pixels (3x3: 36; past 3x3, four sub-kernels or one
+    # F(4x4, 5x5) for 5x5: 256): below that its many small products per sample
     # cost more than the im2col product they replace.
     if (winograd_fits and min(C, K) >= WINOGRAD_MIN_CHANNELS
-            and (max(R, S) <= 3 or P * Q >= WINOGRAD_MIN_PIXELS)):
+            and P * Q >= (WINOGRAD3_MIN_PIXELS if max(R, S) <= 3 else WINOGRAD_MIN_PIXELS)):
         return "winograd"
     # Pixel-major copies runs of S*C values (C when dilated); below PIXEL_MAJOR_MIN_RUN they
     # are too short to beat the channel-major im2col. It copies the whole input to HWC first,

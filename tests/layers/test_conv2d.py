@@ -227,6 +227,11 @@ def test_conv2d_cpu_winograd_by_default_in_uneven_tile_blocks(rows):
     assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (1, 16, 16, 16)) == "winograd"
     assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (1, 16, 15, 16)) != "winograd"
     assert cpu_path(Conv2d(out_channels=16, kernel_size=7, padding=3), (1, 16, 32, 32)) != "winograd"
+    # 3x3 from 36 output pixels on (4x4 outputs: the column paths won, conv2d_plan.WINOGRAD3_MIN_PIXELS)
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=3, padding=1), (1, 16, 6, 6)) == "winograd"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=3, padding=1), (1, 16, 4, 9)) == "winograd"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=3, padding=1), (1, 16, 5, 7)) != "winograd"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=3, padding=1), (32, 128, 4, 4)) != "winograd"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NUMBACNN_CONV2D_PATH", "winograd")  # float64 too (its default is im2col)
         mp.setattr(conv2d_winograd_cpu, "_BLOCK_ELEMENTS", rows * 36 * 2 * 32)
