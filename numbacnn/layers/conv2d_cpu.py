@@ -147,15 +147,15 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
     if path == "winograd":
         from .conv2d_winograd_cpu import WeightCache, scratch
 
-        fw, tr = scratch(N, T, C, K, P, Q, (R, S), images=N if backward else T)
-        bw = scratch(N, T, C, K, P, Q, (R, S))[0]
+        # Nothing kept for the backward: it pads x and transforms w again (U and one padded
+        # image per sample would hold more memory than x itself, for a copy and a small product)
+        sc, tr = scratch(N, T, C, K, P, Q, (R, S), images=T)
         ints = {"nonfinite": "int64"}
-        forward = [(fw[k], ints.get(k)) for k in ("U", "xp", "V", "M", "pix", "R", "nonfinite")
-                   if backward or k != "U"]
-        back = [(bw[k], ints.get(k)) for k in ("V", "M", "pix", "R", "part", "nonfinite")]
-        back.append(((T, *bw["xp"][1:]), None))  # gxp: the input gradient's padded images
-        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), tr, None if backward else WeightCache(),
-                          2 if backward else 0)  # U, xp
+        forward = [((1, *sc["U"][1:]), None)] if backward else []  # the forward reads U[0] only
+        forward += [(sc[k], ints.get(k)) for k in ("xp", "V", "M", "pix", "R", "nonfinite")]
+        back = [(sc[k], ints.get(k)) for k in ("V", "M", "pix", "R", "part", "nonfinite", "xp", "U", "xp")]
+        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), tr,
+                          None if backward else WeightCache())  # back: ..., gxp, U, xp
     if path == "pixel":
         J = C * R * S
         B = pixel_block(P * Q, J)
@@ -192,7 +192,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
         xp, V, M, pix, lanes, nonfinite = scratch[-6:]
         if conv2d_forward_wino(x, w, b, y, U, xp, V, M, pix, lanes, nonfinite, (geo[7], geo[8]), plan.tiles,
                                plan.weights):
-            return "winograd", U, xp
+            return ("winograd",)
         # NaN or Inf in x or w: the transforms spread them over whole tiles; recompute where
         # PyTorch puts them (conv2d_winograd_cpu), with scratch of its own (a rare case).
         col = None if _direct(geo, x.shape, y.shape) else np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)
@@ -221,8 +221,8 @@ def conv2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray
     if kept[0] == "winograd":
         from .conv2d_winograd_cpu import conv2d_backward_wino
 
-        V, M, pix, lanes, part, nonfinite, gxp = scratch
-        if conv2d_backward_wino(x, gy, gw, gb, gx, kept[1], kept[2], gxp, V, M, pix, lanes, part, nonfinite,
+        V, M, pix, lanes, part, nonfinite, gxp, U, xp = scratch
+        if conv2d_backward_wino(x, w, gy, gw, gb, gx, U, xp, gxp, V, M, pix, lanes, part, nonfinite,
                                 (geo[7], geo[8]), plan.tiles):
             return
         # NaN or Inf in gy (as in the forward): im2col needs only x

@@ -85,8 +85,8 @@ def conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c, nonfin
 @cpu_kernel
 def conv2d_backward_winograd5(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, tr, want_gx, c, nonfinite):
     """part[t] (64, C, K) = chunk t's weight gradient in the transformed domain; gx[n] (when
-    ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp: the
-    forward's padded HWC images, one per sample; tr as the forward's. nonfinite[t] = how many
+    ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp: one padded
+    HWC image per chunk, x[n]'s made again here; tr as the forward's. nonfinite[t] = how many
     of chunk t's values of gy are NaN or +-Inf."""
     N, K, P, Q = gy.shape
     C = x.shape[1]
@@ -103,7 +103,9 @@ def conv2d_backward_winograd5(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl,
                 nt = (ne - nb) * (i1 - i0) * tw
                 for n in range(nb, ne):
                     bad += output_tiles5_grad(gy[n], M[t], R[t], i0, i1, (n - nb) * th, c)
-                    input_tiles5(xp[n], V[t], R[t], i0, i1, (n - nb) * th, tw, c)
+                    if i0 == 0:  # x[n] padded again, as in the 3x3 backward
+                        to_hwc(x[n], xp[t], pt, pl)
+                    input_tiles5(xp[t], V[t], R[t], i0, i1, (n - nb) * th, tw, c)
                 beta = 0 if nb == n0 and i0 == 0 else 1
                 for e in range(64):
                     ve, me = V[t, e], M[t, e]

@@ -125,8 +125,8 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, non
 @cpu_kernel
 def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, tr, ns, want_gx, c, nonfinite):
     """part[t] (36, nsub*C, K) = chunk t's weight gradient in the transformed domain; gx[n] (when
-    ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp: the
-    forward's padded HWC images, one per sample; tr as the forward's. nonfinite[t] = how many
+    ``want_gx``) = the input gradient, gathered in the padded HWC scratch gxp[t]. xp: one padded
+    HWC image per chunk, x[n]'s made again here (not kept from the forward); tr as the forward's. nonfinite[t] = how many
     of chunk t's values of gy are NaN or +-Inf."""
     N, K, P, Q = gy.shape
     T = V.shape[0]
@@ -154,8 +154,10 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                             pix[t, o + l, k] = v
                             bad += np.int64(v - v != 0)
                     output_tiles_grad(pix[t], M[t], R[t], i0, i1, r0, P, Q, c)
+                    if i0 == 0:  # x[n] padded again: keeping every sample's from the forward cost memory
+                        to_hwc(x[n], xp[t], pt, pl)
                     for sub in range(nsub):
-                        input_tiles(xp[n], V[t], R[t], i0, i1, r0, tw, sub, ns, nsub, c)
+                        input_tiles(xp[t], V[t], R[t], i0, i1, r0, tw, sub, ns, nsub, c)
                 beta = 0 if nb == n0 and i0 == 0 else 1
                 for e in range(36):
                     ve, me = V[t, e], M[t, e]
@@ -262,8 +264,8 @@ def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, i
             ) -> tuple[dict[str, tuple[int, ...]], int]:
     """Shapes of the scratch arrays for a batch of N cut into T chunks (a P x Q output), and
     the tile rows per block (more than a sample's when a block holds several samples): ``xp``
-    holds ``images`` padded HWC images (default N: the forward keeps them for the backward;
-    pass T when no backward follows), ``part`` the weight gradient partials. A kernel larger
+    holds ``images`` padded HWC images (the layer's plan passes T: one per chunk, in forward
+    and backward alike; default N, one per sample), ``part`` the weight gradient partials. A kernel larger
     than 3x3 is cut into 3x3 sub-kernels (``U`` holds each one's transform), except 5x5
     (conv2d_winograd5_cpu.scratch5: 64 transform points)."""
     images = N if images is None else images
@@ -284,7 +286,8 @@ def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarr
                         ) -> bool:
     """y = conv2d(x, w) + b (stride 1, groups 1; pads: top and left). ``U`` receives the
     transformed weights (the backward takes them from there); ``xp`` (N or T images), ``V``,
-    ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them. With a
+    ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them (U: one plane
+    is enough, the forward's products read U[0]). With a
     ``cache`` (no backward to come), the weights come from it and U is not used (may be None).
     False when x or w holds NaN or Inf: then y is not PyTorch's, and an im2col path must
     recompute it."""
@@ -304,19 +307,22 @@ def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarr
     return winograd_nonfinite(x.reshape(-1)) == 0 and winograd_nonfinite(w.reshape(-1)) == 0
 
 
-def conv2d_backward_wino(x: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray, gx: np.ndarray | None,
-                         U: np.ndarray, xp: np.ndarray, gxp: np.ndarray | None, V: np.ndarray, M: np.ndarray,
-                         pix: np.ndarray, R: np.ndarray, part: np.ndarray, nonfinite: np.ndarray,
+def conv2d_backward_wino(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
+                         gx: np.ndarray | None, U: np.ndarray, xp: np.ndarray, gxp: np.ndarray | None, V: np.ndarray,
+                         M: np.ndarray, pix: np.ndarray, R: np.ndarray, part: np.ndarray, nonfinite: np.ndarray,
                          pads: tuple[int, int], tr: int) -> bool:
     """gw += the weight gradient, gb += the bias gradient, gx = the input gradient (None: not
-    wanted; then ``gxp`` may be None). ``U`` and ``xp`` (one image per sample) as the forward
-    left them; scratch as there, plus ``gxp`` (T padded images) and ``part``. False when gy
-    holds NaN or Inf: then gw and gb are left alone, gx is not PyTorch's, and an im2col path
-    must compute all three."""
+    wanted; then ``gxp`` may be None). Scratch as ``scratch`` shapes it: ``U`` (both planes: the
+    weights are transformed again here), ``xp`` and ``gxp`` (T padded images each), ``part``
+    and the forward's others. Nothing is kept from the forward: a training step's memory then
+    holds x alone per convolution, not x's padded copy and the transformed weights too. False
+    when gy holds NaN or Inf: then gw and gb are left alone, gx is not PyTorch's, and an im2col
+    path must compute all three."""
     N, K = gy.shape[:2]
     c, cg = _consts(x.dtype)
     five = _five(gw.shape)
     with single_thread_blas:
+        _weights(w, U)
         if five:
             conv2d_backward_winograd5(x, U, gy, xp, xp if gxp is None else gxp, V, M, pix, R, part,
                                       x if gx is None else gx, pads[0], pads[1], tr, gx is not None, consts5(x.dtype),

@@ -167,8 +167,8 @@ def test_nonfinite_counts_stay_per_chunk_with_groups(dtype, monkeypatch):
     x[4, 1, 2, 3] = 0
     assert conv2d_forward_wino(x, w, b, y, s["U"], s["xp"], s["V"], s["M"], s["pix"], s["R"], s["nonfinite"],
                                (1, 1), tr)
-    assert not conv2d_backward_wino(x, gy, gw, gb, gx, s["U"], s["xp"], s["gxp"], s["V"], s["M"], s["pix"], s["R"],
-                                    s["part"], s["nonfinite"], (1, 1), tr)
+    assert not conv2d_backward_wino(x, w, gy, gw, gb, gx, s["U"], s["xp"], s["gxp"], s["V"], s["M"], s["pix"],
+                                    s["R"], s["part"], s["nonfinite"], (1, 1), tr)
     np.testing.assert_array_equal(s["nonfinite"], [0, 2])
     assert not gw.any() and not gb.any()  # left alone for the im2col fallback
 
