@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 
 from .._blas import gemm
@@ -42,7 +41,7 @@ from .._jit import cpu_kernel, prange
 from .._threads import single_thread_blas
 from ._conv_columns import col2im as _col2im, im2col as _im2col
 from .conv2d_hwc_cpu import reduce_partials
-from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_chunks, pixel_forward
+from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_forward
 from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path  # noqa: F401 (force_path: documented here)
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int]
@@ -161,9 +160,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
         B = pixel_block(P * Q, J)
         image = (H + geo[7] + _trailing(H, P, R, geo[3], geo[5], geo[7]),
                  W + geo[8] + _trailing(W, Q, S, geo[4], geo[6], geo[8]), C)
-        Tf = pixel_chunks(N, P * Q, numba.get_num_threads())  # batch 1: its pixels in ranges
-        forward = [((N if backward else min(N, Tf), *image), None), ((R, S, C, K), None), ((Tf, B, J), None),
-                   ((Tf, B, K), None)]
+        forward = [((N if backward else T, *image), None), ((R, S, C, K), None), ((T, B, J), None), ((T, B, K), None)]
         back = [((K, R, S, C), None), ((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
         return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=1 if backward else 0)  # xp
     col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)

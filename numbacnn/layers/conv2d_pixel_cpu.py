@@ -13,7 +13,7 @@ from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import single_thread_blas
 from .conv2d_hwc_cpu import from_hwc, reduce_partials, to_hwc
 
-__all__ = ["pixel_block", "pixel_chunks", "pixel_forward", "pixel_backward"]
+__all__ = ["pixel_block", "pixel_forward", "pixel_backward"]
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int]
 
@@ -73,29 +73,20 @@ def _weights_to(w, dst, rsck):
 def _forward_pixels(x, w, wt, b, xp, colt, yt, y, P, Q, geo):
     """y[n] = conv2d(x[n], w) + b through pixel-major column blocks; scratch wt (R*S*C, K)
     for the weights, and per chunk t: colt[t] (block rows, R*S*C), yt[t] (block rows, K); xp
-    (padded HWC images) has one per chunk, or one per sample (N of them: kept for the backward).
-    With fewer samples than chunks (T > N: ``pixel_chunks``), each sample's pixels are cut into
-    T // N ranges, one per chunk, after every image is padded: at batch 1 both cores work."""
+    (padded HWC images) has one per chunk, or one per sample (N of them: kept for the backward)."""
     pt, pl = geo[7], geo[8]
     N, K = y.shape[0], y.shape[1]
     T, B, J = colt.shape
     L = P * Q
-    split = T // N if T > N else 1  # pixel ranges per sample
     _weights_to(w, wt, True)
-    if split > 1:
-        for n in prange(N):
-            to_hwc(x[n], xp[n], pt, pl)
-    for t in prange(N * split if split > 1 else T):
+    for t in prange(T):
         cf, ytf = colt[t].reshape(B * J), yt[t].reshape(B * K)
-        n0, n1 = (t // split, t // split + 1) if split > 1 else (t * N // T, (t + 1) * N // T)
-        l0, l1 = ((t % split) * L // split, (t % split + 1) * L // split) if split > 1 else (0, L)
-        for n in range(n0, n1):
+        for n in range(t * N // T, (t + 1) * N // T):
             xpn = xp[n] if xp.shape[0] == N else xp[t]
-            if split == 1:
-                to_hwc(x[n], xpn, pt, pl)
+            to_hwc(x[n], xpn, pt, pl)
             yn = y[n].reshape(K, L)
-            for la in range(l0, l1, B):
-                lb = min(l1, la + B)
+            for la in range(0, L, B):
+                lb = min(L, la + B)
                 _rows(xpn, cf, Q, geo, la, lb, False)
                 gemm(False, False, lb - la, K, J, cf, J, wt.reshape(J * K), K, 0, ytf, K)
                 for k in range(K):
@@ -151,7 +142,7 @@ def pixel_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, xp
     """y = conv2d(x, w) + b on the pixel-major path (groups 1). Scratch: ``xp`` (T or N,
     padded H, padded W, C; N: kept for the backward), ``wt`` (R, S, C, K) for the weights in
     column order, and per chunk of the batch ``colt`` (T, B, C*R*S) and ``yt`` (T, B, K),
-    B = pixel_block(...); T > N cuts each sample's pixels into T // N ranges (``pixel_chunks``)."""
+    B = pixel_block(...)."""
     with single_thread_blas:
         _forward_pixels(x, w, wt, b, xp, colt, yt, y, y.shape[2], y.shape[3], geo)
 
@@ -168,18 +159,3 @@ def pixel_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray,
         _backward_pixels(x, w, wp.reshape(K, -1), gy, xp, xp if gxp is None else gxp, colt, part,
                                x if gx is None else gx, P, Q, geo, gx is not None)
         reduce_partials(part, gw.reshape(K, -1), gy.reshape(N, K, P * Q), gb, geo[1] * geo[2])
-
-
-
-
-#: Fewest output pixels per range when a small batch is cut by pixels (``pixel_chunks``).
-PIXEL_SPLIT_MIN = 16
-
-
-def pixel_chunks(N: int, L: int, threads: int) -> int:
-    """Chunks of a pixel-major forward over N samples of L output pixels on ``threads``
-    threads: one per sample and thread while the batch fills the threads; below that, each
-    sample's pixels split in ranges of at least PIXEL_SPLIT_MIN (batch 1: both cores busy)."""
-    if N >= threads:
-        return threads
-    return N * max(1, min(threads // N, L // PIXEL_SPLIT_MIN))

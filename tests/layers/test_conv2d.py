@@ -135,41 +135,6 @@ def test_conv2d_force_path_chooses_and_refuses_what_cannot_run(monkeypatch):
             pass
 
 
-def test_pixel_chunks_split_a_small_batch_by_pixels():
-    from numbacnn.layers.conv2d_pixel_cpu import PIXEL_SPLIT_MIN, pixel_chunks
-
-    assert pixel_chunks(1, 64, 2) == 2 and pixel_chunks(1, 64, 8) == 4  # ranges of >= 16 pixels
-    assert pixel_chunks(3, 64, 8) == 6 and pixel_chunks(2, 64, 2) == 2 and pixel_chunks(32, 1, 2) == 2
-    assert pixel_chunks(1, 2 * PIXEL_SPLIT_MIN - 1, 2) == 1 and pixel_chunks(1, 4, 2) == 1  # too few pixels
-
-
-@pytest.mark.parametrize("parts", [2, 3, 7])
-@pytest.mark.parametrize("batch", [1, 2])
-def test_conv2d_pixel_major_split_by_pixels(parts, batch, monkeypatch):
-    # Fewer samples than threads (batch 1 on two cores): the forward cuts each sample's pixels
-    # into ranges, one chunk each, with blocks of 4 pixels inside a range, uneven ranges (7 over
-    # 5x6 = 30 pixels) and, training or not, the same values as the naive loops.
-    from numbacnn.layers import conv2d_cpu, conv2d_pixel_cpu
-
-    cfg, shape = dict(out_channels=5, kernel_size=3, padding=(1, 2, 0, 1)), (batch, 16, 4, 5)
-    layer = Conv2d(**cfg)
-    monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "pixel")
-    monkeypatch.setattr(conv2d_pixel_cpu, "_BLOCK_ELEMENTS", 4 * 16 * 9)
-    monkeypatch.setattr(conv2d_cpu, "pixel_chunks", lambda N, L, threads: N * parts)
-    plan = conv2d_cpu.conv2d_plan("c", shape, (batch, *layer.output_shape(shape[1:])), layer._geometry(), False,
-                                  "float32")
-    assert plan.path == "pixel" and plan.forward_scratch[2][0][0] == batch * parts
-    check_layer(layer, [shape], conv_ref(cfg), cuda=False, fd_points=4)
-    g = nc.Graph()
-    g.conv2d(g.input(shape[1:]), name="c", **cfg)
-    m = nc.Model(g, seed=3)
-    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
-    want = conv_ref(cfg)(x.astype(np.float64), m.params["c.weight"].astype(np.float64),
-                         m.params["c.bias"].astype(np.float64))
-    for training in (False, True):
-        np.testing.assert_allclose(m.forward(x, training=training), want, rtol=0, atol=2e-5 * np.abs(want).max())
-
-
 @pytest.mark.parametrize("shape", [(2, 16, 6, 7), (3, 24, 5, 5)])
 def test_conv2d_cpu_takes_the_pixel_major_path_on_wide_inputs(shape):
     # Enough channels for the default threshold, with uneven blocks: 3 pixels per block.

@@ -162,9 +162,6 @@ def test_conv2d_random_geometries_fenced(i, monkeypatch):
                 mp.setenv("NUMBACNN_CONV2D_PATH", "pixel")
                 if rng.random() < 0.5:  # blocks of a few output pixels: block edges mid-row
                     mp.setattr(conv2d_pixel_cpu, "_BLOCK_ELEMENTS", int(rng.integers(1, 4)) * shape[1] * np.prod(cfg["kernel_size"]))
-                if rng.random() < 0.5:  # each sample's pixels in 2-4 ranges (batch 1's split), some empty
-                    parts = int(rng.integers(2, 5))
-                    mp.setattr(conv2d_cpu, "pixel_chunks", lambda N, L, threads: N * parts)
             elif path == "winograd":
                 mp.setenv("NUMBACNN_CONV2D_PATH", "winograd")
                 if rng.random() < 0.5:  # blocks of one tile row
