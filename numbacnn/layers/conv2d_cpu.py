@@ -148,7 +148,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
 
         # Nothing kept for the backward: it pads x and transforms w again (U and one padded
         # image per sample would hold more memory than x itself, for a copy and a small product)
-        sc, tr = scratch(N, T, C, K, P, Q, (R, S), images=T)
+        sc, tr = scratch(N, T, C, K, P, Q, (R, S))
         ints = {"nonfinite": "int64"}
         forward = [((1, *sc["U"][1:]), None)] if backward else []  # the forward reads U[0] only
         forward += [(sc[k], ints.get(k)) for k in ("xp", "V", "M", "pix", "R", "nonfinite")]

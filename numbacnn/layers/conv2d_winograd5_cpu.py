@@ -55,8 +55,7 @@ def winograd_weights5(w, U, c):
 @cpu_kernel
 def conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c, nonfinite):
     """y[n] = conv2d(x[n]) + b, a 5x5 kernel at stride 1. Scratch per chunk t of the batch: V[t],
-    M[t] and R[t] (pix is not used); xp: padded HWC images, one per chunk or one per sample
-    (N: kept for the backward). tr: tile rows per block; past a sample's th, a block holds
+    M[t] and R[t] (pix is not used); xp[t]: chunk t's padded HWC image, each sample's in turn. tr: tile rows per block; past a sample's th, a block holds
     tr // th samples. nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
     N, K, P, Q = y.shape
     C = x.shape[1]
@@ -71,10 +70,9 @@ def conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c, nonfin
                 i1 = min(th, i0 + tr)
                 nt = (ne - nb) * (i1 - i0) * tw
                 for n in range(nb, ne):
-                    xpn = xp[n] if xp.shape[0] == N else xp[t]
                     if i0 == 0:
-                        to_hwc(x[n], xpn, pt, pl)
-                    input_tiles5(xpn, V[t], R[t], i0, i1, (n - nb) * th, tw, c)
+                        to_hwc(x[n], xp[t], pt, pl)
+                    input_tiles5(xp[t], V[t], R[t], i0, i1, (n - nb) * th, tw, c)
                 for e in range(64):
                     gemm(False, False, nt, K, C, V[t, e], C, U[0, e], K, 0, M[t, e], K)
                 for n in range(nb, ne):
@@ -159,7 +157,7 @@ def winograd_reduce5(part, gw, gy3, gb, c):
             gb[k] += bias_sum(gy3, k)
 
 
-def scratch5(N: int, T: int, C: int, K: int, P: int, Q: int, block: int, images: int
+def scratch5(N: int, T: int, C: int, K: int, P: int, Q: int, block: int
              ) -> tuple[dict[str, tuple[int, ...]], int]:
     """conv2d_winograd_cpu.scratch for a 5x5 kernel: the same arrays, 64 transform points; a
     block's V and M (64 * tiles * (C + K) values) stay under ``block`` elements, and hold
@@ -167,7 +165,7 @@ def scratch5(N: int, T: int, C: int, K: int, P: int, Q: int, block: int, images:
     th, tw = (P + 3) // 4, (Q + 3) // 4
     tr = max(1, block // (64 * tw * (C + K)))
     tr = group_rows(tr, th, N, T)
-    return {"U": (2, 64, C * K), "xp": (images, 4 * th + 4, 4 * tw + 4, C),
+    return {"U": (2, 64, C * K), "xp": (T, 4 * th + 4, 4 * tw + 4, C),
             "V": (T, 64, plane_size(tr * tw, C)), "M": (T, 64, plane_size(tr * tw, K)),
             "pix": (T, 1, 1),  # unused: the output transforms read and write y and gy in place
             "R": (T, LANES_SCRATCH5), "part": (T, 64, C, K), "nonfinite": (T,)}, tr

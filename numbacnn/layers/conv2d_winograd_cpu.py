@@ -82,8 +82,7 @@ def _consts(dtype: np.dtype) -> tuple[tuple, tuple]:
 def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, nonfinite):
     """y[n] = conv2d(x[n]) + b, stride 1, as the sum of the 3x3 sub-kernels' convolutions of
     shifted tiles (``ns`` of them per row). Scratch per chunk t of the batch: V[t], M[t], pix[t]
-    and R[t] (``scratch``); xp: padded HWC images, one per chunk or one per sample (N: kept for
-    the backward). tr: tile rows per block; past a sample's th, a block holds tr // th samples
+    and R[t] (``scratch``); xp[t]: chunk t's padded HWC image, each sample's in turn. tr: tile rows per block; past a sample's th, a block holds tr // th samples
     (``scratch``). nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
     N, K, P, Q = y.shape
     T = V.shape[0]
@@ -100,11 +99,10 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, non
                 i1 = min(th, i0 + tr)
                 nt = (ne - nb) * (i1 - i0) * tw
                 for n in range(nb, ne):
-                    xpn = xp[n] if xp.shape[0] == N else xp[t]
                     if i0 == 0:
-                        to_hwc(x[n], xpn, pt, pl)
+                        to_hwc(x[n], xp[t], pt, pl)
                     for sub in range(nsub):
-                        input_tiles(xpn, V[t], R[t], i0, i1, (n - nb) * th, tw, sub, ns, nsub, c)
+                        input_tiles(xp[t], V[t], R[t], i0, i1, (n - nb) * th, tw, sub, ns, nsub, c)
                 for e in range(36):
                     gemm(False, False, nt, K, J, V[t, e], J, U[0, e], K, 0, M[t, e], K)
                 la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
@@ -260,22 +258,21 @@ def _words(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint32)
 
 
-def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, int], images: int | None = None
+def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, int]
             ) -> tuple[dict[str, tuple[int, ...]], int]:
     """Shapes of the scratch arrays for a batch of N cut into T chunks (a P x Q output), and
     the tile rows per block (more than a sample's when a block holds several samples): ``xp``
-    holds ``images`` padded HWC images (the layer's plan passes T: one per chunk, in forward
-    and backward alike; default N, one per sample), ``part`` the weight gradient partials. A kernel larger
+    holds one padded HWC image per chunk (forward and backward alike: nothing is kept from one
+    to the other), ``part`` the weight gradient partials. A kernel larger
     than 3x3 is cut into 3x3 sub-kernels (``U`` holds each one's transform), except 5x5
     (conv2d_winograd5_cpu.scratch5: 64 transform points)."""
-    images = N if images is None else images
     if tuple(kernel) == (5, 5):
-        return scratch5(N, T, C, K, P, Q, _BLOCK_ELEMENTS, images)
+        return scratch5(N, T, C, K, P, Q, _BLOCK_ELEMENTS)
     th, tw = (P + 3) // 4, (Q + 3) // 4
     nr, ns = (kernel[0] + 2) // 3, (kernel[1] + 2) // 3
     J = nr * ns * C  # columns of the transformed input: every sub-kernel's channels
     tr = group_rows(tile_rows(tw, J, K), th, N, T)
-    return {"U": (2, 36, J * K), "xp": (images, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
+    return {"U": (2, 36, J * K), "xp": (T, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
             "V": (T, 36, plane_size(tr * tw, J)), "M": (T, 36, plane_size(tr * tw, K)), "pix": (T, 4 * tr * Q, K),
             "R": (T, LANES_SCRATCH), "part": (T, 36, J, K), "nonfinite": (T,)}, tr
 
@@ -285,7 +282,7 @@ def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarr
                         nonfinite: np.ndarray, pads: tuple[int, int], tr: int, cache: WeightCache | None = None
                         ) -> bool:
     """y = conv2d(x, w) + b (stride 1, groups 1; pads: top and left). ``U`` receives the
-    transformed weights (the backward takes them from there); ``xp`` (N or T images), ``V``,
+    transformed weights; ``xp`` (T images), ``V``,
     ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them (U: one plane
     is enough, the forward's products read U[0]). With a
     ``cache`` (no backward to come), the weights come from it and U is not used (may be None).
