@@ -145,6 +145,14 @@ def _flat2x2(geometry: tuple, x_shape: tuple, y_shape: tuple) -> bool:
 
 
 @cpu_inline
+def _later(best, at, v, i):
+    # window_max's rule for a run of taps (v, i) after (best, at): strict '>' keeps the first
+    # maximum, the last NaN wins
+    t = (v > best) | (v != v)
+    return (v if t else best), (i if t else at)
+
+
+@cpu_inline
 def _plane2x2(xf, yf, jf, nc, H, W, P, Q):
     """Plane nc of _forward_2x2: _max2x2's taps and rule unrolled over flat arrays, with
     unsigned offsets and selects instead of branches."""
@@ -155,13 +163,9 @@ def _plane2x2(xf, yf, jf, nc, H, W, P, Q):
             i = row + np.uint64(2 * q)
             a, b, c, d = xf[i], xf[i + np.uint64(1)], xf[i + np.uint64(W)], xf[i + np.uint64(W + 1)]
             at = np.int32(2 * p * W + 2 * q)
-            # window_max's rule: strict '>' keeps the first maximum, the last NaN wins
-            t = (b > a) | (b != b)
-            best, k = (b, np.int32(1)) if t else (a, np.int32(0))
-            t = (c > best) | (c != c)
-            best, k = (c, np.int32(W)) if t else (best, k)
-            t = (d > best) | (d != d)
-            best, k = (d, np.int32(W + 1)) if t else (best, k)
+            best, k = _later(a, np.int32(0), b, np.int32(1))
+            best, k = _later(best, k, c, np.int32(W))
+            best, k = _later(best, k, d, np.int32(W + 1))
             yf[o + np.uint64(q)] = best
             jf[o + np.uint64(q)] = at + k
 
@@ -190,14 +194,6 @@ def _three(geometry: tuple, x_shape: tuple) -> bool:
     112x16x16 21.9 -> 4.8 ms, 224x8x8 10.9 -> 2.6 ms."""
     T, R, S, _, _, _, _, ph, pw, _, dh, dw = geometry
     return (T, R, S, dh, dw) == (1, 3, 3, 1, 1) and x_shape[2] == 1 and max(ph, pw) <= 1
-
-
-@cpu_inline
-def _later(best, at, v, i):
-    # window_max's rule for a run of taps (v, i) after (best, at): strict '>' keeps the first
-    # maximum, the last NaN wins
-    t = (v > best) | (v != v)
-    return (v if t else best), (i if t else at)
 
 
 @cpu_inline
