@@ -42,8 +42,13 @@ PIXEL_MAJOR_MIN_RUN = 16
 # Fewest input and output channels for which a stride-1 convolution takes the CPU's Winograd
 # path (conv2d_winograd_cpu): with fewer, its tile transforms outweigh the products.
 WINOGRAD_MIN_CHANNELS = 16
-# Fewest output pixels for which a kernel larger than 3x3 takes the Winograd path.
+# Fewest output pixels for which a 2x2, 4x4 or 6x6 kernel (3x3 sub-kernels) takes the Winograd path.
 WINOGRAD_MIN_PIXELS = 256
+# Fewest for a 5x5 kernel (one F(4x4, 5x5) tile per 4x4 block). network3's conv2, 20->40 at
+# 8x8 (64 pixels), 2 threads, pixel-major against Winograd: inference 1.4-1.7 against 0.70 ms
+# at batch 64, 68-102 against 54-84 us at batch 1; training forward+backward 4.0-4.3 against
+# 1.7-2.1 ms at batch 64. At 4x4 (16->32, batch 32) the training step lost: 0.38 against 0.65 ms.
+WINOGRAD5_MIN_PIXELS = 64
 # Fewest output pixels for which a 3x3 kernel takes it: at 4x4 (one tile per sample) the
 # transforms and products lost to the column paths (one thread, batch 32, forward+backward:
 # 128->256 58.0 ms against pixel-major 33.2, 64->128 9.99 against 8.59; with several samples per
@@ -133,11 +138,12 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
         return want
     if np.dtype(dtype) == np.float64:
         return "im2col"
-    # Winograd: enough channels and output pixels (3x3: 36; past 3x3, four sub-kernels or one
-    # F(4x4, 5x5) for 5x5: 256): below that its many small products per sample
+    # Winograd: enough channels and output pixels (3x3: 36; 5x5, one F(4x4, 5x5): 64; others,
+    # four 3x3 sub-kernels: 256): below that its many small products per sample
     # cost more than the im2col product they replace.
-    if (winograd_fits and min(C, K) >= WINOGRAD_MIN_CHANNELS
-            and P * Q >= (WINOGRAD3_MIN_PIXELS if max(R, S) <= 3 else WINOGRAD_MIN_PIXELS)):
+    least = (WINOGRAD3_MIN_PIXELS if max(R, S) <= 3 else WINOGRAD5_MIN_PIXELS if (R, S) == (5, 5)
+             else WINOGRAD_MIN_PIXELS)
+    if winograd_fits and min(C, K) >= WINOGRAD_MIN_CHANNELS and P * Q >= least:
         return "winograd"
     # Pixel-major copies runs of S*C values (C when dilated); below PIXEL_MAJOR_MIN_RUN they
     # are too short to beat the channel-major im2col. It copies the whole input to HWC first,

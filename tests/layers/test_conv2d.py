@@ -188,9 +188,13 @@ def test_conv2d_cpu_winograd_by_default_in_uneven_tile_blocks(rows):
     layer = Conv2d(**cfg)
     assert cpu_path(layer, shape) == "winograd"
     assert cpu_path(Conv2d(out_channels=15, kernel_size=3), shape) != "winograd"
-    # past 3x3 only from 256 output pixels on
-    assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (1, 16, 16, 16)) == "winograd"
-    assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (1, 16, 15, 16)) != "winograd"
+    # 5x5 from 64 output pixels on (network3's conv2, 20->40 at 8x8: conv2d_plan.WINOGRAD5_MIN_PIXELS)
+    assert cpu_path(Conv2d(out_channels=40, kernel_size=5), (1, 20, 12, 12)) == "winograd"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (1, 16, 8, 8)) == "winograd"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (1, 16, 7, 9)) != "winograd"
+    # 4x4 and 6x6 (3x3 sub-kernels) only from 256 output pixels on
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=4, padding=2), (1, 16, 15, 15)) == "winograd"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=4, padding=2), (1, 16, 14, 15)) != "winograd"
     assert cpu_path(Conv2d(out_channels=16, kernel_size=7, padding=3), (1, 16, 32, 32)) != "winograd"
     # 3x3 from 36 output pixels on (4x4 outputs: the column paths won, conv2d_plan.WINOGRAD3_MIN_PIXELS)
     assert cpu_path(Conv2d(out_channels=16, kernel_size=3, padding=1), (1, 16, 6, 6)) == "winograd"
