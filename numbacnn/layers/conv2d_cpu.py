@@ -150,7 +150,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
         # image per sample would hold more memory than x itself, for a copy and a small product)
         sc, tr = scratch(N, T, C, K, P, Q, (R, S))
         ints = {"nonfinite": "int64"}
-        forward = [((1, *sc["U"][1:]), None)] if backward else []  # the forward reads U[0] only
+        forward = [(sc["U"], None)] if backward else []  # inference: the plan's WeightCache
         forward += [(sc[k], ints.get(k)) for k in ("xp", "V", "M", "pix", "R", "nonfinite")]
         back = [(sc[k], ints.get(k)) for k in ("V", "M", "pix", "R", "part", "nonfinite", "xp", "U", "xp")]
         return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), tr,

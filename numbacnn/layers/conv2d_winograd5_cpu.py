@@ -27,29 +27,37 @@ from .conv2d_hwc_cpu import bias_sum, from_hwc, to_hwc
 from .conv2d_winograd5_tiles import (LANES_SCRATCH5, g8, gt8, input_tiles5, input_tiles5_grad, ld8, output_tiles5,
                                      output_tiles5_grad)
 from .conv2d_winograd_tiles import group_rows, plane_size
-
-_U64 = np.uint64
-
+from .conv2d_winograd_weights import WEIGHT_RUN
 
 @cpu_kernel
-def winograd_weights5(w, U, c):
-    """U[0, 8a + b] = the (C, K) matrix of (G g G^T)[a, b], g = w[k, ch]; U[1, 8a + b] its
-    transpose (K, C), for the input gradient's products, when U has room for it."""
+def winograd_weights5(w, U, c, transposed):
+    """U[0, 8a + b] = the (C, K) matrix of (G g G^T)[a, b], g = w[k, ch]; ``transposed``: its
+    (K, C) transpose instead, for the input gradient's products (blocked as
+    conv2d_winograd_weights.winograd_weights is)."""
     K, C = w.shape[:2]
-    for k in prange(K):
-        for ch in range(C):
-            g = w[k, ch]
-            c0 = g8((g[0, 0], g[1, 0], g[2, 0], g[3, 0], g[4, 0]), c)  # column 0 of G g
-            c1 = g8((g[0, 1], g[1, 1], g[2, 1], g[3, 1], g[4, 1]), c)
-            c2 = g8((g[0, 2], g[1, 2], g[2, 2], g[3, 2], g[4, 2]), c)
-            c3 = g8((g[0, 3], g[1, 3], g[2, 3], g[3, 3], g[4, 3]), c)
-            c4 = g8((g[0, 4], g[1, 4], g[2, 4], g[3, 4], g[4, 4]), c)
-            for a in range(8):
-                u = g8((c0[a], c1[a], c2[a], c3[a], c4[a]), c)
-                for s in range(8):
-                    U[0, 8 * a + s, ch * K + k] = u[s]
-                    if U.shape[0] > 1:
-                        U[1, 8 * a + s, k * C + ch] = u[s]
+    rows = K if transposed else C
+    cols = C if transposed else K
+    for task in prange(rows):
+        row = np.int64(task)  # prange's index may be unsigned; mixed with signed ints it turns float
+        block = np.empty((64, WEIGHT_RUN), w.dtype)
+        for c0 in range(0, cols, WEIGHT_RUN):
+            n = min(WEIGHT_RUN, cols - c0)
+            for i in range(n):
+                k, ch = (row, c0 + i) if transposed else (c0 + i, row)
+                g = w[k, ch]
+                k0 = g8((g[0, 0], g[1, 0], g[2, 0], g[3, 0], g[4, 0]), c)  # column 0 of G g
+                k1 = g8((g[0, 1], g[1, 1], g[2, 1], g[3, 1], g[4, 1]), c)
+                k2 = g8((g[0, 2], g[1, 2], g[2, 2], g[3, 2], g[4, 2]), c)
+                k3 = g8((g[0, 3], g[1, 3], g[2, 3], g[3, 3], g[4, 3]), c)
+                k4 = g8((g[0, 4], g[1, 4], g[2, 4], g[3, 4], g[4, 4]), c)
+                for a in range(8):
+                    u = g8((k0[a], k1[a], k2[a], k3[a], k4[a]), c)
+                    for s in range(8):
+                        block[8 * a + s, i] = u[s]
+            o = row * cols + c0
+            for e in range(64):
+                for i in range(n):
+                    U[0, e, o + i] = block[e, i]
 
 
 @cpu_kernel
@@ -110,7 +118,7 @@ def conv2d_backward_winograd5(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl,
                     # part[t, e] (+)= V[e]^T @ Z[e]; then V[e] = Z[e] @ U[e]^T, the tiles' gradient
                     gemm(True, False, C, K, nt, ve, C, me, K, beta, part[t, e].reshape(C * K), K)
                     if want_gx:
-                        gemm(False, False, nt, C, K, me, K, U[1, e], C, 0, ve, C)
+                        gemm(False, False, nt, C, K, me, K, U[0, e], C, 0, ve, C)
                 if want_gx:
                     for n in range(nb, ne):
                         if i0 == 0:
@@ -123,37 +131,45 @@ def conv2d_backward_winograd5(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl,
 
 @cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
 def winograd_reduce5(part, gw, gy3, gb, c):
-    """gw[k, ch] += G^T (sum of the chunks' part[:, :, ch, k]) G; gb += gy3 summed (if any)."""
+    """gw[k, ch] += G^T (sum of the chunks' part[:, :, ch, k]) G; gb += gy3 summed (if any).
+    Row ch of the partials (and gw[:, ch]) belongs to one task."""
     T, _, C, K = part.shape
-    pf = part.reshape(part.size)
-    plane = _U64(C * K)
-    for k in prange(K):
-        for ch in range(C):
-            o = _U64(ch * K + k)
-            for t in range(1, T):  # the chunks' sums into part[0], which this k owns
+    for task in prange(C):
+        ch = np.int64(task)
+        block = np.empty((64, WEIGHT_RUN), part.dtype)
+        for k0 in range(0, K, WEIGHT_RUN):
+            n = min(WEIGHT_RUN, K - k0)
+            for e in range(64):
+                for i in range(n):
+                    block[e, i] = part[0, e, ch, k0 + i]
+            for t in range(1, T):  # the chunks' partials, in chunk order
                 for e in range(64):
-                    pf[o + _U64(e) * plane] += pf[o + _U64(t * 64 + e) * plane]
-            u0 = ld8(pf, o, plane)  # u0[b] = u[0, b]
-            u1 = ld8(pf, o + 8 * plane, plane)
-            u2 = ld8(pf, o + 16 * plane, plane)
-            u3 = ld8(pf, o + 24 * plane, plane)
-            u4 = ld8(pf, o + 32 * plane, plane)
-            u5 = ld8(pf, o + 40 * plane, plane)
-            u6 = ld8(pf, o + 48 * plane, plane)
-            u7 = ld8(pf, o + 56 * plane, plane)
-            r0 = gt8((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0], u6[0], u7[0]), c)  # r0[a] = (G^T u)[a, 0]
-            r1 = gt8((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1], u6[1], u7[1]), c)
-            r2 = gt8((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2], u6[2], u7[2]), c)
-            r3 = gt8((u0[3], u1[3], u2[3], u3[3], u4[3], u5[3], u6[3], u7[3]), c)
-            r4 = gt8((u0[4], u1[4], u2[4], u3[4], u4[4], u5[4], u6[4], u7[4]), c)
-            r5 = gt8((u0[5], u1[5], u2[5], u3[5], u4[5], u5[5], u6[5], u7[5]), c)
-            r6 = gt8((u0[6], u1[6], u2[6], u3[6], u4[6], u5[6], u6[6], u7[6]), c)
-            r7 = gt8((u0[7], u1[7], u2[7], u3[7], u4[7], u5[7], u6[7], u7[7]), c)
-            for a in range(5):
-                g = gt8((r0[a], r1[a], r2[a], r3[a], r4[a], r5[a], r6[a], r7[a]), c)
-                for s in range(5):
-                    gw[k, ch, a, s] += g[s]
-        if gb.size:
+                    for i in range(n):
+                        block[e, i] += part[t, e, ch, k0 + i]
+            for i in range(n):
+                b = block[:, i]
+                u0 = ld8(b, 0, 1)  # u0[b] = u[0, b]
+                u1 = ld8(b, 8, 1)
+                u2 = ld8(b, 16, 1)
+                u3 = ld8(b, 24, 1)
+                u4 = ld8(b, 32, 1)
+                u5 = ld8(b, 40, 1)
+                u6 = ld8(b, 48, 1)
+                u7 = ld8(b, 56, 1)
+                r0 = gt8((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0], u6[0], u7[0]), c)  # r0[a] = (G^T u)[a, 0]
+                r1 = gt8((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1], u6[1], u7[1]), c)
+                r2 = gt8((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2], u6[2], u7[2]), c)
+                r3 = gt8((u0[3], u1[3], u2[3], u3[3], u4[3], u5[3], u6[3], u7[3]), c)
+                r4 = gt8((u0[4], u1[4], u2[4], u3[4], u4[4], u5[4], u6[4], u7[4]), c)
+                r5 = gt8((u0[5], u1[5], u2[5], u3[5], u4[5], u5[5], u6[5], u7[5]), c)
+                r6 = gt8((u0[6], u1[6], u2[6], u3[6], u4[6], u5[6], u6[6], u7[6]), c)
+                r7 = gt8((u0[7], u1[7], u2[7], u3[7], u4[7], u5[7], u6[7], u7[7]), c)
+                for a in range(5):
+                    g = gt8((r0[a], r1[a], r2[a], r3[a], r4[a], r5[a], r6[a], r7[a]), c)
+                    for s in range(5):
+                        gw[k0 + i, ch, a, s] += g[s]
+    if gb.size:
+        for k in prange(K):
             gb[k] += bias_sum(gy3, k)
 
 
@@ -165,7 +181,7 @@ def scratch5(N: int, T: int, C: int, K: int, P: int, Q: int, block: int
     th, tw = (P + 3) // 4, (Q + 3) // 4
     tr = max(1, block // (64 * tw * (C + K)))
     tr = group_rows(tr, th, N, T)
-    return {"U": (2, 64, C * K), "xp": (T, 4 * th + 4, 4 * tw + 4, C),
+    return {"U": (1, 64, C * K), "xp": (T, 4 * th + 4, 4 * tw + 4, C),
             "V": (T, 64, plane_size(tr * tw, C)), "M": (T, 64, plane_size(tr * tw, K)),
             "pix": (T, 1, 1),  # unused: the output transforms read and write y and gy in place
             "R": (T, LANES_SCRATCH5), "part": (T, 64, C, K), "nonfinite": (T,)}, tr

@@ -162,7 +162,7 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                     # part[t, e] (+)= V[e]^T @ Z[e]; then V[e] = Z[e] @ U[e]^T, the tiles' gradient
                     gemm(True, False, J, K, nt, ve, J, me, K, beta, part[t, e].reshape(J * K), K)
                     if want_gx:
-                        gemm(False, False, nt, J, K, me, K, U[1, e], J, 0, ve, J)
+                        gemm(False, False, nt, J, K, me, K, U[0, e], J, 0, ve, J)
                 if want_gx:
                     for n in range(nb, ne):
                         if i0 == 0:
@@ -245,12 +245,13 @@ def _weights_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return (64, C * K) if _five(shape) else (36, ((R + 2) // 3) * ((S + 2) // 3) * C * K)
 
 
-def _weights(w: np.ndarray, U: np.ndarray) -> None:
-    # U = the transformed weights of w (either transform), under single_thread_blas.
+def _weights(w: np.ndarray, U: np.ndarray, transposed: bool = False) -> None:
+    # U[0] = the transformed weights of w (either transform; transposed: the input gradient's
+    # layout), under single_thread_blas.
     if _five(w.shape):
-        winograd_weights5(w, U, consts5(w.dtype))
+        winograd_weights5(w, U, consts5(w.dtype), transposed)
     else:
-        winograd_weights(w, U, _consts(w.dtype)[1])
+        winograd_weights(w, U, _consts(w.dtype)[1], transposed)
 
 
 def _words(a: np.ndarray) -> np.ndarray:
@@ -272,7 +273,7 @@ def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, i
     nr, ns = (kernel[0] + 2) // 3, (kernel[1] + 2) // 3
     J = nr * ns * C  # columns of the transformed input: every sub-kernel's channels
     tr = group_rows(tile_rows(tw, J, K), th, N, T)
-    return {"U": (2, 36, J * K), "xp": (T, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
+    return {"U": (1, 36, J * K), "xp": (T, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
             "V": (T, 36, plane_size(tr * tw, J)), "M": (T, 36, plane_size(tr * tw, K)), "pix": (T, 4 * tr * Q, K),
             "R": (T, LANES_SCRATCH), "part": (T, 36, J, K), "nonfinite": (T,)}, tr
 
@@ -283,8 +284,7 @@ def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarr
                         ) -> bool:
     """y = conv2d(x, w) + b (stride 1, groups 1; pads: top and left). ``U`` receives the
     transformed weights; ``xp`` (T images), ``V``,
-    ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them (U: one plane
-    is enough, the forward's products read U[0]). With a
+    ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them. With a
     ``cache`` (no backward to come), the weights come from it and U is not used (may be None).
     False when x or w holds NaN or Inf: then y is not PyTorch's, and an im2col path must
     recompute it."""
@@ -309,8 +309,8 @@ def conv2d_backward_wino(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.nd
                          M: np.ndarray, pix: np.ndarray, R: np.ndarray, part: np.ndarray, nonfinite: np.ndarray,
                          pads: tuple[int, int], tr: int) -> bool:
     """gw += the weight gradient, gb += the bias gradient, gx = the input gradient (None: not
-    wanted; then ``gxp`` may be None). Scratch as ``scratch`` shapes it: ``U`` (both planes: the
-    weights are transformed again here), ``xp`` and ``gxp`` (T padded images each), ``part``
+    wanted; then ``gxp`` may be None). Scratch as ``scratch`` shapes it: ``U`` (the
+    weights are transformed again here, transposed: the input gradient's products read them), ``xp`` and ``gxp`` (T padded images each), ``part``
     and the forward's others. Nothing is kept from the forward: a training step's memory then
     holds x alone per convolution, not x's padded copy and the transformed weights too. False
     when gy holds NaN or Inf: then gw and gb are left alone, gx is not PyTorch's, and an im2col
@@ -319,7 +319,7 @@ def conv2d_backward_wino(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.nd
     c, cg = _consts(x.dtype)
     five = _five(gw.shape)
     with single_thread_blas:
-        _weights(w, U)
+        _weights(w, U, transposed=True)
         if five:
             conv2d_backward_winograd5(x, U, gy, xp, xp if gxp is None else gxp, V, M, pix, R, part,
                                       x if gx is None else gx, pads[0], pads[1], tr, gx is not None, consts5(x.dtype),
