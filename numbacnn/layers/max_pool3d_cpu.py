@@ -5,7 +5,8 @@ max_pool2d too, on (N, C, 1, 1, L) and (N, C, 1, H, W) views.
 ``geometry`` is (T, R, S, stride_d, stride_h, stride_w, pad_d, pad_h, pad_w, dilation_d,
 dilation_h, dilation_w). The interface, the same in max_pool3d_cuda.py:
 ``max_pool3d_forward(x, geometry, y, index)`` writes y and index (int32 flat in-volume
-positions of the maxima, -1 for a window of padding alone);
+positions of the maxima, -1 for a window of padding alone; an empty index asks for y alone,
+as inference does);
 ``max_pool3d_backward_input(gy, index, geometry, gx)`` writes all of gx.
 """
 
@@ -153,6 +154,12 @@ def _later(best, at, v, i):
 
 
 @cpu_inline
+def _larger(best, v):
+    # _later's value alone: which of equal maxima, or of NaNs, wins does not show in it
+    return v if (v > best) | (v != v) else best
+
+
+@cpu_inline
 def _plane2x2(xf, yf, jf, nc, H, W, P, Q):
     """Plane nc of _forward_2x2: _max2x2's taps and rule unrolled over flat arrays, with
     unsigned offsets and selects instead of branches."""
@@ -170,20 +177,41 @@ def _plane2x2(xf, yf, jf, nc, H, W, P, Q):
             jf[o + np.uint64(q)] = at + k
 
 
+@cpu_inline
+def _values2x2(xf, yf, nc, H, W, P, Q):
+    """_plane2x2's values alone (no index wanted: inference)."""
+    ib, ob = np.uint64(nc * H * W), np.uint64(nc * P * Q)
+    for p in range(P):
+        row, o = ib + np.uint64(2 * p * W), ob + np.uint64(p * Q)
+        for q in range(Q):
+            i = row + np.uint64(2 * q)
+            top = _larger(xf[i], xf[i + np.uint64(1)])
+            bottom = _larger(xf[i + np.uint64(W)], xf[i + np.uint64(W + 1)])
+            yf[o + np.uint64(q)] = _larger(top, bottom)
+
+
+@cpu_inline
+def _volume2x2(xf, yf, jf, nc, H, W, P, Q):
+    if jf.size:
+        _plane2x2(xf, yf, jf, nc, H, W, P, Q)
+    else:
+        _values2x2(xf, yf, nc, H, W, P, Q)
+
+
 @cpu_kernel
 def _forward_2x2(x, y, index):
     """2-D, 2x2 windows at stride 2, unpadded, undilated, every window inside x (network3's
     pools): 3x faster than _forward_windows (batch 10, one thread: 79 -> 29 us on 20x24x24,
-    33 -> 12 us on 40x8x8)."""
+    33 -> 12 us on 40x8x8). An empty index: values only."""
     N, C, _, H, W = x.shape
     P, Q = y.shape[3], y.shape[4]
     xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
     if x.size < PARALLEL_MIN:
         for nc in range(N * C):
-            _plane2x2(xf, yf, jf, nc, H, W, P, Q)
+            _volume2x2(xf, yf, jf, nc, H, W, P, Q)
     else:
         for nc in prange(N * C):
-            _plane2x2(xf, yf, jf, nc, H, W, P, Q)
+            _volume2x2(xf, yf, jf, nc, H, W, P, Q)
 
 
 def _three(geometry: tuple, x_shape: tuple) -> bool:
@@ -233,21 +261,59 @@ def _plane3x3(xf, yf, jf, nc, H, W, P, Q, geometry, hv, hj):
             jf[o + np.uint64(q)] = at
 
 
+@cpu_inline
+def _clamped3(xf, row, w, W):
+    # The three taps from column w, each clamped into x's row (an edge column of the window).
+    a = xf[row + np.uint64(max(w, 0))]
+    b = xf[row + np.uint64(min(max(w + 1, 0), W - 1))]
+    return _larger(_larger(a, b), xf[row + np.uint64(min(w + 2, W - 1))])
+
+
+@cpu_inline
+def _values3x3(xf, yf, nc, H, W, P, Q, geometry, hv):
+    """_plane3x3's values alone (no index wanted: inference), the same clamped taps; the
+    columns whose three taps are all inside x skip the clamps."""
+    sh, sw, ph, pw = geometry[4], geometry[5], geometry[7], geometry[8]
+    ib, ob = np.uint64(nc * H * W), np.uint64(nc * P * Q)
+    q0 = min(Q, (pw + sw - 1) // sw)  # the first column with w >= 0
+    q1 = max(q0, min(Q, (W - 3 + pw) // sw + 1))  # past the last with w + 2 <= W - 1
+    for h in range(H):
+        row = ib + np.uint64(h * W)
+        for q in range(q0):
+            hv[h, q] = _clamped3(xf, row, q * sw - pw, W)
+        for q in range(q0, q1):
+            i = row + np.uint64(q * sw - pw)
+            hv[h, q] = _larger(_larger(xf[i], xf[i + np.uint64(1)]), xf[i + np.uint64(2)])
+        for q in range(q1, Q):
+            hv[h, q] = _clamped3(xf, row, q * sw - pw, W)
+    for p in range(P):
+        h = p * sh - ph
+        r0, r1, r2 = max(h, 0), min(max(h + 1, 0), H - 1), min(h + 2, H - 1)
+        o = ob + np.uint64(p * Q)
+        for q in range(Q):
+            yf[o + np.uint64(q)] = _larger(_larger(hv[r0, q], hv[r1, q]), hv[r2, q])
+
+
 @cpu_kernel
 def _forward_3x3(x, geometry, y, index, chunks):
     """2-D, 3x3 undilated windows, padding 0 or 1, any stride (GoogLeNet's, Inception's and
     ResNet's pools): separable (_plane3x3), in ``chunks`` parallel chunks of the planes, each
     with its own row scratch. Every window meets x (PyTorch's pools start each window inside
-    x or in the left padding, of at most 1), so clamping always finds a tap."""
+    x or in the left padding, of at most 1), so clamping always finds a tap. An empty index:
+    values only (_values3x3)."""
     N, C, _, H, W = x.shape
     P, Q = y.shape[3], y.shape[4]
     xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
     NC = N * C
     for t in prange(chunks):
         hv = np.empty((H, Q), x.dtype)
-        hj = np.empty((H, Q), np.int32)
-        for nc in range(t * NC // chunks, (t + 1) * NC // chunks):
-            _plane3x3(xf, yf, jf, nc, H, W, P, Q, geometry, hv, hj)
+        if jf.size:
+            hj = np.empty((H, Q), np.int32)
+            for nc in range(t * NC // chunks, (t + 1) * NC // chunks):
+                _plane3x3(xf, yf, jf, nc, H, W, P, Q, geometry, hv, hj)
+        else:
+            for nc in range(t * NC // chunks, (t + 1) * NC // chunks):
+                _values3x3(xf, yf, nc, H, W, P, Q, geometry, hv)
 
 
 def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
@@ -256,6 +322,8 @@ def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
     elif _three(geometry, x.shape):
         _forward_3x3(x, geometry, y, index, 1 if x.size < PARALLEL_MIN else batch_chunks(x.shape[0] * x.shape[1]))
     else:
+        if index.size == 0:  # values only asked for: these kernels find them with the indices
+            index = np.empty(y.shape, np.int32)
         (_forward_rows if geometry[5] == 1 else _forward_windows)(x, geometry, y, index)
 
 

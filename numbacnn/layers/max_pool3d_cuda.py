@@ -31,7 +31,8 @@ def _max_pool3d_forward_kernel(x, geometry, y, index):
     n = i // (Q * P * Do * C)
     best, at = window_max(x, n, c, od, p, q, geometry)
     y[n, c, od, p, q] = best
-    index[n, c, od, p, q] = at
+    if index.size:  # empty: the values alone (inference)
+        index[n, c, od, p, q] = at
 
 
 def max_pool3d_forward(x, geometry, y, index):

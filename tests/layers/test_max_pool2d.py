@@ -273,3 +273,27 @@ def test_max_pool2d_inside_windows_keep_the_general_rules(kw):
         rgx[n, c, at[0], at[1]] += gy[n, c, p, q]
     np.testing.assert_array_equal(y, ry)
     np.testing.assert_array_equal(gx, rgx)
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1),
+                                dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=2, ceil_mode=True),
+                                dict(kernel_size=2, stride=1)],
+                         ids=["2x2", "3x3-s1-p1", "3x3-s2-p1", "3x3-s2-ceil", "2x2-s1"])
+def test_max_pool2d_inference_values_alone_like_torch(kw):
+    # Inference asks the kernels for the values alone (an empty index: max_pool3d_cpu's
+    # _values2x2 / _values3x3; the general kernels still find the indices): NaN, +-Inf, ties
+    # and edge columns as in PyTorch, and the same as the training forward's.
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = rng.integers(-3, 4, (2, 3, 11, 13)).astype(np.float32)  # many ties
+    flat = x.reshape(-1)
+    for value, count in ((np.nan, 6), (np.inf, 4), (-np.inf, 8)):
+        flat[rng.choice(flat.size, count, replace=False)] = value
+    x[1, 2] = -np.inf  # a plane of -inf
+    x[0, 1, :, 0] = np.nan  # a first column of NaN (clamped taps)
+    model = _model(MaxPool2d(**kw), x.shape)
+    want = torch.nn.functional.max_pool2d(torch.tensor(x), **kw).numpy()
+    y = model.forward(x)
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(model.forward(x, training=True), want)
+    assert np.isnan(y).any() and np.isinf(y).any()
