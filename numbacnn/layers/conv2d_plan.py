@@ -57,9 +57,17 @@ WINOGRAD5_MIN_PIXELS = 64
 # 128->256 58.0 ms against pixel-major 33.2, 64->128 9.99 against 8.59; with several samples per
 # Winograd block, 20.8 against 15.3 and 4.57 against 3.91).
 WINOGRAD3_MIN_PIXELS = 36
-# Fewest outputs per row for which a one-row 1x5 convolution (conv1d, kernel 5) takes the CPU's
-# F(4, 5) path (conv1d_winograd_cpu), given WINOGRAD_MIN_CHANNELS channels.
-WINOGRAD1D_MIN_OUTPUTS = 16
+# A one-row 1x5 convolution (conv1d, kernel 5) takes the CPU's F(4, 5) path (conv1d_winograd_cpu)
+# from this many input and output channels and outputs per row, and N * Q * min(C, K) of at
+# least WINOGRAD1D_MIN_WORK: its transforms, the weights' on every call included, cost about
+# (C + K) per output and its products save 12 * C * K. One thread, forward+backward and
+# forward, im2col against F(4, 5), ms: N32 C=K=128 L256 47 / 14.6 against 26 / 8.5; N32 32
+# L64 1.18 / 0.29 against 0.86 / 0.26; N1 128 L256 2.11 / 0.56 against 1.71 / 0.33; lost or
+# level: N32 16 L64 0.48 / 0.15 against 0.65 / 0.18, N32 32 L16 (forward 0.14 against 0.17),
+# N1 128 L64 (forward 0.135 against 0.146), N4 32 L64 (0.164 / 0.045 against 0.166 / 0.055).
+WINOGRAD1D_MIN_CHANNELS = 32
+WINOGRAD1D_MIN_OUTPUTS = 32
+WINOGRAD1D_MIN_WORK = 32768
 
 PATHS = ("auto", "im2col", "pixel", "winograd")
 ENV = "NUMBACNN_CONV2D_PATH"
@@ -153,7 +161,8 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
         return "winograd1d" if want == "winograd" and row_fits else want
     if np.dtype(dtype) == np.float64:
         return "im2col"
-    if row_fits and min(C, K) >= WINOGRAD_MIN_CHANNELS and Q >= WINOGRAD1D_MIN_OUTPUTS:
+    if (row_fits and min(C, K) >= WINOGRAD1D_MIN_CHANNELS and Q >= WINOGRAD1D_MIN_OUTPUTS
+            and x_shape[0] * Q * min(C, K) >= WINOGRAD1D_MIN_WORK):
         return "winograd1d"
     # Winograd: enough channels and output pixels (3x3: 36; 5x5, one F(4x4, 5x5): 64; others,
     # four 3x3 sub-kernels: 256): below that its many small products per sample

@@ -90,13 +90,14 @@ def test_conv1d_winograd_fenced(seed, monkeypatch):
 
 def test_conv1d_winograd_is_the_default_for_wide_5_tap_convolutions():
     wide = Conv1d(out_channels=32, kernel_size=5, padding=2)
-    assert _path(wide, (2, 32, 300)) == "winograd1d"
-    assert _path(wide, (2, 32, 300), "float64") == "im2col"  # float64: accuracy first (conv2d_plan)
-    assert _path(wide, (2, 32, 12)) == "im2col"  # 12 outputs: under WINOGRAD1D_MIN_OUTPUTS
-    assert _path(Conv1d(out_channels=32, kernel_size=5, padding=2), (2, 8, 300)) == "im2col"  # few channels
+    assert _path(wide, (8, 32, 300)) == "winograd1d"
+    assert _path(wide, (8, 32, 300), "float64") == "im2col"  # float64: accuracy first (conv2d_plan)
+    assert _path(wide, (40, 32, 30)) == "im2col"  # 30 outputs: under WINOGRAD1D_MIN_OUTPUTS
+    assert _path(wide, (4, 32, 300)) == "winograd1d" and _path(wide, (3, 32, 300)) == "im2col"  # little work
+    assert _path(wide, (8, 16, 300)) == "im2col"  # few channels
     for other in (dict(kernel_size=3, padding=1), dict(kernel_size=5, stride=2), dict(kernel_size=5, dilation=2),
                   dict(kernel_size=5, groups=2)):
-        assert _path(Conv1d(out_channels=32, **other), (2, 32, 300)) == "im2col", other
+        assert _path(Conv1d(out_channels=32, **other), (8, 32, 300)) == "im2col", other
     # two rows with a 1x5 window is conv2d's business, not this path's
     two_rows = nc.get_layer("conv2d")(out_channels=32, kernel_size=(1, 5), padding=(0, 2))
     out = (2, *two_rows._output_shape_2d((32, 2, 300)))
@@ -109,8 +110,8 @@ def test_forcing_winograd_on_a_conv1d_it_cannot_run_names_the_node(monkeypatch):
         _path(Conv1d(out_channels=4, kernel_size=3), (2, 4, 20))
 
 
-def _model(C, K, L, dtype="float32", seed=1):
-    assert _path(Conv1d(out_channels=K, kernel_size=5, padding=2), (2, C, L), dtype) == "winograd1d"
+def _model(N, C, K, L, dtype="float32", seed=1):
+    assert _path(Conv1d(out_channels=K, kernel_size=5, padding=2), (N, C, L), dtype) == "winograd1d"
     g = nc.Graph()
     g.conv1d(g.input((C, L)), out_channels=K, kernel_size=5, padding=2, name="c")
     return nc.Model(g, seed=seed, dtype=dtype)
@@ -118,9 +119,9 @@ def _model(C, K, L, dtype="float32", seed=1):
 
 def test_conv1d_winograd_matches_torch_in_float32():
     torch = pytest.importorskip("torch")
-    m = _model(24, 20, 70)
+    m = _model(14, 40, 36, 70)
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((5, 24, 70)).astype(np.float32)
+    x = rng.standard_normal((14, 40, 70)).astype(np.float32)
     y = m.forward(x, training=True)
     gy = rng.standard_normal(y.shape).astype(np.float32)
     gx = m.backward(gy)
@@ -141,10 +142,10 @@ def test_conv1d_winograd_puts_nan_and_inf_where_torch_does(where, value):
     # A tile transform would spread one NaN or Inf over its tile's 4 outputs (and Inf - Inf
     # makes NaN); the layer recomputes on the im2col path, which puts them where PyTorch does.
     torch = pytest.importorskip("torch")
-    m = _model(16, 16, 40)
+    m = _model(6, 32, 32, 200)
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((3, 16, 40)).astype(np.float32)
-    gy = rng.standard_normal((3, 16, 40)).astype(np.float32)
+    x = rng.standard_normal((6, 32, 200)).astype(np.float32)
+    gy = rng.standard_normal((6, 32, 200)).astype(np.float32)
     (x if where == "x" else gy)[1, 5, 17] = value
     y = m.forward(x, training=True)
     gx = m.backward(gy)
