@@ -61,7 +61,7 @@ def test_conv1d_winograd_against_loops_and_finite_differences(padding, shape, pa
     check_layer(layer, [shape], _ref(pads), cuda=False, fd_points=6)
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(8))
 def test_conv1d_winograd_fenced(seed, monkeypatch):
     # Random sizes and paddings, every array fenced (a read or write past any array fails).
     rng = np.random.default_rng(200 + seed)
