@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._blas import gemm
-from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
+from .._jit import REASSOC, cpu_inline, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
 from .conv2d_hwc_cpu import bias_sum
 from .conv2d_winograd5_tiles import a8, at8, b8, bt8, consts5, g8, gt8
@@ -59,7 +59,10 @@ def winograd1d_weights(w, U, c):
 
 
 # The row routines index with unsigned offsets: a signed index gets a negative-index check per
-# element, which keeps LLVM from vectorising the loops (as in _conv_columns).
+# element, which keeps LLVM from vectorising the loops (as in _conv_columns). The four that the
+# kernels call are compiled apart (cpu_serial), not inlined into the parallel loops: inlined,
+# the forward kernel took 18 s and the backward 40 s to compile from an empty cache, apart 10 s
+# and 17 s (a busy 2-core machine), with no run-time difference measured.
 @cpu_inline
 def _phases(row, buf, s, src, slots):
     """buf[j*s + u] = row[src + 4u + j] (0 outside row) for j < 4, u < slots: a row split into
@@ -124,7 +127,7 @@ def _nonfinite(row, lo, hi):
     return bad
 
 
-@cpu_inline
+@cpu_serial
 def _input_row(xr, V, buf, o, i0, cnt, pl, c):
     """V[:, o + u] = B^T d for the tiles i0 + u, u < cnt, of the row xr padded by pl on the
     left (zero outside): buf holds the padded row's 4 phases, cnt + 1 slots each."""
@@ -140,7 +143,7 @@ def _input_row(xr, V, buf, o, i0, cnt, pl, c):
         V[4, q], V[5, q], V[6, q], V[7, q] = v[4], v[5], v[6], v[7]
 
 
-@cpu_inline
+@cpu_serial
 def _output_row(M, yr, bk, buf, o, i0, cnt, c):
     """yr[4(i0 + u) + r] = (A^T M[:, o + u])[r] + bk, for the outputs inside yr; returns how
     many of them are NaN or +-Inf."""
@@ -154,7 +157,7 @@ def _output_row(M, yr, bk, buf, o, i0, cnt, c):
     return _nonfinite(yr, 4 * i0, min(yr.size, 4 * (i0 + cnt)))
 
 
-@cpu_inline
+@cpu_serial
 def _grad_row(gyr, M, buf, o, i0, cnt, c):
     """M[:, o + u] = A gy for the tiles i0 + u of the row gyr (zero past its end); returns how
     many of gyr's values read are NaN or +-Inf."""
@@ -169,7 +172,7 @@ def _grad_row(gyr, M, buf, o, i0, cnt, c):
     return _nonfinite(gyr, 4 * i0, min(gyr.size, 4 * (i0 + cnt)))
 
 
-@cpu_inline
+@cpu_serial
 def _scatter_row(V, gxr, buf, o, i0, cnt, pl, c):
     """gxr[4(i0 + u) + j - pl] += (B V[:, o + u])[j] where that lies inside gxr: the tiles'
     input gradient, overlapping tiles summed (buf: 8 rows of cnt; rows 4-7 land one tile on)."""
