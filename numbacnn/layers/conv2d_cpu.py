@@ -12,7 +12,8 @@ into its own partial, and ``reduce_partials`` sums the partials afterwards, so n
 ever write the same element. The input gradient is per sample again: col[n] = w^T @ gy[n],
 then col2im scatters it into gx[n] (the direct path writes gx[n] itself).
 
-Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-major path;
+Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-major path
+(one-row 5-tap stride-1 ones with enough channels: F(4, 5), conv1d_winograd_cpu);
 the others the pixel-major one (conv2d_pixel_cpu), except stride-1 convolutions with >= 16 input and
 output channels and 3x3 kernels (or up to 6x6 on larger outputs): those go to Winograd (F(4x4,
 3x3), F(4x4, 5x5) for 5x5: conv2d_winograd_cpu); float64 takes the channel-major path (for its
