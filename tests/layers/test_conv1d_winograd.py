@@ -159,3 +159,16 @@ def test_conv1d_winograd_puts_nan_and_inf_where_torch_does(where, value):
         np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
         ok = np.isfinite(want)
         np.testing.assert_allclose(got[ok], want[ok], rtol=0, atol=1e-4 * max(1.0, np.abs(want[ok]).max()))
+
+
+def test_one_row_conv2d_takes_it_too(monkeypatch):
+    # conv2d on one-row images with a 1x5 window is the same convolution: same plan, same path
+    monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "winograd")
+    layer = nc.get_layer("conv2d")(out_channels=3, kernel_size=(1, 5), padding=(0, 0, 3, 1))
+    out = (2, *layer._output_shape_2d((4, 1, 10)))
+    assert conv2d_cpu.conv2d_plan("c", (2, 4, 1, 10), out, layer._geometry(), True, "float64").path == "winograd1d"
+
+    def ref(x, weight, bias):
+        return _naive(x[:, :, 0], weight[:, :, 0], bias, (3, 1))[:, :, None]
+
+    check_layer(layer, [(2, 4, 1, 10)], ref, cuda=False, fd_points=6)
