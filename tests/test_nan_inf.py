@@ -94,6 +94,9 @@ CASES: dict[str, Case] = {
                                  [(2, 2, 9)], _conv(dict(stride=2, padding=1, groups=2), F.conv1d)),
     "conv1d-pixel-major": Case("conv1d", dict(out_channels=3, kernel_size=3, padding=(2, 1)), [(2, 6, 7)],
                                lambda xs, p, t: F.conv1d(F.pad(xs[0], (2, 1)), p["weight"], p.get("bias"))),
+    "conv1d-winograd": Case("conv1d", dict(out_channels=3, kernel_size=5, padding=(2, 3)), [(2, 2, 9)],
+                            lambda xs, p, t: F.conv1d(F.pad(xs[0], (2, 3)), p["weight"], p.get("bias")),
+                            winograd=True),
     "conv3d": Case("conv3d", dict(out_channels=4, kernel_size=(2, 3, 2), stride=(1, 2, 1), padding=1, groups=2),
                    [(2, 2, 3, 5, 4)], _conv(dict(stride=(1, 2, 1), padding=1, groups=2), F.conv3d)),
     "conv3d-dilated-no-bias": Case("conv3d", dict(out_channels=2, kernel_size=2, dilation=(2, 1, 1), bias=False),
@@ -294,8 +297,8 @@ def test_nan_inf_as_torch_cpu(name, kind, dtype, monkeypatch):
 # The CUDA kernels on the same cases (the simulator without a GPU: tiny shapes, fewer kinds).
 # conv2d (and conv1d on it) has one CUDA kernel set, whatever path the CPU would take: three
 # configs suffice.
-CUDA_CASES = [name for name in CASES if name not in ("conv1d-pixel-major", "conv2d-pixel-major", "conv2d-winograd",
-                                                     "conv2d-winograd-5x5")]
+CUDA_CASES = [name for name in CASES if name not in ("conv1d-pixel-major", "conv1d-winograd", "conv2d-pixel-major",
+                                                     "conv2d-winograd", "conv2d-winograd-5x5")]
 
 
 @pytest.mark.cuda

@@ -2,8 +2,10 @@
 
 A 1-D convolution is a 2-D one with a height of 1: the layer is Conv2d on (N, C, 1, L) views
 with a (1, kernel) window, so it takes conv2d's kernels and its choice of CPU path as they
-are (channel-major im2col: conv2d_plan keeps one-row convolutions off the pixel-major path). Only the weight's stored
-shape differs, (K, C/groups, kernel) as PyTorch's, so checkpoints and ONNX files match it;
+are (channel-major im2col: conv2d_plan keeps one-row convolutions off the pixel-major path;
+5-tap stride-1 ones with 32 channels or more take Winograd F(4, 5), conv1d_winograd_cpu).
+Only the weight's stored shape differs, (K, C/groups, kernel) as PyTorch's, so checkpoints and
+ONNX files match it;
 forward and backward hand conv2d a (K, C/groups, 1, kernel) view of it and of its gradient.
 """
 

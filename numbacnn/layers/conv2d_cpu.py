@@ -12,7 +12,8 @@ into its own partial, and ``reduce_partials`` sums the partials afterwards, so n
 ever write the same element. The input gradient is per sample again: col[n] = w^T @ gy[n],
 then col2im scatters it into gx[n] (the direct path writes gx[n] itself).
 
-Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-major path;
+Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-major path
+(one-row 5-tap stride-1 ones with enough channels: F(4, 5), conv1d_winograd_cpu);
 the others the pixel-major one (conv2d_pixel_cpu), except stride-1 convolutions with >= 16 input and
 output channels and 3x3 kernels (or up to 6x6 on larger outputs): those go to Winograd (F(4x4,
 3x3), F(4x4, 5x5) for 5x5: conv2d_winograd_cpu); float64 takes the channel-major path (for its
@@ -143,6 +144,13 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
     G, R, S = geo[:3]
     T = batch_chunks(N)
     path = cpu_path(name, x_shape, y_shape, geo, dtype)
+    if path == "winograd1d":
+        from .conv1d_winograd_cpu import scratch1d
+
+        sc, tiles = scratch1d(N, T, C, K, Q)
+        forward, back = (tuple((sc[k], "int64" if k == "nonfinite" else None) for k in names)
+                         for names in (("U", "V", "M", "R", "nonfinite"), ("U", "V", "M", "R", "part", "nonfinite")))
+        return Conv2dPlan(path, geo, y_shape, T, forward, back, tiles)  # nothing kept: x is transformed again
     if path == "winograd":
         from .conv2d_winograd_cpu import WeightCache, scratch
 
@@ -195,6 +203,14 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
         col = None if _direct(geo, x.shape, y.shape) else np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)
         _im2col_forward(x, w, b, y, col, geo, plan.chunks)
         return ("im2col",)
+    if plan.path == "winograd1d":
+        from .conv1d_winograd_cpu import conv1d_forward_wino
+
+        if conv1d_forward_wino(x, w, b, y, *scratch, geo[8], plan.tiles):
+            return ("winograd1d",)
+        col = np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)  # NaN or Inf, as Winograd's above
+        _im2col_forward(x, w, b, y, col, geo, plan.chunks)
+        return ("im2col",)
     if plan.path == "pixel":
         xp, wt, colt, yt = scratch
         pixel_forward(x, w, b, y, xp, wt, colt, yt, geo)
@@ -223,6 +239,11 @@ def conv2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray
                                 (geo[7], geo[8]), plan.tiles):
             return
         # NaN or Inf in gy (as in the forward): im2col needs only x
+    elif kept[0] == "winograd1d":
+        from .conv1d_winograd_cpu import conv1d_backward_wino
+
+        if conv1d_backward_wino(x, w, gy, gw, gb, gx, *scratch, geo[8], plan.tiles):
+            return
     elif kept[0] == "pixel":
         wp, gxp, colt, part = scratch
         pixel_backward(x, w, gy, gw, gb, gx, kept[1], wp, gxp, colt, part, geo)

@@ -8,7 +8,10 @@ looks inside. The CPU chooses among three paths (conv2d_cpu's docstring describe
   convolutions multiply x directly);
 - ``"pixel"``: pixel-major column matrices (groups 1, not the direct 1x1 case);
 - ``"winograd"``: F(4x4, 3x3), or F(4x4, 5x5) for 5x5 kernels (groups 1, stride 1, no
-  dilation, 2x2 to 6x6 kernels).
+  dilation, 2x2 to 6x6 kernels);
+- ``"winograd1d"``: F(4, 5) on one-row convolutions with a 1x5 kernel (conv1d's kernel_size
+  5; groups 1, stride 1, no dilation): conv1d_winograd_cpu. Forcing ``"winograd"`` gives it
+  to the convolutions it fits.
 
 float64 takes im2col unless a path is forced: float64 is what a model runs in for accuracy and
 gradient checks, where Winograd's extra rounding (its tile transforms add error) is unwelcome
@@ -54,6 +57,17 @@ WINOGRAD5_MIN_PIXELS = 64
 # 128->256 58.0 ms against pixel-major 33.2, 64->128 9.99 against 8.59; with several samples per
 # Winograd block, 20.8 against 15.3 and 4.57 against 3.91).
 WINOGRAD3_MIN_PIXELS = 36
+# A one-row 1x5 convolution (conv1d, kernel 5) takes the CPU's F(4, 5) path (conv1d_winograd_cpu)
+# from this many input and output channels and outputs per row, and N * Q * min(C, K) of at
+# least WINOGRAD1D_MIN_WORK: its transforms, the weights' on every call included, cost about
+# (C + K) per output and its products save 12 * C * K. One thread, forward+backward and
+# forward, im2col against F(4, 5), ms: N32 C=K=128 L256 47 / 14.6 against 26 / 8.5; N32 32
+# L64 1.18 / 0.29 against 0.86 / 0.26; N1 128 L256 2.11 / 0.56 against 1.71 / 0.33; lost or
+# level: N32 16 L64 0.48 / 0.15 against 0.65 / 0.18, N32 32 L16 (forward 0.14 against 0.17),
+# N1 128 L64 (forward 0.135 against 0.146), N4 32 L64 (0.164 / 0.045 against 0.166 / 0.055).
+WINOGRAD1D_MIN_CHANNELS = 32
+WINOGRAD1D_MIN_OUTPUTS = 32
+WINOGRAD1D_MIN_WORK = 32768
 
 PATHS = ("auto", "im2col", "pixel", "winograd")
 ENV = "NUMBACNN_CONV2D_PATH"
@@ -115,19 +129,28 @@ def direct(geo: tuple[int, ...], in_hw: tuple[int, ...], out_hw: tuple[int, ...]
     return (R, S, sh, sw, pt, pl) == (1, 1, 1, 1, 0, 0) and tuple(in_hw) == tuple(out_hw)
 
 
+def one_row_winograd(geo: tuple[int, ...], x_shape: tuple[int, ...], out: tuple[int, ...]) -> bool:
+    """A convolution conv1d_winograd_cpu runs: one row in and out (conv1d), a 1x5 kernel,
+    groups 1, stride 1, no dilation."""
+    G, R, S, sh, sw, dh, dw, pt, _ = geo
+    return (G, R, S, sh, sw, dh, dw, pt) == (1, 1, 5, 1, 1, 1, 1, 0) and x_shape[2] == 1 and out[2] == 1
+
+
 def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple[int, ...], dtype: Any) -> str:
     """The CPU path for an (N, C, H, W) ``dtype`` input giving (N, K, P, Q) ``out``: the forced
     one if any (checked), else im2col in float64 (see above), else the fastest measured."""
     G, R, S, sh, sw, dh, dw, _, _ = geo
     C, K, P, Q = x_shape[1], out[1], out[2], out[3]
     winograd_fits = G == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and 2 <= R <= 6 and 2 <= S <= 6
+    row_fits = one_row_winograd(geo, x_shape, out)
     pixel_fits = G == 1 and not direct(geo, x_shape[2:], out[2:])
     want = requested()
     if want != "auto":
         why = ""
-        if want == "winograd" and not winograd_fits:
-            why = ("Winograd needs groups 1, stride 1, no dilation and a 2x2 to 6x6 kernel; found groups "
-                   f"{G}, stride {sh}x{sw}, dilation {dh}x{dw}, kernel {R}x{S}")
+        if want == "winograd" and not (winograd_fits or row_fits):
+            why = ("Winograd needs groups 1, stride 1, no dilation and a 2x2 to 6x6 kernel (or a one-row "
+                   f"1x5 kernel: conv1d's kernel_size 5); found groups {G}, stride {sh}x{sw}, dilation "
+                   f"{dh}x{dw}, kernel {R}x{S}")
         elif want == "pixel" and not pixel_fits:
             why = f"pixel-major needs groups 1 and a column matrix; found groups {G}"
             if direct(geo, x_shape[2:], out[2:]):
@@ -135,9 +158,12 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
         if why:
             raise ValueError(f"node '{name}': conv2d path '{want}' was forced ({ENV} or force_path) but cannot run "
                              f"this convolution: {why}. Force it only around layers it fits, or use 'auto'")
-        return want
+        return "winograd1d" if want == "winograd" and row_fits else want
     if np.dtype(dtype) == np.float64:
         return "im2col"
+    if (row_fits and min(C, K) >= WINOGRAD1D_MIN_CHANNELS and Q >= WINOGRAD1D_MIN_OUTPUTS
+            and x_shape[0] * Q * min(C, K) >= WINOGRAD1D_MIN_WORK):
+        return "winograd1d"
     # Winograd: enough channels and output pixels (3x3: 36; 5x5, one F(4x4, 5x5): 64; others,
     # four 3x3 sub-kernels: 256): below that its many small products per sample
     # cost more than the im2col product they replace.

@@ -105,12 +105,12 @@ def test_conv1d_cpu_pixel_major(cfg, shape, monkeypatch):
 
 def test_conv1d_takes_the_channel_major_path_on_wide_inputs():
     # A one-row convolution stays channel-major (conv2d_plan.cpu_path: it measured faster
-    # than the pixel-major path conv2d takes for runs of C * kernel >= 16 values); a 1-high
-    # kernel has no Winograd path, however many channels.
+    # than the pixel-major path conv2d takes for runs of C * kernel >= 16 values); with enough
+    # channels a 5-tap one goes to F(4, 5) (test_conv1d_winograd), other kernels stay here.
     cfg, shape = dict(out_channels=5, kernel_size=5, padding=2), (2, 4, 12)
     layer = Conv1d(**cfg)
     assert cpu_path(layer, (2, 4, 12)) == "im2col" and cpu_path(layer, (2, 3, 12)) == "im2col"
-    assert cpu_path(Conv1d(out_channels=32, kernel_size=5, padding=2), (2, 32, 300)) == "im2col"
+    assert cpu_path(Conv1d(out_channels=32, kernel_size=3, padding=1), (2, 32, 300)) == "im2col"
     # the same window over two rows is pixel-major, as conv2d's
     from numbacnn.layers import conv2d_cpu
 
