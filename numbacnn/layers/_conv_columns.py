@@ -11,7 +11,8 @@ With a column stride sw > 1 a column-matrix row reads every sw-th image pixel, a
 that does not vectorise. The ``_phases`` variants work on the image's phase planes instead
 (split_phases, merge_phases): plane (a, b) holds the pixels (i*sh + a, j*sw + b), so a row's
 copy is contiguous again, and with planes as wide as the column matrix's rows a whole tap's
-block is one flat copy. On conv_transpose2d's stride-2 kernel-4 shape (N16, 16x16 inputs,
+block is one flat copy (planes of other widths, where a phase is wider, are not supported:
+callers take the strided copies there). On conv_transpose2d's stride-2 kernel-4 shape (N16, 16x16 inputs,
 32x32x32 outputs; one thread) im2col took 0.55 ms against 0.88, the split included, and
 col2im 0.53 against 0.73, the merge and the bias included.
 """
@@ -100,11 +101,12 @@ def col2im(cf, gxn, P, Q, geo):
                             gf[dst + np.uint64(i * sw)] += cf[o + np.uint64(i)]
 
 
-def phase_shape(C: int, H: int, W: int, sh: int, sw: int, Q: int) -> tuple[int, int, int, int, int]:
+def phase_shape(C: int, H: int, W: int, sh: int, sw: int, Q: int) -> tuple[int, int, int, int, int] | None:
     """The phase planes of a (C, H, W) image under strides (sh, sw), for a column matrix of Q
-    columns a row: (C, sh, sw, ceil(H/sh), max(ceil(W/sw), Q)). Planes Q wide let
-    im2col_phases copy a whole row at once."""
-    return C, sh, sw, -(-H // sh), max(-(-W // sw), Q)
+    columns a row: (C, sh, sw, ceil(H/sh), Q), Q wide so that a tap's block is one flat copy
+    (the ``_phases`` functions rely on it); None where a phase of the image is wider than Q
+    (its rows would not fit) or sw is 1 (the strided copies are contiguous already)."""
+    return (C, sh, sw, -(-H // sh), Q) if sw > 1 and -(-W // sw) <= Q else None
 
 
 @cpu_inline
@@ -166,10 +168,10 @@ def _phase_tap(off, stride):
 
 @cpu_inline
 def im2col_phases(pn, cf, P, Q, H, W, geo):
-    """im2col of the (C, H, W) image whose phase planes ``pn`` holds (split_phases)."""
+    """im2col of the (C, H, W) image whose phase planes ``pn`` holds (split_phases); the
+    planes are Q wide (phase_shape)."""
     _, R, S, sh, sw, dh, dw, pt, pl = geo
-    C, _, _, Hp, Wp = pn.shape
-    zero = pn.dtype.type(0)
+    C, _, _, Hp, _ = pn.shape
     pf = pn.reshape(pn.size)
     for c in range(C):
         for r in range(R):
@@ -179,22 +181,7 @@ def im2col_phases(pn, cf, P, Q, H, W, geo):
                 q0, q1 = valid(Q, W, sw, s * dw - pl)
                 b, dj = _phase_tap(s * dw - pl, sw)
                 plane = ((c * sh + a) * sw + b) * Hp + di
-                row = np.uint64(((c * R + r) * S + s) * P * Q)
-                if Wp == Q:
-                    _run_copy(pf, cf, row, plane * Wp + dj, P, Q, p0, p1, q0, q1)
-                    continue
-                for p in range(P):
-                    o = row + np.uint64(p * Q)
-                    lo, hi = (q0, q1) if p >= p0 and p < p1 else (Q, Q)  # [lo, hi) copied, rest 0
-                    for q in range(lo):
-                        cf[o + np.uint64(q)] = zero
-                    if hi > lo:
-                        src = np.uint64((plane + p) * Wp + lo + dj)
-                        dst = o + np.uint64(lo)
-                        for i in range(hi - lo):
-                            cf[dst + np.uint64(i)] = pf[src + np.uint64(i)]
-                    for q in range(hi, Q):
-                        cf[o + np.uint64(q)] = zero
+                _run_copy(pf, cf, np.uint64(((c * R + r) * S + s) * P * Q), plane * Q + dj, P, Q, p0, p1, q0, q1)
 
 
 @cpu_inline
@@ -224,9 +211,10 @@ def _run_copy(pf, cf, row, src, P, Q, p0, p1, q0, q1):
 
 @cpu_inline
 def col2im_phases(cf, pn, P, Q, H, W, geo):
-    """pn = the phase planes of col2im's (C, H, W) result (merge_phases writes it out)."""
+    """pn = the phase planes, Q wide (phase_shape), of col2im's (C, H, W) result
+    (merge_phases writes it out)."""
     _, R, S, sh, sw, dh, dw, pt, pl = geo
-    C, _, _, Hp, Wp = pn.shape
+    C, _, _, Hp, _ = pn.shape
     pf = pn.reshape(pn.size)
     for i in range(pf.size):
         pf[i] = pn.dtype.type(0)
@@ -240,15 +228,7 @@ def col2im_phases(cf, pn, P, Q, H, W, geo):
                     continue
                 b, dj = _phase_tap(s * dw - pl, sw)
                 plane = ((c * sh + a) * sw + b) * Hp + di
-                if Wp == Q:
-                    _run_add(cf, pf, np.uint64(((c * R + r) * S + s) * P * Q), plane * Wp + dj, Q, p0, p1, q0, q1)
-                    continue
-                row = np.uint64(((c * R + r) * S + s) * P * Q + q0)
-                for p in range(p0, p1):
-                    o = row + np.uint64(p * Q)
-                    dst = np.uint64((plane + p) * Wp + q0 + dj)
-                    for i in range(q1 - q0):
-                        pf[dst + np.uint64(i)] += cf[o + np.uint64(i)]
+                _run_add(cf, pf, np.uint64(((c * R + r) * S + s) * P * Q), plane * Q + dj, Q, p0, p1, q0, q1)
 
 
 @cpu_inline

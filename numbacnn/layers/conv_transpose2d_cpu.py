@@ -9,10 +9,11 @@ would read, the input gradient is w[g] @ col[g] (a plain convolution of gy), and
 gradient's transpose col[g] @ x[n, g]^T, summed over each chunk's samples into its own partial
 and the partials summed (and transposed back) afterwards: the product with the long side
 (K*R*S rows) first ran 20-25% faster than x[n, g] @ col[g]^T (one thread, 64x16x16 -> 32,
-kernel 4: 2.8 against 3.6 ms a batch of 16). With a column stride above 1, col2im adds into
-the phase planes of y[n] (merged into y[n] with the bias) and im2col reads the phase planes
-of gy[n], where the strided copies become flat ones (_conv_columns). Every wrapper runs under ``single_thread_blas``: BLAS threads of
-their own would fight Numba's pool for the cores. ``geo`` is conv2d's: (groups, R, S,
+kernel 4: 2.8 against 3.6 ms a batch of 16). With a column stride above 1 (and the output's
+phases no wider than the input, as in every usual upsampling), col2im adds into the phase
+planes of y[n] (merged into y[n] with the bias) and im2col reads the phase planes of gy[n],
+where the strided copies become flat ones (_conv_columns). Every wrapper runs under
+``single_thread_blas``: BLAS threads of their own would fight Numba's pool for the cores. ``geo`` is conv2d's: (groups, R, S,
 stride_h, stride_w, dilation_h, dilation_w, pad_h, pad_w).
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._blas import gemm
-from .._jit import REASSOC, cpu_kernel, prange
+from .._jit import REASSOC, cpu_kernel, cpu_serial, prange
 from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im, col2im_phases, im2col, im2col_phases, merge_phases, phase_shape, split_phases
 from .conv2d_hwc_cpu import bias_sum
@@ -34,15 +35,45 @@ Geometry = tuple[int, int, int, int, int, int, int, int, int]
 def conv_transpose2d_scratch(x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry) -> dict[str, tuple]:
     """Scratch shapes for an (N, C, H, W) input and (N, K, P, Q) output: "col", a column matrix
     (K*R*S, H*W) per chunk of the batch; "part", a transposed weight-gradient partial
-    (K/groups*R*S, C/groups) per chunk and group; "phase", with a column stride above 1, the
-    phase planes of one output (or output gradient) per chunk (_conv_columns.phase_shape), else
-    empty planes (the kernels then take the strided copies)."""
+    (K/groups*R*S, C/groups) per chunk and group; "phase", the phase planes of one output (or
+    output gradient) per chunk where _conv_columns.phase_shape gives them (a column stride
+    above 1, the output's phases no wider than the input), else empty planes (the kernels then
+    take the strided copies)."""
     N, C, H, W = x_shape
     K, P, Q = y_shape[1:]
     G, R, S, sh, sw = geo[:5]
     T = batch_chunks(N)
-    phase = phase_shape(K, P, Q, sh, sw, W) if sw > 1 else (0, 1, 1, 1, 1)
+    phase = phase_shape(K, P, Q, sh, sw, W) or (0, 1, 1, 1, 1)
     return {"col": (T, K * R * S, H * W), "part": (T, G, K // G * R * S, C // G), "phase": (T, *phase)}
+
+
+# The column copies are serial functions the parallel kernels call, not inlined into them:
+# Numba's parallel passes slowed down with every loop in a prange body, and inlined, the two
+# column paths took the kernels' cold compile from 25 to 65 s (all six, one busy machine).
+@cpu_serial
+def _from_columns(cf, pn, yn, b, H, W, geo):
+    """yn = col2im(cf) + b, through the phase planes pn when there are any."""
+    if pn.shape[0]:
+        col2im_phases(cf, pn, H, W, yn.shape[1], yn.shape[2], geo)
+        merge_phases(pn, yn, b)
+        return
+    col2im(cf, yn, H, W, geo)
+    if b.size:
+        yf = yn.reshape(yn.shape[0], yn.shape[1] * yn.shape[2])
+        for k in range(yf.shape[0]):
+            bk = b[k]
+            for i in range(yf.shape[1]):
+                yf[k, i] += bk
+
+
+@cpu_serial
+def _to_columns(gyn, pn, cf, H, W, geo):
+    """cf = im2col(gyn), through the phase planes pn when there are any."""
+    if pn.shape[0]:
+        split_phases(gyn, pn)
+        im2col_phases(pn, cf, H, W, gyn.shape[1], gyn.shape[2], geo)
+    else:
+        im2col(gyn, cf, H, W, geo)
 
 
 @cpu_kernel
@@ -51,24 +82,12 @@ def _forward_chunks(x4, w3, b, col4, phase, y, H, W, geo):
     N, G, Cg, L = x4.shape
     J = w3.shape[2]
     T = col4.shape[0]
-    K, P, Q = y.shape[1:]
-    M = P * Q
     for t in prange(T):
         for n in range(t * N // T, (t + 1) * N // T):
             for g in range(G):
                 gemm(True, False, J, L, Cg, w3[g].reshape(Cg * J), J, x4[n, g].reshape(Cg * L), L, 0,
                      col4[t, g].reshape(J * L), L)
-            if phase.shape[1]:
-                col2im_phases(col4[t].reshape(col4[t].size), phase[t], H, W, P, Q, geo)
-                merge_phases(phase[t], y[n], b)
-                continue
-            col2im(col4[t].reshape(col4[t].size), y[n], H, W, geo)
-            if b.size:
-                yn = y[n].reshape(K, M)
-                for k in range(K):
-                    bk = b[k]
-                    for i in range(M):
-                        yn[k, i] += bk
+            _from_columns(col4[t].reshape(col4[t].size), phase[t], y[n], b, H, W, geo)
 
 
 @cpu_kernel
@@ -80,11 +99,7 @@ def _backward_chunks(x4, w3, gy, col4, phase, part4, gx4, H, W, geo, want_gx):
     for t in prange(T):
         n0 = t * N // T
         for n in range(n0, (t + 1) * N // T):
-            if phase.shape[1]:
-                split_phases(gy[n], phase[t])
-                im2col_phases(phase[t], col4[t].reshape(col4[t].size), H, W, gy.shape[2], gy.shape[3], geo)
-            else:
-                im2col(gy[n], col4[t].reshape(col4[t].size), H, W, geo)
+            _to_columns(gy[n], phase[t], col4[t].reshape(col4[t].size), H, W, geo)
             for g in range(G):
                 gemm(False, True, J, Cg, L, col4[t, g].reshape(J * L), L, x4[n, g].reshape(Cg * L), L,
                      0 if n == n0 else 1, part4[t, g].reshape(J * Cg), Cg)
