@@ -12,9 +12,9 @@ that does not vectorise. The ``_phases`` variants work on the image's phase plan
 (split_phases, merge_phases): plane (a, b) holds the pixels (i*sh + a, j*sw + b), so a row's
 copy is contiguous again, and with planes as wide as the column matrix's rows a whole tap's
 block is one flat copy (planes of other widths, where a phase is wider, are not supported:
-callers take the strided copies there). On conv_transpose2d's stride-2 kernel-4 shape (N16, 16x16 inputs,
-32x32x32 outputs; one thread) im2col took 0.55 ms against 0.88, the split included, and
-col2im 0.53 against 0.73, the merge and the bias included.
+callers take the strided copies there). On conv_transpose2d's stride-2 kernel-4 shape (N16,
+16x16 inputs, 32x32x32 outputs; one thread) im2col took 0.55 ms against 0.88, the split
+included, and col2im 0.53 against 0.73, the merge and the bias included.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def phase_shape(C: int, H: int, W: int, sh: int, sw: int, Q: int) -> tuple[int, 
 @cpu_inline
 def split_phases(xn, pn):
     """pn[c, a, b, i, j] = xn[c, i*sh + a, j*sw + b] where that pixel exists; pn's other
-    entries are left as they were (no column matrix reads them)."""
+    entries are left as they were (im2col_phases zeroes whatever it copies from them)."""
     C, H, W = xn.shape
     _, sh, sw, Hp, Wp = pn.shape
     xf, pf = xn.reshape(xn.size), pn.reshape(pn.size)

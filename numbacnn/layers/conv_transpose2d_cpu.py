@@ -13,8 +13,8 @@ kernel 4: 2.8 against 3.6 ms a batch of 16). With a column stride above 1 (and t
 phases no wider than the input, as in every usual upsampling), col2im adds into the phase
 planes of y[n] (merged into y[n] with the bias) and im2col reads the phase planes of gy[n],
 where the strided copies become flat ones (_conv_columns). Every wrapper runs under
-``single_thread_blas``: BLAS threads of their own would fight Numba's pool for the cores. ``geo`` is conv2d's: (groups, R, S,
-stride_h, stride_w, dilation_h, dilation_w, pad_h, pad_w).
+``single_thread_blas``: BLAS threads of their own would fight Numba's pool for the cores.
+``geo`` is conv2d's: (groups, R, S, stride_h, stride_w, dilation_h, dilation_w, pad_h, pad_w).
 """
 
 from __future__ import annotations
