@@ -88,14 +88,16 @@ class ConvTranspose2d(Layer):
     def _plan(self, ctx: Ctx, x_shape: Shape) -> SimpleNamespace:
         # geo: as conv2d's kernels take it, for the conv2d whose input gradient this is.
         geo = (self.groups, *self.kernel, *self.stride, *self.dilation, *self.padding)
-        return SimpleNamespace(out=self.output_shape(tuple(x_shape[1:])), geo=geo,
-                               scratch=ctx.kernels.conv_transpose2d_scratch(tuple(x_shape), self.out_channels, geo))
+        out = self.output_shape(tuple(x_shape[1:]))
+        return SimpleNamespace(out=out, geo=geo,
+                               scratch=ctx.kernels.conv_transpose2d_scratch(tuple(x_shape), (x_shape[0], *out), geo))
 
     def forward(self, ctx: Ctx, x: Any) -> Any:
         plan = ctx.plan(x.shape, lambda: self._plan(ctx, x.shape))
         y = ctx.empty((x.shape[0], *plan.out))
         ctx.kernels.conv_transpose2d_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y,
-                                             ctx.scratch(plan.scratch["col"]), plan.geo)
+                                             ctx.scratch(plan.scratch["col"]), ctx.scratch(plan.scratch["phase"]),
+                                             plan.geo)
         ctx.save(x)
         return y
 
@@ -105,7 +107,8 @@ class ConvTranspose2d(Layer):
         gx = ctx.empty_like(x) if ctx.needs_input_grad[0] else None
         ctx.kernels.conv_transpose2d_backward(x, ctx.params["weight"], gy, ctx.grads["weight"],
                                               self._bias(ctx, ctx.grads), gx, ctx.scratch(plan.scratch["col"]),
-                                              ctx.scratch(plan.scratch["part"]), plan.geo)
+                                              ctx.scratch(plan.scratch["phase"]), ctx.scratch(plan.scratch["part"]),
+                                              plan.geo)
         return gx
 
     def _bias(self, ctx: Ctx, arrays: dict[str, Any]) -> Any:

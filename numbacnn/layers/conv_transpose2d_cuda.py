@@ -31,9 +31,9 @@ def _blocks(n: int) -> int:
     return max(1, (n + THREADS - 1) // THREADS)
 
 
-def conv_transpose2d_scratch(x_shape: tuple[int, ...], out_channels: int, geo: Geometry) -> dict[str, tuple]:
+def conv_transpose2d_scratch(x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry) -> dict[str, tuple]:
     """No scratch: the kernels gather straight from x, gy and w."""
-    return {"col": (0,), "part": (0,)}
+    return {"col": (0,), "phase": (0,), "part": (0,)}
 
 
 @cuda_kernel
@@ -59,8 +59,8 @@ def _forward_kernel(x, w, b, y, sh, sw, dh, dw, ph, pw):
     y[n, k, p, q] = acc + b[k] if b.size else acc
 
 
-def conv_transpose2d_forward(x: Any, w: Any, b: Any, y: Any, col: Any, geo: Geometry) -> None:
-    """y = conv_transpose2d(x, w) + b (b empty: no bias); ``col`` is unused here."""
+def conv_transpose2d_forward(x: Any, w: Any, b: Any, y: Any, col: Any, phase: Any, geo: Geometry) -> None:
+    """y = conv_transpose2d(x, w) + b (b empty: no bias); ``col`` and ``phase`` are unused here."""
     _forward_kernel[_blocks(y.size), THREADS](x, w, b, y, *geo[3:])
 
 
@@ -121,10 +121,10 @@ def _backward_bias_kernel(gy, gb):
     gb[k] += acc
 
 
-def conv_transpose2d_backward(x: Any, w: Any, gy: Any, gw: Any, gb: Any, gx: Any, col: Any, part: Any,
-                              geo: Geometry) -> None:
+def conv_transpose2d_backward(x: Any, w: Any, gy: Any, gw: Any, gb: Any, gx: Any, col: Any, phase: Any,
+                              part: Any, geo: Geometry) -> None:
     """gw += the weight gradient, gb += the bias gradient (gb empty: no bias), gx = the input
-    gradient (None: not wanted); ``col`` and ``part`` are unused here."""
+    gradient (None: not wanted); ``col``, ``phase`` and ``part`` are unused here."""
     _backward_weight_kernel[_blocks(gw.size), THREADS](x, gy, gw, *geo[3:])
     if gb.size:
         N, K = gy.shape[:2]

@@ -58,6 +58,10 @@ CONFIGS = [
     (dict(out_channels=4, kernel_size=5, stride=2, padding=3, output_padding=(0, 1), groups=2), (1, 4, 4, 5)),
     (dict(out_channels=2, kernel_size=3, stride=1, padding=1, bias=False), (2, 5, 1, 1)),
     (dict(out_channels=3, kernel_size=2, stride=2), (2, 2, 5, 7)),
+    # Decoder upsamplings on inputs wider than tall, several chunks of the batch: the CPU
+    # kernels' phase planes with a tap's block copied at once (_conv_columns._run_copy).
+    (dict(out_channels=4, kernel_size=4, stride=2, padding=1, groups=2), (3, 4, 4, 6)),
+    (dict(out_channels=3, kernel_size=3, stride=2, padding=1, output_padding=1), (3, 2, 3, 5)),
 ]
 IDS = [",".join(f"{k}={v}" for k, v in cfg.items()) + f"@{shape}" for cfg, shape in CONFIGS]
 

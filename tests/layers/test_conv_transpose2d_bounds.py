@@ -74,6 +74,12 @@ def test_conv_transpose2d_random_geometries_cover_the_edges():
     assert any(l.stride[0] == 3 for l, _ in layers) and any(max(l.dilation) > 1 for l, _ in layers)
     assert any(l.output_shape(s[1:])[1:] == (1, 1) or min(l.output_shape(s[1:])[1:]) == 1 for l, s in layers)
     assert any(s[0] == 1 for _, s in GEOMETRIES) and any(s[0] == 3 for _, s in GEOMETRIES)
+    # The CPU kernels' three column-matrix paths (_conv_columns): contiguous copies at column
+    # stride 1; above it, phase planes where the output's phases are no wider than the input
+    # (W >= ceil(Q / stride)), strided copies where they are wider.
+    paths = {"stride 1" if l.stride[1] == 1 else "phases" if s[3] >= -(-l.output_shape(s[1:])[2] // l.stride[1])
+             else "strided" for l, s in layers}
+    assert paths == {"stride 1", "phases", "strided"}
 
 
 @pytest.mark.parametrize("i", range(len(GEOMETRIES)), ids=[f"{c}@{s}" for c, s in GEOMETRIES])
