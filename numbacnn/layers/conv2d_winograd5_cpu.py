@@ -27,7 +27,7 @@ from .conv2d_hwc_cpu import bias_sum, from_hwc, to_hwc
 from .conv2d_winograd5_tiles import (LANES_SCRATCH5, g8, gt8, input_tiles5, input_tiles5_grad, ld8, output_tiles5,
                                      output_tiles5_grad)
 from .conv2d_winograd_tiles import group_rows, plane_size
-from .conv2d_winograd_weights import WEIGHT_RUN
+from .conv2d_winograd_weights import WEIGHT_RUN, store_block, sum_chunks
 
 @cpu_kernel
 def winograd_weights5(w, U, c, transposed):
@@ -54,10 +54,7 @@ def winograd_weights5(w, U, c, transposed):
                     u = g8((k0[a], k1[a], k2[a], k3[a], k4[a]), c)
                     for s in range(8):
                         block[8 * a + s, i] = u[s]
-            o = row * cols + c0
-            for e in range(64):
-                for i in range(n):
-                    U[0, e, o + i] = block[e, i]
+            store_block(block, U, row * cols + c0, n)
 
 
 @cpu_kernel
@@ -133,19 +130,13 @@ def conv2d_backward_winograd5(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl,
 def winograd_reduce5(part, gw, gy3, gb, c):
     """gw[k, ch] += G^T (sum of the chunks' part[:, :, ch, k]) G; gb += gy3 summed (if any).
     Row ch of the partials (and gw[:, ch]) belongs to one task."""
-    T, _, C, K = part.shape
+    C, K = part.shape[2], part.shape[3]
     for task in prange(C):
         ch = np.int64(task)
         block = np.empty((64, WEIGHT_RUN), part.dtype)
         for k0 in range(0, K, WEIGHT_RUN):
             n = min(WEIGHT_RUN, K - k0)
-            for e in range(64):
-                for i in range(n):
-                    block[e, i] = part[0, e, ch, k0 + i]
-            for t in range(1, T):  # the chunks' partials, in chunk order
-                for e in range(64):
-                    for i in range(n):
-                        block[e, i] += part[t, e, ch, k0 + i]
+            sum_chunks(part, ch, k0, n, block)
             for i in range(n):
                 b = block[:, i]
                 u0 = ld8(b, 0, 1)  # u0[b] = u[0, b]

@@ -26,6 +26,26 @@ def _tap(wk, r, s, zero):
 WEIGHT_RUN = 16
 
 
+@cpu_inline
+def store_block(block, U, o, n):
+    """U[0, e, o + i] = block[e, i] for every point e and i < n: one contiguous run per point."""
+    for e in range(block.shape[0]):
+        for i in range(n):
+            U[0, e, o + i] = block[e, i]
+
+
+@cpu_inline
+def sum_chunks(part, row, k0, n, block):
+    """block[e, i] = the chunks' part[:, e, row, k0 + i] summed in chunk order, for i < n."""
+    for e in range(part.shape[1]):
+        for i in range(n):
+            block[e, i] = part[0, e, row, k0 + i]
+    for t in range(1, part.shape[0]):
+        for e in range(part.shape[1]):
+            for i in range(n):
+                block[e, i] += part[t, e, row, k0 + i]
+
+
 @cpu_kernel
 def winograd_weights(w, U, cg, transposed):
     """U[0, 6a + b] = the (nsub*C, K) matrix, row sub*C + ch, of (G g G^T)[a, b] for the 3x3
@@ -57,10 +77,7 @@ def winograd_weights(w, U, cg, transposed):
                     u = g_transform((c0_[a], c1[a], c2[a]), cg)
                     for s in range(6):
                         block[6 * a + s, i] = u[s]
-            o = row * cols + c0
-            for e in range(36):
-                for i in range(n):
-                    U[0, e, o + i] = block[e, i]
+            store_block(block, U, row * cols + c0, n)
 
 
 @cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
@@ -68,7 +85,7 @@ def winograd_reduce(part, gw, gy3, gb, cg):
     """gw[k, ch] += G^T (sum of the chunks' part[:, :, sub*C + ch, k]) G for each sub-kernel, in
     the 3x3 piece of the kernel it covers; gb += gy3 summed (if any). Row sub*C + ch of the
     partials belongs to one task, whose sub-kernel owns its piece of gw[:, ch]."""
-    T, _, J, K = part.shape
+    J, K = part.shape[2], part.shape[3]
     C, KH, KW = gw.shape[1], gw.shape[2], gw.shape[3]
     ns = (KW + 2) // 3
     for task in prange(J):
@@ -78,13 +95,7 @@ def winograd_reduce(part, gw, gy3, gb, cg):
         block = np.empty((36, WEIGHT_RUN), part.dtype)
         for k0 in range(0, K, WEIGHT_RUN):
             n = min(WEIGHT_RUN, K - k0)
-            for e in range(36):
-                for i in range(n):
-                    block[e, i] = part[0, e, j, k0 + i]
-            for t in range(1, T):  # the chunks' partials, in chunk order
-                for e in range(36):
-                    for i in range(n):
-                        block[e, i] += part[t, e, j, k0 + i]
+            sum_chunks(part, j, k0, n, block)
             for i in range(n):
                 b = block[:, i]
                 u0 = ld6(b, 0, 1)  # u0[b] = u[0, b]
