@@ -198,24 +198,27 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
         if conv2d_forward_wino(x, w, b, y, U, xp, V, M, pix, lanes, nonfinite, (geo[7], geo[8]), plan.tiles,
                                plan.weights):
             return ("winograd",)
-        # NaN or Inf in x or w: the transforms spread them over whole tiles; recompute where
-        # PyTorch puts them (conv2d_winograd_cpu), with scratch of its own (a rare case).
-        col = None if _direct(geo, x.shape, y.shape) else np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)
-        _im2col_forward(x, w, b, y, col, geo, plan.chunks)
-        return ("im2col",)
+        return _im2col_again(x, w, b, y, plan)
     if plan.path == "winograd1d":
         from .conv1d_winograd_cpu import conv1d_forward_wino
 
         if conv1d_forward_wino(x, w, b, y, *scratch, geo[8], plan.tiles):
             return ("winograd1d",)
-        col = np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)  # NaN or Inf, as Winograd's above
-        _im2col_forward(x, w, b, y, col, geo, plan.chunks)
-        return ("im2col",)
+        return _im2col_again(x, w, b, y, plan)
     if plan.path == "pixel":
         xp, wt, colt, yt = scratch
         pixel_forward(x, w, b, y, xp, wt, colt, yt, geo)
         return "pixel", xp
     _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks)
+    return ("im2col",)
+
+
+def _im2col_again(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan) -> tuple:
+    # NaN or Inf in x or w on a Winograd path: its transforms spread them over whole tiles;
+    # recompute where PyTorch puts them (conv2d_winograd_cpu), with scratch of its own (a rare case).
+    geo = plan.geo
+    col = None if _direct(geo, x.shape, y.shape) else np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)
+    _im2col_forward(x, w, b, y, col, geo, plan.chunks)
     return ("im2col",)
 
 
