@@ -13,6 +13,7 @@ file invalidates the kernels that inline it).
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable
 
 import numba
@@ -90,12 +91,39 @@ def _cuda_cache() -> bool:
     return CACHE and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") != "1"
 
 
+#: ``launch``: while a thread captures a CUDA graph (``_cuda_graph``), where its launches go.
+ROUTE = threading.local()
+
+
+class CudaKernel:
+    """A kernel as ``cuda_kernel`` makes it: ``kernel[grid, block](*args)`` launches Numba's
+    kernel, unless the calling thread is capturing a CUDA graph (``_cuda_graph.capture``),
+    whose stream then takes the launch, so launchers need not pass streams around. Anything
+    else (``py_func``, ``overloads``, ``stats``) is the dispatcher's."""
+
+    __slots__ = ("dispatcher",)
+
+    def __init__(self, dispatcher: Any) -> None:
+        self.dispatcher = dispatcher
+
+    def __getitem__(self, config: Any) -> Any:
+        route = getattr(ROUTE, "launch", None)
+        return self.dispatcher[config] if route is None else route(self.dispatcher, config)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.dispatcher, name)
+
+    def __repr__(self) -> str:
+        return f"CudaKernel({self.dispatcher!r})"
+
+
 def cuda_kernel(fn: Callable | None = None, *, fastmath: bool = False) -> Any:
     """A CUDA kernel: one output element per thread, launched by the function below it."""
     flags: dict[str, Any] = {"cache": _cuda_cache()}
     if fastmath:
         flags["fastmath"] = True
-    return _decorate(_cuda().jit, fn, **flags)
+    decorate = _decorate(_cuda().jit, None, **flags)
+    return CudaKernel(decorate(fn)) if fn is not None else lambda f: CudaKernel(decorate(f))
 
 
 def cuda_device(fn: Callable | None = None) -> Any:

@@ -6,6 +6,7 @@ from typing import Any, Hashable
 
 from . import _fold
 from ._arena import Arena
+from ._graph_replay import Replay
 from .layer import Ctx, Shape
 
 __all__ = ["Plan", "Pass"]
@@ -28,6 +29,14 @@ class Plan:
         self.acc: dict[int, Any] = {}  # training: fan-out gradient sums, by value slot
         self.calls: list[tuple] | None = None  # the replay's call list (``Executor._calls``)
         self.one_thread = False  # too small for Numba's pool to pay anywhere: run on one thread
+        self.replays: dict[Hashable, Replay] = {}  # CUDA graphs: "forward", ("backward", input_grad)
+
+    def replay(self, key: Hashable) -> Replay:
+        """The CUDA graph state of one direction of this signature (``_graph_replay``)."""
+        found = self.replays.get(key)
+        if found is None:
+            found = self.replays[key] = Replay()
+        return found
 
 
 class Pass:

@@ -138,6 +138,17 @@ class _Backend:
         """An uninitialised array its caller keeps (a loss's gradient): not counted."""
         raise NotImplementedError
 
+    def upload(self, tag: str, a: np.ndarray) -> Any:
+        """The host array ``a`` as the device sees it, for a call's own use (a loss's labels):
+        on the CPU ``a`` itself; on CUDA a copy in a buffer kept for ``tag`` and the shape,
+        which the calling thread's next ``upload`` of that tag overwrites."""
+        return a
+
+    def reusable(self, tag: str, shape: Sequence[int], dtype: Any) -> Any:
+        """A buffer for a call's own scratch, never handed to its caller (a loss's per-row
+        values): on CUDA kept per thread, tag, shape and dtype, so a step allocates nothing."""
+        return self.new(shape, dtype)
+
     def fill(self, a: Any, value: float) -> None:
         """Set every element of ``a`` to ``value`` (a device array must be contiguous)."""
         self._fill(a, value)
@@ -168,6 +179,10 @@ class CpuBackend(_Backend):
     def assign(self, dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst, src)
 
+    def put(self, dst: np.ndarray, src: Any) -> None:
+        """Copy ``src`` into the buffer ``dst`` (the executor's CUDA-graph inputs)."""
+        np.copyto(dst, src)
+
     def synchronize(self) -> None:
         pass
 
@@ -178,10 +193,28 @@ class CudaBackend(_Backend):
     name = "cuda"
 
     def __init__(self) -> None:
+        import threading
+
         from numba import cuda
 
         self._cuda = cuda
+        self._kept = threading.local()  # per thread: {(tag, shape, dtype): buffer}
         super().__init__()
+
+    def reusable(self, tag: str, shape: Sequence[int], dtype: Any) -> Any:
+        kept = self._kept.__dict__.setdefault("buffers", {})
+        key = (tag, tuple(shape), np.dtype(dtype))
+        buf = kept.get(key)
+        if buf is None:
+            if len(kept) >= 64:
+                kept.clear()  # many shapes over time: start again rather than pile up memory
+            buf = kept[key] = self.new(shape, dtype)
+        return buf
+
+    def upload(self, tag: str, a: np.ndarray) -> Any:
+        buf = self.reusable(tag, a.shape, a.dtype)
+        self.put(buf, a)
+        return buf
 
     def new(self, shape: Sequence[int], dtype: Any) -> Any:
         return self._cuda.device_array(tuple(shape), dtype=dtype)
@@ -199,6 +232,14 @@ class CudaBackend(_Backend):
         return a.copy_to_host()
 
     def assign(self, dst: Any, src: Any) -> None:
+        dst.copy_to_device(src)
+
+    def put(self, dst: Any, src: Any) -> None:
+        """Copy ``src``, a host or device array, into the device buffer ``dst`` (from the host:
+        counted in ``h2d``)."""
+        if isinstance(src, np.ndarray):
+            self.h2d += 1
+            src = np.ascontiguousarray(src)
         dst.copy_to_device(src)
 
     def synchronize(self) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _fold, _shapes
 from ._arena import Arena
+from ._graph_replay import graph_modes, replayed
 from ._passes import Pass, Plan
 from ._step_arena import StepArena, accumulate
 from ._threads import PARALLEL_MIN, on_one_thread
@@ -76,6 +77,7 @@ class Executor:
         self._pending = False  # that forward's backward has not run yet
         self._step: Plan | None = None  # the plan of that forward
         self._record: StepArena | None = None  # where a training step's buffers come from (CPU)
+        self._graphs = {True: False, False: False}  # replay CUDA graphs, in training / not (_graph_replay)
 
     def bind(self, device: str, backend: Any, params: dict[str, dict[str, Any]],
              grads: dict[str, dict[str, Any]], buffers: dict[str, dict[str, Any]]) -> None:
@@ -104,6 +106,7 @@ class Executor:
         self._inference = _fold.forwards(self._forwards, self._steps, self._folds, device)
         self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
                        for want in (True, False)}
+        self._graphs = graph_modes(device, [layer for layer, _, _, _ in self._steps])
         self.release()
 
     def new_pass(self) -> Pass:
@@ -227,9 +230,12 @@ class Executor:
     def _run_plan(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
                   state: Pass | None) -> list[Any]:
         to_device, dtype = self.backend.to_device, self.dtype
-        values = [to_device(x) for x in xs]  # then one per node, in step order
         if plan.ready or (state is None and self._record is None):
-            return self._replay(plan, values, ctxs, training, grad)
+            if self._graphs[training]:
+                return replayed(plan.replay("forward"), "forward", self.backend, xs, ctxs,
+                                lambda values: self._replay(plan, values, ctxs, training, grad))
+            return self._replay(plan, [to_device(x) for x in xs], ctxs, training, grad)
+        values = [to_device(x) for x in xs]  # then one per node, in step order
         record = self._record if state is None else None  # a training step's first forward
         if record is not None:
             record.begin_forward(plan, self._readers)
@@ -338,8 +344,19 @@ class Executor:
             raise RuntimeError("backward(): the forward it would differentiate was not recorded (a bug)")
 
     def _backward(self, plan: Plan, gys: Sequence[Any], input_grad: bool, record: StepArena | None) -> list[Any]:
-        """Reverse order; ``record``ing (a signature's first step) ends with the plan ready: if it
-        fails, the next forward of the signature records again."""
+        if self._graphs[True] and record is None:
+            gs = replayed(plan.replay(("backward", input_grad)), "backward", self.backend, gys, self._train,
+                          lambda values: self._backward_run(plan, values, input_grad, None))
+        else:
+            gs = self._backward_run(plan, gys, input_grad, record)
+        if not input_grad:
+            return [None for _ in self.graph.inputs]
+        return [self.backend.to_host(g) if g is not None else np.zeros((plan.batch, *plan.shapes[name]), self.dtype)
+                for g, name in zip(gs, self.graph.inputs)]
+
+    def _backward_run(self, plan: Plan, gys: Sequence[Any], input_grad: bool, record: StepArena | None) -> list[Any]:
+        """Reverse order; returns the inputs' gradients on the device (None: not reached). ``record``ing
+        (a signature's first step) ends with the plan ready: if it fails, the next forward records again."""
         grads: list[Any] = [None] * len(self._readers)
         owned = [False] * len(self._readers)
         for o, gy in zip(self._outs, gys):
@@ -372,14 +389,7 @@ class Executor:
                     accumulate(self.backend, plan, grads, owned, i, gx, record)
         if record is not None:
             record.end(plan, list(self._plans.values()))
-        if not input_grad:
-            return [None for _ in self.graph.inputs]
-        out = []
-        for i, name in enumerate(self.graph.inputs):
-            g = grads[i]
-            out.append(self.backend.to_host(g) if g is not None else
-                       np.zeros((plan.batch, *plan.shapes[name]), self.dtype))
-        return out
+        return grads[:self._first] if input_grad else []
 
     def release(self) -> None:
         """Drop every buffer, plan and saved value (the model is moving or being freed)."""

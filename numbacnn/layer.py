@@ -127,6 +127,13 @@ class Layer:
         ``ctx.grads``. Unless overridden: ``backward_cpu`` or ``backward_cuda``."""
         return getattr(self, "backward_" + ctx.device)(ctx, gy)
 
+    def replayable(self, training: bool) -> bool:
+        """Whether every call of one input signature launches the same kernels with the same
+        arguments, so that a CUDA graph captured once may stand for later calls
+        (``NUMBACNN_CUDA_GRAPHS``). Override to say False where a call draws or reads
+        something on the host each time (dropout's seed in training)."""
+        return True
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
         return f"{type(self).__name__}({args})"

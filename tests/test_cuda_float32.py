@@ -90,7 +90,7 @@ def _record(out: str) -> None:
     for opt in warmup.OPTIMIZERS:
         warmup._warm_optimizer(opt, "float32", "cuda", warmup.WarmupItem(opt, "float32", "cuda"))
     kernels = {f"{m}.{k}" for m in _cuda_modules() for k, v in vars(importlib.import_module(m)).items()
-               if isinstance(v, FakeCUDAKernel) and not v._device}
+               if isinstance(getattr(v, "dispatcher", v), FakeCUDAKernel) and not v._device}
     with open(out, "wb") as f:
         pickle.dump({"launches": sorted(launches, key=str), "kernels": sorted(kernels)}, f)
 

@@ -35,6 +35,9 @@ class Dropout(Layer):
     def flops(self, input_shapes: list[Shape], output_shape: Shape) -> int:
         return math.prod(output_shape)
 
+    def replayable(self, training: bool) -> bool:
+        return not training  # a new seed from ctx.rng at every training call
+
     def _mask_args(self, ctx: Ctx, dtype: np.dtype) -> tuple[Any, ...]:
         s0, s1 = ctx.rng.integers(0, 2**32, size=2, dtype=np.uint64)
         # An element is kept when its 32-bit hash falls below this threshold: an integer test
