@@ -86,8 +86,11 @@ def cross_entropy_counted(logits: Any, labels: Any, count: bool = True) -> tuple
     y = _labels(labels, n, k)
     backend, kernels = _device(logits)
     x = backend.to_device(logits)  # the logits themselves when already contiguous there
-    rows, lse, gx = backend.new((2, n), x.dtype), backend.new((n,), x.dtype), backend.new(x.shape, x.dtype)
-    kernels.cross_entropy_forward_backward(x, backend.to_device(y), rows, lse, gx)
+    # rows and lse are read back (or not at all) before the call returns: kept between calls.
+    rows = backend.reusable("cross_entropy.rows", (2, n), x.dtype)
+    lse = backend.reusable("cross_entropy.lse", (n,), x.dtype)
+    gx = backend.new(x.shape, x.dtype)
+    kernels.cross_entropy_forward_backward(x, backend.upload("cross_entropy.labels", y), rows, lse, gx)
     host = rows if isinstance(rows, np.ndarray) else backend.to_host(rows) if count else backend.to_host(rows[0])[None]
     hits = int(host[1].sum()) if count else 0
     return float(host[0].sum(dtype=np.float64) / n), gx, hits
@@ -127,7 +130,7 @@ def mse(pred: Any, target: Any) -> tuple[float, Any]:
     n = pred.shape[0]
     flat = (n, int(np.prod(pred.shape[1:], dtype=np.int64)))
     x = backend.to_device(pred).reshape(flat)
-    rows, gx = backend.new((n,), x.dtype), backend.new(flat, x.dtype)
+    rows, gx = backend.reusable("mse.rows", (n,), x.dtype), backend.new(flat, x.dtype)
     kernels.mse_forward_backward(x, t.reshape(flat), rows, gx)
     return float(backend.to_host(rows).sum(dtype=np.float64) / pred.size), gx.reshape(pred.shape)
 
