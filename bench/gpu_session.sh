@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's checks, in the order they are worth device time:
-#   1. the CUDA tests on the device (CUDA graphs off, the default), then the graph and
-#      training tests again with NUMBACNN_CUDA_GRAPHS=1;
-#   2. the GPU benchmark rows (bench/report.py -- -m gpu) with graphs off, then network3's
-#      rows with graphs on.
+#   1. the CUDA tests on the device (CUDA graphs and cuBLAS off, the defaults), then the graph,
+#      cuBLAS and training tests again with NUMBACNN_CUDA_GRAPHS=1 NUMBACNN_CUBLAS=1;
+#   2. the GPU benchmark rows (bench/report.py -- -m gpu) with both off, then with both on.
 # Usage, from the repository root on a machine with an NVIDIA GPU:
 #   OUT=/some/dir bash bench/gpu_session.sh
 # Reports and logs go to $OUT (default /tmp/numbacnn-gpu). numbacnn runs from this checkout
@@ -35,9 +34,10 @@ python3 -c "import numba, numba_cuda, numpy, torch; print('numba', numba.__versi
 numba_cuda.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)" | tee -a "$OUT/device.txt"
 
 python3 -m pytest -m cuda tests plugins -n 8 --dist loadfile -q -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.txt" | tail -15
-NUMBACNN_CUDA_GRAPHS=1 python3 -m pytest -m cuda tests/test_cuda_graphs.py tests/test_cuda_training.py -q \
-    -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests_graphs.txt" | tail -5
+NUMBACNN_CUDA_GRAPHS=1 NUMBACNN_CUBLAS=1 python3 -m pytest -m cuda tests/test_cuda_graphs.py tests/test_cuda_cublas.py \
+    tests/test_cuda_training.py tests/test_fold.py tests/test_free_sizes.py tests/test_nan_inf.py \
+    tests/test_train.py tests/layers/test_conv2d.py tests/layers/test_conv1d.py tests/layers/test_dropout.py -q -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests_on.txt" | tail -5
 
 python3 bench/report.py --json "$OUT/gpu.json" -- -m gpu 2>&1 | tee "$OUT/gpu_report.txt" | tail -40
-NUMBACNN_CUDA_GRAPHS=1 python3 bench/report.py --json "$OUT/gpu_graphs.json" -- -m gpu -k network3 2>&1 \
-    | tee "$OUT/gpu_report_graphs.txt" | tail -20
+NUMBACNN_CUDA_GRAPHS=1 NUMBACNN_CUBLAS=1 python3 bench/report.py --json "$OUT/gpu_on.json" -- -m gpu 2>&1 \
+    | tee "$OUT/gpu_report_on.txt" | tail -40

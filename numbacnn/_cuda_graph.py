@@ -67,14 +67,15 @@ def capture(fn: Callable[[], Any]) -> tuple[Any, Any]:
 
 
 def _capture(recorder: Any, fn: Callable[[], Any]) -> tuple[Any, Any]:
-    _jit.ROUTE.launch = recorder.route
+    route = _jit.ROUTE
+    route.launch, route.stream, route.record = recorder.route, recorder.stream_handle, recorder.record
     try:
         result = fn()
     except BaseException:
-        _jit.ROUTE.launch = None
         recorder.abandon()
         raise
-    _jit.ROUTE.launch = None
+    finally:
+        route.launch, route.stream, route.record = None, 0, None
     return result, recorder.finish()
 
 
@@ -86,24 +87,32 @@ def _with_stream(config: Any, stream: Any) -> tuple:
 
 
 class _Recorder:
-    """The simulator's capture: the launches themselves, run again by ``launch``."""
+    """The simulator's capture: the launches themselves (and the emulated cuBLAS products,
+    ``record``), run again in order by ``launch``."""
+
+    stream_handle = 0
 
     def __init__(self) -> None:
-        self.launches: list[tuple[Any, tuple, tuple]] = []
+        self.calls: list[tuple[Callable[..., Any], tuple]] = []
 
     def route(self, dispatcher: Any, config: Any) -> Callable[..., None]:
+        # Configured at replay: the simulator's kernel[config] configures the kernel object
+        # itself, which a later launch of it with another grid would overwrite.
         config = tuple(config)
-        return lambda *args: self.launches.append((dispatcher, config, args))
+        return lambda *args: self.calls.append((lambda *a: dispatcher[config](*a), args))
+
+    def record(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.calls.append((fn, args))
 
     def abandon(self) -> None:
-        self.launches = []
+        self.calls = []
 
     def finish(self) -> "_Recorder":
         return self
 
     def launch(self) -> None:
-        for dispatcher, config, args in self.launches:
-            dispatcher[config](*args)
+        for fn, args in self.calls:
+            fn(*args)
 
 
 def _driver() -> Any:
@@ -136,6 +145,7 @@ class _DriverCapture:
         driver = _driver()
         self.stream = _stream()
         self.keep: list[tuple] = []  # every launch's arguments: the graph points into them
+        self.stream_handle = int(self.stream.handle)  # where cuBLAS's products go (_cublas)
         _ok(driver.cuStreamBeginCapture(self.stream.handle,
                                         driver.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_RELAXED))
 
@@ -148,6 +158,10 @@ class _DriverCapture:
             launcher(*args)
 
         return launch
+
+    def record(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.keep.append(args)
+        fn(*args)
 
     def _end(self) -> Any:
         return _driver().cuStreamEndCapture(self.stream.handle)

@@ -13,6 +13,12 @@ from numbacnn import _cuda_graph
 pytestmark = pytest.mark.cuda
 
 
+@pytest.fixture(autouse=True)
+def graphs_off(monkeypatch):
+    """Plain models launch kernel by kernel here, whatever the environment says."""
+    monkeypatch.setenv(_cuda_graph.ENV, "0")
+
+
 def net(seed=0, dropout=False):
     g = nc.Graph()
     x = g.input((1, 5, 5))
@@ -51,7 +57,7 @@ def run(model, steps, grads=None):
 def graphed(monkeypatch, **kw):
     monkeypatch.setenv(_cuda_graph.ENV, "1")
     model = net(**kw).to("cuda")
-    monkeypatch.delenv(_cuda_graph.ENV)
+    monkeypatch.setenv(_cuda_graph.ENV, "0")
     return model
 
 

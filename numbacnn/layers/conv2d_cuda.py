@@ -12,7 +12,9 @@ whose partial products a second kernel adds up: no atomics, and the same sum eve
 
 from numba import cuda
 
+from .. import _cublas
 from .._jit import cuda_kernel
+from . import _conv_columns_cuda
 from ..device import is_simulator
 from ._gemm_cuda import TILE as GPU_TILE
 from ._gemm_cuda import gemm_tile
@@ -214,28 +216,46 @@ def _backward_bias(gy, gb) -> None:
 
 
 # The one kernel interface (conv2d_cpu has the same): a plan per input shape, then forward and
-# backward on it. CUDA has one path, implicit GEMM; its only scratch is the weight gradient's
-# slices.
+# backward on it. CUDA has two paths: implicit GEMM (the default; its only scratch is the weight
+# gradient's slices) and, with NUMBACNN_CUBLAS=1, column matrices multiplied by cuBLAS
+# (_conv_columns_cuda: the forward's columns kept for the backward).
 def conv2d_plan(name, x_shape, y_shape, geo, backward, dtype) -> Conv2dPlan:
-    """The implicit-GEMM plan: ``backward_scratch`` holds the weight gradient's partials."""
+    """The implicit-GEMM plan (``backward_scratch``: the weight gradient's partials), or the
+    cuBLAS one (``forward_scratch``: columns and the product; ``backward_scratch``: gy
+    regrouped and the columns' gradient)."""
     G, R, S = geo[:3]
     K, C = y_shape[1], x_shape[1]
     J = C // G * R * S
+    if _cublas.enabled():
+        reason = _cublas.unavailable_reason()
+        if reason is not None:
+            raise ValueError(f"conv2d node '{name}': {_cublas.ENV}=1 asks for cuBLAS, but {reason}")
+        columns = ((G, J, y_shape[0] * y_shape[2] * y_shape[3]), None)
+        product = ((K, columns[0][2]), None)
+        return Conv2dPlan("cublas", tuple(geo), tuple(y_shape), 1, (columns, product), (product, columns),
+                          kept=1 if backward else 0)
     part = (_weight_splits(y_shape, (K, C // G, R, S), G), K, J)
     return Conv2dPlan("implicit-gemm", tuple(geo), tuple(y_shape), 1, (), ((part, None),))
 
 
 def conv2d_forward(x, w, b, y, plan, scratch) -> tuple:
-    """y = conv2d(x, w) + b (b empty: no bias); nothing kept but x (returns ``("implicit-gemm",)``)."""
+    """y = conv2d(x, w) + b (b empty: no bias); returns what the backward needs besides x:
+    ``(path,)``, and the column matrices on the cuBLAS path."""
+    if plan.path == "cublas":
+        _conv_columns_cuda.forward(x, w, b, y, plan.geo, *scratch)
+        return (plan.path, scratch[0]) if plan.kept else (plan.path,)
     _forward(x, w, b, y, plan.geo)
     return (plan.path,)
 
 
 def conv2d_backward(x, w, gy, gw, gb, gx, plan, kept, scratch) -> None:
     """gw += the weight gradient, gb += the bias gradient (gb empty: no bias), gx = the input
-    gradient (None: not wanted); ``scratch``: the weight gradient's partials."""
-    _backward_weight(x, gy, gw, scratch[0], plan.geo)
+    gradient (None: not wanted); ``scratch`` as the plan shapes it."""
+    if kept[0] == "cublas":
+        _conv_columns_cuda.backward(w, gy, gw, gx, plan.geo, kept[1], *scratch)
+    else:
+        _backward_weight(x, gy, gw, scratch[0], plan.geo)
     if gb.size:
         _backward_bias(gy, gb)
-    if gx is not None:
+    if gx is not None and kept[0] != "cublas":
         _backward_input(w, gy, gx, plan.geo)

@@ -5,10 +5,14 @@ The weight gradient has few outputs (a 100 -> 10 layer: seven tiles) and a reduc
 as the batch, so the batch is cut into slices (``linear_scratch``), each its own grid layer: slice
 0 adds straight into gw, the others write partials that a second kernel adds in a fixed order
 (no atomics, the same sum every run).
+
+With ``NUMBACNN_CUBLAS=1`` the three products are cuBLAS's (numbacnn/_cublas.py) instead, with
+the bias added, and summed for its gradient, by the kernels here; no partials are needed.
 """
 
 from numba import cuda
 
+from .. import _cublas
 from .._jit import cuda_kernel
 from ._gemm_cuda import PAD, TILE, gemm_tile
 
@@ -47,13 +51,30 @@ def linear_scratch(N, K, J):
     gradient's reduction is cut into Z slices of the batch, enough blocks (about 256) to fill a
     GPU with each slice at least two tiles of rows; (Z - 1, K, J) holds the partials of the
     slices after the first."""
+    if _cublas.enabled():
+        reason = _cublas.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"linear: {_cublas.ENV}=1 asks for cuBLAS, but {reason}")
+        return (0, 0, 0), (0, K, J)
     Z = max(1, min(_blocks(256, _blocks(K) * _blocks(J)), _blocks(N, 2 * TILE)))
     return (0, 0, 0), (Z - 1, K, J)
+
+
+@cuda_kernel
+def _add_bias_kernel(y, b):
+    i = cuda.grid(1)
+    if i < y.size:
+        y[i // b.size, i % b.size] += b[i % b.size]
 
 
 def linear_forward(x, w, b, y, scratch):
     """y = x @ w.T + b (b empty: no bias); ``scratch`` is empty here."""
     N, K = y.shape
+    if _cublas.enabled():
+        _cublas.gemm(x, w, y, trans_b=True)
+        if b.size and y.size:
+            _add_bias_kernel[_blocks(y.size, THREADS), THREADS](y, b)
+        return
     _linear_forward_kernel[(_blocks(K), _blocks(N)), (TILE, TILE)](x, w, b, y)
 
 
@@ -127,6 +148,13 @@ def linear_backward(x, w, gy, gw, gb, part, gx):
     ``part`` is scratch as ``linear_scratch`` shapes it."""
     N, J = x.shape
     K = gy.shape[1]
+    if _cublas.enabled():
+        _cublas.gemm(gy, x, gw, trans_a=True, beta=1.0)
+        if gb.size:
+            _linear_backward_sum_kernel[_blocks(gb.size, THREADS), THREADS](part[:0], gy, gw, gb)
+        if gx is not None:
+            _cublas.gemm(gy, w, gx)
+        return
     _linear_backward_weight_kernel[(_blocks(J), _blocks(K), part.shape[0] + 1), (TILE, TILE)](x, gy, gw, part)
     if part.shape[0] or gb.size:
         _linear_backward_sum_kernel[_blocks(max(K * J if part.shape[0] else 0, gb.size), THREADS), THREADS](

@@ -172,10 +172,13 @@ def test_linear_cpu_kernels_on_one_chunk_and_both_sides_of_parallel_min(N, K, J,
 
 
 @pytest.mark.cuda
-def test_linear_cuda_cuts_the_weight_gradient_into_slices():
+def test_linear_cuda_cuts_the_weight_gradient_into_slices(monkeypatch):
     # 33 rows: the weight gradient's reduction runs in two slices (one into gw, one partial
-    # that a second kernel adds), each crossing the 16-row tile.
+    # that a second kernel adds), each crossing the 16-row tile. (cuBLAS's product needs none.)
+    from numbacnn import _cublas
     from numbacnn.layers import linear_cuda
+
+    monkeypatch.setenv(_cublas.ENV, "0")
 
     assert linear_cuda.linear_scratch(33, 2, 3)[1] == (1, 2, 3)
     check_layer(nc.get_layer("linear")(2), [(33, 3)], linear_ref, cuda=True, threads=False)

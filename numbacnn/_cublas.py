@@ -1,0 +1,112 @@
+"""cuBLAS's matrix product for the CUDA kernels, through CuPy's bindings (``NUMBACNN_CUBLAS=1``).
+
+``gemm(a, b, c, trans_a, trans_b, beta)``: ``c = op(a) @ op(b) + beta * c`` on 2-D C-contiguous
+numba device arrays (row slices of one included), float32 (SGEMM) or float64 (DGEMM), with
+``op(m)`` the transpose where asked. cuBLAS is column-major: a row-major (M, N) array is its
+(N, M) transpose there, so ``c = op(a) op(b)`` is asked as ``c^T = op(b)^T op(a)^T``
+(``_column_major``). The product runs on the stream the calling thread's launches go to (a
+CUDA graph's while one is captured, ``_jit.ROUTE``; else the default stream).
+
+Why: on an H200 cuBLAS's SGEMM through CuPy ran a 3x3 convolution's product (32768 x 64 x
+576) in 59 us, 41 TFLOP/s, where the implicit-GEMM kernels reach 1.2-2.0 TFLOP/s (README, GPU).
+It is opt-in until a GPU run of the tests and benchmarks confirms it; it needs CuPy (the
+``cupy-cuda12x`` or ``cupy-cuda13x`` wheel that matches the driver). Under Numba's simulator
+``gemm`` computes the same column-major call with NumPy on the simulated arrays, so the
+argument mapping and every kernel around it are tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from . import _jit
+
+__all__ = ["ENV", "enabled", "unavailable_reason", "gemm"]
+
+ENV = "NUMBACNN_CUBLAS"
+_ALPHA = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1, np.float64)}
+_BETAS = {(t, b): np.full(1, b, t) for t in (np.float32, np.float64) for b in (0.0, 1.0)}
+
+
+def enabled() -> bool:
+    """Whether CUDA convolutions take cuBLAS's product (``NUMBACNN_CUBLAS=1``)."""
+    return os.environ.get(ENV, "0") == "1"
+
+
+def unavailable_reason() -> str | None:
+    """Why cuBLAS cannot be used here (None: it can; the simulator emulates it)."""
+    from .device import is_simulator
+
+    if is_simulator():
+        return None
+    try:
+        import cupy  # noqa: F401
+        from cupy_backends.cuda.libs import cublas  # noqa: F401
+    except Exception as e:
+        return f"CuPy is not importable ({type(e).__name__}: {e}); install the cupy-cuda12x or cupy-cuda13x wheel"
+    return None
+
+
+def _column_major(a: Any, b: Any, c: Any, trans_a: bool, trans_b: bool) -> tuple[int, ...]:
+    """cuBLAS's (op1, op2, m, n, k, ld1, ld2, ldc) for row-major ``c = op(a) op(b)``, whose
+    first operand is ``b`` and second ``a`` (0: as stored, 1: transposed)."""
+    M, N = c.shape
+    K = a.shape[0] if trans_a else a.shape[1]
+    return int(trans_b), int(trans_a), N, M, K, b.shape[1], a.shape[1], N
+
+
+def gemm(a: Any, b: Any, c: Any, trans_a: bool = False, trans_b: bool = False, beta: float = 0.0) -> None:
+    for name, m in (("a", a), ("b", b), ("c", c)):
+        if len(m.shape) != 2 or not m.is_c_contiguous() or m.dtype != c.dtype:
+            raise ValueError(f"_cublas.gemm: {name} must be a C-contiguous 2-D {c.dtype} array, found "
+                             f"{m.dtype} {tuple(m.shape)} with strides {tuple(m.strides)}")
+    op1, op2, m, n, k, ld1, ld2, ldc = _column_major(a, b, c, trans_a, trans_b)
+    if m == 0 or n == 0:
+        return
+    from .device import is_simulator
+
+    if is_simulator():
+        record = getattr(_jit.ROUTE, "record", None)  # a graph being captured: replayed in order
+        args = (op1, op2, m, n, k, b, ld1, a, ld2, beta, c, ldc)
+        if record is None:
+            _emulate(*args)
+        else:
+            record(_emulate, *args)
+        return
+    import cupy
+    from cupy_backends.cuda.libs import cublas
+
+    dtype = np.dtype(c.dtype)
+    handle = cupy.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, getattr(_jit.ROUTE, "stream", 0))
+    keep = getattr(_jit.ROUTE, "record", None)
+    if keep is not None:
+        keep(lambda *arrays: None, a, b, c)  # a graph being captured points into them
+    product = cublas.sgemm if dtype == np.float32 else cublas.dgemm
+    product(handle, op1, op2, m, n, k, _ALPHA[dtype].ctypes.data, _pointer(b), ld1, _pointer(a), ld2,
+            _BETAS[dtype.type, float(beta)].ctypes.data, _pointer(c), ldc)
+
+
+def _pointer(a: Any) -> int:
+    return a.device_ctypes_pointer.value or 0
+
+
+def _emulate(op1: int, op2: int, m: int, n: int, k: int, first: Any, ld1: int, second: Any, ld2: int,
+             beta: float, c: Any, ldc: int) -> None:
+    """The column-major call, done with NumPy on the simulated arrays (the simulator's cuBLAS)."""
+    from numpy.lib.stride_tricks import as_strided
+
+    def matrix(buf: np.ndarray, op: int, rows: int, cols: int, ld: int) -> np.ndarray:
+        s = buf.itemsize  # column-major: element (i, j) of the stored matrix at i + j * ld
+        return as_strided(buf, (rows, cols), (s, ld * s) if op == 0 else (ld * s, s), writeable=False)
+
+    def flat(a: Any) -> np.ndarray:  # the simulated array's own memory: no transfer is counted
+        return a._ary.reshape(a.size)
+
+    out = flat(c)
+    view = as_strided(out, (m, n), (out.itemsize, ldc * out.itemsize))
+    product = matrix(flat(first), op1, m, k, ld1) @ matrix(flat(second), op2, k, n, ld2)
+    view[...] = product + beta * view if beta else product
