@@ -33,7 +33,15 @@ def real_gpu() -> bool:
     return not is_simulator() and cuda_available()
 
 
+# Rows that measure in processes of their own run after every timed row: their children (a
+# ResNet's 2 GB inference in PyTorch among them) leave the machine slow for tens of seconds.
+# network3's batch-10 step took 1.9 ms right after the memory rows against 0.9-1.0 ms on its
+# own, in the same quiet minute (PyTorch's 2.6 against 2.5-2.9 ms).
+SPAWNING = ("test_models_memory.py", "test_cold_start.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name in SPAWNING)  # stable: the rest keep their order
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if gpu_items and not real_gpu():
         skip = pytest.mark.skip(reason="no CUDA GPU (the simulator is not timed)")
