@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _jit
 
-__all__ = ["ENV", "enabled", "unavailable_reason", "gemm"]
+__all__ = ["ENV", "enabled", "unavailable_reason", "usable", "gemm"]
 
 ENV = "NUMBACNN_CUBLAS"
 _ALPHA = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1, np.float64)}
@@ -58,6 +58,12 @@ def _column_major(a: Any, b: Any, c: Any, trans_a: bool, trans_b: bool) -> tuple
     return int(trans_b), int(trans_a), N, M, K, b.shape[1], a.shape[1], N
 
 
+def usable(*arrays: Any) -> bool:
+    """cuBLAS is asked for and these operands suit it (2-D, C-contiguous): else the caller's
+    own kernels run."""
+    return enabled() and all(len(a.shape) == 2 and a.is_c_contiguous() for a in arrays)
+
+
 def gemm(a: Any, b: Any, c: Any, trans_a: bool = False, trans_b: bool = False, beta: float = 0.0) -> None:
     for name, m in (("a", a), ("b", b), ("c", c)):
         if len(m.shape) != 2 or not m.is_c_contiguous() or m.dtype != c.dtype:
@@ -76,18 +82,36 @@ def gemm(a: Any, b: Any, c: Any, trans_a: bool = False, trans_b: bool = False, b
         else:
             record(_emulate, *args)
         return
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"{ENV}=1 asks for cuBLAS, but {reason}")
     import cupy
     from cupy_backends.cuda.libs import cublas
 
     dtype = np.dtype(c.dtype)
     handle = cupy.cuda.device.get_cublas_handle()
-    cublas.setStream(handle, getattr(_jit.ROUTE, "stream", 0))
     keep = getattr(_jit.ROUTE, "record", None)
     if keep is not None:
         keep(lambda *arrays: None, a, b, c)  # a graph being captured points into them
     product = cublas.sgemm if dtype == np.float32 else cublas.dgemm
-    product(handle, op1, op2, m, n, k, _ALPHA[dtype].ctypes.data, _pointer(b), ld1, _pointer(a), ld2,
-            _BETAS[dtype.type, float(beta)].ctypes.data, _pointer(c), ldc)
+    # CuPy's sgemm/dgemm set the handle's stream to CuPy's current one: the capture's, or the
+    # default stream the kernels use.
+    with _stream(cupy, getattr(_jit.ROUTE, "stream", 0)):
+        product(handle, op1, op2, m, n, k, _ALPHA[dtype].ctypes.data, _pointer(b), ld1, _pointer(a), ld2,
+                _BETAS[dtype.type, float(beta)].ctypes.data, _pointer(c), ldc)
+
+
+_STREAMS: dict[int, Any] = {}
+
+
+def _stream(cupy: Any, handle: int) -> Any:
+    """CuPy's view of the stream ``handle`` (0: the legacy default stream)."""
+    if not handle:
+        return cupy.cuda.Stream.null
+    stream = _STREAMS.get(handle)
+    if stream is None:
+        stream = _STREAMS[handle] = cupy.cuda.ExternalStream(handle)
+    return stream
 
 
 def _pointer(a: Any) -> int:

@@ -11,8 +11,14 @@ to a stream of ours that the driver captures (relaxed mode) instead of running i
 (``_jit.ROUTE``); ``fn``'s Python runs once, its launches become the graph's nodes. The graph
 holds the device pointers the launches were given, so the arrays are kept with it, and its
 user must put each call's inputs into the same buffers (``Graph.launch`` replays exactly what
-was captured). Our stream is a blocking one: it waits for work queued before on the default
-stream, where copies and eager launches go, and that stream waits for it.
+was captured). Our stream is a non-blocking one, so that other threads may go on using the
+default stream while this one captures (a blocking stream's capture makes every legacy-stream
+call in the process fail); a replay is ordered with the default stream, where copies and eager
+launches go, by events: it waits for what was queued there before, and what is queued there
+after waits for it. So everything a captured call does on the device must be a
+``cuda_kernel`` launch or a ``_cublas`` product: a copy a layer made on the default stream
+would run once at capture and be missing from the graph (layers never copy; the layer
+contract says so).
 
 A capture the driver refuses (a host copy or a synchronisation inside ``fn``, a launch on
 another stream) raises inside ``fn``; ``capture`` ends the capture and re-raises, and the
@@ -81,9 +87,11 @@ def _capture(recorder: Any, fn: Callable[[], Any]) -> tuple[Any, Any]:
 
 def _with_stream(config: Any, stream: Any) -> tuple:
     config = tuple(config)
-    if len(config) == 2 or (len(config) >= 3 and not config[2]):
-        return (config[0], config[1], stream, *config[3:])
-    return config  # a launcher's own stream: the driver refuses it, and the caller falls back
+    if len(config) >= 3 and config[2]:
+        # It would run now, outside the graph, and be missing from every replay.
+        raise RuntimeError(f"a kernel launched on a stream of its own ({config[2]!r}) cannot be captured "
+                           f"in a CUDA graph; launch it as kernel[grid, block](...)")
+    return (config[0], config[1], stream, *config[3:])
 
 
 class _Recorder:
@@ -129,12 +137,14 @@ def _ok(result: Any) -> Any:
 
 
 def _stream() -> Any:
-    """This thread's capture stream (blocking: ordered with the default stream)."""
+    """This thread's capture stream: non-blocking, made once (see the module)."""
     stream = getattr(_local, "stream", None)
     if stream is None:
         from numba import cuda
 
-        stream = _local.stream = cuda.stream()
+        driver = _driver()
+        handle = _ok(driver.cuStreamCreate(int(driver.CUstream_flags.CU_STREAM_NON_BLOCKING)))
+        stream = _local.stream = cuda.external_stream(int(handle))
     return stream
 
 
@@ -187,13 +197,24 @@ class _DriverGraph:
 
     def __init__(self, graph: Any, exe: Any, stream: Any, keep: list[tuple]) -> None:
         self.graph, self.exe, self.stream, self.keep = graph, exe, stream, keep
-        self._driver = _driver()
+        self._driver = driver = _driver()
+        self._legacy = driver.CUstream(0)
+        flags = int(driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)
+        self._before, self._after = _ok(driver.cuEventCreate(flags)), _ok(driver.cuEventCreate(flags))
 
     def launch(self) -> None:
-        _ok(self._driver.cuGraphLaunch(self.exe, self.stream.handle))
+        """Replays the graph after what the default stream holds, and before what comes next there."""
+        driver, ours = self._driver, self.stream.handle
+        _ok(driver.cuEventRecord(self._before, self._legacy))
+        _ok(driver.cuStreamWaitEvent(ours, self._before, 0))
+        _ok(driver.cuGraphLaunch(self.exe, ours))
+        _ok(driver.cuEventRecord(self._after, ours))
+        _ok(driver.cuStreamWaitEvent(self._legacy, self._after, 0))
 
     def __del__(self) -> None:
         try:
+            for event in (self._before, self._after):
+                self._driver.cuEventDestroy(event)
             self._driver.cuGraphExecDestroy(self.exe)
             self._driver.cuGraphDestroy(self.graph)
         except Exception:

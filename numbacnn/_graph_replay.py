@@ -9,7 +9,8 @@ in, launches the graph and puts the contexts back as the capture left them, so a
 (graphed or not) finds what its forward saved, even after another signature's call ran on
 the same contexts. A backward keeps one graph per ``input_grad`` (its launches differ).
 
-Only a model whose every layer is ``replayable`` in the mode at hand gets graphs (dropout's
+A backward replays a graph only after its forward did (``follows_graph``). Only a model whose
+every layer is ``replayable`` in the mode at hand gets graphs (dropout's
 training forward draws a new seed on the host at every call, which a graph would freeze).
 A capture that fails (the driver refused it: something in a layer synchronised or copied to
 the host) is reported once and the signature runs without a graph from then on.
@@ -22,7 +23,7 @@ from typing import Any, Callable, Sequence
 from . import _cuda_graph
 from .layer import Ctx
 
-__all__ = ["Replay", "replayed", "graph_modes"]
+__all__ = ["Replay", "replayed", "graph_modes", "follows_graph"]
 
 _SLOTS = tuple(Ctx.__slots__)
 
@@ -32,6 +33,14 @@ def graph_modes(device: str, layers: Sequence[Any]) -> dict[bool, bool]:
     ``NUMBACNN_CUDA_GRAPHS=1``, where every layer is ``replayable`` in the mode."""
     on = device == "cuda" and _cuda_graph.enabled()
     return {t: on and all(layer.replayable(t) for layer in layers) for t in (True, False)}
+
+
+def follows_graph(plan: Any) -> bool:
+    """Whether a backward of ``plan`` may use a graph: only after its forward replayed one. A
+    forward run kernel by kernel (its capture refused) saved values in buffers of that call's
+    own, which a backward graph captured then would read on every later step."""
+    forward = plan.replays.get("forward")
+    return forward is not None and forward.graph is not None
 
 
 class Replay:

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _fold, _shapes
 from ._arena import Arena
-from ._graph_replay import graph_modes, replayed
+from ._graph_replay import follows_graph, graph_modes, replayed
 from ._passes import Pass, Plan
 from ._step_arena import StepArena, accumulate
 from ._threads import PARALLEL_MIN, on_one_thread
@@ -344,7 +344,7 @@ class Executor:
             raise RuntimeError("backward(): the forward it would differentiate was not recorded (a bug)")
 
     def _backward(self, plan: Plan, gys: Sequence[Any], input_grad: bool, record: StepArena | None) -> list[Any]:
-        if self._graphs[True] and record is None:
+        if self._graphs[True] and record is None and follows_graph(plan):
             gs = replayed(plan.replay(("backward", input_grad)), "backward", self.backend, gys, self._train,
                           lambda values: self._backward_run(plan, values, input_grad, None))
         else:

@@ -44,7 +44,8 @@ def _cuda_modules() -> list[str]:
     """The modules holding CUDA kernels: numbacnn's and those of every registered layer."""
     from numbacnn.registry import layer_info, layer_names
 
-    names = ["numbacnn._device_cuda", "numbacnn.losses_cuda", "numbacnn.optim_cuda"]
+    names = ["numbacnn._device_cuda", "numbacnn.losses_cuda", "numbacnn.optim_cuda",
+             "numbacnn.layers._conv_columns_cuda"]
     for layer in layer_names():
         module = layer_info(layer)["class"].rpartition(":")[0].rpartition(".")[0]
         names.append(f"{module}.{layer}_cuda")
@@ -72,10 +73,8 @@ def _record(out: str) -> None:
         return launch(self, *args)
 
     FakeCUDAKernel.__call__ = recording
-    for name in layer_names():
-        cls = get_layer(name)
-        if "cuda" not in layer_devices(cls):
-            continue
+
+    def run(cls: Any) -> None:
         # Kernels are picked by path, not size, on the GPU: one example (the first, the
         # smallest to simulate) in training with backward, and in evaluation, reaches them.
         example = _examples(cls)[0][0]
@@ -85,6 +84,15 @@ def _record(out: str) -> None:
         y = model.forward(*xs, training=True)
         model.backward(np.ones_like(y))
         model.forward(*xs, training=False)
+
+    for name in layer_names():
+        cls = get_layer(name)
+        if "cuda" in layer_devices(cls):
+            run(cls)
+    os.environ["NUMBACNN_CUBLAS"] = "1"  # conv2d's and linear's cuBLAS path has kernels of its own
+    for name in ("conv2d", "linear"):
+        run(get_layer(name))
+    del os.environ["NUMBACNN_CUBLAS"]
     for loss in ("cross_entropy", "mse"):
         warmup._warm_loss(loss, "float32", "cuda", warmup.WarmupItem(loss, "float32", "cuda"))
     for opt in warmup.OPTIMIZERS:

@@ -66,9 +66,10 @@ def plans(model):
 
 
 def test_graph_replays_give_what_launching_gives(monkeypatch):
-    # Each signature launched, captured, replayed; then a backward without input gradients
-    # after a replayed forward: launched on contexts that the other signature ran last.
-    steps, grads = [2, 1, 2, 1, 2, 1, 2], [1, 1, 1, 1, 1, 0, 0]
+    # Each signature's forward launched, captured, replayed (its backward a step behind: it
+    # waits for a replayed forward); then a backward without input gradients after a replayed
+    # forward, launched on contexts that the other signature ran last.
+    steps, grads = [2, 1, 2, 1, 2, 1, 2, 1], [1, 1, 1, 1, 1, 1, 0, 0]
     plain = net().to("cuda")
     want, want_params = run(plain, steps, grads)
     assert all(not p.replays for p in plans(plain))  # graphs are off unless asked for
@@ -123,9 +124,34 @@ def test_a_refused_capture_falls_back_with_one_warning(monkeypatch):
     assert all(r.off and r.graph is None for p in plans(model) for r in p.replays.values())
 
 
-def test_a_launch_keeps_its_own_stream_and_takes_ours_otherwise():
+def test_a_backward_replays_only_after_its_forward_did(monkeypatch):
+    # The forward's capture is refused, the backward's would succeed: a backward graph then
+    # would keep reading the saved input of the step it was captured in.
+    real, calls = _cuda_graph.capture, []
+
+    def refuse_first(fn):
+        calls.append(fn)
+        if len(calls) == 1:
+            raise RuntimeError("planted refusal of the forward's capture")
+        return real(fn)
+
+    monkeypatch.setattr(_cuda_graph, "capture", refuse_first)
+    model = graphed(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = run(model, [1, 1, 1, 1])
+    want = run(net().to("cuda"), [1, 1, 1, 1])
+    assert [loss for loss, _ in got[0]] == [loss for loss, _ in want[0]]
+    for k, v in want[1].items():
+        np.testing.assert_array_equal(got[1][k], v, err_msg=k)
+    (plan,) = plans(model)
+    assert plan.replays["forward"].off
+    assert ("backward", False) not in plan.replays  # never tried: its forward ran kernel by kernel
+
+
+def test_a_launch_takes_our_stream_and_one_on_its_own_is_refused():
     ours = object()
     assert _cuda_graph._with_stream((4, 256), ours) == (4, 256, ours)
     assert _cuda_graph._with_stream((4, 256, 0, 128), ours) == (4, 256, ours, 128)
-    theirs = object()
-    assert _cuda_graph._with_stream((4, 256, theirs), ours) == (4, 256, theirs)
+    with pytest.raises(RuntimeError, match="cannot be captured"):
+        _cuda_graph._with_stream((4, 256, object()), ours)

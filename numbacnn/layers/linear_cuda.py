@@ -70,7 +70,7 @@ def _add_bias_kernel(y, b):
 def linear_forward(x, w, b, y, scratch):
     """y = x @ w.T + b (b empty: no bias); ``scratch`` is empty here."""
     N, K = y.shape
-    if _cublas.enabled():
+    if _cublas.usable(x, w, y):
         _cublas.gemm(x, w, y, trans_b=True)
         if b.size and y.size:
             _add_bias_kernel[_blocks(y.size, THREADS), THREADS](y, b)
@@ -148,7 +148,7 @@ def linear_backward(x, w, gy, gw, gb, part, gx):
     ``part`` is scratch as ``linear_scratch`` shapes it."""
     N, J = x.shape
     K = gy.shape[1]
-    if _cublas.enabled():
+    if _cublas.usable(x, w, gy, gw) and (gx is None or gx.is_c_contiguous()):
         _cublas.gemm(gy, x, gw, trans_a=True, beta=1.0)
         if gb.size:
             _linear_backward_sum_kernel[_blocks(gb.size, THREADS), THREADS](part[:0], gy, gw, gb)
