@@ -17,6 +17,7 @@ argument mapping and every kernel around it are tested without a GPU.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -36,6 +37,7 @@ def enabled() -> bool:
     return os.environ.get(ENV, "0") == "1"
 
 
+@functools.cache  # asked at every product: CuPy's import is tried once per process
 def unavailable_reason() -> str | None:
     """Why cuBLAS cannot be used here (None: it can; the simulator emulates it)."""
     from .device import is_simulator

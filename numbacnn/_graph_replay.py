@@ -63,8 +63,7 @@ def replayed(replay: Replay, what: str, backend: Any, xs: Sequence[Any], ctxs: S
     """``run(values)``'s outputs for inputs ``xs`` (host or device arrays), through ``replay``'s
     graph once there is one; ``run`` takes the inputs on the device and launches everything."""
     if replay.graph is not None:
-        for buf, x in zip(replay.inputs, xs):
-            backend.put(buf, x)
+        _copy_in(backend, replay.inputs, xs)
         replay.graph.launch()
         for ctx, state in zip(ctxs, replay.states):
             for slot, value in zip(_SLOTS, state):
@@ -74,8 +73,7 @@ def replayed(replay: Replay, what: str, backend: Any, xs: Sequence[Any], ctxs: S
     if replay.off or replay.runs == 1:
         return run([backend.to_device(x) for x in xs])
     inputs = [backend.new(x.shape, x.dtype) for x in xs]
-    for buf, x in zip(inputs, xs):
-        backend.put(buf, x)
+    _copy_in(backend, inputs, xs)
     try:
         outputs, graph = _cuda_graph.capture(lambda: run(list(inputs)))
     except Exception as e:  # refused by the driver, or a real error: which, the plain run says
@@ -86,3 +84,9 @@ def replayed(replay: Replay, what: str, backend: Any, xs: Sequence[Any], ctxs: S
     replay.graph, replay.inputs, replay.outputs = graph, inputs, list(outputs)
     replay.states = [tuple(getattr(ctx, slot) for slot in _SLOTS) for ctx in ctxs]
     return list(outputs)
+
+
+def _copy_in(backend: Any, buffers: Sequence[Any], xs: Sequence[Any]) -> None:
+    """This call's inputs into the buffers a graph reads (a graph replays the pointers it saw)."""
+    for buf, x in zip(buffers, xs):
+        backend.put(buf, x)

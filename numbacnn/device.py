@@ -179,10 +179,6 @@ class CpuBackend(_Backend):
     def assign(self, dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst, src)
 
-    def put(self, dst: np.ndarray, src: Any) -> None:
-        """Copy ``src`` into the buffer ``dst`` (the executor's CUDA-graph inputs)."""
-        np.copyto(dst, src)
-
     def synchronize(self) -> None:
         pass
 
