@@ -4,10 +4,10 @@ Numba compiles one kernel at a time per process, so a cold ``numbacnn train`` us
 When ``Trainer.fit``'s first step finds a kernel missing from the cache (the first
 ``numba:compile`` event of a numbacnn kernel), ``start`` launches one worker process
 (``python -m numbacnn._precompile``, fed the model's spec and a few samples on stdin) that compiles
-the same model's kernels in the opposite order: the optimizer update and the loss first, then
-each layer alone (forward and backward) from the last layer to the first. The main process
-compiles its forward as it goes; when it reaches a kernel the worker has saved, Numba loads it
-from the cache (the dispatcher looks at the cache at the first call of each signature), and
+the same model's kernels in another order: the optimizer update and the loss first, then
+each layer alone (forward and backward) from both ends of the model inwards (last, first,
+second to last, ...; ``_worker_order``). The main process compiles its forward as it goes;
+when it reaches a kernel the worker has saved, Numba loads it from the cache (the dispatcher looks at the cache at the first call of each signature), and
 compiles it otherwise. A warm cache fires no compile event, so no worker starts.
 
 The worker is only a cache filler: it runs at a lower priority, its output is discarded, any
@@ -128,8 +128,21 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _worker_order(order: list[str]) -> list[str]:
+    """The layers from both ends inwards: last, first, second to last, second, ... The training
+    process compiles forwards first to last, then backwards last to first, so the first
+    layers' backwards are what it needs last and the last layers' forwards what it reaches
+    last; by the time the worker gets to a first layer, its forward is in the cache."""
+    names, out = list(order), []
+    while names:
+        out.append(names.pop())
+        if names:
+            out.append(names.pop(0))
+    return out
+
+
 def _run(job: dict[str, Any]) -> None:
-    """The worker: optimizer, loss, then each layer alone, last to first."""
+    """The worker: optimizer, loss, then each layer alone, from both ends inwards."""
     from . import losses
     from ._layer_checks import build_model
     from .model import Model
@@ -150,7 +163,7 @@ def _run(job: dict[str, Any]) -> None:
     rng = np.random.default_rng(0)
     graph = model.graph
     parent = os.getppid()
-    for name in reversed(model.order):
+    for name in _worker_order(model.order):
         if os.getppid() != parent:
             return  # the training process is gone (killed): nobody needs the rest
         node = graph.nodes[name]

@@ -65,7 +65,7 @@ def test_a_cold_cache_starts_one_worker_and_a_warm_one_none(tmp_path):
 
 
 def test_the_worker_alone_fills_the_cache_train_needs(tmp_path):
-    """What the worker compiles (layers one by one, last to first) is what fit then loads."""
+    """What the worker compiles (layers one by one, from both ends inwards) is what fit then loads."""
     g = nc.Graph()
     g.output(g.linear(g.relu(g.input((5,))), out_features=3))
     model = nc.Model(g)
@@ -80,6 +80,16 @@ def test_the_worker_alone_fills_the_cache_train_needs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     after = _fit(tmp_path / "cache", NUMBACNN_PRECOMPILE="1")
     assert after == {"calls": 0, "codes": [], "compiled": []}
+
+
+def test_worker_order_takes_both_ends_inwards():
+    # lenet5 from an empty cache (numbacnn train, 2 cores, worker on, three alternating runs
+    # each): 16.7-21.7 s (median 18.4) against 21.8-23.5 s (22.9) last to first, the worker
+    # compiling conv1's backward while training compiled conv2's instead of both doing conv2's.
+    assert _precompile._worker_order([]) == []
+    assert _precompile._worker_order(["a"]) == ["a"]
+    assert _precompile._worker_order(list("abcde")) == list("eadbc")
+    assert sorted(_precompile._worker_order(list("abcdef"))) == list("abcdef")
 
 
 def test_opt_out_starts_no_worker(tmp_path):
