@@ -16,6 +16,14 @@ its transform. CPU only: on CUDA the graph runs unfolded.
 
 ``NUMBACNN_FOLD_BN=0`` in the environment turns folding off (read when a model is built or
 moved to a device).
+
+Inference without gradients also fuses a relu into the conv2d it reads (directly or through a
+folded batch norm), or into the add it reads (a residual join), when nothing else reads that
+output and it is not a graph output: the conv's kernels apply the relu as they write y (the
+column paths, while a sample's output is still in cache; the Winograd paths in one pass
+after), the add's last sum is add_relu_forward, bit for bit relu's result (NaN kept, -0.0 to
+0), and the relu node passes y on. ``NUMBACNN_FUSE_RELU=0`` turns
+this off. CPU only, as folding.
 """
 
 from __future__ import annotations
@@ -27,10 +35,12 @@ from typing import Any
 import numpy as np
 
 from .layer import Ctx, device_method
+from .layers.add import Add
 from .layers.batch_norm2d import BatchNorm2d
 from .layers.conv2d import Conv2d
+from .layers.relu import ReLU
 
-__all__ = ["fold_pairs", "folding_enabled", "forwards", "Folds", "skip"]
+__all__ = ["fold_pairs", "folding_enabled", "fusing_enabled", "relu_pairs", "forwards", "Folds", "skip"]
 
 
 def folding_enabled() -> bool:
@@ -38,11 +48,14 @@ def folding_enabled() -> bool:
     return os.environ.get("NUMBACNN_FOLD_BN", "1").strip() != "0"
 
 
-def fold_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: int) -> list[tuple[int, int]]:
+def fold_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: int,
+               device: str) -> list[tuple[int, int]]:
     """(conv step, batch-norm step) of every foldable pair in an executor's ``steps``: a
     batch_norm2d with running statistics whose one input is a conv2d output that nothing else
-    reads and that is not a graph output."""
-    pairs = []
+    reads and that is not a graph output. None off the CPU or when folding is off."""
+    pairs: list[tuple[int, int]] = []
+    if device != "cpu" or not folding_enabled():
+        return pairs
     for k, (layer, ins, _, _) in enumerate(steps):
         if type(layer) is not BatchNorm2d or not layer.track_running_stats or len(ins) != 1:
             continue
@@ -53,14 +66,47 @@ def fold_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: in
     return pairs
 
 
-def forwards(plain: list[Any], steps: list[tuple], pairs: list[tuple[int, int]], device: str) -> list[Any]:
+def fusing_enabled() -> bool:
+    """Whether ``NUMBACNN_FUSE_RELU`` allows fusing relus into convs (anything but ``0`` does)."""
+    return os.environ.get("NUMBACNN_FUSE_RELU", "1").strip() != "0"
+
+
+def relu_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: int,
+               folds: list[tuple[int, int]], device: str) -> list[tuple[int, int]]:
+    """(conv or add step, relu step) of every relu fused into a conv2d or an add at inference:
+    a relu whose one input is a conv2d's or an add's output, or a batch norm's folded into a
+    conv (``folds``), that nothing else reads and that is not a graph output. None off the CPU
+    or when fusing is off."""
+    folded = {k: j for j, k in folds}
+    pairs: list[tuple[int, int]] = []
+    if device != "cpu" or not fusing_enabled():
+        return pairs
+    for k, (layer, ins, _, _) in enumerate(steps):
+        if type(layer) is not ReLU or len(ins) != 1 or readers[ins[0]] != 1 or ins[0] in keep:
+            continue
+        j = folded.get(ins[0] - first, ins[0] - first)  # the conv behind a folded batch norm
+        if j >= 0 and type(steps[j][0]) in (Conv2d, Add):
+            pairs.append((j, k))
+    return pairs
+
+
+def forwards(plain: list[Any], steps: list[tuple], pairs: list[tuple[int, int]], device: str,
+             relus: list[tuple[int, int]] = ()) -> list[Any]:
     """Per step, the forward of folded inference: ``plain`` but for each pair's conv (run with
-    a bias always: b' is never empty) and batch norm (``skip``)."""
+    a bias always: b' is never empty) and batch norm (``skip``), and each fused relu's conv or
+    add (``fused_relu``) and relu (``skip``)."""
     out = list(plain)
-    for j, k in pairs:
-        conv = copy.deepcopy(steps[j][0])  # Layer.__deepcopy__ copies the built state, no re-binding
-        conv.bias = True
-        out[j], out[k] = device_method(conv, "forward", device), skip
+    convs = {}
+    for j, k in [*pairs, *relus]:
+        if j not in convs:
+            convs[j] = copy.deepcopy(steps[j][0])  # Layer.__deepcopy__ copies the built state, no re-binding
+        out[k] = skip
+    for j, _ in pairs:
+        convs[j].bias = True
+    for j, _ in relus:
+        convs[j].fused_relu = True
+    for j, conv in convs.items():
+        out[j] = device_method(conv, "forward", device)
     return out
 
 

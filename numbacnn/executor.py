@@ -101,9 +101,9 @@ class Executor:
         self._record = StepArena(backend) if device == "cpu" else None
         self._forwards = [device_method(layer, "forward", device) for layer, _, _, _ in self._steps]
         self._backwards = [device_method(layer, "backward", device) for layer, _, _, _ in self._steps]
-        self._folds = (_fold.fold_pairs(self._steps, self._readers, self._keep, self._first)
-                       if device == "cpu" and _fold.folding_enabled() else [])
-        self._inference = _fold.forwards(self._forwards, self._steps, self._folds, device)
+        self._folds = _fold.fold_pairs(self._steps, self._readers, self._keep, self._first, device)
+        relus = _fold.relu_pairs(self._steps, self._readers, self._keep, self._first, self._folds, device)
+        self._inference = _fold.forwards(self._forwards, self._steps, self._folds, device, relus)
         self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
                        for want in (True, False)}
         self._graphs = graph_modes(device, [layer for layer, _, _, _ in self._steps])

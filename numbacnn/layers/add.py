@@ -13,6 +13,9 @@ class Add(Layer):
 
     name = "add"
     n_inputs = None
+    #: Set on inference's copy of an add whose output only a relu reads (numbacnn._fold): the
+    #: last sum applies that relu. The model's own layer never has it.
+    fused_relu = False
 
     def __init__(self) -> None:
         pass
@@ -28,12 +31,12 @@ class Add(Layer):
         return (len(input_shapes) - 1) * math.prod(output_shape)
 
     def forward(self, ctx: Ctx, *xs: Any) -> Any:
-        add_forward = ctx.kernels.add_forward
+        add_forward, last = ctx.kernels.add_forward, len(xs) - 1
         y = ctx.empty_like(xs[0])
         flat = y.reshape(y.size)
-        add_forward(xs[0].reshape(y.size), xs[1].reshape(y.size), flat)
-        for x in xs[2:]:
-            add_forward(flat, x.reshape(y.size), flat)
+        for i in range(1, len(xs)):
+            kernel = ctx.kernels.add_relu_forward if self.fused_relu and i == last else add_forward
+            kernel(xs[0].reshape(y.size) if i == 1 else flat, xs[i].reshape(y.size), flat)
         return y
 
     def backward(self, ctx: Ctx, gy: Any) -> Any:

@@ -4,7 +4,7 @@ thread (see ``_threads``): the executor also sums branch gradients with it."""
 from .._jit import cpu_kernel, prange
 from .._threads import PARALLEL_MIN
 
-__all__ = ["add_forward"]
+__all__ = ["add_forward", "add_relu_forward"]
 
 
 @cpu_kernel
@@ -16,3 +16,18 @@ def add_forward(a, b, y):
     else:
         for i in prange(y.size):
             y[i] = a[i] + b[i]
+
+
+@cpu_kernel
+def add_relu_forward(a, b, y):
+    """y = relu(a + b), relu's rule (NaN kept, -0.0 to 0): inference's add + relu, fused
+    (numbacnn._fold). y may be a."""
+    zero = y.dtype.type(0)
+    if y.size < PARALLEL_MIN:
+        for i in range(y.size):
+            v = a[i] + b[i]
+            y[i] = zero if v <= zero else v
+    else:
+        for i in prange(y.size):
+            v = a[i] + b[i]
+            y[i] = zero if v <= zero else v

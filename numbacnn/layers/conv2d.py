@@ -20,6 +20,9 @@ class Conv2d(Layer):
     """
 
     name = "conv2d"
+    #: Set on inference's copy of a conv2d whose output only a relu reads (numbacnn._fold):
+    #: the kernels apply that relu as they write y. The model's own layer never has it.
+    fused_relu = False
 
     def __init__(self, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, groups: int = 1, bias: bool = True) -> None:
@@ -92,7 +95,11 @@ class Conv2d(Layer):
         y = ctx.empty(plan.out)
         scratch = tuple(ctx.empty(shape, dtype) if i < plan.kept else ctx.scratch(shape, dtype)
                         for i, (shape, dtype) in enumerate(plan.forward_scratch))
-        kept = ctx.kernels.conv2d_forward(x, self._weight(ctx.params), self._bias(ctx, ctx.params), y, plan, scratch)
+        w, b = self._weight(ctx.params), self._bias(ctx, ctx.params)
+        if self.fused_relu:  # inference's conv + relu (numbacnn._fold)
+            kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch, True)
+        else:
+            kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch)
         ctx.save(x, kept)
         return y
 

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from .._blas import gemm
-from .._jit import cpu_kernel, prange
+from .._jit import cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
-from ._conv_columns import col2im as _col2im, im2col as _im2col
+from ._conv_columns import col2im as _col2im, im2col_cols as _im2col_cols
 from .conv2d_hwc_cpu import reduce_partials
 from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_forward
 from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path  # noqa: F401 (force_path: documented here)
@@ -50,26 +50,74 @@ Geometry = tuple[int, int, int, int, int, int, int, int, int]
 __all__ = ["conv2d_plan", "conv2d_forward", "conv2d_backward"]
 
 
-@cpu_kernel
-def _forward_batch(x, x4, w3, b, col, y4, T, P, Q, geo, direct):
-    """y4[n, g] = w3[g] @ xcol[n, g] (+ b), xcol[n] being x[n]'s column matrix, which chunk t
-    of T builds in col[t] (x4[n] itself when ``direct``)."""
-    N, G, Kg, L = y4.shape
+@cpu_serial
+def _columns(xn, cf, P, Q, geo, l0, l1):
+    """Columns l0..l1 of xn's column matrix into cf (compiled once, called by the kernels below)."""
+    _im2col_cols(xn, cf, P, Q, geo, l0, l1)
+
+
+@cpu_serial
+def _forward_chunk(x, x4, w3, b, col, y4, n0, n1, l0, l1, P, Q, geo, direct, relu):
+    """Output columns l0..l1 of samples n0..n1, one thread's share of _forward_batch, through
+    its own column matrix col (those columns of it); ``relu``: y = max(y, 0) as relu computes
+    it (NaN kept), while the output is in cache."""
+    _, G, Kg, L = y4.shape
     J = w3.shape[2]
-    for t in prange(T):
-        for n in range(t * N // T, (t + 1) * N // T):
+    for n in range(n0, n1):
+        if not direct:
+            _columns(x[n], col.reshape(col.size), P, Q, geo, l0, l1)
+        src = x4[n] if direct else col
+        for g in range(G):  # y4[n, g][:, l0:l1] = w3[g] @ src[g][:, l0:l1]
+            gemm(False, False, Kg, l1 - l0, J, w3[g].reshape(Kg * J), J, src[g].reshape(J * L)[l0:], L, 0,
+                 y4[n, g].reshape(Kg * L)[l0:], L)
+        if b.size or relu:
+            zero = y4.dtype.type(0)
+            for g in range(G):
+                for k in range(Kg):
+                    bk = b[g * Kg + k] if b.size else zero
+                    for i in range(l0, l1):
+                        v = y4[n, g, k, i] + bk if b.size else y4[n, g, k, i]
+                        y4[n, g, k, i] = zero if relu and v <= zero else v
+
+
+@cpu_kernel
+def _forward_batch(x, x4, w3, b, col, y4, T, P, Q, geo, direct, relu):
+    """y4[n, g] = w3[g] @ xcol[n, g] (+ b), xcol[n] being x[n]'s column matrix, which chunk t
+    of T builds in col[t] (x4[n] itself when ``direct``). With fewer samples than chunks (an
+    inference plan at batch 1, conv2d_plan), the samples go one at a time, each one's output
+    columns split T ways (chunk t builds and multiplies its columns alone). Each chunk's body
+    is compiled apart (a call per chunk): inlined into the parallel loop, it compiled 2x
+    slower."""
+    N, _, _, L = y4.shape
+    split = N < T
+    for m in range(N if split else 1):
+        for t in prange(T):
+            n0 = m if split else t * N // T
+            n1 = m + 1 if split else (t + 1) * N // T
+            l0 = t * L // T if split else 0
+            l1 = (t + 1) * L // T if split else L
+            _forward_chunk(x, x4, w3, b, col[t], y4, n0, n1, l0, l1, P, Q, geo, direct, relu)
+
+
+@cpu_serial
+def _backward_chunk(x, x4, w3, gy4, col, part, gx, gx4, n0, n1, P, Q, geo, direct, want_gx):
+    """_backward_chunks' samples n0..n1, one thread's share; part: its partial."""
+    _, G, Kg, L = gy4.shape
+    J = part.shape[2]
+    for n in range(n0, n1):
+        if not direct:
+            _columns(x[n], col.reshape(col.size), P, Q, geo, 0, L)
+        src = x4[n] if direct else col
+        for g in range(G):  # part[g] (+)= gy4[n, g] @ src[g]^T
+            gemm(False, True, Kg, J, L, gy4[n, g].reshape(Kg * L), L, src[g].reshape(J * L), L,
+                 0 if n == n0 else 1, part[g].reshape(Kg * J), J)
+        if want_gx:
+            dst = gx4[n] if direct else col
+            for g in range(G):  # dst[g] = w3[g]^T @ gy4[n, g]
+                gemm(True, False, J, L, Kg, w3[g].reshape(Kg * J), J, gy4[n, g].reshape(Kg * L), L, 0,
+                     dst[g].reshape(J * L), L)
             if not direct:
-                _im2col(x[n], col[t].reshape(col[t].size), P, Q, geo)
-            src = x4[n] if direct else col[t]
-            for g in range(G):  # y4[n, g] = w3[g] @ src[g]
-                gemm(False, False, Kg, L, J, w3[g].reshape(Kg * J), J, src[g].reshape(J * L), L, 0,
-                     y4[n, g].reshape(Kg * L), L)
-            if b.size:
-                for g in range(G):
-                    for k in range(Kg):
-                        bk = b[g * Kg + k]
-                        for i in range(L):
-                            y4[n, g, k, i] += bk
+                _col2im(col.reshape(col.size), gx[n], P, Q, geo)
 
 
 @cpu_kernel
@@ -77,24 +125,11 @@ def _backward_chunks(x, x4, w3, gy4, col, part, gx, gx4, P, Q, geo, direct, want
     """part[t, g] = the sum over chunk t of the samples of gy4[n, g] @ xcol[n, g]^T, and (when
     ``want_gx``) gx[n] = col2im(w3^T @ gy4[n]); col[t] holds one sample's column matrix at a
     time, rebuilt from x here rather than kept from the forward (``direct``: x4 and gx4)."""
-    N, G, Kg, L = gy4.shape
-    T, _, _, J = part.shape
+    N = gy4.shape[0]
+    T = part.shape[0]
     for t in prange(T):
-        n0, n1 = t * N // T, (t + 1) * N // T
-        for n in range(n0, n1):
-            if not direct:
-                _im2col(x[n], col[t].reshape(col[t].size), P, Q, geo)
-            src = x4[n] if direct else col[t]
-            for g in range(G):  # part[t, g] (+)= gy4[n, g] @ src[g]^T
-                gemm(False, True, Kg, J, L, gy4[n, g].reshape(Kg * L), L, src[g].reshape(J * L), L,
-                     0 if n == n0 else 1, part[t, g].reshape(Kg * J), J)
-            if want_gx:
-                dst = gx4[n] if direct else col[t]
-                for g in range(G):  # dst[g] = w3[g]^T @ gy4[n, g]
-                    gemm(True, False, J, L, Kg, w3[g].reshape(Kg * J), J, gy4[n, g].reshape(Kg * L), L, 0,
-                         dst[g].reshape(J * L), L)
-                if not direct:
-                    _col2im(col[t].reshape(col[t].size), gx[n], P, Q, geo)
+        _backward_chunk(x, x4, w3, gy4, col[t], part[t], gx, gx4, t * N // T, (t + 1) * N // T, P, Q, geo,
+                        direct, want_gx)
 
 
 def _per_group(a: np.ndarray, G: int, L: int) -> np.ndarray:
@@ -103,15 +138,16 @@ def _per_group(a: np.ndarray, G: int, L: int) -> np.ndarray:
 
 
 def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray | None,
-                   geo: Geometry, chunks: int) -> None:
-    """y = conv2d(x, w) + b (b empty: no bias), in ``chunks`` chunks of the batch. ``col``
-    (chunks, C*R*S, P*Q) is scratch, one column matrix per chunk; None on the direct (1x1) path."""
+                   geo: Geometry, chunks: int, relu: bool = False) -> None:
+    """y = conv2d(x, w) + b (b empty: no bias), in ``chunks`` chunks of the batch, then
+    relu'd when ``relu``. ``col`` (chunks, C*R*S, P*Q) is scratch, one column matrix per
+    chunk; None on the direct (1x1) path."""
     G = geo[0]
     N, K, P, Q = y.shape
     x4 = _per_group(x, G, x.shape[2] * x.shape[3])
     with single_thread_blas:
         _forward_batch(x, x4, w.reshape(G, K // G, -1), b, x4 if col is None else _per_group(col, G, P * Q),
-                             _per_group(y, G, P * Q), chunks, P, Q, geo, col is None)
+                             _per_group(y, G, P * Q), chunks, P, Q, geo, col is None, relu)
 
 
 def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
@@ -132,6 +168,17 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
         reduce_partials(part, gw.reshape(K, J), gy.reshape(N, K, P * Q), gb, 0)
 
 
+# Fewest multiply-adds for which an inference im2col convolution at a batch smaller than the
+# thread count splits each sample's output columns over the threads (each thread builds its
+# columns of the column matrix and multiplies them); chunks otherwise hold whole samples, so
+# batch 1 ran on one thread. Batch 1, 2 threads, interleaved runs, medians (us, split against
+# whole): 1x1 16->4 at 64x64 (262k) 26 / 27; 1x1 16->16 at 64x64 (1M) 52 / 107; 1x1 16->64 at
+# 32x32 (1M) 64 / 89; 1x1 64->64 at 32x32 (4.2M) 121 / 167; 3x3 4->8 at 128x128 (4.7M) 273 /
+# 474; 3x3 32->32 at 16x16 (2.4M) 105 / 169 and at 32x32 (9.4M) 307 / 487. (A batch-1 model
+# whose values are all under PARALLEL_MIN runs on one thread anyway: the executor's rule.)
+SPLIT_MIN_MACS = 1 << 20
+
+
 def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry,
                 backward: bool, dtype: Any) -> Conv2dPlan:
     """The path (conv2d_plan.cpu_path) and scratch for an (N, C, H, W) ``dtype`` input giving
@@ -142,7 +189,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
     N, C, H, W = x_shape
     K, P, Q = y_shape[1:]
     G, R, S = geo[:3]
-    T = batch_chunks(N)
+    T, T_SPLIT = batch_chunks(N), batch_chunks(1 << 30)
     path = cpu_path(name, x_shape, y_shape, geo, dtype)
     if path == "winograd1d":
         from .conv1d_winograd_cpu import scratch1d
@@ -171,6 +218,8 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
         forward = [((N if backward else T, *image), None), ((R, S, C, K), None), ((T, B, J), None), ((T, B, K), None)]
         back = [((K, R, S, C), None), ((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
         return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=1 if backward else 0)  # xp
+    if not backward and N < T_SPLIT and K * (C // G) * R * S * P * Q >= SPLIT_MIN_MACS:
+        T = T_SPLIT  # inference at a batch below the thread count: each sample's columns split
     col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
     return Conv2dPlan(path, geo, y_shape, T, col, (((T, K, C // G * R * S), None), *col))
 
@@ -185,10 +234,22 @@ def _direct(geo: Geometry, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -
 
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan,
-                   scratch: tuple) -> tuple:
+                   scratch: tuple, relu: bool = False) -> tuple:
     """y = conv2d(x, w) + b (b empty: no bias) on ``plan``'s path, with the arrays its
-    ``forward_scratch`` describes. Returns what the backward needs besides x: the path that
-    ran (Winograd gives way to im2col when x or w holds NaN or Inf) and its kept arrays."""
+    ``forward_scratch`` describes, then relu'd in place when ``relu`` (inference's fused
+    conv + relu: the column paths apply it as they write y). Returns what the backward needs
+    besides x: the path that ran (Winograd gives way to im2col when x or w holds NaN or Inf)
+    and its kept arrays."""
+    kept = _forward_path(x, w, b, y, plan, scratch, relu)
+    if relu and kept[0] not in ("im2col", "pixel"):
+        from .relu_cpu import relu_forward
+
+        relu_forward(y.reshape(-1), y.reshape(-1))
+    return kept
+
+
+def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan,
+                  scratch: tuple, relu: bool) -> tuple:
     geo = plan.geo
     if plan.path == "winograd":
         from .conv2d_winograd_cpu import conv2d_forward_wino
@@ -198,27 +259,28 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
         if conv2d_forward_wino(x, w, b, y, U, xp, V, M, pix, lanes, nonfinite, (geo[7], geo[8]), plan.tiles,
                                plan.weights):
             return ("winograd",)
-        return _im2col_again(x, w, b, y, plan)
+        return _im2col_again(x, w, b, y, plan, relu)
     if plan.path == "winograd1d":
         from .conv1d_winograd_cpu import conv1d_forward_wino
 
         if conv1d_forward_wino(x, w, b, y, *scratch, geo[8], plan.tiles):
             return ("winograd1d",)
-        return _im2col_again(x, w, b, y, plan)
+        return _im2col_again(x, w, b, y, plan, relu)
     if plan.path == "pixel":
         xp, wt, colt, yt = scratch
-        pixel_forward(x, w, b, y, xp, wt, colt, yt, geo)
+        pixel_forward(x, w, b, y, xp, wt, colt, yt, geo, relu)
         return "pixel", xp
-    _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks)
+    _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks, relu)
     return ("im2col",)
 
 
-def _im2col_again(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan) -> tuple:
+def _im2col_again(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan,
+                  relu: bool) -> tuple:
     # NaN or Inf in x or w on a Winograd path: its transforms spread them over whole tiles;
     # recompute where PyTorch puts them (conv2d_winograd_cpu), with scratch of its own (a rare case).
     geo = plan.geo
     col = None if _direct(geo, x.shape, y.shape) else np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)
-    _im2col_forward(x, w, b, y, col, geo, plan.chunks)
+    _im2col_forward(x, w, b, y, col, geo, plan.chunks, relu)
     return ("im2col",)
 
 

@@ -70,10 +70,11 @@ def _weights_to(w, dst, rsck):
 
 
 @cpu_kernel
-def _forward_pixels(x, w, wt, b, xp, colt, yt, y, P, Q, geo):
+def _forward_pixels(x, w, wt, b, xp, colt, yt, y, P, Q, geo, relu):
     """y[n] = conv2d(x[n], w) + b through pixel-major column blocks; scratch wt (R*S*C, K)
     for the weights, and per chunk t: colt[t] (block rows, R*S*C), yt[t] (block rows, K); xp
-    (padded HWC images) has one per chunk, or one per sample (N of them: kept for the backward)."""
+    (padded HWC images) has one per chunk, or one per sample (N of them: kept for the backward).
+    ``relu``: y = max(y, 0) as relu computes it (NaN kept), as the block is written out."""
     pt, pl = geo[7], geo[8]
     N, K = y.shape[0], y.shape[1]
     T, B, J = colt.shape
@@ -89,10 +90,12 @@ def _forward_pixels(x, w, wt, b, xp, colt, yt, y, P, Q, geo):
                 lb = min(L, la + B)
                 _rows(xpn, cf, Q, geo, la, lb, False)
                 gemm(False, False, lb - la, K, J, cf, J, wt.reshape(J * K), K, 0, ytf, K)
+                zero = yn.dtype.type(0)
                 for k in range(K):
-                    bk = b[k] if b.size else yn.dtype.type(0)
+                    bk = b[k] if b.size else zero
                     for l in range(la, lb):
-                        yn[k, l] = yt[t, l - la, k] + bk
+                        v = yt[t, l - la, k] + bk
+                        yn[k, l] = zero if relu and v <= zero else v
 
 
 @cpu_kernel
@@ -138,13 +141,13 @@ def pixel_block(L: int, J: int) -> int:
 
 
 def pixel_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, xp: np.ndarray,
-                       wt: np.ndarray, colt: np.ndarray, yt: np.ndarray, geo: Geometry) -> None:
-    """y = conv2d(x, w) + b on the pixel-major path (groups 1). Scratch: ``xp`` (T or N,
+                       wt: np.ndarray, colt: np.ndarray, yt: np.ndarray, geo: Geometry, relu: bool = False) -> None:
+    """y = conv2d(x, w) + b on the pixel-major path (groups 1), relu'd when ``relu``. Scratch: ``xp`` (T or N,
     padded H, padded W, C; N: kept for the backward), ``wt`` (R, S, C, K) for the weights in
     column order, and per chunk of the batch ``colt`` (T, B, C*R*S) and ``yt`` (T, B, K),
     B = pixel_block(...)."""
     with single_thread_blas:
-        _forward_pixels(x, w, wt, b, xp, colt, yt, y, y.shape[2], y.shape[3], geo)
+        _forward_pixels(x, w, wt, b, xp, colt, yt, y, y.shape[2], y.shape[3], geo, relu)
 
 
 def pixel_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,

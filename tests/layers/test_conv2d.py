@@ -256,6 +256,69 @@ def test_conv2d_float64_takes_im2col_unless_forced(monkeypatch):
     np.testing.assert_allclose(y32, y64, rtol=0, atol=1e-5 * np.abs(y64).max())
 
 
+@pytest.mark.parametrize("cfg,C", [(dict(out_channels=64, kernel_size=1), 16),  # x is its column matrix
+                                   (dict(out_channels=32, kernel_size=3, stride=2, padding=1), 32),
+                                   (dict(out_channels=32, kernel_size=3, padding=1, groups=2), 12),
+                                   (dict(out_channels=32, kernel_size=(3, 2), dilation=2, padding=(1, 2, 0, 3)), 5)])
+def test_conv2d_batch_1_inference_splits_columns_over_threads(cfg, C, monkeypatch):
+    # Inference below the thread count (batch 1) splits each sample's output columns, one
+    # share per thread (its columns of the column matrix, then its columns of the product),
+    # from SPLIT_MIN_MACS on; training keeps whole samples per chunk (a chunk without samples would leave its
+    # weight-gradient partial unwritten). The split forward is the training forward's values.
+    import numba
+
+    from numbacnn.layers import conv2d_cpu
+
+    threads = numba.get_num_threads()
+    if threads < 2:
+        pytest.skip("one Numba thread: nothing to split over")
+    g = nc.Graph()
+    g.output(g.relu(g.conv2d(g.input((C, 48, 45)), name="c", **cfg), name="r"))
+    model = nc.Model(g, seed=1)
+    layer = model.graph.nodes["c"].obj
+    out = (1, *layer._output_shape_2d((C, 48, 45)))
+    macs = np.prod(out) * C // layer.groups * np.prod(layer.kernel)
+    assert macs >= conv2d_cpu.SPLIT_MIN_MACS
+    with conv2d_cpu.force_path("im2col"):
+        plan = conv2d_cpu.conv2d_plan("c", (1, C, 48, 45), out, layer._geometry(), False, "float32")
+        assert plan.chunks == threads
+        assert conv2d_cpu.conv2d_plan("c", (1, C, 48, 45), out, layer._geometry(), True, "float32").chunks == 1
+        x = np.random.default_rng(2).standard_normal((1, C, 48, 45)).astype(np.float32)
+        x[0, 0, 5, 7] = np.nan
+        train = model.forward(x, training=True)
+        ran = []
+        original = conv2d_cpu._im2col_forward
+        monkeypatch.setattr(conv2d_cpu, "_im2col_forward", lambda *a: ran.append(a[6]) or original(*a))
+        y = model.forward(x)
+    assert ran == [threads]  # the model's own plan split (its values are past PARALLEL_MIN: not one thread)
+    np.testing.assert_allclose(y, train, rtol=2e-6, atol=2e-6)
+    assert np.array_equal(np.isnan(y), np.isnan(train)) and np.isnan(y).any()
+    ref = _torch_like(x.astype(np.float64), model, cfg)
+    np.testing.assert_allclose(np.nan_to_num(y, nan=-1), np.nan_to_num(ref, nan=-1), rtol=1e-4, atol=1e-4)
+
+
+def _torch_like(x, model, cfg):
+    """relu(conv2d(x) + b) by loops over taps in float64, written independently of the kernels."""
+    layer = model.graph.nodes["c"].obj
+    w, b = model.params["c.weight"].astype(np.float64), model.params["c.bias"].astype(np.float64)
+    pt, pb, pl, pr = layer.pads
+    (sh, sw), (dh, dw), G = layer.stride, layer.dilation, layer.groups
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    K, Cg, R, S = w.shape
+    _, P, Q = layer._output_shape_2d(tuple(x.shape[1:]))
+    y = np.zeros((x.shape[0], K, P, Q))
+    for g in range(G):
+        ks, cs = slice(g * (K // G), (g + 1) * (K // G)), slice(g * Cg, (g + 1) * Cg)
+        for r in range(R):
+            for s in range(S):
+                tap = xp[:, cs, r * dh:r * dh + sh * (P - 1) + 1:sh, s * dw:s * dw + sw * (Q - 1) + 1:sw]
+                with np.errstate(invalid="ignore"):
+                    y[:, ks] += np.einsum("ncpq,kc->nkpq", tap, w[ks, :, r, s])
+    y += b[None, :, None, None]
+    with np.errstate(invalid="ignore"):
+        return np.where(y <= 0, 0, y)
+
+
 @pytest.mark.parametrize("cfg,shape", [(dict(out_channels=32, kernel_size=3, padding=1), (2, 48, 9, 10)),
                                        (dict(out_channels=24, kernel_size=5, padding=2), (2, 16, 16, 17))])
 def test_conv2d_cpu_winograd_float32_error(cfg, shape):

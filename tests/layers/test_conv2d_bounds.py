@@ -5,13 +5,15 @@ Each geometry runs down the path the layer picks, then forced down the pixel-maj
 Winograd paths where they apply (as test_conv2d.py forces them), sometimes with blocks of a
 few pixels or tile rows so the block edges are crossed. Forward, input, weight and bias
 gradients are checked against per-tap NumPy loops (float64), and inference (one padded image
-per chunk of the batch instead of per sample) against the training forward.
+per chunk of the batch instead of per sample; at batch 1 each sample's columns split over the
+threads) against the training forward.
 """
 
 import numpy as np
 import pytest
 
 import numbacnn as nc
+from numbacnn import executor
 from numbacnn.layers import _conv_columns, conv2d_cpu, conv2d_pixel_cpu, conv2d_winograd_cpu
 from numbacnn.testing import run_fenced
 
@@ -73,6 +75,29 @@ def test_valid_ranges_stay_inside_the_row():
         assert 0 <= lo <= hi <= n_out, (n_out, size, stride, offset, lo, hi)
         inside = [i for i in range(n_out) if 0 <= i * stride + offset < size]
         assert list(range(lo, hi)) == inside, (n_out, size, stride, offset, lo, hi)
+
+
+def test_im2col_cols_writes_its_window_of_im2col_and_nothing_else():
+    # One thread's share of a split sample: every row's columns [l0, l1) as im2col has them,
+    # every other entry untouched (NaN here), on random geometries and windows.
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        cfg, shape = _geometries(1, int(rng.integers(1 << 30)))[0]
+        layer = Conv2d(**cfg)
+        C, H, W = shape[1:]
+        _, P, Q = layer.output_shape(shape[1:])
+        geo = layer._geometry()
+        xn = rng.standard_normal((C, H, W))
+        rows = C * geo[1] * geo[2]
+        whole = np.full(rows * P * Q, np.nan)
+        _conv_columns.im2col(xn, whole, P, Q, geo)
+        l0 = int(rng.integers(0, P * Q + 1))
+        l1 = int(rng.integers(l0, P * Q + 1))
+        part = np.full(rows * P * Q, np.nan)
+        _conv_columns.im2col_cols(xn, part, P, Q, geo, l0, l1)
+        want = np.full((rows, P * Q), np.nan)
+        want[:, l0:l1] = whole.reshape(rows, P * Q)[:, l0:l1]
+        np.testing.assert_array_equal(part.reshape(rows, P * Q), want, err_msg=f"{cfg} {shape} [{l0}, {l1})")
 
 
 def _geometries(count, seed):
@@ -158,6 +183,10 @@ def test_conv2d_random_geometries_fenced(i, monkeypatch):
     layer = Conv2d(**cfg)
     for path in _paths(layer, shape):
         with monkeypatch.context() as mp:
+            # Inference below the thread count splits each sample's columns (any size here;
+            # a batch-1 model of small values otherwise runs on one thread: no split)
+            mp.setattr(conv2d_cpu, "SPLIT_MIN_MACS", 0)
+            mp.setattr(executor, "PARALLEL_MIN", 0)
             if path == "pixel-major":
                 mp.setenv("NUMBACNN_CONV2D_PATH", "pixel")
                 if rng.random() < 0.5:  # blocks of a few output pixels: block edges mid-row
