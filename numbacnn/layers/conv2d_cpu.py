@@ -96,7 +96,8 @@ def _forward_batch(x, x4, w3, b, col, y4, T, P, Q, geo, direct, relu):
             n1 = m + 1 if split else (t + 1) * N // T
             l0 = t * L // T if split else 0
             l1 = (t + 1) * L // T if split else L
-            _forward_chunk(x, x4, w3, b, col[t], y4, n0, n1, l0, l1, P, Q, geo, direct, relu)
+            # direct: col is x4 itself (unused), which has fewer than T samples when split
+            _forward_chunk(x, x4, w3, b, col[0] if direct else col[t], y4, n0, n1, l0, l1, P, Q, geo, direct, relu)
 
 
 @cpu_serial
@@ -168,10 +169,10 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
         reduce_partials(part, gw.reshape(K, J), gy.reshape(N, K, P * Q), gb, 0)
 
 
-# Fewest multiply-adds for which an inference im2col convolution at a batch smaller than the
-# thread count splits each sample's output columns over the threads (each thread builds its
-# columns of the column matrix and multiplies them); chunks otherwise hold whole samples, so
-# batch 1 ran on one thread. Batch 1, 2 threads, interleaved runs, medians (us, split against
+# Fewest multiply-adds for which an inference convolution at a batch smaller than the thread
+# count splits each sample over the threads: im2col its output columns (each thread builds its
+# columns of the column matrix and multiplies them), Winograd its tile rows (split_rows);
+# chunks otherwise hold whole samples, so batch 1 ran on one thread. Batch 1, 2 threads, interleaved runs, medians (us, split against
 # whole): 1x1 16->4 at 64x64 (262k) 26 / 27; 1x1 16->16 at 64x64 (1M) 52 / 107; 1x1 16->64 at
 # 32x32 (1M) 64 / 89; 1x1 64->64 at 32x32 (4.2M) 121 / 167; 3x3 4->8 at 128x128 (4.7M) 273 /
 # 474; 3x3 32->32 at 16x16 (2.4M) 105 / 169 and at 32x32 (9.4M) 307 / 487. (A batch-1 model
@@ -189,8 +190,11 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
     N, C, H, W = x_shape
     K, P, Q = y_shape[1:]
     G, R, S = geo[:3]
-    T, T_SPLIT = batch_chunks(N), batch_chunks(1 << 30)
+    T, threads = batch_chunks(N), batch_chunks(1 << 30)
     path = cpu_path(name, x_shape, y_shape, geo, dtype)
+    if (path in ("im2col", "winograd") and not backward and N < threads
+            and K * (C // G) * R * S * P * Q >= SPLIT_MIN_MACS):
+        T = threads  # inference at a batch below the thread count: each sample split (the kernels)
     if path == "winograd1d":
         from .conv1d_winograd_cpu import scratch1d
 
@@ -218,8 +222,6 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
         forward = [((N if backward else T, *image), None), ((R, S, C, K), None), ((T, B, J), None), ((T, B, K), None)]
         back = [((K, R, S, C), None), ((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
         return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=1 if backward else 0)  # xp
-    if not backward and N < T_SPLIT and K * (C // G) * R * S * P * Q >= SPLIT_MIN_MACS:
-        T = T_SPLIT  # inference at a batch below the thread count: each sample's columns split
     col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
     return Conv2dPlan(path, geo, y_shape, T, col, (((T, K, C // G * R * S), None), *col))
 
