@@ -61,45 +61,47 @@ def test_add_cuda():
     check_layer(nc.get_layer("add")(), [(2, 2, 3, 3)] * 3, add_ref, cuda=True, threads=False)
 
 
-@pytest.mark.parametrize("size", [1, 1000, "min-1", "min", "min+7"])
-def test_add_kernel_both_sides_of_parallel_min(size):
-    # Serial below PARALLEL_MIN elements, parallel from there: exact sums either way, NaN and
-    # the infinities as NumPy has them, and the output may be the first input.
+def _operands(size):
+    """Two float32 vectors of ``size`` (an int, or "min", "min-1", "min+7" around PARALLEL_MIN)
+    holding NaN, both infinities, inf + -inf and -0.0 + -0.0 where they are long enough."""
     from numbacnn._threads import PARALLEL_MIN
-    from numbacnn.layers import add_cpu
 
     n = size if isinstance(size, int) else PARALLEL_MIN + int(size[3:] or 0)
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
-    if n >= 3:
-        a[[n // 2, n // 3, n - 1]] = [np.nan, np.inf, np.inf]
-        b[n - 1] = -np.inf
-    with np.errstate(invalid="ignore"):  # inf + -inf
-        want = a + b
-    y = np.full(n, 7.0, np.float32)
-    add_cpu.add_forward(a, b, y)
-    np.testing.assert_array_equal(y, want)
-    add_cpu.add_forward(a, b, a)
-    np.testing.assert_array_equal(a, want)
-
-
-@pytest.mark.parametrize("size", [1, 1000, "min-1", "min", "min+7"])
-def test_add_relu_kernel_both_sides_of_parallel_min(size):
-    # Inference's fused add + relu: relu's rule on a + b (NaN kept, -0.0 and negatives to +0),
-    # serial below PARALLEL_MIN elements and parallel from there; the output may be a.
-    from numbacnn._threads import PARALLEL_MIN
-    from numbacnn.layers import add_cpu
-
-    n = size if isinstance(size, int) else PARALLEL_MIN + int(size[3:] or 0)
-    rng = np.random.default_rng(1)
-    a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
     if n >= 4:
         a[[n // 2, n // 3, n - 1, n - 2]] = [np.nan, np.inf, np.inf, -0.0]
         b[[n - 1, n - 2]] = [-np.inf, -0.0]
-    with np.errstate(invalid="ignore"):
-        s = a + b
+    with np.errstate(invalid="ignore"):  # inf + -inf
+        return a, b, a + b
+
+
+SIZES = [1, 1000, "min-1", "min", "min+7"]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_add_kernel_both_sides_of_parallel_min(size):
+    # Serial below PARALLEL_MIN elements, parallel from there: exact sums either way, NaN and
+    # the infinities as NumPy has them, and the output may be the first input.
+    from numbacnn.layers import add_cpu
+
+    a, b, want = _operands(size)
+    y = np.full(a.size, 7.0, np.float32)
+    add_cpu.add_forward(a, b, y)
+    np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))
+    add_cpu.add_forward(a, b, a)
+    np.testing.assert_array_equal(a.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_add_relu_kernel_both_sides_of_parallel_min(size):
+    # Inference's fused add + relu: relu's rule on a + b (NaN kept, -0.0 and negatives to +0),
+    # serial below PARALLEL_MIN elements and parallel from there; the output may be a.
+    from numbacnn.layers import add_cpu
+
+    a, b, s = _operands(size)
     want = np.where(s <= 0, np.float32(0), s)  # NaN <= 0 is False: NaN stays
-    y = np.full(n, 7.0, np.float32)
+    y = np.full(a.size, 7.0, np.float32)
     add_cpu.add_relu_forward(a, b, y)
     np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))
     add_cpu.add_relu_forward(a, b, a)
