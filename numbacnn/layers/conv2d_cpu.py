@@ -40,7 +40,7 @@ import numpy as np
 from .._blas import gemm
 from .._jit import cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
-from ._conv_columns import col2im as _col2im, im2col_cols as _im2col_cols
+from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_cols as _im2col_cols
 from .conv2d_hwc_cpu import reduce_partials
 from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_forward
 from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path  # noqa: F401 (force_path: documented here)
@@ -53,7 +53,10 @@ __all__ = ["conv2d_plan", "conv2d_forward", "conv2d_backward"]
 @cpu_serial
 def _columns(xn, cf, P, Q, geo, l0, l1):
     """Columns l0..l1 of xn's column matrix into cf (compiled once, called by the kernels below)."""
-    _im2col_cols(xn, cf, P, Q, geo, l0, l1)
+    if l0 == 0 and l1 == P * Q:
+        _im2col(xn, cf, P, Q, geo)
+    else:
+        _im2col_cols(xn, cf, P, Q, geo, l0, l1)
 
 
 @cpu_serial
@@ -70,14 +73,21 @@ def _forward_chunk(x, x4, w3, b, col, y4, n0, n1, l0, l1, P, Q, geo, direct, rel
         for g in range(G):  # y4[n, g][:, l0:l1] = w3[g] @ src[g][:, l0:l1]
             gemm(False, False, Kg, l1 - l0, J, w3[g].reshape(Kg * J), J, src[g].reshape(J * L)[l0:], L, 0,
                  y4[n, g].reshape(Kg * L)[l0:], L)
-        if b.size or relu:
-            zero = y4.dtype.type(0)
+        # The choices outside the loops: each loop stays one plain pass for LLVM to vectorise.
+        zero = y4.dtype.type(0)
+        if relu:  # + 0 where there is no bias: -0.0 becomes 0, which relu gives anyway
             for g in range(G):
                 for k in range(Kg):
                     bk = b[g * Kg + k] if b.size else zero
                     for i in range(l0, l1):
-                        v = y4[n, g, k, i] + bk if b.size else y4[n, g, k, i]
-                        y4[n, g, k, i] = zero if relu and v <= zero else v
+                        v = y4[n, g, k, i] + bk
+                        y4[n, g, k, i] = zero if v <= zero else v
+        elif b.size:
+            for g in range(G):
+                for k in range(Kg):
+                    bk = b[g * Kg + k]
+                    for i in range(l0, l1):
+                        y4[n, g, k, i] += bk
 
 
 @cpu_kernel
@@ -89,15 +99,14 @@ def _forward_batch(x, x4, w3, b, col, y4, T, P, Q, geo, direct, relu):
     is compiled apart (a call per chunk): inlined into the parallel loop, it compiled 2x
     slower."""
     N, _, _, L = y4.shape
-    split = N < T
-    for m in range(N if split else 1):
+    if N >= T:
         for t in prange(T):
-            n0 = m if split else t * N // T
-            n1 = m + 1 if split else (t + 1) * N // T
-            l0 = t * L // T if split else 0
-            l1 = (t + 1) * L // T if split else L
-            # direct: col is x4 itself (unused), which has fewer than T samples when split
-            _forward_chunk(x, x4, w3, b, col[0] if direct else col[t], y4, n0, n1, l0, l1, P, Q, geo, direct, relu)
+            _forward_chunk(x, x4, w3, b, col[t], y4, t * N // T, (t + 1) * N // T, 0, L, P, Q, geo, direct, relu)
+    else:  # one loop with the choice inside ran the batch's 1.5x slower (network3's conv1)
+        for n in range(N):
+            for t in prange(T):  # direct: col is x4 itself (unused), fewer than T samples
+                _forward_chunk(x, x4, w3, b, col[0] if direct else col[t], y4, n, n + 1, t * L // T, (t + 1) * L // T,
+                               P, Q, geo, direct, relu)
 
 
 @cpu_serial
@@ -169,10 +178,11 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
         reduce_partials(part, gw.reshape(K, J), gy.reshape(N, K, P * Q), gb, 0)
 
 
-# Fewest multiply-adds for which an inference convolution at a batch smaller than the thread
-# count splits each sample over the threads: im2col its output columns (each thread builds its
-# columns of the column matrix and multiplies them), Winograd its tile rows (split_rows);
-# chunks otherwise hold whole samples, so batch 1 ran on one thread. Batch 1, 2 threads, interleaved runs, medians (us, split against
+# Fewest multiply-adds for which an inference im2col convolution at a batch smaller than the
+# thread count splits each sample's output columns over the threads (each thread builds its
+# columns of the column matrix and multiplies them); chunks otherwise hold whole samples, so
+# batch 1 ran on one thread. (Winograd's tile rows split the same way gave 1.15-1.4x at batch
+# 1, but the split's loop around the parallel one slowed the batch kernels; not kept.) Batch 1, 2 threads, interleaved runs, medians (us, split against
 # whole): 1x1 16->4 at 64x64 (262k) 26 / 27; 1x1 16->16 at 64x64 (1M) 52 / 107; 1x1 16->64 at
 # 32x32 (1M) 64 / 89; 1x1 64->64 at 32x32 (4.2M) 121 / 167; 3x3 4->8 at 128x128 (4.7M) 273 /
 # 474; 3x3 32->32 at 16x16 (2.4M) 105 / 169 and at 32x32 (9.4M) 307 / 487. (A batch-1 model
@@ -192,7 +202,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
     G, R, S = geo[:3]
     T, threads = batch_chunks(N), batch_chunks(1 << 30)
     path = cpu_path(name, x_shape, y_shape, geo, dtype)
-    if (path in ("im2col", "winograd") and not backward and N < threads
+    if (path == "im2col" and not backward and N < threads
             and K * (C // G) * R * S * P * Q >= SPLIT_MIN_MACS):
         T = threads  # inference at a batch below the thread count: each sample split (the kernels)
     if path == "winograd1d":

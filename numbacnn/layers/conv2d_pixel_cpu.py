@@ -93,9 +93,13 @@ def _forward_pixels(x, w, wt, b, xp, colt, yt, y, P, Q, geo, relu):
                 zero = yn.dtype.type(0)
                 for k in range(K):
                     bk = b[k] if b.size else zero
-                    for l in range(la, lb):
-                        v = yt[t, l - la, k] + bk
-                        yn[k, l] = zero if relu and v <= zero else v
+                    if relu:  # apart from the plain copy, which then stays free of the choice
+                        for l in range(la, lb):
+                            v = yt[t, l - la, k] + bk
+                            yn[k, l] = zero if v <= zero else v
+                    else:
+                        for l in range(la, lb):
+                            yn[k, l] = yt[t, l - la, k] + bk
 
 
 @cpu_kernel

@@ -26,7 +26,7 @@ from .._jit import REASSOC, cpu_kernel, prange
 from .conv2d_hwc_cpu import bias_sum, from_hwc, to_hwc
 from .conv2d_winograd5_tiles import (LANES_SCRATCH5, g8, gt8, input_tiles5, input_tiles5_grad, ld8, output_tiles5,
                                      output_tiles5_grad)
-from .conv2d_winograd_tiles import group_rows, plane_size, split_rows
+from .conv2d_winograd_tiles import group_rows, plane_size
 from .conv2d_winograd_weights import WEIGHT_RUN, store_block, sum_chunks
 
 @cpu_kernel
@@ -61,32 +61,28 @@ def winograd_weights5(w, U, c, transposed):
 def conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c, nonfinite):
     """y[n] = conv2d(x[n]) + b, a 5x5 kernel at stride 1. Scratch per chunk t of the batch: V[t],
     M[t] and R[t] (pix is not used); xp[t]: chunk t's padded HWC image, each sample's in turn. tr: tile rows per block; past a sample's th, a block holds
-    tr // th samples. With fewer samples than chunks, each sample's tile rows are split
-    (split_rows). nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
+    tr // th samples. nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
     N, K, P, Q = y.shape
     C = x.shape[1]
     T = V.shape[0]
     th, tw = (P + 3) // 4, (Q + 3) // 4
-    split = N < T  # fewer samples than chunks: each sample's tile rows split T ways (split_rows)
-    g = 1 if split else max(1, tr // th)
-    for m in range(N if split else 1):
-        for t in prange(T):
-            bad = 0
-            n0, n1, r0, r1 = split_rows(N, T, th, t, m, split)
-            for nb in range(n0, n1, g):
-                ne = min(n1, nb + g)
-                for i0 in range(r0, r1, tr):
-                    i1 = min(r1, i0 + tr)
-                    nt = (ne - nb) * (i1 - i0) * tw
-                    for n in range(nb, ne):
-                        if i0 == r0:
-                            to_hwc(x[n], xp[t], pt, pl)
-                        input_tiles5(xp[t], V[t], R[t], i0, i1, (n - nb) * th, tw, c)
-                    for e in range(64):
-                        gemm(False, False, nt, K, C, V[t, e], C, U[0, e], K, 0, M[t, e], K)
-                    for n in range(nb, ne):
-                        bad += output_tiles5(M[t], y[n], b, R[t], i0, i1, (n - nb) * th, c)
-            nonfinite[t] = bad + (nonfinite[t] if m else 0)
+    g = max(1, tr // th)
+    for t in prange(T):
+        bad = 0
+        for nb in range(t * N // T, (t + 1) * N // T, g):
+            ne = min((t + 1) * N // T, nb + g)
+            for i0 in range(0, th, tr):
+                i1 = min(th, i0 + tr)
+                nt = (ne - nb) * (i1 - i0) * tw
+                for n in range(nb, ne):
+                    if i0 == 0:
+                        to_hwc(x[n], xp[t], pt, pl)
+                    input_tiles5(xp[t], V[t], R[t], i0, i1, (n - nb) * th, tw, c)
+                for e in range(64):
+                    gemm(False, False, nt, K, C, V[t, e], C, U[0, e], K, 0, M[t, e], K)
+                for n in range(nb, ne):
+                    bad += output_tiles5(M[t], y[n], b, R[t], i0, i1, (n - nb) * th, c)
+        nonfinite[t] = bad
 
 
 @cpu_kernel

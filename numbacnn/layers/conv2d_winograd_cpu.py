@@ -62,7 +62,7 @@ from .conv2d_winograd5_cpu import (conv2d_backward_winograd5, conv2d_forward_win
                                    winograd_weights5)
 from .conv2d_winograd5_tiles import consts5
 from .conv2d_winograd_tiles import (LANES_SCRATCH, group_rows, input_tiles, input_tiles_grad, output_tiles,
-                                    output_tiles_grad, plane_size, split_rows)
+                                    output_tiles_grad, plane_size)
 from .conv2d_winograd_weights import winograd_reduce, winograd_weights
 
 # Tile block: the transformed input and output of a block (36 * tiles * (C + K) values) stay
@@ -86,46 +86,41 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, non
     """y[n] = conv2d(x[n]) + b, stride 1, as the sum of the 3x3 sub-kernels' convolutions of
     shifted tiles (``ns`` of them per row). Scratch per chunk t of the batch: V[t], M[t], pix[t]
     and R[t] (``scratch``); xp[t]: chunk t's padded HWC image, each sample's in turn. tr: tile rows per block; past a sample's th, a block holds tr // th samples
-    (``scratch``). With fewer samples than chunks (an inference plan at batch 1), each
-    sample's tile rows are split (split_rows). nonfinite[t] = how many of chunk t's outputs
-    are NaN or +-Inf."""
+    (``scratch``). nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
     N, K, P, Q = y.shape
     T = V.shape[0]
     J = U.shape[2] // K
     nsub = J // x.shape[1]
     th, tw = (P + 3) // 4, (Q + 3) // 4
     L = P * Q
-    split = N < T  # fewer samples than chunks: each sample's tile rows split T ways (split_rows)
-    g = 1 if split else max(1, tr // th)
-    for m in range(N if split else 1):
-        for t in prange(T):
-            bad = 0
-            n0, n1, r0, r1 = split_rows(N, T, th, t, m, split)
-            for nb in range(n0, n1, g):
-                ne = min(n1, nb + g)
-                for i0 in range(r0, r1, tr):
-                    i1 = min(r1, i0 + tr)
-                    nt = (ne - nb) * (i1 - i0) * tw
-                    for n in range(nb, ne):
-                        if i0 == r0:
-                            to_hwc(x[n], xp[t], pt, pl)
-                        for sub in range(nsub):
-                            input_tiles(xp[t], V[t], R[t], i0, i1, (n - nb) * th, tw, sub, ns, nsub, c)
-                    for e in range(36):
-                        gemm(False, False, nt, K, J, V[t, e], J, U[0, e], K, 0, M[t, e], K)
-                    la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
-                    for n in range(nb, ne):
-                        rn = (n - nb) * th
-                        output_tiles(M[t], pix[t], R[t], i0, i1, rn, P, Q, c)
-                        yn = y[n].reshape(K, L)
-                        o = 4 * rn * Q - la
-                        for k in range(K):
-                            bk = b[k] if b.size else yn.dtype.type(0)
-                            for l in range(la, lb):
-                                v = pix[t, o + l, k] + bk
-                                yn[k, l] = v
-                                bad += np.int64(v - v != 0)  # NaN or +-Inf: v - v is 0 for the rest
-            nonfinite[t] = bad + (nonfinite[t] if m else 0)
+    g = max(1, tr // th)
+    for t in prange(T):
+        bad = 0
+        for nb in range(t * N // T, (t + 1) * N // T, g):
+            ne = min((t + 1) * N // T, nb + g)
+            for i0 in range(0, th, tr):
+                i1 = min(th, i0 + tr)
+                nt = (ne - nb) * (i1 - i0) * tw
+                for n in range(nb, ne):
+                    if i0 == 0:
+                        to_hwc(x[n], xp[t], pt, pl)
+                    for sub in range(nsub):
+                        input_tiles(xp[t], V[t], R[t], i0, i1, (n - nb) * th, tw, sub, ns, nsub, c)
+                for e in range(36):
+                    gemm(False, False, nt, K, J, V[t, e], J, U[0, e], K, 0, M[t, e], K)
+                la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
+                for n in range(nb, ne):
+                    r0 = (n - nb) * th
+                    output_tiles(M[t], pix[t], R[t], i0, i1, r0, P, Q, c)
+                    yn = y[n].reshape(K, L)
+                    o = 4 * r0 * Q - la
+                    for k in range(K):
+                        bk = b[k] if b.size else yn.dtype.type(0)
+                        for l in range(la, lb):
+                            v = pix[t, o + l, k] + bk
+                            yn[k, l] = v
+                            bad += np.int64(v - v != 0)  # NaN or +-Inf: v - v is 0 for the rest
+        nonfinite[t] = bad
 
 
 @cpu_kernel

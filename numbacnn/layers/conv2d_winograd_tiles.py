@@ -38,16 +38,6 @@ def group_rows(tr: int, th: int, N: int, T: int) -> int:
     return -(-th // -(-th // tr))
 
 
-@cpu_inline
-def split_rows(N, T, th, t, m, split):
-    """Chunk t's samples [n0, n1) and tile rows [r0, r1) of each: a share of the batch, whole
-    samples; or, with fewer samples than chunks (``split``: an inference plan at batch 1), a
-    share of sample m's th tile rows (each chunk pads the sample into its own image)."""
-    if split:
-        return m, m + 1, t * th // T, (t + 1) * th // T
-    return t * N // T, (t + 1) * N // T, 0, th
-
-
 # The 1-D transforms of F(4, 3) and the transposes the backward needs. ``c`` holds the
 # constants in the arrays' dtype: (2, 4, 5, 8) for B and A, (1/4, 1/6, 1/12, 1/24) for G.
 @cpu_inline

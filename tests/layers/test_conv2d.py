@@ -260,20 +260,16 @@ def test_conv2d_float64_takes_im2col_unless_forced(monkeypatch):
     ("im2col", dict(out_channels=64, kernel_size=1), 16),  # x is its own column matrix
     ("im2col", dict(out_channels=32, kernel_size=3, stride=2, padding=1), 32),
     ("im2col", dict(out_channels=32, kernel_size=3, padding=1, groups=2), 12),
-    ("im2col", dict(out_channels=32, kernel_size=(3, 2), dilation=2, padding=(1, 2, 0, 3)), 5),
-    ("winograd", dict(out_channels=32, kernel_size=3, padding=1), 16),  # 12 tile rows, uneven blocks
-    ("winograd", dict(out_channels=32, kernel_size=(4, 3), padding=(1, 2, 0, 1)), 16),  # two sub-kernels
-    ("winograd", dict(out_channels=32, kernel_size=5, padding=2), 8)])  # F(4x4, 5x5)
+    ("im2col", dict(out_channels=32, kernel_size=(3, 2), dilation=2, padding=(1, 2, 0, 3)), 5)])
 def test_conv2d_batch_1_inference_splits_over_threads(path, cfg, C, monkeypatch):
-    # Inference below the thread count (batch 1) splits each sample from SPLIT_MIN_MACS on:
-    # im2col its output columns, one share per thread (its columns of the column matrix, then
-    # of the product), Winograd its tile rows; training keeps whole samples per chunk (a
-    # chunk without samples would leave its weight-gradient partial unwritten). The split
-    # forward is the training forward's values (Winograd's rounding apart) and a float64
-    # reference's.
+    # Inference below the thread count (batch 1) splits each sample's output columns from
+    # SPLIT_MIN_MACS on, one share per thread (its columns of the column matrix, then of the
+    # product); training keeps whole samples per chunk (a chunk without samples would leave
+    # its weight-gradient partial unwritten). The split forward is the training forward's
+    # values and a float64 reference's, NaN where PyTorch puts it.
     import numba
 
-    from numbacnn.layers import conv2d_cpu, conv2d_winograd_cpu
+    from numbacnn.layers import conv2d_cpu
 
     threads = numba.get_num_threads()
     if threads < 2:
@@ -292,23 +288,16 @@ def test_conv2d_batch_1_inference_splits_over_threads(path, cfg, C, monkeypatch)
         x = np.random.default_rng(2).standard_normal((1, C, 48, 45)).astype(np.float32)
         train = model.forward(x, training=True)
         ran = []
-        if path == "im2col":
-            original = conv2d_cpu._im2col_forward
-            monkeypatch.setattr(conv2d_cpu, "_im2col_forward", lambda *a: ran.append(a[6]) or original(*a))
-        else:
-            wino = conv2d_winograd_cpu.conv2d_forward_wino
-            monkeypatch.setattr(conv2d_winograd_cpu, "conv2d_forward_wino",
-                                lambda *a: ran.append(a[6].shape[0]) or wino(*a))
+        original = conv2d_cpu._im2col_forward
+        monkeypatch.setattr(conv2d_cpu, "_im2col_forward", lambda *a: ran.append(a[6]) or original(*a))
         y = model.forward(x)
     assert ran == [threads]  # the model's own plan split (its values are past PARALLEL_MIN: not one thread)
-    tol = 2e-6 if path == "im2col" else 5e-5
-    np.testing.assert_allclose(y, train, rtol=tol, atol=tol)
+    np.testing.assert_allclose(y, train, rtol=2e-6, atol=2e-6)
     np.testing.assert_allclose(y, _torch_like(x.astype(np.float64), model, cfg), rtol=1e-4, atol=1e-4)
-    if path == "im2col":  # NaN lands where PyTorch puts it (Winograd hands NaN to im2col)
-        x[0, 0, 5, 7] = np.nan
-        y = model.forward(x)
-        ref = _torch_like(x.astype(np.float64), model, cfg)
-        assert np.array_equal(np.isnan(y), np.isnan(ref)) and np.isnan(y).any()
+    x[0, 0, 5, 7] = np.nan
+    y = model.forward(x)
+    ref = _torch_like(x.astype(np.float64), model, cfg)
+    assert np.array_equal(np.isnan(y), np.isnan(ref)) and np.isnan(y).any()
 
 
 def _torch_like(x, model, cfg):
