@@ -266,7 +266,7 @@ def _warm_model(name: str, dtype: str, device: str, item: WarmupItem) -> None:
 
 def _train_and_infer(model: Any, device: str, classify: bool = True) -> None:
     """A training step and an evaluation as ``numbacnn train`` runs them; then inference to
-    the host and a backward that wants the input gradient."""
+    the host, at batch 1 too, and a backward that wants the input gradient."""
     from . import optim
     from .train import Trainer
 
@@ -277,6 +277,7 @@ def _train_and_infer(model: Any, device: str, classify: bool = True) -> None:
     trainer = Trainer(model, optim.SGD(model, 0.01, momentum=0.9), loss="cross_entropy" if classify else "mse")
     trainer.fit(x, y, epochs=1, batch_size=2, validation_data=(x, y), verbose=0)
     trainer.predict(x)
+    model.forward(x[:1])  # batch 1: conv2d's plans may split each sample over the threads
     out = model.forward(x, training=True)
     model.backward(np.ones_like(out))
 

@@ -51,24 +51,22 @@ __all__ = ["conv2d_plan", "conv2d_forward", "conv2d_backward"]
 
 
 @cpu_serial
-def _columns(xn, cf, P, Q, geo, l0, l1):
-    """Columns l0..l1 of xn's column matrix into cf (compiled once, called by the kernels below)."""
-    if l0 == 0 and l1 == P * Q:
-        _im2col(xn, cf, P, Q, geo)
-    else:
-        _im2col_cols(xn, cf, P, Q, geo, l0, l1)
+def _columns(xn, cf, P, Q, geo):
+    """xn's column matrix into cf (compiled once, called by the kernels below)."""
+    _im2col(xn, cf, P, Q, geo)
 
 
 @cpu_serial
-def _forward_chunk(x, x4, w3, b, col, y4, n0, n1, l0, l1, P, Q, geo, direct, relu):
-    """Output columns l0..l1 of samples n0..n1, one thread's share of _forward_batch, through
-    its own column matrix col (those columns of it); ``relu``: y = max(y, 0) as relu computes
-    it (NaN kept), while the output is in cache."""
+def _forward_chunk(x, x4, w3, b, col, y4, n0, n1, l0, l1, P, Q, geo, direct, relu, build):
+    """Output columns l0..l1 of samples n0..n1, one thread's share of _forward_batch or
+    _forward_split, through its own column matrix col (built here for each sample when
+    ``build``, else by the caller); ``relu``: y = max(y, 0) as relu computes it (NaN kept),
+    while the output is in cache."""
     _, G, Kg, L = y4.shape
     J = w3.shape[2]
     for n in range(n0, n1):
-        if not direct:
-            _columns(x[n], col.reshape(col.size), P, Q, geo, l0, l1)
+        if build and not direct:
+            _columns(x[n], col.reshape(col.size), P, Q, geo)
         src = x4[n] if direct else col
         for g in range(G):  # y4[n, g][:, l0:l1] = w3[g] @ src[g][:, l0:l1]
             gemm(False, False, Kg, l1 - l0, J, w3[g].reshape(Kg * J), J, src[g].reshape(J * L)[l0:], L, 0,
@@ -93,20 +91,35 @@ def _forward_chunk(x, x4, w3, b, col, y4, n0, n1, l0, l1, P, Q, geo, direct, rel
 @cpu_kernel
 def _forward_batch(x, x4, w3, b, col, y4, T, P, Q, geo, direct, relu):
     """y4[n, g] = w3[g] @ xcol[n, g] (+ b), xcol[n] being x[n]'s column matrix, which chunk t
-    of T builds in col[t] (x4[n] itself when ``direct``). With fewer samples than chunks (an
-    inference plan at batch 1, conv2d_plan), the samples go one at a time, each one's output
-    columns split T ways (chunk t builds and multiplies its columns alone). Each chunk's body
-    is compiled apart (a call per chunk): inlined into the parallel loop, it compiled 2x
-    slower."""
+    of T builds in col[t] (x4[n] itself when ``direct``). Each chunk's body is compiled apart
+    (a call per chunk): inlined into the parallel loop, it compiled 2x slower."""
     N, _, _, L = y4.shape
-    if N >= T:
+    for t in prange(T):
+        _forward_chunk(x, x4, w3, b, col[t], y4, t * N // T, (t + 1) * N // T, 0, L, P, Q, geo, direct, relu, True)
+
+
+@cpu_serial
+def _window(xn, cf, P, Q, geo, l0, l1):
+    """Columns l0..l1 of xn's column matrix into cf."""
+    _im2col_cols(xn, cf, P, Q, geo, l0, l1)
+
+
+@cpu_kernel
+def _forward_split(x, x4, w3, b, col, y4, T, P, Q, geo, direct, relu):
+    """_forward_batch for fewer samples than chunks (an inference plan at batch 1,
+    conv2d_plan): the samples one at a time, each one's output columns split T ways, chunk t
+    building its columns of the column matrix in col[t] and multiplying them. A kernel of its
+    own: only batch-1 inference compiles it (one loop for both cases ran the batch's 1.5x
+    slower, and compiled more for every model)."""
+    N, _, _, L = y4.shape
+    for n in range(N):
         for t in prange(T):
-            _forward_chunk(x, x4, w3, b, col[t], y4, t * N // T, (t + 1) * N // T, 0, L, P, Q, geo, direct, relu)
-    else:  # one loop with the choice inside ran the batch's 1.5x slower (network3's conv1)
-        for n in range(N):
-            for t in prange(T):  # direct: col is x4 itself (unused), fewer than T samples
-                _forward_chunk(x, x4, w3, b, col[0] if direct else col[t], y4, n, n + 1, t * L // T, (t + 1) * L // T,
-                               P, Q, geo, direct, relu)
+            l0, l1 = t * L // T, (t + 1) * L // T
+            if not direct:
+                _window(x[n], col[t].reshape(col[t].size), P, Q, geo, l0, l1)
+            # direct: col is x4 itself (unused), which has fewer than T samples
+            _forward_chunk(x, x4, w3, b, col[0] if direct else col[t], y4, n, n + 1, l0, l1, P, Q, geo, direct, relu,
+                           False)
 
 
 @cpu_serial
@@ -116,7 +129,7 @@ def _backward_chunk(x, x4, w3, gy4, col, part, gx, gx4, n0, n1, P, Q, geo, direc
     J = part.shape[2]
     for n in range(n0, n1):
         if not direct:
-            _columns(x[n], col.reshape(col.size), P, Q, geo, 0, L)
+            _columns(x[n], col.reshape(col.size), P, Q, geo)
         src = x4[n] if direct else col
         for g in range(G):  # part[g] (+)= gy4[n, g] @ src[g]^T
             gemm(False, True, Kg, J, L, gy4[n, g].reshape(Kg * L), L, src[g].reshape(J * L), L,
@@ -155,9 +168,10 @@ def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, 
     G = geo[0]
     N, K, P, Q = y.shape
     x4 = _per_group(x, G, x.shape[2] * x.shape[3])
+    kernel = _forward_split if N < chunks else _forward_batch
     with single_thread_blas:
-        _forward_batch(x, x4, w.reshape(G, K // G, -1), b, x4 if col is None else _per_group(col, G, P * Q),
-                             _per_group(y, G, P * Q), chunks, P, Q, geo, col is None, relu)
+        kernel(x, x4, w.reshape(G, K // G, -1), b, x4 if col is None else _per_group(col, G, P * Q),
+               _per_group(y, G, P * Q), chunks, P, Q, geo, col is None, relu)
 
 
 def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
