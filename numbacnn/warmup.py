@@ -249,9 +249,8 @@ def _warm_optimizer(name: str, dtype: str, device: str, item: WarmupItem) -> Non
 
 
 def _warm_model(name: str, dtype: str, device: str, item: WarmupItem) -> None:
-    from . import zoo
-
     import inspect
+    from . import zoo
 
     # image-to-image models (no classes) train on mean squared error, as 'numbacnn train' does
     classify = "num_classes" in inspect.signature(zoo.MODELS[name]).parameters
@@ -265,8 +264,8 @@ def _warm_model(name: str, dtype: str, device: str, item: WarmupItem) -> None:
 
 
 def _train_and_infer(model: Any, device: str, classify: bool = True) -> None:
-    """A training step and an evaluation as ``numbacnn train`` runs them; then inference to
-    the host, at batch 1 too, and a backward that wants the input gradient."""
+    """A training step and an evaluation as ``numbacnn train`` runs them, inference to the
+    host (batch 1 too), and a backward that wants the input gradient."""
     from . import optim
     from .train import Trainer
 

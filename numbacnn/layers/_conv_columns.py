@@ -23,7 +23,7 @@ import numpy as np
 
 from .._jit import cpu_inline
 
-__all__ = ["valid", "im2col", "im2col_cols", "col2im", "phase_shape", "split_phases", "merge_phases", "im2col_phases",
+__all__ = ["valid", "im2col", "im2col_rows", "col2im", "phase_shape", "split_phases", "merge_phases", "im2col_phases",
            "col2im_phases"]
 
 
@@ -44,6 +44,14 @@ def valid(n_out, size, stride, offset):
 @cpu_inline
 def im2col(xn, cf, P, Q, geo):
     """cf[((c*R + r)*S + s)*P*Q + p*Q + q] = xn[c, p*sh + r*dh - pt, q*sw + s*dw - pl], or 0."""
+    im2col_rows(xn, cf, P, Q, geo, 0, P)
+
+
+@cpu_inline
+def im2col_rows(xn, cf, P, Q, geo, pa, pb):
+    """im2col's columns of output rows p in [pa, pb) only (columns pa*Q to pb*Q of every
+    row); the other entries of cf are left as they were. One thread's share when a sample's
+    output is split."""
     _, R, S, sh, sw, dh, dw, pt, pl = geo
     C, H, W = xn.shape
     zero = xn.dtype.type(0)
@@ -55,7 +63,7 @@ def im2col(xn, cf, P, Q, geo):
                 off = s * dw - pl
                 q0, q1 = valid(Q, W, sw, off)
                 row = np.uint64(((c * R + r) * S + s) * P * Q)
-                for p in range(P):
+                for p in range(pa, pb):
                     o = row + np.uint64(p * Q)
                     lo, hi = (q0, q1) if p >= p0 and p < p1 else (Q, Q)  # [lo, hi) copied, rest 0
                     for q in range(lo):
@@ -70,45 +78,6 @@ def im2col(xn, cf, P, Q, geo):
                             for i in range(hi - lo):
                                 cf[dst + np.uint64(i)] = xf[src + np.uint64(i * sw)]
                     for q in range(hi, Q):
-                        cf[o + np.uint64(q)] = zero
-
-
-@cpu_inline
-def im2col_cols(xn, cf, P, Q, geo, l0, l1):
-    """im2col's columns l = p*Q + q in [l0, l1) only (every row's); the other entries of cf
-    are left as they were. One thread's share when a sample's columns are split. im2col keeps
-    its own loop: the window's bounds per row cost it 10-15% on short rows (network3's conv1,
-    25 rows of 24-column runs per output row, forward 0.50 against 0.44 ms at batch 64)."""
-    _, R, S, sh, sw, dh, dw, pt, pl = geo
-    C, H, W = xn.shape
-    zero = xn.dtype.type(0)
-    xf = xn.reshape(xn.size)
-    pa, pb = l0 // Q, (l1 + Q - 1) // Q  # the output rows the window touches
-    for c in range(C):
-        for r in range(R):
-            p0, p1 = valid(P, H, sh, r * dh - pt)
-            for s in range(S):
-                off = s * dw - pl
-                q0, q1 = valid(Q, W, sw, off)
-                row = np.uint64(((c * R + r) * S + s) * P * Q)
-                for p in range(pa, pb):
-                    o = row + np.uint64(p * Q)
-                    ca, cb = max(l0 - p * Q, 0), min(l1 - p * Q, Q)  # the window's columns of this row
-                    lo, hi = (q0, q1) if p >= p0 and p < p1 else (Q, Q)  # [lo, hi) copied, rest 0
-                    lo = min(max(lo, ca), cb)
-                    hi = max(min(hi, cb), lo)
-                    for q in range(ca, lo):
-                        cf[o + np.uint64(q)] = zero
-                    if hi > lo:
-                        src = np.uint64((c * H + p * sh + r * dh - pt) * W + lo * sw + off)
-                        dst = o + np.uint64(lo)
-                        if sw == 1:  # the common case: a contiguous, vectorised copy
-                            for i in range(hi - lo):
-                                cf[dst + np.uint64(i)] = xf[src + np.uint64(i)]
-                        else:
-                            for i in range(hi - lo):
-                                cf[dst + np.uint64(i)] = xf[src + np.uint64(i * sw)]
-                    for q in range(hi, cb):
                         cf[o + np.uint64(q)] = zero
 
 

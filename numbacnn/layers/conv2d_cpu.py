@@ -40,7 +40,7 @@ import numpy as np
 from .._blas import gemm
 from .._jit import cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
-from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_cols as _im2col_cols
+from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_rows as _im2col_rows
 from .conv2d_hwc_cpu import reduce_partials
 from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_forward
 from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path  # noqa: F401 (force_path: documented here)
@@ -99,24 +99,25 @@ def _forward_batch(x, x4, w3, b, col, y4, T, P, Q, geo, direct, relu):
 
 
 @cpu_serial
-def _window(xn, cf, P, Q, geo, l0, l1):
-    """Columns l0..l1 of xn's column matrix into cf."""
-    _im2col_cols(xn, cf, P, Q, geo, l0, l1)
+def _window(xn, cf, P, Q, geo, pa, pb):
+    """The columns of output rows pa..pb of xn's column matrix into cf."""
+    _im2col_rows(xn, cf, P, Q, geo, pa, pb)
 
 
 @cpu_kernel
 def _forward_split(x, x4, w3, b, col, y4, T, P, Q, geo, direct, relu):
     """_forward_batch for fewer samples than chunks (an inference plan at batch 1,
-    conv2d_plan): the samples one at a time, each one's output columns split T ways, chunk t
-    building its columns of the column matrix in col[t] and multiplying them. A kernel of its
+    conv2d_plan): the samples one at a time, each one's output rows split T ways, chunk t
+    building their columns of the column matrix in col[t] and multiplying them. A kernel of its
     own: only batch-1 inference compiles it (one loop for both cases ran the batch's 1.5x
     slower, and compiled more for every model)."""
     N, _, _, L = y4.shape
     for n in range(N):
         for t in prange(T):
-            l0, l1 = t * L // T, (t + 1) * L // T
+            pa, pb = t * P // T, (t + 1) * P // T
+            l0, l1 = pa * Q, pb * Q
             if not direct:
-                _window(x[n], col[t].reshape(col[t].size), P, Q, geo, l0, l1)
+                _window(x[n], col[t].reshape(col[t].size), P, Q, geo, pa, pb)
             # direct: col is x4 itself (unused), which has fewer than T samples
             _forward_chunk(x, x4, w3, b, col[0] if direct else col[t], y4, n, n + 1, l0, l1, P, Q, geo, direct, relu,
                            False)
@@ -193,7 +194,7 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
 
 
 # Fewest multiply-adds for which an inference im2col convolution at a batch smaller than the
-# thread count splits each sample's output columns over the threads (each thread builds its
+# thread count splits each sample's output rows over the threads (each thread builds their
 # columns of the column matrix and multiplies them); chunks otherwise hold whole samples, so
 # batch 1 ran on one thread. (Winograd's tile rows split the same way gave 1.15-1.4x at batch
 # 1, but the split's loop around the parallel one slowed the batch kernels; not kept.) Batch 1, 2 threads, interleaved runs, medians (us, split against

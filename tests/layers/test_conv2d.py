@@ -262,8 +262,8 @@ def test_conv2d_float64_takes_im2col_unless_forced(monkeypatch):
     ("im2col", dict(out_channels=32, kernel_size=3, padding=1, groups=2), 12),
     ("im2col", dict(out_channels=32, kernel_size=(3, 2), dilation=2, padding=(1, 2, 0, 3)), 5)])
 def test_conv2d_batch_1_inference_splits_over_threads(path, cfg, C, monkeypatch):
-    # Inference below the thread count (batch 1) splits each sample's output columns from
-    # SPLIT_MIN_MACS on, one share per thread (its columns of the column matrix, then of the
+    # Inference below the thread count (batch 1) splits each sample's output rows from
+    # SPLIT_MIN_MACS on, one share per thread (their columns of the column matrix, then of the
     # product); training keeps whole samples per chunk (a chunk without samples would leave
     # its weight-gradient partial unwritten). The split forward is the training forward's
     # values and a float64 reference's, NaN where PyTorch puts it.

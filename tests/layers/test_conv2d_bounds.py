@@ -77,9 +77,9 @@ def test_valid_ranges_stay_inside_the_row():
         assert list(range(lo, hi)) == inside, (n_out, size, stride, offset, lo, hi)
 
 
-def test_im2col_cols_writes_its_window_of_im2col_and_nothing_else():
-    # One thread's share of a split sample: every row's columns [l0, l1) as im2col has them,
-    # every other entry untouched (NaN here), on random geometries and windows.
+def test_im2col_rows_writes_its_rows_of_im2col_and_nothing_else():
+    # One thread's share of a split sample: the columns of output rows [pa, pb) as im2col has
+    # them, every other entry untouched (NaN here), on random geometries and row ranges.
     rng = np.random.default_rng(3)
     for _ in range(60):
         cfg, shape = _geometries(1, int(rng.integers(1 << 30)))[0]
@@ -91,13 +91,14 @@ def test_im2col_cols_writes_its_window_of_im2col_and_nothing_else():
         rows = C * geo[1] * geo[2]
         whole = np.full(rows * P * Q, np.nan)
         _conv_columns.im2col(xn, whole, P, Q, geo)
-        l0 = int(rng.integers(0, P * Q + 1))
-        l1 = int(rng.integers(l0, P * Q + 1))
+        pa = int(rng.integers(0, P + 1))
+        pb = int(rng.integers(pa, P + 1))
         part = np.full(rows * P * Q, np.nan)
-        _conv_columns.im2col_cols(xn, part, P, Q, geo, l0, l1)
+        _conv_columns.im2col_rows(xn, part, P, Q, geo, pa, pb)
         want = np.full((rows, P * Q), np.nan)
-        want[:, l0:l1] = whole.reshape(rows, P * Q)[:, l0:l1]
-        np.testing.assert_array_equal(part.reshape(rows, P * Q), want, err_msg=f"{cfg} {shape} [{l0}, {l1})")
+        want[:, pa * Q:pb * Q] = whole.reshape(rows, P * Q)[:, pa * Q:pb * Q]
+        np.testing.assert_array_equal(part.reshape(rows, P * Q), want, err_msg=f"{cfg} {shape} rows [{pa}, {pb})")
+        assert not np.isnan(whole).any()
 
 
 def _geometries(count, seed):
