@@ -196,12 +196,13 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
 # Fewest multiply-adds for which an inference im2col convolution at a batch smaller than the
 # thread count splits each sample's output rows over the threads (each thread builds their
 # columns of the column matrix and multiplies them); chunks otherwise hold whole samples, so
-# batch 1 ran on one thread. (Winograd's tile rows split the same way gave 1.15-1.4x at batch
-# 1, but the split's loop around the parallel one slowed the batch kernels; not kept.) Batch 1, 2 threads, interleaved runs, medians (us, split against
-# whole): 1x1 16->4 at 64x64 (262k) 26 / 27; 1x1 16->16 at 64x64 (1M) 52 / 107; 1x1 16->64 at
-# 32x32 (1M) 64 / 89; 1x1 64->64 at 32x32 (4.2M) 121 / 167; 3x3 4->8 at 128x128 (4.7M) 273 /
-# 474; 3x3 32->32 at 16x16 (2.4M) 105 / 169 and at 32x32 (9.4M) 307 / 487. (A batch-1 model
+# batch 1 ran on one thread. Batch 1, 2 threads, interleaved runs, medians (us, split against
+# whole): 1x1 16->4 at 64x64 (262k) 22 / 22; 1x1 16->16 at 64x64 (1M) 52 / 89; 1x1 16->64 at
+# 32x32 (1M) 49 / 76; 1x1 64->64 at 32x32 (4.2M) 109 / 158; 3x3 4->8 at 128x128 (4.7M) 268 /
+# 419; 3x3 32->32 at 16x16 (2.4M) 64 / 103 and at 32x32 (9.4M) 212 / 394. (A batch-1 model
 # whose values are all under PARALLEL_MIN runs on one thread anyway: the executor's rule.)
+# Winograd's tile rows split the same way gave 1.15-1.4x at batch 1, but with the split in
+# the same parallel loop the batch kernels slowed; not kept.
 SPLIT_MIN_MACS = 1 << 20
 
 
