@@ -93,6 +93,13 @@ def _record(out: str) -> None:
     for name in ("conv2d", "linear"):
         run(get_layer(name))
     del os.environ["NUMBACNN_CUBLAS"]
+    # add's fused relu twin: the executor fuses on the CPU only (numbacnn._fold), so call it here
+    from numba import cuda
+
+    from numbacnn.layers import add_cuda
+
+    ones = cuda.to_device(np.ones(8, np.float32))
+    add_cuda.add_relu_forward(ones, ones, cuda.device_array(8, np.float32))
     for loss in ("cross_entropy", "mse"):
         warmup._warm_loss(loss, "float32", "cuda", warmup.WarmupItem(loss, "float32", "cuda"))
     for opt in warmup.OPTIMIZERS:
