@@ -1,0 +1,63 @@
+"""conv2d's batch-1 inference split (conv2d_cpu._forward_split): each sample's output rows
+shared over the threads, against the training forward and a float64 reference by loops
+(test_conv2d_bounds.conv_ref)."""
+
+import numpy as np
+import pytest
+
+import numbacnn as nc
+from test_conv2d_bounds import conv_ref
+
+
+@pytest.mark.parametrize("cfg,C", [
+    (dict(out_channels=64, kernel_size=1), 16),  # x is its own column matrix
+    (dict(out_channels=32, kernel_size=3, stride=2, padding=1), 32),
+    (dict(out_channels=32, kernel_size=3, padding=1, groups=2), 12),
+    (dict(out_channels=32, kernel_size=(3, 2), dilation=2, padding=(1, 2, 0, 3)), 5)])
+def test_conv2d_batch_1_inference_splits_over_threads(cfg, C, monkeypatch):
+    # Inference below the thread count (batch 1) splits each sample's output rows from
+    # SPLIT_MIN_MACS on, one share per thread (their columns of the column matrix, then of the
+    # product); training keeps whole samples per chunk (a chunk without samples would leave
+    # its weight-gradient partial unwritten). The split forward is the training forward's
+    # values and a float64 reference's, NaN where PyTorch puts it.
+    import numba
+
+    from numbacnn.layers import conv2d_cpu
+
+    threads = numba.get_num_threads()
+    if threads < 2:
+        pytest.skip("one Numba thread: nothing to split over")
+    g = nc.Graph()
+    g.output(g.relu(g.conv2d(g.input((C, 48, 45)), name="c", **cfg), name="r"))
+    model = nc.Model(g, seed=1)
+    layer = model.graph.nodes["c"].obj
+    out = (1, *layer._output_shape_2d((C, 48, 45)))
+    macs = np.prod(out) * C // layer.groups * np.prod(layer.kernel)
+    assert macs >= conv2d_cpu.SPLIT_MIN_MACS
+    with conv2d_cpu.force_path("im2col"):
+        plan = conv2d_cpu.conv2d_plan("c", (1, C, 48, 45), out, layer._geometry(), False, "float32")
+        assert plan.chunks == threads
+        assert conv2d_cpu.conv2d_plan("c", (1, C, 48, 45), out, layer._geometry(), True, "float32").chunks == 1
+        x = np.random.default_rng(2).standard_normal((1, C, 48, 45)).astype(np.float32)
+        train = model.forward(x, training=True)
+        ran = []
+        original = conv2d_cpu._im2col_forward
+        monkeypatch.setattr(conv2d_cpu, "_im2col_forward", lambda *a: ran.append(a[6]) or original(*a))
+        y = model.forward(x)
+    assert ran == [threads]  # the model's own plan split (its values are past PARALLEL_MIN: not one thread)
+    np.testing.assert_allclose(y, train, rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(y, _reference(x.astype(np.float64), model), rtol=1e-4, atol=1e-4)
+    x[0, 0, 5, 7] = np.nan
+    y = model.forward(x)
+    ref = _reference(x.astype(np.float64), model)
+    assert np.array_equal(np.isnan(y), np.isnan(ref)) and np.isnan(y).any()
+
+
+def _reference(x, model):
+    """relu(conv2d(x) + b) in float64 by test_conv2d_bounds' per-tap loops."""
+    layer = model.graph.nodes["c"].obj
+    w, b = model.params["c.weight"].astype(np.float64), model.params["c.bias"].astype(np.float64)
+    cfg = layer.config | {"kernel_size": layer.kernel, "stride": layer.stride, "dilation": layer.dilation}
+    with np.errstate(invalid="ignore"):
+        y = conv_ref(x, w, b, np.zeros((x.shape[0], *layer.output_shape(x.shape[1:]))), cfg)[0]
+        return np.where(y <= 0, 0, y)
