@@ -7,7 +7,8 @@
 Ratios are read inside one run (never across runs): "x torch" is PyTorch's median time over
 numbacnn's (above 1: numbacnn is faster; for a training step it is the images/s ratio), "x
 NumPy" the same against the naive NumPy im2col + matmul, "GFLOP/s" numbacnn's achieved rate
-and "% peak" that rate over NumPy's float32 2048x2048 matmul in the same run. Rates count a
+and "% peak" that rate over NumPy's float32 2048x2048 matmul in the same run (a GPU row's over
+PyTorch's float32 8192x8192 matmul on that GPU, TF32 off). Rates count a
 direct convolution's multiply-adds, whatever the algorithm: Winograd convolutions do 2.8-4x
 fewer, so theirs can pass 100%. The "target"
 column checks the issue's goals. The plot needs matplotlib (``pip install numbacnn[bench]``).
@@ -47,6 +48,12 @@ TORCH_TARGETS += [(f"{m} train step", "N32", 1.2) for m in ZOO] + [(f"{m} infere
 # (kind, workload suffix, minimum x onnxruntime, label); at batch 1 "at most 2x its time".
 ORT_TARGETS = [(f"{m} inference", "N256", 1.0, ">=1.0x onnxruntime") for m in ZOO] + \
               [(f"{m} inference", " N1", 0.5, "<=2x onnxruntime's time") for m in ZOO]
+# Issue 18's GPU goals: (kind, workload suffix, minimum x torch), PyTorch on CUDA with cuDNN.
+GPU_TARGETS = [
+    ("network3 train step", "N64", 1.0),
+    ("network3 train step", "N10", 0.8),
+    ("conv2d forward+backward", "", 0.5),
+]
 MEMORY_TARGET = ("train", 1.0)  # a training step's own memory: at most PyTorch's
 # (kind, workload suffix, most seconds numbacnn may take): per-call costs.
 TIME_TARGETS = [("network3 inference", "N1", 0.15e-3)]
@@ -110,9 +117,9 @@ def _ratio(peer: float | None, ours: float | None) -> float | None:
     return None if peer is None or ours is None or ours <= 0 else peer / ours
 
 
-def ceiling(groups: dict) -> tuple[float | None, float | None]:
-    """GFLOP/s of NumPy's and PyTorch's matmul (cpu)."""
-    peers = next((v for (k, d, _), v in groups.items() if k == "matmul" and d == "cpu"), {})
+def ceiling(groups: dict, device: str = "cpu") -> tuple[float | None, float | None]:
+    """GFLOP/s of NumPy's and PyTorch's matmul on ``device`` (on "cuda" only PyTorch's runs)."""
+    peers = next((v for (k, d, _), v in groups.items() if k == "matmul" and d == device), {})
     rates = []
     for name in ("numpy", "torch"):
         b = peers.get(name)
@@ -125,6 +132,9 @@ def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
 
 
 def rows(groups: dict, peak: float | None) -> list[dict[str, Any]]:
+    """One dict per workload; "peak" is its GFLOP/s over ``peak`` (cpu) or over PyTorch's matmul
+    on the GPU in the same run (cuda)."""
+    gpu_peak = ceiling(groups, "cuda")[1]
     out = []
     for (kind, device, workload), peers in groups.items():
         if kind in ("matmul", "cold start", "memory"):
@@ -137,12 +147,15 @@ def rows(groups: dict, peak: float | None) -> list[dict[str, Any]]:
                         x_torch=_ratio(_median(peers.get("torch")), t_ours),
                         x_numpy=_ratio(_median(peers.get("numpy")), t_ours), gflops=gflops,
                         x_ort=_ratio(_median(peers.get("onnxruntime")), t_ours),
-                        peak=gflops / peak if gflops and peak and device == "cpu" else None,
+                        peak=_ratio(gflops, peak if device == "cpu" else gpu_peak) if gflops else None,
                         flops=ours["extra_info"]["flops"] if ours else 0, target=[]))
     for r in out:
         for kind, suffix, want in TORCH_TARGETS:
             if r["kind"] == kind and r["workload"].endswith(suffix) and r["device"] == "cpu":
                 r["target"].append(_check(r["x_torch"], want, f">={want}x torch"))
+        for kind, suffix, want in GPU_TARGETS:
+            if r["kind"] == kind and r["workload"].endswith(suffix) and r["device"] == "cuda":
+                r["target"].append(_check(r["x_torch"], want, f">={want}x torch (GPU)"))
         for kind, suffix, most in TIME_TARGETS:
             if r["kind"] == kind and r["workload"].endswith(suffix) and r["device"] == "cpu":
                 ok = "?" if r["ours"] is None else "ok" if r["ours"] <= most else "MISS"
@@ -187,6 +200,7 @@ def render(data: dict[str, Any], groups: dict) -> str:
         f"Machine ceiling: NumPy float32 2048x2048 matmul {_fmt(np_peak, '.1f')} GFLOP/s "
         f"(PyTorch {_fmt(torch_peak, '.1f')} GFLOP/s); times are the {STAT} of each benchmark's rounds; "
         "GFLOP/s count a direct convolution's work (Winograd does less, so it can pass 100%)",
+        *gpu_line(groups),
         _contention(data.get("other_cpu_share")),
         "",
         "| workload | device | numbacnn ms | PyTorch ms | naive NumPy ms | x torch | x NumPy | GFLOP/s | % peak | target |",
@@ -218,6 +232,14 @@ def render(data: dict[str, Any], groups: dict) -> str:
                 target = f"<={COLD_TARGET[1]:g} s: " + ("ok" if first <= COLD_TARGET[1] else "MISS")
             lines.append(f"| {name} | {first:.2f} | {whole:.2f} | {target} |")
     return "\n".join(lines)
+
+
+def gpu_line(groups: dict) -> list[str]:
+    """The GPU ceiling the cuda rows' "% peak" divides by, when the run had GPU rows."""
+    if not any(d == "cuda" for (_, d, _) in groups):
+        return []
+    return [f"GPU ceiling: PyTorch float32 8192x8192 matmul on CUDA (TF32 off) {_fmt(ceiling(groups, 'cuda')[1], '.0f')} "
+            "GFLOP/s; the cuda rows' % peak is over it"]
 
 
 def onnx_lines(groups: dict) -> list[str]:

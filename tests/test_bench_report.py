@@ -1,5 +1,6 @@
 """bench/report.py's whole-model tables, read off a hand-written pytest-benchmark JSON: the
-x onnxruntime targets, the memory table's ratio and target, the zoo train-step target."""
+x onnxruntime targets, the memory table's ratio and target, the zoo train-step target, the GPU
+rows' ceiling and targets."""
 
 import importlib.util
 import json
@@ -15,8 +16,8 @@ def _report():
     return mod
 
 
-def _bench(kind, workload, peer, median, **extra):
-    info = dict(kind=kind, device="cpu", workload=workload, peer=peer, batch=1, flops=0, threads=2, **extra)
+def _bench(kind, workload, peer, median, device="cpu", flops=0, **extra):
+    info = dict(kind=kind, device=device, workload=workload, peer=peer, batch=1, flops=flops, threads=2, **extra)
     return {"stats": {"median": median}, "extra_info": info}
 
 
@@ -68,3 +69,27 @@ def test_memory_table_compares_the_steps_own_memory(tmp_path):
         "| lenet5 inference 1x28x28 N32 | 10.0 | 40.0 | 0.25 | 180 | 420 |  |"
     assert "memory" not in _line(text, "| workload | device |")  # no timing row for the memory groups
     assert not [line for line in text.splitlines() if line.startswith("| memory ")]
+
+
+def test_gpu_rows_divide_by_the_gpu_matmul_and_get_issue_18s_targets(tmp_path):
+    gpu = lambda kind, workload, peer, median, flops=0: _bench(  # noqa: E731
+        kind, workload, peer, median, device="cuda", flops=flops)
+    text = _run(tmp_path, [
+        _bench("matmul", "float32 2048x2048", "numpy", 0.1, flops=1e10),  # 100 GFLOP/s on the CPU
+        gpu("matmul", "float32 8192x8192", "torch", 0.02, flops=1e12),  # 50,000 GFLOP/s on the GPU
+        _bench("conv2d forward+backward", "N8-16x28x28-K32-k5-p2", "numbacnn", 0.001, flops=5e7),
+        _bench("conv2d forward+backward", "N8-16x28x28-K32-k5-p2", "torch", 0.001),
+        gpu("conv2d forward+backward", "N8-16x28x28-K32-k5-p2", "numbacnn", 0.0001, flops=5e8),
+        gpu("conv2d forward+backward", "N8-16x28x28-K32-k5-p2", "torch", 0.00004),
+        gpu("network3 train step", "1x28x28 N64", "numbacnn", 0.0010),
+        gpu("network3 train step", "1x28x28 N64", "torch", 0.0011),
+        gpu("network3 train step", "1x28x28 N10", "numbacnn", 0.0010),
+        gpu("network3 train step", "1x28x28 N10", "torch", 0.0007),
+    ])
+    assert "GPU ceiling: PyTorch float32 8192x8192 matmul on CUDA (TF32 off) 50000 GFLOP/s" in text
+    # 5,000 GFLOP/s is 10% of the GPU's matmul; the CPU row's 50 GFLOP/s is 50% of NumPy's.
+    assert _line(text, "| conv2d forward+backward N8-16x28x28-K32-k5-p2 | cuda |").endswith(
+        "| 0.40 | - | 5000.0 | 10% | >=0.5x torch (GPU): MISS |")
+    assert "| 50.0 | 50% |" in _line(text, "| conv2d forward+backward N8-16x28x28-K32-k5-p2 | cpu |")
+    assert _line(text, "| network3 train step 1x28x28 N64 | cuda |").endswith(">=1.0x torch (GPU): ok |")
+    assert _line(text, "| network3 train step 1x28x28 N10 | cuda |").endswith("| 0.70 | - | - | - | >=0.8x torch (GPU): MISS |")
