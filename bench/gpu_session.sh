@@ -5,6 +5,8 @@
 #   2. every CUDA test with both on;
 #   3. the GPU rows with both off (the comparison);
 #   4. every CUDA test with both off, in what time is left.
+# STAGES picks and orders them (rows_on tests_on rows_off tests_off, the default); any other word
+# is a Python script run as a stage of its own (a probe), its output in $OUT/<name>.txt.
 # Usage, from the repository root on a machine with an NVIDIA GPU:
 #   OUT=/some/dir BUDGET=560 bash bench/gpu_session.sh
 # Reports and logs go to $OUT (default /tmp/numbacnn-gpu): session.txt (device, versions, each
@@ -20,6 +22,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/numbacnn-gpu}
 BUDGET=${BUDGET:-560}
+STAGES=${STAGES:-rows_on tests_on rows_off tests_off}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 log="$OUT/session.txt"
@@ -71,8 +74,15 @@ tests=(python3 -m pytest -m cuda tests plugins -n 8 --dist loadfile -q -rfE -p n
 on=(env NUMBACNN_CUDA_GRAPHS=1 NUMBACNN_CUBLAS=1)
 off=(env NUMBACNN_CUDA_GRAPHS=0 NUMBACNN_CUBLAS=0)
 
-stage "GPU rows, graphs and cuBLAS on" 200 gpu_report_on.txt "${on[@]}" python3 bench/report.py --json "$OUT/gpu_on.json" -- -m gpu
-stage "CUDA tests, graphs and cuBLAS on" 200 tests_on.txt "${on[@]}" "${tests[@]}"
-stage "GPU rows, both off" 120 gpu_report_off.txt "${off[@]}" python3 bench/report.py --json "$OUT/gpu_off.json" -- -m gpu
-stage "CUDA tests, both off" 200 tests_off.txt "${off[@]}" "${tests[@]}"
+for name in $STAGES; do
+    case $name in
+        rows_on) stage "GPU rows, graphs and cuBLAS on" 200 gpu_report_on.txt "${on[@]}" python3 bench/report.py \
+                     --json "$OUT/gpu_on.json" -- -m gpu ;;
+        tests_on) stage "CUDA tests, graphs and cuBLAS on" 200 tests_on.txt "${on[@]}" "${tests[@]}" ;;
+        rows_off) stage "GPU rows, both off" 120 gpu_report_off.txt "${off[@]}" python3 bench/report.py \
+                      --json "$OUT/gpu_off.json" -- -m gpu ;;
+        tests_off) stage "CUDA tests, both off" 200 tests_off.txt "${off[@]}" "${tests[@]}" ;;
+        *) stage "$name" 200 "$(basename "$name" .py).txt" python3 "$name" ;;  # a probe script
+    esac
+done
 cat "$log"

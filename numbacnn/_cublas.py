@@ -1,4 +1,4 @@
-"""cuBLAS's matrix product for the CUDA kernels, through CuPy's bindings (``NUMBACNN_CUBLAS=1``).
+"""cuBLAS's matrix product for the CUDA kernels (``NUMBACNN_CUBLAS=1``), called through ctypes.
 
 ``gemm(a, b, c, trans_a, trans_b, beta)``: ``c = op(a) @ op(b) + beta * c`` on 2-D C-contiguous
 numba device arrays (row slices of one included), float32 (SGEMM) or float64 (DGEMM), with
@@ -7,18 +7,23 @@ numba device arrays (row slices of one included), float32 (SGEMM) or float64 (DG
 (``_column_major``). The product runs on the stream the calling thread's launches go to (a
 CUDA graph's while one is captured, ``_jit.ROUTE``; else the default stream).
 
-Why: on an H200 cuBLAS's SGEMM through CuPy ran a 3x3 convolution's product (32768 x 64 x
-576) in 59 us, 41 TFLOP/s, where the implicit-GEMM kernels reach 1.2-2.0 TFLOP/s (README, GPU).
-It is opt-in until a GPU run of the tests and benchmarks confirms it; it needs CuPy (the
-``cupy-cuda12x`` or ``cupy-cuda13x`` wheel that matches the driver). Under Numba's simulator
+Why: on an H200 cuBLAS's SGEMM ran a 3x3 convolution's product (32768 x 64 x 576) in 59 us, 41
+TFLOP/s, where the implicit-GEMM kernels reach 1.2-2.0 TFLOP/s (README, GPU). The library is
+found by ``cuda.pathfinder`` (the ``nvidia-cublas`` wheels or a CUDA toolkit) and called with
+ctypes: CuPy's bindings, used first, refuse every call while a stream is being captured
+("calling cuBLAS API during stream capture is currently unsupported"), which kept every model
+with a convolution out of CUDA graphs on an H200. Each thread has its own handle with its own
+workspace (cublasSetWorkspace), so a captured product never allocates. Under Numba's simulator
 ``gemm`` computes the same column-major call with NumPy on the simulated arrays, so the
 argument mapping and every kernel around it are tested without a GPU.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -37,7 +42,23 @@ def enabled() -> bool:
     return os.environ.get(ENV, "0") == "1"
 
 
-@functools.cache  # asked at every product: CuPy's import is tried once per process
+@functools.cache  # asked at every product: the library is looked for once per process
+def _library() -> Any:
+    """libcublas, its functions typed; raises when it cannot be loaded."""
+    from cuda.pathfinder import load_nvidia_dynamic_lib
+
+    lib = ctypes.CDLL(load_nvidia_dynamic_lib("cublas").abs_path)
+    p, i = ctypes.c_void_p, ctypes.c_int
+    for name, args in (("cublasCreate_v2", [ctypes.POINTER(p)]), ("cublasSetStream_v2", [p, p]),
+                       ("cublasSetWorkspace_v2", [p, p, ctypes.c_size_t]),
+                       ("cublasSgemm_v2", [p, i, i, i, i, i, p, p, i, p, i, p, p, i]),
+                       ("cublasDgemm_v2", [p, i, i, i, i, i, p, p, i, p, i, p, p, i])):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, ctypes.c_int
+    return lib
+
+
+@functools.cache
 def unavailable_reason() -> str | None:
     """Why cuBLAS cannot be used here (None: it can; the simulator emulates it)."""
     from .device import is_simulator
@@ -45,11 +66,40 @@ def unavailable_reason() -> str | None:
     if is_simulator():
         return None
     try:
-        import cupy  # noqa: F401
-        from cupy_backends.cuda.libs import cublas  # noqa: F401
+        _library()
     except Exception as e:
-        return f"CuPy is not importable ({type(e).__name__}: {e}); install the cupy-cuda12x or cupy-cuda13x wheel"
+        return (f"the cuBLAS library could not be loaded ({type(e).__name__}: {e}); install the nvidia-cublas "
+                f"wheel matching the driver's CUDA (nvidia-cublas for CUDA 13, nvidia-cublas-cu12 for 12) or a "
+                f"CUDA toolkit")
     return None
+
+
+WORKSPACE = 32 << 20  # bytes per thread's handle: NVIDIA's advice for Hopper
+_local = threading.local()
+_WORKSPACES: list[Any] = []  # never freed: a graph captured on a thread that has ended still uses its one
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"cuBLAS {what} failed with status {status} (cublasStatus_t)")
+
+
+def _handle(lib: Any, stream: int) -> Any:
+    """This thread's handle, its stream set to ``stream`` (0: the legacy default stream)."""
+    handle = getattr(_local, "handle", None)
+    if handle is None:
+        from numba import cuda
+
+        handle = ctypes.c_void_p()
+        _check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
+        workspace = cuda.device_array(WORKSPACE, np.uint8)
+        _check(lib.cublasSetWorkspace_v2(handle, _pointer(workspace), WORKSPACE), "cublasSetWorkspace")
+        _WORKSPACES.append(workspace)
+        _local.handle, _local.stream = handle, None
+    if _local.stream != stream:
+        _check(lib.cublasSetStream_v2(handle, stream or None), "cublasSetStream")
+        _local.stream = stream
+    return handle
 
 
 def _column_major(a: Any, b: Any, c: Any, trans_a: bool, trans_b: bool) -> tuple[int, ...]:
@@ -87,33 +137,15 @@ def gemm(a: Any, b: Any, c: Any, trans_a: bool = False, trans_b: bool = False, b
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"{ENV}=1 asks for cuBLAS, but {reason}")
-    import cupy
-    from cupy_backends.cuda.libs import cublas
-
+    lib = _library()
     dtype = np.dtype(c.dtype)
-    handle = cupy.cuda.device.get_cublas_handle()
+    handle = _handle(lib, int(getattr(_jit.ROUTE, "stream", 0) or 0))
     keep = getattr(_jit.ROUTE, "record", None)
     if keep is not None:
         keep(lambda *arrays: None, a, b, c)  # a graph being captured points into them
-    product = cublas.sgemm if dtype == np.float32 else cublas.dgemm
-    # CuPy's sgemm/dgemm set the handle's stream to CuPy's current one: the capture's, or the
-    # default stream the kernels use.
-    with _stream(cupy, getattr(_jit.ROUTE, "stream", 0)):
-        product(handle, op1, op2, m, n, k, _ALPHA[dtype].ctypes.data, _pointer(b), ld1, _pointer(a), ld2,
-                _BETAS[dtype.type, float(beta)].ctypes.data, _pointer(c), ldc)
-
-
-_STREAMS: dict[int, Any] = {}
-
-
-def _stream(cupy: Any, handle: int) -> Any:
-    """CuPy's view of the stream ``handle`` (0: the legacy default stream)."""
-    if not handle:
-        return cupy.cuda.Stream.null
-    stream = _STREAMS.get(handle)
-    if stream is None:
-        stream = _STREAMS[handle] = cupy.cuda.ExternalStream(handle)
-    return stream
+    product = lib.cublasSgemm_v2 if dtype == np.float32 else lib.cublasDgemm_v2
+    _check(product(handle, op1, op2, m, n, k, _ALPHA[dtype].ctypes.data, _pointer(b), ld1, _pointer(a), ld2,
+                   _BETAS[dtype.type, float(beta)].ctypes.data, _pointer(c), ldc), "gemm")
 
 
 def _pointer(a: Any) -> int:

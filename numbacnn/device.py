@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["DEVICES", "DeviceError", "cuda_available", "cuda_unavailable_reason", "is_simulator", "get_backend",
-           "check_device", "kernel_module", "array_device"]
+           "empty_cache", "check_device", "kernel_module", "array_device"]
 
 DEVICES = ("cpu", "cuda")
 
@@ -193,8 +193,13 @@ class CudaBackend(_Backend):
 
         from numba import cuda
 
+        from ._cuda_pool import Pool
+
         self._cuda = cuda
         self._kept = threading.local()  # per thread: {(tag, shape, dtype): buffer}
+        # Freed blocks handed out again (numbacnn/_cuda_pool.py); NUMBACNN_CUDA_POOL=0 allocates
+        # every array from the driver. The simulator's arrays are NumPy's.
+        self.pool = None if is_simulator() or os.environ.get("NUMBACNN_CUDA_POOL", "1") == "0" else Pool()
         super().__init__()
 
     def reusable(self, tag: str, shape: Sequence[int], dtype: Any) -> Any:
@@ -213,13 +218,20 @@ class CudaBackend(_Backend):
         return buf
 
     def new(self, shape: Sequence[int], dtype: Any) -> Any:
-        return self._cuda.device_array(tuple(shape), dtype=dtype)
+        if self.pool is None:
+            return self._cuda.device_array(tuple(shape), dtype=dtype)
+        return self.pool.array(tuple(shape), dtype)
 
     def to_device(self, a: Any) -> Any:
         if array_device(a) == "cuda":
             return a
         self.h2d += 1
-        return self._cuda.to_device(np.ascontiguousarray(a))
+        a = np.ascontiguousarray(a)
+        if self.pool is None:
+            return self._cuda.to_device(a)
+        out = self.pool.array(a.shape, a.dtype)
+        out.copy_to_device(a)
+        return out
 
     def to_host(self, a: Any) -> np.ndarray:
         if isinstance(a, np.ndarray):
@@ -243,6 +255,14 @@ class CudaBackend(_Backend):
 
 
 _BACKENDS: dict[str, Any] = {}
+
+
+def empty_cache() -> int:
+    """Give the CUDA memory that numbacnn keeps for reuse back to the driver (as
+    ``torch.cuda.empty_cache()``); returns the bytes released (0 without a CUDA backend)."""
+    backend = _BACKENDS.get("cuda")
+    pool = getattr(backend, "pool", None)
+    return pool.empty() if pool is not None else 0
 
 
 def get_backend(device: str) -> Any:

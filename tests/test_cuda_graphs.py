@@ -110,7 +110,8 @@ def test_a_refused_capture_falls_back_with_one_warning(monkeypatch):
     def refuse(self, dispatcher, config):
         raise RuntimeError("CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (planted)")
 
-    monkeypatch.setattr(_cuda_graph._Recorder, "route", refuse)
+    monkeypatch.setattr(_cuda_graph._Recorder, "route", refuse)  # the simulator's capture
+    monkeypatch.setattr(_cuda_graph._DriverCapture, "route", refuse)  # a real GPU's
     model = graphed(monkeypatch)
     want = run(net().to("cuda"), [1, 1])
     with warnings.catch_warnings(record=True) as caught:

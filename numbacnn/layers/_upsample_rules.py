@@ -26,10 +26,14 @@ def source(a, o, size, out, scale, mode):
             return o >> 1, o >> 1, one, zero
         i = min(int(math.floor(float32(o) * float32(scale))), size - 1)
         return i, i, one, zero
+    # Each product passes through max(., 0) (a no-op: scale >= 0) before anything is added to
+    # it, so that ptxas cannot fuse the two into one FMA: rounded once instead of twice, the
+    # GPU's source index came out one lower than the CPU's where the exact value is an integer
+    # (size 2 to 14, bilinear: 10.5 / 7 - 0.5; seen on an H200).
     if mode == 2:
-        src = scale * T(o)
+        src = max(scale * T(o), zero)
     else:
-        src = max(scale * (T(o) + T(0.5)) - T(0.5), zero)
+        src = max(max(scale * (T(o) + T(0.5)), zero) - T(0.5), zero)
     i0 = min(int(math.floor(src)), size - 1)
     lam = min(max(src - T(i0), zero), one)
     return i0, min(i0 + 1, size - 1), one - lam, lam
