@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # One GPU session's checks, in the order they are worth device time, each stage under its own
 # time limit so that a slow or hung stage still leaves the earlier ones' results:
-#   1. the GPU benchmark rows (bench/report.py -- -m gpu) with CUDA graphs and cuBLAS on;
-#   2. every CUDA test with both on;
+#   1. the GPU benchmark rows (bench/report.py -- -m gpu) as a user gets them (CUDA graphs and
+#      cuBLAS on, the defaults on a GPU);
+#   2. every CUDA test with the defaults;
 #   3. the GPU rows with both off (the comparison);
 #   4. every CUDA test with both off, in what time is left.
-# STAGES picks and orders them (rows_on tests_on rows_off tests_off, the default); any other word
-# is a Python script run as a stage of its own (a probe), its output in $OUT/<name>.txt.
+# STAGES picks and orders them: rows tests rows_off tests_off (the default), rows_on and tests_on
+# (both forced on); any other word is a Python script run as a stage of its own (a probe), its
+# output in $OUT/<name>.txt.
 # Usage, from the repository root on a machine with an NVIDIA GPU:
 #   OUT=/some/dir BUDGET=560 bash bench/gpu_session.sh
 # Reports and logs go to $OUT (default /tmp/numbacnn-gpu): session.txt (device, versions, each
 # stage's exit status and seconds), gpu_on.json / gpu_report_on.txt, tests_on.txt, gpu_off.json /
-# gpu_report_off.txt, tests_off.txt. BUDGET is the whole script's seconds (default 560).
+# gpu_report_off.txt, tests_off.txt (gpu.json / gpu_report.txt / tests.txt for the defaults). BUDGET is the whole script's seconds (default 560).
 # numbacnn and the plugins are installed editable without dependencies (their entry points are
 # what finds the plugins' layers and numbacnn's pytest plugin); the machine's own numba,
 # PyTorch and pytest-benchmark are used. numba-cuda 0.30 cannot compile a kernel under NumPy 2.5
@@ -22,7 +24,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/numbacnn-gpu}
 BUDGET=${BUDGET:-560}
-STAGES=${STAGES:-rows_on tests_on rows_off tests_off}
+STAGES=${STAGES:-rows tests rows_off tests_off}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 log="$OUT/session.txt"
@@ -76,6 +78,8 @@ off=(env NUMBACNN_CUDA_GRAPHS=0 NUMBACNN_CUBLAS=0)
 
 for name in $STAGES; do
     case $name in
+        rows) stage "GPU rows, defaults" 200 gpu_report.txt python3 bench/report.py --json "$OUT/gpu.json" -- -m gpu ;;
+        tests) stage "CUDA tests, defaults" 200 tests.txt "${tests[@]}" ;;
         rows_on) stage "GPU rows, graphs and cuBLAS on" 200 gpu_report_on.txt "${on[@]}" python3 bench/report.py \
                      --json "$OUT/gpu_on.json" -- -m gpu ;;
         tests_on) stage "CUDA tests, graphs and cuBLAS on" 200 tests_on.txt "${on[@]}" "${tests[@]}" ;;

@@ -24,13 +24,13 @@ import ctypes
 import functools
 import os
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _jit
 
-__all__ = ["ENV", "enabled", "unavailable_reason", "usable", "gemm"]
+__all__ = ["ENV", "enabled", "unavailable_reason", "usable", "gemm", "Rows"]
 
 ENV = "NUMBACNN_CUBLAS"
 _ALPHA = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1, np.float64)}
@@ -38,8 +38,30 @@ _BETAS = {(t, b): np.full(1, b, t) for t in (np.float32, np.float64) for b in (0
 
 
 def enabled() -> bool:
-    """Whether CUDA convolutions take cuBLAS's product (``NUMBACNN_CUBLAS=1``)."""
-    return os.environ.get(ENV, "0") == "1"
+    """Whether CUDA convolutions and linear layers take cuBLAS's product: ``NUMBACNN_CUBLAS=1``
+    asks for it, ``=0`` turns it off; unset, a real GPU takes it when the library loads (the
+    simulator runs the kernels' own products unless asked, so that they stay tested)."""
+    value = os.environ.get(ENV)
+    if value is not None:
+        return value == "1"
+    from .device import is_simulator
+
+    return not is_simulator() and unavailable_reason() is None
+
+
+class Rows(NamedTuple):
+    """Rows ``start:stop`` of a C-contiguous device array seen as a (rows, cols) matrix, the
+    array's memory read in place: an operand of ``gemm`` without a numba view (each view costs
+    the host 10-20 us, several per convolution)."""
+
+    base: Any
+    start: int
+    stop: int
+    cols: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.stop - self.start, self.cols
 
 
 @functools.cache  # asked at every product: the library is looked for once per process
@@ -116,11 +138,28 @@ def usable(*arrays: Any) -> bool:
     return enabled() and all(len(a.shape) == 2 and a.is_c_contiguous() for a in arrays)
 
 
+def _operand(name: str, m: Any, dtype: Any) -> tuple[Any, int]:
+    """(the array whose memory holds ``m``, the element offset where ``m`` starts)."""
+    if isinstance(m, Rows):
+        base = m.base
+        if not base.is_c_contiguous() or base.dtype != dtype or not 0 <= m.start <= m.stop \
+                or m.stop * m.cols > base.size:
+            raise ValueError(f"_cublas.gemm: {name} = rows {m.start}:{m.stop} of {m.cols} columns must lie in a "
+                             f"C-contiguous {dtype} array, found {base.dtype} {tuple(base.shape)}")
+        return base, m.start * m.cols
+    if len(m.shape) != 2 or not m.is_c_contiguous() or m.dtype != dtype:
+        raise ValueError(f"_cublas.gemm: {name} must be a C-contiguous 2-D {dtype} array, found "
+                         f"{m.dtype} {tuple(m.shape)} with strides {tuple(m.strides)}")
+    return m, 0
+
+
 def gemm(a: Any, b: Any, c: Any, trans_a: bool = False, trans_b: bool = False, beta: float = 0.0) -> None:
-    for name, m in (("a", a), ("b", b), ("c", c)):
-        if len(m.shape) != 2 or not m.is_c_contiguous() or m.dtype != c.dtype:
-            raise ValueError(f"_cublas.gemm: {name} must be a C-contiguous 2-D {c.dtype} array, found "
-                             f"{m.dtype} {tuple(m.shape)} with strides {tuple(m.strides)}")
+    """``c = op(a) @ op(b) + beta * c``; each operand a 2-D C-contiguous device array or ``Rows``."""
+    dtype = (c.base if isinstance(c, Rows) else c).dtype
+    (a_mem, a_at), (b_mem, b_at), (c_mem, c_at) = (_operand(n, m, dtype) for n, m in (("a", a), ("b", b), ("c", c)))
+    (ar, ac), (br, bc) = a.shape[::-1] if trans_a else a.shape, b.shape[::-1] if trans_b else b.shape
+    if (ar, bc) != tuple(c.shape) or ac != br:
+        raise ValueError(f"_cublas.gemm: op(a) {ar}x{ac} times op(b) {br}x{bc} does not give c's {tuple(c.shape)}")
     op1, op2, m, n, k, ld1, ld2, ldc = _column_major(a, b, c, trans_a, trans_b)
     if m == 0 or n == 0:
         return
@@ -128,7 +167,7 @@ def gemm(a: Any, b: Any, c: Any, trans_a: bool = False, trans_b: bool = False, b
 
     if is_simulator():
         record = getattr(_jit.ROUTE, "record", None)  # a graph being captured: replayed in order
-        args = (op1, op2, m, n, k, b, ld1, a, ld2, beta, c, ldc)
+        args = (op1, op2, m, n, k, b_mem, b_at, ld1, a_mem, a_at, ld2, beta, c_mem, c_at, ldc)
         if record is None:
             _emulate(*args)
         else:
@@ -138,22 +177,24 @@ def gemm(a: Any, b: Any, c: Any, trans_a: bool = False, trans_b: bool = False, b
     if reason is not None:
         raise RuntimeError(f"{ENV}=1 asks for cuBLAS, but {reason}")
     lib = _library()
-    dtype = np.dtype(c.dtype)
+    dtype = np.dtype(dtype)
     handle = _handle(lib, int(getattr(_jit.ROUTE, "stream", 0) or 0))
     keep = getattr(_jit.ROUTE, "record", None)
     if keep is not None:
-        keep(lambda *arrays: None, a, b, c)  # a graph being captured points into them
+        keep(lambda *arrays: None, a_mem, b_mem, c_mem)  # a graph being captured points into them
     product = lib.cublasSgemm_v2 if dtype == np.float32 else lib.cublasDgemm_v2
-    _check(product(handle, op1, op2, m, n, k, _ALPHA[dtype].ctypes.data, _pointer(b), ld1, _pointer(a), ld2,
-                   _BETAS[dtype.type, float(beta)].ctypes.data, _pointer(c), ldc), "gemm")
+    size = dtype.itemsize
+    _check(product(handle, op1, op2, m, n, k, _ALPHA[dtype].ctypes.data, _pointer(b_mem) + b_at * size, ld1,
+                   _pointer(a_mem) + a_at * size, ld2, _BETAS[dtype.type, float(beta)].ctypes.data,
+                   _pointer(c_mem) + c_at * size, ldc), "gemm")
 
 
 def _pointer(a: Any) -> int:
     return a.device_ctypes_pointer.value or 0
 
 
-def _emulate(op1: int, op2: int, m: int, n: int, k: int, first: Any, ld1: int, second: Any, ld2: int,
-             beta: float, c: Any, ldc: int) -> None:
+def _emulate(op1: int, op2: int, m: int, n: int, k: int, first: Any, first_at: int, ld1: int, second: Any,
+             second_at: int, ld2: int, beta: float, c: Any, c_at: int, ldc: int) -> None:
     """The column-major call, done with NumPy on the simulated arrays (the simulator's cuBLAS)."""
     from numpy.lib.stride_tricks import as_strided
 
@@ -161,10 +202,10 @@ def _emulate(op1: int, op2: int, m: int, n: int, k: int, first: Any, ld1: int, s
         s = buf.itemsize  # column-major: element (i, j) of the stored matrix at i + j * ld
         return as_strided(buf, (rows, cols), (s, ld * s) if op == 0 else (ld * s, s), writeable=False)
 
-    def flat(a: Any) -> np.ndarray:  # the simulated array's own memory: no transfer is counted
-        return a._ary.reshape(a.size)
+    def flat(a: Any, at: int) -> np.ndarray:  # the simulated array's own memory: no transfer is counted
+        return a._ary.reshape(a.size)[at:]
 
-    out = flat(c)
+    out = flat(c, c_at)
     view = as_strided(out, (m, n), (out.itemsize, ldc * out.itemsize))
-    product = matrix(flat(first), op1, m, k, ld1) @ matrix(flat(second), op2, k, n, ld2)
+    product = matrix(flat(first, first_at), op1, m, k, ld1) @ matrix(flat(second, second_at), op2, k, n, ld2)
     view[...] = product + beta * view if beta else product

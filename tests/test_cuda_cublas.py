@@ -121,3 +121,37 @@ def test_gemm_refuses_a_strided_operand():
     a = cuda.to_device(np.zeros((4, 6), np.float32))
     with pytest.raises(ValueError, match="C-contiguous"):
         _cublas.gemm(a[:, :3], a[:3], cuda.to_device(np.zeros((4, 6), np.float32)))
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_gemm_reads_and_writes_rows_of_larger_arrays_in_place(trans_a, trans_b):
+    # Rows(base, start, stop, cols): the conv path's operands (a group's weights, columns and
+    # products) without numba views; the arrays around the rows are left as they were.
+    from numba import cuda
+
+    rng = np.random.default_rng(1)
+    M, N, K = 4, 6, 3
+    a_rows, b_rows = (K, M) if trans_a else (M, K), (N, K) if trans_b else (K, N)
+    a = rng.standard_normal((2, 5, a_rows[1])).astype(np.float32)  # rows 5..5+a_rows[0] of the flattened
+    b = rng.standard_normal((3, b_rows[0], b_rows[1])).astype(np.float32)  # the middle block
+    c = rng.standard_normal((3, M, N)).astype(np.float32)
+    da, db, dc = cuda.to_device(a), cuda.to_device(b), cuda.to_device(c)
+    fa, fb = a.reshape(-1, a_rows[1]), b.reshape(-1, b_rows[1])
+    _cublas.gemm(_cublas.Rows(da, 5, 5 + a_rows[0], a_rows[1]), _cublas.Rows(db, b_rows[0], 2 * b_rows[0], b_rows[1]),
+                 _cublas.Rows(dc, 2 * M, 3 * M, N), trans_a, trans_b, beta=1.0)
+    op = lambda m, t: m.T if t else m  # noqa: E731
+    want = c.copy()
+    want[2] += op(fa[5:5 + a_rows[0]], trans_a) @ op(fb[b_rows[0]:2 * b_rows[0]], trans_b)
+    np.testing.assert_allclose(dc.copy_to_host(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_refuses_rows_past_the_array_and_mismatched_shapes():
+    from numba import cuda
+
+    a = cuda.to_device(np.zeros((4, 6), np.float32))
+    c = cuda.to_device(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="must lie in"):
+        _cublas.gemm(_cublas.Rows(a, 2, 6, 6), a, c, trans_b=True)
+    with pytest.raises(ValueError, match="does not give"):
+        _cublas.gemm(a, a, c)  # (4x6)(4x6)
