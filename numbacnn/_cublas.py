@@ -1,8 +1,8 @@
-"""cuBLAS's matrix product for the CUDA kernels (``NUMBACNN_CUBLAS=1``), called through ctypes.
+"""cuBLAS's matrix product for the CUDA kernels (on by default on a GPU), called through ctypes.
 
 ``gemm(a, b, c, trans_a, trans_b, beta)``: ``c = op(a) @ op(b) + beta * c`` on 2-D C-contiguous
-numba device arrays (row slices of one included), float32 (SGEMM) or float64 (DGEMM), with
-``op(m)`` the transpose where asked. cuBLAS is column-major: a row-major (M, N) array is its
+numba device arrays (row slices of one included) or ``Rows`` of any C-contiguous array, float32
+(SGEMM) or float64 (DGEMM), with ``op(m)`` the transpose where asked. cuBLAS is column-major: a row-major (M, N) array is its
 (N, M) transpose there, so ``c = op(a) op(b)`` is asked as ``c^T = op(b)^T op(a)^T``
 (``_column_major``). The product runs on the stream the calling thread's launches go to (a
 CUDA graph's while one is captured, ``_jit.ROUTE``; else the default stream).
@@ -24,6 +24,7 @@ import ctypes
 import functools
 import os
 import threading
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -46,7 +47,17 @@ def enabled() -> bool:
         return value == "1"
     from .device import is_simulator
 
-    return not is_simulator() and unavailable_reason() is None
+    if is_simulator():
+        return False
+    reason = unavailable_reason()
+    if reason is not None and not _said:
+        _said.append(reason)
+        warnings.warn(f"CUDA convolutions and linear layers multiply with numbacnn's own kernels, several times "
+                      f"slower: {reason} (NUMBACNN_CUBLAS=0 says this is meant)", RuntimeWarning, stacklevel=2)
+    return reason is None
+
+
+_said: list[str] = []  # the missing library is warned about once
 
 
 class Rows(NamedTuple):

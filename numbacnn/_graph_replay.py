@@ -29,8 +29,8 @@ _SLOTS = tuple(Ctx.__slots__)
 
 
 def graph_modes(device: str, layers: Sequence[Any]) -> dict[bool, bool]:
-    """{training: whether calls in that mode replay graphs}: on CUDA with
-    ``NUMBACNN_CUDA_GRAPHS=1``, where every layer is ``replayable`` in the mode."""
+    """{training: whether calls in that mode replay graphs}: on CUDA where graphs are on
+    (``_cuda_graph.enabled``) and every layer is ``replayable`` in the mode."""
     on = device == "cuda" and _cuda_graph.enabled()
     return {t: on and all(layer.replayable(t) for layer in layers) for t in (True, False)}
 

@@ -49,3 +49,31 @@ def test_broken_numba_cuda_is_reported_not_read_as_no_gpu(monkeypatch):
 def test_no_gpu_says_so_without_a_warning(recwarn):
     assert "no NVIDIA driver was found" in device.cuda_unavailable_reason()
     assert not recwarn.list
+
+
+def test_graphs_and_cublas_are_the_defaults_on_a_real_gpu_only(monkeypatch):
+    import warnings
+
+    from numbacnn import _cublas, _cuda_graph, device
+
+    for env in (_cublas.ENV, _cuda_graph.ENV):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setattr(device, "is_simulator", lambda: True)
+    assert not _cuda_graph.enabled() and not _cublas.enabled()  # the simulator: only when asked
+    monkeypatch.setattr(device, "is_simulator", lambda: False)
+    monkeypatch.setattr(_cublas, "unavailable_reason", lambda: None)
+    assert _cuda_graph.enabled() and _cublas.enabled()
+    monkeypatch.setattr(_cublas, "unavailable_reason", lambda: "libcublas.so.13 not found (planted)")
+    monkeypatch.setattr(_cublas, "_said", [])
+    with pytest.warns(RuntimeWarning, match="several times slower: libcublas.so.13 not found"):
+        assert not _cublas.enabled()  # a GPU without the library: numbacnn's own products, said once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not _cublas.enabled()
+    for env in (_cublas.ENV, _cuda_graph.ENV):
+        monkeypatch.setenv(env, "0")
+    assert not _cuda_graph.enabled() and not _cublas.enabled()
+    monkeypatch.setattr(device, "is_simulator", lambda: True)
+    for env in (_cublas.ENV, _cuda_graph.ENV):
+        monkeypatch.setenv(env, "1")
+    assert _cuda_graph.enabled() and _cublas.enabled()

@@ -1,4 +1,4 @@
-"""conv2d on CUDA through column matrices and cuBLAS (``NUMBACNN_CUBLAS=1``, numbacnn/_cublas.py).
+"""conv2d on CUDA through column matrices and cuBLAS (numbacnn/_cublas.py; the default on a GPU).
 
 Per group g, with I = N * P * Q output pixels and J = C/G * R * S taps:
   forward   cols[g] (J, I) = im2col(x);  yt[g rows] (K/G, I) = w_g (K/G, J) @ cols[g];  y = yt + b

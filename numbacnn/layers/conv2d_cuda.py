@@ -216,9 +216,10 @@ def _backward_bias(gy, gb) -> None:
 
 
 # The one kernel interface (conv2d_cpu has the same): a plan per input shape, then forward and
-# backward on it. CUDA has two paths: implicit GEMM (the default; its only scratch is the weight
-# gradient's slices) and, with NUMBACNN_CUBLAS=1, column matrices multiplied by cuBLAS
-# (_conv_columns_cuda: the forward's columns kept for the backward).
+# backward on it. CUDA has two paths: column matrices multiplied by cuBLAS (_conv_columns_cuda:
+# the forward's columns kept for the backward; the default on a GPU, _cublas.enabled) and
+# implicit GEMM (NUMBACNN_CUBLAS=0, the simulator's default; its only scratch is the weight
+# gradient's slices).
 def conv2d_plan(name, x_shape, y_shape, geo, backward, dtype) -> Conv2dPlan:
     """The implicit-GEMM plan (``backward_scratch``: the weight gradient's partials), or the
     cuBLAS one (``forward_scratch``: columns and the product; ``backward_scratch``: gy

@@ -28,8 +28,8 @@ the environment variable is read when no ``force_path`` is active). Either is re
 plan is made, i.e. on the first call at an input size: a model already run at that size keeps
 its plan. A forced path that cannot run a convolution (Winograd at stride 2, pixel-major with
 groups) raises ``ValueError`` naming the node, the path and why. CUDA ignores the choice: it
-runs implicit GEMM, or with ``NUMBACNN_CUBLAS=1`` column matrices multiplied by cuBLAS
-(``_conv_columns_cuda``, numbacnn/_cublas.py).
+multiplies column matrices with cuBLAS (``_conv_columns_cuda``, numbacnn/_cublas.py; the
+default on a GPU) or runs implicit GEMM (``NUMBACNN_CUBLAS=0``).
 """
 
 from __future__ import annotations

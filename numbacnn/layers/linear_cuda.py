@@ -6,7 +6,7 @@ as the batch, so the batch is cut into slices (``linear_scratch``), each its own
 0 adds straight into gw, the others write partials that a second kernel adds in a fixed order
 (no atomics, the same sum every run).
 
-With ``NUMBACNN_CUBLAS=1`` the three products are cuBLAS's (numbacnn/_cublas.py) instead, with
+Where cuBLAS is on (the default on a GPU, numbacnn/_cublas.py) the three products are cuBLAS's (numbacnn/_cublas.py) instead, with
 the bias added, and summed for its gradient, by the kernels here; no partials are needed.
 """
 
