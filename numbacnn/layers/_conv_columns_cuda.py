@@ -58,9 +58,10 @@ def _im2col_kernel(x, cols, P, Q, R, S, sh, sw, dh, dw, pt, pl):
 
 
 @cuda_kernel
-def _to_output_kernel(yt, b, y):
-    # y[n, k, p, q] = yt[k, (n, p, q)] (+ b[k]); y: (n, k)
-    N, K, P, Q = y.shape
+def _regroup_kernel(mat, b, a, to_images):
+    # to_images: a[n, k, p, q] = mat[k, (n, p, q)] (+ b[k]), the forward's output; else
+    # mat[k, (n, p, q)] = a[n, k, p, q], the backward's gy as a matrix. y: (n, k)
+    N, K, P, Q = a.shape
     pq = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     if pq >= P * Q:
         return
@@ -69,23 +70,11 @@ def _to_output_kernel(yt, b, y):
     for nk in range(cuda.blockIdx.y, N * K, cuda.gridDim.y):
         n = nk // K
         k = nk - n * K
-        v = yt[k, n * P * Q + pq]
-        y[n, k, p, q] = v + b[k] if b.size else v
-
-
-@cuda_kernel
-def _to_columns_kernel(gy, gyt):
-    # gyt[k, (n, p, q)] = gy[n, k, p, q]; y: (n, k)
-    N, K, P, Q = gy.shape
-    pq = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if pq >= P * Q:
-        return
-    p = pq // Q
-    q = pq - p * Q
-    for nk in range(cuda.blockIdx.y, N * K, cuda.gridDim.y):
-        n = nk // K
-        k = nk - n * K
-        gyt[k, n * P * Q + pq] = gy[n, k, p, q]
+        if to_images:
+            v = mat[k, n * P * Q + pq]
+            a[n, k, p, q] = v + b[k] if b.size else v
+        else:
+            mat[k, n * P * Q + pq] = a[n, k, p, q]
 
 
 @cuda_kernel
@@ -121,6 +110,16 @@ def _col2im_kernel(gcols, gx, P, Q, R, S, sh, sw, dh, dw, pt, pl):
         gx[n, c, h, w] = acc
 
 
+_NO_BIAS: dict = {}
+
+
+def _no_bias(dtype):
+    """An empty device array of ``dtype``, made once: the bias argument of the backward's regroup."""
+    if dtype not in _NO_BIAS:
+        _NO_BIAS[dtype] = cuda.device_array((0,), dtype)
+    return _NO_BIAS[dtype]
+
+
 def forward(x, w, b, y, geo, cols, yt) -> None:
     """y = conv2d(x, w) + b (b empty: no bias); ``cols`` (G, J, I) and ``yt`` (K, I) scratch,
     ``cols`` left holding x's column matrices for the backward."""
@@ -131,7 +130,7 @@ def forward(x, w, b, y, geo, cols, yt) -> None:
     Kg = K // G
     for g in range(G):
         gemm(Rows(w, g * Kg, (g + 1) * Kg, J), Rows(cols, g * J, (g + 1) * J, I), Rows(yt, g * Kg, (g + 1) * Kg, I))
-    _to_output_kernel[_grid(P * Q, N * K), THREADS](yt, b, y)
+    _regroup_kernel[_grid(P * Q, N * K), THREADS](yt, b, y, True)
 
 
 def backward(w, gy, gw, gx, geo, cols, gyt, gcols) -> None:
@@ -140,7 +139,7 @@ def backward(w, gy, gw, gx, geo, cols, gyt, gcols) -> None:
     gradient is the caller's."""
     G, R, S, sh, sw, dh, dw, pt, pl = geo
     N, K, P, Q = gy.shape
-    _to_columns_kernel[_grid(P * Q, N * K), THREADS](gy, gyt)
+    _regroup_kernel[_grid(P * Q, N * K), THREADS](gyt, _no_bias(gy.dtype), gy, False)
     _, J, I = cols.shape
     Kg = K // G
     for g in range(G):
