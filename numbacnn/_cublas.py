@@ -99,11 +99,15 @@ def unavailable_reason() -> str | None:
     if is_simulator():
         return None
     try:
-        _library()
+        lib = _library()
     except Exception as e:
         return (f"the cuBLAS library could not be loaded ({type(e).__name__}: {e}); install the nvidia-cublas "
                 f"wheel matching the driver's CUDA (nvidia-cublas for CUDA 13, nvidia-cublas-cu12 for 12) or a "
                 f"CUDA toolkit")
+    try:  # a library newer than the driver loads, then fails here: fall back instead of at every product
+        _handle(lib, 0)
+    except Exception as e:
+        return f"cuBLAS loaded but could not start ({type(e).__name__}: {e}); is it newer than the driver's CUDA?"
     return None
 
 
@@ -126,11 +130,13 @@ def _handle(lib: Any, stream: int) -> Any:
         handle = ctypes.c_void_p()
         _check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
         workspace = cuda.device_array(WORKSPACE, np.uint8)
-        _check(lib.cublasSetWorkspace_v2(handle, _pointer(workspace), WORKSPACE), "cublasSetWorkspace")
         _WORKSPACES.append(workspace)
-        _local.handle, _local.stream = handle, None
+        _local.handle, _local.workspace, _local.stream = handle, _pointer(workspace), None
     if _local.stream != stream:
         _check(lib.cublasSetStream_v2(handle, stream or None), "cublasSetStream")
+        # Setting the stream puts the handle back on cuBLAS's own workspace (its documentation;
+        # PyTorch sets its workspace again after each cublasSetStream too).
+        _check(lib.cublasSetWorkspace_v2(handle, _local.workspace, WORKSPACE), "cublasSetWorkspace")
         _local.stream = stream
     return handle
 
@@ -174,6 +180,9 @@ def gemm(a: Any, b: Any, c: Any, trans_a: bool = False, trans_b: bool = False, b
     op1, op2, m, n, k, ld1, ld2, ldc = _column_major(a, b, c, trans_a, trans_b)
     if m == 0 or n == 0:
         return
+    if max(m, n, k, ld1, ld2, ldc) >= 1 << 31:  # cuBLAS takes 32-bit ints; ctypes would truncate
+        raise ValueError(f"_cublas.gemm: a {m}x{n}x{k} product with leading dimensions {ld1}, {ld2}, {ldc} "
+                         f"exceeds cuBLAS's 32-bit sizes; split it")
     from .device import is_simulator
 
     if is_simulator():

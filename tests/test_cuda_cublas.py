@@ -155,3 +155,16 @@ def test_gemm_refuses_rows_past_the_array_and_mismatched_shapes():
         _cublas.gemm(_cublas.Rows(a, 2, 6, 6), a, c, trans_b=True)
     with pytest.raises(ValueError, match="does not give"):
         _cublas.gemm(a, a, c)  # (4x6)(4x6)
+
+
+def test_a_convolution_whose_columns_would_be_too_large_runs_implicit_gemm(monkeypatch):
+    from numbacnn.layers import conv2d_cuda
+
+    monkeypatch.setenv(_cublas.ENV, "1")
+    geo = (1, 3, 3, 1, 1, 1, 1, 1, 1)  # groups, R, S, strides, dilations, paddings
+    x_shape, y_shape = (2, 4, 8, 8), (2, 5, 8, 8)
+    columns = 1 * 4 * 9 * 2 * 8 * 8 * 4  # bytes of float32 columns
+    monkeypatch.setattr(conv2d_cuda, "COLUMNS_MAX_BYTES", columns)
+    assert conv2d_cuda.conv2d_plan("c", x_shape, y_shape, geo, True, np.float32).path == "cublas"
+    monkeypatch.setattr(conv2d_cuda, "COLUMNS_MAX_BYTES", columns - 1)
+    assert conv2d_cuda.conv2d_plan("c", x_shape, y_shape, geo, True, np.float32).path == "implicit-gemm"

@@ -3,6 +3,7 @@ blocks on any machine, and on a real GPU that a freed array's memory is handed o
 once no array or view over it is left."""
 
 import gc
+import threading
 import weakref
 
 import numpy as np
@@ -33,7 +34,9 @@ def pool(fail=()):
             raise MemoryError("out of memory (planted)")
         return Block(size)
 
-    return _cuda_pool.Pool(alloc=alloc, wrap=FakeArray, context=lambda: "ctx")
+    p = _cuda_pool.Pool(alloc=alloc, wrap=FakeArray, context=lambda: "ctx", flush=lambda: flushed.append(1))
+    flushed = p.flushed = []
+    return p
 
 
 def test_a_freed_block_is_handed_out_again_for_the_same_rounded_size():
@@ -66,6 +69,31 @@ def test_a_failed_allocation_releases_the_cache_and_tries_once_more():
     assert b.block.size == 8192 and p.cached_bytes == 0
 
 
+def test_a_release_from_a_collection_inside_the_pool_does_not_deadlock():
+    # A finalizer may run on any allocation, the pool's own while it holds its lock: releases
+    # only queue the block, so a collection there returns it instead of waiting on the lock.
+    p = pool()
+    a = p.array((10,), np.float32)
+    cycle = [a]
+    cycle.append(cycle)  # only the cycle collector frees it
+    del a, cycle
+
+    class CollectingDict(dict):
+        def get(self, key, default=None):
+            gc.collect()  # the collection lands inside array()'s locked section
+            return super().get(key, default)
+
+    p._free = CollectingDict()
+    got = []
+    worker = threading.Thread(target=lambda: got.append(p.array((10,), np.float32)), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the pool deadlocked on a release from inside its own lock"
+    assert p.cached_bytes == _cuda_pool.GRANULE  # a's block, released during the collection
+    p._free = dict(p._free)
+    assert p.array((10,), np.float32).block.size == _cuda_pool.GRANULE and p.hits == 1
+
+
 def test_a_failed_allocation_with_nothing_cached_raises():
     p = pool(fail=[True])
     with pytest.raises(MemoryError, match="planted"):
@@ -78,7 +106,7 @@ def test_empty_drops_the_cached_blocks():
     ids = {a.block.id for a in arrays}
     del arrays
     gc.collect()
-    assert p.empty() == _cuda_pool.GRANULE + 4096
+    assert p.empty() == _cuda_pool.GRANULE + 4096 and p.flushed == [1]  # numba told to free them now
     assert p.cached_bytes == 0 and p.array((100,), np.float32).block.id not in ids
 
 

@@ -77,3 +77,65 @@ def test_graphs_and_cublas_are_the_defaults_on_a_real_gpu_only(monkeypatch):
     for env in (_cublas.ENV, _cuda_graph.ENV):
         monkeypatch.setenv(env, "1")
     assert _cuda_graph.enabled() and _cublas.enabled()
+
+
+class _FakeCublas:
+    """libcublas's entry points as _cublas calls them, recording each call."""
+
+    def __init__(self, create_status=0):
+        self.calls, self.create_status = [], create_status
+
+    def cublasCreate_v2(self, ref):
+        self.calls.append("create")
+        return self.create_status
+
+    def cublasSetStream_v2(self, handle, stream):
+        self.calls.append(("stream", stream))
+        return 0
+
+    def cublasSetWorkspace_v2(self, handle, pointer, size):
+        self.calls.append(("workspace", pointer, size))
+        return 0
+
+
+def _fake_device_array(monkeypatch):
+    import types
+
+    from numba import cuda
+
+    monkeypatch.setattr(cuda, "device_array", lambda shape, dtype: types.SimpleNamespace(
+        device_ctypes_pointer=types.SimpleNamespace(value=4096)), raising=False)
+
+
+def test_cublas_sets_its_workspace_again_after_every_stream_change(monkeypatch):
+    # cublasSetStream puts a handle back on cuBLAS's own workspace, which would then allocate
+    # inside a graph capture; each change of stream is followed by cublasSetWorkspace.
+    import threading
+
+    from numbacnn import _cublas
+
+    _fake_device_array(monkeypatch)
+    monkeypatch.setattr(_cublas, "_local", threading.local())
+    monkeypatch.setattr(_cublas, "_WORKSPACES", [])
+    lib = _FakeCublas()
+    _cublas._handle(lib, 0)
+    _cublas._handle(lib, 0)  # same stream: nothing to set
+    _cublas._handle(lib, 77)  # a capture stream
+    _cublas._handle(lib, 0)
+    ws = ("workspace", 4096, _cublas.WORKSPACE)
+    assert lib.calls == ["create", ("stream", None), ws, ("stream", 77), ws, ("stream", None), ws]
+
+
+def test_a_cublas_that_loads_but_cannot_start_is_unavailable(monkeypatch):
+    import threading
+
+    from numbacnn import _cublas
+
+    _fake_device_array(monkeypatch)
+    monkeypatch.setattr(_cublas, "_local", threading.local())
+    monkeypatch.setattr(device, "is_simulator", lambda: False)
+    monkeypatch.setattr(_cublas, "_library", lambda: _FakeCublas(create_status=3))  # CUBLAS_STATUS_ALLOC_FAILED
+    reason = _cublas.unavailable_reason.__wrapped__()
+    assert reason.startswith("cuBLAS loaded but could not start") and "status 3" in reason
+    monkeypatch.setattr(_cublas, "_library", lambda: _FakeCublas())
+    assert _cublas.unavailable_reason.__wrapped__() is None

@@ -125,6 +125,8 @@ def forward(x, w, b, y, geo, cols, yt) -> None:
     ``cols`` left holding x's column matrices for the backward."""
     G, R, S, sh, sw, dh, dw, pt, pl = geo
     N, K, P, Q = y.shape
+    if y.size == 0:  # an empty batch: a grid of no blocks is an error on a GPU
+        return
     _im2col_kernel[_grid(cols.shape[2], x.shape[1]), THREADS](x, cols, P, Q, R, S, sh, sw, dh, dw, pt, pl)
     _, J, I = cols.shape
     Kg = K // G
@@ -139,6 +141,8 @@ def backward(w, gy, gw, gx, geo, cols, gyt, gcols) -> None:
     gradient is the caller's."""
     G, R, S, sh, sw, dh, dw, pt, pl = geo
     N, K, P, Q = gy.shape
+    if gy.size == 0:
+        return
     _regroup_kernel[_grid(P * Q, N * K), THREADS](gyt, _no_bias(gy.dtype), gy, False)
     _, J, I = cols.shape
     Kg = K // G

@@ -10,6 +10,7 @@ and a long reduction (over the batch and the pixels), so its reduction is also c
 whose partial products a second kernel adds up: no atomics, and the same sum every run.
 """
 
+import numpy as np
 from numba import cuda
 
 from .. import _cublas
@@ -215,6 +216,11 @@ def _backward_bias(gy, gb) -> None:
     _conv2d_backward_bias_kernel[K, BIAS_THREADS](gy.reshape(N, K, P * Q), gb)
 
 
+# The cuBLAS path keeps a training forward's column matrix until the backward (C/G*R*S times
+# the output's pixels, per layer); past this size a convolution runs implicit GEMM instead.
+COLUMNS_MAX_BYTES = 1 << 30
+
+
 # The one kernel interface (conv2d_cpu has the same): a plan per input shape, then forward and
 # backward on it. CUDA has two paths: column matrices multiplied by cuBLAS (_conv_columns_cuda:
 # the forward's columns kept for the backward; the default on a GPU, _cublas.enabled) and
@@ -227,7 +233,8 @@ def conv2d_plan(name, x_shape, y_shape, geo, backward, dtype) -> Conv2dPlan:
     G, R, S = geo[:3]
     K, C = y_shape[1], x_shape[1]
     J = C // G * R * S
-    if _cublas.enabled():
+    columns_bytes = G * J * y_shape[0] * y_shape[2] * y_shape[3] * np.dtype(dtype).itemsize
+    if _cublas.enabled() and columns_bytes <= COLUMNS_MAX_BYTES:
         reason = _cublas.unavailable_reason()
         if reason is not None:
             raise ValueError(f"conv2d node '{name}': {_cublas.ENV}=1 asks for cuBLAS, but {reason}")
