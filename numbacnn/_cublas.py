@@ -2,9 +2,9 @@
 
 ``gemm(a, b, c, trans_a, trans_b, beta)``: ``c = op(a) @ op(b) + beta * c`` on 2-D C-contiguous
 numba device arrays (row slices of one included) or ``Rows`` of any C-contiguous array, float32
-(SGEMM) or float64 (DGEMM), with ``op(m)`` the transpose where asked. cuBLAS is column-major: a row-major (M, N) array is its
-(N, M) transpose there, so ``c = op(a) op(b)`` is asked as ``c^T = op(b)^T op(a)^T``
-(``_column_major``). The product runs on the stream the calling thread's launches go to (a
+(SGEMM) or float64 (DGEMM), with ``op(m)`` the transpose where asked. cuBLAS is column-major:
+a row-major (M, N) array is its (N, M) transpose there, so ``c = op(a) op(b)`` is asked as
+``c^T = op(b)^T op(a)^T`` (``_column_major``). The product runs on the stream the calling thread's launches go to (a
 CUDA graph's while one is captured, ``_jit.ROUTE``; else the default stream).
 
 Why: on an H200 cuBLAS's SGEMM ran a 3x3 convolution's product (32768 x 64 x 576) in 59 us, 41
