@@ -1,8 +1,9 @@
 """GPU probe (run on a GPU machine, from the repository root: ``python3 bench/gpu_probe.py``):
 versions; what a numba-cuda launch, an allocation and a copy cost; a CUDA graph captured from
 numba launches on a stream of ours (cuda.bindings) against the same launches one by one;
-cuBLAS's SGEMM through CuPy on numba device arrays; a profile of network3's training step and
-PyTorch's step on the same net (bench/_twin.py). The README's GPU section quotes one run of it."""
+cuBLAS's SGEMM through CuPy and through numbacnn's own binding on numba device arrays; a
+profile of network3's training step and PyTorch's step on the same net (bench/_twin.py). The
+README's GPU section quotes one run of it."""
 import cProfile
 import io
 import pstats
@@ -135,6 +136,24 @@ try:
         us = timeit(g, n=100, sync=cupy.cuda.Device().synchronize)
         print(f"sgemm {m}x{n}x{k}: {us:.1f} us, {2 * m * n * k / us / 1e6:.1f} TFLOP/s, err {err:.2e}")
     print("cublas math mode", cublas.getMathMode(handle))
+except Exception:
+    traceback.print_exc()
+
+section("numbacnn's cuBLAS binding (ctypes) on numba arrays")
+try:
+    from numbacnn import _cublas
+
+    print("unavailable:", _cublas.unavailable_reason())
+    for (m, n, k) in [(32 * 1024, 64, 576), (64 * 576, 20, 25), (8 * 784, 128, 864), (32 * 256, 64, 256)]:
+        A = cuda.to_device(np.random.rand(m, k).astype(np.float32))
+        B = cuda.to_device(np.random.rand(k, n).astype(np.float32))
+        C = cuda.device_array((m, n), np.float32)
+        g = lambda: _cublas.gemm(A, B, C)  # noqa: E731
+        g()
+        cuda.synchronize()
+        err = np.abs(C.copy_to_host() - A.copy_to_host() @ B.copy_to_host()).max()
+        us = timeit(g, n=100, sync=cuda.synchronize)
+        print(f"gemm {m}x{n}x{k}: {us:.1f} us, {2 * m * n * k / us / 1e6:.1f} TFLOP/s, err {err:.2e}")
 except Exception:
     traceback.print_exc()
 
