@@ -4,16 +4,18 @@
 #   1. the GPU benchmark rows (bench/report.py -- -m gpu) as a user gets them (CUDA graphs and
 #      cuBLAS on, the defaults on a GPU);
 #   2. every CUDA test with the defaults;
-#   3. the GPU rows with both off (the comparison);
-#   4. every CUDA test with both off, in what time is left.
-# STAGES picks and orders them: rows tests rows_off tests_off (the default), rows_on and tests_on
-# (both forced on); any other word is a Python script run as a stage of its own (a probe), its
-# output in $OUT/<name>.txt.
+#   3. bench/gpu_profile.py: where the conv steps and network3's step spend their time;
+#   4. the GPU rows with both off (the comparison);
+#   5. every CUDA test with both off, in what time is left.
+# STAGES picks and orders them: rows tests bench/gpu_profile.py rows_off tests_off (the default);
+# rows_on and tests_on force both on; any other word is a Python script run as a stage of its
+# own (a probe), its output in $OUT/<name>.txt.
 # Usage, from the repository root on a machine with an NVIDIA GPU:
 #   OUT=/some/dir BUDGET=560 bash bench/gpu_session.sh
-# Reports and logs go to $OUT (default /tmp/numbacnn-gpu): session.txt (device, versions, each
-# stage's exit status and seconds), gpu_on.json / gpu_report_on.txt, tests_on.txt, gpu_off.json /
-# gpu_report_off.txt, tests_off.txt (gpu.json / gpu_report.txt / tests.txt for the defaults). BUDGET is the whole script's seconds (default 560).
+# Reports and logs go to $OUT (default /tmp/numbacnn-gpu), eight files at most: session.txt
+# (device, versions, each stage's exit status and seconds), gpu.json / gpu_report.txt /
+# tests.txt (the defaults), gpu_profile.txt, gpu_off.json / gpu_report_off.txt / tests_off.txt.
+# BUDGET is the whole script's seconds (default 560).
 # numbacnn and the plugins are installed editable without dependencies (their entry points are
 # what finds the plugins' layers and numbacnn's pytest plugin); the machine's own numba,
 # PyTorch and pytest-benchmark are used. numba-cuda 0.30 cannot compile a kernel under NumPy 2.5
@@ -24,7 +26,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/numbacnn-gpu}
 BUDGET=${BUDGET:-560}
-STAGES=${STAGES:-rows tests rows_off tests_off}
+STAGES=${STAGES:-rows tests bench/gpu_profile.py rows_off tests_off}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 log="$OUT/session.txt"
