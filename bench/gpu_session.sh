@@ -21,7 +21,12 @@
 # PyTorch and pytest-benchmark are used. numba-cuda 0.30 cannot compile a kernel under NumPy 2.5
 # (numpy.row_stack is gone): when the probe below fails and wheels were carried in .whl/
 # (numpy 2.4 and numba-cuda for the machine's Python), they are installed into /tmp/site and put
-# first on the path. Carry them with `run`'s carry=[".whl"].
+# first on the path. Carry them with `run`'s carry=[".whl"]; fetched on a machine with pip by
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+#       -d .whl numpy==2.4.6 numba-cuda==0.30.4
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl/build "setuptools>=77,<81"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/numbacnn-gpu}
