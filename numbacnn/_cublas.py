@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import threading
 import warnings
 from typing import Any, NamedTuple
@@ -42,13 +41,11 @@ def enabled() -> bool:
     """Whether CUDA convolutions and linear layers take cuBLAS's product: ``NUMBACNN_CUBLAS=1``
     asks for it, ``=0`` turns it off; unset, a real GPU takes it when the library loads (the
     simulator runs the kernels' own products unless asked, so that they stay tested)."""
-    value = os.environ.get(ENV)
-    if value is not None:
-        return value == "1"
-    from .device import is_simulator
+    from .device import gpu_switch
 
-    if is_simulator():
-        return False
+    choice = gpu_switch(ENV)
+    if choice is not None:
+        return choice
     reason = unavailable_reason()
     if reason is not None and not _said:
         _said.append(reason)

@@ -36,7 +36,6 @@ them against 2.8-4.1 ms without (README, GPU). Under the simulator they run when
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from typing import Any, Callable
@@ -54,12 +53,9 @@ def enabled() -> bool:
     """Whether models on CUDA replay their calls as CUDA graphs: ``NUMBACNN_CUDA_GRAPHS=1`` asks
     for it, ``=0`` turns it off; unset, a real GPU does (the simulator launches kernel by
     kernel unless asked)."""
-    value = os.environ.get(ENV)
-    if value is not None:
-        return value == "1"
-    from .device import is_simulator
+    from .device import gpu_switch
 
-    return not is_simulator()
+    return gpu_switch(ENV) is not False
 
 
 def warn_once(what: str, error: BaseException) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["DEVICES", "DeviceError", "cuda_available", "cuda_unavailable_reason", "is_simulator", "get_backend",
-           "empty_cache", "check_device", "kernel_module", "array_device"]
+           "empty_cache", "gpu_switch", "check_device", "kernel_module", "array_device"]
 
 DEVICES = ("cpu", "cuda")
 
@@ -35,6 +35,16 @@ class DeviceError(RuntimeError):
 def is_simulator() -> bool:
     """True when Numba's CUDA simulator is on (``NUMBA_ENABLE_CUDASIM=1`` before import)."""
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+
+def gpu_switch(env: str) -> bool | None:
+    """A CUDA speed switch that is on by default on a real GPU (CUDA graphs, cuBLAS): the
+    environment variable's choice (``1`` on, anything else off) when it is set, False under
+    the simulator (tests ask for the path they check), None for "the GPU's default"."""
+    value = os.environ.get(env)
+    if value is not None:
+        return value == "1"
+    return False if is_simulator() else None
 
 
 _warned: set[str] = set()
