@@ -7,7 +7,9 @@ and nothing here touches the thread count. A kernel that opts in names LLVM's fl
 ``numba.cuda`` is imported only when the first CUDA kernel is defined, so CPU-only use never
 loads a GPU stack. Every function decorated here is marked for ``_kernel_cache``, whose cache
 stamp covers the files the kernel imports from as well as its own (a helper edited in another
-file invalidates the kernels that inline it).
+file invalidates the kernels that inline it), and a parallel kernel's ``prange`` bodies are
+optimized once, inside the kernel, not again in each library Numba links them through
+(``_parfor_link``; ``NUMBACNN_LINK_ONCE=0`` turns that off).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numba
 from numba import prange
 from numba.core import caching
 
+from . import _parfor_link
 from ._kernel_cache import install, mark_kernel
 
 __all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cpu_cfunc", "cpu_intrinsic", "cuda_kernel", "cuda_device",
@@ -33,6 +36,7 @@ FastMath = bool | frozenset
 
 
 install(caching.CacheImpl)
+_parfor_link.install()
 
 
 def _decorate(factory: Callable[..., Any], fn: Callable | None, **flags: Any) -> Any:

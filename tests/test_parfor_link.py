@@ -1,0 +1,134 @@
+"""numbacnn/_parfor_link.py: a numbacnn kernel's prange bodies are optimized once, inside the
+kernel's library, and the libraries Numba links them through make no machine code.
+
+The kernels here are compiled fresh in each test (no disk cache), marked as numbacnn kernels or
+not, and checked against NumPy; spies on Numba's code libraries record which path each library
+took.
+"""
+
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+from numba import prange
+from numba.core import codegen
+
+from numbacnn import _parfor_link
+from numbacnn._kernel_cache import mark_kernel
+
+
+def _affine_rows(x, w, b, out):
+    """out[i] = x[i] @ w + b, one row per prange iteration."""
+    for i in prange(x.shape[0]):
+        for j in range(w.shape[1]):
+            acc = b[j]
+            for k in range(x.shape[1]):
+                acc += x[i, k] * w[k, j]
+            out[i, j] = acc
+
+
+def _sum_abs(x):
+    """A prange reduction: sum(|x|)."""
+    total = 0.0
+    for i in prange(x.size):
+        total += abs(x[i])
+    return total
+
+
+def _compile(fn, marked):
+    # A fresh copy of the function each time, so nothing comes from an earlier compile.
+    copy = type(fn)(fn.__code__, fn.__globals__, fn.__name__)
+    return numba.njit(parallel=True, cache=False)(mark_kernel(copy) if marked else copy)
+
+
+@pytest.fixture
+def libraries(monkeypatch):
+    """Names of the code libraries finalized for linking only, and of those made into machine code."""
+    seen = {"link_only": [], "machine_code": []}
+    link_only = _parfor_link._finalize_for_linking
+    monkeypatch.setattr(_parfor_link, "_finalize_for_linking",
+                        lambda lib: (seen["link_only"].append(lib.name), link_only(lib))[1])
+    specific = codegen.JITCodeLibrary._finalize_specific
+    monkeypatch.setattr(codegen.JITCodeLibrary, "_finalize_specific",
+                        lambda lib: (seen["machine_code"].append(lib.name), specific(lib))[1])
+    return seen
+
+
+def test_active_on_this_numba():
+    # If a Numba upgrade renames the internals, this fails rather than compiles slowly unseen.
+    assert _parfor_link.active(), f"numba {numba.__version__}: _parfor_link did not install"
+
+
+def test_marked_kernel_links_wrappers_without_machine_code(libraries):
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((37, 13), (13, 5), (5,)))
+    out = np.empty((37, 5), np.float32)
+    _compile(_affine_rows, marked=True)(x, w, b, out)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w + b, rtol=1e-5, atol=1e-5)
+    wrappers = [n for n in libraries["link_only"]]
+    assert "parallelgufuncwrapper" in wrappers
+    assert any("_GufuncWrapper" in n for n in wrappers)
+    made = libraries["machine_code"]
+    assert "parallelgufuncwrapper" not in made and not any("_GufuncWrapper" in n for n in made)
+    assert "_affine_rows" in made  # the kernel itself, with everything linked into it
+
+
+def test_unmarked_function_compiles_as_numba_does(libraries):
+    x = np.random.default_rng(1).standard_normal(1001)
+    assert _compile(_sum_abs, marked=False)(x) == pytest.approx(np.abs(x).sum(), rel=1e-12)
+    assert libraries["link_only"] == []
+    assert "parallelgufuncwrapper" in libraries["machine_code"]
+
+
+def test_marked_reduction_matches_numpy(libraries):
+    x = np.random.default_rng(2).standard_normal(100_003)
+    x[5] = -np.inf
+    assert _compile(_sum_abs, marked=True)(x) == np.inf
+    x[5] = 3.0
+    assert _compile(_sum_abs, marked=True)(x) == pytest.approx(np.abs(x).sum(), rel=1e-12)
+    assert "parallelgufuncwrapper" in libraries["link_only"]
+
+
+def test_each_parfor_library_skips_module_optimization(monkeypatch):
+    # Numba runs two module pipelines (cheap, full) per library it optimizes: for an unmarked
+    # kernel, the body's, the two wrappers' and the kernel's; for a marked one, the kernel's.
+    pipelines = []
+    make = codegen.CPUCodegen._module_pass_manager
+    monkeypatch.setattr(codegen.CPUCodegen, "_module_pass_manager",
+                        lambda self, **kw: (pipelines.append(kw.get("cost", "full")), make(self, **kw))[1])
+    counts = {}
+    for marked in (False, True):
+        pipelines.clear()
+        out = np.empty((3, 2))
+        _compile(_affine_rows, marked=marked)(np.ones((3, 4)), np.ones((4, 2)), np.zeros(2), out)
+        np.testing.assert_array_equal(out, 4.0)
+        counts[marked] = len(pipelines)
+    assert counts[False] - counts[True] == 6, counts
+
+
+def test_link_only_library_makes_code_when_asked(libraries, monkeypatch):
+    kept = []
+    link_only = _parfor_link._finalize_for_linking
+
+    def keep(lib):
+        kept.append(lib)
+        link_only(lib)
+
+    monkeypatch.setattr(_parfor_link, "_finalize_for_linking", keep)
+    out = np.empty((2, 2))
+    _compile(_affine_rows, marked=True)(np.ones((2, 2)), np.eye(2), np.ones(2), out)
+    wrapper = next(lib for lib in kept if lib.name == "parallelgufuncwrapper")
+    name = next(f.name for f in wrapper.get_defined_functions())
+    assert wrapper.get_pointer_to_function(name) != 0
+    assert "parallelgufuncwrapper" in libraries["machine_code"]
+
+
+def test_environment_turns_it_off():
+    code = "import numbacnn._jit, numbacnn._parfor_link as p; print(p.active())"
+    for value, expect in (("0", "False"), ("1", "True")):
+        env = dict(os.environ, NUMBACNN_LINK_ONCE=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expect
