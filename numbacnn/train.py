@@ -14,6 +14,7 @@ is written; the checkpoint keeps the last finished epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -24,6 +25,7 @@ import numpy as np
 
 from . import losses
 from ._checkpoint import check_writable, load_trainer_state, nonfinite, save_trainer_state
+from ._fit_compile import compile_first, silent_worker
 from ._shapes import expected, fits
 from .distributed._trainer import DataParallel
 from .model import Model
@@ -134,6 +136,7 @@ class Trainer:
         # none yet): what an interrupted run can be resumed from.
         self.checkpoint_epoch: int | None = None
         self._resumed = False
+        self._fitted = False  # a silent fit's first epoch may start a compile worker, once
         self._dp = DataParallel(model) if distributed else None  # the link to the other ranks
 
     # checks ----------------------------------------------------------------------------------
@@ -230,14 +233,20 @@ class Trainer:
         cbs = [c if isinstance(c, Callback) else _FnCallback(c) for c in callbacks]
         self.stop_training = False
         if self.epoch < epochs and verbose:  # compile first (on a twin), so the epoch bar times training
-            self._compile_first(x, y, batch_size, validation_data)
+            compile_first(self, x, y, batch_size, validation_data)
+        # A silent fit compiles as it trains; on a cold cache a worker process helps there too
+        # (its first epoch, the first time only: the worker's samples are the first few).
+        worker = contextlib.nullcontext() if verbose or self._fitted else silent_worker(self, x, y, batch_size)
+        self._fitted = True
         while self.epoch < epochs and not self.stop_training:
             epoch = self.epoch
             for c in cbs:
                 c.on_epoch_begin(epoch, self)
             try:
-                logs = self._train_epoch(x, y, epoch, epochs, batch_size, shuffle, augment, cbs, verbose,
-                                         validation_data, terminate_on_nan)
+                with worker:
+                    logs = self._train_epoch(x, y, epoch, epochs, batch_size, shuffle, augment, cbs, verbose,
+                                             validation_data, terminate_on_nan)
+                worker = contextlib.nullcontext()
             except _Diverged as d:
                 n = len(x) if self._dp is None else self._dp.samples(len(x))
                 raise self._diverged(d, epoch, epochs, -(-n // batch_size), checkpoint) from None
@@ -254,33 +263,6 @@ class Trainer:
             if self._dp is not None:
                 self.stop_training = self._dp.any(self.stop_training)
         return self.history
-
-    def _compile_first(self, x: np.ndarray, y: np.ndarray, batch_size: int,
-                       validation_data: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """Compile what ``fit`` will run, with the compile progress shown, before its first epoch
-        bar starts: one training step and one evaluation on a few samples, on a twin of the model
-        (same graph, dtype, device; its own parameters, buffers, optimizer, generators), so a run
-        stays bit-reproducible; on a cold cache a worker process helps (numbacnn._precompile)."""
-        from ._compile_progress import compile_progress
-        from ._precompile import worker_on_first_compile
-        model, opt = self.model, self.optimizer
-        twin = Model(model.graph, seed=model.seed, dtype=model.dtype).to(model.device)
-        try:
-            twin_opt = type(opt)(twin, **opt.config)
-        except (TypeError, ValueError, AttributeError):
-            twin_opt = None  # an optimizer its config cannot rebuild: its kernels compile in step one
-        twin_trainer = Trainer(twin, twin_opt, loss=self.loss_fn, seed=self.seed)
-        rows = np.arange(min(len(x), batch_size, 4))  # indexed as the epochs index: a fresh C-contiguous batch
-        with compile_progress(), worker_on_first_compile(twin, twin_opt, self.loss_fn, x[rows], y[rows]):
-            if twin_opt is not None:
-                twin_trainer.train_step(x[rows], y[rows])
-            else:
-                out = twin.forward(x[rows], training=True, host=False)
-                twin.backward(twin_trainer._loss(out, y[rows])[1], input_grad=False)
-            if validation_data is not None:
-                xv, yv = validation_data
-                rows = rows[:len(xv)]
-                twin_trainer.evaluate(xv[rows], yv[rows], batch_size=max(batch_size, 256))
 
     def _train_epoch(self, x, y, epoch, epochs, batch_size, shuffle, augment, cbs, verbose,
                      validation_data, terminate_on_nan) -> dict[str, float]:
