@@ -132,27 +132,31 @@ class Folds:
         self._args: tuple | None = None
 
     def _prepare(self) -> tuple:
-        # Flat views of the live sources (the model's parameters are views into one flat array
-        # and its buffers contiguous arrays, all updated in place, so the views stay live until
-        # the executor binds again and makes a new Folds), the folded arrays, the copy.
-        srcs, wfs, bfs, eps = [], [], [], []
+        # The live sources (the model's parameters are views into one flat array and its
+        # buffers contiguous arrays, all updated in place, so they stay live until the executor
+        # binds again and makes a new Folds), the folded arrays and the copy, passed to the
+        # kernel by address: ``keep`` holds every one of them for as long as ``_args`` lives.
+        keep, rows, sizes, eps = [], [], [], []
         for (conv, bn, e), params in zip(self._pairs, self._params):
             w = conv.params["weight"]
             K, dt = w.shape[0], w.dtype
             ones, zeros = np.ones(K, dt), np.zeros(K, dt)
-            for a in (w, conv.params.get("bias", zeros), bn.params.get("weight", ones), bn.params.get("bias", zeros),
-                      bn.buffers["running_mean"], bn.buffers["running_var"]):
-                if not a.flags.c_contiguous:
+            group = [w, conv.params.get("bias", zeros), bn.params.get("weight", ones), bn.params.get("bias", zeros),
+                     bn.buffers["running_mean"], bn.buffers["running_var"]]
+            for a in group:
+                if not a.flags.c_contiguous or a.dtype != dt:
                     raise RuntimeError(f"conv2d node '{conv.name}' / batch_norm2d node '{bn.name}': expected "
-                                       f"contiguous parameters to fold, found a strided view; set "
+                                       f"contiguous {dt} parameters to fold, found a {a.dtype} "
+                                       f"{'array' if a.flags.c_contiguous else 'strided view'}; set "
                                        f"NUMBACNN_FOLD_BN=0")
-                srcs.append(a.reshape(-1))
             params.update(weight=np.empty_like(w), bias=np.empty(K, dt))
-            wfs.append(params["weight"].reshape(-1))
-            bfs.append(params["bias"])
+            group += [params["weight"], params["bias"]]
+            keep += group
+            rows.append([a.ctypes.data for a in group])
+            sizes.append((w.size, K))
             eps.append(e)
-        source = np.empty(sum(a.size for a in srcs), srcs[0].dtype)
-        return tuple(srcs), np.array(eps), source, tuple(wfs), tuple(bfs)
+        source = np.empty(sum(w + 5 * k for w, k in sizes), keep[0].dtype)
+        return np.array(rows, np.int64), np.array(sizes, np.int64), np.array(eps), source, keep
 
     def refresh(self) -> int:
         """Fold again every pair one of whose sources differs from the copy its folded arrays
@@ -164,5 +168,5 @@ class Folds:
             from ._fold_cpu import fold
 
             self._args = (fold, *self._prepare())
-        kernel, srcs, eps, source, wfs, bfs = self._args
-        return kernel(srcs, eps, source, fresh, wfs, bfs)
+        kernel, addrs, sizes, eps, source, _ = self._args
+        return kernel(addrs, sizes, eps, source, fresh)

@@ -1,40 +1,72 @@
 """The batch-norm fold's kernel (numbacnn._fold): compare a model's conv and batch-norm
-sources with the copy their folded arrays came from, and fold again where they differ."""
+sources with the copy their folded arrays came from, and fold again where they differ.
+
+The arrays reach the kernel as addresses in an int64 table, not as a tuple: a tuple of arrays
+is a type of its own for each length, so every model with a different number of conv and
+batch-norm pairs compiled the kernel again (3-6 s each, and ``numbacnn warmup`` could not pay
+it ahead for a user's own model). ``numbacnn._fold.Folds`` keeps every array whose address it
+passes alive for as long as it passes it, and checks that each is C-contiguous and of the
+model's dtype.
+"""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from numba import carray, types
 
-from ._jit import cpu_inline, cpu_serial
+from ._jit import cpu_inline, cpu_intrinsic, cpu_serial
 
-__all__ = ["fold"]
+__all__ = ["fold", "SOURCES"]
+
+#: Per pair, the columns of ``addrs``: the six sources, then the folded weight and bias.
+SOURCES = ("weight", "bias", "bn_weight", "bn_bias", "running_mean", "running_var")
+
+
+@cpu_intrinsic
+def _pointer(typingctx, addr, like):
+    """The integer ``addr`` as a pointer to elements of ``like``'s dtype."""
+    ptr = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+
+    return ptr(addr, like), codegen
+
+
+@cpu_inline
+def _array(addrs, sizes, f, j, like):  # pragma: no cover - compiled
+    # Column j of pair f: the weights (j 0, folded 6) hold sizes[f, 0] values, the rest sizes[f, 1].
+    return carray(_pointer(addrs[f, j], like), sizes[f, 0] if j == 0 or j == 6 else sizes[f, 1])
 
 
 @cpu_serial
-def fold(srcs, eps, source, fresh, wfs, bfs):  # pragma: no cover - compiled
-    """Per pair f, sources srcs[6f:6f+6] = (w, b, gamma, beta, mean, var) flat: unless
-    ``fresh``, compare them with their copy in ``source`` bit for bit; where any differs, copy
-    them there and write wfs[f], bfs[f]. Returns the number of pairs folded."""
+def fold(addrs, sizes, eps, source, fresh):  # pragma: no cover - compiled
+    """Per pair f, the sources at ``addrs[f, :6]`` (``SOURCES``; ``sizes[f]`` = (weight size,
+    channels)): unless ``fresh``, compare them with their copy in ``source`` bit for bit; where
+    any differs, copy them there and write the folded weight and bias at ``addrs[f, 6:8]``.
+    Returns the number of pairs folded."""
     off = 0
     folded = 0
     for f in range(eps.size):
         same = not fresh
         end = off
         for j in range(6):
-            a = srcs[6 * f + j]
+            a = _array(addrs, sizes, f, j, source)
             if same and not _same_run(a, source, end):
                 same = False
             end += a.size
         if not same:
             end = off
             for j in range(6):
-                a = srcs[6 * f + j]
+                a = _array(addrs, sizes, f, j, source)
                 source[end:end + a.size] = a
                 end += a.size
-            _refold(srcs[6 * f], srcs[6 * f + 1], srcs[6 * f + 2], srcs[6 * f + 3], srcs[6 * f + 4],
-                    srcs[6 * f + 5], eps[f], wfs[f], bfs[f])
+            _refold(_array(addrs, sizes, f, 0, source), _array(addrs, sizes, f, 1, source),
+                    _array(addrs, sizes, f, 2, source), _array(addrs, sizes, f, 3, source),
+                    _array(addrs, sizes, f, 4, source), _array(addrs, sizes, f, 5, source), eps[f],
+                    _array(addrs, sizes, f, 6, source), _array(addrs, sizes, f, 7, source))
             folded += 1
         off = end
     return folded

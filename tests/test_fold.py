@@ -198,3 +198,21 @@ def test_cuda_runs_unfolded(monkeypatch):
     model.to("cuda")
     assert model._executor._folds == []
     np.testing.assert_allclose(model(xb), y, rtol=1e-5, atol=1e-6)
+
+
+def test_one_kernel_specialisation_for_any_number_of_pairs(monkeypatch):
+    # The arrays used to reach the kernel as tuples, a type of their own for each length: every
+    # model with a different number of pairs compiled the kernel again (3-6 s each).
+    from numbacnn._fold_cpu import fold
+
+    seen = set()
+    for graph in (_bottleneck, _inception):  # 4 and 1 folded pairs
+        for dtype in ("float32", "float64"):
+            folded, plain = _pair(graph(), dtype, monkeypatch)
+            x = np.random.default_rng(1).normal(size=(2, *folded.input_shapes[0])).astype(dtype)
+            np.testing.assert_allclose(folded(x), plain(x), rtol=1e-5 if dtype == "float32" else 1e-12,
+                                       atol=1e-5 if dtype == "float32" else 1e-12)
+            seen.add(len(folded._executor._folds))
+    assert seen == {4, 1}
+    assert len(fold.signatures) == 2, fold.signatures  # one per dtype, whatever the count
+
