@@ -132,3 +132,14 @@ def test_environment_turns_it_off():
         env = dict(os.environ, NUMBACNN_LINK_ONCE=value)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expect
+
+
+def _untypable(x):
+    for i in prange(x.shape[0]):
+        x[i] = "text"  # a string into a float array: a typing error
+
+
+def test_a_failed_compile_leaves_the_scope():
+    with pytest.raises(numba.core.errors.TypingError):
+        _compile(_untypable, marked=True)(np.zeros(4))
+    assert _parfor_link._depth() == 0
