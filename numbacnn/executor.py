@@ -25,7 +25,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from . import _fold, _shapes
+from . import _fold, _fuse_train, _shapes
 from ._arena import Arena
 from ._graph_replay import follows_graph, graph_modes, replayed
 from ._passes import Pass, Plan
@@ -99,7 +99,7 @@ class Executor:
             input_up[self._first + k] = any(input_up[i] for i in ins)
         self._train = list(self.ctxs.values())
         self._record = StepArena(backend) if device == "cpu" else None
-        self._forwards = [device_method(layer, "forward", device) for layer, _, _, _ in self._steps]
+        self._forwards = _fuse_train.forwards(self._steps, self._readers, self._keep, self._first, device)
         self._backwards = [device_method(layer, "backward", device) for layer, _, _, _ in self._steps]
         self._folds = _fold.fold_pairs(self._steps, self._readers, self._keep, self._first, device)
         relus = _fold.relu_pairs(self._steps, self._readers, self._keep, self._first, self._folds, device)

@@ -32,6 +32,10 @@ class BatchNorm2d(Layer):
     weight, bias (C,); buffers running_mean, running_var (C,)."""
 
     name = "batch_norm2d"
+    #: Set on the executor's copy of a batch norm whose output only a relu reads
+    #: (numbacnn._fuse_train): the forward applies that relu as it writes y. The model's own
+    #: layer never has it.
+    fused_relu = False
 
     def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True) -> None:
@@ -114,7 +118,7 @@ class BatchNorm2d(Layer):
         else:
             mean, var = ctx.buffers["running_mean"], ctx.buffers["running_var"]
         w, b = self._affine(ctx, ctx.params)
-        kernels.batch_norm2d_forward(x3, mean, var, w, b, eps, y.reshape(N, C, L))
+        kernels.batch_norm2d_forward(x3, mean, var, w, b, eps, self.fused_relu, y.reshape(N, C, L))
         ctx.save(x3, mean, var, batch_stats)
         return y
 

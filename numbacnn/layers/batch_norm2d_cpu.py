@@ -15,7 +15,8 @@ The interface, the same in batch_norm2d_cuda.py: ``batch_norm2d_stats(x, mean, v
 ``batch_norm2d_update_cumulative(mean, var, unbias, count, running_mean, running_var)`` (the
 cumulative average of momentum=None: count (1,) is the batches so far, incremented; unbias
 typed like the statistics),
-``batch_norm2d_forward(x, mean, var, w, b, eps, y)``,
+``batch_norm2d_forward(x, mean, var, w, b, eps, relu, y)`` (``relu``: y = max(y, 0) as relu
+computes it, NaN kept: a relu fused into the batch norm, numbacnn/_fuse_train.py),
 ``batch_norm2d_backward_weight(x, gy, mean, var, eps, sums, gw, gb)`` (sums (2, C): sum(gy)
 and sum(gy * x_hat) per channel, written; gw, gb added into) and
 ``batch_norm2d_backward_input(x, gy, mean, var, w, eps, sums, batch_stats, gx)``. Without
@@ -92,20 +93,27 @@ def _scale_shift(x, var, w, b, eps, c):
 
 
 @cpu_kernel
-def batch_norm2d_forward(x, mean, var, w, b, eps, y):
+def batch_norm2d_forward(x, mean, var, w, b, eps, relu, y):
     N, C, L = x.shape
+    zero = x.dtype.type(0)
     if L == 1:  # along the rows: the inner loop runs over contiguous channels
         for n in prange(N):
             for c in range(C):
                 scale, shift = _scale_shift(x, var, w, b, eps, c)
-                y[n, c, 0] = (x[n, c, 0] - mean[c]) * scale + shift
+                v = (x[n, c, 0] - mean[c]) * scale + shift
+                y[n, c, 0] = zero if relu and v <= zero else v
     else:
         for nc in prange(N * C):
             n, c = nc // C, nc % C
             scale, shift = _scale_shift(x, var, w, b, eps, c)
             m = mean[c]
-            for l in range(L):
-                y[n, c, l] = (x[n, c, l] - m) * scale + shift
+            if relu:  # relu's rule (relu_cpu): NaN stays NaN, -0.0 becomes 0
+                for l in range(L):
+                    v = (x[n, c, l] - m) * scale + shift
+                    y[n, c, l] = zero if v <= zero else v
+            else:
+                for l in range(L):
+                    y[n, c, l] = (x[n, c, l] - m) * scale + shift
 
 
 @cpu_kernel(fastmath=REASSOC)

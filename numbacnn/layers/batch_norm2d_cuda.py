@@ -104,7 +104,7 @@ def batch_norm2d_update_cumulative(mean, var, unbias, count, running_mean, runni
 
 
 @cuda_kernel
-def _batch_norm2d_forward_kernel(x, mean, var, w, b, eps, y):
+def _batch_norm2d_forward_kernel(x, mean, var, w, b, eps, relu, y):
     i = cuda.grid(1)
     if i >= x.size:
         return
@@ -116,11 +116,12 @@ def _batch_norm2d_forward_kernel(x, mean, var, w, b, eps, y):
     affine = w.size > 0
     scale = k * w[c] if affine else k
     shift = b[c] if affine else x.dtype.type(0)
-    y[n, c, l] = (x[n, c, l] - mean[c]) * scale + shift
+    v = (x[n, c, l] - mean[c]) * scale + shift
+    y[n, c, l] = x.dtype.type(0) if relu and v <= x.dtype.type(0) else v
 
 
-def batch_norm2d_forward(x, mean, var, w, b, eps, y):
-    _batch_norm2d_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, mean, var, w, b, eps, y)
+def batch_norm2d_forward(x, mean, var, w, b, eps, relu, y):
+    _batch_norm2d_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, mean, var, w, b, eps, relu, y)
 
 
 @cuda_kernel
