@@ -40,7 +40,7 @@ from .layers.batch_norm2d import BatchNorm2d
 from .layers.conv2d import Conv2d
 from .layers.relu import ReLU
 
-__all__ = ["fold_pairs", "folding_enabled", "fusing_enabled", "relu_pairs", "forwards", "Folds", "skip"]
+__all__ = ["fold_pairs", "folding_enabled", "fusing_enabled", "lone_relus", "relu_pairs", "forwards", "Folds", "skip"]
 
 
 def folding_enabled() -> bool:
@@ -71,23 +71,27 @@ def fusing_enabled() -> bool:
     return os.environ.get("NUMBACNN_FUSE_RELU", "1").strip() != "0"
 
 
+def lone_relus(steps: list[tuple], readers: list[int], keep: set[int], first: int,
+               device: str) -> list[tuple[int, int]]:
+    """(relu step, producing step) of every relu that is the one reader of another step's
+    output, an output that is not a graph output: what a fusion may hand the relu's work to.
+    None off the CPU or when fusing is off."""
+    if device != "cpu" or not fusing_enabled():
+        return []
+    return [(k, ins[0] - first) for k, (layer, ins, _, _) in enumerate(steps)
+            if type(layer) is ReLU and len(ins) == 1 and ins[0] >= first and readers[ins[0]] == 1
+            and ins[0] not in keep]
+
+
 def relu_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: int,
                folds: list[tuple[int, int]], device: str) -> list[tuple[int, int]]:
     """(conv or add step, relu step) of every relu fused into a conv2d or an add at inference:
     a relu whose one input is a conv2d's or an add's output, or a batch norm's folded into a
     conv (``folds``), that nothing else reads and that is not a graph output. None off the CPU
     or when fusing is off."""
-    folded = {k: j for j, k in folds}
-    pairs: list[tuple[int, int]] = []
-    if device != "cpu" or not fusing_enabled():
-        return pairs
-    for k, (layer, ins, _, _) in enumerate(steps):
-        if type(layer) is not ReLU or len(ins) != 1 or readers[ins[0]] != 1 or ins[0] in keep:
-            continue
-        j = folded.get(ins[0] - first, ins[0] - first)  # the conv behind a folded batch norm
-        if j >= 0 and type(steps[j][0]) in (Conv2d, Add):
-            pairs.append((j, k))
-    return pairs
+    folded = {k: j for j, k in folds}  # the conv behind a folded batch norm
+    return [(folded.get(j, j), k) for k, j in lone_relus(steps, readers, keep, first, device)
+            if type(steps[folded.get(j, j)][0]) in (Conv2d, Add)]
 
 
 def forwards(plain: list[Any], steps: list[tuple], pairs: list[tuple[int, int]], device: str,

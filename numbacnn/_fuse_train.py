@@ -16,31 +16,22 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ._fold import fusing_enabled
+from ._fold import lone_relus
 from .layer import Ctx, device_method
 from .layers.batch_norm1d import BatchNorm1d
 from .layers.batch_norm2d import BatchNorm2d
 from .layers.batch_norm3d import BatchNorm3d
-from .layers.relu import ReLU
 
 __all__ = ["bn_relu_pairs", "forwards", "passed"]
 
 
 def bn_relu_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: int,
                   device: str) -> list[tuple[int, int]]:
-    """(batch-norm step, relu step) of every relu whose one input is a batch_norm2d's output
+    """(batch-norm step, relu step) of every relu whose one input is a batch norm's output
     that nothing else reads and that is not a graph output. None off the CPU or when fusing
     is off."""
-    pairs: list[tuple[int, int]] = []
-    if device != "cpu" or not fusing_enabled():
-        return pairs
-    for k, (layer, ins, _, _) in enumerate(steps):
-        if type(layer) is not ReLU or len(ins) != 1 or readers[ins[0]] != 1 or ins[0] in keep:
-            continue
-        j = ins[0] - first
-        if j >= 0 and type(steps[j][0]) in (BatchNorm1d, BatchNorm2d, BatchNorm3d):  # one forward
-            pairs.append((j, k))
-    return pairs
+    return [(j, k) for k, j in lone_relus(steps, readers, keep, first, device)
+            if type(steps[j][0]) in (BatchNorm1d, BatchNorm2d, BatchNorm3d)]  # one forward, theirs
 
 
 def passed(ctx: Ctx, x: Any) -> Any:
