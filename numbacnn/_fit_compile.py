@@ -25,7 +25,8 @@ def _rows(x: np.ndarray, batch_size: int) -> np.ndarray:
     return np.arange(min(len(x), batch_size, 4))
 
 
-def silent_worker(trainer: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> contextlib.AbstractContextManager[None]:
+def silent_worker(trainer: Any, x: np.ndarray, y: np.ndarray,
+                  batch_size: int) -> contextlib.AbstractContextManager[None]:
     """Inside the block, the first kernel that misses the cache starts the worker for the
     trainer's model, fed a few of ``x``'s samples."""
     rows = _rows(x, batch_size)

@@ -40,7 +40,8 @@ from .layers.batch_norm2d import BatchNorm2d
 from .layers.conv2d import Conv2d
 from .layers.relu import ReLU
 
-__all__ = ["fold_pairs", "folding_enabled", "fusing_enabled", "lone_relus", "relu_pairs", "forwards", "Folds", "skip"]
+__all__ = ["fold_pairs", "folding_enabled", "fusing_enabled", "lone_relus", "relu_pairs", "forwards", "Folds",
+           "skip"]
 
 
 def folding_enabled() -> bool:

@@ -18,10 +18,7 @@ from numba import carray, types
 
 from ._jit import cpu_inline, cpu_intrinsic, cpu_serial
 
-__all__ = ["fold", "SOURCES"]
-
-#: Per pair, the columns of ``addrs``: the six sources, then the folded weight and bias.
-SOURCES = ("weight", "bias", "bn_weight", "bn_bias", "running_mean", "running_var")
+__all__ = ["fold"]
 
 
 @cpu_intrinsic
@@ -43,8 +40,8 @@ def _array(addrs, sizes, f, j, like):  # pragma: no cover - compiled
 
 @cpu_serial
 def fold(addrs, sizes, eps, source, fresh):  # pragma: no cover - compiled
-    """Per pair f, the sources at ``addrs[f, :6]`` (``SOURCES``; ``sizes[f]`` = (weight size,
-    channels)): unless ``fresh``, compare them with their copy in ``source`` bit for bit; where
+    """Per pair f, the sources at ``addrs[f, :6]`` (conv weight and bias, batch-norm weight,
+    bias, running mean and variance; ``sizes[f]`` = (weight size, channels)): unless ``fresh``, compare them with their copy in ``source`` bit for bit; where
     any differs, copy them there and write the folded weight and bias at ``addrs[f, 6:8]``.
     Returns the number of pairs folded."""
     off = 0

@@ -67,7 +67,7 @@ def test_fused_step_is_the_unfused_step_bit_for_bit(graph, dtype, monkeypatch):
 
 
 def test_nan_and_infinities_as_unfused(monkeypatch):
-    fused, plain = _model(_bottleneck(), "float32", True, monkeypatch), _model(_bottleneck(), "float32", False, monkeypatch)
+    fused, plain = (_model(_bottleneck(), "float32", fuse, monkeypatch) for fuse in (True, False))
     x = np.random.default_rng(4).normal(size=(3, 8, 6, 6)).astype(np.float32)
     x[0, 0, 0, 0], x[1, 2, 3, 4], x[2, 5, 1, 1] = np.nan, np.inf, -np.inf
     for kw in ({"training": True}, {"training": False, "grad": True}):
