@@ -297,3 +297,38 @@ def test_max_pool2d_inference_values_alone_like_torch(kw):
     np.testing.assert_array_equal(y, want)
     np.testing.assert_array_equal(model.forward(x, training=True), want)
     assert np.isnan(y).any() and np.isinf(y).any()
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=3, stride=1),
+                                dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=(1, 2), padding=1),
+                                dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)],
+                         ids=["s1-p1", "s1-p0", "s2-p1", "s12-p1", "s2-p1-ceil"])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 1), (1, 2), (2, 2), (3, 3), (4, 4), (5, 8), (8, 5), (16, 16)])
+def test_max_pool2d_3x3_values_alone_keep_the_window_order(kw, hw):
+    # Inference's separable 3x3 pass (_values3x3: flat row triples, then flat row folds)
+    # must take the same element as the window-order fold that training's index kernel
+    # does, down to the sign of a tied zero, on planes from 1x1 up: a tie between 0.0 and
+    # -0.0 keeps the first in window order (PyTorch's rule), and the end columns and rows
+    # that the flat passes redo are clamped as the windows are.
+    try:
+        MaxPool2d(**kw).output_shape((1, *hw))
+    except nc.ShapeError:
+        pytest.skip("smaller than the window")
+    rng = np.random.default_rng(hw[0] * 31 + hw[1])
+    x = np.where(rng.random((2, 3, *hw)) < 0.5, np.float32(0.0), np.float32(-0.0))
+    x[1, 1] = rng.integers(-1, 2, hw).astype(np.float32)  # ties between other values too
+    layer = MaxPool2d(**kw)
+    (sh, sw), (ph, pw) = layer.stride, layer.padding
+    model = _model(layer, x.shape)
+    y, yt = model.forward(x), model.forward(x, training=True)
+    ref = np.empty_like(y)
+    for n, c, p, q in np.ndindex(*y.shape):
+        best = None
+        for r, s in np.ndindex(3, 3):
+            h, w = p * sh - ph + r, q * sw - pw + s
+            if 0 <= h < hw[0] and 0 <= w < hw[1] and (best is None or x[n, c, h, w] > best):
+                best = x[n, c, h, w]
+        ref[n, c, p, q] = best
+    np.testing.assert_array_equal(y, ref)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(ref))
+    np.testing.assert_array_equal(np.signbit(yt), np.signbit(ref))
