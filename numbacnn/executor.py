@@ -1,7 +1,7 @@
 """Runs a graph on one device: forward in topological order, backward in reverse with fan-out.
 
-The executor is the only code that moves data between host and device: the input batch in, the outputs (and the
-input gradient) out. Where a value feeds several nodes its gradients are summed into a buffer the executor owns.
+The executor alone moves data between host and device: the input batch in, the outputs (and the input gradient)
+out. Where a value feeds several nodes its gradients are summed into a buffer the executor owns.
 
 Plans: everything that does not depend on the data is decided once per input signature (the inputs' shapes and
 dtypes, training or not, gradients or not) and kept in a ``Plan``: the concrete shapes (inputs may have free sizes),
@@ -69,6 +69,7 @@ class Executor:
         self._forwards: list[Any] = []  # per step, the layer's forward for this device
         self._backwards: list[Any] = []
         self._inference: list[Any] = []  # per step, the forward of inference without gradients
+        self._modes: dict[bool, tuple] = {}  # training's or else inference's forwards, steps, readers
         self._folds: list[tuple[int, int]] = []  # (conv, batch norm) steps folded there (_fold)
         self._needs: dict[bool, list[tuple[bool, ...]]] = {}
         self._local = threading.local()
@@ -101,9 +102,9 @@ class Executor:
         self._record = StepArena(backend) if device == "cpu" else None
         self._forwards = _fuse_train.forwards(self._steps, self._readers, self._keep, self._first, device)
         self._backwards = [device_method(layer, "backward", device) for layer, _, _, _ in self._steps]
-        self._folds = _fold.fold_pairs(self._steps, self._readers, self._keep, self._first, device)
-        relus = _fold.relu_pairs(self._steps, self._readers, self._keep, self._first, self._folds, device)
-        self._inference = _fold.forwards(self._forwards, self._steps, self._folds, device, relus)
+        self._folds, self._inference, infer = _fold.plan_inference(
+            self._forwards, self._steps, self._readers, self._keep, self._first, device)
+        self._modes = {True: (self._forwards, self._steps, self._readers), False: (self._inference, *infer)}
         self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
                        for want in (True, False)}
         self._graphs = graph_modes(device, [layer for layer, _, _, _ in self._steps])
@@ -239,15 +240,15 @@ class Executor:
         record = self._record if state is None else None  # a training step's first forward
         if record is not None:
             record.begin_forward(plan, self._readers)
-        forwards = self._forwards if training or grad else self._inference
+        forwards, in_order, readers = self._modes[training or grad]
         arena = None
         if state is not None and not plan.ready:  # the first inference: decide, and record
-            arena, left = state.arena, list(self._readers)
+            arena, left = state.arena, list(readers)
             arena.reset()
             state.trace = []
             for pool in plan.pools:
                 pool.clear()  # what a failed first pass took: the arena no longer knows it
-        steps = zip(self._steps, ctxs, plan.pools, plan.plans, plan.wants)
+        steps = zip(in_order, ctxs, plan.pools, plan.plans, plan.wants)
         for k, ((layer, ins, kind, name), ctx, pool, plans, want) in enumerate(steps):
             args = [values[i] for i in ins]
             if arena is not None:
@@ -278,7 +279,7 @@ class Executor:
         """A forward with every decision made: one call per node, no bookkeeping."""
         calls = plan.calls
         if calls is None:
-            calls = plan.calls = self._calls(plan, ctxs, self._forwards if training or grad else self._inference)
+            calls = plan.calls = self._calls(plan, ctxs, training or grad)
         dtype = self.dtype
         for forward, ins, ctx, pool, plans, inplace, want, k in calls:
             ctx.begin(training, grad, pool, plans, inplace)
@@ -293,12 +294,13 @@ class Executor:
         return GraphError(f"{kind} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
                           f"expected {self.dtype.name} {want} (a bug in the layer)")
 
-    def _calls(self, plan: Plan, ctxs: list[Ctx], forwards: list[Any]) -> list[tuple]:
-        """Per node: its forward, input slot(s) (an int for one), context, the plan's buffers,
-        layer plans, in-place flag and expected output shape, and its step index."""
+    def _calls(self, plan: Plan, ctxs: list[Ctx], grads: bool) -> list[tuple]:
+        """Per node: its forward, input slot(s) (an int for one), context, the plan's buffers, layer
+        plans, in-place flag, expected output shape and step index (``grads``: training's steps)."""
+        forwards, steps, _ = self._modes[grads]
         return [(forward, ins[0] if len(ins) == 1 else ins, ctx, pool, plans, inplace, want, k)
                 for k, (forward, (_, ins, _, _), ctx, pool, plans, inplace, want)
-                in enumerate(zip(forwards, self._steps, ctxs, plan.pools, plan.plans, plan.inplace, plan.wants))]
+                in enumerate(zip(forwards, steps, ctxs, plan.pools, plan.plans, plan.inplace, plan.wants))]
 
     @staticmethod
     def _settle(arena: Arena, ctx: Ctx, y: Any, ins: list[Any]) -> None:
@@ -330,10 +332,8 @@ class Executor:
             for name, gy in zip(self.outputs, gys):
                 want = (plan.batch, *plan.shapes[name])
                 if tuple(gy.shape) != want or gy.dtype != self.dtype:
-                    raise GraphError(
-                        f"backward(): gradient for output '{name}' must be {self.dtype.name} {want}, "
-                        f"found {gy.dtype} {tuple(gy.shape)}"
-                    )
+                    raise GraphError(f"backward(): gradient for output '{name}' must be {self.dtype.name} {want}, "
+                                     f"found {gy.dtype} {tuple(gy.shape)}")
             self._pending = False
             # The step's saved values die in its backward (their buffers go on to hold gradients):
             # another backward needs another forward.

@@ -90,13 +90,15 @@ class Conv2d(Layer):
             ctx.name, tuple(x_shape), (x_shape[0], *self._output_shape_2d(tuple(x_shape[1:]))), self._geometry(),
             backward, ctx.dtype))
 
-    def forward(self, ctx: Ctx, x: Any) -> Any:
+    def forward(self, ctx: Ctx, x: Any, residual: Any = None) -> Any:
         plan = self._plan(ctx, x.shape, ctx.backward_expected)
         y = ctx.empty(plan.out)
         scratch = tuple(ctx.empty(shape, dtype) if i < plan.kept else ctx.scratch(shape, dtype)
                         for i, (shape, dtype) in enumerate(plan.forward_scratch))
         w, b = self._weight(ctx.params), self._bias(ctx, ctx.params)
-        if self.fused_relu:  # inference's conv + relu (numbacnn._fold)
+        if residual is not None:  # inference's conv + add (+ relu): numbacnn._fold hands it the add's other input
+            kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch, self.fused_relu, residual)
+        elif self.fused_relu:  # inference's conv + relu (numbacnn._fold)
             kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch, True)
         else:
             kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch)

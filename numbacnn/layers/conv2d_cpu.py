@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .._blas import gemm
-from .._jit import cpu_kernel, cpu_serial, prange
+from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
 from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_rows as _im2col_rows
 from .conv2d_hwc_cpu import reduce_partials
@@ -57,11 +57,12 @@ def _columns(xn, cf, P, Q, geo):
 
 
 @cpu_serial
-def _forward_chunk(x, x4, w3, b, col, y4, n0, n1, l0, l1, P, Q, geo, direct, relu, build):
+def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, P, Q, geo, direct, relu, build):
     """Output columns l0..l1 of samples n0..n1, one thread's share of _forward_batch or
     _forward_split, through its own column matrix col (built here for each sample when
-    ``build``, else by the caller); ``relu``: y = max(y, 0) as relu computes it (NaN kept),
-    while the output is in cache."""
+    ``build``, else by the caller); ``r4`` (empty: none) a residual added after the bias, as an
+    add node reading y would (inference's conv + add); ``relu``: y = max(y, 0) as relu computes
+    it (NaN kept), last. All while the output is in cache."""
     _, G, Kg, L = y4.shape
     J = w3.shape[2]
     for n in range(n0, n1):
@@ -73,7 +74,9 @@ def _forward_chunk(x, x4, w3, b, col, y4, n0, n1, l0, l1, P, Q, geo, direct, rel
                  y4[n, g].reshape(Kg * L)[l0:], L)
         # The choices outside the loops: each loop stays one plain pass for LLVM to vectorise.
         zero = y4.dtype.type(0)
-        if relu:  # + 0 where there is no bias: -0.0 becomes 0, which relu gives anyway
+        if r4.size:
+            _add_residual(y4, r4, b, n, l0, l1, relu)
+        elif relu:  # + 0 where there is no bias: -0.0 becomes 0, which relu gives anyway
             for g in range(G):
                 for k in range(Kg):
                     bk = b[g * Kg + k] if b.size else zero
@@ -88,14 +91,35 @@ def _forward_chunk(x, x4, w3, b, col, y4, n0, n1, l0, l1, P, Q, geo, direct, rel
                         y4[n, g, k, i] += bk
 
 
+@cpu_inline
+def _add_residual(y4, r4, b, n, l0, l1, relu):
+    # y = (y + b) + r, then relu'd: a bias-less conv adds nothing (y + 0 would turn -0.0 into 0).
+    _, G, Kg, _ = y4.shape
+    zero = y4.dtype.type(0)
+    for g in range(G):
+        for k in range(Kg):
+            if b.size:
+                bk = b[g * Kg + k]
+                for i in range(l0, l1):
+                    y4[n, g, k, i] = (y4[n, g, k, i] + bk) + r4[n, g, k, i]
+            else:
+                for i in range(l0, l1):
+                    y4[n, g, k, i] += r4[n, g, k, i]
+            if relu:
+                for i in range(l0, l1):
+                    v = y4[n, g, k, i]
+                    y4[n, g, k, i] = zero if v <= zero else v
+
+
 @cpu_kernel
-def _forward_batch(x, x4, w3, b, col, y4, T, P, Q, geo, direct, relu):
+def _forward_batch(x, x4, w3, b, col, y4, r4, T, P, Q, geo, direct, relu):
     """y4[n, g] = w3[g] @ xcol[n, g] (+ b), xcol[n] being x[n]'s column matrix, which chunk t
     of T builds in col[t] (x4[n] itself when ``direct``). Each chunk's body is compiled apart
     (a call per chunk): inlined into the parallel loop, it compiled 2x slower."""
     N, _, _, L = y4.shape
     for t in prange(T):
-        _forward_chunk(x, x4, w3, b, col[t], y4, t * N // T, (t + 1) * N // T, 0, L, P, Q, geo, direct, relu, True)
+        _forward_chunk(x, x4, w3, b, col[t], y4, r4, t * N // T, (t + 1) * N // T, 0, L, P, Q, geo, direct, relu,
+                       True)
 
 
 @cpu_serial
@@ -105,7 +129,7 @@ def _window(xn, cf, P, Q, geo, pa, pb):
 
 
 @cpu_kernel
-def _forward_split(x, x4, w3, b, col, y4, T, P, Q, geo, direct, relu):
+def _forward_split(x, x4, w3, b, col, y4, r4, T, P, Q, geo, direct, relu):
     """_forward_batch for fewer samples than chunks (an inference plan at batch 1,
     conv2d_plan): the samples one at a time, each one's output rows split T ways, chunk t
     building their columns of the column matrix in col[t] and multiplying them. A kernel of its
@@ -119,8 +143,8 @@ def _forward_split(x, x4, w3, b, col, y4, T, P, Q, geo, direct, relu):
             if not direct:
                 _window(x[n], col[t].reshape(col[t].size), P, Q, geo, pa, pb)
             # direct: col is x4 itself (unused), which has fewer than T samples
-            _forward_chunk(x, x4, w3, b, col[0] if direct else col[t], y4, n, n + 1, l0, l1, P, Q, geo, direct, relu,
-                           False)
+            _forward_chunk(x, x4, w3, b, col[0] if direct else col[t], y4, r4, n, n + 1, l0, l1, P, Q, geo, direct,
+                           relu, False)
 
 
 @cpu_serial
@@ -162,17 +186,19 @@ def _per_group(a: np.ndarray, G: int, L: int) -> np.ndarray:
 
 
 def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray | None,
-                   geo: Geometry, chunks: int, relu: bool = False) -> None:
-    """y = conv2d(x, w) + b (b empty: no bias), in ``chunks`` chunks of the batch, then
-    relu'd when ``relu``. ``col`` (chunks, C*R*S, P*Q) is scratch, one column matrix per
-    chunk; None on the direct (1x1) path."""
+                   geo: Geometry, chunks: int, relu: bool = False, residual: np.ndarray | None = None) -> None:
+    """y = conv2d(x, w) + b (b empty: no bias) (+ ``residual``), in ``chunks`` chunks of the
+    batch, then relu'd when ``relu``. ``col`` (chunks, C*R*S, P*Q) is scratch, one column
+    matrix per chunk; None on the direct (1x1) path."""
     G = geo[0]
     N, K, P, Q = y.shape
     x4 = _per_group(x, G, x.shape[2] * x.shape[3])
+    y4 = _per_group(y, G, P * Q)
+    r4 = y4[:0, :0, :0, :0] if residual is None else _per_group(residual, G, P * Q)
     kernel = _forward_split if N < chunks else _forward_batch
     with single_thread_blas:
         kernel(x, x4, w.reshape(G, K // G, -1), b, x4 if col is None else _per_group(col, G, P * Q),
-               _per_group(y, G, P * Q), chunks, P, Q, geo, col is None, relu)
+               y4, r4, chunks, P, Q, geo, col is None, relu)
 
 
 def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
@@ -262,22 +288,30 @@ def _direct(geo: Geometry, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -
 
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan,
-                   scratch: tuple, relu: bool = False) -> tuple:
+                   scratch: tuple, relu: bool = False, residual: np.ndarray | None = None) -> tuple:
     """y = conv2d(x, w) + b (b empty: no bias) on ``plan``'s path, with the arrays its
-    ``forward_scratch`` describes, then relu'd in place when ``relu`` (inference's fused
-    conv + relu: the column paths apply it as they write y). Returns what the backward needs
-    besides x: the path that ran (Winograd gives way to im2col when x or w holds NaN or Inf)
-    and its kept arrays."""
-    kept = _forward_path(x, w, b, y, plan, scratch, relu)
-    if relu and kept[0] not in ("im2col", "pixel"):
+    ``forward_scratch`` describes, plus ``residual`` (y's shape) when given, then relu'd in
+    place when ``relu``: inference's fused conv (+ add) (+ relu), in the order the nodes
+    compute them; the im2col path applies both as it writes y, the others in one pass
+    after. Returns what the backward needs besides x: the path that ran (Winograd gives way
+    to im2col when x or w holds NaN or Inf) and its kept arrays."""
+    kept = _forward_path(x, w, b, y, plan, scratch, relu, residual)
+    if kept[0] == "im2col" or (kept[0] == "pixel" and residual is None) or not (relu or residual is not None):
+        return kept
+    yf = y.reshape(-1)
+    if residual is not None:
+        from .add_cpu import add_forward, add_relu_forward
+
+        (add_relu_forward if relu else add_forward)(yf, residual.reshape(-1), yf)
+    else:
         from .relu_cpu import relu_forward
 
-        relu_forward(y.reshape(-1), y.reshape(-1))
+        relu_forward(yf, yf)
     return kept
 
 
 def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan,
-                  scratch: tuple, relu: bool) -> tuple:
+                  scratch: tuple, relu: bool, residual: np.ndarray | None) -> tuple:
     geo = plan.geo
     if plan.path == "winograd":
         from .conv2d_winograd_cpu import conv2d_forward_wino
@@ -287,28 +321,28 @@ def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, pl
         if conv2d_forward_wino(x, w, b, y, U, xp, V, M, pix, lanes, nonfinite, (geo[7], geo[8]), plan.tiles,
                                plan.weights):
             return ("winograd",)
-        return _im2col_again(x, w, b, y, plan, relu)
+        return _im2col_again(x, w, b, y, plan, relu, residual)
     if plan.path == "winograd1d":
         from .conv1d_winograd_cpu import conv1d_forward_wino
 
         if conv1d_forward_wino(x, w, b, y, *scratch, geo[8], plan.tiles):
             return ("winograd1d",)
-        return _im2col_again(x, w, b, y, plan, relu)
+        return _im2col_again(x, w, b, y, plan, relu, residual)
     if plan.path == "pixel":
         xp, wt, colt, yt = scratch
-        pixel_forward(x, w, b, y, xp, wt, colt, yt, geo, relu)
+        pixel_forward(x, w, b, y, xp, wt, colt, yt, geo, relu and residual is None)
         return "pixel", xp
-    _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks, relu)
+    _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks, relu, residual)
     return ("im2col",)
 
 
 def _im2col_again(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan,
-                  relu: bool) -> tuple:
+                  relu: bool, residual: np.ndarray | None) -> tuple:
     # NaN or Inf in x or w on a Winograd path: its transforms spread them over whole tiles;
     # recompute where PyTorch puts them (conv2d_winograd_cpu), with scratch of its own (a rare case).
     geo = plan.geo
     col = None if _direct(geo, x.shape, y.shape) else np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)
-    _im2col_forward(x, w, b, y, col, geo, plan.chunks, relu)
+    _im2col_forward(x, w, b, y, col, geo, plan.chunks, relu, residual)
     return ("im2col",)
 
 

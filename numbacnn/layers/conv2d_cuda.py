@@ -246,20 +246,26 @@ def conv2d_plan(name, x_shape, y_shape, geo, backward, dtype) -> Conv2dPlan:
     return Conv2dPlan("implicit-gemm", tuple(geo), tuple(y_shape), 1, (), ((part, None),))
 
 
-def conv2d_forward(x, w, b, y, plan, scratch, relu=False) -> tuple:
-    """y = conv2d(x, w) + b (b empty: no bias), relu'd in place when ``relu`` (the executor
-    fuses conv + relu on the CPU only; the twin takes the flag all the same); returns what the
-    backward needs besides x: ``(path,)``, and the column matrices on the cuBLAS path."""
+def conv2d_forward(x, w, b, y, plan, scratch, relu=False, residual=None) -> tuple:
+    """y = conv2d(x, w) + b (b empty: no bias), plus ``residual`` when given, relu'd in place
+    when ``relu`` (the executor fuses conv + add + relu on the CPU only; the twin takes them
+    all the same, in one pass after); returns what the backward needs besides x: ``(path,)``,
+    and the column matrices on the cuBLAS path."""
     if plan.path == "cublas":
         _conv_columns_cuda.forward(x, w, b, y, plan.geo, *scratch)
         kept = (plan.path, scratch[0]) if plan.kept else (plan.path,)
     else:
         _forward(x, w, b, y, plan.geo)
         kept = (plan.path,)
-    if relu:
+    yf = y.reshape(y.size)
+    if residual is not None:
+        from .add_cuda import add_forward, add_relu_forward
+
+        (add_relu_forward if relu else add_forward)(yf, residual.reshape(residual.size), yf)
+    elif relu:
         from .relu_cuda import relu_forward
 
-        relu_forward(y.reshape(y.size), y.reshape(y.size))
+        relu_forward(yf, yf)
     return kept
 
 

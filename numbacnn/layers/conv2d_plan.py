@@ -43,6 +43,8 @@ import numpy as np
 
 # Shortest contiguous run (S*C values) for which the CPU's pixel-major path is taken.
 PIXEL_MAJOR_MIN_RUN = 16
+# Output channels per output row (N*P*Q) from which it is not: its weight layout costs more.
+PIXEL_MAJOR_MAX_K_PER_ROW = 4
 # Fewest input and output channels for which a stride-1 convolution takes the CPU's Winograd
 # path (conv2d_winograd_cpu): with fewer, its tile transforms outweigh the products.
 WINOGRAD_MIN_CHANNELS = 16
@@ -182,8 +184,14 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     # path's HWC copy and transposes are all overhead (conv1d N32-128x256-K128-k5-p2,
     # forward+backward, 2 threads, separate processes: 23.3-23.5 ms against 26.1-26.6 ms;
     # one thread 46.5-48.6 against 50.2-54.7 ms).
+    # It also lays the weights out pixel-major on every call, K*C*R*S values for N*P*Q rows of
+    # output: with K >= PIXEL_MAJOR_MAX_K_PER_ROW * N*P*Q that outweighs what it saves (a
+    # model at batch 1, whole models with overhead, us, pixel-major against im2col:
+    # googlenet_mini's 64->128 3x3 at 4x4 93 against 59; level: 16->32 5x5 at 4x4, 27 against
+    # 28, and 32->64 3x3 at 8x8, 57 against 54).
     one_row = x_shape[2] == 1 and R == 1
     if (pixel_fits and not one_row and (sh, sw) == (1, 1)
-            and C * (S if dw == 1 else 1) >= PIXEL_MAJOR_MIN_RUN):
+            and C * (S if dw == 1 else 1) >= PIXEL_MAJOR_MIN_RUN
+            and K < PIXEL_MAJOR_MAX_K_PER_ROW * x_shape[0] * P * Q):
         return "pixel"
     return "im2col"

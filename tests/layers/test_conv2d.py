@@ -135,6 +135,16 @@ def test_conv2d_force_path_chooses_and_refuses_what_cannot_run(monkeypatch):
             pass
 
 
+def test_conv2d_cpu_leaves_pixel_major_where_its_weight_layout_outweighs_the_rows():
+    # The pixel-major path lays out K*C*R*S weights per call for N*P*Q output rows: a wide
+    # layer on a small map at batch 1 (googlenet_mini's 64->128 3x3 at 4x4) takes im2col, the
+    # same layer at a training batch pixel-major.
+    layer = Conv2d(out_channels=128, kernel_size=3, padding=1)
+    assert cpu_path(layer, (1, 64, 4, 4)) == "im2col"
+    assert cpu_path(layer, (32, 64, 4, 4)) == "pixel"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=3, padding=1), (1, 64, 4, 4)) == "pixel"
+
+
 @pytest.mark.parametrize("shape", [(2, 16, 6, 7), (3, 24, 5, 5)])
 def test_conv2d_cpu_takes_the_pixel_major_path_on_wide_inputs(shape):
     # Enough channels for the default threshold, with uneven blocks: 3 pixels per block.
