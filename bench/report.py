@@ -265,7 +265,7 @@ def memory_lines(groups: dict) -> list[str]:
     found = [(workload, peers) for (kind, _, workload), peers in groups.items() if kind == "memory"]
     if not found:
         return []
-    lines = ["", "| peak resident memory (fresh process per row; MB the step itself needed, above the resident "
+    lines = ["", "| peak resident memory (median of fresh processes; MB the step itself needed, above the resident "
                  "size after warm-up) | numbacnn MB | PyTorch MB | numbacnn / torch | numbacnn peak MB "
                  "| PyTorch peak MB | target |", "|---|--:|--:|--:|--:|--:|---|"]
     for workload, peers in sorted(found):

@@ -1,7 +1,7 @@
 """Peak resident memory of a zoo model's training step (batch ``TRAIN_BATCH``) and of its
 inference at batch ``MEMORY_INFER_BATCH``, numbacnn against PyTorch (the twin with the same
-weights), each measured in a fresh process (``_memory_child.py``: warm-up at batch 2, peak
-reset, one step; see its docstring) on ``THREADS`` threads.
+weights), each measured in ``RUNS`` fresh processes (``_memory_child.py``: warm-up at batch 2,
+peak reset, one step; see its docstring) on ``THREADS`` threads, the median kept.
 
 The numbers travel in the benchmark's ``extra_info`` (kind ``memory``: ``delta_mb``,
 ``peak_mb``, ``baseline_mb``, ``method``); the benchmark's own time is the child's wall time
@@ -25,6 +25,10 @@ from _zoo import MEMORY_INFER_BATCH, MODELS, TRAIN_BATCH, build, workload
 
 CHILD = Path(__file__).resolve().parent / "_memory_child.py"
 TIMEOUT_S = 900  # an empty Numba cache compiles the model's kernels inside the child
+# Children per row; the row is the one with the median delta. One child is not a measure:
+# PyTorch's vgg_small training step read 25.6 to 36.4 MB over seven fresh processes in a row
+# (numbacnn's 26.3 to 27.5), which flipped the row's verdict from run to run.
+RUNS = 3
 
 
 def measure(engine: str, name: str, mode: str, batch: int) -> dict[str, Any]:
@@ -46,9 +50,11 @@ def test_model_memory_cpu(benchmark: Any, record: Any, smoke: bool, name: str, m
         pytest.skip(f"smoke: only {MODELS[0]}'s memory children run")
     batch = TRAIN_BATCH if mode == "train" else MEMORY_INFER_BATCH
     run_batch = SMOKE_BATCH if smoke else batch
-    result: dict[str, Any] = {}
-    benchmark.pedantic(lambda: result.update(measure(engine, name, mode, run_batch)), rounds=1, iterations=1)
+    runs: list[dict[str, Any]] = []
+    benchmark.pedantic(lambda: runs.extend(measure(engine, name, mode, run_batch) for _ in range(1 if smoke else RUNS)),
+                       rounds=1, iterations=1)
+    result = sorted(runs, key=lambda r: r["delta_mb"])[len(runs) // 2]
     assert result["peak_mb"] > 0 and result["delta_mb"] >= 0, result
     record("memory", "cpu", f"{name} {mode} {workload(build(name), batch)}", engine, run_batch)
-    benchmark.extra_info.update(model=name, mode=mode, **{k: result[k] for k in
-                                ("delta_mb", "peak_mb", "baseline_mb", "maxrss_mb", "method")})
+    benchmark.extra_info.update(model=name, mode=mode, delta_mb_runs=[r["delta_mb"] for r in runs],
+                                **{k: result[k] for k in ("delta_mb", "peak_mb", "baseline_mb", "maxrss_mb", "method")})
