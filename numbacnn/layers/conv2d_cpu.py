@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .._blas import gemm
-from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
+from .._jit import cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
 from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_rows as _im2col_rows
 from .conv2d_hwc_cpu import reduce_partials
@@ -60,9 +60,11 @@ def _columns(xn, cf, P, Q, geo):
 def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, P, Q, geo, direct, relu, build):
     """Output columns l0..l1 of samples n0..n1, one thread's share of _forward_batch or
     _forward_split, through its own column matrix col (built here for each sample when
-    ``build``, else by the caller); ``r4`` (empty: none) a residual added after the bias, as an
+    ``build``, else by the caller); ``r4`` (None: none) a residual added after the bias, as an
     add node reading y would (inference's conv + add); ``relu``: y = max(y, 0) as relu computes
-    it (NaN kept), last. All while the output is in cache."""
+    it (NaN kept), last. All while the output is in cache. A None ``r4`` is a specialisation of
+    its own whose residual loop Numba prunes before compiling: the models without a fused add
+    (``numbacnn train``'s among them) compile no more than before it existed."""
     _, G, Kg, L = y4.shape
     J = w3.shape[2]
     for n in range(n0, n1):
@@ -73,42 +75,29 @@ def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, P, Q, geo, direct,
             gemm(False, False, Kg, l1 - l0, J, w3[g].reshape(Kg * J), J, src[g].reshape(J * L)[l0:], L, 0,
                  y4[n, g].reshape(Kg * L)[l0:], L)
         # The choices outside the loops: each loop stays one plain pass for LLVM to vectorise.
+        # A residual (y + b) + r takes a loop of its own; its relu is then the relu loop's with
+        # b = -0.0, the exact identity (x + -0.0 is x, -0.0 included).
         zero = y4.dtype.type(0)
-        if r4.size:
-            _add_residual(y4, r4, b, n, l0, l1, relu)
-        elif relu:  # + 0 where there is no bias: -0.0 becomes 0, which relu gives anyway
+        biased = b.size > 0 and r4 is None  # the bias still to add after the product
+        if r4 is not None:
             for g in range(G):
                 for k in range(Kg):
-                    bk = b[g * Kg + k] if b.size else zero
+                    bk = b[g * Kg + k] if b.size else -zero
+                    for i in range(l0, l1):
+                        y4[n, g, k, i] = (y4[n, g, k, i] + bk) + r4[n, g, k, i]
+        if relu:  # -0.0 where there is no bias left to add: y itself, and relu takes -0.0 to 0
+            for g in range(G):
+                for k in range(Kg):
+                    bk = b[g * Kg + k] if biased else -zero
                     for i in range(l0, l1):
                         v = y4[n, g, k, i] + bk
                         y4[n, g, k, i] = zero if v <= zero else v
-        elif b.size:
+        elif biased:
             for g in range(G):
                 for k in range(Kg):
                     bk = b[g * Kg + k]
                     for i in range(l0, l1):
                         y4[n, g, k, i] += bk
-
-
-@cpu_inline
-def _add_residual(y4, r4, b, n, l0, l1, relu):
-    # y = (y + b) + r, then relu'd: a bias-less conv adds nothing (y + 0 would turn -0.0 into 0).
-    _, G, Kg, _ = y4.shape
-    zero = y4.dtype.type(0)
-    for g in range(G):
-        for k in range(Kg):
-            if b.size:
-                bk = b[g * Kg + k]
-                for i in range(l0, l1):
-                    y4[n, g, k, i] = (y4[n, g, k, i] + bk) + r4[n, g, k, i]
-            else:
-                for i in range(l0, l1):
-                    y4[n, g, k, i] += r4[n, g, k, i]
-            if relu:
-                for i in range(l0, l1):
-                    v = y4[n, g, k, i]
-                    y4[n, g, k, i] = zero if v <= zero else v
 
 
 @cpu_kernel
@@ -194,7 +183,7 @@ def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, 
     N, K, P, Q = y.shape
     x4 = _per_group(x, G, x.shape[2] * x.shape[3])
     y4 = _per_group(y, G, P * Q)
-    r4 = y4[:0, :0, :0, :0] if residual is None else _per_group(residual, G, P * Q)
+    r4 = None if residual is None else _per_group(residual, G, P * Q)
     kernel = _forward_split if N < chunks else _forward_batch
     with single_thread_blas:
         kernel(x, x4, w.reshape(G, K // G, -1), b, x4 if col is None else _per_group(col, G, P * Q),
