@@ -4,8 +4,8 @@ weights), each measured in ``RUNS`` fresh processes (``_memory_child.py``: warm-
 peak reset, one step; see its docstring) on ``THREADS`` threads, the median kept.
 
 The numbers travel in the benchmark's ``extra_info`` (kind ``memory``: ``delta_mb``,
-``peak_mb``, ``baseline_mb``, ``method``); the benchmark's own time is the child's wall time
-and means nothing. ``report.py`` prints them as the memory table. Under
+``peak_mb``, ``baseline_mb``, ``method``, and ``delta_mb_runs``: every child's); the benchmark's
+own time is the children's wall time and means nothing. ``report.py`` prints them as the memory table. Under
 ``--benchmark-disable`` (CI smoke) only lenet5's children run, at batch 2: the path is
 checked, nothing is measured.
 """

@@ -46,14 +46,18 @@ def _reference(model: nc.Model, x: np.ndarray, bn: bool, relu: bool = True, resi
     residual join on the identity) in float64, by loops over the kernel taps (written here,
     independent of the kernels under test)."""
     w = model.params["c.weight"].astype(np.float64)
-    K, C, R, S = w.shape
+    K, C, R, S = w.shape  # C: input channels per group
     p = R // 2
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
     N, _, H, W = x.shape
+    G = x.shape[1] // C
+    Kg = K // G
     y = np.zeros((N, K, H, W))
-    for r in range(R):
-        for s in range(S):
-            y += np.einsum("nchw,kc->nkhw", xp[:, :, r:r + H, s:s + W], w[:, :, r, s])
+    for g in range(G):
+        for r in range(R):
+            for s in range(S):
+                y[:, g * Kg:(g + 1) * Kg] += np.einsum("nchw,kc->nkhw", xp[:, g * C:(g + 1) * C, r:r + H, s:s + W],
+                                                       w[g * Kg:(g + 1) * Kg, :, r, s])
     if "c.bias" in model.params:
         y += model.params["c.bias"].astype(np.float64)[None, :, None, None]
     if bn:
@@ -75,11 +79,13 @@ def _fused_adds(model: nc.Model) -> list[tuple[str, str]]:
             if ex._inference[a] is _fold.skip]
 
 
-def _block(channels: int, kernel: int, bias: bool, bn: bool, relu: bool, residual_first: bool) -> nc.Graph:
+def _block(channels: int, kernel: int, bias: bool, bn: bool, relu: bool, residual_first: bool,
+           size: tuple[int, int] = (9, 7), groups: int = 1) -> nc.Graph:
     # x -> conv "c" (-> batch norm) ; add(that, x) (-> relu): a residual join on the identity.
     g = nc.Graph()
-    x = g.input((channels, 9, 7))
-    h = g.conv2d(x, out_channels=channels, kernel_size=kernel, padding=kernel // 2, bias=bias, name="c")
+    x = g.input((channels, *size))
+    h = g.conv2d(x, out_channels=channels, kernel_size=kernel, padding=kernel // 2, bias=bias, groups=groups,
+                 name="c")
     if bn:
         h = g.batch_norm2d(h, name="bn")
     y = g.add(x, h, name="a") if residual_first else g.add(h, x, name="a")
@@ -207,6 +213,33 @@ def test_fused_add_is_the_add_of_the_conv_bit_for_bit(path, channels, kernel, bi
     assert _fused_adds(fused) == [("c", "a")] and _fused_adds(plain) == []
     # the infinity in x's last channel also reaches the output through the residual alone
     _against_unfused(fused, plain, path, channels, kernel, bn, relu, residual=True)
+
+
+@pytest.mark.parametrize("case", ["split", "groups"])
+def test_fused_add_on_the_batch_1_split_and_on_groups(case, monkeypatch):
+    # Batch 1 below the thread count, >= 2^20 multiply-adds: the im2col plan splits the
+    # sample's output columns over the threads (_forward_split), each adding its own columns'
+    # residual. Groups: the residual is viewed per group like y.
+    from numbacnn._threads import batch_chunks
+    from numbacnn.layers import conv2d_cpu
+
+    if case == "split":  # 64x32x32: at PARALLEL_MIN, so the pass keeps its threads
+        if batch_chunks(2) < 2:
+            pytest.skip("one thread: nothing to split over")
+        graph, shape = _block(64, 1, True, False, True, False, size=(32, 32)), (1, 64, 32, 32)
+    else:
+        graph, shape = _block(8, 3, True, False, True, True, groups=2), (3, 8, 9, 7)
+    fused, plain = _model(graph, "float32", True, monkeypatch), _model(graph, "float32", False, monkeypatch)
+    assert _fused_adds(fused) == [("c", "a")]
+    split, calls = conv2d_cpu._forward_split, []
+    monkeypatch.setattr(conv2d_cpu, "_forward_split", lambda *a: (calls.append(a[6] is not None), split(*a))[1])
+    x = np.random.default_rng(21).normal(size=shape).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    y = fused(x)
+    assert calls == ([True] if case == "split" else [])  # the split kernel ran, with the residual
+    np.testing.assert_array_equal(y.view(np.uint32), plain(x).view(np.uint32))
+    x[0, 1, 2, 3] = 0.0
+    np.testing.assert_allclose(fused(x), _reference(plain, x, False, True, residual=True), rtol=1e-4, atol=1e-4)
 
 
 def test_a_bottleneck_block_with_a_projection(monkeypatch):

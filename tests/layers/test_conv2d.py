@@ -143,6 +143,9 @@ def test_conv2d_cpu_leaves_pixel_major_where_its_weight_layout_outweighs_the_row
     assert cpu_path(layer, (1, 64, 4, 4)) == "im2col"
     assert cpu_path(layer, (32, 64, 4, 4)) == "pixel"
     assert cpu_path(Conv2d(out_channels=16, kernel_size=3, padding=1), (1, 64, 4, 4)) == "pixel"
+    # the boundary: K = 4 N P Q leaves, one channel fewer stays
+    assert cpu_path(Conv2d(out_channels=64, kernel_size=3, padding=1), (1, 64, 4, 4)) == "im2col"
+    assert cpu_path(Conv2d(out_channels=63, kernel_size=3, padding=1), (1, 64, 4, 4)) == "pixel"
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 6, 7), (3, 24, 5, 5)])

@@ -301,8 +301,10 @@ def test_max_pool2d_inference_values_alone_like_torch(kw):
 
 @pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=3, stride=1),
                                 dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=(1, 2), padding=1),
-                                dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)],
-                         ids=["s1-p1", "s1-p0", "s2-p1", "s12-p1", "s2-p1-ceil"])
+                                dict(kernel_size=3, stride=(2, 1), padding=1),
+                                dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+                                dict(kernel_size=3, stride=3, ceil_mode=True)],
+                         ids=["s1-p1", "s1-p0", "s2-p1", "s12-p1", "s21-p1", "s2-p1-ceil", "s3-p0-ceil"])
 @pytest.mark.parametrize("hw", [(1, 1), (2, 1), (1, 2), (2, 2), (3, 3), (4, 4), (5, 8), (8, 5), (16, 16)])
 def test_max_pool2d_3x3_values_alone_keep_the_window_order(kw, hw):
     # Inference's separable 3x3 pass (_values3x3: flat row triples, then flat row folds)
@@ -332,3 +334,17 @@ def test_max_pool2d_3x3_values_alone_keep_the_window_order(kw, hw):
     np.testing.assert_array_equal(y, ref)
     np.testing.assert_array_equal(np.signbit(y), np.signbit(ref))
     np.testing.assert_array_equal(np.signbit(yt), np.signbit(ref))
+
+
+def test_max_pool2d_3x3_values_alone_over_threads_keep_the_window_order():
+    # At PARALLEL_MIN elements and more the planes are cut into chunks, each reusing its own
+    # scratch plane after plane: the values alone must still equal training's pass (which
+    # keeps indices, a separate kernel) down to the sign of a tied zero.
+    rng = np.random.default_rng(9)
+    x = np.where(rng.random((2, 64, 32, 32)) < 0.5, np.float32(0.0), np.float32(-0.0))
+    x[1, ::3] = rng.integers(-2, 3, (22, 32, 32)).astype(np.float32)
+    for kw in (dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=3, stride=2, padding=1)):
+        model = _model(MaxPool2d(**kw), x.shape)
+        y, yt = model.forward(x), model.forward(x, training=True)
+        np.testing.assert_array_equal(y, yt)
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(yt))
