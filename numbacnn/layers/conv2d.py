@@ -96,10 +96,8 @@ class Conv2d(Layer):
         scratch = tuple(ctx.empty(shape, dtype) if i < plan.kept else ctx.scratch(shape, dtype)
                         for i, (shape, dtype) in enumerate(plan.forward_scratch))
         w, b = self._weight(ctx.params), self._bias(ctx, ctx.params)
-        if residual is not None:  # inference's conv + add (+ relu): numbacnn._fold hands it the add's other input
+        if self.fused_relu or residual is not None:  # inference's conv (+ add) (+ relu): numbacnn._fold
             kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch, self.fused_relu, residual)
-        elif self.fused_relu:  # inference's conv + relu (numbacnn._fold)
-            kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch, True)
         else:
             kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch)
         ctx.save(x, kept)

@@ -285,14 +285,14 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
     after. Returns what the backward needs besides x: the path that ran (Winograd gives way
     to im2col when x or w holds NaN or Inf) and its kept arrays."""
     kept = _forward_path(x, w, b, y, plan, scratch, relu, residual)
-    if kept[0] == "im2col" or (kept[0] == "pixel" and residual is None) or not (relu or residual is not None):
-        return kept
+    if kept[0] == "im2col" or (kept[0] == "pixel" and residual is None):
+        return kept  # applied as y was written
     yf = y.reshape(-1)
     if residual is not None:
         from .add_cpu import add_forward, add_relu_forward
 
         (add_relu_forward if relu else add_forward)(yf, residual.reshape(-1), yf)
-    else:
+    elif relu:
         from .relu_cpu import relu_forward
 
         relu_forward(yf, yf)

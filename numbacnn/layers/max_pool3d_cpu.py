@@ -299,7 +299,9 @@ def _values3x3(xf, yf, nc, H, W, P, Q, geometry, t):
     m0 = 1 - pw
     inside = (Q - 1) * sw + m0 < W  # every column's centre inside x: t alone
     if inside and sh == 1 and sw == 1 and Q == W and ph == 1 and P == H and H > 2:
-        # Rows 1..H-2 have all three rows inside x: one flat pass, the two end rows below
+        # Rows 1..H-2 have all three rows inside x: one flat pass, the two end rows below (written
+        # out: sending them through the loop after instead, skipping the rest, ran 64x16x16 in
+        # 10.9-11.5 us against 8.1-8.7, one thread)
         for j in range(W, (H - 1) * W):
             u = np.uint64(j)
             yf[ob + u] = _larger(_larger(t[u - np.uint64(W)], t[u]), t[u + np.uint64(W)])
