@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Hashable
 
 from . import _fold
 from ._arena import Arena
 from ._graph_replay import Replay
+from ._threads import PARALLEL_MIN, PARALLEL_MIN_FLOPS
+from .graph import Graph
 from .layer import Ctx, Shape
 
-__all__ = ["Plan", "Pass"]
+__all__ = ["Plan", "Pass", "one_thread"]
+
+
+def one_thread(graph: Graph, shapes: dict[str, Shape], grad: bool) -> bool:
+    """Whether a batch-1 pass of ``graph`` (per-sample ``shapes``) runs on one thread: a batch
+    of 1 gives every kernel one chunk, and under PARALLEL_MIN elements no elementwise or
+    pooling loop runs in parallel, so nothing is left for a second thread, unless (without
+    gradients) a node has PARALLEL_MIN_FLOPS of work: its kernel may split the sample."""
+    nodes = [(n, node) for n, node in graph.nodes.items() if node.layer != "input"]
+    return all(math.prod(s) < PARALLEL_MIN for s in shapes.values()) and (grad or all(
+        node.obj.flops([shapes[i] for i in node.inputs], shapes[n]) < PARALLEL_MIN_FLOPS for n, node in nodes))
 
 
 class Plan:

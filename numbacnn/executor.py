@@ -19,7 +19,6 @@ rather than let it mix the two steps' saved values.
 
 from __future__ import annotations
 
-import math
 import threading
 from typing import Any, Hashable, Sequence
 
@@ -28,9 +27,9 @@ import numpy as np
 from . import _fold, _fuse_train, _shapes
 from ._arena import Arena
 from ._graph_replay import follows_graph, graph_modes, replayed
-from ._passes import Pass, Plan
+from ._passes import Pass, Plan, one_thread
 from ._step_arena import StepArena, accumulate
-from ._threads import PARALLEL_MIN, on_one_thread
+from ._threads import on_one_thread
 from .graph import Graph, GraphError
 from .layer import POOL_SHAPES, Ctx, Shape, Workspace, device_method
 
@@ -151,10 +150,7 @@ class Executor:
         if plan is None:
             batch, shapes = self._check_inputs(xs)
             plan = Plan(batch, shapes, self.order)
-            # Batch 1 cuts no kernel's batch into chunks, and under PARALLEL_MIN elements no
-            # elementwise or pooling loop runs in parallel: nothing is left for a second thread.
-            plan.one_thread = self.device == "cpu" and batch == 1 and all(
-                math.prod(shapes[n]) < PARALLEL_MIN for n in (*self.graph.inputs, *self.order))
+            plan.one_thread = self.device == "cpu" and batch == 1 and one_thread(self.graph, shapes, mode[1])
             if len(plans) >= POOL_SHAPES:
                 del plans[next(iter(plans))]  # the least recently used
         plans[key] = plan
@@ -226,7 +222,8 @@ class Executor:
     def _run(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
              state: Pass | None) -> list[Any]:
         """One forward: replays ``plan``, or (its first inference) decides in ``state``'s arena."""
-        return on_one_thread(plan.one_thread, self._run_plan, plan, xs, ctxs, training, grad, state)
+        return on_one_thread(plan.one_thread, self.device == "cpu", self._run_plan, plan, xs, ctxs, training, grad,
+                             state)
 
     def _run_plan(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
                   state: Pass | None) -> list[Any]:
@@ -340,7 +337,8 @@ class Executor:
             self._step = None
             record = None if plan.ready else self._record
             if record is None or record.plan is plan:
-                return on_one_thread(plan.one_thread, self._backward, plan, gys, input_grad, record)
+                return on_one_thread(plan.one_thread, self.device == "cpu", self._backward, plan, gys, input_grad,
+                                     record)
             raise RuntimeError("backward(): the forward it would differentiate was not recorded (a bug)")
 
     def _backward(self, plan: Plan, gys: Sequence[Any], input_grad: bool, record: StepArena | None) -> list[Any]:

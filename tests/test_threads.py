@@ -173,6 +173,28 @@ def test_a_call_too_small_for_the_pool_runs_numba_on_one_thread(numba_probe, bat
     assert numba.get_num_threads() == outside, "Numba's thread count was not restored after the call"
 
 
+def test_a_batch_one_inference_with_a_large_node_keeps_the_pool(numba_probe):
+    # 32 x 32 x 32 values stay under PARALLEL_MIN, but the 3x3 conv's 19 MFLOP reach
+    # PARALLEL_MIN_FLOPS: inference keeps every thread (the conv splits its sample over
+    # them); a training step, whose kernels would not split, still runs on one.
+    probe, seen, numba, outside = numba_probe
+    from numbacnn._threads import PARALLEL_MIN, PARALLEL_MIN_FLOPS
+
+    g = nc.Graph()
+    g.output(g.conv2d(g.numba_probe_for_test(g.input((32, 32, 32))), out_channels=32, kernel_size=3, padding=1,
+                      name="conv"))
+    model = nc.Model(g, seed=0)
+    assert 32 * 32 * 32 < PARALLEL_MIN <= 2 * 32 * 32 * 32
+    assert model.graph.nodes["conv"].obj.flops([(32, 32, 32)], (32, 32, 32)) >= PARALLEL_MIN_FLOPS
+    x = np.random.default_rng(0).standard_normal((1, 32, 32, 32)).astype(np.float32)
+    for _ in range(2):
+        y = model.forward(x, training=True)
+        model.backward(np.ones_like(y))
+        model.forward(x)
+    assert seen == [("forward", 1), ("backward", 1), ("forward", outside)] * 2
+    assert numba.get_num_threads() == outside
+
+
 def test_the_thread_count_is_restored_when_a_layer_fails(numba_probe):
     probe, seen, numba, outside = numba_probe
     model = _probe_model(8)

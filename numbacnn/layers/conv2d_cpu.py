@@ -216,9 +216,15 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
 # 32x32 (1M) 49 / 76; 1x1 64->64 at 32x32 (4.2M) 109 / 158; 3x3 4->8 at 128x128 (4.7M) 268 /
 # 419; 3x3 32->32 at 16x16 (2.4M) 64 / 103 and at 32x32 (9.4M) 212 / 394. (A batch-1 model
 # whose values are all under PARALLEL_MIN runs on one thread anyway: the executor's rule.)
-# Winograd's tile rows split the same way gave 1.15-1.4x at batch 1, but with the split in
-# the same parallel loop the batch kernels slowed; not kept.
 SPLIT_MIN_MACS = 1 << 20
+# Fewest tile rows (4 output rows each) per thread for which an inference Winograd 3x3
+# convolution at batch 1 splits its tile rows over the threads (conv2d_forward_winograd_rows,
+# a kernel of its own: the split inside the batch kernel's loop slowed the batch kernels).
+# Batch 1, 2 threads, one process alternating, medians (us, split against whole): 16->16 at
+# 32x32 62 / 97, at 16x16 33 / 40; 32->32 at 16x16 46 / 63, at 32x32 125 / 220; 64->64 at
+# 16x16 84 / 134; 16->16 at 64x64 163 / 309. At 8x8 (one tile row a thread) it lost: 128->128
+# 127 / 121, 64->128 87 / 82, 48->96 67 / 63.
+WINOGRAD_SPLIT_MIN_ROWS = 2
 
 
 def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry,
@@ -236,6 +242,8 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
     if (path == "im2col" and not backward and N < threads
             and K * (C // G) * R * S * P * Q >= SPLIT_MIN_MACS):
         T = threads  # inference at a batch below the thread count: each sample split (the kernels)
+    if path == "winograd" and not backward and N == 1 and (R, S) != (5, 5):
+        T = max(1, min(threads, (P + 3) // 4 // WINOGRAD_SPLIT_MIN_ROWS))  # batch 1: tile rows split (the kernel)
     if path == "winograd1d":
         from .conv1d_winograd_cpu import scratch1d
 

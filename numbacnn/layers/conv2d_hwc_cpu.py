@@ -11,23 +11,29 @@ import numpy as np
 
 from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
 
-__all__ = ["to_hwc", "from_hwc", "bias_sum", "reduce_partials"]
+__all__ = ["to_hwc", "to_hwc_rows", "from_hwc", "bias_sum", "reduce_partials"]
 
 
 @cpu_inline
 def to_hwc(xn, xp, pt, pl):
     """xp[pt + h, pl + w, c] = xn[c, h, w]; the rest of xp (the padding) = 0."""
+    to_hwc_rows(xn, xp, pt, pl, 0, xp.shape[0])
+
+
+@cpu_inline
+def to_hwc_rows(xn, xp, pt, pl, i0, i1):
+    """to_hwc's rows [i0, i1) of xp alone (a thread's share of one image)."""
     C, H, W = xn.shape
-    Hp, Wp, _ = xp.shape
+    Wp = xp.shape[1]
     zero = xn.dtype.type(0)
     xf = xp.reshape(xp.size)
-    for i in range(Hp):
+    for i in range(i0, i1):
         for j in range(Wp):
             if i < pt or i >= pt + H or j < pl or j >= pl + W:
                 o = np.uint64((i * Wp + j) * C)
                 for c in range(C):
                     xf[o + np.uint64(c)] = zero
-    for h in range(H):
+    for h in range(max(i0 - pt, 0), min(i1 - pt, H)):
         for w in range(W):
             o = np.uint64(((h + pt) * Wp + w + pl) * C)
             for c in range(C):

@@ -55,9 +55,9 @@ import functools
 import numpy as np
 
 from .._blas import gemm
-from .._jit import cpu_kernel, cpu_serial, prange
+from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
-from .conv2d_hwc_cpu import from_hwc, to_hwc
+from .conv2d_hwc_cpu import from_hwc, to_hwc, to_hwc_rows
 from .conv2d_winograd5_cpu import (conv2d_backward_winograd5, conv2d_forward_winograd5, scratch5, winograd_reduce5,
                                    winograd_weights5)
 from .conv2d_winograd5_tiles import consts5
@@ -112,15 +112,50 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, non
                 for n in range(nb, ne):
                     r0 = (n - nb) * th
                     output_tiles(M[t], pix[t], R[t], i0, i1, r0, P, Q, c)
-                    yn = y[n].reshape(K, L)
-                    o = 4 * r0 * Q - la
-                    for k in range(K):
-                        bk = b[k] if b.size else yn.dtype.type(0)
-                        for l in range(la, lb):
-                            v = pix[t, o + l, k] + bk
-                            yn[k, l] = v
-                            bad += np.int64(v - v != 0)  # NaN or +-Inf: v - v is 0 for the rest
+                    bad += _store(pix[t], 4 * r0 * Q - la, y[n].reshape(K, L), b, la, lb)
         nonfinite[t] = bad
+
+
+@cpu_kernel
+def conv2d_forward_winograd_rows(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, nonfinite):
+    """conv2d_forward_winograd for a batch of one (inference), its tile rows cut into the T
+    chunks instead of its samples: the rows of x[0]'s one padded image xp[0] are made in a
+    parallel loop of their own (a chunk's last tiles read the next chunk's first rows), then
+    chunk t runs tile rows [t*th//T, (t+1)*th//T), a block of tr at a time, on V[t], M[t],
+    pix[t] and R[t] (``scratch`` with T above N)."""
+    K, P, Q = y.shape[1:]
+    T = V.shape[0]
+    J = U.shape[2] // K
+    nsub = J // x.shape[1]
+    th, tw = (P + 3) // 4, (Q + 3) // 4
+    yn = y[0].reshape(K, P * Q)
+    for i in prange(xp.shape[1]):  # not T iterations: Numba would fuse the two loops
+        to_hwc_rows(x[0], xp[0], pt, pl, i, i + 1)
+    for t in prange(T):
+        bad = 0
+        for i0 in range(t * th // T, (t + 1) * th // T, tr):
+            i1 = min((t + 1) * th // T, i0 + tr)
+            for sub in range(nsub):
+                input_tiles(xp[0], V[t], R[t], i0, i1, 0, tw, sub, ns, nsub, c)
+            for e in range(36):
+                gemm(False, False, (i1 - i0) * tw, K, J, V[t, e], J, U[0, e], K, 0, M[t, e], K)
+            output_tiles(M[t], pix[t], R[t], i0, i1, 0, P, Q, c)
+            bad += _store(pix[t], -4 * i0 * Q, yn, b, 4 * i0 * Q, min(P, 4 * i1) * Q)
+        nonfinite[t] = bad
+
+
+@cpu_inline
+def _store(pixt, o, yn, b, la, lb):
+    """yn[k, l] = pixt[o + l, k] + b[k] for the output pixels l in [la, lb); returns how many
+    of them are NaN or +-Inf (v - v is 0 for the rest)."""
+    bad = 0
+    for k in range(yn.shape[0]):
+        bk = b[k] if b.size else yn.dtype.type(0)
+        for l in range(la, lb):
+            v = pixt[o + l, k] + bk
+            yn[k, l] = v
+            bad += np.int64(v - v != 0)
+    return bad
 
 
 @cpu_kernel
@@ -275,8 +310,9 @@ def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, i
     th, tw = (P + 3) // 4, (Q + 3) // 4
     nr, ns = (kernel[0] + 2) // 3, (kernel[1] + 2) // 3
     J = nr * ns * C  # columns of the transformed input: every sub-kernel's channels
-    tr = group_rows(tile_rows(tw, J, K), th, N, T)
-    return {"U": (1, 36, J * K), "xp": (T, 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
+    # T above N: one sample's tile rows in T chunks (conv2d_forward_winograd_rows), one image.
+    tr = group_rows(tile_rows(tw, J, K), th, N, T) if T <= N else group_rows(tile_rows(tw, J, K), -(-th // T), 1, 1)
+    return {"U": (1, 36, J * K), "xp": (min(T, N), 4 * th + 3 * nr - 1, 4 * tw + 3 * ns - 1, C),
             "V": (T, 36, plane_size(tr * tw, J)), "M": (T, 36, plane_size(tr * tw, K)), "pix": (T, 4 * tr * Q, K),
             "R": (T, LANES_SCRATCH), "part": (T, 36, J, K), "nonfinite": (T,)}, tr
 
@@ -300,8 +336,8 @@ def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarr
         if _five(w.shape):
             conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, consts5(x.dtype), nonfinite)
         else:
-            conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, (w.shape[3] + 2) // 3, c,
-                                    nonfinite)
+            forward = conv2d_forward_winograd_rows if V.shape[0] > x.shape[0] else conv2d_forward_winograd
+            forward(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, (w.shape[3] + 2) // 3, c, nonfinite)
     if not nonfinite.any():
         return True
     return winograd_nonfinite(x.reshape(-1)) == 0 and winograd_nonfinite(w.reshape(-1)) == 0
