@@ -16,7 +16,10 @@ import contextlib
 import threading
 from typing import Any, Callable
 
-__all__ = ["PARALLEL_MIN", "PARALLEL_MIN_FLOPS", "batch_chunks", "kernel_launches", "single_thread_blas", "numba_threads", "on_one_thread"]
+__all__ = [
+    "PARALLEL_MIN", "PARALLEL_MIN_FLOPS", "batch_chunks", "kernel_launches", "single_thread_blas", "numba_threads",
+    "on_one_thread",
+]
 
 #: Below this many elements a memory-bound kernel (elementwise, pooling) runs its loop serially
 #: in the calling thread: waking Numba's thread pool costs more than the loop. Measured on 2
@@ -161,15 +164,9 @@ def numba_threads(n: int) -> int:
     return previous
 
 
-def on_one_thread(one: bool, cpu: bool, fn: Callable[..., Any], *args: Any) -> Any:
+def on_one_thread(one: bool, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``, with Numba's thread count for this Python thread at 1 while it runs when
-    ``one`` is set (and restored however it ends). ``cpu``: a pass of CPU kernels, run under
-    ``single_thread_blas`` once, so that each kernel's own ``with single_thread_blas`` is the
-    nested one (0.6 us; the outermost gets and sets the libraries' counts, 2.3 us: lenet5 at
-    batch 1, six such kernels, took 64.5 against 67.4 us held once)."""
-    if cpu:
-        with single_thread_blas:
-            return on_one_thread(one, False, fn, *args)
+    ``one`` is set (and restored however it ends)."""
     if not one:
         return fn(*args)
     threads = numba_threads(1)

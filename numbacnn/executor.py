@@ -222,8 +222,7 @@ class Executor:
     def _run(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
              state: Pass | None) -> list[Any]:
         """One forward: replays ``plan``, or (its first inference) decides in ``state``'s arena."""
-        return on_one_thread(plan.one_thread, self.device == "cpu", self._run_plan, plan, xs, ctxs, training, grad,
-                             state)
+        return on_one_thread(plan.one_thread, self._run_plan, plan, xs, ctxs, training, grad, state)
 
     def _run_plan(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
                   state: Pass | None) -> list[Any]:
@@ -337,8 +336,7 @@ class Executor:
             self._step = None
             record = None if plan.ready else self._record
             if record is None or record.plan is plan:
-                return on_one_thread(plan.one_thread, self.device == "cpu", self._backward, plan, gys, input_grad,
-                                     record)
+                return on_one_thread(plan.one_thread, self._backward, plan, gys, input_grad, record)
             raise RuntimeError("backward(): the forward it would differentiate was not recorded (a bug)")
 
     def _backward(self, plan: Plan, gys: Sequence[Any], input_grad: bool, record: StepArena | None) -> list[Any]:

@@ -215,7 +215,8 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
 # whole): 1x1 16->4 at 64x64 (262k) 22 / 22; 1x1 16->16 at 64x64 (1M) 52 / 89; 1x1 16->64 at
 # 32x32 (1M) 49 / 76; 1x1 64->64 at 32x32 (4.2M) 109 / 158; 3x3 4->8 at 128x128 (4.7M) 268 /
 # 419; 3x3 32->32 at 16x16 (2.4M) 64 / 103 and at 32x32 (9.4M) 212 / 394. (A batch-1 model
-# whose values are all under PARALLEL_MIN runs on one thread anyway: the executor's rule.)
+# whose values are all under PARALLEL_MIN runs on one thread anyway, unless a node has
+# PARALLEL_MIN_FLOPS of work: the executor's rule, numbacnn._passes.one_thread.)
 SPLIT_MIN_MACS = 1 << 20
 # Fewest tile rows (4 output rows each) per thread for which an inference Winograd 3x3
 # convolution at batch 1 splits its tile rows over the threads (conv2d_forward_winograd_rows,
