@@ -17,8 +17,10 @@ through Numba's ``numba:compile`` event), the parfor libraries are finalized for
   code is still made: compiling the body makes a Python-callable wrapper around it, whose
   address Numba takes (and never calls).
 
-The kernel's library links the three and optimizes the whole once, as it always did, so the
-machine code that runs is as fast. ``numbacnn train`` from an empty cache, compiling in one
+The kernel's library links the three, makes the body's linked copy its own (internal: the
+body's library also defines it, strongly, and the JIT bound calls there, to code without the
+module O3), and optimizes the whole once, as it always did, so the machine code that runs is
+as fast. ``numbacnn train`` from an empty cache, compiling in one
 process (14 kernels): 25.5 s before, 17.5 s after; the suite's warm rows, alternating runs:
 geometric mean 0.99x of the time before (README, Performance). Functions that are not
 numbacnn kernels compile exactly as Numba compiles them, and ``NUMBACNN_LINK_ONCE=0`` turns
@@ -32,6 +34,7 @@ import os
 import threading
 from typing import Any
 
+import llvmlite.binding as ll
 from numba.core import codegen, event
 
 from ._kernel_cache import MARK
@@ -42,6 +45,7 @@ ENV = "NUMBACNN_LINK_ONCE"
 _BODY = "__numba_parfor_gufunc_"  # the loop body's library (named after its function)
 _WRAPPERS = ("parallelgufuncwrapper",)  # parallel.build_gufunc_kernel's library
 _WRAPPER_REPR = "._GufuncWrapper object at "  # wrappers._GufuncWrapper names its library str(self)
+_LINKONCE_ODR = ll.Linkage.linkonce_odr  # how Numba marks a function linked in from another library
 _NEEDED = ("finalize", "_optimize_final_module", "_finalize_final_module", "_get_module_for_linking",
            "_raise_if_finalized")
 
@@ -88,6 +92,20 @@ def _finalize_for_linking(lib: Any) -> None:
     lib._finalized = True
 
 
+def _own_bodies(lib: Any) -> None:
+    """Make the prange bodies linked into ``lib`` its own (internal linkage), so that its calls
+    bind to these optimized copies. Linked in, they are weak (linkonce_odr), and the body's
+    library, whose machine code is made without the module O3, defines the same symbols
+    strongly: the JIT bound the calls to that code, so a kernel ran its unoptimized bodies in
+    the process that compiled it (googlenet_mini's pools at batch 256 2-3.7x slower than the
+    same kernels loaded from the cache; bodies small enough to be inlined were not affected).
+    A library loaded from the cache holds its own copies alone, and runs as before."""
+    for fn in lib._final_module.functions:
+        if (not fn.is_declaration and _BODY in fn.name and fn.name.startswith("_ZN")
+                and fn.linkage == _LINKONCE_ODR):
+            fn.linkage = "internal"
+
+
 def install() -> None:
     """Wrap Numba's CPU code library once (idempotent); a no-op when ``NUMBACNN_LINK_ONCE=0``
     or when this Numba's code library lacks the internals used here."""
@@ -110,6 +128,8 @@ def install() -> None:
     def optimize_parfor_once(self: Any) -> None:
         if _depth() > 0 and self.name.startswith(_BODY):
             return  # optimized once, as part of the kernel's library
+        if _depth() > 0:
+            _own_bodies(self)
         optimize(self)
 
     def get_pointer_parfor_once(self: Any, name: str) -> int:

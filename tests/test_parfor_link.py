@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 import pytest
@@ -107,6 +108,37 @@ def test_each_parfor_library_skips_module_optimization(monkeypatch):
         np.testing.assert_array_equal(out, 4.0)
         counts[marked] = len(pipelines)
     assert counts[False] - counts[True] == 6, counts
+
+
+def test_a_marked_kernel_calls_its_own_copy_of_each_body(monkeypatch):
+    # The body's library makes machine code without the module O3 and defines the body
+    # strongly; linked into the kernel, the body is weak (linkonce_odr), so the JIT bound the
+    # kernel's calls to the unoptimized code: the process that compiled a kernel ran slower
+    # bodies (googlenet_mini's pools 2-3.7x) than any process loading it from the cache. The
+    # kernel's library must optimize and call a copy of its own (internal).
+    seen = []
+
+    class Spy:
+        def __init__(self, mpm):
+            self.mpm = mpm
+
+        def run(self, module, *args):
+            seen.append({f.name: f.linkage for f in module.functions
+                         if not f.is_declaration and f.name.startswith("_ZN") and "__numba_parfor_gufunc_" in f.name})
+            return self.mpm.run(module, *args)
+
+    make = codegen.CPUCodegen._module_pass_manager
+
+    def spied(self, **kw):
+        mpm, pb = make(self, **kw)
+        return (Spy(mpm) if kw.get("cost") == "cheap" else mpm), pb
+
+    monkeypatch.setattr(codegen.CPUCodegen, "_module_pass_manager", spied)
+    out = np.empty((3, 2))
+    _compile(_affine_rows, marked=True)(np.ones((3, 4)), np.ones((4, 2)), np.zeros(2), out)
+    np.testing.assert_array_equal(out, 4.0)
+    bodies = [linkage for module in seen for linkage in module.values()]
+    assert bodies and all(linkage == llvm.Linkage.internal for linkage in bodies), seen
 
 
 def test_link_only_library_makes_code_when_asked(libraries, monkeypatch):
