@@ -298,19 +298,8 @@ def _values3x3(xf, yf, nc, H, W, P, Q, geometry, t):
     _rows3(xf, t, ib, H, W)
     m0 = 1 - pw
     inside = (Q - 1) * sw + m0 < W  # every column's centre inside x: t alone
-    if inside and sh == 1 and sw == 1 and Q == W and ph == 1 and P == H and H > 2:
-        # Rows 1..H-2 have all three rows inside x: one flat pass, the two end rows below (written
-        # out: sending them through the loop after instead, skipping the rest, ran 64x16x16 in
-        # 10.9-11.5 us against 8.1-8.7, one thread)
-        for j in range(W, (H - 1) * W):
-            u = np.uint64(j)
-            yf[ob + u] = _larger(_larger(t[u - np.uint64(W)], t[u]), t[u + np.uint64(W)])
-        for p in (0, H - 1):
-            r0, r1, r2 = np.uint64(max(p - 1, 0) * W), np.uint64(p * W), np.uint64(min(p + 1, H - 1) * W)
-            o = ob + np.uint64(p * Q)
-            for q in range(Q):
-                u = np.uint64(q)
-                yf[o + u] = _larger(_larger(t[r0 + u], t[r1 + u]), t[r2 + u])
+    if _same(geometry, H, W, P, Q):
+        _same_rows(yf, ob, t, H, W, 1)
         return
     for p in range(P):
         c = p * sh - ph + 1
@@ -333,6 +322,43 @@ def _values3x3(xf, yf, nc, H, W, P, Q, geometry, t):
                                                _tap(xf, t, ib, h2, m, W))
 
 
+@cpu_inline
+def _same(geometry, H, W, P, Q):
+    # Stride 1, padding 1, the output x's size (Inception's branch pools), over 2 rows.
+    return geometry[4] == 1 and geometry[5] == 1 and geometry[7] == 1 and geometry[8] == 1 and P == H and Q == W \
+        and H > 2
+
+
+@cpu_inline
+def _same_rows(yf, ob, t, H, W, B):
+    """The outputs of B consecutive same-size planes (``_same``) from their rows' taps t
+    (_rows3 over the B*H rows): rows whose window lies inside their plane in one flat pass,
+    each plane's first and last row (whose pass read the plane beside) written out after with
+    their clamped taps. The planes of a block share the passes: 4x4 and 8x8 planes are mostly
+    end rows and loop set-up a plane at a time (``_SAME_SMALL``)."""
+    for j in range(W, (B * H - 1) * W):
+        u = np.uint64(j)
+        yf[ob + u] = _larger(_larger(t[u - np.uint64(W)], t[u]), t[u + np.uint64(W)])
+    for b in range(B):
+        for p in (0, H - 1):
+            r = b * H * W
+            r0, r1, r2 = np.uint64(r + max(p - 1, 0) * W), np.uint64(r + p * W), np.uint64(r + min(p + 1, H - 1) * W)
+            o = ob + np.uint64(r + p * W)
+            for q in range(W):
+                u = np.uint64(q)
+                yf[o + u] = _larger(_larger(t[r0 + u], t[r1 + u]), t[r2 + u])
+
+
+# Same-size planes under _SAME_SMALL elements go through _same_rows in blocks of up to
+# _SAME_BLOCK elements (the row taps stay in L1 beside x and y). googlenet_mini at batch 256,
+# 2 threads, alternating trees, us, blocks against a plane at a time: 224x4x4 463-468 / 652-656,
+# 112x8x8 468-490 / 724-742, 160x8x8 671-673 / 1032-1040; 64x16x16 in blocks of 4 planes
+# 907-1163 / 880-937, so larger planes stay one at a time (and blocks of 4096 elements were
+# slower still: 1321-1475).
+_SAME_SMALL = 128
+_SAME_BLOCK = 1024
+
+
 @cpu_kernel
 def _forward_3x3(x, geometry, y, index, chunks):
     """2-D, 3x3 undilated windows, padding 0 or 1, any stride (GoogLeNet's, Inception's and
@@ -344,14 +370,21 @@ def _forward_3x3(x, geometry, y, index, chunks):
     P, Q = y.shape[3], y.shape[4]
     xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
     NC = N * C
+    B = _SAME_BLOCK // (H * W) if _same(geometry, H, W, P, Q) and H * W < _SAME_SMALL and not jf.size else 1
     for t in prange(chunks):
-        hv = np.empty(H * max(Q, W), x.dtype)  # flat, indexed unsigned: the passes vectorise
+        hv = np.empty(B * H * max(Q, W), x.dtype)  # flat, indexed unsigned: the passes vectorise
+        lo, hi = t * NC // chunks, (t + 1) * NC // chunks
         if jf.size:
             hj = np.empty(H * Q, np.int32)
-            for nc in range(t * NC // chunks, (t + 1) * NC // chunks):
+            for nc in range(lo, hi):
                 _plane3x3(xf, yf, jf, nc, H, W, P, Q, geometry, hv, hj)
+        elif B > 1:  # same-size planes, a block at a time
+            for nc in range(lo, hi, B):
+                nb = min(B, hi - nc)
+                _rows3(xf, hv, np.uint64(nc * H * W), nb * H, W)
+                _same_rows(yf, np.uint64(nc * H * W), hv, H, W, nb)
         else:
-            for nc in range(t * NC // chunks, (t + 1) * NC // chunks):
+            for nc in range(lo, hi):
                 _values3x3(xf, yf, nc, H, W, P, Q, geometry, hv)
 
 

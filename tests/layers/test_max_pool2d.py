@@ -348,3 +348,20 @@ def test_max_pool2d_3x3_values_alone_over_threads_keep_the_window_order():
         y, yt = model.forward(x), model.forward(x, training=True)
         np.testing.assert_array_equal(y, yt)
         np.testing.assert_array_equal(np.signbit(y), np.signbit(yt))
+
+
+@pytest.mark.parametrize("shape", [(3, 350, 8, 8), (5, 211, 4, 4), (2, 3, 37, 5)], ids=["8x8", "4x4", "37x5"])
+def test_max_pool2d_same_size_blocks_of_planes_keep_the_window_order(shape):
+    # Stride 1, padding 1: inference runs blocks of planes through shared flat passes
+    # (_same_rows), each plane's end rows redone; a block ends inside a chunk (525 planes of
+    # 8x8 a chunk, in blocks of 64) and a pass crosses from plane to plane. Ties of zeros
+    # and of other values, and NaN (the last one in window order wins), must land as the
+    # index kernel of training puts them.
+    rng = np.random.default_rng(shape[1])
+    x = np.where(rng.random(shape) < 0.5, np.float32(0.0), np.float32(-0.0))
+    x[:, ::3] = rng.integers(-2, 3, x[:, ::3].shape).astype(np.float32)
+    x[rng.random(shape) < 0.02] = np.nan
+    model = _model(MaxPool2d(kernel_size=3, stride=1, padding=1), x.shape)
+    y, yt = model.forward(x), model.forward(x, training=True)
+    np.testing.assert_array_equal(y, yt)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(yt))
