@@ -60,6 +60,15 @@ WINOGRAD5_MIN_PIXELS = 64
 # 128->256 58.0 ms against pixel-major 33.2, 64->128 9.99 against 8.59; with several samples per
 # Winograd block, 20.8 against 15.3 and 4.57 against 3.91).
 WINOGRAD3_MIN_PIXELS = 36
+# Inference at a batch of two or more (several samples share a Winograd block) takes it from
+# 3x3 outputs. Forward, 2 threads, one process alternating, us, pixel-major against Winograd:
+# batch 256 64->128 at 4x4 5762 / 2287 (googlenet_mini's inc5a), batch 32 64->128 at 4x4
+# 921 / 346, 128->256 at 4x4 3253 / 884, 32->64 at 4x4 210 / 143, 64->64 at 3x3 184 / 121,
+# 5x5 364 / 345; batch 4 64->128 at 4x4 (im2col) 104 / 68. Level at batch 32 16->32 at 4x4
+# (108 / 103) and batch 1 64->128 at 4x4 (im2col 60 / 61); lost at batch 1 64->64 at 3x3 (37 /
+# 43), so batch 1 keeps WINOGRAD3_MIN_PIXELS. Training's forward+backward keeps it too: it
+# lost at batch 32 (32->64 at 4x4 713 / 898, 64->64 at 3x3 599 / 749).
+WINOGRAD3_INFERENCE_MIN_PIXELS = 9
 # A one-row 1x5 convolution (conv1d, kernel 5) takes the CPU's F(4, 5) path (conv1d_winograd_cpu)
 # from this many input and output channels and outputs per row, and N * Q * min(C, K) of at
 # least WINOGRAD1D_MIN_WORK: its transforms, the weights' on every call included, cost about
@@ -139,9 +148,11 @@ def one_row_winograd(geo: tuple[int, ...], x_shape: tuple[int, ...], out: tuple[
     return (G, R, S, sh, sw, dh, dw, pt) == (1, 1, 5, 1, 1, 1, 1, 0) and x_shape[2] == 1 and out[2] == 1
 
 
-def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple[int, ...], dtype: Any) -> str:
+def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple[int, ...], dtype: Any,
+             backward: bool = True) -> str:
     """The CPU path for an (N, C, H, W) ``dtype`` input giving (N, K, P, Q) ``out``: the forced
-    one if any (checked), else im2col in float64 (see above), else the fastest measured."""
+    one if any (checked), else im2col in float64 (see above), else the fastest measured
+    (``backward``: for a training forward and its backward, else for inference)."""
     G, R, S, sh, sw, dh, dw, _, _ = geo
     C, K, P, Q = x_shape[1], out[1], out[2], out[3]
     winograd_fits = G == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and 2 <= R <= 6 and 2 <= S <= 6
@@ -167,11 +178,11 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     if (row_fits and min(C, K) >= WINOGRAD1D_MIN_CHANNELS and Q >= WINOGRAD1D_MIN_OUTPUTS
             and x_shape[0] * Q * min(C, K) >= WINOGRAD1D_MIN_WORK):
         return "winograd1d"
-    # Winograd: enough channels and output pixels (3x3: 36; 5x5, one F(4x4, 5x5): 64; others,
-    # four 3x3 sub-kernels: 256): below that its many small products per sample
-    # cost more than the im2col product they replace.
-    least = (WINOGRAD3_MIN_PIXELS if max(R, S) <= 3 else WINOGRAD5_MIN_PIXELS if (R, S) == (5, 5)
-             else WINOGRAD_MIN_PIXELS)
+    # Winograd: enough channels and output pixels (3x3: 36, 9 in inference at a batch of two
+    # or more; 5x5, one F(4x4, 5x5): 64; others, four 3x3 sub-kernels: 256): below that its
+    # many small products per sample cost more than the im2col product they replace.
+    three = WINOGRAD3_MIN_PIXELS if backward or x_shape[0] < 2 else WINOGRAD3_INFERENCE_MIN_PIXELS
+    least = three if max(R, S) <= 3 else WINOGRAD5_MIN_PIXELS if (R, S) == (5, 5) else WINOGRAD_MIN_PIXELS
     if winograd_fits and min(C, K) >= WINOGRAD_MIN_CHANNELS and P * Q >= least:
         return "winograd"
     # Pixel-major copies runs of S*C values (C when dilated); below PIXEL_MAJOR_MIN_RUN they

@@ -7,12 +7,13 @@ from numbacnn.testing import check_layer
 Conv2d = nc.get_layer("conv2d")
 
 
-def cpu_path(layer, shape, dtype="float32"):
-    """The CPU path conv2d_plan picks for an (N, C, H, W) input (conv1d: N, C, 1, L)."""
+def cpu_path(layer, shape, dtype="float32", backward=True):
+    """The CPU path conv2d_plan picks for an (N, C, H, W) input (conv1d: N, C, 1, L), for a
+    training step (``backward``) or inference."""
     from numbacnn.layers import conv2d_cpu
 
     out = (shape[0], *layer._output_shape_2d(tuple(shape[1:])))
-    return conv2d_cpu.conv2d_plan("c", tuple(shape), out, layer._geometry(), True, dtype).path
+    return conv2d_cpu.conv2d_plan("c", tuple(shape), out, layer._geometry(), backward, dtype).path
 
 
 def _pads(padding, kernel, dilation):
@@ -133,6 +134,20 @@ def test_conv2d_force_path_chooses_and_refuses_what_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match="force_path: unknown conv2d path 'wino'"):
         with force_path("wino"):
             pass
+
+
+def test_conv2d_cpu_inference_takes_winograd_on_small_maps_from_a_batch_of_two():
+    # Several samples share a Winograd block, so inference wins from 3x3 outputs (googlenet_mini's
+    # 64->128 at 4x4, batch 256: 2.3 against 5.8 ms pixel-major); training, and batch 1, keep 6x6.
+    layer = Conv2d(out_channels=128, kernel_size=3, padding=1)
+    assert cpu_path(layer, (2, 64, 4, 4), backward=False) == "winograd"
+    assert cpu_path(layer, (256, 64, 3, 3), backward=False) == "winograd"
+    assert cpu_path(layer, (256, 64, 2, 2), backward=False) != "winograd"  # 4 outputs: under 9
+    assert cpu_path(layer, (1, 64, 4, 4), backward=False) != "winograd"
+    assert cpu_path(layer, (256, 64, 4, 4)) != "winograd"  # a training step
+    assert cpu_path(layer, (256, 64, 6, 6)) == "winograd"
+    assert cpu_path(Conv2d(out_channels=128, kernel_size=5, padding=2), (256, 64, 4, 4), backward=False) != "winograd"
+    assert cpu_path(layer, (256, 64, 4, 4), "float64", backward=False) == "im2col"
 
 
 def test_conv2d_cpu_leaves_pixel_major_where_its_weight_layout_outweighs_the_rows():
