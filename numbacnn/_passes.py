@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Hashable
+from typing import TYPE_CHECKING, Any, Hashable
 
 from . import _fold
 from ._arena import Arena
 from ._graph_replay import Replay
 from ._threads import PARALLEL_MIN, PARALLEL_MIN_FLOPS
-from .graph import Graph
 from .layer import Ctx, Shape
+
+if TYPE_CHECKING:
+    from .graph import Graph
 
 __all__ = ["Plan", "Pass", "one_thread"]
 

@@ -79,7 +79,7 @@ def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, P, Q, geo, direct,
         # a batch-1 1x1 16->64 at 32x32 with add and relu in 72-101 us against 59-61), with
         # b = -0.0 where there is no bias: the exact identity (x + -0.0 is x, -0.0 included).
         zero = y4.dtype.type(0)
-        biased = b.size > 0  # the bias still to add after the product (no residual)
+        biased = b.size > 0  # the bias still to add after the product (read without a residual)
         if r4 is not None:
             for g in range(G):
                 for k in range(Kg):

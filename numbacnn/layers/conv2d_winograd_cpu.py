@@ -27,8 +27,10 @@ image (padded up to whole tiles), and its tiles are processed a block of tile ro
 sized to keep V and M in L2. A small image has fewer tiles than a block holds: then a block
 holds several consecutive samples of the chunk, their tiles one after the other in V and M,
 so that each of the 36 products runs over all of them (at 8x8, one sample's 4 tiles made
-products of 4 rows, every one streaming the whole U[e] or partial). The transforms run over contiguous channels; the products run
-with one BLAS thread inside a parallel loop over chunks of the batch. The weight gradient
+products of 4 rows, every one streaming the whole U[e] or partial). The transforms run over
+contiguous channels; the products run with one BLAS thread inside a parallel loop over chunks
+of the batch (inference at batch 1: over chunks of the sample's tile rows,
+``conv2d_forward_winograd_rows``). The weight gradient
 accumulates per chunk (no two threads write the same partial) and is summed and transformed
 back by ``winograd_reduce``.
 
@@ -302,7 +304,8 @@ def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, i
     """Shapes of the scratch arrays for a batch of N cut into T chunks (a P x Q output), and
     the tile rows per block (more than a sample's when a block holds several samples): ``xp``
     holds one padded HWC image per chunk (forward and backward alike: nothing is kept from one
-    to the other), ``part`` the weight gradient partials. A kernel larger
+    to the other), or the one sample's where T is above N (its tile rows split, inference
+    alone), ``part`` the weight gradient partials. A kernel larger
     than 3x3 is cut into 3x3 sub-kernels (``U`` holds each one's transform), except 5x5
     (conv2d_winograd5_cpu.scratch5: 64 transform points)."""
     if tuple(kernel) == (5, 5):
@@ -322,7 +325,7 @@ def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarr
                         nonfinite: np.ndarray, pads: tuple[int, int], tr: int, cache: WeightCache | None = None
                         ) -> bool:
     """y = conv2d(x, w) + b (stride 1, groups 1; pads: top and left). ``U`` receives the
-    transformed weights; ``xp`` (T images), ``V``,
+    transformed weights; ``xp`` (min(T, N) images), ``V``,
     ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them. With a
     ``cache`` (no backward to come), the weights come from it and U is not used (may be None).
     False when x or w holds NaN or Inf: then y is not PyTorch's, and an im2col path must

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import numbacnn as nc
-from numbacnn import executor
+from numbacnn import _passes
 from numbacnn.layers import _conv_columns, conv2d_cpu, conv2d_pixel_cpu, conv2d_winograd_cpu
 from numbacnn.testing import run_fenced
 
@@ -187,7 +187,7 @@ def test_conv2d_random_geometries_fenced(i, monkeypatch):
             # Inference below the thread count splits each sample's columns (any size here;
             # a batch-1 model of small values otherwise runs on one thread: no split)
             mp.setattr(conv2d_cpu, "SPLIT_MIN_MACS", 0)
-            mp.setattr(executor, "PARALLEL_MIN", 0)
+            mp.setattr(_passes, "PARALLEL_MIN", 0)
             if path == "pixel-major":
                 mp.setenv("NUMBACNN_CONV2D_PATH", "pixel")
                 if rng.random() < 0.5:  # blocks of a few output pixels: block edges mid-row

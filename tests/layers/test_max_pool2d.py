@@ -354,7 +354,7 @@ def test_max_pool2d_3x3_values_alone_over_threads_keep_the_window_order():
 def test_max_pool2d_same_size_blocks_of_planes_keep_the_window_order(shape):
     # Stride 1, padding 1: inference runs blocks of planes through shared flat passes
     # (_same_rows), each plane's end rows redone; a block ends inside a chunk (525 planes of
-    # 8x8 a chunk, in blocks of 64) and a pass crosses from plane to plane. Ties of zeros
+    # 8x8 a chunk, in blocks of 16) and a pass crosses from plane to plane. Ties of zeros
     # and of other values, and NaN (the last one in window order wins), must land as the
     # index kernel of training puts them.
     rng = np.random.default_rng(shape[1])

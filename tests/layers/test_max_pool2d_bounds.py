@@ -73,7 +73,7 @@ def test_max_pool2d_2x2_ceil_mode_windows_hanging_past_the_input(kw, shape):
     _check(kw, shape, np.random.default_rng(1))
 
 
-# The flat 2x2 stride-2 forward (max_pool3d_cpu._forward_2x2) indexes x by plane and row
+# The flat 2x2 stride-2 forward (_max_pool2d_cpu._forward_2x2) indexes x by plane and row
 # itself: odd sizes in floor mode leave a last row or column unread, and its planes must not
 # run into one another.
 @pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 2, 6, 3), (3, 1, 2, 2), (1, 4, 9, 4)])
@@ -103,7 +103,7 @@ def _geometries(count, seed):
 
 
 def _geometries3(count, seed):
-    """Random 3x3 undilated windows (max_pool3d_cpu._forward_3x3: separable, edges clamped)."""
+    """Random 3x3 undilated windows (_max_pool2d_cpu._forward_3x3: separable, edges clamped)."""
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < count:

@@ -1,0 +1,262 @@
+"""max_pool3d CPU's fast paths for the 2-D windows models use most, on (N, C, 1, H, W) views:
+2x2 at stride 2 (``_forward_2x2``) and 3x3 with padding 0 or 1 at any stride (``_forward_3x3``,
+separable; blocks of small same-size planes share their passes). max_pool3d_cpu picks them
+(``_flat2x2``, ``_three``) and takes its general kernels for every other geometry; the
+interface, geometry tuple and index rules are max_pool3d_cpu's.
+"""
+
+import numpy as np
+
+from .._jit import cpu_inline, cpu_kernel, prange
+
+__all__ = ["_flat2x2", "_forward_2x2", "_three", "_forward_3x3"]
+
+
+def _flat2x2(geometry: tuple, x_shape: tuple, y_shape: tuple) -> bool:
+    """2-D, 2x2 windows at stride 2, unpadded, undilated, none hanging past x (ceil mode)."""
+    T, R, S, _, sh, sw, pd, ph, pw, _, dh, dw = geometry
+    return ((T, R, S, sh, sw, pd, ph, pw, dh, dw) == (1, 2, 2, 2, 2, 0, 0, 0, 1, 1) and x_shape[2] == 1
+            and 2 * y_shape[3] <= x_shape[3] and 2 * y_shape[4] <= x_shape[4])
+
+
+@cpu_inline
+def _later(best, at, v, i):
+    # window_max's rule for a run of taps (v, i) after (best, at): strict '>' keeps the first
+    # maximum, the last NaN wins
+    t = (v > best) | (v != v)
+    return (v if t else best), (i if t else at)
+
+
+@cpu_inline
+def _larger(best, v):
+    # _later's value alone: which of equal maxima, or of NaNs, wins does not show in it
+    return v if (v > best) | (v != v) else best
+
+
+@cpu_inline
+def _plane2x2(xf, yf, jf, nc, H, W, P, Q):
+    """Plane nc of _forward_2x2: _max2x2's taps and rule unrolled over flat arrays, with
+    unsigned offsets and selects instead of branches."""
+    ib, ob = np.uint64(nc * H * W), np.uint64(nc * P * Q)
+    for p in range(P):
+        row, o = ib + np.uint64(2 * p * W), ob + np.uint64(p * Q)
+        for q in range(Q):
+            i = row + np.uint64(2 * q)
+            a, b, c, d = xf[i], xf[i + np.uint64(1)], xf[i + np.uint64(W)], xf[i + np.uint64(W + 1)]
+            at = np.int32(2 * p * W + 2 * q)
+            best, k = _later(a, np.int32(0), b, np.int32(1))
+            best, k = _later(best, k, c, np.int32(W))
+            best, k = _later(best, k, d, np.int32(W + 1))
+            yf[o + np.uint64(q)] = best
+            jf[o + np.uint64(q)] = at + k
+
+
+@cpu_inline
+def _values2x2(xf, yf, nc, H, W, P, Q):
+    """_plane2x2's values alone (no index wanted: inference)."""
+    ib, ob = np.uint64(nc * H * W), np.uint64(nc * P * Q)
+    for p in range(P):
+        row, o = ib + np.uint64(2 * p * W), ob + np.uint64(p * Q)
+        for q in range(Q):
+            i = row + np.uint64(2 * q)
+            top = _larger(xf[i], xf[i + np.uint64(1)])
+            bottom = _larger(xf[i + np.uint64(W)], xf[i + np.uint64(W + 1)])
+            yf[o + np.uint64(q)] = _larger(top, bottom)
+
+
+@cpu_kernel
+def _forward_2x2(x, y, index, chunks):
+    """2-D, 2x2 windows at stride 2, unpadded, undilated, every window inside x (network3's
+    pools): 3x faster than _forward_windows (batch 10, one thread: 79 -> 29 us on 20x24x24,
+    33 -> 12 us on 40x8x8), in ``chunks`` parallel chunks of the planes. An empty index:
+    values only."""
+    N, C, _, H, W = x.shape
+    P, Q = y.shape[3], y.shape[4]
+    xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
+    NC = N * C
+    for t in prange(chunks):
+        for nc in range(t * NC // chunks, (t + 1) * NC // chunks):
+            if jf.size:
+                _plane2x2(xf, yf, jf, nc, H, W, P, Q)
+            else:
+                _values2x2(xf, yf, nc, H, W, P, Q)
+
+
+def _three(geometry: tuple, x_shape: tuple) -> bool:
+    """2-D, 3x3 windows, undilated, padding 0 or 1 (GoogLeNet's, Inception's and ResNet's
+    pools). _forward_3x3 against the kernels they took before, one thread, batch 64, CPU time,
+    busy machine: stride 1, padding 1 (_forward_rows) 32x16x16 5.6 -> 1.7 ms, 160x8x8 12.5 -> 3.2 ms,
+    224x4x4 7.7 -> 1.3 ms; stride 2, padding 1 (_forward_windows) 32x32x32 25.6 -> 4.0 ms,
+    112x16x16 21.9 -> 4.8 ms, 224x8x8 10.9 -> 2.6 ms."""
+    T, R, S, _, _, _, _, ph, pw, _, dh, dw = geometry
+    return (T, R, S, dh, dw) == (1, 3, 3, 1, 1) and x_shape[2] == 1 and max(ph, pw) <= 1
+
+
+@cpu_inline
+def _row3(xf, ib, i0, i1, i2):
+    best, at = _later(xf[ib + np.uint64(i0)], np.int32(i0), xf[ib + np.uint64(i1)], np.int32(i1))
+    return _later(best, at, xf[ib + np.uint64(i2)], np.int32(i2))
+
+
+@cpu_inline
+def _plane3x3(xf, yf, jf, nc, H, W, P, Q, geometry, hv, hj):
+    """Plane nc of _forward_3x3: the three-tap fold of every row of x once for each output
+    column (hv, hj: this thread's (H, Q) values and indices), then each output the fold of the
+    three rows its window spans, in order: the rule is associative over ordered runs (a later
+    run wins when strictly larger or NaN), so this is window_max's fold, with four
+    compare-selects instead of eight. A tap past an edge of x reads the nearest row or column
+    of the window inside x instead (clamped): a repeated row is a whole block next to its
+    original and a repeated column sits next to its own, so the elements' first appearances
+    and their last appearances keep the window's order, and the fold still finds the first of
+    equal maxima and the last NaN."""
+    sh, sw, ph, pw = geometry[4], geometry[5], geometry[7], geometry[8]
+    ib, ob = np.uint64(nc * H * W), np.uint64(nc * P * Q)
+    for h in range(H):
+        base, hq = h * W, np.uint64(h * Q)
+        for q in range(Q):
+            w = q * sw - pw
+            best, at = _row3(xf, ib, base + max(w, 0), base + min(max(w + 1, 0), W - 1), base + min(w + 2, W - 1))
+            hv[hq + np.uint64(q)] = best
+            hj[hq + np.uint64(q)] = at
+    for p in range(P):
+        h = p * sh - ph
+        r0, r1 = np.uint64(max(h, 0) * Q), np.uint64(min(max(h + 1, 0), H - 1) * Q)
+        r2 = np.uint64(min(h + 2, H - 1) * Q)
+        o = ob + np.uint64(p * Q)
+        for q in range(Q):
+            u = np.uint64(q)
+            best, at = _later(hv[r0 + u], hj[r0 + u], hv[r1 + u], hj[r1 + u])
+            best, at = _later(best, at, hv[r2 + u], hj[r2 + u])
+            yf[o + u] = best
+            jf[o + u] = at
+
+
+@cpu_inline
+def _rows3(xf, t, ib, H, W):
+    """t[h*W + m] = the larger of x[h, m-1], x[h, m], x[h, m+1] in that order, each clamped
+    into the row: the three taps of every window centred on column m. One flat pass over the
+    plane (long loops vectorise where a plane's rows, 4 to 32 wide, do not); the two end
+    columns of each row, which that pass took from the rows beside, are redone after."""
+    one = np.uint64(1)
+    if W == 1:
+        for j in range(H):
+            t[j] = xf[ib + np.uint64(j)]
+        return
+    for j in range(1, H * W - 1):
+        i = ib + np.uint64(j)
+        t[j] = _larger(_larger(xf[i - one], xf[i]), xf[i + one])
+    for h in range(H):
+        a, e = np.uint64(h * W), np.uint64(h * W + W - 1)
+        t[a] = _larger(_larger(xf[ib + a], xf[ib + a]), xf[ib + a + one])
+        t[e] = _larger(_larger(xf[ib + e - one], xf[ib + e]), xf[ib + e])
+
+
+@cpu_inline
+def _tap(xf, t, ib, h, m, W):
+    # Row h's three clamped taps centred on column m: t's, or x's last column where m = W (a
+    # ceil-mode window starting on that column: all three taps clamp onto it).
+    return t[np.uint64(h * W + m)] if m < W else xf[ib + np.uint64(h * W + W - 1)]
+
+
+@cpu_inline
+def _values3x3(xf, yf, nc, H, W, P, Q, geometry, t):
+    """_plane3x3's values alone (no index wanted: inference), the same clamped taps folded in
+    the same order: _rows3 into this thread's H*W scratch ``t``, then per output the rows
+    its window spans. Output row p's window is centred on row p*sh - ph + 1, column q's on
+    q*sw - pw + 1 (each at least 0: padding is at most 1; at most H or W: the window starts
+    inside x). Against per-row passes over an (H, Q) scratch indexed signed (not vectorised):
+    googlenet_mini's eight pools at batch 256, 2 threads, 20.0 -> 11.4 ms; batch 1, one
+    thread, 64x16x16 stride 1 24.7 -> 8.4 us, 64x32x32 stride 2 40 -> 30 us."""
+    sh, sw, ph, pw = geometry[4], geometry[5], geometry[7], geometry[8]
+    ib, ob = np.uint64(nc * H * W), np.uint64(nc * P * Q)
+    _rows3(xf, t, ib, H, W)
+    m0 = 1 - pw
+    inside = (Q - 1) * sw + m0 < W  # every column's centre inside x: t alone
+    if _same(geometry, H, W, P, Q):
+        _same_rows(yf, ob, t, H, W, 1)
+        return
+    for p in range(P):
+        c = p * sh - ph + 1
+        h0, h1, h2 = max(c - 1, 0), min(c, H - 1), min(c + 1, H - 1)
+        o = ob + np.uint64(p * Q)
+        if inside:
+            r0, r1, r2 = np.uint64(h0 * W + m0), np.uint64(h1 * W + m0), np.uint64(h2 * W + m0)
+            if sw == 1:
+                for q in range(Q):
+                    u = np.uint64(q)
+                    yf[o + u] = _larger(_larger(t[r0 + u], t[r1 + u]), t[r2 + u])
+            else:
+                for q in range(Q):
+                    u = np.uint64(q * sw)
+                    yf[o + np.uint64(q)] = _larger(_larger(t[r0 + u], t[r1 + u]), t[r2 + u])
+        else:
+            for q in range(Q):
+                m = q * sw + m0
+                yf[o + np.uint64(q)] = _larger(_larger(_tap(xf, t, ib, h0, m, W), _tap(xf, t, ib, h1, m, W)),
+                                               _tap(xf, t, ib, h2, m, W))
+
+
+@cpu_inline
+def _same(geometry, H, W, P, Q):
+    # Stride 1, padding 1, the output x's size (Inception's branch pools), over 2 rows.
+    return geometry[4] == 1 and geometry[5] == 1 and geometry[7] == 1 and geometry[8] == 1 and P == H and Q == W \
+        and H > 2
+
+
+@cpu_inline
+def _same_rows(yf, ob, t, H, W, B):
+    """The outputs of B consecutive same-size planes (``_same``) from their rows' taps t
+    (_rows3 over the B*H rows): rows whose window lies inside their plane in one flat pass,
+    each plane's first and last row (whose pass read the plane beside) written out after with
+    their clamped taps. The planes of a block share the passes: 4x4 and 8x8 planes are mostly
+    end rows and loop set-up a plane at a time (``_SAME_SMALL``)."""
+    for j in range(W, (B * H - 1) * W):
+        u = np.uint64(j)
+        yf[ob + u] = _larger(_larger(t[u - np.uint64(W)], t[u]), t[u + np.uint64(W)])
+    for b in range(B):
+        for p in (0, H - 1):
+            r = b * H * W
+            r0, r1, r2 = np.uint64(r + max(p - 1, 0) * W), np.uint64(r + p * W), np.uint64(r + min(p + 1, H - 1) * W)
+            o = ob + np.uint64(r + p * W)
+            for q in range(W):
+                u = np.uint64(q)
+                yf[o + u] = _larger(_larger(t[r0 + u], t[r1 + u]), t[r2 + u])
+
+
+# Same-size planes under _SAME_SMALL elements go through _same_rows in blocks of up to
+# _SAME_BLOCK elements (the row taps stay in L1 beside x and y). googlenet_mini at batch 256,
+# 2 threads, alternating trees, us, blocks against a plane at a time: 224x4x4 463-468 / 652-656,
+# 112x8x8 468-490 / 724-742, 160x8x8 671-673 / 1032-1040; 64x16x16 in blocks of 4 planes
+# 907-1163 / 880-937, so larger planes stay one at a time (and blocks of 4096 elements were
+# slower still: 1321-1475).
+_SAME_SMALL = 128
+_SAME_BLOCK = 1024
+
+
+@cpu_kernel
+def _forward_3x3(x, geometry, y, index, chunks):
+    """2-D, 3x3 undilated windows, padding 0 or 1, any stride (GoogLeNet's, Inception's and
+    ResNet's pools): separable (_plane3x3), in ``chunks`` parallel chunks of the planes, each
+    with its own row scratch. Every window meets x (PyTorch's pools start each window inside
+    x or in the left padding, of at most 1), so clamping always finds a tap. An empty index:
+    values only (_values3x3)."""
+    N, C, _, H, W = x.shape
+    P, Q = y.shape[3], y.shape[4]
+    xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
+    NC = N * C
+    B = _SAME_BLOCK // (H * W) if _same(geometry, H, W, P, Q) and H * W < _SAME_SMALL and not jf.size else 1
+    for t in prange(chunks):
+        hv = np.empty(B * H * max(Q, W), x.dtype)  # flat, indexed unsigned: the passes vectorise
+        lo, hi = t * NC // chunks, (t + 1) * NC // chunks
+        if jf.size:
+            hj = np.empty(H * Q, np.int32)
+            for nc in range(lo, hi):
+                _plane3x3(xf, yf, jf, nc, H, W, P, Q, geometry, hv, hj)
+        elif B > 1:  # same-size planes, a block at a time
+            for nc in range(lo, hi, B):
+                nb = min(B, hi - nc)
+                _rows3(xf, hv, np.uint64(nc * H * W), nb * H, W)
+                _same_rows(yf, np.uint64(nc * H * W), hv, H, W, nb)
+        else:
+            for nc in range(lo, hi):
+                _values3x3(xf, yf, nc, H, W, P, Q, geometry, hv)
