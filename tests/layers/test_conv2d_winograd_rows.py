@@ -18,22 +18,14 @@ from numbacnn.layers import conv2d_winograd_cpu
 from numbacnn.layers.conv2d_cpu import WINOGRAD_SPLIT_MIN_ROWS, conv2d_plan, force_path
 from numbacnn.layers.conv2d_winograd_cpu import conv2d_forward_wino, scratch
 from numbacnn.testing import run_fenced
+from _conv_cases import naive as conv_loops
 
 Conv2d = nc.get_layer("conv2d")
 
 
 def naive(x, w, b, pad):
-    """A stride-1 convolution with zero padding ``pad``, by loops over output pixels (float64)."""
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    xp = np.zeros((N, C, H + 2 * pad, W + 2 * pad))
-    xp[:, :, pad:pad + H, pad:pad + W] = x
-    P, Q = H + 2 * pad - R + 1, W + 2 * pad - S + 1
-    y = np.empty((N, K, P, Q))
-    for p in range(P):
-        for q in range(Q):
-            y[:, :, p, q] = np.einsum("ncrs,kcrs->nk", xp[:, :, p:p + R, q:q + S], w) + b
-    return y
+    """The forward of _conv_cases.naive (loops over output pixels, float64)."""
+    return conv_loops(x, w, b, None, pad)[0]
 
 
 def _forward(x, w, b, pad, T):

@@ -1,0 +1,25 @@
+"""A stride-1 convolution by loops over output pixels, in float64: the reference the Winograd
+path's tests (several samples a block, a batch of one split by tile rows) hold it to."""
+
+import numpy as np
+
+
+def naive(x, w, b, gy, pad):
+    """y, gx, gw, gb of a stride-1 convolution with symmetric zero padding ``pad``, by loops
+    over output pixels (float64), independent of any transform."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    xp = np.zeros((N, C, H + 2 * pad, W + 2 * pad))
+    xp[:, :, pad:pad + H, pad:pad + W] = x
+    P, Q = H + 2 * pad - R + 1, W + 2 * pad - S + 1
+    y = np.zeros((N, K, P, Q))
+    gxp, gw = np.zeros_like(xp), np.zeros_like(w)
+    for p in range(P):
+        for q in range(Q):
+            win = xp[:, :, p:p + R, q:q + S]
+            y[:, :, p, q] = np.einsum("ncrs,kcrs->nk", win, w) + b
+            if gy is not None:
+                gxp[:, :, p:p + R, q:q + S] += np.einsum("nk,kcrs->ncrs", gy[:, :, p, q], w)
+                gw += np.einsum("nk,ncrs->kcrs", gy[:, :, p, q], win)
+    gb = None if gy is None else gy.sum(axis=(0, 2, 3))
+    return y, gxp[:, :, pad:pad + H, pad:pad + W], gw, gb
