@@ -1,5 +1,5 @@
-"""A stride-1 convolution by loops over output pixels, in float64: the reference the Winograd
-path's tests (several samples a block, a batch of one split by tile rows) hold it to."""
+"""What conv2d's tests share: a stride-1 convolution by loops over output pixels, in float64
+(the reference the Winograd path's tests hold it to), and the CPU path a plan picks."""
 
 import numpy as np
 
@@ -23,3 +23,12 @@ def naive(x, w, b, gy, pad):
                 gw += np.einsum("nk,ncrs->kcrs", gy[:, :, p, q], win)
     gb = None if gy is None else gy.sum(axis=(0, 2, 3))
     return y, gxp[:, :, pad:pad + H, pad:pad + W], gw, gb
+
+
+def cpu_path(layer, shape, dtype="float32", backward=True):
+    """The CPU path conv2d_plan picks for an (N, C, H, W) input (conv1d: N, C, 1, L), for a
+    training step (``backward``) or inference."""
+    from numbacnn.layers import conv2d_cpu
+
+    out = (shape[0], *layer._output_shape_2d(tuple(shape[1:])))
+    return conv2d_cpu.conv2d_plan("c", tuple(shape), out, layer._geometry(), backward, dtype).path
