@@ -160,7 +160,8 @@ def _tap(xf, t, ib, h, m, W):
 
 @cpu_inline
 def _values3x3(xf, yf, nc, H, W, P, Q, geometry, t):
-    """_plane3x3's values alone (no index wanted: inference), the same clamped taps folded in
+    """_plane3x3's values alone (no index wanted: inference; same-size planes take _same_rows,
+    _forward_3x3), the same clamped taps folded in
     the same order: _rows3 into this thread's H*W scratch ``t``, then per output the rows
     its window spans. Output row p's window is centred on row p*sh - ph + 1, column q's on
     q*sw - pw + 1 (each at least 0: padding is at most 1; at most H or W: the window starts
@@ -172,9 +173,6 @@ def _values3x3(xf, yf, nc, H, W, P, Q, geometry, t):
     _rows3(xf, t, ib, H, W)
     m0 = 1 - pw
     inside = (Q - 1) * sw + m0 < W  # every column's centre inside x: t alone
-    if _same(geometry, H, W, P, Q):
-        _same_rows(yf, ob, t, H, W, 1)
-        return
     for p in range(P):
         c = p * sh - ph + 1
         h0, h1, h2 = max(c - 1, 0), min(c, H - 1), min(c + 1, H - 1)
@@ -244,7 +242,8 @@ def _forward_3x3(x, geometry, y, index, chunks):
     P, Q = y.shape[3], y.shape[4]
     xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
     NC = N * C
-    B = _SAME_BLOCK // (H * W) if _same(geometry, H, W, P, Q) and H * W < _SAME_SMALL and not jf.size else 1
+    same = _same(geometry, H, W, P, Q) and not jf.size
+    B = _SAME_BLOCK // (H * W) if same and H * W < _SAME_SMALL else 1
     for t in prange(chunks):
         hv = np.empty(B * H * max(Q, W), x.dtype)  # flat, indexed unsigned: the passes vectorise
         lo, hi = t * NC // chunks, (t + 1) * NC // chunks
@@ -252,7 +251,7 @@ def _forward_3x3(x, geometry, y, index, chunks):
             hj = np.empty(H * Q, np.int32)
             for nc in range(lo, hi):
                 _plane3x3(xf, yf, jf, nc, H, W, P, Q, geometry, hv, hj)
-        elif B > 1:  # same-size planes, a block at a time
+        elif same:  # same-size planes, a block (of one where planes are large) at a time
             for nc in range(lo, hi, B):
                 nb = min(B, hi - nc)
                 _rows3(xf, hv, np.uint64(nc * H * W), nb * H, W)

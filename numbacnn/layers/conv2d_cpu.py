@@ -79,7 +79,6 @@ def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, P, Q, geo, direct,
         # a batch-1 1x1 16->64 at 32x32 with add and relu in 72-101 us against 59-61), with
         # b = -0.0 where there is no bias: the exact identity (x + -0.0 is x, -0.0 included).
         zero = y4.dtype.type(0)
-        biased = b.size > 0  # the bias still to add after the product (read without a residual)
         if r4 is not None:
             for g in range(G):
                 for k in range(Kg):
@@ -94,11 +93,11 @@ def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, P, Q, geo, direct,
         elif relu:  # -0.0 where there is no bias: y itself, and relu takes -0.0 to 0
             for g in range(G):
                 for k in range(Kg):
-                    bk = b[g * Kg + k] if biased else -zero
+                    bk = b[g * Kg + k] if b.size else -zero
                     for i in range(l0, l1):
                         v = y4[n, g, k, i] + bk
                         y4[n, g, k, i] = zero if v <= zero else v
-        elif biased:
+        elif b.size:
             for g in range(G):
                 for k in range(Kg):
                     bk = b[g * Kg + k]
