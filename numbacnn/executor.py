@@ -27,7 +27,7 @@ import numpy as np
 from . import _fold, _fuse_train, _shapes
 from ._arena import Arena
 from ._graph_replay import follows_graph, graph_modes, replayed
-from ._passes import Pass, Plan, one_thread
+from ._passes import Pass, Plan, one_thread, replay_calls
 from ._step_arena import StepArena, accumulate
 from ._threads import on_one_thread
 from .graph import Graph, GraphError
@@ -273,30 +273,23 @@ class Executor:
 
     def _replay(self, plan: Plan, values: list[Any], ctxs: list[Ctx], training: bool, grad: bool) -> list[Any]:
         """A forward with every decision made: one call per node, no bookkeeping."""
-        calls = plan.calls
-        if calls is None:
-            calls = plan.calls = self._calls(plan, ctxs, training or grad)
+        if plan.calls is None:
+            forwards, steps, _ = self._modes[training or grad]
+            plan.calls, plan.outs = replay_calls(plan, forwards, steps, ctxs, self._first, self._outs)
         dtype = self.dtype
-        for forward, ins, ctx, pool, plans, inplace, want, k in calls:
+        for forward, ins, ctx, pool, plans, inplace, want, k in plan.calls:
             ctx.begin(training, grad, pool, plans, inplace)
             y = forward(ctx, values[ins]) if type(ins) is int else forward(ctx, *[values[i] for i in ins])
             if y.shape != want or y.dtype != dtype:
                 raise self._bad_output(k, y, want)
             values.append(y)
-        return [values[o] for o in self._outs]
+        return [values[o] for o in plan.outs]
 
     def _bad_output(self, k: int, y: Any, want: Shape) -> GraphError:
         _, _, kind, name = self._steps[k]
         return GraphError(f"{kind} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
                           f"expected {self.dtype.name} {want} (a bug in the layer)")
 
-    def _calls(self, plan: Plan, ctxs: list[Ctx], grads: bool) -> list[tuple]:
-        """Per node: its forward, input slot(s) (an int for one), context, the plan's buffers, layer
-        plans, in-place flag, expected output shape and step index (``grads``: training's steps)."""
-        forwards, steps, _ = self._modes[grads]
-        return [(forward, ins[0] if len(ins) == 1 else ins, ctx, pool, plans, inplace, want, k)
-                for k, (forward, (_, ins, _, _), ctx, pool, plans, inplace, want)
-                in enumerate(zip(forwards, steps, ctxs, plan.pools, plan.plans, plan.inplace, plan.wants))]
 
     @staticmethod
     def _settle(arena: Arena, ctx: Ctx, y: Any, ins: list[Any]) -> None:

@@ -144,7 +144,8 @@ def test_float64_and_the_replay(kind, monkeypatch):
     np.testing.assert_allclose(y, _reference(plain, x, True, residual=kind == "add"), rtol=1e-12, atol=1e-12)
 
 
-def test_what_is_fused(monkeypatch):
+def _what_is_fused(monkeypatch) -> tuple[nc.Model, nc.Model]:
+    """A graph with fusable and unfusable relus, its model fused and plain; the fused checked."""
     g = nc.Graph()
     x = g.input((4, 6, 6))
     c1 = g.conv2d(x, out_channels=4, kernel_size=3, padding=1, name="c1")
@@ -164,6 +165,28 @@ def test_what_is_fused(monkeypatch):
     xb = np.random.default_rng(6).normal(size=(2, 4, 6, 6)).astype(np.float32)
     for a, b in zip(model(xb), plain(xb)):
         np.testing.assert_array_equal(a, b)
+    return model, plain
+
+
+def test_what_is_fused(monkeypatch):
+    _what_is_fused(monkeypatch)
+
+
+def test_the_replay_calls_no_fused_step(monkeypatch):
+    # _what_is_fused's graph: folded batch norms and fused relus pass their input on, so
+    # the replay (from the second call) leaves them out; their readers and the outputs they
+    # are (bn3, r5) read what they would have passed on.
+    model, plain = _what_is_fused(monkeypatch)
+    ex = model._executor
+    xb = np.random.default_rng(7).normal(size=(3, 4, 6, 6)).astype(np.float32)
+    want = plain(xb)
+    for _ in range(2):
+        for a, b in zip(model(xb), want):
+            np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+    (plan,) = [p for p in ex.thread_pass().plans.values() if p.batch == 3]
+    skipped = [k for k, f in enumerate(ex._inference) if f is _fold.skip]
+    assert {ex._steps[k][3] for k in skipped} >= {"bn2", "r2", "bn3", "r5"}
+    assert [call[-1] for call in plan.calls] == [k for k in range(len(ex._steps)) if k not in skipped]
 
 
 @pytest.mark.parametrize("kind", GRAPHS)
