@@ -18,11 +18,12 @@ its transform. CPU only: on CUDA the graph runs unfolded.
 moved to a device).
 
 Inference without gradients also fuses a relu into the conv2d it reads (directly or through a
-folded batch norm), or into the add it reads (a residual join), when nothing else reads that
-output and it is not a graph output: the conv's kernels apply the relu as they write y (the
-column paths, while a sample's output is still in cache; the Winograd paths in one pass
-after), the add's last sum is add_relu_forward, bit for bit relu's result (NaN kept, -0.0 to
-0), and the relu node passes y on. ``NUMBACNN_FUSE_RELU=0`` turns
+folded batch norm), into the add it reads (a residual join) or into the linear it reads, when
+nothing else reads that output and it is not a graph output: the conv's kernels apply the relu
+as they write y (the column paths, while a sample's output is still in cache; the Winograd
+paths in one pass after), the add's last sum is add_relu_forward, the linear's chunks take
+their rows through relu's rule after their product, bit for bit relu's result (NaN kept, -0.0
+to 0), and the relu node passes y on. ``NUMBACNN_FUSE_RELU=0`` turns
 this off. CPU only, as folding.
 
 A residual join fuses the same way (``add_pairs``): a two-input add one of whose inputs is a
@@ -48,6 +49,7 @@ from .layer import Ctx, device_method
 from .layers.add import Add
 from .layers.batch_norm2d import BatchNorm2d
 from .layers.conv2d import Conv2d
+from .layers.linear import Linear
 from .layers.relu import ReLU
 
 __all__ = ["add_pairs", "fold_pairs", "folding_enabled", "fusing_enabled", "inference_steps", "lone_relus",
@@ -107,13 +109,13 @@ def lone_relus(steps: list[tuple], readers: list[int], keep: set[int], first: in
 
 def relu_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: int,
                folds: list[tuple[int, int]], device: str) -> list[tuple[int, int]]:
-    """(conv or add step, relu step) of every relu fused into a conv2d or an add at inference:
-    a relu whose one input is a conv2d's or an add's output, or a batch norm's folded into a
-    conv (``folds``), that nothing else reads and that is not a graph output. None off the CPU
-    or when fusing is off."""
+    """(conv, add or linear step, relu step) of every relu fused into a conv2d, an add or a
+    linear at inference: a relu whose one input is such a step's output, or a batch norm's
+    folded into a conv (``folds``), that nothing else reads and that is not a graph output.
+    None off the CPU or when fusing is off."""
     folded = {k: j for j, k in folds}  # the conv behind a folded batch norm
     return [(folded.get(j, j), k) for k, j in lone_relus(steps, readers, keep, first, device)
-            if type(steps[folded.get(j, j)][0]) in (Conv2d, Add)]
+            if type(steps[folded.get(j, j)][0]) in (Conv2d, Add, Linear)]
 
 
 def add_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: int,
@@ -163,8 +165,8 @@ def inference_steps(steps: list[tuple], adds: list[tuple[int, int, int]],
 def forwards(plain: list[Any], steps: list[tuple], pairs: list[tuple[int, int]], device: str,
              relus: list[tuple[int, int]] = (), adds: list[tuple[int, int, int]] = ()) -> list[Any]:
     """Per step, the forward of folded inference: ``plain`` but for each pair's conv (run with
-    a bias always: b' is never empty) and batch norm (``skip``), each fused relu's conv or
-    add (``fused_relu``) and relu (``skip``), and each fused add's conv (which then takes the
+    a bias always: b' is never empty) and batch norm (``skip``), each fused relu's conv, add or
+    linear (``fused_relu``) and relu (``skip``), and each fused add's conv (which then takes the
     residual, and the add's relu) and add (``skip``)."""
     out = list(plain)
     convs = {}

@@ -17,6 +17,8 @@ class Linear(Layer):
     """
 
     name = "linear"
+    #: Set on inference's copy when the relu after it is fused in (numbacnn._fold).
+    fused_relu = False
 
     def __init__(self, out_features: int, bias: bool = True) -> None:
         if isinstance(out_features, bool) or not isinstance(out_features, int):
@@ -58,7 +60,10 @@ class Linear(Layer):
         w = ctx.params["weight"]
         y = ctx.empty((x.shape[0], self.out_features))
         scratch = ctx.scratch(self._scratch(ctx, x, w)[0])
-        ctx.kernels.linear_forward(x, w, self._bias(ctx, ctx.params), y, scratch)
+        if self.fused_relu:  # inference's linear + relu: numbacnn._fold
+            ctx.kernels.linear_forward(x, w, self._bias(ctx, ctx.params), y, scratch, True)
+        else:
+            ctx.kernels.linear_forward(x, w, self._bias(ctx, ctx.params), y, scratch)
         ctx.save(x)
         return y
 

@@ -26,9 +26,10 @@ __all__ = ["linear_scratch", "linear_forward", "linear_backward"]
 
 
 @cpu_inline
-def _forward_chunk(x, w, b, y, yt, t):
+def _forward_chunk(x, w, b, y, yt, t, relu):
     """Chunk t of yt.shape[0]: its rows of y = x @ w.T (+ b); through yt[t] = w @ x^T
-    (transposed, then copied) when yt has room for it."""
+    (transposed, then copied) when yt has room for it; then (``relu``) relu's rule on them,
+    NaN kept and -0.0 to 0, while they are in cache (inference's fused linear + relu)."""
     N, K = y.shape
     J = x.shape[1]
     T = yt.shape[0]
@@ -47,17 +48,22 @@ def _forward_chunk(x, w, b, y, yt, t):
             for n in range(n0, n1):
                 for k in range(K):
                     y[n, k] += b[k]
+    if relu:
+        zero = y.dtype.type(0)
+        for i in range(n0 * K, n1 * K):
+            v = yf[i]
+            yf[i] = zero if v <= zero else v
 
 
 @cpu_kernel
-def _linear_forward_chunks(x, w, b, y, yt):
+def _linear_forward_chunks(x, w, b, y, yt, relu):
     # One chunk runs in the calling thread: even a one-thread parallel region costs 1.4 us
     # against 0.3 us inline, and a batch-1 call has one chunk.
     if yt.shape[0] == 1:
-        _forward_chunk(x, w, b, y, yt, 0)
+        _forward_chunk(x, w, b, y, yt, 0, relu)
     else:
         for t in prange(yt.shape[0]):
-            _forward_chunk(x, w, b, y, yt, t)
+            _forward_chunk(x, w, b, y, yt, t, relu)
 
 
 @cpu_inline
@@ -134,10 +140,12 @@ def linear_scratch(N: int, K: int, J: int) -> tuple[tuple[int, int, int], tuple[
     return (T, K, rows) if rows <= _TURNED_ROWS else (T, 0, 0), (T - 1, K, J)
 
 
-def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, scratch: np.ndarray) -> None:
-    """y = x @ w.T + b (b empty: no bias); ``scratch`` as ``linear_scratch`` shapes it."""
+def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, scratch: np.ndarray,
+                   relu: bool = False) -> None:
+    """y = x @ w.T + b (b empty: no bias), relu'd when ``relu`` (inference's fused linear +
+    relu); ``scratch`` as ``linear_scratch`` shapes it."""
     with single_thread_blas:
-        _linear_forward_chunks(x, w, b, y, scratch)
+        _linear_forward_chunks(x, w, b, y, scratch, relu)
 
 
 def linear_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,

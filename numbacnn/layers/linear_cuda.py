@@ -67,15 +67,21 @@ def _add_bias_kernel(y, b):
         y[i // b.size, i % b.size] += b[i % b.size]
 
 
-def linear_forward(x, w, b, y, scratch):
-    """y = x @ w.T + b (b empty: no bias); ``scratch`` is empty here."""
+def linear_forward(x, w, b, y, scratch, relu=False):
+    """y = x @ w.T + b (b empty: no bias), relu'd in one pass after when ``relu`` (the
+    executor fuses linear + relu on the CPU only; the twin takes the flag all the same);
+    ``scratch`` is empty here."""
     N, K = y.shape
     if _cublas.usable(x, w, y):
         _cublas.gemm(x, w, y, trans_b=True)
         if b.size and y.size:
             _add_bias_kernel[_blocks(y.size, THREADS), THREADS](y, b)
-        return
-    _linear_forward_kernel[(_blocks(K), _blocks(N)), (TILE, TILE)](x, w, b, y)
+    else:
+        _linear_forward_kernel[(_blocks(K), _blocks(N)), (TILE, TILE)](x, w, b, y)
+    if relu and y.size:
+        from .relu_cuda import relu_forward
+
+        relu_forward(y.reshape(y.size), y.reshape(y.size))
 
 
 @cuda_kernel
