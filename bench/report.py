@@ -19,16 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))  # run as a script or loaded from a path: _machine beside it
+from _machine import _contention, _sharing, run_suite, thread_speedup  # noqa: E402
 
 # (kind, workload suffix or "", minimum x torch); the issue's "done when".
 TORCH_TARGETS = [
@@ -60,38 +59,6 @@ TIME_TARGETS = [("network3 inference", "N1", 0.15e-3)]
 NUMPY_TARGET = ("conv2d forward", 5.0)
 PEAK_TARGET = ("conv2d forward", 3, 0.60)  # the three largest shapes' forward: 60% of matmul
 COLD_TARGET = ("numbacnn warm cache", 2.0)  # seconds to the end of the first step
-
-
-def _cpu_busy_s() -> float | None:
-    """Seconds of CPU the whole machine has spent busy (Linux /proc/stat), None elsewhere."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def run_suite(json_path: Path, threads: int, pytest_args: list[str]) -> tuple[int, float | None]:
-    """Run pytest; returns its exit status and the share of the machine's CPU that other
-    processes used meanwhile (None where it cannot be read)."""
-    env = dict(os.environ, NUMBACNN_BENCH_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "pytest", "bench", f"--benchmark-json={json_path}", "-p", "no:cacheprovider",
-           *pytest_args]
-    print("$", " ".join(cmd), flush=True)
-    busy, ours, start = _cpu_busy_s(), _children_cpu_s(), time.monotonic()
-    rc = subprocess.call(cmd, cwd=REPO, env=env)
-    after = _cpu_busy_s()
-    if busy is None or after is None:
-        return rc, None
-    # On a machine as small as 2 cores, any other load stalls every 2-thread parallel region.
-    others = max(0.0, (after - busy) - (_children_cpu_s() - ours))
-    return rc, others / ((time.monotonic() - start) * (os.cpu_count() or 1))
 
 
 def load(json_path: Path) -> tuple[dict[str, Any], dict[tuple[str, str, str], dict[str, Any]]]:
@@ -202,6 +169,7 @@ def render(data: dict[str, Any], groups: dict) -> str:
         "GFLOP/s count a direct convolution's work (Winograd does less, so it can pass 100%)",
         *gpu_line(groups),
         _contention(data.get("other_cpu_share")),
+        *filter(None, [_sharing(data.get("thread_speedup"), threads)]),
         "",
         "| workload | device | numbacnn ms | PyTorch ms | naive NumPy ms | x torch | x NumPy | GFLOP/s | % peak | target |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
@@ -285,13 +253,6 @@ def memory_lines(groups: dict) -> list[str]:
     return lines
 
 
-def _contention(share: float | None) -> str:
-    if share is None:
-        return "Other processes' CPU use during the run: not measured"
-    verdict = "a quiet run" if share < 0.05 else "NOT trustworthy, run again on an idle machine"
-    return f"Other processes used {share:.0%} of the machine's CPU during the run: {verdict}"
-
-
 def plot(groups: dict, path: Path) -> None:
     try:
         import matplotlib
@@ -364,10 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         json_path = args.from_json
     else:
         json_path = args.json or Path(tempfile.mkdtemp(prefix="numbacnn-bench-")) / "run.json"
+        before = thread_speedup(args.threads)
         rc, share = run_suite(json_path, args.threads, args.pytest_args)
+        after = thread_speedup(args.threads)
         if json_path.exists():
             data = json.loads(json_path.read_text())
-            data.update(other_cpu_share=share, versions=_versions())
+            data.update(other_cpu_share=share, versions=_versions(), thread_speedup=[before, after])
             json_path.write_text(json.dumps(data, indent=1))
         if not json_path.exists():
             print("pytest wrote no benchmark JSON", file=sys.stderr)

@@ -93,3 +93,21 @@ def test_gpu_rows_divide_by_the_gpu_matmul_and_get_issue_18s_targets(tmp_path):
     assert "| 50.0 | 50% |" in _line(text, "| conv2d forward+backward N8-16x28x28-K32-k5-p2 | cpu |")
     assert _line(text, "| network3 train step 1x28x28 N64 | cuda |").endswith(">=1.0x torch (GPU): ok |")
     assert _line(text, "| network3 train step 1x28x28 N10 | cuda |").endswith("| 0.70 | - | - | - | >=0.8x torch (GPU): MISS |")
+
+
+def test_the_report_says_when_two_threads_ran_no_faster_than_one(tmp_path):
+    # The host sometimes runs a 2-CPU machine's CPUs on one core: the other-CPU share cannot
+    # see it, so the run records how much faster two BLAS threads multiply than one, before and
+    # after, and the report says which it was.
+    bench = [_bench("lenet5 inference", "N1", "numbacnn", 1e-4)]
+    path = tmp_path / "run.json"
+    for speedups, verdict in (([1.98, 2.04], "ran as separate cores"), ([1.99, 1.58], "did not run as separate cores")):
+        path.write_text(json.dumps({"datetime": "2026-12-05T00:00:00", "benchmarks": bench,
+                                    "thread_speedup": speedups}))
+        report = _report()
+        line = _line(report.render(*report.load(path)), "2 threads ran a float32 matmul")
+        assert f"{speedups[0]:.2f}x / {speedups[1]:.2f}x" in line and verdict in line
+    path.write_text(json.dumps({"datetime": "2026-12-05T00:00:00", "benchmarks": bench}))
+    assert "ran a float32 matmul" not in report.render(*report.load(path))  # older runs: no line
+    assert report.thread_speedup(1) is None
+    assert 0.3 < report.thread_speedup(2, seconds=0.05) < 4

@@ -1,0 +1,93 @@
+"""The machine's state around a benchmark run (bench/report.py): other processes' CPU use, and
+whether its CPUs ran as separate cores. Linux /proc/stat; None where it cannot be read."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cpu_busy_s() -> float | None:
+    """Seconds of CPU the whole machine has spent busy (Linux /proc/stat), None elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_suite(json_path: Path, threads: int, pytest_args: list[str]) -> tuple[int, float | None]:
+    """Run pytest; returns its exit status and the share of the machine's CPU that other
+    processes used meanwhile (None where it cannot be read)."""
+    env = dict(os.environ, NUMBACNN_BENCH_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "pytest", "bench", f"--benchmark-json={json_path}", "-p", "no:cacheprovider",
+           *pytest_args]
+    print("$", " ".join(cmd), flush=True)
+    busy, ours, start = _cpu_busy_s(), _children_cpu_s(), time.monotonic()
+    rc = subprocess.call(cmd, cwd=REPO, env=env)
+    after = _cpu_busy_s()
+    if busy is None or after is None:
+        return rc, None
+    # On a machine as small as 2 cores, any other load stalls every 2-thread parallel region.
+    others = max(0.0, (after - busy) - (_children_cpu_s() - ours))
+    return rc, others / ((time.monotonic() - start) * (os.cpu_count() or 1))
+
+
+def thread_speedup(threads: int, seconds: float = 0.3) -> float | None:
+    """How many times faster ``threads`` BLAS threads run a float32 matmul than one, now. On
+    this project's 2-CPU virtual machines the host sometimes runs both CPUs on one core for
+    minutes: two threads then run no faster than one (a batch-1 resnet_bottleneck took 2.4-2.8
+    ms against 1.31-1.39 ms, with 1.76-1.87 ms on one thread either way; the matmul's speedup
+    read 1.58-1.61 around such spells, 1.98-2.04 otherwise), which the other-CPU share cannot
+    see. None for one thread or without threadpoolctl."""
+    try:
+        import numpy as np
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    if threads < 2:
+        return None
+    a = np.random.default_rng(0).random((768, 768), dtype=np.float32)
+
+    def rate(n: int) -> float:
+        with threadpool_limits(n, user_api="blas"):
+            a @ a
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                a @ a
+                count += 1
+            return count / (time.perf_counter() - start)
+
+    return rate(threads) / rate(1)
+
+
+def _sharing(speedups: list[float | None] | None, threads: Any) -> str | None:
+    """The report's line on thread_speedup's readings before and after the run (None: none)."""
+    if not speedups or any(s is None for s in speedups):
+        return None
+    worst = min(speedups)
+    verdict = "the CPUs ran as separate cores" if worst >= 0.9 * float(threads) else (
+        "the CPUs did not run as separate cores for part of the run (the host shares a core between "
+        "them at times): multi-thread rows may read up to 2x slow; run again")
+    return (f"{threads} threads ran a float32 matmul {' / '.join(f'{s:.2f}x' for s in speedups)} one thread's "
+            f"speed before / after the run: {verdict}")
+
+
+def _contention(share: float | None) -> str:
+    if share is None:
+        return "Other processes' CPU use during the run: not measured"
+    verdict = "a quiet run" if share < 0.05 else "NOT trustworthy, run again on an idle machine"
+    return f"Other processes used {share:.0%} of the machine's CPU during the run: {verdict}"
