@@ -76,10 +76,10 @@ def thread_speedup(threads: int, seconds: float = 0.3) -> float | None:
 
 def _sharing(speedups: list[float | None] | None, threads: Any) -> str | None:
     """The report's line on thread_speedup's readings before and after the run (None: none)."""
-    if not speedups or any(s is None for s in speedups):
+    if not speedups or any(s is None for s in speedups) or not str(threads).isdigit():
         return None
-    worst = min(speedups)
-    verdict = "the CPUs ran as separate cores" if worst >= 0.9 * float(threads) else (
+    worst, full = min(speedups), min(int(threads), os.cpu_count() or 1)
+    verdict = "the CPUs ran as separate cores" if worst >= 0.9 * full else (
         "the CPUs did not run as separate cores for part of the run (the host shares a core between "
         "them at times): multi-thread rows may read up to 2x slow; run again")
     return (f"{threads} threads ran a float32 matmul {' / '.join(f'{s:.2f}x' for s in speedups)} one thread's "

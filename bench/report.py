@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))  # run as a script or loaded from a path: _machine beside it
+if str(REPO / "bench") not in sys.path:  # run as a script or loaded from a path: _machine beside it
+    sys.path.insert(0, str(REPO / "bench"))
 from _machine import _contention, _sharing, run_suite, thread_speedup  # noqa: E402
 
 # (kind, workload suffix or "", minimum x torch); the "done when".

@@ -290,7 +290,6 @@ class Executor:
         return GraphError(f"{kind} node '{name}': forward returned {y.dtype} {tuple(y.shape)}, "
                           f"expected {self.dtype.name} {want} (a bug in the layer)")
 
-
     @staticmethod
     def _settle(arena: Arena, ctx: Ctx, y: Any, ins: list[Any]) -> None:
         """After a node first ran in the arena: free its scratch; an output that the layer did

@@ -70,18 +70,21 @@ WINOGRAD3_MIN_PIXELS = 36
 # lost at batch 32 (32->64 at 4x4 713 / 898, 64->64 at 3x3 599 / 749).
 WINOGRAD3_INFERENCE_MIN_PIXELS = 9
 # Inference at a batch of WINOGRAD5_INFERENCE_MIN_BATCH or more takes F(4x4, 5x5) from 16
-# outputs (one tile), and from WINOGRAD5_FEW_CHANNELS_MIN_BATCH on from 8 channels. Forward
-# with relu, 2 threads, one process alternating, us, pixel-major / Winograd (/ im2col where it
-# led): batch 4 64->128 at 4x4 383 / 97, 32->64 at 4x4 91 / 47, 16->32 at 4x4 36 / 32, 12->32
-# at 8x8 52 / 45; batch 32 8->16 at 16x16 413 / 321 (googlenet_mini's inc3b), 12->32 at 8x8
-# 269 / 166, 16->32 at 4x4 104 / 71; batch 256 8->16 at 16x16 3281 / 2335, 12->32 at 8x8
-# 1992 / 1114, 16->32 at 4x4 677 / 329. Lost or level, so kept out: batch 2 16->32 at 4x4
-# (im2col 26 / 30), batch 4 12->12 at 4x4 23 / 29 and 8->16 at 8x8 30 / 35, batch 32 8->8 at
-# 8x8 91 / 97 and 10->20 at 4x4 66 / 63.
+# outputs (one tile); from WINOGRAD5_FEW_CHANNELS_MIN_BATCH on, also from 8 channels where
+# C*K is at least WINOGRAD5_FEW_CHANNELS_MIN_PRODUCT. Forward with relu, 2 threads, one
+# process alternating, us, pixel-major / Winograd (/ im2col where it led): batch 4 64->128 at
+# 4x4 383 / 97, 32->64 at 4x4 91 / 47, 16->32 at 4x4 36 / 32; batch 32 8->16 at 16x16 413 /
+# 321 (googlenet_mini's inc3b), 8->16 at 8x8 124 / 112, 12->12 at 4x4 61 / 53, 12->32 at 8x8
+# 269 / 166, 10->20 at 4x4 66 / 63, 16->32 at 4x4 104 / 71; batch 256 8->16 at 16x16 3281 /
+# 2335, 12->32 at 8x8 1992 / 1114, 16->32 at 4x4 677 / 329, 8->8 at 8x8 616 / 540. Kept out,
+# lost or level: batch 2 16->32 at 4x4 (im2col 26 / 30); batch 4 under 16 channels (12->12 at
+# 4x4 23 / 29, 8->16 at 8x8 30 / 35, though 12->32 at 8x8 won, 52 / 45); batch 32 8->8 at
+# 8x8 (C*K 64: 91 / 97).
 WINOGRAD5_INFERENCE_MIN_BATCH = 4
 WINOGRAD5_INFERENCE_MIN_PIXELS = 16
 WINOGRAD5_FEW_CHANNELS_MIN_BATCH = 32
 WINOGRAD5_FEW_CHANNELS = 8
+WINOGRAD5_FEW_CHANNELS_MIN_PRODUCT = 128
 # A one-row 1x5 convolution (conv1d, kernel 5) takes the CPU's F(4, 5) path (conv1d_winograd_cpu)
 # from this many input and output channels and outputs per row, and N * Q * min(C, K) of at
 # least WINOGRAD1D_MIN_WORK: its transforms, the weights' on every call included, cost about
@@ -193,12 +196,13 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
         return "winograd1d"
     # Winograd: enough channels and output pixels (3x3: 36, 9 in inference at a batch of two
     # or more; 5x5, one F(4x4, 5x5): 64, 16 in inference at a batch of four or more, with 8
-    # channels from a batch of 32; others, four 3x3 sub-kernels: 256): below that its many
+    # channels from a batch of 32 where C*K >= 128; others, four 3x3 sub-kernels: 256): below that its many
     # small products per sample cost more than the im2col product they replace.
     N, few = x_shape[0], WINOGRAD_MIN_CHANNELS
     three = WINOGRAD3_MIN_PIXELS if backward or N < 2 else WINOGRAD3_INFERENCE_MIN_PIXELS
     five = WINOGRAD5_MIN_PIXELS if backward or N < WINOGRAD5_INFERENCE_MIN_BATCH else WINOGRAD5_INFERENCE_MIN_PIXELS
-    if (R, S) == (5, 5) and not backward and N >= WINOGRAD5_FEW_CHANNELS_MIN_BATCH:
+    if ((R, S) == (5, 5) and not backward and N >= WINOGRAD5_FEW_CHANNELS_MIN_BATCH
+            and C * K >= WINOGRAD5_FEW_CHANNELS_MIN_PRODUCT):
         few = WINOGRAD5_FEW_CHANNELS
     least = three if max(R, S) <= 3 else five if (R, S) == (5, 5) else WINOGRAD_MIN_PIXELS
     if winograd_fits and min(C, K) >= few and P * Q >= least:

@@ -75,6 +75,9 @@ def test_conv2d_cpu_inference_takes_5x5_winograd_on_small_maps_from_a_batch_of_f
     assert cpu_path(narrow, (31, 8, 16, 16), backward=False) != "winograd"
     assert cpu_path(narrow, (32, 7, 16, 16), backward=False) != "winograd"
     assert cpu_path(narrow, (32, 8, 16, 16)) != "winograd"
+    eight = Conv2d(out_channels=8, kernel_size=5, padding=2)  # 8->8: C*K 64, lost at batch 32 (91 / 97 us)
+    assert cpu_path(eight, (32, 8, 8, 8), backward=False) != "winograd"
+    assert cpu_path(Conv2d(out_channels=20, kernel_size=5, padding=2), (32, 10, 4, 4), backward=False) == "winograd"
     assert cpu_path(Conv2d(out_channels=16, kernel_size=3, padding=1), (32, 8, 16, 16), backward=False) != "winograd"
 
 
