@@ -60,10 +60,8 @@ class Linear(Layer):
         w = ctx.params["weight"]
         y = ctx.empty((x.shape[0], self.out_features))
         scratch = ctx.scratch(self._scratch(ctx, x, w)[0])
-        if self.fused_relu:  # inference's linear + relu: numbacnn._fold
-            ctx.kernels.linear_forward(x, w, self._bias(ctx, ctx.params), y, scratch, True)
-        else:
-            ctx.kernels.linear_forward(x, w, self._bias(ctx, ctx.params), y, scratch)
+        # fused_relu: inference's linear + relu (numbacnn._fold)
+        ctx.kernels.linear_forward(x, w, self._bias(ctx, ctx.params), y, scratch, self.fused_relu)
         ctx.save(x)
         return y
 

@@ -21,6 +21,7 @@ import numpy as np
 from .._blas import gemm
 from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import PARALLEL_MIN, batch_chunks, single_thread_blas
+from .relu_cpu import _forward_at as _relu_at
 
 __all__ = ["linear_scratch", "linear_forward", "linear_backward"]
 
@@ -49,10 +50,8 @@ def _forward_chunk(x, w, b, y, yt, t, relu):
                 for k in range(K):
                     y[n, k] += b[k]
     if relu:
-        zero = y.dtype.type(0)
         for i in range(n0 * K, n1 * K):
-            v = yf[i]
-            yf[i] = zero if v <= zero else v
+            _relu_at(yf, yf, i)
 
 
 @cpu_kernel

@@ -81,7 +81,8 @@ def linear_forward(x, w, b, y, scratch, relu=False):
     if relu and y.size:
         from .relu_cuda import relu_forward
 
-        relu_forward(y.reshape(y.size), y.reshape(y.size))
+        yf = y.reshape(y.size)
+        relu_forward(yf, yf)
 
 
 @cuda_kernel
