@@ -74,11 +74,11 @@ def softmax_forward(x, stats, y):
         for o in prange(outer):
             xo, yo = rows[o], out[o]
             m = _max_of(xo)
-            s = zero
             for k in range(K):
-                e = math.exp(xo[k] - m)
-                yo[k] = e
-                s += e
+                yo[k] = math.exp(xo[k] - m)
+            s = zero
+            for k in range(K):  # apart, reading y alone: summed the same way in place (y is x) or not
+                s += yo[k]
             r = one / s
             for k in range(K):
                 yo[k] *= r
