@@ -94,7 +94,8 @@ def _block(channels: int, kernel: int, bias: bool, bn: bool, relu: bool, residua
 
 
 # (path, channels, kernel): im2col (few channels), pixel-major, Winograd F(4x4, 3x3) and
-# F(4x4, 5x5) (the relu a pass after), a 1x1 conv (x is its own column matrix).
+# F(4x4, 5x5) (the relu as each output is stored, the residual a pass after), a 1x1 conv (x is
+# its own column matrix).
 PATHS = [("im2col", 3, 3), ("pixel", 6, 3), ("winograd", 16, 3), ("winograd", 16, 5), ("im2col", 5, 1)]
 
 

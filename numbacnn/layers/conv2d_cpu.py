@@ -295,11 +295,11 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
     """y = conv2d(x, w) + b (b empty: no bias) on ``plan``'s path, with the arrays its
     ``forward_scratch`` describes, plus ``residual`` (y's shape) when given, then relu'd in
     place when ``relu``: inference's fused conv (+ add) (+ relu), in the order the nodes
-    compute them; the im2col path applies both as it writes y, the others in one pass
-    after. Returns what the backward needs besides x: the path that ran (Winograd gives way
+    compute them; the im2col, pixel-major and Winograd paths apply the relu alone as they
+    write y, the residual in one pass after (im2col: as it writes y). Returns what the backward needs besides x: the path that ran (Winograd gives way
     to im2col when x or w holds NaN or Inf) and its kept arrays."""
     kept = _forward_path(x, w, b, y, plan, scratch, relu, residual)
-    if kept[0] == "im2col" or (kept[0] == "pixel" and residual is None):
+    if kept[0] == "im2col" or (kept[0] in ("pixel", "winograd") and residual is None):
         return kept  # applied as y was written
     yf = y.reshape(-1)
     if residual is not None:
@@ -322,7 +322,7 @@ def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, pl
         U = None if plan.weights is not None else scratch[0]
         xp, V, M, pix, lanes, nonfinite = scratch[-6:]
         if conv2d_forward_wino(x, w, b, y, U, xp, V, M, pix, lanes, nonfinite, (geo[7], geo[8]), plan.tiles,
-                               plan.weights):
+                               plan.weights, relu and residual is None):
             return ("winograd",)
         return _im2col_again(x, w, b, y, plan, relu, residual)
     if plan.path == "winograd1d":

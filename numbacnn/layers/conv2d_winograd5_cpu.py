@@ -58,10 +58,11 @@ def winograd_weights5(w, U, c, transposed):
 
 
 @cpu_kernel
-def conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c, nonfinite):
+def conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c, nonfinite, relu):
     """y[n] = conv2d(x[n]) + b, a 5x5 kernel at stride 1. Scratch per chunk t of the batch: V[t],
     M[t] and R[t] (pix is not used); xp[t]: chunk t's padded HWC image, each sample's in turn. tr: tile rows per block; past a sample's th, a block holds
-    tr // th samples. nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
+    tr // th samples. nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf (before ``relu``: y =
+    relu(y) as it is stored, relu's rule)."""
     N, K, P, Q = y.shape
     C = x.shape[1]
     T = V.shape[0]
@@ -81,7 +82,7 @@ def conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, c, nonfin
                 for e in range(64):
                     gemm(False, False, nt, K, C, V[t, e], C, U[0, e], K, 0, M[t, e], K)
                 for n in range(nb, ne):
-                    bad += output_tiles5(M[t], y[n], b, R[t], i0, i1, (n - nb) * th, c)
+                    bad += output_tiles5(M[t], y[n], b, R[t], i0, i1, (n - nb) * th, c, relu)
         nonfinite[t] = bad
 
 

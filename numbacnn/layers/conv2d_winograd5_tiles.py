@@ -242,10 +242,11 @@ def input_tiles5_grad(V, gxp, R, i0, i1, r0, tw, c):
 
 
 @cpu_serial
-def output_tiles5(M, yn, b, R, i0, i1, r0, c):
+def output_tiles5(M, yn, b, R, i0, i1, r0, c, relu):
     """yn[k, 4i + a, 4j + s] = (A^T M[:, t, k] A)[a, s] + b[k] (b empty: no bias) for the tiles
-    t of tile rows [i0, i1) (tiles hanging over the edge are cut); returns how many of the
-    values written are NaN or +-Inf. Written straight into the (K, P, Q) output: a pixel-major
+    t of tile rows [i0, i1) (tiles hanging over the edge are cut), through relu's rule when
+    ``relu`` (NaN kept, -0.0 to 0); returns how many of the sums are NaN or +-Inf (counted before
+    the relu, which would hide a -Inf). Written straight into the (K, P, Q) output: a pixel-major
     buffer transposed afterwards took longer than the transform."""
     K, P, Q = yn.shape
     tw = (Q + 3) // 4
@@ -269,7 +270,7 @@ def output_tiles5(M, yn, b, R, i0, i1, r0, c):
                         o = _U64(((k0 + l) * P + 4 * i + a) * Q + 4 * j)
                         for s in range(cols):
                             v = R[_U64(_OUT + (4 * a + s) * _LANES + l)] + bk
-                            yf[o + _U64(s)] = v
+                            yf[o + _U64(s)] = (zero if v <= zero else v) if relu else v
                             bad += np.int64(v - v != 0)  # NaN or +-Inf: v - v is 0 for the rest
     return bad
 

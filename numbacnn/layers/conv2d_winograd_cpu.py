@@ -84,11 +84,12 @@ def _consts(dtype: np.dtype) -> tuple[tuple, tuple]:
 
 
 @cpu_kernel
-def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, nonfinite):
+def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, nonfinite, relu):
     """y[n] = conv2d(x[n]) + b, stride 1, as the sum of the 3x3 sub-kernels' convolutions of
     shifted tiles (``ns`` of them per row). Scratch per chunk t of the batch: V[t], M[t], pix[t]
     and R[t] (``scratch``); xp[t]: chunk t's padded HWC image, each sample's in turn. tr: tile rows per block; past a sample's th, a block holds tr // th samples
-    (``scratch``). nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf."""
+    (``scratch``). nonfinite[t] = how many of chunk t's outputs are NaN or +-Inf (before ``relu``:
+    y = relu(y) as it is stored, relu's rule)."""
     N, K, P, Q = y.shape
     T = V.shape[0]
     J = U.shape[2] // K
@@ -114,12 +115,12 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, non
                 for n in range(nb, ne):
                     r0 = (n - nb) * th
                     output_tiles(M[t], pix[t], R[t], i0, i1, r0, P, Q, c)
-                    bad += _store(pix[t], 4 * r0 * Q - la, y[n].reshape(K, L), b, la, lb)
+                    bad += _store(pix[t], 4 * r0 * Q - la, y[n].reshape(K, L), b, la, lb, relu)
         nonfinite[t] = bad
 
 
 @cpu_kernel
-def conv2d_forward_winograd_rows(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, nonfinite):
+def conv2d_forward_winograd_rows(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, nonfinite, relu):
     """conv2d_forward_winograd for a batch of one (inference), its tile rows cut into the T
     chunks instead of its samples: the rows of x[0]'s one padded image xp[0] are made in a
     parallel loop of their own (a chunk's last tiles read the next chunk's first rows), then
@@ -142,21 +143,30 @@ def conv2d_forward_winograd_rows(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c
             for e in range(36):
                 gemm(False, False, (i1 - i0) * tw, K, J, V[t, e], J, U[0, e], K, 0, M[t, e], K)
             output_tiles(M[t], pix[t], R[t], i0, i1, 0, P, Q, c)
-            bad += _store(pix[t], -4 * i0 * Q, yn, b, 4 * i0 * Q, min(P, 4 * i1) * Q)
+            bad += _store(pix[t], -4 * i0 * Q, yn, b, 4 * i0 * Q, min(P, 4 * i1) * Q, relu)
         nonfinite[t] = bad
 
 
 @cpu_inline
-def _store(pixt, o, yn, b, la, lb):
-    """yn[k, l] = pixt[o + l, k] + b[k] for the output pixels l in [la, lb); returns how many
-    of them are NaN or +-Inf (v - v is 0 for the rest)."""
+def _store(pixt, o, yn, b, la, lb, relu):
+    """yn[k, l] = pixt[o + l, k] + b[k] for the output pixels l in [la, lb), through relu's
+    rule when ``relu`` (NaN kept, -0.0 to 0: a fused relu, written while the value is in a
+    register); returns how many of the sums are NaN or +-Inf (v - v is 0 for the rest),
+    counted before the relu, which would hide a -Inf."""
     bad = 0
+    zero = yn.dtype.type(0)
     for k in range(yn.shape[0]):
-        bk = b[k] if b.size else yn.dtype.type(0)
-        for l in range(la, lb):
-            v = pixt[o + l, k] + bk
-            yn[k, l] = v
-            bad += np.int64(v - v != 0)
+        bk = b[k] if b.size else zero
+        if relu:  # apart from the plain loop, which then stays free of the choice
+            for l in range(la, lb):
+                v = pixt[o + l, k] + bk
+                yn[k, l] = zero if v <= zero else v
+                bad += np.int64(v - v != 0)
+        else:
+            for l in range(la, lb):
+                v = pixt[o + l, k] + bk
+                yn[k, l] = v
+                bad += np.int64(v - v != 0)
     return bad
 
 
@@ -322,12 +332,13 @@ def scratch(N: int, T: int, C: int, K: int, P: int, Q: int, kernel: tuple[int, i
 
 def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, U: np.ndarray,
                         xp: np.ndarray, V: np.ndarray, M: np.ndarray, pix: np.ndarray, R: np.ndarray,
-                        nonfinite: np.ndarray, pads: tuple[int, int], tr: int, cache: WeightCache | None = None
-                        ) -> bool:
+                        nonfinite: np.ndarray, pads: tuple[int, int], tr: int, cache: WeightCache | None = None,
+                        relu: bool = False) -> bool:
     """y = conv2d(x, w) + b (stride 1, groups 1; pads: top and left). ``U`` receives the
     transformed weights; ``xp`` (min(T, N) images), ``V``,
     ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them. With a
     ``cache`` (no backward to come), the weights come from it and U is not used (may be None).
+    ``relu``: y = relu(y) as each output is stored (a fused relu; NaN kept, -0.0 to 0).
     False when x or w holds NaN or Inf: then y is not PyTorch's, and an im2col path must
     recompute it."""
     c = _consts(x.dtype)[0]
@@ -337,10 +348,11 @@ def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarr
         if cache is None:
             _weights(w, U)
         if _five(w.shape):
-            conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, consts5(x.dtype), nonfinite)
+            conv2d_forward_winograd5(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, consts5(x.dtype), nonfinite,
+                                     relu)
         else:
             forward = conv2d_forward_winograd_rows if V.shape[0] > x.shape[0] else conv2d_forward_winograd
-            forward(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, (w.shape[3] + 2) // 3, c, nonfinite)
+            forward(x, U, b, xp, V, M, pix, R, y, pads[0], pads[1], tr, (w.shape[3] + 2) // 3, c, nonfinite, relu)
     if not nonfinite.any():
         return True
     return winograd_nonfinite(x.reshape(-1)) == 0 and winograd_nonfinite(w.reshape(-1)) == 0
