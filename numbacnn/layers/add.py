@@ -13,8 +13,9 @@ class Add(Layer):
 
     name = "add"
     n_inputs = None
-    #: Set on inference's copy of an add whose output only a relu reads (numbacnn._fold): the
-    #: last sum applies that relu. The model's own layer never has it.
+    #: Set on the executor's copy of an add whose output only a relu reads (inference's
+    #: numbacnn._fold, training's numbacnn._fuse_train): the last sum applies that relu. The
+    #: model's own layer never has it.
     fused_relu = False
 
     def __init__(self) -> None:
