@@ -1,9 +1,11 @@
 """Optimizer CPU kernels over flat parameter arrays (one call per step: the model's parameters,
 gradients and state each live in one flat array).
 
-Serial on purpose: an update is a few memory-bound operations per element, so waking a thread
-pool costs more than the update for the models this engine trains (measured: 20 ms per
-parallel launch on a busy 2-core machine, against 1.3 us serial).
+An update is a few memory-bound operations per element: under ``PARALLEL_MIN`` parameters
+it runs in the calling thread, since waking a thread pool costs more than the update
+(measured: 20 ms per parallel launch on a busy 2-core machine, against 1.3 us serial); from
+there the elements are split over Numba's threads. vgg_small's 815,000 parameters, SGD with
+momentum, 2 threads: 0.335 ms serial, 0.168 ms split (lenet5's 61,706 stay serial).
 Scalars arrive typed like the parameters (the wrapper casts them), so float32 stays float32.
 
 The interface, the same in optim_cuda.py (flat p, g and state arrays, updated in place):
@@ -14,29 +16,48 @@ weight_decay, decay)``.
 
 import math
 
-from ._jit import cpu_serial
+from ._jit import cpu_inline, cpu_kernel, prange
+from ._threads import PARALLEL_MIN
 
 __all__ = ["sgd_update", "adam_update"]
 
 
-@cpu_serial
+@cpu_inline
+def _sgd_at(p, g, buf, i, lr, momentum, weight_decay, nesterov, first):
+    d = g[i] + weight_decay * p[i]
+    if buf.size:
+        b = d if first else momentum * buf[i] + d
+        buf[i] = b
+        d = d + momentum * b if nesterov else b
+    p[i] -= lr * d
+
+
+@cpu_kernel
 def sgd_update(p, g, buf, lr, momentum, weight_decay, nesterov, first):
     """PyTorch's SGD: d = g + wd p; buf = momentum buf + d (buf = d at first); p -= lr d'."""
-    for i in range(p.size):
-        d = g[i] + weight_decay * p[i]
-        if buf.size:
-            b = d if first else momentum * buf[i] + d
-            buf[i] = b
-            d = d + momentum * b if nesterov else b
-        p[i] -= lr * d
+    if p.size < PARALLEL_MIN:
+        for i in range(p.size):
+            _sgd_at(p, g, buf, i, lr, momentum, weight_decay, nesterov, first)
+    else:
+        for i in prange(p.size):
+            _sgd_at(p, g, buf, i, lr, momentum, weight_decay, nesterov, first)
 
 
-@cpu_serial
+@cpu_inline
+def _adam_at(p, g, m, v, i, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay):
+    one = p.dtype.type(1)
+    d = g[i] + weight_decay * p[i]
+    m[i] = beta1 * m[i] + (one - beta1) * d
+    v[i] = beta2 * v[i] + (one - beta2) * d * d
+    p[i] = p[i] * decay - step_size * m[i] / (math.sqrt(v[i]) / bc2_sqrt + eps)
+
+
+@cpu_kernel
 def adam_update(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay):
     """PyTorch's Adam (``weight_decay`` added to g) and AdamW (``decay`` = 1 - lr wd scales p)."""
-    one = p.dtype.type(1)
-    for i in range(p.size):
-        d = g[i] + weight_decay * p[i]
-        m[i] = beta1 * m[i] + (one - beta1) * d
-        v[i] = beta2 * v[i] + (one - beta2) * d * d
-        p[i] = p[i] * decay - step_size * m[i] / (math.sqrt(v[i]) / bc2_sqrt + eps)
+    if p.size < PARALLEL_MIN:
+        for i in range(p.size):
+            _adam_at(p, g, m, v, i, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay)
+    else:
+        for i in prange(p.size):
+            _adam_at(p, g, m, v, i, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay)
