@@ -1,12 +1,17 @@
 """linear CPU kernels: BLAS products (``numbacnn._blas.gemm``, the route conv takes) on chunks
 of the batch, one chunk per thread of a parallel Numba loop.
 
-The forward and the input gradient are row-wise, so each chunk writes its own rows (the
-forward of a short chunk through a transposed product, see ``_TURNED_ROWS``). The weight
-gradient sums over the batch: chunk 0 adds its product straight into gw (gemm's beta 1), every
-other chunk t writes its own partial ``part[t - 1]``, and ``_linear_reduce`` adds those (and
-the bias gradient) into gw and gb afterwards; at batch 1 there is no partial and, without
-bias, no second pass. One chunk runs in the calling thread, and so does a reduce of fewer than
+The forward is row-wise, so each chunk writes its own rows (a short chunk through a transposed
+product, see ``_TURNED_ROWS``). The backward, up to ``_SPLIT_MAX_BATCH`` samples, cuts the
+outputs instead of the batch: chunk t adds its rows of gw (and sums gy for its part of gb) and
+writes its columns of gx, each product over the whole batch, with no partials. A batch cut
+in two hands each thread a product over half the samples, too short a reduction for BLAS,
+plus a pass adding the partials: vgg_small's fc1 (32 x 2048 -> 256), 2 threads, the weight
+gradient 248 -> 130 us and the input gradient 192 -> 137 us. Past that batch the chunks are
+the batch's again: chunk 0 adds its product straight into gw (gemm's beta 1), every other
+chunk t writes its own partial ``part[t - 1]``, and ``_linear_reduce`` adds those (and the
+bias gradient) into gw and gb afterwards (at 1024 x 784 -> 100: 481 us against 587 us cut by
+rows); at batch 1 there is no partial and, without bias, no second pass. One chunk runs in the calling thread, and so does a reduce of fewer than
 ``PARALLEL_MIN`` values: Numba's pool costs more to wake than that work. A product of the
 whole batch in one BLAS call would leave one core idle, and BLAS threads of its own would
 fight Numba's pool for the cores (a 784-100-100-10 MLP training step took 24 ms instead of
@@ -82,11 +87,36 @@ def _backward_chunk(x, w, gy, gw, part, gx, want_gx, t):
         gemm(False, False, n1 - n0, J, K, gyf[n0 * K:], K, wf, J, 0, gxf[n0 * J:], J)
 
 
+@cpu_inline
+def _backward_outputs(x, w, gy, gw, gb, gx, want_gx, t, T):
+    """Chunk t of T cut by outputs: rows [k0, k1) of gw += gy^T x and of gb += gy summed over
+    the batch (in order, as _reduce_row sums it), and (``want_gx``) columns [j0, j1) of
+    gx = gy w; every product runs over the whole batch."""
+    N, J = x.shape
+    K = gy.shape[1]
+    xf, wf, gyf, gxf = x.reshape(x.size), w.reshape(w.size), gy.reshape(gy.size), gx.reshape(gx.size)
+    k0, k1 = t * K // T, (t + 1) * K // T
+    gemm(True, False, k1 - k0, J, N, gyf[k0:], K, xf, J, 1, gw.reshape(gw.size)[k0 * J:], J)
+    if gb.size:
+        for k in range(k0, k1):
+            acc = gy.dtype.type(0)
+            for n in range(N):
+                acc += gy[n, k]
+            gb[k] += acc
+    if want_gx:
+        j0, j1 = t * J // T, (t + 1) * J // T
+        gemm(False, False, N, j1 - j0, K, gyf, K, wf[j0:], J, 0, gxf[j0:], J)
+
+
 @cpu_kernel
-def _linear_backward_chunks(x, w, gy, gw, part, gx, want_gx):
-    # One chunk (no partials) runs in the calling thread, as in the forward.
+def _linear_backward_chunks(x, w, gy, gw, gb, part, gx, want_gx):
+    # One chunk (no partials) runs in the calling thread, as in the forward; part (T - 1, 0, 0)
+    # cuts the outputs into T chunks (gb's sums included), (T - 1, K, J) the batch.
     if part.shape[0] == 0:
         _backward_chunk(x, w, gy, gw, part, gx, want_gx, 0)
+    elif part.shape[1] == 0:
+        for t in prange(part.shape[0] + 1):
+            _backward_outputs(x, w, gy, gw, gb, gx, want_gx, t, part.shape[0] + 1)
     else:
         for t in prange(part.shape[0] + 1):
             _backward_chunk(x, w, gy, gw, part, gx, want_gx, t)
@@ -127,16 +157,26 @@ def _linear_reduce(part, gy, gw, gb):
 # the direct form wins again. Chunks of up to this many rows take the turned-around form.
 _TURNED_ROWS = 64
 
+# Up to this batch the backward's chunks cut the outputs (gw's rows, gx's columns), past it the
+# batch (see the module's docstring).
+_SPLIT_MAX_BATCH = 256
+
 
 def linear_scratch(N: int, K: int, J: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """The scratch shapes of ``linear_forward`` and ``linear_backward`` for a batch of N, K
     outputs and J inputs. The batch is cut into T chunks, one per thread (at most N): the
     forward's (T, K, rows per chunk) holds each chunk's y^T, or is (T, 0, 0) when chunks are
-    too long for that to pay; the backward's (T - 1, K, J) holds the partial weight gradients
-    of the chunks after the first."""
+    too long for that to pay. The backward's is (S - 1, 0, 0) when it cuts the outputs into S
+    chunks (a batch of up to _SPLIT_MAX_BATCH, at least PARALLEL_MIN multiply-adds per product,
+    S = the threads, at most K and J, at least 2), else (T - 1, K, J): the partial weight
+    gradients of the batch's chunks after the first (none for one chunk: batch 1, or one
+    thread)."""
     T = batch_chunks(N)
     rows = (N + T - 1) // T
-    return (T, K, rows) if rows <= _TURNED_ROWS else (T, 0, 0), (T - 1, K, J)
+    S = batch_chunks(min(K, J))
+    outputs = N <= _SPLIT_MAX_BATCH and N * K * J >= PARALLEL_MIN and S >= 2
+    back = (S - 1, 0, 0) if outputs else (T - 1, K, J)
+    return (T, K, rows) if rows <= _TURNED_ROWS else (T, 0, 0), back
 
 
 def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, scratch: np.ndarray,
@@ -151,7 +191,8 @@ def linear_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray
                     part: np.ndarray, gx: np.ndarray | None) -> None:
     """gw += gy^T x, gb += gy summed (b empty: no bias), gx = gy w (None: not wanted);
     ``part`` is scratch as ``linear_scratch`` shapes it."""
+    outputs = part.shape[0] > 0 and part.shape[1] == 0  # cut by outputs: gb summed there too
     with single_thread_blas:
-        _linear_backward_chunks(x, w, gy, gw, part, x if gx is None else gx, gx is not None)
-        if part.shape[0] or gb.size:
+        _linear_backward_chunks(x, w, gy, gw, gb, part, x if gx is None else gx, gx is not None)
+        if not outputs and (part.shape[0] or gb.size):
             _linear_reduce(part, gy, gw, gb)

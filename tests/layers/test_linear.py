@@ -171,6 +171,48 @@ def test_linear_cpu_kernels_on_one_chunk_and_both_sides_of_parallel_min(N, K, J,
     assert np.isnan(gw[:, J - 1]).all() and not np.isnan(gw[:, :J - 1]).any()
 
 
+def test_linear_cpu_backward_cuts_the_outputs_up_to_a_batch_of_256(monkeypatch):
+    # Up to 256 samples and from PARALLEL_MIN multiply-adds, the backward's chunks cut gw's rows
+    # (gb's sums with them) and gx's columns, each product over the whole batch; past either
+    # bound, the batch (partials summed after), and one thread keeps one chunk.
+    from numbacnn._threads import PARALLEL_MIN
+    from numbacnn.layers import linear_cpu
+
+    monkeypatch.setattr(linear_cpu, "batch_chunks", lambda n: max(1, min(3, n)))  # as on 3 threads
+    assert linear_cpu.linear_scratch(32, 256, 2048)[1] == (2, 0, 0)
+    assert linear_cpu.linear_scratch(256, 100, 640)[1] == (2, 0, 0)
+    assert linear_cpu.linear_scratch(257, 100, 640)[1] == (2, 100, 640)  # the batch's chunks
+    assert linear_cpu.linear_scratch(32, 2, 2048)[1] == (1, 0, 0)  # at most K chunks
+    small = PARALLEL_MIN // (16 * 64)
+    assert linear_cpu.linear_scratch(small, 16, 64)[1] == (2, 0, 0)
+    assert linear_cpu.linear_scratch(small - 1, 16, 64)[1] == (2, 16, 64)
+    monkeypatch.setattr(linear_cpu, "batch_chunks", lambda n: 1)  # one thread
+    assert linear_cpu.linear_scratch(32, 256, 2048)[1] == (0, 256, 2048)
+
+
+@pytest.mark.parametrize("N, K, J, S", [(5, 7, 11, 2), (5, 7, 11, 3), (3, 2, 9, 2), (40, 300, 260, 2)])
+@pytest.mark.parametrize("want_gx, bias", [(True, True), (False, False)])
+def test_linear_cpu_backward_by_outputs_matches_numpy(N, K, J, S, want_gx, bias):
+    # S chunks of K rows and J columns that S does not divide evenly; a NaN in x reaches one
+    # column of gw and no row of gx (gx = gy w does not read x).
+    from numbacnn.layers import linear_cpu
+
+    rng = np.random.default_rng(4)
+    x, w, gy = rng.standard_normal((N, J)), rng.standard_normal((K, J)), rng.standard_normal((N, K))
+    x[N - 1, J - 1] = np.nan
+    gw, gb = np.ones((K, J)), np.ones(K if bias else 0)  # backward accumulates into them
+    gx = np.full((N, J), 7.0) if want_gx else None
+    linear_cpu.linear_backward(x, w, gy, gw, gb, np.empty((S - 1, 0, 0)), gx)
+    want_gw = 1 + np.array([[sum(gy[n, k] * x[n, j] for n in range(N)) for j in range(J)] for k in range(K)]) \
+        if N * K * J < 10000 else 1 + gy.T @ x
+    np.testing.assert_allclose(gw, want_gw, rtol=1e-12, atol=1e-12)
+    assert np.isnan(gw[:, J - 1]).all() and not np.isnan(gw[:, :J - 1]).any()
+    if bias:
+        np.testing.assert_allclose(gb, 1 + gy.sum(0), rtol=1e-12, atol=1e-12)
+    if want_gx:
+        np.testing.assert_allclose(gx, gy @ w, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.cuda
 def test_linear_cuda_cuts_the_weight_gradient_into_slices(monkeypatch):
     # 33 rows: the weight gradient's reduction runs in two slices (one into gw, one partial
