@@ -11,12 +11,13 @@ gradient 248 -> 130 us and the input gradient 192 -> 137 us. Past that batch the
 the batch's again: chunk 0 adds its product straight into gw (gemm's beta 1), every other
 chunk t writes its own partial ``part[t - 1]``, and ``_linear_reduce`` adds those (and the
 bias gradient) into gw and gb afterwards (at 1024 x 784 -> 100: 481 us against 587 us cut by
-rows); at batch 1 there is no partial and, without bias, no second pass. One chunk runs in the calling thread, and so does a reduce of fewer than
-``PARALLEL_MIN`` values: Numba's pool costs more to wake than that work. A product of the
-whole batch in one BLAS call would leave one core idle, and BLAS threads of its own would
-fight Numba's pool for the cores (a 784-100-100-10 MLP training step took 24 ms instead of
-0.4 ms on 2 cores): every wrapper runs under ``single_thread_blas``. Arrays are C-contiguous (the executor's buffers): the kernels view
-them flat, which Numba refuses to compile for any other layout.
+rows); at batch 1 there is no partial and, without bias, no second pass. One chunk runs in
+the calling thread, and so does a reduce of fewer than ``PARALLEL_MIN`` values: Numba's pool
+costs more to wake than that work. A product of the whole batch in one BLAS call would leave
+one core idle, and BLAS threads of its own would fight Numba's pool for the cores (a
+784-100-100-10 MLP training step took 24 ms instead of 0.4 ms on 2 cores): every wrapper runs
+under ``single_thread_blas``. Arrays are C-contiguous (the executor's buffers): the kernels
+view them flat, which Numba refuses to compile for any other layout.
 """
 
 from __future__ import annotations
@@ -71,41 +72,33 @@ def _linear_forward_chunks(x, w, b, y, yt, relu):
 
 
 @cpu_inline
-def _backward_chunk(x, w, gy, gw, part, gx, want_gx, t):
-    """Chunk t of part.shape[0] + 1: its share of gy^T x (chunk 0 into gw, chunk t into
-    part[t - 1]) and, when ``want_gx``, its rows of gx = gy w."""
+def _backward_chunk(x, w, gy, gw, gb, part, gx, want_gx, t, T, outputs):
+    """Chunk t of T. Cut by the batch: its samples' share of gy^T x (chunk 0 into gw, chunk t
+    into part[t - 1]) and, when ``want_gx``, its rows of gx = gy w. Cut by ``outputs``: rows
+    [k0, k1) of gw += gy^T x and of gb += gy summed over the batch (in order, as _reduce_row
+    sums it), and (``want_gx``) columns [j0, j1) of gx, every product over the whole batch.
+    One call site per product either way: each gemm call is code to compile."""
     N, J = x.shape
     K = gy.shape[1]
-    T = part.shape[0] + 1
     xf, wf, gyf, gxf = x.reshape(x.size), w.reshape(w.size), gy.reshape(gy.size), gx.reshape(gx.size)
-    n0, n1 = t * N // T, (t + 1) * N // T
-    if t == 0:
-        gemm(True, False, K, J, n1 - n0, gyf, K, xf, J, 1, gw.reshape(gw.size), J)
+    gwf = gw.reshape(gw.size)
+    if outputs:
+        k0, k1, n0, n1 = t * K // T, (t + 1) * K // T, 0, N
+        j0, j1 = t * J // T, (t + 1) * J // T
+        dst, beta = gwf[k0 * J:], 1
     else:
-        gemm(True, False, K, J, n1 - n0, gyf[n0 * K:], K, xf[n0 * J:], J, 0, part[t - 1].reshape(K * J), J)
-    if want_gx:
-        gemm(False, False, n1 - n0, J, K, gyf[n0 * K:], K, wf, J, 0, gxf[n0 * J:], J)
-
-
-@cpu_inline
-def _backward_outputs(x, w, gy, gw, gb, gx, want_gx, t, T):
-    """Chunk t of T cut by outputs: rows [k0, k1) of gw += gy^T x and of gb += gy summed over
-    the batch (in order, as _reduce_row sums it), and (``want_gx``) columns [j0, j1) of
-    gx = gy w; every product runs over the whole batch."""
-    N, J = x.shape
-    K = gy.shape[1]
-    xf, wf, gyf, gxf = x.reshape(x.size), w.reshape(w.size), gy.reshape(gy.size), gx.reshape(gx.size)
-    k0, k1 = t * K // T, (t + 1) * K // T
-    gemm(True, False, k1 - k0, J, N, gyf[k0:], K, xf, J, 1, gw.reshape(gw.size)[k0 * J:], J)
-    if gb.size:
+        k0, k1, n0, n1 = 0, K, t * N // T, (t + 1) * N // T
+        j0, j1 = 0, J
+        dst, beta = (gwf[0:], 1) if t == 0 else (part[t - 1].reshape(K * J)[0:], 0)
+    gemm(True, False, k1 - k0, J, n1 - n0, gyf[n0 * K + k0:], K, xf[n0 * J:], J, beta, dst, J)
+    if outputs and gb.size:
         for k in range(k0, k1):
             acc = gy.dtype.type(0)
             for n in range(N):
                 acc += gy[n, k]
             gb[k] += acc
     if want_gx:
-        j0, j1 = t * J // T, (t + 1) * J // T
-        gemm(False, False, N, j1 - j0, K, gyf, K, wf[j0:], J, 0, gxf[j0:], J)
+        gemm(False, False, n1 - n0, j1 - j0, K, gyf[n0 * K:], K, wf[j0:], J, 0, gxf[n0 * J + j0:], J)
 
 
 @cpu_kernel
@@ -113,13 +106,12 @@ def _linear_backward_chunks(x, w, gy, gw, gb, part, gx, want_gx):
     # One chunk (no partials) runs in the calling thread, as in the forward; part (T - 1, 0, 0)
     # cuts the outputs into T chunks (gb's sums included), (T - 1, K, J) the batch.
     if part.shape[0] == 0:
-        _backward_chunk(x, w, gy, gw, part, gx, want_gx, 0)
-    elif part.shape[1] == 0:
-        for t in prange(part.shape[0] + 1):
-            _backward_outputs(x, w, gy, gw, gb, gx, want_gx, t, part.shape[0] + 1)
+        _backward_chunk(x, w, gy, gw, gb, part, gx, want_gx, 0, 1, False)
     else:
-        for t in prange(part.shape[0] + 1):
-            _backward_chunk(x, w, gy, gw, part, gx, want_gx, t)
+        T = part.shape[0] + 1
+        outputs = part.shape[1] == 0
+        for t in prange(T):
+            _backward_chunk(x, w, gy, gw, gb, part, gx, want_gx, t, T, outputs)
 
 
 @cpu_inline
