@@ -229,23 +229,22 @@ def _warm_loss(name: str, dtype: str, device: str, item: WarmupItem) -> None:
 
 def _warm_optimizer(name: str, dtype: str, device: str, item: WarmupItem) -> None:
     from . import optim
+    from ._threads import PARALLEL_MIN
     from .graph import Graph
     from .model import Model
 
-    g = Graph()
-    g.output(g.linear(g.input((3,)), out_features=2))
-    model = Model(g, dtype=dtype).to(device)
-    x = np.ones((2, 3), dtype)
-    model.forward(x, training=True)
-    model.backward(np.ones((2, 2), dtype), input_grad=False)
-    if name == "sgd":
-        variants = [optim.SGD(model, 0.1, momentum=0.9), optim.SGD(model, 0.1, momentum=0.9, nesterov=True),
-                    optim.SGD(model, 0.1)]
-    else:
-        variants = [optim.Adam(model) if name == "adam" else optim.AdamW(model)]
-    for opt in variants:
-        opt.step()
-        opt.step()  # the first step differs (momentum buffer, bias correction)
+    for features in (3, PARALLEL_MIN // 2 + 1):  # optim_cpu's serial and parallel kernels
+        g = Graph()
+        g.output(g.linear(g.input((features,)), out_features=2))
+        model = Model(g, dtype=dtype).to(device)
+        model.forward(np.ones((2, features), dtype), training=True)
+        model.backward(np.ones((2, 2), dtype), input_grad=False)
+        adam = optim.Adam if name == "adam" else optim.AdamW
+        variants = ([optim.SGD(model, 0.1, momentum=0.9), optim.SGD(model, 0.1, momentum=0.9, nesterov=True),
+                     optim.SGD(model, 0.1)] if name == "sgd" else [adam(model)])
+        for opt in variants:
+            opt.step()
+            opt.step()  # the first step differs (momentum buffer, bias correction)
 
 
 def _warm_model(name: str, dtype: str, device: str, item: WarmupItem) -> None:
