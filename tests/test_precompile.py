@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # fit as `numbacnn train` runs it (verbose, validation data); reports the workers started, how
 # each ended, and what this process compiled.
 FIT = """
-import json, subprocess
+import json, os, subprocess
 import numpy as np
 import numbacnn as nc
 from numbacnn import _precompile
@@ -34,7 +34,10 @@ def recording(*args, **kwargs):
     return proc
 _precompile.start = recording
 g = nc.Graph()
-g.output(g.linear(g.relu(g.input((5,))), out_features=3))
+if os.environ.get("GRAPH") == "_relu_fused":  # the tests' graphs of that name
+    g.output(g.linear(g.relu(g.linear(g.input((5,)), out_features=4)), out_features=3))
+else:
+    g.output(g.linear(g.relu(g.input((5,))), out_features=3))
 model = nc.Model(g)
 rng = np.random.default_rng(0)
 x = rng.standard_normal((16, 5)).astype(np.float32)
@@ -75,10 +78,23 @@ def test_a_silent_fit_starts_the_worker_too(tmp_path):
     assert "compiling" not in err[0], err[0]  # and it stays silent
 
 
-def test_the_worker_alone_fills_the_cache_train_needs(tmp_path):
-    """What the worker compiles (layers one by one, from both ends inwards) is what fit then loads."""
+def _relu_first():
     g = nc.Graph()
     g.output(g.linear(g.relu(g.input((5,))), out_features=3))
+    return g
+
+
+def _relu_fused():  # training fuses the relu into the first linear: no relu kernel runs
+    g = nc.Graph()
+    g.output(g.linear(g.relu(g.linear(g.input((5,)), out_features=4)), out_features=3))
+    return g
+
+
+@pytest.mark.parametrize("graph", [_relu_first, _relu_fused])
+def test_the_worker_alone_fills_the_cache_train_needs(graph, tmp_path):
+    """What the worker compiles (layers one by one, from both ends inwards) is what fit then
+    loads; a relu that training fuses into the layer before it compiles nothing there."""
+    g = graph()
     model = nc.Model(g)
     opt = nc.optim.SGD(model, lr=0.1, momentum=0.9)
     payload = pickle.dumps({"spec": model.to_spec(), "optimizer": type(opt), "config": opt.config,
@@ -89,7 +105,9 @@ def test_the_worker_alone_fills_the_cache_train_needs(tmp_path):
     done = subprocess.run([sys.executable, "-m", "numbacnn._precompile"], input=payload, env=env, cwd=ROOT,
                           capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    after = _fit(tmp_path / "cache", NUMBACNN_PRECOMPILE="1")
+    forwards = [p.name for p in (tmp_path / "cache").rglob("*relu_cpu.relu_forward*")]
+    assert bool(forwards) == (graph is _relu_first), forwards  # its backward runs either way
+    after = _fit(tmp_path / "cache", NUMBACNN_PRECOMPILE="1", GRAPH=graph.__name__)
     assert after == {"calls": 0, "codes": [], "compiled": []}
 
 
