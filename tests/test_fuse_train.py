@@ -1,7 +1,8 @@
-"""A relu fused into the batch norm, conv2d, linear or add it reads, for passes with gradients
+"""A relu fused into the batch norm or add it reads, for passes with gradients
 (numbacnn._fuse_train): the fused model against the same model unfused (NUMBACNN_FUSE_RELU=0)
 bit for bit, outputs, input and weight gradients and the optimizer's update included, on
-every CPU conv2d path, NaN and the infinities too; what is fused."""
+every CPU conv2d path, NaN and the infinities too; what is fused (not a conv2d's or a
+linear's relu)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def _vector_bn() -> nc.Graph:  # batch_norm1d on (N, C): the kernel's other loop
 
 def _conv_linear() -> nc.Graph:
     """conv2d + relu at 3x3 and 5x5 (float32 takes Winograd for both in training: 16 channels,
-    10x10), add + relu, linear + relu."""
+    10x10) and linear + relu, not fused; add + relu, fused."""
     g = nc.Graph()
     x = g.input((16, 10, 10))
     h = g.relu(g.conv2d(x, out_channels=16, kernel_size=3, padding=1, name="c1"), name="r1")
@@ -113,15 +114,15 @@ def _bn_head() -> nc.Graph:
     return g
 
 
-@pytest.mark.parametrize("graph, relus", [(_bn_head, 1), (_conv_linear, 4)])
-def test_the_relu_pass_is_saved(graph, relus, monkeypatch):
-    # Unfused, each relu node runs relu_forward; fused, none does: the batch norm, the
-    # Winograd stores (3x3 and 5x5) and the linear apply relu's rule as they write their
-    # output, the add through add_relu_forward.
+@pytest.mark.parametrize("graph, fused_calls, relus", [(_bn_head, 0, 1), (_conv_linear, 3, 4)])
+def test_the_relu_pass_is_saved(graph, fused_calls, relus, monkeypatch):
+    # Unfused, each relu node runs relu_forward; fused, the batch norm applies relu's rule as
+    # it writes its output and the add through add_relu_forward; a conv2d's and a linear's
+    # relus run as nodes of their own either way.
     calls = []
     real = relu_cpu.relu_forward
     monkeypatch.setattr(relu_cpu, "relu_forward", lambda x, y: (calls.append(x.size), real(x, y))[1])
-    for fuse, expect in ((True, 0), (False, relus)):
+    for fuse, expect in ((True, fused_calls), (False, relus)):
         model = _model(graph(), "float32", fuse, monkeypatch)
         calls.clear()
         model.forward(np.ones((2, *model.input_shapes[0]), np.float32), training=True)
@@ -140,6 +141,6 @@ def test_what_is_fused(monkeypatch):
     g.output(g.relu(b3, name="r3"), b3)
     model = _model(g, "float32", True, monkeypatch)
     assert _pairs(model) == ["r2"]
-    assert _pairs(_model(_conv_linear(), "float32", True, monkeypatch)) == ["r1", "r2", "ra", "rf"]
+    assert _pairs(_model(_conv_linear(), "float32", True, monkeypatch)) == ["ra"]
     assert _fuse_train.relu_pairs(model._executor._steps, model._executor._readers, model._executor._keep,
                                      model._executor._first, "cuda") == []

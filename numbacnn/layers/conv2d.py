@@ -20,9 +20,8 @@ class Conv2d(Layer):
     """
 
     name = "conv2d"
-    #: Set on the executor's copy of a conv2d whose output only a relu reads (inference's
-    #: numbacnn._fold, training's numbacnn._fuse_train): the kernels apply that relu as they
-    #: write y. The model's own layer never has it.
+    #: Set on inference's copy of a conv2d whose output only a relu reads (numbacnn._fold):
+    #: the kernels apply that relu as they write y. The model's own layer never has it.
     fused_relu = False
 
     def __init__(self, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
@@ -97,7 +96,7 @@ class Conv2d(Layer):
         scratch = tuple(ctx.empty(shape, dtype) if i < plan.kept else ctx.scratch(shape, dtype)
                         for i, (shape, dtype) in enumerate(plan.forward_scratch))
         w, b = self._weight(ctx.params), self._bias(ctx, ctx.params)
-        if self.fused_relu or residual is not None:  # a fused conv (+ add) (+ relu): _fold, _fuse_train
+        if self.fused_relu or residual is not None:  # inference's conv (+ add) (+ relu): numbacnn._fold
             kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch, self.fused_relu, residual)
         else:
             kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch)

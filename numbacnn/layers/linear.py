@@ -17,8 +17,7 @@ class Linear(Layer):
     """
 
     name = "linear"
-    #: Set on the executor's copy when the relu after it is fused in (inference's
-    #: numbacnn._fold, training's numbacnn._fuse_train).
+    #: Set on inference's copy when the relu after it is fused in (numbacnn._fold).
     fused_relu = False
 
     def __init__(self, out_features: int, bias: bool = True) -> None:
@@ -61,7 +60,7 @@ class Linear(Layer):
         w = ctx.params["weight"]
         y = ctx.empty((x.shape[0], self.out_features))
         scratch = ctx.scratch(self._scratch(ctx, x, w)[0])
-        # fused_relu: a linear + relu fused (numbacnn._fold, numbacnn._fuse_train)
+        # fused_relu: inference's linear + relu (numbacnn._fold)
         ctx.kernels.linear_forward(x, w, self._bias(ctx, ctx.params), y, scratch, self.fused_relu)
         ctx.save(x)
         return y
