@@ -17,64 +17,46 @@ without momentum) and ``adam_update(p, g, m, v, step_size, beta1, beta2, bc2_sqr
 weight_decay, decay)``.
 """
 
-import math
-
-from ._jit import cpu_inline, cpu_kernel, cpu_serial, prange
+from ._jit import cpu_kernel, cpu_serial, prange
+from ._optim_rules import adam_at, sgd_at
 from ._threads import PARALLEL_MIN
 
 __all__ = ["sgd_update", "adam_update"]
 
 
-@cpu_inline
-def _sgd_at(p, g, buf, i, lr, momentum, weight_decay, nesterov, first):
-    d = g[i] + weight_decay * p[i]
-    if buf.size:
-        b = d if first else momentum * buf[i] + d
-        buf[i] = b
-        d = d + momentum * b if nesterov else b
-    p[i] -= lr * d
-
-
 @cpu_serial
 def _sgd_serial(p, g, buf, lr, momentum, weight_decay, nesterov, first):
     for i in range(p.size):
-        _sgd_at(p, g, buf, i, lr, momentum, weight_decay, nesterov, first)
+        sgd_at(p, g, buf, i, lr, momentum, weight_decay, nesterov, first)
 
 
 @cpu_kernel
 def _sgd_parallel(p, g, buf, lr, momentum, weight_decay, nesterov, first):
     for i in prange(p.size):
-        _sgd_at(p, g, buf, i, lr, momentum, weight_decay, nesterov, first)
+        sgd_at(p, g, buf, i, lr, momentum, weight_decay, nesterov, first)
 
 
 def sgd_update(p, g, buf, lr, momentum, weight_decay, nesterov, first):
-    """PyTorch's SGD: d = g + wd p; buf = momentum buf + d (buf = d at first); p -= lr d'."""
+    """PyTorch's SGD (numbacnn._optim_rules.sgd_at on every element)."""
     kernel = _sgd_serial if p.size < PARALLEL_MIN else _sgd_parallel
     kernel(p, g, buf, lr, momentum, weight_decay, nesterov, first)
 
 
-@cpu_inline
-def _adam_at(p, g, m, v, i, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay):
-    one = p.dtype.type(1)
-    d = g[i] + weight_decay * p[i]
-    m[i] = beta1 * m[i] + (one - beta1) * d
-    v[i] = beta2 * v[i] + (one - beta2) * d * d
-    p[i] = p[i] * decay - step_size * m[i] / (math.sqrt(v[i]) / bc2_sqrt + eps)
-
-
 @cpu_serial
 def _adam_serial(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay):
+    one = p.dtype.type(1)
     for i in range(p.size):
-        _adam_at(p, g, m, v, i, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay)
+        adam_at(p, g, m, v, i, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay, one)
 
 
 @cpu_kernel
 def _adam_parallel(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay):
+    one = p.dtype.type(1)
     for i in prange(p.size):
-        _adam_at(p, g, m, v, i, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay)
+        adam_at(p, g, m, v, i, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay, one)
 
 
 def adam_update(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay):
-    """PyTorch's Adam (``weight_decay`` added to g) and AdamW (``decay`` = 1 - lr wd scales p)."""
+    """PyTorch's Adam and AdamW (numbacnn._optim_rules.adam_at on every element)."""
     kernel = _adam_serial if p.size < PARALLEL_MIN else _adam_parallel
     kernel(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay)

@@ -1,11 +1,10 @@
 """Optimizer CUDA kernels over flat parameter arrays: one parameter element per thread; the
-interface is optim_cpu.py's."""
-
-import math
+interface is optim_cpu.py's, the per-element rules numbacnn._optim_rules'."""
 
 from numba import cuda
 
 from ._jit import cuda_kernel
+from ._optim_rules import adam_at, sgd_at
 
 __all__ = ["sgd_update", "adam_update"]
 
@@ -16,12 +15,7 @@ THREADS = 256
 def _sgd_update_kernel(p, g, buf, lr, momentum, weight_decay, nesterov, first):
     i = cuda.grid(1)
     if i < p.size:
-        d = g[i] + weight_decay * p[i]
-        if buf.size:
-            b = d if first else momentum * buf[i] + d
-            buf[i] = b
-            d = d + momentum * b if nesterov else b
-        p[i] -= lr * d
+        sgd_at(p, g, buf, i, lr, momentum, weight_decay, nesterov, first)
 
 
 def sgd_update(p, g, buf, lr, momentum, weight_decay, nesterov, first):
@@ -33,10 +27,7 @@ def sgd_update(p, g, buf, lr, momentum, weight_decay, nesterov, first):
 def _adam_update_kernel(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay, one):
     i = cuda.grid(1)
     if i < p.size:
-        d = g[i] + weight_decay * p[i]
-        m[i] = beta1 * m[i] + (one - beta1) * d
-        v[i] = beta2 * v[i] + (one - beta2) * d * d
-        p[i] = p[i] * decay - step_size * m[i] / (math.sqrt(v[i]) / bc2_sqrt + eps)
+        adam_at(p, g, m, v, i, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay, one)
 
 
 def adam_update(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay):

@@ -10,11 +10,11 @@ import numbacnn as nc
 from numbacnn.optim import SGD, Adam, AdamW
 
 
-def _model(seed=0, dtype="float32"):
+def _model(seed=0, dtype="float32", fc=4):
     g = nc.Graph()
     x = g.input((1, 6, 6))
     y = g.conv2d(x, out_channels=3, kernel_size=3, name="conv")
-    y = g.linear(g.flatten(g.relu(y)), out_features=4, name="fc")
+    y = g.linear(g.flatten(g.relu(y)), out_features=fc, name="fc")
     g.output(y)
     return nc.Model(g, seed=seed, dtype=dtype)
 
@@ -92,6 +92,9 @@ def _reference(name, kw, params, grads_per_step):
     return p
 
 
+# fc 4: 226 parameters, updated in the calling thread; fc 1400: 68,630, past PARALLEL_MIN, split
+# over Numba's threads (optim_cpu's two kernels).
+@pytest.mark.parametrize("fc", [4, 1400])
 @pytest.mark.parametrize("name,kw", [
     ("SGD", dict(lr=0.05)),
     ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=1e-2)),
@@ -99,8 +102,11 @@ def _reference(name, kw, params, grads_per_step):
     ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2)),
     ("AdamW", dict(lr=0.01, weight_decay=0.05)),
 ])
-def test_one_flat_update_matches_the_per_parameter_rules(name, kw):
-    m = _model(seed=3, dtype="float64")
+def test_one_flat_update_matches_the_per_parameter_rules(name, kw, fc):
+    from numbacnn._threads import PARALLEL_MIN
+
+    m = _model(seed=3, dtype="float64", fc=fc)
+    assert (m.param_count() >= PARALLEL_MIN) == (fc == 1400)
     start = {k: v.copy() for k, v in m.params.items()}
     opt = getattr(nc.optim, name)(m, **kw)
     rng = np.random.default_rng(1)

@@ -105,59 +105,6 @@ def test_matches_torch_over_several_steps(name, kw):
         np.testing.assert_allclose(m.params[k], t.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
-def _reference(name, kw, p, grads):
-    """The update rules of torch.optim, in float64 NumPy, one step per gradient."""
-    p, state = p.astype(np.float64), {}
-    lr, wd = kw["lr"], kw.get("weight_decay", 0.0)
-    for t, g in enumerate(grads, start=1):
-        g = g.astype(np.float64)
-        if name == "SGD":
-            d = g + wd * p
-            mom = kw.get("momentum", 0.0)
-            if mom:
-                buf = state["buf"] = d if t == 1 else mom * state["buf"] + d
-                d = d + mom * buf if kw.get("nesterov") else buf
-            p = p - lr * d
-        else:
-            b1, b2 = kw.get("betas", (0.9, 0.999))
-            if name == "AdamW":
-                p = p * (1 - lr * wd)
-            else:
-                g = g + wd * p
-            m = state["m"] = b1 * state.get("m", 0.0) + (1 - b1) * g
-            v = state["v"] = b2 * state.get("v", 0.0) + (1 - b2) * g * g
-            denom = np.sqrt(v) / math.sqrt(1 - b2 ** t) + kw.get("eps", 1e-8)
-            p = p - lr / (1 - b1 ** t) * m / denom
-    return p
-
-
-@pytest.mark.parametrize("in_features", [4, 300])  # 1,250 parameters, serial; 75,250: split over the threads
-@pytest.mark.parametrize("name,kw", [
-    ("SGD", dict(lr=0.05)),
-    ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=1e-4)),
-    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-3)),
-    ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2)),
-    ("AdamW", dict(lr=0.01, weight_decay=0.05)),
-])
-def test_every_element_follows_the_rule_on_both_sides_of_the_parallel_threshold(name, kw, in_features):
-    from numbacnn._threads import PARALLEL_MIN
-
-    g = nc.Graph()
-    g.output(g.linear(g.input((in_features,)), out_features=250, name="fc"))
-    m = nc.Model(g, seed=2)
-    assert (m.params.layout.size >= PARALLEL_MIN) == (in_features == 300)
-    opt = getattr(nc.optim, name)(m, **kw)
-    start = m.params.flat.copy()
-    rng = np.random.default_rng(5)
-    grads = [rng.standard_normal(start.shape).astype(np.float32) for _ in range(3)]
-    for gr in grads:
-        m.grads.flat[...] = gr
-        opt.step()
-    want = _reference(name, kw, start, grads)
-    np.testing.assert_allclose(m.params.flat, want, rtol=2e-5, atol=2e-6)
-    assert m.params.flat.dtype == np.float32
-
-
 def test_state_dict_round_trip_continues_identically():
     a, b = _model(), _model()
     oa = SGD(a, lr=0.1, momentum=0.9)
