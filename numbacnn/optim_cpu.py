@@ -17,11 +17,13 @@ without momentum) and ``adam_update(p, g, m, v, step_size, beta1, beta2, bc2_sqr
 weight_decay, decay)``.
 """
 
-from ._jit import cpu_kernel, cpu_serial, prange
-from ._optim_rules import adam_at, sgd_at
+from ._jit import cpu_inline, cpu_kernel, cpu_serial, prange
+from ._optim_rules import adam_rule, sgd_rule
 from ._threads import PARALLEL_MIN
 
 __all__ = ["sgd_update", "adam_update"]
+
+sgd_at, adam_at = cpu_inline(sgd_rule), cpu_inline(adam_rule)
 
 
 @cpu_serial
@@ -37,7 +39,7 @@ def _sgd_parallel(p, g, buf, lr, momentum, weight_decay, nesterov, first):
 
 
 def sgd_update(p, g, buf, lr, momentum, weight_decay, nesterov, first):
-    """PyTorch's SGD (numbacnn._optim_rules.sgd_at on every element)."""
+    """PyTorch's SGD (numbacnn._optim_rules.sgd_rule on every element)."""
     kernel = _sgd_serial if p.size < PARALLEL_MIN else _sgd_parallel
     kernel(p, g, buf, lr, momentum, weight_decay, nesterov, first)
 
@@ -57,6 +59,6 @@ def _adam_parallel(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_de
 
 
 def adam_update(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay):
-    """PyTorch's Adam and AdamW (numbacnn._optim_rules.adam_at on every element)."""
+    """PyTorch's Adam and AdamW (numbacnn._optim_rules.adam_rule on every element)."""
     kernel = _adam_serial if p.size < PARALLEL_MIN else _adam_parallel
     kernel(p, g, m, v, step_size, beta1, beta2, bc2_sqrt, eps, weight_decay, decay)

@@ -3,12 +3,14 @@ interface is optim_cpu.py's, the per-element rules numbacnn._optim_rules'."""
 
 from numba import cuda
 
-from ._jit import cuda_kernel
-from ._optim_rules import adam_at, sgd_at
+from ._jit import cuda_device, cuda_kernel
+from ._optim_rules import adam_rule, sgd_rule
 
 __all__ = ["sgd_update", "adam_update"]
 
 THREADS = 256
+
+sgd_at, adam_at = cuda_device(sgd_rule), cuda_device(adam_rule)
 
 
 @cuda_kernel
