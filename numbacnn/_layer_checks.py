@@ -63,12 +63,16 @@ class Copy(Layer):
         return gy
 
 
-def build_model(layer: Layer, shapes: Sequence[Shape], dtype: str, seed: int, copy_first: bool = False) -> Model:
+def build_model(layer: Layer, shapes: Sequence[Shape], dtype: str, seed: int, copy_first: bool = False,
+                then: Layer | None = None) -> Model:
+    """``layer`` alone on inputs of ``shapes`` (behind copies when ``copy_first``), followed by
+    ``then`` when given (a relu training fuses into it: numbacnn._precompile)."""
     g = Graph()
     ins = [g.input(tuple(s[1:]), name=f"x{i}") for i, s in enumerate(shapes)]
     if copy_first:
         ins = [g.add_layer(Copy(), x, name=f"copy{i}") for i, x in enumerate(ins)]
-    g.output(g.add_layer(layer, *ins, name="layer"))
+    y = g.add_layer(layer, *ins, name="layer")
+    g.output(y if then is None else g.add_layer(then, y, name="then"))
     return Model(g, seed=seed, dtype=dtype)
 
 

@@ -145,6 +145,7 @@ def _run(job: dict[str, Any]) -> None:
     """The worker: optimizer, loss, then each layer alone, from both ends inwards."""
     from . import losses
     from ._fuse_train import passed
+    from ._layer_checks import build_model
     from .model import Model
 
     x, y = job["x"], job["y"]
@@ -178,28 +179,14 @@ def _run(job: dict[str, Any]) -> None:
         shapes = [(len(x), *model.shapes[i]) for i in node.inputs]
         first = any(graph.nodes[i].layer == "input" for i in node.inputs)
         try:
-            one = _unit(graph, name, relu_of.get(name), shapes, dtype)
+            then = graph.nodes[relu_of[name]].obj if name in relu_of else None
+            one = build_model(node.obj, shapes, dtype, seed=0, then=then)
             xs = [rng.standard_normal(s).astype(dtype) for s in shapes]
             out = one.forward(*xs, training=True, grad=True)
             one.backward(np.ones_like(out), input_grad=not first)
             one.forward(*xs, training=False, grad=False)
         except Exception:  # a layer that will not run alone: the main process compiles it
             continue
-
-
-def _unit(graph: Any, name: str, relu: str | None, shapes: list[tuple[int, ...]], dtype: str) -> Any:
-    """What the worker compiles for node ``name``: the node alone, or followed by the ``relu``
-    node that training fuses into it."""
-    from ._layer_checks import build_model
-    from .graph import Graph
-    from .model import Model
-
-    if relu is None:
-        return build_model(graph.nodes[name].obj, shapes, dtype, seed=0)
-    g = Graph()
-    ins = [g.input(tuple(s[1:]), name=f"x{i}") for i, s in enumerate(shapes)]
-    g.output(g.add_layer(graph.nodes[relu].obj, g.add_layer(graph.nodes[name].obj, *ins, name="layer"), name="relu"))
-    return Model(g, seed=0, dtype=dtype)
 
 
 def main() -> int:

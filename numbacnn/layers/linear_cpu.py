@@ -1,5 +1,5 @@
 """linear CPU kernels: BLAS products (``numbacnn._blas.gemm``, the route conv takes) on chunks
-of the batch, one chunk per thread of a parallel Numba loop.
+of the batch or of the outputs, one chunk per thread of a parallel Numba loop.
 
 The forward is row-wise, so each chunk writes its own rows (a short chunk through a transposed
 product, see ``_TURNED_ROWS``). The backward, up to ``_SPLIT_MAX_BATCH`` samples, cuts the
