@@ -296,8 +296,9 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
     ``forward_scratch`` describes, plus ``residual`` (y's shape) when given, then relu'd in
     place when ``relu``: inference's fused conv (+ add) (+ relu), in the order the nodes
     compute them; the im2col, pixel-major and Winograd paths apply the relu alone as they
-    write y, the residual in one pass after (im2col: as it writes y). Returns what the backward needs besides x: the path that ran (Winograd gives way
-    to im2col when x or w holds NaN or Inf) and its kept arrays."""
+    write y, the residual in one pass after (im2col: as it writes y). Returns what the
+    backward needs besides x: the path that ran (Winograd gives way to im2col when x or w
+    holds NaN or Inf) and its kept arrays."""
     kept = _forward_path(x, w, b, y, plan, scratch, relu, residual)
     if kept[0] == "im2col" or (kept[0] in ("pixel", "winograd") and residual is None):
         return kept  # applied as y was written
