@@ -17,7 +17,7 @@ import numpy as np
 from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import PARALLEL_MIN, batch_chunks
 from ._conv_columns import valid as _valid
-from ._max_pool2d_cpu import _flat2x2, _forward_2x2, _forward_3x3, _three
+from ._max_pool2d_cpu import _flat2x2, _forward_2x2, _forward_3x3, _rows2x2, _three, rows2x2
 from ._pool3d_rules import window_max
 
 __all__ = ["max_pool3d_forward", "max_pool3d_backward_input"]
@@ -142,7 +142,11 @@ def _forward_rows(x, geometry, y, index):
 def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
     chunks = 1 if x.size < PARALLEL_MIN else batch_chunks(x.shape[0] * x.shape[1])
     if _flat2x2(geometry, x.shape, y.shape):
-        _forward_2x2(x, y, index, chunks)
+        rows = rows2x2(x.shape, y.shape, index.size)
+        if rows and chunks == 1:  # the serial body itself: no parallel region to enter
+            _rows2x2(x.reshape(-1), y.reshape(-1), 0, y.shape[0] * y.shape[1] * y.shape[3], x.shape[4], y.shape[4])
+        else:
+            _forward_2x2(x, y, index, chunks, rows)
     elif _three(geometry, x.shape):
         _forward_3x3(x, geometry, y, index, chunks)
     else:

@@ -365,3 +365,32 @@ def test_max_pool2d_same_size_blocks_of_planes_keep_the_window_order(shape):
     y, yt = model.forward(x), model.forward(x, training=True)
     np.testing.assert_array_equal(y, yt)
     np.testing.assert_array_equal(np.signbit(y), np.signbit(yt))
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 28, 28), (3, 5, 8, 8), (2, 3, 4, 6), (1, 1, 2, 2), (1, 2, 2, 2050),
+                                   (2, 40, 20, 20), (300, 16, 8, 8), (4, 3, 16, 16)],
+                         ids=["lenet-1", "8x8", "4x6", "2x2", "wide-2050", "20x20", "batch300-8x8", "16x16"])
+def test_max_pool2d_2x2_values_alone_by_rows_keep_the_window_order(shape):
+    # Inference's 2x2 stride-2 pool over planes whose rows are all read takes
+    # _max_pool2d_cpu._rows2x2 (one flat sequence of rows, cut into blocks, and chunks of the
+    # rows over the threads from PARALLEL_MIN elements: batch300-8x8): it must give each
+    # window's first maximum in window order, down to the sign of a tied zero, and NaN where
+    # one is, as training's kernel (indices kept) and PyTorch do; wide-2050 has a row wider
+    # than a block, 16x16 rows a multiple of 8 wide (the plane kernel's).
+    rng = np.random.default_rng(shape[3])
+    x = np.where(rng.random(shape) < 0.5, np.float32(0.0), np.float32(-0.0))
+    x[:, ::2] = rng.integers(-2, 3, x[:, ::2].shape).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, max(1, flat.size // 50), replace=False)] = np.nan
+    model = _model(MaxPool2d(kernel_size=2), shape)
+    y, yt = model.forward(x), model.forward(x, training=True)
+    N, C, H, W = shape
+    win = x.reshape(N, C, H // 2, 2, W // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(N, C, H // 2, W // 2, 4)
+    ref = win[..., 0].copy()
+    for k in range(1, 4):  # window order, strict '>' keeps the first maximum, a NaN wins
+        v = win[..., k]
+        take = (v > ref) | np.isnan(v)
+        ref[take] = v[take]
+    for got in (y, yt):
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(ref))

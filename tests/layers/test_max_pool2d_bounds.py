@@ -75,8 +75,10 @@ def test_max_pool2d_2x2_ceil_mode_windows_hanging_past_the_input(kw, shape):
 
 # The flat 2x2 stride-2 forward (_max_pool2d_cpu._forward_2x2) indexes x by plane and row
 # itself: odd sizes in floor mode leave a last row or column unread, and its planes must not
-# run into one another.
-@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 2, 6, 3), (3, 1, 2, 2), (1, 4, 9, 4)])
+# run into one another. Even sizes take _rows2x2 in inference (blocks of rows across planes:
+# one block, several with a short last one, a row wider than a block).
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 2, 6, 3), (3, 1, 2, 2), (1, 4, 9, 4), (2, 3, 6, 10), (4, 8, 30, 30),
+                                   (1, 1, 2, 2100)])
 def test_max_pool2d_flat_2x2_kernel_fenced(shape):
     _check(dict(kernel_size=2), shape, np.random.default_rng(shape[3]), np.float32)
 
