@@ -95,8 +95,9 @@ def _block(channels: int, kernel: int, bias: bool, bn: bool, relu: bool, residua
 
 # (path, channels, kernel): im2col (few channels), pixel-major, Winograd F(4x4, 3x3) and
 # F(4x4, 5x5) (the relu as each output is stored, the residual a pass after), a 1x1 conv (x is
-# its own column matrix).
-PATHS = [("im2col", 3, 3), ("pixel", 6, 3), ("winograd", 16, 3), ("winograd", 16, 5), ("im2col", 5, 1)]
+# its own column matrix), shifted taps (conv2d_shift_cpu: 5x5 and 3x3 rows of taps).
+PATHS = [("im2col", 3, 3), ("pixel", 6, 3), ("winograd", 16, 3), ("winograd", 16, 5), ("im2col", 5, 1), ("shift", 3, 5),
+         ("shift", 2, 3)]
 
 
 @pytest.mark.parametrize("bn", [False, True])

@@ -24,8 +24,9 @@ backward which path ran. Every wrapper runs under ``single_thread_blas``: BLAS t
 their own would fight Numba's pool for the cores. ``geo`` is (groups, R, S, stride_h,
 stride_w, dilation_h, dilation_w, pad_top, pad_left).
 
-Choosing the path by hand (tests, timings): ``with force_path("winograd"): ...`` (names:
-"auto", "im2col", "pixel", "winograd"), or the environment variable ``NUMBACNN_CONV2D_PATH``;
+Inference at few output channels (stride 1) takes a direct convolution instead
+(conv2d_shift_cpu). Choosing the path by hand (tests, timings): ``with force_path("winograd"): ...`` (names:
+"auto", "im2col", "pixel", "winograd", "shift"), or the environment variable ``NUMBACNN_CONV2D_PATH``;
 both are read when a plan is made, i.e. on a model's first call at an input size. A path that
 cannot run a layer (Winograd at stride 2, pixel-major with groups) raises a ValueError naming
 the node. See numbacnn.layers.conv2d_plan.
@@ -44,6 +45,7 @@ from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_rows as 
 from .conv2d_hwc_cpu import reduce_partials
 from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_forward
 from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path  # noqa: F401 (force_path: documented here)
+from .conv2d_shift_cpu import shift_forward
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int]
 
@@ -269,6 +271,9 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
         back = [(sc[k], ints.get(k)) for k in ("V", "M", "pix", "R", "part", "nonfinite", "xp", "U", "xp")]
         return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), tr,
                           None if backward else WeightCache())  # back: ..., gxp, U, xp
+    if path == "shift":  # nothing kept: a training step's backward (forced path) takes im2col's
+        Hp, Wp = P + geo[5] * (R - 1), Q + geo[6] * (S - 1)
+        return Conv2dPlan(path, geo, y_shape, T, (((T, C, Hp, Wp), None),))
     if path == "pixel":
         J = C * R * S
         B = pixel_block(P * Q, J)
@@ -300,7 +305,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
     backward needs besides x: the path that ran (Winograd gives way to im2col when x or w
     holds NaN or Inf) and its kept arrays."""
     kept = _forward_path(x, w, b, y, plan, scratch, relu, residual)
-    if kept[0] == "im2col" or (kept[0] in ("pixel", "winograd") and residual is None):
+    if kept[0] == "im2col" or (kept[0] in ("pixel", "winograd", "shift") and residual is None):
         return kept  # applied as y was written
     yf = y.reshape(-1)
     if residual is not None:
@@ -332,6 +337,9 @@ def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, pl
         if conv1d_forward_wino(x, w, b, y, *scratch, geo[8], plan.tiles):
             return ("winograd1d",)
         return _im2col_again(x, w, b, y, plan, relu, residual)
+    if plan.path == "shift":
+        shift_forward(x, w, b, y, *scratch, geo, relu and residual is None)
+        return ("shift",)
     if plan.path == "pixel":
         xp, wt, colt, yt = scratch
         pixel_forward(x, w, b, y, xp, wt, colt, yt, geo, relu and residual is None)

@@ -2,7 +2,7 @@
 
 ``conv2d_cpu.conv2d_plan`` and ``conv2d_cuda.conv2d_plan`` return a ``Conv2dPlan``; the layer
 makes it once per input signature (``ctx.plan``), hands it to forward and backward, and never
-looks inside. The CPU chooses among three paths (conv2d_cpu's docstring describes them):
+looks inside. The CPU chooses among these paths (conv2d_cpu's docstring describes them):
 
 - ``"im2col"``: channel-major column matrices and BLAS (any geometry; 1x1 stride-1 unpadded
   convolutions multiply x directly);
@@ -11,7 +11,9 @@ looks inside. The CPU chooses among three paths (conv2d_cpu's docstring describe
   dilation, 2x2 to 6x6 kernels);
 - ``"winograd1d"``: F(4, 5) on one-row convolutions with a 1x5 kernel (conv1d's kernel_size
   5; groups 1, stride 1, no dilation): conv1d_winograd_cpu. Forcing ``"winograd"`` gives it
-  to the convolutions it fits.
+  to the convolutions it fits;
+- ``"shift"``: a direct convolution by shifted taps over a padded image (groups 1, stride 1),
+  taken in inference at up to SHIFT_MAX_OUT_CHANNELS output channels: conv2d_shift_cpu.
 
 float64 takes im2col unless a path is forced: float64 is what a model runs in for accuracy and
 gradient checks, where Winograd's extra rounding (its tile transforms add error) is unwelcome
@@ -22,12 +24,12 @@ compile. A forced path is honoured in float64 too: the tests hold those kernels 
 finite differences and naive loops, which float32 could not resolve.
 
 Choosing a path by hand, e.g. to test or time one: set ``NUMBACNN_CONV2D_PATH`` to ``auto``
-(the default), ``im2col``, ``pixel`` or ``winograd`` before the first call, or wrap the calls
+(the default), ``im2col``, ``pixel``, ``winograd`` or ``shift`` before the first call, or wrap the calls
 in ``with force_path("winograd"):`` (``numbacnn.layers.conv2d_cpu.force_path``; process-wide,
 the environment variable is read when no ``force_path`` is active). Either is read when a
 plan is made, i.e. on the first call at an input size: a model already run at that size keeps
-its plan. A forced path that cannot run a convolution (Winograd at stride 2, pixel-major with
-groups) raises ``ValueError`` naming the node, the path and why. CUDA ignores the choice: it
+its plan. A forced path that cannot run a convolution (Winograd or shift at stride 2,
+pixel-major with groups) raises ``ValueError`` naming the node, the path and why. CUDA ignores the choice: it
 multiplies column matrices with cuBLAS (``_conv_columns_cuda``, numbacnn/_cublas.py; the
 default on a GPU) or runs implicit GEMM (``NUMBACNN_CUBLAS=0``).
 """
@@ -96,8 +98,13 @@ WINOGRAD5_FEW_CHANNELS_MIN_PRODUCT = 128
 WINOGRAD1D_MIN_CHANNELS = 32
 WINOGRAD1D_MIN_OUTPUTS = 32
 WINOGRAD1D_MIN_WORK = 32768
+# Most output channels for which an inference convolution at stride 1 (groups 1, a 2-D kernel
+# larger than 1x1, not a one-row conv1d) takes the shifted-taps path (conv2d_shift_cpu, whose
+# docstring has the timings): with more, im2col's or pixel-major's BLAS product has rows enough
+# to win (1 -> 12 5x5 at 28x28, batch 256: 1302 against 1557 us; level at 8).
+SHIFT_MAX_OUT_CHANNELS = 8
 
-PATHS = ("auto", "im2col", "pixel", "winograd")
+PATHS = ("auto", "im2col", "pixel", "winograd", "shift")
 ENV = "NUMBACNN_CONV2D_PATH"
 _forced: list[str] = []  # force_path's stack; the innermost is in effect
 
@@ -174,6 +181,7 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     winograd_fits = G == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and 2 <= R <= 6 and 2 <= S <= 6
     row_fits = one_row_winograd(geo, x_shape, out)
     pixel_fits = G == 1 and not direct(geo, x_shape[2:], out[2:])
+    shift_fits = G == 1 and (sh, sw) == (1, 1)
     want = requested()
     if want != "auto":
         why = ""
@@ -181,6 +189,8 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
             why = ("Winograd needs groups 1, stride 1, no dilation and a 2x2 to 6x6 kernel (or a one-row "
                    f"1x5 kernel: conv1d's kernel_size 5); found groups {G}, stride {sh}x{sw}, dilation "
                    f"{dh}x{dw}, kernel {R}x{S}")
+        elif want == "shift" and not shift_fits:
+            why = f"the shifted-taps path needs groups 1 and stride 1; found groups {G}, stride {sh}x{sw}"
         elif want == "pixel" and not pixel_fits:
             why = f"pixel-major needs groups 1 and a column matrix; found groups {G}"
             if direct(geo, x_shape[2:], out[2:]):
@@ -207,6 +217,9 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     least = three if max(R, S) <= 3 else five if (R, S) == (5, 5) else WINOGRAD_MIN_PIXELS
     if winograd_fits and min(C, K) >= few and P * Q >= least:
         return "winograd"
+    one_row = x_shape[2] == 1 and R == 1
+    if shift_fits and not backward and K <= SHIFT_MAX_OUT_CHANNELS and R * S > 1 and not one_row:
+        return "shift"
     # Pixel-major copies runs of S*C values (C when dilated); below PIXEL_MAJOR_MIN_RUN they
     # are too short to beat the channel-major im2col. It copies the whole input to HWC first,
     # which a strided convolution only partly reads: there the channel-major path was as fast
@@ -222,7 +235,6 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     # model at batch 1, whole models with overhead, us, pixel-major against im2col:
     # googlenet_mini's 64->128 3x3 at 4x4 93 against 59; level: 16->32 5x5 at 4x4, 27 against
     # 28, and 32->64 3x3 at 8x8, 57 against 54).
-    one_row = x_shape[2] == 1 and R == 1
     if (pixel_fits and not one_row and (sh, sw) == (1, 1)
             and C * (S if dw == 1 else 1) >= PIXEL_MAJOR_MIN_RUN
             and K < PIXEL_MAJOR_MAX_K_PER_ROW * x_shape[0] * P * Q):

@@ -147,12 +147,14 @@ def _paths(layer, shape):
     if (layer.groups == 1 and layer.stride == (1, 1) and layer.dilation == (1, 1)
             and 2 <= min(layer.kernel) and max(layer.kernel) <= 6):
         paths.append("winograd")
+    if layer.groups == 1 and layer.stride == (1, 1):
+        paths.append("shift")  # conv2d_shift_cpu: any padding and dilation
     return paths
 
 
 def test_conv2d_random_geometries_cover_every_path_and_the_edges():
     paths = [p for cfg, shape in GEOMETRIES for p in _paths(Conv2d(**cfg), shape)]
-    assert paths.count("pixel-major") >= 15 and paths.count("winograd") >= 10
+    assert paths.count("pixel-major") >= 15 and paths.count("winograd") >= 10 and paths.count("shift") >= 15
     assert any(_direct(Conv2d(**c)) for c, _ in GEOMETRIES)
     assert any(c["groups"] > 1 for c, _ in GEOMETRIES) and any(s[1] == 17 for _, s in GEOMETRIES)
     assert any(len(c["padding"]) == 4 for c, _ in GEOMETRIES if isinstance(c["padding"], tuple))
@@ -192,6 +194,8 @@ def test_conv2d_random_geometries_fenced(i, monkeypatch):
                 mp.setenv("NUMBACNN_CONV2D_PATH", "pixel")
                 if rng.random() < 0.5:  # blocks of a few output pixels: block edges mid-row
                     mp.setattr(conv2d_pixel_cpu, "_BLOCK_ELEMENTS", int(rng.integers(1, 4)) * shape[1] * np.prod(cfg["kernel_size"]))
+            elif path == "shift":
+                mp.setenv("NUMBACNN_CONV2D_PATH", "shift")
             elif path == "winograd":
                 mp.setenv("NUMBACNN_CONV2D_PATH", "winograd")
                 if rng.random() < 0.5:  # blocks of one tile row
