@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from threading import get_ident
 from typing import Any, Callable
 
 __all__ = [
@@ -62,7 +63,8 @@ def _blas_thread_controls(lc: Any) -> tuple[Callable[[], int], Callable[[int], A
 class _SingleThreadBlas:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._depth = 0
+        self._depth = 0  # threads inside, all together
+        self._held: dict[int, int] = {}  # thread id -> its own depth, nested uses included
         self._libs: list[tuple[Callable[[], int], Callable[[int], Any]]] | None = None
         self._saved: list[int] = []
 
@@ -77,17 +79,37 @@ class _SingleThreadBlas:
                           if lc.user_api == "blas"]
         return self._libs
 
+    # A use nested in one of the same thread's (a layer's kernel call inside a model call) only
+    # counts, in the thread's own entry (each thread touches only its own): the outer use holds
+    # the limit until it ends, so no lock is taken. 0.36 us against 0.55 with the lock.
     def __enter__(self) -> None:
-        with self._lock:
-            if self._depth == 0:
-                libs = self._blas_libs()
-                self._saved = [get() for get, _ in libs]
-                for (_, set_), n in zip(libs, self._saved):
-                    if n != 1:
-                        set_(1)
-            self._depth += 1
+        me = get_ident()
+        held = self._held
+        depth = held.get(me, 0)
+        held[me] = depth + 1
+        if depth:
+            return
+        try:
+            with self._lock:
+                if self._depth == 0:
+                    libs = self._libs if self._libs is not None else self._blas_libs()
+                    self._saved = saved = [get() for get, _ in libs]
+                    for (_, set_), n in zip(libs, saved):
+                        if n != 1:
+                            set_(1)
+                self._depth += 1
+        except BaseException:
+            del held[me]  # not entered
+            raise
 
     def __exit__(self, *exc: Any) -> None:
+        me = get_ident()
+        held = self._held
+        depth = held[me] - 1
+        if depth:
+            held[me] = depth
+            return
+        del held[me]
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
@@ -173,4 +195,5 @@ def on_one_thread(one: bool, fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     finally:
-        numba_threads(threads)
+        if threads != 1:
+            _thread_count[1](threads)  # type: ignore[index]  # set by numba_threads

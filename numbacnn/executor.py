@@ -143,7 +143,8 @@ class Executor:
     def _plan(self, plans: dict[Hashable, Plan], xs: Sequence[Any], mode: tuple[bool, bool]) -> Plan:
         """The plan of this call's signature, made (inputs checked, shapes inferred) if new."""
         try:
-            key: Hashable = (mode, *[(x.shape, x.dtype) for x in xs])
+            key: Hashable = ((mode, (xs[0].shape, xs[0].dtype)) if len(xs) == 1
+                             else (mode, *[(x.shape, x.dtype) for x in xs]))
         except AttributeError:
             key = None  # not arrays: the check below says so
         plan = plans.pop(key, None)
