@@ -69,7 +69,7 @@ _ROW_BLOCK = 2048
 
 
 @cpu_serial
-def _rows2x2(xf, yf, r0, r1, W, Q):
+def _rows2x2(x, y, r0, r1):
     """Output rows r0..r1 of 2x2 stride-2 windows over planes whose rows are all read (H = 2P,
     W = 2Q), values alone: one flat sequence of rows, output row r from input rows 2r and
     2r + 1, whichever plane they are in. By blocks of rows: first every pair of neighbours in
@@ -78,7 +78,11 @@ def _rows2x2(xf, yf, r0, r1, W, Q):
     two). A plane's own rows, 4 to 14 outputs wide, do not vectorise; one thread, batch 256,
     us, against _values2x2's loops: 128x8x8 1049 -> 446, 16x10x10 159 -> 73, 6x28x28 310 ->
     239, 20x24x24 644 -> 557; batch 1, 6x28x28 2.0 -> 0.9. Rows a multiple of 8 wide stay
-    with _values2x2, which vectorises them (32x32: 1498 against 1556 here)."""
+    with _values2x2, which vectorises them (32x32: 1498 against 1556 here). x and y as the
+    kernels take them, (N, C, 1, H, W) and (N, C, 1, P, Q): flattened here, not by the caller
+    (two reshapes in Python cost 0.4 us of a batch-1 pool's 1.4)."""
+    W, Q = x.shape[4], y.shape[4]
+    xf, yf = x.reshape(x.size), y.reshape(y.size)
     B = max(1, _ROW_BLOCK // (2 * W))  # output rows per block
     pairs = np.empty(B * W, xf.dtype)
     for a in range(r0, r1, B):
@@ -113,7 +117,7 @@ def _forward_2x2(x, y, index, chunks, rows):
     NC = N * C
     for t in prange(chunks):
         if rows:
-            _rows2x2(xf, yf, t * NC * P // chunks, (t + 1) * NC * P // chunks, W, Q)
+            _rows2x2(x, y, t * NC * P // chunks, (t + 1) * NC * P // chunks)
         else:
             for nc in range(t * NC // chunks, (t + 1) * NC // chunks):
                 if jf.size:

@@ -144,7 +144,7 @@ def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
     if _flat2x2(geometry, x.shape, y.shape):
         rows = rows2x2(x.shape, y.shape, index.size)
         if rows and chunks == 1:  # the serial body itself: no parallel region to enter
-            _rows2x2(x.reshape(-1), y.reshape(-1), 0, y.shape[0] * y.shape[1] * y.shape[3], x.shape[4], y.shape[4])
+            _rows2x2(x, y, 0, y.shape[0] * y.shape[1] * y.shape[3])
         else:
             _forward_2x2(x, y, index, chunks, rows)
     elif _three(geometry, x.shape):
