@@ -143,8 +143,10 @@ class Model:
         """
         with single_thread_blas, kernel_launches():
             ys = self._executor.forward(xs, training, training if grad is None else grad)
-            out = [self._executor.backend.to_host(y) for y in ys] if host else ys
-        return out[0] if len(out) == 1 else tuple(out)
+        if host:
+            to_host = self._executor.backend.to_host
+            return to_host(ys[0]) if len(ys) == 1 else tuple(to_host(y) for y in ys)
+        return ys[0] if len(ys) == 1 else tuple(ys)
 
     __call__ = forward
 
