@@ -17,7 +17,8 @@ import numpy as np
 from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import PARALLEL_MIN, batch_chunks
 from ._conv_columns import valid as _valid
-from ._max_pool2d_cpu import _flat2x2, _forward_2x2, _forward_3x3, _rows2x2, _three, rows2x2
+from ._max_pool2d_cpu import (_flat2x2, _forward_2x2, _forward_3x3, _rows2x2, _rows3x3s2, _three, rows2x2,
+                              rows3x3s2)
 from ._pool3d_rules import window_max
 
 __all__ = ["max_pool3d_forward", "max_pool3d_backward_input"]
@@ -148,7 +149,11 @@ def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
         else:
             _forward_2x2(x, y, index, chunks, rows)
     elif _three(geometry, x.shape):
-        _forward_3x3(x, geometry, y, index, chunks)
+        rows = rows3x3s2(geometry, x.shape, y.shape, index.size)
+        if rows and chunks == 1:
+            _rows3x3s2(x, y, 0, y.shape[0] * y.shape[1] * y.shape[3])
+        else:
+            _forward_3x3(x, geometry, y, index, chunks, rows)
     else:
         if index.size == 0:  # values only asked for: these kernels find them with the indices
             index = np.empty(y.shape, np.int32)

@@ -368,29 +368,36 @@ def test_max_pool2d_same_size_blocks_of_planes_keep_the_window_order(shape):
 
 
 @pytest.mark.parametrize("shape", [(1, 6, 28, 28), (3, 5, 8, 8), (2, 3, 4, 6), (1, 1, 2, 2), (1, 2, 2, 2050),
-                                   (2, 40, 20, 20), (300, 16, 8, 8), (4, 3, 16, 16)],
-                         ids=["lenet-1", "8x8", "4x6", "2x2", "wide-2050", "20x20", "batch300-8x8", "16x16"])
-def test_max_pool2d_2x2_values_alone_by_rows_keep_the_window_order(shape):
-    # Inference's 2x2 stride-2 pool over planes whose rows are all read takes
-    # _max_pool2d_cpu._rows2x2 (one flat sequence of rows, cut into blocks, and chunks of the
-    # rows over the threads from PARALLEL_MIN elements: batch300-8x8): it must give each
-    # window's first maximum in window order, down to the sign of a tied zero, and NaN where
-    # one is, as training's kernel (indices kept) and PyTorch do; wide-2050 has a row wider
-    # than a block, 16x16 rows a multiple of 8 wide (the plane kernel's).
+                                   (2, 40, 20, 20), (300, 16, 8, 8), (4, 3, 16, 16), (4, 8, 30, 30)],
+                         ids=["lenet-1", "8x8", "4x6", "2x2", "wide-2050", "20x20", "batch300-8x8", "16x16", "30x30"])
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)], ids=["2x2", "3x3-s2-p1"])
+def test_max_pool2d_values_alone_by_rows_keep_the_window_order(kw, shape):
+    # Inference's 2x2 stride-2 pool and 3x3 stride-2 padding-1 pool over planes of even size
+    # take _max_pool2d_cpu._rows2x2 / _rows3x3s2 (one flat sequence of rows, cut into blocks
+    # that may start inside a plane (30x30, wide-2050), and chunks of the rows over the
+    # threads from PARALLEL_MIN elements: batch300-8x8): each window's first maximum in window
+    # order, down to the sign of a tied zero, and NaN where one is, as training's kernel
+    # (indices kept) and PyTorch give; wide-2050 has a row wider than a block, 16x16 rows a
+    # multiple of 8 wide (the 2x2 plane kernel's).
     rng = np.random.default_rng(shape[3])
     x = np.where(rng.random(shape) < 0.5, np.float32(0.0), np.float32(-0.0))
     x[:, ::2] = rng.integers(-2, 3, x[:, ::2].shape).astype(np.float32)
     flat = x.reshape(-1)
     flat[rng.choice(flat.size, max(1, flat.size // 50), replace=False)] = np.nan
-    model = _model(MaxPool2d(kernel_size=2), shape)
+    layer = MaxPool2d(**kw)
+    model = _model(layer, shape)
     y, yt = model.forward(x), model.forward(x, training=True)
+    (R, S), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.padding
     N, C, H, W = shape
-    win = x.reshape(N, C, H // 2, 2, W // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(N, C, H // 2, W // 2, 4)
-    ref = win[..., 0].copy()
-    for k in range(1, 4):  # window order, strict '>' keeps the first maximum, a NaN wins
-        v = win[..., k]
-        take = (v > ref) | np.isnan(v)
+    P, Q = y.shape[2:]
+    ref, seen = np.zeros(y.shape, np.float32), np.zeros(y.shape, bool)
+    for r, s in np.ndindex(R, S):  # window order over the taps inside x
+        h, w = np.arange(P) * sh - ph + r, np.arange(Q) * sw - pw + s
+        inside = ((h >= 0) & (h < H))[:, None] & ((w >= 0) & (w < W))[None, :]
+        v = x[:, :, np.clip(h, 0, H - 1)][:, :, :, np.clip(w, 0, W - 1)]
+        take = inside & (~seen | (v > ref) | np.isnan(v))
         ref[take] = v[take]
+        seen |= inside
     for got in (y, yt):
         np.testing.assert_array_equal(got, ref)
         np.testing.assert_array_equal(np.signbit(got), np.signbit(ref))

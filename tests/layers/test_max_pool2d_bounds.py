@@ -83,6 +83,14 @@ def test_max_pool2d_flat_2x2_kernel_fenced(shape):
     _check(dict(kernel_size=2), shape, np.random.default_rng(shape[3]), np.float32)
 
 
+# Inference's 3x3 stride-2 padding-1 pool over even planes (_max_pool2d_cpu._rows3x3s2) reads
+# the row above each block of output rows, which may start inside a plane (one-row blocks on
+# wide rows, 34-row blocks on 15-row planes), and column 0's clamped tap.
+@pytest.mark.parametrize("shape", [(2, 3, 6, 10), (3, 5, 8, 8), (1, 2, 6, 2100), (4, 8, 30, 30), (1, 1, 2, 2)])
+def test_max_pool2d_3x3_stride_2_rows_fenced(shape):
+    _check(dict(kernel_size=3, stride=2, padding=1), shape, np.random.default_rng(shape[3]), np.float32)
+
+
 def _geometries(count, seed):
     """Random legal geometries: one in three the unrolled 2x2 unpadded window."""
     rng = np.random.default_rng(seed)
