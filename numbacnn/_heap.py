@@ -41,6 +41,11 @@ class Heap:
         self.live_bytes = 0
 
     def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        if math.prod(shape) == 0:
+            # Holds no memory, and could not be found again: NumPy points every empty slice at
+            # its array's first element, so base_of would name the chunk's first block (another
+            # value's) and its drop would free that block while in use.
+            return np.empty(shape, dtype)
         size = max(math.prod(shape), 1)
         best = None
         for cid, blocks in self._blocks.items():
@@ -66,7 +71,10 @@ class Heap:
         return best.chunk[best.start:best.start + math.prod(shape)].reshape(shape)
 
     def base_of(self, a: Any) -> _Block | None:
-        """The block that ``a``'s first element lies in, or None (not this heap's memory)."""
+        """The block that ``a``'s first element lies in, or None (not this heap's memory, or
+        empty: ``take`` gives empty arrays memory of their own)."""
+        if getattr(a, "size", 1) == 0:
+            return None
         root = a
         while root is not None and id(root) not in self._chunks:
             root = getattr(root, "base", None)

@@ -58,8 +58,8 @@ class StepArena:
         for base in _bases(arena, ctx.saved):
             arena.hold(base)
             holds.append(base)
-        for buf in taken:
-            arena.drop(arena.base_of(buf))
+        for base in filter(None, map(arena.base_of, taken)):  # an empty array holds no block
+            arena.drop(base)
         for i in ins:
             self._left[i] -= 1
             if self._left[i] == 0 and i not in keep:
@@ -83,8 +83,8 @@ class StepArena:
             base = arena.base_of(gx) if need and gx is not None else None
             if base is not None:
                 arena.hold(base)
-        for buf in taken:
-            arena.drop(arena.base_of(buf))
+        for base in filter(None, map(arena.base_of, taken)):  # an empty array holds no block
+            arena.drop(base)
         base = arena.base_of(gy)
         if base is not None:
             arena.drop(base)

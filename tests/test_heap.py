@@ -30,6 +30,24 @@ def test_a_freed_block_is_split_for_a_smaller_request_and_merged_back():
     assert heap.base_of(b) is not heap.base_of(e)
 
 
+def test_an_empty_request_never_names_another_values_block():
+    # NumPy points every empty slice at its array's first element: an empty request served
+    # from a later block of a chunk was found by base_of as the chunk's first block, another
+    # value's, whose drop then freed that value's memory while it was live (a batch norm
+    # without affine parameters asks for (0,) arrays: its input gradient came back NaN).
+    heap = Heap(get_backend("cpu"))
+    f32 = np.dtype(np.float32)
+    heap.drop(heap.base_of(heap.take((64,), f32)))
+    c = heap.take((3,), f32)  # the chunk's first block; the rest is free
+    c.fill(7.0)
+    z = heap.take((0,), f32)
+    assert z.shape == (0,) and heap.base_of(z) is None
+    assert heap.base_of(c).refs == 1
+    d = heap.take((40,), f32)
+    d.fill(-1.0)
+    assert np.all(c == 7.0) and not np.shares_memory(c, d)
+
+
 def test_base_of_finds_the_block_of_any_view_and_nothing_for_foreign_arrays():
     heap = Heap(get_backend("cpu"))
     heap.take((8,), np.dtype(np.float32))
