@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .device import align_slack, aligned_start
+
 __all__ = ["Arena"]
 
 
@@ -35,16 +37,17 @@ class Arena:
     def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
         size = math.prod(shape)
         free = self._free.setdefault(dtype, [])
-        fits = [i for i, b in enumerate(free) if b.size >= size]
+        fits = [i for i, b in enumerate(free) if b.size - aligned_start(b) >= size]
         if fits:
             base = free.pop(min(fits, key=lambda i: free[i].size))
         else:
-            base = self.backend.empty((max(size, 1),), dtype)
+            base = self.backend.empty((max(size, 1) + align_slack(self.backend, dtype),), dtype)
             self._bases.append(base)
             self.allocated_bytes += base.size * dtype.itemsize
         self.live_bytes += base.size * base.dtype.itemsize
         self.used.add(id(base))
-        view = base[:size].reshape(shape)
+        start = aligned_start(base)  # each value starts on a 64-byte line (device.ALIGN)
+        view = base[start:start + size].reshape(shape)
         self._holders[id(view)] = [view, base, 1]
         self._refs[id(base)] = 1
         return view

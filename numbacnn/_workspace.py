@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .device import align_slack, aligned_start
+
 __all__ = ["Workspace"]
 
 
@@ -34,6 +36,7 @@ class Workspace:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self.buf: Any = None
+        self._lead = 0
         self._views: "weakref.WeakSet[_Views]" = weakref.WeakSet()
 
     @property
@@ -49,10 +52,11 @@ class Workspace:
     def view(self, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> Any:
         """The bytes from ``offset`` on as an array of ``shape``, exactly its size."""
         end = offset + math.prod(shape) * dtype.itemsize
-        if self.buf is None or end > self.buf.size:
+        if self.buf is None or self._lead + end > self.buf.size:
             self.drop()
-            self.buf = self.backend.empty((end,), np.uint8)
-        return self.buf[offset:end].view(dtype).reshape(shape)
+            self.buf = self.backend.empty((end + align_slack(self.backend, np.uint8),), np.uint8)
+            self._lead = aligned_start(self.buf)  # offsets count from the buffer's first 64-byte line
+        return self.buf[self._lead + offset:self._lead + end].view(dtype).reshape(shape)
 
     def drop(self) -> None:
         """Forget the buffer and every view of it that a context keeps."""

@@ -2,7 +2,7 @@
 
 import numpy as np
 import numbacnn as nc
-from numbacnn.device import get_backend
+from numbacnn.device import ALIGN, get_backend
 from numbacnn.layer import Ctx, Workspace
 
 
@@ -23,7 +23,10 @@ def test_scratch_is_shared_between_nodes_and_disjoint_within_a_call():
         assert not np.shares_memory(a1, a2)  # live together inside one call
         b.begin(True, True, *pools[1])
         b1 = b.scratch((3, 5))
-    assert ws.nbytes == 64 + 7 * 8  # a's call: 60 bytes rounded up to 64, then 56
+    # a's call: 60 bytes rounded up to 64, then 56; and 64 bytes of slack, so that offset 0 can
+    # sit on the buffer's first 64-byte line (device.ALIGN), where every view is laid out from
+    assert ws.nbytes == 64 + 7 * 8 + ALIGN
+    assert a1.ctypes.data % ALIGN == 0 and a2.ctypes.data % ALIGN == 0
     assert np.shares_memory(a1, b1)  # another node's call reuses the same bytes
     assert a1.base is ws.buf and b1.base is ws.buf
     assert a.empty((3, 5)).base is not ws.buf  # what ``empty`` gives is the node's own
@@ -53,7 +56,7 @@ def test_growing_the_workspace_refreshes_every_nodes_views():
     old = ws.buf
     b.begin(True, True)
     big = b.scratch((10_000,))
-    assert ws.buf is not old and big.base is ws.buf and ws.nbytes == 40_000
+    assert ws.buf is not old and big.base is ws.buf and ws.nbytes == 40_000 + ALIGN and big.ctypes.data % ALIGN == 0
     a.begin(True, True, [], pa)
     fresh = a.scratch((8,))
     assert fresh is not small and fresh.base is ws.buf  # no view keeps the old buffer alive

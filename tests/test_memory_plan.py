@@ -125,3 +125,24 @@ def test_buffers_are_kept_for_a_few_batch_shapes_only():
     assert set(arena._chunks) == set().union(*(p.bases for p in ex._plans.values()))
     model.forward(np.zeros((1, 4, 6, 6), np.float32), training=True)  # long evicted: recorded again
     assert not ex._step.ready
+
+
+def test_inference_buffers_start_on_64_byte_lines():
+    # Every value and scratch array the inference arena hands out starts on a 64-byte line
+    # (device.ALIGN), whatever NumPy's allocations start on: vgg_small's conv1_1 at batch 256
+    # ran its column matrix 16 bytes off a line in 4.08 ms against 3.26 aligned.
+    from numbacnn._arena import Arena
+    from numbacnn.device import ALIGN
+
+    arena = Arena(get_backend("cpu"))
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    views = [arena.take(s, d) for s, d in (((3,), f32), ((5, 7), f32), ((1000,), f64), ((0,), f32), ((13,), f32))]
+    arena.release(views[1])
+    views.append(arena.take((5, 6), f32))  # a freed buffer serves a smaller request, aligned again
+    assert all(v.ctypes.data % ALIGN == 0 for v in views if v.size)
+    model = nc.zoo.build("lenet5", seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    model.forward(x)
+    model.forward(x)
+    bufs = [b for ctx in model._executor.thread_pass().folds.ctxs for b in ctx._pool]
+    assert len(bufs) >= 8 and all(b.ctypes.data % ALIGN == 0 for b in bufs if b.size)
