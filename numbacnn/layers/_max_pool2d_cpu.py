@@ -9,7 +9,8 @@ import numpy as np
 
 from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
 
-__all__ = ["_flat2x2", "_forward_2x2", "_rows2x2", "rows2x2", "_three", "_forward_3x3", "_rows3x3s2", "rows3x3s2"]
+__all__ = ["_flat2x2", "_forward_2x2", "_rows2x2", "_rows_2x2", "rows2x2", "_three", "_forward_3x3", "_rows3x3s2",
+           "_rows_3x3s2", "rows3x3s2"]
 
 
 def _flat2x2(geometry: tuple, x_shape: tuple, y_shape: tuple) -> bool:
@@ -99,31 +100,38 @@ def _rows2x2(x, y, r0, r1):
 
 
 def rows2x2(x_shape: tuple, y_shape: tuple, index_size: int) -> bool:
-    """Whether _forward_2x2 takes _rows2x2 (values alone, every row read, rows not a
+    """Whether a 2x2 pool (``_flat2x2``) takes _rows2x2 (values alone, every row read, rows not a
     multiple of 8 wide)."""
     return (index_size == 0 and x_shape[3] == 2 * y_shape[3] and x_shape[4] == 2 * y_shape[4]
             and y_shape[4] % 8 != 0)
 
 
 @cpu_kernel
-def _forward_2x2(x, y, index, chunks, rows):
+def _forward_2x2(x, y, index, chunks):
     """2-D, 2x2 windows at stride 2, unpadded, undilated, every window inside x (network3's
     pools): 3x faster than _forward_windows (batch 10, one thread: 79 -> 29 us on 20x24x24,
     33 -> 12 us on 40x8x8), in ``chunks`` parallel chunks of the planes. An empty index:
-    values only; by _rows2x2 when ``rows`` (``rows2x2``), in chunks of the output rows."""
+    values only."""
     N, C, _, H, W = x.shape
     P, Q = y.shape[3], y.shape[4]
     xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
     NC = N * C
     for t in prange(chunks):
-        if rows:
-            _rows2x2(x, y, t * NC * P // chunks, (t + 1) * NC * P // chunks)
-        else:
-            for nc in range(t * NC // chunks, (t + 1) * NC // chunks):
-                if jf.size:
-                    _plane2x2(xf, yf, jf, nc, H, W, P, Q)
-                else:
-                    _values2x2(xf, yf, nc, H, W, P, Q)
+        for nc in range(t * NC // chunks, (t + 1) * NC // chunks):
+            if jf.size:
+                _plane2x2(xf, yf, jf, nc, H, W, P, Q)
+            else:
+                _values2x2(xf, yf, nc, H, W, P, Q)
+
+
+@cpu_kernel
+def _rows_2x2(x, y, chunks):
+    """_rows2x2 over the threads: ``chunks`` parallel chunks of the output rows. A kernel of
+    its own, not a branch of _forward_2x2: a training step compiles that one, and with this
+    path inside it took 1.5 s to compile instead of 0.9 (a cold ``numbacnn train``)."""
+    R = y.shape[0] * y.shape[1] * y.shape[3]
+    for t in prange(chunks):
+        _rows2x2(x, y, t * R // chunks, (t + 1) * R // chunks)
 
 
 def _three(geometry: tuple, x_shape: tuple) -> bool:
@@ -319,12 +327,12 @@ def rows3x3s2(geometry: tuple, x_shape: tuple, y_shape: tuple, index_size: int) 
 
 
 @cpu_kernel
-def _forward_3x3(x, geometry, y, index, chunks, rows):
+def _forward_3x3(x, geometry, y, index, chunks):
     """2-D, 3x3 undilated windows, padding 0 or 1, any stride (GoogLeNet's, Inception's and
     ResNet's pools): separable (_plane3x3), in ``chunks`` parallel chunks of the planes, each
     with its own row scratch. Every window meets x (PyTorch's pools start each window inside
     x or in the left padding, of at most 1), so clamping always finds a tap. An empty index:
-    values only (_values3x3; by _rows3x3s2 when ``rows``, in chunks of the output rows)."""
+    values only (_values3x3)."""
     N, C, _, H, W = x.shape
     P, Q = y.shape[3], y.shape[4]
     xf, yf, jf = x.reshape(x.size), y.reshape(y.size), index.reshape(index.size)
@@ -334,9 +342,7 @@ def _forward_3x3(x, geometry, y, index, chunks, rows):
     for t in prange(chunks):
         hv = np.empty(B * H * max(Q, W), x.dtype)  # flat, indexed unsigned: the passes vectorise
         lo, hi = t * NC // chunks, (t + 1) * NC // chunks
-        if rows:
-            _rows3x3s2(x, y, t * NC * P // chunks, (t + 1) * NC * P // chunks)
-        elif jf.size:
+        if jf.size:
             hj = np.empty(H * Q, np.int32)
             for nc in range(lo, hi):
                 _plane3x3(xf, yf, jf, nc, H, W, P, Q, geometry, hv, hj)
@@ -348,3 +354,12 @@ def _forward_3x3(x, geometry, y, index, chunks, rows):
         else:
             for nc in range(lo, hi):
                 _values3x3(xf, yf, nc, H, W, P, Q, geometry, hv)
+
+
+@cpu_kernel
+def _rows_3x3s2(x, y, chunks):
+    """_rows3x3s2 over the threads, in ``chunks`` parallel chunks of the output rows (a kernel
+    of its own, as _rows_2x2)."""
+    R = y.shape[0] * y.shape[1] * y.shape[3]
+    for t in prange(chunks):
+        _rows3x3s2(x, y, t * R // chunks, (t + 1) * R // chunks)

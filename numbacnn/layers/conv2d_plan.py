@@ -98,10 +98,13 @@ WINOGRAD5_FEW_CHANNELS_MIN_PRODUCT = 128
 WINOGRAD1D_MIN_CHANNELS = 32
 WINOGRAD1D_MIN_OUTPUTS = 32
 WINOGRAD1D_MIN_WORK = 32768
-# Most output channels for which an inference convolution at stride 1 (groups 1, a 2-D kernel
-# larger than 1x1, not a one-row conv1d) takes the shifted-taps path (conv2d_shift_cpu, whose
-# docstring has the timings): with more, im2col's or pixel-major's BLAS product has rows enough
-# to win (1 -> 12 5x5 at 28x28, batch 256: 1302 against 1557 us; level at 8).
+# Most output channels for which a batch-1 inference convolution at stride 1 (groups 1, a 2-D
+# kernel larger than 1x1, not a one-row conv1d) takes the shifted-taps path (conv2d_shift_cpu,
+# whose docstring has the timings): with more, im2col's or pixel-major's BLAS product has rows
+# enough to win (1 -> 12 5x5 at 28x28, batch 256: 1302 against 1557 us; level at 8). Larger
+# batches won too (lenet5's conv1 at 256: 1157 -> 803 us) but are left to the BLAS paths: the
+# path's parallel kernel cost a cold ``numbacnn train`` its first evaluation's compile (1.0 s;
+# 12.1 s against 11.6 with it), and no batch-256 line turned on it.
 SHIFT_MAX_OUT_CHANNELS = 8
 
 PATHS = ("auto", "im2col", "pixel", "winograd", "shift")
@@ -218,7 +221,7 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     if winograd_fits and min(C, K) >= few and P * Q >= least:
         return "winograd"
     one_row = x_shape[2] == 1 and R == 1
-    if shift_fits and not backward and K <= SHIFT_MAX_OUT_CHANNELS and R * S > 1 and not one_row:
+    if shift_fits and not backward and x_shape[0] == 1 and K <= SHIFT_MAX_OUT_CHANNELS and R * S > 1 and not one_row:
         return "shift"
     # Pixel-major copies runs of S*C values (C when dilated); below PIXEL_MAJOR_MIN_RUN they
     # are too short to beat the channel-major im2col. It copies the whole input to HWC first,

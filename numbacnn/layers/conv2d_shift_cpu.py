@@ -15,8 +15,9 @@ one process, medians, us): batch 256, 1 -> 6 5x5 pad 2 at 28x28 1157 -> 803 (im2
 197 -> 164; level at 8 output channels (1 -> 8 at 28x28 1127 / 1069); lost from 12 (1 -> 12
 1302 / 1557, 1 -> 16 1533 / 2064, 3 -> 32 3x3 at 32x32 3328 / 7504). Batch 1, lenet5's conv1
 in the model's one-thread replay: 14.6 -> 9.4 (its conv2, 6 -> 16, stayed pixel-major: 16.7
-against 17.2). Inference only (conv2d_plan.SHIFT_MAX_OUT_CHANNELS):
-a training step keeps im2col's forward and backward (a forced "shift" forward is followed by
+against 17.2). The default takes it in batch-1 inference only (conv2d_plan.SHIFT_MAX_OUT_CHANNELS:
+the batch-256 gains above cost a cold ``numbacnn train`` its first evaluation's compile); a
+training step keeps im2col's forward and backward (a forced "shift" forward is followed by
 im2col's backward).
 """
 

@@ -17,8 +17,8 @@ import numpy as np
 from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import PARALLEL_MIN, batch_chunks
 from ._conv_columns import valid as _valid
-from ._max_pool2d_cpu import (_flat2x2, _forward_2x2, _forward_3x3, _rows2x2, _rows3x3s2, _three, rows2x2,
-                              rows3x3s2)
+from ._max_pool2d_cpu import (_flat2x2, _forward_2x2, _forward_3x3, _rows_2x2, _rows_3x3s2, _rows2x2, _rows3x3s2,
+                              _three, rows2x2, rows3x3s2)
 from ._pool3d_rules import window_max
 
 __all__ = ["max_pool3d_forward", "max_pool3d_backward_input"]
@@ -142,18 +142,21 @@ def _forward_rows(x, geometry, y, index):
 
 def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
     chunks = 1 if x.size < PARALLEL_MIN else batch_chunks(x.shape[0] * x.shape[1])
+    rows = y.shape[0] * y.shape[1] * y.shape[3]
     if _flat2x2(geometry, x.shape, y.shape):
-        rows = rows2x2(x.shape, y.shape, index.size)
-        if rows and chunks == 1:  # the serial body itself: no parallel region to enter
-            _rows2x2(x, y, 0, y.shape[0] * y.shape[1] * y.shape[3])
+        if not rows2x2(x.shape, y.shape, index.size):
+            _forward_2x2(x, y, index, chunks)
+        elif chunks == 1:  # the serial body itself: no parallel region to enter
+            _rows2x2(x, y, 0, rows)
         else:
-            _forward_2x2(x, y, index, chunks, rows)
+            _rows_2x2(x, y, chunks)
     elif _three(geometry, x.shape):
-        rows = rows3x3s2(geometry, x.shape, y.shape, index.size)
-        if rows and chunks == 1:
-            _rows3x3s2(x, y, 0, y.shape[0] * y.shape[1] * y.shape[3])
+        if not rows3x3s2(geometry, x.shape, y.shape, index.size):
+            _forward_3x3(x, geometry, y, index, chunks)
+        elif chunks == 1:
+            _rows3x3s2(x, y, 0, rows)
         else:
-            _forward_3x3(x, geometry, y, index, chunks, rows)
+            _rows_3x3s2(x, y, chunks)
     else:
         if index.size == 0:  # values only asked for: these kernels find them with the indices
             index = np.empty(y.shape, np.int32)
