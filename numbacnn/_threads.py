@@ -86,10 +86,10 @@ class _SingleThreadBlas:
         me = get_ident()
         held = self._held
         depth = held.get(me, 0)
-        held[me] = depth + 1
         if depth:
+            held[me] = depth + 1
             return
-        lock = self._lock  # acquire and release by hand, the loops unrolled: 1.6 us against 2.1
+        lock = self._lock  # acquire and release by hand, the loops plain: 1.6 us against 2.1
         lock.acquire()
         try:
             if not self._depth:
@@ -101,11 +101,9 @@ class _SingleThreadBlas:
                         set_(1)
                 self._saved = saved
             self._depth += 1
-        except BaseException:
-            del held[me]  # not entered
-            raise
         finally:
             lock.release()
+        held[me] = 1  # entered: counted only now (an interrupted acquire or a failed set leaves no count)
 
     def __exit__(self, *exc: Any) -> None:
         me = get_ident()

@@ -28,7 +28,7 @@ Inference at few output channels (stride 1) takes a direct convolution instead
 (conv2d_shift_cpu). Choosing the path by hand (tests, timings): ``with force_path("winograd"): ...`` (names:
 "auto", "im2col", "pixel", "winograd", "shift"), or the environment variable ``NUMBACNN_CONV2D_PATH``;
 both are read when a plan is made, i.e. on a model's first call at an input size. A path that
-cannot run a layer (Winograd at stride 2, pixel-major with groups) raises a ValueError naming
+cannot run a layer (Winograd or shift at stride 2, pixel-major with groups) raises a ValueError naming
 the node. See numbacnn.layers.conv2d_plan.
 """
 

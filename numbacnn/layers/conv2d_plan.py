@@ -106,6 +106,10 @@ WINOGRAD1D_MIN_WORK = 32768
 # path's parallel kernel cost a cold ``numbacnn train`` its first evaluation's compile (1.0 s;
 # 12.1 s against 11.6 with it), and no batch-256 line turned on it.
 SHIFT_MAX_OUT_CHANNELS = 8
+# Most multiply-adds for which it is taken: its one sample runs on one thread, where from
+# conv2d_cpu.SPLIT_MIN_MACS on im2col splits a batch-1 sample over the threads, and a product
+# that large has rows enough for BLAS (a 256 -> 3 head at 64x64 is 28 M; lenet5's conv1 118 k).
+SHIFT_MAX_MACS = 1 << 20
 
 PATHS = ("auto", "im2col", "pixel", "winograd", "shift")
 ENV = "NUMBACNN_CONV2D_PATH"
@@ -137,7 +141,7 @@ class Conv2dPlan:
 
 @contextlib.contextmanager
 def force_path(path: str) -> Iterator[None]:
-    """Plans made inside the block take ``path`` ("auto", "im2col", "pixel", "winograd") for
+    """Plans made inside the block take ``path`` ("auto", "im2col", "pixel", "winograd", "shift") for
     every CPU conv2d and conv1d; an already planned input size keeps its plan."""
     _check_name(path, "force_path")
     _forced.append(path)
@@ -221,7 +225,8 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     if winograd_fits and min(C, K) >= few and P * Q >= least:
         return "winograd"
     one_row = x_shape[2] == 1 and R == 1
-    if shift_fits and not backward and x_shape[0] == 1 and K <= SHIFT_MAX_OUT_CHANNELS and R * S > 1 and not one_row:
+    if (shift_fits and not backward and x_shape[0] == 1 and K <= SHIFT_MAX_OUT_CHANNELS and R * S > 1
+            and not one_row and K * C * R * S * P * Q < SHIFT_MAX_MACS):
         return "shift"
     # Pixel-major copies runs of S*C values (C when dilated); below PIXEL_MAJOR_MIN_RUN they
     # are too short to beat the channel-major im2col. It copies the whole input to HWC first,

@@ -27,6 +27,8 @@ def test_conv2d_cpu_batch_one_inference_takes_shifted_taps_at_few_output_channel
     assert cpu_path(Conv2d(out_channels=6, kernel_size=1), (1, 3, 8, 8), backward=False) != "shift"  # 1x1
     assert cpu_path(Conv2d(out_channels=6, kernel_size=(1, 5)), (1, 3, 1, 28), backward=False) != "shift"  # conv1d
     assert cpu_path(Conv2d(out_channels=6, kernel_size=3, groups=2), (1, 4, 8, 8), backward=False) != "shift"
+    # a sample with 1 M multiply-adds or more: the BLAS paths split it over the threads, shift would not
+    assert cpu_path(Conv2d(out_channels=3, kernel_size=3, padding=1), (1, 256, 64, 64), backward=False) != "shift"
 
 
 def test_conv2d_forced_shift_refuses_what_it_cannot_run():
