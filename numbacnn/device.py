@@ -136,11 +136,11 @@ def kernel_module(stem: str, device: str) -> ModuleType:
 ALIGN = 64
 
 
-def align_slack(a_or_backend: Any, dtype: Any) -> int:
-    """Elements to allocate beyond what is asked, so that a start on the boundary fits: for
-    the CPU backend (or a NumPy array) ALIGN / itemsize, else 0 (device memory is aligned)."""
-    host = isinstance(a_or_backend, (np.ndarray, CpuBackend))
-    return ALIGN // np.dtype(dtype).itemsize if host else 0
+def align_slack(backend: Any, dtype: Any) -> int:
+    """Elements to allocate beyond what is asked, so that a start on the boundary fits: for a
+    host backend (named "cpu": NumPy arrays, whose starts ``aligned_start`` reads) ALIGN /
+    itemsize, else 0 (device memory is aligned, and ``aligned_start`` is 0 there)."""
+    return ALIGN // np.dtype(dtype).itemsize if getattr(backend, "name", None) == "cpu" else 0
 
 
 def aligned_start(a: Any) -> int:
