@@ -37,6 +37,10 @@ class Workspace:
         self.backend = backend
         self.buf: Any = None
         self._lead = 0
+        # A 64-byte line of slack, for offset 0 to start on the buffer's first line; the
+        # capacity is the buffer less the whole slack, whatever its start, so growth does not
+        # depend on where the allocation landed.
+        self._slack = align_slack(backend, np.uint8)
         self._views: "weakref.WeakSet[_Views]" = weakref.WeakSet()
 
     @property
@@ -52,9 +56,9 @@ class Workspace:
     def view(self, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> Any:
         """The bytes from ``offset`` on as an array of ``shape``, exactly its size."""
         end = offset + math.prod(shape) * dtype.itemsize
-        if self.buf is None or self._lead + end > self.buf.size:
+        if self.buf is None or end + self._slack > self.buf.size:
             self.drop()
-            self.buf = self.backend.empty((end + align_slack(self.backend, np.uint8),), np.uint8)
+            self.buf = self.backend.empty((end + self._slack,), np.uint8)
             self._lead = aligned_start(self.buf)  # offsets count from the buffer's first 64-byte line
         return self.buf[self._lead + offset:self._lead + end].view(dtype).reshape(shape)
 
