@@ -4,12 +4,12 @@ The interface, the same in global_avg_pool2d_cuda.py: ``global_avg_pool2d_forwar
 ``global_avg_pool2d_backward_input(gy, gx)``, each writing all of its output.
 """
 
-from .._jit import cpu_kernel, prange
+from .._jit import REASSOC, cpu_kernel, prange
 
 __all__ = ["global_avg_pool2d_forward", "global_avg_pool2d_backward_input"]
 
 
-@cpu_kernel
+@cpu_kernel(fastmath=REASSOC)  # the plane's sum runs in vector lanes; NaN and Inf still propagate
 def global_avg_pool2d_forward(x, y):
     planes, L = x.shape
     size = x.dtype.type(L)
