@@ -59,8 +59,8 @@ def _columns(xn, cf, P, Q, geo):
 
 
 @cpu_serial
-def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, P, Q, geo, direct, relu, build):
-    """Output columns l0..l1 of samples n0..n1, one thread's share of _forward_batch or
+def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, geo, direct, relu, build):
+    """Output columns l0..l1 of output channels k0..k1 (of each group) of samples n0..n1, one thread's share of _forward_batch or
     _forward_split, through its own column matrix col (built here for each sample when
     ``build``, else by the caller); ``r4`` (None: none) a residual added after the bias, as an
     add node reading y would (inference's conv + add); ``relu``: y = max(y, 0) as relu computes
@@ -73,9 +73,9 @@ def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, P, Q, geo, direct,
         if build and not direct:
             _columns(x[n], col.reshape(col.size), P, Q, geo)
         src = x4[n] if direct else col
-        for g in range(G):  # y4[n, g][:, l0:l1] = w3[g] @ src[g][:, l0:l1]
-            gemm(False, False, Kg, l1 - l0, J, w3[g].reshape(Kg * J), J, src[g].reshape(J * L)[l0:], L, 0,
-                 y4[n, g].reshape(Kg * L)[l0:], L)
+        for g in range(G):  # y4[n, g][k0:k1, l0:l1] = w3[g][k0:k1] @ src[g][:, l0:l1]
+            gemm(False, False, k1 - k0, l1 - l0, J, w3[g].reshape(Kg * J)[k0 * J:], J, src[g].reshape(J * L)[l0:], L,
+                 0, y4[n, g].reshape(Kg * L)[k0 * L + l0:], L)
         # The choices outside the loops: each loop stays one plain pass for LLVM to vectorise.
         # A residual (y + b) + r and its relu take one pass (two passes, the relu's apart, ran
         # a batch-1 1x1 16->64 at 32x32 with add and relu in 72-101 us against 59-61), with
@@ -83,28 +83,31 @@ def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, P, Q, geo, direct,
         zero = y4.dtype.type(0)
         if r4 is not None:
             for g in range(G):
-                for k in range(Kg):
+                for k in range(k0, k1):
                     bk = b[g * Kg + k] if b.size else -zero
                     if relu:
-                        for i in range(l0, l1):
+                        for j in range(l0, l1):
+                            i = np.uint64(j)
                             v = (y4[n, g, k, i] + bk) + r4[n, g, k, i]
                             y4[n, g, k, i] = zero if v <= zero else v
                     else:
-                        for i in range(l0, l1):
+                        for j in range(l0, l1):
+                            i = np.uint64(j)
                             y4[n, g, k, i] = (y4[n, g, k, i] + bk) + r4[n, g, k, i]
         elif relu:  # -0.0 where there is no bias: y itself, and relu takes -0.0 to 0
             for g in range(G):
-                for k in range(Kg):
+                for k in range(k0, k1):
                     bk = b[g * Kg + k] if b.size else -zero
-                    for i in range(l0, l1):
+                    for j in range(l0, l1):
+                        i = np.uint64(j)
                         v = y4[n, g, k, i] + bk
                         y4[n, g, k, i] = zero if v <= zero else v
         elif b.size:
             for g in range(G):
-                for k in range(Kg):
+                for k in range(k0, k1):
                     bk = b[g * Kg + k]
-                    for i in range(l0, l1):
-                        y4[n, g, k, i] += bk
+                    for j in range(l0, l1):
+                        y4[n, g, k, np.uint64(j)] += bk
 
 
 @cpu_kernel
@@ -114,8 +117,8 @@ def _forward_batch(x, x4, w3, b, col, y4, r4, T, P, Q, geo, direct, relu):
     (a call per chunk): inlined into the parallel loop, it compiled 2x slower."""
     N, _, _, L = y4.shape
     for t in prange(T):
-        _forward_chunk(x, x4, w3, b, col[t], y4, r4, t * N // T, (t + 1) * N // T, 0, L, P, Q, geo, direct, relu,
-                       True)
+        _forward_chunk(x, x4, w3, b, col[t], y4, r4, t * N // T, (t + 1) * N // T, 0, L, 0, y4.shape[2], P, Q, geo,
+                       direct, relu, True)
 
 
 @cpu_serial
@@ -128,19 +131,24 @@ def _window(xn, cf, P, Q, geo, pa, pb):
 def _forward_split(x, x4, w3, b, col, y4, r4, T, P, Q, geo, direct, relu):
     """_forward_batch for fewer samples than chunks (an inference plan at batch 1,
     conv2d_plan): the samples one at a time, each one's output rows split T ways, chunk t
-    building their columns of the column matrix in col[t] and multiplying them. A kernel of its
-    own: only batch-1 inference compiles it (one loop for both cases ran the batch's 1.5x
-    slower, and compiled more for every model)."""
-    N, _, _, L = y4.shape
+    building their columns of the column matrix in col[t] and multiplying them. A 1x1 (direct)
+    convolution builds no columns: its output channels are split instead, so each chunk's bias,
+    residual and relu pass runs over whole contiguous rows (split by columns, each chunk's
+    pass over 64 half rows ran 1x1 16->64 at 32x32, bias, 2 threads, in 39 us against 13 for
+    the product alone; by channels 15 us). A kernel of its own: only batch-1 inference compiles
+    it (one loop for both cases ran the batch's 1.5x slower, and compiled more for every
+    model)."""
+    N, _, Kg, L = y4.shape
     for n in range(N):
         for t in prange(T):
-            pa, pb = t * P // T, (t + 1) * P // T
-            l0, l1 = pa * Q, pb * Q
-            if not direct:
+            if direct:  # (1x1) no columns to build: chunk t takes output channels, each row whole
+                _forward_chunk(x, x4, w3, b, col[0], y4, r4, n, n + 1, 0, L, t * Kg // T, (t + 1) * Kg // T, P, Q,
+                               geo, direct, relu, False)
+            else:
+                pa, pb = t * P // T, (t + 1) * P // T
                 _window(x[n], col[t].reshape(col[t].size), P, Q, geo, pa, pb)
-            # direct: col is x4 itself (unused), which has fewer than T samples
-            _forward_chunk(x, x4, w3, b, col[0] if direct else col[t], y4, r4, n, n + 1, l0, l1, P, Q, geo, direct,
-                           relu, False)
+                _forward_chunk(x, x4, w3, b, col[t], y4, r4, n, n + 1, pa * Q, pb * Q, 0, Kg, P, Q, geo, direct, relu,
+                               False)
 
 
 @cpu_serial

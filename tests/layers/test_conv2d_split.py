@@ -1,5 +1,5 @@
 """conv2d's batch-1 inference split (conv2d_cpu._forward_split): each sample's output rows
-shared over the threads, against the training forward and a float64 reference by loops
+(a 1x1's output channels) shared over the threads, against the training forward and a float64 reference by loops
 (test_conv2d_bounds.conv_ref)."""
 
 import numpy as np
@@ -10,7 +10,9 @@ from test_conv2d_bounds import conv_ref
 
 
 @pytest.mark.parametrize("cfg,C", [
-    (dict(out_channels=64, kernel_size=1), 16),  # x is its own column matrix
+    (dict(out_channels=64, kernel_size=1), 16),  # x is its own column matrix: split by output channels
+    (dict(out_channels=30, kernel_size=1, groups=2), 64),  # 15 a group: shares of 7 and 8 in each
+    (dict(out_channels=1, kernel_size=1), 512),  # fewer output channels than threads: a share of none
     (dict(out_channels=32, kernel_size=3, stride=2, padding=1), 32),
     (dict(out_channels=32, kernel_size=3, padding=1, groups=2), 12),
     (dict(out_channels=32, kernel_size=(3, 2), dilation=2, padding=(1, 2, 0, 3)), 5)])
