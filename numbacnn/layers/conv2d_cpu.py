@@ -60,13 +60,12 @@ def _columns(xn, cf, P, Q, geo):
 
 @cpu_serial
 def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, geo, direct, relu, build):
-    """Output columns l0..l1 of output channels k0..k1 (of each group) of samples n0..n1, one thread's share of _forward_batch or
-    _forward_split, through its own column matrix col (built here for each sample when
-    ``build``, else by the caller); ``r4`` (None: none) a residual added after the bias, as an
-    add node reading y would (inference's conv + add); ``relu``: y = max(y, 0) as relu computes
-    it (NaN kept), last. All while the output is in cache. A None ``r4`` is a specialisation of
-    its own whose residual loop Numba prunes before compiling: the models without a fused add
-    (``numbacnn train``'s among them) compile no more than before it existed."""
+    """Output columns l0..l1 of channels k0..k1 (each group's) of samples n0..n1, one thread's
+    share of _forward_batch or _forward_split, through its own column matrix col (built here
+    for each sample when ``build``, else by the caller); ``r4`` (None: none) a residual added
+    after the bias, as an add node reading y would (inference's conv + add); ``relu``: y =
+    max(y, 0) as relu computes it (NaN kept), last. All while the output is in cache. A None
+    ``r4`` is a specialisation of its own whose residual loop Numba prunes before compiling."""
     _, G, Kg, L = y4.shape
     J = w3.shape[2]
     for n in range(n0, n1):
@@ -129,15 +128,12 @@ def _window(xn, cf, P, Q, geo, pa, pb):
 
 @cpu_kernel
 def _forward_split(x, x4, w3, b, col, y4, r4, T, P, Q, geo, direct, relu):
-    """_forward_batch for fewer samples than chunks (an inference plan at batch 1,
-    conv2d_plan): the samples one at a time, each one's output rows split T ways, chunk t
-    building their columns of the column matrix in col[t] and multiplying them. A 1x1 (direct)
-    convolution builds no columns: its output channels are split instead, so each chunk's bias,
-    residual and relu pass runs over whole contiguous rows (split by columns, each chunk's
-    pass over 64 half rows ran 1x1 16->64 at 32x32, bias, 2 threads, in 39 us against 13 for
-    the product alone; by channels 15 us). A kernel of its own: only batch-1 inference compiles
-    it (one loop for both cases ran the batch's 1.5x slower, and compiled more for every
-    model)."""
+    """_forward_batch for fewer samples than chunks (batch-1 inference, conv2d_plan): the
+    samples one at a time, each one's output rows split T ways, chunk t building their columns
+    in col[t] and multiplying them; a 1x1 (direct: no columns) splits its output channels, so
+    each chunk's epilogue runs over whole rows (1x1 16->64 at 32x32 with bias, 2 threads: 39 us
+    by columns, 15 us by channels). A kernel of its own: only batch-1 inference compiles it (one
+    loop for both cases ran the batch's 1.5x slower, and compiled more for every model)."""
     N, _, Kg, L = y4.shape
     for n in range(N):
         for t in prange(T):
