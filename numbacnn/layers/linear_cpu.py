@@ -2,7 +2,8 @@
 of the batch or of the outputs, one chunk per thread of a parallel Numba loop.
 
 The forward is row-wise, so each chunk writes its own rows (a short chunk through a transposed
-product, see ``_TURNED_ROWS``). The backward, up to ``_SPLIT_MAX_BATCH`` samples, cuts the
+product, see ``_TURNED_ROWS``); with fewer samples than threads it cuts the outputs instead
+(``_linear_forward_outputs``: vgg_small's fc1, 2048 -> 256, at batch 1 on 2 threads, 82 -> 42 us). The backward, up to ``_SPLIT_MAX_BATCH`` samples, cuts the
 outputs instead of the batch: chunk t adds its rows of gw (and sums gy for its part of gb) and
 writes its columns of gx, each product over the whole batch, with no partials. A batch cut
 in two hands each thread a product over half the samples, too short a reduction for BLAS,
@@ -69,6 +70,28 @@ def _linear_forward_chunks(x, w, b, y, yt, relu):
     else:
         for t in prange(yt.shape[0]):
             _forward_chunk(x, w, b, y, yt, t, relu)
+
+
+@cpu_kernel
+def _linear_forward_outputs(x, w, b, y, S, relu):
+    """y = x @ w.T (+ b), relu'd when ``relu``, its outputs cut into S chunks, each a product of
+    the whole batch by its rows of w (batch-1 inference: one chunk of the batch would leave a
+    core idle while one thread streams all of w). A batch of one takes the turned-around form
+    (w's rows times x^T), whose one column is y's row."""
+    N, K = y.shape
+    J = x.shape[1]
+    xf, wf, yf = x.reshape(x.size), w.reshape(w.size), y.reshape(y.size)
+    for t in prange(S):
+        k0, k1 = t * K // S, (t + 1) * K // S
+        if N == 1:
+            gemm(False, True, k1 - k0, 1, J, wf[k0 * J:], J, xf, J, 0, yf[k0:], 1)
+        else:
+            gemm(False, True, N, k1 - k0, J, xf, J, wf[k0 * J:], J, 0, yf[k0:], K)
+        zero = y.dtype.type(0)
+        for n in range(N):  # relu's rule: NaN kept, -0.0 to 0
+            for k in range(k0, k1):
+                v = y[n, k] + b[k] if b.size else y[n, k]
+                y[n, k] = zero if relu and v <= zero else v
 
 
 @cpu_inline
@@ -149,6 +172,10 @@ def _linear_reduce(part, gy, gw, gb):
 # the direct form wins again. Chunks of up to this many rows take the turned-around form.
 _TURNED_ROWS = 64
 
+# Fewest multiply-adds for which a forward with fewer samples than threads (batch-1
+# inference) cuts its outputs over the threads instead of running on one.
+FORWARD_SPLIT_MIN_MACS = 1 << 17
+
 # Up to this batch the backward's chunks cut the outputs (gw's rows, gx's columns), past it the
 # batch (see the module's docstring).
 _SPLIT_MAX_BATCH = 256
@@ -168,6 +195,8 @@ def linear_scratch(N: int, K: int, J: int) -> tuple[tuple[int, int, int], tuple[
     S = batch_chunks(min(K, J))
     outputs = N <= _SPLIT_MAX_BATCH and N * K * J >= PARALLEL_MIN and S >= 2
     back = (S - 1, 0, 0) if outputs else (T - 1, K, J)
+    if T < S and N * K * J >= FORWARD_SPLIT_MIN_MACS:
+        return (S, 0, 1), back  # the forward cuts the outputs (_linear_forward_outputs)
     return (T, K, rows) if rows <= _TURNED_ROWS else (T, 0, 0), back
 
 
@@ -176,7 +205,10 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, s
     """y = x @ w.T + b (b empty: no bias), relu'd when ``relu`` (inference's fused linear +
     relu); ``scratch`` as ``linear_scratch`` shapes it."""
     with single_thread_blas:
-        _linear_forward_chunks(x, w, b, y, scratch, relu)
+        if scratch.shape[1:] == (0, 1):  # the outputs cut (linear_scratch)
+            _linear_forward_outputs(x, w, b, y, scratch.shape[0], relu)
+        else:
+            _linear_forward_chunks(x, w, b, y, scratch, relu)
 
 
 def linear_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,

@@ -190,6 +190,51 @@ def test_linear_cpu_backward_cuts_the_outputs_up_to_a_batch_of_256(monkeypatch):
     assert linear_cpu.linear_scratch(32, 256, 2048)[1] == (0, 256, 2048)
 
 
+def test_linear_cpu_forward_cuts_the_outputs_below_the_thread_count(monkeypatch):
+    # Fewer samples than threads (batch-1 inference) and FORWARD_SPLIT_MIN_MACS multiply-adds:
+    # the forward's scratch (S, 0, 1) cuts the outputs into S chunks, at most K; else one
+    # chunk of the batch (a training step's scratch is the same: it runs the same forward).
+    from numbacnn.layers import linear_cpu
+
+    monkeypatch.setattr(linear_cpu, "batch_chunks", lambda n: max(1, min(3, n)))  # as on 3 threads
+    big = linear_cpu.FORWARD_SPLIT_MIN_MACS
+    assert linear_cpu.linear_scratch(1, 256, 2048)[0] == (3, 0, 1)
+    assert linear_cpu.linear_scratch(2, 256, 2048)[0] == (3, 0, 1)
+    assert linear_cpu.linear_scratch(1, 2, big)[0] == (2, 0, 1)  # at most K chunks
+    assert linear_cpu.linear_scratch(1, 16, big // 16)[0] == (3, 0, 1)
+    assert linear_cpu.linear_scratch(1, 16, big // 16 - 1)[0] == (1, 16, 1)  # under it: one chunk
+    assert linear_cpu.linear_scratch(3, 256, 2048)[0] == (3, 256, 1)  # a chunk a sample
+    monkeypatch.setattr(linear_cpu, "batch_chunks", lambda n: 1)  # one thread
+    assert linear_cpu.linear_scratch(1, 256, 2048)[0] == (1, 256, 1)
+
+
+@pytest.mark.parametrize("N, K, J, S", [(1, 7, 11, 2), (1, 7, 11, 3), (1, 2, 9, 2), (3, 5, 6, 2), (1, 300, 260, 2)])
+@pytest.mark.parametrize("bias, relu", [(True, False), (False, True), (True, True)])
+def test_linear_cpu_forward_by_outputs_matches_numpy(N, K, J, S, bias, relu):
+    # S chunks of K outputs that S does not divide evenly; one sample takes the turned-around
+    # product (w's rows times x^T), more the direct one. relu's rule: NaN kept, -0.0 to 0.
+    from numbacnn.layers import linear_cpu
+
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((N, J)), rng.standard_normal((K, J)), rng.standard_normal(K if bias else 0)
+    w[K - 1, J - 1] = np.nan  # reaches the last output of every sample, and no other
+    if not bias:
+        w[0] = -0.0  # output 0 is -0.0 + ... = -0.0 before the relu (no bias added)
+        x[:, 0] = 1.0
+    y = np.full((N, K), 7.0)
+    linear_cpu.linear_forward(x, w, b, y, np.empty((S, 0, 1)), relu)
+    want = np.array([[sum(x[n, j] * w[k, j] for j in range(J)) for k in range(K)] for n in range(N)]) \
+        if N * K * J < 10000 else x @ w.T
+    if bias:
+        want = want + b
+    if relu:
+        want = np.where(want <= 0, 0.0, want)
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+    assert np.isnan(y[:, K - 1]).all() and not np.isnan(y[:, :K - 1]).any()
+    if relu and not bias:
+        assert not np.signbit(y[:, 0]).any()
+
+
 @pytest.mark.parametrize("N, K, J, S", [(5, 7, 11, 2), (5, 7, 11, 3), (3, 2, 9, 2), (40, 300, 260, 2)])
 @pytest.mark.parametrize("want_gx, bias", [(True, True), (False, False)])
 def test_linear_cpu_backward_by_outputs_matches_numpy(N, K, J, S, want_gx, bias):
