@@ -3,23 +3,23 @@ of the batch or of the outputs, one chunk per thread of a parallel Numba loop.
 
 The forward is row-wise, so each chunk writes its own rows (a short chunk through a transposed
 product, see ``_TURNED_ROWS``); with fewer samples than threads it cuts the outputs instead
-(``_linear_forward_outputs``: vgg_small's fc1, 2048 -> 256, at batch 1 on 2 threads, 82 -> 42 us). The backward, up to ``_SPLIT_MAX_BATCH`` samples, cuts the
-outputs instead of the batch: chunk t adds its rows of gw (and sums gy for its part of gb) and
-writes its columns of gx, each product over the whole batch, with no partials. A batch cut
-in two hands each thread a product over half the samples, too short a reduction for BLAS,
-plus a pass adding the partials: vgg_small's fc1 (32 x 2048 -> 256), 2 threads, the weight
-gradient 248 -> 130 us and the input gradient 192 -> 137 us. Past that batch the chunks are
-the batch's again: chunk 0 adds its product straight into gw (gemm's beta 1), every other
-chunk t writes its own partial ``part[t - 1]``, and ``_linear_reduce`` adds those (and the
-bias gradient) into gw and gb afterwards (at 1024 x 784 -> 100: 481 us against 587 us cut by
-rows); at batch 1 there is no partial and, without bias, no second pass. One chunk runs in
-the calling thread, and so does a reduce of fewer than ``PARALLEL_MIN`` values: Numba's pool
-costs more to wake than that work. A product of the whole batch in one BLAS call would leave
-one core idle, and BLAS threads of its own would fight Numba's pool for the cores (a
-784-100-100-10 MLP training step took 24 ms instead of 0.4 ms on 2 cores): every wrapper runs
-under ``single_thread_blas``. Arrays are C-contiguous (the executor's buffers): the kernels
-view them flat, which Numba refuses to compile for any other layout.
-"""
+(``_linear_forward_outputs``: vgg_small's fc1, 2048 -> 256, at batch 1 on 2 threads, 82 -> 42
+us). The backward, up to ``_SPLIT_MAX_BATCH`` samples, cuts the outputs instead of the batch:
+chunk t adds its rows of gw (and sums gy for its part of gb) and writes its columns of gx, each
+product over the whole batch, with no partials. A batch cut in two hands each thread a product
+over half the samples, too short a reduction for BLAS, plus a pass adding the partials:
+vgg_small's fc1 (32 x 2048 -> 256), 2 threads, the weight gradient 248 -> 130 us and the input
+gradient 192 -> 137 us. Past that batch the chunks are the batch's again: chunk 0 adds its
+product straight into gw (gemm's beta 1), every other chunk t writes its own partial
+``part[t - 1]``, and ``_linear_reduce`` adds those (and the bias gradient) into gw and gb
+afterwards (at 1024 x 784 -> 100: 481 us against 587 us cut by rows); at batch 1 there is no
+partial and, without bias, no second pass. One chunk runs in the calling thread, and so does a
+reduce of fewer than ``PARALLEL_MIN`` values: Numba's pool costs more to wake than that work. A
+product of the whole batch in one BLAS call would leave one core idle, and BLAS threads of its
+own would fight Numba's pool for the cores (a 784-100-100-10 MLP training step took 24 ms
+instead of 0.4 ms on 2 cores): every wrapper runs under ``single_thread_blas``. Arrays are
+C-contiguous (the executor's buffers): the kernels view them flat, which Numba refuses to
+compile for any other layout."""
 
 from __future__ import annotations
 
@@ -189,7 +189,8 @@ def linear_scratch(N: int, K: int, J: int) -> tuple[tuple[int, int, int], tuple[
     chunks (a batch of up to _SPLIT_MAX_BATCH, at least PARALLEL_MIN multiply-adds per product,
     S = the threads, at most K and J, at least 2), else (T - 1, K, J): the partial weight
     gradients of the batch's chunks after the first (none for one chunk: batch 1, or one
-    thread)."""
+    thread). With fewer samples than S and at least FORWARD_SPLIT_MIN_MACS multiply-adds, the
+    forward's is (S, 0, 1) instead: it cuts the outputs into S chunks."""
     T = batch_chunks(N)
     rows = (N + T - 1) // T
     S = batch_chunks(min(K, J))
