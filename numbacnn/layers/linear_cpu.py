@@ -87,11 +87,13 @@ def _linear_forward_outputs(x, w, b, y, S, relu):
             gemm(False, True, k1 - k0, 1, J, wf[k0 * J:], J, xf, J, 0, yf[k0:], 1)
         else:
             gemm(False, True, N, k1 - k0, J, xf, J, wf[k0 * J:], J, 0, yf[k0:], K)
-        zero = y.dtype.type(0)
-        for n in range(N):  # relu's rule: NaN kept, -0.0 to 0
-            for k in range(k0, k1):
-                v = y[n, k] + b[k] if b.size else y[n, k]
-                y[n, k] = zero if relu and v <= zero else v
+        for n in range(N):
+            if b.size:
+                for k in range(k0, k1):
+                    y[n, k] += b[k]
+            if relu:
+                for k in range(k0, k1):
+                    _relu_at(yf, yf, n * K + k)
 
 
 @cpu_inline
