@@ -137,7 +137,7 @@ def _forward_split(x, x4, w3, b, col, y4, r4, T, P, Q, geo, direct, relu):
     N, _, Kg, L = y4.shape
     for n in range(N):
         for t in prange(T):
-            if direct:  # (1x1) no columns to build: chunk t takes output channels, each row whole
+            if direct:  # 1x1: chunk t takes output channels; col is x4 itself (unused, N < T samples)
                 _forward_chunk(x, x4, w3, b, col[0], y4, r4, n, n + 1, 0, L, t * Kg // T, (t + 1) * Kg // T, P, Q,
                                geo, direct, relu, False)
             else:
