@@ -250,9 +250,9 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
     K, P, Q = y_shape[1:]
     G, R, S = geo[:3]
     T, threads = batch_chunks(N), batch_chunks(1 << 30)
-    path = cpu_path(name, x_shape, y_shape, geo, dtype, backward)
-    if (path == "im2col" and not backward and N < threads
-            and K * (C // G) * R * S * P * Q >= SPLIT_MIN_MACS):
+    split = not backward and N < threads and K * (C // G) * R * S * P * Q >= SPLIT_MIN_MACS
+    path = cpu_path(name, x_shape, y_shape, geo, dtype, backward, split)
+    if path == "im2col" and split:
         T = threads  # inference at a batch below the thread count: each sample split (the kernels)
     if path == "winograd" and not backward and N == 1 and (R, S) != (5, 5):
         T = max(1, min(threads, (P + 3) // 4 // WINOGRAD_SPLIT_MIN_ROWS))  # batch 1: tile rows split (the kernel)

@@ -71,6 +71,17 @@ WINOGRAD3_MIN_PIXELS = 36
 # 43), so batch 1 keeps WINOGRAD3_MIN_PIXELS. Training's forward+backward keeps it too: it
 # lost at batch 32 (32->64 at 4x4 713 / 898, 64->64 at 3x3 599 / 749).
 WINOGRAD3_INFERENCE_MIN_PIXELS = 9
+# Fewest for a 3x3 kernel where im2col would split the sample over the threads (batch-1
+# inference, conv2d_cpu.SPLIT_MIN_MACS): below it im2col's split product runs instead. At
+# batch 1 a few tiles share each transformed weight, so Winograd streams weights 4x the size of
+# im2col's (36 against 9 values per channel pair), on one thread (8x8 has one tile row a
+# thread: WINOGRAD_SPLIT_MIN_ROWS). Whole models, 2 threads, one process alternating, five
+# rounds, us, Winograd against im2col at 8x8: vgg_small (64->128 and 128->128) 788-800 / 731-743,
+# resnet_bottleneck (64->64 twice) 1425-1489 / 1314-1395, googlenet_mini (32->64, 48->96) level
+# (945-1019 / 950-1029). im2col at 16x16 as well (256 pixels) gave most of vgg_small's gain
+# back (787-794 against 862-870 us for Winograd throughout, where 8x8 alone ran 716-742), and
+# pixel-major at 8x8 (one thread) lost: 1021-1034 against 795-821 us.
+WINOGRAD3_SPLIT_MIN_PIXELS = 65
 # Inference at a batch of WINOGRAD5_INFERENCE_MIN_BATCH or more takes F(4x4, 5x5) from 16
 # outputs (one tile); from WINOGRAD5_FEW_CHANNELS_MIN_BATCH on, also from 8 channels where
 # C*K is at least WINOGRAD5_FEW_CHANNELS_MIN_PRODUCT. Forward with relu, 2 threads, one
@@ -179,10 +190,11 @@ def one_row_winograd(geo: tuple[int, ...], x_shape: tuple[int, ...], out: tuple[
 
 
 def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple[int, ...], dtype: Any,
-             backward: bool = True) -> str:
+             backward: bool = True, split: bool = False) -> str:
     """The CPU path for an (N, C, H, W) ``dtype`` input giving (N, K, P, Q) ``out``: the forced
     one if any (checked), else im2col in float64 (see above), else the fastest measured
-    (``backward``: for a training forward and its backward, else for inference)."""
+    (``backward``: for a training forward and its backward, else for inference; ``split``: an
+    im2col forward would split each sample over the threads, conv2d_cpu.SPLIT_MIN_MACS)."""
     G, R, S, sh, sw, dh, dw, _, _ = geo
     C, K, P, Q = x_shape[1], out[1], out[2], out[3]
     winograd_fits = G == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and 2 <= R <= 6 and 2 <= S <= 6
@@ -223,6 +235,8 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
         few = WINOGRAD5_FEW_CHANNELS
     least = three if max(R, S) <= 3 else five if (R, S) == (5, 5) else WINOGRAD_MIN_PIXELS
     if winograd_fits and min(C, K) >= few and P * Q >= least:
+        if split and max(R, S) <= 3 and P * Q < WINOGRAD3_SPLIT_MIN_PIXELS:
+            return "im2col"  # not pixel-major, which runs a sample on one thread
         return "winograd"
     one_row = x_shape[2] == 1 and R == 1
     if (shift_fits and not backward and x_shape[0] == 1 and K <= SHIFT_MAX_OUT_CHANNELS and R * S > 1

@@ -63,3 +63,25 @@ def _reference(x, model):
     with np.errstate(invalid="ignore"):
         y = conv_ref(x, w, b, np.zeros((x.shape[0], *layer.output_shape(x.shape[1:]))), cfg)[0]
         return np.where(y <= 0, 0, y)
+
+
+def test_batch_1_small_3x3_takes_the_split_im2col_over_winograd():
+    # Batch-1 inference at up to 64 output pixels (conv2d_plan.WINOGRAD3_SPLIT_MIN_PIXELS):
+    # im2col split over the threads, not Winograd on one thread, nor pixel-major (one thread);
+    # from 65 pixels, at a larger batch, in training, or under SPLIT_MIN_MACS: as before.
+    import numba
+
+    from numbacnn.layers import conv2d_cpu
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("one Numba thread: nothing to split over")
+    geo = (1, 3, 3, 1, 1, 1, 1, 1, 1)
+
+    def plan(N, C, K, H, W, backward=False):
+        return conv2d_cpu.conv2d_plan("c", (N, C, H, W), (N, K, H, W), geo, backward, "float32")
+
+    assert (plan(1, 128, 128, 8, 8).path, plan(1, 128, 128, 8, 8).chunks) == ("im2col", numba.get_num_threads())
+    assert plan(1, 64, 64, 8, 8).path == plan(1, 64, 64, 6, 7).path == "im2col"
+    assert plan(1, 64, 64, 5, 13).path == "winograd"  # 65 pixels
+    assert plan(2, 128, 128, 8, 8).path == plan(1, 128, 128, 8, 8, backward=True).path == "winograd"
+    assert plan(1, 16, 16, 8, 8).path == "winograd"  # 147k multiply-adds: no split
