@@ -220,15 +220,15 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
 
 
 # Fewest multiply-adds for which an inference im2col convolution at a batch smaller than the
-# thread count splits each sample's output rows over the threads (each thread builds their
-# columns of the column matrix and multiplies them); chunks otherwise hold whole samples, so
-# batch 1 ran on one thread. Batch 1, 2 threads, interleaved runs, medians (us, split against
-# whole): 1x1 16->4 at 64x64 (262k) 22 / 22; 1x1 16->16 at 64x64 (1M) 52 / 89; 1x1 16->64 at
-# 32x32 (1M) 49 / 76; 1x1 64->64 at 32x32 (4.2M) 109 / 158; 3x3 4->8 at 128x128 (4.7M) 268 /
-# 419; 3x3 32->32 at 16x16 (2.4M) 64 / 103 and at 32x32 (9.4M) 212 / 394. (A batch-1 model
-# whose values are all under PARALLEL_MIN runs on one thread anyway, unless a node has
-# PARALLEL_MIN_FLOPS of work: the executor's rule, numbacnn._passes.one_thread.)
-SPLIT_MIN_MACS = 1 << 20
+# thread count splits each sample's output rows over the threads (their columns of the column
+# matrix, then of the product); else chunks hold whole samples. Batch 1, 2 threads, medians
+# (us, split against whole): 1x1 16->4 at 64x64 (262k) 22 / 22; 1x1 16->16 at 64x64 (1M) 52 /
+# 89; 1x1 16->64 at 32x32 (1M) 49 / 76; 1x1 64->64 at 32x32 (4.2M) 109 / 158; 3x3 4->8 at
+# 128x128 (4.7M) 268 / 419; 3x3 32->32 at 32x32 (9.4M) 212 / 394; vgg_small at batch 1 with
+# its 3->32 3x3 at 32x32 (885k) split, one process alternating: 672-703 against 699-722 us.
+# (A batch-1 model whose values are all under PARALLEL_MIN runs on one thread anyway, unless
+# a node has PARALLEL_MIN_FLOPS of work: the executor's rule, numbacnn._passes.one_thread.)
+SPLIT_MIN_MACS = 1 << 19
 # Fewest tile rows (4 output rows each) per thread for which an inference Winograd 3x3
 # convolution at batch 1 splits its tile rows over the threads (conv2d_forward_winograd_rows,
 # a kernel of its own: the split inside the batch kernel's loop slowed the batch kernels).
