@@ -101,6 +101,49 @@ def test_im2col_rows_writes_its_rows_of_im2col_and_nothing_else():
         assert not np.isnan(whole).any()
 
 
+
+def _columns_ref(xn, P, Q, geo):
+    """The column matrix by its definition, entry by entry: row (c, r, s), column (p, q) is
+    xn[c, p*sh + r*dh - pt, q*sw + s*dw - pl], or 0 outside the image."""
+    _, R, S, sh, sw, dh, dw, pt, pl = geo
+    C, H, W = xn.shape
+    out = np.zeros((C, R, S, P, Q))
+    for r in range(R):
+        for s in range(S):
+            for p in range(P):
+                for q in range(Q):
+                    h, w = p * sh + r * dh - pt, q * sw + s * dw - pl
+                    if 0 <= h < H and 0 <= w < W:
+                        out[:, r, s, p, q] = xn[:, h, w]
+    return out.reshape(C * R * S, P * Q)
+
+
+def test_im2col_flat_copies_match_the_definition_fenced():
+    # Stride 1 with as many output columns as input columns ("same" width, any height padding,
+    # dilation): each tap's rows are one flat copy from x, whose entries between rows (and past
+    # the image, clipped) are then zeroed (_conv_columns._run_copy). x sits between NaN fences
+    # (a read past it brings NaN in), cf is NaN outside rows [pa, pb) (a write there shows).
+    rng = np.random.default_rng(7)
+    for _ in range(150):
+        R, S, dh, dw = (int(v) for v in rng.integers(1, 6, 2).tolist() + rng.integers(1, 3, 2).tolist())
+        pl = int(rng.integers(0, dw * (S - 1) + 1))
+        pt, pb_ = int(rng.integers(0, 4)), int(rng.integers(0, 4))
+        C, H, W = int(rng.integers(1, 4)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        P = H + pt + pb_ - dh * (R - 1)
+        if P < 1:
+            continue
+        geo = (1, R, S, 1, 1, dh, dw, pt, pl)
+        fenced = np.full(C * H * W + 40, np.nan)
+        xn = fenced[20:20 + C * H * W].reshape(C, H, W)
+        xn[:] = rng.standard_normal((C, H, W))
+        pa = int(rng.integers(0, P + 1))
+        pb = int(rng.integers(pa, P + 1))
+        cf = np.full(C * R * S * P * W, np.nan)
+        _conv_columns.im2col_rows(xn, cf, P, W, geo, pa, pb)
+        want = np.full((C * R * S, P * W), np.nan)
+        want[:, pa * W:pb * W] = _columns_ref(xn, P, W, geo)[:, pa * W:pb * W]
+        np.testing.assert_array_equal(cf.reshape(want.shape), want, err_msg=f"{geo} {(C, H, W)} rows [{pa}, {pb})")
+
 def _geometries(count, seed):
     rng = np.random.default_rng(seed)
     out = []

@@ -97,7 +97,9 @@ def test_the_plan_splits_batch_one_inference_alone(monkeypatch):
     assert WINOGRAD_SPLIT_MIN_ROWS == 2  # the counts below follow from it
     assert chunks(1, 32, 16) == 2  # 4 tile rows: two a chunk
     assert chunks(1, 32, 32) == 4  # 8 tile rows: four chunks of two
-    assert chunks(1, 32, 8) == 1  # 2 tile rows: one chunk (one row each lost)
+    # 2 tile rows: one chunk (one row each lost); with im2col's split (32 channels, 590k
+    # multiply-adds) this size takes im2col instead (conv2d_plan.WINOGRAD3_SPLIT_MIN_PIXELS)
+    assert chunks(1, 16, 8, K=16) == 1
     assert chunks(1, 32, 16, backward=True) == 1  # training keeps the batch kernel
     assert chunks(2, 32, 16) == 2  # a batch of two: a sample a chunk, as before
     assert chunks(1, 32, 16, kernel=5) == 1  # F(4x4, 5x5) has no split kernel
