@@ -222,12 +222,11 @@ def _run_copy(pf, cf, row, src, Q, p0, p1, q0, q1, pa, pb):
         first, last = p0 * Q + q0, (p1 - 1) * Q + q1
         for i in range(first, last):
             cf[row + np.uint64(i)] = pf[np.uint64(src + i)]
-        if q0 > 0 or q1 < Q:  # most taps of a padded convolution zero one column, the middle ones none
-            for p in range(p0, p1):
-                for q in range(q0):
-                    cf[row + np.uint64(p * Q + q)] = zero
-                for q in range(q1, Q):
-                    cf[row + np.uint64(p * Q + q)] = zero
+        for p in range(p0, p1):
+            for q in range(q0):
+                cf[row + np.uint64(p * Q + q)] = zero
+            for q in range(q1, Q):
+                cf[row + np.uint64(p * Q + q)] = zero
     for i in range(p1 * Q, pb * Q):
         cf[row + np.uint64(i)] = zero
 
