@@ -23,8 +23,8 @@ import numpy as np
 
 from .._jit import cpu_inline
 
-__all__ = ["valid", "im2col", "im2col_rows", "col2im", "phase_shape", "split_phases", "merge_phases", "im2col_phases",
-           "col2im_phases"]
+__all__ = ["valid", "im2col", "im2col_rows", "im2col_flat", "col2im", "phase_shape", "split_phases", "merge_phases",
+           "im2col_phases", "col2im_phases"]
 
 
 @cpu_inline
@@ -51,23 +51,11 @@ def im2col(xn, cf, P, Q, geo):
 def im2col_rows(xn, cf, P, Q, geo, pa, pb):
     """im2col's columns of output rows p in [pa, pb) only (columns pa*Q to pb*Q of every
     row); the other entries of cf are left as they were. One thread's share when a sample's
-    output is split. At stride 1 with Q == W ("same" width) a tap's rows are one flat copy
-    (_run_copy): lenet5's conv1 (1 -> 6, 5x5 at 28x28) at batch 256 took 750-795 us against
-    1120-1180 with a copy per output row; a sample's columns for 128 channels 3x3 at 8x8, 40
-    against 51 us."""
+    output is split."""
     _, R, S, sh, sw, dh, dw, pt, pl = geo
     C, H, W = xn.shape
     zero = xn.dtype.type(0)
     xf = xn.reshape(xn.size)
-    if sh == 1 and sw == 1 and Q == W:  # x[c] is its own phase plane, Q wide: one flat copy a tap
-        for c in range(C):
-            for r in range(R):
-                p0, p1 = valid(P, H, 1, r * dh - pt)
-                for s in range(S):
-                    q0, q1 = valid(Q, W, 1, s * dw - pl)
-                    _run_copy(xf, cf, np.uint64(((c * R + r) * S + s) * P * Q), (c * H + r * dh - pt) * W + s * dw - pl,
-                              Q, p0, p1, q0, q1, pa, pb)
-        return
     for c in range(C):
         for r in range(R):
             p0, p1 = valid(P, H, sh, r * dh - pt)
@@ -91,6 +79,24 @@ def im2col_rows(xn, cf, P, Q, geo, pa, pb):
                                 cf[dst + np.uint64(i)] = xf[src + np.uint64(i * sw)]
                     for q in range(hi, Q):
                         cf[o + np.uint64(q)] = zero
+
+
+@cpu_inline
+def im2col_flat(xn, cf, P, Q, geo):
+    """im2col at stride 1 with Q == W ("same" width): x[c] is its own phase plane, Q wide, so
+    a tap's rows are one flat copy (_run_copy) instead of a copy per output row. lenet5's conv1
+    (1 -> 6, 5x5 at 28x28) at batch 256 took 750-795 us against 1120-1180. Only conv2d_cpu's
+    _columns inlines it: it doubled the compile of every kernel it went into (0.85 -> 1.65 s)."""
+    _, R, S, _, _, dh, dw, pt, pl = geo
+    C, H, W = xn.shape
+    xf = xn.reshape(xn.size)
+    for c in range(C):
+        for r in range(R):
+            p0, p1 = valid(P, H, 1, r * dh - pt)
+            for s in range(S):
+                q0, q1 = valid(Q, W, 1, s * dw - pl)
+                _run_copy(xf, cf, np.uint64(((c * R + r) * S + s) * P * Q), (c * H + r * dh - pt) * W + s * dw - pl,
+                          Q, p0, p1, q0, q1, 0, P)
 
 
 @cpu_inline

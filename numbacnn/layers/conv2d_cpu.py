@@ -41,7 +41,7 @@ import numpy as np
 from .._blas import gemm
 from .._jit import cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
-from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_rows as _im2col_rows
+from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_flat, im2col_rows as _im2col_rows
 from .conv2d_hwc_cpu import reduce_partials
 from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_forward
 from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path  # noqa: F401 (force_path: documented here)
@@ -55,7 +55,10 @@ __all__ = ["conv2d_plan", "conv2d_forward", "conv2d_backward"]
 @cpu_serial
 def _columns(xn, cf, P, Q, geo):
     """xn's column matrix into cf (compiled once, called by the kernels below)."""
-    _im2col(xn, cf, P, Q, geo)
+    if geo[3] == 1 and geo[4] == 1 and Q == xn.shape[2]:  # stride 1, "same" width: a flat copy a tap
+        im2col_flat(xn, cf, P, Q, geo)
+    else:
+        _im2col(xn, cf, P, Q, geo)
 
 
 @cpu_serial
@@ -187,9 +190,8 @@ def _per_group(a: np.ndarray, G: int, L: int) -> np.ndarray:
 
 def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray | None,
                    geo: Geometry, chunks: int, relu: bool = False, residual: np.ndarray | None = None) -> None:
-    """y = conv2d(x, w) + b (b empty: no bias) (+ ``residual``), in ``chunks`` chunks of the
-    batch, then relu'd when ``relu``. ``col`` (chunks, C*R*S, P*Q) is scratch, one column
-    matrix per chunk; None on the direct (1x1) path."""
+    """y = conv2d(x, w) + b (b empty: no bias) (+ ``residual``) in ``chunks`` chunks of the batch,
+    relu'd when ``relu``; scratch ``col`` (chunks, C*R*S, P*Q), None on the direct (1x1) path."""
     G = geo[0]
     N, K, P, Q = y.shape
     x4 = _per_group(x, G, x.shape[2] * x.shape[3])
@@ -203,9 +205,8 @@ def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, 
 
 def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
                     gx: np.ndarray | None, col: np.ndarray | None, part: np.ndarray, geo: Geometry) -> None:
-    """gw += the weight gradient, gb += the bias gradient (gb empty: no bias), gx = the input
-    gradient (None: not wanted). Scratch: ``part`` (T, K, C/G*R*S), ``col`` (T, C*R*S, P*Q)
-    (None on the direct path), T chunks of the batch."""
+    """gw += the weight gradient, gb += the bias gradient (gb empty: no bias), gx = the input gradient
+    (None: not wanted). Scratch, T chunks: ``part`` (T, K, C/G*R*S), ``col`` (T, C*R*S, P*Q) or None."""
     G = geo[0]
     N, K, P, Q = gy.shape
     T, J = part.shape[0], part.shape[2]
@@ -219,15 +220,14 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
         reduce_partials(part, gw.reshape(K, J), gy.reshape(N, K, P * Q), gb, 0)
 
 
-# Fewest multiply-adds for which an inference im2col convolution at a batch smaller than the
-# thread count splits each sample's output rows over the threads (their columns of the column
-# matrix, then of the product); else chunks hold whole samples. Batch 1, 2 threads, medians
-# (us, split against whole): 1x1 16->4 at 64x64 (262k) 22 / 22; 1x1 16->16 at 64x64 (1M) 52 /
-# 89; 1x1 16->64 at 32x32 (1M) 49 / 76; 1x1 64->64 at 32x32 (4.2M) 109 / 158; 3x3 4->8 at
-# 128x128 (4.7M) 268 / 419; 3x3 32->32 at 32x32 (9.4M) 212 / 394; vgg_small at batch 1 with
-# its 3->32 3x3 at 32x32 (885k) split, one process alternating: 672-703 against 699-722 us.
-# (A batch-1 model whose values are all under PARALLEL_MIN runs on one thread anyway, unless
-# a node has PARALLEL_MIN_FLOPS of work: the executor's rule, numbacnn._passes.one_thread.)
+# Fewest multiply-adds for which an inference im2col convolution at a batch below the thread
+# count splits each sample's output rows over the threads (else chunks hold whole samples).
+# Batch 1, 2 threads, medians (us, split against whole): 1x1 16->4 at 64x64 (262k) 22 / 22;
+# 1x1 16->16 at 64x64 (1M) 52 / 89; 1x1 64->64 at 32x32 (4.2M) 109 / 158; 3x3 4->8 at 128x128
+# (4.7M) 268 / 419; 3x3 32->32 at 32x32 (9.4M) 212 / 394; vgg_small at batch 1 with its 3->32
+# 3x3 at 32x32 (885k) split, one process alternating: 672-703 against 699-722 us. (A batch-1
+# model of values all under PARALLEL_MIN runs on one thread anyway, unless a node has
+# PARALLEL_MIN_FLOPS of work: the executor's rule, numbacnn._passes.one_thread.)
 SPLIT_MIN_MACS = 1 << 19
 # Fewest tile rows (4 output rows each) per thread for which an inference Winograd 3x3
 # convolution at batch 1 splits its tile rows over the threads (conv2d_forward_winograd_rows,
