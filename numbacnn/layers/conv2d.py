@@ -94,7 +94,7 @@ class Conv2d(Layer):
         plan = self._plan(ctx, x.shape, ctx.backward_expected)
         y = ctx.empty(plan.out)
         scratch = tuple(ctx.empty(shape, dtype) if i < plan.kept else ctx.scratch(shape, dtype)
-                        for i, (shape, dtype) in enumerate(plan.forward_scratch))
+                        for i, (shape, dtype) in enumerate(plan.forward_scratch)) if plan.forward_scratch else ()
         w, b = self._weight(ctx.params), self._bias(ctx, ctx.params)
         if self.fused_relu or residual is not None:  # inference's conv (+ add) (+ relu): numbacnn._fold
             kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch, self.fused_relu, residual)

@@ -25,11 +25,7 @@ their own would fight Numba's pool for the cores. ``geo`` is (groups, R, S, stri
 stride_w, dilation_h, dilation_w, pad_top, pad_left).
 
 Inference at few output channels (stride 1) takes a direct convolution instead
-(conv2d_shift_cpu). Choosing the path by hand (tests, timings): ``with force_path("winograd"): ...`` (names:
-"auto", "im2col", "pixel", "winograd", "shift"), or the environment variable ``NUMBACNN_CONV2D_PATH``;
-both are read when a plan is made, i.e. on a model's first call at an input size. A path that
-cannot run a layer (Winograd or shift at stride 2, pixel-major with groups) raises a ValueError naming
-the node. See numbacnn.layers.conv2d_plan.
+(conv2d_shift_cpu). A path chosen by hand (``force_path``, ``NUMBACNN_CONV2D_PATH``): conv2d_plan.
 """
 
 from __future__ import annotations
@@ -40,7 +36,7 @@ import numpy as np
 
 from .._blas import gemm
 from .._jit import cpu_kernel, cpu_serial, prange
-from .._threads import single_thread_blas
+from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_flat, im2col_rows as _im2col_rows
 from .conv2d_hwc_cpu import reduce_partials
 from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_forward
@@ -189,18 +185,27 @@ def _per_group(a: np.ndarray, G: int, L: int) -> np.ndarray:
 
 
 def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray | None,
-                   geo: Geometry, chunks: int, relu: bool = False, residual: np.ndarray | None = None) -> None:
+                   geo: Geometry, chunks: int, relu: bool = False, residual: np.ndarray | None = None,
+                   last: list | None = None) -> None:
     """y = conv2d(x, w) + b (b empty: no bias) (+ ``residual``) in ``chunks`` chunks of the batch,
-    relu'd when ``relu``; scratch ``col`` (chunks, C*R*S, P*Q), None on the direct (1x1) path."""
-    G = geo[0]
-    N, K, P, Q = y.shape
-    x4 = _per_group(x, G, x.shape[2] * x.shape[3])
-    y4 = _per_group(y, G, P * Q)
-    r4 = None if residual is None else _per_group(residual, G, P * Q)
-    kernel = _forward_split if N < chunks else _forward_batch
+    relu'd when ``relu``; scratch ``col`` (chunks, C*R*S, P*Q), None on the direct (1x1) path.
+    ``last`` (the plan's): the arrays of the last call and the kernel arguments made from them,
+    reused while the same objects come back (a batch-1 1x1 call 5.9 -> 4.8 us, model included)."""
+    if last and last[0] is x and last[1] is w and last[2] is b and last[3] is y and last[4] is col \
+            and last[5] is residual and last[6] == relu:  # the plan's last call's arrays: its arguments
+        kernel, args = last[7:]
+    else:
+        G = geo[0]
+        N, K, P, Q = y.shape
+        x4 = _per_group(x, G, x.shape[2] * x.shape[3])
+        kernel = _forward_split if N < chunks else _forward_batch
+        args = (x, x4, w.reshape(G, K // G, -1), b, x4 if col is None else _per_group(col, G, P * Q),
+                _per_group(y, G, P * Q), None if residual is None else _per_group(residual, G, P * Q), chunks, P, Q,
+                geo, col is None, relu)
+        if last is not None:
+            last[:] = [x, w, b, y, col, residual, relu, kernel, args]
     with single_thread_blas:
-        kernel(x, x4, w.reshape(G, K // G, -1), b, x4 if col is None else _per_group(col, G, P * Q),
-               y4, r4, chunks, P, Q, geo, col is None, relu)
+        kernel(*args)
 
 
 def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
@@ -229,13 +234,12 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
 # model of values all under PARALLEL_MIN runs on one thread anyway, unless a node has
 # PARALLEL_MIN_FLOPS of work: the executor's rule, numbacnn._passes.one_thread.)
 SPLIT_MIN_MACS = 1 << 19
-# Fewest tile rows (4 output rows each) per thread for which an inference Winograd 3x3
-# convolution at batch 1 splits its tile rows over the threads (conv2d_forward_winograd_rows,
-# a kernel of its own: the split inside the batch kernel's loop slowed the batch kernels).
-# Batch 1, 2 threads, one process alternating, medians (us, split against whole): 16->16 at
-# 32x32 62 / 97, at 16x16 33 / 40; 32->32 at 16x16 46 / 63, at 32x32 125 / 220; 64->64 at
-# 16x16 84 / 134; 16->16 at 64x64 163 / 309. At 8x8 (one tile row a thread) it lost: 128->128
-# 127 / 121, 64->128 87 / 82, 48->96 67 / 63.
+# Fewest tile rows (4 output rows each) per thread for which an inference Winograd 3x3 conv at
+# batch 1 splits its tile rows over the threads (conv2d_forward_winograd_rows, a kernel of its
+# own). Batch 1, 2 threads, one process alternating, medians (us, split against whole): 16->16
+# at 32x32 62 / 97, at 16x16 33 / 40; 32->32 at 16x16 46 / 63, at 32x32 125 / 220; 64->64 at
+# 16x16 84 / 134; 16->16 at 64x64 163 / 309. At 8x8 (a tile row a thread) it lost: 128->128 127
+# / 121, 64->128 87 / 82, 48->96 67 / 63.
 WINOGRAD_SPLIT_MIN_ROWS = 2
 
 
@@ -244,11 +248,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
     """The path (conv2d_plan.cpu_path) and scratch for an (N, C, H, W) ``dtype`` input giving
     ``y_shape``; ``backward``: a backward is to come (the forward keeps what it needs; else
     scratch is per chunk and Winograd keeps its transformed weights). ``name`` names the node in errors."""
-    from .._threads import batch_chunks
-
-    N, C, H, W = x_shape
-    K, P, Q = y_shape[1:]
-    G, R, S = geo[:3]
+    (N, C, H, W), (K, P, Q), (G, R, S) = x_shape, y_shape[1:], geo[:3]
     T, threads = batch_chunks(N), batch_chunks(1 << 30)
     split = not backward and N < threads and K * (C // G) * R * S * P * Q >= SPLIT_MIN_MACS
     path = cpu_path(name, x_shape, y_shape, geo, dtype, backward, split)
@@ -348,7 +348,7 @@ def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, pl
         xp, wt, colt, yt = scratch
         pixel_forward(x, w, b, y, xp, wt, colt, yt, geo, relu and residual is None)
         return "pixel", xp
-    _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks, relu, residual)
+    _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks, relu, residual, plan.last)
     return ("im2col",)
 
 

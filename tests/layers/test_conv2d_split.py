@@ -85,3 +85,47 @@ def test_batch_1_small_3x3_takes_the_split_im2col_over_winograd():
     assert plan(1, 64, 64, 5, 13).path == "winograd"  # 65 pixels
     assert plan(2, 128, 128, 8, 8).path == plan(1, 128, 128, 8, 8, backward=True).path == "winograd"
     assert plan(1, 16, 16, 8, 8).path == "winograd"  # 147k multiply-adds: no split
+
+
+
+@pytest.mark.parametrize("kernel,N", [(3, 1), (1, 1), (3, 2)])
+def test_im2col_forward_reuses_its_arguments_only_for_the_same_arrays(kernel, N):
+    # An im2col forward keeps its last call's arrays and the kernel arguments made from them
+    # (the plan's ``last``) and reuses them while the same objects come back: every array
+    # replaced by another object (x, w, b, y, the residual), or edited in place, or the relu
+    # flag changed, must show in that call's output (a float64 reference).
+    from numbacnn.layers import conv2d_cpu
+
+    rng = np.random.default_rng(kernel + N)
+    C, K, H = 6, 5, 7
+    geo = (1, kernel, kernel, 1, 1, 1, 1, kernel // 2, kernel // 2)
+    with conv2d_cpu.force_path("im2col"):
+        plan = conv2d_cpu.conv2d_plan("c", (N, C, H, H), (N, K, H, H), geo, False, "float32")
+    scratch = tuple(np.empty(shape, np.float32) for shape, _ in plan.forward_scratch)
+    new = {"x": lambda: rng.standard_normal((N, C, H, H)).astype(np.float32),
+           "w": lambda: rng.standard_normal((K, C, kernel, kernel)).astype(np.float32),
+           "b": lambda: rng.standard_normal(K).astype(np.float32),
+           "y": lambda: np.full((N, K, H, H), np.nan, np.float32),
+           "r": lambda: rng.standard_normal((N, K, H, H)).astype(np.float32)}
+    a = {k: f() for k, f in new.items()}
+    cfg = dict(kernel_size=(kernel, kernel), stride=(1, 1), dilation=(1, 1), groups=1, padding=kernel // 2)
+    steps = ["first", "same", "x", "w", "b", "y", "r", "col", "x in place", "w in place", "relu", "no residual", "x"]
+    relu, residual = False, True
+    for step in steps:
+        if step in new:
+            a[step] = new[step]()
+        elif step.endswith("in place"):
+            a[step[0]] *= -1.5
+        elif step == "relu":
+            relu = True
+        elif step == "no residual":
+            residual = False
+        elif step == "col":  # new column-matrix scratch (3x3): this call must build its columns there
+            scratch = tuple(np.full(shape, np.nan, np.float32) for shape, _ in plan.forward_scratch)
+        conv2d_cpu.conv2d_forward(a["x"], a["w"], a["b"], a["y"], plan, scratch, relu, a["r"] if residual else None)
+        want = conv_ref(a["x"].astype(np.float64), a["w"].astype(np.float64), a["b"].astype(np.float64),
+                        np.zeros((N, K, H, H)), cfg)[0] + (a["r"] if residual else 0)
+        want = np.maximum(want, 0) if relu else want
+        np.testing.assert_allclose(a["y"], want, rtol=1e-4, atol=1e-4, err_msg=step)
+        assert all(not np.isnan(c).all() for c in scratch), step
+    assert plan.last  # kept for the next call

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import numbacnn as nc
-import numbacnn._threads as threads_module
+import numbacnn.layers.conv2d_cpu as conv2d_cpu_module
 from numbacnn.layers import conv2d_winograd_cpu
 from numbacnn.layers.conv2d_cpu import WINOGRAD_SPLIT_MIN_ROWS, conv2d_plan, force_path
 from numbacnn.layers.conv2d_winograd_cpu import conv2d_forward_wino, scratch
@@ -85,7 +85,7 @@ def test_nonfinite_outputs_are_counted_by_the_chunk_that_wrote_them():
 
 def test_the_plan_splits_batch_one_inference_alone(monkeypatch):
     # Four threads, whatever this machine has: the plan's chunk count is what is checked.
-    monkeypatch.setattr(threads_module, "batch_chunks", lambda n: max(1, min(4, n)))
+    monkeypatch.setattr(conv2d_cpu_module, "batch_chunks", lambda n: max(1, min(4, n)))
     geo = (1, 3, 3, 1, 1, 1, 1, 1, 1)
 
     def chunks(N, C, H, backward=False, kernel=3, K=32):
@@ -109,7 +109,7 @@ def test_the_plan_splits_batch_one_inference_alone(monkeypatch):
 def rows_runs(monkeypatch):
     """Four threads at plan time (the chunks are units of work, whatever runs them), and a
     count of the calls of the split kernel."""
-    monkeypatch.setattr(threads_module, "batch_chunks", lambda n: max(1, min(4, n)))
+    monkeypatch.setattr(conv2d_cpu_module, "batch_chunks", lambda n: max(1, min(4, n)))
     calls = []
     kernel = conv2d_winograd_cpu.conv2d_forward_winograd_rows
 
