@@ -1,11 +1,10 @@
 """conv2d CPU: per-sample im2col and BLAS products inside parallel Numba kernels.
 
 Each sample's column matrix ``col[n]``, rows (c, r, s) and columns (p, q), is built by the
-thread that owns sample n and multiplied right there with ``gemm`` (numbacnn._blas: one
-BLAS thread, strided blocks, transposes, accumulation):
-y[n] = w @ col[n] lands in NCHW order with no transposes. Both cores stay busy through one
-parallel loop over the batch, and the column matrix is still hot in cache when BLAS reads it.
-A 1x1, stride-1, unpadded convolution skips im2col: x[n] already is its column matrix.
+thread that owns sample n and multiplied right there with ``gemm`` (numbacnn._blas: one BLAS
+thread, strided blocks, transposes, accumulation): y[n] = w @ col[n] lands in NCHW order with
+no transposes, the column matrix still hot in cache. A 1x1, stride-1, unpadded convolution
+skips im2col: x[n] already is its column matrix.
 
 The weight gradient sums gy[n] @ col[n]^T over the batch: each of T chunks of samples adds
 into its own partial, and ``reduce_partials`` sums the partials afterwards, so no two threads
@@ -13,11 +12,10 @@ ever write the same element. The input gradient is per sample again: col[n] = w^
 then col2im scatters it into gx[n] (the direct path writes gx[n] itself).
 
 Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-major path
-(one-row 5-tap stride-1 ones with enough channels: F(4, 5), conv1d_winograd_cpu);
-the others the pixel-major one (conv2d_pixel_cpu), except stride-1 convolutions with >= 16 input and
-output channels and 3x3 kernels (or up to 6x6 on larger outputs): those go to Winograd (F(4x4,
-3x3), F(4x4, 5x5) for 5x5: conv2d_winograd_cpu); float64 takes the channel-major path (for its
-accuracy, see conv2d_plan) unless a path is forced. ``conv2d_plan`` makes that choice
+(one-row 5-tap stride-1 ones with enough channels: F(4, 5), conv1d_winograd_cpu); the others
+the pixel-major one (conv2d_pixel_cpu), except stride-1 convolutions with >= 16 input and
+output channels and 3x3 kernels (or up to 6x6 on larger outputs): Winograd (F(4x4, 3x3),
+F(4x4, 5x5): conv2d_winograd_cpu); float64 takes the channel-major path unless forced. ``conv2d_plan`` makes that choice
 (conv2d_plan.cpu_path, with its thresholds) once per input shape, with the scratch shapes;
 ``conv2d_forward`` and ``conv2d_backward`` dispatch on the plan, and the forward tells the
 backward which path ran. Every wrapper runs under ``single_thread_blas``: BLAS threads of
@@ -189,8 +187,7 @@ def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, 
                    last: list | None = None) -> None:
     """y = conv2d(x, w) + b (b empty: no bias) (+ ``residual``) in ``chunks`` chunks of the batch,
     relu'd when ``relu``; scratch ``col`` (chunks, C*R*S, P*Q), None on the direct (1x1) path.
-    ``last`` (the plan's): the arrays of the last call and the kernel arguments made from them,
-    reused while the same objects come back (a batch-1 1x1 call 5.9 -> 4.8 us, model included)."""
+    ``last`` (the plan's): the last call's arrays and kernel arguments, reused for the same objects."""
     if last and last[0] is x and last[1] is w and last[2] is b and last[3] is y and last[4] is col \
             and last[5] is residual and last[6] == relu:  # the plan's last call's arrays: its arguments
         kernel, args = last[7:]
@@ -202,6 +199,9 @@ def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, 
         args = (x, x4, w.reshape(G, K // G, -1), b, x4 if col is None else _per_group(col, G, P * Q),
                 _per_group(y, G, P * Q), None if residual is None else _per_group(residual, G, P * Q), chunks, P, Q,
                 geo, col is None, relu)
+        if chunks == 1:  # one chunk: its body called directly, no parallel region (1x1 16->16 at 4x4: -1.2 us)
+            kernel, args = _forward_chunk, (*args[:4], args[4][0], *args[5:7], 0, N, 0, P * Q, 0, K // G, *args[8:],
+                                            True)
         if last is not None:
             last[:] = [x, w, b, y, col, residual, relu, kernel, args]
     with single_thread_blas:
