@@ -30,6 +30,7 @@ BAD = [
     [(2, 3, 5, 7), (2, 2, 5, 7)],
     [(3, 1, 3, 3), (3, 4, 3, 3), (3, 2, 3, 3)],
     [(2, 3), (2, 5)],
+    [(1, 3, 4, 5), (1, 2, 4, 5), (1, 4, 4, 5)],  # one sample: NumPy copies, not the kernels
 ])
 def test_concat_cpu(shapes):
     check_layer(nc.get_layer("concat")(), shapes, concat_ref, bad_shapes=BAD)
