@@ -148,8 +148,8 @@ class Conv2dPlan:
     #: ``empty``); the others, and every ``backward_scratch`` array, live for one call only
     #: (``ctx.scratch``: in training, the model's shared workspace).
     kept: int = 0
-    #: The inference im2col forward's last call (conv2d_cpu._im2col_forward): its arrays and the
-    #: kernel arguments made from them, reused while the same arrays come back.
+    #: The im2col forward's last call (conv2d_cpu._im2col_forward): its arrays and the kernel
+    #: arguments made from them, reused while the same arrays come back (it keeps them alive).
     last: list = field(default_factory=list, compare=False)
 
 
