@@ -86,7 +86,8 @@ def im2col_flat(xn, cf, P, Q, geo):
     """im2col at stride 1 with Q == W ("same" width): x[c] is its own phase plane, Q wide, so
     a tap's rows are one flat copy (_run_copy) instead of a copy per output row. lenet5's conv1
     (1 -> 6, 5x5 at 28x28) at batch 256 took 750-795 us against 1120-1180. Only conv2d_cpu's
-    _columns inlines it: it doubled the compile of every kernel it went into (0.85 -> 1.65 s)."""
+    _columns inlines it (its compile 0.85 -> 1.36 s): inside im2col_rows, which every im2col
+    kernel inlines, it took _columns to 1.65 s and layers --check conv2d 14.6 -> 17.0 s."""
     _, R, S, _, _, dh, dw, pt, pl = geo
     C, H, W = xn.shape
     xf = xn.reshape(xn.size)
@@ -96,7 +97,7 @@ def im2col_flat(xn, cf, P, Q, geo):
             for s in range(S):
                 q0, q1 = valid(Q, W, 1, s * dw - pl)
                 _run_copy(xf, cf, np.uint64(((c * R + r) * S + s) * P * Q), (c * H + r * dh - pt) * W + s * dw - pl,
-                          Q, p0, p1, q0, q1, 0, P)
+                          P, Q, p0, p1, q0, q1)
 
 
 @cpu_inline
@@ -207,22 +208,20 @@ def im2col_phases(pn, cf, P, Q, H, W, geo):
                 q0, q1 = valid(Q, W, sw, s * dw - pl)
                 b, dj = _phase_tap(s * dw - pl, sw)
                 plane = ((c * sh + a) * sw + b) * Hp + di
-                _run_copy(pf, cf, np.uint64(((c * R + r) * S + s) * P * Q), plane * Q + dj, Q, p0, p1, q0, q1, 0, P)
+                _run_copy(pf, cf, np.uint64(((c * R + r) * S + s) * P * Q), plane * Q + dj, P, Q, p0, p1, q0, q1)
 
 
 @cpu_inline
-def _run_copy(pf, cf, row, src, Q, p0, p1, q0, q1, pa, pb):
+def _run_copy(pf, cf, row, src, P, Q, p0, p1, q0, q1):
     # One column-matrix row from planes as wide as its Q columns: entry p*Q + q reads plane
     # entry p*Q + q + src, so the block [p0, p1) x [q0, q1) is one flat copy (rows of 10-30
     # elements, each copied on its own, were too short for the vectorised loop body); the
     # entries it copies from outside the block, which lie between two of its rows, are then
-    # zeroed, with the rows outside it. Only rows [pa, pb) are written (a thread's share).
+    # zeroed, with the rows outside it.
     zero = cf.dtype.type(0)
     if p1 == p0 or q1 == q0:
         p0, p1 = 0, 0
-    p0 = min(max(p0, pa), pb)
-    p1 = max(min(p1, pb), p0)
-    for i in range(pa * Q, p0 * Q):
+    for i in range(p0 * Q):
         cf[row + np.uint64(i)] = zero
     if p1 > p0:
         first, last = p0 * Q + q0, (p1 - 1) * Q + q1
@@ -233,7 +232,7 @@ def _run_copy(pf, cf, row, src, Q, p0, p1, q0, q1, pa, pb):
                 cf[row + np.uint64(p * Q + q)] = zero
             for q in range(q1, Q):
                 cf[row + np.uint64(p * Q + q)] = zero
-    for i in range(p1 * Q, pb * Q):
+    for i in range(p1 * Q, P * Q):
         cf[row + np.uint64(i)] = zero
 
 
