@@ -15,15 +15,13 @@ Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-
 (one-row 5-tap stride-1 ones with enough channels: F(4, 5), conv1d_winograd_cpu); the others
 the pixel-major one (conv2d_pixel_cpu), except stride-1 convolutions with >= 16 input and
 output channels and 3x3 kernels (or up to 6x6 on larger outputs): Winograd (F(4x4, 3x3),
-F(4x4, 5x5): conv2d_winograd_cpu); float64 takes the channel-major path unless forced. ``conv2d_plan`` makes that choice
-(conv2d_plan.cpu_path, with its thresholds) once per input shape, with the scratch shapes;
-``conv2d_forward`` and ``conv2d_backward`` dispatch on the plan, and the forward tells the
-backward which path ran. Every wrapper runs under ``single_thread_blas``: BLAS threads of
-their own would fight Numba's pool for the cores. ``geo`` is (groups, R, S, stride_h,
-stride_w, dilation_h, dilation_w, pad_top, pad_left).
-
-Inference at few output channels (stride 1) takes a direct convolution instead
-(conv2d_shift_cpu). A path chosen by hand (``force_path``, ``NUMBACNN_CONV2D_PATH``): conv2d_plan.
+F(4x4, 5x5): conv2d_winograd_cpu); float64 takes the channel-major path unless forced;
+inference at few output channels (stride 1) a direct convolution (conv2d_shift_cpu).
+``conv2d_plan`` makes that choice (conv2d_plan.cpu_path, its thresholds; ``force_path``) once
+per input shape, with the scratch shapes; ``conv2d_forward`` and ``conv2d_backward`` dispatch
+on the plan. Every wrapper runs under ``single_thread_blas``: BLAS threads of their own would
+fight Numba's pool for the cores. ``geo`` is (groups, R, S, stride_h, stride_w, dilation_h,
+dilation_w, pad_top, pad_left).
 """
 
 from __future__ import annotations
@@ -110,11 +108,12 @@ def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, geo,
 def _forward_batch(x, x4, w3, b, col, y4, r4, T, P, Q, geo, direct, relu):
     """y4[n, g] = w3[g] @ xcol[n, g] (+ b), xcol[n] being x[n]'s column matrix, which chunk t
     of T builds in col[t] (x4[n] itself when ``direct``). Each chunk's body is compiled apart
-    (a call per chunk): inlined into the parallel loop, it compiled 2x slower."""
-    N, _, _, L = y4.shape
+    (a call per chunk): inlined into the parallel loop, it compiled 2x slower. Its calls pass
+    no literal (np.int64(0), not 0): each literal makes a specialisation of its own."""
+    (N, _, _, L), z = y4.shape, np.int64(0)
     for t in prange(T):
-        _forward_chunk(x, x4, w3, b, col[t], y4, r4, t * N // T, (t + 1) * N // T, 0, L, 0, y4.shape[2], P, Q, geo,
-                       direct, relu, True)
+        _forward_chunk(x, x4, w3, b, col[t], y4, r4, t * N // T, (t + 1) * N // T, z, L, z, y4.shape[2], P, Q, geo,
+                       direct, relu, np.bool_(True))
 
 
 @cpu_serial
@@ -132,16 +131,17 @@ def _forward_split(x, x4, w3, b, col, y4, r4, T, P, Q, geo, direct, relu):
     by columns, 15 us by channels). A kernel of its own: only batch-1 inference compiles it (one
     loop for both cases ran the batch's 1.5x slower, and compiled more for every model)."""
     N, _, Kg, L = y4.shape
+    z = np.int64(0)  # not a literal: as _forward_batch's
     for n in range(N):
         for t in prange(T):
             if direct:  # 1x1: chunk t takes output channels; col is x4 itself (unused, N < T samples)
-                _forward_chunk(x, x4, w3, b, col[0], y4, r4, n, n + 1, 0, L, t * Kg // T, (t + 1) * Kg // T, P, Q,
-                               geo, direct, relu, False)
+                _forward_chunk(x, x4, w3, b, col[0], y4, r4, n, n + 1, z, L, t * Kg // T, (t + 1) * Kg // T, P, Q,
+                               geo, direct, relu, np.bool_(False))
             else:
                 pa, pb = t * P // T, (t + 1) * P // T
                 _window(x[n], col[t].reshape(col[t].size), P, Q, geo, pa, pb)
-                _forward_chunk(x, x4, w3, b, col[t], y4, r4, n, n + 1, pa * Q, pb * Q, 0, Kg, P, Q, geo, direct, relu,
-                               False)
+                _forward_chunk(x, x4, w3, b, col[t], y4, r4, n, n + 1, pa * Q, pb * Q, z, Kg, P, Q, geo, direct, relu,
+                               np.bool_(False))
 
 
 @cpu_serial

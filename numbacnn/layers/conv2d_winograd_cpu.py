@@ -132,6 +132,7 @@ def conv2d_forward_winograd_rows(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c
     nsub = J // x.shape[1]
     th, tw = (P + 3) // 4, (Q + 3) // 4
     yn = y[0].reshape(K, P * Q)
+    z = np.int64(0)  # not a literal 0, which would compile the tile functions once more
     for i in prange(xp.shape[1]):  # not T iterations: Numba would fuse the two loops
         to_hwc_rows(x[0], xp[0], pt, pl, i, i + 1)
     for t in prange(T):
@@ -139,10 +140,10 @@ def conv2d_forward_winograd_rows(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c
         for i0 in range(t * th // T, (t + 1) * th // T, tr):
             i1 = min((t + 1) * th // T, i0 + tr)
             for sub in range(nsub):
-                input_tiles(xp[0], V[t], R[t], i0, i1, 0, tw, sub, ns, nsub, c)
+                input_tiles(xp[0], V[t], R[t], i0, i1, z, tw, sub, ns, nsub, c)
             for e in range(36):
                 gemm(False, False, (i1 - i0) * tw, K, J, V[t, e], J, U[0, e], K, 0, M[t, e], K)
-            output_tiles(M[t], pix[t], R[t], i0, i1, 0, P, Q, c)
+            output_tiles(M[t], pix[t], R[t], i0, i1, z, P, Q, c)
             bad += _store(pix[t], -4 * i0 * Q, yn, b, 4 * i0 * Q, min(P, 4 * i1) * Q, relu)
         nonfinite[t] = bad
 
