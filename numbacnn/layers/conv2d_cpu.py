@@ -287,7 +287,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
         back = [((K, R, S, C), None), ((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
         return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=1 if backward else 0)  # xp
     col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
-    return Conv2dPlan(path, geo, y_shape, T, col, (((T, K, C // G * R * S), None), *col))
+    return Conv2dPlan(path, geo, y_shape, T, col, (((T, K, C // G * R * S), None), *col), last=None if backward else [])
 
 
 def _trailing(size: int, out: int, k: int, stride: int, dilation: int, lead: int) -> int:
