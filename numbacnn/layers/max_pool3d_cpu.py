@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
+from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import PARALLEL_MIN, batch_chunks
 from ._conv_columns import valid as _valid
 from ._max_pool2d_cpu import (_flat2x2, _forward_2x2, _forward_3x3, _rows_2x2, _rows_3x3s2, _rows2x2, _rows3x3s2,
@@ -56,13 +56,12 @@ def _max2x2(x, n, c, d, h, w, best, at):
     return best, at
 
 
-@cpu_serial
+@cpu_inline
 def _windows_volume(x, geometry, y, index, nc, D2, P2, Q2):
-    """Volume nc = n * C + c of _forward_windows. A function of its own, called with an int64
-    index: inlined into both of the kernel's loops it compiled twice (_forward_windows 3.2 ->
-    1.3 s), and it ran no slower (2x2 ceil-mode windows, batch 64, 16 x 9 x 9: 223 -> 177 us
-    forward+backward). _rows_volume and _backward_volume stay inlined: called, a 4x4 plane's
-    call cost showed (googlenet_mini's 224 x 4 x 4 at batch 256, training 5% slower)."""
+    """Volume nc = n * C + c of _forward_windows. Inlined into both of the kernel's loops (so
+    it compiles twice, 3.2 s for the kernel): called instead (1.3 s), the general windows ran
+    5-15% slower (64 x 32 x 24 x 24, 3x3 stride 3: 252-291 against 226-239 us inference; 4x4
+    stride 2 5431-5471 against 5008-5033), though ceil-mode 2x2 windows ran faster."""
     T, R, S, sd, sh, sw, pd, ph, pw, dd, dh, dw = geometry
     C = x.shape[1]
     Do, P, Q = y.shape[2], y.shape[3], y.shape[4]
@@ -99,7 +98,7 @@ def _forward_windows(x, geometry, y, index):
             _windows_volume(x, geometry, y, index, nc, D2, P2, Q2)
     else:
         for nc in prange(N * C):
-            _windows_volume(x, geometry, y, index, np.int64(nc), D2, P2, Q2)
+            _windows_volume(x, geometry, y, index, nc, D2, P2, Q2)
 
 
 @cpu_inline
