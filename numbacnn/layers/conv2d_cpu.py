@@ -15,13 +15,13 @@ Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-
 (one-row 5-tap stride-1 ones with enough channels: F(4, 5), conv1d_winograd_cpu); the others
 the pixel-major one (conv2d_pixel_cpu), except stride-1 convolutions with >= 16 input and
 output channels and 3x3 kernels (or up to 6x6 on larger outputs): Winograd (F(4x4, 3x3),
-F(4x4, 5x5): conv2d_winograd_cpu); float64 takes the channel-major path unless forced;
-inference at few output channels (stride 1) a direct convolution (conv2d_shift_cpu).
-``conv2d_plan`` makes that choice (conv2d_plan.cpu_path, its thresholds; ``force_path``) once
-per input shape, with the scratch shapes; ``conv2d_forward`` and ``conv2d_backward`` dispatch
-on the plan. Every wrapper runs under ``single_thread_blas``: BLAS threads of their own would
-fight Numba's pool for the cores. ``geo`` is (groups, R, S, stride_h, stride_w, dilation_h,
-dilation_w, pad_top, pad_left).
+F(4x4, 5x5): conv2d_winograd_cpu); float64 takes the channel-major path unless forced. A
+stride-1 inference at batch 1 or off Winograd, and a training forward at stride 1 that would
+be channel-major, take a direct convolution (conv2d_shift_cpu). ``conv2d_plan`` makes that
+choice (conv2d_plan.cpu_path, its thresholds; ``force_path``) once per input shape, with the
+scratch shapes; ``conv2d_forward`` and ``conv2d_backward`` dispatch on the plan. Every
+wrapper runs under ``single_thread_blas`` (BLAS threads of their own would fight Numba's
+pool). ``geo`` is (groups, R, S, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_flat, im
 from .conv2d_hwc_cpu import reduce_partials
 from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_forward
 from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path  # noqa: F401 (force_path: documented here)
-from .conv2d_shift_cpu import shift_forward
+from .conv2d_shift_cpu import shift_forward, shift_scratch
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int]
 
@@ -230,9 +230,8 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
 # Batch 1, 2 threads, medians (us, split against whole): 1x1 16->4 at 64x64 (262k) 22 / 22;
 # 1x1 16->16 at 64x64 (1M) 52 / 89; 1x1 64->64 at 32x32 (4.2M) 109 / 158; 3x3 4->8 at 128x128
 # (4.7M) 268 / 419; 3x3 32->32 at 32x32 (9.4M) 212 / 394; vgg_small at batch 1 with its 3->32
-# 3x3 at 32x32 (885k) split, one process alternating: 672-703 against 699-722 us. (A batch-1
-# model of values all under PARALLEL_MIN runs on one thread anyway, unless a node has
-# PARALLEL_MIN_FLOPS of work: the executor's rule, numbacnn._passes.one_thread.)
+# 3x3 at 32x32 (885k) split, one process alternating: 672-703 against 699-722 us. Shifted taps
+# split their tiles from it too. (numbacnn._passes.one_thread may run a batch-1 model on one thread.)
 SPLIT_MIN_MACS = 1 << 19
 # Fewest tile rows (4 output rows each) per thread for which an inference Winograd 3x3 conv at
 # batch 1 splits its tile rows over the threads (conv2d_forward_winograd_rows, a kernel of its
@@ -275,9 +274,11 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
         back = [(sc[k], ints.get(k)) for k in ("V", "M", "pix", "R", "part", "nonfinite", "xp", "U", "xp")]
         return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), tr,
                           None if backward else WeightCache())  # back: ..., gxp, U, xp
-    if path == "shift":  # nothing kept: a training step's backward (forced path) takes im2col's
-        Hp, Wp = P + geo[5] * (R - 1), Q + geo[6] * (S - 1)
-        return Conv2dPlan(path, geo, y_shape, T, (((T, C, Hp, Wp), None),))
+    col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
+    back = (((T, K, C // G * R * S), None), *col)  # im2col's backward
+    if path == "shift":  # nothing kept: a training step's backward is im2col's
+        T = threads if split else T  # batch-1 inference: its tiles split (the kernel)
+        return Conv2dPlan(path, geo, y_shape, T, shift_scratch(N, T, x_shape, y_shape, geo, dtype), back)
     if path == "pixel":
         J = C * R * S
         B = pixel_block(P * Q, J)
@@ -286,8 +287,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
         forward = [((N if backward else T, *image), None), ((R, S, C, K), None), ((T, B, J), None), ((T, B, K), None)]
         back = [((K, R, S, C), None), ((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
         return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=1 if backward else 0)  # xp
-    col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
-    return Conv2dPlan(path, geo, y_shape, T, col, (((T, K, C // G * R * S), None), *col), last=None if backward else [])
+    return Conv2dPlan(path, geo, y_shape, T, col, back, last=None if backward else [])
 
 
 def _trailing(size: int, out: int, k: int, stride: int, dilation: int, lead: int) -> int:
@@ -309,7 +309,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
     backward needs besides x: the path that ran (Winograd gives way to im2col when x or w
     holds NaN or Inf) and its kept arrays."""
     kept = _forward_path(x, w, b, y, plan, scratch, relu, residual)
-    if kept[0] == "im2col" or (kept[0] in ("pixel", "winograd", "shift") and residual is None):
+    if kept[0] in ("im2col", "shift") or (kept[0] in ("pixel", "winograd") and residual is None):
         return kept  # applied as y was written
     yf = y.reshape(-1)
     if residual is not None:
@@ -342,7 +342,7 @@ def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, pl
             return ("winograd1d",)
         return _im2col_again(x, w, b, y, plan, relu, residual)
     if plan.path == "shift":
-        shift_forward(x, w, b, y, *scratch, geo, relu and residual is None)
+        shift_forward(x, w, b, y, *scratch, geo, relu, residual)
         return ("shift",)
     if plan.path == "pixel":
         xp, wt, colt, yt = scratch
@@ -391,7 +391,7 @@ def conv2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray
         wp, gxp, colt, part = scratch
         pixel_backward(x, w, gy, gw, gb, gx, kept[1], wp, gxp, colt, part, geo)
         return
-    if plan.path == "im2col":
+    if plan.path in ("im2col", "shift"):  # shift: its forward only, nothing kept
         part, *col = scratch
         _im2col_backward(x, w, gy, gw, gb, gx, col[0] if col else None, part, geo)
         return

@@ -12,8 +12,8 @@ looks inside. The CPU chooses among these paths (conv2d_cpu's docstring describe
 - ``"winograd1d"``: F(4, 5) on one-row convolutions with a 1x5 kernel (conv1d's kernel_size
   5; groups 1, stride 1, no dilation): conv1d_winograd_cpu. Forcing ``"winograd"`` gives it
   to the convolutions it fits;
-- ``"shift"``: a direct convolution by shifted taps over a padded image (groups 1, stride 1),
-  taken in inference at up to SHIFT_MAX_OUT_CHANNELS output channels: conv2d_shift_cpu.
+- ``"shift"``: a direct convolution by shifted taps over a padded image (stride 1), multiplied
+  in registers (conv2d_shift_cpu); taken in inference at batch 1 and where Winograd is not.
 
 float64 takes im2col unless a path is forced: float64 is what a model runs in for accuracy and
 gradient checks, where Winograd's extra rounding (its tile transforms add error) is unwelcome
@@ -109,19 +109,18 @@ WINOGRAD5_FEW_CHANNELS_MIN_PRODUCT = 128
 WINOGRAD1D_MIN_CHANNELS = 32
 WINOGRAD1D_MIN_OUTPUTS = 32
 WINOGRAD1D_MIN_WORK = 32768
-# Most output channels for which a batch-1 inference convolution at stride 1 (groups 1, a 2-D
-# kernel larger than 1x1, not a one-row conv1d) takes the shifted-taps path (conv2d_shift_cpu,
-# whose docstring has the timings): with more, im2col's or pixel-major's BLAS product has rows
-# enough to win (1 -> 12 5x5 at 28x28, batch 256: 1302 against 1557 us; level at 8). Larger
-# batches won too (lenet5's conv1 at 256: 1157 -> 803 us) but are left to the BLAS paths: the
-# path's parallel kernel cost a cold ``numbacnn train`` its first evaluation's compile (1.0 s;
-# 12.1 s against 11.6 with it), and no batch-256 line turned on it.
-SHIFT_MAX_OUT_CHANNELS = 8
-# Most multiply-adds for which it is taken: its one sample runs on one thread, where from
-# conv2d_cpu.SPLIT_MIN_MACS on im2col splits a batch-1 sample over the threads, and a product
-# that large has rows enough for BLAS (a 256 -> 3 head at 64x64 is 28 M; lenet5's conv1 118 k).
-SHIFT_MAX_MACS = 1 << 20
-
+# Batch-1 inference at stride 1 (a 2-D kernel larger than 1x1, not a one-row conv1d) takes the
+# shifted-taps path (conv2d_shift_cpu: a register tile reading the padded image in place) over
+# every other, Winograd included; larger batches take it where Winograd does not apply. Whole
+# models, 2 threads, one process each, five medians of 200 calls, us, before / after (float32,
+# 3x3 and 5x5 convolutions on it, 1x1 not): vgg_small at batch 1 660-672 / 474-485,
+# googlenet_mini 836-873 / 664-672, resnet_bottleneck 1227-1343 / 1138-1183, lenet5 54-55 /
+# 49-50, network3 79-80 / 72; lenet5 at batch 32 342-353 / 253-258, at 256 2441-2582 /
+# 1722-1789 (1 -> 6 and 6 -> 16 5x5, no Winograd). Where Winograd applies from batch 32 it kept
+# the lead: vgg_small at 256 52.3-54.6 / 86.4-89.8 ms, googlenet_mini 52.9-55.6 / 62.4-66.6,
+# network3 3.8-4.0 / 4.9-5.0; resnet_bottleneck at 256 167-171 / 173-184 ms. A 1x1 convolution
+# keeps im2col's direct product: on the tile its rows of x, 4 KB apart at 32x32, were read
+# from L2 (resnet_bottleneck's 64->16 at 32x32 in the model: 30 -> 42 us).
 PATHS = ("auto", "im2col", "pixel", "winograd", "shift")
 ENV = "NUMBACNN_CONV2D_PATH"
 _forced: list[str] = []  # force_path's stack; the innermost is in effect
@@ -205,7 +204,7 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     winograd_fits = G == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and 2 <= R <= 6 and 2 <= S <= 6
     row_fits = one_row_winograd(geo, x_shape, out)
     pixel_fits = G == 1 and not direct(geo, x_shape[2:], out[2:])
-    shift_fits = G == 1 and (sh, sw) == (1, 1)
+    shift_fits = (sh, sw) == (1, 1)
     want = requested()
     if want != "auto":
         why = ""
@@ -214,7 +213,7 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
                    f"1x5 kernel: conv1d's kernel_size 5); found groups {G}, stride {sh}x{sw}, dilation "
                    f"{dh}x{dw}, kernel {R}x{S}")
         elif want == "shift" and not shift_fits:
-            why = f"the shifted-taps path needs groups 1 and stride 1; found groups {G}, stride {sh}x{sw}"
+            why = f"the shifted-taps path needs stride 1; found stride {sh}x{sw}"
         elif want == "pixel" and not pixel_fits:
             why = f"pixel-major needs groups 1 and a column matrix; found groups {G}"
             if direct(geo, x_shape[2:], out[2:]):
@@ -225,6 +224,10 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
         return "winograd1d" if want == "winograd" and row_fits else want
     if np.dtype(dtype) == np.float64:
         return "im2col"
+    one_row = x_shape[2] == 1 and R == 1
+    shift = shift_fits and G == 1 and R * S > 1 and not one_row  # where the default may take it
+    if shift and not backward and x_shape[0] == 1:
+        return "shift"
     if (row_fits and min(C, K) >= WINOGRAD1D_MIN_CHANNELS and Q >= WINOGRAD1D_MIN_OUTPUTS
             and x_shape[0] * Q * min(C, K) >= WINOGRAD1D_MIN_WORK):
         return "winograd1d"
@@ -243,9 +246,7 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
         if split and max(R, S) <= 3 and P * Q < WINOGRAD3_SPLIT_MIN_PIXELS:
             return "im2col"  # not pixel-major, which runs a sample on one thread
         return "winograd"
-    one_row = x_shape[2] == 1 and R == 1
-    if (shift_fits and not backward and x_shape[0] == 1 and K <= SHIFT_MAX_OUT_CHANNELS and R * S > 1
-            and not one_row and K * C * R * S * P * Q < SHIFT_MAX_MACS):
+    if shift and not backward:
         return "shift"
     # Pixel-major copies runs of S*C values (C when dilated); below PIXEL_MAJOR_MIN_RUN they
     # are too short to beat the channel-major im2col. It copies the whole input to HWC first,
@@ -266,4 +267,9 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
             and C * (S if dw == 1 else 1) >= PIXEL_MAJOR_MIN_RUN
             and K < PIXEL_MAJOR_MAX_K_PER_ROW * x_shape[0] * P * Q):
         return "pixel"
-    return "im2col"
+    # A training step's im2col convolution (few input channels: a first layer) runs its forward
+    # on shifted taps and its backward on im2col (conv2d_cpu), so that the step and the
+    # inference after it share one forward kernel: lenet5's conv1 (1 -> 6 5x5) took shifted
+    # taps in inference and im2col's forward in training, and a cold ``numbacnn train`` compiled
+    # both (14.8-14.9 s against 11.9-12.4 before the inference rule).
+    return "shift" if shift else "im2col"

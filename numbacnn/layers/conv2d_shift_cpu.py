@@ -1,99 +1,179 @@
-"""conv2d CPU's shifted-taps path ("shift", conv2d_plan): a direct convolution for few output
-channels at stride 1, groups 1, where im2col's product has too few rows for BLAS (lenet5's
-conv1: 1 -> 6 channels, 5x5).
+"""conv2d CPU's shifted-taps path ("shift", conv2d_plan): a direct convolution at stride 1,
+for inference, multiplied in registers by _taps_cpu's tile instead of through a column matrix.
 
-Each sample is copied into a zero-padded image xp (C, Hp, Wp) and every output is computed on
-the padded-width grid, o = p * Wp + q: tap (c, r, s) of every output is then one flat input
-offset away, xp[c * Hp * Wp + r * dh * Wp + s * dw + o], so each tap (each row of taps at
-dilation 1) is one long contiguous pass over the grid, which vectorises, into an accumulator
-row in L1; the grid's Wp - Q extra columns per row are computed and dropped. The last grid
-index read is C * Hp * Wp - 1 (o < (P - 1) * Wp + Q, Hp = P + dh * (R - 1), Wp = Q + dw * (S - 1)).
+Each sample is read as a zero-padded image (C, Hp, Wp), Hp = P + dh * (R - 1), Wp = Q + dw *
+(S - 1), and every output is computed on the padded-width grid, o = p * Wp + q: tap (c, r, s)
+of every output is then one flat offset away, (c * Hp + r * dh) * Wp + s * dw + o, so the
+convolution is a product of the weights (K, C*R*S) as they are laid out with "rows" of the
+image that start at those offsets (``taps``), with no column matrix; the grid's Wp - Q extra
+columns per row are computed and dropped as each tile is written out. An unpadded image is
+its own padded image (x is read in place: 1x1 and "valid" convolutions copy nothing), else a
+chunk copies each sample into its scratch xp first. The last grid index read is C * Hp * Wp
+- 1 (o < (P - 1) * Wp + Q); groups take their channels' rows and weights.
 
-Measured against the path each shape took before (the node's forward with relu, 2 threads,
-one process, medians, us): batch 256, 1 -> 6 5x5 pad 2 at 28x28 1157 -> 803 (im2col), at 8x8
-199 -> 126; 4 -> 8 5x5 pad 2 at 16x16 2093 -> 1405 (pixel-major); 3 -> 8 3x3 pad 1 at 8x8
-197 -> 164; level at 8 output channels (1 -> 8 at 28x28 1127 / 1069); lost from 12 (1 -> 12
-1302 / 1557, 1 -> 16 1533 / 2064, 3 -> 32 3x3 at 32x32 3328 / 7504). Batch 1, lenet5's conv1
-in the model's one-thread replay: 14.6 -> 9.4 (its conv2, 6 -> 16, stayed pixel-major: 16.7
-against 17.2). The default takes it in batch-1 inference only (conv2d_plan.SHIFT_MAX_OUT_CHANNELS:
-the batch-256 gains above cost a cold ``numbacnn train`` its first evaluation's compile); a
-training step keeps im2col's forward and backward (a forced "shift" forward is followed by
-im2col's backward).
+A tile is ROWS output channels by columns(x) grid outputs; its sums go to a per-chunk ``acc``
+and out to y with the bias, a residual (inference's conv + add), and relu's rule (NaN kept),
+in that order, while they are in L1. Batches of the thread count or more give each chunk
+whole samples; below it (batch-1 inference of a large enough sample, conv2d_plan) each
+sample's tiles are split over the chunks.
 """
 
 import numpy as np
+from numba.core import config as _numba_config
 
-from .._jit import cpu_kernel, cpu_serial, prange
+from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
+from ._taps_cpu import ROWS, VECTOR_BYTES, VECTORS, columns, taps
 
-__all__ = ["shift_forward"]
+__all__ = ["shift_forward", "shift_scratch"]
+
+# Raw pointers escape NUMBA_BOUNDSCHECK: in that mode each tile checks its extents itself.
+_CHECK_EXTENTS = bool(_numba_config.BOUNDSCHECK)
+
+
+@cpu_inline
+def _offsets(offs, Cg, R, S, Hp, Wp, dh, dw):
+    """offs[(c * R + r) * S + s] = tap (c, r, s)'s flat offset in a group's padded image."""
+    for c in range(Cg):
+        for r in range(R):
+            for s in range(S):
+                offs[(c * R + r) * S + s] = (c * Hp + r * dh) * Wp + s * dw
 
 
 @cpu_serial
-def _shift_chunk(x, w, b, y, xp, n0, n1, pt, pl, dh, dw, relu):
-    """Samples n0..n1 through this chunk's padded image xp (C, Hp, Wp); b empty: no bias;
-    ``relu``: relu's rule as y is written. The accumulator row is allocated here: LLVM then
-    knows it overlaps no other array and vectorises the passes without overlap checks (as
-    scratch passed in, the same kernel ran 1.5x slower: 1.11 against 0.74 ms for lenet5's conv1
-    at batch 256)."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
-    R, S = w.shape[2], w.shape[3]
-    Hp, Wp = xp.shape[1], xp.shape[2]
-    L = (P - 1) * Wp + Q  # the grid's outputs
-    acc = np.empty(L, y.dtype)
-    zero = y.dtype.type(0)
-    xf, wf, yf, pf = x.reshape(x.size), w.reshape(w.size), y.reshape(y.size), xp.reshape(xp.size)
-    for i in range(pf.size):  # the border stays zero: only the interior is written below
-        pf[i] = zero
-    one = np.uint64(1)
-    for n in range(n0, n1):
-        for c in range(C):
-            for h in range(H):  # Hp = pt + H + the trailing pad at stride 1: every row fits
-                src, dst = np.uint64(((n * C + c) * H + h) * W), np.uint64((c * Hp + h + pt) * Wp + pl)
-                for v in range(W):
-                    pf[dst + np.uint64(v)] = xf[src + np.uint64(v)]
-        for k in range(K):
-            bk = b[k] if b.size else zero
-            for o in range(L):
-                acc[o] = bk
-            for c in range(C):
-                for r in range(R):
-                    base = np.uint64((c * Hp + r * dh) * Wp)
-                    wb = np.uint64(((k * C + c) * R + r) * S)
-                    if dw == 1 and S == 5:  # a row of taps in one pass: one load and store of acc
-                        w0, w1, w2, w3, w4 = wf[wb], wf[wb + one], wf[wb + np.uint64(2)], wf[wb + np.uint64(3)], \
-                            wf[wb + np.uint64(4)]
-                        for o in range(L):
-                            i = base + np.uint64(o)
-                            acc[o] += (((w0 * pf[i] + w1 * pf[i + one]) + w2 * pf[i + np.uint64(2)])
-                                       + w3 * pf[i + np.uint64(3)]) + w4 * pf[i + np.uint64(4)]
+def _pad(xn, xpf, pt, pl, Hp, Wp):
+    """xn (C, H, W) into xpf, its zero-padded image (C, Hp, Wp) flat: each value written once."""
+    C, H, W = xn.shape
+    zero = xpf.dtype.type(0)
+    xf = xn.reshape(xn.size)
+    for c in range(C):
+        for h in range(Hp):
+            row = np.uint64((c * Hp + h) * Wp)
+            if h < pt or h >= pt + H:
+                for i in range(Wp):
+                    xpf[row + np.uint64(i)] = zero
+                continue
+            src = np.uint64((c * H + h - pt) * W)
+            for i in range(pl):
+                xpf[row + np.uint64(i)] = zero
+            for i in range(W):
+                xpf[row + np.uint64(pl + i)] = xf[src + np.uint64(i)]
+            for i in range(pl + W, Wp):
+                xpf[row + np.uint64(i)] = zero
+
+
+@cpu_serial
+def _tiles(src, x0, offs, wf, b, yf, rf, acc, n, t0, t1, G, K, Cg, Hp, Wp, P, Q, relu):
+    """Tiles t0..t1 of sample n (its padded image at src[x0:]), in the order (group, channel
+    block, grid block): each summed into acc, then written out to y (flat, (N, K, P, Q)) with
+    the bias (b empty: none), the residual rf (flat like y; None: none) and relu's rule."""
+    J = offs.size
+    Kg, NR = K // G, columns(acc)
+    L = (P - 1) * Wp + Q
+    nb = (L + NR - 1) // NR
+    per_group = (Kg + ROWS - 1) // ROWS * nb
+    zero = acc.dtype.type(0)
+    for t in range(t0, t1):
+        g = t // per_group
+        mb, cb = (t - g * per_group) // nb, (t - g * per_group) % nb
+        k0, c0 = g * Kg + mb * ROWS, cb * NR
+        rows, lanes = min(ROWS, Kg - mb * ROWS), min(NR, L - c0)
+        xo = x0 + g * Cg * Hp * Wp + c0
+        if _CHECK_EXTENTS and (xo < 0 or xo + offs[J - 1] + lanes > src.size or (k0 + rows) * J > wf.size
+                               or acc.size < ROWS * NR):
+            raise IndexError("conv2d shift: a tile reads past its image or weights")
+        taps(src, xo, offs, J, wf, k0 * J, J, rows, acc, lanes)
+        p, q, o = c0 // Wp, c0 % Wp, 0
+        while o < lanes:  # the tile's grid outputs, a row (of Wp) at a time: its first Q go out
+            seg = min(Wp - q, lanes - o)
+            if q < Q:
+                cnt = min(seg, Q - q)
+                for m in range(rows):
+                    bk = b[k0 + m] if b.size else -zero  # -0.0: the exact identity
+                    dst, a = np.uint64(((n * K + k0 + m) * P + p) * Q + q), np.uint64(m * NR + o)
+                    if rf is not None:
+                        for i in range(cnt):
+                            v = (acc[a + np.uint64(i)] + bk) + rf[dst + np.uint64(i)]
+                            yf[dst + np.uint64(i)] = zero if relu and v <= zero else v
                     else:
-                        for s in range(S):
-                            ws, at = wf[wb + np.uint64(s)], base + np.uint64(s * dw)
-                            for o in range(L):
-                                acc[o] += ws * pf[at + np.uint64(o)]
-            for p in range(P):
-                out, a = np.uint64(((n * K + k) * P + p) * Q), np.uint64(p * Wp)
-                for q in range(Q):
-                    v = acc[a + np.uint64(q)]
-                    yf[out + np.uint64(q)] = zero if relu and v <= zero else v
+                        for i in range(cnt):
+                            v = acc[a + np.uint64(i)] + bk
+                            yf[dst + np.uint64(i)] = zero if relu and v <= zero else v
+            o += seg
+            p += 1
+            q = 0
+
+
+@cpu_serial
+def _samples(x, wf, b, yf, rf, xpf, offs, acc, n0, n1, a, z, G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy):
+    """Tiles a..z (of ``_tile_count``) of samples n0..n1: one chunk's share. Each sample is
+    padded into this chunk's own xpf first (when ``copy``, else read in place); offs: this
+    chunk's taps' offsets (set here)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Hp, Wp = P + dh * (R - 1), Q + dw * (S - 1)
+    _offsets(offs, C // G, R, S, Hp, Wp, dh, dw)
+    for n in range(n0, n1):
+        if copy:
+            _pad(x[n], xpf, pt, pl, Hp, Wp)
+        src, x0 = (xpf, np.int64(0)) if copy else (x.reshape(x.size), np.int64(n * C * H * W))
+        _tiles(src, x0, offs, wf, b, yf, rf, acc, np.int64(n), a, z, G, K, C // G, Hp, Wp, P, Q, relu)
 
 
 @cpu_kernel
-def _shift_batch(x, w, b, y, xp, pt, pl, dh, dw, relu):
-    """The batch in xp.shape[0] chunks of samples, each with its own padded image xp[t]."""
-    N, T = x.shape[0], xp.shape[0]
+def _shift_chunks(x, wf, b, yf, rf, xp, offs, acc, tiles, G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy):
+    """The batch in T = acc.shape[0] chunks, each with its own padded image xp[t], offsets
+    offs[t] and tile acc[t]: whole samples a chunk, or, for fewer samples than chunks
+    (batch-1 inference), every sample with its ``tiles`` split over the chunks. There each
+    chunk pads the whole sample itself: tiles reading one image that another core had just
+    written ran slower on two threads than on one (32->32 3x3 at 32x32: 139 against 119 us;
+    each padding its own, 76)."""
+    N, T = x.shape[0], acc.shape[0]
     for t in prange(T):
-        _shift_chunk(x, w, b, y, xp[t], t * N // T, (t + 1) * N // T, pt, pl, dh, dw, relu)
+        n0, n1, a, z = t * N // T, (t + 1) * N // T, 0, tiles
+        if N < T:
+            n0, n1, a, z = 0, N, t * tiles // T, (t + 1) * tiles // T
+        _samples(x, wf, b, yf, rf, xp[t].reshape(xp[t].size), offs[t], acc[t], np.int64(n0), np.int64(n1),
+                 np.int64(a), np.int64(z), G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy)
 
 
-def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, xp: np.ndarray, geo: tuple,
-                  relu: bool = False) -> None:
-    """y = conv2d(x, w) + b (b empty: no bias), relu'd when ``relu``, for groups 1 at stride 1.
-    Scratch: ``xp`` (T, C, P + dh*(R-1), Q + dw*(S-1)), a padded image per chunk of the batch.
-    One chunk runs in the calling thread (no parallel region)."""
-    pt, pl, dh, dw = geo[7], geo[8], geo[5], geo[6]
-    if xp.shape[0] == 1:
-        _shift_chunk(x, w, b, y, xp[0], 0, x.shape[0], pt, pl, dh, dw, relu)
+def _tile_count(G: int, K: int, P: int, Q: int, Wp: int, dtype) -> int:
+    # Tiles per sample: per group, channel blocks of ROWS times grid blocks of columns.
+    return G * -(-(K // G) // ROWS) * -(-((P - 1) * Wp + Q) // _columns_for(dtype))
+
+
+def _columns_for(dtype) -> int:
+    # ``columns`` from Python: a tile's grid outputs for arrays of ``dtype``.
+    return VECTORS * (VECTOR_BYTES // np.dtype(dtype).itemsize)
+
+
+def _copies(geo: tuple, x_hw: tuple[int, ...], out_hw: tuple[int, ...]) -> bool:
+    # Whether x needs a padded copy: not when it is its own padded image (no padding, and every
+    # row and column of it read: 1x1 and "valid" convolutions).
+    R, S, dh, dw, pt, pl = geo[1], geo[2], geo[5], geo[6], geo[7], geo[8]
+    return not (pt == pl == 0 and (out_hw[0] + dh * (R - 1), out_hw[1] + dw * (S - 1)) == tuple(x_hw))
+
+
+def shift_scratch(N: int, T: int, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple, dtype) -> tuple:
+    """The forward's scratch, ((shape, dtype), ...), for an (N, C, H, W) input in T chunks:
+    the padded images (a placeholder where x is read in place), the taps' offsets per chunk,
+    the chunks' tiles."""
+    (C, H, W), (P, Q), (G, R, S) = x_shape[1:], out[-2:], geo[:3]
+    Hp, Wp = P + geo[5] * (R - 1), Q + geo[6] * (S - 1)
+    images = (T, C, Hp, Wp) if _copies(geo, (H, W), (P, Q)) else (T, 1, 1, 1)
+    return (images, None), ((T, C // G * R * S), "int64"), ((T, ROWS * _columns_for(dtype)), None)
+
+
+def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, xp: np.ndarray, offs: np.ndarray,
+                  acc: np.ndarray, geo: tuple, relu: bool = False, residual: np.ndarray | None = None) -> None:
+    """y = conv2d(x, w) + b (b empty: no bias) (+ ``residual``), relu'd when ``relu``, at stride
+    1 (any groups, padding, dilation), with ``shift_scratch``'s arrays. One chunk runs in the
+    calling thread (no parallel region)."""
+    G, R, S, _, _, dh, dw, pt, pl = geo
+    N, K, P, Q = y.shape
+    copy = _copies(geo, x.shape[2:], (P, Q))
+    args = (w.reshape(w.size), b, y.reshape(y.size), None if residual is None else residual.reshape(residual.size))
+    tiles = _tile_count(G, K, P, Q, Q + dw * (S - 1), y.dtype)
+    if acc.shape[0] == 1:
+        _samples(x, *args, xp[0].reshape(xp[0].size), offs[0], acc[0], 0, N, 0, tiles, G, K, R, S, dh, dw, pt, pl,
+                 P, Q, relu, copy)
     else:
-        _shift_batch(x, w, b, y, xp, pt, pl, dh, dw, relu)
+        _shift_chunks(x, *args, xp, offs, acc, tiles, G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy)

@@ -30,13 +30,13 @@ def test_conv2d_force_path_chooses_and_refuses_what_cannot_run(monkeypatch):
         with pytest.raises(ValueError, match=r"node 'conv_a': conv2d path 'winograd' was forced .*stride 2x2.*"
                                              r"or use 'auto'"):
             m.forward(x)
-    assert cpu_path(layer, x.shape) == "im2col"  # 4 channels: the default's pick
+    assert cpu_path(layer, x.shape) == "shift"  # 4 channels: the default's pick (im2col's backward)
     with force_path("pixel"), pytest.raises(ValueError, match=r"node 'conv_a': conv2d path 'pixel'.*groups 2"):
         model(out_channels=4, kernel_size=3, groups=2).forward(x)
     monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "pixel")
     assert cpu_path(layer, x.shape) == "pixel"
     with force_path("auto"):  # force_path before the environment
-        assert cpu_path(layer, x.shape) == "im2col"
+        assert cpu_path(layer, x.shape) == "shift"
     monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "fast")
     with pytest.raises(ValueError, match=r"NUMBACNN_CONV2D_PATH: unknown conv2d path 'fast': expected one of auto"):
         cpu_path(layer, x.shape)
@@ -83,12 +83,12 @@ def test_conv2d_cpu_inference_takes_5x5_winograd_on_small_maps_from_a_batch_of_f
 
 def test_conv2d_cpu_leaves_pixel_major_where_its_weight_layout_outweighs_the_rows():
     # The pixel-major path lays out K*C*R*S weights per call for N*P*Q output rows: a wide
-    # layer on a small map at batch 1 (googlenet_mini's 64->128 3x3 at 4x4) takes im2col, the
-    # same layer at a training batch pixel-major.
+    # layer on a small map at batch 1 (googlenet_mini's 64->128 3x3 at 4x4) takes im2col's
+    # backward (its forward on shifted taps), the same layer at a training batch pixel-major.
     layer = Conv2d(out_channels=128, kernel_size=3, padding=1)
-    assert cpu_path(layer, (1, 64, 4, 4)) == "im2col"
+    assert cpu_path(layer, (1, 64, 4, 4)) == "shift"
     assert cpu_path(layer, (32, 64, 4, 4)) == "pixel"
     assert cpu_path(Conv2d(out_channels=16, kernel_size=3, padding=1), (1, 64, 4, 4)) == "pixel"
     # the boundary: K = 4 N P Q leaves, one channel fewer stays
-    assert cpu_path(Conv2d(out_channels=64, kernel_size=3, padding=1), (1, 64, 4, 4)) == "im2col"
+    assert cpu_path(Conv2d(out_channels=64, kernel_size=3, padding=1), (1, 64, 4, 4)) == "shift"
     assert cpu_path(Conv2d(out_channels=63, kernel_size=3, padding=1), (1, 64, 4, 4)) == "pixel"

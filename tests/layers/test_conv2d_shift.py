@@ -12,23 +12,26 @@ from _conv_cases import cpu_path, naive
 Conv2d = nc.get_layer("conv2d")
 
 
-def test_conv2d_cpu_batch_one_inference_takes_shifted_taps_at_few_output_channels():
-    # Batch-1 inference at stride 1 with up to 8 output channels (lenet5's conv1, 1 -> 6 5x5
-    # at 28x28, in the model's one-thread replay: 14.6 -> 9.4 us); from 12 channels the BLAS
-    # paths won; larger batches stay with them (conv2d_plan.SHIFT_MAX_OUT_CHANNELS).
+def test_conv2d_cpu_inference_takes_shifted_taps_at_batch_one_and_where_winograd_is_not():
+    # Batch-1 inference at stride 1, any channel count (vgg_small at batch 1: 660-672 -> 474-485
+    # us); larger batches where Winograd does not apply (lenet5's 1 -> 6 and 6 -> 16 5x5 at
+    # batch 256: 2.44-2.58 -> 1.72-1.79 ms); Winograd keeps its batches (conv2d_plan).
     lenet = Conv2d(out_channels=6, kernel_size=5, padding=2)
+    vgg = Conv2d(out_channels=128, kernel_size=3, padding=1)
     assert cpu_path(lenet, (1, 1, 28, 28), backward=False) == "shift"
-    assert cpu_path(lenet, (2, 1, 28, 28), backward=False) != "shift"
-    assert cpu_path(Conv2d(out_channels=8, kernel_size=5, padding=2), (1, 4, 16, 16), backward=False) == "shift"
-    assert cpu_path(Conv2d(out_channels=9, kernel_size=5, padding=2), (1, 4, 16, 16), backward=False) != "shift"
-    assert cpu_path(lenet, (1, 1, 28, 28)) == "im2col"  # a training step keeps im2col's forward and backward
+    assert cpu_path(lenet, (256, 1, 28, 28), backward=False) == "shift"
+    assert cpu_path(vgg, (1, 64, 8, 8), backward=False) == "shift"
+    assert cpu_path(vgg, (32, 64, 8, 8), backward=False) == "winograd"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=5), (256, 6, 14, 14), backward=False) == "shift"
+    # a training step: where im2col would run, the forward on shifted taps (its backward im2col's)
+    assert cpu_path(lenet, (32, 1, 28, 28)) == "shift"
+    assert cpu_path(vgg, (1, 64, 8, 8)) != "shift"
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=5), (32, 6, 14, 14)) == "pixel"
     assert cpu_path(lenet, (1, 1, 28, 28), "float64", backward=False) == "im2col"
     assert cpu_path(Conv2d(out_channels=6, kernel_size=5, stride=2), (1, 1, 28, 28), backward=False) != "shift"
     assert cpu_path(Conv2d(out_channels=6, kernel_size=1), (1, 3, 8, 8), backward=False) != "shift"  # 1x1
     assert cpu_path(Conv2d(out_channels=6, kernel_size=(1, 5)), (1, 3, 1, 28), backward=False) != "shift"  # conv1d
     assert cpu_path(Conv2d(out_channels=6, kernel_size=3, groups=2), (1, 4, 8, 8), backward=False) != "shift"
-    # a sample with 1 M multiply-adds or more: the BLAS paths split it over the threads, shift would not
-    assert cpu_path(Conv2d(out_channels=3, kernel_size=3, padding=1), (1, 256, 64, 64), backward=False) != "shift"
 
 
 def test_conv2d_forced_shift_refuses_what_it_cannot_run():
@@ -37,8 +40,44 @@ def test_conv2d_forced_shift_refuses_what_it_cannot_run():
     g = nc.Graph()
     g.conv2d(g.input((4, 8, 8)), out_channels=4, kernel_size=3, stride=2, name="conv_s")
     with force_path("shift"), pytest.raises(ValueError, match=r"node 'conv_s': conv2d path 'shift' was forced .*"
-                                                              r"groups 1 and stride 1; found groups 1, stride 2x2"):
+                                                              r"stride 1; found stride 2x2"):
         nc.Model(g, seed=0).forward(np.zeros((1, 4, 8, 8), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_taps_tile_against_numpy(dtype):
+    # The register tile alone: every row count (the rows past it repeat the last), lanes from
+    # one to a full tile (masked loads), offsets in any order, against a float64 NumPy sum.
+    from numba import njit
+
+    from numbacnn.layers import _taps_cpu
+
+    @njit
+    def tile(x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
+        _taps_cpu.taps(x, xo, offs, J, w, wo, ldw, rows, acc, lanes)
+
+    rng = np.random.default_rng(5)
+    cols = _taps_cpu.VECTORS * _taps_cpu.VECTOR_BYTES // np.dtype(dtype).itemsize
+    for trial in range(30):
+        J = int(rng.integers(1, 40))
+        offs = rng.integers(0, 200, J).astype(np.int64)
+        lanes = int(rng.integers(1, cols + 1))
+        rows = int(rng.integers(1, _taps_cpu.ROWS + 1))
+        x = rng.standard_normal(int(offs.max()) + lanes + int(rng.integers(0, 3))).astype(dtype)
+        ldw = J + int(rng.integers(0, 4))
+        w = rng.standard_normal(ldw * rows + 5).astype(dtype)
+        acc = np.full(_taps_cpu.ROWS * cols, np.nan, dtype)
+        xo = int(rng.integers(0, x.size - int(offs.max()) - lanes + 1))
+        xo = min(xo, x.size - int(offs.max()) - lanes)
+        tile(x, xo, offs, J, w, 2, ldw, rows, acc, lanes)
+        want = np.zeros((_taps_cpu.ROWS, cols))
+        for m in range(_taps_cpu.ROWS):
+            r = 2 + min(m, rows - 1) * ldw
+            for j in range(J):
+                want[m, :lanes] += float(w[r + j]) * x[xo + offs[j]:xo + offs[j] + lanes].astype(np.float64)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(acc.reshape(_taps_cpu.ROWS, cols), want, rtol=tol, atol=tol * J,
+                                   err_msg=f"trial {trial}: J {J} rows {rows} lanes {lanes}")
 
 
 def _model(C, K, kernel, pad, shape, relu):
@@ -49,12 +88,13 @@ def _model(C, K, kernel, pad, shape, relu):
 
 
 @pytest.mark.parametrize("C,K,kernel,pad,shape", [(1, 6, 5, 2, (28, 28)), (4, 8, 5, 2, (16, 16)), (3, 8, 3, 1, (9, 7)),
-                                                  (2, 5, (2, 4), 0, (5, 11)), (1, 1, 5, 2, (1, 1))])
+                                                  (2, 5, (2, 4), 0, (5, 11)), (1, 1, 5, 2, (1, 1)),
+                                                  (20, 19, 3, 1, (13, 10)), (16, 33, 5, 0, (12, 30))])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_conv2d_shift_against_a_float64_reference(C, K, kernel, pad, shape, batch):
-    # The default's pick in inference at batch 1 (rows of 5 taps in one pass, other kernels
-    # one tap at a time), run in the caller; forced at batch 3, which cuts the batch over the
-    # threads unevenly.
+    # The default's pick in inference at batch 1 (tiles of several channel blocks and a
+    # partial one, grids of several column blocks), split over the threads or run in the
+    # caller; forced at batch 3, which cuts the batch over the threads unevenly.
     from numbacnn.layers.conv2d_cpu import force_path
 
     m = _model(C, K, kernel, pad, shape, relu=False)

@@ -65,10 +65,9 @@ def _reference(x, model):
         return np.where(y <= 0, 0, y)
 
 
-def test_batch_1_small_3x3_takes_the_split_im2col_over_winograd():
-    # Batch-1 inference at up to 64 output pixels (conv2d_plan.WINOGRAD3_SPLIT_MIN_PIXELS):
-    # im2col split over the threads, not Winograd on one thread, nor pixel-major (one thread);
-    # from 65 pixels, at a larger batch, in training, or under SPLIT_MIN_MACS: as before.
+def test_batch_1_3x3_takes_the_split_shifted_taps():
+    # Batch-1 inference at stride 1 takes shifted taps (conv2d_plan), its tiles split over the
+    # threads from SPLIT_MIN_MACS; Winograd keeps larger batches and training, im2col 1x1.
     import numba
 
     from numbacnn.layers import conv2d_cpu
@@ -77,15 +76,16 @@ def test_batch_1_small_3x3_takes_the_split_im2col_over_winograd():
         pytest.skip("one Numba thread: nothing to split over")
     geo = (1, 3, 3, 1, 1, 1, 1, 1, 1)
 
-    def plan(N, C, K, H, W, backward=False):
-        return conv2d_cpu.conv2d_plan("c", (N, C, H, W), (N, K, H, W), geo, backward, "float32")
+    def plan(N, C, K, H, W, backward=False, g=geo):
+        return conv2d_cpu.conv2d_plan("c", (N, C, H, W), (N, K, H, W), g, backward, "float32")
 
-    assert (plan(1, 128, 128, 8, 8).path, plan(1, 128, 128, 8, 8).chunks) == ("im2col", numba.get_num_threads())
-    assert plan(1, 64, 64, 8, 8).path == plan(1, 64, 64, 6, 7).path == "im2col"
-    assert plan(1, 64, 64, 5, 13).path == "winograd"  # 65 pixels
+    assert (plan(1, 128, 128, 8, 8).path, plan(1, 128, 128, 8, 8).chunks) == ("shift", numba.get_num_threads())
+    assert plan(1, 64, 64, 8, 8).path == plan(1, 64, 64, 6, 7).path == plan(1, 64, 64, 5, 13).path == "shift"
     assert plan(2, 128, 128, 8, 8).path == plan(1, 128, 128, 8, 8, backward=True).path == "winograd"
-    assert plan(1, 16, 16, 8, 8).path == "winograd"  # 147k multiply-adds: no split
-
+    assert (plan(1, 16, 16, 8, 8).path, plan(1, 16, 16, 8, 8).chunks) == ("shift", 1)  # 147k multiply-adds
+    one = (1, 1, 1, 1, 1, 1, 1, 0, 0)
+    assert (plan(1, 128, 128, 8, 8, g=one).path, plan(1, 128, 128, 8, 8, g=one).chunks) == (
+        "im2col", numba.get_num_threads())
 
 
 @pytest.mark.parametrize("kernel,N", [(3, 1), (1, 1), (3, 2)])

@@ -90,16 +90,15 @@ def test_the_plan_splits_batch_one_inference_alone(monkeypatch):
 
     def chunks(N, C, H, backward=False, kernel=3, K=32):
         g = (1, kernel, kernel, *geo[3:7], kernel // 2, kernel // 2)
-        plan = conv2d_plan("conv", (N, C, H, H), (N, K, H, H), g, backward, np.float32)
+        with force_path("winograd"):  # batch-1 inference takes shifted taps by default
+            plan = conv2d_plan("conv", (N, C, H, H), (N, K, H, H), g, backward, np.float32)
         assert plan.path == "winograd"
         return plan.chunks
 
     assert WINOGRAD_SPLIT_MIN_ROWS == 2  # the counts below follow from it
     assert chunks(1, 32, 16) == 2  # 4 tile rows: two a chunk
     assert chunks(1, 32, 32) == 4  # 8 tile rows: four chunks of two
-    # 2 tile rows: one chunk (one row each lost); with im2col's split (32 channels, 590k
-    # multiply-adds) this size takes im2col instead (conv2d_plan.WINOGRAD3_SPLIT_MIN_PIXELS)
-    assert chunks(1, 16, 8, K=16) == 1
+    assert chunks(1, 16, 8, K=16) == 1  # 2 tile rows: one chunk (one row each lost)
     assert chunks(1, 32, 16, backward=True) == 1  # training keeps the batch kernel
     assert chunks(2, 32, 16) == 2  # a batch of two: a sample a chunk, as before
     assert chunks(1, 32, 16, kernel=5) == 1  # F(4x4, 5x5) has no split kernel
@@ -153,10 +152,11 @@ def _one_conv(C, K, H):
 
 def test_a_batch_one_model_splits_its_tile_rows(rows_runs):
     # 32->32 at 32x32 is 19 MFLOP, over PARALLEL_MIN_FLOPS: the executor keeps the threads and
-    # the plan splits the sample's 8 tile rows into 4 chunks.
+    # the plan (Winograd forced: the default is shifted taps) splits the 8 tile rows 4 ways.
     model = nc.Model(_one_conv(32, 32, 32), seed=0)
     x = np.random.default_rng(0).standard_normal((1, 32, 32, 32)).astype(np.float32)
-    y = model.forward(x)
+    with force_path("winograd"):
+        y = model.forward(x)
     assert rows_runs == [4]
     want = naive(x.astype(np.float64), model.params["conv.weight"], model.params["conv.bias"], 1)
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-3)
@@ -169,7 +169,8 @@ def test_a_batch_one_model_with_inf_gets_pytorchs_nan_and_inf(rows_runs):
     x = np.random.default_rng(0).standard_normal((1, 32, 32, 32)).astype(np.float32)
     x[0, 3, 10, 7] = np.inf
     x[0, 5, 30, 30] = np.nan
-    y = model.forward(x)
+    with force_path("winograd"):
+        y = model.forward(x)
     assert rows_runs == [4]
     want = naive(x.astype(np.float64), model.params["conv.weight"], model.params["conv.bias"], 1)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
