@@ -31,10 +31,13 @@ __all__ = [
 PARALLEL_MIN = 1 << 16
 #: From this many floating-point operations (a sample's forward, ``Layer.flops``) a node in a
 #: batch-1 inference keeps the thread pool, where every value is under PARALLEL_MIN: its
-#: kernel may split the sample over the threads (conv2d's im2col and Winograd paths do).
-#: vgg_small at batch 1 (its 32->32 3x3 at 32x32 is 19 MFLOP), 2 threads: 584 us with the
-#: pool against 780 on one thread.
-PARALLEL_MIN_FLOPS = 1 << 24
+#: kernel may split the sample over the threads (conv2d's shifted taps, im2col and Winograd
+#: paths do). vgg_small at batch 1 (its 32->32 3x3 at 32x32 is 19 MFLOP), 2 threads: 584 us
+#: with the pool against 780 on one thread. Since shifted taps split a sample's tiles (from
+#: conv2d_cpu.SPLIT_MIN_MACS), 2 MFLOP rather than 16 (one process each, five medians of 300
+#: calls, us): googlenet_mini (3x3 convs of 2.4-5.3 MFLOP) 715-764 -> 639-711, network3 (its
+#: 20->40 5x5 at 8x8, 2.6 MFLOP) 85-87 -> 71-73; at 4 MFLOP googlenet_mini read 657-692.
+PARALLEL_MIN_FLOPS = 1 << 21
 
 
 def _blas_thread_controls(lc: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
