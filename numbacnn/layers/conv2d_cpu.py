@@ -1,10 +1,9 @@
 """conv2d CPU: per-sample im2col and BLAS products inside parallel Numba kernels.
 
 Each sample's column matrix ``col[n]``, rows (c, r, s) and columns (p, q), is built by the
-thread that owns sample n and multiplied right there with ``gemm`` (numbacnn._blas: one BLAS
-thread, strided blocks, transposes, accumulation): y[n] = w @ col[n] lands in NCHW order with
-no transposes, the column matrix still hot in cache. A 1x1, stride-1, unpadded convolution
-skips im2col: x[n] already is its column matrix.
+thread that owns sample n and multiplied right there with ``gemm`` (numbacnn._blas): y[n] =
+w @ col[n] lands in NCHW order with no transposes, the column matrix still hot in cache. A
+1x1, stride-1, unpadded convolution skips im2col: x[n] already is its column matrix.
 
 The weight gradient sums gy[n] @ col[n]^T over the batch: each of T chunks of samples adds
 into its own partial, and ``reduce_partials`` sums the partials afterwards, so no two threads
@@ -276,9 +275,10 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
                           None if backward else WeightCache())  # back: ..., gxp, U, xp
     col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
     back = (((T, K, C // G * R * S), None), *col)  # im2col's backward
-    if path == "shift":  # nothing kept: a training step's backward is im2col's
-        T = threads if split else T  # batch-1 inference: its tiles split (the kernel)
-        return Conv2dPlan(path, geo, y_shape, T, shift_scratch(N, T, x_shape, y_shape, geo, dtype), back)
+    if path == "shift":  # nothing kept: a training step's backward is im2col's; batch 1: tiles split
+        sT = threads if split else T
+        return Conv2dPlan(path, geo, y_shape, sT, shift_scratch(sT, x_shape, y_shape, geo), back,
+                          last=None if backward else [])
     if path == "pixel":
         J = C * R * S
         B = pixel_block(P * Q, J)
@@ -342,7 +342,7 @@ def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, pl
             return ("winograd1d",)
         return _im2col_again(x, w, b, y, plan, relu, residual)
     if plan.path == "shift":
-        shift_forward(x, w, b, y, *scratch, geo, relu, residual)
+        shift_forward(x, w, b, y, scratch, geo, plan.chunks, relu, residual, plan.last)
         return ("shift",)
     if plan.path == "pixel":
         xp, wt, colt, yt = scratch

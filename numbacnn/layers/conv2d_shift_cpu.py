@@ -104,12 +104,16 @@ def _tiles(src, x0, offs, wf, b, yf, rf, acc, n, t0, t1, G, K, Cg, Hp, Wp, P, Q,
 
 
 @cpu_serial
-def _samples(x, wf, b, yf, rf, xpf, offs, acc, n0, n1, a, z, G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy):
+def _samples(x, wf, b, yf, rf, xpf, n0, n1, a, z, G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy):
     """Tiles a..z (of ``_tile_count``) of samples n0..n1: one chunk's share. Each sample is
-    padded into this chunk's own xpf first (when ``copy``, else read in place); offs: this
-    chunk's taps' offsets (set here)."""
+    padded into this chunk's own xpf first (when ``copy``, else read in place). The taps'
+    offsets and the tile's sums are arrays of this call (scratch passed in cost every call
+    an arena request: 1x1 convolutions on this path ran about 5 us slower a call in
+    googlenet_mini at batch 1, for 0.7 us of work)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Hp, Wp = P + dh * (R - 1), Q + dw * (S - 1)
+    offs = np.empty(C // G * R * S, np.int64)
+    acc = np.empty(ROWS * columns(yf), yf.dtype)
     _offsets(offs, C // G, R, S, Hp, Wp, dh, dw)
     for n in range(n0, n1):
         if copy:
@@ -119,30 +123,25 @@ def _samples(x, wf, b, yf, rf, xpf, offs, acc, n0, n1, a, z, G, K, R, S, dh, dw,
 
 
 @cpu_kernel
-def _shift_chunks(x, wf, b, yf, rf, xp, offs, acc, tiles, G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy):
-    """The batch in T = acc.shape[0] chunks, each with its own padded image xp[t], offsets
-    offs[t] and tile acc[t]: whole samples a chunk, or, for fewer samples than chunks
-    (batch-1 inference), every sample with its ``tiles`` split over the chunks. There each
-    chunk pads the whole sample itself: tiles reading one image that another core had just
-    written ran slower on two threads than on one (32->32 3x3 at 32x32: 139 against 119 us;
-    each padding its own, 76)."""
-    N, T = x.shape[0], acc.shape[0]
+def _shift_chunks(x, wf, b, yf, rf, xp, T, tiles, G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy):
+    """The batch in T chunks, each with its own padded image xp[t] (xp is (T, 0, 0, 0) where x
+    is read in place): whole samples a chunk, or, for fewer samples than chunks (batch-1
+    inference), every sample with its ``tiles`` split over the chunks. There each chunk pads
+    the whole sample itself: tiles reading one image that another core had just written ran
+    slower on two threads than on one (32->32 3x3 at 32x32: 139 against 119 us; each padding
+    its own, 76)."""
+    N = x.shape[0]
     for t in prange(T):
         n0, n1, a, z = t * N // T, (t + 1) * N // T, 0, tiles
         if N < T:
             n0, n1, a, z = 0, N, t * tiles // T, (t + 1) * tiles // T
-        _samples(x, wf, b, yf, rf, xp[t].reshape(xp[t].size), offs[t], acc[t], np.int64(n0), np.int64(n1),
-                 np.int64(a), np.int64(z), G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy)
+        _samples(x, wf, b, yf, rf, xp[t].reshape(xp[t].size), np.int64(n0), np.int64(n1), np.int64(a), np.int64(z),
+                 G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy)
 
 
 def _tile_count(G: int, K: int, P: int, Q: int, Wp: int, dtype) -> int:
     # Tiles per sample: per group, channel blocks of ROWS times grid blocks of columns.
-    return G * -(-(K // G) // ROWS) * -(-((P - 1) * Wp + Q) // _columns_for(dtype))
-
-
-def _columns_for(dtype) -> int:
-    # ``columns`` from Python: a tile's grid outputs for arrays of ``dtype``.
-    return VECTORS * (VECTOR_BYTES // np.dtype(dtype).itemsize)
+    return G * -(-(K // G) // ROWS) * -(-((P - 1) * Wp + Q) // (VECTORS * (VECTOR_BYTES // np.dtype(dtype).itemsize)))
 
 
 def _copies(geo: tuple, x_hw: tuple[int, ...], out_hw: tuple[int, ...]) -> bool:
@@ -152,28 +151,37 @@ def _copies(geo: tuple, x_hw: tuple[int, ...], out_hw: tuple[int, ...]) -> bool:
     return not (pt == pl == 0 and (out_hw[0] + dh * (R - 1), out_hw[1] + dw * (S - 1)) == tuple(x_hw))
 
 
-def shift_scratch(N: int, T: int, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple, dtype) -> tuple:
-    """The forward's scratch, ((shape, dtype), ...), for an (N, C, H, W) input in T chunks:
-    the padded images (a placeholder where x is read in place), the taps' offsets per chunk,
-    the chunks' tiles."""
-    (C, H, W), (P, Q), (G, R, S) = x_shape[1:], out[-2:], geo[:3]
-    Hp, Wp = P + geo[5] * (R - 1), Q + geo[6] * (S - 1)
-    images = (T, C, Hp, Wp) if _copies(geo, (H, W), (P, Q)) else (T, 1, 1, 1)
-    return (images, None), ((T, C // G * R * S), "int64"), ((T, ROWS * _columns_for(dtype)), None)
+def shift_scratch(T: int, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple) -> tuple:
+    """The forward's scratch, ((shape, dtype), ...), for an (N, C, H, W) input in T chunks: a
+    padded image per chunk, none where x is read in place."""
+    (C, H, W), (P, Q), (R, S) = x_shape[1:], out[-2:], geo[1:3]
+    if not _copies(geo, (H, W), (P, Q)):
+        return ()
+    return (((T, C, P + geo[5] * (R - 1), Q + geo[6] * (S - 1)), None),)
 
 
-def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, xp: np.ndarray, offs: np.ndarray,
-                  acc: np.ndarray, geo: tuple, relu: bool = False, residual: np.ndarray | None = None) -> None:
+def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, scratch: tuple, geo: tuple, T: int,
+                  relu: bool = False, residual: np.ndarray | None = None, last: list | None = None) -> None:
     """y = conv2d(x, w) + b (b empty: no bias) (+ ``residual``), relu'd when ``relu``, at stride
-    1 (any groups, padding, dilation), with ``shift_scratch``'s arrays. One chunk runs in the
-    calling thread (no parallel region)."""
-    G, R, S, _, _, dh, dw, pt, pl = geo
-    N, K, P, Q = y.shape
-    copy = _copies(geo, x.shape[2:], (P, Q))
-    args = (w.reshape(w.size), b, y.reshape(y.size), None if residual is None else residual.reshape(residual.size))
-    tiles = _tile_count(G, K, P, Q, Q + dw * (S - 1), y.dtype)
-    if acc.shape[0] == 1:
-        _samples(x, *args, xp[0].reshape(xp[0].size), offs[0], acc[0], 0, N, 0, tiles, G, K, R, S, dh, dw, pt, pl,
-                 P, Q, relu, copy)
+    1 (any groups, padding, dilation), in T chunks, with ``shift_scratch``'s arrays. One chunk
+    runs in the calling thread (no parallel region). ``last`` (an inference plan's): the last
+    call's arrays and kernel arguments, reused for the same objects (as im2col's)."""
+    if last and last[0] is x and last[1] is w and last[2] is b and last[3] is y and last[4] is residual \
+            and last[5] == relu and (not scratch or last[6] is scratch[0]):
+        kernel, args = last[7:]
     else:
-        _shift_chunks(x, *args, xp, offs, acc, tiles, G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy)
+        G, R, S, _, _, dh, dw, pt, pl = geo
+        N, K, P, Q = y.shape
+        copy = bool(scratch)
+        xp = scratch[0] if copy else np.empty((T, 0, 0, 0), x.dtype)
+        rf = None if residual is None else residual.reshape(residual.size)
+        tiles = _tile_count(G, K, P, Q, Q + dw * (S - 1), y.dtype)
+        head = (x, w.reshape(w.size), b, y.reshape(y.size), rf)
+        tail = (G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy)
+        if T == 1:
+            kernel, args = _samples, (*head, xp[0].reshape(xp[0].size), 0, N, 0, tiles, *tail)
+        else:
+            kernel, args = _shift_chunks, (*head, xp, T, tiles, *tail)
+        if last is not None:
+            last[:] = [x, w, b, y, residual, relu, scratch[0] if copy else None, kernel, args]
+    kernel(*args)

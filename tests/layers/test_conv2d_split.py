@@ -88,18 +88,20 @@ def test_batch_1_3x3_takes_the_split_shifted_taps():
         "im2col", numba.get_num_threads())
 
 
-@pytest.mark.parametrize("kernel,N", [(3, 1), (1, 1), (3, 2)])
-def test_im2col_forward_reuses_its_arguments_only_for_the_same_arrays(kernel, N):
-    # An im2col forward keeps its last call's arrays and the kernel arguments made from them
-    # (the plan's ``last``) and reuses them while the same objects come back: every array
-    # replaced by another object (x, w, b, y, the residual), or edited in place, or the relu
-    # flag changed, must show in that call's output (a float64 reference).
+@pytest.mark.parametrize("path,kernel,N", [("im2col", 3, 1), ("im2col", 1, 1), ("im2col", 3, 2), ("shift", 3, 1),
+                                           ("shift", 1, 1), ("shift", 3, 3)])
+def test_forward_reuses_its_arguments_only_for_the_same_arrays(path, kernel, N):
+    # An im2col or shifted-taps forward keeps its last call's arrays and the kernel arguments
+    # made from them (the plan's ``last``) and reuses them while the same objects come back:
+    # every array replaced by another object (x, w, b, y, the residual, the scratch), or
+    # edited in place, or the relu flag changed, must show in that call's output (a float64
+    # reference).
     from numbacnn.layers import conv2d_cpu
 
     rng = np.random.default_rng(kernel + N)
     C, K, H = 6, 5, 7
     geo = (1, kernel, kernel, 1, 1, 1, 1, kernel // 2, kernel // 2)
-    with conv2d_cpu.force_path("im2col"):
+    with conv2d_cpu.force_path(path):
         plan = conv2d_cpu.conv2d_plan("c", (N, C, H, H), (N, K, H, H), geo, False, "float32")
     scratch = tuple(np.empty(shape, np.float32) for shape, _ in plan.forward_scratch)
     new = {"x": lambda: rng.standard_normal((N, C, H, H)).astype(np.float32),
