@@ -204,7 +204,7 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     winograd_fits = G == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and 2 <= R <= 6 and 2 <= S <= 6
     row_fits = one_row_winograd(geo, x_shape, out)
     pixel_fits = G == 1 and not direct(geo, x_shape[2:], out[2:])
-    shift_fits = (sh, sw) == (1, 1)
+    shift_fits = True  # any groups, stride, padding and dilation
     want = requested()
     if want != "auto":
         why = ""
@@ -212,8 +212,6 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
             why = ("Winograd needs groups 1, stride 1, no dilation and a 2x2 to 6x6 kernel (or a one-row "
                    f"1x5 kernel: conv1d's kernel_size 5); found groups {G}, stride {sh}x{sw}, dilation "
                    f"{dh}x{dw}, kernel {R}x{S}")
-        elif want == "shift" and not shift_fits:
-            why = f"the shifted-taps path needs stride 1; found stride {sh}x{sw}"
         elif want == "pixel" and not pixel_fits:
             why = f"pixel-major needs groups 1 and a column matrix; found groups {G}"
             if direct(geo, x_shape[2:], out[2:]):
@@ -272,4 +270,4 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     # inference after it share one forward kernel: lenet5's conv1 (1 -> 6 5x5) took shifted
     # taps in inference and im2col's forward in training, and a cold ``numbacnn train`` compiled
     # both (14.8-14.9 s against 11.9-12.4 before the inference rule).
-    return "shift" if shift else "im2col"
+    return "shift" if shift and (sh, sw) == (1, 1) else "im2col"

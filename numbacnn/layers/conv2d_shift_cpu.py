@@ -31,34 +31,47 @@ _CHECK_EXTENTS = bool(_numba_config.BOUNDSCHECK)
 
 
 @cpu_inline
-def _offsets(offs, Cg, R, S, Hp, Wp, dh, dw):
-    """offs[(c * R + r) * S + s] = tap (c, r, s)'s flat offset in a group's padded image."""
+def _offsets(offs, Cg, R, S, Hp, Wp, sh, sw, dh, dw):
+    """offs[(c * R + r) * S + s] = tap (c, r, s)'s flat offset in a group's phase planes: row
+    offset r * dh is (r * dh // sh) rows into plane row phase r * dh % sh, columns alike."""
     for c in range(Cg):
         for r in range(R):
             for s in range(S):
-                offs[(c * R + r) * S + s] = (c * Hp + r * dh) * Wp + s * dw
+                a, b = (r * dh) % sh, (s * dw) % sw
+                offs[(c * R + r) * S + s] = ((c * sh + a) * sw + b) * Hp * Wp + (r * dh // sh) * Wp + s * dw // sw
 
 
 @cpu_serial
-def _pad(xn, xpf, pt, pl, Hp, Wp):
-    """xn (C, H, W) into xpf, its zero-padded image (C, Hp, Wp) flat: each value written once."""
+def _pad(xn, xpf, pt, pl, Hp, Wp, sh, sw):
+    """xn (C, H, W) into xpf, the phase planes of its zero-padded image, flat: plane (c, a, b)
+    is (Hp, Wp), its (i, j) the padded image's (i * sh + a, j * sw + b) (stride 1: one plane
+    a channel, the padded image itself). Each value written once."""
     C, H, W = xn.shape
     zero = xpf.dtype.type(0)
     xf = xn.reshape(xn.size)
     for c in range(C):
-        for h in range(Hp):
-            row = np.uint64((c * Hp + h) * Wp)
-            if h < pt or h >= pt + H:
-                for i in range(Wp):
-                    xpf[row + np.uint64(i)] = zero
-                continue
-            src = np.uint64((c * H + h - pt) * W)
-            for i in range(pl):
-                xpf[row + np.uint64(i)] = zero
-            for i in range(W):
-                xpf[row + np.uint64(pl + i)] = xf[src + np.uint64(i)]
-            for i in range(pl + W, Wp):
-                xpf[row + np.uint64(i)] = zero
+        for a in range(sh):
+            for b in range(sw):
+                base = ((c * sh + a) * sw + b) * Hp * Wp
+                j0 = min(Wp, max(0, (pl - b + sw - 1) // sw))  # columns j0..j1 of a plane row lie in x
+                j1 = max(j0, min(Wp, (W + pl - b + sw - 1) // sw))
+                for i in range(Hp):
+                    row, h = np.uint64(base + i * Wp), i * sh + a - pt
+                    if h < 0 or h >= H:
+                        for j in range(Wp):
+                            xpf[row + np.uint64(j)] = zero
+                        continue
+                    src = (c * H + h) * W + b - pl  # x's flat index of plane column 0 (may be negative)
+                    for j in range(j0):
+                        xpf[row + np.uint64(j)] = zero
+                    if sw == 1:
+                        for j in range(j0, j1):
+                            xpf[row + np.uint64(j)] = xf[np.uint64(src + j)]
+                    else:
+                        for j in range(j0, j1):
+                            xpf[row + np.uint64(j)] = xf[np.uint64(src + j * sw)]
+                    for j in range(j1, Wp):
+                        xpf[row + np.uint64(j)] = zero
 
 
 @cpu_serial
@@ -104,26 +117,26 @@ def _tiles(src, x0, offs, wf, b, yf, rf, acc, n, t0, t1, G, K, Cg, Hp, Wp, P, Q,
 
 
 @cpu_serial
-def _samples(x, wf, b, yf, rf, xpf, n0, n1, a, z, G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy):
+def _samples(x, wf, b, yf, rf, xpf, n0, n1, a, z, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy):
     """Tiles a..z (of ``_tile_count``) of samples n0..n1: one chunk's share. Each sample is
     padded into this chunk's own xpf first (when ``copy``, else read in place). The taps'
     offsets and the tile's sums are arrays of this call (scratch passed in cost every call
     an arena request: 1x1 convolutions on this path ran about 5 us slower a call in
     googlenet_mini at batch 1, for 0.7 us of work)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    Hp, Wp = P + dh * (R - 1), Q + dw * (S - 1)
+    Hp, Wp = P + dh * (R - 1) // sh, Q + dw * (S - 1) // sw
     offs = np.empty(C // G * R * S, np.int64)
     acc = np.empty(ROWS * columns(yf), yf.dtype)
-    _offsets(offs, C // G, R, S, Hp, Wp, dh, dw)
+    _offsets(offs, C // G, R, S, Hp, Wp, sh, sw, dh, dw)
     for n in range(n0, n1):
         if copy:
-            _pad(x[n], xpf, pt, pl, Hp, Wp)
+            _pad(x[n], xpf, pt, pl, Hp, Wp, sh, sw)
         src, x0 = (xpf, np.int64(0)) if copy else (x.reshape(x.size), np.int64(n * C * H * W))
-        _tiles(src, x0, offs, wf, b, yf, rf, acc, np.int64(n), a, z, G, K, C // G, Hp, Wp, P, Q, relu)
+        _tiles(src, x0, offs, wf, b, yf, rf, acc, np.int64(n), a, z, G, K, C // G * sh * sw, Hp, Wp, P, Q, relu)
 
 
 @cpu_kernel
-def _shift_chunks(x, wf, b, yf, rf, xp, T, tiles, G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy):
+def _shift_chunks(x, wf, b, yf, rf, xp, T, tiles, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy):
     """The batch in T chunks, each with its own padded image xp[t] (xp is (T, 0, 0, 0) where x
     is read in place): whole samples a chunk, or, for fewer samples than chunks (batch-1
     inference), every sample with its ``tiles`` split over the chunks. There each chunk pads
@@ -136,7 +149,7 @@ def _shift_chunks(x, wf, b, yf, rf, xp, T, tiles, G, K, R, S, dh, dw, pt, pl, P,
         if N < T:
             n0, n1, a, z = 0, N, t * tiles // T, (t + 1) * tiles // T
         _samples(x, wf, b, yf, rf, xp[t].reshape(xp[t].size), np.int64(n0), np.int64(n1), np.int64(a), np.int64(z),
-                 G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy)
+                 G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy)
 
 
 def _tile_count(G: int, K: int, P: int, Q: int, Wp: int, dtype) -> int:
@@ -145,19 +158,23 @@ def _tile_count(G: int, K: int, P: int, Q: int, Wp: int, dtype) -> int:
 
 
 def _copies(geo: tuple, x_hw: tuple[int, ...], out_hw: tuple[int, ...]) -> bool:
-    # Whether x needs a padded copy: not when it is its own padded image (no padding, and every
-    # row and column of it read: 1x1 and "valid" convolutions).
-    R, S, dh, dw, pt, pl = geo[1], geo[2], geo[5], geo[6], geo[7], geo[8]
-    return not (pt == pl == 0 and (out_hw[0] + dh * (R - 1), out_hw[1] + dw * (S - 1)) == tuple(x_hw))
+    # Whether x needs a padded copy: not when it is its own padded image (stride 1, no padding,
+    # and every row and column of it read: 1x1 and "valid" convolutions).
+    R, S, sh, sw, dh, dw, pt, pl = geo[1:]
+    return not (sh == sw == 1 and pt == pl == 0 and (out_hw[0] + dh * (R - 1), out_hw[1] + dw * (S - 1)) == tuple(x_hw))
+
+
+def _planes(geo: tuple, out_hw: tuple[int, ...]) -> tuple[int, int]:
+    # A phase plane's (height, width): the outputs plus the rows and columns the taps reach past them.
+    return out_hw[0] + geo[5] * (geo[1] - 1) // geo[3], out_hw[1] + geo[6] * (geo[2] - 1) // geo[4]
 
 
 def shift_scratch(T: int, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple) -> tuple:
-    """The forward's scratch, ((shape, dtype), ...), for an (N, C, H, W) input in T chunks: a
-    padded image per chunk, none where x is read in place."""
-    (C, H, W), (P, Q), (R, S) = x_shape[1:], out[-2:], geo[1:3]
-    if not _copies(geo, (H, W), (P, Q)):
+    """The forward's scratch, ((shape, dtype), ...), for an (N, C, H, W) input in T chunks: the
+    phase planes of a padded sample per chunk, none where x is read in place."""
+    if not _copies(geo, x_shape[2:], out[-2:]):
         return ()
-    return (((T, C, P + geo[5] * (R - 1), Q + geo[6] * (S - 1)), None),)
+    return (((T, x_shape[1] * geo[3] * geo[4], *_planes(geo, out[-2:])), None),)
 
 
 def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, scratch: tuple, geo: tuple, T: int,
@@ -170,14 +187,14 @@ def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, sc
             and last[5] == relu and (not scratch or last[6] is scratch[0]):
         kernel, args = last[7:]
     else:
-        G, R, S, _, _, dh, dw, pt, pl = geo
+        G, R, S, sh, sw, dh, dw, pt, pl = geo
         N, K, P, Q = y.shape
         copy = bool(scratch)
         xp = scratch[0] if copy else np.empty((T, 0, 0, 0), x.dtype)
         rf = None if residual is None else residual.reshape(residual.size)
-        tiles = _tile_count(G, K, P, Q, Q + dw * (S - 1), y.dtype)
+        tiles = _tile_count(G, K, P, Q, _planes(geo, (P, Q))[1], y.dtype)
         head = (x, w.reshape(w.size), b, y.reshape(y.size), rf)
-        tail = (G, K, R, S, dh, dw, pt, pl, P, Q, relu, copy)
+        tail = (G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy)
         if T == 1:
             kernel, args = _samples, (*head, xp[0].reshape(xp[0].size), 0, N, 0, tiles, *tail)
         else:

@@ -188,8 +188,7 @@ def _paths(layer, shape):
     if (layer.groups == 1 and layer.stride == (1, 1) and layer.dilation == (1, 1)
             and 2 <= min(layer.kernel) and max(layer.kernel) <= 6):
         paths.append("winograd")
-    if layer.groups == 1 and layer.stride == (1, 1):
-        paths.append("shift")  # conv2d_shift_cpu: any padding and dilation
+    paths.append("shift")  # conv2d_shift_cpu: any groups, stride, padding and dilation
     return paths
 
 

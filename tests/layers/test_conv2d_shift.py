@@ -28,20 +28,42 @@ def test_conv2d_cpu_inference_takes_shifted_taps_at_batch_one_and_where_winograd
     assert cpu_path(vgg, (1, 64, 8, 8)) != "shift"
     assert cpu_path(Conv2d(out_channels=16, kernel_size=5), (32, 6, 14, 14)) == "pixel"
     assert cpu_path(lenet, (1, 1, 28, 28), "float64", backward=False) == "im2col"
-    assert cpu_path(Conv2d(out_channels=6, kernel_size=5, stride=2), (1, 1, 28, 28), backward=False) != "shift"
+    strided = Conv2d(out_channels=6, kernel_size=3, stride=2, padding=1)
+    assert cpu_path(strided, (1, 32, 16, 16), backward=False) == "shift"
+    assert cpu_path(strided, (8, 32, 16, 16), backward=False) == "shift"
+    assert cpu_path(strided, (8, 32, 16, 16)) == "im2col"  # training: shifted taps' forward at stride 1 only
     assert cpu_path(Conv2d(out_channels=6, kernel_size=1), (1, 3, 8, 8), backward=False) != "shift"  # 1x1
     assert cpu_path(Conv2d(out_channels=6, kernel_size=(1, 5)), (1, 3, 1, 28), backward=False) != "shift"  # conv1d
     assert cpu_path(Conv2d(out_channels=6, kernel_size=3, groups=2), (1, 4, 8, 8), backward=False) != "shift"
 
 
-def test_conv2d_forced_shift_refuses_what_it_cannot_run():
+@pytest.mark.parametrize("stride,groups,dilation", [(2, 1, 1), (3, 1, 1), ((2, 1), 2, 1), (2, 1, 2)])
+def test_conv2d_forced_shift_runs_strided_and_grouped_convolutions(stride, groups, dilation):
+    # Strides through the padded sample's phase planes (a plane per row and column phase);
+    # groups through their own channels and weights. Against a float64 loop reference.
     from numbacnn.layers.conv2d_cpu import force_path
 
     g = nc.Graph()
-    g.conv2d(g.input((4, 8, 8)), out_channels=4, kernel_size=3, stride=2, name="conv_s")
-    with force_path("shift"), pytest.raises(ValueError, match=r"node 'conv_s': conv2d path 'shift' was forced .*"
-                                                              r"stride 1; found stride 2x2"):
-        nc.Model(g, seed=0).forward(np.zeros((1, 4, 8, 8), np.float32))
+    g.conv2d(g.input((4, 11, 9)), out_channels=6, kernel_size=3, stride=stride, padding=1, groups=groups,
+             dilation=dilation, name="c")
+    m = nc.Model(g, seed=1, dtype="float64")
+    x = np.random.default_rng(2).standard_normal((2, 4, 11, 9))
+    with force_path("shift"):
+        y = m.forward(x)
+    plans = [p for ctx in m._executor.thread_pass().folds.ctxs for p in ctx._plans.values()]
+    assert [p.path for p in plans if hasattr(p, "path")] == ["shift"]
+    w, b = m.params["c.weight"], m.params["c.bias"]
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    K, Cg = 6, 4 // groups
+    want = np.zeros(y.shape)
+    for k in range(K):
+        c0 = k // (K // groups) * Cg
+        for p in range(y.shape[2]):
+            for q in range(y.shape[3]):
+                win = xp[:, c0:c0 + Cg, p * sh:p * sh + 2 * dilation + 1:dilation, q * sw:q * sw + 2 * dilation + 1:dilation]
+                want[:, k, p, q] = (win * w[k]).sum(axis=(1, 2, 3)) + b[k]
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
