@@ -28,8 +28,8 @@ Choosing a path by hand, e.g. to test or time one: set ``NUMBACNN_CONV2D_PATH`` 
 in ``with force_path("winograd"):`` (``numbacnn.layers.conv2d_cpu.force_path``; process-wide,
 the environment variable is read when no ``force_path`` is active). Either is read when a
 plan is made, i.e. on the first call at an input size: a model already run at that size keeps
-its plan. A forced path that cannot run a convolution (Winograd or shift at stride 2,
-pixel-major with groups) raises ``ValueError`` naming the node, the path and why. CUDA ignores the choice: it
+its plan. A forced path that cannot run a convolution (Winograd at stride 2, pixel-major
+with groups) raises ``ValueError`` naming the node, the path and why; shift runs every one. CUDA ignores the choice: it
 multiplies column matrices with cuBLAS (``_conv_columns_cuda``, numbacnn/_cublas.py; the
 default on a GPU) or runs implicit GEMM (``NUMBACNN_CUBLAS=0``).
 """
