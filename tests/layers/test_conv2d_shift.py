@@ -150,3 +150,50 @@ def test_conv2d_shift_like_torch_with_nan_and_inf():
     fine = np.isfinite(want)
     np.testing.assert_allclose(y[fine], want[fine], rtol=1e-5, atol=1e-5 * np.abs(want[fine]).max())
     assert np.isnan(y).any() and np.isinf(y).any() and (y == 0).any()
+
+
+_NARROW = """
+import sys
+import numpy as np
+import numbacnn as nc
+from numbacnn.layers import _taps_cpu, conv2d_shift_cpu
+from numbacnn.layers.conv2d_cpu import force_path
+
+width = int(sys.argv[1])  # the machine's vector bytes this child compiles for, before any kernel
+for module in (_taps_cpu, conv2d_shift_cpu):
+    module.VECTOR_BYTES, module.ROWS = width, 8 if width == 64 else 4
+rng = np.random.default_rng(width)
+for dtype in ("float32", "float64"):
+    for C, K, k, stride, H, W in ((3, 9, 3, 1, 11, 13), (5, 4, 5, 2, 12, 9), (16, 20, 1, 1, 6, 7)):
+        g = nc.Graph()
+        g.conv2d(g.input((C, H, W)), out_channels=K, kernel_size=k, stride=stride, padding=k // 2, name="c")
+        m = nc.Model(g, seed=width, dtype=dtype)
+        x = rng.standard_normal((2, C, H, W)).astype(dtype)
+        with force_path("shift"):
+            y = m.forward(x)
+        with force_path("im2col"):
+            m2 = nc.Model(g, seed=width, dtype=dtype)
+            want = m2.forward(x)
+        tol = 1e-5 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(y, want, rtol=tol, atol=tol, err_msg=f"{dtype} {C} {K} {k} {stride}")
+ir = "".join(conv2d_shift_cpu._tiles.inspect_llvm().values())
+assert f"llvm.masked.load.v{width // 4}f32" in ir and f"llvm.masked.load.v{width // 8}f64" in ir
+assert "llvm.masked.load.v16f32" not in ir or width == 64
+print("ok", _taps_cpu.ROWS, _taps_cpu.VECTOR_BYTES)
+"""
+
+
+@pytest.mark.parametrize("width", [16, 32])
+def test_narrower_machines_tiles_match_im2col(width, tmp_path):
+    # The tile's rows and vector width follow the host (AVX-512: 8 rows of 64-byte vectors; AVX:
+    # 4 of 32; else 4 of 16). This machine compiles the others in a child process with a
+    # cache of its own (the widths are constants of the compiled kernels), forced on shift.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _NARROW, str(width)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ok", "4", str(width)]
