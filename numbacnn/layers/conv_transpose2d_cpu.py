@@ -26,6 +26,7 @@ from .._jit import REASSOC, cpu_kernel, cpu_serial, prange
 from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im, col2im_phases, im2col, im2col_phases, merge_phases, phase_shape, split_phases
 from .conv2d_hwc_cpu import bias_sum
+from .conv_transpose2d_shift_cpu import fits, shift_transposed
 
 __all__ = ["conv_transpose2d_scratch", "conv_transpose2d_forward", "conv_transpose2d_backward"]
 
@@ -136,9 +137,14 @@ def _groups(a: np.ndarray, G: int) -> np.ndarray:
 def conv_transpose2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray,
                              phase: np.ndarray, geo: Geometry) -> None:
     """y = conv_transpose2d(x, w) + b (b empty: no bias); ``col`` and ``phase`` are scratch of
-    the shapes conv_transpose2d_scratch gives."""
+    the shapes conv_transpose2d_scratch gives. float32 at groups 1 without dilation takes
+    shifted taps (conv_transpose2d_shift_cpu), float64 (exact checks) and the rest the columns:
+    N16 64x16x16 -> 32, kernel 4, stride 2, 2 threads, one process: 1130 against 1313 us."""
     G = geo[0]
     C, H, W = x.shape[1:]
+    if x.dtype == np.float32 and fits(x.shape, y.shape, geo, col.shape):
+        shift_transposed(x, w, b, y, col, geo)
+        return
     with single_thread_blas:
         _forward_chunks(_groups(x, G), w.reshape(G, C // G, -1), b, _groups(col, G), phase, y, H, W, geo)
 

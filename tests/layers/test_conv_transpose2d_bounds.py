@@ -80,6 +80,17 @@ def test_conv_transpose2d_random_geometries_cover_the_edges():
     paths = {"stride 1" if l.stride[1] == 1 else "phases" if s[3] >= -(-l.output_shape(s[1:])[2] // l.stride[1])
              else "strided" for l, s in layers}
     assert paths == {"stride 1", "phases", "strided"}
+    # float32's shifted-taps forward (groups 1, no dilation; its padded input within ``col``)
+    from numbacnn.layers.conv_transpose2d_cpu import conv_transpose2d_scratch
+    from numbacnn.layers.conv_transpose2d_shift_cpu import fits
+
+    def takes(layer, shape):
+        geo = (layer.groups, *layer.kernel, *layer.stride, *layer.dilation, *layer.padding)
+        out = (shape[0], *layer.output_shape(shape[1:]))
+        return fits(shape, out, geo, conv_transpose2d_scratch(shape, out, geo)["col"])
+
+    taken = [takes(layer, s) for layer, s in layers]
+    assert sum(taken) >= 6 and not all(taken)
 
 
 @pytest.mark.parametrize("i", range(len(GEOMETRIES)), ids=[f"{c}@{s}" for c, s in GEOMETRIES])
@@ -99,3 +110,18 @@ def test_conv_transpose2d_random_geometries_fenced(i):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=f"{what} of {layer!r} on {shape}")
     inference = run_fenced(layer, [x], None, run.params, training=False)
     np.testing.assert_allclose(inference.y, run.y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("i", range(len(GEOMETRIES)), ids=[f"{c}@{s}" for c, s in GEOMETRIES])
+def test_conv_transpose2d_float32_forward_fenced(i):
+    # float32 at groups 1 without dilation runs its forward on shifted taps
+    # (conv_transpose2d_shift_cpu): fenced, against the float64 reference.
+    cfg, shape = GEOMETRIES[i]
+    rng = np.random.default_rng(100 + i)
+    layer = ConvTranspose2d(**cfg)
+    x = rng.standard_normal(shape).astype(np.float32)
+    run = run_fenced(layer, [x], None, training=False, seed=i)
+    w, b = run.params["weight"], run.params.get("bias")
+    y = convt_ref(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
+                  np.zeros(run.y.shape), layer)[0]
+    np.testing.assert_allclose(run.y, y, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(y).max()))
