@@ -51,6 +51,9 @@ def _vector_bytes() -> int:
 #: Bytes in one vector register (AVX-512: 64), output rows and vectors of columns per tile:
 #: ROWS * VECTORS accumulators plus VECTORS loads fit the register file (32 on AVX-512, 16 else).
 VECTOR_BYTES = _vector_bytes()
+# The masked load's name carries its pointer type: "p0" where LLVM's pointers are opaque (LLVM
+# 17 on, this Numba's), "p0v16f32" and the like where they are typed (older llvmlites).
+_TYPED_POINTERS = ll.llvm_version_info[0] < 17
 ROWS = 8 if VECTOR_BYTES == 64 else 4
 VECTORS = 3
 
@@ -95,7 +98,7 @@ def taps(typingctx, x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
         mask_t = ir.VectorType(ir.IntType(1), width)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fmuladd.{name}")
         load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt.as_pointer(), i32, mask_t, vt]),
-                                              f"llvm.masked.load.{name}.p0")
+                                              f"llvm.masked.load.{name}.p0{name if _TYPED_POINTERS else ''}")
         zero = ir.Constant(vt, [0.0] * width)
         masks = []  # vector v's lanes below ``lanes``, made once from an integer (kept in mask registers)
         for v in range(VECTORS):

@@ -12,8 +12,9 @@ looks inside. The CPU chooses among these paths (conv2d_cpu's docstring describe
 - ``"winograd1d"``: F(4, 5) on one-row convolutions with a 1x5 kernel (conv1d's kernel_size
   5; groups 1, stride 1, no dilation): conv1d_winograd_cpu. Forcing ``"winograd"`` gives it
   to the convolutions it fits;
-- ``"shift"``: a direct convolution by shifted taps over a padded image (stride 1), multiplied
-  in registers (conv2d_shift_cpu); taken in inference at batch 1 and where Winograd is not.
+- ``"shift"``: a direct convolution by shifted taps over a padded image (at a stride, its
+  phase planes), multiplied in registers (conv2d_shift_cpu); taken in inference at batch 1
+  and where Winograd is not, and by stride-1 training forwards that would be im2col's.
 
 float64 takes im2col unless a path is forced: float64 is what a model runs in for accuracy and
 gradient checks, where Winograd's extra rounding (its tile transforms add error) is unwelcome

@@ -1,18 +1,21 @@
-"""conv2d CPU's shifted-taps path ("shift", conv2d_plan): a direct convolution at stride 1,
-for inference, multiplied in registers by _taps_cpu's tile instead of through a column matrix.
+"""conv2d CPU's shifted-taps path ("shift", conv2d_plan): a direct convolution, multiplied in
+registers by _taps_cpu's tile instead of through a column matrix.
 
-Each sample is read as a zero-padded image (C, Hp, Wp), Hp = P + dh * (R - 1), Wp = Q + dw *
-(S - 1), and every output is computed on the padded-width grid, o = p * Wp + q: tap (c, r, s)
-of every output is then one flat offset away, (c * Hp + r * dh) * Wp + s * dw + o, so the
-convolution is a product of the weights (K, C*R*S) as they are laid out with "rows" of the
-image that start at those offsets (``taps``), with no column matrix; the grid's Wp - Q extra
-columns per row are computed and dropped as each tile is written out. An unpadded image is
-its own padded image (x is read in place: 1x1 and "valid" convolutions copy nothing), else a
-chunk copies each sample into its scratch xp first. The last grid index read is C * Hp * Wp
-- 1 (o < (P - 1) * Wp + Q); groups take their channels' rows and weights.
+Each sample is read as the phase planes of its zero-padded image: plane (c, a, b) holds the
+padded image's rows a, a + sh, ... and columns b, b + sw, ... (at stride 1, one plane a
+channel: the padded image itself), each Hp = P + dh * (R - 1) // sh by Wp = Q + dw * (S - 1)
+// sw. Every output is computed on a plane's grid, o = p * Wp + q: tap (c, r, s) of every
+output is then one flat offset away (the plane of phases (r * dh % sh, s * dw % sw), r * dh
+// sh rows and s * dw // sw columns in), so the convolution is a product of the weights (K,
+C*R*S) as they are laid out with "rows" of the image that start at those offsets (``taps``),
+with no column matrix; the grid's Wp - Q extra columns per row are computed and dropped as
+each tile is written out. An image that needs no padding at stride 1 is its own plane (x is
+read in place: 1x1 and "valid" convolutions copy nothing), else a chunk copies each sample
+into its scratch xp first. No tap of a grid output reads past its plane; groups take their
+channels' planes and weights.
 
-A tile is ROWS output channels by columns(x) grid outputs; its sums go to a per-chunk ``acc``
-and out to y with the bias, a residual (inference's conv + add), and relu's rule (NaN kept),
+A tile is ROWS output channels by columns(x) grid outputs; its sums go to the call's ``acc``
+and out to y with the bias, a residual (inference's conv + add) and relu's rule (NaN kept),
 in that order, while they are in L1. Batches of the thread count or more give each chunk
 whole samples; below it (batch-1 inference of a large enough sample, conv2d_plan) each
 sample's tiles are split over the chunks.
@@ -22,7 +25,7 @@ import numpy as np
 from numba.core import config as _numba_config
 
 from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
-from ._taps_cpu import ROWS, VECTOR_BYTES, VECTORS, columns, taps
+from ._taps_cpu import ROWS, columns, taps
 
 __all__ = ["shift_forward", "shift_scratch"]
 
@@ -83,6 +86,7 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
     relu's rule."""
     J = offs.size
     Kg, NR = K // G, columns(acc)
+    reach = offs.max() if _CHECK_EXTENTS and J else 0  # the farthest tap (not the last at a stride)
     L = (P - 1) * Wp + Q
     nb = (L + NR - 1) // NR
     per_group = (Kg + ROWS - 1) // ROWS * nb
@@ -93,8 +97,8 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
         k0, c0 = g * Kg + mb * ROWS, cb * NR
         rows, lanes = min(ROWS, Kg - mb * ROWS), min(NR, L - c0)
         xo = x0 + g * Cg * Hp * Wp + c0
-        if _CHECK_EXTENTS and (xo < 0 or xo + offs[J - 1] + lanes > src.size or (k0 + rows) * J > wf.size
-                               or acc.size < ROWS * NR):
+        if _CHECK_EXTENTS and (xo < 0 or offs.min() < 0 or xo + reach + lanes > src.size or (k0 + rows) * J > wf.size
+                               or acc.size < ROWS * NR or g >= G):
             raise IndexError("conv2d shift: a tile reads past its image or weights")
         taps(src, xo, offs, J, wf, k0 * J, J, rows, acc, lanes)
         p, q, o = c0 // Wp, c0 % Wp, 0
@@ -119,14 +123,21 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
 
 
 @cpu_serial
-def _samples(x, wf, b, yf, rf, res, xpf, n0, n1, a, z, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy):
-    """Tiles a..z (of ``_tile_count``) of samples n0..n1: one chunk's share. Each sample is
-    padded into this chunk's own xpf first (when ``copy``, else read in place). The taps'
-    offsets and the tile's sums are arrays of this call (scratch passed in cost every call
-    an arena request: 1x1 convolutions on this path ran about 5 us slower a call in
-    googlenet_mini at batch 1, for 0.7 us of work)."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+def _samples(x, wf, b, yf, rf, res, xpf, t, T, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy):
+    """Chunk t of T: whole samples (t * N // T to (t + 1) * N // T), or, for fewer samples
+    than chunks (batch-1 inference), every sample's tiles t * tiles // T to (t + 1) * tiles //
+    T. The tile count is this compiled kernel's own (its ROWS and columns), never a caller's: a
+    cache compiled for another vector width stays consistent. Each sample is padded into this
+    chunk's own xpf first (when ``copy``, else read in place). The taps' offsets and the
+    tile's sums are arrays of this call (scratch passed in cost every call an arena request:
+    1x1 convolutions on this path ran about 5 us slower a call in googlenet_mini at batch 1,
+    for 0.7 us of work)."""
+    N, C, H, W = x.shape
     Hp, Wp = P + dh * (R - 1) // sh, Q + dw * (S - 1) // sw
+    tiles = G * ((K // G + ROWS - 1) // ROWS) * (((P - 1) * Wp + Q + columns(yf) - 1) // columns(yf))
+    n0, n1, a, z = t * N // T, (t + 1) * N // T, np.int64(0), np.int64(tiles)
+    if N < T:
+        n0, n1, a, z = np.int64(0), np.int64(N), np.int64(t * tiles // T), np.int64((t + 1) * tiles // T)
     offs = np.empty(C // G * R * S, np.int64)
     acc = np.empty(ROWS * columns(yf), yf.dtype)
     _offsets(offs, C // G, R, S, Hp, Wp, sh, sw, dh, dw)
@@ -138,25 +149,14 @@ def _samples(x, wf, b, yf, rf, res, xpf, n0, n1, a, z, G, K, R, S, sh, sw, dh, d
 
 
 @cpu_kernel
-def _shift_chunks(x, wf, b, yf, rf, res, xp, T, tiles, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy):
-    """The batch in T chunks, each with its own padded image xp[t] (xp is (T, 0, 0, 0) where x
-    is read in place): whole samples a chunk, or, for fewer samples than chunks (batch-1
-    inference), every sample with its ``tiles`` split over the chunks. There each chunk pads
-    the whole sample itself: tiles reading one image that another core had just written ran
-    slower on two threads than on one (32->32 3x3 at 32x32: 139 against 119 us; each padding
-    its own, 76)."""
-    N = x.shape[0]
+def _shift_chunks(x, wf, b, yf, rf, res, xp, T, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy):
+    """The batch in T chunks (``_samples``), each with its own padded image xp[t] (xp is (T, 0,
+    0, 0) where x is read in place). Where the tiles are split, each chunk pads the whole sample
+    itself: tiles reading one image that another core had just written ran slower on two
+    threads than on one (32->32 3x3 at 32x32: 139 against 119 us; each padding its own, 76)."""
     for t in prange(T):
-        n0, n1, a, z = t * N // T, (t + 1) * N // T, 0, tiles
-        if N < T:
-            n0, n1, a, z = 0, N, t * tiles // T, (t + 1) * tiles // T
-        _samples(x, wf, b, yf, rf, res, xp[t].reshape(xp[t].size), np.int64(n0), np.int64(n1), np.int64(a), np.int64(z),
-                 G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy)
-
-
-def _tile_count(G: int, K: int, P: int, Q: int, Wp: int, dtype) -> int:
-    # Tiles per sample: per group, channel blocks of ROWS times grid blocks of columns.
-    return G * -(-(K // G) // ROWS) * -(-((P - 1) * Wp + Q) // (VECTORS * (VECTOR_BYTES // np.dtype(dtype).itemsize)))
+        _samples(x, wf, b, yf, rf, res, xp[t].reshape(xp[t].size), np.int64(t), T, G, K, R, S, sh, sw, dh, dw, pt, pl,
+                 P, Q, relu, copy)
 
 
 def _copies(geo: tuple, x_hw: tuple[int, ...], out_hw: tuple[int, ...]) -> bool:
@@ -181,8 +181,8 @@ def shift_scratch(T: int, x_shape: tuple[int, ...], out: tuple[int, ...], geo: t
 
 def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, scratch: tuple, geo: tuple, T: int,
                   relu: bool = False, residual: np.ndarray | None = None, last: list | None = None) -> None:
-    """y = conv2d(x, w) + b (b empty: no bias) (+ ``residual``), relu'd when ``relu``, at stride
-    1 (any groups, padding, dilation), in T chunks, with ``shift_scratch``'s arrays. One chunk
+    """y = conv2d(x, w) + b (b empty: no bias) (+ ``residual``), relu'd when ``relu`` (any
+    groups, stride, padding, dilation), in T chunks, with ``shift_scratch``'s arrays. One chunk
     runs in the calling thread (no parallel region). ``last`` (an inference plan's): the last
     call's arrays and kernel arguments, reused for the same objects (as im2col's)."""
     if last and last[0] is x and last[1] is w and last[2] is b and last[3] is y and last[4] is residual \
@@ -194,14 +194,13 @@ def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, sc
         copy = bool(scratch)
         xp = scratch[0] if copy else np.empty((T, 0, 0, 0), x.dtype)
         yf = y.reshape(y.size)
-        tiles = _tile_count(G, K, P, Q, _planes(geo, (P, Q))[1], y.dtype)
         head = (x, w.reshape(w.size), b, yf, yf if residual is None else residual.reshape(residual.size),
                 residual is not None)
         tail = (G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy)
         if T == 1:
-            kernel, args = _samples, (*head, xp[0].reshape(xp[0].size), 0, N, 0, tiles, *tail)
+            kernel, args = _samples, (*head, xp[0].reshape(xp[0].size), 0, 1, *tail)
         else:
-            kernel, args = _shift_chunks, (*head, xp, T, tiles, *tail)
+            kernel, args = _shift_chunks, (*head, xp, T, *tail)
         if last is not None:
             last[:] = [x, w, b, y, residual, relu, scratch[0] if copy else None, kernel, args]
     kernel(*args)

@@ -11,7 +11,7 @@ sums go out to y's positions of that phase with the bias. One kernel over chunks
 each padding its samples into its own image (the ``col`` scratch, far larger).
 
 Against the column path (BLAS product, then col2im; conv_transpose2d_cpu), N16 64x16x16 -> 32,
-kernel 4, stride 2, 2 threads: see conv_transpose2d_cpu.SHIFT.
+kernel 4, stride 2, 2 threads, one process: 1130 against 1313 us.
 """
 
 import functools
@@ -98,8 +98,8 @@ def _chunks(x, b, y, scratch, wph, offs, meta, top, left, Hx, Wx, sh, sw):
                     rows = min(ROWS, K - k0)
                     for c0 in range(0, L, NR):
                         lanes = min(NR, L - c0)
-                        if _CHECK_EXTENTS and J and (c0 + offs[ph, J - 1] + lanes > xpf.size
-                                                     or (k0 + rows) * J > wph.shape[1]):
+                        if _CHECK_EXTENTS and J and (offs[ph, :J].min() < 0 or c0 + offs[ph, :J].max() + lanes
+                                                     > xpf.size or (k0 + rows) * J > wph.shape[1]):
                             raise IndexError("conv_transpose2d shift: a tile reads past its image or weights")
                         taps(xpf, c0, offs[ph], J, wph[ph], k0 * J, J, rows, acc, lanes)
                         u, v, o = c0 // Wx, c0 % Wx, 0

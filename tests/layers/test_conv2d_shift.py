@@ -164,9 +164,11 @@ for module in (_taps_cpu, conv2d_shift_cpu):
     module.VECTOR_BYTES, module.ROWS = width, 8 if width == 64 else 4
 rng = np.random.default_rng(width)
 for dtype in ("float32", "float64"):
-    for C, K, k, stride, H, W in ((3, 9, 3, 1, 11, 13), (5, 4, 5, 2, 12, 9), (16, 20, 1, 1, 6, 7)):
+    for C, K, k, stride, groups, dilation, H, W in ((3, 9, 3, 1, 1, 1, 11, 13), (5, 4, 5, 2, 1, 1, 12, 9),
+                                                    (16, 20, 1, 1, 1, 1, 6, 7), (4, 6, 3, 2, 2, 2, 9, 10)):
         g = nc.Graph()
-        g.conv2d(g.input((C, H, W)), out_channels=K, kernel_size=k, stride=stride, padding=k // 2, name="c")
+        g.conv2d(g.input((C, H, W)), out_channels=K, kernel_size=k, stride=stride, padding=k // 2, groups=groups,
+                 dilation=dilation, name="c")
         m = nc.Model(g, seed=width, dtype=dtype)
         x = rng.standard_normal((2, C, H, W)).astype(dtype)
         with force_path("shift"):
@@ -175,19 +177,20 @@ for dtype in ("float32", "float64"):
             m2 = nc.Model(g, seed=width, dtype=dtype)
             want = m2.forward(x)
         tol = 1e-5 if dtype == "float32" else 1e-12
-        np.testing.assert_allclose(y, want, rtol=tol, atol=tol, err_msg=f"{dtype} {C} {K} {k} {stride}")
+        np.testing.assert_allclose(y, want, rtol=tol, atol=tol, err_msg=f"{dtype} {C} {K} {k} {stride} {groups}")
 ir = "".join(conv2d_shift_cpu._tiles.inspect_llvm().values())
 assert f"llvm.masked.load.v{width // 4}f32" in ir and f"llvm.masked.load.v{width // 8}f64" in ir
-assert "llvm.masked.load.v16f32" not in ir or width == 64
+assert ("llvm.masked.load.v16f32" in ir) == (width == 64)
 print("ok", _taps_cpu.ROWS, _taps_cpu.VECTOR_BYTES)
 """
 
 
-@pytest.mark.parametrize("width", [16, 32])
-def test_narrower_machines_tiles_match_im2col(width, tmp_path):
+@pytest.mark.parametrize("width", [16, 32, 64])
+def test_every_machines_tiles_match_im2col(width, tmp_path):
     # The tile's rows and vector width follow the host (AVX-512: 8 rows of 64-byte vectors; AVX:
-    # 4 of 32; else 4 of 16). This machine compiles the others in a child process with a
-    # cache of its own (the widths are constants of the compiled kernels), forced on shift.
+    # 4 of 32; else 4 of 16). Each is compiled in a child process with a cache of its own (the
+    # widths are constants of the compiled kernels), forced on shift, float32 and float64,
+    # strided, grouped and dilated, against im2col.
     import os
     import subprocess
     import sys
@@ -196,4 +199,4 @@ def test_narrower_machines_tiles_match_im2col(width, tmp_path):
     out = subprocess.run([sys.executable, "-c", _NARROW, str(width)], env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ["ok", "4", str(width)]
+    assert out.stdout.split() == ["ok", "8" if width == 64 else "4", str(width)]
