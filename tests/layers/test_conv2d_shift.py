@@ -200,3 +200,41 @@ def test_every_machines_tiles_match_im2col(width, tmp_path):
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["ok", "8" if width == 64 else "4", str(width)]
+
+
+_STALE = """
+import numpy as np
+import numbacnn as nc
+from numbacnn.layers import _taps_cpu, conv2d_shift_cpu
+from numbacnn.layers.conv2d_cpu import force_path
+
+def run(H):
+    g = nc.Graph()
+    g.conv2d(g.input((5, H, H)), out_channels=13, kernel_size=3, padding=1, name="c")
+    x = np.random.default_rng(H).standard_normal((1, 5, H, H)).astype(np.float32)
+    with force_path("shift"):
+        y = nc.Model(g, seed=0).forward(x)
+    with force_path("im2col"):
+        want = nc.Model(g, seed=0).forward(x)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+run(9)  # compiles the kernels for this machine's width
+for module in (_taps_cpu, conv2d_shift_cpu):  # Python now believes another width (a shared cache's view)
+    module.VECTOR_BYTES, module.ROWS = 16, 4
+run(10)  # the compiled kernels, a new plan: their own tile count, nothing past y or the weights
+print("ok")
+"""
+
+
+def test_a_kernel_compiled_for_another_width_keeps_its_own_tile_count(tmp_path):
+    # A cache holds kernels compiled with one machine's ROWS and vector width; a process whose
+    # Python side reads other values (another machine sharing the cache) must not hand them a
+    # tile count of its own: the kernels count their tiles themselves (the count passed from
+    # Python before ran 4x the tiles, past the weights and y).
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _STALE], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.split() == ["ok"], out.stderr[-3000:]
