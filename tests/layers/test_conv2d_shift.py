@@ -61,7 +61,8 @@ def test_conv2d_forced_shift_runs_strided_and_grouped_convolutions(stride, group
         c0 = k // (K // groups) * Cg
         for p in range(y.shape[2]):
             for q in range(y.shape[3]):
-                win = xp[:, c0:c0 + Cg, p * sh:p * sh + 2 * dilation + 1:dilation, q * sw:q * sw + 2 * dilation + 1:dilation]
+                span = 2 * dilation + 1
+                win = xp[:, c0:c0 + Cg, p * sh:p * sh + span:dilation, q * sw:q * sw + span:dilation]
                 want[:, k, p, q] = (win * w[k]).sum(axis=(1, 2, 3)) + b[k]
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
 
