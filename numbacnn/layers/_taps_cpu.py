@@ -30,7 +30,6 @@ The caller checks those extents under NUMBA_BOUNDSCHECK (raw pointers escape its
 from __future__ import annotations
 
 import llvmlite.binding as ll
-import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils

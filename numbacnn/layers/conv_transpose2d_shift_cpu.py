@@ -19,7 +19,7 @@ import functools
 import numpy as np
 
 from .._jit import cpu_kernel, cpu_serial, prange
-from ._taps_cpu import ROWS, VECTOR_BYTES, VECTORS, columns, taps
+from ._taps_cpu import ROWS, columns, taps
 from .conv2d_shift_cpu import _CHECK_EXTENTS, _pad
 
 __all__ = ["fits", "shift_transposed"]
@@ -40,38 +40,41 @@ def _axis(size: int, out: int, k: int, stride: int, pad: int) -> tuple[list, int
 
 @functools.lru_cache(maxsize=256)
 def _tables(x_shape: tuple, y_shape: tuple, geo: tuple) -> tuple:
-    # Per row phase and column phase (first tap, taps, e, outputs) as int64 arrays, the padded
-    # input's (top, left, Hx, Wx) and the most taps of a phase (J). Shapes only: kept.
-    C, H, W = x_shape[1:]
+    # What depends on the shapes alone, made once: per row phase and column phase (first tap,
+    # taps, e, outputs) as int64 arrays; the taps' offsets in the padded input, (sh*sw, Jmax);
+    # per phase (J, U, V, a, b); the padded input's (top, left, Hx, Wx); Jmax.
+    C = x_shape[1]
     _, R, S, sh, sw, _, _, pt, pl = geo
-    rows, top, Hx = _axis(H, y_shape[2], R, sh, pt)
-    cols, left, Wx = _axis(W, y_shape[3], S, sw, pl)
+    rows, top, Hx = _axis(x_shape[2], y_shape[2], R, sh, pt)
+    cols, left, Wx = _axis(x_shape[3], y_shape[3], S, sw, pl)
     J = max(1, max(M for _, M, _, _ in rows) * max(N for _, N, _, _ in cols) * C)
-    return np.array(rows, np.int64), np.array(cols, np.int64), (top, left, Hx, Wx), J
+    offs, meta = np.zeros((sh * sw, J), np.int64), np.zeros((sh * sw, 5), np.int64)
+    c = np.arange(C)[:, None, None] * (Hx * Wx)
+    for a, (_, M, e, U) in enumerate(rows):
+        for b, (_, N, f, V) in enumerate(cols):
+            m, n = np.arange(M)[None, :, None], np.arange(N)[None, None, :]
+            offs[a * sw + b, :C * M * N] = (c + (e - m + top) * Wx + (f - n + left)).reshape(-1)
+            meta[a * sw + b] = (C * M * N, U, V, a, b)
+    offs.flags.writeable = meta.flags.writeable = False  # shared by every call at these shapes
+    return np.array(rows, np.int64), np.array(cols, np.int64), offs, meta, (top, left, Hx, Wx), J
 
 
 @cpu_serial
-def _gather(w, rows, cols, wph, offs, meta, top, left, Hx, Wx):
-    """Phase (a, b)'s weights wph[a * sw + b] (K rows of its J = C * M * N taps (c, m, n),
-    w[c, k, r0 + m * sh, s0 + n * sw]), their offsets offs[...] in the padded input and
-    meta[...] = (J, U, V, a, b)."""
+def _gather(w, rows, cols, wph):
+    """Phase (a, b)'s weights wph[a * sw + b]: K rows of its J = C * M * N taps (c, m, n),
+    w[c, k, r0 + m * sh, s0 + n * sw] (the offsets' order, ``_tables``)."""
     C, K = w.shape[0], w.shape[1]
     sh, sw = rows.shape[0], cols.shape[0]
     for a in range(sh):
-        r0, M, e, U = rows[a, 0], rows[a, 1], rows[a, 2], rows[a, 3]
+        r0, M = rows[a, 0], rows[a, 1]
         for b in range(sw):
-            s0, N, f, V = cols[b, 0], cols[b, 1], cols[b, 2], cols[b, 3]
+            s0, N = cols[b, 0], cols[b, 1]
             i, J = a * sw + b, C * M * N
             for k in range(K):
                 for c in range(C):
                     for m in range(M):
                         for n in range(N):
                             wph[i, k * J + (c * M + m) * N + n] = w[c, k, r0 + m * sh, s0 + n * sw]
-            for c in range(C):
-                for m in range(M):
-                    for n in range(N):
-                        offs[i, (c * M + m) * N + n] = c * Hx * Wx + (e - m + top) * Wx + (f - n + left)
-            meta[i, 0], meta[i, 1], meta[i, 2], meta[i, 3], meta[i, 4] = J, U, V, a, b
 
 
 @cpu_kernel
@@ -123,16 +126,16 @@ def fits(x_shape: tuple, y_shape: tuple, geo: tuple, col_shape: tuple) -> bool:
     dilation, and the padded input fits the ``col`` scratch of each chunk."""
     if geo[0] != 1 or geo[5] != 1 or geo[6] != 1:
         return False
-    _, _, (_, _, Hx, Wx), _ = _tables(tuple(x_shape), tuple(y_shape), tuple(geo))
+    _, _, _, _, (_, _, Hx, Wx), _ = _tables(tuple(x_shape), tuple(y_shape), tuple(geo))
     return x_shape[1] * Hx * Wx <= col_shape[1] * col_shape[2]
 
 
 def shift_transposed(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray,
                      geo: tuple) -> None:
-    """y = conv_transpose2d(x, w) + b on shifted taps (``fits``), ``col`` its scratch."""
-    rows, cols, (top, left, Hx, Wx), J = _tables(x.shape, y.shape, tuple(geo))
-    phases = geo[3] * geo[4]
-    wph, offs, meta = np.empty((phases, w.shape[1] * J), w.dtype), np.zeros((phases, J), np.int64), \
-        np.empty((phases, 5), np.int64)
-    _gather(w, rows, cols, wph, offs, meta, top, left, Hx, Wx)
+    """y = conv_transpose2d(x, w) + b on shifted taps (``fits``), ``col`` its scratch. The
+    weights are gathered on every call (a training step changes them); the rest is the
+    shapes' (``_tables``)."""
+    rows, cols, offs, meta, (top, left, Hx, Wx), J = _tables(x.shape, y.shape, tuple(geo))
+    wph = np.empty((geo[3] * geo[4], w.shape[1] * J), w.dtype)
+    _gather(w, rows, cols, wph)
     _chunks(x, b, y, col, wph, offs, meta, top, left, Hx, Wx, geo[3], geo[4])
