@@ -29,6 +29,8 @@ The caller checks those extents under NUMBA_BOUNDSCHECK (raw pointers escape its
 
 from __future__ import annotations
 
+from typing import Any
+
 import llvmlite.binding as ll
 from llvmlite import ir
 from numba import types
@@ -36,7 +38,7 @@ from numba.core import cgutils
 
 from .._jit import cpu_inline, cpu_intrinsic
 
-__all__ = ["ROWS", "VECTORS", "columns", "taps"]
+__all__ = ["ROWS", "VECTORS", "columns", "taps", "taps_out"]
 
 
 def _vector_bytes() -> int:
@@ -70,63 +72,150 @@ def _splat(builder: ir.IRBuilder, value: ir.Value, vt: ir.VectorType) -> ir.Valu
                                                                                    [0] * vt.count))
 
 
+class _Tile:
+    """The IR common to both tiles: vector types, masks of the first ``lanes`` columns, and the
+    accumulation of J taps into ROWS x VECTORS accumulators (allocas that LLVM keeps in
+    registers)."""
+
+    def __init__(self, dtype: types.Float) -> None:
+        self.size = 4 if dtype == types.float32 else 8
+        self.real = ir.FloatType() if self.size == 4 else ir.DoubleType()
+        self.width = VECTOR_BYTES // self.size
+        self.vt = ir.VectorType(self.real, self.width)
+        self.name = f"v{self.width}f{8 * self.size}"
+        self.mask_t = ir.VectorType(ir.IntType(1), self.width)
+
+    def intrinsic(self, builder: ir.IRBuilder, what: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        p0 = f".p0{self.name if _TYPED_POINTERS else ''}" if what.startswith("masked") else ""
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), f"llvm.{what}.{self.name}{p0}")
+
+    def masks(self, builder: ir.IRBuilder, lanes: ir.Value) -> list[ir.Value]:
+        # vector v's lanes below ``lanes``, made once from an integer (kept in mask registers)
+        i64, out = ir.IntType(64), []
+        for v in range(VECTORS):
+            n = builder.sub(lanes, i64(v * self.width))
+            n = builder.select(builder.icmp_signed("<", n, i64(0)), i64(0), n)
+            n = builder.select(builder.icmp_signed("<", n, i64(self.width)), n, i64(self.width))
+            bits = builder.sub(builder.shl(i64(1), n), i64(1))
+            out.append(builder.bitcast(builder.trunc(bits, ir.IntType(self.width)), self.mask_t))
+        return out
+
+    def load(self, builder: ir.IRBuilder, at: ir.Value, mask: ir.Value, passthru: ir.Value) -> ir.Value:
+        vt = self.vt
+        fn = self.intrinsic(builder, "masked.load", vt, [vt.as_pointer(), ir.IntType(32), self.mask_t, vt])
+        return builder.call(fn, [builder.bitcast(at, vt.as_pointer()), ir.IntType(32)(self.size), mask, passthru])
+
+    def store(self, builder: ir.IRBuilder, value: ir.Value, at: ir.Value, mask: ir.Value) -> None:
+        vt = self.vt
+        fn = self.intrinsic(builder, "masked.store", ir.VoidType(), [vt, vt.as_pointer(), ir.IntType(32), self.mask_t])
+        builder.call(fn, [value, builder.bitcast(at, vt.as_pointer()), ir.IntType(32)(self.size), mask])
+
+    def accumulate(self, builder: ir.IRBuilder, px: ir.Value, po: ir.Value, J: ir.Value, pw: ir.Value, wo: ir.Value,
+                   ldw: ir.Value, rows: ir.Value, masks: list[ir.Value]) -> list[list[ir.Value]]:
+        vt, i64 = self.vt, ir.IntType(64)
+        fma = self.intrinsic(builder, "fmuladd", vt, [vt, vt, vt])
+        zero = ir.Constant(vt, [0.0] * self.width)
+        last = builder.sub(rows, i64(1))
+        wrows = []
+        for m in range(ROWS):  # row m's weights, the last valid row's past ``rows``
+            r = builder.select(builder.icmp_signed("<", i64(m), rows), i64(m), last)
+            wrows.append(builder.gep(pw, [builder.add(wo, builder.mul(r, ldw))]))
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)] for _ in range(ROWS)]
+        with cgutils.for_range(builder, J) as loop:
+            j = loop.index
+            base = builder.gep(px, [builder.load(builder.gep(po, [j]))])
+            xs = [self.load(builder, builder.gep(base, [i64(v * self.width)]), masks[v], zero) for v in range(VECTORS)]
+            for m in range(ROWS):
+                wv = _splat(builder, builder.load(builder.gep(wrows[m], [j])), vt)
+                for v in range(VECTORS):
+                    builder.store(builder.call(fma, [wv, xs[v], builder.load(accs[m][v])]), accs[m][v])
+        return accs
+
+
+def _float_arrays(*arrays: types.Type) -> bool:
+    return (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
+            and arrays[0].dtype in (types.float32, types.float64) and all(a.dtype == arrays[0].dtype for a in arrays))
+
+
+def _int64s(context: Any, builder: ir.IRBuilder, pairs: list[tuple[ir.Value, types.Type]]) -> list[ir.Value]:
+    return [context.cast(builder, v, t, types.int64) for v, t in pairs]
+
+
 @cpu_intrinsic
 def taps(typingctx, x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
     """See the module docstring. x, w, acc: 1-D contiguous arrays of one float dtype; offs: 1-D
     contiguous int64; the rest int64 (rows >= 1)."""
-    arrays = (x, w, acc)
-    if (not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (*arrays, offs))
-            or x.dtype not in (types.float32, types.float64) or any(a.dtype != x.dtype for a in arrays)
-            or offs.dtype != types.int64):
+    if not _float_arrays(x, w, acc) or not (isinstance(offs, types.Array) and offs.dtype == types.int64
+                                            and offs.ndim == 1 and offs.layout == "C"):
         return None
     sig = types.void(x, xo, offs, J, w, wo, ldw, rows, acc, lanes)
-    size = 4 if x.dtype == types.float32 else 8
-    real = ir.FloatType() if size == 4 else ir.DoubleType()
-    width = VECTOR_BYTES // size
-    vt, i32, i64 = ir.VectorType(real, width), ir.IntType(32), ir.IntType(64)
-    name = f"v{width}f{8 * size}"
+    tile = _Tile(x.dtype)
 
     def codegen(context, builder, signature, args):
         x_, xo_, offs_, J_, w_, wo_, ldw_, rows_, acc_, lanes_ = args
         ty = signature.args
         data = lambda t, v: context.make_array(t)(context, builder, v).data  # noqa: E731
-        i64s = [context.cast(builder, v, t, types.int64) for v, t in
-                ((xo_, ty[1]), (J_, ty[3]), (wo_, ty[5]), (ldw_, ty[6]), (rows_, ty[7]), (lanes_, ty[9]))]
-        xo_, J_, wo_, ldw_, rows_, lanes_ = i64s
-        px, po, pw, pa = builder.gep(data(ty[0], x_), [xo_]), data(ty[2], offs_), data(ty[4], w_), data(ty[8], acc_)
-        mask_t = ir.VectorType(ir.IntType(1), width)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fmuladd.{name}")
-        load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt.as_pointer(), i32, mask_t, vt]),
-                                              f"llvm.masked.load.{name}.p0{name if _TYPED_POINTERS else ''}")
-        zero = ir.Constant(vt, [0.0] * width)
-        masks = []  # vector v's lanes below ``lanes``, made once from an integer (kept in mask registers)
-        for v in range(VECTORS):
-            n = builder.sub(lanes_, i64(v * width))
-            n = builder.select(builder.icmp_signed("<", n, i64(0)), i64(0), n)
-            bits = builder.sub(builder.shl(i64(1), builder.select(builder.icmp_signed("<", n, i64(width)), n,
-                                                                  i64(width))), i64(1))
-            masks.append(builder.bitcast(builder.trunc(bits, ir.IntType(width)), mask_t))
-        last = builder.sub(rows_, i64(1))
-        wrows = []
-        for m in range(ROWS):  # row m's weights, the last valid row's past ``rows``
-            r = builder.select(builder.icmp_signed("<", i64(m), rows_), i64(m), last)
-            wrows.append(builder.gep(pw, [builder.add(wo_, builder.mul(r, ldw_))]))
-        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)] for _ in range(ROWS)]
-        with cgutils.for_range(builder, J_) as loop:
-            j = loop.index
-            base = builder.gep(px, [builder.load(builder.gep(po, [j]))])
-            xs = [builder.call(load, [builder.bitcast(builder.gep(base, [i64(v * width)]), vt.as_pointer()),
-                                      i32(size), masks[v], zero])
-                  for v in range(VECTORS)]
-            for m in range(ROWS):
-                wv = _splat(builder, builder.load(builder.gep(wrows[m], [j])), vt)
-                for v in range(VECTORS):
-                    builder.store(builder.call(fma, [wv, xs[v], builder.load(accs[m][v])]), accs[m][v])
+        xo_, J_, wo_, ldw_, rows_, lanes_ = _int64s(context, builder, [
+            (xo_, ty[1]), (J_, ty[3]), (wo_, ty[5]), (ldw_, ty[6]), (rows_, ty[7]), (lanes_, ty[9])])
+        px, pa = builder.gep(data(ty[0], x_), [xo_]), data(ty[8], acc_)
+        accs = tile.accumulate(builder, px, data(ty[2], offs_), J_, data(ty[4], w_), wo_, ldw_, rows_,
+                               tile.masks(builder, lanes_))
+        i64, vt = ir.IntType(64), tile.vt
         for m in range(ROWS):
             for v in range(VECTORS):
-                at = builder.gep(pa, [i64((m * VECTORS + v) * width)])
-                builder.store(builder.load(accs[m][v]), builder.bitcast(at, vt.as_pointer()), align=size)
+                at = builder.gep(pa, [i64((m * VECTORS + v) * tile.width)])
+                builder.store(builder.load(accs[m][v]), builder.bitcast(at, vt.as_pointer()), align=tile.size)
         return context.get_dummy_value()
 
     return sig, codegen
 
+
+@cpu_intrinsic
+def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, bo, r, flags):
+    """The tile written straight to y, for outputs laid out as the tile's grid: for m < rows and
+    n < lanes, ``y[yo + m * ldy + n] = relu?((sum + b[bo + m]) + r[yo + m * ldy + n])``, the
+    bias when ``flags & 1`` (else -0.0, the exact identity), the residual r (an array like y)
+    when ``flags & 2``, relu's rule (v <= 0 gives 0, NaN kept) when ``flags & 4``; in that
+    order, as the scalar epilogue. Nothing of y or r is touched past ``rows`` and ``lanes``."""
+    if not _float_arrays(x, w, y, b, r) or not (isinstance(offs, types.Array) and offs.dtype == types.int64
+                                                and offs.ndim == 1 and offs.layout == "C"):
+        return None
+    sig = types.void(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, bo, r, flags)
+    tile = _Tile(x.dtype)
+
+    def codegen(context, builder, signature, args):
+        x_, xo_, offs_, J_, w_, wo_, ldw_, rows_, lanes_, y_, yo_, ldy_, b_, bo_, r_, flags_ = args
+        ty = signature.args
+        data = lambda t, v: context.make_array(t)(context, builder, v).data  # noqa: E731
+        xo_, J_, wo_, ldw_, rows_, lanes_, yo_, ldy_, bo_, flags_ = _int64s(context, builder, [
+            (xo_, ty[1]), (J_, ty[3]), (wo_, ty[5]), (ldw_, ty[6]), (rows_, ty[7]), (lanes_, ty[8]),
+            (yo_, ty[10]), (ldy_, ty[11]), (bo_, ty[13]), (flags_, ty[15])])
+        masks = tile.masks(builder, lanes_)
+        accs = tile.accumulate(builder, builder.gep(data(ty[0], x_), [xo_]), data(ty[2], offs_), J_,
+                               data(ty[4], w_), wo_, ldw_, rows_, masks)
+        i1, i64, vt, real = ir.IntType(1), ir.IntType(64), tile.vt, tile.real
+        bit = lambda k: builder.icmp_signed("!=", builder.and_(flags_, i64(k)), i64(0))  # noqa: E731
+        has_bias, has_res, relu = bit(1), bit(2), bit(4)
+        minus0, zero = ir.Constant(vt, [-0.0] * tile.width), ir.Constant(vt, [0.0] * tile.width)
+        none = ir.Constant(tile.mask_t, [0] * tile.width)
+        relus = _splat(builder, relu, ir.VectorType(i1, tile.width))
+        py, pr, pb = data(ty[9], y_), data(ty[14], r_), data(ty[12], b_)
+        bias = cgutils.alloca_once(builder, real)
+        for m in range(ROWS):
+            live = builder.icmp_signed("<", i64(m), rows_)
+            builder.store(real(-0.0), bias)
+            with builder.if_then(builder.and_(live, has_bias)):
+                builder.store(builder.load(builder.gep(pb, [builder.add(bo_, i64(m))])), bias)
+            bv = _splat(builder, builder.load(bias), vt)
+            row = builder.add(yo_, builder.mul(i64(m), ldy_))
+            for v in range(VECTORS):
+                at = builder.add(row, i64(v * tile.width))
+                mask = builder.select(live, masks[v], none)
+                value = builder.fadd(builder.load(accs[m][v]), bv)
+                value = builder.fadd(value, tile.load(builder, builder.gep(pr, [at]),
+                                                      builder.select(has_res, mask, none), minus0))
+                cut = builder.and_(builder.fcmp_ordered("<=", value, zero), relus)
+                tile.store(builder, builder.select(cut, zero, value), builder.gep(py, [at]), mask)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -122,6 +122,17 @@ WINOGRAD1D_MIN_WORK = 32768
 # network3 3.8-4.0 / 4.9-5.0; resnet_bottleneck at 256 167-171 / 173-184 ms. A 1x1 convolution
 # keeps im2col's direct product: on the tile its rows of x, 4 KB apart at 32x32, were read
 # from L2 (resnet_bottleneck's 64->16 at 32x32 in the model: 30 -> 42 us).
+# The exception: a 1x1 stride-1 convolution from few channels to many, in inference at a batch
+# of two or more, takes the tile too, which writes y straight from its registers there (the
+# tile's grid is y's plane): its product is short (C taps) and wide (K rows), where OpenBLAS
+# packs more than it multiplies. resnet_bottleneck at batch 256 in the model, 2 threads, ms,
+# im2col / tile: 16->64 at 32x32 with the residual 9.4 / 6.4, 32->128 at 16x16 5.2-5.3 /
+# 4.2-4.3, 16->16 at 32x32 1.30 / 1.23; lost: 64->16 at 32x32 5.2 / 8.4 (64 rows of x 4 KB
+# apart), 64->256 at 8x8 3.3 / 4.0, googlenet_mini's 32->16 and 32->24 at 16x16 0.52 / 0.63,
+# 0.64 / 0.85 (a tile's 8 rows half used); at batch 1 (tiles split over the threads) lost or
+# level. The whole model at batch 32: 19.6-20.0 -> 17.4-18.0 ms; at 256: 173-178 -> 159-168.
+SHIFT1X1_MAX_CHANNELS = 32
+SHIFT1X1_MIN_OUTPUTS = 64
 PATHS = ("auto", "im2col", "pixel", "winograd", "shift")
 ENV = "NUMBACNN_CONV2D_PATH"
 _forced: list[str] = []  # force_path's stack; the innermost is in effect
@@ -246,6 +257,9 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
             return "im2col"  # not pixel-major, which runs a sample on one thread
         return "winograd"
     if shift and not backward:
+        return "shift"
+    if ((R, S, sh, sw, G) == (1, 1, 1, 1, 1) and not backward and x_shape[0] >= 2 and C <= SHIFT1X1_MAX_CHANNELS
+            and K >= SHIFT1X1_MIN_OUTPUTS):
         return "shift"
     # Pixel-major copies runs of S*C values (C when dilated); below PIXEL_MAJOR_MIN_RUN they
     # are too short to beat the channel-major im2col. It copies the whole input to HWC first,

@@ -25,7 +25,7 @@ import numpy as np
 from numba.core import config as _numba_config
 
 from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
-from ._taps_cpu import ROWS, columns, taps
+from ._taps_cpu import ROWS, columns, taps, taps_out
 
 __all__ = ["shift_forward", "shift_scratch"]
 
@@ -91,6 +91,7 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
     nb = (L + NR - 1) // NR
     per_group = (Kg + ROWS - 1) // ROWS * nb
     zero = acc.dtype.type(0)
+    flags = (1 if b.size else 0) + (2 if res else 0) + (4 if relu else 0)
     for t in range(t0, t1):
         g = t // per_group
         mb, cb = (t - g * per_group) // nb, (t - g * per_group) % nb
@@ -100,6 +101,12 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
         if _CHECK_EXTENTS and (xo < 0 or offs.min() < 0 or xo + reach + lanes > src.size or (k0 + rows) * J > wf.size
                                or acc.size < ROWS * NR or g >= G):
             raise IndexError("conv2d shift: a tile reads past its image or weights")
+        if Wp == Q:  # the grid is y's own plane: the tile goes straight out
+            yo = (n * K + k0) * P * Q + c0
+            if _CHECK_EXTENTS and yo + (rows - 1) * P * Q + lanes > min(yf.size, rf.size):
+                raise IndexError("conv2d shift: a tile writes past y")
+            taps_out(src, xo, offs, J, wf, k0 * J, J, rows, lanes, yf, yo, P * Q, b, k0, rf, flags)
+            continue
         taps(src, xo, offs, J, wf, k0 * J, J, rows, acc, lanes)
         p, q, o = c0 // Wp, c0 % Wp, 0
         while o < lanes:  # the tile's grid outputs, a row (of Wp) at a time: its first Q go out

@@ -33,6 +33,13 @@ def test_conv2d_cpu_inference_takes_shifted_taps_at_batch_one_and_where_winograd
     assert cpu_path(strided, (8, 32, 16, 16), backward=False) == "shift"
     assert cpu_path(strided, (8, 32, 16, 16)) == "im2col"  # training: shifted taps' forward at stride 1 only
     assert cpu_path(Conv2d(out_channels=6, kernel_size=1), (1, 3, 8, 8), backward=False) != "shift"  # 1x1
+    # 1x1 from few channels to many, batches of two or more: the tile straight into y
+    wide = Conv2d(out_channels=64, kernel_size=1)
+    assert cpu_path(wide, (8, 16, 32, 32), backward=False) == "shift"
+    assert cpu_path(wide, (1, 16, 32, 32), backward=False) != "shift"
+    assert cpu_path(wide, (8, 64, 32, 32), backward=False) != "shift"
+    assert cpu_path(wide, (8, 16, 32, 32)) != "shift"  # training
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=1), (8, 16, 32, 32), backward=False) != "shift"
     assert cpu_path(Conv2d(out_channels=6, kernel_size=(1, 5)), (1, 3, 1, 28), backward=False) != "shift"  # conv1d
     assert cpu_path(Conv2d(out_channels=6, kernel_size=3, groups=2), (1, 4, 8, 8), backward=False) != "shift"
 
@@ -101,6 +108,56 @@ def test_taps_tile_against_numpy(dtype):
         tol = 1e-5 if dtype == np.float32 else 1e-12
         np.testing.assert_allclose(acc.reshape(_taps_cpu.ROWS, cols), want, rtol=tol, atol=tol * J,
                                    err_msg=f"trial {trial}: J {J} rows {rows} lanes {lanes}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_taps_out_tile_against_numpy(dtype):
+    # The tile written straight to y: bias (or none), residual, relu's rule (NaN
+    # kept, -0.0 to 0), nothing touched past its rows and lanes (y and r are fenced with
+    # sentinels), rows at every count, against float64 NumPy.
+    from numba import njit
+
+    from numbacnn.layers import _taps_cpu
+
+    @njit
+    def tile(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, bo, r, flags):
+        _taps_cpu.taps_out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, bo, r, flags)
+
+    rng = np.random.default_rng(6)
+    cols = _taps_cpu.VECTORS * _taps_cpu.VECTOR_BYTES // np.dtype(dtype).itemsize
+    R = _taps_cpu.ROWS
+    for trial in range(48):
+        flags = trial % 8
+        J = int(rng.integers(1, 20))
+        offs = rng.integers(0, 100, J).astype(np.int64)
+        lanes, rows = int(rng.integers(1, cols + 1)), int(rng.integers(1, R + 1))
+        x = rng.standard_normal(int(offs.max()) + lanes + 3).astype(dtype)
+        x[int(rng.integers(0, x.size))] = np.nan  # a NaN in some sums
+        xo = int(rng.integers(0, x.size - int(offs.max()) - lanes + 1))
+        w = rng.standard_normal(J * R).astype(dtype)
+        w[:J] = 0.0  # row 0 sums to +-0.0 (or NaN): relu and the -0.0 identity show
+        b = rng.standard_normal(R + 2).astype(dtype)
+        ldy = lanes + int(rng.integers(0, 5))
+        y = np.full(3 + R * ldy + 3, 7.0, dtype)  # 7.0: untouched
+        r = rng.standard_normal(y.size).astype(dtype)
+        tile(x, xo, offs, J, w, 0, J, rows, lanes, y, 3, ldy, b, 1, r, flags)
+        want = np.full(y.size, 7.0)
+        for m in range(rows):
+            s = np.zeros(lanes)
+            for j in range(J):
+                s = s + float(w[m * J + j]) * x[xo + offs[j]:xo + offs[j] + lanes].astype(np.float64)
+            s = s + (float(b[1 + m]) if flags & 1 else -0.0)
+            at = 3 + m * ldy
+            if flags & 2:
+                s = s + r[at:at + lanes]
+            if flags & 4:
+                s = np.where(s <= 0, 0.0, s)
+            want[at:at + lanes] = s
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(y, want, rtol=tol, atol=tol * J, err_msg=f"trial {trial}: flags {flags} "
+                                   f"J {J} rows {rows} lanes {lanes}")
+        zeros = want == 0
+        assert np.array_equal(np.signbit(y[zeros]), np.signbit(want[zeros])), f"trial {trial}: the sign of zero"
 
 
 def _model(C, K, kernel, pad, shape, relu):
