@@ -78,7 +78,7 @@ def _pad(xn, xpf, pt, pl, Hp, Wp, sh, sw):
 
 
 @cpu_serial
-def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, P, Q, relu):
+def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, P, Q, relu, direct):
     """Tiles t0..t1 of sample n (its padded image at src[x0:]), in the order (group, channel
     block, grid block): each summed into acc, then written out to y (flat, (N, K, P, Q)) with
     the bias (b empty: none), the residual rf (flat like y; added when ``res``: an array either
@@ -101,7 +101,7 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
         if _CHECK_EXTENTS and (xo < 0 or offs.min() < 0 or xo + reach + lanes > src.size or (k0 + rows) * J > wf.size
                                or acc.size < ROWS * NR or g >= G):
             raise IndexError("conv2d shift: a tile reads past its image or weights")
-        if Wp == Q:  # the grid is y's own plane: the tile goes straight out
+        if direct is not None:  # the grid is y's own plane (Wp == Q): the tile goes straight out
             yo = (n * K + k0) * P * Q + c0
             if _CHECK_EXTENTS and yo + (rows - 1) * P * Q + lanes > min(yf.size, rf.size):
                 raise IndexError("conv2d shift: a tile writes past y")
@@ -130,7 +130,7 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
 
 
 @cpu_serial
-def _samples(x, wf, b, yf, rf, res, xpf, t, T, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy):
+def _samples(x, wf, b, yf, rf, res, xpf, t, T, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy, direct):
     """Chunk t of T: whole samples (t * N // T to (t + 1) * N // T), or, for fewer samples
     than chunks (batch-1 inference), every sample's tiles t * tiles // T to (t + 1) * tiles //
     T. The tile count is this compiled kernel's own (its ROWS and columns), never a caller's: a
@@ -152,18 +152,19 @@ def _samples(x, wf, b, yf, rf, res, xpf, t, T, G, K, R, S, sh, sw, dh, dw, pt, p
         if copy:
             _pad(x[n], xpf, pt, pl, Hp, Wp, sh, sw)
         src, x0 = (xpf, np.int64(0)) if copy else (x.reshape(x.size), np.int64(n * C * H * W))
-        _tiles(src, x0, offs, wf, b, yf, rf, res, acc, np.int64(n), a, z, G, K, C // G * sh * sw, Hp, Wp, P, Q, relu)
+        _tiles(src, x0, offs, wf, b, yf, rf, res, acc, np.int64(n), a, z, G, K, C // G * sh * sw, Hp, Wp, P, Q, relu,
+               direct)
 
 
 @cpu_kernel
-def _shift_chunks(x, wf, b, yf, rf, res, xp, T, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy):
+def _shift_chunks(x, wf, b, yf, rf, res, xp, T, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy, direct):
     """The batch in T chunks (``_samples``), each with its own padded image xp[t] (xp is (T, 0,
     0, 0) where x is read in place). Where the tiles are split, each chunk pads the whole sample
     itself: tiles reading one image that another core had just written ran slower on two
     threads than on one (32->32 3x3 at 32x32: 139 against 119 us; each padding its own, 76)."""
     for t in prange(T):
         _samples(x, wf, b, yf, rf, res, xp[t].reshape(xp[t].size), np.int64(t), T, G, K, R, S, sh, sw, dh, dw, pt, pl,
-                 P, Q, relu, copy)
+                 P, Q, relu, copy, direct)
 
 
 def _copies(geo: tuple, x_hw: tuple[int, ...], out_hw: tuple[int, ...]) -> bool:
@@ -203,7 +204,12 @@ def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, sc
         yf = y.reshape(y.size)
         head = (x, w.reshape(w.size), b, yf, yf if residual is None else residual.reshape(residual.size),
                 residual is not None)
-        tail = (G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy)
+        # Where the grid is y's plane (Wp == Q: 1x1 kernels), the tiles write y from their
+        # registers: ``direct`` True, else None, whose kernels leave that code out (Numba prunes
+        # an argument's ``is None`` by its type): the store costs a cold ``numbacnn train``
+        # (lenet5's 5x5 forwards on this path) 0.5 s of compiling where it is in the kernel.
+        direct = True if _planes(geo, (P, Q))[1] == Q else None
+        tail = (G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy, direct)
         if T == 1:
             kernel, args = _samples, (*head, xp[0].reshape(xp[0].size), 0, 1, *tail)
         else:
