@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 from . import _fold
 from ._arena import Arena
@@ -14,7 +14,7 @@ from .layer import Ctx, Shape
 if TYPE_CHECKING:
     from .graph import Graph
 
-__all__ = ["Plan", "Pass", "one_thread", "replay_calls"]
+__all__ = ["Plan", "Pass", "one_thread", "replay_calls", "micro_batches", "independent", "in_parts"]
 
 
 def one_thread(graph: Graph, shapes: dict[str, Shape], grad: bool) -> bool:
@@ -25,6 +25,56 @@ def one_thread(graph: Graph, shapes: dict[str, Shape], grad: bool) -> bool:
     nodes = [(n, node) for n, node in graph.nodes.items() if node.layer != "input"]
     return all(math.prod(s) < PARALLEL_MIN for s in shapes.values()) and (grad or all(
         node.obj.flops([shapes[i] for i in node.inputs], shapes[n]) < PARALLEL_MIN_FLOPS for n, node in nodes))
+
+
+# Inference of a large batch runs in parts of at least MICRO_BATCH_MIN samples, each part's
+# largest activation at most MICRO_BATCH_BYTES, where the model moves more than
+# MICRO_BATCH_MIN_TRAFFIC bytes of activations per thousand FLOPs: a part's values stay in the
+# caches between one node and the next, where the whole batch's went out to memory and back (a
+# 3x3 stride-2 max pool of googlenet_mini at batch 256 ran at 2.1 ms in the model, 1.3 ms on
+# data just read). Batch 256 on the CPU, 2 threads, six rounds alternating part sizes, median
+# ms: resnet_bottleneck (92 bytes a kFLOP, 256 KB a sample at most) whole 158, parts of 128:
+# 150, 64: 144, 32: 143; googlenet_mini (43, 128 KB) whole 53.6, 128: 51.1, 64: 51.2;
+# vgg_small (12.5, 128 KB; its Winograd products want the whole batch) whole 56.0, 128: 57.8,
+# 64: 58.3 (left whole).
+MICRO_BATCH_BYTES = 1 << 24
+MICRO_BATCH_MIN = 32
+MICRO_BATCH_MIN_TRAFFIC = 32
+
+
+def independent(layer: Any) -> bool:
+    """Whether ``layer``'s inference treats each sample on its own, so that a batch may run in
+    parts: numbacnn's own layers, but for a batch norm without running statistics (it
+    normalises with the batch's). A plugin's layer may mix samples: never split around it."""
+    return type(layer).__module__.startswith("numbacnn.layers.") and getattr(layer, "track_running_stats", True)
+
+
+def micro_batches(graph: Graph, batch: int, shapes: dict[str, Shape], itemsize: int) -> list[tuple[int, int]] | None:
+    """The parts (start, stop) an inference of ``batch`` samples of ``graph`` (per-sample
+    ``shapes``) runs in, as equal as they come, or None for the batch whole (see above)."""
+    sizes = [math.prod(s) * itemsize for s in shapes.values()]
+    size = max(MICRO_BATCH_MIN, MICRO_BATCH_BYTES // max(1, *sizes))
+    if batch <= size:
+        return None
+    flops = sum(node.obj.flops([shapes[i] for i in node.inputs], shapes[n])
+                for n, node in graph.nodes.items() if node.layer != "input")
+    if sum(sizes) * 1000 < MICRO_BATCH_MIN_TRAFFIC * flops:
+        return None
+    parts = -(-batch // size)
+    return [(i * batch // parts, (i + 1) * batch // parts) for i in range(parts)]
+
+
+def in_parts(plan: Plan, xs: Sequence[Any], backend: Any, dtype: Any, outputs: list[str],
+             run: Callable[[list[Any]], list[Any]]) -> list[Any]:
+    """``run`` (an inference pass) on each of ``plan.parts`` of the inputs ``xs``, its outputs
+    gathered in the plan's own arrays of the whole batch (valid until its next call, as a
+    pass's outputs are)."""
+    if not plan.outs_whole:
+        plan.outs_whole = [backend.empty((plan.batch, *plan.shapes[o]), dtype) for o in outputs]
+    for a, b in plan.parts or ():
+        for whole, y in zip(plan.outs_whole, run([x[a:b] for x in xs])):
+            whole[a:b] = y
+    return list(plan.outs_whole)
 
 
 def replay_calls(plan: Plan, forwards: list[Any], steps: list[tuple], ctxs: list[Ctx], first: int,
@@ -68,6 +118,8 @@ class Plan:
         self.outs: list[int] = []  # and where in its values the outputs are
         self.one_thread = False  # too small for Numba's pool to pay anywhere: run on one thread
         self.replays: dict[Hashable, Replay] = {}  # CUDA graphs: "forward", ("backward", input_grad)
+        self.parts: list[tuple[int, int]] | None = None  # inference in parts (micro_batches)
+        self.outs_whole: list[Any] = []  # and the outputs the parts are gathered in
 
     def replay(self, key: Hashable) -> Replay:
         """The CUDA graph state of one direction of this signature (``_graph_replay``)."""

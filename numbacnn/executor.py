@@ -9,7 +9,8 @@ the buffers each node's context hands out, the layers' own plans (chunk counts f
 plan is made), in-place decisions. The first call of a signature makes those decisions (in inference, the arena
 shares buffers between nodes once their last reader has run; on the CPU a training step's first forward and
 backward share theirs by liveness, ``_step_arena``); later calls replay them, with no bookkeeping but a loop over
-the nodes. Plans are kept for the ``POOL_SHAPES`` most recently used signatures.
+the nodes. Plans are kept for the ``POOL_SHAPES`` most recently used signatures. A large inference batch runs in
+parts, each on its own signature's plan (``_passes.micro_batches``).
 
 Threads: inference (``grad=False``) runs on per-thread contexts, arenas and plans, so any number of threads may call
 it at once. A training step (a forward with ``grad=True`` and its backward) runs on the one set of training contexts
@@ -27,7 +28,7 @@ import numpy as np
 from . import _fold, _fuse_train, _shapes
 from ._arena import Arena
 from ._graph_replay import follows_graph, graph_modes, replayed
-from ._passes import Pass, Plan, one_thread, replay_calls
+from ._passes import Pass, Plan, in_parts, independent, micro_batches, one_thread, replay_calls
 from ._step_arena import StepArena, accumulate
 from ._threads import on_one_thread
 from .graph import Graph, GraphError
@@ -78,6 +79,7 @@ class Executor:
         self._step: Plan | None = None  # the plan of that forward
         self._record: StepArena | None = None  # where a training step's buffers come from (CPU)
         self._graphs = {True: False, False: False}  # replay CUDA graphs, in training / not (_graph_replay)
+        self._parts_ok = False  # inference may run a large batch in parts (_passes.micro_batches)
 
     def bind(self, device: str, backend: Any, params: dict[str, dict[str, Any]],
              grads: dict[str, dict[str, Any]], buffers: dict[str, dict[str, Any]]) -> None:
@@ -107,6 +109,7 @@ class Executor:
         self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
                        for want in (True, False)}
         self._graphs = graph_modes(device, [layer for layer, _, _, _ in self._steps])
+        self._parts_ok = device == "cpu" and all(independent(layer) for layer, _, _, _ in self._steps)
         self.release()
 
     def new_pass(self) -> Pass:
@@ -128,9 +131,10 @@ class Executor:
         return state
 
     def measure(self, xs: Sequence[Any]) -> Pass:
-        """Inference on state of its own (``Model.memory_plan``); returns that state."""
+        """Inference of the whole batch (never in parts) on state of its own
+        (``Model.memory_plan``); returns that state."""
         state = self.new_pass()
-        self._infer(state, xs)
+        self._infer(state, xs, whole=True)
         return state
 
     def reset_rng(self) -> None:
@@ -152,6 +156,8 @@ class Executor:
             batch, shapes = self._check_inputs(xs)
             plan = Plan(batch, shapes, self.order)
             plan.one_thread = self.device == "cpu" and batch == 1 and one_thread(self.graph, shapes, mode[1])
+            if mode == (False, False) and self._parts_ok:
+                plan.parts = micro_batches(self.graph, batch, shapes, self.dtype.itemsize)
             if len(plans) >= POOL_SHAPES:
                 del plans[next(iter(plans))]  # the least recently used
         plans[key] = plan
@@ -214,11 +220,16 @@ class Executor:
             self._owner, self._pending, self._step = threading.current_thread(), True, plan
             return ys
 
-    def _infer(self, state: Pass, xs: Sequence[Any]) -> list[Any]:
-        """Inference without gradients: batch norms folded into their convs (``_fold``)."""
+    def _infer(self, state: Pass, xs: Sequence[Any], whole: bool = False) -> list[Any]:
+        """Inference without gradients: batch norms folded into their convs (``_fold``); a
+        large batch in parts (``micro_batches``) unless ``whole``, gathered in outputs of the
+        whole batch."""
         plan = self._plan(state.plans, xs, (False, False))  # inputs checked before any fold
         state.folds.refresh()
-        return self._run(plan, xs, state.folds.ctxs, False, False, state)
+        if plan.parts is None or whole:
+            return self._run(plan, xs, state.folds.ctxs, False, False, state)
+        return in_parts(plan, xs, self.backend, self.dtype, self.outputs, lambda part: self._run(
+            self._plan(state.plans, part, (False, False)), part, state.folds.ctxs, False, False, state))
 
     def _run(self, plan: Plan, xs: Sequence[Any], ctxs: list[Ctx], training: bool, grad: bool,
              state: Pass | None) -> list[Any]:

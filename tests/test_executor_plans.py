@@ -192,3 +192,87 @@ def test_a_first_inference_that_failed_leaves_no_stale_buffers_behind():
         model.forward(x)
     np.testing.assert_allclose(model.forward(x), 6 * x, rtol=1e-6)
     np.testing.assert_allclose(model.forward(x), 6 * x, rtol=1e-6)
+
+
+class BatchMean(nc.Layer):
+    """y = x - the batch's mean: a layer whose inference mixes the samples (a plugin may)."""
+
+    name = "batch_mean_test"
+
+    def output_shape(self, x_shape):
+        return x_shape
+
+    def forward_cpu(self, ctx, x):
+        y = ctx.empty_like(x)
+        y[...] = x - x.mean(axis=0)
+        ctx.save()
+        return y
+
+    def backward_cpu(self, ctx, gy):
+        return gy
+
+
+def _parts_everywhere(monkeypatch):
+    import numbacnn._passes as passes
+
+    monkeypatch.setattr(passes, "MICRO_BATCH_BYTES", 1)  # every activation "too large": parts of the minimum
+    monkeypatch.setattr(passes, "MICRO_BATCH_MIN", 3)
+    monkeypatch.setattr(passes, "MICRO_BATCH_MIN_TRAFFIC", 0)
+
+
+def _two_in_two_out():
+    g = nc.Graph()
+    a, b = g.input((2, 6, 6), name="a"), g.input((3, 6, 6), name="b")
+    h = g.relu(g.conv2d(g.concat(a, b), out_channels=4, kernel_size=3, padding=1, name="c"))
+    h = g.batch_norm2d(h, name="bn")
+    g.output(g.linear(g.flatten(g.max_pool2d(h, kernel_size=2)), out_features=5, name="fc"),
+             g.global_avg_pool2d(h, name="gap"))
+    return g
+
+
+def test_large_inference_batches_run_in_parts_with_the_whole_batch_s_answers(monkeypatch):
+    # Every sample's outputs as a pass over it alone gives them (float64: im2col at any batch),
+    # gathered in arrays of the whole batch, for two inputs and two outputs; the parts as equal
+    # as they come (8 in parts of 3: 2, 3, 3), a part size's plan replayed on the next call.
+    _parts_everywhere(monkeypatch)
+    model = nc.Model(_two_in_two_out(), seed=0, dtype="float64")
+    for key, value in model.buffers.items():  # running statistics of their own (not 0 and 1)
+        value[...] = np.random.default_rng(len(key)).uniform(0.5, 1.5, value.shape)
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((8, 2, 6, 6)), rng.standard_normal((8, 3, 6, 6))
+    y, z = model.forward(a, b)
+    plan = model._executor.thread_pass().plans
+    whole = [p for p in plan.values() if p.batch == 8][0]
+    assert whole.parts == [(0, 2), (2, 5), (5, 8)]
+    for n in range(8):
+        yn, zn = model.forward(a[n:n + 1], b[n:n + 1])
+        np.testing.assert_allclose(y[n:n + 1], yn, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(z[n:n + 1], zn, rtol=1e-13, atol=1e-13)
+    y2, z2 = model.forward(a * 2, b)  # the plans replayed: new data, new answers
+    assert not np.allclose(y2, y)
+    np.testing.assert_allclose(y2[5:], model.forward(a[5:] * 2, b[5:])[0], rtol=1e-13, atol=1e-13)
+    # host=False: the whole batch's arrays, and a training-mode forward is never split
+    assert model.forward(a, b, host=False)[0].shape == (8, 5)
+    model.forward(a, b, training=True)
+    assert all(p.parts is None for p in model._executor._plans.values())
+
+
+def test_inference_is_never_split_around_a_layer_that_mixes_samples(monkeypatch):
+    # A plugin's layer (here one subtracting the batch's mean) and a batch norm without running
+    # statistics use the whole batch: such models run it whole, as memory_plan measures it.
+    _parts_everywhere(monkeypatch)
+    x = np.random.default_rng(2).standard_normal((9, 3, 4))
+    mixing = model_of(BatchMean(), nc.get_layer("relu")())
+    model = nc.Model(mixing.graph, seed=0, dtype="float64")
+    np.testing.assert_allclose(model.forward(x), np.maximum(x - x.mean(axis=0), 0), rtol=1e-13, atol=1e-13)
+    g = nc.Graph()
+    g.output(g.batch_norm2d(g.input((2, 3, 3)), track_running_stats=False, name="bn"))
+    x4 = np.random.default_rng(3).standard_normal((9, 2, 3, 3))
+    want = (x4 - x4.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(x4.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(nc.Model(g, seed=0, dtype="float64").forward(x4), want, rtol=1e-10, atol=1e-10)
+    split = nc.Model(_two_in_two_out(), seed=0)
+    x2 = [np.zeros((9, 2, 6, 6), np.float32), np.zeros((9, 3, 6, 6), np.float32)]
+    rows = split.memory_plan(9)["rows"]
+    assert rows[0]["node"].startswith("concat") and rows[0]["bytes"] == 9 * 5 * 36 * 4  # the whole batch's join
+    split.forward(*x2)
+    assert [p.parts for p in split._executor.thread_pass().plans.values() if p.batch == 9] == [[(0, 3), (3, 6), (6, 9)]]
