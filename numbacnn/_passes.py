@@ -1,20 +1,50 @@
-"""What the executor keeps per input signature (``Plan``) and per inference caller (``Pass``)."""
+"""What the executor keeps per input signature (``Plan``) and per inference caller (``Pass``), and the
+decisions it makes once per signature: the inputs' check, one thread or the pool, a batch whole or in parts."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
-from . import _fold
+import numpy as np
+
+from . import _fold, _shapes
 from ._arena import Arena
 from ._graph_replay import Replay
 from ._threads import PARALLEL_MIN, PARALLEL_MIN_FLOPS
+from .graph import Graph, GraphError
 from .layer import Ctx, Shape
 
-if TYPE_CHECKING:
-    from .graph import Graph
+__all__ = ["Plan", "Pass", "check_inputs", "one_thread", "replay_calls", "micro_batches", "independent", "in_parts"]
 
-__all__ = ["Plan", "Pass", "one_thread", "replay_calls", "micro_batches", "independent", "in_parts"]
+
+def check_inputs(graph: Graph, shapes: dict[str, Any], dtype: np.dtype, free: bool,
+                 xs: Sequence[Any]) -> tuple[int, dict[str, Shape]]:
+    """A new input signature's check, before anything runs: the inputs' count, dtype and
+    per-sample shapes against ``graph``'s (``shapes``; ``free``: some size follows the input);
+    returns the batch and the concrete per-sample shapes of every node."""
+    if len(xs) != len(graph.inputs):
+        raise GraphError(f"model takes {len(graph.inputs)} input(s), found {len(xs)}")
+    batch = None
+    for name, x in zip(graph.inputs, xs):
+        want = shapes[name]
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"input '{name}': expected an array, found {type(x).__name__}")
+        if x.dtype != dtype:
+            fix = f"convert the data (x.astype(np.{dtype.name}))"
+            if x.dtype in (np.float32, np.float64):  # the dtypes a model can take
+                fix += f" or the model (model.astype('{x.dtype}'))"
+            raise TypeError(f"input '{name}': expected {dtype.name} data, found {x.dtype}; {fix}")
+        if not _shapes.fits(tuple(x.shape[1:]), want):
+            raise GraphError(f"input '{name}': expected shape {_shapes.expected(want)}, found {tuple(x.shape)}")
+        if batch is not None and x.shape[0] != batch:
+            raise GraphError(f"input '{name}': batch {x.shape[0]} differs from {batch}")
+        batch = x.shape[0]
+    if not batch:
+        raise GraphError("the input batch is empty")
+    if not free:
+        return int(batch), shapes
+    return int(batch), _shapes.infer(graph, {n: x.shape[1:] for n, x in zip(graph.inputs, xs)})
 
 
 def one_thread(graph: Graph, shapes: dict[str, Shape], grad: bool) -> bool:
@@ -115,6 +145,7 @@ class Plan:
         self.bases: set[int] = set()  # id() of the arena buffers (heap chunks) this plan uses
         self.acc: dict[int, Any] = {}  # training: fan-out gradient sums, by value slot
         self.calls: list[tuple] | None = None  # the replay's call list (``replay_calls``)
+        self.fast: list[tuple | None] = []  # per call, its kernel call to repeat on the same inputs (Executor._replay)
         self.outs: list[int] = []  # and where in its values the outputs are
         self.one_thread = False  # too small for Numba's pool to pay anywhere: run on one thread
         self.replays: dict[Hashable, Replay] = {}  # CUDA graphs: "forward", ("backward", input_grad)

@@ -28,7 +28,7 @@ import numpy as np
 from . import _fold, _fuse_train, _shapes
 from ._arena import Arena
 from ._graph_replay import follows_graph, graph_modes, replayed
-from ._passes import Pass, Plan, in_parts, independent, micro_batches, one_thread, replay_calls
+from ._passes import Pass, Plan, check_inputs, in_parts, independent, micro_batches, one_thread, replay_calls
 from ._step_arena import StepArena, accumulate
 from ._threads import on_one_thread
 from .graph import Graph, GraphError
@@ -153,7 +153,7 @@ class Executor:
             key = None  # not arrays: the check below says so
         plan = plans.pop(key, None)
         if plan is None:
-            batch, shapes = self._check_inputs(xs)
+            batch, shapes = check_inputs(self.graph, self.shapes, self.dtype, self._free, xs)
             plan = Plan(batch, shapes, self.order)
             plan.one_thread = self.device == "cpu" and batch == 1 and one_thread(self.graph, shapes, mode[1])
             if mode == (False, False) and self._parts_ok:
@@ -162,30 +162,6 @@ class Executor:
                 del plans[next(iter(plans))]  # the least recently used
         plans[key] = plan
         return plan
-
-    def _check_inputs(self, xs: Sequence[Any]) -> tuple[int, dict[str, Shape]]:
-        if len(xs) != len(self.graph.inputs):
-            raise GraphError(f"model takes {len(self.graph.inputs)} input(s), found {len(xs)}")
-        batch = None
-        for name, x in zip(self.graph.inputs, xs):
-            want = self.shapes[name]
-            if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-                raise TypeError(f"input '{name}': expected an array, found {type(x).__name__}")
-            if x.dtype != self.dtype:
-                fix = f"convert the data (x.astype(np.{self.dtype.name}))"
-                if x.dtype in (np.float32, np.float64):  # the dtypes a model can take
-                    fix += f" or the model (model.astype('{x.dtype}'))"
-                raise TypeError(f"input '{name}': expected {self.dtype.name} data, found {x.dtype}; {fix}")
-            if not _shapes.fits(tuple(x.shape[1:]), want):
-                raise GraphError(f"input '{name}': expected shape {_shapes.expected(want)}, found {tuple(x.shape)}")
-            if batch is not None and x.shape[0] != batch:
-                raise GraphError(f"input '{name}': batch {x.shape[0]} differs from {batch}")
-            batch = x.shape[0]
-        if not batch:
-            raise GraphError("the input batch is empty")
-        if not self._free:
-            return int(batch), self.shapes  # type: ignore[return-value]
-        return int(batch), _shapes.infer(self.graph, {n: x.shape[1:] for n, x in zip(self.graph.inputs, xs)})
 
     def _claim(self, call: str) -> None:
         """Refuse a training call that would mix with another thread's unfinished step."""
@@ -288,13 +264,24 @@ class Executor:
         if plan.calls is None:
             forwards, steps, _ = self._modes[training or grad]
             plan.calls, plan.outs = replay_calls(plan, forwards, steps, ctxs, self._first, self._outs)
-        dtype = self.dtype
-        for forward, ins, ctx, pool, plans, inplace, want, k in plan.calls:
+            plan.fast = [None] * len(plan.calls)
+        dtype, fast = self.dtype, None if training or grad else plan.fast
+        for j, (forward, ins, ctx, pool, plans, inplace, want, k) in enumerate(plan.calls):
+            # Inference: a node whose last call was one kernel call (ctx._call), on these very
+            # input arrays, makes that call again without its layer's Python.
+            f = fast[j] if fast else None
+            if f is not None and (values[ins] is f[2] if type(ins) is int else
+                                  all(values[i] is a for i, a in zip(ins, f[2]))):
+                f[0](*f[1])
+                values.append(f[3])
+                continue
             ctx.begin(training, grad, pool, plans, inplace)
             y = forward(ctx, values[ins]) if type(ins) is int else forward(ctx, *[values[i] for i in ins])
             if y.shape != want or y.dtype != dtype:
                 raise self._bad_output(k, y, want)
             values.append(y)
+            if fast is not None:
+                fast[j] = ctx._call and (*ctx._call, values[ins] if type(ins) is int else [values[i] for i in ins], y)
         return [values[o] for o in plan.outs]
 
     def _bad_output(self, k: int, y: Any, want: Shape) -> GraphError:

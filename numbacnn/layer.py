@@ -215,7 +215,7 @@ class Ctx:
     __slots__ = (
         "name", "device", "dtype", "params", "grads", "buffers", "training", "rng", "saved",
         "needs_input_grad", "backend", "inplace", "backward_expected", "_pool", "_cursor", "_arena", "_taken",
-        "_plans", "_own_pool", "_own_plans", "_layer", "_kernels", "_workspace", "_scursor", "_soffset",
+        "_plans", "_own_pool", "_own_plans", "_layer", "_kernels", "_workspace", "_scursor", "_soffset", "_call",
     )
 
     def __init__(self, name: str, device: str, dtype: np.dtype, backend: Any, rng: np.random.Generator,
@@ -246,6 +246,7 @@ class Ctx:
         self._cursor = 0
         self._arena: Any = None
         self._taken: list[Any] = []
+        self._call: tuple | None = None  # a built-in's whole inference call as (kernel, args): Executor._replay
 
     @property
     def kernels(self) -> ModuleType:
@@ -280,6 +281,7 @@ class Ctx:
         if arena is not None:
             self._taken = []  # nothing left from a pass that failed before the executor settled it
         self.inplace = inplace
+        self._call = None
 
     def begin_backward(self, needs_input_grad: tuple[bool, ...]) -> None:
         """Called by the executor before backward: which input gradients it must return; the

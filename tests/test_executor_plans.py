@@ -276,3 +276,32 @@ def test_inference_is_never_split_around_a_layer_that_mixes_samples(monkeypatch)
     assert rows[0]["node"].startswith("concat") and rows[0]["bytes"] == 9 * 5 * 36 * 4  # the whole batch's join
     split.forward(*x2)
     assert [p.parts for p in split._executor.thread_pass().plans.values() if p.batch == 9] == [[(0, 3), (3, 6), (6, 9)]]
+
+
+def test_inference_replays_a_convolution_as_its_last_kernel_call_only_on_the_same_arrays():
+    # A replayed conv2d whose last call was one kernel call makes that call again without its
+    # layer's Python while its inputs are the arrays it had; new input arrays, or the same ones
+    # with new contents, give their own answers (against a float64 model of the same weights).
+    g = nc.Graph()
+    x = g.input((3, 10, 10))
+    h = g.relu(g.conv2d(x, out_channels=8, kernel_size=3, padding=1, name="c1"))
+    h = g.conv2d(h, out_channels=8, kernel_size=1, name="c2")
+    g.output(g.add(h, g.conv2d(x, out_channels=8, kernel_size=1, name="c3")))
+    model = nc.Model(g, seed=0)
+    ref = model.astype("float64")
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((2, 1, 3, 10, 10)).astype(np.float32)
+    for _ in range(3):
+        np.testing.assert_allclose(model.forward(a), ref.forward(a.astype(np.float64)), rtol=1e-4, atol=1e-5)
+    plan = [p for p in model._executor.thread_pass().plans.values() if p.calls][0]
+    assert sum(f is not None for f in plan.fast) >= 3  # the three convolutions (the add fused into one)
+    a[...] = rng.standard_normal(a.shape)  # the same array, new contents: the fast calls read them
+    np.testing.assert_allclose(model.forward(a), ref.forward(a.astype(np.float64)), rtol=1e-4, atol=1e-5)
+    for x_ in (b, a, b.copy()):  # other arrays: the node runs its layer again
+        np.testing.assert_allclose(model.forward(x_), ref.forward(x_.astype(np.float64)), rtol=1e-4, atol=1e-5)
+    model.params["c2.weight"][...] = 0.5  # weights edited in place
+    ref.params["c2.weight"][...] = 0.5
+    np.testing.assert_allclose(model.forward(b), ref.forward(b.astype(np.float64)), rtol=1e-4, atol=1e-5)
+    y = model.forward(b, training=True)  # a training forward replays its layers in full
+    assert all(f is None for p in model._executor._plans.values() for f in p.fast)
+    np.testing.assert_allclose(y, ref.forward(b.astype(np.float64)), rtol=1e-4, atol=1e-5)
