@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ._threads import batch_chunks
 from .layer import Ctx, device_method
 from .layers.add import Add
 from .layers.batch_norm2d import BatchNorm2d
@@ -231,7 +232,14 @@ class Folds:
             sizes.append((w.size, K))
             eps.append(e)
         source = np.empty(sum(w + 5 * k for w, k in sizes), keep[0].dtype)
-        return np.array(rows, np.int64), np.array(sizes, np.int64), np.array(eps), source, keep
+        each = [w + 5 * k for w, k in sizes]
+        starts = np.cumsum([0, *each[:-1]]).astype(np.int64)
+        # chunks of the pairs for the threads, cut where the running size passes each share
+        T = min(len(each), batch_chunks(len(each)))
+        cut = np.searchsorted(np.cumsum(each), [t * sum(each) / T for t in range(1, T)], side="right")
+        bounds = np.array([0, *cut, len(each)], np.int64)
+        return (np.array(rows, np.int64), np.array(sizes, np.int64), np.array(eps), source, starts, bounds,
+                np.zeros(len(each), np.bool_), keep)
 
     def refresh(self) -> int:
         """Fold again every pair one of whose sources differs from the copy its folded arrays
@@ -243,5 +251,6 @@ class Folds:
             from ._fold_cpu import fold
 
             self._args = (fold, *self._prepare())
-        kernel, addrs, sizes, eps, source, _ = self._args
-        return kernel(addrs, sizes, eps, source, fresh)
+        kernel, addrs, sizes, eps, source, starts, bounds, changed, _ = self._args
+        kernel(addrs, sizes, eps, source, fresh, starts, bounds, changed)
+        return int(changed.sum())
