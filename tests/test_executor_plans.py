@@ -305,3 +305,28 @@ def test_inference_replays_a_convolution_as_its_last_kernel_call_only_on_the_sam
     y = model.forward(b, training=True)  # a training forward replays its layers in full
     assert all(f is None for p in model._executor._plans.values() for f in p.fast)
     np.testing.assert_allclose(y, ref.forward(b.astype(np.float64)), rtol=1e-4, atol=1e-5)
+
+
+def test_inference_replay_of_pools_joins_views_and_linear_layers_follows_its_inputs():
+    # Max pool, concat, flatten (a view), global average pool and linear make their last call
+    # again on the same arrays; each answer against a model of the same seed on its first pass
+    # (nothing replayed), with the same arrays given new contents and with other arrays.
+    g = nc.Graph()
+    x = g.input((4, 8, 8))
+    a = g.max_pool2d(g.relu(g.conv2d(x, out_channels=6, kernel_size=3, padding=1, name="a")), kernel_size=2)
+    b = g.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    j = g.concat(a, b)
+    g.output(g.linear(g.flatten(j), out_features=5, name="fc"), g.global_avg_pool2d(j))
+
+    def fresh(x_):
+        return nc.Model(g, seed=0).forward(x_.copy())
+
+    model = nc.Model(g, seed=0)
+    rng = np.random.default_rng(5)
+    x1, x2 = rng.standard_normal((2, 3, 4, 8, 8)).astype(np.float32)
+    for x_ in (x1, x1, x1, x2, x1):
+        for got, want in zip(model.forward(x_), fresh(x_)):
+            np.testing.assert_array_equal(got, want)
+        x1[...] = rng.standard_normal(x1.shape)  # new contents, same array
+    plan = [p for p in model._executor.thread_pass().plans.values() if p.calls][0]
+    assert sum(f is not None for f in plan.fast) >= 6
