@@ -75,7 +75,8 @@ MICRO_BATCH_MIN_TRAFFIC = 32
 def independent(layer: Any) -> bool:
     """Whether ``layer``'s inference treats each sample on its own, so that a batch may run in
     parts: numbacnn's own layers, but for a batch norm without running statistics (it
-    normalises with the batch's). A plugin's layer may mix samples: never split around it."""
+    normalises with the batch's). A plugin's layer may mix samples: never split around it
+    (nor let the replay repeat a built-in's call for its subclass, which may do more)."""
     return type(layer).__module__.startswith("numbacnn.layers.") and getattr(layer, "track_running_stats", True)
 
 
@@ -84,13 +85,13 @@ def micro_batches(graph: Graph, batch: int, shapes: dict[str, Shape], itemsize: 
     ``shapes``) runs in, as equal as they come, or None for the batch whole (see above)."""
     sizes = [math.prod(s) * itemsize for s in shapes.values()]
     size = max(MICRO_BATCH_MIN, MICRO_BATCH_BYTES // max(1, *sizes))
-    if batch <= size:
+    if batch < 2 * size:  # every part at least ``size``
         return None
     flops = sum(node.obj.flops([shapes[i] for i in node.inputs], shapes[n])
                 for n, node in graph.nodes.items() if node.layer != "input")
     if sum(sizes) * 1000 < MICRO_BATCH_MIN_TRAFFIC * flops:
         return None
-    parts = -(-batch // size)
+    parts = batch // size
     return [(i * batch // parts, (i + 1) * batch // parts) for i in range(parts)]
 
 

@@ -79,7 +79,7 @@ class Executor:
         self._step: Plan | None = None  # the plan of that forward
         self._record: StepArena | None = None  # where a training step's buffers come from (CPU)
         self._graphs = {True: False, False: False}  # replay CUDA graphs, in training / not (_graph_replay)
-        self._parts_ok = False  # inference may run a large batch in parts (_passes.micro_batches)
+        self._parts_ok, self._own = False, []  # batches in parts (_passes.micro_batches); steps' own layers
 
     def bind(self, device: str, backend: Any, params: dict[str, dict[str, Any]],
              grads: dict[str, dict[str, Any]], buffers: dict[str, dict[str, Any]]) -> None:
@@ -109,7 +109,8 @@ class Executor:
         self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
                        for want in (True, False)}
         self._graphs = graph_modes(device, [layer for layer, _, _, _ in self._steps])
-        self._parts_ok = device == "cpu" and all(independent(layer) for layer, _, _, _ in self._steps)
+        own = [independent(layer) for layer, _, _, _ in self._steps]  # numbacnn's own layer classes
+        self._parts_ok, self._own = device == "cpu" and all(own), own
         self.release()
 
     def new_pass(self) -> Pass:
@@ -280,7 +281,7 @@ class Executor:
             if y.shape != want or y.dtype != dtype:
                 raise self._bad_output(k, y, want)
             values.append(y)
-            if fast is not None:
+            if fast is not None and self._own[k]:  # not a plugin's subclass, which may do more than the call
                 fast[j] = ctx._call and (*ctx._call, values[ins] if type(ins) is int else [values[i] for i in ins], y)
         return [values[o] for o in plan.outs]
 

@@ -103,8 +103,9 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
             raise IndexError("conv2d shift: a tile reads past its image or weights")
         if direct is not None:  # the grid is y's own plane (Wp == Q): the tile goes straight out
             yo = (n * K + k0) * P * Q + c0
-            if _CHECK_EXTENTS and yo + (rows - 1) * P * Q + lanes > min(yf.size, rf.size):
-                raise IndexError("conv2d shift: a tile writes past y")
+            if _CHECK_EXTENTS and (yo + (rows - 1) * P * Q + lanes > min(yf.size, rf.size)
+                                   or (b.size and k0 + rows > b.size)):
+                raise IndexError("conv2d shift: a tile writes past y or reads past the bias")
             taps_out(src, xo, offs, J, wf, k0 * J, J, rows, lanes, yf, yo, P * Q, b, k0, rf, flags)
             continue
         taps(src, xo, offs, J, wf, k0 * J, J, rows, acc, lanes)

@@ -296,3 +296,25 @@ def test_a_kernel_compiled_for_another_width_keeps_its_own_tile_count(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", _STALE], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.split() == ["ok"], out.stderr[-3000:]
+
+
+def test_a_wide_1x1_convolution_writes_its_bias_residual_and_relu_from_the_tile():
+    # 16 -> 64 1x1 at batch 3 (the default's shifted taps, written straight to y: the grid is
+    # y's plane), the join's add and relu fused into the later conv: against the float64 model
+    # (im2col), a NaN and an infinity included (relu keeps NaN).
+    g = nc.Graph()
+    x = g.input((16, 6, 5))
+    a = g.conv2d(x, out_channels=64, kernel_size=1, name="a")
+    p = g.conv2d(x, out_channels=64, kernel_size=1, bias=False, name="p")
+    g.output(g.relu(g.add(p, a)))
+    model = nc.Model(g, seed=7)
+    ref = model.astype("float64")
+    xs = np.random.default_rng(8).standard_normal((3, 16, 6, 5)).astype(np.float32)
+    xs[1, 3, 2, 2], xs[2, 0, 0, 4] = np.nan, np.inf
+    y = model.forward(xs)
+    paths = [p.path for ctx in model._executor.thread_pass().folds.ctxs for p in ctx._plans.values()
+             if hasattr(p, "path")]
+    assert paths == ["shift", "shift"]
+    want = ref.forward(xs.astype(np.float64))
+    assert np.isnan(y).sum() == np.isnan(want).sum() > 0
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
