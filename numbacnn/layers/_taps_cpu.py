@@ -87,7 +87,8 @@ class _Tile:
 
     def intrinsic(self, builder: ir.IRBuilder, what: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
         p0 = f".p0{self.name if _TYPED_POINTERS else ''}" if what.startswith("masked") else ""
-        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), f"llvm.{what}.{self.name}{p0}")
+        name = f"llvm.{what}.{self.name}{p0}"
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
     def masks(self, builder: ir.IRBuilder, lanes: ir.Value) -> list[ir.Value]:
         # vector v's lanes below ``lanes``, made once from an integer (kept in mask registers)
