@@ -235,7 +235,7 @@ class Folds:
         each = [w + 5 * k for w, k in sizes]
         starts = np.cumsum([0, *each[:-1]]).astype(np.int64)
         # chunks of the pairs for the threads, cut where the running size passes each share
-        T = min(len(each), batch_chunks(len(each)))
+        T = batch_chunks(len(each))
         cut = np.searchsorted(np.cumsum(each), [t * sum(each) / T for t in range(1, T)], side="right")
         bounds = np.array([0, *cut, len(each)], np.int64)
         return (np.array(rows, np.int64), np.array(sizes, np.int64), np.array(eps), source, starts, bounds,

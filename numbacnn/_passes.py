@@ -102,7 +102,7 @@ def in_parts(plan: Plan, xs: Sequence[Any], backend: Any, dtype: Any, outputs: l
     pass's outputs are)."""
     if not plan.outs_whole:
         plan.outs_whole = [backend.empty((plan.batch, *plan.shapes[o]), dtype) for o in outputs]
-    for a, b in plan.parts or ():
+    for a, b in plan.parts:
         for whole, y in zip(plan.outs_whole, run([x[a:b] for x in xs])):
             whole[a:b] = y
     return list(plan.outs_whole)

@@ -283,6 +283,14 @@ class Ctx:
         self.inplace = inplace
         self._call = None
 
+    def _repeatable(self, fn: Callable[..., Any], *args: Any) -> None:
+        """``fn(*args)``, a built-in layer's whole forward call; in CPU inference it is kept for
+        the executor's replay, which makes it again, without the layer's Python, while the
+        node's input arrays are the same objects (``Executor._replay``)."""
+        fn(*args)
+        if self.device == "cpu" and not self.backward_expected:
+            self._call = fn, args
+
     def begin_backward(self, needs_input_grad: tuple[bool, ...]) -> None:
         """Called by the executor before backward: which input gradients it must return; the
         shared workspace is laid out from its start again (the forward's scratch is dead)."""

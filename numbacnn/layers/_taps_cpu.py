@@ -133,9 +133,11 @@ class _Tile:
         return accs
 
 
-def _float_arrays(*arrays: types.Type) -> bool:
-    return (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
-            and arrays[0].dtype in (types.float32, types.float64) and all(a.dtype == arrays[0].dtype for a in arrays))
+def _typed(offs: types.Type, *arrays: types.Type) -> bool:
+    # the tiles' argument types: offsets 1-D contiguous int64, the arrays 1-D contiguous of one float dtype
+    return (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (offs, *arrays))
+            and offs.dtype == types.int64 and arrays[0].dtype in (types.float32, types.float64)
+            and all(a.dtype == arrays[0].dtype for a in arrays))
 
 
 def _int64s(context: Any, builder: ir.IRBuilder, pairs: list[tuple[ir.Value, types.Type]]) -> list[ir.Value]:
@@ -146,8 +148,7 @@ def _int64s(context: Any, builder: ir.IRBuilder, pairs: list[tuple[ir.Value, typ
 def taps(typingctx, x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
     """See the module docstring. x, w, acc: 1-D contiguous arrays of one float dtype; offs: 1-D
     contiguous int64; the rest int64 (rows >= 1)."""
-    if not _float_arrays(x, w, acc) or not (isinstance(offs, types.Array) and offs.dtype == types.int64
-                                            and offs.ndim == 1 and offs.layout == "C"):
+    if not _typed(offs, x, w, acc):
         return None
     sig = types.void(x, xo, offs, J, w, wo, ldw, rows, acc, lanes)
     tile = _Tile(x.dtype)
@@ -178,8 +179,7 @@ def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, 
     bias when ``flags & 1`` (else -0.0, the exact identity), the residual r (an array like y)
     when ``flags & 2``, relu's rule (v <= 0 gives 0, NaN kept) when ``flags & 4``; in that
     order, as the scalar epilogue. Nothing of y or r is touched past ``rows`` and ``lanes``."""
-    if not _float_arrays(x, w, y, b, r) or not (isinstance(offs, types.Array) and offs.dtype == types.int64
-                                                and offs.ndim == 1 and offs.layout == "C"):
+    if not _typed(offs, x, w, y, b, r):
         return None
     sig = types.void(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, bo, r, flags)
     tile = _Tile(x.dtype)

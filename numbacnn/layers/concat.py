@@ -36,10 +36,8 @@ class Concat(Layer):
     # sample: a single copy of them all, concat_all). The shapes were checked when the graph was.
     def forward(self, ctx: Ctx, *xs: Any) -> Any:
         y = ctx.empty((xs[0].shape[0], sum(x.shape[1] for x in xs), *xs[0].shape[2:]))
-        ctx.kernels.concat_all(xs, y)
+        ctx._repeatable(ctx.kernels.concat_all, xs, y)
         ctx.save(*(x.shape for x in xs))
-        if ctx.device == "cpu" and not ctx.backward_expected:
-            ctx._call = ctx.kernels.concat_all, (xs, y)  # the executor's replay may make it again on the same arrays
         return y
 
     def backward(self, ctx: Ctx, gy: Any) -> Any:

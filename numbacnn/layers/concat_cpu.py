@@ -4,7 +4,7 @@ import numpy as np
 
 from .._jit import cpu_kernel, prange
 
-__all__ = ["concat_forward", "concat_all", "concat_backward_input"]
+__all__ = ["concat_all", "concat_backward_input"]
 
 
 # One contiguous slice copy per sample: Numba lowers it to a vectorised copy. The former
@@ -26,20 +26,11 @@ def _backward_rows(gy, offset, gx):
         gx[n * M:(n + 1) * M] = gy[n, offset:offset + M]
 
 
-# One sample is one contiguous copy, which NumPy makes without a kernel call and its parallel
-# region: googlenet_mini's 4-way joins at batch 1 took 12-15 us each through the kernel.
-def concat_forward(x, offset, y):
-    """y[:, offset:offset + M] = x as rows of M (x flat, N*M values)."""
-    if y.shape[0] == 1:
-        y[0, offset:offset + x.size] = x
-    else:
-        _forward_rows(x, offset, y)
-
-
 def concat_all(xs, y):
     """y = the inputs xs joined along dimension 1. One sample: NumPy's concatenate, one call for
-    all of them (googlenet_mini's 4-way join of 16x16 planes at batch 1: 8.4 -> 4.4 us a node,
-    the layer's Python included); else each input through concat_forward's parallel copy."""
+    all of them, without a kernel call and its parallel region (googlenet_mini's 4-way join of
+    16x16 planes at batch 1: 8.4 -> 5.2 us a node, the layer's Python included); else each
+    input flat through _forward_rows' parallel copy, a row of it a sample."""
     N = y.shape[0]
     if N == 1:
         np.concatenate(xs, axis=1, out=y)

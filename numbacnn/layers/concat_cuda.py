@@ -4,7 +4,7 @@ from numba import cuda
 
 from .._jit import cuda_kernel
 
-__all__ = ["concat_forward", "concat_all", "concat_backward_input"]
+__all__ = ["concat_all", "concat_backward_input"]
 
 THREADS = 256
 
@@ -18,17 +18,17 @@ def _concat_forward_kernel(x, offset, y):
         y[n, offset + i - n * M] = x[i]
 
 
-def concat_forward(x, offset, y):
+def _concat_forward(x, offset, y):
     _concat_forward_kernel[(x.size + THREADS - 1) // THREADS, THREADS](x, offset, y)
 
 
 def concat_all(xs, y):
-    """y = the inputs xs joined along dimension 1: each input through concat_forward."""
+    """y = the inputs xs joined along dimension 1: each input through _concat_forward."""
     N = y.shape[0]
     rows = y.reshape(N, y.size // N)
     offset = 0
     for x in xs:
-        concat_forward(x.reshape(x.size), offset, rows)
+        _concat_forward(x.reshape(x.size), offset, rows)
         offset += x.size // N
 
 

@@ -101,8 +101,8 @@ class Conv2d(Layer):
         else:
             kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch)
         ctx.save(x, kept)
-        last = getattr(plan, "last", None)  # a CPU inference plan's last call, when it was one kernel call
-        if last:
+        last = getattr(plan, "last", None)  # a CPU inference plan's last call, when it was one kernel
+        if last:  # call: kept for the replay as ctx._repeatable keeps other layers' (the call is made inside)
             ctx._call = last[-2:]
         return y
 

@@ -61,11 +61,8 @@ class Linear(Layer):
         y = ctx.empty((x.shape[0], self.out_features))
         scratch = ctx.scratch(self._scratch(ctx, x, w)[0])
         # fused_relu: inference's linear + relu (numbacnn._fold)
-        call = ctx.kernels.linear_forward, (x, w, self._bias(ctx, ctx.params), y, scratch, self.fused_relu)
-        call[0](*call[1])
+        ctx._repeatable(ctx.kernels.linear_forward, x, w, self._bias(ctx, ctx.params), y, scratch, self.fused_relu)
         ctx.save(x)
-        if ctx.device == "cpu" and not ctx.backward_expected:
-            ctx._call = call  # the executor's replay may make it again on the same arrays
         return y
 
     def backward(self, ctx: Ctx, gy: Any) -> Any:
