@@ -33,7 +33,7 @@ from numba.core import config as numba_config
 
 from ._jit import cpu_cfunc, cpu_inline, cpu_intrinsic
 
-__all__ = ["gemm", "BLAS", "BLAS_FALLBACK_REASON"]
+__all__ = ["gemm", "small_cols", "BLAS", "BLAS_FALLBACK_REASON"]
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enums
 _I, _V = types.int64, types.voidptr
@@ -80,6 +80,28 @@ def gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     else:
         _dgemm(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, m, n, k, np.float64(one),
                a.ctypes, lda, b.ctypes, ldb, np.float64(bt), c.ctypes, ldc)
+
+
+# OpenBLAS multiplies a product of at most SMALL_PRODUCT multiply-adds (m*n*k, non-transposed
+# operands) with its small-matrix kernels, which read the operands in place; a larger one is
+# packed into per-call buffers first (kernel/x86_64/sgemm_small_kernel_permit_skylakex.c: 100^3).
+# Two threads each making a 16x64 @ 64x1024 product (1.05M, packed) took 40-41 us, no faster than
+# one thread making both; in column blocks of 512 (524k each) 21 us (/work/probe/s12/g1.py).
+SMALL_PRODUCT = 1_000_000
+# Narrowest column block small_cols hands out: below it the calls cost more than packing.
+SMALL_MIN_COLS = 64
+
+
+@cpu_inline
+def small_cols(m, n, k):
+    """Columns per call that keep an (m, k) @ (k, n) product within SMALL_PRODUCT: n itself when
+    the whole product fits or when blocks would be narrower than SMALL_MIN_COLS, else the fewest
+    blocks that fit, of even width (a multiple of 16 but for the last)."""
+    if m * n * k <= SMALL_PRODUCT or m * k * SMALL_MIN_COLS > SMALL_PRODUCT:
+        return max(n, 1)
+    widest = SMALL_PRODUCT // (m * k) // 16 * 16
+    blocks = (n + widest - 1) // widest
+    return ((n + blocks - 1) // blocks + 15) // 16 * 16
 
 
 def _numpy_cblas() -> tuple[int, int, str] | str:

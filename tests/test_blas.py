@@ -80,3 +80,25 @@ def test_blas_choice_is_inspectable(tmp_path, monkeypatch, recwarn):
     monkeypatch.setattr(_blas.glob, "glob", lambda pattern: [str(broken)])
     with pytest.warns(RuntimeWarning, match="NumPy's bundled OpenBLAS could not be used .*broken.so.*SciPy's BLAS"):
         assert "could not be used" in _blas._numpy_cblas()
+
+
+def test_small_cols_blocks_fit_openblas_small_products_and_cover_the_columns():
+    # The im2col forward multiplies in column blocks of small_cols(m, n, k): each block's
+    # product within SMALL_PRODUCT (OpenBLAS's unpacked small-matrix kernels), the blocks
+    # covering all n columns, none but the last narrower than SMALL_MIN_COLS; n whole when the
+    # product fits or when blocks that fit would be narrower than that.
+    from numbacnn._blas import SMALL_MIN_COLS, SMALL_PRODUCT, small_cols
+
+    rng = np.random.default_rng(3)
+    cases = [(16, 1024, 64), (64, 1023, 16), (40, 1073, 48), (128, 64, 128), (1, 1, 1), (3, 0, 5)]
+    cases += [tuple(int(v) for v in rng.integers(1, 2048, 3)) for _ in range(2000)]
+    for m, n, k in cases:
+        cb = small_cols(m, n, k)
+        assert cb >= 1, (m, n, k)
+        if m * n * k <= SMALL_PRODUCT or m * k * SMALL_MIN_COLS > SMALL_PRODUCT:
+            assert cb == max(n, 1), (m, n, k, cb)
+            continue
+        assert m * cb * k <= SMALL_PRODUCT and cb % 16 == 0 and SMALL_MIN_COLS <= cb < n, (m, n, k, cb)
+        blocks = -(-n // cb)
+        widest = SMALL_PRODUCT // (m * k) // 16 * 16
+        assert blocks == -(-n // widest), (m, n, k, cb)  # no more blocks than the fewest that fit

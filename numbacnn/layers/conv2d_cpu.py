@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .._blas import gemm
+from .._blas import gemm, small_cols
 from .._jit import cpu_kernel, cpu_serial, prange
 from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_flat, im2col_rows as _im2col_rows
@@ -57,18 +57,19 @@ def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, geo,
     """Output columns l0..l1 of channels k0..k1 (each group's) of samples n0..n1, one thread's
     share of _forward_batch or _forward_split, through its own column matrix col (built here
     for each sample when ``build``, else by the caller); ``r4`` (None: none) a residual added
-    after the bias, as an add node reading y would (inference's conv + add); ``relu``: y =
-    max(y, 0) as relu computes it (NaN kept), last. All while the output is in cache. A None
-    ``r4`` is a specialisation of its own whose residual loop Numba prunes before compiling."""
-    _, G, Kg, L = y4.shape
-    J = w3.shape[2]
+    after the bias, as an add node would; ``relu``: y = max(y, 0) as relu computes it (NaN
+    kept), last; all while y is in cache (a None ``r4`` prunes the residual loop)."""
+    (_, G, Kg, L), J = y4.shape, w3.shape[2]
+    cb = small_cols(k1 - k0, l1 - l0, J)  # columns a block: products OpenBLAS makes unpacked (_blas.SMALL_PRODUCT)
     for n in range(n0, n1):
         if build and not direct:
             _columns(x[n], col.reshape(col.size), P, Q, geo)
         src = x4[n] if direct else col
-        for g in range(G):  # y4[n, g][k0:k1, l0:l1] = w3[g][k0:k1] @ src[g][:, l0:l1]
-            gemm(False, False, k1 - k0, l1 - l0, J, w3[g].reshape(Kg * J)[k0 * J:], J, src[g].reshape(J * L)[l0:], L,
-                 0, y4[n, g].reshape(Kg * L)[k0 * L + l0:], L)
+        for g in range(G):  # y4[n, g][k0:k1, l0:l1] = w3[g][k0:k1] @ src[g][:, l0:l1], in blocks of cb columns
+            for c0 in range(l0, l1, cb):
+                c1 = min(l1, c0 + cb)
+                gemm(False, False, k1 - k0, c1 - c0, J, w3[g].reshape(Kg * J)[k0 * J:], J, src[g].reshape(J * L)[c0:],
+                     L, 0, y4[n, g].reshape(Kg * L)[k0 * L + c0:], L)
         # The choices outside the loops: each loop stays one plain pass for LLVM to vectorise.
         # A residual (y + b) + r and its relu take one pass (two passes, the relu's apart, ran
         # a batch-1 1x1 16->64 at 32x32 with add and relu in 72-101 us against 59-61), with
@@ -105,10 +106,9 @@ def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, geo,
 
 @cpu_kernel
 def _forward_batch(x, x4, w3, b, col, y4, r4, T, P, Q, geo, direct, relu):
-    """y4[n, g] = w3[g] @ xcol[n, g] (+ b), xcol[n] being x[n]'s column matrix, which chunk t
-    of T builds in col[t] (x4[n] itself when ``direct``). Each chunk's body is compiled apart
-    (a call per chunk): inlined into the parallel loop, it compiled 2x slower. Its calls pass
-    no literal (np.int64(0), not 0): each literal makes a specialisation of its own."""
+    """y4[n, g] = w3[g] @ xcol[n, g] (+ b), xcol[n] being x[n]'s column matrix, which chunk t of T
+    builds in col[t] (x4[n] when ``direct``). Each chunk's body is compiled apart (inlined into
+    the loop, it compiled 2x slower); no literal (np.int64(0), not 0): each makes a specialisation."""
     (N, _, _, L), z = y4.shape, np.int64(0)
     for t in prange(T):
         _forward_chunk(x, x4, w3, b, col[t], y4, r4, t * N // T, (t + 1) * N // T, z, L, z, y4.shape[2], P, Q, geo,

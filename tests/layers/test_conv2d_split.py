@@ -65,6 +65,34 @@ def _reference(x, model):
         return np.where(y <= 0, 0, y)
 
 
+@pytest.mark.parametrize("N,cfg,C", [
+    (2, dict(out_channels=40, kernel_size=1), 48),  # whole samples a chunk: 40x48 @ 48x2115, blocks of 432
+    (3, dict(out_channels=24, kernel_size=3, padding=1, stride=(2, 1)), 20),  # 24x180 @ 180x1080, blocks of 224
+    (1, dict(out_channels=64, kernel_size=1), 40)])  # split by channels: 32x40 @ 40x2115, blocks of 720
+def test_im2col_forward_in_column_blocks_matches_a_float64_reference(N, cfg, C):
+    # Products past _blas.SMALL_PRODUCT multiply-adds run in column blocks (small_cols), the
+    # last one narrower: every block's columns land where one product would put them (a block
+    # written at the wrong offset, or one left out, shows against the reference), NaN included.
+    from numbacnn._blas import SMALL_PRODUCT, small_cols
+    from numbacnn.layers import conv2d_cpu
+
+    g = nc.Graph()
+    g.output(g.relu(g.conv2d(g.input((C, 47, 45)), name="c", **cfg), name="r"))
+    model = nc.Model(g, seed=3)
+    layer = model.graph.nodes["c"].obj
+    K, P, Q = layer._output_shape_2d((C, 47, 45))
+    rows = K // 2 if N == 1 else K  # batch 1: each thread its share of the channels (the split)
+    J = C * int(np.prod(layer.kernel))
+    assert rows * P * Q * J > SMALL_PRODUCT and (P * Q) % small_cols(rows, P * Q, J) != 0
+    x = np.random.default_rng(4).standard_normal((N, C, 47, 45)).astype(np.float32)
+    x[-1, 1, 7, 40] = np.nan
+    with conv2d_cpu.force_path("im2col"):
+        y = model.forward(x)
+    ref = _reference(x.astype(np.float64), model)
+    assert np.array_equal(np.isnan(y), np.isnan(ref)) and np.isnan(y).any()
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_batch_1_3x3_takes_the_split_shifted_taps():
     # Batch-1 inference at stride 1 takes shifted taps (conv2d_plan), its tiles split over the
     # threads from SPLIT_MIN_MACS; Winograd keeps larger batches and training, im2col 1x1.
