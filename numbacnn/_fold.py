@@ -1,18 +1,22 @@
 """Inference-mode batch-norm folding: a batch_norm2d node that reads a conv2d node's output (and
 is that output's only reader) is folded into the convolution for inference without gradients.
 
-The conv runs with w' = w * s and b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps) per
-output channel, and the batch-norm node passes the conv's output on untouched. This is exactly
+The conv runs as conv(x, w) * s + b', b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps)
+per output channel (conv2d_cpu.conv2d_forward's ``scale``: the im2col and shifted-taps paths
+scale as they write y, the others multiply a copy of w), and the batch-norm node passes the
+conv's output on untouched. This is exactly
 what batch_norm2d computes in evaluation from its running statistics, so it is skipped only
 there: training (batch statistics), any pass with gradients and a batch norm without running
 statistics (``track_running_stats=False``: batch statistics in evaluation too) run unfolded.
 
-The folded weights and biases belong to one inference thread (``Folds``), never to the model
-or the arena. Before every folded call, in one kernel call for all pairs, they are compared bit
-for bit with copies of the arrays they came from (conv weight and bias, batch-norm weight, bias and running statistics) and
-recomputed only when one changed: an edit in place, a training step or a loaded checkpoint is
-seen on the next call, and the Winograd weight cache downstream sees the same bits and keeps
-its transform. CPU only: on CUDA the graph runs unfolded.
+The folded scales and biases belong to one inference thread (``Folds``), never to the model or
+the arena. Before every folded call, in one kernel call for all pairs, their sources (conv bias,
+batch-norm weight, bias and running statistics) are compared bit for bit with copies of them
+and s and b' recomputed only where one changed: an edit in place, a training step or a loaded
+checkpoint is seen on the next call. The conv reads its live weight itself. (Weights folded
+into copies, w * s, had to be compared with a copy of w on every call, and the two extra
+copies in cache cost resnet_bottleneck's batch-1 inference 80-90 us of about 900.) CPU only:
+on CUDA the graph runs unfolded.
 
 ``NUMBACNN_FOLD_BN=0`` in the environment turns folding off (read when a model is built or
 moved to a device).
@@ -45,7 +49,6 @@ from typing import Any
 
 import numpy as np
 
-from ._threads import batch_chunks
 from .layer import Ctx, device_method
 from .layers.add import Add
 from .layers.batch_norm2d import BatchNorm2d
@@ -192,7 +195,7 @@ def skip(ctx: Ctx, x: Any) -> Any:
 
 
 class Folds:
-    """One inference thread's folded weights and biases, for every (conv, batch norm) pair.
+    """One inference thread's folded scales and biases, for every (conv, batch norm) pair.
 
     ``ctxs`` are the thread's contexts for folded calls: each folded conv's is replaced by one
     that reads this thread's folded arrays. ``refresh()`` runs before each folded call."""
@@ -212,34 +215,28 @@ class Folds:
         # buffers contiguous arrays, all updated in place, so they stay live until the executor
         # binds again and makes a new Folds), the folded arrays and the copy, passed to the
         # kernel by address: ``keep`` holds every one of them for as long as ``_args`` lives.
-        keep, rows, sizes, eps = [], [], [], []
+        keep, rows, sizes, eps = [], [], [], []  # sizes: channels
         for (conv, bn, e), params in zip(self._pairs, self._params):
             w = conv.params["weight"]
             K, dt = w.shape[0], w.dtype
             ones, zeros = np.ones(K, dt), np.zeros(K, dt)
-            group = [w, conv.params.get("bias", zeros), bn.params.get("weight", ones), bn.params.get("bias", zeros),
+            group = [conv.params.get("bias", zeros), bn.params.get("weight", ones), bn.params.get("bias", zeros),
                      bn.buffers["running_mean"], bn.buffers["running_var"]]
-            for a in group:
+            for a in (w, *group):
                 if not a.flags.c_contiguous or a.dtype != dt:
                     raise RuntimeError(f"conv2d node '{conv.name}' / batch_norm2d node '{bn.name}': expected "
                                        f"contiguous {dt} parameters to fold, found a {a.dtype} "
                                        f"{'array' if a.flags.c_contiguous else 'strided view'}; set "
                                        f"NUMBACNN_FOLD_BN=0")
-            params.update(weight=np.empty_like(w), bias=np.empty(K, dt))
-            group += [params["weight"], params["bias"]]
+            params.update(weight=w, bias=np.empty(K, dt), scale=np.empty(K, dt))
+            group += [params["bias"], params["scale"]]
             keep += group
             rows.append([a.ctypes.data for a in group])
-            sizes.append((w.size, K))
+            sizes.append(K)
             eps.append(e)
-        source = np.empty(sum(w + 5 * k for w, k in sizes), keep[0].dtype)
-        each = [w + 5 * k for w, k in sizes]
-        starts = np.cumsum([0, *each[:-1]]).astype(np.int64)
-        # chunks of the pairs for the threads, cut where the running size passes each share
-        T = batch_chunks(len(each))
-        cut = np.searchsorted(np.cumsum(each), [t * sum(each) / T for t in range(1, T)], side="right")
-        bounds = np.array([0, *cut, len(each)], np.int64)
-        return (np.array(rows, np.int64), np.array(sizes, np.int64), np.array(eps), source, starts, bounds,
-                np.zeros(len(each), np.bool_), keep)
+        starts = np.cumsum([0, *(5 * k for k in sizes)]).astype(np.int64)
+        return (np.array(rows, np.int64), np.array(sizes, np.int64), np.array(eps),
+                np.empty(starts[-1], keep[0].dtype), starts, np.zeros(len(sizes), np.bool_), keep)
 
     def refresh(self) -> int:
         """Fold again every pair one of whose sources differs from the copy its folded arrays
@@ -251,6 +248,6 @@ class Folds:
             from ._fold_cpu import fold
 
             self._args = (fold, *self._prepare())
-        kernel, addrs, sizes, eps, source, starts, bounds, changed, _ = self._args
-        kernel(addrs, sizes, eps, source, fresh, starts, bounds, changed)
+        kernel, addrs, sizes, eps, source, starts, changed, _ = self._args
+        kernel(addrs, sizes, eps, source, fresh, starts, changed)
         return int(changed.sum())

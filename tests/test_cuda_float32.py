@@ -100,6 +100,14 @@ def _record(out: str) -> None:
 
     ones = cuda.to_device(np.ones(8, np.float32))
     add_cuda.add_relu_forward(ones, ones, cuda.device_array(8, np.float32))
+    # and conv2d's folded batch norm's scale (conv2d_cuda._scale_rows_kernel), the same way
+    from numbacnn.layers import conv2d_cuda
+
+    geo = (1, 1, 1, 1, 1, 1, 1, 0, 0)
+    plan = conv2d_cuda.conv2d_plan("c", (1, 2, 2, 2), (1, 2, 2, 2), geo, False, "float32")
+    conv2d_cuda.conv2d_forward(cuda.to_device(np.ones((1, 2, 2, 2), np.float32)), cuda.to_device(np.ones(
+        (2, 2, 1, 1), np.float32)), ones[:2], cuda.device_array((1, 2, 2, 2), np.float32), plan, tuple(
+        cuda.device_array(s, d or np.float32) for s, d in plan.forward_scratch), scale=ones[:2])
     for loss in ("cross_entropy", "mse"):
         warmup._warm_loss(loss, "float32", "cuda", warmup.WarmupItem(loss, "float32", "cuda"))
     for opt in warmup.OPTIMIZERS:

@@ -338,9 +338,9 @@ def test_a_residual_computed_after_the_conv_is_not_fused(monkeypatch):
 
 @pytest.mark.cuda
 def test_cuda_twins_take_the_relu_and_the_residual():
-    # The executor fuses on the CPU only; the CUDA twins take the same flag, residual and
-    # kernel name (one kernel interface) and must give the CPU's answer: (conv + b) (+ r), then
-    # the relu.
+    # The executor fuses on the CPU only; the CUDA twins take the same flag, residual, scale (a
+    # folded batch norm's) and kernel name (one kernel interface) and must give the CPU's
+    # answer: (conv * s + b) (+ r), then the relu.
     from numba import cuda
 
     from numbacnn.layers import add_cpu, add_cuda, conv2d_cpu, conv2d_cuda
@@ -358,15 +358,18 @@ def test_cuda_twins_take_the_relu_and_the_residual():
     bias = rng.standard_normal(4).astype(np.float32)
     r = rng.standard_normal((2, 4, 6, 5)).astype(np.float32)
     geo = (1, 3, 3, 1, 1, 1, 1, 1, 1)
-    for relu, residual in ((True, None), (False, r), (True, r)):
+    scale = rng.uniform(-2, 2, 4).astype(np.float32)
+    for relu, residual, sc in ((True, None, None), (False, r, None), (True, r, None), (False, None, scale),
+                               (True, r, scale)):
         plan = conv2d_cpu.conv2d_plan("c", x.shape, (2, 4, 6, 5), geo, False, "float32")
         y = np.empty((2, 4, 6, 5), np.float32)
-        conv2d_cpu.conv2d_forward(x, w, bias, y, plan,
-                                  tuple(np.empty(s, d or np.float32) for s, d in plan.forward_scratch), relu, residual)
+        conv2d_cpu.conv2d_forward(x, w, bias, y, plan, tuple(np.empty(s, d or np.float32)
+                                                             for s, d in plan.forward_scratch), relu, residual, sc)
         gplan = conv2d_cuda.conv2d_plan("c", x.shape, (2, 4, 6, 5), geo, False, "float32")
         gy = cuda.device_array((2, 4, 6, 5), np.float32)
         conv2d_cuda.conv2d_forward(cuda.to_device(x), cuda.to_device(w), cuda.to_device(bias), gy, gplan,
                                    tuple(cuda.device_array(s, d or np.float32) for s, d in gplan.forward_scratch),
-                                   relu, None if residual is None else cuda.to_device(residual))
+                                   relu, None if residual is None else cuda.to_device(residual),
+                                   None if sc is None else cuda.to_device(sc))
         assert (y == 0).any() == relu
         np.testing.assert_allclose(gy.copy_to_host(), y, rtol=1e-5, atol=1e-5)

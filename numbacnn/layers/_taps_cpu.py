@@ -173,46 +173,50 @@ def taps(typingctx, x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
 
 
 @cpu_intrinsic
-def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, bo, r, flags):
+def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, s, bo, r, flags):
     """The tile written straight to y, for outputs laid out as the tile's grid: for m < rows and
-    n < lanes, ``y[yo + m * ldy + n] = relu?((sum + b[bo + m]) + r[yo + m * ldy + n])``, the
-    bias when ``flags & 1`` (else -0.0, the exact identity), the residual r (an array like y)
-    when ``flags & 2``, relu's rule (v <= 0 gives 0, NaN kept) when ``flags & 4``; in that
-    order, as the scalar epilogue. Nothing of y or r is touched past ``rows`` and ``lanes``."""
-    if not _typed(offs, x, w, y, b, r):
+    n < lanes, ``y[yo + m * ldy + n] = relu?((sum * s[bo + m] + b[bo + m]) + r[yo + m * ldy + n])``,
+    the scale when ``flags & 8`` (else 1), the bias when ``flags & 1`` (else -0.0, the exact
+    identity), the residual r (an array like y) when ``flags & 2``, relu's rule (v <= 0 gives 0,
+    NaN kept) when ``flags & 4``; in that order, as the scalar epilogue. Nothing of y or r is
+    touched past ``rows`` and ``lanes``."""
+    if not _typed(offs, x, w, y, b, s, r):
         return None
-    sig = types.void(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, bo, r, flags)
+    sig = types.void(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, s, bo, r, flags)
     tile = _Tile(x.dtype)
 
     def codegen(context, builder, signature, args):
-        x_, xo_, offs_, J_, w_, wo_, ldw_, rows_, lanes_, y_, yo_, ldy_, b_, bo_, r_, flags_ = args
+        x_, xo_, offs_, J_, w_, wo_, ldw_, rows_, lanes_, y_, yo_, ldy_, b_, s_, bo_, r_, flags_ = args
         ty = signature.args
         data = lambda t, v: context.make_array(t)(context, builder, v).data  # noqa: E731
         xo_, J_, wo_, ldw_, rows_, lanes_, yo_, ldy_, bo_, flags_ = _int64s(context, builder, [
             (xo_, ty[1]), (J_, ty[3]), (wo_, ty[5]), (ldw_, ty[6]), (rows_, ty[7]), (lanes_, ty[8]),
-            (yo_, ty[10]), (ldy_, ty[11]), (bo_, ty[13]), (flags_, ty[15])])
+            (yo_, ty[10]), (ldy_, ty[11]), (bo_, ty[14]), (flags_, ty[16])])
         masks = tile.masks(builder, lanes_)
         accs = tile.accumulate(builder, builder.gep(data(ty[0], x_), [xo_]), data(ty[2], offs_), J_,
                                data(ty[4], w_), wo_, ldw_, rows_, masks)
         i1, i64, vt, real = ir.IntType(1), ir.IntType(64), tile.vt, tile.real
         bit = lambda k: builder.icmp_signed("!=", builder.and_(flags_, i64(k)), i64(0))  # noqa: E731
-        has_bias, has_res, relu = bit(1), bit(2), bit(4)
+        has_bias, has_res, relu, has_scale = bit(1), bit(2), bit(4), bit(8)
         minus0, zero = ir.Constant(vt, [-0.0] * tile.width), ir.Constant(vt, [0.0] * tile.width)
         none = ir.Constant(tile.mask_t, [0] * tile.width)
         relus = _splat(builder, relu, ir.VectorType(i1, tile.width))
-        py, pr, pb = data(ty[9], y_), data(ty[14], r_), data(ty[12], b_)
-        bias = cgutils.alloca_once(builder, real)
+        py, pr, pb, ps = data(ty[9], y_), data(ty[15], r_), data(ty[12], b_), data(ty[13], s_)
+        bias, scale = cgutils.alloca_once(builder, real), cgutils.alloca_once(builder, real)
         for m in range(ROWS):
             live = builder.icmp_signed("<", i64(m), rows_)
             builder.store(real(-0.0), bias)
+            builder.store(real(1.0), scale)
             with builder.if_then(builder.and_(live, has_bias)):
                 builder.store(builder.load(builder.gep(pb, [builder.add(bo_, i64(m))])), bias)
-            bv = _splat(builder, builder.load(bias), vt)
+            with builder.if_then(builder.and_(live, has_scale)):
+                builder.store(builder.load(builder.gep(ps, [builder.add(bo_, i64(m))])), scale)
+            bv, sv = _splat(builder, builder.load(bias), vt), _splat(builder, builder.load(scale), vt)
             row = builder.add(yo_, builder.mul(i64(m), ldy_))
             for v in range(VECTORS):
                 at = builder.add(row, i64(v * tile.width))
                 mask = builder.select(live, masks[v], none)
-                value = builder.fadd(builder.load(accs[m][v]), bv)
+                value = builder.fadd(builder.fmul(builder.load(accs[m][v]), sv), bv)
                 value = builder.fadd(value, tile.load(builder, builder.gep(pr, [at]),
                                                       builder.select(has_res, mask, none), minus0))
                 cut = builder.and_(builder.fcmp_ordered("<=", value, zero), relus)

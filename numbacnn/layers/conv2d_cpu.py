@@ -1,26 +1,26 @@
 """conv2d CPU: per-sample im2col and BLAS products inside parallel Numba kernels.
 
-Each sample's column matrix ``col[n]``, rows (c, r, s) and columns (p, q), is built by the
-thread that owns sample n and multiplied right there with ``gemm`` (numbacnn._blas): y[n] =
-w @ col[n] lands in NCHW order with no transposes, the column matrix still hot in cache. A
-1x1, stride-1, unpadded convolution skips im2col: x[n] already is its column matrix.
+Each sample's column matrix ``col[n]``, rows (c, r, s) and columns (p, q), is built by the thread
+that owns sample n and multiplied right there with ``gemm`` (numbacnn._blas): y[n] = w @ col[n] lands
+in NCHW order, the column matrix still hot in cache. A 1x1, stride-1, unpadded convolution skips
+im2col: x[n] already is its column matrix.
 
-The weight gradient sums gy[n] @ col[n]^T over the batch: each of T chunks of samples adds
-into its own partial, and ``reduce_partials`` sums the partials afterwards, so no two threads
-ever write the same element. The input gradient is per sample again: col[n] = w^T @ gy[n],
-then col2im scatters it into gx[n] (the direct path writes gx[n] itself).
+The weight gradient sums gy[n] @ col[n]^T over the batch: each of T chunks of samples adds into its
+own partial, and ``reduce_partials`` sums the partials afterwards, so no two threads ever write the
+same element. The input gradient is per sample again: col[n] = w^T @ gy[n], then col2im scatters it
+into gx[n] (the direct path writes gx[n] itself).
 
-Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-major path
-(one-row 5-tap stride-1 ones with enough channels: F(4, 5), conv1d_winograd_cpu); the others
-the pixel-major one (conv2d_pixel_cpu), except stride-1 convolutions with >= 16 input and
-output channels and 3x3 kernels (or up to 6x6 on larger outputs): Winograd (F(4x4, 3x3),
-F(4x4, 5x5): conv2d_winograd_cpu); float64 takes the channel-major path unless forced. A
-stride-1 inference at batch 1 or off Winograd, and a training forward at stride 1 that would
-be channel-major, take a direct convolution (conv2d_shift_cpu). ``conv2d_plan`` makes that
-choice (conv2d_plan.cpu_path, its thresholds; ``force_path``) once per input shape, with the
-scratch shapes; ``conv2d_forward`` and ``conv2d_backward`` dispatch on the plan. Every
-wrapper runs under ``single_thread_blas`` (BLAS threads of their own would fight Numba's
-pool). ``geo`` is (groups, R, S, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left).
+Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-major path (one-row
+5-tap stride-1 ones with enough channels: F(4, 5), conv1d_winograd_cpu); the others the pixel-major
+one (conv2d_pixel_cpu), except stride-1 convolutions with >= 16 input and output channels and 3x3
+kernels (or up to 6x6 on larger outputs): Winograd (F(4x4, 3x3), F(4x4, 5x5): conv2d_winograd_cpu);
+float64 takes the channel-major path unless forced. A stride-1 inference at batch 1 or off Winograd,
+and a training forward at stride 1 that would be channel-major, take a direct convolution
+(conv2d_shift_cpu). ``conv2d_plan`` makes that choice (conv2d_plan.cpu_path, its thresholds;
+``force_path``) once per input shape, with the scratch shapes; ``conv2d_forward`` and
+``conv2d_backward`` dispatch on the plan. Every wrapper runs under ``single_thread_blas`` (BLAS
+threads of their own would fight Numba's pool). ``geo`` is (groups, R, S, stride_h, stride_w,
+dilation_h, dilation_w, pad_top, pad_left).
 """
 
 from __future__ import annotations
@@ -53,12 +53,13 @@ def _columns(xn, cf, P, Q, geo):
 
 
 @cpu_serial
-def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, geo, direct, relu, build):
+def _forward_chunk(x, x4, w3, b, sc, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, geo, direct, relu, build):
     """Output columns l0..l1 of channels k0..k1 (each group's) of samples n0..n1, one thread's
     share of _forward_batch or _forward_split, through its own column matrix col (built here
-    for each sample when ``build``, else by the caller); ``r4`` (None: none) a residual added
-    after the bias, as an add node would; ``relu``: y = max(y, 0) as relu computes it (NaN
-    kept), last; all while y is in cache (a None ``r4`` prunes the residual loop)."""
+    for each sample when ``build``, else by the caller); ``sc`` (empty: none) a scale per channel
+    before the bias (a folded batch norm); ``r4`` (None: none) a residual added after the bias, as
+    an add node would; ``relu``: y = max(y, 0) as relu computes it (NaN kept), last; all while y
+    is in cache (a None ``r4`` prunes the residual loop)."""
     (_, G, Kg, L), J = y4.shape, w3.shape[2]
     cb = small_cols(k1 - k0, l1 - l0, J)  # columns a block: products OpenBLAS makes unpacked (_blas.SMALL_PRODUCT)
     for n in range(n0, n1):
@@ -70,48 +71,45 @@ def _forward_chunk(x, x4, w3, b, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, geo,
                 c1 = min(l1, c0 + cb)
                 gemm(False, False, k1 - k0, c1 - c0, J, w3[g].reshape(Kg * J)[k0 * J:], J, src[g].reshape(J * L)[c0:],
                      L, 0, y4[n, g].reshape(Kg * L)[k0 * L + c0:], L)
-        # The choices outside the loops: each loop stays one plain pass for LLVM to vectorise.
+        # The choices outside the inner loops: each stays one plain pass for LLVM to vectorise.
         # A residual (y + b) + r and its relu take one pass (two passes, the relu's apart, ran
         # a batch-1 1x1 16->64 at 32x32 with add and relu in 72-101 us against 59-61), with
-        # b = -0.0 where there is no bias: the exact identity (x + -0.0 is x, -0.0 included).
-        zero = y4.dtype.type(0)
-        if r4 is not None:
-            for g in range(G):
-                for k in range(k0, k1):
-                    bk = b[g * Kg + k] if b.size else -zero
-                    if relu:
-                        for j in range(l0, l1):
-                            i = np.uint64(j)
-                            v = (y4[n, g, k, i] + bk) + r4[n, g, k, i]
-                            y4[n, g, k, i] = zero if v <= zero else v
-                    else:
-                        for j in range(l0, l1):
-                            i = np.uint64(j)
-                            y4[n, g, k, i] = (y4[n, g, k, i] + bk) + r4[n, g, k, i]
-        elif relu:  # -0.0 where there is no bias: y itself, and relu takes -0.0 to 0
-            for g in range(G):
-                for k in range(k0, k1):
-                    bk = b[g * Kg + k] if b.size else -zero
+        # b = -0.0 where there is no bias (the exact identity: x + -0.0 is x, -0.0 included),
+        # and a scale of 1 where there is none (y * 1 is y, NaN and -0.0 included).
+        if r4 is None and not relu and not b.size and not sc.size:
+            continue
+        zero, one = y4.dtype.type(0), y4.dtype.type(1)
+        for g in range(G):
+            for k in range(k0, k1):
+                bk, sk = b[g * Kg + k] if b.size else -zero, sc[g * Kg + k] if sc.size else one
+                if r4 is not None and relu:
                     for j in range(l0, l1):
                         i = np.uint64(j)
-                        v = y4[n, g, k, i] + bk
+                        v = (y4[n, g, k, i] * sk + bk) + r4[n, g, k, i]
                         y4[n, g, k, i] = zero if v <= zero else v
-        elif b.size:
-            for g in range(G):
-                for k in range(k0, k1):
-                    bk = b[g * Kg + k]
+                elif r4 is not None:
                     for j in range(l0, l1):
-                        y4[n, g, k, np.uint64(j)] += bk
+                        i = np.uint64(j)
+                        y4[n, g, k, i] = (y4[n, g, k, i] * sk + bk) + r4[n, g, k, i]
+                elif relu:  # relu takes -0.0 to 0
+                    for j in range(l0, l1):
+                        i = np.uint64(j)
+                        v = y4[n, g, k, i] * sk + bk
+                        y4[n, g, k, i] = zero if v <= zero else v
+                else:
+                    for j in range(l0, l1):
+                        i = np.uint64(j)
+                        y4[n, g, k, i] = y4[n, g, k, i] * sk + bk
 
 
 @cpu_kernel
-def _forward_batch(x, x4, w3, b, col, y4, r4, T, P, Q, geo, direct, relu):
+def _forward_batch(x, x4, w3, b, sc, col, y4, r4, T, P, Q, geo, direct, relu):
     """y4[n, g] = w3[g] @ xcol[n, g] (+ b), xcol[n] being x[n]'s column matrix, which chunk t of T
     builds in col[t] (x4[n] when ``direct``). Each chunk's body is compiled apart (inlined into
     the loop, it compiled 2x slower); no literal (np.int64(0), not 0): each makes a specialisation."""
     (N, _, _, L), z = y4.shape, np.int64(0)
     for t in prange(T):
-        _forward_chunk(x, x4, w3, b, col[t], y4, r4, t * N // T, (t + 1) * N // T, z, L, z, y4.shape[2], P, Q, geo,
+        _forward_chunk(x, x4, w3, b, sc, col[t], y4, r4, t * N // T, (t + 1) * N // T, z, L, z, y4.shape[2], P, Q, geo,
                        direct, relu, np.bool_(True))
 
 
@@ -122,25 +120,24 @@ def _window(xn, cf, P, Q, geo, pa, pb):
 
 
 @cpu_kernel
-def _forward_split(x, x4, w3, b, col, y4, r4, T, P, Q, geo, direct, relu):
-    """_forward_batch for fewer samples than chunks (batch-1 inference, conv2d_plan): the
-    samples one at a time, each one's output rows split T ways, chunk t building their columns
-    in col[t] and multiplying them; a 1x1 (direct: no columns) splits its output channels, so
-    each chunk's epilogue runs over whole rows (1x1 16->64 at 32x32 with bias, 2 threads: 39 us
-    by columns, 15 us by channels). A kernel of its own: only batch-1 inference compiles it (one
-    loop for both cases ran the batch's 1.5x slower, and compiled more for every model)."""
+def _forward_split(x, x4, w3, b, sc, col, y4, r4, T, P, Q, geo, direct, relu):
+    """_forward_batch for fewer samples than chunks (batch-1 inference, conv2d_plan): the samples
+    one at a time, each one's output rows split T ways, chunk t building their columns in col[t]
+    and multiplying them; a 1x1 (direct: no columns) splits its output channels (by columns,
+    resnet_bottleneck at batch 1 ran 925-960 us against 870-887). A kernel of its own: only
+    batch-1 inference compiles it (one loop for both ran the batch's 1.5x slower)."""
     N, _, Kg, L = y4.shape
     z = np.int64(0)  # not a literal: as _forward_batch's
     for n in range(N):
         for t in prange(T):
             if direct:  # 1x1: chunk t takes output channels; col is x4 itself (unused, N < T samples)
-                _forward_chunk(x, x4, w3, b, col[0], y4, r4, n, n + 1, z, L, t * Kg // T, (t + 1) * Kg // T, P, Q,
+                _forward_chunk(x, x4, w3, b, sc, col[0], y4, r4, n, n + 1, z, L, t * Kg // T, (t + 1) * Kg // T, P, Q,
                                geo, direct, relu, np.bool_(False))
             else:
                 pa, pb = t * P // T, (t + 1) * P // T
                 _window(x[n], col[t].reshape(col[t].size), P, Q, geo, pa, pb)
-                _forward_chunk(x, x4, w3, b, col[t], y4, r4, n, n + 1, pa * Q, pb * Q, z, Kg, P, Q, geo, direct, relu,
-                               np.bool_(False))
+                _forward_chunk(x, x4, w3, b, sc, col[t], y4, r4, n, n + 1, pa * Q, pb * Q, z, Kg, P, Q, geo, direct,
+                               relu, np.bool_(False))
 
 
 @cpu_serial
@@ -183,26 +180,27 @@ def _per_group(a: np.ndarray, G: int, L: int) -> np.ndarray:
 
 def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray | None,
                    geo: Geometry, chunks: int, relu: bool = False, residual: np.ndarray | None = None,
-                   last: list | None = None) -> None:
-    """y = conv2d(x, w) + b (b empty: no bias) (+ ``residual``) in ``chunks`` chunks of the batch,
-    relu'd when ``relu``; scratch ``col`` (chunks, C*R*S, P*Q), None on the direct (1x1) path.
-    ``last`` (the plan's): the last call's arrays and kernel arguments, reused for the same objects."""
+                   last: list | None = None, scale: np.ndarray | None = None) -> None:
+    """y = conv2d(x, w) * ``scale`` + b (scale None, b empty: none) (+ ``residual``) in ``chunks`` chunks of the
+    batch, relu'd when ``relu``; scratch ``col`` (chunks, C*R*S, P*Q), None on the direct (1x1) path. ``last``
+    (the plan's): the last call's arrays and kernel arguments, reused for the same objects."""
     if last and last[0] is x and last[1] is w and last[2] is b and last[3] is y and last[4] is col \
-            and last[5] is residual and last[6] == relu:  # the plan's last call's arrays: its arguments
-        kernel, args = last[7:]
+            and last[5] is residual and last[6] == relu and last[7] is scale:  # the last call's arrays: its arguments
+        kernel, args = last[8:]
     else:
         G = geo[0]
         N, K, P, Q = y.shape
         x4 = _per_group(x, G, x.shape[2] * x.shape[3])
         kernel = _forward_split if N < chunks else _forward_batch
-        args = (x, x4, w.reshape(G, K // G, -1), b, x4 if col is None else _per_group(col, G, P * Q),
+        sc = np.empty(0, y.dtype) if scale is None else scale
+        args = (x, x4, w.reshape(G, K // G, -1), b, sc, x4 if col is None else _per_group(col, G, P * Q),
                 _per_group(y, G, P * Q), None if residual is None else _per_group(residual, G, P * Q), chunks, P, Q,
                 geo, col is None, relu)
         if chunks == 1:  # one chunk: its body called directly, no parallel region (1x1 16->16 at 4x4: -1.2 us)
-            kernel, args = _forward_chunk, (*args[:4], args[4][0], *args[5:7], 0, N, 0, P * Q, 0, K // G, *args[8:],
+            kernel, args = _forward_chunk, (*args[:5], args[5][0], *args[6:8], 0, N, 0, P * Q, 0, K // G, *args[9:],
                                             True)
         if last is not None:
-            last[:] = [x, w, b, y, col, residual, relu, kernel, args]
+            last[:] = [x, w, b, y, col, residual, relu, scale, kernel, args]
     with single_thread_blas:
         kernel(*args)
 
@@ -224,20 +222,19 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
         reduce_partials(part, gw.reshape(K, J), gy.reshape(N, K, P * Q), gb, 0)
 
 
-# Fewest multiply-adds for which an inference im2col convolution at a batch below the thread
-# count splits each sample's output rows over the threads (else chunks hold whole samples).
-# Batch 1, 2 threads, medians (us, split against whole): 1x1 16->4 at 64x64 (262k) 22 / 22;
-# 1x1 16->16 at 64x64 (1M) 52 / 89; 1x1 64->64 at 32x32 (4.2M) 109 / 158; 3x3 4->8 at 128x128
-# (4.7M) 268 / 419; 3x3 32->32 at 32x32 (9.4M) 212 / 394; vgg_small at batch 1 with its 3->32
-# 3x3 at 32x32 (885k) split, one process alternating: 672-703 against 699-722 us. Shifted taps
-# split their tiles from it too. (numbacnn._passes.one_thread may run a batch-1 model on one thread.)
+# Fewest multiply-adds for which an inference im2col convolution at a batch below the thread count
+# splits each sample's output rows over the threads (else chunks hold whole samples). Batch 1, 2
+# threads, medians (us, split against whole): 1x1 16->4 at 64x64 (262k) 22 / 22; 1x1 16->16 at 64x64
+# (1M) 52 / 89; 1x1 64->64 at 32x32 (4.2M) 109 / 158; 3x3 4->8 at 128x128 (4.7M) 268 / 419; 3x3
+# 32->32 at 32x32 (9.4M) 212 / 394; vgg_small at batch 1 with its 3->32 3x3 at 32x32 (885k) split,
+# one process alternating: 672-703 against 699-722 us. Shifted taps split their tiles from it too.
+# (numbacnn._passes.one_thread may run a batch-1 model on one thread.)
 SPLIT_MIN_MACS = 1 << 19
-# Fewest tile rows (4 output rows each) per thread for which an inference Winograd 3x3 conv at
-# batch 1 splits its tile rows over the threads (conv2d_forward_winograd_rows, a kernel of its
-# own). Batch 1, 2 threads, one process alternating, medians (us, split against whole): 16->16
-# at 32x32 62 / 97, at 16x16 33 / 40; 32->32 at 16x16 46 / 63, at 32x32 125 / 220; 64->64 at
-# 16x16 84 / 134; 16->16 at 64x64 163 / 309. At 8x8 (a tile row a thread) it lost: 128->128 127
-# / 121, 64->128 87 / 82, 48->96 67 / 63.
+# Fewest tile rows (4 output rows each) per thread for which an inference Winograd 3x3 conv at batch
+# 1 splits its tile rows over the threads (conv2d_forward_winograd_rows, a kernel of its own). Batch
+# 1, 2 threads, one process alternating, medians (us, split against whole): 16->16 at 32x32 62 / 97,
+# at 16x16 33 / 40; 32->32 at 16x16 46 / 63, at 32x32 125 / 220; 64->64 at 16x16 84 / 134; 16->16 at
+# 64x64 163 / 309. At 8x8 (a tile row a thread) it lost: 128->128 127 / 121, 64->128 87 / 82, 48->96 67 / 63.
 WINOGRAD_SPLIT_MIN_ROWS = 2
 
 
@@ -299,16 +296,19 @@ def _direct(geo: Geometry, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -
     return direct(geo, x_shape[2:], y_shape[2:])
 
 
-def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan,
-                   scratch: tuple, relu: bool = False, residual: np.ndarray | None = None) -> tuple:
-    """y = conv2d(x, w) + b (b empty: no bias) on ``plan``'s path, with the arrays its
-    ``forward_scratch`` describes, plus ``residual`` (y's shape) when given, then relu'd in
-    place when ``relu``: inference's fused conv (+ add) (+ relu), in the order the nodes
-    compute them; the im2col, pixel-major and Winograd paths apply the relu alone as they
-    write y, the residual in one pass after (im2col: as it writes y). Returns what the
-    backward needs besides x: the path that ran (Winograd gives way to im2col when x or w
-    holds NaN or Inf) and its kept arrays."""
-    kept = _forward_path(x, w, b, y, plan, scratch, relu, residual)
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan, scratch: tuple,
+                   relu: bool = False, residual: np.ndarray | None = None, scale: np.ndarray | None = None) -> tuple:
+    """y = conv2d(x, w) * scale + b (scale None, b empty: none; a scale per output channel is a
+    batch norm folded in, numbacnn._fold: im2col and shifted taps apply it as they write y, the
+    other paths multiply a copy of w) on ``plan``'s path, with the arrays its ``forward_scratch``
+    describes, plus ``residual`` (y's shape) when given, then relu'd in place when ``relu``:
+    inference's fused conv (+ add) (+ relu), in the order the nodes compute them; the im2col,
+    pixel-major and Winograd paths apply the relu alone as they write y, the residual in one
+    pass after (im2col: as it writes y). Returns what the backward needs besides x: the path
+    that ran (Winograd gives way to im2col when x or w holds NaN or Inf) and its kept arrays."""
+    if scale is not None and plan.path not in ("im2col", "shift"):
+        w, scale = w * scale.reshape(-1, 1, 1, 1), None
+    kept = _forward_path(x, w, b, y, plan, scratch, relu, residual, scale)
     if kept[0] in ("im2col", "shift") or (kept[0] in ("pixel", "winograd") and residual is None):
         return kept  # applied as y was written
     yf = y.reshape(-1)
@@ -323,8 +323,8 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, p
     return kept
 
 
-def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan,
-                  scratch: tuple, relu: bool, residual: np.ndarray | None) -> tuple:
+def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan, scratch: tuple,
+                  relu: bool, residual: np.ndarray | None, scale: np.ndarray | None) -> tuple:
     geo = plan.geo
     if plan.path == "winograd":
         from .conv2d_winograd_cpu import conv2d_forward_wino
@@ -342,13 +342,13 @@ def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, pl
             return ("winograd1d",)
         return _im2col_again(x, w, b, y, plan, relu, residual)
     if plan.path == "shift":
-        shift_forward(x, w, b, y, scratch, geo, plan.chunks, relu, residual, plan.last)
+        shift_forward(x, w, b, y, scratch, geo, plan.chunks, relu, residual, plan.last, scale)
         return ("shift",)
     if plan.path == "pixel":
         xp, wt, colt, yt = scratch
         pixel_forward(x, w, b, y, xp, wt, colt, yt, geo, relu and residual is None)
         return "pixel", xp
-    _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks, relu, residual, plan.last)
+    _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks, relu, residual, plan.last, scale)
     return ("im2col",)
 
 

@@ -246,11 +246,24 @@ def conv2d_plan(name, x_shape, y_shape, geo, backward, dtype) -> Conv2dPlan:
     return Conv2dPlan("implicit-gemm", tuple(geo), tuple(y_shape), 1, (), ((part, None),))
 
 
-def conv2d_forward(x, w, b, y, plan, scratch, relu=False, residual=None) -> tuple:
-    """y = conv2d(x, w) + b (b empty: no bias), plus ``residual`` when given, relu'd in place
-    when ``relu`` (the executor fuses conv + add + relu on the CPU only; the twin takes them
-    all the same, in one pass after); returns what the backward needs besides x: ``(path,)``,
-    and the column matrices on the cuBLAS path."""
+@cuda_kernel
+def _scale_rows_kernel(w, s, out):
+    # out = w * s[k] for the k-th of s.size equal rows of the flat w (float32 stays float32).
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = w[i] * s[i // (out.size // s.size)]
+
+
+def conv2d_forward(x, w, b, y, plan, scratch, relu=False, residual=None, scale=None) -> tuple:
+    """y = conv2d(x, w) * scale + b (scale None, b empty: none; the CPU twin's folded batch norm,
+    here through a scaled copy of w), plus ``residual`` when given, relu'd in place when ``relu``
+    (the executor fuses conv + add + relu on the CPU only; the twin takes them all the same, in
+    one pass after); returns what the backward needs besides x: ``(path,)``, and the column
+    matrices on the cuBLAS path."""
+    if scale is not None:
+        scaled = cuda.device_array_like(w)
+        _scale_rows_kernel[_blocks(w.size, 256), 256](w.reshape(w.size), scale, scaled.reshape(w.size))
+        w = scaled
     if plan.path == "cublas":
         _conv_columns_cuda.forward(x, w, b, y, plan.geo, *scratch)
         kept = (plan.path, scratch[0]) if plan.kept else (plan.path,)

@@ -78,10 +78,10 @@ def _pad(xn, xpf, pt, pl, Hp, Wp, sh, sw):
 
 
 @cpu_serial
-def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, P, Q, relu, direct):
+def _tiles(src, x0, offs, wf, b, sc, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, P, Q, relu, direct):
     """Tiles t0..t1 of sample n (its padded image at src[x0:]), in the order (group, channel
     block, grid block): each summed into acc, then written out to y (flat, (N, K, P, Q)) with
-    the bias (b empty: none), the residual rf (flat like y; added when ``res``: an array either
+    the scale sc and bias b (empty: none), the residual rf (flat like y; added when ``res``: an array either
     way, one specialisation instead of two, whose compile 2.6 s of 5.2 the residual's was) and
     relu's rule."""
     J = offs.size
@@ -90,8 +90,8 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
     L = (P - 1) * Wp + Q
     nb = (L + NR - 1) // NR
     per_group = (Kg + ROWS - 1) // ROWS * nb
-    zero = acc.dtype.type(0)
-    flags = (1 if b.size else 0) + (2 if res else 0) + (4 if relu else 0)
+    zero, one = acc.dtype.type(0), acc.dtype.type(1)
+    flags = (1 if b.size else 0) + (2 if res else 0) + (4 if relu else 0) + (8 if sc.size else 0)
     for t in range(t0, t1):
         g = t // per_group
         mb, cb = (t - g * per_group) // nb, (t - g * per_group) % nb
@@ -104,9 +104,9 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
         if direct is not None:  # the grid is y's own plane (Wp == Q): the tile goes straight out
             yo = (n * K + k0) * P * Q + c0
             if _CHECK_EXTENTS and (yo + (rows - 1) * P * Q + lanes > min(yf.size, rf.size)
-                                   or (b.size and k0 + rows > b.size)):
-                raise IndexError("conv2d shift: a tile writes past y or reads past the bias")
-            taps_out(src, xo, offs, J, wf, k0 * J, J, rows, lanes, yf, yo, P * Q, b, k0, rf, flags)
+                                   or (b.size and k0 + rows > b.size) or (sc.size and k0 + rows > sc.size)):
+                raise IndexError("conv2d shift: a tile writes past y or reads past the bias or scale")
+            taps_out(src, xo, offs, J, wf, k0 * J, J, rows, lanes, yf, yo, P * Q, b, sc, k0, rf, flags)
             continue
         taps(src, xo, offs, J, wf, k0 * J, J, rows, acc, lanes)
         p, q, o = c0 // Wp, c0 % Wp, 0
@@ -115,15 +115,16 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
             if q < Q:
                 cnt = min(seg, Q - q)
                 for m in range(rows):
-                    bk = b[k0 + m] if b.size else -zero  # -0.0: the exact identity
+                    bk = b[k0 + m] if b.size else -zero  # -0.0: the exact identity, as the scale 1
+                    sk = sc[k0 + m] if sc.size else one
                     dst, a = np.uint64(((n * K + k0 + m) * P + p) * Q + q), np.uint64(m * NR + o)
                     if res:
                         for i in range(cnt):
-                            v = (acc[a + np.uint64(i)] + bk) + rf[dst + np.uint64(i)]
+                            v = (acc[a + np.uint64(i)] * sk + bk) + rf[dst + np.uint64(i)]
                             yf[dst + np.uint64(i)] = zero if relu and v <= zero else v
                     else:
                         for i in range(cnt):
-                            v = acc[a + np.uint64(i)] + bk
+                            v = acc[a + np.uint64(i)] * sk + bk
                             yf[dst + np.uint64(i)] = zero if relu and v <= zero else v
             o += seg
             p += 1
@@ -131,7 +132,7 @@ def _tiles(src, x0, offs, wf, b, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, Wp, 
 
 
 @cpu_serial
-def _samples(x, wf, b, yf, rf, res, xpf, t, T, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy, direct):
+def _samples(x, wf, b, sc, yf, rf, res, xpf, t, T, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy, direct):
     """Chunk t of T: whole samples (t * N // T to (t + 1) * N // T), or, for fewer samples
     than chunks (batch-1 inference), every sample's tiles t * tiles // T to (t + 1) * tiles //
     T. The tile count is this compiled kernel's own (its ROWS and columns), never a caller's: a
@@ -153,19 +154,19 @@ def _samples(x, wf, b, yf, rf, res, xpf, t, T, G, K, R, S, sh, sw, dh, dw, pt, p
         if copy:
             _pad(x[n], xpf, pt, pl, Hp, Wp, sh, sw)
         src, x0 = (xpf, np.int64(0)) if copy else (x.reshape(x.size), np.int64(n * C * H * W))
-        _tiles(src, x0, offs, wf, b, yf, rf, res, acc, np.int64(n), a, z, G, K, C // G * sh * sw, Hp, Wp, P, Q, relu,
-               direct)
+        _tiles(src, x0, offs, wf, b, sc, yf, rf, res, acc, np.int64(n), a, z, G, K, C // G * sh * sw, Hp, Wp, P, Q,
+               relu, direct)
 
 
 @cpu_kernel
-def _shift_chunks(x, wf, b, yf, rf, res, xp, T, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy, direct):
+def _shift_chunks(x, wf, b, sc, yf, rf, res, xp, T, G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy, direct):
     """The batch in T chunks (``_samples``), each with its own padded image xp[t] (xp is (T, 0,
     0, 0) where x is read in place). Where the tiles are split, each chunk pads the whole sample
     itself: tiles reading one image that another core had just written ran slower on two
     threads than on one (32->32 3x3 at 32x32: 139 against 119 us; each padding its own, 76)."""
     for t in prange(T):
-        _samples(x, wf, b, yf, rf, res, xp[t].reshape(xp[t].size), np.int64(t), T, G, K, R, S, sh, sw, dh, dw, pt, pl,
-                 P, Q, relu, copy, direct)
+        _samples(x, wf, b, sc, yf, rf, res, xp[t].reshape(xp[t].size), np.int64(t), T, G, K, R, S, sh, sw, dh, dw,
+                 pt, pl, P, Q, relu, copy, direct)
 
 
 def _copies(geo: tuple, x_hw: tuple[int, ...], out_hw: tuple[int, ...]) -> bool:
@@ -189,21 +190,23 @@ def shift_scratch(T: int, x_shape: tuple[int, ...], out: tuple[int, ...], geo: t
 
 
 def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, scratch: tuple, geo: tuple, T: int,
-                  relu: bool = False, residual: np.ndarray | None = None, last: list | None = None) -> None:
-    """y = conv2d(x, w) + b (b empty: no bias) (+ ``residual``), relu'd when ``relu`` (any
+                  relu: bool = False, residual: np.ndarray | None = None, last: list | None = None,
+                  scale: np.ndarray | None = None) -> None:
+    """y = conv2d(x, w) * scale + b (scale None, b empty: none) (+ ``residual``), relu'd when ``relu`` (any
     groups, stride, padding, dilation), in T chunks, with ``shift_scratch``'s arrays. One chunk
     runs in the calling thread (no parallel region). ``last`` (an inference plan's): the last
     call's arrays and kernel arguments, reused for the same objects (as im2col's)."""
     if last and last[0] is x and last[1] is w and last[2] is b and last[3] is y and last[4] is residual \
-            and last[5] == relu and (not scratch or last[6] is scratch[0]):
-        kernel, args = last[7:]
+            and last[5] == relu and (not scratch or last[6] is scratch[0]) and last[7] is scale:
+        kernel, args = last[8:]
     else:
         G, R, S, sh, sw, dh, dw, pt, pl = geo
         N, K, P, Q = y.shape
         copy = bool(scratch)
         xp = scratch[0] if copy else np.empty((T, 0, 0, 0), x.dtype)
         yf = y.reshape(y.size)
-        head = (x, w.reshape(w.size), b, yf, yf if residual is None else residual.reshape(residual.size),
+        head = (x, w.reshape(w.size), b, np.empty(0, y.dtype) if scale is None else scale, yf,
+                yf if residual is None else residual.reshape(residual.size),
                 residual is not None)
         # Where the grid is y's plane (Wp == Q: 1x1 kernels), the tiles write y from their
         # registers: ``direct`` True, else None, whose kernels leave that code out (Numba prunes
@@ -216,5 +219,5 @@ def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, sc
         else:
             kernel, args = _shift_chunks, (*head, xp, T, *tail)
         if last is not None:
-            last[:] = [x, w, b, y, residual, relu, scratch[0] if copy else None, kernel, args]
+            last[:] = [x, w, b, y, residual, relu, scratch[0] if copy else None, scale, kernel, args]
     kernel(*args)

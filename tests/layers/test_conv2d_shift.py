@@ -112,22 +112,22 @@ def test_taps_tile_against_numpy(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_taps_out_tile_against_numpy(dtype):
-    # The tile written straight to y: bias (or none), residual, relu's rule (NaN
-    # kept, -0.0 to 0), nothing touched past its rows and lanes (y and r are fenced with
-    # sentinels), rows at every count, against float64 NumPy.
+    # The tile written straight to y: scale (a folded batch norm's) and bias (or none),
+    # residual, relu's rule (NaN kept, -0.0 to 0), nothing touched past its rows and lanes (y
+    # and r are fenced with sentinels), rows at every count, against float64 NumPy.
     from numba import njit
 
     from numbacnn.layers import _taps_cpu
 
     @njit
-    def tile(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, bo, r, flags):
-        _taps_cpu.taps_out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, bo, r, flags)
+    def tile(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags):
+        _taps_cpu.taps_out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags)
 
     rng = np.random.default_rng(6)
     cols = _taps_cpu.VECTORS * _taps_cpu.VECTOR_BYTES // np.dtype(dtype).itemsize
     R = _taps_cpu.ROWS
-    for trial in range(48):
-        flags = trial % 8
+    for trial in range(64):
+        flags = trial % 16
         J = int(rng.integers(1, 20))
         offs = rng.integers(0, 100, J).astype(np.int64)
         lanes, rows = int(rng.integers(1, cols + 1)), int(rng.integers(1, R + 1))
@@ -137,16 +137,18 @@ def test_taps_out_tile_against_numpy(dtype):
         w = rng.standard_normal(J * R).astype(dtype)
         w[:J] = 0.0  # row 0 sums to +-0.0 (or NaN): relu and the -0.0 identity show
         b = rng.standard_normal(R + 2).astype(dtype)
+        sc = rng.uniform(-2, 2, R + 2).astype(dtype)
+        sc[1] = -1.0  # row 0's +0.0 sum scaled to -0.0: the bias's -0.0 keeps it, relu takes it to 0
         ldy = lanes + int(rng.integers(0, 5))
         y = np.full(3 + R * ldy + 3, 7.0, dtype)  # 7.0: untouched
         r = rng.standard_normal(y.size).astype(dtype)
-        tile(x, xo, offs, J, w, 0, J, rows, lanes, y, 3, ldy, b, 1, r, flags)
+        tile(x, xo, offs, J, w, 0, J, rows, lanes, y, 3, ldy, b, sc, 1, r, flags)
         want = np.full(y.size, 7.0)
         for m in range(rows):
             s = np.zeros(lanes)
             for j in range(J):
                 s = s + float(w[m * J + j]) * x[xo + offs[j]:xo + offs[j] + lanes].astype(np.float64)
-            s = s + (float(b[1 + m]) if flags & 1 else -0.0)
+            s = s * (float(sc[1 + m]) if flags & 8 else 1.0) + (float(b[1 + m]) if flags & 1 else -0.0)
             at = 3 + m * ldy
             if flags & 2:
                 s = s + r[at:at + lanes]

@@ -121,9 +121,9 @@ def test_batch_1_3x3_takes_the_split_shifted_taps():
 def test_forward_reuses_its_arguments_only_for_the_same_arrays(path, kernel, N):
     # An im2col or shifted-taps forward keeps its last call's arrays and the kernel arguments
     # made from them (the plan's ``last``) and reuses them while the same objects come back:
-    # every array replaced by another object (x, w, b, y, the residual, the scratch), or
-    # edited in place, or the relu flag changed, must show in that call's output (a float64
-    # reference).
+    # every array replaced by another object (x, w, b, y, the residual, the scale, the
+    # scratch), or edited in place, or the relu flag changed, must show in that call's output
+    # (a float64 reference).
     from numbacnn.layers import conv2d_cpu
 
     rng = np.random.default_rng(kernel + N)
@@ -136,11 +136,13 @@ def test_forward_reuses_its_arguments_only_for_the_same_arrays(path, kernel, N):
            "w": lambda: rng.standard_normal((K, C, kernel, kernel)).astype(np.float32),
            "b": lambda: rng.standard_normal(K).astype(np.float32),
            "y": lambda: np.full((N, K, H, H), np.nan, np.float32),
-           "r": lambda: rng.standard_normal((N, K, H, H)).astype(np.float32)}
+           "r": lambda: rng.standard_normal((N, K, H, H)).astype(np.float32),
+           "s": lambda: rng.uniform(-2, 2, K).astype(np.float32)}
     a = {k: f() for k, f in new.items()}
     cfg = dict(kernel_size=(kernel, kernel), stride=(1, 1), dilation=(1, 1), groups=1, padding=kernel // 2)
-    steps = ["first", "same", "x", "w", "b", "y", "r", "col", "x in place", "w in place", "relu", "no residual", "x"]
-    relu, residual = False, True
+    steps = ["first", "same", "x", "w", "b", "y", "r", "s", "col", "x in place", "w in place", "s in place", "relu",
+             "no residual", "x", "no scale", "same"]
+    relu, residual, scaled = False, True, True
     for step in steps:
         if step in new:
             a[step] = new[step]()
@@ -150,11 +152,15 @@ def test_forward_reuses_its_arguments_only_for_the_same_arrays(path, kernel, N):
             relu = True
         elif step == "no residual":
             residual = False
+        elif step == "no scale":
+            scaled = False
         elif step == "col":  # new column-matrix scratch (3x3): this call must build its columns there
             scratch = tuple(np.full(shape, np.nan, np.float32) for shape, _ in plan.forward_scratch)
-        conv2d_cpu.conv2d_forward(a["x"], a["w"], a["b"], a["y"], plan, scratch, relu, a["r"] if residual else None)
-        want = conv_ref(a["x"].astype(np.float64), a["w"].astype(np.float64), a["b"].astype(np.float64),
-                        np.zeros((N, K, H, H)), cfg)[0] + (a["r"] if residual else 0)
+        conv2d_cpu.conv2d_forward(a["x"], a["w"], a["b"], a["y"], plan, scratch, relu, a["r"] if residual else None,
+                                  a["s"] if scaled else None)
+        want = conv_ref(a["x"].astype(np.float64), a["w"].astype(np.float64), None, np.zeros((N, K, H, H)), cfg)[0]
+        want = want * (a["s"][None, :, None, None] if scaled else 1) + a["b"][None, :, None, None]
+        want = want + (a["r"] if residual else 0)
         want = np.maximum(want, 0) if relu else want
         np.testing.assert_allclose(a["y"], want, rtol=1e-4, atol=1e-4, err_msg=step)
         assert all(not np.isnan(c).all() for c in scratch), step
