@@ -203,11 +203,11 @@ class Folds:
     def __init__(self, pairs: list[tuple[int, int]], steps: list[tuple], ctxs: list[Ctx]) -> None:
         self.ctxs = list(ctxs)
         self._pairs = [(ctxs[j], ctxs[k], steps[k][0].eps) for j, k in pairs]
-        self._params: list[dict[str, Any]] = []
+        self._folded: list[Ctx] = []
         for (j, _), (conv, _, _) in zip(pairs, self._pairs):
             ctx = self.ctxs[j] = Ctx(conv.name, conv.device, conv.dtype, conv.backend, conv.rng, layer=steps[j][0])
             ctx.params, ctx.grads, ctx.buffers = {}, conv.grads, conv.buffers
-            self._params.append(ctx.params)  # filled on the first refresh, in place after
+            self._folded.append(ctx)  # its params and scale filled on the first refresh, in place after
         self._args: tuple | None = None
 
     def _prepare(self) -> tuple:
@@ -216,7 +216,7 @@ class Folds:
         # binds again and makes a new Folds), the folded arrays and the copy, passed to the
         # kernel by address: ``keep`` holds every one of them for as long as ``_args`` lives.
         keep, rows, sizes, eps = [], [], [], []  # sizes: channels
-        for (conv, bn, e), params in zip(self._pairs, self._params):
+        for (conv, bn, e), folded in zip(self._pairs, self._folded):
             w = conv.params["weight"]
             K, dt = w.shape[0], w.dtype
             ones, zeros = np.ones(K, dt), np.zeros(K, dt)
@@ -228,8 +228,9 @@ class Folds:
                                        f"contiguous {dt} parameters to fold, found a {a.dtype} "
                                        f"{'array' if a.flags.c_contiguous else 'strided view'}; set "
                                        f"NUMBACNN_FOLD_BN=0")
-            params.update(weight=w, bias=np.empty(K, dt), scale=np.empty(K, dt))
-            group += [params["bias"], params["scale"]]
+            folded.params.update(weight=w, bias=np.empty(K, dt))
+            folded._scale = np.empty(K, dt)
+            group += [folded.params["bias"], folded._scale]
             keep += group
             rows.append([a.ctypes.data for a in group])
             sizes.append(K)

@@ -216,6 +216,7 @@ class Ctx:
         "name", "device", "dtype", "params", "grads", "buffers", "training", "rng", "saved",
         "needs_input_grad", "backend", "inplace", "backward_expected", "_pool", "_cursor", "_arena", "_taken",
         "_plans", "_own_pool", "_own_plans", "_layer", "_kernels", "_workspace", "_scursor", "_soffset", "_call",
+        "_scale",
     )
 
     def __init__(self, name: str, device: str, dtype: np.dtype, backend: Any, rng: np.random.Generator,
@@ -247,6 +248,7 @@ class Ctx:
         self._arena: Any = None
         self._taken: list[Any] = []
         self._call: tuple | None = None  # a built-in's whole inference call as (kernel, args): Executor._replay
+        self._scale: Any = None  # a folded batch norm's per-channel scale, which conv2d applies (numbacnn._fold)
 
     @property
     def kernels(self) -> ModuleType:

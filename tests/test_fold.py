@@ -149,10 +149,10 @@ def test_folded_convs_read_the_live_weights_and_keep_no_copy_of_them(monkeypatch
     np.testing.assert_allclose(folded(x), plain(x), rtol=1e-5, atol=1e-5)
     folds = folded._executor.thread_pass().folds
     weights = 0
-    for (conv, _, _), params in zip(folds._pairs, folds._params):
+    for (conv, _, _), ctx in zip(folds._pairs, folds._folded):
         K = conv.params["weight"].shape[0]
-        assert params["weight"] is conv.params["weight"]
-        assert params["scale"].shape == params["bias"].shape == (K,)
+        assert ctx.params["weight"] is conv.params["weight"] and set(ctx.params) == {"weight", "bias"}
+        assert ctx._scale.shape == ctx.params["bias"].shape == (K,)
         weights += conv.params["weight"].nbytes
     assert sum(a.nbytes for a in folds._args[-1]) + folds._args[4].nbytes < weights
     key = next(k for k in folded.params if k.endswith(".weight") and folded.params[k].shape[2:] == (3, 3))

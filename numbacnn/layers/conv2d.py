@@ -96,9 +96,8 @@ class Conv2d(Layer):
         scratch = tuple(ctx.empty(shape, dtype) if i < plan.kept else ctx.scratch(shape, dtype)
                         for i, (shape, dtype) in enumerate(plan.forward_scratch)) if plan.forward_scratch else ()
         w, b = self._weight(ctx.params), self._bias(ctx, ctx.params)
-        scale = ctx.params.get("scale")  # a folded batch norm's, per output channel (numbacnn._fold)
-        if scale is not None:
-            kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch, self.fused_relu, residual, scale)
+        if ctx._scale is not None:  # a folded batch norm's, per output channel (numbacnn._fold)
+            kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch, self.fused_relu, residual, ctx._scale)
         elif self.fused_relu or residual is not None:  # inference's conv (+ add) (+ relu): numbacnn._fold
             kept = ctx.kernels.conv2d_forward(x, w, b, y, plan, scratch, self.fused_relu, residual)
         else:

@@ -270,7 +270,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
         back = [(sc[k], ints.get(k)) for k in ("V", "M", "pix", "R", "part", "nonfinite", "xp", "U", "xp")]
         return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), tr,
                           None if backward else WeightCache())  # back: ..., gxp, U, xp
-    col = () if _direct(geo, x_shape, y_shape) else (((T, C * R * S, P * Q), None),)
+    col = () if direct(geo, x_shape[2:], y_shape[2:]) else (((T, C * R * S, P * Q), None),)
     back = (((T, K, C // G * R * S), None), *col)  # im2col's backward
     if path == "shift":  # nothing kept: a training step's backward is im2col's; batch 1: tiles split
         sT = threads if split else T
@@ -278,7 +278,7 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
                           last=None if backward else [])
     if path == "pixel":
         J = C * R * S
-        B = pixel_block(P * Q, J)
+        B = pixel_block(P * Q, J, 1 if backward else -(-N // T))  # inference: small planes stack samples
         image = (H + geo[7] + _trailing(H, P, R, geo[3], geo[5], geo[7]),
                  W + geo[8] + _trailing(W, Q, S, geo[4], geo[6], geo[8]), C)
         forward = [((N if backward else T, *image), None), ((R, S, C, K), None), ((T, B, J), None), ((T, B, K), None)]
@@ -292,21 +292,20 @@ def _trailing(size: int, out: int, k: int, stride: int, dilation: int, lead: int
     return max(0, (out - 1) * stride + dilation * (k - 1) + 1 - size - lead)
 
 
-def _direct(geo: Geometry, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> bool:
-    return direct(geo, x_shape[2:], y_shape[2:])
-
-
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan, scratch: tuple,
                    relu: bool = False, residual: np.ndarray | None = None, scale: np.ndarray | None = None) -> tuple:
     """y = conv2d(x, w) * scale + b (scale None, b empty: none; a scale per output channel is a
-    batch norm folded in, numbacnn._fold: im2col and shifted taps apply it as they write y, the
-    other paths multiply a copy of w) on ``plan``'s path, with the arrays its ``forward_scratch``
+    batch norm folded in, numbacnn._fold: im2col, shifted taps and pixel-major apply it as they
+    write y, Winograd multiplies a copy of w) on ``plan``'s path, with the arrays its ``forward_scratch``
     describes, plus ``residual`` (y's shape) when given, then relu'd in place when ``relu``:
     inference's fused conv (+ add) (+ relu), in the order the nodes compute them; the im2col,
     pixel-major and Winograd paths apply the relu alone as they write y, the residual in one
     pass after (im2col: as it writes y). Returns what the backward needs besides x: the path
     that ran (Winograd gives way to im2col when x or w holds NaN or Inf) and its kept arrays."""
-    if scale is not None and plan.path not in ("im2col", "shift"):
+    if scale is not None and (scale.shape != y.shape[1:2] or scale.dtype != y.dtype or not scale.flags.c_contiguous):
+        raise ValueError(f"conv2d_forward: the scale must be a contiguous {y.dtype} array of {y.shape[1]} values "
+                         f"(one per output channel); found {scale.dtype} {scale.shape}")
+    if scale is not None and plan.path not in ("im2col", "shift", "pixel"):
         w, scale = w * scale.reshape(-1, 1, 1, 1), None
     kept = _forward_path(x, w, b, y, plan, scratch, relu, residual, scale)
     if kept[0] in ("im2col", "shift") or (kept[0] in ("pixel", "winograd") and residual is None):
@@ -346,7 +345,7 @@ def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, pl
         return ("shift",)
     if plan.path == "pixel":
         xp, wt, colt, yt = scratch
-        pixel_forward(x, w, b, y, xp, wt, colt, yt, geo, relu and residual is None)
+        pixel_forward(x, w, b, y, xp, wt, colt, yt, geo, relu and residual is None, scale)
         return "pixel", xp
     _im2col_forward(x, w, b, y, scratch[0] if scratch else None, geo, plan.chunks, relu, residual, plan.last, scale)
     return ("im2col",)
@@ -357,7 +356,7 @@ def _im2col_again(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, pl
     # NaN or Inf in x or w on a Winograd path: its transforms spread them over whole tiles;
     # recompute where PyTorch puts them (conv2d_winograd_cpu), with scratch of its own (a rare case).
     geo = plan.geo
-    col = None if _direct(geo, x.shape, y.shape) else np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)
+    col = None if direct(geo, x.shape[2:], y.shape[2:]) else np.empty(_im2col_scratch(plan, x.shape[1])[1], x.dtype)
     _im2col_forward(x, w, b, y, col, geo, plan.chunks, relu, residual)
     return ("im2col",)
 
@@ -396,5 +395,5 @@ def conv2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray
         _im2col_backward(x, w, gy, gw, gb, gx, col[0] if col else None, part, geo)
         return
     part_shape, col_shape = _im2col_scratch(plan, x.shape[1])  # after a Winograd fallback: scratch of its own
-    col = None if _direct(geo, x.shape, gy.shape) else np.empty(col_shape, x.dtype)
+    col = None if direct(geo, x.shape[2:], gy.shape[2:]) else np.empty(col_shape, x.dtype)
     _im2col_backward(x, w, gy, gw, gb, gx, col, np.empty(part_shape, x.dtype), geo)

@@ -261,6 +261,9 @@ def conv2d_forward(x, w, b, y, plan, scratch, relu=False, residual=None, scale=N
     one pass after); returns what the backward needs besides x: ``(path,)``, and the column
     matrices on the cuBLAS path."""
     if scale is not None:
+        if scale.shape != y.shape[1:2] or scale.dtype != y.dtype:
+            raise ValueError(f"conv2d_forward: the scale must be a {y.dtype} array of {y.shape[1]} values (one per "
+                             f"output channel); found {scale.dtype} {scale.shape}")
         scaled = cuda.device_array_like(w)
         _scale_rows_kernel[_blocks(w.size, 256), 256](w.reshape(w.size), scale, scaled.reshape(w.size))
         w = scaled

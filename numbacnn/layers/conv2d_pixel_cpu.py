@@ -79,6 +79,9 @@ def _weights_to(w, dst, rsck):
     slower; NumPy's copy of the transposed view took 14-16 us for 40x20x5x5 weights)."""
     K, C, R, S = w.shape
     df, wf = dst.reshape(dst.size), w.reshape(w.size)
+    if rsck and K * C * R * S > _TRANSPOSE_BLOCKED:  # large weights: _weights_rsck's blocks
+        _weights_rsck(wf, df, K, C, R * S)
+        return
     i = np.uint64(0)
     for a in range(R * S if rsck else K):
         for b in range(C if rsck else R * S):
@@ -88,37 +91,76 @@ def _weights_to(w, dst, rsck):
                 i += np.uint64(1)
 
 
+@cpu_inline
+def _store(yn, ytf, o, b, sc, la, lb, K, relu):
+    """yn[k, la:lb] = ytf's rows (from flat offset o, K values each) transposed, times the scale
+    sc (empty: none, 1) plus the bias b (empty: none, -0.0: the exact identity), relu'd when
+    ``relu`` (NaN kept); the choice outside the loops, each a plain pass."""
+    zero, one = yn.dtype.type(0), yn.dtype.type(1)
+    for k in range(K):
+        bk, sk = b[k] if b.size else -zero, sc[k] if sc.size else one
+        if relu:
+            for l in range(la, lb):
+                v = ytf[np.uint64(o + (l - la) * K + k)] * sk + bk
+                yn[k, l] = zero if v <= zero else v
+        else:
+            for l in range(la, lb):
+                yn[k, l] = ytf[np.uint64(o + (l - la) * K + k)] * sk + bk
+
+
+# Weights of more elements than this go to (R, S, C, K) in blocks of 64 output channels
+# (_weights_rsck): written in order, each read a stride of C*R*S away, they took 512->512 3x3's
+# 7.9-8.3 ms a call, the blocks 2.3 (NumPy's copy of the transposed view 9.1; /work/probe/s12/wt2.py).
+_TRANSPOSE_BLOCKED = 1 << 16
+
+
+@cpu_inline
+def _weights_rsck(wf, df, K, C, RS):
+    """df[(rs*C + c)*K + k] = wf[(k*C + c)*RS + rs]: for each block of 64 k, every output row's
+    run of them (the block's 64 rows of w read in step, each line used for several c)."""
+    for k0 in range(0, K, 64):
+        k1 = min(K, k0 + 64)
+        for rs in range(RS):
+            for c in range(C):
+                o, m = np.uint64((rs * C + c) * K), c * RS + rs
+                for k in range(k0, k1):
+                    df[o + np.uint64(k)] = wf[np.uint64(k * C * RS + m)]
+
+
 @cpu_kernel
-def _forward_pixels(x, w, wt, b, xp, colt, yt, y, P, Q, geo, relu):
-    """y[n] = conv2d(x[n], w) + b through pixel-major column blocks; scratch wt (R*S*C, K)
-    for the weights, and per chunk t: colt[t] (block rows, R*S*C), yt[t] (block rows, K); xp
-    (padded HWC images) has one per chunk, or one per sample (N of them: kept for the backward).
-    ``relu``: y = max(y, 0) as relu computes it (NaN kept), as the block is written out."""
+def _forward_pixels(x, w, wt, b, sc, xp, colt, yt, y, P, Q, geo, relu):
+    """y[n] = conv2d(x[n], w) * sc + b (sc, b empty: none) through pixel-major column blocks;
+    scratch wt (R*S*C, K) for the weights, and per chunk t: colt[t] (block rows, R*S*C), yt[t]
+    (block rows, K); xp (padded HWC images) has one per chunk, or one per sample (N of them:
+    kept for the backward). A block of more rows than a sample has (B > P*Q: inference on small
+    planes, conv2d_plan) stacks B // (P*Q) samples' rows, so one product reads the weights for
+    all of them. ``relu``: y = max(y, 0) as relu computes it (NaN kept), as y is written."""
     pt, pl = geo[7], geo[8]
     N, K = y.shape[0], y.shape[1]
     T, B, J = colt.shape
     L = P * Q
+    g = max(1, B // L)  # samples a product
     _weights_to(w, wt, True)
     for t in prange(T):
         cf, ytf = colt[t].reshape(B * J), yt[t].reshape(B * K)
-        for n in range(t * N // T, (t + 1) * N // T):
-            xpn = xp[n] if xp.shape[0] == N else xp[t]
-            to_hwc(x[n], xpn, pt, pl)
-            yn = y[n].reshape(K, L)
-            for la in range(0, L, B):
-                lb = min(L, la + B)
-                _rows(xpn, cf, Q, geo, la, lb)
-                gemm(False, False, lb - la, K, J, cf, J, wt.reshape(J * K), K, 0, ytf, K)
-                zero = yn.dtype.type(0)
-                for k in range(K):
-                    bk = b[k] if b.size else zero
-                    if relu:  # apart from the plain copy, which then stays free of the choice
-                        for l in range(la, lb):
-                            v = yt[t, l - la, k] + bk
-                            yn[k, l] = zero if v <= zero else v
-                    else:
-                        for l in range(la, lb):
-                            yn[k, l] = yt[t, l - la, k] + bk
+        n1 = (t + 1) * N // T
+        for na in range(t * N // T, n1, g):
+            nb = min(n1, na + g)
+            for n in range(na, nb):
+                xpn = xp[n] if xp.shape[0] == N else xp[t]
+                to_hwc(x[n], xpn, pt, pl)
+                if g > 1:  # this sample's rows under the ones before it in the block
+                    _rows(xpn, cf[(n - na) * L * J:], Q, geo, 0, L)
+                    continue
+                for la in range(0, L, B):
+                    lb = min(L, la + B)
+                    _rows(xpn, cf, Q, geo, la, lb)
+                    gemm(False, False, lb - la, K, J, cf, J, wt.reshape(J * K), K, 0, ytf, K)
+                    _store(y[n].reshape(K, L), ytf, 0, b, sc, la, lb, K, relu)
+            if g > 1:
+                gemm(False, False, (nb - na) * L, K, J, cf, J, wt.reshape(J * K), K, 0, ytf, K)
+                for n in range(na, nb):
+                    _store(y[n].reshape(K, L), ytf, (n - na) * L * K, b, sc, 0, L, K, relu)
 
 
 @cpu_kernel
@@ -158,19 +200,28 @@ def _backward_pixels(x, w, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_gx):
 _BLOCK_ELEMENTS = 96 * 1024
 
 
-def pixel_block(L: int, J: int) -> int:
-    """Output pixels per column-matrix block of the pixel-major path (J = C*R*S columns)."""
-    return max(1, min(L, _BLOCK_ELEMENTS // J))
+# Rows of a stacked product (inference, planes of fewer pixels than a block): whole samples up to this.
+STACK_ROWS = 128
+
+
+def pixel_block(L: int, J: int, samples: int = 1) -> int:
+    """Output pixels per column-matrix block of the pixel-major path (J = C*R*S columns); with
+    ``samples`` (a chunk's, inference) and a plane of fewer pixels than a block, the rows of
+    up to that many whole samples, STACK_ROWS at most (``_forward_pixels``)."""
+    B = max(1, min(L, _BLOCK_ELEMENTS // J))
+    return L * max(1, min(samples, STACK_ROWS // L)) if B == L else B
 
 
 def pixel_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, xp: np.ndarray,
-                       wt: np.ndarray, colt: np.ndarray, yt: np.ndarray, geo: Geometry, relu: bool = False) -> None:
-    """y = conv2d(x, w) + b on the pixel-major path (groups 1), relu'd when ``relu``. Scratch: ``xp`` (T or N,
-    padded H, padded W, C; N: kept for the backward), ``wt`` (R, S, C, K) for the weights in
-    column order, and per chunk of the batch ``colt`` (T, B, C*R*S) and ``yt`` (T, B, K),
-    B = pixel_block(...)."""
+                  wt: np.ndarray, colt: np.ndarray, yt: np.ndarray, geo: Geometry, relu: bool = False,
+                  scale: np.ndarray | None = None) -> None:
+    """y = conv2d(x, w) * scale + b (scale None, b empty: none) on the pixel-major path (groups 1),
+    relu'd when ``relu``. Scratch: ``xp`` (T or N, padded H, padded W, C; N: kept for the backward),
+    ``wt`` (R, S, C, K) for the weights in column order, and per chunk of the batch ``colt`` (T,
+    B, C*R*S) and ``yt`` (T, B, K), B = pixel_block(...)."""
+    sc = np.empty(0, y.dtype) if scale is None else scale
     with single_thread_blas:
-        _forward_pixels(x, w, wt, b, xp, colt, yt, y, y.shape[2], y.shape[3], geo, relu)
+        _forward_pixels(x, w, wt, b, sc, xp, colt, yt, y, y.shape[2], y.shape[3], geo, relu)
 
 
 def pixel_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,

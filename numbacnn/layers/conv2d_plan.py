@@ -6,7 +6,8 @@ looks inside. The CPU chooses among these paths (conv2d_cpu's docstring describe
 
 - ``"im2col"``: channel-major column matrices and BLAS (any geometry; 1x1 stride-1 unpadded
   convolutions multiply x directly);
-- ``"pixel"``: pixel-major column matrices (groups 1, not the direct 1x1 case);
+- ``"pixel"``: pixel-major column matrices (groups 1, not the direct 1x1 case; in inference
+  on small planes, several samples' rows a product);
 - ``"winograd"``: F(4x4, 3x3), or F(4x4, 5x5) for 5x5 kernels (groups 1, stride 1, no
   dilation, 2x2 to 6x6 kernels);
 - ``"winograd1d"``: F(4, 5) on one-row convolutions with a 1x5 kernel (conv1d's kernel_size
@@ -48,6 +49,16 @@ import numpy as np
 PIXEL_MAJOR_MIN_RUN = 16
 # Output channels per output row (N*P*Q) from which it is not: its weight layout costs more.
 PIXEL_MAJOR_MAX_K_PER_ROW = 4
+# Inference at a batch of two or more on output planes of at most PIXEL_STACK_MAX_PIXELS pixels,
+# weights of at least PIXEL_STACK_MIN_WEIGHTS values, off Winograd: pixel-major with samples
+# stacked in each product (conv2d_pixel_cpu._forward_pixels), which reads the weights once a
+# block of samples; shifted taps read them once a sample and fill a few lanes of each tile (a 2x2
+# plane 6 of 48). Batch 32, 2 threads, ms, stacked pixel-major / shift / im2col / Winograd
+# (/work/probe/s12/stack.py): 512->512 at 2x2 5.3 / 48.2 / 11.6 / 11.0, 256->512 at stride 2
+# to 2x2 2.6 / 11.9 / 5.6, 128->256 at stride 2 to 4x4 1.6 / 3.3 / 2.4; an imported ResNet-18
+# at 64x64 (its last stage) ran 106 ms a batch of 32 where PyTorch took 48.
+PIXEL_STACK_MAX_PIXELS = 16
+PIXEL_STACK_MIN_WEIGHTS = 1 << 16
 # Fewest input and output channels for which a stride-1 convolution takes the CPU's Winograd
 # path (conv2d_winograd_cpu): with fewer, its tile transforms outweigh the products.
 WINOGRAD_MIN_CHANNELS = 16
@@ -256,6 +267,9 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
         if split and max(R, S) <= 3 and P * Q < WINOGRAD3_SPLIT_MIN_PIXELS:
             return "im2col"  # not pixel-major, which runs a sample on one thread
         return "winograd"
+    if (pixel_fits and not backward and N >= 2 and P * Q <= PIXEL_STACK_MAX_PIXELS
+            and K * C * R * S >= PIXEL_STACK_MIN_WEIGHTS):
+        return "pixel"
     if shift and not backward:
         return "shift"
     if ((R, S, sh, sw, G) == (1, 1, 1, 1, 1) and not backward and x_shape[0] >= 2 and C <= SHIFT1X1_MAX_CHANNELS

@@ -52,3 +52,20 @@ def test_scale_is_applied_per_output_channel_on_every_path(case, relu, residual)
     assert np.array_equal(w, w0)
     assert np.array_equal(np.isnan(y), np.isnan(want)) and np.isnan(y).any()
     np.testing.assert_allclose(y, want, rtol=2e-4, atol=2e-4 * np.nanmax(np.abs(want)))
+
+
+def test_a_scale_of_the_wrong_dtype_length_or_layout_is_refused_before_any_compute():
+    from numbacnn.layers import conv2d_cpu
+
+    geo = (1, 3, 3, 1, 1, 1, 1, 1, 1)
+    x = np.ones((2, 3, 5, 5), np.float32)
+    w, b = np.ones((4, 3, 3, 3), np.float32), np.zeros(4, np.float32)
+    for path in ("im2col", "shift", "pixel", "winograd"):
+        with conv2d_cpu.force_path(path):
+            plan = conv2d_cpu.conv2d_plan("c", x.shape, (2, 4, 5, 5), geo, False, "float32")
+        scratch = tuple(np.empty(shape, dtype or np.float32) for shape, dtype in plan.forward_scratch)
+        for bad in (np.ones(4), np.ones(5, np.float32), np.ones(8, np.float32)[::2]):
+            y = np.full((2, 4, 5, 5), 7.0, np.float32)
+            with pytest.raises(ValueError, match="scale must be a contiguous float32 array of 4 values"):
+                conv2d_cpu.conv2d_forward(x, w, b, y, plan, scratch, False, None, bad)
+            assert (y == 7.0).all()
