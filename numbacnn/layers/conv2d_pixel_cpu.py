@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._blas import gemm
-from .._jit import cpu_inline, cpu_kernel, prange
+from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
 from .conv2d_hwc_cpu import from_hwc, reduce_partials, to_hwc
 
@@ -91,11 +91,12 @@ def _weights_to(w, dst, rsck):
                 i += np.uint64(1)
 
 
-@cpu_inline
+@cpu_serial
 def _store(yn, ytf, o, b, sc, la, lb, K, relu):
     """yn[k, la:lb] = ytf's rows (from flat offset o, K values each) transposed, times the scale
     sc (empty: none, 1) plus the bias b (empty: none, -0.0: the exact identity), relu'd when
-    ``relu`` (NaN kept); the choice outside the loops, each a plain pass."""
+    ``relu`` (NaN kept); the choice outside the loops, each a plain pass. Compiled apart, as
+    _pixel_weights: inlined into the forwards, they took longer to compile."""
     zero, one = yn.dtype.type(0), yn.dtype.type(1)
     for k in range(K):
         bk, sk = b[k] if b.size else -zero, sc[k] if sc.size else one
@@ -127,40 +128,59 @@ def _weights_rsck(wf, df, K, C, RS):
                     df[o + np.uint64(k)] = wf[np.uint64(k * C * RS + m)]
 
 
+@cpu_serial
+def _pixel_weights(w, wt):
+    """wt = w in the forward's column order (R, S, C, K)."""
+    _weights_to(w, wt, True)
+
+
 @cpu_kernel
 def _forward_pixels(x, w, wt, b, sc, xp, colt, yt, y, P, Q, geo, relu):
     """y[n] = conv2d(x[n], w) * sc + b (sc, b empty: none) through pixel-major column blocks;
     scratch wt (R*S*C, K) for the weights, and per chunk t: colt[t] (block rows, R*S*C), yt[t]
     (block rows, K); xp (padded HWC images) has one per chunk, or one per sample (N of them:
-    kept for the backward). A block of more rows than a sample has (B > P*Q: inference on small
-    planes, conv2d_plan) stacks B // (P*Q) samples' rows, so one product reads the weights for
-    all of them. ``relu``: y = max(y, 0) as relu computes it (NaN kept), as y is written."""
+    kept for the backward). ``relu``: y = max(y, 0) as relu computes it (NaN kept), as y is written."""
     pt, pl = geo[7], geo[8]
     N, K = y.shape[0], y.shape[1]
     T, B, J = colt.shape
     L = P * Q
-    g = max(1, B // L)  # samples a product
-    _weights_to(w, wt, True)
+    _pixel_weights(w, wt)
+    for t in prange(T):
+        cf, ytf = colt[t].reshape(B * J), yt[t].reshape(B * K)
+        for n in range(t * N // T, (t + 1) * N // T):
+            xpn = xp[n] if xp.shape[0] == N else xp[t]
+            to_hwc(x[n], xpn, pt, pl)
+            for la in range(0, L, B):
+                lb = min(L, la + B)
+                _rows(xpn, cf, Q, geo, la, lb)
+                gemm(False, False, lb - la, K, J, cf, J, wt.reshape(J * K), K, 0, ytf, K)
+                _store(y[n].reshape(K, L), ytf, np.int64(0), b, sc, la, lb, K, relu)
+
+
+@cpu_kernel
+def _forward_stacked(x, w, wt, b, sc, xp, colt, yt, y, P, Q, geo, relu):
+    """_forward_pixels for inference on planes of fewer pixels than a block (B > P*Q,
+    conv2d_plan): B // (P*Q) samples' rows stacked in each product, so one product reads the
+    weights for all of them; xp one image per chunk. A kernel of its own, compiled only where a
+    model has such a convolution: in _forward_pixels it took that kernel's compile (every
+    training step's pixel-major forward) from 2.4 to 2.9 s."""
+    pt, pl = geo[7], geo[8]
+    N, K = y.shape[0], y.shape[1]
+    T, B, J = colt.shape
+    L = P * Q
+    g = B // L  # samples a product
+    _pixel_weights(w, wt)
     for t in prange(T):
         cf, ytf = colt[t].reshape(B * J), yt[t].reshape(B * K)
         n1 = (t + 1) * N // T
         for na in range(t * N // T, n1, g):
             nb = min(n1, na + g)
+            for n in range(na, nb):  # each sample's rows under the ones before it
+                to_hwc(x[n], xp[t], pt, pl)
+                _rows(xp[t], cf[(n - na) * L * J:], Q, geo, 0, L)
+            gemm(False, False, (nb - na) * L, K, J, cf, J, wt.reshape(J * K), K, 0, ytf, K)
             for n in range(na, nb):
-                xpn = xp[n] if xp.shape[0] == N else xp[t]
-                to_hwc(x[n], xpn, pt, pl)
-                if g > 1:  # this sample's rows under the ones before it in the block
-                    _rows(xpn, cf[(n - na) * L * J:], Q, geo, 0, L)
-                    continue
-                for la in range(0, L, B):
-                    lb = min(L, la + B)
-                    _rows(xpn, cf, Q, geo, la, lb)
-                    gemm(False, False, lb - la, K, J, cf, J, wt.reshape(J * K), K, 0, ytf, K)
-                    _store(y[n].reshape(K, L), ytf, 0, b, sc, la, lb, K, relu)
-            if g > 1:
-                gemm(False, False, (nb - na) * L, K, J, cf, J, wt.reshape(J * K), K, 0, ytf, K)
-                for n in range(na, nb):
-                    _store(y[n].reshape(K, L), ytf, (n - na) * L * K, b, sc, 0, L, K, relu)
+                _store(y[n].reshape(K, L), ytf, (n - na) * L * K, b, sc, np.int64(0), L, K, relu)
 
 
 @cpu_kernel
@@ -220,8 +240,10 @@ def pixel_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, xp
     ``wt`` (R, S, C, K) for the weights in column order, and per chunk of the batch ``colt`` (T,
     B, C*R*S) and ``yt`` (T, B, K), B = pixel_block(...)."""
     sc = np.empty(0, y.dtype) if scale is None else scale
+    P, Q = y.shape[2], y.shape[3]
+    kernel = _forward_stacked if colt.shape[1] > P * Q else _forward_pixels
     with single_thread_blas:
-        _forward_pixels(x, w, wt, b, sc, xp, colt, yt, y, y.shape[2], y.shape[3], geo, relu)
+        kernel(x, w, wt, b, sc, xp, colt, yt, y, P, Q, geo, relu)
 
 
 def pixel_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
