@@ -79,9 +79,6 @@ def _weights_to(w, dst, rsck):
     slower; NumPy's copy of the transposed view took 14-16 us for 40x20x5x5 weights)."""
     K, C, R, S = w.shape
     df, wf = dst.reshape(dst.size), w.reshape(w.size)
-    if rsck and K * C * R * S > _TRANSPOSE_BLOCKED:  # large weights: _weights_rsck's blocks
-        _weights_rsck(wf, df, K, C, R * S)
-        return
     i = np.uint64(0)
     for a in range(R * S if rsck else K):
         for b in range(C if rsck else R * S):
@@ -95,8 +92,7 @@ def _weights_to(w, dst, rsck):
 def _store(yn, ytf, o, b, sc, la, lb, K, relu):
     """yn[k, la:lb] = ytf's rows (from flat offset o, K values each) transposed, times the scale
     sc (empty: none, 1) plus the bias b (empty: none, -0.0: the exact identity), relu'd when
-    ``relu`` (NaN kept); the choice outside the loops, each a plain pass. Compiled apart, as
-    _pixel_weights: inlined into the forwards, they took longer to compile."""
+    ``relu`` (NaN kept); the choice outside the loops, each a plain pass."""
     zero, one = yn.dtype.type(0), yn.dtype.type(1)
     for k in range(K):
         bk, sk = b[k] if b.size else -zero, sc[k] if sc.size else one
@@ -129,9 +125,14 @@ def _weights_rsck(wf, df, K, C, RS):
 
 
 @cpu_serial
-def _pixel_weights(w, wt):
-    """wt = w in the forward's column order (R, S, C, K)."""
-    _weights_to(w, wt, True)
+def _stacked_weights(w, wt):
+    """wt = w in the forward's column order (R, S, C, K), in blocks of 64 output channels where
+    the weights are large (_weights_rsck: the stacked forward's, whose rule asks for large weights)."""
+    K, C, R, S = w.shape
+    if K * C * R * S > _TRANSPOSE_BLOCKED:
+        _weights_rsck(w.reshape(w.size), wt.reshape(wt.size), K, C, R * S)
+    else:
+        _weights_to(w, wt, True)
 
 
 @cpu_kernel
@@ -144,7 +145,7 @@ def _forward_pixels(x, w, wt, b, sc, xp, colt, yt, y, P, Q, geo, relu):
     N, K = y.shape[0], y.shape[1]
     T, B, J = colt.shape
     L = P * Q
-    _pixel_weights(w, wt)
+    _weights_to(w, wt, True)
     for t in prange(T):
         cf, ytf = colt[t].reshape(B * J), yt[t].reshape(B * K)
         for n in range(t * N // T, (t + 1) * N // T):
@@ -169,7 +170,7 @@ def _forward_stacked(x, w, wt, b, sc, xp, colt, yt, y, P, Q, geo, relu):
     T, B, J = colt.shape
     L = P * Q
     g = B // L  # samples a product
-    _pixel_weights(w, wt)
+    _stacked_weights(w, wt)
     for t in prange(T):
         cf, ytf = colt[t].reshape(B * J), yt[t].reshape(B * K)
         n1 = (t + 1) * N // T
