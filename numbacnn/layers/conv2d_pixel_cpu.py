@@ -88,7 +88,7 @@ def _weights_to(w, dst, rsck):
                 i += np.uint64(1)
 
 
-@cpu_serial
+@cpu_inline
 def _store(yn, ytf, o, b, sc, la, lb, K, relu):
     """yn[k, la:lb] = ytf's rows (from flat offset o, K values each) transposed, times the scale
     sc (empty: none, 1) plus the bias b (empty: none, -0.0: the exact identity), relu'd when
