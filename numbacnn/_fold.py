@@ -2,9 +2,9 @@
 is that output's only reader) is folded into the convolution for inference without gradients.
 
 The conv runs as conv(x, w) * s + b', b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps)
-per output channel (conv2d_cpu.conv2d_forward's ``scale``: the im2col and shifted-taps paths
-scale as they write y, the others multiply a copy of w), and the batch-norm node passes the
-conv's output on untouched. This is exactly
+per output channel (conv2d_cpu.conv2d_forward's ``scale``: the im2col, shifted-taps and
+pixel-major paths scale as they write y, Winograd multiplies a copy of w), and the batch-norm
+node passes the conv's output on untouched. This is exactly
 what batch_norm2d computes in evaluation from its running statistics, so it is skipped only
 there: training (batch statistics), any pass with gradients and a batch norm without running
 statistics (``track_running_stats=False``: batch statistics in evaluation too) run unfolded.

@@ -51,7 +51,7 @@ PIXEL_MAJOR_MIN_RUN = 16
 PIXEL_MAJOR_MAX_K_PER_ROW = 4
 # Inference at a batch of two or more on output planes of at most PIXEL_STACK_MAX_PIXELS pixels,
 # weights of at least PIXEL_STACK_MIN_WEIGHTS values, off Winograd: pixel-major with samples
-# stacked in each product (conv2d_pixel_cpu._forward_pixels), which reads the weights once a
+# stacked in each product (conv2d_pixel_cpu._forward_stacked), which reads the weights once a
 # block of samples; shifted taps read them once a sample and fill a few lanes of each tile (a 2x2
 # plane 6 of 48). Batch 32, 2 threads, ms, stacked pixel-major / shift / im2col / Winograd
 # (/work/probe/s12/stack.py): 512->512 at 2x2 5.3 / 48.2 / 11.6 / 11.0, 256->512 at stride 2
