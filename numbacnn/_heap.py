@@ -7,6 +7,18 @@ rest, and a freed block merges with free neighbours, as a classic heap does. The
 inference ``Arena``'s (``take``, ``base_of``, ``hold``, ``drop``, ``reset``, ``trim``); a
 "base" is a block, found from any view of it by its address (a layer may save a reshape or a
 slice of what it was given). Host arrays only.
+
+Blocks start on 64-byte lines (``device.ALIGN``): every request is rounded up to whole lines
+and each chunk's blocks start at its first line (a column matrix 16 bytes off a line ran
+vgg_small's conv1_1 at batch 256 in 4.08 ms against 3.26 aligned). A request no free block
+fits gets a new chunk as large as the heap's chunks of its dtype together (at most
+``GROWTH_MAX_BYTES`` more than asked): a freed block merges only with neighbours in its own
+chunk, so chunks cut to each request left the free space in pieces later requests did not
+fit, while a fresh chunk's pages take no memory until a block in them is written
+(``resident_bytes`` counts the bytes up to the end of the last block each chunk has served).
+Replaying a training step at batch 32 after one at batch 2, the bytes written, chunks cut to
+size against grown: vgg_small 25.0 -> 18.6 MB, googlenet_mini 42.1 -> 36.2, resnet_bottleneck
+176 -> 148, lenet5 2.3 -> 2.0, network3 2.1 -> 2.9.
 """
 
 from __future__ import annotations
@@ -17,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Heap"]
+from .device import align_slack, aligned_start
+
+__all__ = ["Heap", "GROWTH_MAX_BYTES"]
+
+#: A new chunk's size beyond the request that made it is at most this: address space, whose
+#: pages become resident only as blocks in them are written.
+GROWTH_MAX_BYTES = 1 << 28
 
 
 class _Block:
@@ -37,6 +55,8 @@ class Heap:
         self._chunks: dict[int, Any] = {}  # id -> buffer
         self._blocks: dict[int, list[_Block]] = {}  # id(chunk) -> its blocks, by start
         self.used: set[int] = set()  # id() of every chunk taken from since the last reset
+        self._spans: dict[int, tuple[int, int]] = {}  # id(chunk) -> its blocks' (first line, room)
+        self._ends: dict[int, int] = {}  # id(chunk) -> the end of the last block it has served
         self.allocated_bytes = 0
         self.live_bytes = 0
 
@@ -46,7 +66,8 @@ class Heap:
             # its array's first element, so base_of would name the chunk's first block (another
             # value's) and its drop would free that block while in use.
             return np.empty(shape, dtype)
-        size = max(math.prod(shape), 1)
+        line = max(1, align_slack(self.backend, dtype))  # elements per 64-byte line
+        size = -(-math.prod(shape) // line) * line
         best = None
         for cid, blocks in self._blocks.items():
             if self._chunks[cid].dtype != dtype:
@@ -55,17 +76,22 @@ class Heap:
                 if b.refs == 0 and b.size >= size and (best is None or b.size < best.size):
                     best = b
         if best is None:
-            chunk = self.backend.empty((size,), dtype)
+            have = sum(c.size for c in self._chunks.values() if c.dtype == dtype)
+            grown = max(size, min(have, size + GROWTH_MAX_BYTES // dtype.itemsize))
+            chunk = self.backend.empty((grown + align_slack(self.backend, dtype),), dtype)
             self._chunks[id(chunk)] = chunk
-            best = _Block(chunk, 0, size)
+            self._ends[id(chunk)] = lead = aligned_start(chunk)
+            self._spans[id(chunk)] = lead, grown  # the blocks' room, whatever the start's slack
+            best = _Block(chunk, lead, grown)
             self._blocks[id(chunk)] = [best]
             self.allocated_bytes += chunk.nbytes
-        elif best.size > size:  # split off the rest, free
+        if best.size > size:  # split off the rest, free
             blocks = self._blocks[id(best.chunk)]
             rest = _Block(best.chunk, best.start + size, best.size - size)
             best.size = size
             blocks.insert(blocks.index(best) + 1, rest)
         best.refs = 1
+        self._ends[id(best.chunk)] = max(self._ends[id(best.chunk)], best.start + size)
         self.used.add(id(best.chunk))
         self.live_bytes += size * best.chunk.itemsize
         return best.chunk[best.start:best.start + math.prod(shape)].reshape(shape)
@@ -100,9 +126,15 @@ class Heap:
         if i > 0 and blocks[i - 1].refs == 0:  # and into the previous one
             blocks[i - 1].size += blocks.pop(i).size
 
+    @property
+    def resident_bytes(self) -> int:
+        """The bytes of the chunks up to the end of the last block each has served: what the
+        heap's blocks have written (a chunk's pages beyond take no memory)."""
+        return sum(end * self._chunks[cid].itemsize for cid, end in self._ends.items())
+
     def reset(self) -> None:
         """Every chunk is one free block again (the start of a step that records afresh)."""
-        self._blocks = {cid: [_Block(c, 0, c.size)] for cid, c in self._chunks.items()}
+        self._blocks = {cid: [_Block(c, *self._spans[cid])] for cid, c in self._chunks.items()}
         self.used = set()
         self.live_bytes = 0
 
@@ -112,4 +144,5 @@ class Heap:
         if dropped:
             for cid in dropped:
                 self.allocated_bytes -= self._chunks.pop(cid).nbytes
+                del self._ends[cid], self._spans[cid]
             self.reset()

@@ -32,7 +32,7 @@ from ._passes import Pass, Plan, check_inputs, in_parts, independent, micro_batc
 from ._step_arena import StepArena, accumulate
 from ._threads import on_one_thread
 from .graph import Graph, GraphError
-from .layer import POOL_SHAPES, Ctx, Shape, Workspace, device_method
+from .layer import POOL_SHAPES, Ctx, Shape, device_method
 
 __all__ = ["Executor", "Plan"]
 
@@ -90,11 +90,10 @@ class Executor:
         # Which values a gradient can flow into: from a parameter upstream, or from an input.
         param_up = [False] * self._first + [False] * len(self.order)
         input_up = [True] * self._first + [False] * len(self.order)
-        workspace = Workspace(backend) if device == "cpu" else None  # training scratch (Ctx.scratch)
         for k, (_, ins, _, name) in enumerate(self._steps):
             # A move between devices keeps each node's random stream where it was.
             rng = old[name].rng if name in old else np.random.default_rng(self._seeds[name])
-            ctx = Ctx(name, device, self.dtype, backend, rng, layer=self.graph.nodes[name].obj, workspace=workspace)
+            ctx = Ctx(name, device, self.dtype, backend, rng, layer=self.graph.nodes[name].obj)
             ctx.params, ctx.grads, ctx.buffers = params[name], grads[name], buffers[name]
             self.ctxs[name] = ctx
             param_up[self._first + k] = bool(params[name]) or any(param_up[i] for i in ins)

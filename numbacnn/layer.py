@@ -11,15 +11,12 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
-import math
 from types import ModuleType
 from typing import Any, Callable, ClassVar, Hashable, Sequence
 
 import numpy as np
 
-from ._workspace import Workspace
-
-__all__ = ["Layer", "Ctx", "Workspace", "ShapeError", "Shape", "kernel_stem", "has_kernels", "layer_kernels",
+__all__ = ["Layer", "Ctx", "ShapeError", "Shape", "kernel_stem", "has_kernels", "layer_kernels",
            "device_method"]
 
 Shape = tuple[int, ...]
@@ -28,9 +25,6 @@ Shape = tuple[int, ...]
 #: the training batch, a short last batch, and room for a few more, without growing with every
 #: size ever seen.
 POOL_SHAPES = 4
-#: Scratch views start on multiples of this many bytes of the shared workspace (a cache line).
-SCRATCH_ALIGN = 64
-_SCRATCH = object()  # the key of a signature's scratch views among a context's layer plans
 
 
 class ShapeError(ValueError):
@@ -215,14 +209,12 @@ class Ctx:
     __slots__ = (
         "name", "device", "dtype", "params", "grads", "buffers", "training", "rng", "saved",
         "needs_input_grad", "backend", "inplace", "backward_expected", "_pool", "_cursor", "_arena", "_taken",
-        "_plans", "_own_pool", "_own_plans", "_layer", "_kernels", "_workspace", "_scursor", "_soffset", "_call",
+        "_plans", "_own_pool", "_own_plans", "_layer", "_kernels", "_call",
         "_scale",
     )
 
     def __init__(self, name: str, device: str, dtype: np.dtype, backend: Any, rng: np.random.Generator,
-                 layer: Layer | None = None, workspace: Workspace | None = None):
-        self._workspace = workspace
-        self._scursor = self._soffset = 0
+                 layer: Layer | None = None):
         self._layer = type(layer) if layer is not None else None
         self._kernels: ModuleType | None = None
         self.name = name
@@ -278,7 +270,7 @@ class Ctx:
         self.backward_expected = arena is None if grad is None else grad
         self._pool = self._own_pool if pool is None else pool
         self._plans = self._own_plans if plans is None else plans
-        self._cursor = self._scursor = self._soffset = 0
+        self._cursor = 0
         self._arena = arena
         if arena is not None:
             self._taken = []  # nothing left from a pass that failed before the executor settled it
@@ -294,10 +286,8 @@ class Ctx:
             self._call = fn, args
 
     def begin_backward(self, needs_input_grad: tuple[bool, ...]) -> None:
-        """Called by the executor before backward: which input gradients it must return; the
-        shared workspace is laid out from its start again (the forward's scratch is dead)."""
+        """Called by the executor before backward: which input gradients it must return."""
         self.needs_input_grad = needs_input_grad
-        self._soffset = 0
 
     def plan(self, key: Hashable, make: Callable[[], Any]) -> Any:
         """The layer's decisions for ``key`` (e.g. the input's shape): ``make()`` the first time
@@ -341,36 +331,10 @@ class Ctx:
     def scratch(self, shape: Sequence[int], dtype: Any = None) -> Any:
         """Like ``empty``, for an array used only inside this forward or backward call: never
         saved for backward, returned or read by a later call (column matrices, transformed
-        tiles, per-chunk partial sums, padded copies). In a training step the executor gives
-        every node one shared ``Workspace``, so all nodes' scratch occupies the largest call's
-        bytes once; the array is then a view of that workspace, exactly ``shape``, whose
-        contents any other node's call overwrites. Replay holds as for ``empty``: the same
-        requests in the same order get the same arrays. Without a workspace (inference, whose
-        arena frees scratch after the call; a context made outside the executor; CUDA) it is
-        ``empty``."""
-        ws = self._workspace
-        if ws is None:
-            return self.empty(shape, dtype)
-        shape = tuple(int(s) for s in shape)
-        dtype = self.dtype if dtype is None else np.dtype(dtype)
-        own = self._plans.get(_SCRATCH)
-        if own is None:
-            own = self._plans[_SCRATCH] = ws.views()
-        views = own.items
-        j, offset = self._scursor, self._soffset
-        self._scursor = j + 1
-        size = -(-math.prod(shape) * dtype.itemsize // SCRATCH_ALIGN) * SCRATCH_ALIGN
-        self._soffset = offset + size
-        if j < len(views):
-            buf, at = views[j]
-            if at == offset and buf.shape == shape and buf.dtype == dtype and buf.base is ws.buf:
-                return buf
-        buf = ws.view(offset, shape, dtype)  # may empty ``views`` (a larger buffer)
-        if j < len(views):
-            views[j] = (buf, offset)
-        else:
-            views.append((buf, offset))
-        return buf
+        tiles, per-chunk partial sums, padded copies). It is ``empty``'s buffer: in a CPU
+        training step the step's heap takes it back when the call returns, for the values and
+        scratch of later calls, as the inference arena does in inference."""
+        return self.empty(shape, dtype)
 
     def zeros(self, shape: Sequence[int], dtype: Any = None) -> Any:
         buf = self.empty(shape, dtype)
@@ -388,8 +352,6 @@ class Ctx:
         self.saved = ()
         self._own_pool = self._pool = []
         self._own_plans = self._plans = {}
-        self._cursor = self._scursor = self._soffset = 0
+        self._cursor = 0
         self._arena = None
         self._taken = []
-        if self._workspace is not None:
-            self._workspace.drop()
