@@ -58,16 +58,19 @@ def one_thread(graph: Graph, shapes: dict[str, Shape], grad: bool) -> bool:
 
 
 # Inference of a large batch runs in parts of at least MICRO_BATCH_MIN samples, each part's
-# largest activation at most MICRO_BATCH_BYTES, where the model moves more than
-# MICRO_BATCH_MIN_TRAFFIC bytes of activations per thousand FLOPs: a part's values stay in the
-# caches between one node and the next, where the whole batch's went out to memory and back (a
-# 3x3 stride-2 max pool of googlenet_mini at batch 256 ran at 2.1 ms in the model, 1.3 ms on
-# data just read). Batch 256 on the CPU, 2 threads, six rounds alternating part sizes, median
-# ms: resnet_bottleneck (92 bytes a kFLOP, 256 KB a sample at most) whole 158, parts of 128:
-# 150, 64: 144, 32: 143; googlenet_mini (43, 128 KB) whole 53.6, 128: 51.1, 64: 51.2;
-# vgg_small (12.5, 128 KB; its Winograd products want the whole batch) whole 56.0, 128: 57.8,
-# 64: 58.3 (left whole).
-MICRO_BATCH_BYTES = 1 << 24
+# activations (every node's output, summed) at most MICRO_BATCH_BYTES, where the model moves
+# more than MICRO_BATCH_MIN_TRAFFIC bytes of activations per thousand FLOPs: a part's values stay
+# in the caches between one node and the next, where the whole batch's went out to memory and
+# back (a 3x3 stride-2 max pool of googlenet_mini at batch 256 ran at 2.1 ms in the model, 1.3 ms
+# on data just read). Batch 256 on the CPU, 2 threads, six rounds alternating part sizes, median
+# ms: resnet_bottleneck (92 bytes a kFLOP, 8.9 MB of activations a sample) whole 158, parts of
+# 128: 150, 64: 144, 32: 143; googlenet_mini (43, 1.6 MB) whole 53.6, 128: 51.1, 64: 51.2;
+# vgg_small (12.5, 1.0 MB; its Winograd products want the whole batch) whole 56.0, 128: 57.8,
+# 64: 58.3 (left whole). Then (2026-12-06, eight rounds in one process, /work/probe/s13/mb2.py)
+# resnet_bottleneck 32: 159.3 against 64: 166.0, googlenet_mini 128: 62.2 against 64: 64.4: the
+# sum of a sample's activations parts them so (a budget on the largest one gave resnet_bottleneck
+# parts of 64, and googlenet_mini 64 where resnet_bottleneck got 32).
+MICRO_BATCH_BYTES = 192 << 20
 MICRO_BATCH_MIN = 32
 MICRO_BATCH_MIN_TRAFFIC = 32
 
@@ -84,7 +87,7 @@ def micro_batches(graph: Graph, batch: int, shapes: dict[str, Shape], itemsize: 
     """The parts (start, stop) an inference of ``batch`` samples of ``graph`` (per-sample
     ``shapes``) runs in, as equal as they come, or None for the batch whole (see above)."""
     sizes = [math.prod(s) * itemsize for s in shapes.values()]
-    size = max(MICRO_BATCH_MIN, MICRO_BATCH_BYTES // max(1, *sizes))
+    size = max(MICRO_BATCH_MIN, MICRO_BATCH_BYTES // max(1, sum(sizes)))
     if batch < 2 * size:  # every part at least ``size``
         return None
     flops = sum(node.obj.flops([shapes[i] for i in node.inputs], shapes[n])

@@ -355,3 +355,19 @@ def test_inference_replay_of_pools_joins_views_and_linear_layers_follows_its_inp
         x1[...] = rng.standard_normal(x1.shape)  # new contents, same array
     plan = [p for p in model._executor.thread_pass().plans.values() if p.calls][0]
     assert sum(f is not None for f in plan.fast) >= 6
+
+
+def test_inference_parts_are_sized_by_a_samples_activations_together():
+    # resnet_bottleneck's largest activation (256 KB a sample) is twice googlenet_mini's, its
+    # activations together (8.9 MB) 5.6 times: parts by the sum, 32 and 128 samples at batch 256
+    # (by the largest activation they were 64 and 128; 32 ran 159 against 166 ms, 2026-12-06).
+    from numbacnn._passes import micro_batches
+
+    def parts(name):
+        model = nc.zoo.build(name, seed=0)
+        shapes = {n: s for n, s in model.shapes.items()}
+        return micro_batches(model.graph, 256, shapes, 4)
+
+    assert parts("resnet_bottleneck") == [(32 * i, 32 * i + 32) for i in range(8)]
+    assert parts("googlenet_mini") == [(0, 128), (128, 256)]
+    assert parts("vgg_small") is None and parts("lenet5") is None  # few bytes a FLOP; small
