@@ -129,7 +129,7 @@ def kernel_module(stem: str, device: str) -> ModuleType:
 
 
 #: The boundary, in bytes, at which numbacnn starts every host buffer it carves for values
-#: and scratch (the inference arena, the training step's shared workspace). NumPy's
+#: and scratch (the inference arena, the training step's heap). NumPy's
 #: large allocations start 16 bytes past a page; a column matrix 16 or 48 bytes off a 64-byte
 #: line ran vgg_small's conv1_1 at batch 256 (im2col, 2 threads) in 4.08 ms against 3.26
 #: aligned, an output 16 bytes off in 3.40.

@@ -168,7 +168,7 @@ class Conv2dPlan:
     weights: Any = field(default=None, compare=False)
     #: How many leading ``forward_scratch`` arrays the backward reads (the forward keeps them:
     #: ``empty``); the others, and every ``backward_scratch`` array, live for one call only
-    #: (``ctx.scratch``: in training, the model's shared workspace).
+    #: (``ctx.scratch``: in training, a block of the step's heap until the call returns).
     kept: int = 0
     #: The im2col forward's last call (conv2d_cpu._im2col_forward): its arrays and the kernel
     #: arguments made from them, reused while the same arrays come back (it keeps them alive).
