@@ -197,7 +197,7 @@ def _forward_stacked(x, w, wt, b, sc, xp, colt, yt, y, P, Q, geo, relu):
 
 
 @cpu_serial
-def _backward_pixels_chunk(x, wp, gy, xp, gxp, colt, part, gx, n0, n1, P, Q, geo, want_gx):
+def _backward_pixels_chunk(wp, gy, xp, gxp, colt, part, gx, n0, n1, P, Q, geo, want_gx):
     """Samples n0..n1 of _backward_pixels, one chunk's: its column block colt, padded gradient
     image gxp and weight-gradient partial part. A function of its own, as _pixels_chunk."""
     pt, pl = geo[7], geo[8]
@@ -234,7 +234,7 @@ def _backward_pixels(x, w, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_gx):
     if want_gx:
         _weights_to(w, wp, False)
     for t in prange(T):
-        _backward_pixels_chunk(x, wp, gy, xp, gxp[t], colt[t], part[t], gx, t * N // T, (t + 1) * N // T, P, Q, geo,
+        _backward_pixels_chunk(wp, gy, xp, gxp[t], colt[t], part[t], gx, t * N // T, (t + 1) * N // T, P, Q, geo,
                                want_gx)
 
 

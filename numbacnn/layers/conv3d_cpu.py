@@ -116,7 +116,7 @@ def _forward_chunk(x, w3, b, cf, y4, n0, n1, Do, Po, Qo, geo):
     3.31, _backward (_backward_chunk) in 3.53 against 5.82, and both ran as fast or faster
     (8->16 3x3x3 at 8x16x16, batch 16: forward 3.50-3.52 against 3.78-3.90 ms, backward 7.1-7.4
     against 7.6-8.0; /work/probe/s13/c3c.py)"""
-    N, G, Kg, L = y4.shape
+    _, G, Kg, L = y4.shape
     J, M = w3.shape[2], Po * Qo
     nd = cf.shape[0] // (G * J * M)  # output depths per column-matrix block
     for n in range(n0, n1):
@@ -146,7 +146,7 @@ def _forward(x, w3, b, col, y4, Do, Po, Qo, geo):
 @cpu_serial
 def _backward_chunk(x, w3, gy4, cf, part, gx, n0, n1, Do, Po, Qo, geo, want_gx):
     """Samples n0..n1 of _backward, one chunk's: its column matrix cf and partial part."""
-    N, G, Kg, L = gy4.shape
+    _, G, Kg, L = gy4.shape
     J, M = w3.shape[2], Po * Qo
     nd = cf.shape[0] // (G * J * M)
     for n in range(n0, n1):
