@@ -38,7 +38,7 @@ from numba.core import cgutils
 
 from .._jit import cpu_inline, cpu_intrinsic
 
-__all__ = ["ROWS", "VECTORS", "columns", "taps", "taps_out"]
+__all__ = ["ROWS", "VECTORS", "columns", "taps", "taps_out", "tile_shape"]
 
 
 def _vector_bytes() -> int:
@@ -55,8 +55,19 @@ VECTOR_BYTES = _vector_bytes()
 # The masked load's name carries its pointer type: "p0" where LLVM's pointers are opaque (LLVM
 # 17 on, this Numba's), "p0v16f32" and the like where they are typed (older llvmlites).
 _TYPED_POINTERS = ll.llvm_version_info[0] < 17
-ROWS = 8 if VECTOR_BYTES == 64 else 4
-VECTORS = 3
+
+
+def tile_shape(vector_bytes: int) -> tuple[int, int]:
+    """(ROWS, VECTORS) for vectors of ``vector_bytes``: 8 x 3 with AVX-512's 32 registers;
+    4 x 2 with 16 (AVX2, SSE). 4 x 3 there needed 12 accumulators, 3 loads of x and a
+    broadcast weight, all 16 registers: LLVM spilled two accumulators to the stack every tap.
+    One AMD EPYC core pair (AVX2), 2 threads, 32->32 3x3 at 32x32, batch 1: 4 x 3 290 us
+    (65 GFLOP/s), 4 x 2 167 (113), 5 x 2 167, 6 x 2 323, 3 x 4 388; vgg_small at batch 1,
+    two runs: 1.57-1.74 ms against 0.99-1.13 (/work/probe/s14/asm.py, mtime.py)."""
+    return (8, 3) if vector_bytes == 64 else (4, 2)
+
+
+ROWS, VECTORS = tile_shape(VECTOR_BYTES)
 
 
 @cpu_inline
@@ -112,9 +123,8 @@ class _Tile:
         builder.call(fn, [value, builder.bitcast(at, vt.as_pointer()), ir.IntType(32)(self.size), mask])
 
     def accumulate(self, builder: ir.IRBuilder, px: ir.Value, po: ir.Value, J: ir.Value, pw: ir.Value, wo: ir.Value,
-                   ldw: ir.Value, rows: ir.Value, masks: list[ir.Value]) -> list[list[ir.Value]]:
+                   ldw: ir.Value, rows: ir.Value, lanes: ir.Value) -> list[list[ir.Value]]:
         vt, i64 = self.vt, ir.IntType(64)
-        fma = self.intrinsic(builder, "fmuladd", vt, [vt, vt, vt])
         zero = ir.Constant(vt, [0.0] * self.width)
         last = builder.sub(rows, i64(1))
         wrows = []
@@ -122,15 +132,32 @@ class _Tile:
             r = builder.select(builder.icmp_signed("<", i64(m), rows), i64(m), last)
             wrows.append(builder.gep(pw, [builder.add(wo, builder.mul(r, ldw))]))
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)] for _ in range(ROWS)]
+        # A whole tile's loop loads x plainly; only a tile cut short masks its loads. AVX2 has no
+        # mask registers: its masks held 3 of the 16 vector registers through the loop, which
+        # then spilled accumulators (vgg_small's 3x3 convolutions at batch 1 ran at ~50 GFLOP/s).
+        whole = builder.icmp_signed(">=", lanes, i64(VECTORS * self.width))
+        with builder.if_else(whole) as (plain, masked):
+            with plain:
+                self._taps(builder, px, po, J, wrows, accs, lambda at, v: builder.load(
+                    builder.bitcast(at, vt.as_pointer()), align=self.size))
+            with masked:
+                masks = self.masks(builder, lanes)  # made here, so the whole tiles' loop keeps no register for them
+                self._taps(builder, px, po, J, wrows, accs, lambda at, v: self.load(builder, at, masks[v], zero))
+        return accs
+
+    def _taps(self, builder: ir.IRBuilder, px: ir.Value, po: ir.Value, J: ir.Value, wrows: list[ir.Value],
+              accs: list[list[ir.Value]], load: Any) -> None:
+        # accs[m][v] += w[m, j] * x[offs[j] + v * width ...] over the J taps, x's vectors read by ``load``
+        vt, i64 = self.vt, ir.IntType(64)
+        fma = self.intrinsic(builder, "fmuladd", vt, [vt, vt, vt])
         with cgutils.for_range(builder, J) as loop:
             j = loop.index
             base = builder.gep(px, [builder.load(builder.gep(po, [j]))])
-            xs = [self.load(builder, builder.gep(base, [i64(v * self.width)]), masks[v], zero) for v in range(VECTORS)]
+            xs = [load(builder.gep(base, [i64(v * self.width)]), v) for v in range(VECTORS)]
             for m in range(ROWS):
                 wv = _splat(builder, builder.load(builder.gep(wrows[m], [j])), vt)
                 for v in range(VECTORS):
                     builder.store(builder.call(fma, [wv, xs[v], builder.load(accs[m][v])]), accs[m][v])
-        return accs
 
 
 def _typed(offs: types.Type, *arrays: types.Type) -> bool:
@@ -160,8 +187,7 @@ def taps(typingctx, x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
         xo_, J_, wo_, ldw_, rows_, lanes_ = _int64s(context, builder, [
             (xo_, ty[1]), (J_, ty[3]), (wo_, ty[5]), (ldw_, ty[6]), (rows_, ty[7]), (lanes_, ty[9])])
         px, pa = builder.gep(data(ty[0], x_), [xo_]), data(ty[8], acc_)
-        accs = tile.accumulate(builder, px, data(ty[2], offs_), J_, data(ty[4], w_), wo_, ldw_, rows_,
-                               tile.masks(builder, lanes_))
+        accs = tile.accumulate(builder, px, data(ty[2], offs_), J_, data(ty[4], w_), wo_, ldw_, rows_, lanes_)
         i64, vt = ir.IntType(64), tile.vt
         for m in range(ROWS):
             for v in range(VECTORS):
@@ -192,9 +218,9 @@ def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, 
         xo_, J_, wo_, ldw_, rows_, lanes_, yo_, ldy_, bo_, flags_ = _int64s(context, builder, [
             (xo_, ty[1]), (J_, ty[3]), (wo_, ty[5]), (ldw_, ty[6]), (rows_, ty[7]), (lanes_, ty[8]),
             (yo_, ty[10]), (ldy_, ty[11]), (bo_, ty[14]), (flags_, ty[16])])
-        masks = tile.masks(builder, lanes_)
         accs = tile.accumulate(builder, builder.gep(data(ty[0], x_), [xo_]), data(ty[2], offs_), J_,
-                               data(ty[4], w_), wo_, ldw_, rows_, masks)
+                               data(ty[4], w_), wo_, ldw_, rows_, lanes_)
+        masks = tile.masks(builder, lanes_)
         i1, i64, vt, real = ir.IntType(1), ir.IntType(64), tile.vt, tile.real
         bit = lambda k: builder.icmp_signed("!=", builder.and_(flags_, i64(k)), i64(0))  # noqa: E731
         has_bias, has_res, relu, has_scale = bit(1), bit(2), bit(4), bit(8)

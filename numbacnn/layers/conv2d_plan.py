@@ -45,6 +45,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ._taps_cpu import VECTOR_BYTES
+
 # Shortest contiguous run (S*C values) for which the CPU's pixel-major path is taken.
 PIXEL_MAJOR_MIN_RUN = 16
 # Output channels per output row (N*P*Q) from which it is not: its weight layout costs more.
@@ -142,7 +144,7 @@ WINOGRAD1D_MIN_WORK = 32768
 # apart), 64->256 at 8x8 3.3 / 4.0, googlenet_mini's 32->16 and 32->24 at 16x16 0.52 / 0.63,
 # 0.64 / 0.85 (a tile's 8 rows half used); at batch 1 (tiles split over the threads) lost or
 # level. The whole model at batch 32: 19.6-20.0 -> 17.4-18.0 ms; at 256: 173-178 -> 159-168.
-SHIFT1X1_MAX_CHANNELS = 32
+SHIFT1X1_MAX_CHANNELS = 32 if VECTOR_BYTES == 64 else 0
 SHIFT1X1_MIN_OUTPUTS = 64
 PATHS = ("auto", "im2col", "pixel", "winograd", "shift")
 ENV = "NUMBACNN_CONV2D_PATH"
