@@ -26,6 +26,7 @@ from .._jit import REASSOC, cpu_kernel, cpu_serial, prange
 from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im, col2im_phases, im2col, im2col_phases, merge_phases, phase_shape, split_phases
 from .conv2d_hwc_cpu import bias_sum
+from ._taps_cpu import VECTOR_BYTES
 from .conv_transpose2d_shift_cpu import fits, shift_transposed
 
 __all__ = ["conv_transpose2d_scratch", "conv_transpose2d_forward", "conv_transpose2d_backward"]
@@ -134,15 +135,22 @@ def _groups(a: np.ndarray, G: int) -> np.ndarray:
     return a.reshape(a.shape[0], G, a.shape[1] // G, -1)
 
 
+# Whether float32 forwards take shifted taps (where they fit): with AVX-512's tile (8 rows by 48
+# columns), N16 64x16x16 -> 32, kernel 4, stride 2, 2 threads, one process: 1130 against 1313 us
+# for the columns; with AVX2's (4 by 16, 16 vector registers) the columns won, 2.41-2.49 against
+# 3.30-3.37 ms (AMD EPYC, /work/probe/s14/ct.py).
+SHIFT_FORWARD = VECTOR_BYTES == 64
+
+
 def conv_transpose2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray,
                              phase: np.ndarray, geo: Geometry) -> None:
     """y = conv_transpose2d(x, w) + b (b empty: no bias); ``col`` and ``phase`` are scratch of
     the shapes conv_transpose2d_scratch gives. float32 at groups 1 without dilation takes
-    shifted taps (conv_transpose2d_shift_cpu), float64 (exact checks) and the rest the columns:
-    N16 64x16x16 -> 32, kernel 4, stride 2, 2 threads, one process: 1130 against 1313 us."""
+    shifted taps (conv_transpose2d_shift_cpu) where SHIFT_FORWARD, float64 (exact checks) and
+    the rest the columns."""
     G = geo[0]
     C, H, W = x.shape[1:]
-    if x.dtype == np.float32 and fits(x.shape, y.shape, geo, col.shape):
+    if SHIFT_FORWARD and x.dtype == np.float32 and fits(x.shape, y.shape, geo, col.shape):
         shift_transposed(x, w, b, y, col, geo)
         return
     with single_thread_blas:

@@ -112,10 +112,15 @@ def test_conv_transpose2d_random_geometries_fenced(i):
     np.testing.assert_allclose(inference.y, run.y, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shift", [True, False], ids=["shift", "columns"])
 @pytest.mark.parametrize("i", range(len(GEOMETRIES)), ids=[f"{c}@{s}" for c, s in GEOMETRIES])
-def test_conv_transpose2d_float32_forward_fenced(i):
+def test_conv_transpose2d_float32_forward_fenced(i, shift, monkeypatch):
     # float32 at groups 1 without dilation runs its forward on shifted taps
-    # (conv_transpose2d_shift_cpu): fenced, against the float64 reference.
+    # (conv_transpose2d_shift_cpu) where the machine's default takes them (SHIFT_FORWARD: AVX-512),
+    # else on the columns: each forced, fenced, against the float64 reference.
+    from numbacnn.layers import conv_transpose2d_cpu
+
+    monkeypatch.setattr(conv_transpose2d_cpu, "SHIFT_FORWARD", shift)
     cfg, shape = GEOMETRIES[i]
     rng = np.random.default_rng(100 + i)
     layer = ConvTranspose2d(**cfg)
