@@ -337,6 +337,37 @@ def test_a_kernel_compiled_for_another_width_keeps_its_own_tile_count(tmp_path):
     assert out.returncode == 0 and out.stdout.split() == ["ok"], out.stderr[-3000:]
 
 
+@pytest.mark.parametrize("k,stride,pad,groups", [(3, 1, 1, 1), (5, 1, 2, 1), (3, 2, 1, 1), (3, 1, 1, 2), (2, 1, 0, 1)])
+def test_output_rows_a_whole_number_of_tiles_go_straight_to_y(k, stride, pad, groups):
+    # Output rows of one or two tiles' columns (AVX2: 16, 32) take the tiles a row at a time,
+    # written straight to y with the bias, a folded batch norm's scale, the join's residual and
+    # relu (conv2d_shift_cpu._rowwise); against the float64 model (im2col), NaN and Inf included.
+    from numbacnn.layers import _taps_cpu
+    from numbacnn.layers.conv2d_cpu import force_path
+
+    NR = _taps_cpu.VECTORS * _taps_cpu.VECTOR_BYTES // 4
+    for Q in (NR, 2 * NR):
+        W = (Q - 1) * stride + k - 2 * pad
+        g = nc.Graph()
+        x = g.input((4, 6, W))
+        conv = dict(out_channels=6, kernel_size=k, stride=stride, padding=pad)
+        a = g.batch_norm2d(g.conv2d(x, groups=groups, name="a", **conv), name="bn")
+        g.output(g.relu(g.add(g.conv2d(x, name="s", **conv), a)))
+        model = nc.Model(g, seed=Q + k)
+        model.buffers["bn.running_mean"][...] = np.linspace(-0.5, 0.5, 6)
+        model.buffers["bn.running_var"][...] = np.linspace(0.5, 2.0, 6)
+        ref = model.astype("float64")
+        xs = np.random.default_rng(Q).standard_normal((3, 4, 6, W)).astype(np.float32)
+        xs[1, 2, 1, 3], xs[2, 0, 5, W - 1] = np.nan, np.inf
+        with force_path("shift"):
+            y = model.forward(xs)
+        assert y.shape[-1] == Q
+        want = ref.forward(xs.astype(np.float64))
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+        fine = np.isfinite(want)
+        np.testing.assert_allclose(y[fine], want[fine], rtol=1e-4, atol=1e-4)
+
+
 def test_a_wide_1x1_convolution_writes_its_bias_residual_and_relu_from_the_tile():
     # 16 -> 64 1x1 at batch 3 (shifted taps, AVX-512's default there, forced: written straight
     # to y, the grid is y's plane), the join's add and relu fused into the later conv: against
