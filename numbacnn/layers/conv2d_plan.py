@@ -45,6 +45,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from . import _taps_cpu
 from ._taps_cpu import VECTOR_BYTES
 
 # Shortest contiguous run (S*C values) for which the CPU's pixel-major path is taken.
@@ -146,6 +147,15 @@ WINOGRAD1D_MIN_WORK = 32768
 # level. The whole model at batch 32: 19.6-20.0 -> 17.4-18.0 ms; at 256: 173-178 -> 159-168.
 SHIFT1X1_MAX_CHANNELS = 32 if VECTOR_BYTES == 64 else 0
 SHIFT1X1_MIN_OUTPUTS = 64
+# Inference at a batch of two or more of a 3x3 stride-1 convolution of at most
+# SHIFT3X3_MAX_CHANNELS channels in and out, on output rows two or more whole tiles wide, takes
+# shifted taps over Winograd where the tile is AVX2's (4 by 16; a row at a time, straight to
+# y, conv2d_shift_cpu._rowwise). AMD EPYC, 2 threads, in the model, alternated, ms, Winograd /
+# taps: resnet_bottleneck's three 16->16 at 32x32, batch 32 34.6 / 31.9, 128 126.6 / 116.0,
+# 256 266.1 / 247.0; vgg_small's 32->32 at 32x32, batch 32 15.9 / 15.4, 256 108.0 / 103.5.
+# Lost: googlenet_mini's 24->32 at 16x16 (one tile a row; 47.1 / 48.6 at 128), every 3x3 of
+# resnet_bottleneck (the 32->32 and 64->64 at 16x16 and 8x8 too: 127.4 / 122.2 against 116.0).
+SHIFT3X3_MAX_CHANNELS = 32 if VECTOR_BYTES == 32 else 0  # measured on AVX2 only
 PATHS = ("auto", "im2col", "pixel", "winograd", "shift")
 ENV = "NUMBACNN_CONV2D_PATH"
 _forced: list[str] = []  # force_path's stack; the innermost is in effect
@@ -265,6 +275,10 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
             and C * K >= WINOGRAD5_FEW_CHANNELS_MIN_PRODUCT):
         few = WINOGRAD5_FEW_CHANNELS
     least = three if max(R, S) <= 3 else five if (R, S) == (5, 5) else WINOGRAD_MIN_PIXELS
+    NR = _taps_cpu.VECTORS * VECTOR_BYTES // 4  # the float32 tile's columns
+    if ((R, S, sh, sw, dh, dw, G) == (3, 3, 1, 1, 1, 1, 1) and not backward and N >= 2
+            and max(C, K) <= SHIFT3X3_MAX_CHANNELS and Q % NR == 0 and Q >= 2 * NR):
+        return "shift"
     if winograd_fits and min(C, K) >= few and P * Q >= least:
         if split and max(R, S) <= 3 and P * Q < WINOGRAD3_SPLIT_MIN_PIXELS:
             return "im2col"  # not pixel-major, which runs a sample on one thread
