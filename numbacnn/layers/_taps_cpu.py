@@ -267,7 +267,8 @@ def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, 
                         none = ir.Constant(tile.mask_t, [0] * tile.width)
                         for v in range(VECTORS):
                             at = builder.add(row, i64(v * tile.width))
-                            r = tile.load(builder, builder.gep(pr, [at]), builder.select(has_res, masks[v], none), minus0)
+                            live = builder.select(has_res, masks[v], none)
+                            r = tile.load(builder, builder.gep(pr, [at]), live, minus0)
                             value = _epilogue(builder, accs[m][v], sv, bv, r, relus, zero)
                             tile.store(builder, value, builder.gep(py, [at]), masks[v])
         return context.get_dummy_value()

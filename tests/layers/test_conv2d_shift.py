@@ -292,9 +292,9 @@ print("ok", _taps_cpu.ROWS, _taps_cpu.VECTORS, _taps_cpu.VECTOR_BYTES)
 @pytest.mark.parametrize("width", [16, 32, 64])
 def test_every_machines_tiles_match_im2col(width, tmp_path):
     # The tile's rows and vector width follow the host (AVX-512: 8 rows of 3 64-byte vectors;
-    # AVX: 4 of 2 32-byte ones; else 4 of 2 16-byte ones). Each is compiled in a child process with a cache of its own (the
-    # widths are constants of the compiled kernels), forced on shift, float32 and float64,
-    # strided, grouped and dilated, against im2col.
+    # AVX: 4 of 2 32-byte ones; else 4 of 2 16-byte ones). Each is compiled in a child process
+    # with a cache of its own (the widths are constants of the compiled kernels), forced on
+    # shift, float32 and float64, strided, grouped and dilated, against im2col.
     import os
     import subprocess
     import sys
