@@ -38,7 +38,7 @@ from numba.core import cgutils
 
 from .._jit import cpu_inline, cpu_intrinsic
 
-__all__ = ["ROWS", "VECTORS", "columns", "taps", "taps_out", "tile_shape"]
+__all__ = ["ROWS", "VECTORS", "columns", "taps", "taps_out", "tile_columns", "tile_shape"]
 
 
 def _vector_bytes() -> int:
@@ -74,6 +74,12 @@ ROWS, VECTORS = tile_shape(VECTOR_BYTES)
 def columns(a):
     """A tile's columns for arrays of ``a``'s dtype (48 float32 or 24 float64 on AVX-512)."""
     return VECTORS * (VECTOR_BYTES // a.itemsize)
+
+
+def tile_columns(itemsize: int) -> int:
+    """``columns`` from Python, for values of ``itemsize`` bytes: what the plans expect of the
+    kernels compiled here (a kernel compiled elsewhere counts its own)."""
+    return VECTORS * (VECTOR_BYTES // itemsize)
 
 
 def _splat(builder: ir.IRBuilder, value: ir.Value, vt: ir.VectorType) -> ir.Value:
@@ -161,7 +167,7 @@ class _Tile:
 
 
 def _epilogue(builder: ir.IRBuilder, acc: ir.Value, sv: ir.Value, bv: ir.Value, r: ir.Value, relus: ir.Value,
-                  zero: ir.Value) -> ir.Value:
+              zero: ir.Value) -> ir.Value:
     # relu?((acc * scale + bias) + r), relu's rule: v <= 0 gives 0, NaN kept
     value = builder.fadd(builder.fadd(builder.fmul(builder.load(acc), sv), bv), r)
     cut = builder.and_(builder.fcmp_ordered("<=", value, zero), relus)

@@ -45,8 +45,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import _taps_cpu
-from ._taps_cpu import VECTOR_BYTES
+from ._taps_cpu import VECTOR_BYTES, tile_columns
 
 # Shortest contiguous run (S*C values) for which the CPU's pixel-major path is taken.
 PIXEL_MAJOR_MIN_RUN = 16
@@ -275,7 +274,7 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
             and C * K >= WINOGRAD5_FEW_CHANNELS_MIN_PRODUCT):
         few = WINOGRAD5_FEW_CHANNELS
     least = three if max(R, S) <= 3 else five if (R, S) == (5, 5) else WINOGRAD_MIN_PIXELS
-    NR = _taps_cpu.VECTORS * VECTOR_BYTES // 4  # the float32 tile's columns
+    NR = tile_columns(4)  # the float32 tile's
     if ((R, S, sh, sw, dh, dw, G) == (3, 3, 1, 1, 1, 1, 1) and not backward and N >= 2
             and max(C, K) <= SHIFT3X3_MAX_CHANNELS and Q % NR == 0 and Q >= 2 * NR):
         return "shift"

@@ -25,8 +25,7 @@ import numpy as np
 from numba.core import config as _numba_config
 
 from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
-from . import _taps_cpu
-from ._taps_cpu import ROWS, columns, taps, taps_out
+from ._taps_cpu import ROWS, columns, taps, taps_out, tile_columns
 
 __all__ = ["shift_forward", "shift_scratch"]
 
@@ -231,8 +230,7 @@ def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, sc
         # registers: ``direct`` True, else None, whose kernels leave that code out (Numba prunes
         # an argument's ``is None`` by its type): the store costs a cold ``numbacnn train``
         # (lenet5's 5x5 forwards on this path) 0.5 s of compiling where it is in the kernel.
-        NR = _taps_cpu.VECTORS * _taps_cpu.VECTOR_BYTES // y.itemsize  # the tile's columns (the kernel checks its own)
-        direct = True if _planes(geo, (P, Q))[1] == Q or Q % NR == 0 else None
+        direct = True if _planes(geo, (P, Q))[1] == Q or Q % tile_columns(y.itemsize) == 0 else None
         tail = (G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy, direct)
         if T == 1:
             kernel, args = _samples, (*head, xp[0].reshape(xp[0].size), 0, 1, *tail)

@@ -25,8 +25,8 @@ from .._blas import gemm
 from .._jit import REASSOC, cpu_kernel, cpu_serial, prange
 from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im, col2im_phases, im2col, im2col_phases, merge_phases, phase_shape, split_phases
-from .conv2d_hwc_cpu import bias_sum
 from ._taps_cpu import VECTOR_BYTES
+from .conv2d_hwc_cpu import bias_sum
 from .conv_transpose2d_shift_cpu import fits, shift_transposed
 
 __all__ = ["conv_transpose2d_scratch", "conv_transpose2d_forward", "conv_transpose2d_backward"]
