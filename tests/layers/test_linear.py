@@ -208,7 +208,8 @@ def test_linear_cpu_forward_cuts_the_outputs_below_the_thread_count(monkeypatch)
     assert linear_cpu.linear_scratch(1, 256, 2048)[0] == (1, 256, 1)
 
 
-@pytest.mark.parametrize("N, K, J, S", [(1, 7, 11, 2), (1, 7, 11, 3), (1, 2, 9, 2), (3, 5, 6, 2), (1, 300, 260, 2)])
+@pytest.mark.parametrize("N, K, J, S", [(1, 7, 11, 2), (1, 7, 11, 3), (1, 2, 9, 2), (1, 13, 37, 2), (3, 5, 6, 2),
+                                        (1, 300, 260, 2)])
 @pytest.mark.parametrize("bias, relu", [(True, False), (False, True), (True, True)])
 def test_linear_cpu_forward_by_outputs_matches_numpy(N, K, J, S, bias, relu):
     # S chunks of K outputs that S does not divide evenly; one sample takes the turned-around
@@ -233,6 +234,27 @@ def test_linear_cpu_forward_by_outputs_matches_numpy(N, K, J, S, bias, relu):
     assert np.isnan(y[:, K - 1]).all() and not np.isnan(y[:, :K - 1]).any()
     if relu and not bias:
         assert not np.signbit(y[:, 0]).any()
+
+
+@pytest.mark.parametrize("K, S", [(11, 2), (3, 2), (16, 3)])
+def test_linear_cpu_batch_of_one_float32_sums_rows_in_lanes(K, S):
+    # A batch of one: each output a row of w times x (_rows_dot, four rows a pass and the rest
+    # one at a time, its sums reordered into vector lanes), float32 throughout, against float64
+    # sums; an Inf in x gives every output PyTorch's Inf or NaN (Inf - Inf), rows apart.
+    from numbacnn.layers import linear_cpu
+
+    rng = np.random.default_rng(9)
+    J = 301
+    x, w = rng.standard_normal((1, J), dtype=np.float32), rng.standard_normal((K, J), dtype=np.float32)
+    y = np.full((1, K), 7.0, np.float32)
+    linear_cpu.linear_forward(x, w, np.empty(0, np.float32), y, np.empty((S, 0, 1), np.float32))
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+    x[0, 5], w[K - 1, 7] = np.inf, np.inf  # row K - 1 meets Inf twice: Inf or NaN, as the float64 sum
+    linear_cpu.linear_forward(x, w, np.empty(0, np.float32), y, np.empty((S, 0, 1), np.float32))
+    want = x.astype(np.float64) @ w.T.astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(y) & (y > 0), np.isinf(want) & (want > 0))
 
 
 @pytest.mark.parametrize("N, K, J, S", [(5, 7, 11, 2), (5, 7, 11, 3), (3, 2, 9, 2), (40, 300, 260, 2)])
