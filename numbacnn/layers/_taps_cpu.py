@@ -38,7 +38,7 @@ from numba.core import cgutils
 
 from .._jit import cpu_inline, cpu_intrinsic
 
-__all__ = ["ROWS", "VECTORS", "columns", "taps", "taps_out", "tile_columns", "tile_shape"]
+__all__ = ["ROWS", "VECTORS", "columns", "lanes_of", "taps", "taps_out", "tile_columns", "tile_shape"]
 
 
 def _vector_bytes() -> int:
@@ -74,6 +74,12 @@ ROWS, VECTORS = tile_shape(VECTOR_BYTES)
 def columns(a):
     """A tile's columns for arrays of ``a``'s dtype (48 float32 or 24 float64 on AVX-512)."""
     return VECTORS * (VECTOR_BYTES // a.itemsize)
+
+
+@cpu_inline
+def lanes_of(a):
+    """Values of ``a``'s dtype in one vector register (16 float32 on AVX-512, 8 on AVX2)."""
+    return VECTOR_BYTES // a.itemsize
 
 
 def tile_columns(itemsize: int) -> int:
@@ -129,8 +135,11 @@ class _Tile:
         builder.call(fn, [value, builder.bitcast(at, vt.as_pointer()), ir.IntType(32)(self.size), mask])
 
     def accumulate(self, builder: ir.IRBuilder, px: ir.Value, po: ir.Value, J: ir.Value, pw: ir.Value, wo: ir.Value,
-                   ldw: ir.Value, rows: ir.Value, lanes: ir.Value) -> list[list[ir.Value]]:
+                   ldw: ir.Value, rows: ir.Value, lanes: ir.Value,
+                   xstep: ir.Value | None = None) -> list[list[ir.Value]]:
+        # vector v of a tap reads x v * xstep values on (None: v * width, the vectors side by side)
         vt, i64 = self.vt, ir.IntType(64)
+        steps = [i64(v * self.width) if xstep is None else builder.mul(xstep, i64(v)) for v in range(VECTORS)]
         zero = ir.Constant(vt, [0.0] * self.width)
         last = builder.sub(rows, i64(1))
         wrows = []
@@ -144,22 +153,22 @@ class _Tile:
         whole = builder.icmp_signed(">=", lanes, i64(VECTORS * self.width))
         with builder.if_else(whole) as (plain, masked):
             with plain:
-                self._taps(builder, px, po, J, wrows, accs, lambda at, v: builder.load(
+                self._taps(builder, px, po, J, wrows, accs, steps, lambda at, v: builder.load(
                     builder.bitcast(at, vt.as_pointer()), align=self.size))
             with masked:
                 masks = self.masks(builder, lanes)  # made here, so the whole tiles' loop keeps no register for them
-                self._taps(builder, px, po, J, wrows, accs, lambda at, v: self.load(builder, at, masks[v], zero))
+                self._taps(builder, px, po, J, wrows, accs, steps, lambda at, v: self.load(builder, at, masks[v], zero))
         return accs
 
     def _taps(self, builder: ir.IRBuilder, px: ir.Value, po: ir.Value, J: ir.Value, wrows: list[ir.Value],
-              accs: list[list[ir.Value]], load: Any) -> None:
-        # accs[m][v] += w[m, j] * x[offs[j] + v * width ...] over the J taps, x's vectors read by ``load``
-        vt, i64 = self.vt, ir.IntType(64)
+              accs: list[list[ir.Value]], steps: list[ir.Value], load: Any) -> None:
+        # accs[m][v] += w[m, j] * x[offs[j] + steps[v] ...] over the J taps, x's vectors read by ``load``
+        vt = self.vt
         fma = self.intrinsic(builder, "fmuladd", vt, [vt, vt, vt])
         with cgutils.for_range(builder, J) as loop:
             j = loop.index
             base = builder.gep(px, [builder.load(builder.gep(po, [j]))])
-            xs = [load(builder.gep(base, [i64(v * self.width)]), v) for v in range(VECTORS)]
+            xs = [load(builder.gep(base, [steps[v]]), v) for v in range(VECTORS)]
             for m in range(ROWS):
                 wv = _splat(builder, builder.load(builder.gep(wrows[m], [j])), vt)
                 for v in range(VECTORS):
@@ -213,27 +222,29 @@ def taps(typingctx, x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
 
 
 @cpu_intrinsic
-def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, s, bo, r, flags):
-    """The tile written straight to y, for outputs laid out as the tile's grid: for m < rows and
-    n < lanes, ``y[yo + m * ldy + n] = relu?((sum * s[bo + m] + b[bo + m]) + r[yo + m * ldy + n])``,
-    the scale when ``flags & 8`` (else 1), the bias when ``flags & 1`` (else -0.0, the exact
+def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, s, bo, r, flags, xstep, ystep):
+    """The tile written straight to y: for m < rows and lane n < lanes, n = v * width + i in
+    vector v, ``y[yo + m * ldy + v * ystep + i] = relu?((sum * s[bo + m] + b[bo + m]) + r[...])``
+    (r at y's index), its sum over taps j of ``w[wo + m * ldw + j] * x[xo + offs[j] + v * xstep +
+    i]``; the scale when ``flags & 8`` (else 1), the bias when ``flags & 1`` (else -0.0, the exact
     identity), the residual r (an array like y) when ``flags & 2``, relu's rule (v <= 0 gives 0,
-    NaN kept) when ``flags & 4``; in that order, as the scalar epilogue. Nothing of y or r is
-    touched past ``rows`` and ``lanes``."""
+    NaN kept) when ``flags & 4``; in that order, as the scalar epilogue. xstep = ystep = width:
+    the vectors side by side (outputs laid out as the tile's grid); larger: a vector an output
+    row. Nothing of y or r is touched past ``rows`` and ``lanes``."""
     if not _typed(offs, x, w, y, b, s, r):
         return None
-    sig = types.void(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, s, bo, r, flags)
+    sig = types.void(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, s, bo, r, flags, xstep, ystep)
     tile = _Tile(x.dtype)
 
     def codegen(context, builder, signature, args):
-        x_, xo_, offs_, J_, w_, wo_, ldw_, rows_, lanes_, y_, yo_, ldy_, b_, s_, bo_, r_, flags_ = args
+        x_, xo_, offs_, J_, w_, wo_, ldw_, rows_, lanes_, y_, yo_, ldy_, b_, s_, bo_, r_, flags_, xstep_, ystep_ = args
         ty = signature.args
         data = lambda t, v: context.make_array(t)(context, builder, v).data  # noqa: E731
-        xo_, J_, wo_, ldw_, rows_, lanes_, yo_, ldy_, bo_, flags_ = _int64s(context, builder, [
+        xo_, J_, wo_, ldw_, rows_, lanes_, yo_, ldy_, bo_, flags_, xstep_, ystep_ = _int64s(context, builder, [
             (xo_, ty[1]), (J_, ty[3]), (wo_, ty[5]), (ldw_, ty[6]), (rows_, ty[7]), (lanes_, ty[8]),
-            (yo_, ty[10]), (ldy_, ty[11]), (bo_, ty[14]), (flags_, ty[16])])
+            (yo_, ty[10]), (ldy_, ty[11]), (bo_, ty[14]), (flags_, ty[16]), (xstep_, ty[17]), (ystep_, ty[18])])
         accs = tile.accumulate(builder, builder.gep(data(ty[0], x_), [xo_]), data(ty[2], offs_), J_,
-                               data(ty[4], w_), wo_, ldw_, rows_, lanes_)
+                               data(ty[4], w_), wo_, ldw_, rows_, lanes_, xstep_)
         masks = tile.masks(builder, lanes_)
         i1, i64, vt, real = ir.IntType(1), ir.IntType(64), tile.vt, tile.real
         bit = lambda k: builder.icmp_signed("!=", builder.and_(flags_, i64(k)), i64(0))  # noqa: E731
@@ -244,6 +255,7 @@ def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, 
         bias, scale = cgutils.alloca_once(builder, real), cgutils.alloca_once(builder, real)
         res = cgutils.alloca_once(builder, vt)
         whole = builder.icmp_signed(">=", lanes_, i64(VECTORS * tile.width))
+        ysteps = [builder.mul(ystep_, i64(v)) for v in range(VECTORS)]
         for m in range(ROWS):
             with builder.if_then(builder.icmp_signed("<", i64(m), rows_)):  # rows past ``rows``: nothing
                 builder.store(real(-0.0), bias)
@@ -260,11 +272,10 @@ def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, 
                 with builder.if_else(whole) as (plain, masked):
                     with plain:
                         for v in range(VECTORS):
-                            at = builder.bitcast(builder.gep(py, [builder.add(row, i64(v * tile.width))]),
-                                                 vt.as_pointer())
+                            at = builder.bitcast(builder.gep(py, [builder.add(row, ysteps[v])]), vt.as_pointer())
                             builder.store(minus0, res)
                             with builder.if_then(has_res):
-                                rat = builder.gep(pr, [builder.add(row, i64(v * tile.width))])
+                                rat = builder.gep(pr, [builder.add(row, ysteps[v])])
                                 builder.store(builder.load(builder.bitcast(rat, vt.as_pointer()), align=tile.size),
                                               res)
                             value = _epilogue(builder, accs[m][v], sv, bv, builder.load(res), relus, zero)
@@ -272,7 +283,7 @@ def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, 
                     with masked:
                         none = ir.Constant(tile.mask_t, [0] * tile.width)
                         for v in range(VECTORS):
-                            at = builder.add(row, i64(v * tile.width))
+                            at = builder.add(row, ysteps[v])
                             live = builder.select(has_res, masks[v], none)
                             r = tile.load(builder, builder.gep(pr, [at]), live, minus0)
                             value = _epilogue(builder, accs[m][v], sv, bv, r, relus, zero)

@@ -83,128 +83,6 @@ def test_conv2d_forced_shift_runs_strided_and_grouped_convolutions(stride, group
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_taps_tile_against_numpy(dtype):
-    # The register tile alone: every row count (the rows past it repeat the last), lanes from
-    # one to a full tile (masked loads below it, plain ones for a whole tile: every third trial),
-    # offsets in any order, against a float64 NumPy sum.
-    from numba import njit
-
-    from numbacnn.layers import _taps_cpu
-
-    @njit
-    def tile(x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
-        _taps_cpu.taps(x, xo, offs, J, w, wo, ldw, rows, acc, lanes)
-
-    rng = np.random.default_rng(5)
-    cols = _taps_cpu.VECTORS * _taps_cpu.VECTOR_BYTES // np.dtype(dtype).itemsize
-    for trial in range(30):
-        J = int(rng.integers(1, 40))
-        offs = rng.integers(0, 200, J).astype(np.int64)
-        lanes = cols if trial % 3 == 0 else int(rng.integers(1, cols + 1))  # whole tiles load x plainly
-        rows = int(rng.integers(1, _taps_cpu.ROWS + 1))
-        x = rng.standard_normal(int(offs.max()) + lanes + int(rng.integers(0, 3))).astype(dtype)
-        ldw = J + int(rng.integers(0, 4))
-        w = rng.standard_normal(ldw * rows + 5).astype(dtype)
-        acc = np.full(_taps_cpu.ROWS * cols, np.nan, dtype)
-        xo = int(rng.integers(0, x.size - int(offs.max()) - lanes + 1))
-        xo = min(xo, x.size - int(offs.max()) - lanes)
-        tile(x, xo, offs, J, w, 2, ldw, rows, acc, lanes)
-        want = np.zeros((_taps_cpu.ROWS, cols))
-        for m in range(_taps_cpu.ROWS):
-            r = 2 + min(m, rows - 1) * ldw
-            for j in range(J):
-                want[m, :lanes] += float(w[r + j]) * x[xo + offs[j]:xo + offs[j] + lanes].astype(np.float64)
-        tol = 1e-5 if dtype == np.float32 else 1e-12
-        np.testing.assert_allclose(acc.reshape(_taps_cpu.ROWS, cols), want, rtol=tol, atol=tol * J,
-                                   err_msg=f"trial {trial}: J {J} rows {rows} lanes {lanes}")
-
-
-def test_the_tiles_tap_loop_keeps_its_accumulators_in_registers():
-    # ROWS x VECTORS accumulators, VECTORS loads of x and a broadcast weight must fit the
-    # register file: 4 x 3 on AVX2 (16 registers) spilled two accumulators to the stack, a
-    # store and a load each every tap (32->32 3x3 at batch 1: 290 against 167 us). The x86-64
-    # machine code of the tap loops (the blocks holding the tile's multiply-adds) reads and
-    # writes no stack slot.
-    import platform
-    import re
-
-    from numba import njit
-
-    from numbacnn.layers import _taps_cpu
-
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("reads x86-64 machine code")
-
-    @njit
-    def tile(x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
-        _taps_cpu.taps(x, xo, offs, J, w, wo, ldw, rows, acc, lanes)
-
-    f32, i64 = np.zeros(64, np.float32), np.int64(0)
-    tile(f32, i64, np.zeros(1, np.int64), np.int64(1), f32, i64, np.int64(1), np.int64(1), f32, np.int64(1))
-    asm = next(iter(tile.inspect_asm().values()))
-    blocks = re.split(r"\n\.?L\w+:", asm)  # at each label
-    fmas = _taps_cpu.ROWS * _taps_cpu.VECTORS
-    loops = [b for b in blocks if len(re.findall(r"\bvfmadd\w*ps\b", b)) >= fmas]
-    if not loops:
-        pytest.skip("no fused multiply-add on this machine: the tile's loops are not one block each")
-    assert len(loops) == 2  # whole tiles' plain loads, cut tiles' masked ones
-    for loop in loops:
-        assert "(%rsp)" not in loop, loop
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_taps_out_tile_against_numpy(dtype):
-    # The tile written straight to y: scale (a folded batch norm's) and bias (or none),
-    # residual, relu's rule (NaN kept, -0.0 to 0), nothing touched past its rows and lanes (y
-    # and r are fenced with sentinels), rows at every count, against float64 NumPy.
-    from numba import njit
-
-    from numbacnn.layers import _taps_cpu
-
-    @njit
-    def tile(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags):
-        _taps_cpu.taps_out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags)
-
-    rng = np.random.default_rng(6)
-    cols = _taps_cpu.VECTORS * _taps_cpu.VECTOR_BYTES // np.dtype(dtype).itemsize
-    R = _taps_cpu.ROWS
-    for trial in range(64):
-        flags = trial % 16
-        J = int(rng.integers(1, 20))
-        offs = rng.integers(0, 100, J).astype(np.int64)
-        lanes, rows = cols if trial % 3 == 0 else int(rng.integers(1, cols + 1)), int(rng.integers(1, R + 1))
-        x = rng.standard_normal(int(offs.max()) + lanes + 3).astype(dtype)
-        x[int(rng.integers(0, x.size))] = np.nan  # a NaN in some sums
-        xo = int(rng.integers(0, x.size - int(offs.max()) - lanes + 1))
-        w = rng.standard_normal(J * R).astype(dtype)
-        w[:J] = 0.0  # row 0 sums to +-0.0 (or NaN): relu and the -0.0 identity show
-        b = rng.standard_normal(R + 2).astype(dtype)
-        sc = rng.uniform(-2, 2, R + 2).astype(dtype)
-        sc[1] = -1.0  # row 0's +0.0 sum scaled to -0.0: the bias's -0.0 keeps it, relu takes it to 0
-        ldy = lanes + int(rng.integers(0, 5))
-        y = np.full(3 + R * ldy + 3, 7.0, dtype)  # 7.0: untouched
-        r = rng.standard_normal(y.size).astype(dtype)
-        tile(x, xo, offs, J, w, 0, J, rows, lanes, y, 3, ldy, b, sc, 1, r, flags)
-        want = np.full(y.size, 7.0)
-        for m in range(rows):
-            s = np.zeros(lanes)
-            for j in range(J):
-                s = s + float(w[m * J + j]) * x[xo + offs[j]:xo + offs[j] + lanes].astype(np.float64)
-            s = s * (float(sc[1 + m]) if flags & 8 else 1.0) + (float(b[1 + m]) if flags & 1 else -0.0)
-            at = 3 + m * ldy
-            if flags & 2:
-                s = s + r[at:at + lanes]
-            if flags & 4:
-                s = np.where(s <= 0, 0.0, s)
-            want[at:at + lanes] = s
-        tol = 1e-5 if dtype == np.float32 else 1e-12
-        np.testing.assert_allclose(y, want, rtol=tol, atol=tol * J, err_msg=f"trial {trial}: flags {flags} "
-                                   f"J {J} rows {rows} lanes {lanes}")
-        zeros = want == 0
-        assert np.array_equal(np.signbit(y[zeros]), np.signbit(want[zeros])), f"trial {trial}: the sign of zero"
-
-
 def _model(C, K, kernel, pad, shape, relu):
     g = nc.Graph()
     h = g.conv2d(g.input((C, *shape)), out_channels=K, kernel_size=kernel, padding=pad, name="c")
@@ -268,20 +146,23 @@ for module in (_taps_cpu, conv2d_shift_cpu):
 _taps_cpu.VECTORS = _taps_cpu.tile_shape(width)[1]
 rng = np.random.default_rng(width)
 for dtype in ("float32", "float64"):
+    lane = width // np.dtype(dtype).itemsize  # rows this wide go a vector a row on AVX2 (_row_vectors)
     for C, K, k, stride, groups, dilation, H, W in ((3, 9, 3, 1, 1, 1, 11, 13), (5, 4, 5, 2, 1, 1, 12, 9),
-                                                    (16, 20, 1, 1, 1, 1, 6, 7), (4, 6, 3, 2, 2, 2, 9, 10)):
+                                                    (16, 20, 1, 1, 1, 1, 6, 7), (4, 6, 3, 2, 2, 2, 9, 10),
+                                                    (3, 6, 3, 1, 1, 1, 7, lane), (5, 7, 3, 2, 1, 1, 9, 2 * lane)):
         g = nc.Graph()
         g.conv2d(g.input((C, H, W)), out_channels=K, kernel_size=k, stride=stride, padding=k // 2, groups=groups,
                  dilation=dilation, name="c")
-        m = nc.Model(g, seed=width, dtype=dtype)
-        x = rng.standard_normal((2, C, H, W)).astype(dtype)
-        with force_path("shift"):
-            y = m.forward(x)
-        with force_path("im2col"):
-            m2 = nc.Model(g, seed=width, dtype=dtype)
-            want = m2.forward(x)
-        tol = 1e-5 if dtype == "float32" else 1e-12
-        np.testing.assert_allclose(y, want, rtol=tol, atol=tol, err_msg=f"{dtype} {C} {K} {k} {stride} {groups}")
+        m, m2 = nc.Model(g, seed=width, dtype=dtype), nc.Model(g, seed=width, dtype=dtype)
+        for n in (2, 1):  # batch 1: the tiles split over the threads (and rows a vector wide, a vector a row)
+            x = rng.standard_normal((n, C, H, W)).astype(dtype)
+            with force_path("shift"):
+                y = m.forward(x)
+            with force_path("im2col"):
+                want = m2.forward(x)
+            tol = 1e-5 if dtype == "float32" else 1e-12
+            np.testing.assert_allclose(y, want, rtol=tol, atol=tol,
+                                       err_msg=f"{dtype} {C} {K} {k} {stride} {groups} {n}")
 ir = "".join(conv2d_shift_cpu._tiles.inspect_llvm().values())
 assert f"llvm.masked.load.v{width // 4}f32" in ir and f"llvm.masked.load.v{width // 8}f64" in ir
 assert ("llvm.masked.load.v16f32" in ir) == (width == 64)
@@ -346,14 +227,16 @@ def test_a_kernel_compiled_for_another_width_keeps_its_own_tile_count(tmp_path):
 
 @pytest.mark.parametrize("k,stride,pad,groups", [(3, 1, 1, 1), (5, 1, 2, 1), (3, 2, 1, 1), (3, 1, 1, 2), (2, 1, 0, 1)])
 def test_output_rows_a_whole_number_of_tiles_go_straight_to_y(k, stride, pad, groups):
-    # Output rows of one or two tiles' columns (AVX2: 16, 32) take the tiles a row at a time,
-    # written straight to y with the bias, a folded batch norm's scale, the join's residual and
-    # relu (conv2d_shift_cpu._rowwise); against the float64 model (im2col), NaN and Inf included.
+    # Output rows of one or two tiles' columns (AVX2: 16, 32) take the tiles a row at a time
+    # (conv2d_shift_cpu._rowwise), at batch 1 rows a vector wide (AVX2: 8) a vector a row, 6
+    # rows (3 at stride 2) in tiles of 2 (_row_vectors); written straight to y with the bias, a
+    # folded batch norm's scale, the join's residual and relu; at batch 3 and 1 (the tiles split
+    # over the threads); against the float64 model (im2col), NaN and Inf included.
     from numbacnn.layers import _taps_cpu
     from numbacnn.layers.conv2d_cpu import force_path
 
     NR = _taps_cpu.VECTORS * _taps_cpu.VECTOR_BYTES // 4
-    for Q in (NR, 2 * NR):
+    for Q in (_taps_cpu.VECTOR_BYTES // 4, NR, 2 * NR):  # rows a vector wide: a vector a row (AVX2)
         W = (Q - 1) * stride + k - 2 * pad
         g = nc.Graph()
         x = g.input((4, 6, W))
@@ -366,13 +249,14 @@ def test_output_rows_a_whole_number_of_tiles_go_straight_to_y(k, stride, pad, gr
         ref = model.astype("float64")
         xs = np.random.default_rng(Q).standard_normal((3, 4, 6, W)).astype(np.float32)
         xs[1, 2, 1, 3], xs[2, 0, 5, W - 1] = np.nan, np.inf
-        with force_path("shift"):
-            y = model.forward(xs)
-        assert y.shape[-1] == Q
-        want = ref.forward(xs.astype(np.float64))
-        np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
-        fine = np.isfinite(want)
-        np.testing.assert_allclose(y[fine], want[fine], rtol=1e-4, atol=1e-4)
+        for batch in (xs, xs[1:2]):
+            with force_path("shift"):
+                y = model.forward(batch)
+            assert y.shape[-1] == Q
+            want = ref.forward(batch.astype(np.float64))
+            np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+            fine = np.isfinite(want)
+            np.testing.assert_allclose(y[fine], want[fine], rtol=1e-4, atol=1e-4)
 
 
 def test_a_wide_1x1_convolution_writes_its_bias_residual_and_relu_from_the_tile():
