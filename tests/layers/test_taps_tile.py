@@ -45,12 +45,13 @@ def test_taps_tile_against_numpy(dtype):
                                    err_msg=f"trial {trial}: J {J} rows {rows} lanes {lanes}")
 
 
-def test_the_tiles_tap_loop_keeps_its_accumulators_in_registers():
+@pytest.mark.parametrize("which", ["taps", "taps_out"])
+def test_the_tiles_tap_loop_keeps_its_accumulators_in_registers(which):
     # ROWS x VECTORS accumulators, VECTORS loads of x and a broadcast weight must fit the
     # register file: 4 x 3 on AVX2 (16 registers) spilled two accumulators to the stack, a
     # store and a load each every tap (32->32 3x3 at batch 1: 290 against 167 us). The x86-64
     # machine code of the tap loops (the blocks holding the tile's multiply-adds) reads and
-    # writes no stack slot.
+    # writes no stack slot, in both tiles (taps_out's vectors a runtime step apart).
     import platform
     import re
 
@@ -62,11 +63,21 @@ def test_the_tiles_tap_loop_keeps_its_accumulators_in_registers():
         pytest.skip("reads x86-64 machine code")
 
     @njit
-    def tile(x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
+    def sums(x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
         _taps_cpu.taps(x, xo, offs, J, w, wo, ldw, rows, acc, lanes)
 
-    f32, i64 = np.zeros(64, np.float32), np.int64(0)
-    tile(f32, i64, np.zeros(1, np.int64), np.int64(1), f32, i64, np.int64(1), np.int64(1), f32, np.int64(1))
+    @njit
+    def out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags, xstep, ystep):
+        _taps_cpu.taps_out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags, xstep, ystep)
+
+    f32, i64, one, offs = np.zeros(64, np.float32), np.int64(0), np.int64(1), np.zeros(1, np.int64)
+    if which == "taps":
+        tile = sums
+        tile(f32, i64, offs, one, f32, i64, one, one, f32, one)
+    else:
+        tile = out
+        tile(f32, i64, offs, one, f32, i64, one, one, one, f32, i64, one, f32, f32, i64, f32, i64, np.int64(8),
+             np.int64(8))
     asm = next(iter(tile.inspect_asm().values()))
     blocks = re.split(r"\n\.?L\w+:", asm)  # at each label
     fmas = _taps_cpu.ROWS * _taps_cpu.VECTORS
