@@ -17,8 +17,8 @@ channels' planes and weights.
 A tile is ROWS output channels by columns(x) grid outputs; its sums go to the call's ``acc``
 and out to y with the bias, a residual (inference's conv + add) and relu's rule (NaN kept),
 in that order, while they are in L1. Where the grid's rows are padded and y's rows fit the tile
-whole (``_rowwise``: a whole number of tiles wide; ``_row_vectors``: one vector wide, a vector
-each), the tiles take y's outputs alone and write them straight from their registers. Batches of the thread count or more give each chunk
+whole (``_dense``: a whole number of vectors wide, AVX2; ``_rowwise``: of tiles), the tiles
+take y's outputs alone and write them straight from their registers. Batches of the thread count or more give each chunk
 whole samples; below it (batch-1 inference of a large enough sample, conv2d_plan) each
 sample's tiles are split over the chunks.
 """
@@ -34,9 +34,9 @@ __all__ = ["shift_forward", "shift_scratch"]
 # Raw pointers escape NUMBA_BOUNDSCHECK: in that mode each tile checks its extents itself.
 _CHECK_EXTENTS = bool(_numba_config.BOUNDSCHECK)
 
-# Output rows one vector wide (8x8 planes in float32 on AVX2) go a row a vector straight to y
-# (``_row_vectors``) on machines of these vector bytes: measured on AVX2 only, so AVX-512's
-# (16-wide rows: 16x16 planes) keep the grid.
+# Output rows a whole number of vectors wide (8, 16, 24, ... in float32 on AVX2) go straight to
+# y, the tiles covering y's plane densely (``_dense``), on machines of these vector bytes:
+# measured on AVX2 only (AVX-512's 3 vectors a tile keep ``_rowwise`` and the grid).
 ROW_VECTOR_BYTES = 32
 
 
@@ -97,25 +97,26 @@ def _rowwise(direct, Wp, Q, NR):
 
 
 @cpu_inline
-def _row_vectors(direct, Wp, Q, width):
-    """Whether each of the tile's vectors is one output row, written straight to y: rows
-    exactly a vector (``width`` values) wide, where padding or a stride widens the grid, on
-    ROW_VECTOR_BYTES machines. The grid's tiles computed Wp - Q dropped columns a row (8x8
-    planes padded for a 3x3: 2 of 10) and copied their outputs out of acc by a scalar loop. AMD
-    EPYC (AVX2), 2 threads, alternated with the grid's tiles, us: 3x3 64->64 at 8x8, batch 1
-    65.5 -> 53.8, 128->128 195 -> 156 (and 32->64 at batch 8 197 -> 150, but shift_forward
-    asks for it at batch 1 only: see there)."""
-    return VECTOR_BYTES == ROW_VECTOR_BYTES and direct is not None and Wp != Q and Q == width
+def _dense(direct, Wp, Q, NR, width):
+    """Whether the tiles cover y's plane densely, NR outputs in row order a tile, written
+    straight to y: on ROW_VECTOR_BYTES machines (2 vectors a tile) with rows a whole number of
+    vectors (``width`` values) wide, where padding or a stride widens the grid. Each vector lies
+    in one row; the second may start the next row, its taps then ``xstep`` = Wp - Q + width
+    on in x. The grid's tiles computed Wp - Q dropped columns a row (8x8 planes padded for a
+    3x3: 2 of 10) and copied their outputs out of acc by a scalar loop. AMD EPYC (AVX2), 2
+    threads, alternated with the grid's tiles, us: 3x3 64->64 at 8x8, batch 1, 65.5 -> 53.8,
+    128->128 195 -> 156; rows of 16 and 32 (``_rowwise``'s) as before."""
+    return (VECTOR_BYTES == ROW_VECTOR_BYTES and NR == 2 * width and direct is not None and Wp != Q
+            and Q % width == 0)
 
 
 @cpu_inline
 def _per_block(direct, P, Q, Wp, NR, width):
-    # tiles a block of ROWS channels: whole rows of NR, rows of a vector (NR // width a tile),
-    # or the grid's
+    # tiles a block of ROWS channels: y's plane densely, whole rows of NR, or the grid's
+    if _dense(direct, Wp, Q, NR, width):
+        return (P * Q + NR - 1) // NR
     if _rowwise(direct, Wp, Q, NR):
         return P * (Q // NR)
-    if _row_vectors(direct, Wp, Q, width):
-        return (P + NR // width - 1) // (NR // width)
     return ((P - 1) * Wp + Q + NR - 1) // NR
 
 
@@ -131,10 +132,10 @@ def _tiles(src, x0, offs, wf, b, sc, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, 
     reach = offs.max() if _CHECK_EXTENTS and J else 0  # the farthest tap (not the last at a stride)
     L = (P - 1) * Wp + Q
     width = lanes_of(acc)
-    rowwise, rowvec = _rowwise(direct, Wp, Q, NR), _row_vectors(direct, Wp, Q, width)
+    dense = _dense(direct, Wp, Q, NR, width)
+    rowwise = not dense and _rowwise(direct, Wp, Q, NR)
     nb = _per_block(direct, P, Q, Wp, NR, width)
     per_group = (Kg + ROWS - 1) // ROWS * nb
-    xstep, ystep = (Wp, Q) if rowvec else (width, width)
     zero, one = acc.dtype.type(0), acc.dtype.type(1)
     flags = (1 if b.size else 0) + (2 if res else 0) + (4 if relu else 0) + (8 if sc.size else 0)
     for t in range(t0, t1):
@@ -142,24 +143,25 @@ def _tiles(src, x0, offs, wf, b, sc, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, 
         mb, cb = (t - g * per_group) // nb, (t - g * per_group) % nb
         k0, c0 = g * Kg + mb * ROWS, cb * NR
         rows, lanes = min(ROWS, Kg - mb * ROWS), min(NR, L - c0)
-        yo = (n * K + k0) * P * Q + c0
-        if rowwise:  # tile cb: NR outputs of one output row, whole
+        yo, xstep = (n * K + k0) * P * Q + c0, width
+        if dense:  # tile cb: y's outputs c0.. of the plane in row order, each vector within a row
+            o = c0 + width  # the second vector's first output: its row may be the next
+            lanes, yo = min(NR, P * Q - c0), (n * K + k0) * P * Q + c0
+            c0 = c0 // Q * Wp + c0 % Q
+            xstep = o // Q * Wp + o % Q - c0
+        elif rowwise:  # tile cb: NR outputs of one output row, whole
             p, q0 = cb // (Q // NR), cb % (Q // NR) * NR
             c0, lanes, yo = p * Wp + q0, NR, (n * K + k0) * P * Q + p * Q + q0
-        elif rowvec:  # tile cb: NR // width output rows, one a vector (the last tile's may be fewer)
-            p = cb * (NR // width)
-            c0, lanes, yo = p * Wp, min(NR // width, P - p) * width, (n * K + k0) * P * Q + p * Q
         xo = x0 + g * Cg * Hp * Wp + c0
         last = (lanes - 1) // width * (xstep - width) + lanes  # past the farthest lane's x, from a tap's start
         if _CHECK_EXTENTS and (xo < 0 or offs.min() < 0 or xo + reach + last > src.size or (k0 + rows) * J > wf.size
                                or acc.size < ROWS * NR or g >= G):
             raise IndexError("conv2d shift: a tile reads past its image or weights")
-        if direct is not None and (Wp == Q or rowwise or rowvec):  # the tile's outputs lie as in y: straight out
-            out = (lanes - 1) // width * (ystep - width) + lanes
-            if _CHECK_EXTENTS and (yo + (rows - 1) * P * Q + out > min(yf.size, rf.size)
+        if direct is not None and (Wp == Q or rowwise or dense):  # the tile's outputs lie as in y: straight out
+            if _CHECK_EXTENTS and (yo + (rows - 1) * P * Q + lanes > min(yf.size, rf.size)
                                    or (b.size and k0 + rows > b.size) or (sc.size and k0 + rows > sc.size)):
                 raise IndexError("conv2d shift: a tile writes past y or reads past the bias or scale")
-            taps_out(src, xo, offs, J, wf, k0 * J, J, rows, lanes, yf, yo, P * Q, b, sc, k0, rf, flags, xstep, ystep)
+            taps_out(src, xo, offs, J, wf, k0 * J, J, rows, lanes, yf, yo, P * Q, b, sc, k0, rf, flags, xstep, width)
             continue
         taps(src, xo, offs, J, wf, k0 * J, J, rows, acc, lanes)
         p, q, o = c0 // Wp, c0 % Wp, 0
@@ -265,11 +267,13 @@ def shift_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, sc
         # registers: ``direct`` True, else None, whose kernels leave that code out (Numba prunes
         # an argument's ``is None`` by its type): the store costs a cold ``numbacnn train``
         # (lenet5's 5x5 forwards on this path) 0.5 s of compiling where it is in the kernel.
-        # Rows a vector wide go straight out at batch 1 only: where another convolution of the
-        # model keeps the grid (None), True is a second compile of these kernels (a cold
-        # ``numbacnn train``, its 8x8 digits' 5x5 conv1 at batch 32: 24.9 -> 29.7 s of compiling).
+        # Rows a whole number of vectors wide go straight out (``_dense``), rows of one vector
+        # at batch 1 only: where another convolution of the model keeps the grid (None), True is a
+        # second compile of these kernels (a cold ``numbacnn train``, its 8x8 digits' 5x5 conv1 at
+        # batch 32 beside conv2's 4x4 outputs: 24.9 -> 29.7 s of compiling).
+        lane = VECTOR_BYTES // y.itemsize
         direct = True if _planes(geo, (P, Q))[1] == Q or Q % tile_columns(y.itemsize) == 0 \
-            or (VECTOR_BYTES == ROW_VECTOR_BYTES and Q * y.itemsize == VECTOR_BYTES and N == 1) else None
+            or (VECTOR_BYTES == ROW_VECTOR_BYTES and Q % lane == 0 and (Q > lane or N == 1)) else None
         tail = (G, K, R, S, sh, sw, dh, dw, pt, pl, P, Q, relu, copy, direct)
         if T == 1:
             kernel, args = _samples, (*head, xp[0].reshape(xp[0].size), 0, 1, *tail)

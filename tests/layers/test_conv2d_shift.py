@@ -146,10 +146,11 @@ for module in (_taps_cpu, conv2d_shift_cpu):
 _taps_cpu.VECTORS = _taps_cpu.tile_shape(width)[1]
 rng = np.random.default_rng(width)
 for dtype in ("float32", "float64"):
-    lane = width // np.dtype(dtype).itemsize  # rows this wide go a vector a row on AVX2 (_row_vectors)
+    lane = width // np.dtype(dtype).itemsize  # rows a whole number of these go densely on AVX2 (_dense)
     for C, K, k, stride, groups, dilation, H, W in ((3, 9, 3, 1, 1, 1, 11, 13), (5, 4, 5, 2, 1, 1, 12, 9),
                                                     (16, 20, 1, 1, 1, 1, 6, 7), (4, 6, 3, 2, 2, 2, 9, 10),
-                                                    (3, 6, 3, 1, 1, 1, 7, lane), (5, 7, 3, 2, 1, 1, 9, 2 * lane)):
+                                                    (3, 6, 3, 1, 1, 1, 7, lane), (5, 7, 3, 2, 1, 1, 9, 2 * lane),
+                                                    (2, 5, 5, 1, 1, 1, 5, 3 * lane)):
         g = nc.Graph()
         g.conv2d(g.input((C, H, W)), out_channels=K, kernel_size=k, stride=stride, padding=k // 2, groups=groups,
                  dilation=dilation, name="c")
@@ -227,16 +228,18 @@ def test_a_kernel_compiled_for_another_width_keeps_its_own_tile_count(tmp_path):
 
 @pytest.mark.parametrize("k,stride,pad,groups", [(3, 1, 1, 1), (5, 1, 2, 1), (3, 2, 1, 1), (3, 1, 1, 2), (2, 1, 0, 1)])
 def test_output_rows_a_whole_number_of_tiles_go_straight_to_y(k, stride, pad, groups):
-    # Output rows of one or two tiles' columns (AVX2: 16, 32) take the tiles a row at a time
-    # (conv2d_shift_cpu._rowwise), at batch 1 rows a vector wide (AVX2: 8) a vector a row, 6
-    # rows (3 at stride 2) in tiles of 2 (_row_vectors); written straight to y with the bias, a
-    # folded batch norm's scale, the join's residual and relu; at batch 3 and 1 (the tiles split
-    # over the threads); against the float64 model (im2col), NaN and Inf included.
+    # Output rows a whole number of vectors wide (AVX2: 8 at batch 1, 16, 24, 32) take tiles
+    # over y's plane in row order, a tile's second vector in the next row where a row ends
+    # mid-tile (conv2d_shift_cpu._dense; elsewhere rows of one or two tiles, _rowwise), written
+    # straight to y with the bias, a folded batch norm's scale, the join's residual and relu; at
+    # batch 3 and 1 (the tiles split over the threads); against the float64 model (im2col), NaN
+    # and Inf included.
     from numbacnn.layers import _taps_cpu
     from numbacnn.layers.conv2d_cpu import force_path
 
     NR = _taps_cpu.VECTORS * _taps_cpu.VECTOR_BYTES // 4
-    for Q in (_taps_cpu.VECTOR_BYTES // 4, NR, 2 * NR):  # rows a vector wide: a vector a row (AVX2)
+    lane = _taps_cpu.VECTOR_BYTES // 4
+    for Q in (lane, NR, NR + lane, 2 * NR):  # AVX2: rows of 1 to 4 vectors, the tiles across rows at 24
         W = (Q - 1) * stride + k - 2 * pad
         g = nc.Graph()
         x = g.input((4, 6, W))
