@@ -22,8 +22,10 @@ ran fastest of 8x3, 12x2, 24x1, 6x4 and 4x6 (12x2 won only where 12 divides the 
 
 The multiply-adds are ``llvm.fmuladd``: the kernel opts in to contraction (a fused multiply-add
 where the machine has one, as BLAS does); nothing else of fastmath. Loads are masked to the
-tile's ``lanes`` columns, so a tile reads nothing past ``x[xo + offs[J - 1] + lanes - 1]``,
-and the weight rows past ``rows`` repeat the last (their sums are computed and dropped).
+tile's ``lanes`` columns, so a tile reads nothing past ``x[xo + max(offs) + lanes - 1]`` (for
+``taps_out``, whose vector v starts v * xstep on: ``(lanes - 1) // width * (xstep - width)``
+further), and the weight rows past ``rows`` repeat the last (their sums are computed and
+dropped).
 The caller checks those extents under NUMBA_BOUNDSCHECK (raw pointers escape its checks).
 """
 
@@ -229,8 +231,9 @@ def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, 
     i]``; the scale when ``flags & 8`` (else 1), the bias when ``flags & 1`` (else -0.0, the exact
     identity), the residual r (an array like y) when ``flags & 2``, relu's rule (v <= 0 gives 0,
     NaN kept) when ``flags & 4``; in that order, as the scalar epilogue. xstep = ystep = width:
-    the vectors side by side (outputs laid out as the tile's grid); larger: a vector an output
-    row. Nothing of y or r is touched past ``rows`` and ``lanes``."""
+    the vectors side by side (outputs laid out as the tile's grid); a larger xstep: the second
+    vector's outputs further on in x than in y (conv2d_shift_cpu._dense, a tile across two output
+    rows of a padded image). Nothing of y or r is touched past ``rows`` and ``lanes``."""
     if not _typed(offs, x, w, y, b, s, r):
         return None
     sig = types.void(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, s, bo, r, flags, xstep, ystep)

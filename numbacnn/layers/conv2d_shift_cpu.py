@@ -89,10 +89,11 @@ def _rowwise(direct, Wp, Q, NR):
     """Whether the tiles go a row of outputs at a time, NR of them a tile, written straight to y:
     where padding widens the grid (Wp > Q) and NR divides the output rows (``direct`` not None:
     shift_forward asks for the straight store). The grid's tiles then skip its Wp - Q dropped
-    columns a row and the scalar copy out of acc. AVX2's 16 columns divide 16 and 32 (AVX-512's
-    48 rarely divide a row). AMD EPYC, 2 threads, alternated with the grid's tiles: 32->32 3x3 at
-    32x32, batch 1, 154-162 against 167-172 us; googlenet_mini's 3->32 stem at batch 128, in the
-    model, 3.42-3.44 against 4.05-4.14 ms."""
+    columns a row and the scalar copy out of acc. On AVX2 ``_dense`` takes these rows first (and
+    more); here AVX-512's 48 columns (rarely dividing a row) and SSE's 8. Measured on AVX2 before
+    ``_dense``, AMD EPYC, 2 threads, alternated with the grid's tiles: 32->32 3x3 at 32x32, batch
+    1, 154-162 against 167-172 us; googlenet_mini's 3->32 stem at batch 128, in the model,
+    3.42-3.44 against 4.05-4.14 ms."""
     return direct is not None and Wp != Q and Q % NR == 0
 
 

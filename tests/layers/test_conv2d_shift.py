@@ -137,9 +137,11 @@ _NARROW = """
 import sys
 import numpy as np
 import numbacnn as nc
-from numbacnn.layers import _taps_cpu, conv2d_shift_cpu
+from numbacnn import _passes
+from numbacnn.layers import _taps_cpu, conv2d_cpu, conv2d_shift_cpu
 from numbacnn.layers.conv2d_cpu import force_path
 
+conv2d_cpu.SPLIT_MIN_MACS = _passes.PARALLEL_MIN = 0  # batch 1 splits its tiles over the threads, however small
 width = int(sys.argv[1])  # the machine's vector bytes this child compiles for, before any kernel
 for module in (_taps_cpu, conv2d_shift_cpu):
     module.VECTOR_BYTES, module.ROWS = width, _taps_cpu.tile_shape(width)[0]
@@ -227,15 +229,19 @@ def test_a_kernel_compiled_for_another_width_keeps_its_own_tile_count(tmp_path):
 
 
 @pytest.mark.parametrize("k,stride,pad,groups", [(3, 1, 1, 1), (5, 1, 2, 1), (3, 2, 1, 1), (3, 1, 1, 2), (2, 1, 0, 1)])
-def test_output_rows_a_whole_number_of_tiles_go_straight_to_y(k, stride, pad, groups):
+def test_output_rows_a_whole_number_of_tiles_go_straight_to_y(k, stride, pad, groups, monkeypatch):
     # Output rows a whole number of vectors wide (AVX2: 8 at batch 1, 16, 24, 32) take tiles
     # over y's plane in row order, a tile's second vector in the next row where a row ends
     # mid-tile (conv2d_shift_cpu._dense; elsewhere rows of one or two tiles, _rowwise), written
     # straight to y with the bias, a folded batch norm's scale, the join's residual and relu; at
-    # batch 3 and 1 (the tiles split over the threads); against the float64 model (im2col), NaN
-    # and Inf included.
-    from numbacnn.layers import _taps_cpu
+    # batch 3 and 1 (the tiles split over the threads, as a larger model's would); against the
+    # float64 model (im2col), NaN and Inf included.
+    from numbacnn import _passes
+    from numbacnn.layers import _taps_cpu, conv2d_cpu
     from numbacnn.layers.conv2d_cpu import force_path
+
+    monkeypatch.setattr(conv2d_cpu, "SPLIT_MIN_MACS", 0)
+    monkeypatch.setattr(_passes, "PARALLEL_MIN", 0)
 
     NR = _taps_cpu.VECTORS * _taps_cpu.VECTOR_BYTES // 4
     lane = _taps_cpu.VECTOR_BYTES // 4

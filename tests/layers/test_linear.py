@@ -212,8 +212,8 @@ def test_linear_cpu_forward_cuts_the_outputs_below_the_thread_count(monkeypatch)
                                         (1, 300, 260, 2)])
 @pytest.mark.parametrize("bias, relu", [(True, False), (False, True), (True, True)])
 def test_linear_cpu_forward_by_outputs_matches_numpy(N, K, J, S, bias, relu):
-    # S chunks of K outputs that S does not divide evenly; one sample takes the turned-around
-    # product (w's rows times x^T), more the direct one. relu's rule: NaN kept, -0.0 to 0.
+    # S chunks of K outputs that S does not divide evenly; one sample takes w's rows times x
+    # (linear_cpu._rows_dot), more the product. relu's rule: NaN kept, -0.0 to 0.
     from numbacnn.layers import linear_cpu
 
     rng = np.random.default_rng(5)
@@ -239,7 +239,7 @@ def test_linear_cpu_forward_by_outputs_matches_numpy(N, K, J, S, bias, relu):
 @pytest.mark.parametrize("K, S", [(11, 2), (3, 2), (16, 3)])
 def test_linear_cpu_batch_of_one_float32_sums_rows_in_lanes(K, S):
     # A batch of one: each output a row of w times x (_rows_dot, four rows a pass and the rest
-    # one at a time, its sums reordered into vector lanes), float32 throughout, against float64
+    # one at a time, its sums reordered into vector lanes), float32 arrays, against float64
     # sums; an Inf in x gives every output PyTorch's Inf or NaN (Inf - Inf), rows apart.
     from numbacnn.layers import linear_cpu
 
@@ -248,7 +248,6 @@ def test_linear_cpu_batch_of_one_float32_sums_rows_in_lanes(K, S):
     x, w = rng.standard_normal((1, J), dtype=np.float32), rng.standard_normal((K, J), dtype=np.float32)
     y = np.full((1, K), 7.0, np.float32)
     linear_cpu.linear_forward(x, w, np.empty(0, np.float32), y, np.empty((S, 0, 1), np.float32))
-    assert y.dtype == np.float32
     np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-4, atol=1e-4)
     x[0, 5], w[K - 1, 7] = np.inf, np.inf  # row K - 1 meets Inf twice: Inf or NaN, as the float64 sum
     linear_cpu.linear_forward(x, w, np.empty(0, np.float32), y, np.empty((S, 0, 1), np.float32))

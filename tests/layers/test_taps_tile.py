@@ -94,8 +94,8 @@ def test_taps_out_tile_against_numpy(dtype):
     # The tile written straight to y: scale (a folded batch norm's) and bias (or none),
     # residual, relu's rule (NaN kept, -0.0 to 0), nothing touched past its rows and lanes (y
     # and r are fenced with sentinels), rows at every count, its vectors side by side or (every
-    # other trial) each xstep values of x and ystep of y after the one before (a vector an
-    # output row: conv2d_shift_cpu._row_vectors), against float64 NumPy.
+    # other trial) each xstep values of x and ystep of y after the one before (a tile across
+    # two output rows: conv2d_shift_cpu._dense), against float64 NumPy.
     from numba import njit
 
     from numbacnn.layers import _taps_cpu
