@@ -149,7 +149,7 @@ SHIFT1X1_MIN_OUTPUTS = 64
 # Inference at a batch of two or more of a 3x3 stride-1 convolution of at most
 # SHIFT3X3_MAX_CHANNELS channels in and out, on output rows two or more whole tiles wide, takes
 # shifted taps over Winograd where the tile is AVX2's (4 by 16; a row at a time, straight to
-# y, conv2d_shift_cpu._rowwise). AMD EPYC, 2 threads, in the model, alternated, ms, Winograd /
+# y, conv2d_shift_cpu._dense). AMD EPYC, 2 threads, in the model, alternated, ms, Winograd /
 # taps: resnet_bottleneck's three 16->16 at 32x32, batch 32 34.6 / 31.9, 128 126.6 / 116.0,
 # 256 266.1 / 247.0; vgg_small's 32->32 at 32x32, batch 32 15.9 / 15.4, 256 108.0 / 103.5.
 # Lost: googlenet_mini's 24->32 at 16x16 (one tile a row; 47.1 / 48.6 at 128), every 3x3 of

@@ -17,10 +17,10 @@ channels' planes and weights.
 A tile is ROWS output channels by columns(x) grid outputs; its sums go to the call's ``acc``
 and out to y with the bias, a residual (inference's conv + add) and relu's rule (NaN kept),
 in that order, while they are in L1. Where the grid's rows are padded and y's rows fit the tile
-whole (``_dense``: a whole number of vectors wide, AVX2; ``_rowwise``: of tiles), the tiles
-take y's outputs alone and write them straight from their registers. Batches of the thread count or more give each chunk
-whole samples; below it (batch-1 inference of a large enough sample, conv2d_plan) each
-sample's tiles are split over the chunks.
+whole (``_dense``: a whole number of tiles wide, or of vectors on AVX2), the tiles take y's
+outputs alone and write them straight from their registers. Batches of the thread count or
+more give each chunk whole samples; below it (batch-1 inference of a large enough sample,
+conv2d_plan) each sample's tiles are split over the chunks.
 """
 
 import numpy as np
@@ -36,7 +36,7 @@ _CHECK_EXTENTS = bool(_numba_config.BOUNDSCHECK)
 
 # Output rows a whole number of vectors wide (8, 16, 24, ... in float32 on AVX2) go straight to
 # y, the tiles covering y's plane densely (``_dense``), on machines of these vector bytes:
-# measured on AVX2 only (AVX-512's 3 vectors a tile keep ``_rowwise`` and the grid).
+# measured on AVX2 only (AVX-512's 3 vectors a tile go densely only on rows of whole tiles).
 ROW_VECTOR_BYTES = 32
 
 
@@ -85,39 +85,26 @@ def _pad(xn, xpf, pt, pl, Hp, Wp, sh, sw):
 
 
 @cpu_inline
-def _rowwise(direct, Wp, Q, NR):
-    """Whether the tiles go a row of outputs at a time, NR of them a tile, written straight to y:
-    where padding widens the grid (Wp > Q) and NR divides the output rows (``direct`` not None:
-    shift_forward asks for the straight store). The grid's tiles then skip its Wp - Q dropped
-    columns a row and the scalar copy out of acc. On AVX2 ``_dense`` takes these rows first (and
-    more); here AVX-512's 48 columns (rarely dividing a row) and SSE's 8. Measured on AVX2 before
-    ``_dense``, AMD EPYC, 2 threads, alternated with the grid's tiles: 32->32 3x3 at 32x32, batch
-    1, 154-162 against 167-172 us; googlenet_mini's 3->32 stem at batch 128, in the model,
-    3.42-3.44 against 4.05-4.14 ms."""
-    return direct is not None and Wp != Q and Q % NR == 0
-
-
-@cpu_inline
 def _dense(direct, Wp, Q, NR, width):
     """Whether the tiles cover y's plane densely, NR outputs in row order a tile, written
-    straight to y: on ROW_VECTOR_BYTES machines (2 vectors a tile) with rows a whole number of
-    vectors (``width`` values) wide, where padding or a stride widens the grid. Each vector lies
-    in one row; the second may start the next row, its taps then ``xstep`` = Wp - Q + width
-    on in x. The grid's tiles computed Wp - Q dropped columns a row (8x8 planes padded for a
-    3x3: 2 of 10) and copied their outputs out of acc by a scalar loop. AMD EPYC (AVX2), 2
-    threads, alternated with the grid's tiles, us: 3x3 64->64 at 8x8, batch 1, 65.5 -> 53.8,
-    128->128 195 -> 156; rows of 16 and 32 (``_rowwise``'s) as before."""
-    return (VECTOR_BYTES == ROW_VECTOR_BYTES and NR == 2 * width and direct is not None and Wp != Q
-            and Q % width == 0)
+    straight to y (``direct`` not None: shift_forward asks for the straight store), where
+    padding or a stride widens the grid (Wp > Q): with rows a whole number of tiles wide (each
+    tile within a row), or, on ROW_VECTOR_BYTES machines (2 vectors a tile), of vectors
+    (``width`` values; a tile's second vector may start the next row, its taps then ``xstep`` =
+    Wp - Q + width on in x). The grid's tiles computed Wp - Q dropped columns a row (8x8 planes
+    padded for a 3x3: 2 of 10) and copied their outputs out of acc by a scalar loop. AMD EPYC
+    (AVX2), 2 threads, alternated with the grid's tiles: 32->32 3x3 at 32x32, batch 1, 154-162
+    against 167-172 us; googlenet_mini's 3->32 stem at batch 128, in the model, 3.42-3.44 against
+    4.05-4.14 ms; 3x3 64->64 at 8x8, batch 1, 65.5 -> 53.8 us, 128->128 195 -> 156."""
+    return direct is not None and Wp != Q and (Q % NR == 0 or (
+        VECTOR_BYTES == ROW_VECTOR_BYTES and NR == 2 * width and Q % width == 0))
 
 
 @cpu_inline
 def _per_block(direct, P, Q, Wp, NR, width):
-    # tiles a block of ROWS channels: y's plane densely, whole rows of NR, or the grid's
+    # tiles a block of ROWS channels: y's plane densely, or the grid's
     if _dense(direct, Wp, Q, NR, width):
         return (P * Q + NR - 1) // NR
-    if _rowwise(direct, Wp, Q, NR):
-        return P * (Q // NR)
     return ((P - 1) * Wp + Q + NR - 1) // NR
 
 
@@ -134,7 +121,6 @@ def _tiles(src, x0, offs, wf, b, sc, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, 
     L = (P - 1) * Wp + Q
     width = lanes_of(acc)
     dense = _dense(direct, Wp, Q, NR, width)
-    rowwise = not dense and _rowwise(direct, Wp, Q, NR)
     nb = _per_block(direct, P, Q, Wp, NR, width)
     per_group = (Kg + ROWS - 1) // ROWS * nb
     zero, one = acc.dtype.type(0), acc.dtype.type(1)
@@ -147,18 +133,15 @@ def _tiles(src, x0, offs, wf, b, sc, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, 
         yo, xstep = (n * K + k0) * P * Q + c0, width
         if dense:  # tile cb: y's outputs c0.. of the plane in row order, each vector within a row
             o = c0 + width  # the second vector's first output: its row may be the next
-            lanes, yo = min(NR, P * Q - c0), (n * K + k0) * P * Q + c0
+            lanes = min(NR, P * Q - c0)
             c0 = c0 // Q * Wp + c0 % Q
-            xstep = o // Q * Wp + o % Q - c0
-        elif rowwise:  # tile cb: NR outputs of one output row, whole
-            p, q0 = cb // (Q // NR), cb % (Q // NR) * NR
-            c0, lanes, yo = p * Wp + q0, NR, (n * K + k0) * P * Q + p * Q + q0
+            xstep = o // Q * Wp + o % Q - c0  # width but where o starts the next row
         xo = x0 + g * Cg * Hp * Wp + c0
         last = (lanes - 1) // width * (xstep - width) + lanes  # past the farthest lane's x, from a tap's start
         if _CHECK_EXTENTS and (xo < 0 or offs.min() < 0 or xo + reach + last > src.size or (k0 + rows) * J > wf.size
                                or acc.size < ROWS * NR or g >= G):
             raise IndexError("conv2d shift: a tile reads past its image or weights")
-        if direct is not None and (Wp == Q or rowwise or dense):  # the tile's outputs lie as in y: straight out
+        if direct is not None and (Wp == Q or dense):  # the tile's outputs lie as in y: straight out
             if _CHECK_EXTENTS and (yo + (rows - 1) * P * Q + lanes > min(yf.size, rf.size)
                                    or (b.size and k0 + rows > b.size) or (sc.size and k0 + rows > sc.size)):
                 raise IndexError("conv2d shift: a tile writes past y or reads past the bias or scale")

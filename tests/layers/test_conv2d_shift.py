@@ -232,7 +232,7 @@ def test_a_kernel_compiled_for_another_width_keeps_its_own_tile_count(tmp_path):
 def test_output_rows_a_whole_number_of_tiles_go_straight_to_y(k, stride, pad, groups, monkeypatch):
     # Output rows a whole number of vectors wide (AVX2: 8 at batch 1, 16, 24, 32) take tiles
     # over y's plane in row order, a tile's second vector in the next row where a row ends
-    # mid-tile (conv2d_shift_cpu._dense; elsewhere rows of one or two tiles, _rowwise), written
+    # mid-tile (conv2d_shift_cpu._dense; elsewhere rows of whole tiles only), written
     # straight to y with the bias, a folded batch norm's scale, the join's residual and relu; at
     # batch 3 and 1 (the tiles split over the threads, as a larger model's would); against the
     # float64 model (im2col), NaN and Inf included.
