@@ -241,3 +241,37 @@ def test_conv2d_random_geometries_fenced(i, monkeypatch):
                 if rng.random() < 0.5:  # blocks of one tile row
                     mp.setattr(conv2d_winograd_cpu, "_BLOCK_ELEMENTS", 1)
             _check(layer, shape, rng)
+
+
+def test_shift_phase_planes_match_the_definition_fenced():
+    # conv2d_shift_cpu._pad: plane (c, a, b), entry (i, j), is the padded image's (i*sh + a,
+    # j*sw + b), 0 outside x; at a column stride of 2 a row's two phases are written in one pass
+    # of x's pairs (_pair), whatever the parity of the left padding, x's width and the planes'
+    # width (narrower than the padded image at 1x1 stride 2). x sits between NaN fences (a read
+    # past it brings NaN in); xpf starts NaN with fences of its own (an entry left unwritten,
+    # or written past the planes, shows).
+    from numbacnn.layers import conv2d_shift_cpu
+
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        sh, sw = int(rng.integers(1, 4)), (2 if trial % 2 else int(rng.integers(1, 4)))
+        C, H, W = int(rng.integers(1, 4)), int(rng.integers(1, 10)), int(rng.integers(1, 18))
+        pt, pl = int(rng.integers(0, 4)), int(rng.integers(0, 4))
+        Hp = int(rng.integers(1, (H + 2 * pt) // sh + 3))
+        Wp = int(rng.integers(1, (W + 2 * pl) // sw + 3))
+        fenced = np.full(C * H * W + 40, np.nan, np.float32)
+        xn = fenced[20:20 + C * H * W].reshape(C, H, W)
+        xn[:] = rng.standard_normal((C, H, W))
+        planes = np.full(C * sh * sw * Hp * Wp + 40, np.nan, np.float32)
+        conv2d_shift_cpu._pad(xn, planes[20:-20], pt, pl, Hp, Wp, sh, sw)
+        want = np.zeros((C, sh, sw, Hp, Wp), np.float32)
+        for a in range(sh):
+            for b in range(sw):
+                for i in range(Hp):
+                    for j in range(Wp):
+                        h, w = i * sh + a - pt, j * sw + b - pl
+                        if 0 <= h < H and 0 <= w < W:
+                            want[:, a, b, i, j] = xn[:, h, w]
+        assert np.isnan(planes[:20]).all() and np.isnan(planes[-20:]).all()
+        np.testing.assert_array_equal(planes[20:-20].reshape(want.shape), want,
+                                      err_msg=f"stride {sh}x{sw}, pad {pt},{pl}, x {C}x{H}x{W}, planes {Hp}x{Wp}")
