@@ -74,6 +74,9 @@ def im2col_rows(xn, cf, P, Q, geo, pa, pb):
                         if sw == 1:  # the common case: a contiguous, vectorised copy
                             for i in range(hi - lo):
                                 cf[dst + np.uint64(i)] = xf[src + np.uint64(i)]
+                        elif sw == 2:  # a constant stride: LLVM vectorises it as loads and shuffles
+                            for i in range(hi - lo):
+                                cf[dst + np.uint64(i)] = xf[src + np.uint64(2 * i)]
                         else:
                             for i in range(hi - lo):
                                 cf[dst + np.uint64(i)] = xf[src + np.uint64(i * sw)]
