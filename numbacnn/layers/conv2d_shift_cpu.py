@@ -55,16 +55,13 @@ def _offsets(offs, Cg, R, S, Hp, Wp, sh, sw, dh, dw):
 def _pad(xn, xpf, pt, pl, Hp, Wp, sh, sw):
     """xn (C, H, W) into xpf, the phase planes of its zero-padded image, flat: plane (c, a, b)
     is (Hp, Wp), its (i, j) the padded image's (i * sh + a, j * sw + b) (stride 1: one plane
-    a channel, the padded image itself). Each value written once, but at a column stride of 2,
-    where both column phases of a row are zeroed, then written in one pass (_pair)."""
+    a channel, the padded image itself). Each value written once."""
     C, H, W = xn.shape
     zero = xpf.dtype.type(0)
     xf = xn.reshape(xn.size)
     for c in range(C):
         for a in range(sh):
             for b in range(sw):
-                if sw == 2 and b == 1:
-                    continue  # written with phase 0's rows
                 base = ((c * sh + a) * sw + b) * Hp * Wp
                 j0 = min(Wp, max(0, (pl - b + sw - 1) // sw))  # columns j0..j1 of a plane row lie in x
                 j1 = max(j0, min(Wp, (W + pl - b + sw - 1) // sw))
@@ -73,12 +70,6 @@ def _pad(xn, xpf, pt, pl, Hp, Wp, sh, sw):
                     if h < 0 or h >= H:
                         for j in range(Wp):
                             xpf[row + np.uint64(j)] = zero
-                        if sw == 2:
-                            for j in range(Wp):
-                                xpf[row + np.uint64(Hp * Wp + j)] = zero
-                        continue
-                    if sw == 2:
-                        _pair(xf, xpf, row, row + np.uint64(Hp * Wp), (c * H + h) * W, pl, W, Wp)
                         continue
                     src = (c * H + h) * W + b - pl  # x's flat index of plane column 0 (may be negative)
                     for j in range(j0):
@@ -91,33 +82,6 @@ def _pad(xn, xpf, pt, pl, Hp, Wp, sh, sw):
                             xpf[row + np.uint64(j)] = xf[np.uint64(src + j * sw)]
                     for j in range(j1, Wp):
                         xpf[row + np.uint64(j)] = zero
-
-
-@cpu_inline
-def _pair(xf, xpf, row0, row1, src, pl, W, Wp):
-    """x's row at xf[src:src + W], padded by pl columns on the left (zeros on the right), into its
-    two column phases at stride 2: xpf[row0 + j] = padded column 2j, xpf[row1 + j] = 2j + 1.
-    The rows are zeroed, then x's values go out a pair at a time (x[2k] to padded column 2k + pl,
-    x[2k + 1] next to it, in the other phase): one loop of W/2 pairs, which LLVM vectorises as
-    loads and shuffles (a pass per phase read x strided, element by element, and a loop over
-    the columns both phases hold fell short of a vector on 8x8 outputs: resnet_bottleneck's
-    64 -> 64 at 16x16, batch 1, spent 25 of its 72 us padding)."""
-    zero = xpf.dtype.type(0)
-    for j in range(Wp):
-        xpf[row0 + np.uint64(j)] = zero
-        xpf[row1 + np.uint64(j)] = zero
-    e, off = pl % 2, pl // 2  # x[2k] lands in phase e at j = k + off, x[2k + 1] in phase 1 - e at k + off + e
-    first, second = (row0, row1) if e == 0 else (row1, row0)
-    pairs = max(0, min(W // 2, Wp - off - e))
-    d0, d1, s = first + np.uint64(off), second + np.uint64(off + e), np.uint64(src)
-    for k in range(pairs):
-        u = np.uint64(k)
-        xpf[d0 + u] = xf[s + np.uint64(2) * u]
-        xpf[d1 + u] = xf[s + np.uint64(2) * u + np.uint64(1)]
-    for c in range(2 * pairs, W):  # what is left of x: an odd last column, or columns past the planes
-        u = c + pl
-        if u // 2 < Wp:
-            xpf[(row0 if u % 2 == 0 else row1) + np.uint64(u // 2)] = xf[s + np.uint64(c)]
 
 
 @cpu_inline
