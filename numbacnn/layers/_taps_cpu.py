@@ -224,28 +224,28 @@ def taps(typingctx, x, xo, offs, J, w, wo, ldw, rows, acc, lanes):
 
 
 @cpu_intrinsic
-def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, s, bo, r, flags, xstep, ystep):
+def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, s, bo, r, flags, xstep):
     """The tile written straight to y: for m < rows and lane n < lanes, n = v * width + i in
-    vector v, ``y[yo + m * ldy + v * ystep + i] = relu?((sum * s[bo + m] + b[bo + m]) + r[...])``
+    vector v, ``y[yo + m * ldy + n] = relu?((sum * s[bo + m] + b[bo + m]) + r[...])``
     (r at y's index), its sum over taps j of ``w[wo + m * ldw + j] * x[xo + offs[j] + v * xstep +
     i]``; the scale when ``flags & 8`` (else 1), the bias when ``flags & 1`` (else -0.0, the exact
     identity), the residual r (an array like y) when ``flags & 2``, relu's rule (v <= 0 gives 0,
-    NaN kept) when ``flags & 4``; in that order, as the scalar epilogue. xstep = ystep = width:
-    the vectors side by side (outputs laid out as the tile's grid); a larger xstep: the second
-    vector's outputs further on in x than in y (conv2d_shift_cpu._dense, a tile across two output
-    rows of a padded image). Nothing of y or r is touched past ``rows`` and ``lanes``."""
+    NaN kept) when ``flags & 4``; in that order, as the scalar epilogue. y's vectors lie side by
+    side; x's are ``xstep`` apart: the width, as y's, or more where the second vector's outputs
+    lie further on in x (conv2d_shift_cpu._dense, a tile across two output rows of a padded
+    image). Nothing of y or r is touched past ``rows`` and ``lanes``."""
     if not _typed(offs, x, w, y, b, s, r):
         return None
-    sig = types.void(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, s, bo, r, flags, xstep, ystep)
+    sig = types.void(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, s, bo, r, flags, xstep)
     tile = _Tile(x.dtype)
 
     def codegen(context, builder, signature, args):
-        x_, xo_, offs_, J_, w_, wo_, ldw_, rows_, lanes_, y_, yo_, ldy_, b_, s_, bo_, r_, flags_, xstep_, ystep_ = args
+        x_, xo_, offs_, J_, w_, wo_, ldw_, rows_, lanes_, y_, yo_, ldy_, b_, s_, bo_, r_, flags_, xstep_ = args
         ty = signature.args
         data = lambda t, v: context.make_array(t)(context, builder, v).data  # noqa: E731
-        xo_, J_, wo_, ldw_, rows_, lanes_, yo_, ldy_, bo_, flags_, xstep_, ystep_ = _int64s(context, builder, [
+        xo_, J_, wo_, ldw_, rows_, lanes_, yo_, ldy_, bo_, flags_, xstep_ = _int64s(context, builder, [
             (xo_, ty[1]), (J_, ty[3]), (wo_, ty[5]), (ldw_, ty[6]), (rows_, ty[7]), (lanes_, ty[8]),
-            (yo_, ty[10]), (ldy_, ty[11]), (bo_, ty[14]), (flags_, ty[16]), (xstep_, ty[17]), (ystep_, ty[18])])
+            (yo_, ty[10]), (ldy_, ty[11]), (bo_, ty[14]), (flags_, ty[16]), (xstep_, ty[17])])
         accs = tile.accumulate(builder, builder.gep(data(ty[0], x_), [xo_]), data(ty[2], offs_), J_,
                                data(ty[4], w_), wo_, ldw_, rows_, lanes_, xstep_)
         masks = tile.masks(builder, lanes_)
@@ -258,7 +258,7 @@ def taps_out(typingctx, x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, 
         bias, scale = cgutils.alloca_once(builder, real), cgutils.alloca_once(builder, real)
         res = cgutils.alloca_once(builder, vt)
         whole = builder.icmp_signed(">=", lanes_, i64(VECTORS * tile.width))
-        ysteps = [builder.mul(ystep_, i64(v)) for v in range(VECTORS)]
+        ysteps = [i64(v * tile.width) for v in range(VECTORS)]  # y's vectors side by side
         for m in range(ROWS):
             with builder.if_then(builder.icmp_signed("<", i64(m), rows_)):  # rows past ``rows``: nothing
                 builder.store(real(-0.0), bias)

@@ -145,7 +145,7 @@ def _tiles(src, x0, offs, wf, b, sc, yf, rf, res, acc, n, t0, t1, G, K, Cg, Hp, 
             if _CHECK_EXTENTS and (yo + (rows - 1) * P * Q + lanes > min(yf.size, rf.size)
                                    or (b.size and k0 + rows > b.size) or (sc.size and k0 + rows > sc.size)):
                 raise IndexError("conv2d shift: a tile writes past y or reads past the bias or scale")
-            taps_out(src, xo, offs, J, wf, k0 * J, J, rows, lanes, yf, yo, P * Q, b, sc, k0, rf, flags, xstep, width)
+            taps_out(src, xo, offs, J, wf, k0 * J, J, rows, lanes, yf, yo, P * Q, b, sc, k0, rf, flags, xstep)
             continue
         taps(src, xo, offs, J, wf, k0 * J, J, rows, acc, lanes)
         p, q, o = c0 // Wp, c0 % Wp, 0

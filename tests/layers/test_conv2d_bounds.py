@@ -245,11 +245,11 @@ def test_conv2d_random_geometries_fenced(i, monkeypatch):
 
 def test_shift_phase_planes_match_the_definition_fenced():
     # conv2d_shift_cpu._pad: plane (c, a, b), entry (i, j), is the padded image's (i*sh + a,
-    # j*sw + b), 0 outside x; at a column stride of 2 a row's two phases are written in one pass
-    # of x's pairs (_pair), whatever the parity of the left padding, x's width and the planes'
-    # width (narrower than the padded image at 1x1 stride 2). x sits between NaN fences (a read
-    # past it brings NaN in); xpf starts NaN with fences of its own (an entry left unwritten,
-    # or written past the planes, shows).
+    # j*sw + b), 0 outside x, at strides 1 to 3 (every other trial a column stride of 2),
+    # whatever the parity of the left padding, x's width and the planes' width (narrower than
+    # the padded image at 1x1 stride 2). x sits between NaN fences (a read past it brings NaN
+    # in); xpf starts NaN with fences of its own (an entry left unwritten, or written past the
+    # planes, shows).
     from numbacnn.layers import conv2d_shift_cpu
 
     rng = np.random.default_rng(11)

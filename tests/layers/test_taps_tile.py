@@ -67,8 +67,8 @@ def test_the_tiles_tap_loop_keeps_its_accumulators_in_registers(which):
         _taps_cpu.taps(x, xo, offs, J, w, wo, ldw, rows, acc, lanes)
 
     @njit
-    def out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags, xstep, ystep):
-        _taps_cpu.taps_out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags, xstep, ystep)
+    def out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags, xstep):
+        _taps_cpu.taps_out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags, xstep)
 
     f32, i64, one, offs = np.zeros(64, np.float32), np.int64(0), np.int64(1), np.zeros(1, np.int64)
     if which == "taps":
@@ -76,8 +76,7 @@ def test_the_tiles_tap_loop_keeps_its_accumulators_in_registers(which):
         tile(f32, i64, offs, one, f32, i64, one, one, f32, one)
     else:
         tile = out
-        tile(f32, i64, offs, one, f32, i64, one, one, one, f32, i64, one, f32, f32, i64, f32, i64, np.int64(8),
-             np.int64(8))
+        tile(f32, i64, offs, one, f32, i64, one, one, one, f32, i64, one, f32, f32, i64, f32, i64, np.int64(8))
     asm = next(iter(tile.inspect_asm().values()))
     blocks = re.split(r"\n\.?L\w+:", asm)  # at each label
     fmas = _taps_cpu.ROWS * _taps_cpu.VECTORS
@@ -94,15 +93,15 @@ def test_taps_out_tile_against_numpy(dtype):
     # The tile written straight to y: scale (a folded batch norm's) and bias (or none),
     # residual, relu's rule (NaN kept, -0.0 to 0), nothing touched past its rows and lanes (y
     # and r are fenced with sentinels), rows at every count, its vectors side by side or (every
-    # other trial) each xstep values of x and ystep of y after the one before (a tile across
+    # other trial) x's each xstep values after the one before, y's side by side (a tile across
     # two output rows: conv2d_shift_cpu._dense), against float64 NumPy.
     from numba import njit
 
     from numbacnn.layers import _taps_cpu
 
     @njit
-    def tile(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags, xstep, ystep):
-        _taps_cpu.taps_out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags, xstep, ystep)
+    def tile(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags, xstep):
+        _taps_cpu.taps_out(x, xo, offs, J, w, wo, ldw, rows, lanes, y, yo, ldy, b, sc, bo, r, flags, xstep)
 
     rng = np.random.default_rng(6)
     width = _taps_cpu.VECTOR_BYTES // np.dtype(dtype).itemsize
@@ -112,10 +111,9 @@ def test_taps_out_tile_against_numpy(dtype):
         J = int(rng.integers(1, 20))
         offs = rng.integers(0, 100, J).astype(np.int64)
         lanes, rows = cols if trial % 3 == 0 else int(rng.integers(1, cols + 1)), int(rng.integers(1, R + 1))
-        xstep, ystep = (width, width) if trial % 2 == 0 else (width + int(rng.integers(0, 6)),
-                                                              width + int(rng.integers(0, 5)))
+        xstep = width if trial % 2 == 0 else width + int(rng.integers(0, 6))
         n = np.arange(lanes)
-        xi, yi = n // width * xstep + n % width, n // width * ystep + n % width  # lane n's offsets in x and y
+        xi, yi = n // width * xstep + n % width, n  # lane n's offsets in x and y
         x = rng.standard_normal(int(offs.max()) + int(xi[-1]) + 4).astype(dtype)
         x[int(rng.integers(0, x.size))] = np.nan  # a NaN in some sums
         xo = int(rng.integers(0, x.size - int(offs.max()) - int(xi[-1])))
@@ -127,7 +125,7 @@ def test_taps_out_tile_against_numpy(dtype):
         ldy = int(yi[-1]) + 1 + int(rng.integers(0, 5))
         y = np.full(3 + R * ldy + 3, 7.0, dtype)  # 7.0: untouched
         r = rng.standard_normal(y.size).astype(dtype)
-        tile(x, xo, offs, J, w, 0, J, rows, lanes, y, 3, ldy, b, sc, 1, r, flags, xstep, ystep)
+        tile(x, xo, offs, J, w, 0, J, rows, lanes, y, 3, ldy, b, sc, 1, r, flags, xstep)
         want = np.full(y.size, 7.0)
         for m in range(rows):
             s = np.zeros(lanes)
@@ -142,6 +140,6 @@ def test_taps_out_tile_against_numpy(dtype):
             want[at] = s
         tol = 1e-5 if dtype == np.float32 else 1e-12
         np.testing.assert_allclose(y, want, rtol=tol, atol=tol * J, err_msg=f"trial {trial}: flags {flags} "
-                                   f"J {J} rows {rows} lanes {lanes} steps {xstep}, {ystep}")
+                                   f"J {J} rows {rows} lanes {lanes} xstep {xstep}")
         zeros = want == 0
         assert np.array_equal(np.signbit(y[zeros]), np.signbit(want[zeros])), f"trial {trial}: the sign of zero"
