@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ._fold import lone_relus
+from ._fold import lone_readers
 from .layer import Ctx, device_method
 from .layers.add import Add
 from .layers.batch_norm1d import BatchNorm1d
@@ -44,7 +44,7 @@ def relu_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: in
     """(producing step, relu step) of every relu whose one input is the output of a layer of
     ``FUSES_RELU`` that nothing else reads and that is not a graph output. None off the CPU
     or when fusing is off."""
-    return [(j, k) for k, j in lone_relus(steps, readers, keep, first, device)
+    return [(j, k) for k, j in lone_readers(steps, readers, keep, first, device)
             if type(steps[j][0]) in FUSES_RELU]
 
 

@@ -71,6 +71,7 @@ class Executor:
         self._inference: list[Any] = []  # per step, the forward of inference without gradients
         self._modes: dict[bool, tuple] = {}  # training's or else inference's forwards, steps, readers
         self._folds: list[tuple[int, int]] = []  # (conv, batch norm) steps folded there (_fold)
+        self._pooled: list[tuple[int, int]] = []  # (concat, pool) steps whose concat pools there
         self._needs: dict[bool, list[tuple[bool, ...]]] = {}
         self._local = threading.local()
         self._lock = threading.Lock()  # held by a training forward or backward
@@ -102,7 +103,7 @@ class Executor:
         self._record = StepArena(backend) if device == "cpu" else None
         self._forwards = _fuse_train.forwards(self._steps, self._readers, self._keep, self._first, device)
         self._backwards = [device_method(layer, "backward", device) for layer, _, _, _ in self._steps]
-        self._folds, self._inference, infer = _fold.plan_inference(
+        self._folds, self._inference, infer, self._pooled = _fold.plan_inference(
             self._forwards, self._steps, self._readers, self._keep, self._first, device)
         self._modes = {True: (self._forwards, self._steps, self._readers), False: (self._inference, *infer)}
         self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
@@ -156,8 +157,11 @@ class Executor:
             batch, shapes = check_inputs(self.graph, self.shapes, self.dtype, self._free, xs)
             plan = Plan(batch, shapes, self.order)
             plan.one_thread = self.device == "cpu" and batch == 1 and one_thread(self.graph, shapes, mode[1])
-            if mode == (False, False) and self._parts_ok:
-                plan.parts = micro_batches(self.graph, batch, shapes, self.dtype.itemsize)
+            if mode == (False, False):
+                for c, p in self._pooled:  # there the concat yields its pool's output
+                    plan.wants[c] = plan.wants[p]
+                if self._parts_ok:
+                    plan.parts = micro_batches(self.graph, batch, shapes, self.dtype.itemsize)
             if len(plans) >= POOL_SHAPES:
                 del plans[next(iter(plans))]  # the least recently used
         plans[key] = plan
