@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _siblings
 from .layer import Ctx, device_method, layer_kernels
 from .layers.add import Add
 from .layers.avg_pool2d import AvgPool2d
@@ -107,19 +108,28 @@ def fold_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: in
 
 
 def plan_inference(plain: list[Any], steps: list[tuple], readers: list[int], keep: set[int], first: int,
-                   device: str) -> tuple[list[tuple[int, int]], list[Any], tuple[list[tuple], list[int]],
-                                         list[tuple[int, int]]]:
+                   device: str, params: dict[str, dict[str, Any]] | None = None) -> tuple:
     """An executor's inference without gradients: the folded (conv, batch norm) pairs
     (``fold_pairs``), the forward of each step (``forwards``, from the ``plain`` ones) with the
-    relus, adds and pools fused, the steps and their readers as it runs them
-    (``inference_steps``), and the (concat, pool) pairs whose concat yields the pool's output
-    (``pool_pairs``)."""
+    relus, adds, pools and sibling 1x1 convolutions fused, the steps and their readers as it
+    runs them (``inference_steps``), the (concat, pool) pairs whose concat yields the pool's
+    output (``pool_pairs``), and per later sibling step its (first member's step, index) among
+    the outputs that member hands on (``numbacnn._siblings``; ``params``: the model's, by node)."""
     folds = fold_pairs(steps, readers, keep, first, device)
     relus = relu_pairs(steps, readers, keep, first, folds, device)
     adds = add_pairs(steps, readers, keep, first, folds, device)
     pools = pool_pairs(steps, readers, keep, first, device)
-    return (folds, forwards(plain, steps, folds, device, relus, adds, pools),
-            inference_steps(steps, adds, len(readers)), pools)
+    out = forwards(plain, steps, folds, device, relus, adds, pools)
+    handed: dict[int, tuple[int, int]] = {}
+    if device == "cpu" and fusing_enabled() and params is not None:
+        fused_relu = {j for j, _ in relus}
+        for members in _siblings.groups(steps, {j for j, _ in folds} | {j for j, _, _ in adds}):
+            out[members[0]] = _siblings.SiblingConvs([steps[j][0] for j in members], [out[j] for j in members],
+                                                     [params[steps[j][3]] for j in members],
+                                                     [j in fused_relu for j in members])
+            for i, j in enumerate(members[1:]):
+                out[j], handed[j] = _siblings.handed, (members[0], i)
+    return folds, out, inference_steps(steps, adds, len(readers)), pools, handed
 
 
 def fusing_enabled() -> bool:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
-from . import _fold, _shapes
+from . import _fold, _shapes, _siblings
 from ._arena import Arena
 from ._graph_replay import Replay
 from ._threads import PARALLEL_MIN, PARALLEL_MIN_FLOPS
@@ -112,14 +112,16 @@ def in_parts(plan: Plan, xs: Sequence[Any], backend: Any, dtype: Any, outputs: l
 
 
 def replay_calls(plan: Plan, forwards: list[Any], steps: list[tuple], ctxs: list[Ctx], first: int,
-                 outs: list[int]) -> tuple[list[tuple], list[int]]:
+                 outs: list[int], handed: dict[int, tuple[int, int]] | None = None) -> tuple[list[tuple], list[int]]:
     """An executor's replay of ``plan`` (``first`` input slots, outputs in slots ``outs``): its
     calls, each the node's forward, input position(s) in the replay's values (an int for one),
     context, the plan's buffers, layer plans, in-place flag, expected output shape and step
     index; and where in those values the outputs are. A step that passes its input on
     untouched (``_fold.skip``: a batch norm, relu or add that inference fused into a conv)
-    makes no call: its readers and the outputs take its input instead. resnet_bottleneck's
-    inference calls 33 of its 101 steps, googlenet_mini's 47 of 78."""
+    makes no call: its readers and the outputs take its input instead. A later sibling conv
+    (``handed``: its first member's step and index, numbacnn._siblings) calls for the output
+    that member handed on. resnet_bottleneck's inference calls 33 of its 101 steps,
+    googlenet_mini's 47 of 78."""
     at = list(range(first))  # per value slot, its position in the replay's values
     calls: list[tuple] = []
     for k, (forward, (_, ins, _, _), ctx, pool, plans, inplace, want) in enumerate(
@@ -127,6 +129,8 @@ def replay_calls(plan: Plan, forwards: list[Any], steps: list[tuple], ctxs: list
         if forward is _fold.skip:
             at.append(at[ins[0]])
             continue
+        if handed and k in handed:
+            forward = _siblings.handed_call(plan.plans[handed[k][0]], handed[k][1])
         moved = tuple(at[i] for i in ins)
         at.append(first + len(calls))
         calls.append((forward, moved[0] if len(moved) == 1 else moved, ctx, pool, plans, inplace, want, k))

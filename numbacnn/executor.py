@@ -25,7 +25,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from . import _fold, _fuse_train, _shapes
+from . import _fold, _fuse_train, _shapes, _siblings
 from ._arena import Arena
 from ._graph_replay import follows_graph, graph_modes, replayed
 from ._passes import Pass, Plan, check_inputs, in_parts, independent, micro_batches, one_thread, replay_calls
@@ -72,6 +72,7 @@ class Executor:
         self._modes: dict[bool, tuple] = {}  # training's or else inference's forwards, steps, readers
         self._folds: list[tuple[int, int]] = []  # (conv, batch norm) steps folded there (_fold)
         self._pooled: list[tuple[int, int]] = []  # (concat, pool) steps whose concat pools there
+        self._handed: dict[int, tuple[int, int]] = {}  # there, a sibling conv's (first member, index)
         self._needs: dict[bool, list[tuple[bool, ...]]] = {}
         self._local = threading.local()
         self._lock = threading.Lock()  # held by a training forward or backward
@@ -103,8 +104,8 @@ class Executor:
         self._record = StepArena(backend) if device == "cpu" else None
         self._forwards = _fuse_train.forwards(self._steps, self._readers, self._keep, self._first, device)
         self._backwards = [device_method(layer, "backward", device) for layer, _, _, _ in self._steps]
-        self._folds, self._inference, infer, self._pooled = _fold.plan_inference(
-            self._forwards, self._steps, self._readers, self._keep, self._first, device)
+        self._folds, self._inference, infer, self._pooled, self._handed = _fold.plan_inference(
+            self._forwards, self._steps, self._readers, self._keep, self._first, device, params)
         self._modes = {True: (self._forwards, self._steps, self._readers), False: (self._inference, *infer)}
         self._needs = {want: [tuple(param_up[i] or (want and input_up[i]) for i in ins) for _, ins, _, _ in self._steps]
                        for want in (True, False)}
@@ -236,21 +237,27 @@ class Executor:
             state.trace = []
             for pool in plan.pools:
                 pool.clear()  # what a failed first pass took: the arena no longer knows it
+        handed = self._handed if forwards is self._inference else {}
         steps = zip(in_order, ctxs, plan.pools, plan.plans, plan.wants)
         for k, ((layer, ins, kind, name), ctx, pool, plans, want) in enumerate(steps):
             args = [values[i] for i in ins]
-            if arena is not None:
-                plan.inplace[k] = (layer.inplace_ok and len(ins) == 1 and left[ins[0]] == 1
-                                   and ins[0] not in self._keep and arena.owns(args[0]))
-            ctx.begin(training, grad, pool, plans, plan.inplace[k], arena or (record and record.arena))
-            y = forwards[k](ctx, *args)
+            if k in handed:  # a sibling conv: its first member made its output (_siblings)
+                first, i = handed[k]
+                y = plan.plans[first][_siblings.HANDED][i]
+            else:
+                if arena is not None:
+                    plan.inplace[k] = (layer.inplace_ok and len(ins) == 1 and left[ins[0]] == 1
+                                       and ins[0] not in self._keep and arena.owns(args[0]))
+                ctx.begin(training, grad, pool, plans, plan.inplace[k], arena or (record and record.arena))
+                y = forwards[k](ctx, *args)
             if y.shape != want or y.dtype != dtype:
                 raise self._bad_output(k, y, want)
             values.append(y)
             if record is not None:
                 record.after_forward(k, ctx, y, ins, values, self._keep)
             if arena is not None:
-                self._settle(arena, ctx, y, args)
+                if k not in handed:  # the first member's settle kept what it handed on
+                    self._settle(arena, ctx, y, args, plans.get(_siblings.HANDED, ()))
                 state.trace.append((name, y.size * y.dtype.itemsize, arena.live_bytes))
                 for i in ins:
                     left[i] -= 1
@@ -267,7 +274,8 @@ class Executor:
         """A forward with every decision made: one call per node, no bookkeeping."""
         if plan.calls is None:
             forwards, steps, _ = self._modes[training or grad]
-            plan.calls, plan.outs = replay_calls(plan, forwards, steps, ctxs, self._first, self._outs)
+            plan.calls, plan.outs = replay_calls(plan, forwards, steps, ctxs, self._first, self._outs,
+                                                 {} if training or grad else self._handed)
             plan.fast = [None] * len(plan.calls)
         dtype, fast = self.dtype, None if training or grad else plan.fast
         for j, (forward, ins, ctx, pool, plans, inplace, want, k) in enumerate(plan.calls):
@@ -294,14 +302,15 @@ class Executor:
                           f"expected {self.dtype.name} {want} (a bug in the layer)")
 
     @staticmethod
-    def _settle(arena: Arena, ctx: Ctx, y: Any, ins: list[Any]) -> None:
-        """After a node first ran in the arena: free its scratch; an output that the layer did
-        not allocate is an alias of its input(s) and holds their buffers."""
+    def _settle(arena: Arena, ctx: Ctx, y: Any, ins: list[Any], handed: tuple = ()) -> None:
+        """After a node first ran in the arena: free its scratch but what it ``handed`` on to
+        later steps (each then a value of its own); an output that the layer did not allocate
+        is an alias of its input(s) and holds their buffers."""
         taken = ctx._taken
         ctx._taken = []
         ctx.saved = ()
         for buf in taken:
-            if buf is not y:
+            if buf is not y and not any(buf is h for h in handed):
                 arena.release(buf)
         if not any(buf is y for buf in taken):
             for x in ins:

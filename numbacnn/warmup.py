@@ -5,9 +5,9 @@ number of dimensions, memory layout) and, with caching on, keeps the machine cod
 process. Sizes never matter, so ``warmup`` runs each code path once on tiny inputs: every registered layer
 (built-ins and plugins) forward and backward on the examples it declares, in training and in evaluation,
 with and without the input gradient, and in inference with shared buffers and in place; both losses;
-every optimizer's update; and one training step and one inference pass of each zoo model, the executor's
-own paths included. A process started afterwards loads its kernels from the cache instead of compiling
-them. ``compiled_kernels()`` lists what this process had to compile.
+every optimizer's update; and a training step and inferences (batches 1, 2 and 32) of each zoo model, the
+executor's own paths included. A later process loads its kernels from the cache instead of compiling them.
+``compiled_kernels()`` lists what this process had to compile.
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ __all__ = ["warmup", "WarmupReport", "WarmupItem", "WarmupError", "compiled_kern
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
-# Zoo models at the input shapes ``numbacnn train`` feeds them (the bundled digits, MNIST,
-# CIFAR-10): a layer may pick its kernels by size, and these are the sizes that matter. Only
-# the batch is tiny.
+# Zoo models at the input shapes ``numbacnn train`` feeds them (the bundled digits, MNIST, CIFAR-10): a
+# layer may pick its kernels by size. Batches are tiny but for an inference at INFERENCE_BATCH: paths taken
+# from a batch size on (Winograd F(4x4, 5x5) from 4 and on few channels from 32, sibling 1x1 convs from 16).
 DIGITS, MNIST, CIFAR = (1, 8, 8), (1, 28, 28), (3, 32, 32)
 MODEL_INPUTS: dict[str, tuple[tuple[int, ...], ...]] = {
     "lenet5": (DIGITS, MNIST), "network3": (MNIST,), "vgg_small": (CIFAR,), "googlenet_mini": (CIFAR,),
     "resnet_bottleneck": (CIFAR,), "resnet_basic": (CIFAR,), "alexnet_small": ((1, 32, 32),),
     "text_cnn": ((28, 28),), "c3d_small": ((1, 8, 22, 22),), "encoder_decoder": (MNIST,),
 }
+INFERENCE_BATCH = 32
 #: Models whose variants run different layers: each variant is warmed.
 MODEL_VARIANTS = {"encoder_decoder": ("transposed", "resize")}
 
@@ -276,6 +277,7 @@ def _train_and_infer(model: Any, device: str, classify: bool = True) -> None:
     trainer.fit(x, y, epochs=1, batch_size=2, validation_data=(x, y), verbose=0)
     trainer.predict(x)
     model.forward(x[:1])  # batch 1: conv2d's plans may split each sample over the threads
+    model.forward(np.repeat(x, INFERENCE_BATCH // len(x), axis=0))
     out = model.forward(x, training=True)
     model.backward(np.ones_like(out))
 
@@ -317,8 +319,7 @@ def _run_item(item: WarmupItem, kind: str, name: str) -> None:
     known, hits = set(compiled_kernels()), _cache_hits()
     t0 = time.perf_counter()
     with warnings.catch_warnings():
-        # Tiny inputs launch tiny CUDA grids on purpose.
-        warnings.filterwarnings("ignore", message=".*GPU under-utilization")
+        warnings.filterwarnings("ignore", message=".*GPU under-utilization")  # tiny inputs, tiny grids: on purpose
         _WARM[kind](name, item.dtype, item.device, item)
     item.seconds = time.perf_counter() - t0
     item.kernels = [k for k in compiled_kernels() if k not in known]
