@@ -85,7 +85,7 @@ class LayerRun:
         self.x, self.gy = backend.to_device(x), backend.to_device(gy)
 
     def forward(self) -> Any:
-        self.ctx.begin(False)
+        self.ctx.begin(False, grad=False)  # no backward to come: nothing kept for one, as PyTorch's inference_mode
         y = self.layer.forward(self.ctx, self.x)
         self.backend.synchronize()
         return y
