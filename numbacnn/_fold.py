@@ -58,7 +58,6 @@ from typing import Any
 
 import numpy as np
 
-from . import _siblings
 from .layer import Ctx, device_method, layer_kernels
 from .layers.add import Add
 from .layers.avg_pool2d import AvgPool2d
@@ -72,7 +71,8 @@ from .layers.max_pool2d import MaxPool2d
 from .layers.relu import ReLU
 
 __all__ = ["add_pairs", "fold_pairs", "folding_enabled", "fusing_enabled", "inference_steps", "lone_readers",
-           "plan_inference", "pool_pairs", "relu_pairs", "forwards", "Folds", "PooledConcat", "skip"]
+           "one_call", "plan_inference", "pool_pairs", "recorded", "relu_pairs", "forwards", "Folds", "PooledConcat",
+           "skip"]
 
 # Input bytes from which PooledConcat pools before the join; below, it joins first (the graph's
 # order): four pools' parallel regions cost more than a copy that stays in cache. A join of
@@ -122,6 +122,7 @@ def plan_inference(plain: list[Any], steps: list[tuple], readers: list[int], kee
     out = forwards(plain, steps, folds, device, relus, adds, pools)
     handed: dict[int, tuple[int, int]] = {}
     if device == "cpu" and fusing_enabled() and params is not None:
+        from . import _siblings  # which imports this module
         fused_relu = {j for j, _ in relus}
         for members in _siblings.groups(steps, {j for j, _ in folds} | {j for j, _, _ in adds}):
             out[members[0]] = _siblings.SiblingConvs([steps[j][0] for j in members], [out[j] for j in members],
@@ -249,56 +250,59 @@ def skip(ctx: Ctx, x: Any) -> Any:
 class PooledConcat:
     """A concat's inference forward when a per-channel pool is its one reader: each input
     through the pool's own forward (the concat node's context, the pool's kernels), then the
-    pooled parts joined along channels. Its one kernel call a part and the join's are kept for
-    the executor's replay as one call (``ctx._call``) when every part's forward made one."""
+    pooled parts joined along channels; below POOLED_CONCAT_MIN_BYTES of inputs, joined first.
+    Their kernel calls are kept for the executor's replay as one (``one_call``)."""
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.kernels = layer_kernels(type(pool), "cpu")
-        self.join = layer_kernels(Concat, "cpu").concat_all
+        self.concat_all = layer_kernels(Concat, "cpu").concat_all
 
     def __call__(self, ctx: Ctx, *xs: Any) -> Any:
-        if sum(x.nbytes for x in xs) < POOLED_CONCAT_MIN_BYTES:
-            return self._joined(ctx, xs)
-        parts, calls = [], []
-        for x in xs:
-            part, call = self._pooled(ctx, x)
-            parts.append(part)
-            calls.append(call)
-        parts = tuple(parts)
-        y = ctx.empty((parts[0].shape[0], sum(p.shape[1] for p in parts), *parts[0].shape[2:]))
-        ctx._call = None
-        ctx._repeatable(self.join, parts, y)
+        if sum(x.nbytes for x in xs) < POOLED_CONCAT_MIN_BYTES:  # the graph's own order
+            joined, join = recorded(ctx, self._join, xs)
+            y, pool = recorded(ctx, self._pool, joined)
+            ctx._call = one_call((join, pool))
+            return y
+        parts, calls = zip(*(recorded(ctx, self._pool, x) for x in xs))
+        y, join = recorded(ctx, self._join, parts)
+        ctx._call = one_call((*calls, join))
+        return y
+
+    def _join(self, ctx: Ctx, xs: tuple) -> Any:
+        y = ctx.empty((xs[0].shape[0], sum(x.shape[1] for x in xs), *xs[0].shape[2:]))
+        ctx._repeatable(self.concat_all, tuple(xs), y)
         ctx.save()
-        if ctx._call is not None:
-            ctx._call = (_calls, (tuple(calls), ctx._call)) if all(calls) else None
         return y
 
-    def _joined(self, ctx: Ctx, xs: tuple) -> Any:
-        # the inputs joined first, then pooled: the graph's own order
-        joined = ctx.empty((xs[0].shape[0], sum(x.shape[1] for x in xs), *xs[0].shape[2:]))
-        ctx._call = None
-        ctx._repeatable(self.join, xs, joined)
-        join = ctx._call
-        y, call = self._pooled(ctx, joined)
-        ctx._call = (_calls, ((join,), call)) if join and call else None
-        return y
-
-    def _pooled(self, ctx: Ctx, x: Any) -> tuple[Any, tuple | None]:
-        # the pool's own forward, on this node's context with the pool's kernels
+    def _pool(self, ctx: Ctx, x: Any) -> Any:
         own, ctx._kernels = ctx._kernels, self.kernels
-        ctx._call = None
         try:
-            return self.pool.forward(ctx, x), ctx._call
+            return self.pool.forward(ctx, x)
         finally:
-            ctx._kernels, ctx._call = own, None
+            ctx._kernels = own
 
 
-def _calls(parts: tuple, join: tuple) -> None:
-    """PooledConcat's kernel calls again: each part's, then the join."""
-    for fn, args in parts:
+def recorded(ctx: Ctx, forward: Any, *args: Any) -> tuple[Any, tuple | None]:
+    """``forward(ctx, *args)`` and the one kernel call it kept for the executor's replay
+    (``ctx._call``, None where it kept none), ``ctx._call`` left clear: for a fused forward
+    made of other forwards (PooledConcat, numbacnn._siblings)."""
+    ctx._call = None
+    try:
+        return forward(ctx, *args), ctx._call
+    finally:
+        ctx._call = None
+
+
+def one_call(calls: tuple) -> tuple | None:
+    """Several forwards' kept kernel calls as one for the replay, made in order; None unless
+    each forward kept one (a forward that kept none must run as Python again)."""
+    return (_run_calls, (tuple(calls),)) if all(calls) else None
+
+
+def _run_calls(calls: tuple) -> None:
+    for fn, args in calls:
         fn(*args)
-    join[0](*join[1])
 
 
 class Folds:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._fold import one_call, recorded
 from ._threads import batch_chunks
 from .layer import Ctx
 from .layers.conv2d import Conv2d
@@ -82,12 +83,13 @@ class SiblingConvs:
         ys, calls = [], []
         try:
             for i, (forward, p) in enumerate(zip(self.forwards, self.params)):
-                ctx._plans, ctx.params, ctx._call = own.setdefault(("sibling", i), {}), p, None
-                ys.append(forward(ctx, x))
-                calls.append(ctx._call)
+                ctx._plans, ctx.params = own.setdefault(("sibling", i), {}), p
+                y, call = recorded(ctx, forward, x)
+                ys.append(y)
+                calls.append(call)
         finally:
             ctx._plans, ctx.params = own, params
-        ctx._call = (_run, (tuple(calls),)) if all(calls) else None
+        ctx._call = one_call(calls)
         return tuple(ys)
 
     def _merged(self, ctx: Ctx, x: Any) -> tuple:
@@ -106,12 +108,6 @@ class SiblingConvs:
         return ys
 
 
-def _run(calls: tuple) -> None:
-    """The members' kernel calls again, in order (SiblingConvs._apart's replay)."""
-    for fn, args in calls:
-        fn(*args)
-
-
 def handed(ctx: Ctx, *_: Any) -> Any:
     """A later member's forward: never called (the executor takes its value from the first
     member's plans, ``HANDED``)."""
@@ -119,7 +115,7 @@ def handed(ctx: Ctx, *_: Any) -> Any:
 
 
 def _handed_value(plans: dict, i: int, ctx: Ctx, *_: Any) -> Any:
-    ctx._call = (_run, ((),))  # nothing to do again: the replay takes the same array on the same input
+    ctx._call = one_call(())  # nothing to do again: the replay takes the same array on the same input
     return plans[HANDED][i]
 
 
