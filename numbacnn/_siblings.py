@@ -2,7 +2,7 @@
 are 1x1, stride 1, unpadded, undilated and ungrouped (an Inception module's conv1,
 conv3_reduce and conv5_reduce) run as one product a sample (layers/_siblings_cpu) at the first
 member's step, which hands the others their outputs: each later member's step takes its value
-from there and makes no call. A member's relu fused as numbacnn._fold fuses it (``relu_pairs``)
+from there and makes no kernel call. A member's relu fused as numbacnn._fold fuses it (``relu_pairs``)
 is applied as its rows go out; a member with a folded batch norm or a fused residual join stays
 on its own. The values differ from each member's own product only in rounding (a taller product
 is blocked differently by OpenBLAS), NaN and the infinities spreading as there.
@@ -49,8 +49,9 @@ def groups(steps: list[tuple], alone: set[int]) -> list[list[int]]:
 # Fewest samples for which SiblingConvs makes one product a sample: below, each member runs its
 # own forward (its own path: shifted taps at batch 1) at the first member's step. googlenet_mini,
 # 2 threads, the model alternated with its parent (/work/probe/s17/inf.py), ms, one product from
-# batch 1 against the members apart: batch 1 1.08 / 0.90 (two chunks of a 4x4 plane's 16 columns
-# against three shifted-taps kernels), 2 1.76-1.81 / 1.71-1.73, 4 2.55-2.65 / 2.48-2.51, 8
+# batch 1 against the members apart: batch 1 1.08 / 0.90 (then with each sample's columns split
+# over the threads, a 4x4 plane's 16 in two chunks, against three shifted-taps kernels; the split
+# went with the batch-1 product), 2 1.76-1.81 / 1.71-1.73, 4 2.55-2.65 / 2.48-2.51, 8
 # level (3.63 / 3.57-3.73), 16 6.09-6.14 / 6.19-6.41, 32 10.90-11.06 / 11.36-11.66, 256
 # 78.6-79.1 / 80.0-83.6.
 MERGED_MIN_BATCH = 16
