@@ -58,7 +58,8 @@ from typing import Any
 
 import numpy as np
 
-from .layer import Ctx, device_method, layer_kernels
+from . import _siblings
+from .layer import Ctx, device_method, layer_kernels, one_call, recorded
 from .layers.add import Add
 from .layers.avg_pool2d import AvgPool2d
 from .layers.batch_norm2d import BatchNorm2d
@@ -71,8 +72,7 @@ from .layers.max_pool2d import MaxPool2d
 from .layers.relu import ReLU
 
 __all__ = ["add_pairs", "fold_pairs", "folding_enabled", "fusing_enabled", "inference_steps", "lone_readers",
-           "one_call", "plan_inference", "pool_pairs", "recorded", "relu_pairs", "forwards", "Folds", "PooledConcat",
-           "skip"]
+           "plan_inference", "pool_pairs", "relu_pairs", "forwards", "Folds", "PooledConcat", "skip"]
 
 # Input bytes from which PooledConcat pools before the join; below, it joins first (the graph's
 # order): four pools' parallel regions cost more than a copy that stays in cache. A join of
@@ -122,7 +122,6 @@ def plan_inference(plain: list[Any], steps: list[tuple], readers: list[int], kee
     out = forwards(plain, steps, folds, device, relus, adds, pools)
     handed: dict[int, tuple[int, int]] = {}
     if device == "cpu" and fusing_enabled() and params is not None:
-        from . import _siblings  # which imports this module
         fused_relu = {j for j, _ in relus}
         for members in _siblings.groups(steps, {j for j, _ in folds} | {j for j, _, _ in adds}):
             out[members[0]] = _siblings.SiblingConvs([steps[j][0] for j in members], [out[j] for j in members],
@@ -281,28 +280,6 @@ class PooledConcat:
             return self.pool.forward(ctx, x)
         finally:
             ctx._kernels = own
-
-
-def recorded(ctx: Ctx, forward: Any, *args: Any) -> tuple[Any, tuple | None]:
-    """``forward(ctx, *args)`` and the one kernel call it kept for the executor's replay
-    (``ctx._call``, None where it kept none), ``ctx._call`` left clear: for a fused forward
-    made of other forwards (PooledConcat, numbacnn._siblings)."""
-    ctx._call = None
-    try:
-        return forward(ctx, *args), ctx._call
-    finally:
-        ctx._call = None
-
-
-def one_call(calls: tuple) -> tuple | None:
-    """Several forwards' kept kernel calls as one for the replay, made in order; None unless
-    each forward kept one (a forward that kept none must run as Python again)."""
-    return (_run_calls, (tuple(calls),)) if all(calls) else None
-
-
-def _run_calls(calls: tuple) -> None:
-    for fn, args in calls:
-        fn(*args)
 
 
 class Folds:

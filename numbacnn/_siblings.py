@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ._fold import one_call, recorded
 from ._threads import batch_chunks
-from .layer import Ctx
+from .layer import Ctx, one_call, recorded
 from .layers.conv2d import Conv2d
 
 __all__ = ["HANDED", "groups", "SiblingConvs", "handed", "handed_call"]

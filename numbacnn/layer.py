@@ -355,3 +355,25 @@ class Ctx:
         self._cursor = 0
         self._arena = None
         self._taken = []
+
+
+def recorded(ctx: Ctx, forward: Any, *args: Any) -> tuple[Any, tuple | None]:
+    """``forward(ctx, *args)`` and the one kernel call it kept for the executor's replay
+    (``ctx._call``, None where it kept none), ``ctx._call`` left clear: for a fused forward
+    made of other forwards (numbacnn._fold.PooledConcat, numbacnn._siblings)."""
+    ctx._call = None
+    try:
+        return forward(ctx, *args), ctx._call
+    finally:
+        ctx._call = None
+
+
+def one_call(calls: tuple) -> tuple | None:
+    """Several forwards' kept kernel calls as one for the replay, made in order; None unless
+    each forward kept one (a forward that kept none must run as Python again)."""
+    return (_run_calls, (tuple(calls),)) if all(calls) else None
+
+
+def _run_calls(calls: tuple) -> None:
+    for fn, args in calls:
+        fn(*args)
