@@ -48,6 +48,8 @@ paths in one pass after): bit for bit the add's sums, as onnxruntime's Conv + Ad
 fusion, but for which NaN a sum of two NaNs keeps (sign and payload: the fused sum takes the
 conv's side first, where the add may have had the residual first). resnet_bottleneck's
 inference at batch 64, 2 threads: 53.5-61.6 -> 50.4-51.2 ms. The same switch turns it off.
+Where that residual is itself a 1x1 conv's output (a bottleneck's projection shortcut beside
+its conv3), both convs run at the earlier one's step (``numbacnn._joined``).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _siblings
+from . import _joined, _siblings
 from .layer import Ctx, device_method, layer_kernels, one_call, recorded
 from .layers.add import Add
 from .layers.avg_pool2d import AvgPool2d
@@ -112,24 +114,29 @@ def plan_inference(plain: list[Any], steps: list[tuple], readers: list[int], kee
     """An executor's inference without gradients: the folded (conv, batch norm) pairs
     (``fold_pairs``), the forward of each step (``forwards``, from the ``plain`` ones) with the
     relus, adds, pools and sibling 1x1 convolutions fused, the steps and their readers as it
-    runs them (``inference_steps``), the (concat, pool) pairs whose concat yields the pool's
-    output (``pool_pairs``), and per later sibling step its (first member's step, index) among
-    the outputs that member hands on (``numbacnn._siblings``; ``params``: the model's, by node)."""
+    runs them (``inference_steps``; each joined pair of 1x1 convs, ``numbacnn._joined``, at its
+    earlier conv's step), the (concat, pool) pairs whose concat yields the pool's output
+    (``pool_pairs``), and per later sibling step its (first member's step, index) among the
+    outputs that member hands on (``numbacnn._siblings``; ``params``: the model's, by node)."""
     folds = fold_pairs(steps, readers, keep, first, device)
     relus = relu_pairs(steps, readers, keep, first, folds, device)
     adds = add_pairs(steps, readers, keep, first, folds, device)
     pools = pool_pairs(steps, readers, keep, first, device)
     out = forwards(plain, steps, folds, device, relus, adds, pools)
+    joined = _joined.pairs(steps, readers, keep, first, folds, adds)
+    for i, j, _ in joined:  # the earlier conv runs both; the later passes its value on
+        out[i], out[j] = _joined.JoinedConvs((out[i], out[j]), out[j].__self__.fused_relu, j), skip
     handed: dict[int, tuple[int, int]] = {}
     if device == "cpu" and fusing_enabled() and params is not None:
         fused_relu = {j for j, _ in relus}
-        for members in _siblings.groups(steps, {j for j, _ in folds} | {j for j, _, _ in adds}):
+        alone = {j for j, _ in folds} | {j for j, _, _ in adds} | {i for i, _, _ in joined}
+        for members in _siblings.groups(steps, alone):
             out[members[0]] = _siblings.SiblingConvs([steps[j][0] for j in members], [out[j] for j in members],
                                                      [params[steps[j][3]] for j in members],
                                                      [j in fused_relu for j in members])
             for i, j in enumerate(members[1:]):
                 out[j], handed[j] = _siblings.handed, (members[0], i)
-    return folds, out, inference_steps(steps, adds, len(readers)), pools, handed
+    return folds, out, inference_steps(steps, adds, len(readers), joined), pools, handed
 
 
 def fusing_enabled() -> bool:
@@ -197,16 +204,23 @@ def add_pairs(steps: list[tuple], readers: list[int], keep: set[int], first: int
     return out
 
 
-def inference_steps(steps: list[tuple], adds: list[tuple[int, int, int]],
-                    slots: int) -> tuple[list[tuple], list[int]]:
+def inference_steps(steps: list[tuple], adds: list[tuple[int, int, int]], slots: int,
+                    joined: list[tuple[int, int, int]] = ()) -> tuple[list[tuple], list[int]]:
     """``steps`` as inference runs them, and how many steps read each of the ``slots`` there: each fused
-    conv (``add_pairs``) reads its add's residual too, and the add passes the conv's value on."""
+    conv (``add_pairs``) reads its add's residual too, and the add passes the conv's value on; of
+    a joined pair (``numbacnn._joined``), the earlier conv reads the later one's input too and
+    the later one passes on the residual, now the earlier conv's sum."""
     out = list(steps)
     for j, a, v in adds:
         layer, ins, kind, name = steps[j]
         out[j] = (layer, (*ins, v), kind, name)
         layer, ins, kind, name = steps[a]
         out[a] = (layer, tuple(i for i in ins if i != v), kind, name)
+    for i, j, _ in joined:
+        layer, ins, kind, name = steps[i]
+        out[i] = (layer, (*ins, steps[j][1][0]), kind, name)
+        layer, ins, kind, name = out[j]
+        out[j] = (layer, ins[1:], kind, name)
     readers = [0] * slots
     for _, ins, _, _ in out:
         for i in ins:
@@ -286,9 +300,12 @@ class Folds:
     """One inference thread's folded scales and biases, for every (conv, batch norm) pair.
 
     ``ctxs`` are the thread's contexts for folded calls: each folded conv's is replaced by one
-    that reads this thread's folded arrays. ``refresh()`` runs before each folded call."""
+    that reads this thread's folded arrays; the earlier conv of each joined pair among
+    ``forwards`` (``numbacnn._joined``) gets the later one's as ``_partner``. ``refresh()`` runs
+    before each folded call."""
 
-    def __init__(self, pairs: list[tuple[int, int]], steps: list[tuple], ctxs: list[Ctx]) -> None:
+    def __init__(self, pairs: list[tuple[int, int]], steps: list[tuple], ctxs: list[Ctx],
+                 forwards: list[Any] = ()) -> None:
         self.ctxs = list(ctxs)
         self._pairs = [(ctxs[j], ctxs[k], steps[k][0].eps) for j, k in pairs]
         self._folded: list[Ctx] = []
@@ -296,6 +313,9 @@ class Folds:
             ctx = self.ctxs[j] = Ctx(conv.name, conv.device, conv.dtype, conv.backend, conv.rng, layer=steps[j][0])
             ctx.params, ctx.grads, ctx.buffers = {}, conv.grads, conv.buffers
             self._folded.append(ctx)  # its params and scale filled on the first refresh, in place after
+        for i, forward in enumerate(forwards):  # a joined pair's earlier conv reads the later one's context
+            if isinstance(forward, _joined.JoinedConvs):
+                self.ctxs[i]._partner = self.ctxs[forward.partner]
         self._args: tuple | None = None
 
     def _prepare(self) -> tuple:

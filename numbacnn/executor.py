@@ -121,8 +121,7 @@ class Executor:
             ctx = ctxs[name] = Ctx(name, self.device, self.dtype, self.backend, t.rng, layer=self.graph.nodes[name].obj)
             ctx.params, ctx.grads, ctx.buffers = t.params, t.grads, t.buffers
         state = Pass(ctxs, self.backend)
-        if self._folds:
-            state.folds = _fold.Folds(self._folds, self._steps, state.in_order)
+        state.folds = _fold.Folds(self._folds, self._steps, state.in_order, self._inference)
         return state
 
     def thread_pass(self) -> Pass:

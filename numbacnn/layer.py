@@ -210,7 +210,7 @@ class Ctx:
         "name", "device", "dtype", "params", "grads", "buffers", "training", "rng", "saved",
         "needs_input_grad", "backend", "inplace", "backward_expected", "_pool", "_cursor", "_arena", "_taken",
         "_plans", "_own_pool", "_own_plans", "_layer", "_kernels", "_call",
-        "_scale",
+        "_scale", "_partner",
     )
 
     def __init__(self, name: str, device: str, dtype: np.dtype, backend: Any, rng: np.random.Generator,
@@ -241,6 +241,7 @@ class Ctx:
         self._taken: list[Any] = []
         self._call: tuple | None = None  # a built-in's whole inference call as (kernel, args): Executor._replay
         self._scale: Any = None  # a folded batch norm's per-channel scale, which conv2d applies (numbacnn._fold)
+        self._partner: Ctx | None = None  # inference: a joined conv's other member's context (numbacnn._joined)
 
     @property
     def kernels(self) -> ModuleType:

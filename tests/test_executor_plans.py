@@ -295,7 +295,8 @@ def test_inference_replays_a_convolution_as_its_last_kernel_call_only_on_the_sam
     for _ in range(3):
         np.testing.assert_allclose(model.forward(a), ref.forward(a.astype(np.float64)), rtol=1e-4, atol=1e-5)
     plan = [p for p in model._executor.thread_pass().plans.values() if p.calls][0]
-    assert sum(f is not None for f in plan.fast) >= 3  # the three convolutions (the add fused into one)
+    # c1, then c2 and c3 as one call at c2's step (the add's two 1x1s joined, numbacnn._joined)
+    assert sum(f is not None for f in plan.fast) >= 2
     a[...] = rng.standard_normal(a.shape)  # the same array, new contents: the fast calls read them
     np.testing.assert_allclose(model.forward(a), ref.forward(a.astype(np.float64)), rtol=1e-4, atol=1e-5)
     for x_ in (b, a, b.copy()):  # other arrays: the node runs its layer again
