@@ -17,18 +17,18 @@ from numbacnn import _joined
 SMALL = _joined.JOINED_MIN_BATCH
 
 
-def _graph(stride: int = 1, bn: bool = True, bias: bool = False, relu: bool = True, a_read_twice: bool = False,
+def _graph(stride: int = 1, bn: str = "ab", bias: bool = False, relu: bool = True, a_read_twice: bool = False,
            late_input: bool = False) -> nc.Graph:
-    # a = 1x1(x1) (+ bn), b = 1x1(x2) at ``stride`` (+ bn), out = relu?(a + b): x1 (4, 5, 4) is
-    # x2's (3, 9, 7) plane at the stride. ``late_input``: b reads relu(x2), a step after a.
+    # a = 1x1(x1) (+ bn where ``bn`` names it), b = 1x1(x2) at ``stride`` (+ bn), out = relu?(a + b):
+    # x1 (4, 5, 4) is x2's (3, 9, 7) plane at the stride. ``late_input``: b reads relu(x2), a step after a.
     g = nc.Graph()
     x1, x2 = g.input((4, 9 if stride == 1 else 5, 7 if stride == 1 else 4), name="x1"), g.input((3, 9, 7), name="x2")
     a = g.conv2d(x1, out_channels=6, kernel_size=1, bias=bias, name="a")
-    if bn:
+    if "a" in bn:
         a = g.batch_norm2d(a, name="bna")
     src = g.relu(x2, name="late") if late_input else x2
     b = g.conv2d(src, out_channels=6, kernel_size=1, stride=stride, bias=bias, name="b")
-    if bn:
+    if "b" in bn:
         b = g.batch_norm2d(b, name="bnb")
     y = g.add(a, b, name="join")
     outs = [g.relu(y, name="out") if relu else y]
@@ -106,9 +106,9 @@ def test_what_is_not_joined(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("stride,bn,bias,relu", [(1, True, False, True), (2, True, False, True),
-                                                 (2, False, True, False), (1, False, False, False),
-                                                 (2, True, True, False)])
+@pytest.mark.parametrize("stride,bn,bias,relu", [(1, "ab", False, True), (2, "ab", False, True),
+                                                 (2, "", True, False), (1, "", False, False), (2, "ab", True, False),
+                                                 (1, "", True, True), (2, "a", False, True), (2, "b", True, True)])
 def test_joined_match_the_unjoined_model_and_the_reference(dtype, stride, bn, bias, relu, monkeypatch):
     graph = _graph(stride, bn, bias, relu)
     joined, plain = _model(graph, True, monkeypatch, dtype), _model(graph, False, monkeypatch, dtype)
@@ -120,7 +120,8 @@ def test_joined_match_the_unjoined_model_and_the_reference(dtype, stride, bn, bi
         y, want = joined.forward(x1, x2), plain.forward(x1, x2)
         assert y.shape == want.shape and y.dtype == want.dtype
         np.testing.assert_array_equal(y, want)  # the same products, summed in the same order
-        ref = _conv_bn(joined, x2, "b", "bnb" if bn else None, stride) + _conv_bn(joined, x1, "a", "bna" if bn else None, 1)
+        ref = (_conv_bn(joined, x2, "b", "bnb" if "b" in bn else None, stride)
+               + _conv_bn(joined, x1, "a", "bna" if "a" in bn else None, 1))
         ref = np.maximum(ref, 0) if relu else ref
         with np.errstate(invalid="ignore"):
             np.testing.assert_allclose(y, ref, rtol=tol, atol=tol)
