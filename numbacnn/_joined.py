@@ -26,8 +26,12 @@ from .layers.conv2d import Conv2d
 
 __all__ = ["pairs", "JoinedConvs", "JOINED_MIN_BATCH"]
 
-# Fewest samples for which JoinedConvs runs both products in one kernel; below it each member
-# runs its own forward (see its timings in the comment of JoinedConvs._merged).
+# Fewest samples for which JoinedConvs runs both products in one kernel, a chunk of whole samples
+# a thread; below it each member runs its own forward (at batch 1 the unfused paths split a
+# sample's channels over the threads). resnet_bottleneck, 2 threads, ms, one process each
+# (/work/probe/s18/jmin.py, inf.py): batch 1 one kernel 1.86-1.90 against the members apart
+# 1.70-1.73; the parent commit against this rule: batch 2 1.93-1.94 / 1.93-1.95, 4 3.39 / 3.38,
+# 32 26.9-28.3 / 26.6-27.6, 256 212-214 / 203-204.
 JOINED_MIN_BATCH = 2
 
 
