@@ -160,3 +160,20 @@ def test_resnet_bottleneck_matches_its_unfused_self(monkeypatch):
     x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
     for n in (3, 1, SMALL):
         np.testing.assert_allclose(fused.forward(x[:n]), plain.forward(x[:n]), rtol=1e-5, atol=1e-6)
+
+
+def test_both_members_reading_one_input(monkeypatch):
+    # add(1x1(x), 1x1(x)): the earlier conv's step reads x twice (its readers counted twice).
+    g = nc.Graph()
+    x = g.input((5, 6, 7))
+    g.output(g.relu(g.add(g.conv2d(x, out_channels=8, kernel_size=1, name="a"),
+                          g.conv2d(x, out_channels=8, kernel_size=1, bias=False, name="b"))))
+    joined, plain = _model(g, True, monkeypatch), _model(g, False, monkeypatch)
+    assert _joined_names(joined) == [("a", "b")]
+    for seed, n in enumerate([3, 1, 3, SMALL]):
+        xs = np.random.default_rng(seed).normal(size=(n, 5, 6, 7)).astype(np.float32)
+        np.testing.assert_array_equal(joined.forward(xs), plain.forward(xs))
+        w = joined.params["a.weight"][:, :, 0, 0] + joined.params["b.weight"][:, :, 0, 0]
+        ref = np.einsum("nchw,kc->nkhw", xs.astype(np.float64), w.astype(np.float64))
+        ref += joined.params["a.bias"].astype(np.float64)[None, :, None, None]
+        np.testing.assert_allclose(joined.forward(xs), np.maximum(ref, 0), rtol=1e-5, atol=1e-5)
