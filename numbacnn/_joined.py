@@ -8,10 +8,13 @@ back. Both members are ungrouped, unpadded and undilated 1x1 kernels at any stri
 one's input must be ready before the earlier runs (a bottleneck's block input is).
 
 The values are the unfused ones: the same products in the same column blocks, summed in the
-same order; below JOINED_MIN_BATCH samples (where the unfused path splits a sample's channels
-over the threads) the members run their own forwards, the later one adding the earlier's
-output, bit for bit the unfused fused-add path. CPU only, with the other fusions
-(``NUMBACNN_FUSE_RELU=0`` turns it off).
+same order. That holds where each member on its own would run im2col's product a whole sample
+at a time (conv2d_plan's choice for its input: not a forced path, not AVX-512's 1x1 tile,
+pixel-major's stacked samples or a sample split over more threads than the batch has samples),
+so only there do both run in one kernel; elsewhere, and below JOINED_MIN_BATCH samples, the
+members run their own forwards at the step, the later one adding the earlier's output, bit for
+bit the unfused fused-add path. CPU only, with the other fusions (``NUMBACNN_FUSE_RELU=0``
+turns it off).
 """
 
 from __future__ import annotations
@@ -72,27 +75,48 @@ class JoinedConvs:
         self.partner = partner  # the later member's step
 
     def __call__(self, ctx: Ctx, x1: Any, x2: Any) -> Any:
-        if x1.shape[0] >= JOINED_MIN_BATCH:
-            return self._merged(ctx, x1, x2)
+        plan = ctx.plan(("joined", x1.shape, x2.shape), lambda: self._plan(ctx, x1.shape, x2.shape))
+        if plan:
+            return self._merged(ctx, x1, x2, plan)
         other = ctx._partner
-        own = ctx._plans, ctx.params, ctx._scale
+        own = ctx._plans, ctx.params, ctx._scale, ctx.name
         try:
             ctx._plans = own[0].setdefault(("joined", 0), {})
             y1, first = recorded(ctx, self.forwards[0], x1)
-            ctx._plans, ctx.params, ctx._scale = own[0].setdefault(("joined", 1), {}), other.params, other._scale
+            ctx._plans, ctx.params, ctx._scale, ctx.name = (own[0].setdefault(("joined", 1), {}), other.params,
+                                                            other._scale, other.name)
             y, second = recorded(ctx, self.forwards[1], x2, y1)
         finally:
-            ctx._plans, ctx.params, ctx._scale = own
+            ctx._plans, ctx.params, ctx._scale, ctx.name = own
         ctx._call = one_call((first, second))
         return y
 
-    def _merged(self, ctx: Ctx, x1: Any, x2: Any) -> Any:
+    def _plan(self, ctx: Ctx, shape1: tuple, shape2: tuple) -> tuple | bool:
+        # For one kernel: whether each member multiplies x itself (stride 1: its output plane is
+        # its input's), the output shape (both members', the add's) and the chunks; False where
+        # a member on its own would not run im2col's product a whole sample at a time (its own
+        # plan: path, chunks), or below JOINED_MIN_BATCH.
+        N, T = shape1[0], batch_chunks(shape1[0])
+        if N < JOINED_MIN_BATCH:
+            return False
+        out = []
+        members = zip((f.__self__ for f in self.forwards), (shape1, shape2), (ctx.name, ctx._partner.name))
+        for conv, shape, name in members:
+            K, P, Q = conv._output_shape_2d(tuple(shape[1:]))
+            own = ctx.kernels.conv2d_plan(name, tuple(shape), (N, K, P, Q), conv._geometry(), False, ctx.dtype)
+            if own.path != "im2col" or own.chunks != T:
+                return False
+            out.append((tuple(shape[2:]) == (P, Q), (N, K, P, Q)))
+        if out[0][1] != out[1][1]:
+            raise RuntimeError(f"conv2d nodes joined at inference give {out[0][1]} and {out[1][1]}: an add of two "
+                               f"shapes (a bug)")
+        return out[0][0], out[1][0], out[0][1], T
+
+    def _merged(self, ctx: Ctx, x1: Any, x2: Any, plan: tuple) -> Any:
         from .layers._joined_cpu import joined_forward
 
         other, (first, second) = ctx._partner, (f.__self__ for f in self.forwards)
-        plan = ctx.plan(("joined", x1.shape, x2.shape), lambda: _plan(first, second, x1.shape, x2.shape))
-        d1, d2, (N, K, P, Q) = plan
-        T = batch_chunks(N)
+        d1, d2, (N, K, P, Q), T = plan
         y = ctx.empty((N, K, P, Q))
         col1 = ctx.scratch((T, 0 if d1 else x1.shape[1] * P * Q))
         col2 = ctx.scratch((T, 0 if d2 else x2.shape[1] * P * Q))
@@ -108,12 +132,3 @@ class JoinedConvs:
 def _or(a: Any, empty: Any) -> Any:
     return empty if a is None else a
 
-
-def _plan(first: Conv2d, second: Conv2d, shape1: tuple, shape2: tuple) -> tuple:
-    # Whether each member multiplies x itself (stride 1: its output plane is its input's), and
-    # the output shape, which both members give (the add's).
-    out1 = first._output_shape_2d(tuple(shape1[1:]))
-    out2 = second._output_shape_2d(tuple(shape2[1:]))
-    if out1 != out2:
-        raise RuntimeError(f"conv2d nodes joined at inference give {out1} and {out2}: an add of two shapes (a bug)")
-    return tuple(shape1[2:]) == out1[1:], tuple(shape2[2:]) == out2[1:], (shape1[0], *out1)

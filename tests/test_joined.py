@@ -177,3 +177,65 @@ def test_both_members_reading_one_input(monkeypatch):
         ref = np.einsum("nchw,kc->nkhw", xs.astype(np.float64), w.astype(np.float64))
         ref += joined.params["a.bias"].astype(np.float64)[None, :, None, None]
         np.testing.assert_allclose(joined.forward(xs), np.maximum(ref, 0), rtol=1e-5, atol=1e-5)
+
+
+def _merged(model: nc.Model) -> list[bool]:
+    """Per joined step and planned signature (in planning order): whether it made one kernel."""
+    return [bool(v) for p in model._executor.thread_pass().plans.values() for d in p.plans for k, v in d.items()
+            if isinstance(k, tuple) and k[0] == "joined" and not isinstance(v, dict)]
+
+
+def test_one_kernel_only_where_each_member_would_run_whole_sample_im2col(monkeypatch):
+    # A member that on its own would take another path (forced shifted taps here, AVX-512's
+    # default for a 16 -> 64 1x1; pixel-major's stacked samples for a strided 1x1 into a 4x4
+    # plane with 256x256 weights) makes both run their own forwards: bit for bit the unjoined model.
+    from numbacnn.layers.conv2d_cpu import force_path
+
+    x1, x2 = _data(0, 4, 1, special=True)
+    joined, plain = _model(_graph(1), True, monkeypatch), _model(_graph(1), False, monkeypatch)
+    with force_path("shift"):
+        np.testing.assert_array_equal(joined.forward(x1, x2), plain.forward(x1, x2))
+    assert _merged(joined) == [False]
+    np.testing.assert_array_equal(joined.forward(x1[:3], x2[:3]), plain.forward(x1[:3], x2[:3]))
+    assert _merged(joined) == [False, True]  # a new signature, planned outside the block
+    g = nc.Graph()
+    a, b = g.input((256, 4, 4), name="x1"), g.input((256, 8, 8), name="x2")
+    g.output(g.add(g.conv2d(a, out_channels=256, kernel_size=1, name="a"),
+                   g.conv2d(b, out_channels=256, kernel_size=1, stride=2, name="b")))
+    joined, plain = _model(g, True, monkeypatch), _model(g, False, monkeypatch)
+    rng = np.random.default_rng(1)
+    xs = rng.normal(size=(4, 256, 4, 4)).astype(np.float32), rng.normal(size=(4, 256, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(joined.forward(*xs), plain.forward(*xs))
+    assert _merged(joined) == [False]
+
+
+def test_a_batch_split_over_more_threads_runs_the_members_apart():
+    # With 4 threads a batch of 2 or 3 splits each sample of these convs over the threads
+    # (conv2d_cpu.SPLIT_MIN_MACS): the members run their own forwards, bit for bit unjoined.
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np, numbacnn as nc
+from numbacnn import _joined
+def graph():
+    g = nc.Graph()
+    a, b = g.input((64, 16, 16), name="x1"), g.input((64, 16, 16), name="x2")
+    g.output(g.add(g.conv2d(a, out_channels=256, kernel_size=1, name="a"),
+                   g.conv2d(b, out_channels=256, kernel_size=1, name="b")))
+    return g
+joined = nc.Model(graph(), seed=0)
+_joined.pairs = lambda *args: []
+plain = nc.Model(graph(), seed=0)
+rng = np.random.default_rng(0)
+for n in (2, 3, 4):
+    xs = rng.normal(size=(n, 64, 16, 16)).astype(np.float32), rng.normal(size=(n, 64, 16, 16)).astype(np.float32)
+    assert np.array_equal(joined.forward(*xs), plain.forward(*xs)), n
+print([bool(v) for p in joined._executor.thread_pass().plans.values() for d in p.plans for k, v in d.items()
+       if isinstance(k, tuple) and k[0] == "joined" and not isinstance(v, dict)])
+"""
+    env = dict(os.environ, NUMBA_NUM_THREADS="4")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[False, False, True]"
