@@ -271,8 +271,9 @@ def test_output_rows_a_whole_number_of_tiles_go_straight_to_y(k, stride, pad, gr
 def test_a_wide_1x1_convolution_writes_its_bias_residual_and_relu_from_the_tile(monkeypatch):
     # 16 -> 64 1x1 at batch 3 (shifted taps, AVX-512's default there, forced: written straight
     # to y, the grid is y's plane), the join's add and relu fused into the later conv (not
-    # joined with the earlier one, numbacnn._joined, which multiplies with BLAS): against the
-    # float64 model (im2col), a NaN and an infinity included (relu keeps NaN).
+    # joined with the earlier one, numbacnn._joined, so that each conv keeps its plan where this
+    # test reads it): against the float64 model (im2col), a NaN and an infinity included (relu
+    # keeps NaN).
     from numbacnn import _joined
     from numbacnn.layers.conv2d_cpu import force_path
 
