@@ -27,7 +27,7 @@ from ._threads import batch_chunks
 from .layer import Ctx, one_call, recorded
 from .layers.conv2d import Conv2d
 
-__all__ = ["pairs", "JoinedConvs", "JOINED_MIN_BATCH"]
+__all__ = ["pairs", "pointwise", "JoinedConvs", "JOINED_MIN_BATCH"]
 
 # Fewest samples for which JoinedConvs runs both products in one kernel, a chunk of whole samples
 # a thread; below it each member runs its own forward (at batch 1 the unfused paths split a
@@ -38,8 +38,9 @@ __all__ = ["pairs", "JoinedConvs", "JOINED_MIN_BATCH"]
 JOINED_MIN_BATCH = 2
 
 
-def _pointwise(layer: Any) -> bool:
-    # A 1x1 conv2d, any stride, no padding, dilation or groups.
+def pointwise(layer: Any) -> bool:
+    """A conv2d node's layer (exactly, not a subclass) with a 1x1 kernel at any stride and no
+    padding, dilation or groups (numbacnn._siblings takes those at stride 1)."""
     g = layer._geometry() if type(layer) is Conv2d else ()
     return len(g) == 9 and g[:3] == (1, 1, 1) and g[5:] == (1, 1, 0, 0) and not any(layer.pads)
 
@@ -48,7 +49,7 @@ def pairs(steps: list[tuple], readers: list[int], keep: set[int], first: int, fo
           adds: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
     """(earlier conv step, later conv step, add step) of every fused residual join (``adds``:
     (later conv, add, residual slot)) whose residual is a 1x1 conv's output, or its folded
-    batch norm's, that nothing else reads, both convs ``_pointwise``, and whose later conv's
+    batch norm's, that nothing else reads, both convs ``pointwise``, and whose later conv's
     input is ready before the earlier conv runs."""
     folded = {k: j for j, k in folds}  # the conv behind a folded batch norm
     out = []
@@ -56,7 +57,7 @@ def pairs(steps: list[tuple], readers: list[int], keep: set[int], first: int, fo
         if v < first or readers[v] != 1 or v in keep:
             continue
         i = folded.get(v - first, v - first)
-        if i == j or not (_pointwise(steps[i][0]) and _pointwise(steps[j][0])):
+        if i == j or not (pointwise(steps[i][0]) and pointwise(steps[j][0])):
             continue
         if len(steps[i][1]) == 1 and len(steps[j][1]) == 1 and steps[j][1][0] < first + i:
             out.append((i, j, a))
@@ -71,6 +72,7 @@ class JoinedConvs:
 
     def __init__(self, forwards: tuple[Any, Any], relu: bool, partner: int) -> None:
         self.forwards = forwards
+        self.layers = tuple(f.__self__ for f in forwards)  # their conv2d layers (bound forwards)
         self.relu = relu
         self.partner = partner  # the later member's step
 
@@ -100,7 +102,7 @@ class JoinedConvs:
         if N < JOINED_MIN_BATCH:
             return False
         out = []
-        members = zip((f.__self__ for f in self.forwards), (shape1, shape2), (ctx.name, ctx._partner.name))
+        members = zip(self.layers, (shape1, shape2), (ctx.name, ctx._partner.name))
         for conv, shape, name in members:
             K, P, Q = conv._output_shape_2d(tuple(shape[1:]))
             own = ctx.kernels.conv2d_plan(name, tuple(shape), (N, K, P, Q), conv._geometry(), False, ctx.dtype)
@@ -115,7 +117,7 @@ class JoinedConvs:
     def _merged(self, ctx: Ctx, x1: Any, x2: Any, plan: tuple) -> Any:
         from .layers._joined_cpu import joined_forward
 
-        other, (first, second) = ctx._partner, (f.__self__ for f in self.forwards)
+        other, (first, second) = ctx._partner, self.layers
         d1, d2, (N, K, P, Q), T = plan
         y = ctx.empty((N, K, P, Q))
         col1 = ctx.scratch((T, 0 if d1 else x1.shape[1] * P * Q))

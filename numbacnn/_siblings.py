@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ._joined import pointwise
 from ._threads import batch_chunks
 from .layer import Ctx, one_call, recorded
-from .layers.conv2d import Conv2d
 
 __all__ = ["HANDED", "groups", "SiblingConvs", "handed", "handed_call"]
 
@@ -31,7 +31,8 @@ HANDED = "siblings.handed"
 
 
 def _pointwise(layer: Any) -> bool:
-    return type(layer) is Conv2d and layer._geometry() == (1, 1, 1, 1, 1, 1, 1, 0, 0) and not any(layer.pads)
+    # numbacnn._joined's 1x1 at stride 1
+    return pointwise(layer) and layer.stride == (1, 1)
 
 
 def groups(steps: list[tuple], alone: set[int]) -> list[list[int]]:
