@@ -22,9 +22,10 @@ def _net(seed: int) -> nc.Model:
     # Every CPU conv2d path and the other users of ctx.scratch, in one model.
     g = nc.Graph()
     x = g.input((3, 12, 12))
-    h = g.relu(g.conv2d(x, out_channels=8, kernel_size=3, padding=1))  # im2col (few channels)
-    h = g.relu(g.conv2d(h, out_channels=16, kernel_size=3, padding=1))  # pixel-major
+    h = g.relu(g.conv2d(x, out_channels=8, kernel_size=3, padding=1))  # shifted taps, then im2col (few channels)
+    h = g.relu(g.conv2d(h, out_channels=16, kernel_size=3, padding=1))  # shifted taps, then pixel-major (AVX2)
     h = g.relu(g.conv2d(h, out_channels=16, kernel_size=3, padding=1))  # Winograd
+    h = g.relu(g.conv2d(h, out_channels=48, kernel_size=(1, 3), padding="same"))  # pixel-major
     h = g.conv2d(h, out_channels=16, kernel_size=1)  # im2col, direct 1x1
     h = g.conv2d(h, out_channels=8, kernel_size=3, stride=2, padding=1)  # im2col, strided
     h = g.conv_transpose2d(h, out_channels=4, kernel_size=4, stride=2, padding=1)
@@ -33,8 +34,8 @@ def _net(seed: int) -> nc.Model:
 
 
 def _paths(model: nc.Model) -> set[str]:
-    return {plan.path for ctx in model._executor.ctxs.values() for plan in ctx._plans.values()
-            if hasattr(plan, "path")}
+    return {f"{plan.path}>{plan.backward_path}" if plan.backward_path else plan.path
+            for ctx in model._executor.ctxs.values() for plan in ctx._plans.values() if hasattr(plan, "path")}
 
 
 def _poison(model: nc.Model) -> None:
@@ -60,7 +61,10 @@ def test_training_with_scratch_in_the_heap_matches_private_buffers_bit_for_bit()
         np.testing.assert_array_equal(gx, gx0, err_msg=f"step {step}")
         for key in shared.grads:
             np.testing.assert_array_equal(shared.grads[key], alone.grads[key], err_msg=f"{key}, step {step}")
-    assert _paths(shared) >= {"im2col", "pixel", "winograd"}
+    from numbacnn.layers._taps_cpu import VECTOR_BYTES
+
+    assert _paths(shared) >= {"im2col", "pixel", "winograd", "shift>im2col"}
+    assert ("shift>pixel" in _paths(shared)) == (VECTOR_BYTES == 32)
 
 
 def test_a_training_steps_scratch_lives_in_its_heap_on_64_byte_lines(monkeypatch):

@@ -15,12 +15,12 @@ Few input channels, groups, strides, 1x1 and one-row (conv1d) take that channel-
 one (conv2d_pixel_cpu), except stride-1 convolutions with >= 16 input and output channels and 3x3
 kernels (or up to 6x6 on larger outputs): Winograd (F(4x4, 3x3), F(4x4, 5x5): conv2d_winograd_cpu);
 float64 takes the channel-major path unless forced. A stride-1 inference at batch 1 or off Winograd,
-and a training forward at stride 1 that would be channel-major, take a direct convolution
-(conv2d_shift_cpu). ``conv2d_plan`` makes that choice (conv2d_plan.cpu_path, its thresholds;
-``force_path``) once per input shape, with the scratch shapes; ``conv2d_forward`` and
-``conv2d_backward`` dispatch on the plan. Every wrapper runs under ``single_thread_blas`` (BLAS
-threads of their own would fight Numba's pool). ``geo`` is (groups, R, S, stride_h, stride_w,
-dilation_h, dilation_w, pad_top, pad_left).
+and a training forward at stride 1 that would be channel-major or has few channels, take a direct
+convolution (conv2d_shift_cpu; its backward channel-major or pixel-major). ``conv2d_plan`` makes that
+choice (conv2d_plan.cpu_path, its thresholds; ``force_path``) once per input shape, with the scratch
+shapes; ``conv2d_forward`` and ``conv2d_backward`` dispatch on the plan. Every wrapper runs under
+``single_thread_blas`` (BLAS threads would fight Numba's pool). ``geo``: (groups, R, S, stride_h,
+stride_w, dilation_h, dilation_w, pad_top, pad_left).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_flat, im2col_rows as _im2col_rows
 from .conv2d_hwc_cpu import reduce_partials
 from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_forward
-from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path  # noqa: F401 (force_path: documented here)
+from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path, pixel_major, requested  # noqa: F401 (force_path)
 from .conv2d_shift_cpu import shift_forward, shift_scratch
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int]
@@ -272,24 +272,25 @@ def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], g
                           None if backward else WeightCache())  # back: ..., gxp, U, xp
     col = () if direct(geo, x_shape[2:], y_shape[2:]) else (((T, C * R * S, P * Q), None),)
     back = (((T, K, C // G * R * S), None), *col)  # im2col's backward
-    if path == "shift":  # nothing kept: a training step's backward is im2col's; batch 1: tiles split
+    J = C * R * S
+    B = pixel_block(P * Q, J, 1 if backward else -(-N // T))  # inference: small planes stack samples
+    image = (_padded(H, P, R, geo[3], geo[5], geo[7]), _padded(W, Q, S, geo[4], geo[6], geo[8]), C)
+    pixel_back = (((K, R, S, C), None), ((T, *image), None), ((T, B, J), None), ((T, K, J), None))  # wp gxp colt part
+    if path == "shift":  # nothing kept: a training step's backward is im2col's or (few channels) pixel-major's
         sT = threads if split else T
-        return Conv2dPlan(path, geo, y_shape, sT, shift_scratch(sT, x_shape, y_shape, geo), back,
-                          last=None if backward else [])
+        pixel = backward and requested() == "auto" and pixel_major(x_shape, y_shape, geo)  # its images made: xp
+        return Conv2dPlan(path, geo, y_shape, sT, shift_scratch(sT, x_shape, y_shape, geo),
+                          (*pixel_back, ((T, *image), None)) if pixel else back, last=None if backward else [],
+                          backward_path="pixel" if pixel else "im2col")
     if path == "pixel":
-        J = C * R * S
-        B = pixel_block(P * Q, J, 1 if backward else -(-N // T))  # inference: small planes stack samples
-        image = (H + geo[7] + _trailing(H, P, R, geo[3], geo[5], geo[7]),
-                 W + geo[8] + _trailing(W, Q, S, geo[4], geo[6], geo[8]), C)
         forward = [((N if backward else T, *image), None), ((R, S, C, K), None), ((T, B, J), None), ((T, B, K), None)]
-        back = [((K, R, S, C), None), ((T, *image), None), ((T, B, J), None), ((T, K, J), None)]
-        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), tuple(back), kept=1 if backward else 0)  # xp
+        return Conv2dPlan(path, geo, y_shape, T, tuple(forward), pixel_back, kept=1 if backward else 0)  # xp
     return Conv2dPlan(path, geo, y_shape, T, col, back, last=None if backward else [])
 
 
-def _trailing(size: int, out: int, k: int, stride: int, dilation: int, lead: int) -> int:
-    # The trailing padding the output size implies: rows the last window reads past the input.
-    return max(0, (out - 1) * stride + dilation * (k - 1) + 1 - size - lead)
+def _padded(size: int, out: int, k: int, stride: int, dilation: int, lead: int) -> int:
+    # The size with the leading padding and the trailing one the output implies (the last window's reach).
+    return size + lead + max(0, (out - 1) * stride + dilation * (k - 1) + 1 - size - lead)
 
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Conv2dPlan, scratch: tuple,
@@ -386,9 +387,9 @@ def conv2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray
 
         if conv1d_backward_wino(x, w, gy, gw, gb, gx, *scratch, geo[8], plan.tiles):
             return
-    elif kept[0] == "pixel":
-        wp, gxp, colt, part = scratch
-        pixel_backward(x, w, gy, gw, gb, gx, kept[1], wp, gxp, colt, part, geo)
+    elif kept[0] == "pixel" or plan.backward_path == "pixel":  # the forward's images, or its own (shift)
+        wp, gxp, colt, part, *xp = scratch
+        pixel_backward(x, w, gy, gw, gb, gx, xp[0] if xp else kept[1], wp, gxp, colt, part, geo, bool(xp))
         return
     if plan.path in ("im2col", "shift"):  # shift: its forward only, nothing kept
         part, *col = scratch

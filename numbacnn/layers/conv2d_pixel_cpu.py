@@ -197,8 +197,8 @@ def _forward_stacked(x, w, wt, b, sc, xp, colt, yt, y, P, Q, geo, relu):
 
 
 @cpu_serial
-def _backward_pixels_chunk(wp, gy, xp, gxp, colt, part, gx, n0, n1, P, Q, geo, want_gx):
-    """Samples n0..n1 of _backward_pixels, one chunk's: its column block colt, padded gradient
+def _backward_pixels_chunk(x, wp, gy, xp, gxp, colt, part, gx, t, n0, n1, P, Q, geo, want_gx, build):
+    """Samples n0..n1 of _backward_pixels, chunk t's: its column block colt, padded gradient
     image gxp and weight-gradient partial part. A function of its own, as _pixels_chunk."""
     pt, pl = geo[7], geo[8]
     K = gy.shape[1]
@@ -206,7 +206,9 @@ def _backward_pixels_chunk(wp, gy, xp, gxp, colt, part, gx, n0, n1, P, Q, geo, w
     L = P * Q
     cf, pf = colt.reshape(B * J), part.reshape(K * J)
     for n in range(n0, n1):
-        xpn = xp[n]
+        xpn = xp[t] if build else xp[n]
+        if build:
+            to_hwc(x[n], xpn, pt, pl)
         if want_gx:
             gxp.reshape(gxp.size)[:] = 0
         gyf = gy[n].reshape(K * L)
@@ -224,18 +226,18 @@ def _backward_pixels_chunk(wp, gy, xp, gxp, colt, part, gx, n0, n1, P, Q, geo, w
 
 
 @cpu_kernel
-def _backward_pixels(x, w, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_gx):
+def _backward_pixels(x, w, wp, gy, xp, gxp, colt, part, gx, P, Q, geo, want_gx, build):
     """part[t] = chunk t's weight gradient, columns (r, s, c); gx[n] (when ``want_gx``) =
     the input gradient, gathered in the padded HWC scratch gxp[t] and transposed back, through
     the scratch wp (K, R*S*C) for the weights. xp: the forward's padded HWC images of x, one
-    per sample."""
+    per sample; with ``build``, one per chunk, each sample's made here (a forward on another path)."""
     N = gy.shape[0]
     T = colt.shape[0]
     if want_gx:
         _weights_to(w, wp, False)
     for t in prange(T):
-        _backward_pixels_chunk(wp, gy, xp, gxp[t], colt[t], part[t], gx, t * N // T, (t + 1) * N // T, P, Q, geo,
-                               want_gx)
+        _backward_pixels_chunk(x, wp, gy, xp, gxp[t], colt[t], part[t], gx, np.int64(t), t * N // T,
+                               (t + 1) * N // T, P, Q, geo, want_gx, build)
 
 
 # Column-matrix block of the pixel-major path: at most this many elements (384 KiB of float32).
@@ -269,14 +271,15 @@ def pixel_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, xp
 
 
 def pixel_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,
-                        gx: np.ndarray | None, xp: np.ndarray, wp: np.ndarray, gxp: np.ndarray | None,
-                        colt: np.ndarray, part: np.ndarray, geo: Geometry) -> None:
+                   gx: np.ndarray | None, xp: np.ndarray, wp: np.ndarray, gxp: np.ndarray | None,
+                   colt: np.ndarray, part: np.ndarray, geo: Geometry, build: bool = False) -> None:
     """The pixel-major backward: gw += the weight gradient, gb += the bias gradient, gx = the
     input gradient (None: not wanted; then ``gxp`` may be None too). ``xp`` (one image per
-    sample) as the forward left it; scratch ``wp`` (K, R, S, C) for the weights in column
+    sample) as the forward left it, or with ``build`` (T, padded H, padded W, C) scratch the
+    backward fills from x itself; scratch ``wp`` (K, R, S, C) for the weights in column
     order, ``gxp`` (T, padded H, padded W, C) and ``part`` (T, K, C*R*S)."""
     N, K, P, Q = gy.shape
     with single_thread_blas:
         _backward_pixels(x, w, wp.reshape(K, -1), gy, xp, xp if gxp is None else gxp, colt, part,
-                               x if gx is None else gx, P, Q, geo, gx is not None)
+                         x if gx is None else gx, P, Q, geo, gx is not None, build)
         reduce_partials(part, gw.reshape(K, -1), gy.reshape(N, K, P * Q), gb, geo[1] * geo[2])

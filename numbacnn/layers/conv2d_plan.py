@@ -15,7 +15,9 @@ looks inside. The CPU chooses among these paths (conv2d_cpu's docstring describe
   to the convolutions it fits;
 - ``"shift"``: a direct convolution by shifted taps over a padded image (at a stride, its
   phase planes), multiplied in registers (conv2d_shift_cpu); taken in inference at batch 1
-  and where Winograd is not, and by stride-1 training forwards that would be im2col's.
+  and where Winograd is not, and by stride-1 training forwards that would be im2col's (their
+  backward im2col's) or pixel-major's with few channels (their backward pixel-major's:
+  ``Conv2dPlan.backward_path``).
 
 float64 takes im2col unless a path is forced: float64 is what a model runs in for accuracy and
 gradient checks, where Winograd's extra rounding (its tile transforms add error) is unwelcome
@@ -51,6 +53,17 @@ from ._taps_cpu import VECTOR_BYTES, tile_columns
 PIXEL_MAJOR_MIN_RUN = 16
 # Output channels per output row (N*P*Q) from which it is not: its weight layout costs more.
 PIXEL_MAJOR_MAX_K_PER_ROW = 4
+# A training convolution that would take pixel-major with at most this many input times output
+# channels runs its forward on shifted taps and its backward pixel-major instead, the backward
+# making each padded HWC image itself (conv2d_pixel_cpu, ``build``): the forward kept no images.
+# Training forward / backward with the input gradient, batch 32, 2 threads, ms, pixel-major
+# against shifted taps (/work/probe/s19/fb.py): 6->16 5x5 at 4x4 0.102 / 0.079, at 14x14 0.276 /
+# 0.195; 8->16 5x5 at 16x16 0.682 / 0.427; 16->32 5x5 at 16x16 1.99 / 1.48, 3x3 0.834 / 0.647;
+# 24->24 3x3 at 16x16 0.902 / 0.695 (576); 32->16 0.867 / 0.644; lost from 20->40 5x5 at 8x8
+# (800: 0.745 / 0.859) and 32->32 3x3 at 8x8 (0.417 / 0.440). Pixel-major's backward beat
+# im2col's on each of these (6->16 at 4x4 0.168 / 0.235, 16->32 5x5 3.61 / 3.77, 24->24 1.56 /
+# 1.68); measured on AVX2 only, whose shifted-taps tile is 8 floats wide.
+SHIFT_TRAIN_MAX_PRODUCT = 576 if VECTOR_BYTES == 32 else 0
 # Inference at a batch of two or more on output planes of at most PIXEL_STACK_MAX_PIXELS pixels,
 # weights of at least PIXEL_STACK_MIN_WEIGHTS values, off Winograd: pixel-major with samples
 # stacked in each product (conv2d_pixel_cpu._forward_stacked), which reads the weights once a
@@ -186,6 +199,9 @@ class Conv2dPlan:
     #: None where a backward follows: a training step's arrays kept past it raised vgg_small's
     #: step peak by about 6 MB (25-30 against 33-36 MB at batch 32), for no gain at its sizes.
     last: list | None = field(default_factory=list, compare=False)
+    #: The training backward's path where it is not the forward's: a shifted-taps forward's is
+    #: "im2col" or "pixel" (conv2d_cpu.conv2d_plan).
+    backward_path: str = ""
 
 
 @contextlib.contextmanager
@@ -225,6 +241,17 @@ def one_row_winograd(geo: tuple[int, ...], x_shape: tuple[int, ...], out: tuple[
     groups 1, stride 1, no dilation."""
     G, R, S, sh, sw, dh, dw, pt, _ = geo
     return (G, R, S, sh, sw, dh, dw, pt) == (1, 1, 5, 1, 1, 1, 1, 0) and x_shape[2] == 1 and out[2] == 1
+
+
+def pixel_major(x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple[int, ...]) -> bool:
+    """Whether pixel-major's column runs are long enough, and its weight layout cheap enough,
+    for the (N, C, H, W) input giving (N, K, P, Q) ``out`` (a stride-1, groups-1 convolution
+    whose x is not its own column matrix; not one-row)."""
+    G, R, S, sh, sw, dh, dw, _, _ = geo
+    C, K, P, Q = x_shape[1], out[1], out[2], out[3]
+    return (G == 1 and not direct(geo, x_shape[2:], out[2:]) and not (x_shape[2] == 1 and R == 1)
+            and (sh, sw) == (1, 1) and C * (S if dw == 1 else 1) >= PIXEL_MAJOR_MIN_RUN
+            and K < PIXEL_MAJOR_MAX_K_PER_ROW * x_shape[0] * P * Q)
 
 
 def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple[int, ...], dtype: Any,
@@ -305,10 +332,11 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     # model at batch 1, whole models with overhead, us, pixel-major against im2col:
     # googlenet_mini's 64->128 3x3 at 4x4 93 against 59; level: 16->32 5x5 at 4x4, 27 against
     # 28, and 32->64 3x3 at 8x8, 57 against 54).
-    if (pixel_fits and not one_row and (sh, sw) == (1, 1)
-            and C * (S if dw == 1 else 1) >= PIXEL_MAJOR_MIN_RUN
-            and K < PIXEL_MAJOR_MAX_K_PER_ROW * x_shape[0] * P * Q):
-        return "pixel"
+    if pixel_major(x_shape, out, geo):
+        # Few channels: shifted taps' forward beat pixel-major's, whose backward beat im2col's
+        # (SHIFT_TRAIN_MAX_PRODUCT): the forward on shifted taps, the backward pixel-major
+        # (conv2d_cpu.conv2d_plan).
+        return "shift" if shift and backward and C * K <= SHIFT_TRAIN_MAX_PRODUCT else "pixel"
     # A training step's im2col convolution (few input channels: a first layer) runs its forward
     # on shifted taps and its backward on im2col (conv2d_cpu), so that the step and the
     # inference after it share one forward kernel: lenet5's conv1 (1 -> 6 5x5) took shifted

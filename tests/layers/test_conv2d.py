@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import numbacnn as nc
+from numbacnn.layers import conv2d_plan
 from numbacnn.testing import check_layer
 from _conv_cases import cpu_path
 
@@ -101,7 +102,8 @@ def test_conv2d_cpu_takes_the_pixel_major_path_on_wide_inputs(shape):
 
     cfg = dict(out_channels=5, kernel_size=3, padding=(1, 2, 0, 1))
     layer = Conv2d(**cfg)
-    assert cpu_path(layer, shape) == "pixel"
+    # (a training step: its forward on shifted taps where conv2d_plan.SHIFT_TRAIN_MAX_PRODUCT allows)
+    assert cpu_path(layer, shape) == ("shift" if conv2d_plan.SHIFT_TRAIN_MAX_PRODUCT >= 5 * shape[1] else "pixel")
     J = shape[1] * 9
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NUMBACNN_CONV2D_PATH", "pixel")  # float64 too (its default is im2col)
@@ -194,7 +196,7 @@ def test_conv2d_float64_takes_im2col_unless_forced(monkeypatch):
     from numbacnn.layers import conv2d_cpu, conv2d_winograd_cpu
 
     wino, pixel = (Conv2d(out_channels=16, kernel_size=3, padding=1), (2, 16, 6, 7)), \
-        (Conv2d(out_channels=5, kernel_size=3), (2, 16, 6, 7))
+        (Conv2d(out_channels=64, kernel_size=3), (2, 16, 6, 7))  # past SHIFT_TRAIN_MAX_PRODUCT
     for layer, shape in (wino, pixel):
         assert cpu_path(layer, shape, "float64") == "im2col"
     assert cpu_path(*wino) == "winograd" and cpu_path(*pixel) == "pixel"

@@ -189,12 +189,15 @@ def _paths(layer, shape):
             and 2 <= min(layer.kernel) and max(layer.kernel) <= 6):
         paths.append("winograd")
     paths.append("shift")  # conv2d_shift_cpu: any groups, stride, padding and dilation
+    if "pixel-major" in paths:
+        paths.append("shift-pixel")  # shifted taps, then pixel-major making its own images (few channels)
     return paths
 
 
 def test_conv2d_random_geometries_cover_every_path_and_the_edges():
     paths = [p for cfg, shape in GEOMETRIES for p in _paths(Conv2d(**cfg), shape)]
     assert paths.count("pixel-major") >= 15 and paths.count("winograd") >= 10 and paths.count("shift") >= 15
+    assert paths.count("shift-pixel") == paths.count("pixel-major")
     assert any(_direct(Conv2d(**c)) for c, _ in GEOMETRIES)
     assert any(c["groups"] > 1 for c, _ in GEOMETRIES) and any(s[1] == 17 for _, s in GEOMETRIES)
     assert any(len(c["padding"]) == 4 for c, _ in GEOMETRIES if isinstance(c["padding"], tuple))
@@ -236,6 +239,13 @@ def test_conv2d_random_geometries_fenced(i, monkeypatch):
                     mp.setattr(conv2d_pixel_cpu, "_BLOCK_ELEMENTS", int(rng.integers(1, 4)) * shape[1] * np.prod(cfg["kernel_size"]))
             elif path == "shift":
                 mp.setenv("NUMBACNN_CONV2D_PATH", "shift")
+            elif path == "shift-pixel":  # forced shifted taps, with the backward auto would give few channels
+                mp.setenv("NUMBACNN_CONV2D_PATH", "shift")
+                mp.setattr(conv2d_cpu, "requested", lambda: "auto")
+                mp.setattr(conv2d_cpu, "pixel_major", lambda *shapes: True)
+                if rng.random() < 0.5:
+                    few = int(rng.integers(1, 4)) * shape[1] * np.prod(cfg["kernel_size"])
+                    mp.setattr(conv2d_pixel_cpu, "_BLOCK_ELEMENTS", few)
             elif path == "winograd":
                 mp.setenv("NUMBACNN_CONV2D_PATH", "winograd")
                 if rng.random() < 0.5:  # blocks of one tile row
