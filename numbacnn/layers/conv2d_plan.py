@@ -62,7 +62,8 @@ PIXEL_MAJOR_MAX_K_PER_ROW = 4
 # 24->24 3x3 at 16x16 0.902 / 0.695 (576); 32->16 0.867 / 0.644; lost from 20->40 5x5 at 8x8
 # (800: 0.745 / 0.859) and 32->32 3x3 at 8x8 (0.417 / 0.440). Pixel-major's backward beat
 # im2col's on each of these (6->16 at 4x4 0.168 / 0.235, 16->32 5x5 3.61 / 3.77, 24->24 1.56 /
-# 1.68); measured on AVX2 only, whose shifted-taps tile is 8 floats wide.
+# 1.68); measured on AVX2 only, whose shifted-taps tile is 8 floats wide. Both paths forced: in
+# auto, convolutions of 16 or more channels each way at these sizes take Winograd first.
 SHIFT_TRAIN_MAX_PRODUCT = 576 if VECTOR_BYTES == 32 else 0
 # Inference at a batch of two or more on output planes of at most PIXEL_STACK_MAX_PIXELS pixels,
 # weights of at least PIXEL_STACK_MIN_WEIGHTS values, off Winograd: pixel-major with samples
