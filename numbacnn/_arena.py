@@ -55,6 +55,12 @@ class Arena:
     def owns(self, a: Any) -> bool:
         return id(a) in self._holders
 
+    def sole(self, a: Any) -> bool:
+        """Whether ``a`` is ours and no other value holds its buffer (a view of it, or a value it
+        is a view of), so that writing into it changes no other value."""
+        entry = self._holders.get(id(a))
+        return entry is not None and entry[2] == 1 and self._refs[id(entry[1])] == 1
+
     def retain(self, a: Any, like: Any) -> None:
         """``a`` (possibly ``like`` itself) now also holds the buffer behind ``like``."""
         base = self._holders[id(like)][1]

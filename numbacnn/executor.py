@@ -246,7 +246,7 @@ class Executor:
             else:
                 if arena is not None:
                     plan.inplace[k] = (layer.inplace_ok and len(ins) == 1 and left[ins[0]] == 1
-                                       and ins[0] not in self._keep and arena.owns(args[0]))
+                                       and ins[0] not in self._keep and arena.sole(args[0]))
                 ctx.begin(training, grad, pool, plans, plan.inplace[k], arena or (record and record.arena))
                 y = forwards[k](ctx, *args)
             if y.shape != want or y.dtype != dtype:

@@ -156,3 +156,26 @@ def test_inference_buffers_start_on_64_byte_lines():
     model.forward(x)
     bufs = [b for ctx in model._executor.thread_pass().folds.ctxs for b in ctx._pool]
     assert len(bufs) >= 8 and all(b.ctypes.data % ALIGN == 0 for b in bufs if b.size)
+
+
+@pytest.mark.parametrize("alias", ["flatten", "dropout"])
+def test_in_place_relu_leaves_a_value_another_view_of_it_still_needs(alias):
+    # Regression: a ReLU on a flatten view (or on dropout's identity in eval) of a conv's output ran
+    # in place as the view's last reader, though the conv's output itself, the same buffer, was
+    # still to be read (by the pool): the pool averaged relu'd values, 0.21 off.
+    from numbacnn.layers.conv2d_plan import force_path
+
+    g = nc.Graph()
+    a = g.conv2d(g.input((4, 6, 6)), out_channels=4, kernel_size=3, padding=1, name="c")
+    v = g.flatten(a, name="v") if alias == "flatten" else g.dropout(a, p=0.5, name="v")
+    o1 = g.linear(g.flatten(g.relu(v, name="r")), out_features=3, name="l1")
+    o2 = g.linear(g.flatten(g.global_avg_pool2d(a, name="p")), out_features=2, name="l2")
+    g.output(o1, o2)
+    model = nc.Model(g, seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 4, 6, 6)).astype(np.float32)
+    with force_path("im2col"):  # one conv path in both passes: the buffers are what differ
+        for _ in range(2):  # the pass that decides, then its replay
+            shared = model.forward(x)
+            kept = model.forward(x, training=False, grad=True)  # every buffer its own
+            for s, k in zip(shared, kept):
+                np.testing.assert_array_equal(s, k)
