@@ -25,10 +25,15 @@ def naive(x, w, b, gy, pad):
     return y, gxp[:, :, pad:pad + H, pad:pad + W], gw, gb
 
 
-def cpu_path(layer, shape, dtype="float32", backward=True):
-    """The CPU path conv2d_plan picks for an (N, C, H, W) input (conv1d: N, C, 1, L), for a
+def cpu_plan(layer, shape, dtype="float32", backward=True):
+    """The CPU plan conv2d_plan makes for an (N, C, H, W) input (conv1d: N, C, 1, L), for a
     training step (``backward``) or inference."""
     from numbacnn.layers import conv2d_cpu
 
     out = (shape[0], *layer._output_shape_2d(tuple(shape[1:])))
-    return conv2d_cpu.conv2d_plan("c", tuple(shape), out, layer._geometry(), backward, dtype).path
+    return conv2d_cpu.conv2d_plan("c", tuple(shape), out, layer._geometry(), backward, dtype)
+
+
+def cpu_path(layer, shape, dtype="float32", backward=True):
+    """The path of ``cpu_plan``'s plan."""
+    return cpu_plan(layer, shape, dtype, backward).path

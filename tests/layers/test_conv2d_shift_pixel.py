@@ -6,17 +6,12 @@ import numpy as np
 import pytest
 
 import numbacnn as nc
-from numbacnn.layers import conv2d_cpu, conv2d_plan
+from numbacnn.layers import conv2d_plan
 from numbacnn.testing import run_fenced
 
-from _conv_cases import naive
+from _conv_cases import cpu_plan as _plan, naive
 
 Conv2d = nc.get_layer("conv2d")
-
-
-def _plan(layer, shape, dtype="float32", backward=True):
-    out = (shape[0], *layer._output_shape_2d(tuple(shape[1:])))
-    return conv2d_cpu.conv2d_plan("c", tuple(shape), out, layer._geometry(), backward, dtype)
 
 
 @pytest.fixture
