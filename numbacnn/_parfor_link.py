@@ -11,21 +11,31 @@ into it. So each loop body was optimized eight times and turned into machine cod
 While a numbacnn kernel compiles (a function marked by ``_kernel_cache.mark_kernel``, seen
 through Numba's ``numba:compile`` event), the parfor libraries are finalized for linking only:
 
-- the two wrapper libraries are linked and verified: no optimization, no machine code. Numba
-  takes no address in them; if anything asks, their machine code is made then.
-- the body's library skips the module-level O3 (its function passes still run). Its machine
-  code is still made: compiling the body makes a Python-callable wrapper around it, whose
-  address Numba takes (and never calls).
+- the two wrapper libraries and the body's are linked and verified: no module optimization
+  (the body's function passes still run), no machine code. Numba takes no address in the
+  wrappers; if anything asks, the machine code is made then. Compiling the body makes a
+  Python entry point around it, which Numba never calls: it gets a lazy one (below).
 
-The kernel's library links the three, makes the body's linked copy its own (internal: the
-body's library also defines it, strongly, and the JIT bound calls there, to code without the
-module O3), and optimizes the whole once, as it always did, so the machine code that runs is
-as fast. ``numbacnn train`` from an empty cache, compiling in one
+The kernel's library links the three, makes the body's linked copy its own (internal: when the
+body's library did make machine code, it defined the body strongly and the JIT bound calls
+there, to code without the module O3), and optimizes the whole once, as it always did, so the
+machine code that runs is as fast. ``numbacnn train`` from an empty cache, compiling in one
 process (14 kernels): 25.5 s before, 17.5 s after; the suite's warm rows, alternating runs:
-geometric mean 0.99x of the time before (README, Performance). Functions that are not
-numbacnn kernels compile exactly as Numba compiles them, and ``NUMBACNN_LINK_ONCE=0`` turns
-this off for all. A Numba whose code libraries lack the internals used here is left alone
-(``active()`` says whether it is on).
+geometric mean 0.99x of the time before (README, Performance).
+
+The same goes for every function compiled *inside* a numbacnn kernel's compile: the serial
+chunk functions a kernel calls (``cpu_serial`` ones called from its ``prange`` body), and
+Numba's own helpers they pull in. Each was optimized and made into machine code in a library of
+its own, then linked into the kernel and optimized again there; now it is linked only, its
+Python entry point made on first use (``_lazy_entry``, for the rare call from Python of a
+function that a kernel compiled first), and it is not written to the disk cache (its kernel's
+cache entry holds its code). One process compiling lenet5's digits training step and an
+inference: 22.8 -> 18.6 s; an empty-cache ``numbacnn train`` 14.5 / 14.8 -> 12.8 / 13.0 s
+(alternating runs); the step itself as fast (2.47-2.53 against 2.50-2.58 ms).
+
+Functions that are not numbacnn kernels, and are not compiled inside one, compile exactly as
+Numba compiles them, and ``NUMBACNN_LINK_ONCE=0`` turns this off for all. A Numba whose code
+libraries lack the internals used here is left alone (``active()`` says whether it is on).
 """
 
 from __future__ import annotations
@@ -35,7 +45,10 @@ import threading
 from typing import Any
 
 import llvmlite.binding as ll
-from numba.core import codegen, event
+from llvmlite import ir
+from numba import _dynfunc
+from numba.core import caching, codegen, cpu, event
+from numba.core.compiler_lock import global_compiler_lock
 
 from ._kernel_cache import MARK
 
@@ -47,7 +60,9 @@ _WRAPPERS = ("parallelgufuncwrapper",)  # parallel.build_gufunc_kernel's library
 _WRAPPER_REPR = "._GufuncWrapper object at "  # wrappers._GufuncWrapper names its library str(self)
 _LINKONCE_ODR = ll.Linkage.linkonce_odr  # how Numba marks a function linked in from another library
 _NEEDED = ("finalize", "_optimize_final_module", "_finalize_final_module", "_get_module_for_linking",
-           "_raise_if_finalized")
+           "_raise_if_finalized", "_ensure_finalized", "add_ir_module")
+_PTR = ir.IntType(8).as_pointer()
+_CPYTHON = ir.FunctionType(_PTR, [_PTR, _PTR, _PTR])  # Numba's Python entry: (closure, args, kws) -> result
 
 _state = threading.local()  # depth: how many numbacnn kernel compiles this thread is inside
 _installed: list[bool] = []
@@ -74,7 +89,11 @@ def _is_kernel(ev: Any) -> bool:
 
 
 def _link_only(name: str) -> bool:
-    return name in _WRAPPERS or _WRAPPER_REPR in name
+    """Whether a library finalized now exists only to be linked into a numbacnn kernel: a
+    parfor wrapper or body of a kernel being compiled, or anything compiled inside the compile
+    of a numbacnn function that a kernel's compile started (depth 2 and more)."""
+    depth = _depth()
+    return depth > 1 or (depth > 0 and (name in _WRAPPERS or _WRAPPER_REPR in name or name.startswith(_BODY)))
 
 
 def _finalize_for_linking(lib: Any) -> None:
@@ -106,6 +125,37 @@ def _own_bodies(lib: Any) -> None:
             fn.linkage = "internal"
 
 
+def _lazy_entry(context: Any, library: Any, fndesc: Any, env: Any, make: Any) -> Any:
+    """The Python entry point of a function whose library is linked only: a two-instruction
+    function (``PyObject_Call`` of ``forward``, its arguments passed through) that makes the
+    library's machine code on the first call and calls the real entry from then on. Numba
+    takes an entry for every function it compiles; for one compiled inside a kernel it is
+    almost never called."""
+    real: list[Any] = []
+
+    def forward(*args: Any, **kws: Any) -> Any:
+        if not real:
+            with global_compiler_lock:
+                if not real:
+                    real.append(make(context, library, fndesc, env))
+        return real[0](*args, **kws)
+
+    module = ir.Module(name="numbacnn_lazy_entry")
+    fn = ir.Function(module, _CPYTHON, name=f"numbacnn_lazy_{fndesc.llvm_cpython_wrapper_name}")
+    builder = ir.IRBuilder(fn.append_basic_block())
+    call = ir.Function(module, _CPYTHON, name="PyObject_Call")
+    target = ir.Constant(ir.IntType(64), id(forward)).inttoptr(_PTR)
+    builder.ret(builder.call(call, [target, fn.args[1], fn.args[2]]))
+    entry = context.codegen().create_library(fn.name)
+    entry.add_ir_module(module)
+    entry._final_module.verify()
+    entry._finalize_final_module()  # machine code, without a module pipeline for two instructions
+    address = entry.get_pointer_to_function(fn.name)
+    doc = f"compiled wrapper for {fndesc.qualname!r} (made on first call)"
+    return _dynfunc.make_function(fndesc.lookup_module(), fndesc.qualname.split(".")[-1], doc, address, env,
+                                  (library, entry, forward))
+
+
 def install() -> None:
     """Wrap Numba's CPU code library once (idempotent); a no-op when ``NUMBACNN_LINK_ONCE=0``
     or when this Numba's code library lacks the internals used here."""
@@ -114,33 +164,48 @@ def install() -> None:
     lib_cls = getattr(codegen, "CPUCodeLibrary", None)
     jit_cls = getattr(codegen, "JITCodeLibrary", None)
     if (lib_cls is None or jit_cls is None or not all(hasattr(lib_cls, n) for n in _NEEDED)
-            or not hasattr(jit_cls, "get_pointer_to_function")):
+            or not hasattr(jit_cls, "get_pointer_to_function") or not hasattr(cpu.CPUContext, "get_executable")
+            or not hasattr(caching.Cache, "save_overload")):
         return
     finalize, optimize = lib_cls.finalize, lib_cls._optimize_final_module
     get_pointer = jit_cls.get_pointer_to_function
+    get_executable = cpu.CPUContext.get_executable
+    save_overload = caching.Cache.save_overload
 
     def finalize_parfor_once(self: Any) -> None:
-        if _depth() > 0 and _link_only(self.name):
+        if _link_only(self.name):
             _finalize_for_linking(self)
         else:
             finalize(self)
 
     def optimize_parfor_once(self: Any) -> None:
-        if _depth() > 0 and self.name.startswith(_BODY):
-            return  # optimized once, as part of the kernel's library
         if _depth() > 0:
             _own_bodies(self)
         optimize(self)
 
     def get_pointer_parfor_once(self: Any, name: str) -> int:
-        if getattr(self, "_numbacnn_link_only", False):  # nothing asks; if it does, make the code
+        if getattr(self, "_numbacnn_link_only", False):  # rarely asked; if it is, make optimized code
             self._numbacnn_link_only = False
+            optimize(self)
             self._finalize_final_module()
         return get_pointer(self, name)
+
+    def get_executable_once(self: Any, library: Any, fndesc: Any, env: Any) -> Any:
+        if _depth() > 0:
+            library._ensure_finalized()
+        if getattr(library, "_numbacnn_link_only", False):
+            return _lazy_entry(self, library, fndesc, env, get_executable)
+        return get_executable(self, library, fndesc, env)
+
+    def save_unless_link_only(self: Any, sig: Any, data: Any) -> None:
+        if not getattr(getattr(data, "library", None), "_numbacnn_link_only", False):
+            save_overload(self, sig, data)  # a linked-only function's code lives in its kernel's entry
 
     lib_cls.finalize = finalize_parfor_once
     lib_cls._optimize_final_module = optimize_parfor_once
     jit_cls.get_pointer_to_function = get_pointer_parfor_once
+    cpu.CPUContext.get_executable = get_executable_once
+    caching.Cache.save_overload = save_unless_link_only
     event.register("numba:compile", _KernelScope())
     _installed.append(True)
 

@@ -175,3 +175,98 @@ def test_a_failed_compile_leaves_the_scope():
     with pytest.raises(numba.core.errors.TypingError):
         _compile(_untypable, marked=True)(np.zeros(4))
     assert _parfor_link._depth() == 0
+
+
+def _scale_row(x, out, i, s):
+    """A serial chunk: out[i] = s * x[i]; refuses a negative entry."""
+    for j in range(x.shape[1]):
+        if x[i, j] < 0:
+            raise ValueError("negative entry")
+        out[i, j] = x[i, j] * s
+
+
+def _scale_rows(x, out, s):
+    for i in prange(x.shape[0]):
+        chunk(x, out, i, s)  # noqa: F821 (the chunk _chunked puts in this copy's globals)
+
+
+def _chunked():
+    """A fresh marked chunk and a fresh marked kernel calling it, neither cached."""
+    copy = type(_scale_row)(_scale_row.__code__, _scale_row.__globals__, _scale_row.__name__)
+    chunk = numba.njit(cache=False)(mark_kernel(copy))
+    kernel = type(_scale_rows)(_scale_rows.__code__, {**_scale_rows.__globals__, "chunk": chunk}, "_scale_rows")
+    return chunk, numba.njit(parallel=True, cache=False)(mark_kernel(kernel))
+
+
+def test_a_function_compiled_inside_a_kernel_is_linked_only(libraries):
+    chunk, kernel = _chunked()
+    x = np.random.default_rng(3).uniform(0, 1, (9, 7))
+    out = np.empty_like(x)
+    kernel(x, out, 2.5)
+    np.testing.assert_array_equal(out, x * 2.5)
+    assert "_scale_row" in libraries["link_only"]
+    assert "_scale_row" not in libraries["machine_code"]  # its code is the kernel's
+    assert "_scale_rows" in libraries["machine_code"]
+
+
+def test_a_linked_only_function_still_runs_when_called_from_python(libraries):
+    # The Python entry of a function a kernel compiled first makes its machine code on the
+    # first call (it used to be made, unused, at every compile); results and errors as ever.
+    chunk, kernel = _chunked()
+    x = np.random.default_rng(4).uniform(0, 1, (5, 3))
+    out = np.zeros_like(x)
+    kernel(x, out, 1.0)
+    compiled = list(chunk.signatures)  # (x, out, int64 or uint64, float64): prange's index types
+    assert "_scale_row" not in libraries["machine_code"]
+    out[:] = 0
+    chunk(x, out, 2, 3.0)
+    assert chunk.signatures == compiled  # the kernel's compile, not a new one
+    assert "_scale_row" in libraries["machine_code"]
+    np.testing.assert_array_equal(out[2], 3.0 * x[2])
+    assert not out[[0, 1, 3, 4]].any()
+    chunk(x, out, 4, s=-1.0)
+    np.testing.assert_array_equal(out[4], -x[4])
+    x[1, 2] = -1.0
+    with pytest.raises(ValueError, match="negative entry"):
+        chunk(x, out, 1, 1.0)
+
+
+_CACHED_MODULE = '''
+import numpy as np
+from numbacnn._jit import cpu_kernel, cpu_serial, prange
+
+
+@cpu_serial
+def scale_row(x, out, i, s):
+    for j in range(x.shape[1]):
+        out[i, j] = x[i, j] * s
+
+
+@cpu_kernel
+def scale_rows(x, out, s):
+    for i in prange(x.shape[0]):
+        scale_row(x, out, i, s)
+'''
+
+_CACHED_RUN = '''
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+import cached_kernels as k
+x = np.arange(12.0).reshape(4, 3); out = np.empty_like(x)
+k.scale_rows(x, out, 2.0)
+assert (out == 2.0 * x).all(), out
+print(k.scale_rows.stats.cache_hits.get(k.scale_rows.signatures[0], 0), len(k.scale_row.signatures))
+'''
+
+
+def test_the_kernel_is_cached_with_its_linked_functions_code(tmp_path):
+    # A linked-only function is not written to the disk cache (its library has no machine
+    # code): the kernel's cache entry holds that code, and a process loading the kernel runs
+    # it without compiling the function again.
+    (tmp_path / "cached_kernels.py").write_text(_CACHED_MODULE)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBACNN_CACHE="1")
+    runs = [subprocess.run([sys.executable, "-c", _CACHED_RUN, str(tmp_path)], env=env, capture_output=True,
+                           text=True, check=True).stdout.split() for _ in range(2)]
+    assert runs == [["0", "2"], ["1", "0"]], runs  # 2: prange compiles the row function for int64 and uint64
+    cached = " ".join(p.name for p in (tmp_path / "cache").rglob("*.nbi"))
+    assert "scale_rows" in cached and "scale_row-" not in cached and "scale_row." not in cached, cached
