@@ -52,7 +52,7 @@ from numba.core.compiler_lock import global_compiler_lock
 
 from ._kernel_cache import MARK
 
-__all__ = ["install", "active"]
+__all__ = ["install", "active", "depth"]
 
 ENV = "NUMBACNN_LINK_ONCE"
 _BODY = "__numba_parfor_gufunc_"  # the loop body's library (named after its function)
@@ -70,6 +70,12 @@ _installed: list[bool] = []
 
 def _depth() -> int:
     return getattr(_state, "depth", 0)
+
+
+def depth() -> int:
+    """How many numbacnn kernel compiles this thread is inside (0 when none, or when this
+    module is off): a cache lookup at depth 0 is a kernel's own, not a function it calls."""
+    return _depth()
 
 
 class _KernelScope(event.Listener):

@@ -16,6 +16,12 @@ failure ends it quietly, and it is killed when the main process no longer needs 
 writes cache files and indexes atomically (a temporary file, then a rename), so the two
 processes never leave a torn file; where both save a specialisation of one kernel at the same
 instant, one index entry may be lost and that specialisation compiles again in a later run.
+A kernel the worker is compiling is not compiled twice: the worker names the specialisation it
+is compiling (``announce``) in a file the training process gave it, and clears the name once
+the cache holds it; a training process that misses the cache on that very specialisation waits
+for it and loads it (``_await``) instead of starting the same compile (in one cold ``numbacnn
+train``, both processes compiled conv2d's weight-gradient reduction at once: 0.8 s of the
+training process's own compiling).
 By default the worker starts only when a CPU is idle (a second compiling process on a saturated
 machine slows the first); ``NUMBACNN_PRECOMPILE=1`` always starts it, ``NUMBACNN_PRECOMPILE=0``
 never.
@@ -29,10 +35,15 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
+import time
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from numba.core import event
+from numba.core import caching, event, sigutils
+
+from ._kernel_cache import MARK
+from ._parfor_link import depth
 
 __all__ = ["start", "enabled", "on_first_compile", "worker_on_first_compile"]
 
@@ -77,16 +88,108 @@ def start(model: Any, optimizer: Any, loss_fn: Any, x: np.ndarray, y: np.ndarray
                                 "optimizer": type(optimizer) if optimizer is not None else None,
                                 "config": optimizer.config if optimizer is not None else None,
                                 "loss": loss_fn, "x": np.asarray(x), "y": np.asarray(y)})
+        fd, busy = tempfile.mkstemp(prefix="numbacnn-precompile-")
+        os.close(fd)
         env = dict(os.environ, **{ENV: "0"})
-        proc = subprocess.Popen([sys.executable, "-m", "numbacnn._precompile"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "numbacnn._precompile", busy], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         assert proc.stdin is not None
         proc.stdin.write(payload)
         proc.stdin.close()
     except Exception:  # a graph that does not pickle, no process to spare: train compiles it all
         return None
-    atexit.register(_stop, proc)
+    _WORKERS.append((proc, busy))
+    _install_await()
+    atexit.register(_stop, proc, busy)
     return proc
+
+
+#: The running workers and the files in which each names the specialisation it is compiling.
+_WORKERS: list[tuple[subprocess.Popen, str]] = []
+#: How long the training process waits for one specialisation the worker is compiling (s):
+#: longer than any kernel compiles; past it, the training process compiles it too.
+AWAIT_S = 60.0
+
+
+def _key(py_func: Any, sig: Any) -> str | None:
+    """A numbacnn kernel's specialisation as both processes name it (None for other functions)."""
+    if not getattr(py_func, MARK, False):
+        return None
+    args, _ = sigutils.normalize_signature(sig)
+    return f"{py_func.__module__}.{py_func.__qualname__}{tuple(args)}"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}"
+    with contextlib.suppress(OSError):  # the training process gone, its file with it: nobody reads
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)  # the reader sees the old name or the new one, never half of one
+
+
+def _install_await() -> None:
+    """In the training process: a cache miss on the specialisation a live worker is compiling
+    waits for the worker's cache entry (once installed, for every worker this process starts)."""
+    if getattr(caching.Cache.load_overload, "_numbacnn_await", False):
+        return
+    load = caching.Cache.load_overload
+
+    def load_or_await(self: Any, sig: Any, target_context: Any) -> Any:
+        data = load(self, sig, target_context)
+        if data is None and depth() == 0 and _WORKERS:
+            key = _key(self._py_func, sig)
+            if key is not None and _await(key):
+                data = load(self, sig, target_context)
+        return data
+
+    load_or_await._numbacnn_await = True  # type: ignore[attr-defined]
+    caching.Cache.load_overload = load_or_await
+
+
+def _await(key: str) -> bool:
+    """Wait while a live worker names ``key``; whether it did (the cache may now hold it)."""
+    waited, until = False, time.monotonic() + AWAIT_S
+    for proc, busy in list(_WORKERS):
+        while proc.poll() is None and _read(busy) == key and time.monotonic() < until:
+            waited = True
+            time.sleep(0.01)
+    return waited
+
+
+def announce(busy: str) -> None:
+    """In the worker: name each numbacnn kernel specialisation it starts compiling (a cache
+    miss outside any other kernel's compile) in the file ``busy``, and clear the name once
+    the cache holds that specialisation."""
+    load, save = caching.Cache.load_overload, caching.Cache.save_overload
+    current: list[str | None] = [None]
+
+    def load_announcing(self: Any, sig: Any, target_context: Any) -> Any:
+        data = load(self, sig, target_context)
+        if data is None and depth() == 0:
+            key = _key(self._py_func, sig)
+            if key is not None:
+                current[0] = key
+                _write(busy, key)
+        return data
+
+    def save_clearing(self: Any, sig: Any, data: Any) -> None:
+        try:
+            save(self, sig, data)
+        finally:
+            if current[0] is not None and _key(self._py_func, sig) == current[0]:
+                current[0] = None
+                _write(busy, "")
+
+    caching.Cache.load_overload = load_announcing
+    caching.Cache.save_overload = save_clearing
 
 
 class _FirstCompile(event.Listener):
@@ -123,10 +226,12 @@ def worker_on_first_compile(model: Any, optimizer: Any, loss_fn: Any, x: np.ndar
     return on_first_compile(lambda: start(model, optimizer, loss_fn, x, y))
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen, busy: str) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+    with contextlib.suppress(OSError):
+        os.remove(busy)
 
 
 def _worker_order(order: list[str]) -> list[str]:
@@ -208,7 +313,11 @@ def main() -> int:
         os.nice(5)  # the training process comes first on a busy machine
     except (AttributeError, OSError):
         pass
+    if len(sys.argv) > 1:
+        announce(sys.argv[1])
     _run(pickle.load(sys.stdin.buffer))
+    if len(sys.argv) > 1:
+        _write(sys.argv[1], "")
     return 0
 
 

@@ -186,3 +186,98 @@ def test_a_failing_worker_ends_quietly_and_fit_trains_on(monkeypatch, tmp_path):
     x, y = np.ones((8, 5), np.float32), np.arange(8) % 3
     history = nc.Trainer(model, opt).fit(x, y, epochs=1, batch_size=4, verbose=0)
     assert np.isfinite(history["loss"][-1])
+
+
+_AWAIT_MODULE = '''
+import numpy as np
+from numbacnn._jit import cpu_kernel, prange
+
+
+@cpu_kernel
+def scaled(x, out):
+    for i in prange(x.shape[0]):
+        out[i] = 3.0 * x[i] + 1.0
+
+
+@cpu_kernel
+def ready(x):
+    for i in prange(x.shape[0]):
+        x[i] = 0.0
+'''
+
+# The worker's side: names each kernel specialisation it compiles, as the real worker does.
+_AWAIT_WORKER = '''
+import sys
+sys.path.insert(0, sys.argv[2])
+import numpy as np
+from numbacnn import _precompile
+_precompile.announce(sys.argv[1])
+import await_kernels
+x = np.arange(6.0); out = np.empty_like(x)
+await_kernels.scaled(x, out)
+'''
+
+# The training process's side: starts that worker, waits until it names the kernel, then
+# calls the same kernel itself; reports whether it compiled it and what the file said.
+_AWAIT_TRAINER = '''
+import json, subprocess, sys, time
+sys.path.insert(0, sys.argv[2])
+import numpy as np
+from numba.core import event
+from numbacnn import _precompile
+import await_kernels
+await_kernels.ready(np.ones(3))  # Numba's target context made before the worker starts
+compiled = []
+class Seen(event.Listener):
+    def on_start(self, ev): compiled.append(ev.data["dispatcher"].py_func.__name__)
+    def on_end(self, ev): pass
+event.register("numba:compile", Seen())
+busy = sys.argv[1]
+proc = subprocess.Popen([sys.executable, "-c", sys.argv[3], busy, sys.argv[2]])
+_precompile._WORKERS.append((proc, busy))
+_precompile._install_await()
+named = ""
+while not named and proc.poll() is None:
+    named = _precompile._read(busy)
+    time.sleep(0.002)
+x = np.arange(6.0); out = np.empty_like(x)
+await_kernels.scaled(x, out)
+print(json.dumps({"named": named, "compiled": compiled, "out": out.tolist(), "worker": proc.wait(),
+                  "after": _precompile._read(busy)}))
+'''
+
+
+def test_the_training_process_loads_what_the_worker_is_compiling(tmp_path):
+    # Both processes compiled the same specialisation at once (conv2d's weight-gradient
+    # reduction, 0.8 s of a cold train): now the training process waits for the worker's.
+    (tmp_path / "await_kernels.py").write_text(_AWAIT_MODULE)
+    busy = tmp_path / "busy"
+    busy.write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBACNN_CACHE", "NUMBA_ENABLE_CUDASIM")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-c", _AWAIT_TRAINER, str(busy), str(tmp_path), _AWAIT_WORKER],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["named"].startswith("await_kernels.scaled(Array(float64, 1, 'C'"), report
+    assert report["compiled"] == [], report  # loaded from the worker's cache entry
+    assert report["out"] == [1.0, 4.0, 7.0, 10.0, 13.0, 16.0]
+    assert report["worker"] == 0 and report["after"] == "", report
+
+
+def test_await_gives_up_when_the_worker_is_gone(tmp_path, monkeypatch):
+    busy = tmp_path / "busy"
+    busy.write_text("k(int64,)")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    monkeypatch.setattr(_precompile, "_WORKERS", [(proc, str(busy))])
+    assert not _precompile._await("k(int64,)")  # a dead worker's name: no wait at all
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        monkeypatch.setattr(_precompile, "_WORKERS", [(live, str(busy))])
+        monkeypatch.setattr(_precompile, "AWAIT_S", 0.2)
+        assert not _precompile._await("other(int64,)")  # another specialisation: no wait
+        assert _precompile._await("k(int64,)")  # named and alive: waits, up to AWAIT_S
+    finally:
+        live.kill()
+        live.wait()
