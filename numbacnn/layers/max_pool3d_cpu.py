@@ -18,7 +18,7 @@ from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import PARALLEL_MIN, batch_chunks
 from ._conv_columns import valid as _valid
 from ._max_pool2d_cpu import (_flat2x2, _forward_2x2, _forward_3x3, _rows_2x2, _rows_3x3s2, _rows2x2, _rows3x3s2,
-                              _three, rows2x2, rows3x3s2)
+                              _three, _values_2x2, rows2x2, rows3x3s2)
 from ._pool3d_rules import window_max
 
 __all__ = ["max_pool3d_forward", "max_pool3d_backward_input"]
@@ -147,8 +147,10 @@ def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
     chunks = 1 if x.size < PARALLEL_MIN else batch_chunks(x.shape[0] * x.shape[1])
     rows = y.shape[0] * y.shape[1] * y.shape[3]
     if _flat2x2(geometry, x.shape, y.shape):
-        if not rows2x2(x.shape, y.shape, index.size):
+        if index.size:
             _forward_2x2(x, y, index, chunks)
+        elif not rows2x2(x.shape, y.shape, index.size):
+            _values_2x2(x, y, chunks)
         elif chunks == 1:  # the serial body itself: no parallel region to enter
             _rows2x2(x, y, 0, rows)
         else:
