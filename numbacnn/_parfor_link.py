@@ -11,31 +11,27 @@ into it. So each loop body was optimized eight times and turned into machine cod
 While a numbacnn kernel compiles (a function marked by ``_kernel_cache.mark_kernel``, seen
 through Numba's ``numba:compile`` event), the parfor libraries are finalized for linking only:
 
-- the two wrapper libraries are linked and verified: no optimization, no machine code. Numba
-  takes no address in them; if anything asks, their machine code is made then.
-- the body's library skips the module-level O3 (its function passes still run). Its machine
-  code is still made: Numba takes the address of a Python entry around the body (never
-  called), and making that code also runs LLVM's code-generation passes over the body's IR
-  before the kernel links it. Kept for that: bodies linked without it (tried) compiled into
-  kernels that ran conv2d's weight-gradient reduction (``reduce_partials``, 64 x 256 partials)
-  in 209 us instead of 17.
+- the two wrapper libraries and the body's are linked and verified: no module optimization
+  (the body's function passes still run), no machine code. Numba takes no address in the
+  wrappers; if anything asks, the machine code is made then. Compiling the body makes a
+  Python entry point around it, which Numba never calls: it gets a lazy one (below).
 
-The kernel's library links the three, makes the body's linked copy its own (internal: the
-body's library also defines it, strongly, and the JIT bound calls there, to code without the
-module O3), and optimizes the whole once, as it always did, so the machine code that runs is
-as fast. ``numbacnn train`` from an empty cache, compiling in one
+The kernel's library links the three, makes the body's linked copy its own (internal: when the
+body's library did make machine code, it defined the body strongly and the JIT bound calls
+there, to code without the module O3), and optimizes the whole once, as it always did, so the
+machine code that runs is as fast. ``numbacnn train`` from an empty cache, compiling in one
 process (14 kernels): 25.5 s before, 17.5 s after; the suite's warm rows, alternating runs:
 geometric mean 0.99x of the time before (README, Performance).
 
-The functions compiled *inside* a numbacnn kernel's compile (the serial chunk functions a
-kernel calls from its ``prange`` body, and Numba's helpers they pull in) are linked only: each
-was optimized and made into machine code in a library of its own, then linked into the kernel
-and optimized again there. Now it has no module O3 and no machine code of its own, its Python
-entry point is made on first use (``_lazy_entry``, for the rare call from Python of a function
-that a kernel compiled first), and it is not written to the disk cache (its kernel's cache
-entry holds its code). One process compiling lenet5's digits training step and an inference:
-22.8 -> 19.3 s; an empty-cache ``numbacnn train`` 14.5 / 14.8 -> 12.9 / 12.9 s (alternating
-runs), the step itself as fast (2.47-2.53 against 2.50-2.58 ms).
+The same goes for every function compiled *inside* a numbacnn kernel's compile: the serial
+chunk functions a kernel calls (``cpu_serial`` ones called from its ``prange`` body), and
+Numba's own helpers they pull in. Each was optimized and made into machine code in a library of
+its own, then linked into the kernel and optimized again there; now it is linked only, its
+Python entry point made on first use (``_lazy_entry``, for the rare call from Python of a
+function that a kernel compiled first), and it is not written to the disk cache (its kernel's
+cache entry holds its code). One process compiling lenet5's digits training step and an
+inference: 22.8 -> 18.6 s; an empty-cache ``numbacnn train`` 14.5 / 14.8 -> 12.8 / 13.0 s
+(alternating runs); the step itself as fast (2.47-2.53 against 2.50-2.58 ms).
 
 Functions that are not numbacnn kernels, and are not compiled inside one, compile exactly as
 Numba compiles them, and ``NUMBACNN_LINK_ONCE=0`` turns this off for all. A Numba whose code
@@ -100,10 +96,10 @@ def _is_kernel(ev: Any) -> bool:
 
 def _link_only(name: str) -> bool:
     """Whether a library finalized now exists only to be linked into a numbacnn kernel: a
-    parfor wrapper of a kernel being compiled, or anything compiled inside the compile of a
-    numbacnn function that a kernel's compile started (depth 2 and more)."""
+    parfor wrapper or body of a kernel being compiled, or anything compiled inside the compile
+    of a numbacnn function that a kernel's compile started (depth 2 and more)."""
     depth = _depth()
-    return depth > 1 or (depth > 0 and (name in _WRAPPERS or _WRAPPER_REPR in name))
+    return depth > 1 or (depth > 0 and (name in _WRAPPERS or _WRAPPER_REPR in name or name.startswith(_BODY)))
 
 
 def _finalize_for_linking(lib: Any) -> None:
@@ -189,8 +185,6 @@ def install() -> None:
             finalize(self)
 
     def optimize_parfor_once(self: Any) -> None:
-        if _depth() > 0 and self.name.startswith(_BODY):
-            return  # optimized once, as part of the kernel's library
         if _depth() > 0:
             _own_bodies(self)
         optimize(self)

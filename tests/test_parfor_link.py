@@ -270,13 +270,3 @@ def test_the_kernel_is_cached_with_its_linked_functions_code(tmp_path):
     assert runs == [["0", "2"], ["1", "0"]], runs  # 2: prange compiles the row function for int64 and uint64
     cached = " ".join(p.name for p in (tmp_path / "cache").rglob("*.nbi"))
     assert "scale_rows" in cached and "scale_row-" not in cached and "scale_row." not in cached, cached
-
-
-def test_a_body_is_made_into_machine_code_before_its_kernel_links_it(libraries):
-    # Bodies linked without it (their IR never through LLVM's code-generation passes) compiled
-    # into kernels that ran conv2d's weight-gradient reduction 12x slower (209 us against 17).
-    out = np.empty((3, 2))
-    _compile(_affine_rows, marked=True)(np.ones((3, 4)), np.ones((4, 2)), np.zeros(2), out)
-    np.testing.assert_array_equal(out, 4.0)
-    assert any(name.startswith("__numba_parfor_gufunc_") for name in libraries["machine_code"])
-    assert not any(name.startswith("__numba_parfor_gufunc_") for name in libraries["link_only"])
