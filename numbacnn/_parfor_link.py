@@ -33,6 +33,14 @@ cache entry holds its code). One process compiling lenet5's digits training step
 inference: 22.8 -> 18.6 s; an empty-cache ``numbacnn train`` 14.5 / 14.8 -> 12.8 / 13.0 s
 (alternating runs); the step itself as fast (2.47-2.53 against 2.50-2.58 ms).
 
+Optimized once, a loop can come out slower than it did from IR that had already been through
+LLVM: conv2d's weight-gradient reduction (``conv2d_hwc_cpu.reduce_partials``, 64 x 256
+partials) ran in 209 us against 17 until it summed its partials in flat runs (now 14). The
+suite's rows are the check (README, Performance). Making the bodies' machine code again is not
+the way back: made without the module O3, a body's code defined the chunks it links,
+unoptimized, and kernels compiled in that process bound their calls there (the suite 1.3x
+slower).
+
 Functions that are not numbacnn kernels, and are not compiled inside one, compile exactly as
 Numba compiles them, and ``NUMBACNN_LINK_ONCE=0`` turns this off for all. A Numba whose code
 libraries lack the internals used here is left alone (``active()`` says whether it is on).

@@ -69,15 +69,22 @@ def reduce_partials(part, gw2, gy3, gb, RS):
     RS = R*S > 0: the partials' columns are in the pixel-major order (r, s, c), not (c, r, s)."""
     T, K, J = part.shape
     C, RS = (J, 1) if RS == 0 else (J // RS, RS)
+    pf, step = part.reshape(part.size), np.uint64(K * J)
+    sums = np.empty((K, J), part.dtype)
     for k in prange(K):
-        # column j = c*RS + rs of gw2 is column rs*C + c of the partials (the same when RS
-        # was 0); nested loops, not j // RS and j % RS: the divisions made this 8x slower
+        # Row k's partials summed in chunk order (part[0] + part[1] + ...), as flat runs that
+        # vectorise, then added into gw2: column j = c*RS + rs of gw2 is column rs*C + c of the
+        # partials (the same when RS was 0); nested loops, not j // RS and j % RS: the
+        # divisions made this 8x slower
+        s, row = sums[k], np.uint64(k * J)
+        for j in range(J):
+            s[j] = pf[row + np.uint64(j)]
+        for t in range(1, T):
+            at = row + np.uint64(t) * step
+            for j in range(J):
+                s[j] += pf[at + np.uint64(j)]
         for c in range(C):
             for rs in range(RS):
-                jp = rs * C + c
-                s = part[0, k, jp]
-                for t in range(1, T):
-                    s += part[t, k, jp]
-                gw2[k, c * RS + rs] += s
+                gw2[k, c * RS + rs] += s[rs * C + c]
         if gb.size:
             gb[k] += bias_sum(gy3, k)
