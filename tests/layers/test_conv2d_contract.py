@@ -72,3 +72,30 @@ def test_conv2d_first_layer_skips_input_gradient():
     y = m.forward(x, training=True)
     assert m.backward(np.ones_like(y), input_grad=False) is None
     assert np.allclose(m.grads["c.bias"], 2 * 4 * 4)
+
+
+@pytest.mark.parametrize("k, pad, stride, groups", [(1, 0, 1, 1), (3, 1, 1, 1), (5, 2, 1, 1), (3, 1, 2, 2)])
+def test_im2col_backward_without_the_input_gradient(k, pad, stride, groups, monkeypatch):
+    # A first layer's backward (no input gradient) compiles im2col's kernel without the
+    # input-gradient code: its weight and bias gradients are bit for bit those of the pass that
+    # also makes gx, and (stride 1, one group) within 1e-4 of a float64 loop reference.
+    from _conv_cases import naive
+    from numbacnn.testing import run_fenced
+
+    monkeypatch.setenv("NUMBACNN_CONV2D_PATH", "im2col")
+    layer = Conv2d(out_channels=4, kernel_size=k, padding=pad, stride=stride, groups=groups)
+    rng = np.random.default_rng(k * 7 + stride)
+    shape = (3, 4, 7, 8)
+    x = rng.standard_normal(shape).astype(np.float32)
+    P, Q = layer.output_shape(shape[1:])[1:]
+    gy = rng.standard_normal((shape[0], 4, P, Q)).astype(np.float32)
+    params = {n: v.astype(np.float32) for n, v in layer.init_params([shape[1:]], rng).items()}
+    runs = {want: run_fenced(layer, [x], gy, params, needs_input_grad=(want,)) for want in (True, False)}
+    assert runs[False].gxs[0] is None and runs[True].gxs[0] is not None
+    for name in ("weight", "bias"):
+        np.testing.assert_array_equal(runs[False].grads[name], runs[True].grads[name], err_msg=name)
+    if stride == 1 and groups == 1:
+        _, _, gw, gb = naive(x.astype(np.float64), params["weight"].astype(np.float64),
+                             params["bias"].astype(np.float64), gy.astype(np.float64), pad)
+        np.testing.assert_allclose(runs[False].grads["weight"], gw, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(runs[False].grads["bias"], gb, rtol=1e-4, atol=1e-4)
