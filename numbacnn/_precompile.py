@@ -16,12 +16,14 @@ failure ends it quietly, and it is killed when the main process no longer needs 
 writes cache files and indexes atomically (a temporary file, then a rename), so the two
 processes never leave a torn file; where both save a specialisation of one kernel at the same
 instant, one index entry may be lost and that specialisation compiles again in a later run.
-A kernel the worker is compiling is not compiled twice: the worker names the specialisation it
-is compiling (``announce``) in a file the training process gave it, and clears the name once
-the cache holds it; a training process that misses the cache on that very specialisation waits
-for it and loads it (``_await``) instead of starting the same compile (in one cold ``numbacnn
-train``, both processes compiled conv2d's weight-gradient reduction at once: 0.8 s of the
-training process's own compiling).
+A kernel one process is compiling is not compiled by the other too: the worker names the
+specialisation it is compiling (``announce``) in a file the training process gave it, and
+clears the name once the cache holds it; a training process that misses the cache on that very
+specialisation waits for it and loads it (``_await``) instead of starting the same compile (in
+one cold ``numbacnn train``, both processes compiled conv2d's weight-gradient reduction at once:
+0.8 s of the training process's own compiling). The training process names its own compiles
+in a file beside it, and the worker leaves a layer that needs one of them (``_Skip``) for the
+next.
 By default the worker starts only when a CPU is idle (a second compiling process on a saturated
 machine slows the first); ``NUMBACNN_PRECOMPILE=1`` always starts it, ``NUMBACNN_PRECOMPILE=0``
 never.
@@ -104,11 +106,16 @@ def start(model: Any, optimizer: Any, loss_fn: Any, x: np.ndarray, y: np.ndarray
     return proc
 
 
+#: The batch ``Trainer.fit`` evaluates at (at least): the worker runs each layer's inference
+#: forward at it too.
+EVAL_BATCH = 256
 #: The running workers and the files in which each names the specialisation it is compiling.
 _WORKERS: list[tuple[subprocess.Popen, str]] = []
 #: How long the training process waits for one specialisation the worker is compiling (s):
 #: longer than any kernel compiles; past it, the training process compiles it too.
 AWAIT_S = 60.0
+#: Beside a worker's file, the one in which the training process names its own compile.
+TRAINER = ".trainer"
 
 
 def _key(py_func: Any, sig: Any) -> str | None:
@@ -140,7 +147,8 @@ def _install_await() -> None:
     waits for the worker's cache entry (once installed, for every worker this process starts)."""
     if getattr(caching.Cache.load_overload, "_numbacnn_await", False):
         return
-    load = caching.Cache.load_overload
+    load, save = caching.Cache.load_overload, caching.Cache.save_overload
+    current: list[str | None] = [None]
 
     def load_or_await(self: Any, sig: Any, target_context: Any) -> Any:
         data = load(self, sig, target_context)
@@ -148,10 +156,24 @@ def _install_await() -> None:
             key = _key(self._py_func, sig)
             if key is not None and _await(key):
                 data = load(self, sig, target_context)
+            if data is None and key is not None:  # compiled here: the workers leave it to us
+                current[0] = key
+                for _, busy in _WORKERS:
+                    _write(busy + TRAINER, key)
         return data
+
+    def save_clearing(self: Any, sig: Any, data: Any) -> None:
+        try:
+            save(self, sig, data)
+        finally:
+            if current[0] is not None and _key(self._py_func, sig) == current[0]:
+                current[0] = None
+                for _, busy in _WORKERS:
+                    _write(busy + TRAINER, "")
 
     load_or_await._numbacnn_await = True  # type: ignore[attr-defined]
     caching.Cache.load_overload = load_or_await
+    caching.Cache.save_overload = save_clearing
 
 
 def _await(key: str) -> bool:
@@ -164,10 +186,18 @@ def _await(key: str) -> bool:
     return waited
 
 
+class _Skip(Exception):
+    """In the worker: the training process is compiling this specialisation; the layer that
+    needs it is left to it (``_run`` goes on with the next)."""
+
+
 def announce(busy: str) -> None:
     """In the worker: name each numbacnn kernel specialisation it starts compiling (a cache
     miss outside any other kernel's compile) in the file ``busy``, and clear the name once
-    the cache holds that specialisation."""
+    the cache holds that specialisation; one that the training process names (``busy`` +
+    ``TRAINER``) as its own compile raises ``_Skip`` instead (a cold train: the worker, reaching
+    conv2's backward while training compiled it, compiled it again past the end of training
+    instead of the evaluation's pool kernels training then compiled itself)."""
     load, save = caching.Cache.load_overload, caching.Cache.save_overload
     current: list[str | None] = [None]
 
@@ -176,6 +206,8 @@ def announce(busy: str) -> None:
         if data is None and depth() == 0:
             key = _key(self._py_func, sig)
             if key is not None:
+                if _read(busy + TRAINER) == key:
+                    raise _Skip(key)
                 current[0] = key
                 _write(busy, key)
         return data
@@ -230,8 +262,9 @@ def _stop(proc: subprocess.Popen, busy: str) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-    with contextlib.suppress(OSError):
-        os.remove(busy)
+    for path in (busy, busy + TRAINER):
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 def _worker_order(order: list[str]) -> list[str]:
@@ -297,15 +330,20 @@ def _run(job: dict[str, Any]) -> None:
             out = one.forward(*xs, training=True, grad=True)
             one.backward(np.ones_like(out), input_grad=not first)
             ran.append((one, xs))
-        except Exception:  # a layer that will not run alone: the main process compiles it
+        except Exception:  # a layer that will not run alone, or _Skip: the main process compiles it
             continue
     for one, xs in ran:
         if os.getppid() != parent:
             return
-        try:
-            one.forward(*xs, training=False, grad=False)
-        except Exception:
-            continue
+        # at the batch fit's evaluation runs (a layer may pick a kernel by size: max_pool2d's
+        # 2x2 runs its rows in parallel past PARALLEL_MIN values), then at the few samples'
+        # batch, each on its own: the training process first evaluates on those few samples
+        # (_fit_compile), so it compiles that kernel while this one compiles the other
+        for batch in ([np.resize(x, (EVAL_BATCH, *x.shape[1:])) for x in xs], xs):
+            try:
+                one.forward(*batch, training=False, grad=False)
+            except Exception:
+                continue
 
 
 def main() -> int:

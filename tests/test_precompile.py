@@ -281,3 +281,53 @@ def test_await_gives_up_when_the_worker_is_gone(tmp_path, monkeypatch):
     finally:
         live.kill()
         live.wait()
+
+
+# The training process names its own compile beside the worker's file, and the worker leaves
+# a layer that needs that kernel (_Skip) instead of compiling it too.
+_SKIP_RUN = '''
+import json, subprocess, sys
+sys.path.insert(0, sys.argv[2])
+import numpy as np
+from numba.core import event
+from numbacnn import _precompile
+import await_kernels
+busy = sys.argv[1]
+seen = []
+class During(event.Listener):
+    def on_start(self, ev): seen.append(_precompile._read(busy + _precompile.TRAINER))
+    def on_end(self, ev): pass
+event.register("numba:compile", During())
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+_precompile._WORKERS.append((worker, busy))
+_precompile._install_await()
+x = np.arange(6.0); out = np.empty_like(x)
+await_kernels.scaled(x, out)
+after = _precompile._read(busy + _precompile.TRAINER)
+worker.kill(); worker.wait()
+_precompile._WORKERS.clear()
+# now as the worker: the training process names `ready`'s specialisation
+_precompile._write(busy + _precompile.TRAINER, _precompile._key(await_kernels.ready.py_func, (await_kernels.numba.typeof(x),)))
+_precompile.announce(busy)
+try:
+    await_kernels.ready(x)
+    skipped = False
+except _precompile._Skip:
+    skipped = True
+print(json.dumps({"during": seen[:1], "after": after, "skipped": skipped, "ready": x.tolist()}))
+'''
+
+
+def test_the_worker_leaves_what_the_training_process_is_compiling(tmp_path):
+    (tmp_path / "await_kernels.py").write_text(_AWAIT_MODULE + "\nimport numba\n")
+    busy = tmp_path / "busy"
+    busy.write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBACNN_CACHE", "NUMBA_ENABLE_CUDASIM")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-c", _SKIP_RUN, str(busy), str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["during"][0].startswith("await_kernels.scaled(Array(float64, 1, 'C'"), report
+    assert report["after"] == "", report  # cleared once cached
+    assert report["skipped"] and report["ready"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], report  # not run
