@@ -331,3 +331,34 @@ def test_the_worker_leaves_what_the_training_process_is_compiling(tmp_path):
     assert report["during"][0].startswith("await_kernels.scaled(Array(float64, 1, 'C'"), report
     assert report["after"] == "", report  # cleared once cached
     assert report["skipped"] and report["ready"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], report  # not run
+
+
+_ALL_SKIPPED = '''
+import sys
+import numpy as np
+import numbacnn as nc
+from numbacnn import _precompile, losses
+class Anything(str):
+    def __eq__(self, other): return True
+    __hash__ = str.__hash__
+_precompile._read = lambda path: Anything()  # the training process compiling every kernel
+_precompile.announce(sys.argv[1])
+g = nc.Graph()
+g.output(g.linear(g.relu(g.input((5,))), out_features=3))
+model = nc.Model(g)
+opt = nc.optim.SGD(model, lr=0.1, momentum=0.9)
+x = np.ones((4, 5), np.float32); y = np.arange(4) % 3
+_precompile._run({"spec": model.to_spec(), "optimizer": type(opt), "config": opt.config,
+                  "loss": losses.cross_entropy, "x": x, "y": y})
+print("done")
+'''
+
+
+def test_a_worker_that_leaves_everything_to_training_ends_cleanly(tmp_path):
+    # The optimizer's update and the loss ran outside the per-layer guard: a _Skip there (the
+    # training process compiling the same update) ended the worker with an exception.
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBACNN_CACHE", "NUMBA_ENABLE_CUDASIM")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-c", _ALL_SKIPPED, str(tmp_path / "busy")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-3000:]
