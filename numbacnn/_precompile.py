@@ -142,13 +142,40 @@ def _write(path: str, text: str) -> None:
         os.replace(tmp, path)  # the reader sees the old name or the new one, never half of one
 
 
+class _Naming:
+    """The specialisation this process is compiling, named in the files the other process
+    reads (``paths()``): ``start`` names it; the save that ``saving`` wraps clears the name once
+    the cache holds it."""
+
+    def __init__(self, paths: Callable[[], list[str]]) -> None:
+        self.paths, self.current = paths, None
+
+    def start(self, key: str) -> None:
+        self.current = key
+        for path in self.paths():
+            _write(path, key)
+
+    def saving(self, save: Callable[..., Any]) -> Callable[..., None]:
+        def save_clearing(cache: Any, sig: Any, data: Any) -> None:
+            try:
+                save(cache, sig, data)
+            finally:
+                if self.current is not None and _key(cache._py_func, sig) == self.current:
+                    self.current = None
+                    for path in self.paths():
+                        _write(path, "")
+
+        return save_clearing
+
+
 def _install_await() -> None:
     """In the training process: a cache miss on the specialisation a live worker is compiling
-    waits for the worker's cache entry (once installed, for every worker this process starts)."""
+    waits for the worker's cache entry; one it compiles itself it names for the workers (once
+    installed, for every worker this process starts)."""
     if getattr(caching.Cache.load_overload, "_numbacnn_await", False):
         return
-    load, save = caching.Cache.load_overload, caching.Cache.save_overload
-    current: list[str | None] = [None]
+    load = caching.Cache.load_overload
+    naming = _Naming(lambda: [busy + TRAINER for _, busy in _WORKERS])
 
     def load_or_await(self: Any, sig: Any, target_context: Any) -> Any:
         data = load(self, sig, target_context)
@@ -157,23 +184,12 @@ def _install_await() -> None:
             if key is not None and _await(key):
                 data = load(self, sig, target_context)
             if data is None and key is not None:  # compiled here: the workers leave it to us
-                current[0] = key
-                for _, busy in _WORKERS:
-                    _write(busy + TRAINER, key)
+                naming.start(key)
         return data
-
-    def save_clearing(self: Any, sig: Any, data: Any) -> None:
-        try:
-            save(self, sig, data)
-        finally:
-            if current[0] is not None and _key(self._py_func, sig) == current[0]:
-                current[0] = None
-                for _, busy in _WORKERS:
-                    _write(busy + TRAINER, "")
 
     load_or_await._numbacnn_await = True  # type: ignore[attr-defined]
     caching.Cache.load_overload = load_or_await
-    caching.Cache.save_overload = save_clearing
+    caching.Cache.save_overload = naming.saving(caching.Cache.save_overload)
 
 
 def _await(key: str) -> bool:
@@ -198,8 +214,8 @@ def announce(busy: str) -> None:
     ``TRAINER``) as its own compile raises ``_Skip`` instead (a cold train: the worker, reaching
     conv2's backward while training compiled it, compiled it again past the end of training
     instead of the evaluation's pool kernels training then compiled itself)."""
-    load, save = caching.Cache.load_overload, caching.Cache.save_overload
-    current: list[str | None] = [None]
+    load = caching.Cache.load_overload
+    naming = _Naming(lambda: [busy])
 
     def load_announcing(self: Any, sig: Any, target_context: Any) -> Any:
         data = load(self, sig, target_context)
@@ -208,20 +224,11 @@ def announce(busy: str) -> None:
             if key is not None:
                 if _read(busy + TRAINER) == key:
                     raise _Skip(key)
-                current[0] = key
-                _write(busy, key)
+                naming.start(key)
         return data
 
-    def save_clearing(self: Any, sig: Any, data: Any) -> None:
-        try:
-            save(self, sig, data)
-        finally:
-            if current[0] is not None and _key(self._py_func, sig) == current[0]:
-                current[0] = None
-                _write(busy, "")
-
     caching.Cache.load_overload = load_announcing
-    caching.Cache.save_overload = save_clearing
+    caching.Cache.save_overload = naming.saving(caching.Cache.save_overload)
 
 
 class _FirstCompile(event.Listener):
