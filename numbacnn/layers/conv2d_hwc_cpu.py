@@ -66,25 +66,23 @@ def bias_sum(gy3, k):
 @cpu_kernel(fastmath=REASSOC)  # the bias sum runs in vector lanes; NaN/Inf still propagate
 def reduce_partials(part, gw2, gy3, gb, RS):
     """gw2 += the chunks' partials summed; gb += gy3 summed over samples and pixels (if any).
-    RS = R*S > 0: the partials' columns are in the pixel-major order (r, s, c), not (c, r, s)."""
+    RS = R*S > 0: the partials' columns are in the pixel-major order (r, s, c), not (c, r, s).
+    The partials are scratch: chunk 0's is left holding the sums."""
     T, K, J = part.shape
     C, RS = (J, 1) if RS == 0 else (J // RS, RS)
     pf, step = part.reshape(part.size), np.uint64(K * J)
-    sums = np.empty((K, J), part.dtype)
     for k in prange(K):
-        # Row k's partials summed in chunk order (part[0] + part[1] + ...), as flat runs that
-        # vectorise, then added into gw2: column j = c*RS + rs of gw2 is column rs*C + c of the
-        # partials (the same when RS was 0); nested loops, not j // RS and j % RS: the
-        # divisions made this 8x slower
-        s, row = sums[k], np.uint64(k * J)
-        for j in range(J):
-            s[j] = pf[row + np.uint64(j)]
+        # Row k's partials summed in chunk order (part[0] + part[1] + ...) into chunk 0's row,
+        # as flat runs that vectorise, then added into gw2: column j = c*RS + rs of gw2 is
+        # column rs*C + c of the partials (the same when RS was 0); nested loops, not j // RS
+        # and j % RS: the divisions made this 8x slower
+        row = np.uint64(k * J)
         for t in range(1, T):
             at = row + np.uint64(t) * step
             for j in range(J):
-                s[j] += pf[at + np.uint64(j)]
+                pf[row + np.uint64(j)] += pf[at + np.uint64(j)]
         for c in range(C):
             for rs in range(RS):
-                gw2[k, c * RS + rs] += s[rs * C + c]
+                gw2[k, c * RS + rs] += pf[row + np.uint64(rs * C + c)]
         if gb.size:
             gb[k] += bias_sum(gy3, k)
