@@ -57,6 +57,7 @@ from llvmlite import ir
 from numba import _dynfunc
 from numba.core import caching, codegen, cpu, event
 from numba.core.compiler_lock import global_compiler_lock
+from numba.core.environment import lookup_environment
 
 from ._kernel_cache import MARK
 
@@ -74,6 +75,7 @@ _CPYTHON = ir.FunctionType(_PTR, [_PTR, _PTR, _PTR])  # Numba's Python entry: (c
 
 _state = threading.local()  # depth: how many numbacnn kernel compiles this thread is inside
 _installed: list[bool] = []
+_scope: list[bool] = []
 
 
 def _depth() -> int:
@@ -81,8 +83,8 @@ def _depth() -> int:
 
 
 def depth() -> int:
-    """How many numbacnn kernel compiles this thread is inside (0 when none, or when this
-    module is off): a cache lookup at depth 0 is a kernel's own, not a function it calls."""
+    """How many numbacnn kernel compiles this thread is inside (0 when none): a cache lookup
+    at depth 0 is a kernel's own, not a function it calls."""
     return _depth()
 
 
@@ -127,11 +129,11 @@ def _finalize_for_linking(lib: Any) -> None:
 
 def _own_bodies(lib: Any) -> None:
     """Make the prange bodies linked into ``lib`` its own (internal linkage), so that its calls
-    bind to these optimized copies. Linked in, they are weak (linkonce_odr), and the body's
-    library, whose machine code is made without the module O3, defines the same symbols
-    strongly: the JIT bound the calls to that code, so a kernel ran its unoptimized bodies in
-    the process that compiled it (googlenet_mini's pools at batch 256 2-3.7x slower than the
-    same kernels loaded from the cache; bodies small enough to be inlined were not affected).
+    bind to these optimized copies. Linked in, they are weak (linkonce_odr), and a body's
+    library that makes machine code (made without the module O3; now only when something asks
+    for it) defines the same symbols strongly: the JIT bound the calls to that code, so a
+    kernel ran its unoptimized bodies in the process that compiled it (googlenet_mini's pools
+    at batch 256 2-3.7x slower than the same kernels loaded from the cache).
     A library loaded from the cache holds its own copies alone, and runs as before."""
     for fn in lib._final_module.functions:
         if (not fn.is_declaration and _BODY in fn.name and fn.name.startswith("_ZN")
@@ -170,9 +172,24 @@ def _lazy_entry(context: Any, library: Any, fndesc: Any, env: Any, make: Any) ->
                                   (library, entry, forward))
 
 
+def _set_linked_environments(library: Any) -> None:
+    """Point the Environment globals of everything linked into ``library`` at their
+    Environments, as Numba does for a library it loads from the cache. A linked-only function
+    never set its own (its library makes no code): a dynamic exception raised in it, or a print,
+    read a null Environment ("Error creating Python tuple from runtime exception arguments")."""
+    for gv in library._final_module.global_variables:
+        if gv.name.startswith("_ZN08NumbaEnv") and not gv.is_declaration:
+            env = lookup_environment(gv.name)
+            if env is not None:
+                library.codegen.set_env(gv.name, env)
+
+
 def install() -> None:
     """Wrap Numba's CPU code library once (idempotent); a no-op when ``NUMBACNN_LINK_ONCE=0``
     or when this Numba's code library lacks the internals used here."""
+    if not _scope:  # depth() counts whether or not the linking is on (_precompile reads it)
+        event.register("numba:compile", _KernelScope())
+        _scope.append(True)
     if _installed or os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no"):
         return
     lib_cls = getattr(codegen, "CPUCodeLibrary", None)
@@ -199,9 +216,9 @@ def install() -> None:
 
     def get_pointer_parfor_once(self: Any, name: str) -> int:
         if getattr(self, "_numbacnn_link_only", False):  # rarely asked; if it is, make optimized code
-            self._numbacnn_link_only = False
             optimize(self)
             self._finalize_final_module()
+            self._numbacnn_link_only = False
         return get_pointer(self, name)
 
     def get_executable_once(self: Any, library: Any, fndesc: Any, env: Any) -> Any:
@@ -209,7 +226,10 @@ def install() -> None:
             library._ensure_finalized()
         if getattr(library, "_numbacnn_link_only", False):
             return _lazy_entry(self, library, fndesc, env, get_executable)
-        return get_executable(self, library, fndesc, env)
+        cfunc = get_executable(self, library, fndesc, env)
+        if _depth() > 0:
+            _set_linked_environments(library)
+        return cfunc
 
     def save_unless_link_only(self: Any, sig: Any, data: Any) -> None:
         if not getattr(getattr(data, "library", None), "_numbacnn_link_only", False):
@@ -220,7 +240,6 @@ def install() -> None:
     jit_cls.get_pointer_to_function = get_pointer_parfor_once
     cpu.CPUContext.get_executable = get_executable_once
     caching.Cache.save_overload = save_unless_link_only
-    event.register("numba:compile", _KernelScope())
     _installed.append(True)
 
 

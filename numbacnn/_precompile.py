@@ -99,6 +99,10 @@ def start(model: Any, optimizer: Any, loss_fn: Any, x: np.ndarray, y: np.ndarray
         proc.stdin.write(payload)
         proc.stdin.close()
     except Exception:  # a graph that does not pickle, no process to spare: train compiles it all
+        if "proc" in locals():
+            _stop(proc, busy)
+        elif "busy" in locals():
+            _stop(None, busy)
         return None
     _WORKERS.append((proc, busy))
     _install_await()
@@ -109,6 +113,8 @@ def start(model: Any, optimizer: Any, loss_fn: Any, x: np.ndarray, y: np.ndarray
 #: The batch ``Trainer.fit`` evaluates at (at least): the worker runs each layer's inference
 #: forward at it too.
 EVAL_BATCH = 256
+#: ... at most this many bytes of a layer's inputs (a background process beside training).
+EVAL_BYTES = 1 << 24
 #: The running workers and the files in which each names the specialisation it is compiling.
 _WORKERS: list[tuple[subprocess.Popen, str]] = []
 #: How long the training process waits for one specialisation the worker is compiling (s):
@@ -142,18 +148,35 @@ def _write(path: str, text: str) -> None:
         os.replace(tmp, path)  # the reader sees the old name or the new one, never half of one
 
 
-class _Naming:
+class _Naming(event.Listener):
     """The specialisation this process is compiling, named in the files the other process
     reads (``paths()``): ``start`` names it; the save that ``saving`` wraps clears the name once
-    the cache holds it."""
+    the cache holds it, and a compile that fails clears it too (the other process would wait
+    for it until ``AWAIT_S``)."""
 
     def __init__(self, paths: Callable[[], list[str]]) -> None:
         self.paths, self.current = paths, None
+        event.register("numba:compile", self)
 
     def start(self, key: str) -> None:
         self.current = key
         for path in self.paths():
             _write(path, key)
+
+    def clear(self) -> None:
+        self.current = None
+        for path in self.paths():
+            _write(path, "")
+
+    def on_start(self, ev: event.Event) -> None:
+        pass
+
+    def on_end(self, ev: event.Event) -> None:
+        # the exception the compile ended with: Numba 0.68's ``Event.is_failed`` says the
+        # opposite (True when there was none)
+        failed = getattr(ev, "_exc_details", None) is not None
+        if failed and self.current is not None and depth() == 0:
+            self.clear()
 
     def saving(self, save: Callable[..., Any]) -> Callable[..., None]:
         def save_clearing(cache: Any, sig: Any, data: Any) -> None:
@@ -161,9 +184,7 @@ class _Naming:
                 save(cache, sig, data)
             finally:
                 if self.current is not None and _key(cache._py_func, sig) == self.current:
-                    self.current = None
-                    for path in self.paths():
-                        _write(path, "")
+                    self.clear()
 
         return save_clearing
 
@@ -175,7 +196,7 @@ def _install_await() -> None:
     if getattr(caching.Cache.load_overload, "_numbacnn_await", False):
         return
     load = caching.Cache.load_overload
-    naming = _Naming(lambda: [busy + TRAINER for _, busy in _WORKERS])
+    naming = _Naming(lambda: [busy + TRAINER for proc, busy in _WORKERS if proc.poll() is None])
 
     def load_or_await(self: Any, sig: Any, target_context: Any) -> Any:
         data = load(self, sig, target_context)
@@ -265,11 +286,12 @@ def worker_on_first_compile(model: Any, optimizer: Any, loss_fn: Any, x: np.ndar
     return on_first_compile(lambda: start(model, optimizer, loss_fn, x, y))
 
 
-def _stop(proc: subprocess.Popen, busy: str) -> None:
-    if proc.poll() is None:
+def _stop(proc: subprocess.Popen | None, busy: str) -> None:
+    if proc is not None and proc.poll() is None:
         proc.kill()
         proc.wait()
-    for path in (busy, busy + TRAINER):
+    stale = [f"{busy}.{proc.pid}"] if proc is not None else []  # a write the kill cut short
+    for path in (busy, busy + TRAINER, f"{busy}{TRAINER}.{os.getpid()}", *stale):
         with contextlib.suppress(OSError):
             os.remove(path)
 
@@ -347,7 +369,8 @@ def _run(job: dict[str, Any]) -> None:
         # 2x2 runs its rows in parallel past PARALLEL_MIN values), then at the few samples'
         # batch, each on its own: the training process first evaluates on those few samples
         # (_fit_compile), so it compiles that kernel while this one compiles the other
-        for batch in ([np.resize(x, (EVAL_BATCH, *x.shape[1:])) for x in xs], xs):
+        rows = min(EVAL_BATCH, max(len(xs[0]), EVAL_BYTES // max(1, sum(x[0].nbytes for x in xs))))
+        for batch in ([np.resize(x, (rows, *x.shape[1:])) for x in xs], xs):
             try:
                 one.forward(*batch, training=False, grad=False)
             except Exception:

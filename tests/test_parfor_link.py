@@ -274,3 +274,44 @@ def test_the_kernel_is_cached_with_its_linked_functions_code(tmp_path):
     assert runs == [["0", "2"], ["1", "0"]], runs  # 2: prange compiles the row function for int64 and uint64
     cached = " ".join(p.name for p in (tmp_path / "cache").rglob("*.nbi"))
     assert "scale_rows" in cached and "scale_row-" not in cached and "scale_row." not in cached, cached
+
+
+def _checked(x, i):
+    if x[i] < 0:
+        raise ValueError("negative entry", x[i])  # a dynamic exception: it reads its Environment
+    return x[i] * 2.0
+
+
+def _sum_checked(x):
+    s = 0.0
+    for i in range(x.size):
+        s += checked(x, i)  # noqa: F821 (put in this copy's globals below)
+    return s
+
+
+def test_a_linked_only_function_raises_its_own_exception_inside_a_kernel():
+    # Its library makes no code, so Numba never set its Environment: the kernel compiled in this
+    # process raised "RuntimeError: Error creating Python tuple from runtime exception
+    # arguments" instead of the function's ValueError (a cached kernel was right).
+    copy = type(_checked)(_checked.__code__, _checked.__globals__, _checked.__name__)
+    checked = numba.njit(cache=False)(mark_kernel(copy))
+    outer = type(_sum_checked)(_sum_checked.__code__, {**_sum_checked.__globals__, "checked": checked}, "_sum")
+    kernel = numba.njit(cache=False)(mark_kernel(outer))
+    assert kernel(np.ones(3)) == 6.0
+    with pytest.raises(ValueError) as err:
+        kernel(np.array([1.0, -2.0]))
+    assert err.value.args == ("negative entry", -2.0)
+
+
+def test_depth_counts_with_the_linking_off():
+    # _precompile reads depth() to tell a kernel's own cache lookup from its helpers'.
+    code = ("import numba, numpy as np\nfrom numba.core import event\nfrom numbacnn import _parfor_link as p\n"
+            "from numbacnn._kernel_cache import mark_kernel\nseen = []\n"
+            "class L(event.Listener):\n    def on_start(self, ev): seen.append(p.depth())\n"
+            "    def on_end(self, ev): pass\n"
+            "event.register('numba:compile', L())\n"
+            "def f(x):\n    return x + 1\n"
+            "numba.njit(cache=False)(mark_kernel(f))(1.0)\nprint(p.active(), seen[0], p.depth())")
+    env = dict(os.environ, NUMBACNN_LINK_ONCE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "1", "0"], out.stdout

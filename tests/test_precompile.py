@@ -362,3 +362,41 @@ def test_a_worker_that_leaves_everything_to_training_ends_cleanly(tmp_path):
     done = subprocess.run([sys.executable, "-c", _ALL_SKIPPED, str(tmp_path / "busy")], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-3000:]
+
+
+_BROKEN_MODULE = '''
+from numbacnn._jit import cpu_kernel
+
+
+@cpu_kernel
+def broken(x):
+    x[0] = "text"  # a typing error
+'''
+
+_FAILED_COMPILE = '''
+import sys
+import numba, numpy as np
+from numbacnn import _precompile
+busy = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+_precompile.announce(busy)
+import broken_kernels
+try:
+    broken_kernels.broken(np.zeros(2))
+except numba.core.errors.TypingError:
+    pass
+print(repr(_precompile._read(busy)))
+'''
+
+
+def test_a_failed_compile_clears_its_name(tmp_path):
+    # Only a save cleared it: the training process would wait AWAIT_S for a kernel that failed.
+    (tmp_path / "busy").write_text("")
+    (tmp_path / "broken_kernels.py").write_text(_BROKEN_MODULE)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBACNN_CACHE", "NUMBA_ENABLE_CUDASIM")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-c", _FAILED_COMPILE, str(tmp_path / "busy"), str(tmp_path)], env=env,
+                          cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "''", done.stdout
