@@ -31,7 +31,7 @@ from numba import types
 from numba.core import cgutils
 from numba.core import config as numba_config
 
-from ._jit import cpu_cfunc, cpu_inline, cpu_intrinsic
+from ._jit import cpu_call, cpu_cfunc, cpu_inline, cpu_intrinsic
 
 __all__ = ["gemm", "small_cols", "BLAS", "BLAS_FALLBACK_REASON"]
 
@@ -66,20 +66,26 @@ _dgemm = types.ExternalFunction("numbacnn_cblas_dgemm", _DGEMM)
 def gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     """Row-major ``c[:m, :n] = op(a) @ op(b) + beta * c`` on flat arrays that start at the
     matrices' first elements; op(a) is (m, k), transposed when ``ta``; ``lda`` etc. are row
-    strides. float32 and float64 only; beta 0 ignores what c held (NaN included)."""
+    strides. float32 and float64 only; beta 0 ignores what c held (NaN included). Callers'
+    literals (``False``, ``0``) become plain values here, so ``_gemm`` compiles once per
+    operand types, not once per literal combination."""
+    _gemm(np.bool_(ta), np.bool_(tb), np.int64(m), np.int64(n), np.int64(k), a, np.int64(lda), b, np.int64(ldb),
+          c.dtype.type(beta), c, np.int64(ldc))
+
+
+@cpu_call
+def _gemm(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     if _CHECK_EXTENTS and m > 0 and n > 0:
         a_fits = k == 0 or (_fits(a.size, k, m, lda) if ta else _fits(a.size, m, k, lda))
         b_fits = k == 0 or (_fits(b.size, n, k, ldb) if tb else _fits(b.size, k, n, ldb))
         if not (a_fits and b_fits and _fits(c.size, m, n, ldc)):
             raise IndexError("gemm: an operand's rows run past its array (or overlap: stride below its width)")
-    one = c.dtype.type(1)
-    bt = c.dtype.type(beta)
     if c.itemsize == 4:
-        _sgemm(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, m, n, k, np.float32(one),
-               a.ctypes, lda, b.ctypes, ldb, np.float32(bt), c.ctypes, ldc)
+        _sgemm(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, m, n, k, np.float32(1),
+               a.ctypes, lda, b.ctypes, ldb, np.float32(beta), c.ctypes, ldc)
     else:
-        _dgemm(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, m, n, k, np.float64(one),
-               a.ctypes, lda, b.ctypes, ldb, np.float64(bt), c.ctypes, ldc)
+        _dgemm(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, m, n, k, np.float64(1),
+               a.ctypes, lda, b.ctypes, ldb, np.float64(beta), c.ctypes, ldc)
 
 
 # OpenBLAS multiplies a product of at most SMALL_PRODUCT multiply-adds (m*n*k, non-transposed

@@ -25,8 +25,8 @@ from numba.core import caching
 from . import _parfor_link
 from ._kernel_cache import install, mark_kernel
 
-__all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cpu_cfunc", "cpu_intrinsic", "cuda_kernel", "cuda_device",
-           "jitable", "prange", "CACHE", "REASSOC"]
+__all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cpu_call", "cpu_cfunc", "cpu_intrinsic", "cuda_kernel",
+           "cuda_device", "jitable", "prange", "CACHE", "REASSOC", "LINKED_HELPER"]
 
 CACHE: bool = os.environ.get("NUMBACNN_CACHE", "1") not in ("0", "false", "no")
 
@@ -64,6 +64,27 @@ def cpu_serial(fn: Callable | None = None, *, fastmath: FastMath = False) -> Any
 def cpu_inline(fn: Callable | None = None, *, fastmath: FastMath = False) -> Any:
     """A helper called from other CPU kernels (inlined by LLVM, never called from Python)."""
     return _decorate(numba.njit, fn, cache=CACHE, fastmath=_flags(fastmath), inline="always")
+
+
+#: Set on a ``cpu_call`` helper's Python function: not a kernel of its own (warm-up counts skip it).
+LINKED_HELPER = "_numbacnn_linked_helper"
+
+
+def cpu_call(fn: Callable | None = None, *, fastmath: FastMath = False) -> Any:
+    """A helper called from CPU kernels, compiled once per argument types and linked into each
+    kernel that calls it, where LLVM inlines it: typed once, where ``cpu_inline``'s helpers are
+    copied into every call site at Numba's IR level and typed there again (and once more in a
+    ``prange`` body's own compile). For the tuple-heavy transforms and small wrappers that
+    kernels call many times over; the machine code is the same once LLVM has inlined it. Its
+    library is linked only (``_parfor_link``) and nothing of it is cached on its own: its
+    code lives in its kernels' cache entries. Never called from Python. Pass it no literals:
+    each literal value is a type, and a compile, of its own."""
+
+    def decorate(f: Callable) -> Any:
+        setattr(f, LINKED_HELPER, True)
+        return _decorate(numba.njit, f, cache=False, fastmath=_flags(fastmath), nogil=True)
+
+    return decorate if fn is None else decorate(fn)
 
 
 def cpu_cfunc(signature: Any) -> Any:

@@ -111,12 +111,12 @@ def _kernel_modules() -> Iterator[Any]:
 
 
 def _dispatchers() -> list[Any]:
-    """Every Numba dispatcher (CPU or CUDA kernel) defined in those modules."""
-    found: dict[int, Any] = {}
-    for module in _kernel_modules():
-        for obj in list(vars(module).values()):
-            if not isinstance(obj, type) and hasattr(obj, "py_func") and hasattr(obj, "stats"):
-                found[id(obj)] = obj
+    """Every Numba dispatcher (CPU or CUDA kernel) defined in those modules, but ``cpu_call``'s helpers."""
+    from ._jit import LINKED_HELPER
+
+    found = {id(obj): obj for module in _kernel_modules() for obj in list(vars(module).values())
+             if not isinstance(obj, type) and hasattr(obj, "py_func") and hasattr(obj, "stats")
+             and not getattr(obj.py_func, LINKED_HELPER, False)}
     return list(found.values())
 
 

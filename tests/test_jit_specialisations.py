@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNEL_DECORATORS = {"cpu_kernel", "cpu_serial", "cpu_inline"}
+KERNEL_DECORATORS = {"cpu_kernel", "cpu_serial", "cpu_inline", "cpu_call"}
 
 
 def _decorators(fn: ast.FunctionDef) -> set[str]:
@@ -32,7 +32,7 @@ def _decorators(fn: ast.FunctionDef) -> set[str]:
 def _kernel_functions() -> tuple[dict[Path, ast.Module], set[str]]:
     trees = {p: ast.parse(p.read_text()) for p in ROOT.joinpath("numbacnn").rglob("*.py")}
     serial = {fn.name for tree in trees.values() for fn in ast.walk(tree)
-              if isinstance(fn, ast.FunctionDef) and "cpu_serial" in _decorators(fn)}
+              if isinstance(fn, ast.FunctionDef) and _decorators(fn) & {"cpu_serial", "cpu_call"}}
     return trees, serial
 
 

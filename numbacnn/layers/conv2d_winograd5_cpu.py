@@ -140,14 +140,15 @@ def winograd_reduce5(part, gw, gy3, gb, c):
             sum_chunks(part, ch, k0, n, block)
             for i in range(n):
                 b = block[:, i]
-                u0 = ld8(b, 0, 1)  # u0[b] = u[0, b]
-                u1 = ld8(b, 8, 1)
-                u2 = ld8(b, 16, 1)
-                u3 = ld8(b, 24, 1)
-                u4 = ld8(b, 32, 1)
-                u5 = ld8(b, 40, 1)
-                u6 = ld8(b, 48, 1)
-                u7 = ld8(b, 56, 1)
+                z, one = np.int64(0), np.int64(1)  # not literals: each would compile ld8 once more
+                u0 = ld8(b, z, one)  # u0[b] = u[0, b]
+                u1 = ld8(b, z + 8, one)
+                u2 = ld8(b, z + 16, one)
+                u3 = ld8(b, z + 24, one)
+                u4 = ld8(b, z + 32, one)
+                u5 = ld8(b, z + 40, one)
+                u6 = ld8(b, z + 48, one)
+                u7 = ld8(b, z + 56, one)
                 r0 = gt8((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0], u6[0], u7[0]), c)  # r0[a] = (G^T u)[a, 0]
                 r1 = gt8((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1], u6[1], u7[1]), c)
                 r2 = gt8((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2], u6[2], u7[2]), c)

@@ -30,7 +30,7 @@ import functools
 
 import numpy as np
 
-from .._jit import cpu_inline, cpu_serial
+from .._jit import cpu_call, cpu_inline, cpu_serial
 from .conv2d_winograd_tiles import _copy, _st4
 
 _U64 = np.uint64
@@ -38,7 +38,7 @@ _U64 = np.uint64
 
 # ``c`` holds the constants in the arrays' dtype (consts5): the exact binary fractions of A and
 # B, then G's ninths and forty-fifths.
-@cpu_inline
+@cpu_call
 def bt8(d, c):  # B^T d
     d0, d1, d2, d3, d4, d5, d6, d7 = d
     half, quarter, two, four, five, f425, f525, f25, f125 = c[:9]
@@ -49,7 +49,7 @@ def bt8(d, c):  # B^T d
             d7 - d1 + f525 * (d3 - d5))
 
 
-@cpu_inline
+@cpu_call
 def b8(v, c):  # B v
     v0, v1, v2, v3, v4, v5, v6, v7 = v
     half, quarter, two, four, five, f425, f525, f25, f125 = c[:9]
@@ -59,7 +59,7 @@ def b8(v, c):  # B v
             d12 + two * d34 + half * d56 - f525 * v7, s12 + s34 + s56 - v0, v7)
 
 
-@cpu_inline
+@cpu_call
 def at8(m, c):  # A^T m
     m0, m1, m2, m3, m4, m5, m6, m7 = m
     half, quarter, two, four = c[:4]
@@ -69,7 +69,7 @@ def at8(m, c):  # A^T m
             d12 + eight * d34 + eighth * d56 + m7)
 
 
-@cpu_inline
+@cpu_call
 def a8(y, c):  # A y
     y0, y1, y2, y3 = y
     half, quarter, two, four = c[:4]
@@ -80,7 +80,7 @@ def a8(y, c):  # A y
     return y0, e1 + o1, e1 - o1, e2 + o2, e2 - o2, e3 + o3, e3 - o3, y3
 
 
-@cpu_inline
+@cpu_call
 def g8(g, c):  # G g
     g0, g1, g2, g3, g4 = g
     two, four, eight, sixteen = c[2], c[3], c[10], c[11]
@@ -92,7 +92,7 @@ def g8(g, c):  # G g
             n245 * (e3 - o3), g4)
 
 
-@cpu_inline
+@cpu_call
 def gt8(u, c):  # G^T u
     u0, u1, u2, u3, u4, u5, u6, u7 = u
     two, four, eight, sixteen = c[2], c[3], c[10], c[11]
@@ -113,13 +113,13 @@ def consts5(dtype: np.dtype) -> tuple:
             f(-2) / f(9), f(1) / f(90), f(2) / f(45))
 
 
-@cpu_inline
+@cpu_call
 def ld8(f, o, step):
     return (f[o], f[o + step], f[o + 2 * step], f[o + 3 * step], f[o + 4 * step], f[o + 5 * step],
             f[o + 6 * step], f[o + 7 * step])
 
 
-@cpu_inline
+@cpu_call
 def _st8(f, o, step, v):  # constant indices throughout: a tuple indexed by a loop variable is spilled
     f[o] = v[0]
     f[o + step] = v[1]

@@ -57,7 +57,7 @@ import functools
 import numpy as np
 
 from .._blas import gemm
-from .._jit import cpu_inline, cpu_kernel, cpu_serial, prange
+from .._jit import cpu_call, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
 from .conv2d_hwc_cpu import from_hwc, to_hwc, to_hwc_rows
 from .conv2d_winograd5_cpu import (conv2d_backward_winograd5, conv2d_forward_winograd5, scratch5, winograd_reduce5,
@@ -148,7 +148,7 @@ def conv2d_forward_winograd_rows(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c
         nonfinite[t] = bad
 
 
-@cpu_inline
+@cpu_call
 def _store(pixt, o, yn, b, la, lb, relu):
     """yn[k, l] = pixt[o + l, k] + b[k] for the output pixels l in [la, lb), through relu's
     rule when ``relu`` (NaN kept, -0.0 to 0: a fused relu, written while the value is in a

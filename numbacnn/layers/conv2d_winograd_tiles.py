@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import cpu_inline, cpu_serial
+from .._jit import cpu_call, cpu_inline, cpu_serial
 
 _U64 = np.uint64
 
@@ -40,7 +40,7 @@ def group_rows(tr: int, th: int, N: int, T: int) -> int:
 
 # The 1-D transforms of F(4, 3) and the transposes the backward needs. ``c`` holds the
 # constants in the arrays' dtype: (2, 4, 5, 8) for B and A, (1/4, 1/6, 1/12, 1/24) for G.
-@cpu_inline
+@cpu_call
 def _bt(d, c):  # B^T d
     d0, d1, d2, d3, d4, d5 = d
     two, four, five, _ = c
@@ -49,7 +49,7 @@ def _bt(d, c):  # B^T d
     return four * d0 - five * d2 + d4, t1 + t2, t1 - t2, t3 + t4, t3 - t4, four * d1 - five * d3 + d5
 
 
-@cpu_inline
+@cpu_call
 def _b(v, c):  # B v
     v0, v1, v2, v3, v4, v5 = v
     two, four, five, _ = c
@@ -57,7 +57,7 @@ def _b(v, c):  # B v
             v1 - v2 + two * (v3 - v4) - five * v5, v0 + v1 + v2 + v3 + v4, v5)
 
 
-@cpu_inline
+@cpu_call
 def _at(m, c):  # A^T m
     m0, m1, m2, m3, m4, m5 = m
     two, four, _, eight = c
@@ -65,7 +65,7 @@ def _at(m, c):  # A^T m
     return m0 + s12 + s34, d12 + two * d34, s12 + four * s34, d12 + eight * d34 + m5
 
 
-@cpu_inline
+@cpu_call
 def _a(y, c):  # A y
     y0, y1, y2, y3 = y
     two, four, _, eight = c
@@ -73,7 +73,7 @@ def _a(y, c):  # A y
     return y0, y0 + y1 + y2 + y3, y0 - y1 + y2 - y3, s02 + d13, s02 - d13, y3
 
 
-@cpu_inline
+@cpu_call
 def g_transform(g, c):  # G g
     g0, g1, g2 = g
     q, s, t, f = c  # 1/4, 1/6, 1/12, 1/24
@@ -81,7 +81,7 @@ def g_transform(g, c):  # G g
     return q * g0, -s * (g0 + g1 + g2), -s * (g0 - g1 + g2), e + t * g1, e - t * g1, g2
 
 
-@cpu_inline
+@cpu_call
 def gt_transform(u, c):  # G^T u
     u0, u1, u2, u3, u4, u5 = u
     q, s, t, f = c
@@ -89,12 +89,12 @@ def gt_transform(u, c):  # G^T u
             s * (u3 + u4 - u1 - u2) + u5)
 
 
-@cpu_inline
+@cpu_call
 def ld6(f, o, step):
     return f[o], f[o + step], f[o + 2 * step], f[o + 3 * step], f[o + 4 * step], f[o + 5 * step]
 
 
-@cpu_inline
+@cpu_call
 def _st6(f, o, step, v):
     f[o] = v[0]
     f[o + step] = v[1]
@@ -104,7 +104,7 @@ def _st6(f, o, step, v):
     f[o + 5 * step] = v[5]
 
 
-@cpu_inline
+@cpu_call
 def _st4(f, o, step, v):
     f[o] = v[0]
     f[o + step] = v[1]

@@ -98,12 +98,13 @@ def winograd_reduce(part, gw, gy3, gb, cg):
             sum_chunks(part, j, k0, n, block)
             for i in range(n):
                 b = block[:, i]
-                u0 = ld6(b, 0, 1)  # u0[b] = u[0, b]
-                u1 = ld6(b, 6, 1)
-                u2 = ld6(b, 12, 1)
-                u3 = ld6(b, 18, 1)
-                u4 = ld6(b, 24, 1)
-                u5 = ld6(b, 30, 1)
+                z, one = np.int64(0), np.int64(1)  # not literals: each would compile ld6 once more
+                u0 = ld6(b, z, one)  # u0[b] = u[0, b]
+                u1 = ld6(b, z + 6, one)
+                u2 = ld6(b, z + 12, one)
+                u3 = ld6(b, z + 18, one)
+                u4 = ld6(b, z + 24, one)
+                u5 = ld6(b, z + 30, one)
                 r0 = gt_transform((u0[0], u1[0], u2[0], u3[0], u4[0], u5[0]), cg)  # r0[a] = (G^T u)[a, 0]
                 r1 = gt_transform((u0[1], u1[1], u2[1], u3[1], u4[1], u5[1]), cg)
                 r2 = gt_transform((u0[2], u1[2], u2[2], u3[2], u4[2], u5[2]), cg)
