@@ -75,10 +75,11 @@ def cpu_call(fn: Callable | None = None, *, fastmath: FastMath = False) -> Any:
     kernel that calls it, where LLVM inlines it: typed once, where ``cpu_inline``'s helpers are
     copied into every call site at Numba's IR level and typed there again (and once more in a
     ``prange`` body's own compile). For the tuple-heavy transforms and small wrappers that
-    kernels call many times over; the machine code is the same once LLVM has inlined it. Its
-    library is linked only (``_parfor_link``) and nothing of it is cached on its own: its
-    code lives in its kernels' cache entries. Never called from Python. Pass it no literals:
-    each literal value is a type, and a compile, of its own."""
+    kernels call many times over. It is compiled under its own flags, not its caller's: a
+    caller's fastmath does not reach it (an IR-inlined helper took the kernel's). Its library
+    is linked only (``_parfor_link``) and nothing of it is cached on its own: its code lives in
+    its kernels' cache entries. Never called from Python. Pass it no literals: each literal
+    value is a type, and a compile, of its own."""
 
     def decorate(f: Callable) -> Any:
         setattr(f, LINKED_HELPER, True)

@@ -53,8 +53,15 @@ k.chain(x, out, 0.75)
 sig = k.chain.signatures[0]
 asm = k.chain.inspect_asm(sig) if k.chain.stats.cache_hits.get(sig, 0) == 0 else ""
 called = [line for line in asm.splitlines() if "3mix" in line and ("call" in line or "movabs" in line)]
-print(json.dumps({"out": out.tolist(), "compiles": compiles, "called": called}))
+linked_only = [getattr(o.library, "_numbacnn_link_only", False) for o in k.mix.overloads.values()]
+print(json.dumps({"out": out.tolist(), "compiles": compiles, "called": called, "linked_only": linked_only}))
 '''
+
+
+def _run(code, *args, env):
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
 def _reference(x, c):
@@ -72,14 +79,14 @@ def _reference(x, c):
 def test_a_helper_compiles_once_is_inlined_and_is_cached_with_its_kernel(tmp_path):
     (tmp_path / "helper_kernels.py").write_text(_MODULE)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBACNN_CACHE="1")
-    runs = [json.loads(subprocess.run([sys.executable, "-c", _RUN, str(tmp_path)], env=env, capture_output=True,
-                                      text=True, check=True).stdout) for _ in range(2)]
+    runs = [json.loads(_run(_RUN, str(tmp_path), env=env)) for _ in range(2)]
     expected = _reference(np.random.default_rng(0).uniform(-2, 2, (7, 3)), 0.75)
     for run in runs:
         np.testing.assert_allclose(run["out"], expected, rtol=1e-12)
     # Three call sites, one compile of the helper (inside the kernel's); its code inlined.
     assert runs[0]["compiles"].count("mix") == 1 and "chain" in runs[0]["compiles"], runs[0]["compiles"]
     assert runs[0]["called"] == [], runs[0]["called"]
+    assert runs[0]["linked_only"] == [True], runs[0]["linked_only"]  # no machine code of its own
     # The next process loads the kernel and compiles nothing, the helper included; the
     # helper has no cache entry of its own (its code is the kernel's).
     assert runs[1]["compiles"] == [], runs[1]["compiles"]
@@ -111,3 +118,38 @@ def test_gemm_compiles_once_for_every_literal_flag_and_is_no_kernel_of_its_own()
     assert len(new) <= 1 and not any("Literal" in str(t) for sig in _blas._gemm.signatures for t in sig), new
     assert _blas._gemm.signatures  # compiled, in this process or before
     assert not any("._gemm(" in k for k in compiled_kernels())
+
+
+_WINOGRAD = '''
+import json, re, numpy as np
+from numbacnn._jit import LINKED_HELPER
+from numbacnn.layers import conv2d_plan, conv2d_winograd_cpu as wc, conv2d_winograd_tiles as tiles
+from numbacnn.layers import conv2d_cpu
+x = np.random.default_rng(2).standard_normal((2, 8, 8, 8)).astype(np.float32)
+w = np.random.default_rng(3).standard_normal((8, 8, 3, 3)).astype(np.float32)
+b, y = np.zeros(8, np.float32), np.empty((2, 8, 8, 8), np.float32)
+geo = (1, 3, 3, 1, 1, 1, 1, 1, 1)
+with conv2d_plan.force_path("winograd"):
+    plan = conv2d_cpu.conv2d_plan("c", x.shape, y.shape, geo, False, np.float32)
+conv2d_cpu.conv2d_forward(x, w, b, y, plan, tuple(np.empty(s, d or np.float32) for s, d in plan.forward_scratch))
+helpers = [name for mod in (wc, tiles) for name, f in vars(mod).items()
+           if getattr(getattr(f, "py_func", None), LINKED_HELPER, False)]
+# The kernel's code holds its linked copies of the tile routines (their own libraries are
+# linked only: what inspect_asm would show of them is unoptimized IR, not what runs).
+asm = wc.conv2d_forward_winograd.inspect_asm(wc.conv2d_forward_winograd.signatures[0])
+refs = re.findall(r"(?:movabsq\\s+\\$|call\\w*\\s+)(_ZN\\S+)", asm)
+defined = [n for n in ("input_tiles", "output_tiles") if re.search(rf"^_ZN\\S*{len(n)}{n}B\\S*:$", asm, re.M)]
+left = sorted({h for h in helpers for r in refs if f"{len(h)}{h}B" in r})
+print(json.dumps({"helpers": sorted(helpers), "left": left, "defined": defined}))
+'''
+
+
+def test_llvm_inlines_the_winograd_helpers_into_the_kernels_that_call_them(tmp_path):
+    # The tile routines call the transforms 16 times a tile, the kernel the output store once a
+    # block: a helper LLVM left as a call would cost a call (and an unoptimized tuple return)
+    # at each. Compiled in a fresh cache, so that the machine code can be read.
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBACNN_CACHE="1")
+    found = json.loads(_run(_WINOGRAD, env=env))
+    assert {"_store", "_bt", "_at", "ld6", "_st4"} <= set(found["helpers"]), found["helpers"]
+    assert found["defined"] == ["input_tiles", "output_tiles"], found["defined"]
+    assert found["left"] == [], found["left"]
