@@ -83,6 +83,8 @@ def enabled() -> bool:
 
 def start(model: Any, optimizer: Any, loss_fn: Any, x: np.ndarray, y: np.ndarray) -> subprocess.Popen | None:
     """Launch the worker for this model (CPU only); None when it cannot start. Never raises."""
+    proc: subprocess.Popen | None = None
+    busy: str | None = None
     try:
         if not enabled() or model.device != "cpu":
             return None
@@ -99,10 +101,8 @@ def start(model: Any, optimizer: Any, loss_fn: Any, x: np.ndarray, y: np.ndarray
         proc.stdin.write(payload)
         proc.stdin.close()
     except Exception:  # a graph that does not pickle, no process to spare: train compiles it all
-        if "proc" in locals():
+        if busy is not None:
             _stop(proc, busy)
-        elif "busy" in locals():
-            _stop(None, busy)
         return None
     _WORKERS.append((proc, busy))
     _install_await()
@@ -140,8 +140,13 @@ def _read(path: str) -> str:
         return ""
 
 
+def _tmp(path: str, pid: int) -> str:
+    """Where process ``pid`` writes ``path``'s next text before renaming it into place."""
+    return f"{path}.{pid}"
+
+
 def _write(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}"
+    tmp = _tmp(path, os.getpid())
     with contextlib.suppress(OSError):  # the training process gone, its file with it: nobody reads
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -290,8 +295,8 @@ def _stop(proc: subprocess.Popen | None, busy: str) -> None:
     if proc is not None and proc.poll() is None:
         proc.kill()
         proc.wait()
-    stale = [f"{busy}.{proc.pid}"] if proc is not None else []  # a write the kill cut short
-    for path in (busy, busy + TRAINER, f"{busy}{TRAINER}.{os.getpid()}", *stale):
+    stale = [_tmp(busy, proc.pid)] if proc is not None else []  # a write the kill cut short
+    for path in (busy, busy + TRAINER, _tmp(busy + TRAINER, os.getpid()), *stale):
         with contextlib.suppress(OSError):
             os.remove(path)
 

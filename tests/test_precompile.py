@@ -153,9 +153,12 @@ def _small():
     return model, nc.optim.SGD(model, lr=0.1)
 
 
-def test_a_worker_that_cannot_start_is_no_error(monkeypatch):
+def test_a_worker_that_cannot_start_is_no_error(monkeypatch, tmp_path):
+    import tempfile
+
     from numbacnn import _jit
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where start makes the worker's file
     monkeypatch.setattr(_jit, "CACHE", True)
     monkeypatch.setenv(_precompile.ENV, "1")
     model, opt = _small()
@@ -168,6 +171,7 @@ def test_a_worker_that_cannot_start_is_no_error(monkeypatch):
 
     monkeypatch.setattr(subprocess, "Popen", no_process)
     assert _precompile.start(model, opt, nc.losses.cross_entropy, x, y) is None
+    assert os.listdir(tmp_path) == []  # the file made for the worker that did not start is gone
 
 
 def test_a_failing_worker_ends_quietly_and_fit_trains_on(monkeypatch, tmp_path):
