@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from numbacnn.layers.conv2d_hwc_cpu import ALIASED_PLANE_BYTES, from_hwc, to_hwc, to_hwc_rows
+from numbacnn.layers.conv2d_hwc_cpu import ALIASED_PLANE_BYTES, from_hwc, to_hwc, to_hwc_rows, to_pixels
 
 
 @njit(cache=False)
@@ -81,3 +81,23 @@ def test_nan_and_signed_zero_are_copied_as_they_are() -> None:
     _from_hwc(xp, back, 1, 1)
     np.testing.assert_array_equal(back, xn)
     assert np.signbit(back[0, 0, 0])
+
+
+@njit(cache=False)
+def _to_pixels(yn, pixt, o, la, lb):
+    return to_pixels(yn, pixt, o, la, lb)
+
+
+@pytest.mark.parametrize("C, H, W, dtype", CASES)
+def test_to_pixels_transposes_its_pixels_and_counts_nonfinite(C: int, H: int, W: int, dtype: type) -> None:
+    rng = np.random.default_rng(11)
+    yn = rng.standard_normal((C, H * W)).astype(dtype)
+    L = H * W
+    yn[C - 1, L - 1], yn[0, L // 2] = np.nan, -np.inf
+    for la, lb, o in ((0, L, 0), (L // 3, L, 5 - L // 3), (0, L // 2, 2)):
+        pixt = np.full((o + lb + 3, C), 9.0, dtype)
+        bad = _to_pixels(yn, pixt, o, la, lb)
+        want = np.full_like(pixt, 9.0)
+        want[o + la:o + lb] = yn[:, la:lb].T
+        np.testing.assert_array_equal(pixt, want)
+        assert bad == int((~np.isfinite(yn[:, la:lb])).sum())

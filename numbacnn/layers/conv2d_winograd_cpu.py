@@ -59,7 +59,7 @@ import numpy as np
 from .._blas import gemm
 from .._jit import cpu_call, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
-from .conv2d_hwc_cpu import from_hwc, to_hwc, to_hwc_rows
+from .conv2d_hwc_cpu import from_hwc, to_hwc, to_hwc_rows, to_pixels
 from .conv2d_winograd5_cpu import (conv2d_backward_winograd5, conv2d_forward_winograd5, scratch5, winograd_reduce5,
                                    winograd_weights5)
 from .conv2d_winograd5_tiles import consts5
@@ -200,14 +200,7 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                 la, lb = 4 * i0 * Q, min(P, 4 * i1) * Q
                 for n in range(nb, ne):
                     r0 = (n - nb) * th
-                    gyn = gy[n].reshape(K, L)
-                    o = 4 * r0 * Q - la
-                    for j in range(la, lb):
-                        l, u = np.uint64(j), np.uint64(o + j)  # unsigned: no negative-index wrap
-                        for k in range(K):
-                            v = gyn[k, l]
-                            pix[t, u, k] = v
-                            bad += np.int64(v - v != 0)
+                    bad += to_pixels(gy[n].reshape(K, L), pix[t], 4 * r0 * Q - la, la, lb)
                     output_tiles_grad(pix[t], M[t], R[t], i0, i1, r0, P, Q, c)
                     if i0 == 0:  # x[n] padded again: keeping every sample's from the forward cost memory
                         to_hwc(x[n], xp[t], pt, pl)
