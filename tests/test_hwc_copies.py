@@ -1,5 +1,6 @@
-"""The padded-HWC copies that conv2d's pixel-major and Winograd paths share (conv2d_hwc_cpu):
-both loop orders (``aliased``: planes 2 KB apart or not), against NumPy's transposes."""
+"""The padded-HWC copies of conv2d's pixel-major and Winograd paths (conv2d_hwc_cpu): the plain
+ones and the ``_any`` ones in both their orders (``aliased``: planes 2 KB apart or not), against
+NumPy's transposes."""
 
 from __future__ import annotations
 
@@ -7,22 +8,32 @@ import numpy as np
 import pytest
 from numba import njit
 
-from numbacnn.layers.conv2d_hwc_cpu import ALIASED_PLANE_BYTES, from_hwc, to_hwc, to_hwc_rows, to_pixels
+from numbacnn.layers.conv2d_hwc_cpu import (ALIASED_PLANE_BYTES, from_hwc, from_hwc_any, to_hwc, to_hwc_any, to_hwc_rows,
+                                           to_hwc_rows_any, to_pixels)
 
 
 @njit(cache=False)
-def _to_hwc(xn, xp, pt, pl):
-    to_hwc(xn, xp, pt, pl)
+def _to_hwc(xn, xp, pt, pl, any_order):
+    if any_order:
+        to_hwc_any(xn, xp, pt, pl)
+    else:
+        to_hwc(xn, xp, pt, pl)
 
 
 @njit(cache=False)
-def _to_hwc_rows(xn, xp, pt, pl, i0, i1):
-    to_hwc_rows(xn, xp, pt, pl, i0, i1)
+def _to_hwc_rows(xn, xp, pt, pl, i0, i1, any_order):
+    if any_order:
+        to_hwc_rows_any(xn, xp, pt, pl, i0, i1)
+    else:
+        to_hwc_rows(xn, xp, pt, pl, i0, i1)
 
 
 @njit(cache=False)
-def _from_hwc(xp, xn, pt, pl):
-    from_hwc(xp, xn, pt, pl)
+def _from_hwc(xp, xn, pt, pl, any_order):
+    if any_order:
+        from_hwc_any(xp, xn, pt, pl)
+    else:
+        from_hwc(xp, xn, pt, pl)
 
 
 # (C, H, W, dtype): planes 2 KB apart or more (the channel-block order) and not; channel
@@ -40,24 +51,27 @@ def test_cases_take_both_orders() -> None:
     assert taken == {True, False}
 
 
+@pytest.mark.parametrize("any_order", [False, True])
 @pytest.mark.parametrize("C, H, W, dtype", CASES)
 @pytest.mark.parametrize("pt, pl, extra", [(0, 0, 0), (1, 1, 1), (2, 1, 3)])
-def test_to_hwc_is_the_padded_transpose(C: int, H: int, W: int, dtype: type, pt: int, pl: int, extra: int) -> None:
+def test_to_hwc_is_the_padded_transpose(C: int, H: int, W: int, dtype: type, pt: int, pl: int, extra: int,
+                                        any_order: bool) -> None:
     rng = np.random.default_rng(C * H + W)
     xn = rng.standard_normal((C, H, W)).astype(dtype)
     Hp, Wp = H + pt + extra, W + pl + extra + 1  # padded up to whole tiles: rows and columns past x
     want = np.zeros((Hp, Wp, C), dtype)
     want[pt:pt + H, pl:pl + W] = xn.transpose(1, 2, 0)
     xp = np.full((Hp, Wp, C), np.nan, dtype)  # every value must be written: padding as zeros
-    _to_hwc(xn, xp, pt, pl)
+    _to_hwc(xn, xp, pt, pl, any_order)
     np.testing.assert_array_equal(xp, want)
     back = np.full((C, H, W), np.nan, dtype)
-    _from_hwc(want, back, pt, pl)
+    _from_hwc(want, back, pt, pl, any_order)
     np.testing.assert_array_equal(back, xn)
 
 
+@pytest.mark.parametrize("any_order", [False, True])
 @pytest.mark.parametrize("C, H, W, dtype", CASES)
-def test_to_hwc_rows_writes_its_rows_alone(C: int, H: int, W: int, dtype: type) -> None:
+def test_to_hwc_rows_writes_its_rows_alone(C: int, H: int, W: int, dtype: type, any_order: bool) -> None:
     rng = np.random.default_rng(7)
     xn = rng.standard_normal((C, H, W)).astype(dtype)
     pt, pl = 1, 1
@@ -66,19 +80,20 @@ def test_to_hwc_rows_writes_its_rows_alone(C: int, H: int, W: int, dtype: type) 
     want[pt:pt + H, pl:pl + W] = xn.transpose(1, 2, 0)
     for i0, i1 in ((0, 1), (1, Hp // 2), (Hp // 2, Hp), (Hp - 1, Hp)):
         xp = np.full((Hp, Wp, C), -7.0, dtype)
-        _to_hwc_rows(xn, xp, pt, pl, i0, i1)
+        _to_hwc_rows(xn, xp, pt, pl, i0, i1, any_order)
         np.testing.assert_array_equal(xp[i0:i1], want[i0:i1])
         assert (xp[:i0] == -7.0).all() and (xp[i1:] == -7.0).all()
 
 
-def test_nan_and_signed_zero_are_copied_as_they_are() -> None:
+@pytest.mark.parametrize("any_order", [False, True])
+def test_nan_and_signed_zero_are_copied_as_they_are(any_order: bool) -> None:
     xn = np.zeros((16, 32, 32), np.float32)  # the channel-block order
     xn[3, 5, 7], xn[15, 31, 31], xn[0, 0, 0] = np.nan, np.inf, -0.0
     xp = np.empty((34, 34, 16), np.float32)
-    _to_hwc(xn, xp, 1, 1)
+    _to_hwc(xn, xp, 1, 1, any_order)
     assert np.isnan(xp[6, 8, 3]) and xp[32, 32, 15] == np.inf and np.signbit(xp[1, 1, 0])
     back = np.empty_like(xn)
-    _from_hwc(xp, back, 1, 1)
+    _from_hwc(xp, back, 1, 1, any_order)
     np.testing.assert_array_equal(back, xn)
     assert np.signbit(back[0, 0, 0])
 

@@ -11,26 +11,8 @@ import numpy as np
 
 from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
 
-__all__ = ["to_hwc", "to_hwc_rows", "from_hwc", "to_pixels", "bias_sum", "reduce_partials"]
-
-# Channel planes a multiple of this many bytes apart (32x32 float32 and larger) alias in L1: the
-# lines of 16 or more channels at one pixel fall in one cache set.
-ALIASED_PLANE_BYTES = 2048
-
-
-@cpu_inline
-def aliased(xn):
-    """Whether to_hwc_rows, from_hwc and to_pixels take xn's channel planes (its first axis) 8
-    at a time, each a run of columns, rather than every channel of a pixel at once. Every channel of a pixel
-    reads (or writes) one value of each plane: with planes 4 KB apart, 32 lines in one L1 set
-    of 8, evicted before the next pixel's values in them are used. 2 threads, AMD EPYC, us, the
-    copy of every sample, before / after: to_hwc 32 x 32x32 at batch 32 1490-1540 / 500-600,
-    64 x 32x32 at 8 990 / 250, 16 x 32x32 at 32 470 / 260; from_hwc 32 x 32x32 at 32 730 / 510.
-    Smaller planes keep a pixel's channels together, which is faster there: 8 channels at a
-    time took to_hwc 32 x 16x16 at batch 256 from 510 to 1020 us (from_hwc, which ran 16
-    columns a time for every channel there, 1460 -> 550 us, 64 x 8x8 530 -> 210)."""
-    return xn.size // max(xn.shape[0], 1) * xn.itemsize % ALIASED_PLANE_BYTES == 0
-
+__all__ = ["to_hwc", "to_hwc_rows", "from_hwc", "to_hwc_any", "to_hwc_rows_any", "from_hwc_any", "to_pixels", "bias_sum",
+           "reduce_partials"]
 
 @cpu_inline
 def to_hwc(xn, xp, pt, pl):
@@ -39,26 +21,24 @@ def to_hwc(xn, xp, pt, pl):
 
 
 @cpu_inline
-def to_hwc_rows(xn, xp, pt, pl, i0, i1):
-    """to_hwc's rows [i0, i1) of xp alone (a thread's share of one image)."""
-    C, H, W = xn.shape
-    Wp = xp.shape[1]
-    zero = xn.dtype.type(0)
-    xf = xp.reshape(xp.size)
+def _zero_padding(xf, pt, pl, H, W, Wp, C, i0, i1):
+    # rows [i0, i1) of a flat padded (Hp, Wp, C) image: its padding (outside x's H x W) = 0
+    zero = xf.dtype.type(0)
     for i in range(i0, i1):
         for j in range(Wp):
             if i < pt or i >= pt + H or j < pl or j >= pl + W:
                 o = np.uint64((i * Wp + j) * C)
                 for c in range(C):
                     xf[o + np.uint64(c)] = zero
-    if aliased(xn):
-        for h in range(max(i0 - pt, 0), min(i1 - pt, H)):
-            o = np.uint64(((h + pt) * Wp + pl) * C)
-            for c0 in range(0, C, 8):
-                for w in range(W):
-                    for c in range(c0, min(C, c0 + 8)):
-                        xf[o + np.uint64(w * C + c)] = xn[c, h, w]
-        return
+
+
+@cpu_inline
+def to_hwc_rows(xn, xp, pt, pl, i0, i1):
+    """to_hwc's rows [i0, i1) of xp alone (a thread's share of one image)."""
+    C, H, W = xn.shape
+    Wp = xp.shape[1]
+    xf = xp.reshape(xp.size)
+    _zero_padding(xf, pt, pl, H, W, Wp, C, i0, i1)
     for h in range(max(i0 - pt, 0), min(i1 - pt, H)):
         for w in range(W):
             o = np.uint64(((h + pt) * Wp + w + pl) * C)
@@ -68,8 +48,68 @@ def to_hwc_rows(xn, xp, pt, pl, i0, i1):
 
 @cpu_inline
 def from_hwc(xp, xn, pt, pl):
-    """xn[c, h, w] = xp[pt + h, pl + w, c]: the transpose of to_hwc (padding dropped), in
-    to_hwc's two orders (``aliased``)."""
+    """xn[c, h, w] = xp[pt + h, pl + w, c]: the transpose of to_hwc (padding dropped). Runs of
+    16 columns at a time, every channel, keep the HWC lines read in L1 (1.6x faster than
+    a channel at a time, measured)."""
+    C, H, W = xn.shape
+    for h in range(H):
+        for w0 in range(0, W, 16):
+            for c in range(C):
+                for w in range(w0, min(W, w0 + 16)):
+                    xn[c, h, w] = xp[h + pt, w + pl, c]
+
+
+# The 3x3 Winograd path's copies (its planes reach 32x32 with many channels: vgg_small's,
+# resnet's first stage) choose their order by the planes' spacing. The pixel-major path and the
+# 5x5 Winograd path keep the copies above: the second loop nest made the pixel-major backward's
+# chunk compile in 1.85 s instead of 1.37, in a cold ``numbacnn train`` (lenet5's 12x12 planes).
+# Channel planes a multiple of this many bytes apart (32x32 float32 and larger) alias in L1: the
+# lines of 16 or more channels at one pixel fall in one cache set.
+ALIASED_PLANE_BYTES = 2048
+
+
+@cpu_inline
+def aliased(xn):
+    """Whether the ``_any`` copies take xn's channel planes (its first axis) 8 at a time, each
+    a run of columns, rather than every channel of a pixel at once. Every channel of a pixel
+    reads (or writes) one value of each plane: with planes 4 KB apart, 32 lines in one L1 set
+    of 8, evicted before the next pixel's values in them are used. 2 threads, AMD EPYC, us, the
+    copy of every sample, before / after: to_hwc 32 x 32x32 at batch 32 1490-1540 / 500-600,
+    64 x 32x32 at 8 990 / 250, 16 x 32x32 at 32 470 / 260; from_hwc 32 x 32x32 at 32 730 / 510.
+    Smaller planes keep a pixel's channels together, which is faster there: 8 channels at a
+    time took to_hwc 32 x 16x16 at batch 256 from 510 to 1020 us (from_hwc, in 16-column runs
+    for every channel, 1460 -> 550 us with a pixel's channels together; 64 x 8x8 530 -> 210)."""
+    return xn.size // max(xn.shape[0], 1) * xn.itemsize % ALIASED_PLANE_BYTES == 0
+
+
+@cpu_inline
+def to_hwc_rows_any(xn, xp, pt, pl, i0, i1):
+    """to_hwc_rows in the order ``aliased`` chooses."""
+    if not aliased(xn):
+        to_hwc_rows(xn, xp, pt, pl, i0, i1)
+        return
+    C, H, W = xn.shape
+    Wp = xp.shape[1]
+    xf = xp.reshape(xp.size)
+    _zero_padding(xf, pt, pl, H, W, Wp, C, i0, i1)
+    for h in range(max(i0 - pt, 0), min(i1 - pt, H)):
+        o = np.uint64(((h + pt) * Wp + pl) * C)
+        for c0 in range(0, C, 8):
+            for w in range(W):
+                for c in range(c0, min(C, c0 + 8)):
+                    xf[o + np.uint64(w * C + c)] = xn[c, h, w]
+
+
+@cpu_inline
+def to_hwc_any(xn, xp, pt, pl):
+    """to_hwc in the order ``aliased`` chooses."""
+    to_hwc_rows_any(xn, xp, pt, pl, 0, xp.shape[0])
+
+
+@cpu_inline
+def from_hwc_any(xp, xn, pt, pl):
+    """from_hwc in the order ``aliased`` chooses: 8 channels at a time, or a pixel's channels
+    together."""
     C, H, W = xn.shape
     if aliased(xn):
         for h in range(H):
@@ -87,9 +127,9 @@ def from_hwc(xp, xn, pt, pl):
 @cpu_inline
 def to_pixels(yn, pixt, o, la, lb):
     """pixt[o + l, k] = yn[k, l] for the pixels l in [la, lb) of the (K, L) planes yn, in the
-    orders of to_hwc_rows (``aliased``); returns how many of the values are NaN or +-Inf. The
-    Winograd backward's output gradient, 2 threads, AMD EPYC, a pixel's channels together / 8
-    at a time: vgg_small's 32 x 32x32 at batch 32 1750 / 740 us, 64 x 32x32 at 8 980 / 360."""
+    order ``aliased`` chooses; returns how many of the values are NaN or +-Inf. The Winograd
+    backward's output gradient, 2 threads, AMD EPYC, a pixel's channels together / 8 at a
+    time: vgg_small's 32 x 32x32 at batch 32 1750 / 740 us, 64 x 32x32 at 8 980 / 360."""
     K = yn.shape[0]
     bad = 0
     if aliased(yn):

@@ -59,7 +59,7 @@ import numpy as np
 from .._blas import gemm
 from .._jit import cpu_call, cpu_kernel, cpu_serial, prange
 from .._threads import single_thread_blas
-from .conv2d_hwc_cpu import from_hwc, to_hwc, to_hwc_rows, to_pixels
+from .conv2d_hwc_cpu import from_hwc_any, to_hwc_any, to_hwc_rows_any, to_pixels
 from .conv2d_winograd5_cpu import (conv2d_backward_winograd5, conv2d_forward_winograd5, scratch5, winograd_reduce5,
                                    winograd_weights5)
 from .conv2d_winograd5_tiles import consts5
@@ -106,7 +106,7 @@ def conv2d_forward_winograd(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c, non
                 nt = (ne - nb) * (i1 - i0) * tw
                 for n in range(nb, ne):
                     if i0 == 0:
-                        to_hwc(x[n], xp[t], pt, pl)
+                        to_hwc_any(x[n], xp[t], pt, pl)
                     for sub in range(nsub):
                         input_tiles(xp[t], V[t], R[t], i0, i1, (n - nb) * th, tw, sub, ns, nsub, c)
                 for e in range(36):
@@ -134,7 +134,7 @@ def conv2d_forward_winograd_rows(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c
     yn = y[0].reshape(K, P * Q)
     z = np.int64(0)  # not a literal 0, which would compile the tile functions once more
     for i in prange(xp.shape[1]):  # not T iterations: Numba would fuse the two loops
-        to_hwc_rows(x[0], xp[0], pt, pl, i, i + 1)
+        to_hwc_rows_any(x[0], xp[0], pt, pl, i, i + 1)
     for t in prange(T):
         bad = 0
         for i0 in range(t * th // T, (t + 1) * th // T, tr):
@@ -203,7 +203,7 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                     bad += to_pixels(gy[n].reshape(K, L), pix[t], 4 * r0 * Q - la, la, lb)
                     output_tiles_grad(pix[t], M[t], R[t], i0, i1, r0, P, Q, c)
                     if i0 == 0:  # x[n] padded again: keeping every sample's from the forward cost memory
-                        to_hwc(x[n], xp[t], pt, pl)
+                        to_hwc_any(x[n], xp[t], pt, pl)
                     for sub in range(nsub):
                         input_tiles(xp[t], V[t], R[t], i0, i1, r0, tw, sub, ns, nsub, c)
                 beta = 0 if nb == n0 and i0 == 0 else 1
@@ -220,7 +220,7 @@ def conv2d_backward_winograd(x, U, gy, xp, gxp, V, M, pix, R, part, gx, pt, pl, 
                         for sub in range(nsub):
                             input_tiles_grad(V[t], gxp[t], R[t], i0, i1, (n - nb) * th, tw, sub, ns, nsub, c)
                         if i1 == th:
-                            from_hwc(gxp[t], gx[n], pt, pl)
+                            from_hwc_any(gxp[t], gx[n], pt, pl)
         nonfinite[t] = bad
 
 
