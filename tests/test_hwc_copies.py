@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from numbacnn.layers.conv2d_hwc_cpu import (ALIASED_PLANE_BYTES, from_hwc, from_hwc_any, to_hwc, to_hwc_any, to_hwc_rows,
-                                           to_hwc_rows_any, to_pixels)
+from numbacnn.layers.conv2d_hwc_cpu import (ALIASED_PLANE_BYTES, from_hwc, from_hwc_any, to_hwc, to_hwc_any,
+                                           to_hwc_rows, to_hwc_rows_any, to_pixels)
 
 
 @njit(cache=False)

@@ -11,8 +11,8 @@ import numpy as np
 
 from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
 
-__all__ = ["to_hwc", "to_hwc_rows", "from_hwc", "to_hwc_any", "to_hwc_rows_any", "from_hwc_any", "to_pixels", "bias_sum",
-           "reduce_partials"]
+__all__ = ["to_hwc", "to_hwc_rows", "from_hwc", "to_hwc_any", "to_hwc_rows_any", "from_hwc_any", "to_pixels",
+           "bias_sum", "reduce_partials"]
 
 @cpu_inline
 def to_hwc(xn, xp, pt, pl):
