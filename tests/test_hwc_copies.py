@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from numbacnn.layers.conv2d_hwc_cpu import (ALIASED_PLANE_BYTES, from_hwc, from_hwc_any, to_hwc, to_hwc_any,
-                                           to_hwc_rows, to_hwc_rows_any, to_pixels)
+from numbacnn.layers.conv2d_hwc_cpu import (aliased, from_hwc, from_hwc_any, to_hwc, to_hwc_any, to_hwc_rows,
+                                           to_hwc_rows_any, to_pixels)
 
 
 @njit(cache=False)
@@ -36,19 +36,23 @@ def _from_hwc(xp, xn, pt, pl, any_order):
         from_hwc(xp, xn, pt, pl)
 
 
-# (C, H, W, dtype): planes 2 KB apart or more (the channel-block order) and not; channel
+# (C, H, W, dtype): planes whose channels alias in L1 (the channel-block order) and not; channel
 # counts that 8 does and does not divide.
 CASES = [(3, 5, 7, np.float32), (8, 32, 32, np.float32), (13, 16, 32, np.float32), (20, 32, 16, np.float32),
-         (17, 16, 16, np.float32), (9, 32, 64, np.float32), (12, 16, 16, np.float64), (5, 4, 4, np.float64)]
+         (17, 16, 16, np.float32), (40, 16, 16, np.float32), (9, 32, 64, np.float32), (12, 16, 16, np.float64),
+         (24, 16, 16, np.float64), (5, 4, 4, np.float64), (200, 8, 8, np.float32)]
 
 
 def _aliased(C: int, H: int, W: int, dtype: type) -> bool:
-    return H * W * np.dtype(dtype).itemsize % ALIASED_PLANE_BYTES == 0
+    return bool(aliased(np.empty((C, H, W), dtype)))
 
 
 def test_cases_take_both_orders() -> None:
-    taken = {_aliased(*case) for case in CASES}
-    assert taken == {True, False}
+    taken = {case[:3]: _aliased(*case) for case in CASES}
+    assert set(taken.values()) == {True, False}
+    # one pixel's channels more than 8 to an L1 set, in planes of 1 KB or more
+    assert taken[(20, 32, 16)] and taken[(40, 16, 16)] and taken[(9, 32, 64)] and taken[(24, 16, 16)]
+    assert not (taken[(8, 32, 32)] or taken[(13, 16, 32)] or taken[(17, 16, 16)] or taken[(200, 8, 8)])
 
 
 @pytest.mark.parametrize("any_order", [False, True])

@@ -59,27 +59,35 @@ def from_hwc(xp, xn, pt, pl):
                     xn[c, h, w] = xp[h + pt, w + pl, c]
 
 
-# The 3x3 Winograd path's copies (its planes reach 32x32 with many channels: vgg_small's,
+# The 3x3 Winograd path's copies (its planes reach 32x32 and 16x16 with many channels: vgg_small's,
 # resnet's first stage) choose their order by the planes' spacing. The pixel-major path and the
 # 5x5 Winograd path keep the copies above: the second loop nest made the pixel-major backward's
 # chunk compile in 1.85 s instead of 1.37, in a cold ``numbacnn train`` (lenet5's 12x12 planes).
-# Channel planes a multiple of this many bytes apart (32x32 float32 and larger) alias in L1: the
-# lines of 16 or more channels at one pixel fall in one cache set.
-ALIASED_PLANE_BYTES = 2048
+# An L1 data cache of 64 sets of 64-byte lines, 8 ways (x86's): addresses 4 KB apart share a
+# set. Channel planes whose spacing shares a power of two with those 4 KB put one pixel's values
+# of many channels in a few sets.
+L1_SET_SPAN = 4096
+L1_WAYS = 8
+# Below this many bytes a plane's pixels are few: a pixel's channels together won there
+# (256 x 8x8 at batch 32: to_hwc 190 against 240 us 8 channels at a time).
+MIN_ALIASED_PLANE_BYTES = 1024
 
 
 @cpu_inline
 def aliased(xn):
     """Whether the ``_any`` copies take xn's channel planes (its first axis) 8 at a time, each
-    a run of columns, rather than every channel of a pixel at once. Every channel of a pixel
-    reads (or writes) one value of each plane: with planes 4 KB apart, 32 lines in one L1 set
-    of 8, evicted before the next pixel's values in them are used. 2 threads, AMD EPYC, us, the
-    copy of every sample, before / after: to_hwc 32 x 32x32 at batch 32 1490-1540 / 500-600,
-    64 x 32x32 at 8 990 / 250, 16 x 32x32 at 32 470 / 260; from_hwc 32 x 32x32 at 32 730 / 510.
-    Smaller planes keep a pixel's channels together, which is faster there: 8 channels at a
-    time took to_hwc 32 x 16x16 at batch 256 from 510 to 1020 us (from_hwc, in 16-column runs
-    for every channel, 1460 -> 550 us with a pixel's channels together; 64 x 8x8 530 -> 210)."""
-    return xn.size // max(xn.shape[0], 1) * xn.itemsize % ALIASED_PLANE_BYTES == 0
+    a run of columns, rather than every channel of a pixel at once: where one pixel's values of
+    the channels fall more than L1_WAYS to a set, evicted before the next pixels' values in
+    their lines are used (32 channels of 32x32 planes: 32 lines in one set). 2 threads, AMD
+    EPYC, us, every sample's copy, a pixel's channels together / 8 at a time: to_hwc 32 x
+    32x32 at batch 32 1490-1540 / 500-600, 64 x 32x32 at 8 1720 / 250, 16 x 32x32 at 32 440 /
+    250; from_hwc 24 x 32x32 at 32 2350 / 380, 64 x 16x16 at 32 940 / 250, 128 x 16x16 1930 /
+    500. Not aliased, a pixel's channels together are faster: 32 x 16x16 at batch 32, to_hwc
+    67 / 120, from_hwc 70 / 124; 128 x 8x8, 58 / 112 and 74 / 118."""
+    C = xn.shape[0]
+    plane = xn.size // max(C, 1) * xn.itemsize
+    share = min(plane & -plane, L1_SET_SPAN)  # the largest power of two dividing the spacing
+    return plane >= MIN_ALIASED_PLANE_BYTES and C * share > L1_WAYS * L1_SET_SPAN
 
 
 @cpu_inline
