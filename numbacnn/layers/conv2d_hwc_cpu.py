@@ -14,6 +14,7 @@ from .._jit import REASSOC, cpu_inline, cpu_kernel, prange
 __all__ = ["to_hwc", "to_hwc_rows", "from_hwc", "to_hwc_any", "to_hwc_rows_any", "from_hwc_any", "to_pixels",
            "bias_sum", "reduce_partials"]
 
+
 @cpu_inline
 def to_hwc(xn, xp, pt, pl):
     """xp[pt + h, pl + w, c] = xn[c, h, w]; the rest of xp (the padding) = 0."""
