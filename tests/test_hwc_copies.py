@@ -1,6 +1,6 @@
 """The padded-HWC copies of conv2d's pixel-major and Winograd paths (conv2d_hwc_cpu): the plain
-ones and the ``_any`` ones in both their orders (``aliased``: planes 2 KB apart or not), against
-NumPy's transposes."""
+ones and the ``_any`` ones in both their orders (``aliased``: one pixel's channels more than 8 to
+an L1 set, or not), against NumPy's transposes."""
 
 from __future__ import annotations
 
