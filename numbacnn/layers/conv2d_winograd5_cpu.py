@@ -135,12 +135,12 @@ def winograd_reduce5(part, gw, gy3, gb, c):
     for task in prange(C):
         ch = np.int64(task)
         block = np.empty((64, WEIGHT_RUN), part.dtype)
+        z, one = np.int64(0), np.int64(1)  # not literals: each would compile ld8 once more
         for k0 in range(0, K, WEIGHT_RUN):
             n = min(WEIGHT_RUN, K - k0)
             sum_chunks(part, ch, k0, n, block)
             for i in range(n):
                 b = block[:, i]
-                z, one = np.int64(0), np.int64(1)  # not literals: each would compile ld8 once more
                 u0 = ld8(b, z, one)  # u0[b] = u[0, b]
                 u1 = ld8(b, z + 8, one)
                 u2 = ld8(b, z + 16, one)

@@ -93,12 +93,12 @@ def winograd_reduce(part, gw, gy3, gb, cg):
         sub, ch = j // C, j % C
         a0, s0 = 3 * (sub // ns), 3 * (sub % ns)
         block = np.empty((36, WEIGHT_RUN), part.dtype)
+        z, one = np.int64(0), np.int64(1)  # not literals: each would compile ld6 once more
         for k0 in range(0, K, WEIGHT_RUN):
             n = min(WEIGHT_RUN, K - k0)
             sum_chunks(part, j, k0, n, block)
             for i in range(n):
                 b = block[:, i]
-                z, one = np.int64(0), np.int64(1)  # not literals: each would compile ld6 once more
                 u0 = ld6(b, z, one)  # u0[b] = u[0, b]
                 u1 = ld6(b, z + 6, one)
                 u2 = ld6(b, z + 12, one)
