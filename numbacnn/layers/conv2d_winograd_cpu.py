@@ -134,7 +134,7 @@ def conv2d_forward_winograd_rows(x, U, b, xp, V, M, pix, R, y, pt, pl, tr, ns, c
     yn = y[0].reshape(K, P * Q)
     z = np.int64(0)  # not a literal 0, which would compile the tile functions once more
     for i in prange(xp.shape[1]):  # not T iterations: Numba would fuse the two loops
-        to_hwc_rows_any(x[0], xp[0], pt, pl, i, i + 1)
+        to_hwc_rows_any(x[0], xp[0], pt, pl, np.int64(i), np.int64(i + 1))
     for t in prange(T):
         bad = 0
         for i0 in range(t * th // T, (t + 1) * th // T, tr):
