@@ -40,7 +40,7 @@ from numba.core import cgutils
 
 from .._jit import cpu_inline, cpu_intrinsic
 
-__all__ = ["ROWS", "VECTORS", "columns", "lanes_of", "taps", "taps_out", "tile_columns", "tile_shape"]
+__all__ = ["HOST_CPU", "ROWS", "VECTORS", "columns", "lanes_of", "taps", "taps_out", "tile_columns", "tile_shape"]
 
 
 def _vector_bytes() -> int:
@@ -54,6 +54,9 @@ def _vector_bytes() -> int:
 #: Bytes in one vector register (AVX-512: 64), output rows and vectors of columns per tile:
 #: ROWS * VECTORS accumulators plus VECTORS loads fit the register file (32 on AVX-512, 16 else).
 VECTOR_BYTES = _vector_bytes()
+#: LLVM's name for this CPU ("znver4", "skylake-avx512", ...): a plan choice measured on one
+#: microarchitecture only (conv2d_plan.BATCH1_WINOGRAD) names it.
+HOST_CPU = ll.get_host_cpu_name()
 # The masked load's name carries its pointer type: "p0" where LLVM's pointers are opaque (LLVM
 # 17 on, this Numba's), "p0v16f32" and the like where they are typed (older llvmlites).
 _TYPED_POINTERS = ll.llvm_version_info[0] < 17

@@ -13,6 +13,34 @@ from numbacnn.layers._taps_cpu import VECTOR_BYTES
 Conv2d = nc.get_layer("conv2d")
 
 
+@pytest.mark.parametrize("host_gains", [True, False])
+def test_batch_one_takes_winograd_for_large_3x3_only_where_the_host_measured_it(monkeypatch, host_gains):
+    # Zen 4 (conv2d_plan.BATCH1_WINOGRAD): a 3x3 of C*K*P*Q >= 2**20 from 8x8 outputs and 16
+    # channels runs Winograd's rows at batch 1 (vgg_small's 32->32, 64->64 and 128->128: 569 ->
+    # 462 us); smaller ones, few pixels, 5x5, training and other hosts keep their paths.
+    from numbacnn.layers import conv2d_plan
+
+    monkeypatch.setattr(conv2d_plan, "BATCH1_WINOGRAD", host_gains)
+    three = {K: Conv2d(out_channels=K, kernel_size=3, padding=1) for K in (16, 32, 64, 128, 512)}
+    large = [(three[32], (1, 32, 32, 32)), (three[64], (1, 64, 16, 16)), (three[128], (1, 128, 8, 8))]
+    for layer, shape in large:
+        assert cpu_path(layer, shape, backward=False) == ("winograd" if host_gains else "shift"), shape
+        assert cpu_path(layer, shape) != "shift"  # training keeps the training pick
+    assert cpu_path(three[128], (1, 64, 8, 8), backward=False) == "shift"  # 2**19: below the work
+    assert cpu_path(three[512], (1, 512, 2, 2), backward=False) == "shift"  # one tile, three quarters unused
+    assert cpu_path(three[16], (1, 8, 64, 64), backward=False) == "shift"  # 8 channels in
+    assert cpu_path(Conv2d(out_channels=64, kernel_size=5, padding=2), (1, 64, 16, 16), backward=False) == "shift"
+
+    # The model takes that plan, and its output is the convolution's (float64 loop reference).
+    m = _model(64, 64, 3, 1, (16, 16), relu=True)
+    x = np.random.default_rng(4).standard_normal((1, 64, 16, 16)).astype(np.float32)
+    y = m.forward(x)
+    plans = [p for ctx in m._executor.thread_pass().folds.ctxs for p in ctx._plans.values()]
+    assert [p.path for p in plans if hasattr(p, "path")] == ["winograd" if host_gains else "shift"]
+    w, b = m.params["c.weight"].astype(np.float64), m.params["c.bias"].astype(np.float64)
+    want = np.maximum(naive(x.astype(np.float64), w, b, None, 1)[0], 0)
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
 def test_conv2d_cpu_inference_takes_shifted_taps_at_batch_one_and_where_winograd_is_not():
     # Batch-1 inference at stride 1, any channel count (vgg_small at batch 1: 660-672 -> 474-485
     # us); larger batches where Winograd does not apply (lenet5's 1 -> 6 and 6 -> 16 5x5 at
