@@ -152,7 +152,7 @@ def test_llvm_inlines_the_winograd_helpers_into_the_kernels_that_call_them(tmp_p
     found = json.loads(_run(_WINOGRAD, env=env))
     assert {"_store", "_bt", "_at", "ld6", "_st4"} <= set(found["helpers"]), found["helpers"]
     assert found["defined"] == ["input_tiles", "output_tiles"], found["defined"]
-    # The HWC copies (conv2d_hwc_cpu) run once a sample, each call a whole image's loops: LLVM
-    # may leave them as calls (to_hwc_rows_any's two orders are past its inlining budget), which
-    # costs one call an image. Every helper called per tile or per block is inlined.
-    assert set(found["left"]) <= {"to_hwc_rows_any", "from_hwc_any", "to_pixels"}, found["left"]
+    # The input's HWC copy (conv2d_hwc_cpu.to_hwc_rows_any: a whole image, or at batch 1 one
+    # padded row, a call) may stay a call: its two orders are past LLVM's inlining budget. Every
+    # other helper this kernel calls is inlined. (The backward's copies are not read here.)
+    assert set(found["left"]) <= {"to_hwc_rows_any"}, found["left"]

@@ -71,7 +71,7 @@ def from_hwc(xp, xn, pt, pl):
 # in each Winograd kernel's prange body again. A 64->64 3x3 forward and backward from an empty
 # cache (AMD EPYC Zen 4, /work/probe/s23/wcomp.py, two runs each): conv2d_forward_winograd
 # compiled in 5.8-5.9 s instead of 7.7-8.4, conv2d_backward_winograd in 5.4-5.5 instead of
-# 8.8-9.9. LLVM leaves to_hwc_rows_any as a call (one an image); the layer's speed is level
+# 8.8-9.9. LLVM leaves to_hwc_rows_any a call (an image's, or a row's at batch 1); the speed is level
 # (forward 7.05-7.08 against 7.03-7.33 ms at batch 32, 2 threads, alternating trees).
 L1_SET_SPAN = 4096
 L1_WAYS = 8

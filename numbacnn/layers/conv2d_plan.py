@@ -164,11 +164,12 @@ SHIFT1X1_MAX_CHANNELS = 32 if VECTOR_BYTES == 64 else 0
 # WINOGRAD3_SPLIT_MIN_PIXELS - 1 outputs (8x8) and WINOGRAD_MIN_CHANNELS channels, takes
 # Winograd's rows there. 2 threads, one-conv models with relu, eight alternating rounds, us, taps /
 # Winograd (/work/probe/s23/paths.py): 32->32 at 32x32 119 / 99, 64->64 at 16x16 117 / 77-83,
-# 128->128 at 8x8 150 / 106-108; below the work, level or lost: 32->64 at 16x16 66 / 58, 64->128
-# at 8x8 81 / 79, 48->96 at 8x8 63 / 57, 32->32 at 16x16 45 / 51, 32->64 at 8x8 30 / 39, 64->128
-# at 4x4 48 / 58. Whole models at batch 1 with Winograd from 32 channels at any work
-# (n1wino.py): vgg_small 569 -> 462 us, resnet_bottleneck 890 -> 950, googlenet_mini 536 -> 581;
-# at this work only vgg_small's 32->32, 64->64 and 128->128 take it. The Intel Xeon (full-width
+# 128->128 at 8x8 150 / 106-108. Below the work some won and some lost: won 32->64 at 16x16
+# 66 / 58, 48->96 at 8x8 63 / 57; level 64->128 at 8x8 81 / 79; lost 32->32 at 16x16 45 / 51,
+# 32->64 at 8x8 30 / 39, 64->128 at 4x4 48 / 58. Whole models at batch 1 with Winograd from 32
+# channels at any work (n1wino.py): vgg_small 569 -> 462 us, but resnet_bottleneck 890 -> 950 and
+# googlenet_mini 536 -> 581; so the threshold takes the clear wins alone (vgg_small's 32->32,
+# 64->64 and 128->128: the model 569-572 -> 488-491 us, alternating trees). The Intel Xeon (full-width
 # AVX-512) measured taps ahead of Winograd at batch 1 (vgg_small 660-672 -> 474-485 above), so
 # other hosts keep the taps.
 BATCH1_WINOGRAD = HOST_CPU == "znver4"
