@@ -159,22 +159,23 @@ WINOGRAD1D_MIN_WORK = 32768
 # 0.64 / 0.85 (a tile's 8 rows half used); at batch 1 (tiles split over the threads) lost or
 # level. The whole model at batch 32: 19.6-20.0 -> 17.4-18.0 ms; at 256: 173-178 -> 159-168.
 SHIFT1X1_MAX_CHANNELS = 32 if VECTOR_BYTES == 64 else 0
+SHIFT1X1_MIN_OUTPUTS = 64
 # The exception to batch 1's shifted taps, on AMD's Zen 4 (AVX-512 run on 256-bit units; LLVM's
 # "znver4"): a 3x3 stride-1 convolution of at least BATCH1_WINOGRAD_MIN_WORK = C*K*P*Q, from
-# WINOGRAD3_SPLIT_MIN_PIXELS - 1 outputs (8x8) and WINOGRAD_MIN_CHANNELS channels, takes
-# Winograd's rows there. 2 threads, one-conv models with relu, eight alternating rounds, us, taps /
+# BATCH1_WINOGRAD_MIN_PIXELS outputs (8x8) and WINOGRAD_MIN_CHANNELS channels, takes Winograd's
+# rows there. 2 threads, one-conv models with relu, eight alternating rounds, us, taps /
 # Winograd (/work/probe/s23/paths.py): 32->32 at 32x32 119 / 99, 64->64 at 16x16 117 / 77-83,
 # 128->128 at 8x8 150 / 106-108. Below the work some won and some lost: won 32->64 at 16x16
 # 66 / 58, 48->96 at 8x8 63 / 57; level 64->128 at 8x8 81 / 79; lost 32->32 at 16x16 45 / 51,
 # 32->64 at 8x8 30 / 39, 64->128 at 4x4 48 / 58. Whole models at batch 1 with Winograd from 32
 # channels at any work (n1wino.py): vgg_small 569 -> 462 us, but resnet_bottleneck 890 -> 950 and
 # googlenet_mini 536 -> 581; so the threshold takes the clear wins alone (vgg_small's 32->32,
-# 64->64 and 128->128: the model 569-572 -> 488-491 us, alternating trees). The Intel Xeon (full-width
-# AVX-512) measured taps ahead of Winograd at batch 1 (vgg_small 660-672 -> 474-485 above), so
-# other hosts keep the taps.
+# 64->64 and 128->128: the model 569-572 -> 488-491 us, alternating trees). The Intel Xeon
+# (full-width AVX-512) measured taps ahead of Winograd at batch 1 (vgg_small 660-672 -> 474-485
+# above), so other hosts keep the taps.
 BATCH1_WINOGRAD = HOST_CPU == "znver4"
 BATCH1_WINOGRAD_MIN_WORK = 1 << 20
-SHIFT1X1_MIN_OUTPUTS = 64
+BATCH1_WINOGRAD_MIN_PIXELS = 64
 # Inference at a batch of two or more of a 3x3 stride-1 convolution of at most
 # SHIFT3X3_MAX_CHANNELS channels in and out, on output rows two or more whole tiles wide, takes
 # shifted taps over Winograd where the tile is AVX2's (4 by 16; a row at a time, straight to
@@ -302,7 +303,7 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     one_row = x_shape[2] == 1 and R == 1
     shift = shift_fits and G == 1 and R * S > 1 and not one_row  # where the default may take it
     if (BATCH1_WINOGRAD and not backward and x_shape[0] == 1 and winograd_fits and (R, S) == (3, 3)
-            and P * Q >= WINOGRAD3_SPLIT_MIN_PIXELS - 1 and min(C, K) >= WINOGRAD_MIN_CHANNELS
+            and P * Q >= BATCH1_WINOGRAD_MIN_PIXELS and min(C, K) >= WINOGRAD_MIN_CHANNELS
             and C * K * P * Q >= BATCH1_WINOGRAD_MIN_WORK):
         return "winograd"
     if shift and not backward and x_shape[0] == 1:
