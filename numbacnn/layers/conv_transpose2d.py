@@ -90,14 +90,19 @@ class ConvTranspose2d(Layer):
         geo = (self.groups, *self.kernel, *self.stride, *self.dilation, *self.padding)
         out = self.output_shape(tuple(x_shape[1:]))
         return SimpleNamespace(out=out, geo=geo,
-                               scratch=ctx.kernels.conv_transpose2d_scratch(tuple(x_shape), (x_shape[0], *out), geo))
+                               scratch=ctx.kernels.conv_transpose2d_scratch(tuple(x_shape), (x_shape[0], *out), geo,
+                                                                            ctx.dtype))
 
     def forward(self, ctx: Ctx, x: Any) -> Any:
         plan = ctx.plan(x.shape, lambda: self._plan(ctx, x.shape))
         y = ctx.empty((x.shape[0], *plan.out))
+        wide = plan.scratch.get("wide")  # the CPU's phases as one 3x3 convolution (conv_transpose2d_wide_cpu)
+        if wide is not None:
+            conv, shape = wide
+            wide = (conv, tuple(ctx.scratch(s, d) for s, d in conv.forward_scratch), ctx.scratch(shape))
         ctx.kernels.conv_transpose2d_forward(x, ctx.params["weight"], self._bias(ctx, ctx.params), y,
                                              ctx.scratch(plan.scratch["col"]), ctx.scratch(plan.scratch["phase"]),
-                                             plan.geo)
+                                             plan.geo, wide)
         ctx.save(x)
         return y
 

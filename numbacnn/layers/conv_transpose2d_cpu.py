@@ -19,6 +19,8 @@ where the strided copies become flat ones (_conv_columns). Every wrapper runs un
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._blas import gemm
@@ -27,26 +29,34 @@ from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im, col2im_phases, im2col, im2col_phases, merge_phases, phase_shape, split_phases
 from ._taps_cpu import VECTOR_BYTES
 from .conv2d_hwc_cpu import bias_sum
+from .conv2d_winograd_cpu import winograd_nonfinite
 from .conv_transpose2d_shift_cpu import fits, shift_transposed
+from .conv_transpose2d_wide_cpu import wide_forward, wide_plan
 
 __all__ = ["conv_transpose2d_scratch", "conv_transpose2d_forward", "conv_transpose2d_backward"]
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int]
 
 
-def conv_transpose2d_scratch(x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry) -> dict[str, tuple]:
+def conv_transpose2d_scratch(x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry,
+                             dtype: Any = None) -> dict[str, tuple]:
     """Scratch shapes for an (N, C, H, W) input and (N, K, P, Q) output: "col", a column matrix
     (K*R*S, H*W) per chunk of the batch; "part", a transposed weight-gradient partial
     (K/groups*R*S, C/groups) per chunk and group; "phase", the phase planes of one output (or
     output gradient) per chunk where _conv_columns.phase_shape gives them (a column stride
     above 1, the output's phases no wider than the input), else empty planes (the kernels then
-    take the strided copies)."""
+    take the strided copies); for a ``dtype`` forward that runs as one wide 3x3 convolution
+    (conv_transpose2d_wide_cpu), "wide": that convolution's plan and its output's shape."""
     N, C, H, W = x_shape
     K, P, Q = y_shape[1:]
     G, R, S, sh, sw = geo[:5]
     T = batch_chunks(N)
     phase = phase_shape(K, P, Q, sh, sw, W) or (0, 1, 1, 1, 1)
-    return {"col": (T, K * R * S, H * W), "part": (T, G, K // G * R * S, C // G), "phase": (T, *phase)}
+    scratch = {"col": (T, K * R * S, H * W), "part": (T, G, K // G * R * S, C // G), "phase": (T, *phase)}
+    wide = None if dtype is None else wide_plan(x_shape, y_shape, geo, dtype)
+    if wide is not None:
+        scratch["wide"] = wide
+    return scratch
 
 
 # The column copies are serial functions the parallel kernels call, not inlined into them:
@@ -143,14 +153,21 @@ SHIFT_FORWARD = VECTOR_BYTES == 64
 
 
 def conv_transpose2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, col: np.ndarray,
-                             phase: np.ndarray, geo: Geometry) -> None:
+                             phase: np.ndarray, geo: Geometry, wide: Any = None) -> None:
     """y = conv_transpose2d(x, w) + b (b empty: no bias); ``col`` and ``phase`` are scratch of
-    the shapes conv_transpose2d_scratch gives. float32 at groups 1 without dilation takes
-    shifted taps (conv_transpose2d_shift_cpu) where SHIFT_FORWARD, float64 (exact checks) and
-    the rest the columns."""
+    the shapes conv_transpose2d_scratch gives, ``wide`` (its "wide" plan, that plan's forward
+    scratch arrays, the wide output) where it gave one. Those run as one 3x3 convolution
+    (conv_transpose2d_wide_cpu) unless x or w is not finite; float32 at groups 1 without
+    dilation takes shifted taps (conv_transpose2d_shift_cpu) where SHIFT_FORWARD and w is
+    finite, float64 (exact checks) and the rest the columns."""
+    if wide is not None and wide_forward(x, w, b, y, wide, geo):
+        return
     G = geo[0]
     C, H, W = x.shape[1:]
-    if SHIFT_FORWARD and x.dtype == np.float32 and fits(x.shape, y.shape, geo, col.shape):
+    # The shifted taps multiply the padding's zeros too: a weight of NaN or Inf would make NaN
+    # where a tap has no input pixel, and PyTorch (as the columns) makes no such product.
+    if (SHIFT_FORWARD and x.dtype == np.float32 and fits(x.shape, y.shape, geo, col.shape)
+            and winograd_nonfinite(w.reshape(-1)) == 0):
         shift_transposed(x, w, b, y, col, geo)
         return
     with single_thread_blas:

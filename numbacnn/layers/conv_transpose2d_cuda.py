@@ -31,8 +31,9 @@ def _blocks(n: int) -> int:
     return max(1, (n + THREADS - 1) // THREADS)
 
 
-def conv_transpose2d_scratch(x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry) -> dict[str, tuple]:
-    """No scratch: the kernels gather straight from x, gy and w."""
+def conv_transpose2d_scratch(x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry,
+                             dtype: Any = None) -> dict[str, tuple]:
+    """No scratch: the kernels gather straight from x, gy and w (for any ``dtype``)."""
     return {"col": (0,), "phase": (0,), "part": (0,)}
 
 
@@ -59,8 +60,10 @@ def _forward_kernel(x, w, b, y, sh, sw, dh, dw, ph, pw):
     y[n, k, p, q] = acc + b[k] if b.size else acc
 
 
-def conv_transpose2d_forward(x: Any, w: Any, b: Any, y: Any, col: Any, phase: Any, geo: Geometry) -> None:
-    """y = conv_transpose2d(x, w) + b (b empty: no bias); ``col`` and ``phase`` are unused here."""
+def conv_transpose2d_forward(x: Any, w: Any, b: Any, y: Any, col: Any, phase: Any, geo: Geometry,
+                             wide: Any = None) -> None:
+    """y = conv_transpose2d(x, w) + b (b empty: no bias); ``col``, ``phase`` and ``wide`` (the
+    CPU's wide 3x3 convolution: never planned here, always None) are unused here."""
     _forward_kernel[_blocks(y.size), THREADS](x, w, b, y, *geo[3:])
 
 
