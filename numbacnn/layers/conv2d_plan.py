@@ -185,6 +185,17 @@ BATCH1_WINOGRAD_MIN_PIXELS = 64
 # Lost: googlenet_mini's 24->32 at 16x16 (one tile a row; 47.1 / 48.6 at 128), every 3x3 of
 # resnet_bottleneck (the 32->32 and 64->64 at 16x16 and 8x8 too: 127.4 / 122.2 against 116.0).
 SHIFT3X3_MAX_CHANNELS = 32 if VECTOR_BYTES == 32 else 0  # measured on AVX2 only
+# With AVX-512's tile (8 rows by 48 columns, on the padded grid), the same holds at 16 channels
+# in and out on planes of SHIFT3X3_WIDE_MIN_PIXELS outputs or more: there Winograd's products
+# are 16 wide and its transforms weigh the most. AMD EPYC (Zen 4), 2 threads, resnet_bottleneck
+# at batch 256 (parts of 32), its three 16->16 at 32x32 in the model, alternating models, ms a
+# node, Winograd / taps (/work/probe/s24/nodepaths.py): 10.1-10.5 / 7.2-7.5. Alone at batch 32
+# (paths2.py), us: 16->16 at 32x32 1692 / 1462; lost or level elsewhere: 16->16 at 16x16 (N64)
+# 496 / 524, at 8x8 (N256) 555 / 754, 16->32 at 32x32 1804 / 1957, 32->16 1628 / 1783, 16->24
+# at 16x16 739 / 758; in models vgg_small's 32->32 at 32x32 20.2 / 25.8, googlenet_mini's 24->32
+# and 32->48 at 16x16 4.4 / 5.6 and 6.0 / 10.4.
+SHIFT3X3_WIDE_MAX_CHANNELS = 16 if VECTOR_BYTES == 64 else 0  # measured on Zen 4 only
+SHIFT3X3_WIDE_MIN_PIXELS = 1024
 PATHS = ("auto", "im2col", "pixel", "winograd", "shift")
 ENV = "NUMBACNN_CONV2D_PATH"
 _forced: list[str] = []  # force_path's stack; the innermost is in effect
@@ -324,7 +335,8 @@ def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tup
     least = three if max(R, S) <= 3 else five if (R, S) == (5, 5) else WINOGRAD_MIN_PIXELS
     NR = tile_columns(4)  # the float32 tile's
     if ((R, S, sh, sw, dh, dw, G) == (3, 3, 1, 1, 1, 1, 1) and not backward and N >= 2
-            and max(C, K) <= SHIFT3X3_MAX_CHANNELS and Q % NR == 0 and Q >= 2 * NR):
+            and ((max(C, K) <= SHIFT3X3_MAX_CHANNELS and Q % NR == 0 and Q >= 2 * NR)
+                 or (max(C, K) <= SHIFT3X3_WIDE_MAX_CHANNELS and P * Q >= SHIFT3X3_WIDE_MIN_PIXELS))):
         return "shift"
     if winograd_fits and min(C, K) >= few and P * Q >= least:
         if split and max(R, S) <= 3 and P * Q < WINOGRAD3_SPLIT_MIN_PIXELS:

@@ -69,9 +69,15 @@ def test_conv2d_cpu_inference_takes_shifted_taps_at_batch_one_and_where_winograd
     # the tile is AVX-512's 8 rows by 48 columns; on narrower vectors (4 by 16) im2col's product
     # 3x3 stride 1 of at most 32 channels on rows of two or more whole AVX2 tiles (16 columns):
     # the taps a row at a time there, Winograd elsewhere (conv2d_plan.SHIFT3X3_MAX_CHANNELS)
+    # With AVX-512's tile, 16 channels in and out on 32x32 or more (SHIFT3X3_WIDE_MAX_CHANNELS).
     few = Conv2d(out_channels=16, kernel_size=3, padding=1)
-    assert cpu_path(few, (8, 16, 32, 32), backward=False) == ("shift" if VECTOR_BYTES == 32 else "winograd")
-    assert cpu_path(few, (8, 16, 16, 16), backward=False) == "winograd"  # one tile a row
+    assert cpu_path(few, (8, 16, 32, 32), backward=False) == ("shift" if VECTOR_BYTES in (32, 64) else "winograd")
+    assert cpu_path(few, (8, 16, 16, 16), backward=False) == "winograd"  # one tile a row; AVX-512: 256 pixels
+    assert cpu_path(few, (8, 16, 24, 48), backward=False) == ("shift" if VECTOR_BYTES in (32, 64) else "winograd")
+    assert cpu_path(few, (8, 16, 22, 46), backward=False) == "winograd"  # 1012 outputs (AVX2: 46 columns)
+    assert cpu_path(Conv2d(out_channels=32, kernel_size=3, padding=1), (8, 16, 32, 32),
+                    backward=False) == ("shift" if VECTOR_BYTES == 32 else "winograd")
+    assert cpu_path(Conv2d(out_channels=16, kernel_size=5, padding=2), (8, 16, 32, 32), backward=False) == "winograd"
     assert cpu_path(Conv2d(out_channels=64, kernel_size=3, padding=1), (8, 16, 32, 32), backward=False) == "winograd"
     assert cpu_path(few, (8, 16, 32, 32)) == "winograd"  # training
     wide = Conv2d(out_channels=64, kernel_size=1)
