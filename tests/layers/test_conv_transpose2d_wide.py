@@ -47,6 +47,17 @@ def test_which_geometries_take_the_wide_convolution(N, C, H, K, k, s, p, dtype, 
         assert plan.path == "winograd" and shape == (N, s * s * K, H, H)
 
 
+def _case(seed, x_shape, K, k, s=2, p=1, bias=True):
+    """(rng, x, w, b, cfg, layer, its Ctx) for an (N, C, H, W) input: random float32 data."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    w = (rng.standard_normal((x_shape[1], K, k, k)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(K, dtype=np.float32) if bias else None
+    cfg = dict(out_channels=K, kernel_size=k, stride=s, padding=p, bias=bias)
+    layer = ConvTranspose2d(**cfg)
+    return rng, x, w, b, cfg, layer, _ctx(layer, x, w, b)
+
+
 def _ctx(layer, x, w, b, dtype=np.float32):
     backend = get_backend("cpu")
     ctx = Ctx("up", "cpu", np.dtype(dtype), backend, np.random.default_rng(0), layer=layer)
@@ -69,13 +80,7 @@ def _forward(layer, ctx, x, training=False):
     (2, 16, 4, 4, 16, 4, 2, 1, True),
 ])
 def test_the_wide_forward_matches_the_scatter(N, C, H, W, K, k, s, p, bias):
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((N, C, H, W), dtype=np.float32)
-    w = (rng.standard_normal((C, K, k, k)) * 0.2).astype(np.float32)
-    b = rng.standard_normal(K, dtype=np.float32) if bias else None
-    cfg = dict(out_channels=K, kernel_size=k, stride=s, padding=p, bias=bias)
-    layer = ConvTranspose2d(**cfg)
-    ctx = _ctx(layer, x, w, b)
+    _, x, w, b, cfg, layer, ctx = _case(1, (N, C, H, W), K, k, s, p, bias)
     want = convt_ref(cfg)(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64))
     for training in (False, True):
         y = _forward(layer, ctx, x, training)
@@ -86,13 +91,7 @@ def test_the_wide_forward_matches_the_scatter(N, C, H, W, K, k, s, p, bias):
 def test_an_inference_forward_sees_a_weight_edited_in_place():
     # The wide plan keeps Winograd's transformed weights between inference calls: an edit of
     # the layer's weight in place must reach the next call.
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((4, 16, 8, 8), dtype=np.float32)
-    w = (rng.standard_normal((16, 16, 4, 4)) * 0.2).astype(np.float32)
-    b = rng.standard_normal(16, dtype=np.float32)
-    cfg = dict(out_channels=16, kernel_size=4, stride=2, padding=1)
-    layer = ConvTranspose2d(**cfg)
-    ctx = _ctx(layer, x, w, b)
+    _, x, w, b, cfg, layer, ctx = _case(2, (4, 16, 8, 8), 16, 4)
     _forward(layer, ctx, x)
     w[3, 5, 0, 2] += 1.0
     want = convt_ref(cfg)(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
@@ -106,19 +105,13 @@ def test_nan_and_inf_land_where_the_direct_product_puts_them(where, C, K):
     # no product at all: the forward gives way to the direct paths then. With 4 -> 3 channels
     # (no wide convolution) AVX-512 hosts take shifted taps: "w inf" failed there before they
     # gave way too, having multiplied the padding's zeros by -Inf (NaN at 12 outputs of 16 -> 16).
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, C, 6, 6), dtype=np.float32)
-    w = (rng.standard_normal((C, K, 4, 4)) * 0.2).astype(np.float32)
-    b = rng.standard_normal(K, dtype=np.float32)
+    _, x, w, b, cfg, layer, ctx = _case(3, (2, C, 6, 6), K, 4)
     if where == "x inf":
         x[1, 3, 2, 4] = np.inf
     elif where == "x nan":
         x[0, C // 2, 5, 0] = np.nan
     else:
         w[2, K - 1, 1, 3] = -np.inf
-    cfg = dict(out_channels=K, kernel_size=4, stride=2, padding=1)
-    layer = ConvTranspose2d(**cfg)
-    ctx = _ctx(layer, x, w, b)
     with np.errstate(invalid="ignore", over="ignore"):
         want = convt_ref(cfg)(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
     for training in (False, True):
@@ -132,14 +125,9 @@ def test_nan_and_inf_land_where_the_direct_product_puts_them(where, C, K):
 
 
 def test_the_backward_after_the_wide_forward_gives_every_gradient():
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((3, 16, 5, 7), dtype=np.float32)
-    w = (rng.standard_normal((16, 8, 4, 4)) * 0.2).astype(np.float32)
-    b = rng.standard_normal(8, dtype=np.float32)
-    cfg = dict(out_channels=8, kernel_size=4, stride=2, padding=1)
-    layer = ConvTranspose2d(**cfg)
-    ctx = _ctx(layer, x, w, b)
+    rng, x, w, b, cfg, layer, ctx = _case(4, (3, 16, 5, 7), 8, 4)
     y = _forward(layer, ctx, x, training=True)
+    assert "wide" in ctx.plan(x.shape, lambda: None).scratch
     gy = rng.standard_normal(y.shape, dtype=np.float32)
     gx = np.array(layer.backward(ctx, gy))
     ref = convt_ref(cfg)
