@@ -6,21 +6,23 @@ rows u - 1 .. u + 1, and columns alike, each phase is a 3x3 convolution of x pad
 with zeros at the taps the phase does not have. So one conv2d of x to sh * sw * K channels,
 channel (a * sw + b) * K + k being phase (a, b) of output channel k, computes every phase at
 once, and a shuffle puts that channel's (u, v) at y[k, u * sh + a, v * sw + b], with the bias.
-This is the usual 2x upsampling (kernel 4, stride 2, padding 1) and any stride-1 3x3 one.
+This is the usual 2x upsampling (kernel 4, stride 2, padding 1) and a stride-1 3x3 with padding 1.
 
 Direct, the zeros cost 9/4 of the transposed convolution's own multiply-adds; conv2d's
 Winograd F(4x4, 3x3) takes four times fewer than direct, so where conv2d's planner gives the
 3x3 convolution Winograd (conv2d_plan.cpu_path: float32, enough channels and pixels) the
-forward runs it, and the shifted taps or columns (conv_transpose2d_cpu) otherwise. N16
-64x16x16 -> 32, kernel 4, stride 2, padding 1, 2 threads, AMD EPYC (Zen 4), one process,
-alternating blocks: the layer's inference forward on shifted taps 1.61-1.94 ms, the 3x3
-conv2d to 128 channels on Winograd 1.23-1.36 (/work/probe/s24/ctw.py). The backward keeps the
-columns: the 3x3 convolution's weight gradient would compute 9 taps a phase to keep 4 (its
-step measured 4.98 ms against the columns' 4.85).
+forward runs it (in float32, inference and training alike), and the shifted taps or columns
+(conv_transpose2d_cpu) otherwise. N16 64x16x16 -> 32, kernel 4, stride 2, padding 1, 2
+threads, AMD EPYC (Zen 4), the layer's forward, alternating trees (/work/probe/s24/ctsplit2.py):
+inference 1.60 -> 1.41-1.43 ms, training 1.60 -> 1.40; measured on that machine only. A training
+step transforms the changed weights again on each forward (conv2d_winograd_cpu.WeightCache).
+The backward keeps the columns: the 3x3 convolution's weight gradient would compute 9 taps a
+phase to keep 4 (a 64 -> 128 3x3 conv2d's step measured 4.98 ms against the columns' 4.85),
+and its input gradient on Winograd, 128 -> 64 channels, 1.40 ms against the column product's 1.44.
 
 NaN and Inf: a zero tap times Inf is NaN, where the transposed convolution has no such
-product, so when conv2d's Winograd gives way to its exact path (x or w not finite) the
-forward says so and the caller runs the shifted taps or columns instead.
+product, so where conv2d's Winograd finds x or w not finite the forward says so (before any
+exact recomputation of the wide convolution) and the caller runs the shifted taps or columns.
 """
 
 from __future__ import annotations
@@ -31,15 +33,18 @@ from typing import Any
 import numpy as np
 
 from .._jit import cpu_kernel, cpu_serial, prange
-from .conv2d_cpu import conv2d_forward, conv2d_plan
+from .conv2d_cpu import conv2d_plan
+from .conv2d_plan import force_path
+from .conv2d_winograd_cpu import conv2d_forward_wino
 from .conv_transpose2d_shift_cpu import _axis
 
 __all__ = ["MIN_TAPS", "wide_plan", "wide_forward"]
 
 # Fewest taps of the kernel in each phase: the wide convolution does the work of all nine taps
 # a phase, which Winograd's F(4x4, 3x3) cuts to the multiplications of 2.25 direct ones (36 per
-# 4x4 outputs) plus its transforms. With 4 (kernel 4, stride 2) that measured 1.13x faster
-# (above); a kernel 2, stride 2 (one tap a phase) would do more than the direct product.
+# 4x4 outputs) plus its transforms. With 4 (kernel 4, stride 2) the forward ran 1.13x faster
+# (1.60 -> 1.41 ms, above); a kernel 2, stride 2 (one tap a phase) would do more than the
+# direct product.
 MIN_TAPS = 4
 
 
@@ -69,15 +74,17 @@ def _taps(x_shape: tuple, y_shape: tuple, geo: tuple) -> np.ndarray | None:
 
 def wide_plan(x_shape: tuple, y_shape: tuple, geo: tuple, dtype: Any) -> tuple | None:
     """(conv2d's inference plan for the wide 3x3 convolution, its output's shape) where this
-    path applies and conv2d's planner gives that convolution Winograd, else None. The plan
-    keeps the transformed weights between calls (conv2d_winograd_cpu.WeightCache): one a layer
-    plan, never shared."""
-    if _taps(tuple(x_shape), tuple(y_shape), tuple(geo)) is None:
+    path applies, ``dtype`` is float32 and conv2d's planner gives that convolution Winograd
+    (by its own measurements: a conv2d path forced by NUMBACNN_CONV2D_PATH or force_path is for
+    conv2d layers, not this), else None. The plan keeps the transformed weights between calls
+    (conv2d_winograd_cpu.WeightCache): one a layer plan, never shared."""
+    if np.dtype(dtype) != np.float32 or _taps(tuple(x_shape), tuple(y_shape), tuple(geo)) is None:
         return None
     N, C, H, W = x_shape
     sh, sw = geo[3], geo[4]
     wide = (N, sh * sw * y_shape[1], H, W)
-    plan = conv2d_plan("conv_transpose2d", tuple(x_shape), wide, (1, 3, 3, 1, 1, 1, 1, 1, 1), False, dtype)
+    with force_path("auto"):
+        plan = conv2d_plan("conv_transpose2d", tuple(x_shape), wide, (1, 3, 3, 1, 1, 1, 1, 1, 1), False, dtype)
     return (plan, wide) if plan.path == "winograd" else None
 
 
@@ -115,13 +122,16 @@ def _shuffle(y3, b, y, sh, sw):
 def wide_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, wide: tuple, geo: tuple) -> bool:
     """y = conv_transpose2d(x, w) + b through the wide 3x3 convolution; ``wide`` is (the
     ``wide_plan`` plan, that plan's forward scratch arrays, the wide output). False, y
-    unwritten, where x or w is not finite (conv2d took its exact path: see above)."""
+    unwritten, where x or w is not finite (see above)."""
     plan, scratch, y3 = wide
     table = _taps(x.shape, y.shape, tuple(geo))
     w3 = np.empty((y3.shape[1], x.shape[1], 3, 3), w.dtype)
     _embed(w, table, w3)
-    kept = conv2d_forward(x, w3, np.empty(0, w.dtype), y3, plan, scratch)
-    if kept[0] != "winograd":
+    # conv2d_cpu's Winograd step without its exact recomputation (an inference plan's scratch:
+    # no U, the transformed weights in plan.weights); False: x or w not finite.
+    xp, V, M, pix, lanes, nonfinite = scratch[-6:]
+    if not conv2d_forward_wino(x, w3, np.empty(0, w.dtype), y3, None, xp, V, M, pix, lanes, nonfinite, (1, 1),
+                               plan.tiles, plan.weights, False):
         return False
     _shuffle(y3, b, y, geo[3], geo[4])
     return True

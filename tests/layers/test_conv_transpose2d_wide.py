@@ -11,6 +11,7 @@ import numbacnn as nc
 from numbacnn.device import get_backend
 from numbacnn.layer import Ctx
 from numbacnn.layers import conv_transpose2d_cpu
+from numbacnn.layers.conv2d_plan import force_path
 from numbacnn.layers.conv_transpose2d_wide_cpu import wide_plan
 
 ConvTranspose2d = nc.get_layer("conv_transpose2d")
@@ -45,15 +46,35 @@ def test_which_geometries_take_the_wide_convolution(N, C, H, K, k, s, p, dtype, 
     if want:
         plan, shape = got
         assert plan.path == "winograd" and shape == (N, s * s * K, H, H)
+    # A conv2d path forced for conv2d layers steers neither way here; float64 stays exact.
+    for forced in ("im2col", "winograd"):
+        with force_path(forced):
+            assert (wide_plan((N, C, H, H), (N, K, P, P), _geo(k, s, p), dtype) is not None) == want
 
 
-def _case(seed, x_shape, K, k, s=2, p=1, bias=True):
+@pytest.fixture
+def wide_calls(monkeypatch):
+    """What each wide forward returned (True: the wide convolution gave y; False: x or w was
+    not finite and the layer fell back), in call order."""
+    calls = []
+    real = conv_transpose2d_cpu.wide_forward
+
+    def spy(*args):
+        calls.append(real(*args))
+        return calls[-1]
+
+    monkeypatch.setattr(conv_transpose2d_cpu, "wide_forward", spy)
+    return calls
+
+
+def _case(seed, x_shape, K, k, s=2, p=1, bias=True, output_padding=0):
     """(rng, x, w, b, cfg, layer, its Ctx) for an (N, C, H, W) input: random float32 data."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape, dtype=np.float32)
-    w = (rng.standard_normal((x_shape[1], K, k, k)) * 0.2).astype(np.float32)
+    R, S = (k, k) if isinstance(k, int) else k
+    w = (rng.standard_normal((x_shape[1], K, R, S)) * 0.2).astype(np.float32)
     b = rng.standard_normal(K, dtype=np.float32) if bias else None
-    cfg = dict(out_channels=K, kernel_size=k, stride=s, padding=p, bias=bias)
+    cfg = dict(out_channels=K, kernel_size=k, stride=s, padding=p, bias=bias, output_padding=output_padding)
     layer = ConvTranspose2d(**cfg)
     return rng, x, w, b, cfg, layer, _ctx(layer, x, w, b)
 
@@ -72,23 +93,25 @@ def _forward(layer, ctx, x, training=False):
     return np.array(layer.forward(ctx, x))
 
 
-@pytest.mark.parametrize("N, C, H, W, K, k, s, p, bias", [
-    (3, 16, 7, 5, 8, 4, 2, 1, True),
-    (2, 16, 6, 6, 12, 4, 2, 1, False),
-    (2, 16, 5, 6, 6, 6, 2, 2, True),
-    (2, 20, 9, 7, 16, 3, 1, 1, True),
-    (2, 16, 4, 4, 16, 4, 2, 1, True),
+@pytest.mark.parametrize("N, C, H, W, K, k, s, p, bias, op", [
+    (3, 16, 7, 5, 8, 4, 2, 1, True, 0),
+    (2, 16, 6, 6, 12, 4, 2, 1, False, 0),
+    (2, 16, 5, 6, 6, 6, 2, 2, True, 0),
+    (2, 20, 9, 7, 16, 3, 1, 1, True, 0),
+    (2, 16, 4, 4, 16, 4, 2, 1, True, 0),
+    (2, 16, 5, 7, 8, (4, 3), (2, 1), 1, True, 0),  # a stride and a kernel of their own per axis
+    (2, 16, 6, 5, 8, 5, 2, 2, True, 1),  # output_padding evens out kernel 5's phases
 ])
-def test_the_wide_forward_matches_the_scatter(N, C, H, W, K, k, s, p, bias):
-    _, x, w, b, cfg, layer, ctx = _case(1, (N, C, H, W), K, k, s, p, bias)
+def test_the_wide_forward_matches_the_scatter(wide_calls, N, C, H, W, K, k, s, p, bias, op):
+    _, x, w, b, cfg, layer, ctx = _case(1, (N, C, H, W), K, k, s, p, bias, op)
     want = convt_ref(cfg)(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64))
     for training in (False, True):
         y = _forward(layer, ctx, x, training)
-        assert "wide" in ctx.plan(x.shape, lambda: None).scratch  # the path under test ran
+        assert wide_calls == [True] * (1 + training)  # the path under test gave y
         np.testing.assert_allclose(y, want, rtol=0, atol=2e-5 * np.abs(want).max())
 
 
-def test_an_inference_forward_sees_a_weight_edited_in_place():
+def test_an_inference_forward_sees_a_weight_edited_in_place(wide_calls):
     # The wide plan keeps Winograd's transformed weights between inference calls: an edit of
     # the layer's weight in place must reach the next call.
     _, x, w, b, cfg, layer, ctx = _case(2, (4, 16, 8, 8), 16, 4)
@@ -96,11 +119,12 @@ def test_an_inference_forward_sees_a_weight_edited_in_place():
     w[3, 5, 0, 2] += 1.0
     want = convt_ref(cfg)(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
     np.testing.assert_allclose(_forward(layer, ctx, x), want, rtol=0, atol=2e-5 * np.abs(want).max())
+    assert wide_calls == [True, True]
 
 
 @pytest.mark.parametrize("C, K", [(16, 16), (4, 3)])
 @pytest.mark.parametrize("where", ["x inf", "x nan", "w inf"])
-def test_nan_and_inf_land_where_the_direct_product_puts_them(where, C, K):
+def test_nan_and_inf_land_where_the_direct_product_puts_them(wide_calls, where, C, K):
     # A zero tap of the wide kernel times Inf would be NaN where the transposed convolution has
     # no product at all: the forward gives way to the direct paths then. With 4 -> 3 channels
     # (no wide convolution) AVX-512 hosts take shifted taps: "w inf" failed there before they
@@ -117,6 +141,7 @@ def test_nan_and_inf_land_where_the_direct_product_puts_them(where, C, K):
     for training in (False, True):
         y = _forward(layer, ctx, x, training)
         assert ("wide" in ctx.plan(x.shape, lambda: None).scratch) == (C == 16)
+        assert wide_calls == [False] * (1 + training) * (C == 16)  # tried, then fell back
         np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
         np.testing.assert_array_equal(np.isposinf(y), np.isposinf(want))
         np.testing.assert_array_equal(np.isneginf(y), np.isneginf(want))
@@ -124,10 +149,10 @@ def test_nan_and_inf_land_where_the_direct_product_puts_them(where, C, K):
         np.testing.assert_allclose(y[finite], want[finite], rtol=0, atol=2e-5 * np.abs(want[finite]).max())
 
 
-def test_the_backward_after_the_wide_forward_gives_every_gradient():
+def test_the_backward_after_the_wide_forward_gives_every_gradient(wide_calls):
     rng, x, w, b, cfg, layer, ctx = _case(4, (3, 16, 5, 7), 8, 4)
     y = _forward(layer, ctx, x, training=True)
-    assert "wide" in ctx.plan(x.shape, lambda: None).scratch
+    assert wide_calls == [True]
     gy = rng.standard_normal(y.shape, dtype=np.float32)
     gx = np.array(layer.backward(ctx, gy))
     ref = convt_ref(cfg)
