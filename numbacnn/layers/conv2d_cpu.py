@@ -327,12 +327,9 @@ def _forward_path(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, pl
                   relu: bool, residual: np.ndarray | None, scale: np.ndarray | None) -> tuple:
     geo = plan.geo
     if plan.path == "winograd":
-        from .conv2d_winograd_cpu import conv2d_forward_wino
+        from .conv2d_winograd_cpu import winograd_step
 
-        U = None if plan.weights is not None else scratch[0]
-        xp, V, M, pix, lanes, nonfinite = scratch[-6:]
-        if conv2d_forward_wino(x, w, b, y, U, xp, V, M, pix, lanes, nonfinite, (geo[7], geo[8]), plan.tiles,
-                               plan.weights, relu and residual is None):
+        if winograd_step(x, w, b, y, plan, scratch, relu and residual is None):
             return ("winograd",)
         return _im2col_again(x, w, b, y, plan, relu, residual)
     if plan.path == "winograd1d":

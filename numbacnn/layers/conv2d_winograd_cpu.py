@@ -53,6 +53,7 @@ direct sum, but its four-times-larger transformed tiles made it 1.5x slower here
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
@@ -335,8 +336,8 @@ def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarr
                         nonfinite: np.ndarray, pads: tuple[int, int], tr: int, cache: WeightCache | None = None,
                         relu: bool = False) -> bool:
     """y = conv2d(x, w) + b (stride 1, groups 1; pads: top and left). ``U`` receives the
-    transformed weights; ``xp`` (min(T, N) images), ``V``,
-    ``M``, ``pix``, ``R`` and ``nonfinite`` are scratch as ``scratch`` shapes them. With a
+    transformed weights; ``xp`` (min(T, N) images), ``V``, ``M``, ``pix``, ``R`` and
+    ``nonfinite`` are scratch as ``scratch`` shapes them. With a
     ``cache`` (no backward to come), the weights come from it and U is not used (may be None).
     ``relu``: y = relu(y) as each output is stored (a fused relu; NaN kept, -0.0 to 0).
     False when x or w holds NaN or Inf: then y is not PyTorch's, and an im2col path must
@@ -356,6 +357,14 @@ def conv2d_forward_wino(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarr
     if not nonfinite.any():
         return True
     return winograd_nonfinite(x.reshape(-1)) == 0 and winograd_nonfinite(w.reshape(-1)) == 0
+
+
+def winograd_step(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, plan: Any, scratch: tuple,
+                  relu: bool) -> bool:
+    """conv2d_forward_wino for a "winograd" conv2d_cpu.Conv2dPlan and its ``forward_scratch``
+    arrays; False when x or w holds NaN or Inf (its callers then recompute on exact paths)."""
+    U = None if plan.weights is not None else scratch[0]
+    return conv2d_forward_wino(x, w, b, y, U, *scratch[-6:], (plan.geo[7], plan.geo[8]), plan.tiles, plan.weights, relu)
 
 
 def conv2d_backward_wino(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarray, gb: np.ndarray,

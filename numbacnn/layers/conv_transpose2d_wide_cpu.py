@@ -34,8 +34,8 @@ import numpy as np
 
 from .._jit import cpu_kernel, cpu_serial, prange
 from .conv2d_cpu import conv2d_plan
+from .conv2d_winograd_cpu import winograd_step
 from .conv2d_plan import force_path
-from .conv2d_winograd_cpu import conv2d_forward_wino
 from .conv_transpose2d_shift_cpu import _axis
 
 __all__ = ["MIN_TAPS", "wide_plan", "wide_forward"]
@@ -127,11 +127,7 @@ def wide_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, wid
     table = _taps(x.shape, y.shape, tuple(geo))
     w3 = np.empty((y3.shape[1], x.shape[1], 3, 3), w.dtype)
     _embed(w, table, w3)
-    # conv2d_cpu's Winograd step without its exact recomputation (an inference plan's scratch:
-    # no U, the transformed weights in plan.weights); False: x or w not finite.
-    xp, V, M, pix, lanes, nonfinite = scratch[-6:]
-    if not conv2d_forward_wino(x, w3, np.empty(0, w.dtype), y3, None, xp, V, M, pix, lanes, nonfinite, (1, 1),
-                               plan.tiles, plan.weights, False):
+    if not winograd_step(x, w3, np.empty(0, w.dtype), y3, plan, scratch, False):  # x or w not finite
         return False
     _shuffle(y3, b, y, geo[3], geo[4])
     return True
