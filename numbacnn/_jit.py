@@ -41,6 +41,10 @@ _parfor_link.install()
 
 def _decorate(factory: Callable[..., Any], fn: Callable | None, **flags: Any) -> Any:
     # Marked before Numba sees the function: its cache locator is chosen at decoration.
+    if factory is numba.njit:
+        # No C-callable wrapper (made for a function passed as a first-class function value,
+        # which no kernel is): its lowering and LLVM work were 2% of a compile (NO_CFUNC_WRAPPER).
+        flags["no_cfunc_wrapper"] = True
     def decorate(f: Callable) -> Any:
         return factory(**flags)(mark_kernel(f))
 
