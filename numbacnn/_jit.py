@@ -9,7 +9,10 @@ loads a GPU stack. Every function decorated here is marked for ``_kernel_cache``
 stamp covers the files the kernel imports from as well as its own (a helper edited in another
 file invalidates the kernels that inline it), and a parallel kernel's ``prange`` bodies are
 optimized once, inside the kernel, not again in each library Numba links them through
-(``_parfor_link``; ``NUMBACNN_LINK_ONCE=0`` turns that off).
+(``_parfor_link``; ``NUMBACNN_LINK_ONCE=0`` turns that off). numbacnn's own CPU functions compile
+without Numba's C-callable wrapper (``no_cfunc_wrapper``): none may be chosen between in jitted
+code (``f = a if c else b``), which makes a first-class function value (the test suite turns
+Numba's warning for one into an error).
 """
 
 from __future__ import annotations
@@ -39,14 +42,22 @@ install(caching.CacheImpl)
 _parfor_link.install()
 
 
+def _own(f: Callable) -> bool:
+    # numbacnn's own functions, not a plugin's (numbacnn_swish is a package of its own).
+    return getattr(f, "__module__", "").split(".")[0] == "numbacnn"
+
+
 def _decorate(factory: Callable[..., Any], fn: Callable | None, **flags: Any) -> Any:
     # Marked before Numba sees the function: its cache locator is chosen at decoration.
-    if factory is numba.njit:
-        # No C-callable wrapper (made for a function passed as a first-class function value,
-        # which no kernel is): its lowering and LLVM work were 2% of a compile (NO_CFUNC_WRAPPER).
-        flags["no_cfunc_wrapper"] = True
     def decorate(f: Callable) -> Any:
-        return factory(**flags)(mark_kernel(f))
+        options = flags
+        if factory is numba.njit and _own(f):
+            # No C-callable wrapper: Numba lowers one for every function, for its use as a
+            # first-class function value (jitted code choosing between two functions), which
+            # no numbacnn function is; a plugin's keep theirs, as an abort is what a missing
+            # one gives. About 4% of an empty-cache numbacnn train (README, Development notes).
+            options = {**flags, "no_cfunc_wrapper": True}
+        return factory(**options)(mark_kernel(f))
 
     return decorate if fn is None else decorate(fn)
 

@@ -182,7 +182,8 @@ def _deferred_entry(context: Any, library: Any, make: Any) -> Any:
     fndesc, env, release_gil = library._numbacnn_entry
     entry = context.codegen().create_library(library.name)
     entry.add_linking_library(library)
-    context.create_cpython_wrapper(entry, fndesc, env, None, release_gil=release_gil)
+    with context.push_code_library(entry):  # as Numba lowers it: an unboxer may compile a helper into it
+        context.create_cpython_wrapper(entry, fndesc, env, None, release_gil=release_gil)
     entry.finalize()
     return make(context, entry, fndesc, env)
 
@@ -245,6 +246,8 @@ def install() -> None:
             create_wrapper(self, release_gil)
 
     def make_deferred(context: Any, library: Any, fndesc: Any, env: Any) -> Any:
+        if library._numbacnn_entry[0] is not fndesc:  # one lowered function a library, as Numba makes them
+            raise RuntimeError(f"numbacnn: no Python entry put off for {fndesc.qualname!r} in its library")
         return _deferred_entry(context, library, get_executable)
 
     def get_executable_once(self: Any, library: Any, fndesc: Any, env: Any) -> Any:

@@ -45,6 +45,30 @@ def test_caching_is_on_by_default_and_fastmath_off():
     assert relu_cpu.relu_forward.targetoptions.get("parallel") is True
 
 
+def test_only_numbacnn_functions_drop_the_c_callable_wrapper():
+    # numbacnn's own functions compile without Numba's C-callable wrapper, which only a
+    # first-class function value (jitted code choosing between two functions) uses; a plugin's
+    # functions keep it: without one, such a choice fails at link time and aborts the process.
+    import numba
+    import numpy as np
+
+    from numbacnn import _jit
+    from numbacnn.layers import relu_cpu
+    from numbacnn_swish import swish_cpu
+
+    assert relu_cpu.relu_forward.targetoptions.get("no_cfunc_wrapper") is True
+    assert "no_cfunc_wrapper" not in swish_cpu.swish_forward.targetoptions
+
+    def pick(flag):
+        return np.float64(1.0)
+
+    pick.__module__ = "my_plugin.kernels"
+    plugin_serial = _jit.cpu_serial(pick)
+    assert "no_cfunc_wrapper" not in plugin_serial.targetoptions
+    assert plugin_serial(True) == 1.0
+    assert isinstance(_jit.cpu_cfunc(numba.float64(numba.float64))(lambda v: v), numba.core.ccallback.CFunc)
+
+
 def test_import_changes_no_thread_settings_and_loads_no_gpu_stack():
     code = (
         "import numba, sys\n"

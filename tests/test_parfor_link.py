@@ -250,10 +250,13 @@ def test_a_linked_only_function_lowers_its_python_wrapper_only_when_called(monke
     out = np.zeros_like(x)
     kernel(x, out, 2.0)
     np.testing.assert_array_equal(out, 2.0 * x)
+    compiled = list(chunk.signatures)
     assert any(name.endswith("_scale_rows") for name in lowered), lowered  # the kernel's own entry
     assert not any(name.endswith("_scale_row") for name in lowered), lowered
+    assert not any("__numba_parfor_gufunc_" in name for name in lowered), lowered  # nor its loop body's
     out[:] = 0
     chunk(x, out, 3, 0.5)
+    assert chunk.signatures == compiled  # the kernel's compile, not a new one
     assert sum(name.endswith("_scale_row") for name in lowered) == 1, lowered
     np.testing.assert_array_equal(out[3], 0.5 * x[3])
     assert not out[[0, 1, 2, 4, 5]].any()
@@ -328,6 +331,11 @@ def test_a_linked_only_function_raises_its_own_exception_inside_a_kernel():
     with pytest.raises(ValueError) as err:
         kernel(np.array([1.0, -2.0]))
     assert err.value.args == ("negative entry", -2.0)
+    # Called from Python, through the entry lowered on that first call, it raises as its own.
+    assert checked(np.array([1.5]), 0) == 3.0
+    with pytest.raises(ValueError) as err:
+        checked(np.array([1.0, -4.0]), 1)
+    assert err.value.args == ("negative entry", -4.0)
 
 
 def test_depth_counts_with_the_linking_off():
