@@ -175,15 +175,14 @@ def _lazy_entry(context: Any, library: Any, fndesc: Any, env: Any, make: Any) ->
                                   (library, entry, forward))
 
 
-def _deferred_entry(context: Any, library: Any, make: Any) -> Any:
-    """The Python entry of the function in ``library`` whose wrapper lowering was put off (a
+def _deferred_entry(context: Any, library: Any, fndesc: Any, env: Any, make: Any) -> Any:
+    """The Python entry of ``fndesc``, in ``library``, whose wrapper lowering was put off (a
     linked-only function's, made when first called from Python): the wrapper lowered now into a
     library of its own, which links ``library`` and makes the machine code of both."""
-    fndesc, env, release_gil = library._numbacnn_entry
     entry = context.codegen().create_library(library.name)
     entry.add_linking_library(library)
     with context.push_code_library(entry):  # as Numba lowers it: an unboxer may compile a helper into it
-        context.create_cpython_wrapper(entry, fndesc, env, None, release_gil=release_gil)
+        context.create_cpython_wrapper(entry, fndesc, env, None, release_gil=library._numbacnn_entry)
     entry.finalize()
     return make(context, entry, fndesc, env)
 
@@ -241,14 +240,12 @@ def install() -> None:
 
     def wrapper_when_called(self: Any, release_gil: bool = False) -> None:
         if _link_only(self.library.name) and not self.genlower:  # lowered on the first call from Python
-            self.library._numbacnn_entry = (self.fndesc, self.env, release_gil)
+            self.library._numbacnn_entry = release_gil  # all the wrapper needs beyond fndesc and env
         else:
             create_wrapper(self, release_gil)
 
     def make_deferred(context: Any, library: Any, fndesc: Any, env: Any) -> Any:
-        if library._numbacnn_entry[0] is not fndesc:  # one lowered function a library, as Numba makes them
-            raise RuntimeError(f"numbacnn: no Python entry put off for {fndesc.qualname!r} in its library")
-        return _deferred_entry(context, library, get_executable)
+        return _deferred_entry(context, library, fndesc, env, get_executable)
 
     def get_executable_once(self: Any, library: Any, fndesc: Any, env: Any) -> Any:
         if _depth() > 0:
