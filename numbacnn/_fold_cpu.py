@@ -52,8 +52,10 @@ def fold(addrs, sizes, eps, source, fresh, starts, changed):  # pragma: no cover
                 same = False
         changed[f] = not same
         if not same:
-            for j in range(5):
-                source[starts[f] + j * sizes[f]:starts[f] + (j + 1) * sizes[f]] = _array(addrs, sizes, f, j, source)
+            for j in range(5):  # a loop, not a slice assignment: see layers/_siblings_cpu._stack
+                a, o = _array(addrs, sizes, f, j, source), starts[f] + j * sizes[f]
+                for k in range(sizes[f]):
+                    source[o + k] = a[k]
             b, g, beta, mean, var = [_array(addrs, sizes, f, j, source) for j in range(5)]
             bf, sf = _array(addrs, sizes, f, 5, source), _array(addrs, sizes, f, 6, source)
             for k in range(sizes[f]):  # formed in float64: float32 rounds once per value

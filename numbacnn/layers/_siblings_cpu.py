@@ -20,12 +20,16 @@ __all__ = ["siblings_forward"]
 @cpu_serial
 def _stack(ws, bs, wcat, bcat):
     """The members' weights (K_i, C) one under another in wcat, their biases in bcat (-0.0 for
-    a member without: the exact identity, as the im2col path adds)."""
+    a member without: the exact identity, as the im2col path adds). Copied by loops: a 2-D
+    slice assignment makes Numba compile its shape-mismatch message, string formatting and all
+    (compiling _stack in a fresh process, empty cache: 3.2 s, 0.5 s with the loops)."""
     o = 0
     for i in range(len(ws)):
         w, b = ws[i], bs[i]
-        K = w.shape[0]
-        wcat[o:o + K] = w
+        K, C = w.shape
+        for k in range(K):
+            for c in range(C):
+                wcat[o + k, c] = w[k, c]
         for k in range(K):
             bcat[o + k] = b[k] if b.size else -bcat.dtype.type(0)
         o += K
