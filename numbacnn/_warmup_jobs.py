@@ -8,8 +8,8 @@ order: two workers compiling one kernel at once would do the work twice, and Num
 index of a kernel is rewritten by whoever saves a specialisation last. Losses and optimizers
 have kernels of their own (an optimizer item also runs a linear layer: it goes in that
 group). Zoo models run after every group is done, when their kernels are nearly all cached
-(they catch what the layers' examples missed). Larger kernel modules start first, so the
-longest compile is not left for the end. Layers registered in this process only
+(they catch what the layers' examples missed). Larger kernel modules start first, and the zoo
+models measured slowest (``MODEL_SECONDS``), so the longest compile is not left for the end. Layers registered in this process only
 (``register_layer``) are unknown to a fresh worker: they run here, afterwards.
 """
 
@@ -26,6 +26,12 @@ __all__ = ["default_jobs", "run_parallel"]
 #: At most this many workers unless asked: each holds its own Numba and LLVM state (hundreds
 #: of MB once it has compiled a few conv kernels).
 MAX_DEFAULT_JOBS = 4
+#: Zoo models' seconds in the model phase of ``numbacnn warmup --dtype float32`` (2 workers,
+#: after the layers; AMD EPYC, znver4): the phase starts the longest first, others keep plan
+#: order after them. In plan order it took 29.3 s for 52.6 s of work, a worker left alone with
+#: resnet_bottleneck at the end (/work/probe/s25/wu_timeline.txt).
+MODEL_SECONDS = {"network3": 16.0, "resnet_bottleneck": 13.3, "vgg_small": 11.1, "googlenet_mini": 6.8,
+                 "resnet_basic": 3.7, "lenet5": 1.2}
 
 Task = tuple[str, str, str, str]  # kind, name, dtype, device
 
@@ -90,6 +96,7 @@ def run_parallel(plan: Sequence[tuple[Any, str, str]], jobs: int, report: Callab
             groups.setdefault(key, []).append(i)
             sizes[key] = max(sizes.get(key, 0), _source_size(module))
     first = sorted(groups, key=lambda k: -sizes[k])
+    models.sort(key=lambda positions: -MODEL_SECONDS.get(plan[positions[0]][2], 0.0))  # stable: plan order next
     # spawn: a forked child would inherit Numba's thread pool and locks mid-state.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
