@@ -9,8 +9,9 @@ index of a kernel is rewritten by whoever saves a specialisation last. Losses an
 have kernels of their own (an optimizer item also runs a linear layer: it goes in that
 group). Zoo models run after every group is done, when their kernels are nearly all cached
 (they catch what the layers' examples missed). Larger kernel modules start first, and the zoo
-models measured slowest (``MODEL_SECONDS``), so the longest compile is not left for the end. Layers registered in this process only
-(``register_layer``) are unknown to a fresh worker: they run here, afterwards.
+models measured slowest (``MODEL_SECONDS``), so the longest compile is not left for the end.
+Layers registered in this process only (``register_layer``) are unknown to a fresh worker: they
+run here, afterwards.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ __all__ = ["default_jobs", "run_parallel"]
 #: of MB once it has compiled a few conv kernels).
 MAX_DEFAULT_JOBS = 4
 #: Zoo models' seconds in the model phase of ``numbacnn warmup --dtype float32`` (2 workers,
-#: after the layers; AMD EPYC, znver4): the phase starts the longest first, others keep plan
-#: order after them. In plan order it took 29.3 s for 52.6 s of work, a worker left alone with
-#: resnet_bottleneck at the end (/work/probe/s25/wu_timeline.txt).
+#: after the layers; AMD EPYC, znver4, at 5e59717): the phase starts the longest first, others
+#: keep plan order after them. A ranking, not a budget: a kernel two models share is charged to
+#: whichever compiles it first. In plan order the phase took 29.3 s for 52.6 s of work, a worker
+#: left alone with resnet_bottleneck at the end (/work/probe/s25/wu_timeline.txt).
 MODEL_SECONDS = {"network3": 16.0, "resnet_bottleneck": 13.3, "vgg_small": 11.1, "googlenet_mini": 6.8,
                  "resnet_basic": 3.7, "lenet5": 1.2}
 

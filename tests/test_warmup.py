@@ -292,7 +292,7 @@ def test_the_model_phase_starts_the_slowest_zoo_models_first(monkeypatch):
             return future
 
     monkeypatch.setattr(_warmup_jobs, "ProcessPoolExecutor", Inline)
-    names = ["lenet5", "text_cnn", "vgg_small", "network3", "googlenet_mini", "resnet_bottleneck"]
+    names = ["lenet5", "text_cnn", "vgg_small", "alexnet_small", "network3", "googlenet_mini", "resnet_bottleneck"]
     plan = [(SimpleNamespace(device="cpu", dtype="float32"), "layer", "relu")]
     plan += [(SimpleNamespace(device="cpu", dtype="float32"), "model", n) for n in names]
     reported = []
@@ -300,4 +300,4 @@ def test_the_model_phase_starts_the_slowest_zoo_models_first(monkeypatch):
                                         lambda tasks: ([SimpleNamespace(seconds=0.0) for _ in tasks], []))
     assert here == [] and len(reported) == len(plan)
     assert submitted == [["relu"], ["network3"], ["resnet_bottleneck"], ["vgg_small"], ["googlenet_mini"], ["lenet5"],
-                         ["text_cnn"]]
+                         ["text_cnn"], ["alexnet_small"]]  # the unlisted two in plan order, not by name
