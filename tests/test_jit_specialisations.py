@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_DECORATORS = {"cpu_kernel", "cpu_serial", "cpu_inline", "cpu_call"}
@@ -108,14 +109,19 @@ print(json.dumps(found))
 """
 
 
-def test_chunk_functions_compile_once_per_signature(tmp_path):
-    # A fresh cache, so every helper compiles here (one loaded from the cache lists no signature).
+def _in_fresh_cache(script: str, tmp_path: Path) -> Any:
+    """The JSON a child process prints last, run with an empty Numba cache of its own: every
+    kernel compiles there (one loaded from a cache lists no signature and has no IR to read)."""
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NUMBACNN_CACHE")}
     env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
-    done = subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.splitlines()[-1])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_chunk_functions_compile_once_per_signature(tmp_path):
+    found = _in_fresh_cache(_CHILD, tmp_path)
     chunks = ["numbacnn.layers.conv2d_cpu._forward_chunk", "numbacnn.layers.linear_cpu._forward_chunk",
               "numbacnn.layers.linear_cpu._backward_chunk"]
     assert all(name in found for name in chunks), sorted(found)
@@ -169,18 +175,13 @@ def test_serial_kernels_copy_by_loops_not_slice_assignment(tmp_path):
     # Numba compile the message it raises on a shape mismatch, string formatting and all: _stack
     # took 3.2 s to compile from an empty cache in a fresh process, 0.5 s copying by loops. (A
     # parallel kernel's turns into a parfor loop.) The scan, then the IR of the two kernels that
-    # had one, from a fresh cache (cached code has no IR to read), beside a control that has one.
+    # had one, from a fresh cache, beside a control that has one.
     trees, _ = _kernel_functions()
     found = _slice_assignments(trees)
     assert not found, "copy with a loop:\n" + "\n".join(found)
     fake = ast.parse("@cpu_serial\ndef k(a, b, i):\n    a[i:i + 2] = b\n    a[0:2] = 0\n")
     assert len(_slice_assignments({ROOT / "numbacnn" / "fake.py": fake})) == 1  # the scan sees one
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NUMBACNN_CACHE")}
-    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
-    done = subprocess.run([sys.executable, "-c", _SLICE_CHILD], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    irs = json.loads(done.stdout.splitlines()[-1])
+    irs = _in_fresh_cache(_SLICE_CHILD, tmp_path)
     assert "cannot assign slice" in irs.pop("control")
     for name, ir in irs.items():
         assert "define" in ir, name  # the IR was read
