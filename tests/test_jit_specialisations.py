@@ -151,7 +151,7 @@ control(np.zeros(3), np.ones(2))
 print(json.dumps({f.__name__: "".join(f.inspect_llvm().values()) for f in (_stack, fold, control)}))
 """
 
-SERIAL = {"cpu_serial", "cpu_inline", "cpu_call"}
+SERIAL = KERNEL_DECORATORS - {"cpu_kernel"}  # the parallel kernels turn slice assignment into parfor loops
 
 
 def _slice_assignments(trees: dict[Path, ast.Module]) -> list[str]:
