@@ -29,10 +29,12 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_suite(json_path: Path, threads: int, pytest_args: list[str]) -> tuple[int, float | None]:
+def run_suite(json_path: Path, threads: int, pytest_args: list[str],
+              wait_cores: float = 0.0) -> tuple[int, float | None]:
     """Run pytest; returns its exit status and the share of the machine's CPU that other
-    processes used meanwhile (None where it cannot be read)."""
-    env = dict(os.environ, NUMBACNN_BENCH_THREADS=str(threads))
+    processes used meanwhile (None where it cannot be read). Each timed row first waits up to
+    ``wait_cores`` seconds for the CPUs to run as separate cores (bench/conftest.py)."""
+    env = dict(os.environ, NUMBACNN_BENCH_THREADS=str(threads), NUMBACNN_BENCH_WAIT_CORES=str(wait_cores))
     cmd = [sys.executable, "-m", "pytest", "bench", f"--benchmark-json={json_path}", "-p", "no:cacheprovider",
            *pytest_args]
     print("$", " ".join(cmd), flush=True)
@@ -72,6 +74,60 @@ def thread_speedup(threads: int, seconds: float = 0.3) -> float | None:
             return count / (time.perf_counter() - start)
 
     return rate(threads) / rate(1)
+
+
+# Where a timed row's quick_speedup readings must reach, as a share of the thread count, to
+# count as separate cores. Two BLAS threads multiplied a 256x256 float32 matrix 1.7-1.8x faster
+# than one on this project's 2-CPU machines, and 1.1-1.2x while the host ran both CPUs on one
+# core (180-185 against 262-280 us, one thread 320 us either way; 2026-12-07, Zen 4). In those
+# spells resnet_bottleneck's training step took 120-130 ms against 94-98, PyTorch's 136-158
+# against 124-134: the ratio read 1.15x instead of 1.3-1.4x.
+SEPARATE = 0.75
+
+
+def quick_speedup(threads: int, size: int = 256, reps: int = 12) -> float | None:
+    """thread_speedup in about 10 ms, for a reading before and after every timed row: the best
+    of ``reps`` size x size float32 products on ``threads`` BLAS threads against one's best.
+    None for one thread or without threadpoolctl."""
+    try:
+        import numpy as np
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    if threads < 2:
+        return None
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+
+    def best(n: int) -> float:
+        with threadpool_limits(n, user_api="blas"):
+            a @ a
+            fastest = float("inf")
+            for _ in range(reps):
+                start = time.perf_counter()
+                a @ a
+                fastest = min(fastest, time.perf_counter() - start)
+            return fastest
+
+    return best(1) / best(threads)
+
+
+def wait_for_cores(threads: int, timeout_s: float, poll_s: float = 1.0) -> tuple[float | None, float]:
+    """Read quick_speedup until the CPUs run as separate cores (SEPARATE of ``threads``) or
+    ``timeout_s`` has passed: (the last reading, seconds waited). No wait where it reads None."""
+    start = time.monotonic()
+    while True:
+        speedup, waited = quick_speedup(threads), time.monotonic() - start
+        if speedup is None or speedup >= SEPARATE * threads or waited >= timeout_s:
+            return speedup, waited
+        time.sleep(poll_s)
+
+
+def shared_core(info: dict[str, Any]) -> bool:
+    """Whether a timed row's readings (its extra_info's ``cores``, before and after) saw the
+    host run its CPUs on one core."""
+    threads = info.get("threads")
+    return isinstance(threads, int) and any(
+        s is not None and s < SEPARATE * threads for s in info.get("cores") or ())
 
 
 def _sharing(speedups: list[float | None] | None, threads: Any) -> str | None:

@@ -5,6 +5,12 @@ Threads: ``NUMBACNN_BENCH_THREADS`` (default 2) is applied when the session star
 pool (``torch.set_num_threads``) and NumPy's BLAS (through threadpoolctl when it is installed;
 otherwise BLAS keeps its default, which on a 2-core machine is the same).
 
+Separate cores: before and after every timed row (not in smoke mode), ``_machine.quick_speedup``
+reads how much faster two BLAS threads multiply than one, into the row's ``extra_info["cores"]``;
+the report marks a group whose rows saw the host run its CPUs on one core. With
+``NUMBACNN_BENCH_WAIT_CORES`` seconds (``bench/report.py --wait-cores``; default 0 here) each row
+first waits that long at most for separate cores.
+
 Smoke mode is ``--benchmark-disable`` (CI): every benchmark runs its code path once, and the
 ``smoke`` fixture tells workloads to cut their batch (see ``_peers.SMOKE_BATCH``) so the whole
 suite stays well under a minute plus compile time.
@@ -12,6 +18,7 @@ suite stays well under a minute plus compile time.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench helpers (_peers)
 
+from _machine import quick_speedup, wait_for_cores  # noqa: E402
 from _peers import THREADS  # noqa: E402
 
 
@@ -73,6 +81,20 @@ def pinned_threads() -> Iterator[int]:
 def smoke(request: pytest.FixtureRequest) -> bool:
     """True under ``--benchmark-disable``: run every path once, on cut-down batches."""
     return bool(request.config.getoption("benchmark_disable", False))
+
+
+@pytest.fixture(autouse=True)
+def separate_cores(request: pytest.FixtureRequest, smoke: bool) -> Iterator[None]:
+    """A timed row's quick_speedup readings before and after it (``cores``), and the seconds it
+    waited for separate cores first (``cores_waited_s``)."""
+    if smoke or THREADS < 2 or "benchmark" not in request.fixturenames:
+        yield
+        return
+    before, waited = wait_for_cores(THREADS, float(os.environ.get("NUMBACNN_BENCH_WAIT_CORES", "0")))
+    yield
+    benchmark = request.node.funcargs.get("benchmark")  # absent where the row skipped before it
+    if benchmark is not None:
+        benchmark.extra_info.update(cores=[before, quick_speedup(THREADS)], cores_waited_s=round(waited, 1))
 
 
 @pytest.fixture

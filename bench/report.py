@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "bench") not in sys.path:  # run as a script or loaded from a path: _machine beside it
     sys.path.insert(0, str(REPO / "bench"))
-from _machine import _contention, _sharing, run_suite, thread_speedup  # noqa: E402
+from _machine import _contention, _sharing, run_suite, shared_core, thread_speedup  # noqa: E402
 
 # (kind, workload suffix or "", minimum x torch); the issue's "done when".
 TORCH_TARGETS = [
@@ -116,7 +116,7 @@ def rows(groups: dict, peak: float | None) -> list[dict[str, Any]]:
                         x_numpy=_ratio(_median(peers.get("numpy")), t_ours), gflops=gflops,
                         x_ort=_ratio(_median(peers.get("onnxruntime")), t_ours),
                         peak=_ratio(gflops, peak if device == "cpu" else gpu_peak) if gflops else None,
-                        flops=ours["extra_info"]["flops"] if ours else 0, target=[]))
+                        flops=ours["extra_info"]["flops"] if ours else 0, target=[], shared=_shared(peers)))
     for r in out:
         for kind, suffix, want in TORCH_TARGETS:
             if r["kind"] == kind and r["workload"].endswith(suffix) and r["device"] == "cpu":
@@ -134,7 +134,27 @@ def rows(groups: dict, peak: float | None) -> list[dict[str, Any]]:
     largest = sorted((r for r in out if r["kind"] == kind and r["device"] == "cpu"), key=lambda r: -r["flops"])[:n]
     for r in largest:
         r["target"].append(_check(r["peak"], frac, f">={frac:.0%} peak"))
+    for r in out:
+        r["target"] += [SHARED] if r["shared"] else []
     return out
+
+
+SHARED = "shared core"  # a group one of whose rows ran while the host ran its CPUs on one core
+
+
+def _shared(peers: dict[str, Any]) -> bool:
+    return any(shared_core(b.get("extra_info", {})) for b in peers.values())
+
+
+def _row_cores(groups: dict) -> list[str]:
+    """The report's line on the timed rows' own readings of separate cores (none in older runs)."""
+    read = [peers for peers in groups.values() if any("cores" in b["extra_info"] for b in peers.values())]
+    if not read:
+        return []
+    waited = sum(b["extra_info"].get("cores_waited_s", 0) for peers in read for b in peers.values())
+    return [f"Every timed row read the 2-thread matmul speedup (10 ms) before and after: {sum(map(_shared, read))} "
+            f"of {len(read)} groups had a row run while the CPUs shared a core (marked \"{SHARED}\": not two "
+            f"cores' ratios); the rows waited {waited:.0f} s in all for separate cores"]
 
 
 def _check(value: float | None, want: float, what: str) -> str:
@@ -171,6 +191,7 @@ def render(data: dict[str, Any], groups: dict) -> str:
         *gpu_line(groups),
         _contention(data.get("other_cpu_share")),
         *filter(None, [_sharing(data.get("thread_speedup"), threads)]),
+        *_row_cores(groups),
         "",
         "| workload | device | numbacnn ms | PyTorch ms | naive NumPy ms | x torch | x NumPy | GFLOP/s | % peak | target |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
@@ -223,7 +244,7 @@ def onnx_lines(groups: dict) -> list[str]:
         ours, torch, rt = (_median(peers.get(p)) for p in ("numbacnn", "torch", "onnxruntime"))
         x_rt = _ratio(rt, ours)
         target = [_check(x_rt, want, what) for k, suffix, want, what in ORT_TARGETS
-                  if kind == k and workload.endswith(suffix) and device == "cpu"]
+                  if kind == k and workload.endswith(suffix) and device == "cpu"] + ([SHARED] if _shared(peers) else [])
         lines.append(f"| {kind} {workload} | {device} | {ms(ours)} | {ms(torch)} | {ms(rt)} "
                      f"| {_fmt(_ratio(torch, ours), '.2f')} | {_fmt(x_rt, '.2f')} | {'; '.join(target)} |")
     return lines
@@ -317,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="threads per engine (default 2)")
     parser.add_argument("--stat", choices=("median", "min", "mean"), default="median",
                         help="the statistic compared (default median; min resists load from other jobs)")
+    parser.add_argument("--wait-cores", type=float, default=60.0, metavar="SECONDS",
+                        help="the most each timed row waits for the CPUs to run as separate cores (default 60)")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = parser.parse_args(argv)
     global STAT
@@ -327,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         json_path = args.json or Path(tempfile.mkdtemp(prefix="numbacnn-bench-")) / "run.json"
         before = thread_speedup(args.threads)
-        rc, share = run_suite(json_path, args.threads, args.pytest_args)
+        rc, share = run_suite(json_path, args.threads, args.pytest_args, args.wait_cores)
         after = thread_speedup(args.threads)
         if json_path.exists():
             data = json.loads(json_path.read_text())

@@ -111,3 +111,54 @@ def test_the_report_says_when_two_threads_ran_no_faster_than_one(tmp_path):
     assert "ran a float32 matmul" not in report.render(*report.load(path))  # older runs: no line
     assert report.thread_speedup(1) is None
     assert report.thread_speedup(2, seconds=0.05) > 0
+
+
+def test_groups_timed_while_the_cpus_shared_a_core_are_marked(tmp_path):
+    # Each timed row reads how much faster two BLAS threads multiply than one before and after
+    # it (extra_info "cores"); a reading under 0.75 of the thread count marks the whole group,
+    # in the PyTorch table and the onnxruntime one, and the header counts the marked groups.
+    text = _run(tmp_path, [
+        _bench("lenet5 inference", "1x28x28 N256", "numbacnn", 0.010, cores=[1.76, 1.18], cores_waited_s=3.0),
+        _bench("lenet5 inference", "1x28x28 N256", "torch", 0.020, cores=[1.80, 1.79], cores_waited_s=0.0),
+        _bench("lenet5 inference", "1x28x28 N256", "onnxruntime", 0.005, cores=[1.77, 1.78]),
+        _bench("lenet5 train step", "1x28x28 N32", "numbacnn", 0.010, cores=[1.51, 1.74], cores_waited_s=40.0),
+        _bench("lenet5 train step", "1x28x28 N32", "torch", 0.030, cores=[1.70, None]),
+    ])
+    assert _line(text, "| lenet5 inference 1x28x28 N256 | cpu | 10.00 | 20.00 | -").endswith(
+        ">=1.3x torch: ok; shared core |")
+    assert _line(text, "| lenet5 inference 1x28x28 N256 | cpu | 10.00 | 20.00 | 5.00").endswith(
+        ">=1.0x onnxruntime: MISS; shared core |")
+    assert _line(text, "| lenet5 train step 1x28x28 N32").endswith(">=1.2x torch: ok |")  # 1.51 >= 1.5
+    line = _line(text, "Every timed row read the 2-thread matmul speedup")
+    assert "1 of 2 groups had a row run while the CPUs shared a core" in line and "waited 43 s in all" in line
+    plain = _run(tmp_path, [_bench("lenet5 inference", "1x28x28 N256", "numbacnn", 0.010)])
+    assert "Every timed row" not in plain and "shared core" not in plain  # runs from before the readings
+
+
+def test_the_quick_reading_and_the_wait_for_separate_cores():
+    machine = _report().sys.modules["_machine"]
+    assert machine.quick_speedup(1) is None
+    assert machine.quick_speedup(2) > 0
+    speedup, waited = machine.wait_for_cores(2, timeout_s=0.0)
+    assert speedup > 0 and waited < 1.0  # no time to wait: one reading, whatever it says
+    assert machine.shared_core({"threads": 2, "cores": [1.49, 1.9]})
+    assert not machine.shared_core({"threads": 2, "cores": [1.5, None]})
+    assert not machine.shared_core({"cores": [1.0, 1.0]})  # no thread count: no verdict
+
+
+def test_every_timed_row_records_its_readings(tmp_path):
+    # bench/conftest.py's fixture, through pytest itself: one timed row of the matmul file.
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run.json"
+    env = dict(os.environ, NUMBACNN_BENCH_WAIT_CORES="0")
+    cmd = [sys.executable, "-m", "pytest", "bench/test_matmul.py", "-k", "numpy", "-q", "-p", "no:cacheprovider",
+           "--benchmark-min-rounds=1", "--benchmark-max-time=0.01", "--benchmark-warmup=off", f"--benchmark-json={out}"]
+    done = subprocess.run(cmd, cwd=REPORT.parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = json.loads(out.read_text())["benchmarks"]
+    assert row["extra_info"]["peer"] == "numpy"
+    assert len(row["extra_info"]["cores"]) == 2 and all(s > 0 for s in row["extra_info"]["cores"])
+    assert row["extra_info"]["cores_waited_s"] >= 0
