@@ -29,13 +29,14 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_suite(json_path: Path, threads: int, pytest_args: list[str],
-              wait_cores: float = 0.0) -> tuple[int, float | None]:
-    """Run pytest; returns its exit status and the share of the machine's CPU that other
-    processes used meanwhile (None where it cannot be read). Each timed row first waits up to
-    ``wait_cores`` seconds for the CPUs to run as separate cores (bench/conftest.py)."""
+def run_suite(json_path: Path, threads: int, pytest_args: list[str], wait_cores: float = 0.0,
+              tests: tuple[str, ...] = ("bench",)) -> tuple[int, float | None]:
+    """Run pytest on ``tests`` (the suite, or some of its node ids); returns its exit status and
+    the share of the machine's CPU that other processes used meanwhile (None where it cannot be
+    read). Each timed row first waits up to ``wait_cores`` seconds for the CPUs to run as
+    separate cores (bench/conftest.py)."""
     env = dict(os.environ, NUMBACNN_BENCH_THREADS=str(threads), NUMBACNN_BENCH_WAIT_CORES=str(wait_cores))
-    cmd = [sys.executable, "-m", "pytest", "bench", f"--benchmark-json={json_path}", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", *tests, f"--benchmark-json={json_path}", "-p", "no:cacheprovider",
            *pytest_args]
     print("$", " ".join(cmd), flush=True)
     busy, ours, start = _cpu_busy_s(), _children_cpu_s(), time.monotonic()

@@ -162,3 +162,34 @@ def test_every_timed_row_records_its_readings(tmp_path):
     assert row["extra_info"]["peer"] == "numpy"
     assert len(row["extra_info"]["cores"]) == 2 and all(s > 0 for s in row["extra_info"]["cores"])
     assert row["extra_info"]["cores_waited_s"] >= 0
+
+
+def test_rows_of_marked_groups_are_timed_again_in_place_of_their_first_times(tmp_path):
+    report = _report()
+
+    def row(kind, peer, median, cores, name):
+        b = _bench(kind, "1x28x28 N32", peer, median, cores=cores)
+        return dict(b, fullname=f"bench/test_x.py::test_{name}[{peer}]")
+
+    first = {"datetime": "2026-12-07T00:00:00", "benchmarks": [
+        row("lenet5 train step", "numbacnn", 0.012, [1.2, 1.7], "train"),  # shared: both peers again
+        row("lenet5 train step", "torch", 0.030, [1.8, 1.8], "train"),
+        row("lenet5 inference", "numbacnn", 0.001, [1.8, 1.7], "infer"),
+        row("lenet5 inference", "torch", 0.002, [1.8, 1.7], "infer"),
+        dict(row("memory", "numbacnn", 1.0, [1.0, 1.0], "memory"), extra_info=dict(  # another process's: never again
+            kind="memory", device="cpu", workload="lenet5 train", peer="numbacnn", threads=2, cores=[1.0, 1.0],
+            delta_mb=1.0, peak_mb=2.0, mode="train")),
+    ]}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(first))
+    again = report.shared_rows(report.load(path)[1])
+    assert again == ["bench/test_x.py::test_train[numbacnn]", "bench/test_x.py::test_train[torch]"]
+    second = {"benchmarks": [row("lenet5 train step", "numbacnn", 0.010, [1.8, 1.8], "train"),
+                             row("lenet5 train step", "torch", 0.031, [1.7, 1.8], "train")]}
+    path.write_text(json.dumps(report.merge_again(first, second)))
+    text = report.render(*report.load(path))
+    assert _line(text, "| lenet5 train step 1x28x28 N32").startswith(
+        "| lenet5 train step 1x28x28 N32 | cpu | 10.00 | 31.00 |")
+    assert "shared core |" not in text
+    line = _line(text, "Every timed row read")
+    assert "0 of 2 groups" in line and "2 rows of groups so marked were timed again" in line  # memory not counted
