@@ -153,7 +153,9 @@ def test_every_timed_row_records_its_readings(tmp_path):
     import sys
 
     out = tmp_path / "run.json"
-    env = dict(os.environ, NUMBACNN_BENCH_WAIT_CORES="0")
+    # Not this run's xdist variables: with them pytest-benchmark disables itself and writes no JSON.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["NUMBACNN_BENCH_WAIT_CORES"] = "0"
     cmd = [sys.executable, "-m", "pytest", "bench/test_matmul.py", "-k", "numpy", "-q", "-p", "no:cacheprovider",
            "--benchmark-min-rounds=1", "--benchmark-max-time=0.01", "--benchmark-warmup=off", f"--benchmark-json={out}"]
     done = subprocess.run(cmd, cwd=REPORT.parents[1], env=env, capture_output=True, text=True, timeout=300)
