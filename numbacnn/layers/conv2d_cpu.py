@@ -57,10 +57,13 @@ def _forward_chunk(x, x4, w3, b, sc, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, 
     """Output columns l0..l1 of channels k0..k1 (each group's) of samples n0..n1, one thread's
     share of _forward_batch or _forward_split, through its own column matrix col (built here
     for each sample when ``build``, else by the caller); ``sc`` (empty: none) a scale per channel
-    before the bias (a folded batch norm); ``r4`` (None: none) a residual added after the bias, as
-    an add node would; ``relu``: y = max(y, 0) as relu computes it (NaN kept), last; all while y
-    is in cache (a None ``r4`` prunes the residual loop)."""
+    before the bias (a folded batch norm); ``r4`` (no samples: none) a residual added after the
+    bias, as an add node would; ``relu``: y = max(y, 0) as relu computes it (NaN kept), last; all
+    while y is in cache. An empty residual rather than None: one specialisation serves both (the
+    residual's own took 1.2 s of compiling for _forward_batch, 0.9 for _forward_split, each time a
+    model with residual joins first ran, and in every warm-up)."""
     (_, G, Kg, L), J = y4.shape, w3.shape[2]
+    res = r4.shape[0] != 0
     cb = small_cols(k1 - k0, l1 - l0, J)  # columns a block: products OpenBLAS makes unpacked (_blas.SMALL_PRODUCT)
     for n in range(n0, n1):
         if build and not direct:
@@ -76,18 +79,18 @@ def _forward_chunk(x, x4, w3, b, sc, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, 
         # a batch-1 1x1 16->64 at 32x32 with add and relu in 72-101 us against 59-61), with
         # b = -0.0 where there is no bias (the exact identity: x + -0.0 is x, -0.0 included),
         # and a scale of 1 where there is none (y * 1 is y, NaN and -0.0 included).
-        if r4 is None and not relu and not b.size and not sc.size:
+        if not res and not relu and not b.size and not sc.size:
             continue
         zero, one = y4.dtype.type(0), y4.dtype.type(1)
         for g in range(G):
             for k in range(k0, k1):
                 bk, sk = b[g * Kg + k] if b.size else -zero, sc[g * Kg + k] if sc.size else one
-                if r4 is not None and relu:
+                if res and relu:
                     for j in range(l0, l1):
                         i = np.uint64(j)
                         v = (y4[n, g, k, i] * sk + bk) + r4[n, g, k, i]
                         y4[n, g, k, i] = zero if v <= zero else v
-                elif r4 is not None:
+                elif res:
                     for j in range(l0, l1):
                         i = np.uint64(j)
                         y4[n, g, k, i] = (y4[n, g, k, i] * sk + bk) + r4[n, g, k, i]
@@ -194,9 +197,9 @@ def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, 
         x4 = _per_group(x, G, x.shape[2] * x.shape[3])
         kernel = _forward_split if N < chunks else _forward_batch
         sc = np.empty(0, y.dtype) if scale is None else scale
+        r4 = np.empty((0, G, K // G, P * Q), y.dtype) if residual is None else _per_group(residual, G, P * Q)
         args = (x, x4, w.reshape(G, K // G, -1), b, sc, x4 if col is None else _per_group(col, G, P * Q),
-                _per_group(y, G, P * Q), None if residual is None else _per_group(residual, G, P * Q), chunks, P, Q,
-                geo, col is None, relu)
+                _per_group(y, G, P * Q), r4, chunks, P, Q, geo, col is None, relu)
         if chunks == 1:  # one chunk: its body called directly, no parallel region (1x1 16->16 at 4x4: -1.2 us)
             kernel, args = _forward_chunk, (*args[:5], args[5][0], *args[6:8], 0, N, 0, P * Q, 0, K // G, *args[9:],
                                             True)
