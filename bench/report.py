@@ -28,7 +28,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "bench") not in sys.path:  # run as a script or loaded from a path: _machine beside it
     sys.path.insert(0, str(REPO / "bench"))
-from _machine import _contention, _sharing, run_suite, shared_core, thread_speedup  # noqa: E402
+from _cores import SHARED, merge_again, row_cores, shared, shared_rows  # noqa: E402,F401
+from _machine import _contention, _sharing, run_suite, thread_speedup  # noqa: E402
 
 # (kind, workload suffix or "", minimum x torch); the issue's "done when".
 TORCH_TARGETS = [
@@ -116,7 +117,7 @@ def rows(groups: dict, peak: float | None) -> list[dict[str, Any]]:
                         x_numpy=_ratio(_median(peers.get("numpy")), t_ours), gflops=gflops,
                         x_ort=_ratio(_median(peers.get("onnxruntime")), t_ours),
                         peak=_ratio(gflops, peak if device == "cpu" else gpu_peak) if gflops else None,
-                        flops=ours["extra_info"]["flops"] if ours else 0, target=[], shared=_shared(peers)))
+                        flops=ours["extra_info"]["flops"] if ours else 0, target=[], shared=shared(peers)))
     for r in out:
         for kind, suffix, want in TORCH_TARGETS:
             if r["kind"] == kind and r["workload"].endswith(suffix) and r["device"] == "cpu":
@@ -137,45 +138,6 @@ def rows(groups: dict, peak: float | None) -> list[dict[str, Any]]:
     for r in out:
         r["target"] += [SHARED] if r["shared"] else []
     return out
-
-
-SHARED = "shared core"  # a group one of whose rows ran while the host ran its CPUs on one core
-
-
-def _shared(peers: dict[str, Any]) -> bool:
-    return any(shared_core(b.get("extra_info", {})) for b in peers.values())
-
-
-def _row_cores(groups: dict, remeasured: list[str]) -> list[str]:
-    """The report's line on the timed rows' own readings of separate cores (none in older runs)."""
-    read = [peers for peers in _timed(groups) if any("cores" in b["extra_info"] for b in peers.values())]
-    if not read:
-        return []
-    waited = sum(b["extra_info"].get("cores_waited_s", 0) for peers in read for b in peers.values())
-    again = f"; {len(remeasured)} rows of groups so marked were timed again at the end, in place of their first " \
-        "times (the count and the marks are the second times')" if remeasured else ""
-    return [f"Every timed row read the 2-thread matmul speedup (10 ms) before and after: {sum(map(_shared, read))} "
-            f"of {len(read)} groups had a row run while the CPUs shared a core (marked \"{SHARED}\": not two "
-            f"cores' ratios); the rows waited {waited:.0f} s in all for separate cores{again}"]
-
-
-def _timed(groups: dict) -> list[dict[str, Any]]:
-    # The groups whose times compare engines on this process's threads: not the memory and
-    # cold-start rows, which measure processes of their own.
-    return [peers for (kind, _, _), peers in groups.items() if kind not in ("memory", "cold start")]
-
-
-def shared_rows(groups: dict) -> list[str]:
-    """The pytest node ids of every timed row of the groups marked SHARED: report.py times them again."""
-    return sorted(b["fullname"] for peers in _timed(groups) if _shared(peers)
-                  for b in peers.values() if "fullname" in b)
-
-
-def merge_again(data: dict[str, Any], again: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with the rows timed again (``again``, a second run's JSON) in place of their first
-    times, and their node ids under "remeasured"."""
-    new = {b["fullname"]: b for b in again.get("benchmarks", [])}
-    return dict(data, benchmarks=[new.get(b.get("fullname"), b) for b in data["benchmarks"]], remeasured=sorted(new))
 
 
 def _check(value: float | None, want: float, what: str) -> str:
@@ -212,7 +174,7 @@ def render(data: dict[str, Any], groups: dict) -> str:
         *gpu_line(groups),
         _contention(data.get("other_cpu_share")),
         *filter(None, [_sharing(data.get("thread_speedup"), threads)]),
-        *_row_cores(groups, data.get("remeasured", [])),
+        *row_cores(groups, data.get("remeasured", []), threads),
         "",
         "| workload | device | numbacnn ms | PyTorch ms | naive NumPy ms | x torch | x NumPy | GFLOP/s | % peak | target |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
@@ -265,7 +227,7 @@ def onnx_lines(groups: dict) -> list[str]:
         ours, torch, rt = (_median(peers.get(p)) for p in ("numbacnn", "torch", "onnxruntime"))
         x_rt = _ratio(rt, ours)
         target = [_check(x_rt, want, what) for k, suffix, want, what in ORT_TARGETS
-                  if kind == k and workload.endswith(suffix) and device == "cpu"] + ([SHARED] if _shared(peers) else [])
+                  if kind == k and workload.endswith(suffix) and device == "cpu"] + ([SHARED] if shared(peers) else [])
         lines.append(f"| {kind} {workload} | {device} | {ms(ours)} | {ms(torch)} | {ms(rt)} "
                      f"| {_fmt(_ratio(torch, ours), '.2f')} | {_fmt(x_rt, '.2f')} | {'; '.join(target)} |")
     return lines
@@ -375,13 +337,14 @@ def main(argv: list[str] | None = None) -> int:
         before = thread_speedup(args.threads)
         rc, share = run_suite(json_path, args.threads, args.pytest_args, args.wait_cores)
         again = shared_rows(load(json_path)[1]) if args.again and json_path.exists() else []
+        again_path = json_path.with_name(json_path.stem + "-again.json")
+        again_path.unlink(missing_ok=True)  # never an earlier run's
         if again:  # rows timed while the CPUs shared a core: once more, in place of their first times
-            again_path = json_path.with_name(json_path.stem + "-again.json")
-            run_suite(again_path, args.threads, args.pytest_args, args.wait_cores, tuple(again))
+            rc = run_suite(again_path, args.threads, args.pytest_args, args.wait_cores, tuple(again))[0] or rc
         after = thread_speedup(args.threads)
         if json_path.exists():
             data = json.loads(json_path.read_text())
-            if again and again_path.exists():
+            if again_path.exists():
                 data = merge_again(data, json.loads(again_path.read_text()))
             data.update(other_cpu_share=share, versions=_versions(), thread_speedup=[before, after])
             json_path.write_text(json.dumps(data, indent=1))

@@ -143,7 +143,23 @@ def test_the_quick_reading_and_the_wait_for_separate_cores():
     assert speedup > 0 and waited < 1.0  # no time to wait: one reading, whatever it says
     assert machine.shared_core({"threads": 2, "cores": [1.49, 1.9]})
     assert not machine.shared_core({"threads": 2, "cores": [1.5, None]})
+    assert not machine.shared_core({"threads": 4, "cores": [1.6, 1.6]})  # two cores at least, whatever the threads
     assert not machine.shared_core({"cores": [1.0, 1.0]})  # no thread count: no verdict
+
+
+def test_the_wait_reads_until_separate_cores_or_the_timeout(monkeypatch):
+    machine = _report().sys.modules["_machine"]
+    readings = iter([1.1, 1.2, 1.8, 1.1])
+    monkeypatch.setattr(machine, "quick_speedup", lambda threads: next(readings))
+    assert machine.wait_for_cores(2, timeout_s=60, poll_s=0)[0] == 1.8  # the third reading: separate
+    readings = iter([1.1, 1.2, 1.3])
+    speedup, waited = machine.wait_for_cores(2, timeout_s=0.05, poll_s=0.03)
+    assert speedup in (1.2, 1.3) and 0.05 <= waited < 1  # out of time: the last reading
+    readings = iter([1.1, 1.8])
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 2)
+    assert machine.wait_for_cores(4, timeout_s=60, poll_s=0)[0] == 1.1  # more threads than CPUs: no wait
+    readings = iter([1.1, 1.7])
+    assert machine.after_reading(2, pause_s=0) == 1.7  # the better of two: spinning threads settle
 
 
 def test_every_timed_row_records_its_readings(tmp_path):
@@ -155,7 +171,7 @@ def test_every_timed_row_records_its_readings(tmp_path):
     out = tmp_path / "run.json"
     # Not this run's xdist variables: with them pytest-benchmark disables itself and writes no JSON.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env["NUMBACNN_BENCH_WAIT_CORES"] = "0"
+    env.update(NUMBACNN_BENCH_WAIT_CORES="0", NUMBACNN_BENCH_THREADS="2")
     cmd = [sys.executable, "-m", "pytest", "bench/test_matmul.py", "-k", "numpy", "-q", "-p", "no:cacheprovider",
            "--benchmark-min-rounds=1", "--benchmark-max-time=0.01", "--benchmark-warmup=off", f"--benchmark-json={out}"]
     done = subprocess.run(cmd, cwd=REPORT.parents[1], env=env, capture_output=True, text=True, timeout=300)
@@ -195,3 +211,41 @@ def test_rows_of_marked_groups_are_timed_again_in_place_of_their_first_times(tmp
     assert "shared core |" not in text
     line = _line(text, "Every timed row read")
     assert "0 of 2 groups" in line and "2 rows of groups so marked were timed again" in line  # memory not counted
+
+
+def test_a_group_is_timed_again_whole_or_not_at_all(tmp_path):
+    report = _report()
+
+    def row(peer, median, name="infer"):
+        b = _bench("lenet5 inference", "1x28x28 N32", peer, median, cores=[1.1, 1.7])
+        return dict(b, fullname=f"bench/test_x.py::test_{name}[{peer}]")
+
+    first = {"benchmarks": [row("numbacnn", 0.001), row("torch", 0.002)]}
+    merged = report.merge_again(first, {"benchmarks": [row("numbacnn", 0.0005)]})  # torch's did not come back
+    assert [b["stats"]["median"] for b in merged["benchmarks"]] == [0.001, 0.002] and merged["remeasured"] == []
+
+
+def test_report_times_marked_groups_again_and_keeps_the_second_runs_status(tmp_path, monkeypatch):
+    report = _report()
+    calls = []
+
+    def row(peer, median, cores):
+        b = _bench("lenet5 inference", "1x28x28 N32", peer, median, cores=cores)
+        return dict(b, fullname=f"bench/test_x.py::test_infer[{peer}]")
+
+    def run_suite(path, threads, args, wait, tests=("bench",)):
+        calls.append(tests)
+        shared = len(calls) == 1
+        rows = [row("numbacnn", 0.003 if shared else 0.001, [1.1 if shared else 1.8, 1.8]),
+                row("torch", 0.002, [1.8, 1.8])]
+        path.write_text(json.dumps({"datetime": "2026-12-07T00:00:00", "benchmarks": rows}))
+        return (0 if shared else 3), 0.0
+
+    monkeypatch.setattr(report, "run_suite", run_suite)
+    monkeypatch.setattr(report, "thread_speedup", lambda threads: 2.0)
+    stale = tmp_path / "run-again.json"
+    stale.write_text(json.dumps({"benchmarks": []}))  # an earlier run's: never merged
+    assert report.main(["--json", str(tmp_path / "run.json")]) == 3  # the second run's failure is the report's
+    assert calls == [("bench",), ("bench/test_x.py::test_infer[numbacnn]", "bench/test_x.py::test_infer[torch]")]
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert [b["stats"]["median"] for b in data["benchmarks"]] == [0.001, 0.002] and len(data["remeasured"]) == 2

@@ -4,10 +4,10 @@ Numba compiles a ``cpu_serial`` function called from a kernel for the argument t
 call: a literal (``0``, ``True``) is a type of its own (``Literal[int](0)``), and a parallel
 loop's index is uint64 inside the region but int64 where Numba first types the loop, so each
 of those compiles the helper again. im2col's ``_forward_chunk`` compiled 7 times for the five
-zoo models (batch 1 and 8, training and inference) until its calls passed ``np.int64(0)``; 2
-now, one with and without a residual (an empty one, not None). ``numbacnn warmup --dtype float32``: 74.8 -> 65.5 s with
-linear's chunk bodies fixed the same way. Also here: serial kernels copy by loops, since a slice
-assignment from an array compiles Numba's formatted shape-mismatch message.
+zoo models (batch 1 and 8, training and inference) until its calls passed ``np.int64(0)``; 1
+now, with a residual and without (an empty one, not None). ``numbacnn warmup --dtype float32``:
+74.8 -> 65.5 s with linear's chunk bodies fixed the same way. Also here: serial kernels copy by
+loops, since a slice assignment from an array compiles Numba's formatted shape-mismatch message.
 """
 
 import ast
@@ -106,11 +106,13 @@ r = g.relu(x)
 g.output(g.relu(g.add(g.conv2d(x, out_channels=16, kernel_size=1), r)))
 for n in (2, 8):
     nc.Model(g).forward(np.random.default_rng(0).standard_normal((n, 16, 8, 8)).astype(np.float32))
-x, w, b = np.ones((1, 4, 8, 8), np.float32), np.ones((16, 4, 1, 1), np.float32), np.zeros(16, np.float32)
-for residual in (None, np.ones((1, 16, 8, 8), np.float32)):  # a batch of 1 split 2 ways: _forward_split
-    y = np.empty((1, 16, 8, 8), np.float32)
-    conv2d_cpu._im2col_forward(x, w, b, y, None, (1, 1, 1, 1, 1, 1, 1, 0, 0), 2, residual=residual)
-    assert (y == 4 + (residual is not None)).all()
+w, b = np.ones((16, 4, 1, 1), np.float32), np.zeros(16, np.float32)
+for n in (1, 2):  # 2 chunks, whatever the thread count: a batch of 1 split (_forward_split), of 2 not
+    x = np.ones((n, 4, 8, 8), np.float32)
+    for residual in (None, np.ones((n, 16, 8, 8), np.float32)):
+        y = np.empty((n, 16, 8, 8), np.float32)
+        conv2d_cpu._im2col_forward(x, w, b, y, None, (1, 1, 1, 1, 1, 1, 1, 0, 0), 2, residual=residual)
+        assert (y == 4 + (residual is not None)).all()
 found = {}
 for mod in (conv2d_cpu, linear_cpu):
     for name, f in vars(mod).items():
