@@ -143,6 +143,21 @@ def wait_for_cores(threads: int, timeout_s: float, poll_s: float = 1.0) -> tuple
         time.sleep(poll_s)
 
 
+class Waits:
+    """wait_for_cores for a session's rows, which stops waiting once ``most`` waits in a row ran
+    out (a host whose CPUs never read as two cores would otherwise cost every row the whole wait)."""
+
+    def __init__(self, most: int = 3) -> None:
+        self.most, self.ran_out = most, 0
+
+    def __call__(self, threads: int, timeout_s: float) -> tuple[float | None, float]:
+        wait = timeout_s if self.ran_out < self.most else 0.0
+        speedup, waited = wait_for_cores(threads, wait)
+        if wait:
+            self.ran_out = 0 if separate(speedup) else self.ran_out + 1
+        return speedup, waited
+
+
 def shared_core(info: dict[str, Any]) -> bool:
     """Whether a timed row's readings (its extra_info's ``cores``, before and after) saw the
     host run its CPUs on one core."""

@@ -27,7 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench helpers (_peers)
 
-from _machine import after_reading, separate, wait_for_cores  # noqa: E402
+from _machine import Waits, after_reading  # noqa: E402
 from _peers import THREADS  # noqa: E402
 
 
@@ -83,10 +83,7 @@ def smoke(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("benchmark_disable", False))
 
 
-# Waits for separate cores that ran out in a row: after MAX_TIMEOUTS the session stops waiting
-# (a host whose CPUs never read as two cores would otherwise cost every row the whole wait).
-MAX_TIMEOUTS = 3
-_timeouts = [0]
+_waits = Waits()  # the session's: it stops waiting after three waits in a row ran out
 
 
 @pytest.fixture(autouse=True)
@@ -96,9 +93,7 @@ def separate_cores(request: pytest.FixtureRequest, smoke: bool) -> Iterator[None
     if smoke or THREADS < 2 or "benchmark" not in request.fixturenames or request.node.get_closest_marker("gpu"):
         yield
         return
-    wait = float(os.environ.get("NUMBACNN_BENCH_WAIT_CORES", "0")) if _timeouts[0] < MAX_TIMEOUTS else 0.0
-    before, waited = wait_for_cores(THREADS, wait)
-    _timeouts[0] = _timeouts[0] + 1 if wait and not separate(before) else 0
+    before, waited = _waits(THREADS, float(os.environ.get("NUMBACNN_BENCH_WAIT_CORES", "0")))
     yield
     benchmark = request.node.funcargs.get("benchmark")  # absent where the row skipped before it
     if benchmark is not None and before is not None:  # None: no threadpoolctl, no reading

@@ -162,6 +162,21 @@ def test_the_wait_reads_until_separate_cores_or_the_timeout(monkeypatch):
     assert machine.after_reading(2, pause_s=0) == 1.7  # the better of two: spinning threads settle
 
 
+def test_a_sessions_waits_stop_after_three_run_out_in_a_row(monkeypatch):
+    machine = _report().sys.modules["_machine"]
+    asked = []
+    monkeypatch.setattr(machine, "wait_for_cores", lambda threads, wait: (asked.append(wait), (1.1, wait))[1])
+    waits = machine.Waits(most=3)
+    for _ in range(6):
+        waits(2, 60.0)
+    assert asked == [60.0, 60.0, 60.0, 0.0, 0.0, 0.0]  # a host that never reads as two cores
+    monkeypatch.setattr(machine, "wait_for_cores", lambda threads, wait: (asked.append(wait), (1.8, 0.0))[1])
+    waits, asked[:] = machine.Waits(most=3), []
+    for _ in range(5):
+        waits(2, 60.0)
+    assert asked == [60.0] * 5  # separate cores each time: every row may wait
+
+
 def test_every_timed_row_records_its_readings(tmp_path):
     # bench/conftest.py's fixture, through pytest itself: one timed row of the matmul file.
     import os
