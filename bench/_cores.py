@@ -11,6 +11,12 @@ from _machine import shared_core
 SHARED = "shared core"  # a group one of whose rows ran while the host ran its CPUs on one core
 
 
+def group_key(b: dict[str, Any]) -> tuple:
+    """The (kind, device, workload) a benchmark's row belongs to: its peers share it."""
+    info = b.get("extra_info", {})
+    return info.get("kind"), info.get("device"), info.get("workload")
+
+
 def shared(peers: dict[str, Any]) -> bool:
     return any(shared_core(b.get("extra_info", {})) for b in peers.values())
 
@@ -47,8 +53,7 @@ def merge_again(data: dict[str, Any], again: dict[str, Any]) -> dict[str, Any]:
     new = {b["fullname"]: b for b in again.get("benchmarks", [])}
     groups: dict[tuple, list[str]] = {}
     for b in data["benchmarks"]:
-        info = b.get("extra_info", {})
-        groups.setdefault((info.get("kind"), info.get("device"), info.get("workload")), []).append(b.get("fullname"))
+        groups.setdefault(group_key(b), []).append(b.get("fullname"))
     whole = {name for names in groups.values() if all(n in new for n in names) for name in names}
     return dict(data, benchmarks=[new[b["fullname"]] if b.get("fullname") in whole else b for b in data["benchmarks"]],
                 remeasured=sorted(whole))

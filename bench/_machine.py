@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,46 +57,20 @@ def thread_speedup(threads: int, seconds: float = 0.3) -> float | None:
     ms against 1.31-1.39 ms, with 1.76-1.87 ms on one thread either way; the matmul's speedup
     read 1.58-1.61 around such spells, 1.98-2.04 otherwise), which the other-CPU share cannot
     see. None for one thread or without threadpoolctl."""
-    try:
-        import numpy as np
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    if threads < 2:
-        return None
-    a = np.random.default_rng(0).random((768, 768), dtype=np.float32)
 
-    def rate(n: int) -> float:
-        with threadpool_limits(n, user_api="blas"):
+    def rate(a: Any) -> float:  # products a second
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
             a @ a
-            count, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                a @ a
-                count += 1
-            return count / (time.perf_counter() - start)
+            count += 1
+        return count / (time.perf_counter() - start)
 
-    return rate(threads) / rate(1)
+    return _speedup(threads, 768, rate)
 
 
-# Where a timed row's quick_speedup readings must reach to count as separate cores: SEPARATE
-# times two, whatever the thread count (a 10 ms product does not scale to more threads; 1.5 says
-# at least two cores). Two BLAS threads multiplied a 256x256 float32 matrix 1.7-1.8x faster
-# than one on this project's 2-CPU machines, and 1.1-1.2x while the host ran both CPUs on one
-# core (180-185 against 262-280 us, one thread 320 us either way; 2026-12-07, Zen 4). In those
-# spells resnet_bottleneck's training step took 120-134 ms against 94-98, PyTorch's 135-160
-# against 124-134: the ratio read 1.06-1.22x instead of 1.30-1.41x.
-SEPARATE = 0.75
-
-
-def separate(speedup: float | None) -> bool:
-    """Whether a quick_speedup reading says the threads ran on separate cores (None: no reading)."""
-    return speedup is not None and speedup >= 2 * SEPARATE
-
-
-def quick_speedup(threads: int, size: int = 256, reps: int = 12) -> float | None:
-    """thread_speedup in about 10 ms, for a reading before and after every timed row: the best
-    of ``reps`` size x size float32 products on ``threads`` BLAS threads against one's best.
-    None for one thread or without threadpoolctl."""
+def _speedup(threads: int, size: int, speed: Callable[[Any], float]) -> float | None:
+    """``speed`` of a size x size float32 matmul on ``threads`` BLAS threads over its speed on
+    one (each after one product to warm up); None for one thread or without threadpoolctl."""
     try:
         import numpy as np
         from threadpoolctl import threadpool_limits
@@ -106,17 +80,43 @@ def quick_speedup(threads: int, size: int = 256, reps: int = 12) -> float | None
         return None
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
 
-    def best(n: int) -> float:
+    def on(n: int) -> float:
         with threadpool_limits(n, user_api="blas"):
             a @ a
-            fastest = float("inf")
-            for _ in range(reps):
-                start = time.perf_counter()
-                a @ a
-                fastest = min(fastest, time.perf_counter() - start)
-            return fastest
+            return speed(a)
 
-    return best(1) / best(threads)
+    return on(threads) / on(1)
+
+
+# Where a timed row's quick_speedup readings must reach to count as separate cores, whatever the
+# thread count (a 10 ms product does not scale to more threads; 1.5x says at least two cores).
+# Two BLAS threads multiplied a 256x256 float32 matrix 1.7-1.8x faster than one on this
+# project's 2-CPU machines, and 1.1-1.2x while the host ran both CPUs on one core (180-185
+# against 262-280 us, one thread 320 us either way; 2026-12-07, Zen 4). In those spells
+# resnet_bottleneck's training step took 120-134 ms against 94-98, PyTorch's 135-160 against
+# 124-134: the ratio read 1.06-1.22x instead of 1.30-1.41x.
+SEPARATE = 1.5
+
+
+def separate(speedup: float | None) -> bool:
+    """Whether a quick_speedup reading says the threads ran on separate cores (None: no reading)."""
+    return speedup is not None and speedup >= SEPARATE
+
+
+def quick_speedup(threads: int, size: int = 256, reps: int = 12) -> float | None:
+    """thread_speedup in about 10 ms, for a reading before and after every timed row: the best
+    of ``reps`` size x size float32 products on ``threads`` BLAS threads against one's best.
+    None for one thread or without threadpoolctl."""
+
+    def best(a: Any) -> float:  # the fastest product's speed
+        fastest = float("inf")
+        for _ in range(reps):
+            start = time.perf_counter()
+            a @ a
+            fastest = min(fastest, time.perf_counter() - start)
+        return 1.0 / fastest
+
+    return _speedup(threads, size, best)
 
 
 def after_reading(threads: int, pause_s: float = 0.1) -> float | None:

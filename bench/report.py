@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "bench") not in sys.path:  # run as a script or loaded from a path: _machine beside it
     sys.path.insert(0, str(REPO / "bench"))
-from _cores import SHARED, merge_again, row_cores, shared, shared_rows  # noqa: E402,F401
+from _cores import SHARED, group_key, merge_again, row_cores, shared, shared_rows  # noqa: E402,F401
 from _machine import _contention, _sharing, run_suite, thread_speedup  # noqa: E402
 
 # (kind, workload suffix or "", minimum x torch); the "done when".
@@ -68,10 +68,8 @@ def load(json_path: Path) -> tuple[dict[str, Any], dict[tuple[str, str, str], di
     data = json.loads(json_path.read_text())
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
     for b in data["benchmarks"]:
-        info = b.get("extra_info", {})
-        if "peer" not in info:
-            continue
-        groups.setdefault((info["kind"], info["device"], info["workload"]), {})[info["peer"]] = b
+        if "peer" in b.get("extra_info", {}):
+            groups.setdefault(group_key(b), {})[b["extra_info"]["peer"]] = b
     return data, groups
 
 

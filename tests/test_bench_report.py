@@ -115,7 +115,7 @@ def test_the_report_says_when_two_threads_ran_no_faster_than_one(tmp_path):
 
 def test_groups_timed_while_the_cpus_shared_a_core_are_marked(tmp_path):
     # Each timed row reads how much faster two BLAS threads multiply than one before and after
-    # it (extra_info "cores"); a reading under 0.75 of the thread count marks the whole group,
+    # it (extra_info "cores"); a reading under 1.5x (two cores at least) marks the whole group,
     # in the PyTorch table and the onnxruntime one, and the header counts the marked groups.
     text = _run(tmp_path, [
         _bench("lenet5 inference", "1x28x28 N256", "numbacnn", 0.010, cores=[1.76, 1.18], cores_waited_s=3.0),
