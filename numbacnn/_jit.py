@@ -29,12 +29,14 @@ from . import _parfor_link
 from ._kernel_cache import install, mark_kernel
 
 __all__ = ["cpu_kernel", "cpu_serial", "cpu_inline", "cpu_call", "cpu_cfunc", "cpu_intrinsic", "cuda_kernel",
-           "cuda_device", "jitable", "prange", "CACHE", "REASSOC", "LINKED_HELPER"]
+           "cuda_device", "jitable", "prange", "CACHE", "REASSOC", "CONTRACT", "LINKED_HELPER"]
 
 CACHE: bool = os.environ.get("NUMBACNN_CACHE", "1") not in ("0", "false", "no")
 
 # fastmath for reductions: lets LLVM reorder a sum into vector lanes; no nnan/ninf assumptions.
 REASSOC = frozenset({"reassoc"})
+# fastmath for products: a * b + c may become one fused multiply-add (as BLAS computes it).
+CONTRACT = frozenset({"contract"})
 FastMath = bool | frozenset
 
 

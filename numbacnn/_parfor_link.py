@@ -58,7 +58,7 @@ from typing import Any
 import llvmlite.binding as ll
 from llvmlite import ir
 from numba import _dynfunc
-from numba.core import caching, codegen, cpu, event, lowering
+from numba.core import caching, codegen, config, cpu, event, lowering
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.environment import lookup_environment
 
@@ -73,6 +73,11 @@ _WRAPPER_REPR = "._GufuncWrapper object at "  # wrappers._GufuncWrapper names it
 _LINKONCE_ODR = ll.Linkage.linkonce_odr  # how Numba marks a function linked in from another library
 _NEEDED = ("finalize", "_optimize_final_module", "_finalize_final_module", "_get_module_for_linking",
            "_raise_if_finalized", "_ensure_finalized", "add_ir_module")
+# Modules whose functions want LLVM's SLP vectoriser, which Numba leaves off: a library that links
+# one of them is optimised with it on (numbacnn._micro's tiles are tuples of scalars, vectors
+# only once SLP joins them). Matched in the mangled names, as Numba mangles a module path.
+SLP_MODULES = ("numbacnn._micro",)
+_SLP_NAMES = tuple("".join(f"{len(p)}{p}" for p in m.split(".")) for m in SLP_MODULES)
 _PTR = ir.IntType(8).as_pointer()
 _CPYTHON = ir.FunctionType(_PTR, [_PTR, _PTR, _PTR])  # Numba's Python entry: (closure, args, kws) -> result
 
@@ -142,6 +147,25 @@ def _own_bodies(lib: Any) -> None:
         if (not fn.is_declaration and _BODY in fn.name and fn.name.startswith("_ZN")
                 and fn.linkage == _LINKONCE_ODR):
             fn.linkage = "internal"
+
+
+def _wants_slp(lib: Any) -> bool:
+    """Whether ``lib``'s module holds a function of an SLP module (defined or linked in)."""
+    return any(name in fn.name for fn in lib._final_module.functions for name in _SLP_NAMES)
+
+
+def _optimize(lib: Any, optimize: Any) -> None:
+    """Numba's module optimisation of ``lib``, with the SLP vectoriser on where ``_wants_slp``
+    (its pass builder reads the flag when called; compiles hold Numba's global lock)."""
+    if not _wants_slp(lib):
+        optimize(lib)
+        return
+    before = config.SLP_VECTORIZE
+    config.SLP_VECTORIZE = 1
+    try:
+        optimize(lib)
+    finally:
+        config.SLP_VECTORIZE = before
 
 
 def _lazy_entry(context: Any, library: Any, fndesc: Any, env: Any, make: Any) -> Any:
@@ -229,11 +253,11 @@ def install() -> None:
     def optimize_parfor_once(self: Any) -> None:
         if _depth() > 0:
             _own_bodies(self)
-        optimize(self)
+        _optimize(self, optimize)
 
     def get_pointer_parfor_once(self: Any, name: str) -> int:
         if getattr(self, "_numbacnn_link_only", False):  # rarely asked; if it is, make optimized code
-            optimize(self)
+            _optimize(self, optimize)
             self._finalize_final_module()
             self._numbacnn_link_only = False
         return get_pointer(self, name)

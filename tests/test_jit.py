@@ -21,18 +21,20 @@ def test_no_numba_decorator_outside_the_jit_module():
 
 
 def test_fastmath_only_as_reassociation():
-    # Kernels may opt into reordering sums (REASSOC), never into assuming no NaN or Inf.
+    # Kernels may opt into reordering sums (REASSOC) or fusing multiply-adds (CONTRACT), never
+    # into assuming no NaN or Inf.
     offenders = []
     for path in [*ROOT.joinpath("numbacnn").rglob("*.py"), *ROOT.joinpath("plugins").rglob("*.py")]:
         if path.name == "_jit.py":
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            if "fastmath=" in line and "fastmath=REASSOC" not in line:
+            if "fastmath=" in line and "fastmath=REASSOC" not in line and "fastmath=CONTRACT" not in line:
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
     from numbacnn import _jit
 
     assert _jit.REASSOC == {"reassoc"}
+    assert _jit.CONTRACT == {"contract"}
 
 
 def test_caching_is_on_by_default_and_fastmath_off():

@@ -16,6 +16,7 @@ import numpy as np
 
 from .._blas import gemm, small_cols
 from .._jit import cpu_kernel, cpu_serial, prange
+from .._micro import micro_fits, micro_gemm
 from .._threads import single_thread_blas
 from .conv2d_cpu import _columns
 
@@ -23,9 +24,10 @@ __all__ = ["joined_forward"]
 
 
 @cpu_serial
-def _product(x, n, w, col, direct, geo, P, Q, out):
-    """out (K * L, flat) = w (K, C) @ x[n]'s 1x1 columns, in small_cols' column blocks: x[n]
-    itself when ``direct``, else its columns built in col."""
+def _product(x, n, w, col, direct, geo, P, Q, out, micro):
+    """out (K * L, flat) = w (K, C) @ x[n]'s 1x1 columns, in small_cols' column blocks (all at
+    once through the register tile when ``micro``): x[n] itself when ``direct``, else its
+    columns built in col."""
     K, C = w.shape
     L = P * Q
     if direct:
@@ -34,22 +36,26 @@ def _product(x, n, w, col, direct, geo, P, Q, out):
         _columns(x[n], col, P, Q, geo)
         src = col
     wf = w.reshape(w.size)
+    if micro:
+        micro_gemm(K, L, C, wf, C, src, L, out, L)
+        return
     cb = small_cols(K, L, C)
     for a in range(0, L, cb):
         gemm(False, False, K, min(L, a + cb) - a, C, wf, C, src[a:], L, 0, out[a:], L)
 
 
 @cpu_serial
-def _chunk(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d2, P, Q, relu, n0, n1):
+def _chunk(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d2, P, Q, relu, n0, n1, m1, m2):
     """Samples n0..n1: both products, then y[n] = relu?((scr * s2 + b2) + (y[n] * s1 + b1)),
-    an empty bias the exact identity (-0.0) and an empty scale 1, relu's rule (NaN kept)."""
+    an empty bias the exact identity (-0.0) and an empty scale 1, relu's rule (NaN kept); m1, m2:
+    each product through the register tile (micro_fits)."""
     K = y.shape[1]
     L = P * Q
     zero, one = y.dtype.type(0), y.dtype.type(1)
     for n in range(n0, n1):
         yf = y[n].reshape(K * L)
-        _product(x1, n, w1, col1, d1, geo1, P, Q, yf)
-        _product(x2, n, w2, col2, d2, geo2, P, Q, scr)
+        _product(x1, n, w1, col1, d1, geo1, P, Q, yf, m1)
+        _product(x2, n, w2, col2, d2, geo2, P, Q, scr, m2)
         for k in range(K):
             a1, m1 = b1[k] if b1.size else -zero, s1[k] if s1.size else one
             a2, m2 = b2[k] if b2.size else -zero, s2[k] if s2.size else one
@@ -66,13 +72,13 @@ def _chunk(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d
 
 
 @cpu_kernel
-def _joined(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d2, P, Q, relu, T):
+def _joined(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d2, P, Q, relu, T, m1, m2):
     """The batch in T chunks of whole samples (T at most the batch), each with its row of the
     scratch arrays."""
     N = y.shape[0]
     for t in prange(T):
         _chunk(x1, x2, w1, w2, b1, b2, s1, s2, y, col1[t], col2[t], scr[t], geo1, geo2, d1, d2, P, Q, relu,
-               t * N // T, (t + 1) * N // T)
+               t * N // T, (t + 1) * N // T, m1, m2)
 
 
 def joined_forward(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d2, relu, T):
@@ -80,6 +86,7 @@ def joined_forward(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo
     (w_i (K, C_i), geo_i conv2d's geometry, d_i: stride 1 at the same size, x_i read as it is)
     onto y (N, K, P, Q); scratch col_i (T, C_i * P * Q) (T, 0 where d_i), scr (T, K * P * Q);
     b_i, s_i (K,) or empty; T <= N chunks."""
+    K, L = y.shape[1], y.shape[2] * y.shape[3]
     with single_thread_blas:
         _joined(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d2, y.shape[2], y.shape[3],
-                relu, T)
+                relu, T, micro_fits(y.dtype, K, L, w1.shape[1]), micro_fits(y.dtype, K, L, w2.shape[1]))

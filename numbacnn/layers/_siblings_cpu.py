@@ -12,6 +12,7 @@ import numpy as np
 
 from .._blas import gemm, small_cols
 from .._jit import cpu_kernel, cpu_serial, prange
+from .._micro import micro_fits, micro_gemm
 from .._threads import single_thread_blas
 
 __all__ = ["siblings_forward"]
@@ -37,20 +38,23 @@ def _stack(ws, bs, wcat, bcat):
 
 
 @cpu_serial
-def _chunk(x3, wcat, bcat, ys, relus, scr, n0, n1):
+def _chunk(x3, wcat, bcat, ys, relus, scr, n0, n1, micro):
     """Samples n0..n1 for every member: wcat @ x3[n] into scr, a block of columns at a time (as
     small_cols cuts them), then each member's rows out to its y (flat, (N, K_i, L)) plus its
     bias, relu'd where relus says."""
     Kt, C = wcat.shape
     L = x3.shape[2]
     zero = scr.dtype.type(0)
-    cb = small_cols(Kt, L, C)
+    cb = L if micro else small_cols(Kt, L, C)  # the register tile (micro_fits) takes every column at once
     wf = wcat.reshape(wcat.size)
     for n in range(n0, n1):
         xf = x3[n].reshape(C * L)
         for a in range(0, L, cb):
             m = min(L, a + cb) - a
-            gemm(False, False, Kt, m, C, wf, C, xf[a:], L, 0, scr, m)
+            if micro:
+                micro_gemm(Kt, m, C, wf, C, xf[a:], L, scr, m)
+            else:
+                gemm(False, False, Kt, m, C, wf, C, xf[a:], L, 0, scr, m)
             o = 0
             for i in range(len(ys)):
                 yf = ys[i].reshape(ys[i].size)
@@ -69,13 +73,13 @@ def _chunk(x3, wcat, bcat, ys, relus, scr, n0, n1):
 
 
 @cpu_kernel
-def _siblings(x3, ws, bs, ys, relus, wcat, bcat, scr, T):
+def _siblings(x3, ws, bs, ys, relus, wcat, bcat, scr, T, micro):
     """The members' weights stacked, then the batch in T chunks of whole samples (T at most the
     batch; scr: a chunk's row each)."""
     _stack(ws, bs, wcat, bcat)
     N = x3.shape[0]
     for t in prange(T):
-        _chunk(x3, wcat, bcat, ys, relus, scr[t], t * N // T, (t + 1) * N // T)
+        _chunk(x3, wcat, bcat, ys, relus, scr[t], t * N // T, (t + 1) * N // T, micro)
 
 
 def siblings_forward(x3, ws, bs, ys, relus, wcat, bcat, scr, T):
@@ -83,4 +87,5 @@ def siblings_forward(x3, ws, bs, ys, relus, wcat, bcat, scr, T):
     (K_i,) or empty, ys[i] (N, K_i, L), relus a bool per member), with scratch wcat (sum K_i, C),
     bcat (sum K_i,) and scr (T, sum K_i * L), in T <= N chunks."""
     with single_thread_blas:
-        _siblings(x3, ws, bs, ys, relus, wcat, bcat, scr, T)
+        micro = micro_fits(x3.dtype, wcat.shape[0], x3.shape[2], wcat.shape[1])
+        _siblings(x3, ws, bs, ys, relus, wcat, bcat, scr, T, micro)

@@ -31,11 +31,13 @@ import numpy as np
 
 from .._blas import gemm, small_cols
 from .._jit import cpu_kernel, cpu_serial, prange
+from .._micro import micro_fits, micro_gemm
 from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_flat, im2col_rows as _im2col_rows
 from .conv2d_hwc_cpu import reduce_partials
 from .conv2d_pixel_cpu import pixel_backward, pixel_block, pixel_forward
-from .conv2d_plan import Conv2dPlan, cpu_path, direct, force_path, pixel_major, requested  # noqa: F401 (force_path)
+from .conv2d_plan import (Conv2dPlan, WINOGRAD_SPLIT_MIN_ROWS, cpu_path, direct, force_path,  # noqa: F401
+                          pixel_major, requested)  # (force_path)
 from .conv2d_shift_cpu import shift_forward, shift_scratch
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int]
@@ -53,7 +55,7 @@ def _columns(xn, cf, P, Q, geo):
 
 
 @cpu_serial
-def _forward_chunk(x, x4, w3, b, sc, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, geo, direct, relu, build):
+def _forward_chunk(x, x4, w3, b, sc, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, geo, direct, relu, micro, build):
     """Output columns l0..l1 of channels k0..k1 (each group's) of samples n0..n1, one thread's
     share of _forward_batch or _forward_split, through its own column matrix col (built here
     for each sample when ``build``, else by the caller); ``sc`` (empty: none) a scale per channel
@@ -70,7 +72,10 @@ def _forward_chunk(x, x4, w3, b, sc, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, 
             _columns(x[n], col.reshape(col.size), P, Q, geo)
         src = x4[n] if direct else col
         for g in range(G):  # y4[n, g][k0:k1, l0:l1] = w3[g][k0:k1] @ src[g][:, l0:l1], in blocks of cb columns
-            for c0 in range(l0, l1, cb):
+            if micro:  # the register tile (numbacnn._micro.micro_fits), every column at once; no blocks below
+                micro_gemm(k1 - k0, l1 - l0, J, w3[g].reshape(Kg * J)[k0 * J:], J, src[g].reshape(J * L)[l0:], L,
+                           y4[n, g].reshape(Kg * L)[k0 * L + l0:], L)
+            for c0 in range(l0, l0 if micro else l1, cb):
                 c1 = min(l1, c0 + cb)
                 gemm(False, False, k1 - k0, c1 - c0, J, w3[g].reshape(Kg * J)[k0 * J:], J, src[g].reshape(J * L)[c0:],
                      L, 0, y4[n, g].reshape(Kg * L)[k0 * L + c0:], L)
@@ -106,14 +111,14 @@ def _forward_chunk(x, x4, w3, b, sc, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, 
 
 
 @cpu_kernel
-def _forward_batch(x, x4, w3, b, sc, col, y4, r4, T, P, Q, geo, direct, relu):
+def _forward_batch(x, x4, w3, b, sc, col, y4, r4, T, P, Q, geo, direct, relu, micro):
     """y4[n, g] = w3[g] @ xcol[n, g] (+ b), xcol[n] being x[n]'s column matrix, which chunk t of T
     builds in col[t] (x4[n] when ``direct``). Each chunk's body is compiled apart (inlined into
     the loop, it compiled 2x slower); no literal (np.int64(0), not 0): each makes a specialisation."""
     (N, _, _, L), z = y4.shape, np.int64(0)
     for t in prange(T):
         _forward_chunk(x, x4, w3, b, sc, col[t], y4, r4, t * N // T, (t + 1) * N // T, z, L, z, y4.shape[2], P, Q, geo,
-                       direct, relu, np.bool_(True))
+                       direct, relu, micro, np.bool_(True))
 
 
 @cpu_serial
@@ -123,7 +128,7 @@ def _window(xn, cf, P, Q, geo, pa, pb):
 
 
 @cpu_kernel
-def _forward_split(x, x4, w3, b, sc, col, y4, r4, T, P, Q, geo, direct, relu):
+def _forward_split(x, x4, w3, b, sc, col, y4, r4, T, P, Q, geo, direct, relu, micro):
     """_forward_batch for fewer samples than chunks (batch-1 inference, conv2d_plan): the samples
     one at a time, each one's output rows split T ways, chunk t building their columns in col[t]
     and multiplying them; a 1x1 (direct: no columns) splits its output channels (by columns,
@@ -135,12 +140,12 @@ def _forward_split(x, x4, w3, b, sc, col, y4, r4, T, P, Q, geo, direct, relu):
         for t in prange(T):
             if direct:  # 1x1: chunk t takes output channels; col is x4 itself (unused, N < T samples)
                 _forward_chunk(x, x4, w3, b, sc, col[0], y4, r4, n, n + 1, z, L, t * Kg // T, (t + 1) * Kg // T, P, Q,
-                               geo, direct, relu, np.bool_(False))
+                               geo, direct, relu, micro, np.bool_(False))
             else:
                 pa, pb = t * P // T, (t + 1) * P // T
                 _window(x[n], col[t].reshape(col[t].size), P, Q, geo, pa, pb)
                 _forward_chunk(x, x4, w3, b, sc, col[t], y4, r4, n, n + 1, pa * Q, pb * Q, z, Kg, P, Q, geo, direct,
-                               relu, np.bool_(False))
+                               relu, micro, np.bool_(False))
 
 
 @cpu_serial
@@ -199,7 +204,8 @@ def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, 
         sc = np.empty(0, y.dtype) if scale is None else scale
         r4 = np.empty((0, G, K // G, P * Q), y.dtype) if residual is None else _per_group(residual, G, P * Q)
         args = (x, x4, w.reshape(G, K // G, -1), b, sc, x4 if col is None else _per_group(col, G, P * Q),
-                _per_group(y, G, P * Q), r4, chunks, P, Q, geo, col is None, relu)
+                _per_group(y, G, P * Q), r4, chunks, P, Q, geo, col is None, relu,
+                micro_fits(y.dtype, K // G, P * Q, w[0].size))
         if chunks == 1:  # one chunk: its body called directly, no parallel region (1x1 16->16 at 4x4: -1.2 us)
             kernel, args = _forward_chunk, (*args[:5], args[5][0], *args[6:8], 0, N, 0, P * Q, 0, K // G, *args[9:],
                                             True)
@@ -233,12 +239,6 @@ def _im2col_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: np.ndarra
 # one process alternating: 672-703 against 699-722 us. Shifted taps split their tiles from it too.
 # (numbacnn._passes.one_thread may run a batch-1 model on one thread.)
 SPLIT_MIN_MACS = 1 << 19
-# Fewest tile rows (4 output rows each) per thread for which an inference Winograd 3x3 conv at batch
-# 1 splits its tile rows over the threads (conv2d_forward_winograd_rows, a kernel of its own). Batch
-# 1, 2 threads, one process alternating, medians (us, split against whole): 16->16 at 32x32 62 / 97,
-# at 16x16 33 / 40; 32->32 at 16x16 46 / 63, at 32x32 125 / 220; 64->64 at 16x16 84 / 134; 16->16 at
-# 64x64 163 / 309. At 8x8 (a tile row a thread) it lost: 128->128 127 / 121, 64->128 87 / 82, 48->96 67 / 63.
-WINOGRAD_SPLIT_MIN_ROWS = 2
 
 
 def conv2d_plan(name: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], geo: Geometry,

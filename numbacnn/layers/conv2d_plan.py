@@ -282,6 +282,14 @@ def pixel_major(x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple[int, 
             and K < PIXEL_MAJOR_MAX_K_PER_ROW * x_shape[0] * P * Q)
 
 
+# Fewest tile rows (4 output rows each) per thread for which an inference Winograd 3x3 conv at batch
+# 1 splits its tile rows over the threads (conv2d_forward_winograd_rows, a kernel of its own). Batch
+# 1, 2 threads, one process alternating, medians (us, split against whole): 16->16 at 32x32 62 / 97,
+# at 16x16 33 / 40; 32->32 at 16x16 46 / 63, at 32x32 125 / 220; 64->64 at 16x16 84 / 134; 16->16 at
+# 64x64 163 / 309. At 8x8 (a tile row a thread) it lost: 128->128 127 / 121, 64->128 87 / 82, 48->96 67 / 63.
+WINOGRAD_SPLIT_MIN_ROWS = 2
+
+
 def cpu_path(name: str, x_shape: tuple[int, ...], out: tuple[int, ...], geo: tuple[int, ...], dtype: Any,
              backward: bool = True, split: bool = False) -> str:
     """The CPU path for an (N, C, H, W) ``dtype`` input giving (N, K, P, Q) ``out``: the forced

@@ -25,6 +25,7 @@ import numpy as np
 
 from .._blas import gemm
 from .._jit import REASSOC, cpu_kernel, cpu_serial, prange
+from .._micro import micro_fits, micro_gemm
 from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im, col2im_phases, im2col, im2col_phases, merge_phases, phase_shape, split_phases
 from ._taps_cpu import VECTOR_BYTES
@@ -103,8 +104,9 @@ def _forward_chunks(x4, w3, b, col4, phase, y, H, W, geo):
 
 
 @cpu_kernel
-def _backward_chunks(x4, w3, gy, col4, phase, part4, gx4, H, W, geo, want_gx):
-    # part4 (T, G, J, Cg): chunk t's weight gradient, transposed; gx4 (N, G, Cg, L) when ``want_gx``.
+def _backward_chunks(x4, w3, gy, col4, phase, part4, gx4, H, W, geo, want_gx, micro):
+    # part4 (T, G, J, Cg): chunk t's weight gradient, transposed; gx4 (N, G, Cg, L) when ``want_gx``,
+    # its product through the register tile when ``micro`` (numbacnn._micro.micro_fits).
     N, G, Cg, L = x4.shape
     J = w3.shape[2]
     T = col4.shape[0]
@@ -115,7 +117,10 @@ def _backward_chunks(x4, w3, gy, col4, phase, part4, gx4, H, W, geo, want_gx):
             for g in range(G):
                 gemm(False, True, J, Cg, L, col4[t, g].reshape(J * L), L, x4[n, g].reshape(Cg * L), L,
                      0 if n == n0 else 1, part4[t, g].reshape(J * Cg), Cg)
-                if want_gx:
+                if want_gx and micro:
+                    micro_gemm(Cg, L, J, w3[g].reshape(Cg * J), J, col4[t, g].reshape(J * L), L,
+                               gx4[n, g].reshape(Cg * L), L)
+                elif want_gx:
                     gemm(False, False, Cg, L, J, w3[g].reshape(Cg * J), J, col4[t, g].reshape(J * L), L, 0,
                          gx4[n, g].reshape(Cg * L), L)
 
@@ -185,5 +190,6 @@ def conv_transpose2d_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, gw: 
     want_gx = gx is not None
     with single_thread_blas:
         _backward_chunks(_groups(x, G), w.reshape(G, C // G, -1), gy, _groups(col, G), phase, part,
-                         _groups(gx if want_gx else x, G), H, W, geo, want_gx)
+                         _groups(gx if want_gx else x, G), H, W, geo, want_gx,
+                         micro_fits(x.dtype, C // G, H * W, w[0].size))
         _reduce(part, gw.reshape(C, -1), gy.reshape(N, gy.shape[1], -1), gb)

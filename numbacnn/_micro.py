@@ -1,0 +1,133 @@
+"""A matrix product held in registers, for the products convolutions make at small channel counts.
+
+``micro_gemm`` computes row-major ``c[:m, :n] = a[:m, :k] @ b[:k, :n]`` (flat arrays, row strides
+``lda`` etc., as ``_blas.gemm`` takes them, beta 0) in tiles of 8 rows by 16 columns: 128 sums
+that stay in registers for the whole of k (8 vectors of 16 float32 on AVX-512), each step one
+row of b's tile loaded and 8 weights broadcast onto it. OpenBLAS packs both operands first and
+its kernel is tuned for long products; at the shapes of a small network's convolutions (16 to
+256 channels, 4x4 to 32x32 planes) that costs it a quarter to a half of its time. One thread,
+the product alone (GFLOP/s, OpenBLAS's SkylakeX kernel against this tile, AMD EPYC Zen 4, the
+best of 30; /work/probe/s28/tup.py): 32x128x256 83 -> 115, 128x32x256 88 -> 112, 128x160x64
+94 -> 115, 64x256x64 90 -> 114, 32x288x256 86 -> 116, 64x16x1024 46 -> 84; lost: 16x16x1024 80
+-> 70.
+
+Why tuples: the tile's sums are written as tuples of 16 scalars, each step ``r = _fma16(r, w,
+v)``. LLVM's SLP vectoriser joins each tuple's 16 lanes into one vector register; Numba leaves
+that pass off, so a kernel whose code links this module is optimised with it on
+(``_parfor_link``: ``SLP`` marks this module's functions). Without it the same code runs scalar
+(about 7 GFLOP/s), so callers take this product only where ``ready()`` says the pass is on.
+
+Rows past the last whole tile go one at a time (a tile of 1 x 16), columns past the last whole
+16 scalar; each sum runs over k in order, multiply-adds contracted (``CONTRACT``: the fused
+multiply-add BLAS uses too) and nothing else of fastmath: NaN and Inf propagate as in BLAS.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import CONTRACT, cpu_inline, cpu_serial
+
+__all__ = ["micro_gemm", "micro_fits", "ready", "ROWS", "COLUMNS"]
+
+ROWS, COLUMNS = 8, 16  # the tile: 8 rows of 16 columns (16 accumulators of 8 lanes where vectors are 256-bit)
+
+_U = np.uint64
+
+
+@cpu_inline
+def _load16(f, i):
+    return (f[i], f[i + _U(1)], f[i + _U(2)], f[i + _U(3)], f[i + _U(4)], f[i + _U(5)], f[i + _U(6)], f[i + _U(7)],
+            f[i + _U(8)], f[i + _U(9)], f[i + _U(10)], f[i + _U(11)], f[i + _U(12)], f[i + _U(13)], f[i + _U(14)],
+            f[i + _U(15)])
+
+
+@cpu_inline
+def _fma16(r, w, v):
+    return (r[0] + w * v[0], r[1] + w * v[1], r[2] + w * v[2], r[3] + w * v[3], r[4] + w * v[4], r[5] + w * v[5],
+            r[6] + w * v[6], r[7] + w * v[7], r[8] + w * v[8], r[9] + w * v[9], r[10] + w * v[10],
+            r[11] + w * v[11], r[12] + w * v[12], r[13] + w * v[13], r[14] + w * v[14], r[15] + w * v[15])
+
+
+@cpu_inline
+def _store16(f, i, r):
+    f[i], f[i + _U(1)], f[i + _U(2)], f[i + _U(3)], f[i + _U(4)], f[i + _U(5)], f[i + _U(6)], f[i + _U(7)] = \
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+    f[i + _U(8)], f[i + _U(9)], f[i + _U(10)], f[i + _U(11)], f[i + _U(12)], f[i + _U(13)], f[i + _U(14)], \
+        f[i + _U(15)] = r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]
+
+
+@cpu_serial(fastmath=CONTRACT)
+def micro_gemm(m, n, k, a, lda, b, ldb, c, ldc):
+    """Row-major ``c[:m, :n] = a[:m, :k] @ b[:k, :n]`` on flat arrays that start at the matrices'
+    first elements (lda, ldb, ldc: row strides, at least k, n, n); what c held is ignored (NaN
+    included), as gemm's beta 0."""
+    e = c.dtype.type(0)
+    zero = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
+    n16, m8 = n - n % 16, m - m % 8
+    sa, sc = _U(lda), _U(ldc)
+    for l0 in range(0, n16, 16):
+        for i0 in range(0, m8, 8):
+            r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = zero
+            for j in range(k):
+                v = _load16(b, _U(j * ldb + l0))
+                p = _U(i0 * lda + j)
+                r0, r1 = _fma16(r0, a[p], v), _fma16(r1, a[p + sa], v)
+                r2, r3 = _fma16(r2, a[p + _U(2) * sa], v), _fma16(r3, a[p + _U(3) * sa], v)
+                r4, r5 = _fma16(r4, a[p + _U(4) * sa], v), _fma16(r5, a[p + _U(5) * sa], v)
+                r6, r7 = _fma16(r6, a[p + _U(6) * sa], v), _fma16(r7, a[p + _U(7) * sa], v)
+            o = _U(i0 * ldc + l0)
+            _store16(c, o, r0)
+            _store16(c, o + sc, r1)
+            _store16(c, o + _U(2) * sc, r2)
+            _store16(c, o + _U(3) * sc, r3)
+            _store16(c, o + _U(4) * sc, r4)
+            _store16(c, o + _U(5) * sc, r5)
+            _store16(c, o + _U(6) * sc, r6)
+            _store16(c, o + _U(7) * sc, r7)
+        for i in range(m8, m):  # rows past the last whole tile: 1 x 16
+            r0 = zero
+            for j in range(k):
+                r0 = _fma16(r0, a[_U(i * lda + j)], _load16(b, _U(j * ldb + l0)))
+            _store16(c, _U(i * ldc + l0), r0)
+    for i in range(m):  # columns past the last whole 16
+        for q in range(n16, n):
+            s = e
+            for j in range(k):
+                s += a[_U(i * lda + j)] * b[_U(j * ldb + q)]
+            c[_U(i * ldc + q)] = s
+
+
+def ready() -> bool:
+    """Whether kernels that link ``micro_gemm`` are optimised with the SLP vectoriser (its tile
+    is in registers only then): numbacnn's linking of parallel kernels is on (``_parfor_link``)."""
+    from . import _parfor_link
+
+    return _parfor_link.active()
+
+
+def _measured() -> bool:
+    # Measured on AVX-512 only: its 32 vector registers hold the tile's 8 (or, at 256 bits, 16)
+    # accumulators with room; AVX2's 16 would hold 16 accumulators and nothing else.
+    from .layers._taps_cpu import VECTOR_BYTES
+
+    return VECTOR_BYTES == 64 and ready()
+
+
+#: Whether float32 products may take the tile on this machine (``micro_fits``).
+MICRO = _measured()
+# Where the tile beat OpenBLAS in a model (a 1x1 conv + relu at inference, 2 threads, alternating,
+# ms, tile / OpenBLAS, /work/probe/s28/nodeab.py): batch 256, 256->64 at 8x8 3.55 / 4.58, 128->64
+# at 16x16 8.0 / 9.8, 128->32 at 16x16 4.1-4.6 / 4.8-6.2, 64->256 at 8x8 5.0 / 5.6; batch 32,
+# 160->124 at 8x8 0.54 / 0.82, 112->72 0.21 / 0.23. Lost: planes of 32x32 (1024 columns: b's
+# rows 4 KiB apart share L1's sets), 64->16 12.1 / 9.6 at batch 256, 0.68 / 0.53 at 32; short
+# products, 32->16 at 16x16 1.6 / 1.1 (a tile's 128 sums written for 32 steps each).
+MIN_ROWS, MAX_COLUMNS, MIN_INNER = ROWS, 256, 64
+
+
+def micro_fits(dtype: object, rows: int, columns: int, inner: int) -> bool:
+    """Whether a convolution's float32 product, ``rows`` output channels by ``columns`` output
+    pixels over ``inner`` input values each (C*R*S/groups), takes ``micro_gemm`` rather than
+    OpenBLAS: at least a tile's rows (MIN_ROWS), at most MAX_COLUMNS pixels, at least MIN_INNER inputs."""
+    return (MICRO and np.dtype(dtype) == np.float32 and rows >= MIN_ROWS and columns <= MAX_COLUMNS
+            and inner >= MIN_INNER)
