@@ -17,6 +17,14 @@ that pass off, so a kernel whose code links this module is optimised with it on
 (``_parfor_link``: ``SLP`` marks this module's functions). Without it the same code runs scalar
 (about 7 GFLOP/s), so callers take this product only where ``ready()`` says the pass is on.
 
+The tuple helpers are ``cpu_call`` functions, typed once (inlined at Numba's IR level into each
+call site, the tile's tuples took micro_gemm 2.0 s to compile instead of 0.6); ``_fma16`` carries
+its own ``CONTRACT`` (a helper compiles under its own flags, and without it the tile ran a multiply
+and an add for each multiply-add). A kernel that links the tile compiles longer: from an empty
+cache, conv2d's im2col batch forward 2.9-3.1 -> 4.5-5.0 s, conv_transpose2d's backward 3.2-3.4 ->
+3.9-4.4 s (/work/probe/s28/kcomp.py, alternating trees); a cold ``numbacnn train`` compiles none of
+them (12.4 / 13.0 / 14.0 s before, 11.6 / 12.8 / 12.6 s after, alternating).
+
 Rows past the last whole tile go one at a time (a tile of 1 x 16), columns past the last whole
 16 scalar; each sum runs over k in order, multiply-adds contracted (``CONTRACT``: the fused
 multiply-add BLAS uses too) and nothing else of fastmath: NaN and Inf propagate as in BLAS.
@@ -26,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import CONTRACT, cpu_inline, cpu_serial
+from ._jit import CONTRACT, cpu_call, cpu_serial
 
 __all__ = ["micro_gemm", "micro_fits", "ready", "ROWS", "COLUMNS"]
 
@@ -35,21 +43,21 @@ ROWS, COLUMNS = 8, 16  # the tile: 8 rows of 16 columns (16 accumulators of 8 la
 _U = np.uint64
 
 
-@cpu_inline
+@cpu_call
 def _load16(f, i):
     return (f[i], f[i + _U(1)], f[i + _U(2)], f[i + _U(3)], f[i + _U(4)], f[i + _U(5)], f[i + _U(6)], f[i + _U(7)],
             f[i + _U(8)], f[i + _U(9)], f[i + _U(10)], f[i + _U(11)], f[i + _U(12)], f[i + _U(13)], f[i + _U(14)],
             f[i + _U(15)])
 
 
-@cpu_inline
+@cpu_call(fastmath=CONTRACT)  # its own flags, not its caller's: the multiply-adds fused here
 def _fma16(r, w, v):
     return (r[0] + w * v[0], r[1] + w * v[1], r[2] + w * v[2], r[3] + w * v[3], r[4] + w * v[4], r[5] + w * v[5],
             r[6] + w * v[6], r[7] + w * v[7], r[8] + w * v[8], r[9] + w * v[9], r[10] + w * v[10],
             r[11] + w * v[11], r[12] + w * v[12], r[13] + w * v[13], r[14] + w * v[14], r[15] + w * v[15])
 
 
-@cpu_inline
+@cpu_call
 def _store16(f, i, r):
     f[i], f[i + _U(1)], f[i + _U(2)], f[i + _U(3)], f[i + _U(4)], f[i + _U(5)], f[i + _U(6)], f[i + _U(7)] = \
         r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
