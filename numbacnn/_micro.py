@@ -14,7 +14,7 @@ best of 30; /work/probe/s28/tup.py): 32x128x256 83 -> 115, 128x32x256 88 -> 112,
 Why tuples: the tile's sums are written as tuples of 16 scalars, each step ``r = _fma16(r, w,
 v)``. LLVM's SLP vectoriser joins each tuple's 16 lanes into one vector register; Numba leaves
 that pass off, so a kernel whose code links this module is optimised with it on
-(``_parfor_link``: ``SLP`` marks this module's functions). Without it the same code runs scalar
+(``_parfor_link.SLP_MODULES`` names this module). Without it the same code runs scalar
 (about 7 GFLOP/s), so callers take this product only where ``ready()`` says the pass is on.
 
 The tuple helpers are ``cpu_call`` functions, typed once (inlined at Numba's IR level into each
@@ -108,34 +108,45 @@ def micro_gemm(m, n, k, a, lda, b, ldb, c, ldc):
 
 def ready() -> bool:
     """Whether kernels that link ``micro_gemm`` are optimised with the SLP vectoriser (its tile
-    is in registers only then): numbacnn's linking of parallel kernels is on (``_parfor_link``)."""
+    is in registers only then): numbacnn's linking of parallel kernels is on (``_parfor_link``),
+    and this Numba builds its pass managers per call, reading the SLP flag then (0.68 does; older
+    releases built them once). A disk cache compiled with ``NUMBACNN_LINK_ONCE=0`` and read
+    without it would run the tile without SLP: correct, at scalar speed."""
+    from numba.core import codegen
+
     from . import _parfor_link
 
-    return _parfor_link.active()
+    return _parfor_link.active() and hasattr(getattr(codegen, "CPUCodegen", None), "_pass_builder")
 
 
 def _measured() -> bool:
-    # Measured on AVX-512 only: its 32 vector registers hold the tile's 8 (or, at 256 bits, 16)
-    # accumulators with room; AVX2's 16 would hold 16 accumulators and nothing else.
-    from .layers._taps_cpu import VECTOR_BYTES
+    # Measured on one machine only, an AVX-512 Zen 4 ("znver4"; its 32 vector registers hold the
+    # tile's accumulators with room, where AVX2's 16 would hold nothing else): on others, OpenBLAS
+    # (an AVX-512 Xeon measured other conv paths the other way: conv2d_plan.BATCH1_WINOGRAD).
+    from .layers._taps_cpu import HOST_CPU, VECTOR_BYTES
 
-    return VECTOR_BYTES == 64 and ready()
+    return VECTOR_BYTES == 64 and HOST_CPU == "znver4" and ready()
 
 
 #: Whether float32 products may take the tile on this machine (``micro_fits``).
 MICRO = _measured()
-# Where the tile beat OpenBLAS in a model (a 1x1 conv + relu at inference, 2 threads, alternating,
-# ms, tile / OpenBLAS, /work/probe/s28/nodeab.py): batch 256, 256->64 at 8x8 3.55 / 4.58, 128->64
-# at 16x16 8.0 / 9.8, 128->32 at 16x16 4.1-4.6 / 4.8-6.2, 64->256 at 8x8 5.0 / 5.6; batch 32,
-# 160->124 at 8x8 0.54 / 0.82, 112->72 0.21 / 0.23. Lost: planes of 32x32 (1024 columns: b's
-# rows 4 KiB apart share L1's sets), 64->16 12.1 / 9.6 at batch 256, 0.68 / 0.53 at 32; short
-# products, 32->16 at 16x16 1.6 / 1.1 (a tile's 128 sums written for 32 steps each).
+# Where the tile beat OpenBLAS's products in a model (conv2d's own, in column blocks OpenBLAS
+# makes unpacked: a 1x1 conv + relu at inference, 2 threads, alternating, ms, tile / OpenBLAS,
+# /work/probe/s28/nodeab.py): batch 256, 256->64 at 8x8 3.55 / 4.58, 128->64 at 16x16 8.0 / 9.8,
+# 128->32 at 16x16 4.1-4.6 / 4.8-6.2, 64->256 at 8x8 5.0 / 5.6; batch 32, 256->64 at 8x8 0.38 /
+# 0.50, 64->256 at 8x8 0.41-0.43 / 0.48-0.53, 160->124 at 8x8 0.54 / 0.82, 112->72 0.21 / 0.23.
+# Lost: planes of 32x32 (1024 columns; OpenBLAS's column blocks ran there at 160 GFLOP/s), 64->16
+# 12.1 / 9.6 at batch 256, 0.68 / 0.42-0.53 at 32, 64->32 1.17-1.36 / 1.04-1.14 at 32; short
+# products, 32->16 at 16x16 1.6 / 1.1 at 256 (a tile's 128 sums stored after 32 steps each).
+# Columns a whole number of tiles wide only: past the last, each sum is a chain of dependent
+# scalar multiply-adds (a 7x7 plane's one column more would cost about as much as its 48).
 MIN_ROWS, MAX_COLUMNS, MIN_INNER = ROWS, 256, 64
 
 
 def micro_fits(dtype: object, rows: int, columns: int, inner: int) -> bool:
     """Whether a convolution's float32 product, ``rows`` output channels by ``columns`` output
     pixels over ``inner`` input values each (C*R*S/groups), takes ``micro_gemm`` rather than
-    OpenBLAS: at least a tile's rows (MIN_ROWS), at most MAX_COLUMNS pixels, at least MIN_INNER inputs."""
+    OpenBLAS: at least MIN_ROWS rows, at most MAX_COLUMNS columns and a multiple of a tile's
+    width, at least MIN_INNER inputs."""
     return (MICRO and np.dtype(dtype) == np.float32 and rows >= MIN_ROWS and columns <= MAX_COLUMNS
-            and inner >= MIN_INNER)
+            and columns % COLUMNS == 0 and inner >= MIN_INNER)

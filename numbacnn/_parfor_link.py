@@ -44,8 +44,11 @@ the way back: made without the module O3, a body's code defined the chunks it li
 unoptimized, and kernels compiled in that process bound their calls there (the suite 1.3x
 slower).
 
-Functions that are not numbacnn kernels, and are not compiled inside one, compile exactly as
-Numba compiles them, and ``NUMBACNN_LINK_ONCE=0`` turns this off for all. A Numba whose code
+A library that links a function of ``SLP_MODULES`` (numbacnn._micro's register tile) is optimised
+with LLVM's SLP vectoriser on, which Numba leaves off: the tile's sums are tuples of scalars, one
+vector register each only once SLP joins them. Functions that are not numbacnn kernels, and are
+not compiled inside one, compile exactly as Numba compiles them, and ``NUMBACNN_LINK_ONCE=0``
+turns this off for all (and with it the tile: ``numbacnn._micro.ready``). A Numba whose code
 libraries lack the internals used here is left alone (``active()`` says whether it is on).
 """
 
@@ -160,6 +163,7 @@ def _optimize(lib: Any, optimize: Any) -> None:
     if not _wants_slp(lib):
         optimize(lib)
         return
+    codegen.require_global_compiler_lock()  # the flag is process-wide: only one compile at a time
     before = config.SLP_VECTORIZE
     config.SLP_VECTORIZE = 1
     try:

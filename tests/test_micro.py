@@ -30,23 +30,24 @@ def _call(m, n, k, a, lda, b, ldb, c, ldc):
 def _check(fn, dtype, m, n, k, rng, special=False) -> None:
     pa, pb, pc = (int(v) for v in rng.integers(0, 4, 3))  # row padding: strides above the used widths
     oa, ob, oc = (int(v) for v in rng.integers(0, 5, 3))  # the blocks start this far into their arrays
-    A = rng.standard_normal(oa + m * (k + pa) + 3).astype(dtype)
-    B = rng.standard_normal(ob + k * (n + pb) + 3).astype(dtype)
-    C = rng.standard_normal(oc + m * (n + pc) + 3).astype(dtype)
     lda, ldb, ldc = k + pa, n + pb, n + pc
+    # exact lengths, the last row as long as the block uses (CI runs this under NUMBA_BOUNDSCHECK=1)
+    A = rng.standard_normal(oa + max(m - 1, 0) * lda + k).astype(dtype)
+    B = rng.standard_normal(ob + max(k - 1, 0) * ldb + n).astype(dtype)
+    C = rng.standard_normal(oc + max(m - 1, 0) * ldc + n).astype(dtype)
     if special and m and n and k:  # NaN, inf and -inf; 0 * inf makes NaN, as in NumPy
         A[oa + int(rng.integers(m)) * lda + int(rng.integers(k))] = np.nan
         B[ob + int(rng.integers(k)) * ldb + int(rng.integers(n))] = np.inf
         A[oa + int(rng.integers(m)) * lda + int(rng.integers(k))] = -np.inf
-    opa = A[oa:oa + m * lda].reshape(m, lda)[:, :k] if m else np.zeros((0, k))
-    opb = B[ob:ob + k * ldb].reshape(k, ldb)[:, :n] if k else np.zeros((0, n))
+    opa = np.array([A[oa + i * lda:oa + i * lda + k] for i in range(m)]).reshape(m, k)
+    opb = np.array([B[ob + j * ldb:ob + j * ldb + n] for j in range(k)]).reshape(k, n)
     with np.errstate(invalid="ignore", over="ignore"):
         want = opa.astype(np.float64) @ opb.astype(np.float64)
-    view = C[oc:oc + m * ldc].reshape(m, ldc) if m else np.zeros((0, ldc), dtype)
-    view[:, :n] = np.nan  # what c held is ignored
+    for i in range(m):
+        C[oc + i * ldc:oc + i * ldc + n] = np.nan  # what c held is ignored
     keep = C.copy()
     fn(m, n, k, A[oa:], lda, B[ob:], ldb, C[oc:], ldc)
-    got = C[oc:oc + m * ldc].reshape(m, ldc)[:, :n] if m else np.zeros((0, n))
+    got = np.array([C[oc + i * ldc:oc + i * ldc + n] for i in range(m)]).reshape(m, n)
     tol = 1e-5 * max(1, np.sqrt(k)) if dtype == np.float32 else 1e-12 * max(1, k)
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
     mask = np.ones(C.size, bool)  # outside the block: untouched
@@ -77,14 +78,31 @@ def test_the_tile_is_vector_code():
     # Without the SLP pass (Numba leaves it off) the tile's tuples run as scalars, 15x slower:
     # its machine code has a vector multiply-add for each of the tile's 8 rows. A fresh process
     # with caching off (Numba shows no code it loaded from its cache).
-    code = ("import numpy as np; from numbacnn._micro import micro_gemm; a, c = np.ones(64, np.float32), "
-            "np.ones(128, np.float32); micro_gemm(8, 16, 4, a, 4, a, 16, c, 16); "
-            "asm = micro_gemm.inspect_asm(micro_gemm.signatures[0]); "
-            "print(sum('vfmadd' in l and ('ymm' in l or 'zmm' in l) for l in asm.splitlines()))")
-    env = {**os.environ, "NUMBACNN_CACHE": "0"}
+    # Both the tile compiled alone and a parallel kernel that links it (where _parfor_link finds
+    # the tile's functions among the kernel's linked ones).
+    code = """
+import numpy as np
+from numbacnn._jit import cpu_kernel, prange
+from numbacnn._micro import micro_gemm
+
+@cpu_kernel
+def par(a, b, c, T):
+    for t in prange(T):
+        micro_gemm(8, 16, 4, a, 4, b, 16, c[t], 16)
+
+a, c = np.ones(64, np.float32), np.ones((2, 128), np.float32)
+micro_gemm(8, 16, 4, a, 4, a, 16, c[0], 16)
+par(a, a, c, 2)
+for f in (micro_gemm, par):
+    asm = f.inspect_asm(f.signatures[0])
+    print(sum("vfmadd" in l and ("ymm" in l or "zmm" in l) for l in asm.splitlines()))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_BOUNDSCHECK"}  # the code that runs
+    env["NUMBACNN_CACHE"] = "0"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.split()[-1]) >= _micro.ROWS
+    alone, linked = (int(v) for v in out.stdout.split()[-2:])
+    assert alone >= _micro.ROWS and linked >= _micro.ROWS
 
 
 def test_fits_where_measured(monkeypatch):
@@ -94,15 +112,26 @@ def test_fits_where_measured(monkeypatch):
     assert not _micro.micro_fits(np.float32, 4, 64, 256)  # under a tile's rows
     assert not _micro.micro_fits(np.float32, 64, 1024, 256)  # 32x32 planes: lost
     assert not _micro.micro_fits(np.float32, 16, 256, 32)  # short products: lost
+    assert not _micro.micro_fits(np.float32, 64, 49, 256)  # 7x7: a column past the tiles, scalar
     monkeypatch.setattr(_micro, "MICRO", False)
     assert not _micro.micro_fits(np.float32, 64, 64, 256)
 
 
 @pytest.fixture
 def tile_everywhere(monkeypatch):
-    """Every float32 product the kernels make through the tile (bounds: tests of random shapes)."""
-    for name, value in (("MICRO", True), ("MIN_ROWS", 1), ("MAX_COLUMNS", 1 << 30), ("MIN_INNER", 1)):
-        monkeypatch.setattr(_micro, name, value)
+    """Every float32 product the kernels make through the tile, whatever its shape; yields the
+    decisions made, so that a test can check the tile was taken."""
+    from numbacnn.layers import _joined_cpu, _siblings_cpu, conv2d_cpu, conv_transpose2d_cpu
+
+    taken: list[bool] = []
+
+    def always(dtype, rows, columns, inner):
+        taken.append(np.dtype(dtype) == np.float32)
+        return taken[-1]
+
+    for module in (conv2d_cpu, _siblings_cpu, _joined_cpu, conv_transpose2d_cpu):
+        monkeypatch.setattr(module, "micro_fits", always)
+    return taken
 
 
 def _conv_ref(x, w, b, stride, pad):
@@ -117,7 +146,7 @@ def _conv_ref(x, w, b, stride, pad):
 
 
 @pytest.mark.parametrize("case", [(3, 72, 20, 7, 1, 1, 0), (2, 9, 12, 11, 3, 2, 1), (5, 16, 33, 5, 3, 1, 1),
-                                  (1, 40, 24, 9, 1, 1, 0)])
+                                  (2, 40, 24, 8, 1, 1, 0), (4, 64, 16, 4, 3, 1, 1)])
 def test_conv2d_im2col_forward_through_the_tile(case, tile_everywhere):
     from numbacnn.layers import conv2d_cpu
 
@@ -138,6 +167,7 @@ def test_conv2d_im2col_forward_through_the_tile(case, tile_everywhere):
     with np.errstate(invalid="ignore"):
         np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
     assert np.isnan(y[0]).any() and not np.isnan(y[1:]).any()
+    assert any(tile_everywhere)
 
 
 def test_joined_and_siblings_through_the_tile(tile_everywhere, monkeypatch):
@@ -149,6 +179,7 @@ def test_joined_and_siblings_through_the_tile(tile_everywhere, monkeypatch):
         test_joined.test_joined_match_the_unjoined_model_and_the_reference("float32", stride, bn, bias, relu,
                                                                            monkeypatch)
     test_siblings.test_siblings_match_the_unfused_model_and_the_reference("float32", monkeypatch)
+    assert any(tile_everywhere)
 
 
 def test_conv_transpose2d_input_gradient_through_the_tile(tile_everywhere):
@@ -172,3 +203,31 @@ def test_conv_transpose2d_input_gradient_through_the_tile(tile_everywhere):
         np.testing.assert_allclose(gx, want, rtol=1e-4, atol=1e-4)
     assert np.isinf(gx[1]).any() or np.isnan(gx[1]).any()
     assert np.isfinite(gx[0]).all() and np.isfinite(gx[2]).all()
+    assert any(tile_everywhere)
+
+
+def test_the_joined_kernel_keeps_its_tile_flags_bools():
+    # The joined kernel's per-member flags were overwritten by its scale values (a1, m1 = ...):
+    # Numba typed them float, and every sample after a chunk's first took the tile, float64 and
+    # hosts without it included. Its product must be compiled for a bool flag only: a fresh
+    # process, caching off (a kernel loaded from the cache compiles none of its functions).
+    code = """
+import numpy as np, numbacnn as nc
+from numba import types
+from numbacnn.layers import _joined_cpu
+for dtype in ("float32", "float64"):
+    g = nc.Graph()
+    x1, x2 = g.input((20, 4, 4), name="x1"), g.input((24, 8, 8), name="x2")
+    a = g.batch_norm2d(g.conv2d(x1, out_channels=16, kernel_size=1, bias=False, name="a"), name="bna")
+    b = g.conv2d(x2, out_channels=16, kernel_size=1, stride=2, name="b")
+    g.output(g.relu(g.add(a, b)))
+    m = nc.Model(g, seed=0, dtype=dtype)
+    rng = np.random.default_rng(0)
+    m.forward(rng.normal(size=(8, 20, 4, 4)).astype(dtype), rng.normal(size=(8, 24, 8, 8)).astype(dtype))
+print([str(sig[-1]) for sig in _joined_cpu._product.signatures])
+"""
+    env = {**os.environ, "NUMBACNN_CACHE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kinds = out.stdout.split("[")[-1]
+    assert "bool" in kinds and "float" not in kinds, out.stdout

@@ -45,17 +45,17 @@ def _product(x, n, w, col, direct, geo, P, Q, out, micro):
 
 
 @cpu_serial
-def _chunk(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d2, P, Q, relu, n0, n1, m1, m2):
+def _chunk(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d2, P, Q, relu, n0, n1, t1, t2):
     """Samples n0..n1: both products, then y[n] = relu?((scr * s2 + b2) + (y[n] * s1 + b1)),
-    an empty bias the exact identity (-0.0) and an empty scale 1, relu's rule (NaN kept); m1, m2:
+    an empty bias the exact identity (-0.0) and an empty scale 1, relu's rule (NaN kept); t1, t2:
     each product through the register tile (micro_fits)."""
     K = y.shape[1]
     L = P * Q
     zero, one = y.dtype.type(0), y.dtype.type(1)
     for n in range(n0, n1):
         yf = y[n].reshape(K * L)
-        _product(x1, n, w1, col1, d1, geo1, P, Q, yf, m1)
-        _product(x2, n, w2, col2, d2, geo2, P, Q, scr, m2)
+        _product(x1, n, w1, col1, d1, geo1, P, Q, yf, t1)
+        _product(x2, n, w2, col2, d2, geo2, P, Q, scr, t2)
         for k in range(K):
             a1, m1 = b1[k] if b1.size else -zero, s1[k] if s1.size else one
             a2, m2 = b2[k] if b2.size else -zero, s2[k] if s2.size else one
@@ -72,13 +72,13 @@ def _chunk(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d
 
 
 @cpu_kernel
-def _joined(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d2, P, Q, relu, T, m1, m2):
+def _joined(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d2, P, Q, relu, T, t1, t2):
     """The batch in T chunks of whole samples (T at most the batch), each with its row of the
     scratch arrays."""
     N = y.shape[0]
     for t in prange(T):
         _chunk(x1, x2, w1, w2, b1, b2, s1, s2, y, col1[t], col2[t], scr[t], geo1, geo2, d1, d2, P, Q, relu,
-               t * N // T, (t + 1) * N // T, m1, m2)
+               t * N // T, (t + 1) * N // T, t1, t2)
 
 
 def joined_forward(x1, x2, w1, w2, b1, b2, s1, s2, y, col1, col2, scr, geo1, geo2, d1, d2, relu, T):

@@ -40,12 +40,12 @@ def _stack(ws, bs, wcat, bcat):
 @cpu_serial
 def _chunk(x3, wcat, bcat, ys, relus, scr, n0, n1, micro):
     """Samples n0..n1 for every member: wcat @ x3[n] into scr, a block of columns at a time (as
-    small_cols cuts them), then each member's rows out to its y (flat, (N, K_i, L)) plus its
-    bias, relu'd where relus says."""
+    small_cols cuts them; all at once through numbacnn._micro's tile when ``micro``), then each
+    member's rows out to its y (flat, (N, K_i, L)) plus its bias, relu'd where relus says."""
     Kt, C = wcat.shape
     L = x3.shape[2]
     zero = scr.dtype.type(0)
-    cb = L if micro else small_cols(Kt, L, C)  # the register tile (micro_fits) takes every column at once
+    cb = max(L, 1) if micro else small_cols(Kt, L, C)  # the register tile (micro_fits): every column at once
     wf = wcat.reshape(wcat.size)
     for n in range(n0, n1):
         xf = x3[n].reshape(C * L)

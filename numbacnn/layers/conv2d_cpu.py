@@ -1,9 +1,9 @@
 """conv2d CPU: per-sample im2col and BLAS products inside parallel Numba kernels.
 
 Each sample's column matrix ``col[n]``, rows (c, r, s) and columns (p, q), is built by the thread
-that owns sample n and multiplied right there with ``gemm`` (numbacnn._blas): y[n] = w @ col[n] lands
-in NCHW order, the column matrix still hot in cache. A 1x1, stride-1, unpadded convolution skips
-im2col: x[n] already is its column matrix.
+that owns sample n and multiplied right there with ``gemm`` (numbacnn._blas; numbacnn._micro's tile
+where ``micro_fits``): y[n] = w @ col[n] lands in NCHW order, the column matrix still hot in cache.
+A 1x1, stride-1, unpadded convolution skips im2col: x[n] already is its column matrix.
 
 The weight gradient sums gy[n] @ col[n]^T over the batch: each of T chunks of samples adds into its
 own partial, and ``reduce_partials`` sums the partials afterwards, so no two threads ever write the
@@ -205,7 +205,7 @@ def _im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, 
         r4 = np.empty((0, G, K // G, P * Q), y.dtype) if residual is None else _per_group(residual, G, P * Q)
         args = (x, x4, w.reshape(G, K // G, -1), b, sc, x4 if col is None else _per_group(col, G, P * Q),
                 _per_group(y, G, P * Q), r4, chunks, P, Q, geo, col is None, relu,
-                micro_fits(y.dtype, K // G, P * Q, w[0].size))
+                N >= chunks and micro_fits(y.dtype, K // G, P * Q, w[0].size))  # the tile: whole samples
         if chunks == 1:  # one chunk: its body called directly, no parallel region (1x1 16->16 at 4x4: -1.2 us)
             kernel, args = _forward_chunk, (*args[:5], args[5][0], *args[6:8], 0, N, 0, P * Q, 0, K // G, *args[9:],
                                             True)
