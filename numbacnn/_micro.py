@@ -5,11 +5,13 @@
 that stay in registers for the whole of k (8 vectors of 16 float32 on AVX-512), each step one
 row of b's tile loaded and 8 weights broadcast onto it. OpenBLAS packs both operands first and
 its kernel is tuned for long products; at the shapes of a small network's convolutions (16 to
-256 channels, 4x4 to 32x32 planes) that costs it a quarter to a half of its time. One thread,
-the product alone (GFLOP/s, OpenBLAS's SkylakeX kernel against this tile, AMD EPYC Zen 4, the
-best of 30; /work/probe/s28/tup.py): 32x128x256 83 -> 115, 128x32x256 88 -> 112, 128x160x64
-94 -> 115, 64x256x64 90 -> 114, 32x288x256 86 -> 116, 64x16x1024 46 -> 84; lost: 16x16x1024 80
--> 70.
+256 channels, 4x4 to 16x16 planes) that costs it a sixth to a quarter of its time. One thread,
+the product alone, m x k x n (GFLOP/s, OpenBLAS's SkylakeX kernel through np.matmul against this
+tile, AMD EPYC Zen 4, the best of 30; /work/probe/s28/mcheck.py): 64x512x256 (conv_transpose2d's
+input gradient) 99 -> 117, 32x128x256 83 -> 110, 256x64x64 92 -> 111; the first version (tup.py,
+whole tiles only) also 128x32x256 88 -> 112, 64x576x64 93 -> 117. On 32x32 planes (n = 1024)
+it beat np.matmul (64x16x1024 46 -> 84) but lost to the column blocks conv2d hands OpenBLAS,
+which ``micro_fits`` leaves them.
 
 Why tuples: the tile's sums are written as tuples of 16 scalars, each step ``r = _fma16(r, w,
 v)``. LLVM's SLP vectoriser joins each tuple's 16 lanes into one vector register; Numba leaves
