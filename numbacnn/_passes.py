@@ -69,9 +69,14 @@ def one_thread(graph: Graph, shapes: dict[str, Shape], grad: bool) -> bool:
 # 64: 58.3 (left whole). Then (2026-12-06, eight rounds in one process, /work/probe/s13/mb2.py)
 # resnet_bottleneck 32: 159.3 against 64: 166.0, googlenet_mini 128: 62.2 against 64: 64.4: the
 # sum of a sample's activations parts them so (a budget on the largest one gave resnet_bottleneck
-# parts of 64, and googlenet_mini 64 where resnet_bottleneck got 32).
-MICRO_BATCH_BYTES = 192 << 20
-MICRO_BATCH_MIN = 32
+# parts of 64, and googlenet_mini 64 where resnet_bottleneck got 32). Smaller parts again
+# (2026-12-07, nine blocks alternating in one process, each after the cores check,
+# /work/probe/s29/parts2.py, medians): resnet_bottleneck at 256 in parts of 21: 172.3, 16: 156.6,
+# 14: 157.0 (an earlier run: 32: 199.7, 21: 183.8, 16: 161.6, 12: 161.6); at 32, two parts of 16
+# against the batch whole: 19.9 against 24.1; googlenet_mini 85: 56.4 against 128: 57.5;
+# resnet_basic 51: 116.7 against 85: 125.1. A 128 MB budget gives 14, 85 and 51.
+MICRO_BATCH_BYTES = 128 << 20
+MICRO_BATCH_MIN = 8
 MICRO_BATCH_MIN_TRAFFIC = 32
 
 

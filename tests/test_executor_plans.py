@@ -360,15 +360,19 @@ def test_inference_replay_of_pools_joins_views_and_linear_layers_follows_its_inp
 
 def test_inference_parts_are_sized_by_a_samples_activations_together():
     # resnet_bottleneck's largest activation (256 KB a sample) is twice googlenet_mini's, its
-    # activations together (8.9 MB) 5.6 times: parts by the sum, 32 and 128 samples at batch 256
-    # (by the largest activation they were 64 and 128; 32 ran 159 against 166 ms, 2026-12-06).
+    # activations together (9.1 MB) 5.6 times: parts by the sum, of 14 (18 parts) and 85 samples
+    # at batch 256 (by the largest activation they were 64 and 128; at 2026-12-07 resnet_bottleneck
+    # ran 157 ms in parts of 14 against 200 in parts of 32, /work/probe/s29/parts2.py).
     from numbacnn._passes import micro_batches
 
-    def parts(name):
+    def parts(name, batch=256):
         model = nc.zoo.build(name, seed=0)
         shapes = {n: s for n, s in model.shapes.items()}
-        return micro_batches(model.graph, 256, shapes, 4)
+        return micro_batches(model.graph, batch, shapes, 4)
 
-    assert parts("resnet_bottleneck") == [(32 * i, 32 * i + 32) for i in range(8)]
-    assert parts("googlenet_mini") == [(0, 128), (128, 256)]
+    want = [(256 * i // 18, 256 * (i + 1) // 18) for i in range(18)]
+    assert parts("resnet_bottleneck") == want and {b - a for a, b in want} == {14, 15}
+    assert parts("resnet_bottleneck", 32) == [(0, 16), (16, 32)]
+    assert parts("resnet_bottleneck", 27) is None  # under two parts of 14: whole
+    assert parts("googlenet_mini") == [(0, 85), (85, 170), (170, 256)]
     assert parts("vgg_small") is None and parts("lenet5") is None  # few bytes a FLOP; small
