@@ -74,7 +74,11 @@ def one_thread(graph: Graph, shapes: dict[str, Shape], grad: bool) -> bool:
 # /work/probe/s29/parts2.py, medians): resnet_bottleneck at 256 in parts of 21: 172.3, 16: 156.6,
 # 14: 157.0 (an earlier run: 32: 199.7, 21: 183.8, 16: 161.6, 12: 161.6); at 32, two parts of 16
 # against the batch whole: 19.9 against 24.1; googlenet_mini 85: 56.4 against 128: 57.5;
-# resnet_basic 51: 116.7 against 85: 125.1. A 128 MB budget gives 14, 85 and 51.
+# resnet_basic 51: 116.7 against 85: 125.1. A 128 MB budget gives 14, 85 and 51. Those runs were
+# on a busy host (the batch whole took 212 ms, against 149-159 in a quiet suite run); later,
+# 32: 208.0 against 14: 170.9, and at batch 32, 29.7 against 26.3 (parts_c.txt). In the next
+# quiet suite run resnet_bottleneck took 153.0 ms at 256 and 18.2 at 32, level with parts of
+# 32 (148.7-158.5 and 18.0-18.7): smaller parts pay where other work shares the caches.
 MICRO_BATCH_BYTES = 128 << 20
 MICRO_BATCH_MIN = 8
 MICRO_BATCH_MIN_TRAFFIC = 32
