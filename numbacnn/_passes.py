@@ -70,17 +70,21 @@ def one_thread(graph: Graph, shapes: dict[str, Shape], grad: bool) -> bool:
 # resnet_bottleneck 32: 159.3 against 64: 166.0, googlenet_mini 128: 62.2 against 64: 64.4: the
 # sum of a sample's activations parts them so (a budget on the largest one gave resnet_bottleneck
 # parts of 64, and googlenet_mini 64 where resnet_bottleneck got 32). Smaller parts again
-# (2026-12-07, nine blocks alternating in one process, each after the cores check,
-# /work/probe/s29/parts2.py, medians): resnet_bottleneck at 256 in parts of 21: 172.3, 16: 156.6,
-# 14: 157.0 (an earlier run: 32: 199.7, 21: 183.8, 16: 161.6, 12: 161.6); at 32, two parts of 16
-# against the batch whole: 19.9 against 24.1; googlenet_mini 85: 56.4 against 128: 57.5;
-# resnet_basic 51: 116.7 against 85: 125.1. A 128 MB budget gives 14, 85 and 51. Those runs were
-# on a busy host (the batch whole took 212 ms, against 149-159 in a quiet suite run); later,
-# 32: 208.0 against 14: 170.9, and at batch 32, 29.7 against 26.3 (parts_c.txt). In the next
-# quiet suite run resnet_bottleneck took 153.0 ms at 256 and 18.2 at 32, level with parts of
-# 32 (148.7-158.5 and 18.0-18.7): smaller parts pay where other work shares the caches.
+# (2026-12-07, blocks alternating in one process, each after the cores check,
+# /work/probe/s29/parts2.py, medians, parts_*.txt): resnet_bottleneck at 256 in parts of 21:
+# 172.3, 16: 156.6, 14: 157.0, and 32: 208.0 against 14: 170.9; at 32, two parts of 16 against
+# the batch whole 26.3 against 29.7; googlenet_mini 85 against 128: 56.4 / 57.5 and 72.9 / 76.0
+# (level); resnet_basic 51 against 85: 116.7 / 125.1. Those runs were on a busy host (the batch
+# whole took 212 ms at 256, 149-159 in quiet suite runs); in the next quiet suite run, parts of 14,
+# resnet_bottleneck took 153.0 ms at 256 and 18.2 at 32, level with its parts of 32 (148.7-158.5
+# and 18.0-18.7): smaller parts pay where other work shares the caches. A 128 MB budget and parts
+# of at least 16 samples part resnet_bottleneck in 16s, googlenet_mini in 85-86s (its size 82)
+# and resnet_basic in 51-52s (49). The floor of 16 keeps parts at the batch sizes the layers'
+# plans were tuned on (siblings merge from 16 samples, _siblings.MERGED_MIN_BATCH), and a part
+# has at least a sample per thread (under that, conv2d splits samples over threads).
 MICRO_BATCH_BYTES = 128 << 20
-MICRO_BATCH_MIN = 8
+MICRO_BATCH_MIN = 16
+MICRO_BATCH_PER_THREAD = 1  # samples a part has at least for each thread
 MICRO_BATCH_MIN_TRAFFIC = 32
 
 
@@ -92,11 +96,17 @@ def independent(layer: Any) -> bool:
     return type(layer).__module__.startswith("numbacnn.layers.") and getattr(layer, "track_running_stats", True)
 
 
-def micro_batches(graph: Graph, batch: int, shapes: dict[str, Shape], itemsize: int) -> list[tuple[int, int]] | None:
+def micro_batches(graph: Graph, batch: int, shapes: dict[str, Shape], itemsize: int,
+                  threads: int | None = None) -> list[tuple[int, int]] | None:
     """The parts (start, stop) an inference of ``batch`` samples of ``graph`` (per-sample
-    ``shapes``) runs in, as equal as they come, or None for the batch whole (see above)."""
+    ``shapes``) runs in, as equal as they come, or None for the batch whole (see above);
+    ``threads``: Numba's thread count (None: this thread's now)."""
+    if threads is None:
+        import numba
+
+        threads = numba.get_num_threads()
     sizes = [math.prod(s) * itemsize for s in shapes.values()]
-    size = max(MICRO_BATCH_MIN, MICRO_BATCH_BYTES // max(1, sum(sizes)))
+    size = max(MICRO_BATCH_MIN, MICRO_BATCH_PER_THREAD * threads, MICRO_BATCH_BYTES // max(1, sum(sizes)))
     if batch < 2 * size:  # every part at least ``size``
         return None
     flops = sum(node.obj.flops([shapes[i] for i in node.inputs], shapes[n])

@@ -217,6 +217,7 @@ def _parts_everywhere(monkeypatch):
 
     monkeypatch.setattr(passes, "MICRO_BATCH_BYTES", 1)  # every activation "too large": parts of the minimum
     monkeypatch.setattr(passes, "MICRO_BATCH_MIN", 3)
+    monkeypatch.setattr(passes, "MICRO_BATCH_PER_THREAD", 0)  # parts of 3 on any number of threads
     monkeypatch.setattr(passes, "MICRO_BATCH_MIN_TRAFFIC", 0)
 
 
@@ -360,19 +361,20 @@ def test_inference_replay_of_pools_joins_views_and_linear_layers_follows_its_inp
 
 def test_inference_parts_are_sized_by_a_samples_activations_together():
     # resnet_bottleneck's largest activation (256 KB a sample) is twice googlenet_mini's, its
-    # activations together (9.1 MB) 5.6 times: parts by the sum, of 14 (18 parts) and 85 samples
-    # at batch 256 (by the largest activation they were 64 and 128; at 2026-12-07 resnet_bottleneck
-    # ran 157 ms in parts of 14 against 200 in parts of 32, /work/probe/s29/parts2.py).
+    # activations together (9.1 MB) 5.6 times: parts by the sum, of 16 (the floor; the budget
+    # alone gives 14) and 85-86 samples at batch 256 (by the largest activation they were 64 and
+    # 128; on a busy host resnet_bottleneck ran 170.9 ms in parts of 14 against 208.0 in parts of
+    # 32, /work/probe/s29/parts_c.txt).
     from numbacnn._passes import micro_batches
 
-    def parts(name, batch=256):
+    def parts(name, batch=256, threads=2):
         model = nc.zoo.build(name, seed=0)
         shapes = {n: s for n, s in model.shapes.items()}
-        return micro_batches(model.graph, batch, shapes, 4)
+        return micro_batches(model.graph, batch, shapes, 4, threads)
 
-    want = [(256 * i // 18, 256 * (i + 1) // 18) for i in range(18)]
-    assert parts("resnet_bottleneck") == want and {b - a for a, b in want} == {14, 15}
+    assert parts("resnet_bottleneck") == [(16 * i, 16 * i + 16) for i in range(16)]
     assert parts("resnet_bottleneck", 32) == [(0, 16), (16, 32)]
-    assert parts("resnet_bottleneck", 27) is None  # under two parts of 14: whole
+    assert parts("resnet_bottleneck", 31) is None  # under two parts of 16: whole
+    assert parts("resnet_bottleneck", threads=32) == [(32 * i, 32 * i + 32) for i in range(8)]  # a sample a thread
     assert parts("googlenet_mini") == [(0, 85), (85, 170), (170, 256)]
     assert parts("vgg_small") is None and parts("lenet5") is None  # few bytes a FLOP; small
