@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._blas import gemm, small_cols
 from ._jit import CONTRACT, cpu_call, cpu_serial
 
-__all__ = ["micro_gemm", "micro_fits", "ready", "ROWS", "COLUMNS"]
+__all__ = ["micro_gemm", "blocked_gemm", "micro_fits", "ready", "ROWS", "COLUMNS"]
 
 ROWS, COLUMNS = 8, 16  # the tile: 8 rows of 16 columns (16 accumulators of 8 lanes where vectors are 256-bit)
 
@@ -106,6 +107,18 @@ def micro_gemm(m, n, k, a, lda, b, ldb, c, ldc):
             for j in range(k):
                 s += a[_U(i * lda + j)] * b[_U(j * ldb + q)]
             c[_U(i * ldc + q)] = s
+
+
+@cpu_serial
+def blocked_gemm(m, n, k, a, lda, b, ldb, c, ldc, micro):
+    """``c = a @ b`` as micro_gemm takes them: through the tile when ``micro`` (micro_fits), else
+    OpenBLAS in small_cols' column blocks (products it makes unpacked, _blas.SMALL_PRODUCT)."""
+    if micro:
+        micro_gemm(m, n, k, a, lda, b, ldb, c, ldc)
+        return
+    cb = small_cols(m, n, k)
+    for c0 in range(0, n, cb):
+        gemm(False, False, m, min(n, c0 + cb) - c0, k, a, lda, b[c0:], ldb, 0, c[c0:], ldc)
 
 
 def ready() -> bool:

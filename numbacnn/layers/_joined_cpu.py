@@ -14,9 +14,8 @@ stride 1 multiplies x[n] itself.
 
 import numpy as np
 
-from .._blas import gemm, small_cols
 from .._jit import cpu_kernel, cpu_serial, prange
-from .._micro import micro_fits, micro_gemm
+from .._micro import blocked_gemm, micro_fits
 from .._threads import single_thread_blas
 from .conv2d_cpu import _columns
 
@@ -35,13 +34,7 @@ def _product(x, n, w, col, direct, geo, P, Q, out, micro):
     else:
         _columns(x[n], col, P, Q, geo)
         src = col
-    wf = w.reshape(w.size)
-    if micro:
-        micro_gemm(K, L, C, wf, C, src, L, out, L)
-        return
-    cb = small_cols(K, L, C)
-    for a in range(0, L, cb):
-        gemm(False, False, K, min(L, a + cb) - a, C, wf, C, src[a:], L, 0, out[a:], L)
+    blocked_gemm(K, L, C, w.reshape(w.size), C, src, L, out, L, micro)
 
 
 @cpu_serial

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from .._blas import gemm, small_cols
+from .._blas import gemm
 from .._jit import cpu_kernel, cpu_serial, prange
-from .._micro import micro_fits, micro_gemm
+from .._micro import blocked_gemm, micro_fits
 from .._threads import batch_chunks, single_thread_blas
 from ._conv_columns import col2im as _col2im, im2col as _im2col, im2col_flat, im2col_rows as _im2col_rows
 from .conv2d_hwc_cpu import reduce_partials
@@ -66,19 +66,13 @@ def _forward_chunk(x, x4, w3, b, sc, col, y4, r4, n0, n1, l0, l1, k0, k1, P, Q, 
     model with residual joins first ran, and in every warm-up)."""
     (_, G, Kg, L), J = y4.shape, w3.shape[2]
     res = r4.shape[0] != 0
-    cb = small_cols(k1 - k0, l1 - l0, J)  # columns a block: products OpenBLAS makes unpacked (_blas.SMALL_PRODUCT)
     for n in range(n0, n1):
         if build and not direct:
             _columns(x[n], col.reshape(col.size), P, Q, geo)
         src = x4[n] if direct else col
-        for g in range(G):  # y4[n, g][k0:k1, l0:l1] = w3[g][k0:k1] @ src[g][:, l0:l1], in blocks of cb columns
-            if micro:  # the register tile (numbacnn._micro.micro_fits), every column at once; no blocks below
-                micro_gemm(k1 - k0, l1 - l0, J, w3[g].reshape(Kg * J)[k0 * J:], J, src[g].reshape(J * L)[l0:], L,
-                           y4[n, g].reshape(Kg * L)[k0 * L + l0:], L)
-            for c0 in range(l0, l0 if micro else l1, cb):
-                c1 = min(l1, c0 + cb)
-                gemm(False, False, k1 - k0, c1 - c0, J, w3[g].reshape(Kg * J)[k0 * J:], J, src[g].reshape(J * L)[c0:],
-                     L, 0, y4[n, g].reshape(Kg * L)[k0 * L + c0:], L)
+        for g in range(G):  # y4[n, g][k0:k1, l0:l1] = w3[g][k0:k1] @ src[g][:, l0:l1]
+            blocked_gemm(k1 - k0, l1 - l0, J, w3[g].reshape(Kg * J)[k0 * J:], J, src[g].reshape(J * L)[l0:], L,
+                         y4[n, g].reshape(Kg * L)[k0 * L + l0:], L, micro)
         # The choices outside the inner loops: each stays one plain pass for LLVM to vectorise.
         # A residual (y + b) + r and its relu take one pass (two passes, the relu's apart, ran
         # a batch-1 1x1 16->64 at 32x32 with add and relu in 72-101 us against 59-61), with
