@@ -37,6 +37,44 @@ def test_fastmath_only_as_reassociation():
     assert _jit.CONTRACT == {"contract"}
 
 
+def _fastmath_flags(modules: list) -> dict[str, object]:
+    # The fastmath option of each Numba function the modules define (their own, not imported ones).
+    return {f"{module.__name__}.{name}": obj.targetoptions.get("fastmath", False)
+            for module in modules for name, obj in vars(module).items()
+            if hasattr(obj, "py_func") and isinstance(getattr(obj, "targetoptions", None), dict)
+            and obj.py_func.__module__ == module.__name__}
+
+
+def _fastmath_offenders(modules: list) -> list[str]:
+    # Those whose fastmath is anything but off, REASSOC or CONTRACT.
+    return [f"{name}: fastmath={flag!r}" for name, flag in _fastmath_flags(modules).items()
+            if flag not in (False, {"reassoc"}, {"contract"})]
+
+
+def test_every_cpu_function_compiles_with_fastmath_off_reassoc_or_contract():
+    # The compiled options themselves, not their spelling: a kernel that opted into more (e.g.
+    # ``fastmath=CONTRACT | {"nnan"}``, which the line check above lets through) is named.
+    import importlib
+    import pkgutil
+    import types
+
+    import numba
+
+    import numbacnn
+
+    # every module that defines CPU functions (the CLI, ONNX and MPI packages define none)
+    skip = ("cuda", "__main__", "numbacnn.cli", "numbacnn.onnx", "numbacnn.distributed")
+    modules = [importlib.import_module(m.name) for m in pkgutil.walk_packages(numbacnn.__path__, "numbacnn.")
+               if not any(part in m.name for part in skip)]
+    assert len(_fastmath_flags(modules)) > 200  # the kernels and their helpers were found
+    assert not _fastmath_offenders(modules)
+    bad = types.ModuleType("bad_kernels")
+    bad.f = numba.njit(fastmath={"contract", "nnan"})(lambda x: x)
+    bad.f.py_func.__module__ = "bad_kernels"
+    (offender,) = _fastmath_offenders([bad])
+    assert offender.startswith("bad_kernels.f: fastmath=") and "nnan" in offender
+
+
 def test_caching_is_on_by_default_and_fastmath_off():
     from numbacnn import _jit
     from numbacnn.layers import relu_cpu

@@ -120,17 +120,20 @@ def test_fits_where_measured(monkeypatch):
 @pytest.fixture
 def tile_everywhere(monkeypatch):
     """Every float32 product the kernels make through the tile, whatever its shape; yields the
-    decisions made, so that a test can check the tile was taken."""
+    decisions made by each module that asked ("conv2d_cpu", "_joined_cpu", ...), so that a test
+    can check that the kernels it names took the tile (not merely that some kernel did)."""
     from numbacnn.layers import _joined_cpu, _siblings_cpu, conv2d_cpu, conv_transpose2d_cpu
 
-    taken: list[bool] = []
+    taken: dict[str, list[bool]] = {}
 
-    def always(dtype, rows, columns, inner):
-        taken.append(np.dtype(dtype) == np.float32)
-        return taken[-1]
+    def asked_by(name):
+        def always(dtype, rows, columns, inner):
+            taken.setdefault(name, []).append(np.dtype(dtype) == np.float32)
+            return taken[name][-1]
+        return always
 
     for module in (conv2d_cpu, _siblings_cpu, _joined_cpu, conv_transpose2d_cpu):
-        monkeypatch.setattr(module, "micro_fits", always)
+        monkeypatch.setattr(module, "micro_fits", asked_by(module.__name__.rsplit(".", 1)[-1]))
     return taken
 
 
@@ -167,7 +170,7 @@ def test_conv2d_im2col_forward_through_the_tile(case, tile_everywhere):
     with np.errstate(invalid="ignore"):
         np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
     assert np.isnan(y[0]).any() and not np.isnan(y[1:]).any()
-    assert any(tile_everywhere)
+    assert any(tile_everywhere["conv2d_cpu"])
 
 
 def test_joined_and_siblings_through_the_tile(tile_everywhere, monkeypatch):
@@ -179,7 +182,8 @@ def test_joined_and_siblings_through_the_tile(tile_everywhere, monkeypatch):
         test_joined.test_joined_match_the_unjoined_model_and_the_reference("float32", stride, bn, bias, relu,
                                                                            monkeypatch)
     test_siblings.test_siblings_match_the_unfused_model_and_the_reference("float32", monkeypatch)
-    assert any(tile_everywhere)
+    # each fused kernel's own products took the tile (the plain models' conv2d also asks)
+    assert any(tile_everywhere.get("_joined_cpu", [])) and any(tile_everywhere.get("_siblings_cpu", []))
 
 
 def test_conv_transpose2d_input_gradient_through_the_tile(tile_everywhere):
@@ -203,7 +207,7 @@ def test_conv_transpose2d_input_gradient_through_the_tile(tile_everywhere):
         np.testing.assert_allclose(gx, want, rtol=1e-4, atol=1e-4)
     assert np.isinf(gx[1]).any() or np.isnan(gx[1]).any()
     assert np.isfinite(gx[0]).all() and np.isfinite(gx[2]).all()
-    assert any(tile_everywhere)
+    assert tile_everywhere["conv_transpose2d_cpu"] == [True]
 
 
 def test_the_joined_kernel_keeps_its_tile_flags_bools():
