@@ -43,12 +43,16 @@ ROW_VECTOR_BYTES = 32
 @cpu_inline
 def _offsets(offs, Cg, R, S, Hp, Wp, sh, sw, dh, dw):
     """offs[(c * R + r) * S + s] = tap (c, r, s)'s flat offset in a group's phase planes: row
-    offset r * dh is (r * dh // sh) rows into plane row phase r * dh % sh, columns alike."""
-    for c in range(Cg):
-        for r in range(R):
-            for s in range(S):
-                a, b = (r * dh) % sh, (s * dw) % sw
-                offs[(c * R + r) * S + s] = ((c * sh + a) * sw + b) * Hp * Wp + (r * dh // sh) * Wp + s * dw // sw
+    offset r * dh is (r * dh // sh) rows into plane row phase r * dh % sh, columns alike. The
+    divisions are a tap's (r, s), once each; a channel adds its planes' span (with them in the
+    channel loop, 4.3 us a call for 64 channels of 3x3, on every chunk's critical path)."""
+    RS, span = R * S, sh * sw * Hp * Wp
+    for r in range(R):
+        for s in range(S):
+            offs[r * S + s] = (((r * dh) % sh) * sw + (s * dw) % sw) * Hp * Wp + (r * dh // sh) * Wp + s * dw // sw
+    for c in range(1, Cg):
+        for j in range(RS):
+            offs[c * RS + j] = offs[j] + c * span
 
 
 @cpu_serial
