@@ -18,7 +18,7 @@ from .._jit import cpu_inline, cpu_kernel, prange
 from .._threads import PARALLEL_MIN, batch_chunks
 from ._conv_columns import valid as _valid
 from ._max_pool2d_cpu import (_flat2x2, _forward_2x2, _forward_3x3, _rows_2x2, _rows_3x3s2, _rows2x2, _rows3x3s2,
-                              _three, _values_2x2, rows2x2, rows3x3s2)
+                              _three, _values_2x2, rows2x2, rows3x3s2, values3x3)
 from ._pool3d_rules import window_max
 
 __all__ = ["max_pool3d_forward", "max_pool3d_backward_input"]
@@ -143,8 +143,19 @@ def _forward_rows(x, geometry, y, index):
             _rows_volume(x, geometry, y, index, nc)
 
 
+# 3x3 windows (``_three``: 9 values an output, in two separable passes) run in parallel from this
+# many input values, where other pools wait for PARALLEL_MIN; below it, in the calling thread.
+# Batch 1, 2 threads, us, one chunk (in a parallel region) / two / serial: stride 1 32x16x16 6.8 /
+# 6.1-6.7 / 5.8, 64x16x16 9.6 / 7.2 / 9.9, 160x8x8 8.4 / 7.1 / 5.0, 112x8x8 6.6 / 6.0 / 3.8; stride 2
+# (_rows3x3s2, serial / two) 32x32x32 16.4 / 13.4, 128x16x16 18.4 / 13.1, 224x8x8 12.1 / 10.1,
+# 32x16x16 5.0 / 4.6, 16x16x16 3.6 / 4.2 (/work/probe/s31/pool2.py).
+POOL3_PARALLEL_MIN = 1 << 13
+
+
 def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
-    chunks = 1 if x.size < PARALLEL_MIN else batch_chunks(x.shape[0] * x.shape[1])
+    three = _three(geometry, x.shape)
+    least = POOL3_PARALLEL_MIN if three else PARALLEL_MIN
+    chunks = 1 if x.size < least else batch_chunks(x.shape[0] * x.shape[1])
     rows = y.shape[0] * y.shape[1] * y.shape[3]
     if _flat2x2(geometry, x.shape, y.shape):
         if index.size:
@@ -155,9 +166,12 @@ def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
             _rows2x2(x, y, 0, rows)
         else:
             _rows_2x2(x, y, chunks)
-    elif _three(geometry, x.shape):
+    elif three:
         if not rows3x3s2(geometry, x.shape, y.shape, index.size):
-            _forward_3x3(x, geometry, y, index, chunks)
+            if chunks == 1 and not index.size:
+                values3x3(x, geometry, y)
+            else:
+                _forward_3x3(x, geometry, y, index, chunks)
         elif chunks == 1:
             _rows3x3s2(x, y, 0, rows)
         else:
