@@ -367,8 +367,8 @@ def values3x3(x, geometry, y):
     _, _, _, H, W = x.shape
     P, Q = y.shape[3], y.shape[4]
     same = _same(geometry, H, W, P, Q)
-    _values_planes3x3(x.reshape(x.size), y.reshape(y.size), 0, x.shape[0] * x.shape[1], H, W, P, Q, geometry, same,
-                      _SAME_BLOCK // (H * W) if same and H * W < _SAME_SMALL else 1)
+    _values_planes3x3(x.reshape(x.size), y.reshape(y.size), np.int64(0), x.shape[0] * x.shape[1], H, W, P, Q, geometry,
+                      same, _SAME_BLOCK // (H * W) if same and H * W < _SAME_SMALL else 1)
 
 
 @cpu_serial
