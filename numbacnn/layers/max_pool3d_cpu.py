@@ -1,6 +1,6 @@
 """max_pool3d CPU kernels: (N, C, D, H, W) arrays, parallel over the N*C volumes (serial
-under ``PARALLEL_MIN`` input elements, see ``_threads``). They serve max_pool1d and
-max_pool2d too, on (N, C, 1, 1, L) and (N, C, 1, H, W) views.
+under ``PARALLEL_MIN`` input elements, see ``_threads``; 3x3 windows under POOL3_PARALLEL_MIN,
+below). They serve max_pool1d and max_pool2d too, on (N, C, 1, 1, L) and (N, C, 1, H, W) views.
 
 ``geometry`` is (T, R, S, stride_d, stride_h, stride_w, pad_d, pad_h, pad_w, dilation_d,
 dilation_h, dilation_w). The interface, the same in max_pool3d_cuda.py:
