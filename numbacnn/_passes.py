@@ -50,8 +50,10 @@ def check_inputs(graph: Graph, shapes: dict[str, Any], dtype: np.dtype, free: bo
 def one_thread(graph: Graph, shapes: dict[str, Shape], grad: bool) -> bool:
     """Whether a batch-1 pass of ``graph`` (per-sample ``shapes``) runs on one thread: a batch
     of 1 gives every kernel one chunk, and under PARALLEL_MIN elements no elementwise or
-    pooling loop runs in parallel, so nothing is left for a second thread, unless (without
-    gradients) a node has PARALLEL_MIN_FLOPS of work: its kernel may split the sample."""
+    pooling loop runs in parallel (but 3x3 max-pools from a few thousand values, a few us a call:
+    max_pool3d_cpu; on one thread they run serially), so nothing is left for a second thread,
+    unless (without gradients) a node has PARALLEL_MIN_FLOPS of work: its kernel may split the
+    sample."""
     nodes = [(n, node) for n, node in graph.nodes.items() if node.layer != "input"]
     return all(math.prod(s) < PARALLEL_MIN for s in shapes.values()) and (grad or all(
         node.obj.flops([shapes[i] for i in node.inputs], shapes[n]) < PARALLEL_MIN_FLOPS for n, node in nodes))

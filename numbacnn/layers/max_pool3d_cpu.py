@@ -1,6 +1,7 @@
 """max_pool3d CPU kernels: (N, C, D, H, W) arrays, parallel over the N*C volumes (serial
-under ``PARALLEL_MIN`` input elements, see ``_threads``; 3x3 windows under POOL3_PARALLEL_MIN,
-below). They serve max_pool1d and max_pool2d too, on (N, C, 1, 1, L) and (N, C, 1, H, W) views.
+under ``PARALLEL_MIN`` input elements, see ``_threads``; 3x3 windows in inference under
+POOL3_PARALLEL_MIN and POOL3_SAME_PARALLEL_MIN, below). They serve max_pool1d and max_pool2d too,
+on (N, C, 1, 1, L) and (N, C, 1, H, W) views.
 
 ``geometry`` is (T, R, S, stride_d, stride_h, stride_w, pad_d, pad_h, pad_w, dilation_d,
 dilation_h, dilation_w). The interface, the same in max_pool3d_cuda.py:
@@ -143,18 +144,23 @@ def _forward_rows(x, geometry, y, index):
             _rows_volume(x, geometry, y, index, nc)
 
 
-# 3x3 windows (``_three``: 9 values an output, in two separable passes) run in parallel from this
-# many input values, where other pools wait for PARALLEL_MIN; below it, in the calling thread.
-# Batch 1, 2 threads, us, one chunk (in a parallel region) / two / serial: stride 1 32x16x16 6.8 /
-# 6.1-6.7 / 5.8, 64x16x16 9.6 / 7.2 / 9.9, 160x8x8 8.4 / 7.1 / 5.0, 112x8x8 6.6 / 6.0 / 3.8; stride 2
-# (_rows3x3s2, serial / two) 32x32x32 16.4 / 13.4, 128x16x16 18.4 / 13.1, 224x8x8 12.1 / 10.1,
-# 32x16x16 5.0 / 4.6, 16x16x16 3.6 / 4.2 (/work/probe/s31/pool2.py).
+# 3x3 windows (``_three``) in inference (values alone) run in parallel from fewer input values
+# than PARALLEL_MIN: stride 2 (_rows3x3s2) from POOL3_PARALLEL_MIN, the others (_forward_3x3) from
+# POOL3_SAME_PARALLEL_MIN; below, in the calling thread (values3x3: no parallel region). Training
+# (indices kept) keeps PARALLEL_MIN. Batch 1, 2 threads, us, one chunk in a parallel region / two /
+# serial (/work/probe/s31/pool2.py, pool3.py): stride 2 32x32x32 16.4 / 13.4 (serial), 128x16x16
+# 18.4 / 13.1, 224x8x8 12.1 / 10.1, 32x16x16 5.0 / 4.6, 16x16x16 3.6 / 4.2; stride 1 64x16x16 9.6 /
+# 7.2-8.4 / 9.9, 160x8x8 8.4 / 4.8-7.1 / 5.0, 32x16x16 6.8 / 4.5-6.7 / 5.8, 112x8x8 6.6 / 4.2-6.0 /
+# 3.8, 224x4x4 7.1 / 4.5-6.0 / 4.3.
 POOL3_PARALLEL_MIN = 1 << 13
+POOL3_SAME_PARALLEL_MIN = 1 << 14
 
 
 def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
     three = _three(geometry, x.shape)
-    least = POOL3_PARALLEL_MIN if three else PARALLEL_MIN
+    least = PARALLEL_MIN
+    if three and not index.size:
+        least = POOL3_PARALLEL_MIN if rows3x3s2(geometry, x.shape, y.shape, 0) else POOL3_SAME_PARALLEL_MIN
     chunks = 1 if x.size < least else batch_chunks(x.shape[0] * x.shape[1])
     rows = y.shape[0] * y.shape[1] * y.shape[3]
     if _flat2x2(geometry, x.shape, y.shape):

@@ -285,3 +285,17 @@ def test_shift_phase_planes_match_the_definition_fenced():
         assert np.isnan(planes[:20]).all() and np.isnan(planes[-20:]).all()
         np.testing.assert_array_equal(planes[20:-20].reshape(want.shape), want,
                                       err_msg=f"stride {sh}x{sw}, pad {pt},{pl}, x {C}x{H}x{W}, planes {Hp}x{Wp}")
+
+
+def test_tap_offsets_of_no_channels_write_nothing():
+    # _offsets fills a tap's offsets once per (r, s) and adds each channel's span; with no
+    # channels its array is empty and nothing may be written (under NUMBA_BOUNDSCHECK, CI's
+    # second pass, a write raises IndexError)
+    from numbacnn.layers import conv2d_shift_cpu
+
+    offs = np.empty(0, np.int64)
+    conv2d_shift_cpu._offsets(offs, 0, 3, 3, 10, 10, 1, 1, 1, 1)
+    offs = np.empty(2 * 9, np.int64)
+    conv2d_shift_cpu._offsets(offs, 2, 3, 3, 10, 10, 1, 1, 1, 1)
+    want = [c * 100 + r * 10 + s for c in range(2) for r in range(3) for s in range(3)]
+    np.testing.assert_array_equal(offs, want)
