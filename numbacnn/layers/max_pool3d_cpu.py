@@ -147,11 +147,11 @@ def _forward_rows(x, geometry, y, index):
 # 3x3 windows (``_three``) in inference (values alone) run in parallel from fewer input values
 # than PARALLEL_MIN: stride 2 (_rows3x3s2) from POOL3_PARALLEL_MIN, the others (_forward_3x3) from
 # POOL3_SAME_PARALLEL_MIN; below, in the calling thread (values3x3: no parallel region). Training
-# (indices kept) keeps PARALLEL_MIN. Batch 1, 2 threads, us, one chunk in a parallel region / two /
-# serial (/work/probe/s31/pool2.py, pool3.py): stride 2 32x32x32 16.4 / 13.4 (serial), 128x16x16
-# 18.4 / 13.1, 224x8x8 12.1 / 10.1, 32x16x16 5.0 / 4.6, 16x16x16 3.6 / 4.2; stride 1 64x16x16 9.6 /
-# 7.2-8.4 / 9.9, 160x8x8 8.4 / 4.8-7.1 / 5.0, 32x16x16 6.8 / 4.5-6.7 / 5.8, 112x8x8 6.6 / 4.2-6.0 /
-# 3.8, 224x4x4 7.1 / 4.5-6.0 / 4.3.
+# (indices kept) keeps PARALLEL_MIN. Batch 1, 2 threads, us (/work/probe/s31/pool2.py, pool3.py):
+# stride 2, serial / two chunks: 32x32x32 16.4 / 13.4, 128x16x16 18.4 / 13.1, 224x8x8 12.1 / 10.1,
+# 32x16x16 5.0 / 4.6, 16x16x16 3.6 / 4.2; stride 1, one chunk in a parallel region / two / serial:
+# 64x16x16 9.6 / 7.2-8.4 / 9.9, 160x8x8 8.4 / 4.8-7.1 / 5.0, 32x16x16 6.8 / 4.5-6.7 / 5.8, 112x8x8
+# 6.6 / 4.2-6.0 / 3.8, 224x4x4 7.1 / 4.5-6.0 / 4.3.
 POOL3_PARALLEL_MIN = 1 << 13
 POOL3_SAME_PARALLEL_MIN = 1 << 14
 
