@@ -158,9 +158,10 @@ POOL3_SAME_PARALLEL_MIN = 1 << 14
 
 def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
     three = _three(geometry, x.shape)
+    s2 = three and rows3x3s2(geometry, x.shape, y.shape, index.size)  # values alone (an empty index) only
     least = PARALLEL_MIN
     if three and not index.size:
-        least = POOL3_PARALLEL_MIN if rows3x3s2(geometry, x.shape, y.shape, 0) else POOL3_SAME_PARALLEL_MIN
+        least = POOL3_PARALLEL_MIN if s2 else POOL3_SAME_PARALLEL_MIN
     chunks = 1 if x.size < least else batch_chunks(x.shape[0] * x.shape[1])
     rows = y.shape[0] * y.shape[1] * y.shape[3]
     if _flat2x2(geometry, x.shape, y.shape):
@@ -173,7 +174,7 @@ def max_pool3d_forward(x: Any, geometry: tuple, y: Any, index: Any) -> None:
         else:
             _rows_2x2(x, y, chunks)
     elif three:
-        if not rows3x3s2(geometry, x.shape, y.shape, index.size):
+        if not s2:
             if chunks == 1 and not index.size:
                 values3x3(x, geometry, y)
             else:
